@@ -1,0 +1,602 @@
+//! The catalog API used by the shell: one method per SQL API call or report. Every mutating
+//! method runs in one transaction that first records who is acting and which command they typed,
+//! so the audit trigger can log it, and either all of its changes land or none do.
+
+use std::collections::BTreeMap;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Transaction};
+
+use crate::error::{DbError, describe};
+use crate::migrate::{self, CatalogStatus};
+use crate::rows::Rows;
+
+/// Who is acting, for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    pub os_user: String,
+    /// The command line as typed (secrets never reach it: the shell takes none on its command line).
+    pub command: String,
+}
+
+/// A filter from the shell: None means all.
+pub type Filter = Option<Vec<String>>;
+
+#[derive(Debug, Clone, Default)]
+pub struct NewNode {
+    pub hostname: String,
+    pub domain: Option<String>,
+    pub port: Option<i32>,
+    pub admin_user: Option<String>,
+    pub admin_dbname: Option<String>,
+    pub sslmode: Option<String>,
+    pub status: Option<String>,
+    pub remarks: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeUpdate {
+    pub port: Option<i32>,
+    pub admin_user: Option<String>,
+    pub admin_dbname: Option<String>,
+    pub sslmode: Option<String>,
+    pub status: Option<String>,
+    pub remarks: Option<String>,
+}
+
+/// A PgSQL node as needed to connect to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: i64,
+    pub fqdn: String,
+    pub port: u16,
+    pub admin_user: String,
+    pub admin_dbname: String,
+    pub sslmode: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewDefinition {
+    pub server: String,
+    pub node: String,
+    pub dbname: String,
+    pub minutes: Option<String>,
+    pub hours: Option<String>,
+    pub day_month: Option<String>,
+    pub month: Option<String>,
+    pub weekday: Option<String>,
+    pub code: Option<String>,
+    pub encryption: Option<bool>,
+    pub retention_period: Option<String>,
+    pub retention_redundancy: Option<i32>,
+    pub extra_parameters: Option<String>,
+    pub job_status: Option<String>,
+    pub remarks: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DefinitionUpdate {
+    pub def_id: i64,
+    pub minutes: Option<String>,
+    pub hours: Option<String>,
+    pub day_month: Option<String>,
+    pub month: Option<String>,
+    pub weekday: Option<String>,
+    pub retention_period: Option<String>,
+    pub retention_redundancy: Option<i32>,
+    pub extra_parameters: Option<String>,
+    pub job_status: Option<String>,
+    pub remarks: Option<String>,
+}
+
+/// A registered definition as the shell reports it after registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionSummary {
+    pub def_id: i64,
+    pub dbname: String,
+    pub schedule: [String; 5],
+    pub code: String,
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    pool: Pool,
+    target: String,
+}
+
+impl Catalog {
+    /// Builds a pool; the first request opens the connection. `target` is the redacted conninfo,
+    /// used in messages.
+    pub async fn connect(
+        mut config: tokio_postgres::Config,
+        application_name: &str,
+        target: &str,
+    ) -> Result<Catalog, DbError> {
+        config.application_name(application_name);
+        let mgr = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(mgr)
+            .max_size(4)
+            .build()
+            .map_err(|e| DbError::Client { context: "building the catalog pool".into(), reason: e.to_string() })?;
+        let cat = Catalog { pool, target: target.to_string() };
+        // Connect now, so a wrong conninfo fails here with the reason, not at the first command.
+        drop(cat.client().await?);
+        Ok(cat)
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) if e.as_db_error().is_none() || e.code().is_some() => {
+                match crate::error::server_message(&e) {
+                    Some(m) => DbError::Connect { target: self.target.clone(), reason: m.to_string() },
+                    None => DbError::Connect { target: self.target.clone(), reason: describe(&e) },
+                }
+            }
+            other => DbError::from(other),
+        })
+    }
+
+    pub async fn status(&self) -> Result<CatalogStatus, DbError> {
+        let c = self.client().await?;
+        migrate::status(&c).await
+    }
+
+    /// Refuses to go on when this binary and the catalog do not match; the error says what to run.
+    pub async fn check_compatible(&self) -> Result<(), DbError> {
+        self.status().await?.compatibility(&self.target)
+    }
+
+    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Rows, DbError> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(sql).await?;
+        let cols = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+        let rows = c.query(&stmt, params).await?;
+        Ok(Rows::from_pg_with_columns(cols, &rows))
+    }
+
+    /// Runs `f` in a transaction tagged for the audit log.
+    async fn mutate<T>(
+        &self,
+        audit: &Audit,
+        f: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "select set_config('pgbackman.os_user', $1, true), set_config('pgbackman.command', $2, true)",
+            &[&audit.os_user, &audit.command],
+        )
+        .await?;
+        let out = f(&tx).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn id_of(&self, sql: &str, reference: &str) -> Result<i64, DbError> {
+        Ok(self.client().await?.query_one(sql, &[&reference]).await?.get(0))
+    }
+
+    pub async fn server_id(&self, reference: &str) -> Result<i64, DbError> {
+        self.id_of("select api.server_id($1)", reference).await
+    }
+
+    pub async fn node_id(&self, reference: &str) -> Result<i64, DbError> {
+        self.id_of("select api.node_id($1)", reference).await
+    }
+
+    // ---- backup servers -------------------------------------------------------------------
+
+    pub async fn register_backup_server(
+        &self,
+        audit: &Audit,
+        hostname: &str,
+        domain: Option<&str>,
+        status: Option<&str>,
+        remarks: Option<&str>,
+    ) -> Result<(i64, String), DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            let r = tx
+                .query_one(
+                    "select id, api.server_fqdn(id) from api.register_backup_server($1, $2, $3, $4) id",
+                    &[&hostname, &domain, &status, &remarks],
+                )
+                .await?;
+            Ok((r.get(0), r.get(1)))
+        })
+        .await
+    }
+
+    pub async fn update_backup_server(
+        &self,
+        audit: &Audit,
+        server: &str,
+        status: Option<&str>,
+        remarks: Option<&str>,
+    ) -> Result<i64, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx.query_one("select api.update_backup_server($1, $2, $3)", &[&server, &status, &remarks]).await?.get(0))
+        })
+        .await
+    }
+
+    pub async fn delete_backup_server(&self, audit: &Audit, server: &str) -> Result<i64, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx.query_one("select api.delete_backup_server($1)", &[&server]).await?.get(0))
+        })
+        .await
+    }
+
+    /// Sets several parameters at once: all are validated, and all or none are changed.
+    pub async fn update_backup_server_config(
+        &self,
+        audit: &Audit,
+        server: &str,
+        pairs: &[(String, String)],
+    ) -> Result<i64, DbError> {
+        self.update_config(audit, "select api.update_backup_server_config($1, $2, $3)", Some(server), pairs).await
+    }
+
+    pub async fn update_backup_server_default_config(
+        &self,
+        audit: &Audit,
+        pairs: &[(String, String)],
+    ) -> Result<i64, DbError> {
+        self.update_config(audit, "select 0::bigint from api.update_backup_server_default_config($1, $2)", None, pairs)
+            .await
+    }
+
+    pub async fn update_pgsql_node_config(
+        &self,
+        audit: &Audit,
+        node: &str,
+        pairs: &[(String, String)],
+    ) -> Result<i64, DbError> {
+        self.update_config(audit, "select api.update_pgsql_node_config($1, $2, $3)", Some(node), pairs).await
+    }
+
+    pub async fn update_pgsql_node_default_config(
+        &self,
+        audit: &Audit,
+        pairs: &[(String, String)],
+    ) -> Result<i64, DbError> {
+        self.update_config(audit, "select 0::bigint from api.update_pgsql_node_default_config($1, $2)", None, pairs)
+            .await
+    }
+
+    async fn update_config(
+        &self,
+        audit: &Audit,
+        sql: &str,
+        object: Option<&str>,
+        pairs: &[(String, String)],
+    ) -> Result<i64, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            let mut id = 0;
+            for (k, v) in pairs {
+                let row = match object {
+                    Some(o) => tx.query_one(sql, &[&o, k, v]).await?,
+                    None => tx.query_one(sql, &[k, v]).await?,
+                };
+                id = row.get(0);
+            }
+            Ok(id)
+        })
+        .await
+    }
+
+    pub async fn show_backup_servers(&self) -> Result<Rows, DbError> {
+        self.rows(r#"select * from api.show_backup_servers order by "FQDN""#, &[]).await
+    }
+
+    pub async fn show_backup_server_config(&self, server: &str) -> Result<Rows, DbError> {
+        let id = self.server_id(server).await?;
+        self.rows("select * from api.show_backup_server_config($1)", &[&id]).await
+    }
+
+    pub async fn show_backup_server_default_config(&self) -> Result<Rows, DbError> {
+        self.rows(r#"select * from api.show_backup_server_default_config order by "Parameter""#, &[]).await
+    }
+
+    pub async fn backup_server_stats(&self, server: &str) -> Result<Rows, DbError> {
+        let id = self.server_id(server).await?;
+        self.rows("select * from api.backup_server_stats($1)", &[&id]).await
+    }
+
+    // ---- PgSQL nodes ----------------------------------------------------------------------
+
+    pub async fn register_pgsql_node(&self, audit: &Audit, n: &NewNode) -> Result<(i64, String), DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            let r = tx
+                .query_one(
+                    "select id, api.node_fqdn(id) from api.register_pgsql_node($1, $2, $3, $4, $5, $6, $7, $8) id",
+                    &[
+                        &n.hostname,
+                        &n.domain,
+                        &n.port,
+                        &n.admin_user,
+                        &n.admin_dbname,
+                        &n.sslmode,
+                        &n.status,
+                        &n.remarks,
+                    ],
+                )
+                .await?;
+            Ok((r.get(0), r.get(1)))
+        })
+        .await
+    }
+
+    pub async fn update_pgsql_node(&self, audit: &Audit, node: &str, u: &NodeUpdate) -> Result<i64, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx
+                .query_one(
+                    "select api.update_pgsql_node($1, $2, $3, $4, $5, $6, $7)",
+                    &[&node, &u.port, &u.admin_user, &u.admin_dbname, &u.sslmode, &u.status, &u.remarks],
+                )
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    pub async fn delete_pgsql_node(&self, audit: &Audit, node: &str) -> Result<i64, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx.query_one("select api.delete_pgsql_node($1)", &[&node]).await?.get(0))
+        })
+        .await
+    }
+
+    /// Nodes matching the filter (None: all), optionally only RUNNING ones.
+    pub async fn nodes(&self, filter: &Filter, running_only: bool) -> Result<Vec<NodeInfo>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select node_id, fqdn, pgport, admin_user, admin_dbname, sslmode, status from public.pgsql_node
+                  where ($1::text[] is null or node_id = any (select api.node_id(x) from unnest($1::text[]) x))
+                    and (not $2 or status = 'RUNNING')
+                  order by fqdn, pgport",
+                &[filter, &running_only],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeInfo {
+                node_id: r.get(0),
+                fqdn: r.get(1),
+                port: u16::try_from(r.get::<_, i32>(2)).unwrap_or(5432),
+                admin_user: r.get(3),
+                admin_dbname: r.get(4),
+                sslmode: r.get(5),
+                status: r.get(6),
+            })
+            .collect())
+    }
+
+    pub async fn node(&self, node: &str) -> Result<NodeInfo, DbError> {
+        let mut v = self.nodes(&Some(vec![node.to_string()]), false).await?;
+        v.pop().ok_or_else(|| DbError::Invalid(format!("PgSQL node \"{node}\" is not registered")))
+    }
+
+    /// The node's effective configuration (its own values over the defaults).
+    pub async fn node_config(&self, node_id: i64) -> Result<BTreeMap<String, String>, DbError> {
+        let c = self.client().await?;
+        let rows = c.query(r#"select "Parameter", "Value" from api.show_pgsql_node_config($1)"#, &[&node_id]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub async fn show_pgsql_nodes(&self) -> Result<Rows, DbError> {
+        self.rows(r#"select * from api.show_pgsql_nodes order by "FQDN", "Pgport""#, &[]).await
+    }
+
+    pub async fn show_pgsql_node_config(&self, node: &str) -> Result<Rows, DbError> {
+        let id = self.node_id(node).await?;
+        self.rows("select * from api.show_pgsql_node_config($1)", &[&id]).await
+    }
+
+    pub async fn show_pgsql_node_default_config(&self) -> Result<Rows, DbError> {
+        self.rows(r#"select * from api.show_pgsql_node_default_config order by "Parameter""#, &[]).await
+    }
+
+    pub async fn pgsql_node_stats(&self, node: &str) -> Result<Rows, DbError> {
+        let id = self.node_id(node).await?;
+        self.rows("select * from api.pgsql_node_stats($1)", &[&id]).await
+    }
+
+    // ---- backup definitions ---------------------------------------------------------------
+
+    /// Registers all definitions in one transaction: one bad database refuses the whole command.
+    pub async fn register_backup_definitions(
+        &self,
+        audit: &Audit,
+        defs: &[NewDefinition],
+    ) -> Result<Vec<DefinitionSummary>, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            let mut out = Vec::with_capacity(defs.len());
+            for d in defs {
+                let r = tx
+                    .query_one(
+                        "select d.def_id, d.dbname, d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron,
+                                d.weekday_cron, d.backup_code
+                           from public.backup_definition d
+                          where d.def_id = api.register_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                                                                         $10, $11, $12, $13, $14, $15)",
+                        &[
+                            &d.server,
+                            &d.node,
+                            &d.dbname,
+                            &d.minutes,
+                            &d.hours,
+                            &d.day_month,
+                            &d.month,
+                            &d.weekday,
+                            &d.code,
+                            &d.encryption,
+                            &d.retention_period,
+                            &d.retention_redundancy,
+                            &d.extra_parameters,
+                            &d.job_status,
+                            &d.remarks,
+                        ],
+                    )
+                    .await?;
+                out.push(DefinitionSummary {
+                    def_id: r.get(0),
+                    dbname: r.get(1),
+                    schedule: [r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)],
+                    code: r.get(7),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn update_backup_definition(&self, audit: &Audit, u: &DefinitionUpdate) -> Result<i64, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx
+                .query_one(
+                    "select api.update_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    &[
+                        &u.def_id,
+                        &u.minutes,
+                        &u.hours,
+                        &u.day_month,
+                        &u.month,
+                        &u.weekday,
+                        &u.retention_period,
+                        &u.retention_redundancy,
+                        &u.extra_parameters,
+                        &u.job_status,
+                        &u.remarks,
+                    ],
+                )
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    /// The five cron fields of a definition (for prompts that show the current values).
+    pub async fn definition_schedule(&self, def_id: i64) -> Result<Option<Rows>, DbError> {
+        let r = self
+            .rows(
+                "select minutes_cron, hours_cron, day_month_cron, month_cron, weekday_cron,
+                        retention_period::text, retention_redundancy, extra_backup_parameters, job_status, remarks
+                   from public.backup_definition where def_id = $1",
+                &[&def_id],
+            )
+            .await?;
+        Ok(if r.is_empty() { None } else { Some(r) })
+    }
+
+    /// Returns the number of catalog entries removed.
+    pub async fn delete_backup_definition_id(&self, audit: &Audit, def_id: i64, force: bool) -> Result<i32, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx.query_one("select api.delete_backup_definition_id($1, $2)", &[&def_id, &force]).await?.get(0))
+        })
+        .await
+    }
+
+    /// Returns the number of definitions deleted.
+    pub async fn delete_backup_definition_dbname(
+        &self,
+        audit: &Audit,
+        node: &str,
+        dbname: &str,
+        force: bool,
+    ) -> Result<i32, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx
+                .query_one("select api.delete_backup_definition_dbname($1, $2, $3)", &[&node, &dbname, &force])
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    pub async fn move_backup_definition(
+        &self,
+        audit: &Audit,
+        from: &str,
+        to: &str,
+        nodes: &Filter,
+        dbnames: &Filter,
+        def_ids: &Option<Vec<i64>>,
+    ) -> Result<i32, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx
+                .query_one(
+                    "select api.move_backup_definition($1, $2, $3, $4, $5)",
+                    &[&from, &to, nodes, dbnames, def_ids],
+                )
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    /// Databases of a node that have a live (not DELETED) definition on any backup server.
+    pub async fn dbnames_with_definitions(&self, node_id: i64) -> Result<Vec<String>, DbError> {
+        let c = self.client().await?;
+        Ok(c.query("select api.dbnames_with_definitions($1)", &[&node_id]).await?.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn show_backup_definitions(&self, server: &Filter, node: &Filter, dbname: &Filter) -> Result<Rows, DbError> {
+        self.rows(
+            r#"select * from api.show_backup_definitions
+                where ($1::text[] is null or "SrvID" = any (select api.server_id(x) from unnest($1::text[]) x))
+                  and ($2::text[] is null or "NodeID" = any (select api.node_id(x) from unnest($2::text[]) x))
+                  and ($3::text[] is null or "DBname" = any ($3))
+                order by "Backup server", "PgSQL node", "DBname", "Code", "Status", "DefID""#,
+            &[server, node, dbname],
+        )
+        .await
+    }
+
+    pub async fn show_empty_backup_catalogs(&self) -> Result<Rows, DbError> {
+        self.rows(
+            r#"select * from api.show_empty_backup_catalogs order by "Backup server", "PgSQL node", "DBname", "DefID""#,
+            &[],
+        )
+        .await
+    }
+
+    // ---- reports ----------------------------------------------------------------------------
+
+    pub async fn pgbackman_stats(&self) -> Result<Rows, DbError> {
+        self.rows("select * from api.show_pgbackman_stats", &[]).await
+    }
+
+    pub async fn show_audit_log(&self, limit: i64) -> Result<Rows, DbError> {
+        self.rows(r#"select * from api.show_audit_log order by "AuditID" desc limit $1"#, &[&limit]).await
+    }
+
+    /// FQDNs and ids of servers and nodes, for tab completion.
+    pub async fn completion_words(&self) -> Result<Vec<String>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select fqdn from public.backup_server union select server_id::text from public.backup_server
+                 union select fqdn from public.pgsql_node union select node_id::text from public.pgsql_node",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// When the installed catalog was created and what applied it, for show_pgbackman_config.
+    pub async fn catalog_info(&self) -> Result<Rows, DbError> {
+        self.rows(
+            "select installed_at, sql_applied_at, software, current_setting('server_version') as server_version
+               from public.catalog_info",
+            &[],
+        )
+        .await
+    }
+}

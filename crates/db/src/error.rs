@@ -1,0 +1,105 @@
+//! Errors of the catalog layer. tokio-postgres prints only "db error" for a server error, so
+//! [`DbError`] renders the server's message, detail and hint, which is what a DBA acts on.
+
+use std::fmt;
+
+/// A PostgreSQL error reduced to what a user needs to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerMessage {
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ServerMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, "\nDETAIL: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\nHINT: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The server refused a statement (validation in a PL/pgSQL function, a constraint, ...).
+    #[error("{0}")]
+    Server(ServerMessage),
+    /// No connection could be made.
+    #[error("cannot connect to {target}: {reason}")]
+    Connect { target: String, reason: String },
+    /// The connection broke or another client-side failure.
+    #[error("{context}: {reason}")]
+    Client { context: String, reason: String },
+    #[error("the catalog in {target} is not initialised\nHINT: run `pgbackman db init` to create it")]
+    NotInitialized { target: String },
+    #[error("{message}\nHINT: {hint}")]
+    Incompatible { message: String, hint: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DbError {
+    /// The SQLSTATE of a server error, if this is one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            DbError::Server(m) => Some(&m.code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn client(context: impl Into<String>, e: tokio_postgres::Error) -> DbError {
+        match server_message(&e) {
+            Some(m) => DbError::Server(m),
+            None => DbError::Client { context: context.into(), reason: describe(&e) },
+        }
+    }
+}
+
+/// Turns any tokio-postgres error into our error, keeping the server's fields.
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError::client("catalog request failed", e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => DbError::client("catalog connection", e),
+            other => DbError::Client { context: "catalog connection pool".into(), reason: other.to_string() },
+        }
+    }
+}
+
+pub(crate) fn server_message(e: &tokio_postgres::Error) -> Option<ServerMessage> {
+    e.as_db_error().map(|d| ServerMessage {
+        code: d.code().code().to_string(),
+        message: d.message().to_string(),
+        detail: d.detail().map(str::to_string),
+        hint: d.hint().map(str::to_string),
+    })
+}
+
+/// The whole chain of causes: "db error" alone says nothing, the source does.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(m) = server_message(e) {
+        return m.to_string();
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}

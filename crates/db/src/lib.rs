@@ -1,0 +1,44 @@
+//! Everything that talks to the catalog database: connection pool, typed API calls, migrations,
+//! and rendering of PostgreSQL errors. SQL text lives here, in `migrations/` and in `sql/` only.
+
+pub mod catalog;
+pub mod error;
+pub mod migrate;
+pub mod node;
+pub mod rows;
+
+pub use catalog::{Audit, Catalog, DefinitionSummary, DefinitionUpdate, Filter, NewDefinition, NewNode, NodeInfo, NodeUpdate};
+pub use error::{DbError, ServerMessage};
+pub use migrate::CatalogStatus;
+pub use rows::{Rows, Value};
+
+/// Opens one plain connection (no pool) for schema work; the connection task is spawned on the
+/// current runtime.
+pub async fn connect_once(config: &tokio_postgres::Config, target: &str) -> Result<tokio_postgres::Client, DbError> {
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| DbError::Connect { target: target.to_string(), reason: error::describe(&e) })?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Connects to `config`'s database, creating it first if it does not exist (for `db init`).
+/// Returns whether it was created.
+pub async fn ensure_database(config: &tokio_postgres::Config, target: &str) -> Result<bool, DbError> {
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => Ok(false),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+            let name = config.get_dbname().unwrap_or("pgbackman").to_string();
+            let mut admin = config.clone();
+            admin.dbname("postgres");
+            let c = connect_once(&admin, target).await?;
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            c.batch_execute(&format!("create database {quoted}"))
+                .await
+                .map_err(|e| DbError::client(format!("creating database {quoted}"), e))?;
+            Ok(true)
+        }
+        Err(e) => Err(DbError::Connect { target: target.to_string(), reason: error::describe(&e) }),
+    }
+}

@@ -1,0 +1,48 @@
+//! Short admin connections to PgSQL nodes (not the catalog): which databases exist, which
+//! version runs. Passwords come from pgpass only (see pgbackman-config).
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::error::{DbError, describe};
+
+/// What the shell needs to know about a node right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub server_version_num: i32,
+    pub server_version: String,
+    /// Databases that accept connections, template databases excluded.
+    pub databases: Vec<String>,
+}
+
+/// Connects with a bounded timeout and lists the node's databases. `label` names the node in errors.
+pub async fn node_facts(mut config: tokio_postgres::Config, label: &str) -> Result<NodeFacts, DbError> {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("pgbackman");
+    let (client, conn) = config.connect(NoTls).await.map_err(|e| DbError::Connect {
+        target: format!("PgSQL node {label}"),
+        reason: describe(&e),
+    })?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let v = client
+            .query_one("select current_setting('server_version_num')::int4, current_setting('server_version')", &[])
+            .await?;
+        let dbs = client
+            .query("select datname::text from pg_database where datallowconn and not datistemplate order by 1", &[])
+            .await?;
+        Ok::<_, tokio_postgres::Error>(NodeFacts {
+            server_version_num: v.get(0),
+            server_version: v.get(1),
+            databases: dbs.iter().map(|r| r.get(0)).collect(),
+        })
+    }
+    .await
+    .map_err(|e| DbError::client(format!("querying PgSQL node {label}"), e));
+    drop(client);
+    let _ = task.await;
+    result
+}

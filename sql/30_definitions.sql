@@ -1,0 +1,196 @@
+-- Backup definitions: register, update, delete (with or without force), move.
+
+create function api.register_backup_definition(
+    p_server text, p_node text, p_dbname text,
+    p_minutes text, p_hours text, p_day_month text, p_month text, p_weekday text,
+    p_code text, p_encryption boolean, p_retention_period text, p_retention_redundancy integer,
+    p_extra text, p_job_status text, p_remarks text)
+returns bigint language plpgsql as $$
+declare
+    v_server bigint := api.server_id(p_server);
+    v_node bigint := api.node_id(p_node);
+    v_code text := upper(coalesce(nullif(btrim(p_code), ''), api.node_config_value(v_node, 'backup_code')));
+    v_dbname text := coalesce(p_dbname, '');
+    v_id bigint;
+begin
+    perform api.check_choice('backup code', v_code, array['FULL', 'SCHEMA', 'DATA', 'CLUSTER', 'GLOBALS']);
+    if v_code in ('CLUSTER', 'GLOBALS') then
+        v_dbname := '';
+    elsif v_dbname = '' then
+        raise exception 'no database given for a % backup definition', v_code
+            using errcode = '22023', hint = 'Name a database, or use backup code CLUSTER / GLOBALS for the whole cluster.';
+    end if;
+    insert into public.backup_definition (
+        backup_server_id, pgsql_node_id, dbname,
+        minutes_cron, hours_cron, day_month_cron, month_cron, weekday_cron,
+        backup_code, encryption, retention_period, retention_redundancy,
+        extra_backup_parameters, job_status, remarks)
+    values (
+        v_server, v_node, v_dbname,
+        api.check_cron_field('minute', coalesce(nullif(btrim(p_minutes), ''), api.random_in_range(api.node_config_value(v_node, 'backup_minutes_interval')))),
+        api.check_cron_field('hour', coalesce(nullif(btrim(p_hours), ''), api.random_in_range(api.node_config_value(v_node, 'backup_hours_interval')))),
+        api.check_cron_field('day-of-month', coalesce(nullif(btrim(p_day_month), ''), api.node_config_value(v_node, 'backup_day_month_cron'))),
+        api.check_cron_field('month', coalesce(nullif(btrim(p_month), ''), api.node_config_value(v_node, 'backup_month_cron'))),
+        api.check_cron_field('day-of-week', coalesce(nullif(btrim(p_weekday), ''), api.node_config_value(v_node, 'backup_weekday_cron'))),
+        v_code,
+        coalesce(p_encryption, api.node_config_value(v_node, 'encryption')::boolean),
+        api.check_interval('retention period', coalesce(nullif(btrim(p_retention_period), ''), api.node_config_value(v_node, 'retention_period'))),
+        coalesce(p_retention_redundancy, api.node_config_value(v_node, 'retention_redundancy')::integer),
+        coalesce(p_extra, api.node_config_value(v_node, 'extra_backup_parameters')),
+        api.check_choice('job status', upper(coalesce(nullif(btrim(p_job_status), ''), api.node_config_value(v_node, 'backup_job_status'))), array['ACTIVE', 'STOPPED']),
+        coalesce(p_remarks, ''))
+    returning def_id into v_id;
+    return v_id;
+exception
+    when unique_violation then
+        raise exception 'an identical backup definition already exists for database "%" on node %', v_dbname, api.node_fqdn(v_node)
+            using errcode = '23505',
+                  hint = 'show_backup_definitions lists it; use another schedule, code or parameters, or update_backup_definition.';
+    when check_violation then
+        raise exception 'retention redundancy must be 0 or more' using errcode = '23514';
+end $$;
+
+-- check_* helpers raise on NULL input for choices; wrap so NULL means "keep".
+create function api.check_cron_field_or_null(p_what text, p_value text) returns text
+language sql immutable as $$ select case when p_value is null then null else api.check_cron_field(p_what, p_value) end $$;
+
+create function api.update_backup_definition(
+    p_def_id bigint, p_minutes text, p_hours text, p_day_month text, p_month text, p_weekday text,
+    p_retention_period text, p_retention_redundancy integer, p_extra text, p_job_status text, p_remarks text)
+returns bigint language plpgsql as $$
+begin
+    if not exists (select 1 from public.backup_definition where def_id = p_def_id) then
+        raise exception 'backup definition DefID % does not exist', p_def_id
+            using errcode = 'P0002', hint = 'show_backup_definitions lists the definitions.';
+    end if;
+    if p_retention_redundancy is not null and p_retention_redundancy < 0 then
+        raise exception 'retention redundancy must be 0 or more' using errcode = '22023';
+    end if;
+    -- Each field keeps its own column: PgBackMan swapped day-of-month and weekday here.
+    update public.backup_definition set
+        minutes_cron = coalesce(api.check_cron_field_or_null('minute', nullif(btrim(p_minutes), '')), minutes_cron),
+        hours_cron = coalesce(api.check_cron_field_or_null('hour', nullif(btrim(p_hours), '')), hours_cron),
+        day_month_cron = coalesce(api.check_cron_field_or_null('day-of-month', nullif(btrim(p_day_month), '')), day_month_cron),
+        month_cron = coalesce(api.check_cron_field_or_null('month', nullif(btrim(p_month), '')), month_cron),
+        weekday_cron = coalesce(api.check_cron_field_or_null('day-of-week', nullif(btrim(p_weekday), '')), weekday_cron),
+        retention_period = coalesce(case when nullif(btrim(p_retention_period), '') is null then null else api.check_interval('retention period', btrim(p_retention_period)) end, retention_period),
+        retention_redundancy = coalesce(p_retention_redundancy, retention_redundancy),
+        extra_backup_parameters = coalesce(p_extra, extra_backup_parameters),
+        job_status = coalesce(case when nullif(btrim(p_job_status), '') is null then null else api.check_choice('job status', upper(btrim(p_job_status)), array['ACTIVE', 'STOPPED', 'DELETED']) end, job_status),
+        remarks = coalesce(p_remarks, remarks)
+    where def_id = p_def_id;
+    return p_def_id;
+exception when unique_violation then
+    raise exception 'the update would make DefID % identical to another definition', p_def_id
+        using errcode = '23505', hint = 'show_backup_definitions lists the definitions of that database.';
+end $$;
+
+-- Removes catalog rows of the given definitions, queueing their files for deletion on the server
+-- that holds them. Returns the number of catalog rows removed.
+create function api.force_delete_catalog_of(p_def_ids bigint[]) returns integer
+language plpgsql as $$
+declare
+    v_count integer;
+begin
+    insert into public.catalog_entries_to_delete (backup_server_id, def_id, bck_id, paths)
+    select c.backup_server_id, c.def_id, c.bck_id,
+           array_remove(array[c.backup_dir, c.pg_dump_file, c.pg_dump_log_file, c.pg_dump_roles_file,
+                               c.pg_dump_roles_log_file, c.pg_dump_dbconfig_file, c.pg_dump_dbconfig_log_file,
+                               c.manifest_file], null)
+      from public.backup_catalog c where c.def_id = any (p_def_ids);
+    delete from public.backup_catalog where def_id = any (p_def_ids);
+    get diagnostics v_count = row_count;
+    return v_count;
+end $$;
+
+create function api.delete_backup_definition_id(p_def_id bigint, p_force boolean) returns integer
+language plpgsql as $$
+declare
+    v_backups bigint;
+    v_removed integer := 0;
+begin
+    if not exists (select 1 from public.backup_definition where def_id = p_def_id) then
+        raise exception 'backup definition DefID % does not exist', p_def_id
+            using errcode = 'P0002', hint = 'show_backup_definitions lists the definitions.';
+    end if;
+    select count(*) into v_backups from public.backup_catalog where def_id = p_def_id;
+    if v_backups > 0 and not coalesce(p_force, false) then
+        raise exception 'backup definition DefID % has % backups in the catalog', p_def_id, v_backups
+            using errcode = '23503',
+                  hint = 'Add force-deletion to delete the definition and its backups, or set it STOPPED with update_backup_definition to keep them.';
+    end if;
+    if v_backups > 0 then
+        v_removed := api.force_delete_catalog_of(array[p_def_id]);
+    end if;
+    delete from public.job where def_id = p_def_id and state <> 'RUNNING';
+    if exists (select 1 from public.job where def_id = p_def_id) then
+        raise exception 'backup definition DefID % has a backup running now', p_def_id
+            using errcode = '55006', hint = 'Wait for it to finish (show_jobs_queue) or cancel it with cancel_job, then retry.';
+    end if;
+    delete from public.backup_definition where def_id = p_def_id;
+    return v_removed;
+end $$;
+
+create function api.delete_backup_definition_dbname(p_node text, p_dbname text, p_force boolean) returns integer
+language plpgsql as $$
+declare
+    v_node bigint := api.node_id(p_node);
+    v_ids bigint[];
+    v_backups bigint;
+begin
+    select array_agg(def_id) into v_ids from public.backup_definition
+     where pgsql_node_id = v_node and dbname = p_dbname;
+    if v_ids is null then
+        raise exception 'no backup definition for database "%" on node %', p_dbname, api.node_fqdn(v_node)
+            using errcode = 'P0002', hint = 'show_backup_definitions lists the definitions of a node.';
+    end if;
+    select count(*) into v_backups from public.backup_catalog where def_id = any (v_ids);
+    if v_backups > 0 and not coalesce(p_force, false) then
+        raise exception 'the definitions of database "%" on node % have % backups in the catalog', p_dbname, api.node_fqdn(v_node), v_backups
+            using errcode = '23503',
+                  hint = 'Add force-deletion to delete the definitions and their backups (snapshots are kept).';
+    end if;
+    perform api.force_delete_catalog_of(v_ids);
+    delete from public.job where def_id = any (v_ids) and state <> 'RUNNING';
+    if exists (select 1 from public.job where def_id = any (v_ids)) then
+        raise exception 'a backup of database "%" is running now', p_dbname
+            using errcode = '55006', hint = 'Wait for it to finish (show_jobs_queue) or cancel it with cancel_job, then retry.';
+    end if;
+    delete from public.backup_definition where def_id = any (v_ids);
+    return cardinality(v_ids);
+end $$;
+
+-- Moves matching definitions of one server to another. Existing backups stay where they are
+-- (their files are on the old server, whose retention keeps handling them).
+create function api.move_backup_definition(p_from text, p_to text, p_nodes text[], p_dbnames text[], p_def_ids bigint[])
+returns integer language plpgsql as $$
+declare
+    v_from bigint := api.server_id(p_from);
+    v_to bigint := api.server_id(p_to);
+    v_nodes bigint[];
+    v_count integer;
+begin
+    if v_from = v_to then
+        raise exception 'source and target backup server are the same (%)', api.server_fqdn(v_from)
+            using errcode = '22023', hint = 'Give two different backup servers.';
+    end if;
+    if p_nodes is not null then
+        select array_agg(api.node_id(n)) into v_nodes from unnest(p_nodes) n;
+    end if;
+    update public.backup_definition set backup_server_id = v_to
+     where backup_server_id = v_from
+       and (v_nodes is null or pgsql_node_id = any (v_nodes))
+       and (p_dbnames is null or dbname = any (p_dbnames))
+       and (p_def_ids is null or def_id = any (p_def_ids));
+    get diagnostics v_count = row_count;
+    return v_count;
+exception when unique_violation then
+    raise exception 'the target backup server already has an identical definition'
+        using errcode = '23505', hint = 'Delete or change the duplicate on the target server first.';
+end $$;
+
+create function api.dbnames_with_definitions(p_node bigint) returns setof text
+language sql stable as $$
+    select distinct dbname from public.backup_definition
+     where pgsql_node_id = p_node and job_status <> 'DELETED' and dbname <> ''
+$$;

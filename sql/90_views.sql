@@ -1,0 +1,155 @@
+-- Views and report functions behind the shell's show_* commands. Column names are the headers the
+-- shell prints (CSV/JSON keys are derived from them); values keep their types so JSON output has
+-- numbers, booleans, nulls and timestamps. Intervals are shown as text.
+
+create view api.show_backup_servers as
+select s.server_id as "SrvID", s.fqdn as "FQDN", s.status as "Status",
+       s.registered as "Registered", s.remarks as "Remarks"
+  from public.backup_server s;
+
+create view api.show_pgsql_nodes as
+select n.node_id as "NodeID", n.fqdn as "FQDN", n.pgport as "Pgport", n.admin_user as "Admin user",
+       n.admin_dbname as "Admin DB", n.sslmode as "SSL mode", n.status as "Status",
+       n.registered as "Registered", n.remarks as "Remarks"
+  from public.pgsql_node n;
+
+create view api.show_backup_definitions as
+select d.def_id as "DefID", d.backup_server_id as "SrvID", s.fqdn as "Backup server",
+       d.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", d.dbname as "DBname",
+       concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron) as "Schedule",
+       d.backup_code as "Code",
+       d.retention_period::text || ' (' || d.retention_redundancy || ')' as "Retention",
+       d.job_status as "Status", d.extra_backup_parameters as "Parameters",
+       d.registered as "Registered", d.remarks as "Remarks"
+  from public.backup_definition d
+  join public.backup_server s on s.server_id = d.backup_server_id
+  join public.pgsql_node n on n.node_id = d.pgsql_node_id;
+
+create view api.show_empty_backup_catalogs as
+select v.* from api.show_backup_definitions v
+ where not exists (select 1 from public.backup_catalog c where c.def_id = v."DefID");
+
+create function api.show_backup_server_config(p_server bigint)
+returns table ("Parameter" text, "Value" text, "Description" text)
+language sql stable as $$
+    select d.parameter, coalesce(c.value, d.value), d.description
+      from public.backup_server_default_config d
+      left join public.backup_server_config c on c.server_id = p_server and c.parameter = d.parameter
+     where d.parameter not in ('domain', 'backup_server_status')
+     order by d.parameter
+$$;
+
+create function api.show_pgsql_node_config(p_node bigint)
+returns table ("Parameter" text, "Value" text, "Description" text)
+language sql stable as $$
+    select d.parameter, coalesce(c.value, d.value), d.description
+      from public.pgsql_node_default_config d
+      left join public.pgsql_node_config c on c.node_id = p_node and c.parameter = d.parameter
+     where d.parameter not in ('domain', 'pgport', 'admin_user', 'admin_dbname', 'sslmode', 'pgsql_node_status')
+     order by d.parameter
+$$;
+
+create view api.show_backup_server_default_config as
+select parameter as "Parameter", value as "Value", description as "Description"
+  from public.backup_server_default_config;
+
+create view api.show_pgsql_node_default_config as
+select parameter as "Parameter", value as "Value", description as "Description"
+  from public.pgsql_node_default_config;
+
+-- Statistics. Each returns one row; the shell shows it as a key/value report.
+create function api.backup_server_stats(p_server bigint)
+returns table ("SrvID" bigint, "Backup server" text, "PgSQL nodes" bigint, "Different databases" bigint,
+               "Active definitions" bigint, "Stopped definitions" bigint, "Deleted definitions" bigint,
+               "FULL definitions" bigint, "SCHEMA definitions" bigint, "DATA definitions" bigint,
+               "CLUSTER definitions" bigint, "GLOBALS definitions" bigint,
+               "Succeeded backups" bigint, "Faulty backups" bigint, "Total size" bigint,
+               "Total running time" text, "Oldest backup" timestamptz, "Newest backup" timestamptz,
+               "Queued jobs" bigint, "Forced deletions waiting" bigint)
+language sql stable as $$
+    with d as (select * from public.backup_definition where backup_server_id = p_server),
+         c as (select * from public.backup_catalog where backup_server_id = p_server)
+    select s.server_id, s.fqdn,
+           (select count(distinct pgsql_node_id) from d),
+           (select count(distinct (pgsql_node_id, dbname)) from d where dbname <> ''),
+           (select count(*) from d where job_status = 'ACTIVE'),
+           (select count(*) from d where job_status = 'STOPPED'),
+           (select count(*) from d where job_status = 'DELETED'),
+           (select count(*) from d where backup_code = 'FULL'),
+           (select count(*) from d where backup_code = 'SCHEMA'),
+           (select count(*) from d where backup_code = 'DATA'),
+           (select count(*) from d where backup_code = 'CLUSTER'),
+           (select count(*) from d where backup_code = 'GLOBALS'),
+           (select count(*) from c where execution_status = 'SUCCEEDED'),
+           (select count(*) from c where execution_status <> 'SUCCEEDED'),
+           (select coalesce(sum(total_size), 0)::bigint from c),
+           (select coalesce(sum(duration), interval '0')::text from c),
+           (select min(finished) from c),
+           (select max(finished) from c),
+           (select count(*) from public.job j where j.backup_server_id = p_server and j.state in ('QUEUED', 'RUNNING')),
+           (select count(*) from public.catalog_entries_to_delete e where e.backup_server_id = p_server)
+      from public.backup_server s where s.server_id = p_server
+$$;
+
+create function api.pgsql_node_stats(p_node bigint)
+returns table ("NodeID" bigint, "PgSQL node" text, "Backup servers" bigint, "Different databases" bigint,
+               "Active definitions" bigint, "Stopped definitions" bigint, "Deleted definitions" bigint,
+               "FULL definitions" bigint, "SCHEMA definitions" bigint, "DATA definitions" bigint,
+               "CLUSTER definitions" bigint, "GLOBALS definitions" bigint,
+               "Succeeded backups" bigint, "Faulty backups" bigint, "Total size" bigint,
+               "Total running time" text, "Oldest backup" timestamptz, "Newest backup" timestamptz,
+               "Queued jobs" bigint)
+language sql stable as $$
+    with d as (select * from public.backup_definition where pgsql_node_id = p_node),
+         c as (select * from public.backup_catalog where pgsql_node_id = p_node)
+    select n.node_id, n.fqdn,
+           (select count(distinct backup_server_id) from d),
+           (select count(distinct dbname) from d where dbname <> ''),
+           (select count(*) from d where job_status = 'ACTIVE'),
+           (select count(*) from d where job_status = 'STOPPED'),
+           (select count(*) from d where job_status = 'DELETED'),
+           (select count(*) from d where backup_code = 'FULL'),
+           (select count(*) from d where backup_code = 'SCHEMA'),
+           (select count(*) from d where backup_code = 'DATA'),
+           (select count(*) from d where backup_code = 'CLUSTER'),
+           (select count(*) from d where backup_code = 'GLOBALS'),
+           (select count(*) from c where execution_status = 'SUCCEEDED'),
+           (select count(*) from c where execution_status <> 'SUCCEEDED'),
+           (select coalesce(sum(total_size), 0)::bigint from c),
+           (select coalesce(sum(duration), interval '0')::text from c),
+           (select min(finished) from c),
+           (select max(finished) from c),
+           (select count(*) from public.job j where j.pgsql_node_id = p_node and j.state in ('QUEUED', 'RUNNING'))
+      from public.pgsql_node n where n.node_id = p_node
+$$;
+
+create view api.show_pgbackman_stats as
+select (select count(*) from public.backup_server where status = 'RUNNING') as "Running backup servers",
+       (select count(*) from public.backup_server where status = 'STOPPED') as "Stopped backup servers",
+       (select count(*) from public.pgsql_node where status = 'RUNNING') as "Running PgSQL nodes",
+       (select count(*) from public.pgsql_node where status = 'STOPPED') as "Stopped PgSQL nodes",
+       (select count(distinct (pgsql_node_id, dbname)) from public.backup_definition where dbname <> '') as "Different databases",
+       (select count(*) from public.backup_definition where job_status = 'ACTIVE') as "Active definitions",
+       (select count(*) from public.backup_definition where job_status = 'STOPPED') as "Stopped definitions",
+       (select count(*) from public.backup_definition where job_status = 'DELETED') as "Deleted definitions",
+       (select count(*) from public.backup_definition where backup_code = 'FULL') as "FULL definitions",
+       (select count(*) from public.backup_definition where backup_code = 'SCHEMA') as "SCHEMA definitions",
+       (select count(*) from public.backup_definition where backup_code = 'DATA') as "DATA definitions",
+       (select count(*) from public.backup_definition where backup_code = 'CLUSTER') as "CLUSTER definitions",
+       (select count(*) from public.backup_definition where backup_code = 'GLOBALS') as "GLOBALS definitions",
+       (select count(*) from public.snapshot_definition) as "Snapshot definitions",
+       (select count(*) from public.backup_catalog where execution_status = 'SUCCEEDED') as "Succeeded backups",
+       (select count(*) from public.backup_catalog where execution_status <> 'SUCCEEDED') as "Faulty backups",
+       (select coalesce(sum(total_size), 0)::bigint from public.backup_catalog) as "Total size",
+       (select coalesce(sum(duration), interval '0')::text from public.backup_catalog) as "Total running time",
+       (select min(finished) from public.backup_catalog) as "Oldest backup",
+       (select max(finished) from public.backup_catalog) as "Newest backup",
+       (select count(*) from public.job where state in ('QUEUED', 'RUNNING')) as "Queued jobs",
+       (select count(*) from public.catalog_entries_to_delete) as "Forced deletions waiting",
+       (select count(*) from public.alert where not alert_sent) as "Unsent alerts";
+
+create view api.show_audit_log as
+select audit_id as "AuditID", at as "At", db_user as "DB user", os_user as "OS user",
+       client_host as "Client", command as "Command", table_name as "Table", operation as "Operation",
+       object_id as "Object"
+  from public.audit_log;
