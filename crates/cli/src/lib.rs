@@ -1,0 +1,241 @@
+//! The `pgbackman` admin shell: clap command model shared by `-C` and the interactive shell,
+//! rendering (comfy-table, CSV, JSON), `db init|upgrade|status` and `quickstart`.
+
+pub mod commands;
+pub mod parse;
+pub mod quickstart;
+pub mod render;
+pub mod session;
+pub mod shell;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use pgbackman_config::FileConfig;
+use pgbackman_core::model::OutputFormat;
+use pgbackman_db::{Catalog, migrate};
+
+use crate::parse::ParseError;
+use crate::render::render;
+use crate::session::{Aborted, Session};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgbackman",
+    version,
+    about = "PostgreSQL backup manager: admin shell for the pgbackman catalog",
+    long_about = "pgbackman manages pg_dump backups of many PostgreSQL nodes from one catalog.\n\n\
+        Without arguments it opens the interactive shell. -C runs one shell command and exits\n\
+        non-zero if it fails. The catalog is found by --catalog, else $PGBACKMAN_CATALOG, else\n\
+        [catalog] conninfo in --config FILE, ~/.config/pgbackman/pgbackman.toml or\n\
+        /etc/pgbackman/pgbackman.toml. Passwords belong in a pgpass file, not on the command line.",
+    after_help = "Examples:\n  pgbackman quickstart\n  pgbackman db init --catalog 'host=db1 dbname=pgbackman user=pgbackman'\n  pgbackman -C show_pgsql_nodes -o json\n  pgbackman -C 'register_pgsql_node pg01 example.org 5432 postgres RUNNING \"\"'\n  pgbackman -C 'help register_backup_definition'"
+)]
+struct Cli {
+    /// Catalog connection: libpq key=value string or postgresql:// URI.
+    #[arg(long, global = true, value_name = "CONNINFO")]
+    catalog: Option<String>,
+    /// Configuration file (default: ~/.config/pgbackman/pgbackman.toml, then /etc/pgbackman/pgbackman.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Run one shell command and exit (non-zero on error).
+    #[arg(short = 'C', long = "command", value_name = "COMMAND")]
+    command: Option<String>,
+    /// Output format of listings and reports.
+    #[arg(short = 'o', long = "output", value_name = "table|csv|json")]
+    output: Option<OutputFormat>,
+    #[command(subcommand)]
+    sub: Option<Sub>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Install, upgrade or inspect the catalog database.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+    /// Start a private catalog cluster, register this host and the local cluster, open the shell.
+    Quickstart(quickstart::Args),
+}
+
+#[derive(Subcommand, Debug)]
+enum DbAction {
+    /// Create the catalog in an empty database (created if it does not exist).
+    Init,
+    /// Apply new migrations and re-create the catalog functions, under an advisory lock.
+    Upgrade,
+    /// Show the installed catalog version and whether this binary matches (exit 1 if not).
+    Status,
+}
+
+/// Entry point of the `pgbackman` binary.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("[ERROR] cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("[ERROR] {}", format_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, without repeating text that a cause already contains.
+pub fn format_error(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for c in e.chain().skip(1) {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out = format!("{out}: {t}");
+        }
+    }
+    out
+}
+
+fn os_user() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into())
+}
+
+/// Where the catalog is, as (resolved config, redacted conninfo, source description).
+pub fn catalog_target(flag: Option<&str>, file: &FileConfig) -> Result<(tokio_postgres::Config, String, String)> {
+    let (conninfo, source) = pgbackman_config::catalog_conninfo(flag, std::env::var("PGBACKMAN_CATALOG").ok(), file)?;
+    let cfg = pgbackman_config::resolve_env(&conninfo).context("the catalog connection string")?;
+    if flag.is_some() && cfg.get_password().is_some() {
+        eprintln!("[WARNING] a password given with --catalog is visible to every user of this host; use a pgpass file");
+    }
+    let redacted = pgbackman_config::redacted(&cfg);
+    Ok((cfg, redacted, format!("{source:?}")))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let file = pgbackman_config::load(cli.config.as_deref())?;
+    if let Some(Sub::Quickstart(args)) = &cli.sub {
+        return quickstart::run(args, &file).await;
+    }
+    let (cfg, target, source) = catalog_target(cli.catalog.as_deref(), &file)?;
+    if let Some(Sub::Db { action }) = &cli.sub {
+        return db_command(action, &cfg, &target).await;
+    }
+    let catalog = Catalog::connect(cfg, "pgbackman", &target).await?;
+    catalog.check_compatible().await?;
+    let format = match cli.output {
+        Some(f) => f,
+        None => file.shell.output_format.as_deref().map(str::parse).transpose()?.unwrap_or(OutputFormat::Table),
+    };
+    let local_server = file.shell.backup_server.clone().unwrap_or_else(pgbackman_config::host_fqdn);
+    let history = shell::history_path(file.shell.history_file.as_deref());
+    let interactive = cli.command.is_none();
+    let mut s = Session {
+        catalog,
+        format,
+        config: file,
+        catalog_source: source,
+        local_server,
+        os_user: os_user(),
+        editor: if interactive { Some(shell::new_editor(history.as_ref())?) } else { None },
+        history: Vec::new(),
+        line: String::new(),
+    };
+    match cli.command {
+        Some(line) => Ok(if execute_line(&mut s, &line).await { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        None => {
+            shell::run(s, history).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs one command line, printing its output or its error. Returns whether it succeeded.
+pub async fn execute_line(s: &mut Session, line: &str) -> bool {
+    let Some(words) = shlex::split(line) else {
+        eprintln!("[ERROR] unbalanced quotes in: {line}");
+        return false;
+    };
+    if words.is_empty() {
+        return true;
+    }
+    let inv = match parse::parse(&words) {
+        Ok(i) => i,
+        Err(ParseError::Help(h)) => {
+            print!("{h}");
+            return true;
+        }
+        Err(e) => {
+            eprintln!("[ERROR] {e}");
+            return false;
+        }
+    };
+    s.line = line.to_string();
+    match commands::run(s, &inv).await {
+        Ok(out) => {
+            print!("{}", render(&out, s.format));
+            true
+        }
+        Err(e) if e.is::<Aborted>() => {
+            println!("[ABORTED] Command interrupted by the user.");
+            false
+        }
+        Err(e) => {
+            eprintln!("[ERROR] {}", format_error(&e));
+            false
+        }
+    }
+}
+
+async fn db_command(action: &DbAction, cfg: &tokio_postgres::Config, target: &str) -> Result<ExitCode> {
+    let status = match action {
+        DbAction::Init => {
+            if pgbackman_db::ensure_database(cfg, target).await? {
+                println!("[DONE] Database {} created.", cfg.get_dbname().unwrap_or("pgbackman"));
+            }
+            let mut c = pgbackman_db::connect_once(cfg, target).await?;
+            let st = migrate::init(&mut c).await?;
+            println!("[DONE] Catalog installed in {target} (schema version {}).", st.expected);
+            st
+        }
+        DbAction::Upgrade => {
+            let mut c = pgbackman_db::connect_once(cfg, target).await?;
+            let before = migrate::status(&c).await?;
+            let st = migrate::upgrade(&mut c).await?;
+            println!(
+                "[DONE] Catalog upgraded from schema version {} to {}; functions re-applied.",
+                before.installed.map_or("?".into(), |v| v.to_string()),
+                st.installed.map_or("?".into(), |v| v.to_string())
+            );
+            st
+        }
+        DbAction::Status => {
+            let c = pgbackman_db::connect_once(cfg, target).await?;
+            let st = migrate::status(&c).await?;
+            println!("Catalog:                 {target}");
+            println!(
+                "Installed schema:        {}",
+                st.installed.map_or("none (run `pgbackman db init`)".into(), |v| v.to_string())
+            );
+            println!("Schema of this binary:   {}", st.expected);
+            println!("Functions installed by:  {}", st.software_installed.as_deref().unwrap_or("-"));
+            println!("pgbackman version:       {}", migrate::SOFTWARE_VERSION);
+            match st.compatibility(target) {
+                Ok(()) => println!("Status:                  OK, this binary matches the catalog"),
+                Err(e) => {
+                    println!("Status:                  MISMATCH");
+                    bail!("{e}");
+                }
+            }
+            st
+        }
+    };
+    let _ = status;
+    Ok(ExitCode::SUCCESS)
+}

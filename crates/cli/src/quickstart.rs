@@ -1,0 +1,211 @@
+//! `pgbackman quickstart`: a working installation on this host in one command. It starts (or
+//! reuses) a private catalog cluster, installs the catalog, registers this host as backup server
+//! and the local PostgreSQL cluster as a node, then opens the shell (or, without a terminal,
+//! prints what it set up).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use pgbackman_config::FileConfig;
+use pgbackman_db::{Audit, Catalog, NewNode, migrate};
+use pgbackman_pgctl::{Cluster, StopMode};
+
+use crate::render::{Output, render};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Directory of the private catalog cluster (default: /var/lib/pgbackman/quickstart as root,
+    /// else ~/.local/share/pgbackman/quickstart).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The node to register (libpq conninfo). Default: the local cluster at $PGHOST/$PGPORT or
+    /// /var/run/postgresql:5432, else the private cluster itself.
+    #[arg(long, value_name = "CONNINFO")]
+    node: Option<String>,
+    /// Do not open the shell at the end.
+    #[arg(long)]
+    no_shell: bool,
+    /// Stop the private catalog cluster and exit.
+    #[arg(long)]
+    stop: bool,
+}
+
+fn default_dir() -> PathBuf {
+    if nix_is_root() {
+        return PathBuf::from("/var/lib/pgbackman/quickstart");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("pgbackman/quickstart")
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// The private cluster keeps its port in a file so later runs find it again.
+fn cluster_at(dir: &std::path::Path) -> Result<Cluster> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let port_file = dir.join("port");
+    let port = match std::fs::read_to_string(&port_file) {
+        Ok(p) => p.trim().parse().with_context(|| format!("{} is corrupt", port_file.display()))?,
+        Err(_) => {
+            let p = pgbackman_pgctl::free_port();
+            std::fs::write(&port_file, p.to_string()).with_context(|| format!("writing {}", port_file.display()))?;
+            p
+        }
+    };
+    Ok(Cluster::new(dir.join("data"), port).with_socket_dir(dir.join("run")))
+}
+
+pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
+    let dir = args.dir.clone().unwrap_or_else(default_dir);
+    let cluster = cluster_at(&dir)?;
+    if args.stop {
+        if cluster.is_running() {
+            cluster.stop(StopMode::Fast)?;
+        }
+        println!("[DONE] Private catalog cluster in {} stopped.", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !cluster.is_initialized() {
+        println!("Creating the private catalog cluster in {} ...", dir.display());
+        cluster.initdb()?;
+    }
+    if !cluster.is_running() {
+        cluster.start()?;
+    }
+    let conninfo = cluster.conninfo("pgbackman");
+    let cfg = pgbackman_config::resolve_env(&conninfo)?;
+    let target = pgbackman_config::redacted(&cfg);
+    pgbackman_db::ensure_database(&cfg, &target).await?;
+    let mut c = pgbackman_db::connect_once(&cfg, &target).await?;
+    let st = migrate::status(&c).await?;
+    if st.installed.is_none() {
+        migrate::init(&mut c).await?;
+    } else if !st.is_current() {
+        migrate::upgrade(&mut c).await?;
+    }
+    drop(c);
+    println!("[OK] Catalog: {target}");
+    write_config(&conninfo, file)?;
+
+    let catalog = Catalog::connect(cfg, "pgbackman-quickstart", &target).await?;
+    let audit = Audit { os_user: std::env::var("USER").unwrap_or_default(), command: "quickstart".into() };
+    let fqdn = file.shell.backup_server.clone().unwrap_or_else(pgbackman_config::host_fqdn);
+    if catalog.server_id(&fqdn).await.is_err() {
+        let (host, domain) = fqdn.split_once('.').unwrap_or((fqdn.as_str(), ""));
+        catalog.register_backup_server(&audit, host, Some(domain), Some("RUNNING"), Some("registered by quickstart")).await?;
+    }
+    println!("[OK] Backup server: {fqdn}");
+
+    let (node_host, node_port, node_user) = pick_node(args, &cluster).await?;
+    let node_ref = format!("{node_host}:{node_port}");
+    if catalog.node_id(&node_ref).await.is_err() {
+        catalog
+            .register_pgsql_node(
+                &audit,
+                &NewNode {
+                    hostname: node_host.clone(),
+                    domain: Some(String::new()),
+                    port: Some(i32::from(node_port)),
+                    admin_user: Some(node_user),
+                    status: Some("RUNNING".into()),
+                    remarks: Some("local cluster, registered by quickstart".into()),
+                    ..NewNode::default()
+                },
+            )
+            .await?;
+    }
+    println!("[OK] PgSQL node: {node_ref}");
+
+    let show = |kind, rows| print!("{}", render(&Output::List { kind, rows }, pgbackman_core::model::OutputFormat::Table));
+    show("backup_servers", catalog.show_backup_servers().await?);
+    show("pgsql_nodes", catalog.show_pgsql_nodes().await?);
+    println!(
+        "\nThe catalog runs in {} (stop it with `pgbackman quickstart --stop`).\nNext: register_backup_definition {fqdn} {node_ref} \"#all_databases#\"",
+        dir.display()
+    );
+    if args.no_shell || !std::io::stdin().is_terminal() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let history = crate::shell::history_path(file.shell.history_file.as_deref());
+    let s = crate::session::Session {
+        catalog,
+        format: pgbackman_core::model::OutputFormat::Table,
+        config: file.clone(),
+        catalog_source: "quickstart".into(),
+        local_server: fqdn,
+        os_user: std::env::var("USER").unwrap_or_default(),
+        editor: Some(crate::shell::new_editor(history.as_ref())?),
+        history: Vec::new(),
+        line: String::new(),
+    };
+    crate::shell::run(s, history).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Points the user's config at the private catalog unless it already names another catalog.
+fn write_config(conninfo: &str, file: &FileConfig) -> Result<()> {
+    if file.catalog.conninfo.is_some() {
+        if file.catalog.conninfo.as_deref() != Some(conninfo) {
+            println!(
+                "[WARNING] {} names another catalog; use this one with:\n  export PGBACKMAN_CATALOG='{conninfo}'",
+                file.path.as_ref().map_or("your configuration".into(), |p| p.display().to_string())
+            );
+        }
+        return Ok(());
+    }
+    let Some(home) = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+    else {
+        return Ok(());
+    };
+    let path = home.join("pgbackman/pgbackman.toml");
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path.parent().unwrap_or(&home))?;
+    let body = format!(
+        "# Written by `pgbackman quickstart`.\n[catalog]\nconninfo = {}\n",
+        toml_string(conninfo)
+    );
+    std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+    println!("[OK] Wrote {}", path.display());
+    Ok(())
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The node to register: --node, else the local cluster if it answers, else the private cluster.
+async fn pick_node(args: &Args, private: &Cluster) -> Result<(String, u16, String)> {
+    let candidates: Vec<String> = match &args.node {
+        Some(n) => vec![n.clone()],
+        None => vec![String::new()],
+    };
+    for c in candidates {
+        let Ok(cfg) = pgbackman_config::resolve_env(&c) else { continue };
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => continue,
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let user = cfg.get_user().unwrap_or("postgres").to_string();
+        if pgbackman_db::node::node_facts(cfg, &host).await.is_ok() {
+            return Ok((host, port, user));
+        }
+        if args.node.is_some() {
+            anyhow::bail!("the node given with --node ({c}) does not answer");
+        }
+    }
+    println!("[OK] No local PostgreSQL cluster answers; the private cluster serves as the node.");
+    Ok((private.socket_dir().display().to_string(), private.port(), "postgres".into()))
+}

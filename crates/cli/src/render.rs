@@ -1,0 +1,216 @@
+//! Output: comfy-table for people, RFC 4180 CSV and typed JSON for scripts.
+
+use chrono::Local;
+use comfy_table::presets::ASCII_FULL_CONDENSED;
+use comfy_table::{ContentArrangement, Table};
+use pgbackman_core::model::OutputFormat;
+use pgbackman_db::{Rows, Value};
+use serde_json::{Map, Value as Json, json};
+
+/// What a command produced.
+#[derive(Debug)]
+pub enum Output {
+    /// A listing; `kind` is the JSON result type (e.g. "backup_servers").
+    List { kind: &'static str, rows: Rows },
+    /// A one-row report shown as key/value pairs.
+    Report { kind: &'static str, rows: Rows },
+    /// A completed change: `[DONE] ...` lines.
+    Done(Vec<String>),
+    /// Free text (help, history).
+    Text(String),
+    Nothing,
+}
+
+/// CSV/JSON key of a column header: "Backup server" → "backup_server".
+pub fn key(column: &str) -> String {
+    let mut k: String = column
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    while k.contains("__") {
+        k = k.replace("__", "_");
+    }
+    k.trim_matches('_').to_string()
+}
+
+fn is_size(column: &str) -> bool {
+    column.ends_with("size") || column.ends_with("Size")
+}
+
+pub fn pretty_bytes(n: i64) -> String {
+    const UNITS: [&str; 6] = ["bytes", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v.abs() >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} bytes") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn cell_text(column: &str, v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Int(n) if is_size(column) => pretty_bytes(*n),
+        Value::Int(n) => n.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Text(s) => s.clone(),
+        Value::Time(t) => t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S%:z").to_string(),
+        Value::List(l) => l.join(", "),
+        Value::Json(j) => j.to_string(),
+    }
+}
+
+fn csv_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Int(n) => n.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Text(s) => s.clone(),
+        Value::Time(t) => t.to_rfc3339(),
+        Value::List(l) => l.join(","),
+        Value::Json(j) => j.to_string(),
+    }
+}
+
+fn json_value(v: &Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Int(n) => json!(n),
+        Value::Float(f) => json!(f),
+        Value::Bool(b) => json!(b),
+        Value::Text(s) => json!(s),
+        Value::Time(t) => json!(t.to_rfc3339()),
+        Value::List(l) => json!(l),
+        Value::Json(j) => j.clone(),
+    }
+}
+
+fn json_rows(rows: &Rows) -> Vec<Json> {
+    rows.rows
+        .iter()
+        .map(|r| {
+            let mut m = Map::new();
+            for (c, v) in rows.columns.iter().zip(r) {
+                m.insert(key(c), json_value(v));
+            }
+            Json::Object(m)
+        })
+        .collect()
+}
+
+fn csv_of(rows: &Rows) -> String {
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+    // Writing into a Vec cannot fail.
+    let _ = w.write_record(rows.columns.iter().map(|c| key(c)));
+    for r in &rows.rows {
+        let _ = w.write_record(r.iter().map(csv_text));
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+fn new_table() -> Table {
+    let mut t = Table::new();
+    t.load_preset(ASCII_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
+    t
+}
+
+/// Renders `out` as text ready to print (with a trailing newline when not empty).
+pub fn render(out: &Output, format: OutputFormat) -> String {
+    match (out, format) {
+        (Output::Nothing, _) => String::new(),
+        (Output::Text(s), _) => ensure_nl(s.clone()),
+        (Output::Done(lines), OutputFormat::Json) => {
+            ensure_nl(json!({"status": "done", "messages": lines}).to_string())
+        }
+        (Output::Done(lines), _) => lines.iter().map(|l| format!("[DONE] {l}\n")).collect(),
+        (Output::List { kind, rows } | Output::Report { kind, rows }, OutputFormat::Json) => {
+            let mut m = Map::new();
+            m.insert((*kind).to_string(), Json::Array(json_rows(rows)));
+            ensure_nl(Json::Object(m).to_string())
+        }
+        (Output::List { rows, .. } | Output::Report { rows, .. }, OutputFormat::Csv) => csv_of(rows),
+        (Output::List { rows, .. }, OutputFormat::Table) => {
+            let mut t = new_table();
+            t.set_header(rows.columns.iter());
+            for r in &rows.rows {
+                t.add_row(rows.columns.iter().zip(r).map(|(c, v)| cell_text(c, v)));
+            }
+            let n = rows.len();
+            format!("{t}\n({n} row{})\n", if n == 1 { "" } else { "s" })
+        }
+        (Output::Report { rows, .. }, OutputFormat::Table) => {
+            let mut t = new_table();
+            t.set_header(["Parameter", "Value"]);
+            for r in &rows.rows {
+                for (c, v) in rows.columns.iter().zip(r) {
+                    t.add_row([c.clone(), cell_text(c, v)]);
+                }
+            }
+            format!("{t}\n")
+        }
+    }
+}
+
+fn ensure_nl(mut s: String) -> String {
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn sample() -> Rows {
+        Rows {
+            columns: vec!["SrvID".into(), "Backup server".into(), "Remarks".into(), "Registered".into(), "Total size".into()],
+            rows: vec![vec![
+                Value::Int(7),
+                Value::Text("bs1.example.org".into()),
+                Value::Text("has \"quotes\", commas\nand newlines".into()),
+                Value::Time(chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()),
+                Value::Null,
+            ]],
+        }
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(key("Backup server"), "backup_server");
+        assert_eq!(key("SrvID"), "srvid");
+        assert_eq!(key("AT time (UTC)"), "at_time_utc");
+    }
+
+    #[test]
+    fn csv_is_rfc4180() {
+        let s = render(&Output::List { kind: "x", rows: sample() }, OutputFormat::Csv);
+        let mut r = csv::Reader::from_reader(s.as_bytes());
+        let rec = r.records().next().unwrap().unwrap();
+        assert_eq!(&rec[2], "has \"quotes\", commas\nand newlines");
+        assert_eq!(&rec[3], "2026-01-02T03:04:05+00:00");
+        assert_eq!(&rec[4], "");
+        assert!(s.contains("\r\n"));
+    }
+
+    #[test]
+    fn json_is_typed() {
+        let s = render(&Output::List { kind: "backup_servers", rows: sample() }, OutputFormat::Json);
+        let v: Json = serde_json::from_str(&s).unwrap();
+        let row = &v["backup_servers"][0];
+        assert_eq!(row["srvid"], json!(7));
+        assert_eq!(row["total_size"], Json::Null);
+        assert_eq!(row["registered"], json!("2026-01-02T03:04:05+00:00"));
+    }
+
+    #[test]
+    fn sizes_are_pretty_in_tables() {
+        assert_eq!(pretty_bytes(512), "512 bytes");
+        assert_eq!(pretty_bytes(1536), "1.5 kB");
+    }
+}

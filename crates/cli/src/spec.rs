@@ -1,0 +1,425 @@
+//! The command table: one entry per shell command, with its arguments in PgBackMan's positional
+//! order. It drives parsing (clap, identical for `-C` and the interactive shell), prompts,
+//! `help <command>` and tab completion, so a command is described in exactly one place.
+
+/// How an argument is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Positional, in table order.
+    Pos,
+    /// Positional, takes all remaining words (e.g. `parameter=value` pairs).
+    Rest,
+    /// `--name value`.
+    Opt,
+    /// `--name`.
+    Flag,
+}
+
+#[derive(Debug)]
+pub struct Arg {
+    pub name: &'static str,
+    /// Prompt label and help text.
+    pub label: &'static str,
+    pub kind: Kind,
+}
+
+#[derive(Debug)]
+pub struct Cmd {
+    pub name: &'static str,
+    pub group: &'static str,
+    pub about: &'static str,
+    pub args: &'static [Arg],
+    pub examples: &'static [&'static str],
+}
+
+const fn pos(name: &'static str, label: &'static str) -> Arg {
+    Arg { name, label, kind: Kind::Pos }
+}
+const fn opt(name: &'static str, label: &'static str) -> Arg {
+    Arg { name, label, kind: Kind::Opt }
+}
+const fn rest(name: &'static str, label: &'static str) -> Arg {
+    Arg { name, label, kind: Kind::Rest }
+}
+
+const SERVERS: &str = "Backup servers";
+const NODES: &str = "PgSQL nodes";
+const DEFS: &str = "Backup definitions";
+const SYSTEM: &str = "System";
+const SHELL: &str = "Shell";
+
+pub static COMMANDS: &[Cmd] = &[
+    Cmd {
+        name: "register_backup_server",
+        group: SERVERS,
+        about: "Register a backup server (a host that runs pgbackman-agent and stores backups).",
+        args: &[
+            pos("hostname", "Hostname"),
+            pos("domain", "Domain"),
+            pos("remarks", "Remarks"),
+            opt("status", "Status (RUNNING or STOPPED)"),
+        ],
+        examples: &["register_backup_server backup01 example.org \"rack 4\""],
+    },
+    Cmd {
+        name: "update_backup_server",
+        group: SERVERS,
+        about: "Change the remarks or the status of a backup server.",
+        args: &[pos("server", "SrvID | FQDN"), pos("remarks", "Remarks"), opt("status", "Status (RUNNING or STOPPED)")],
+        examples: &["update_backup_server backup01.example.org \"moved to DC2\"", "update_backup_server 1 \"\" --status STOPPED"],
+    },
+    Cmd {
+        name: "delete_backup_server",
+        group: SERVERS,
+        about: "Delete a backup server that no definition, backup or job refers to.",
+        args: &[pos("server", "SrvID | FQDN")],
+        examples: &["delete_backup_server backup02.example.org"],
+    },
+    Cmd {
+        name: "show_backup_servers",
+        group: SERVERS,
+        about: "List the registered backup servers.",
+        args: &[],
+        examples: &["show_backup_servers"],
+    },
+    Cmd {
+        name: "show_backup_server_config",
+        group: SERVERS,
+        about: "Show the configuration of a backup server (default: this host).",
+        args: &[pos("server", "SrvID | FQDN")],
+        examples: &["show_backup_server_config backup01.example.org"],
+    },
+    Cmd {
+        name: "update_backup_server_config",
+        group: SERVERS,
+        about: "Change configuration parameters of a backup server: parameter=value pairs, all or none applied.",
+        args: &[pos("server", "SrvID | FQDN"), rest("settings", "parameter=value")],
+        examples: &["update_backup_server_config 1 root_backup_partition=/srv/pgbackman max_concurrent_jobs=8"],
+    },
+    Cmd {
+        name: "show_backup_server_default_config",
+        group: SERVERS,
+        about: "Show the default configuration copied to newly registered backup servers.",
+        args: &[],
+        examples: &["show_backup_server_default_config"],
+    },
+    Cmd {
+        name: "update_backup_server_default_config",
+        group: SERVERS,
+        about: "Change the defaults for new backup servers: parameter=value pairs.",
+        args: &[rest("settings", "parameter=value")],
+        examples: &["update_backup_server_default_config domain=example.net"],
+    },
+    Cmd {
+        name: "show_backup_server_stats",
+        group: SERVERS,
+        about: "Statistics of one backup server (default: this host).",
+        args: &[pos("server", "SrvID | FQDN")],
+        examples: &["show_backup_server_stats backup01.example.org"],
+    },
+    Cmd {
+        name: "register_pgsql_node",
+        group: NODES,
+        about: "Register a PgSQL node (a PostgreSQL cluster to back up). Passwords come from a pgpass file, never from here.",
+        args: &[
+            pos("hostname", "Hostname"),
+            pos("domain", "Domain"),
+            pos("pgport", "Port"),
+            pos("admin_user", "Admin user"),
+            pos("status", "Status (RUNNING or STOPPED)"),
+            pos("remarks", "Remarks"),
+            opt("admin-dbname", "Database of the admin connection"),
+            opt("sslmode", "libpq sslmode (disable, allow, prefer, require, verify-ca, verify-full)"),
+        ],
+        examples: &[
+            "register_pgsql_node pg01 example.org 5432 postgres RUNNING \"billing primary\"",
+            "register_pgsql_node 10.0.0.7 \"\" 5433 backup RUNNING \"\" --admin-dbname postgres --sslmode require",
+        ],
+    },
+    Cmd {
+        name: "update_pgsql_node",
+        group: NODES,
+        about: "Change a node's port, admin user, status or remarks. STOPPED stops all its backups; RUNNING resumes them.",
+        args: &[
+            pos("node", "NodeID | FQDN"),
+            pos("pgport", "Port"),
+            pos("admin_user", "Admin user"),
+            pos("status", "Status (RUNNING or STOPPED)"),
+            pos("remarks", "Remarks"),
+            opt("admin-dbname", "Database of the admin connection"),
+            opt("sslmode", "libpq sslmode"),
+        ],
+        examples: &["update_pgsql_node pg01.example.org \"\" \"\" STOPPED \"maintenance\""],
+    },
+    Cmd {
+        name: "delete_pgsql_node",
+        group: NODES,
+        about: "Delete a PgSQL node that has no definitions, backups or snapshots.",
+        args: &[pos("node", "NodeID | FQDN")],
+        examples: &["delete_pgsql_node pg01.example.org"],
+    },
+    Cmd {
+        name: "show_pgsql_nodes",
+        group: NODES,
+        about: "List the registered PgSQL nodes.",
+        args: &[],
+        examples: &["show_pgsql_nodes"],
+    },
+    Cmd {
+        name: "show_pgsql_node_config",
+        group: NODES,
+        about: "Show the configuration of a PgSQL node.",
+        args: &[pos("node", "NodeID | FQDN")],
+        examples: &["show_pgsql_node_config pg01.example.org"],
+    },
+    Cmd {
+        name: "update_pgsql_node_config",
+        group: NODES,
+        about: "Change configuration parameters of a PgSQL node: parameter=value pairs, all or none applied.",
+        args: &[pos("node", "NodeID | FQDN"), rest("settings", "parameter=value")],
+        examples: &["update_pgsql_node_config pg01.example.org backup_hours_interval=01-04 retention_period=\"14 days\""],
+    },
+    Cmd {
+        name: "show_pgsql_node_default_config",
+        group: NODES,
+        about: "Show the default configuration copied to newly registered PgSQL nodes.",
+        args: &[],
+        examples: &["show_pgsql_node_default_config"],
+    },
+    Cmd {
+        name: "update_pgsql_node_default_config",
+        group: NODES,
+        about: "Change the defaults for new PgSQL nodes: parameter=value pairs.",
+        args: &[rest("settings", "parameter=value")],
+        examples: &["update_pgsql_node_default_config logs_email=dba@example.org domain=example.org"],
+    },
+    Cmd {
+        name: "show_pgsql_node_stats",
+        group: NODES,
+        about: "Statistics of one PgSQL node.",
+        args: &[pos("node", "NodeID | FQDN")],
+        examples: &["show_pgsql_node_stats pg01.example.org"],
+    },
+    Cmd {
+        name: "register_backup_definition",
+        group: DEFS,
+        about: "Schedule backups of databases of a node on a backup server. DBname is a name, a comma list, \
+                #all_databases# or #databases_without_backup_definitions#; every database must exist on the node. \
+                Without a minute/hour, each definition gets a random one inside the node's backup_minutes_interval \
+                and backup_hours_interval.",
+        args: &[
+            pos("server", "SrvID | FQDN"),
+            pos("node", "NodeID | FQDN"),
+            pos("dbname", "DBname"),
+            pos("exceptions", "DBname exceptions"),
+            pos("minutes", "Minutes cron"),
+            pos("hours", "Hours cron"),
+            pos("day_month", "Day-month cron"),
+            pos("month", "Month cron"),
+            pos("weekday", "Weekday cron"),
+            pos("code", "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS)"),
+            pos("encryption", "Encryption (true/false)"),
+            pos("retention_period", "Retention period"),
+            pos("retention_redundancy", "Retention redundancy"),
+            pos("extra", "Extra backup parameters"),
+            pos("job_status", "Job status (ACTIVE or STOPPED)"),
+            pos("remarks", "Remarks"),
+        ],
+        examples: &[
+            "register_backup_definition backup01.example.org pg01.example.org billing \"\" 30 2 \"*\" \"*\" \"*\" FULL false \"7 days\" 2 \"\" ACTIVE \"nightly\"",
+            "register_backup_definition backup01.example.org pg01.example.org \"#all_databases#\" \"test,scratch\"",
+        ],
+    },
+    Cmd {
+        name: "update_backup_definition",
+        group: DEFS,
+        about: "Change a definition's schedule, retention, parameters, status or remarks. Empty values keep the current one.",
+        args: &[
+            pos("def_id", "DefID"),
+            pos("minutes", "Minutes cron"),
+            pos("hours", "Hours cron"),
+            pos("day_month", "Day-month cron"),
+            pos("month", "Month cron"),
+            pos("weekday", "Weekday cron"),
+            pos("retention_period", "Retention period"),
+            pos("retention_redundancy", "Retention redundancy"),
+            pos("extra", "Extra backup parameters"),
+            pos("job_status", "Job status (ACTIVE, STOPPED or DELETED)"),
+            pos("remarks", "Remarks"),
+        ],
+        examples: &["update_backup_definition 12 15 3 \"\" \"\" \"\" \"14 days\" 3 \"\" ACTIVE \"\""],
+    },
+    Cmd {
+        name: "delete_backup_definition_id",
+        group: DEFS,
+        about: "Delete a backup definition. With force-deletion its backups are deleted too (files removed by the agent).",
+        args: &[pos("def_id", "DefID"), pos("force", "force-deletion")],
+        examples: &["delete_backup_definition_id 12", "delete_backup_definition_id 12 force-deletion"],
+    },
+    Cmd {
+        name: "delete_backup_definition_dbname",
+        group: DEFS,
+        about: "Delete every definition of a database on a node (all backup servers). Snapshots are kept.",
+        args: &[pos("node", "NodeID | FQDN"), pos("dbname", "DBname"), pos("force", "force-deletion")],
+        examples: &["delete_backup_definition_dbname pg01.example.org billing force-deletion"],
+    },
+    Cmd {
+        name: "move_backup_definition",
+        group: DEFS,
+        about: "Move definitions from one backup server to another. Existing backups stay on the old server.",
+        args: &[
+            pos("from", "From SrvID | FQDN"),
+            pos("to", "To SrvID | FQDN"),
+            pos("node", "NodeID | FQDN | all"),
+            pos("dbname", "DBname | all"),
+            pos("def_id", "DefID | all"),
+        ],
+        examples: &["move_backup_definition backup01.example.org backup02.example.org pg01.example.org all all"],
+    },
+    Cmd {
+        name: "show_backup_definitions",
+        group: DEFS,
+        about: "List backup definitions. Filters take all, * or comma lists; different filters combine with AND.",
+        args: &[pos("server", "SrvID | FQDN | all"), pos("node", "NodeID | FQDN | all"), pos("dbname", "DBname | all")],
+        examples: &["show_backup_definitions all pg01.example.org billing,crm"],
+    },
+    Cmd {
+        name: "show_databases_without_backup_definitions",
+        group: DEFS,
+        about: "Databases of a node (or of all RUNNING nodes) that no live definition backs up.",
+        args: &[pos("node", "NodeID | FQDN | all")],
+        examples: &["show_databases_without_backup_definitions all"],
+    },
+    Cmd {
+        name: "show_empty_backup_catalogs",
+        group: DEFS,
+        about: "Definitions that have no backup in the catalog yet.",
+        args: &[],
+        examples: &["show_empty_backup_catalogs"],
+    },
+    Cmd {
+        name: "show_pgbackman_config",
+        group: SYSTEM,
+        about: "Effective settings of this shell: configuration file, catalog, versions, output format.",
+        args: &[],
+        examples: &["show_pgbackman_config"],
+    },
+    Cmd {
+        name: "show_pgbackman_stats",
+        group: SYSTEM,
+        about: "Statistics of the whole installation.",
+        args: &[],
+        examples: &["show_pgbackman_stats"],
+    },
+    Cmd {
+        name: "show_audit_log",
+        group: SYSTEM,
+        about: "The newest entries of the audit log: who changed what, when (default 50).",
+        args: &[pos("limit", "Number of entries")],
+        examples: &["show_audit_log 20"],
+    },
+    Cmd {
+        name: "show_history",
+        group: SHELL,
+        about: "The commands of this shell session.",
+        args: &[],
+        examples: &["show_history"],
+    },
+    Cmd {
+        name: "set",
+        group: SHELL,
+        about: "Set a shell parameter: output_format=table|csv|json.",
+        args: &[pos("setting", "Parameter=value")],
+        examples: &["set output_format=json"],
+    },
+    Cmd {
+        name: "help",
+        group: SHELL,
+        about: "List the commands, or show one command with its arguments and examples.",
+        args: &[pos("command", "Command")],
+        examples: &["help", "help register_backup_definition"],
+    },
+    Cmd { name: "clear", group: SHELL, about: "Clear the screen.", args: &[], examples: &["clear"] },
+    Cmd { name: "quit", group: SHELL, about: "Leave the shell (also: exit, \\q, Ctrl-D).", args: &[], examples: &["quit"] },
+];
+
+pub fn find(name: &str) -> Option<&'static Cmd> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+/// Commands whose name is close to `name`, for "did you mean".
+pub fn suggestions(name: &str) -> Vec<&'static str> {
+    let n = name.to_ascii_lowercase();
+    let mut v: Vec<&str> = COMMANDS
+        .iter()
+        .filter(|c| c.name.contains(&n) || (n.len() >= 4 && n.contains(c.name)) || c.name == n)
+        .map(|c| c.name)
+        .collect();
+    v.truncate(5);
+    v
+}
+
+impl Cmd {
+    pub fn usage(&self) -> String {
+        let mut s = self.name.to_string();
+        for a in self.args {
+            match a.kind {
+                Kind::Pos => s.push_str(&format!(" [{}]", a.label)),
+                Kind::Rest => s.push_str(&format!(" [{} ...]", a.label)),
+                Kind::Opt => s.push_str(&format!(" [--{} <{}>]", a.name, a.name)),
+                Kind::Flag => s.push_str(&format!(" [--{}]", a.name)),
+            }
+        }
+        s
+    }
+
+    pub fn help(&self) -> String {
+        let mut s = format!("{}\n\n  {}\n\nUsage:\n  {}\n", self.about, self.name, self.usage());
+        if !self.args.is_empty() {
+            s.push_str("\nArguments (omit them all in the shell to be prompted, with defaults in brackets):\n");
+            for a in self.args {
+                let name = match a.kind {
+                    Kind::Opt | Kind::Flag => format!("--{}", a.name),
+                    _ => a.name.to_string(),
+                };
+                s.push_str(&format!("  {name:<24} {}\n", a.label));
+            }
+        }
+        if !self.examples.is_empty() {
+            s.push_str("\nExamples:\n");
+            for e in self.examples {
+                s.push_str(&format!("  {e}\n"));
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_examples_use_the_command() {
+        let mut names: Vec<_> = COMMANDS.iter().map(|c| c.name).collect();
+        names.sort();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(n, names.len());
+        for c in COMMANDS {
+            for e in c.examples {
+                assert!(e.starts_with(c.name), "{e} does not start with {}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_example_parses() {
+        for c in COMMANDS {
+            for e in c.examples {
+                let words = shlex::split(e).unwrap();
+                crate::parse::parse(&words).unwrap_or_else(|err| panic!("{e}: {err}"));
+            }
+        }
+    }
+}
