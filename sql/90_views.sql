@@ -153,3 +153,16 @@ select audit_id as "AuditID", at as "At", db_user as "DB user", os_user as "OS u
        client_host as "Client", command as "Command", table_name as "Table", operation as "Operation",
        object_id as "Object"
   from public.audit_log;
+
+-- The backup catalog, newest first. Filters on the typed columns use the indexes of
+-- backup_catalog (each ends in "finished desc").
+create view api.show_backup_catalog as
+select c.bck_id as "BckID", c.def_id as "DefID", c.snapshot_id as "SnapshotID",
+       c.finished as "Finished", c.backup_server_id as "SrvID", s.fqdn as "Backup server",
+       c.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", c.dbname as "DBname",
+       c.duration::text as "Duration", c.total_size as "Size", c.backup_code as "Code",
+       c.execution_method as "Execution", c.execution_status as "Status",
+       c.verification_state as "Verified", c.verification_level as "Verification level"
+  from public.backup_catalog c
+  join public.backup_server s on s.server_id = c.backup_server_id
+  join public.pgsql_node n on n.node_id = c.pgsql_node_id;

@@ -63,6 +63,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         }
         "show_databases_without_backup_definitions" => databases_without_definitions(s, inv).await,
         "show_empty_backup_catalogs" => list("empty_backup_catalogs", s.catalog.show_empty_backup_catalogs().await),
+        "show_backup_catalog" => show_backup_catalog(s, inv).await,
         "show_pgbackman_config" => show_pgbackman_config(s).await,
         "show_pgbackman_stats" => report("pgbackman_stats", s.catalog.pgbackman_stats().await),
         "show_audit_log" => {
@@ -571,6 +572,39 @@ async fn move_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Out
         bail!("no backup definition of {from} matched; nothing was moved\nHINT: show_backup_definitions {from} lists them");
     }
     Ok(Output::Done(vec![format!("{n} backup definition(s) moved from {from} to {to}; existing backups stay on {from}.")]))
+}
+
+fn time_arg(name: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Ok(Some(t.with_timezone(&chrono::Utc)));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        let local = d.and_hms_opt(0, 0, 0).and_then(|t| t.and_local_timezone(chrono::Local).earliest());
+        return Ok(local.map(|t| t.with_timezone(&chrono::Utc)));
+    }
+    bail!("--{name} \"{v}\" is not a date: use YYYY-MM-DD or an RFC 3339 time such as 2026-11-21T08:00:00Z")
+}
+
+async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output> {
+    let upper = |v: Option<Vec<String>>| v.map(|v| v.into_iter().map(|x| x.to_ascii_uppercase()).collect::<Vec<_>>());
+    let f = pgbackman_db::CatalogFilter {
+        server: filter(s.value(inv, "server", Some("all"))?),
+        node: filter(s.value(inv, "node", Some("all"))?),
+        dbname: filter(s.value(inv, "dbname", Some("all"))?),
+        def_ids: filter(s.value(inv, "def_id", Some("all"))?)
+            .map(|v| v.iter().map(|i| def_id_arg(i)).collect::<Result<Vec<_>>>())
+            .transpose()?,
+        status: upper(filter(s.value(inv, "status", Some("all"))?)),
+        code: upper(filter(inv.given("code").map(str::to_string))),
+        from: time_arg("from", inv.given("from"))?,
+        to: time_arg("to", inv.given("to"))?,
+        limit: match inv.given("limit") {
+            Some(l) => l.trim().parse().ok().filter(|n: &i64| *n > 0).with_context(|| format!("--limit \"{l}\" is not a positive number"))?,
+            None => 1000,
+        },
+    };
+    list("backup_catalog", s.catalog.show_backup_catalog(&f).await)
 }
 
 // ---- system -------------------------------------------------------------------------------------

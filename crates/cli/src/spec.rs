@@ -298,6 +298,23 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &["show_empty_backup_catalogs"],
     },
     Cmd {
+        name: "show_backup_catalog",
+        group: DEFS,
+        about: "List backups, newest first. Filters take all, * or comma lists; --from/--to take dates or times (RFC 3339 or YYYY-MM-DD).",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "NodeID | FQDN | all"),
+            pos("dbname", "DBname | all"),
+            pos("def_id", "DefID | all"),
+            pos("status", "Status (SUCCEEDED, ERROR, CANCELLED) | all"),
+            opt("code", "Backup code(s), e.g. FULL,CLUSTER"),
+            opt("from", "Finished at or after"),
+            opt("to", "Finished before"),
+            opt("limit", "Maximum rows (default 1000)"),
+        ],
+        examples: &["show_backup_catalog all pg01.example.org billing all ERROR --from 2026-11-01"],
+    },
+    Cmd {
         name: "show_pgbackman_config",
         group: SYSTEM,
         about: "Effective settings of this shell: configuration file, catalog, versions, output format.",

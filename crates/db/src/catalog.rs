@@ -91,6 +91,20 @@ pub struct DefinitionUpdate {
     pub remarks: Option<String>,
 }
 
+/// Filters of show_backup_catalog; None means no filter.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogFilter {
+    pub server: Filter,
+    pub node: Filter,
+    pub dbname: Filter,
+    pub def_ids: Option<Vec<i64>>,
+    pub status: Filter,
+    pub code: Filter,
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    pub limit: i64,
+}
+
 /// A registered definition as the shell reports it after registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefinitionSummary {
@@ -98,6 +112,52 @@ pub struct DefinitionSummary {
     pub dbname: String,
     pub schedule: [String; 5],
     pub code: String,
+}
+
+/// WHERE clauses built from fixed column names and bound parameters (never from values).
+#[derive(Default)]
+struct Predicates {
+    clauses: Vec<String>,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Predicates {
+    fn push(&mut self, lhs: &str, p: Box<dyn ToSql + Sync + Send>) {
+        self.params.push(p);
+        self.clauses.push(format!("{lhs} ${}", self.params.len()));
+    }
+
+    fn any_i64(&mut self, col: &str, v: Option<Vec<i64>>) {
+        match v {
+            Some(v) if v.len() == 1 => self.push(&format!("{col} ="), Box::new(v[0])),
+            Some(v) => self.push(&format!("{col} = any"), Box::new(v)),
+            None => {}
+        }
+    }
+
+    fn any_text(&mut self, col: &str, v: Option<Vec<String>>) {
+        match v {
+            Some(v) if v.len() == 1 => self.push(&format!("{col} ="), Box::new(v[0].clone())),
+            Some(v) => self.push(&format!("{col} = any"), Box::new(v)),
+            None => {}
+        }
+    }
+
+    fn where_clause(&self) -> String {
+        if self.clauses.is_empty() {
+            return String::new();
+        }
+        // "= any $n" needs parentheses around the parameter.
+        let c: Vec<String> = self
+            .clauses
+            .iter()
+            .map(|c| match c.split_once("= any ") {
+                Some((l, r)) => format!("{l}= any ({r})"),
+                None => c.clone(),
+            })
+            .collect();
+        format!("where {}", c.join(" and "))
+    }
 }
 
 #[derive(Clone)]
@@ -180,6 +240,15 @@ impl Catalog {
 
     async fn id_of(&self, sql: &str, reference: &str) -> Result<i64, DbError> {
         Ok(self.client().await?.query_one(sql, &[&reference]).await?.get(0))
+    }
+
+    async fn resolve_ids(&self, refs: &Filter, server: bool) -> Result<Option<Vec<i64>>, DbError> {
+        let Some(refs) = refs else { return Ok(None) };
+        let mut v = Vec::with_capacity(refs.len());
+        for r in refs {
+            v.push(if server { self.server_id(r).await? } else { self.node_id(r).await? });
+        }
+        Ok(Some(v))
     }
 
     pub async fn server_id(&self, reference: &str) -> Result<i64, DbError> {
@@ -565,6 +634,36 @@ impl Catalog {
             &[],
         )
         .await
+    }
+
+    /// The backup catalog, newest first, with every filter the shell offers. Only the active
+    /// filters become predicates (values stay bound parameters), and one value is an equality,
+    /// so each filter is served by its index ending in `finished desc`: `limit` rows are read,
+    /// not the table.
+    pub async fn show_backup_catalog(&self, f: &CatalogFilter) -> Result<Rows, DbError> {
+        let servers = self.resolve_ids(&f.server, true).await?;
+        let nodes = self.resolve_ids(&f.node, false).await?;
+        let mut q = Predicates::default();
+        q.any_i64(r#""SrvID""#, servers);
+        q.any_i64(r#""NodeID""#, nodes);
+        q.any_text(r#""DBname""#, f.dbname.clone());
+        q.any_i64(r#""DefID""#, f.def_ids.clone());
+        q.any_text(r#""Status""#, f.status.clone());
+        q.any_text(r#""Code""#, f.code.clone());
+        if let Some(t) = f.from {
+            q.push(r#""Finished" >="#, Box::new(t));
+        }
+        if let Some(t) = f.to {
+            q.push(r#""Finished" <"#, Box::new(t));
+        }
+        let limit_param = q.params.len() + 1;
+        let sql = format!(
+            r#"select * from api.show_backup_catalog {} order by "Finished" desc limit ${limit_param}"#,
+            q.where_clause()
+        );
+        q.params.push(Box::new(f.limit));
+        let params: Vec<&(dyn ToSql + Sync)> = q.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        self.rows(&sql, &params).await
     }
 
     // ---- reports ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ pub mod migrate;
 pub mod node;
 pub mod rows;
 
-pub use catalog::{Audit, Catalog, DefinitionSummary, DefinitionUpdate, Filter, NewDefinition, NewNode, NodeInfo, NodeUpdate};
+pub use catalog::{Audit, Catalog, CatalogFilter, DefinitionSummary, DefinitionUpdate, Filter, NewDefinition, NewNode, NodeInfo, NodeUpdate};
 pub use error::{DbError, ServerMessage};
 pub use migrate::CatalogStatus;
 pub use rows::{Rows, Value};
