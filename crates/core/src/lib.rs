@@ -1,0 +1,20 @@
+//! Pure domain logic of pgbackman.
+//!
+//! Invariant: nothing in this crate does IO, is async, reads a clock or draws random numbers.
+//! Every function is pure: callers pass "now" and random numbers in.
+//!
+//! - [`cron`]: classic 5-field crontab schedules (validation with field-level errors, next fire
+//!   time in any time zone, description in words), built on `croner`.
+//! - [`interval`]: the "random minute/hour inside the node's configured interval" rule.
+//! - [`model`]: codes and statuses, database selections (`#all_databases#`, ...), filters,
+//!   object references, ports, redundancy, extra pg_dump parameters.
+//! - [`paths`]: encoding of any name into one safe path component.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cron;
+pub mod interval;
+pub mod model;
+pub mod params;
+pub mod paths;
