@@ -1,10 +1,17 @@
 -- Backup servers and PgSQL nodes: registration, updates, deletion, configuration.
 
+-- The configured default domain is appended to short host names only: an IP address, a socket
+-- directory or a name that already has a dot is complete as given.
+create function api.default_domain(p_hostname text, p_default text) returns text
+language sql immutable as $$
+    select case when btrim(coalesce(p_hostname, '')) ~ '[.:/]' then '' else coalesce(p_default, '') end
+$$;
+
 create function api.register_backup_server(p_hostname text, p_domain text, p_status text, p_remarks text)
 returns bigint language plpgsql as $$
 declare
     v_id bigint;
-    v_domain text := coalesce(nullif(btrim(p_domain), ''), (select value from public.backup_server_default_config where parameter = 'domain'));
+    v_domain text := coalesce(nullif(btrim(p_domain), ''), api.default_domain(p_hostname, (select value from public.backup_server_default_config where parameter = 'domain')));
     v_status text := upper(coalesce(nullif(btrim(p_status), ''), (select value from public.backup_server_default_config where parameter = 'backup_server_status')));
 begin
     if coalesce(btrim(p_hostname), '') = '' or btrim(p_hostname) ~ '\s' then
@@ -92,7 +99,7 @@ create function api.register_pgsql_node(p_hostname text, p_domain text, p_port i
 returns bigint language plpgsql as $$
 declare
     v_id bigint;
-    v_domain text := coalesce(btrim(p_domain), api.node_config_value(null, 'domain'));
+    v_domain text := coalesce(nullif(btrim(p_domain), ''), api.default_domain(p_hostname, api.node_config_value(null, 'domain')));
     v_port integer := coalesce(p_port, api.node_config_value(null, 'pgport')::integer);
     v_status text := upper(coalesce(nullif(btrim(p_status), ''), api.node_config_value(null, 'pgsql_node_status')));
     v_sslmode text := lower(coalesce(nullif(btrim(p_sslmode), ''), api.node_config_value(null, 'sslmode')));

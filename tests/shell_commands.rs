@@ -9,7 +9,8 @@ use serde_json::json;
 /// A catalog with two backup servers and one node (a real cluster on 127.0.0.2).
 struct Fleet {
     env: Env,
-    node: TestCluster,
+    /// Kept alive for the test; dropped (stopped) at the end.
+    _node: TestCluster,
 }
 
 impl Fleet {
@@ -22,7 +23,7 @@ impl Fleet {
         env.cmd("register_backup_server bs1 example.org first").ok();
         env.cmd("register_backup_server bs2 example.org second").ok();
         env.cmd(&format!("register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING \"node A\"", node.port())).ok();
-        Fleet { env, node }
+        Fleet { env, _node: node }
     }
 
     fn node_ref(&self) -> String {

@@ -114,7 +114,7 @@ fn csv_of(rows: &Rows) -> String {
 
 fn new_table() -> Table {
     let mut t = Table::new();
-    t.load_preset(ASCII_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
+    t.load_style(ASCII_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
     t
 }
 

@@ -270,13 +270,13 @@ impl Catalog {
         remarks: Option<&str>,
     ) -> Result<(i64, String), DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
-            let r = tx
-                .query_one(
-                    "select id, api.server_fqdn(id) from api.register_backup_server($1, $2, $3, $4) id",
-                    &[&hostname, &domain, &status, &remarks],
-                )
-                .await?;
-            Ok((r.get(0), r.get(1)))
+            let id: i64 = tx
+                .query_one("select api.register_backup_server($1, $2, $3, $4)", &[&hostname, &domain, &status, &remarks])
+                .await?
+                .get(0);
+            // A separate statement: the registering one cannot see its own row through a STABLE function.
+            let fqdn = tx.query_one("select api.server_fqdn($1)", &[&id]).await?.get(0);
+            Ok((id, fqdn))
         })
         .await
     }
@@ -381,9 +381,9 @@ impl Catalog {
 
     pub async fn register_pgsql_node(&self, audit: &Audit, n: &NewNode) -> Result<(i64, String), DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
-            let r = tx
+            let id: i64 = tx
                 .query_one(
-                    "select id, api.node_fqdn(id) from api.register_pgsql_node($1, $2, $3, $4, $5, $6, $7, $8) id",
+                    "select api.register_pgsql_node($1, $2, $3, $4, $5, $6, $7, $8)",
                     &[
                         &n.hostname,
                         &n.domain,
@@ -395,8 +395,10 @@ impl Catalog {
                         &n.remarks,
                     ],
                 )
-                .await?;
-            Ok((r.get(0), r.get(1)))
+                .await?
+                .get(0);
+            let fqdn = tx.query_one("select api.node_fqdn($1)", &[&id]).await?.get(0);
+            Ok((id, fqdn))
         })
         .await
     }
@@ -488,13 +490,9 @@ impl Catalog {
         self.mutate(audit, async |tx: &Transaction<'_>| {
             let mut out = Vec::with_capacity(defs.len());
             for d in defs {
-                let r = tx
+                let id: i64 = tx
                     .query_one(
-                        "select d.def_id, d.dbname, d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron,
-                                d.weekday_cron, d.backup_code
-                           from public.backup_definition d
-                          where d.def_id = api.register_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                                                                         $10, $11, $12, $13, $14, $15)",
+                        "select api.register_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                         &[
                             &d.server,
                             &d.node,
@@ -512,6 +510,14 @@ impl Catalog {
                             &d.job_status,
                             &d.remarks,
                         ],
+                    )
+                    .await?
+                    .get(0);
+                let r = tx
+                    .query_one(
+                        "select def_id, dbname, minutes_cron, hours_cron, day_month_cron, month_cron, weekday_cron, backup_code
+                           from public.backup_definition where def_id = $1",
+                        &[&id],
                     )
                     .await?;
                 out.push(DefinitionSummary {
@@ -641,6 +647,26 @@ impl Catalog {
     /// so each filter is served by its index ending in `finished desc`: `limit` rows are read,
     /// not the table.
     pub async fn show_backup_catalog(&self, f: &CatalogFilter) -> Result<Rows, DbError> {
+        let (sql, params) = self.backup_catalog_query(f, "").await?;
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        self.rows(&sql, &params).await
+    }
+
+    /// The plan of [`Catalog::show_backup_catalog`] for `f` (EXPLAIN, text format): lets tests and
+    /// benchmarks prove that every filter is served by an index.
+    pub async fn explain_backup_catalog(&self, f: &CatalogFilter) -> Result<String, DbError> {
+        let (sql, params) = self.backup_catalog_query(f, "explain (costs off) ").await?;
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let c = self.client().await?;
+        let rows = c.query(&sql, &params).await?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+    }
+
+    async fn backup_catalog_query(
+        &self,
+        f: &CatalogFilter,
+        prefix: &str,
+    ) -> Result<(String, Vec<Box<dyn ToSql + Sync + Send>>), DbError> {
         let servers = self.resolve_ids(&f.server, true).await?;
         let nodes = self.resolve_ids(&f.node, false).await?;
         let mut q = Predicates::default();
@@ -656,14 +682,13 @@ impl Catalog {
         if let Some(t) = f.to {
             q.push(r#""Finished" <"#, Box::new(t));
         }
-        let limit_param = q.params.len() + 1;
         let sql = format!(
-            r#"select * from api.show_backup_catalog {} order by "Finished" desc limit ${limit_param}"#,
-            q.where_clause()
+            r#"{prefix}select * from api.show_backup_catalog {} order by "Finished" desc limit ${}"#,
+            q.where_clause(),
+            q.params.len() + 1
         );
         q.params.push(Box::new(f.limit));
-        let params: Vec<&(dyn ToSql + Sync)> = q.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-        self.rows(&sql, &params).await
+        Ok((sql, q.params))
     }
 
     // ---- reports ----------------------------------------------------------------------------
