@@ -29,7 +29,11 @@ impl Run {
 
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -46,7 +50,8 @@ impl Run {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -62,7 +67,10 @@ pub fn command(home: &Path) -> Command {
             c.env_remove(&k);
         }
     }
-    c.env("HOME", home).env_remove("XDG_CONFIG_HOME").env_remove("XDG_DATA_HOME").env("USER", "tester");
+    c.env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env("USER", "tester");
     c.env("TZ", "UTC");
     c
 }
@@ -77,7 +85,10 @@ impl Env {
 
     /// A catalog cluster without a catalog.
     pub fn bare() -> Env {
-        Env { catalog: TestCluster::start(), home: tempfile::tempdir().unwrap() }
+        Env {
+            catalog: TestCluster::start(),
+            home: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn conninfo(&self) -> String {
@@ -97,7 +108,11 @@ impl Env {
 
     pub fn cmd_args(&self, line: &str, extra: &[&str]) -> Run {
         let mut c = command(self.home.path());
-        c.arg("--catalog").arg(self.conninfo()).arg("-C").arg(line).args(extra);
+        c.arg("--catalog")
+            .arg(self.conninfo())
+            .arg("-C")
+            .arg(line)
+            .args(extra);
         Run::from(c.output().unwrap())
     }
 

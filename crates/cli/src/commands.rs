@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use pgbackman_core::cron::CronSchedule;
 use pgbackman_core::interval::{parse_hours_interval, parse_minutes_interval};
 use pgbackman_core::model::{self, BackupCode, DbSelection, Filter, OutputFormat};
-use pgbackman_db::{DefinitionUpdate, NewDefinition, NewNode, NodeInfo, NodeUpdate, Rows, Value, node};
+use pgbackman_db::{
+    DefinitionUpdate, NewDefinition, NewNode, NodeInfo, NodeUpdate, Rows, Value, node,
+};
 
 use crate::parse::Invocation;
 use crate::render::Output;
@@ -22,16 +24,23 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "show_backup_servers" => list("backup_servers", s.catalog.show_backup_servers().await),
         "show_backup_server_config" => {
             let srv = s.required(inv, "server", Some(&s.local_server.clone()))?;
-            list("backup_server_config", s.catalog.show_backup_server_config(&srv).await)
+            list(
+                "backup_server_config",
+                s.catalog.show_backup_server_config(&srv).await,
+            )
         }
         "update_backup_server_config" => update_config(s, inv, Scope::Server).await,
-        "show_backup_server_default_config" => {
-            list("backup_server_default_config", s.catalog.show_backup_server_default_config().await)
-        }
+        "show_backup_server_default_config" => list(
+            "backup_server_default_config",
+            s.catalog.show_backup_server_default_config().await,
+        ),
         "update_backup_server_default_config" => update_config(s, inv, Scope::ServerDefault).await,
         "show_backup_server_stats" => {
             let srv = s.required(inv, "server", Some(&s.local_server.clone()))?;
-            report("backup_server_stats", s.catalog.backup_server_stats(&srv).await)
+            report(
+                "backup_server_stats",
+                s.catalog.backup_server_stats(&srv).await,
+            )
         }
         "register_pgsql_node" => register_pgsql_node(s, inv).await,
         "update_pgsql_node" => update_pgsql_node(s, inv).await,
@@ -39,12 +48,16 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "show_pgsql_nodes" => list("pgsql_nodes", s.catalog.show_pgsql_nodes().await),
         "show_pgsql_node_config" => {
             let n = s.required(inv, "node", None)?;
-            list("pgsql_node_config", s.catalog.show_pgsql_node_config(&n).await)
+            list(
+                "pgsql_node_config",
+                s.catalog.show_pgsql_node_config(&n).await,
+            )
         }
         "update_pgsql_node_config" => update_config(s, inv, Scope::Node).await,
-        "show_pgsql_node_default_config" => {
-            list("pgsql_node_default_config", s.catalog.show_pgsql_node_default_config().await)
-        }
+        "show_pgsql_node_default_config" => list(
+            "pgsql_node_default_config",
+            s.catalog.show_pgsql_node_default_config().await,
+        ),
         "update_pgsql_node_default_config" => update_config(s, inv, Scope::NodeDefault).await,
         "show_pgsql_node_stats" => {
             let n = s.required(inv, "node", None)?;
@@ -59,20 +72,36 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
             let srv = filter(s.value(inv, "server", Some("all"))?);
             let node = filter(s.value(inv, "node", Some("all"))?);
             let db = filter(s.value(inv, "dbname", Some("all"))?);
-            list("backup_definitions", s.catalog.show_backup_definitions(&srv, &node, &db).await)
+            list(
+                "backup_definitions",
+                s.catalog.show_backup_definitions(&srv, &node, &db).await,
+            )
         }
         "show_databases_without_backup_definitions" => databases_without_definitions(s, inv).await,
-        "show_empty_backup_catalogs" => list("empty_backup_catalogs", s.catalog.show_empty_backup_catalogs().await),
+        "show_empty_backup_catalogs" => list(
+            "empty_backup_catalogs",
+            s.catalog.show_empty_backup_catalogs().await,
+        ),
         "show_backup_catalog" => show_backup_catalog(s, inv).await,
         "show_pgbackman_config" => show_pgbackman_config(s).await,
         "show_pgbackman_stats" => report("pgbackman_stats", s.catalog.pgbackman_stats().await),
         "show_audit_log" => {
-            let n = s.value(inv, "limit", Some("50"))?.unwrap_or_else(|| "50".into());
-            let n: i64 = n.parse().ok().filter(|n| *n > 0).with_context(|| format!("limit \"{n}\" is not a positive number"))?;
+            let n = s
+                .value(inv, "limit", Some("50"))?
+                .unwrap_or_else(|| "50".into());
+            let n: i64 = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("limit \"{n}\" is not a positive number"))?;
             list("audit_log", s.catalog.show_audit_log(n).await)
         }
         "show_history" => Ok(Output::Text(
-            s.history.iter().enumerate().map(|(i, l)| format!("{:>4}  {l}\n", i + 1)).collect(),
+            s.history
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{:>4}  {l}\n", i + 1))
+                .collect(),
         )),
         "set" => set(s, inv),
         "help" => help(inv),
@@ -101,7 +130,14 @@ fn help(inv: &Invocation) -> Result<Output> {
     if let Some(name) = inv.given("command") {
         let Some(c) = spec::find(name) else {
             let s = spec::suggestions(name);
-            bail!("no command \"{name}\"{}", if s.is_empty() { String::new() } else { format!("; did you mean {}?", s.join(", ")) });
+            bail!(
+                "no command \"{name}\"{}",
+                if s.is_empty() {
+                    String::new()
+                } else {
+                    format!("; did you mean {}?", s.join(", "))
+                }
+            );
         };
         return Ok(Output::Text(c.help()));
     }
@@ -112,7 +148,12 @@ fn help(inv: &Invocation) -> Result<Output> {
             group = c.group;
             out.push_str(&format!("\n{group}:\n"));
         }
-        let about = c.about.split(". ").next().unwrap_or(c.about).trim_end_matches('.');
+        let about = c
+            .about
+            .split(". ")
+            .next()
+            .unwrap_or(c.about)
+            .trim_end_matches('.');
         out.push_str(&format!("  {:<44} {about}\n", c.name));
     }
     out.push_str("\nIn the shell, a command given without arguments asks for each one, with the default in brackets.\n\
@@ -125,11 +166,17 @@ fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
     match k.trim() {
         "output_format" => {
-            let f: OutputFormat = if val.trim().is_empty() { OutputFormat::Table } else { val.trim().parse()? };
+            let f: OutputFormat = if val.trim().is_empty() {
+                OutputFormat::Table
+            } else {
+                val.trim().parse()?
+            };
             s.format = f;
             Ok(Output::Done(vec![format!("output_format = {f}")]))
         }
-        other => bail!("unknown shell parameter \"{other}\"; the only one is output_format=table|csv|json"),
+        other => bail!(
+            "unknown shell parameter \"{other}\"; the only one is output_format=table|csv|json"
+        ),
     }
 }
 
@@ -137,16 +184,28 @@ fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
 
 async fn register_backup_server(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let host = s.required(inv, "hostname", None)?;
-    let domain = s.value(inv, "domain", Some("default from show_backup_server_default_config"))?;
+    let domain = s.value(
+        inv,
+        "domain",
+        Some("default from show_backup_server_default_config"),
+    )?;
     let remarks = s.value(inv, "remarks", Some(""))?;
     if inv.bare {
         s.confirm("Register this backup server?")?;
     }
     let (id, fqdn) = s
         .catalog
-        .register_backup_server(&s.audit(), host.trim(), domain.as_deref().map(str::trim), inv.given("status"), remarks.as_deref())
+        .register_backup_server(
+            &s.audit(),
+            host.trim(),
+            domain.as_deref().map(str::trim),
+            inv.given("status"),
+            remarks.as_deref(),
+        )
         .await?;
-    Ok(Output::Done(vec![format!("Backup server {fqdn} registered with SrvID {id}.")]))
+    Ok(Output::Done(vec![format!(
+        "Backup server {fqdn} registered with SrvID {id}."
+    )]))
 }
 
 async fn update_backup_server(s: &mut Session, inv: &Invocation) -> Result<Output> {
@@ -155,17 +214,26 @@ async fn update_backup_server(s: &mut Session, inv: &Invocation) -> Result<Outpu
     if inv.bare {
         s.confirm(&format!("Update backup server {srv}?"))?;
     }
-    let id = s.catalog.update_backup_server(&s.audit(), &srv, inv.given("status"), remarks.as_deref()).await?;
-    Ok(Output::Done(vec![format!("Backup server with SrvID {id} updated.")]))
+    let id = s
+        .catalog
+        .update_backup_server(&s.audit(), &srv, inv.given("status"), remarks.as_deref())
+        .await?;
+    Ok(Output::Done(vec![format!(
+        "Backup server with SrvID {id} updated."
+    )]))
 }
 
 async fn delete_backup_server(s: &mut Session, inv: &Invocation) -> Result<Output> {
     // No default: deleting "this host" by pressing Enter was a PgBackMan trap.
     let srv = s.required(inv, "server", None)?;
     let id = s.catalog.server_id(&srv).await?;
-    s.confirm(&format!("Are you sure you want to delete backup server {srv} (SrvID {id})?"))?;
+    s.confirm(&format!(
+        "Are you sure you want to delete backup server {srv} (SrvID {id})?"
+    ))?;
     s.catalog.delete_backup_server(&s.audit(), &srv).await?;
-    Ok(Output::Done(vec![format!("Backup server {srv} (SrvID {id}) deleted.")]))
+    Ok(Output::Done(vec![format!(
+        "Backup server {srv} (SrvID {id}) deleted."
+    )]))
 }
 
 #[derive(Clone, Copy)]
@@ -202,7 +270,9 @@ async fn update_config(s: &mut Session, inv: &Invocation, scope: Scope) -> Resul
             _ => s.catalog.show_pgsql_node_default_config().await?,
         };
         for i in 0..current.len() {
-            let (Some(Value::Text(k)), Some(Value::Text(v))) = (current.get(i, "Parameter"), current.get(i, "Value")) else {
+            let (Some(Value::Text(k)), Some(Value::Text(v))) =
+                (current.get(i, "Parameter"), current.get(i, "Value"))
+            else {
                 continue;
             };
             let (k, v) = (k.clone(), v.clone());
@@ -219,19 +289,29 @@ async fn update_config(s: &mut Session, inv: &Invocation, scope: Scope) -> Resul
     let audit = s.audit();
     let what = match scope {
         Scope::Server => {
-            let id = s.catalog.update_backup_server_config(&audit, object.as_deref().unwrap_or(""), &pairs).await?;
+            let id = s
+                .catalog
+                .update_backup_server_config(&audit, object.as_deref().unwrap_or(""), &pairs)
+                .await?;
             format!("Configuration of SrvID {id} updated")
         }
         Scope::Node => {
-            let id = s.catalog.update_pgsql_node_config(&audit, object.as_deref().unwrap_or(""), &pairs).await?;
+            let id = s
+                .catalog
+                .update_pgsql_node_config(&audit, object.as_deref().unwrap_or(""), &pairs)
+                .await?;
             format!("Configuration of NodeID {id} updated")
         }
         Scope::ServerDefault => {
-            s.catalog.update_backup_server_default_config(&audit, &pairs).await?;
+            s.catalog
+                .update_backup_server_default_config(&audit, &pairs)
+                .await?;
             "Default backup server configuration updated".to_string()
         }
         Scope::NodeDefault => {
-            s.catalog.update_pgsql_node_default_config(&audit, &pairs).await?;
+            s.catalog
+                .update_pgsql_node_default_config(&audit, &pairs)
+                .await?;
             "Default PgSQL node configuration updated".to_string()
         }
     };
@@ -242,12 +322,21 @@ async fn update_config(s: &mut Session, inv: &Invocation, scope: Scope) -> Resul
 // ---- PgSQL nodes ------------------------------------------------------------------------------
 
 fn port_arg(v: Option<String>) -> Result<Option<i32>> {
-    v.map(|p| model::parse_port(p.trim()).map(i32::from).map_err(anyhow::Error::from)).transpose()
+    v.map(|p| {
+        model::parse_port(p.trim())
+            .map(i32::from)
+            .map_err(anyhow::Error::from)
+    })
+    .transpose()
 }
 
 async fn register_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let host = s.required(inv, "hostname", None)?;
-    let domain = s.value(inv, "domain", Some("default from show_pgsql_node_default_config"))?;
+    let domain = s.value(
+        inv,
+        "domain",
+        Some("default from show_pgsql_node_default_config"),
+    )?;
     let port = port_arg(s.value(inv, "pgport", Some("5432"))?)?;
     let admin_user = s.value(inv, "admin_user", Some("postgres"))?;
     let status = s.value(inv, "status", Some("STOPPED"))?;
@@ -266,14 +355,28 @@ async fn register_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output
         remarks,
     };
     let (id, fqdn) = s.catalog.register_pgsql_node(&s.audit(), &n).await?;
-    Ok(Output::Done(vec![format!("PgSQL node {fqdn} registered with NodeID {id}.")]))
+    Ok(Output::Done(vec![format!(
+        "PgSQL node {fqdn} registered with NodeID {id}."
+    )]))
 }
 
 async fn update_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let node = s.required(inv, "node", None)?;
-    let cur = if inv.bare { Some(s.catalog.node(&node).await?) } else { None };
-    let port = port_arg(s.value(inv, "pgport", cur.as_ref().map(|c| c.port.to_string()).as_deref())?)?;
-    let admin_user = s.value(inv, "admin_user", cur.as_ref().map(|c| c.admin_user.as_str()))?;
+    let cur = if inv.bare {
+        Some(s.catalog.node(&node).await?)
+    } else {
+        None
+    };
+    let port = port_arg(s.value(
+        inv,
+        "pgport",
+        cur.as_ref().map(|c| c.port.to_string()).as_deref(),
+    )?)?;
+    let admin_user = s.value(
+        inv,
+        "admin_user",
+        cur.as_ref().map(|c| c.admin_user.as_str()),
+    )?;
     let status = s.value(inv, "status", cur.as_ref().map(|c| c.status.as_str()))?;
     let remarks = s.value(inv, "remarks", Some("keep current"))?;
     if inv.bare {
@@ -288,21 +391,30 @@ async fn update_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output> 
         remarks,
     };
     let id = s.catalog.update_pgsql_node(&s.audit(), &node, &u).await?;
-    Ok(Output::Done(vec![format!("PgSQL node with NodeID {id} updated.")]))
+    Ok(Output::Done(vec![format!(
+        "PgSQL node with NodeID {id} updated."
+    )]))
 }
 
 async fn delete_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let node = s.required(inv, "node", None)?;
     let info = s.catalog.node(&node).await?;
-    s.confirm(&format!("Are you sure you want to delete PgSQL node {} (NodeID {})?", info.fqdn, info.node_id))?;
+    s.confirm(&format!(
+        "Are you sure you want to delete PgSQL node {} (NodeID {})?",
+        info.fqdn, info.node_id
+    ))?;
     s.catalog.delete_pgsql_node(&s.audit(), &node).await?;
-    Ok(Output::Done(vec![format!("PgSQL node {} (NodeID {}) deleted.", info.fqdn, info.node_id)]))
+    Ok(Output::Done(vec![format!(
+        "PgSQL node {} (NodeID {}) deleted.",
+        info.fqdn, info.node_id
+    )]))
 }
 
 /// Connects to a node and lists its databases; the error names the node and says what to check.
 async fn node_databases(n: &NodeInfo) -> Result<Vec<String>> {
-    let cfg = pgbackman_config::node_config(&n.fqdn, n.port, &n.admin_user, &n.admin_dbname, &n.sslmode)
-        .with_context(|| format!("PgSQL node {} (NodeID {})", n.fqdn, n.node_id))?;
+    let cfg =
+        pgbackman_config::node_config(&n.fqdn, n.port, &n.admin_user, &n.admin_dbname, &n.sslmode)
+            .with_context(|| format!("PgSQL node {} (NodeID {})", n.fqdn, n.node_id))?;
     let facts = node::node_facts(cfg, &format!("{}:{} (NodeID {})", n.fqdn, n.port, n.node_id))
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nHINT: check that the node is up, that pg_hba.conf admits {} from this host, and that a pgpass entry exists if it needs a password", n.admin_user))?;
@@ -318,9 +430,21 @@ async fn databases_without_definitions(s: &mut Session, inv: &Invocation) -> Res
     for n in &nodes {
         match node_databases(n).await {
             Ok(dbs) => {
-                let with: BTreeSet<String> = s.catalog.dbnames_with_definitions(n.node_id).await?.into_iter().collect();
-                for db in dbs.into_iter().filter(|d| !model::is_system_database(d) && !with.contains(d)) {
-                    rows.push(vec![Value::Int(n.node_id), Value::Text(n.fqdn.clone()), Value::Text(db)]);
+                let with: BTreeSet<String> = s
+                    .catalog
+                    .dbnames_with_definitions(n.node_id)
+                    .await?
+                    .into_iter()
+                    .collect();
+                for db in dbs
+                    .into_iter()
+                    .filter(|d| !model::is_system_database(d) && !with.contains(d))
+                {
+                    rows.push(vec![
+                        Value::Int(n.node_id),
+                        Value::Text(n.fqdn.clone()),
+                        Value::Text(db),
+                    ]);
                 }
             }
             Err(e) => failures.push(format!("{e:#}")),
@@ -328,14 +452,21 @@ async fn databases_without_definitions(s: &mut Session, inv: &Invocation) -> Res
     }
     let out = Output::List {
         kind: "databases_without_backup_definitions",
-        rows: Rows { columns: vec!["NodeID".into(), "PgSQL node".into(), "DBname".into()], rows },
+        rows: Rows {
+            columns: vec!["NodeID".into(), "PgSQL node".into(), "DBname".into()],
+            rows,
+        },
     };
     if failures.is_empty() {
         Ok(out)
     } else {
         // Tell the truth: the list is incomplete. Print what we have, then fail.
         print!("{}", crate::render::render(&out, s.format));
-        bail!("{} node(s) could not be checked:\n{}", failures.len(), failures.join("\n"))
+        bail!(
+            "{} node(s) could not be checked:\n{}",
+            failures.len(),
+            failures.join("\n")
+        )
     }
 }
 
@@ -353,7 +484,9 @@ fn validate_schedule(fields: [&str; 5]) -> Result<CronSchedule> {
 }
 
 fn describe(line: &str) -> String {
-    CronSchedule::parse_line(line).map(|c| c.describe()).unwrap_or_default()
+    CronSchedule::parse_line(line)
+        .map(|c| c.describe())
+        .unwrap_or_default()
 }
 
 async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Output> {
@@ -367,35 +500,53 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     let code_default = get("backup_code");
     // The code decides whether a database is needed, so in prompts it is asked first.
     let code: BackupCode = if inv.bare && s.interactive() {
-        s.value(inv, "code", Some(&code_default))?.unwrap_or(code_default.clone()).parse()?
+        s.value(inv, "code", Some(&code_default))?
+            .unwrap_or(code_default.clone())
+            .parse()?
     } else {
-        inv.given("code").filter(|c| !c.trim().is_empty()).unwrap_or(&code_default).parse()?
+        inv.given("code")
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or(&code_default)
+            .parse()?
     };
     let whole_cluster = matches!(code, BackupCode::Cluster | BackupCode::Globals);
     let dbnames: Vec<String> = if whole_cluster {
         vec![String::new()]
     } else {
         let sel: DbSelection = s.required(inv, "dbname", None)?.parse()?;
-        let exceptions = model::parse_exceptions(&s.value(inv, "exceptions", Some(""))?.unwrap_or_default());
+        let exceptions =
+            model::parse_exceptions(&s.value(inv, "exceptions", Some(""))?.unwrap_or_default());
         let on_node = node_databases(&node).await?;
         let with = s.catalog.dbnames_with_definitions(node.node_id).await?;
         model::resolve_selection(&sel, &on_node, &with, &exceptions)
             .map_err(|e| anyhow::anyhow!("{e} (PgSQL node {})", node.fqdn))?
     };
     if dbnames.is_empty() {
-        return Ok(Output::Text("No database matched: nothing registered.".into()));
+        return Ok(Output::Text(
+            "No database matched: nothing registered.".into(),
+        ));
     }
     let min_range = parse_minutes_interval(&get("backup_minutes_interval"))?;
     let hour_range = parse_hours_interval(&get("backup_hours_interval"))?;
     let minutes = s.value(inv, "minutes", Some(&format!("random in {min_range}")))?;
     let hours = s.value(inv, "hours", Some(&format!("random in {hour_range}")))?;
-    let day_month = s.value(inv, "day_month", Some(&get("backup_day_month_cron")))?.unwrap_or(get("backup_day_month_cron"));
-    let month = s.value(inv, "month", Some(&get("backup_month_cron")))?.unwrap_or(get("backup_month_cron"));
-    let weekday = s.value(inv, "weekday", Some(&get("backup_weekday_cron")))?.unwrap_or(get("backup_weekday_cron"));
+    let day_month = s
+        .value(inv, "day_month", Some(&get("backup_day_month_cron")))?
+        .unwrap_or(get("backup_day_month_cron"));
+    let month = s
+        .value(inv, "month", Some(&get("backup_month_cron")))?
+        .unwrap_or(get("backup_month_cron"));
+    let weekday = s
+        .value(inv, "weekday", Some(&get("backup_weekday_cron")))?
+        .unwrap_or(get("backup_weekday_cron"));
     let encryption = s.value(inv, "encryption", Some(&get("encryption")))?;
     let retention = s.value(inv, "retention_period", Some(&get("retention_period")))?;
     let redundancy = s
-        .value(inv, "retention_redundancy", Some(&get("retention_redundancy")))?
+        .value(
+            inv,
+            "retention_redundancy",
+            Some(&get("retention_redundancy")),
+        )?
         .map(|r| model::parse_redundancy(r.trim()))
         .transpose()?;
     let extra = s.value(inv, "extra", Some(&get("extra_backup_parameters")))?;
@@ -405,7 +556,9 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         .map(|e| match e.trim().to_ascii_lowercase().as_str() {
             "true" | "t" | "yes" | "on" => Ok(true),
             "false" | "f" | "no" | "off" => Ok(false),
-            other => Err(anyhow::anyhow!("encryption \"{other}\" is not true or false")),
+            other => Err(anyhow::anyhow!(
+                "encryption \"{other}\" is not true or false"
+            )),
         })
         .transpose()?;
     if let Some(x) = &extra {
@@ -415,8 +568,12 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     // Each definition gets its own random minute/hour when none was given: spreads the load.
     let mut defs = Vec::new();
     for db in &dbnames {
-        let m = minutes.clone().unwrap_or_else(|| format!("{:02}", min_range.pick(rand::random::<u32>())));
-        let h = hours.clone().unwrap_or_else(|| format!("{:02}", hour_range.pick(rand::random::<u32>())));
+        let m = minutes
+            .clone()
+            .unwrap_or_else(|| format!("{:02}", min_range.pick(rand::random::<u32>())));
+        let h = hours
+            .clone()
+            .unwrap_or_else(|| format!("{:02}", hour_range.pick(rand::random::<u32>())));
         validate_schedule([&m, &h, &day_month, &month, &weekday])?;
         defs.push(NewDefinition {
             server: server.clone(),
@@ -437,22 +594,41 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         });
     }
     if inv.bare {
-        s.confirm(&format!("Register {} backup definition(s) on {}?", defs.len(), node.fqdn))?;
+        s.confirm(&format!(
+            "Register {} backup definition(s) on {}?",
+            defs.len(),
+            node.fqdn
+        ))?;
     }
-    let done = s.catalog.register_backup_definitions(&s.audit(), &defs).await?;
+    let done = s
+        .catalog
+        .register_backup_definitions(&s.audit(), &defs)
+        .await?;
     Ok(Output::Done(
         done.iter()
             .map(|d| {
                 let line = d.schedule.join(" ");
-                let name = if d.dbname.is_empty() { format!("{} (whole cluster)", d.code) } else { d.dbname.clone() };
-                format!("Backup definition DefID {} for dbname [{name}] registered: {line} ({}).", d.def_id, describe(&line))
+                let name = if d.dbname.is_empty() {
+                    format!("{} (whole cluster)", d.code)
+                } else {
+                    d.dbname.clone()
+                };
+                format!(
+                    "Backup definition DefID {} for dbname [{name}] registered: {line} ({}).",
+                    d.def_id,
+                    describe(&line)
+                )
             })
             .collect(),
     ))
 }
 
 fn def_id_arg(v: &str) -> Result<i64> {
-    v.trim().parse::<i64>().ok().filter(|n| *n > 0).with_context(|| format!("DefID \"{v}\" is not a number"))
+    v.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("DefID \"{v}\" is not a number"))
 }
 
 async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Output> {
@@ -474,7 +650,11 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
     let weekday = s.value(inv, "weekday", Some(&text("weekday_cron")))?;
     let retention = s.value(inv, "retention_period", Some(&text("retention_period")))?;
     let redundancy = s
-        .value(inv, "retention_redundancy", Some(&text("retention_redundancy")))?
+        .value(
+            inv,
+            "retention_redundancy",
+            Some(&text("retention_redundancy")),
+        )?
         .map(|r| model::parse_redundancy(r.trim()))
         .transpose()?;
     let extra = s.value(inv, "extra", Some(&text("extra_backup_parameters")))?;
@@ -510,23 +690,32 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
         remarks,
     };
     s.catalog.update_backup_definition(&s.audit(), &u).await?;
-    Ok(Output::Done(vec![format!("Backup definition DefID {def_id} updated: {} ({}).", sched.join(" "), parsed.describe())]))
+    Ok(Output::Done(vec![format!(
+        "Backup definition DefID {def_id} updated: {} ({}).",
+        sched.join(" "),
+        parsed.describe()
+    )]))
 }
 
 fn force_arg(s: &mut Session, inv: &Invocation) -> Result<bool> {
     match inv.given("force") {
         Some("force-deletion") => Ok(true),
         Some("") => Ok(false),
-        Some(other) => bail!("the last argument must be force-deletion, not \"{other}\"\nUsage: {}", inv.cmd.usage()),
-        None if inv.bare && s.interactive() => {
-            loop {
-                match s.ask("Force deletion of its backups too (yes/no)", Some("no"))?.to_ascii_lowercase().as_str() {
-                    "yes" | "y" => return Ok(true),
-                    "no" | "n" | "" => return Ok(false),
-                    _ => println!("Please answer yes or no."),
-                }
+        Some(other) => bail!(
+            "the last argument must be force-deletion, not \"{other}\"\nUsage: {}",
+            inv.cmd.usage()
+        ),
+        None if inv.bare && s.interactive() => loop {
+            match s
+                .ask("Force deletion of its backups too (yes/no)", Some("no"))?
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "yes" | "y" => return Ok(true),
+                "no" | "n" | "" => return Ok(false),
+                _ => println!("Please answer yes or no."),
             }
-        }
+        },
         None => Ok(false),
     }
 }
@@ -538,9 +727,18 @@ async fn delete_backup_definition_id(s: &mut Session, inv: &Invocation) -> Resul
         "Are you sure you want to delete backup definition DefID {def_id}{}?",
         if force { " and all its backups" } else { "" }
     ))?;
-    let removed = s.catalog.delete_backup_definition_id(&s.audit(), def_id, force).await?;
-    let tail = if force { format!(" with force: {removed} backup(s) queued for deletion") } else { String::new() };
-    Ok(Output::Done(vec![format!("Backup definition DefID {def_id} deleted{tail}.")]))
+    let removed = s
+        .catalog
+        .delete_backup_definition_id(&s.audit(), def_id, force)
+        .await?;
+    let tail = if force {
+        format!(" with force: {removed} backup(s) queued for deletion")
+    } else {
+        String::new()
+    };
+    Ok(Output::Done(vec![format!(
+        "Backup definition DefID {def_id} deleted{tail}."
+    )]))
 }
 
 async fn delete_backup_definition_dbname(s: &mut Session, inv: &Invocation) -> Result<Output> {
@@ -551,7 +749,10 @@ async fn delete_backup_definition_dbname(s: &mut Session, inv: &Invocation) -> R
         "Are you sure you want to delete every definition of database {db} on {node}{}?",
         if force { " and their backups" } else { "" }
     ))?;
-    let n = s.catalog.delete_backup_definition_dbname(&s.audit(), &node, &db, force).await?;
+    let n = s
+        .catalog
+        .delete_backup_definition_dbname(&s.audit(), &node, &db, force)
+        .await?;
     Ok(Output::Done(vec![format!(
         "{n} backup definition(s) of dbname [{db}] on {node} deleted{}.",
         if force { " with force" } else { "" }
@@ -566,28 +767,49 @@ async fn move_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Out
     let ids = filter(s.value(inv, "def_id", Some("all"))?)
         .map(|v| v.iter().map(|i| def_id_arg(i)).collect::<Result<Vec<_>>>())
         .transpose()?;
-    s.confirm(&format!("Move the matching backup definitions from {from} to {to}?"))?;
-    let n = s.catalog.move_backup_definition(&s.audit(), &from, &to, &node, &db, &ids).await?;
+    s.confirm(&format!(
+        "Move the matching backup definitions from {from} to {to}?"
+    ))?;
+    let n = s
+        .catalog
+        .move_backup_definition(&s.audit(), &from, &to, &node, &db, &ids)
+        .await?;
     if n == 0 {
-        bail!("no backup definition of {from} matched; nothing was moved\nHINT: show_backup_definitions {from} lists them");
+        bail!(
+            "no backup definition of {from} matched; nothing was moved\nHINT: show_backup_definitions {from} lists them"
+        );
     }
-    Ok(Output::Done(vec![format!("{n} backup definition(s) moved from {from} to {to}; existing backups stay on {from}.")]))
+    Ok(Output::Done(vec![format!(
+        "{n} backup definition(s) moved from {from} to {to}; existing backups stay on {from}."
+    )]))
 }
 
 fn time_arg(name: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
+    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
         return Ok(Some(t.with_timezone(&chrono::Utc)));
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        let local = d.and_hms_opt(0, 0, 0).and_then(|t| t.and_local_timezone(chrono::Local).earliest());
+        let local = d
+            .and_hms_opt(0, 0, 0)
+            .and_then(|t| t.and_local_timezone(chrono::Local).earliest());
         return Ok(local.map(|t| t.with_timezone(&chrono::Utc)));
     }
-    bail!("--{name} \"{v}\" is not a date: use YYYY-MM-DD or an RFC 3339 time such as 2026-11-21T08:00:00Z")
+    bail!(
+        "--{name} \"{v}\" is not a date: use YYYY-MM-DD or an RFC 3339 time such as 2026-11-21T08:00:00Z"
+    )
 }
 
 async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output> {
-    let upper = |v: Option<Vec<String>>| v.map(|v| v.into_iter().map(|x| x.to_ascii_uppercase()).collect::<Vec<_>>());
+    let upper = |v: Option<Vec<String>>| {
+        v.map(|v| {
+            v.into_iter()
+                .map(|x| x.to_ascii_uppercase())
+                .collect::<Vec<_>>()
+        })
+    };
     let f = pgbackman_db::CatalogFilter {
         server: filter(s.value(inv, "server", Some("all"))?),
         node: filter(s.value(inv, "node", Some("all"))?),
@@ -600,7 +822,12 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
         from: time_arg("from", inv.given("from"))?,
         to: time_arg("to", inv.given("to"))?,
         limit: match inv.given("limit") {
-            Some(l) => l.trim().parse().ok().filter(|n: &i64| *n > 0).with_context(|| format!("--limit \"{l}\" is not a positive number"))?,
+            Some(l) => l
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n: &i64| *n > 0)
+                .with_context(|| format!("--limit \"{l}\" is not a positive number"))?,
             None => 1000,
         },
     };
@@ -614,20 +841,44 @@ async fn show_pgbackman_config(s: &mut Session) -> Result<Output> {
     let info = s.catalog.catalog_info().await?;
     let t = |v: Option<&Value>| v.cloned().unwrap_or(Value::Null);
     let cols = [
-        ("Running mode", Value::Text(if s.interactive() { "interactive".into() } else { "non-interactive".into() })),
-        ("Software version", Value::Text(pgbackman_db::migrate::SOFTWARE_VERSION.into())),
+        (
+            "Running mode",
+            Value::Text(if s.interactive() {
+                "interactive".into()
+            } else {
+                "non-interactive".into()
+            }),
+        ),
+        (
+            "Software version",
+            Value::Text(pgbackman_db::migrate::SOFTWARE_VERSION.into()),
+        ),
         ("Backup server", Value::Text(s.local_server.clone())),
         (
             "Configuration file",
-            Value::Text(s.config.path.as_ref().map_or("(none)".into(), |p| p.display().to_string())),
+            Value::Text(
+                s.config
+                    .path
+                    .as_ref()
+                    .map_or("(none)".into(), |p| p.display().to_string()),
+            ),
         ),
         ("Catalog", Value::Text(s.catalog.target().to_string())),
         ("Catalog from", Value::Text(s.catalog_source.clone())),
         ("Catalog server version", t(info.get(0, "server_version"))),
         ("Catalog installed", t(info.get(0, "installed_at"))),
-        ("Catalog schema version", st.installed.map_or(Value::Null, |v| Value::Int(v.into()))),
-        ("Schema version of this binary", Value::Int(st.expected.into())),
-        ("Catalog functions applied", t(info.get(0, "sql_applied_at"))),
+        (
+            "Catalog schema version",
+            st.installed.map_or(Value::Null, |v| Value::Int(v.into())),
+        ),
+        (
+            "Schema version of this binary",
+            Value::Int(st.expected.into()),
+        ),
+        (
+            "Catalog functions applied",
+            t(info.get(0, "sql_applied_at")),
+        ),
         ("Catalog functions by", t(info.get(0, "software"))),
         ("Catalog matches this binary", Value::Bool(st.is_current())),
         ("Output format", Value::Text(s.format.to_string())),

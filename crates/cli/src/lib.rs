@@ -75,7 +75,10 @@ enum DbAction {
 /// Entry point of the `pgbackman` binary.
 pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("[ERROR] cannot start the runtime: {e}");
@@ -104,15 +107,23 @@ pub fn format_error(e: &anyhow::Error) -> String {
 }
 
 fn os_user() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into())
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Where the catalog is, as (resolved config, redacted conninfo, source description).
-pub fn catalog_target(flag: Option<&str>, file: &FileConfig) -> Result<(tokio_postgres::Config, String, String)> {
-    let (conninfo, source) = pgbackman_config::catalog_conninfo(flag, std::env::var("PGBACKMAN_CATALOG").ok(), file)?;
+pub fn catalog_target(
+    flag: Option<&str>,
+    file: &FileConfig,
+) -> Result<(tokio_postgres::Config, String, String)> {
+    let (conninfo, source) =
+        pgbackman_config::catalog_conninfo(flag, std::env::var("PGBACKMAN_CATALOG").ok(), file)?;
     let cfg = pgbackman_config::resolve_env(&conninfo).context("the catalog connection string")?;
     if flag.is_some() && cfg.get_password().is_some() {
-        eprintln!("[WARNING] a password given with --catalog is visible to every user of this host; use a pgpass file");
+        eprintln!(
+            "[WARNING] a password given with --catalog is visible to every user of this host; use a pgpass file"
+        );
     }
     let redacted = pgbackman_config::redacted(&cfg);
     Ok((cfg, redacted, format!("{source:?}")))
@@ -131,9 +142,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     catalog.check_compatible().await?;
     let format = match cli.output {
         Some(f) => f,
-        None => file.shell.output_format.as_deref().map(str::parse).transpose()?.unwrap_or(OutputFormat::Table),
+        None => file
+            .shell
+            .output_format
+            .as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or(OutputFormat::Table),
     };
-    let local_server = file.shell.backup_server.clone().unwrap_or_else(pgbackman_config::host_fqdn);
+    let local_server = file
+        .shell
+        .backup_server
+        .clone()
+        .unwrap_or_else(pgbackman_config::host_fqdn);
     let history = shell::history_path(file.shell.history_file.as_deref());
     let interactive = cli.command.is_none();
     let mut s = Session {
@@ -143,12 +164,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         catalog_source: source,
         local_server,
         os_user: os_user(),
-        editor: if interactive { Some(shell::new_editor(history.as_ref())?) } else { None },
+        editor: if interactive {
+            Some(shell::new_editor(history.as_ref())?)
+        } else {
+            None
+        },
         history: Vec::new(),
         line: String::new(),
     };
     match cli.command {
-        Some(line) => Ok(if execute_line(&mut s, &line).await { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        Some(line) => Ok(if execute_line(&mut s, &line).await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         None => {
             shell::run(s, history).await?;
             Ok(ExitCode::SUCCESS)
@@ -193,15 +222,25 @@ pub async fn execute_line(s: &mut Session, line: &str) -> bool {
     }
 }
 
-async fn db_command(action: &DbAction, cfg: &tokio_postgres::Config, target: &str) -> Result<ExitCode> {
+async fn db_command(
+    action: &DbAction,
+    cfg: &tokio_postgres::Config,
+    target: &str,
+) -> Result<ExitCode> {
     let status = match action {
         DbAction::Init => {
             if pgbackman_db::ensure_database(cfg, target).await? {
-                println!("[DONE] Database {} created.", cfg.get_dbname().unwrap_or("pgbackman"));
+                println!(
+                    "[DONE] Database {} created.",
+                    cfg.get_dbname().unwrap_or("pgbackman")
+                );
             }
             let mut c = pgbackman_db::connect_once(cfg, target).await?;
             let st = migrate::init(&mut c).await?;
-            println!("[DONE] Catalog installed in {target} (schema version {}).", st.expected);
+            println!(
+                "[DONE] Catalog installed in {target} (schema version {}).",
+                st.expected
+            );
             st
         }
         DbAction::Upgrade => {
@@ -221,10 +260,14 @@ async fn db_command(action: &DbAction, cfg: &tokio_postgres::Config, target: &st
             println!("Catalog:                 {target}");
             println!(
                 "Installed schema:        {}",
-                st.installed.map_or("none (run `pgbackman db init`)".into(), |v| v.to_string())
+                st.installed
+                    .map_or("none (run `pgbackman db init`)".into(), |v| v.to_string())
             );
             println!("Schema of this binary:   {}", st.expected);
-            println!("Functions installed by:  {}", st.software_installed.as_deref().unwrap_or("-"));
+            println!(
+                "Functions installed by:  {}",
+                st.software_installed.as_deref().unwrap_or("-")
+            );
             println!("pgbackman version:       {}", migrate::SOFTWARE_VERSION);
             match st.compatibility(target) {
                 Ok(()) => println!("Status:                  OK, this binary matches the catalog"),

@@ -43,17 +43,29 @@ pub enum ParseError {
 }
 
 fn clap_command(c: &'static Cmd) -> Command {
-    let mut cmd = Command::new(c.name).no_binary_name(true).disable_version_flag(true).about(c.about);
+    let mut cmd = Command::new(c.name)
+        .no_binary_name(true)
+        .disable_version_flag(true)
+        .about(c.about);
     for a in c.args {
         let arg = match a.kind {
-            Kind::Pos => ClapArg::new(a.name).value_name(a.label).required(false).allow_hyphen_values(true),
+            Kind::Pos => ClapArg::new(a.name)
+                .value_name(a.label)
+                .required(false)
+                .allow_hyphen_values(true),
             Kind::Rest => ClapArg::new(a.name)
                 .value_name(a.label)
                 .num_args(0..)
                 .action(ArgAction::Append)
                 .allow_hyphen_values(true),
-            Kind::Opt => ClapArg::new(a.name).long(a.name).value_name(a.name).help(a.label),
-            Kind::Flag => ClapArg::new(a.name).long(a.name).action(ArgAction::SetTrue).help(a.label),
+            Kind::Opt => ClapArg::new(a.name)
+                .long(a.name)
+                .value_name(a.name)
+                .help(a.label),
+            Kind::Flag => ClapArg::new(a.name)
+                .long(a.name)
+                .action(ArgAction::SetTrue)
+                .help(a.label),
         };
         cmd = cmd.arg(arg);
     }
@@ -67,17 +79,28 @@ pub fn parse(words: &[String]) -> Result<Invocation, ParseError> {
     };
     let Some(cmd) = spec::find(name) else {
         let s = spec::suggestions(name);
-        let hint = if s.is_empty() { "; `help` lists the commands".to_string() } else { format!("; did you mean {}?", s.join(", ")) };
+        let hint = if s.is_empty() {
+            "; `help` lists the commands".to_string()
+        } else {
+            format!("; did you mean {}?", s.join(", "))
+        };
         return Err(ParseError::Unknown(name.clone(), hint));
     };
-    let m = clap_command(cmd).try_get_matches_from(args).map_err(|e| match e.kind() {
-        clap::error::ErrorKind::DisplayHelp => ParseError::Help(cmd.help()),
-        _ => ParseError::Usage(format!(
-            "{}\nUsage: {}",
-            e.render().to_string().lines().next().unwrap_or("bad arguments").trim_start_matches("error: "),
-            cmd.usage()
-        )),
-    })?;
+    let m = clap_command(cmd)
+        .try_get_matches_from(args)
+        .map_err(|e| match e.kind() {
+            clap::error::ErrorKind::DisplayHelp => ParseError::Help(cmd.help()),
+            _ => ParseError::Usage(format!(
+                "{}\nUsage: {}",
+                e.render()
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("bad arguments")
+                    .trim_start_matches("error: "),
+                cmd.usage()
+            )),
+        })?;
     let mut values = HashMap::new();
     let mut rest = Vec::new();
     let mut flags = Vec::new();
@@ -105,7 +128,13 @@ pub fn parse(words: &[String]) -> Result<Invocation, ParseError> {
             }
         }
     }
-    Ok(Invocation { cmd, values, rest, flags, bare })
+    Ok(Invocation {
+        cmd,
+        values,
+        rest,
+        flags,
+        bare,
+    })
 }
 
 #[cfg(test)]
@@ -135,7 +164,11 @@ mod tests {
     #[test]
     fn bare_command_prompts() {
         assert!(parse(&words("register_backup_server")).unwrap().bare);
-        assert!(parse(&words("register_backup_server --status RUNNING")).unwrap().bare);
+        assert!(
+            parse(&words("register_backup_server --status RUNNING"))
+                .unwrap()
+                .bare
+        );
     }
 
     #[test]

@@ -44,7 +44,9 @@ fn default_dir() -> PathBuf {
 }
 
 fn nix_is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 /// The private cluster keeps its port in a file so later runs find it again.
@@ -52,10 +54,14 @@ fn cluster_at(dir: &std::path::Path) -> Result<Cluster> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let port_file = dir.join("port");
     let port = match std::fs::read_to_string(&port_file) {
-        Ok(p) => p.trim().parse().with_context(|| format!("{} is corrupt", port_file.display()))?,
+        Ok(p) => p
+            .trim()
+            .parse()
+            .with_context(|| format!("{} is corrupt", port_file.display()))?,
         Err(_) => {
             let p = pgbackman_pgctl::free_port();
-            std::fs::write(&port_file, p.to_string()).with_context(|| format!("writing {}", port_file.display()))?;
+            std::fs::write(&port_file, p.to_string())
+                .with_context(|| format!("writing {}", port_file.display()))?;
             p
         }
     };
@@ -69,11 +75,17 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
         if cluster.is_running() {
             cluster.stop(StopMode::Fast)?;
         }
-        println!("[DONE] Private catalog cluster in {} stopped.", dir.display());
+        println!(
+            "[DONE] Private catalog cluster in {} stopped.",
+            dir.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if !cluster.is_initialized() {
-        println!("Creating the private catalog cluster in {} ...", dir.display());
+        println!(
+            "Creating the private catalog cluster in {} ...",
+            dir.display()
+        );
         cluster.initdb()?;
     }
     if !cluster.is_running() {
@@ -95,11 +107,26 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
     write_config(&conninfo, file)?;
 
     let catalog = Catalog::connect(cfg, "pgbackman-quickstart", &target).await?;
-    let audit = Audit { os_user: std::env::var("USER").unwrap_or_default(), command: "quickstart".into() };
-    let fqdn = file.shell.backup_server.clone().unwrap_or_else(pgbackman_config::host_fqdn);
+    let audit = Audit {
+        os_user: std::env::var("USER").unwrap_or_default(),
+        command: "quickstart".into(),
+    };
+    let fqdn = file
+        .shell
+        .backup_server
+        .clone()
+        .unwrap_or_else(pgbackman_config::host_fqdn);
     if catalog.server_id(&fqdn).await.is_err() {
         let (host, domain) = fqdn.split_once('.').unwrap_or((fqdn.as_str(), ""));
-        catalog.register_backup_server(&audit, host, Some(domain), Some("RUNNING"), Some("registered by quickstart")).await?;
+        catalog
+            .register_backup_server(
+                &audit,
+                host,
+                Some(domain),
+                Some("RUNNING"),
+                Some("registered by quickstart"),
+            )
+            .await?;
     }
     println!("[OK] Backup server: {fqdn}");
 
@@ -123,7 +150,15 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
     }
     println!("[OK] PgSQL node: {node_ref}");
 
-    let show = |kind, rows| print!("{}", render(&Output::List { kind, rows }, pgbackman_core::model::OutputFormat::Table));
+    let show = |kind, rows| {
+        print!(
+            "{}",
+            render(
+                &Output::List { kind, rows },
+                pgbackman_core::model::OutputFormat::Table
+            )
+        )
+    };
     show("backup_servers", catalog.show_backup_servers().await?);
     show("pgsql_nodes", catalog.show_pgsql_nodes().await?);
     println!(
@@ -155,7 +190,9 @@ fn write_config(conninfo: &str, file: &FileConfig) -> Result<()> {
         if file.catalog.conninfo.as_deref() != Some(conninfo) {
             println!(
                 "[WARNING] {} names another catalog; use this one with:\n  export PGBACKMAN_CATALOG='{conninfo}'",
-                file.path.as_ref().map_or("your configuration".into(), |p| p.display().to_string())
+                file.path
+                    .as_ref()
+                    .map_or("your configuration".into(), |p| p.display().to_string())
             );
         }
         return Ok(());
@@ -191,7 +228,9 @@ async fn pick_node(args: &Args, private: &Cluster) -> Result<(String, u16, Strin
         None => vec![String::new()],
     };
     for c in candidates {
-        let Ok(cfg) = pgbackman_config::resolve_env(&c) else { continue };
+        let Ok(cfg) = pgbackman_config::resolve_env(&c) else {
+            continue;
+        };
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -207,5 +246,9 @@ async fn pick_node(args: &Args, private: &Cluster) -> Result<(String, u16, Strin
         }
     }
     println!("[OK] No local PostgreSQL cluster answers; the private cluster serves as the node.");
-    Ok((private.socket_dir().display().to_string(), private.port(), "postgres".into()))
+    Ok((
+        private.socket_dir().display().to_string(),
+        private.port(),
+        "postgres".into(),
+    ))
 }

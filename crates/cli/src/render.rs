@@ -11,9 +11,15 @@ use serde_json::{Map, Value as Json, json};
 #[derive(Debug)]
 pub enum Output {
     /// A listing; `kind` is the JSON result type (e.g. "backup_servers").
-    List { kind: &'static str, rows: Rows },
+    List {
+        kind: &'static str,
+        rows: Rows,
+    },
     /// A one-row report shown as key/value pairs.
-    Report { kind: &'static str, rows: Rows },
+    Report {
+        kind: &'static str,
+        rows: Rows,
+    },
     /// A completed change: `[DONE] ...` lines.
     Done(Vec<String>),
     /// Free text (help, history).
@@ -26,7 +32,13 @@ pub fn key(column: &str) -> String {
     let mut k: String = column
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     while k.contains("__") {
         k = k.replace("__", "_");
@@ -46,7 +58,11 @@ pub fn pretty_bytes(n: i64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} bytes") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn cell_text(column: &str, v: &Value) -> String {
@@ -57,7 +73,10 @@ fn cell_text(column: &str, v: &Value) -> String {
         Value::Float(f) => f.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Text(s) => s.clone(),
-        Value::Time(t) => t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S%:z").to_string(),
+        Value::Time(t) => t
+            .with_timezone(&Local)
+            .format("%Y-%m-%d %H:%M:%S%:z")
+            .to_string(),
         Value::List(l) => l.join(", "),
         Value::Json(j) => j.to_string(),
     }
@@ -103,7 +122,9 @@ fn json_rows(rows: &Rows) -> Vec<Json> {
 }
 
 fn csv_of(rows: &Rows) -> String {
-    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::CRLF).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
     // Writing into a Vec cannot fail.
     let _ = w.write_record(rows.columns.iter().map(|c| key(c)));
     for r in &rows.rows {
@@ -114,7 +135,8 @@ fn csv_of(rows: &Rows) -> String {
 
 fn new_table() -> Table {
     let mut t = Table::new();
-    t.load_style(ASCII_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
+    t.load_style(ASCII_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled);
     t
 }
 
@@ -132,7 +154,9 @@ pub fn render(out: &Output, format: OutputFormat) -> String {
             m.insert((*kind).to_string(), Json::Array(json_rows(rows)));
             ensure_nl(Json::Object(m).to_string())
         }
-        (Output::List { rows, .. } | Output::Report { rows, .. }, OutputFormat::Csv) => csv_of(rows),
+        (Output::List { rows, .. } | Output::Report { rows, .. }, OutputFormat::Csv) => {
+            csv_of(rows)
+        }
         (Output::List { rows, .. }, OutputFormat::Table) => {
             let mut t = new_table();
             t.set_header(rows.columns.iter());
@@ -169,7 +193,13 @@ mod tests {
 
     fn sample() -> Rows {
         Rows {
-            columns: vec!["SrvID".into(), "Backup server".into(), "Remarks".into(), "Registered".into(), "Total size".into()],
+            columns: vec![
+                "SrvID".into(),
+                "Backup server".into(),
+                "Remarks".into(),
+                "Registered".into(),
+                "Total size".into(),
+            ],
             rows: vec![vec![
                 Value::Int(7),
                 Value::Text("bs1.example.org".into()),
@@ -189,7 +219,13 @@ mod tests {
 
     #[test]
     fn csv_is_rfc4180() {
-        let s = render(&Output::List { kind: "x", rows: sample() }, OutputFormat::Csv);
+        let s = render(
+            &Output::List {
+                kind: "x",
+                rows: sample(),
+            },
+            OutputFormat::Csv,
+        );
         let mut r = csv::Reader::from_reader(s.as_bytes());
         let rec = r.records().next().unwrap().unwrap();
         assert_eq!(&rec[2], "has \"quotes\", commas\nand newlines");
@@ -200,7 +236,13 @@ mod tests {
 
     #[test]
     fn json_is_typed() {
-        let s = render(&Output::List { kind: "backup_servers", rows: sample() }, OutputFormat::Json);
+        let s = render(
+            &Output::List {
+                kind: "backup_servers",
+                rows: sample(),
+            },
+            OutputFormat::Json,
+        );
         let v: Json = serde_json::from_str(&s).unwrap();
         let row = &v["backup_servers"][0];
         assert_eq!(row["srvid"], json!(7));

@@ -36,7 +36,10 @@ impl Session {
     }
 
     pub fn audit(&self) -> Audit {
-        Audit { os_user: self.os_user.clone(), command: self.line.clone() }
+        Audit {
+            os_user: self.os_user.clone(),
+            command: self.line.clone(),
+        }
     }
 
     /// Asks one question in the interactive shell; Ctrl-C / Ctrl-D abandon the command.
@@ -57,7 +60,12 @@ impl Session {
 
     /// The value of argument `name`: as given, else asked for (interactive shell, no positional
     /// argument given), else None. An empty answer or "" means "the default".
-    pub fn value(&mut self, inv: &Invocation, name: &str, default: Option<&str>) -> Result<Option<String>> {
+    pub fn value(
+        &mut self,
+        inv: &Invocation,
+        name: &str,
+        default: Option<&str>,
+    ) -> Result<Option<String>> {
         if let Some(v) = inv.given(name) {
             return Ok(non_empty(v));
         }
@@ -74,14 +82,24 @@ impl Session {
     }
 
     /// Like [`Session::value`], with the default applied; missing without default is an error.
-    pub fn required(&mut self, inv: &Invocation, name: &str, default: Option<&str>) -> Result<String> {
+    pub fn required(
+        &mut self,
+        inv: &Invocation,
+        name: &str,
+        default: Option<&str>,
+    ) -> Result<String> {
         if let Some(v) = self.value(inv, name, default)? {
             return Ok(v);
         }
         if let Some(d) = default {
             return Ok(d.to_string());
         }
-        let label = inv.cmd.args.iter().find(|a| a.name == name).map_or(name, |a| a.label);
+        let label = inv
+            .cmd
+            .args
+            .iter()
+            .find(|a| a.name == name)
+            .map_or(name, |a| a.label);
         bail!("missing argument: {label}\nUsage: {}", inv.cmd.usage())
     }
 
@@ -91,7 +109,11 @@ impl Session {
             return Ok(());
         }
         loop {
-            match self.ask(&format!("{question} (yes/no)"), None)?.to_ascii_lowercase().as_str() {
+            match self
+                .ask(&format!("{question} (yes/no)"), None)?
+                .to_ascii_lowercase()
+                .as_str()
+            {
                 "yes" | "y" => return Ok(()),
                 "no" | "n" => return Err(Aborted.into()),
                 _ => println!("Please answer yes or no."),
@@ -101,5 +123,9 @@ impl Session {
 }
 
 fn non_empty(v: &str) -> Option<String> {
-    if v.trim().is_empty() { None } else { Some(v.to_string()) }
+    if v.trim().is_empty() {
+        None
+    } else {
+        Some(v.to_string())
+    }
 }

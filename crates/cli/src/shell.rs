@@ -28,19 +28,49 @@ pub struct ShellHelper {
 impl Completer for ShellHelper {
     type Candidate = Pair;
 
-    fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let before = &line[..pos];
         let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
         let word = &before[start..];
         let first = before[..start].trim().is_empty();
-        let pairs = |v: Vec<String>| v.into_iter().map(|w| Pair { display: w.clone(), replacement: w }).collect();
+        let pairs = |v: Vec<String>| {
+            v.into_iter()
+                .map(|w| Pair {
+                    display: w.clone(),
+                    replacement: w,
+                })
+                .collect()
+        };
         let candidates: Vec<String> = if first {
-            COMMANDS.iter().map(|c| c.name.to_string()).filter(|n| n.starts_with(word)).collect()
+            COMMANDS
+                .iter()
+                .map(|c| c.name.to_string())
+                .filter(|n| n.starts_with(word))
+                .collect()
         } else if before.trim_start().starts_with("help ") {
-            COMMANDS.iter().map(|c| c.name.to_string()).filter(|n| n.starts_with(word)).collect()
+            COMMANDS
+                .iter()
+                .map(|c| c.name.to_string())
+                .filter(|n| n.starts_with(word))
+                .collect()
         } else {
-            let mut v: Vec<String> = self.words.iter().filter(|w| w.starts_with(word)).cloned().collect();
-            for special in ["all", "#all_databases#", "#databases_without_backup_definitions#", "force-deletion"] {
+            let mut v: Vec<String> = self
+                .words
+                .iter()
+                .filter(|w| w.starts_with(word))
+                .cloned()
+                .collect();
+            for special in [
+                "all",
+                "#all_databases#",
+                "#databases_without_backup_definitions#",
+                "force-deletion",
+            ] {
                 if special.starts_with(word) && !word.is_empty() {
                     v.push(special.to_string());
                 }
@@ -55,7 +85,11 @@ impl Hinter for ShellHelper {
     type Hint = String;
 }
 impl Highlighter for ShellHelper {
-    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(&'s self, prompt: &'p str, _default: bool) -> Cow<'b, str> {
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
+        &'s self,
+        prompt: &'p str,
+        _default: bool,
+    ) -> Cow<'b, str> {
         Cow::Borrowed(prompt)
     }
 }
@@ -76,7 +110,10 @@ pub fn history_path(configured: Option<&str>) -> Option<PathBuf> {
 }
 
 pub fn new_editor(history: Option<&PathBuf>) -> anyhow::Result<ShellEditor> {
-    let cfg = Config::builder().auto_add_history(false).max_history_size(5000)?.build();
+    let cfg = Config::builder()
+        .auto_add_history(false)
+        .max_history_size(5000)?
+        .build();
     let mut ed: ShellEditor = Editor::with_config(cfg)?;
     ed.set_helper(Some(ShellHelper::default()));
     if let Some(p) = history {
@@ -93,8 +130,7 @@ pub async fn run(mut s: Session, history: Option<PathBuf>) -> anyhow::Result<()>
         pgbackman_db::migrate::SOFTWARE_VERSION
     );
     refresh_words(&mut s).await;
-    loop {
-        let Some(ed) = s.editor.as_mut() else { break };
+    while let Some(ed) = s.editor.as_mut() {
         let line = match ed.readline(PROMPT) {
             Ok(l) => l,
             Err(ReadlineError::Interrupted) => continue,

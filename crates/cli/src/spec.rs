@@ -33,13 +33,25 @@ pub struct Cmd {
 }
 
 const fn pos(name: &'static str, label: &'static str) -> Arg {
-    Arg { name, label, kind: Kind::Pos }
+    Arg {
+        name,
+        label,
+        kind: Kind::Pos,
+    }
 }
 const fn opt(name: &'static str, label: &'static str) -> Arg {
-    Arg { name, label, kind: Kind::Opt }
+    Arg {
+        name,
+        label,
+        kind: Kind::Opt,
+    }
 }
 const fn rest(name: &'static str, label: &'static str) -> Arg {
-    Arg { name, label, kind: Kind::Rest }
+    Arg {
+        name,
+        label,
+        kind: Kind::Rest,
+    }
 }
 
 const SERVERS: &str = "Backup servers";
@@ -65,8 +77,15 @@ pub static COMMANDS: &[Cmd] = &[
         name: "update_backup_server",
         group: SERVERS,
         about: "Change the remarks or the status of a backup server.",
-        args: &[pos("server", "SrvID | FQDN"), pos("remarks", "Remarks"), opt("status", "Status (RUNNING or STOPPED)")],
-        examples: &["update_backup_server backup01.example.org \"moved to DC2\"", "update_backup_server 1 \"\" --status STOPPED"],
+        args: &[
+            pos("server", "SrvID | FQDN"),
+            pos("remarks", "Remarks"),
+            opt("status", "Status (RUNNING or STOPPED)"),
+        ],
+        examples: &[
+            "update_backup_server backup01.example.org \"moved to DC2\"",
+            "update_backup_server 1 \"\" --status STOPPED",
+        ],
     },
     Cmd {
         name: "delete_backup_server",
@@ -93,8 +112,13 @@ pub static COMMANDS: &[Cmd] = &[
         name: "update_backup_server_config",
         group: SERVERS,
         about: "Change configuration parameters of a backup server: parameter=value pairs, all or none applied.",
-        args: &[pos("server", "SrvID | FQDN"), rest("settings", "parameter=value")],
-        examples: &["update_backup_server_config 1 root_backup_partition=/srv/pgbackman max_concurrent_jobs=8"],
+        args: &[
+            pos("server", "SrvID | FQDN"),
+            rest("settings", "parameter=value"),
+        ],
+        examples: &[
+            "update_backup_server_config 1 root_backup_partition=/srv/pgbackman max_concurrent_jobs=8",
+        ],
     },
     Cmd {
         name: "show_backup_server_default_config",
@@ -129,7 +153,10 @@ pub static COMMANDS: &[Cmd] = &[
             pos("status", "Status (RUNNING or STOPPED)"),
             pos("remarks", "Remarks"),
             opt("admin-dbname", "Database of the admin connection"),
-            opt("sslmode", "libpq sslmode (disable, allow, prefer, require, verify-ca, verify-full)"),
+            opt(
+                "sslmode",
+                "libpq sslmode (disable, allow, prefer, require, verify-ca, verify-full)",
+            ),
         ],
         examples: &[
             "register_pgsql_node pg01 example.org 5432 postgres RUNNING \"billing primary\"",
@@ -176,8 +203,13 @@ pub static COMMANDS: &[Cmd] = &[
         name: "update_pgsql_node_config",
         group: NODES,
         about: "Change configuration parameters of a PgSQL node: parameter=value pairs, all or none applied.",
-        args: &[pos("node", "NodeID | FQDN"), rest("settings", "parameter=value")],
-        examples: &["update_pgsql_node_config pg01.example.org backup_hours_interval=01-04 retention_period=\"14 days\""],
+        args: &[
+            pos("node", "NodeID | FQDN"),
+            rest("settings", "parameter=value"),
+        ],
+        examples: &[
+            "update_pgsql_node_config pg01.example.org backup_hours_interval=01-04 retention_period=\"14 days\"",
+        ],
     },
     Cmd {
         name: "show_pgsql_node_default_config",
@@ -191,7 +223,9 @@ pub static COMMANDS: &[Cmd] = &[
         group: NODES,
         about: "Change the defaults for new PgSQL nodes: parameter=value pairs.",
         args: &[rest("settings", "parameter=value")],
-        examples: &["update_pgsql_node_default_config logs_email=dba@example.org domain=example.org"],
+        examples: &[
+            "update_pgsql_node_default_config logs_email=dba@example.org domain=example.org",
+        ],
     },
     Cmd {
         name: "show_pgsql_node_stats",
@@ -247,20 +281,29 @@ pub static COMMANDS: &[Cmd] = &[
             pos("job_status", "Job status (ACTIVE, STOPPED or DELETED)"),
             pos("remarks", "Remarks"),
         ],
-        examples: &["update_backup_definition 12 15 3 \"\" \"\" \"\" \"14 days\" 3 \"\" ACTIVE \"\""],
+        examples: &[
+            "update_backup_definition 12 15 3 \"\" \"\" \"\" \"14 days\" 3 \"\" ACTIVE \"\"",
+        ],
     },
     Cmd {
         name: "delete_backup_definition_id",
         group: DEFS,
         about: "Delete a backup definition. With force-deletion its backups are deleted too (files removed by the agent).",
         args: &[pos("def_id", "DefID"), pos("force", "force-deletion")],
-        examples: &["delete_backup_definition_id 12", "delete_backup_definition_id 12 force-deletion"],
+        examples: &[
+            "delete_backup_definition_id 12",
+            "delete_backup_definition_id 12 force-deletion",
+        ],
     },
     Cmd {
         name: "delete_backup_definition_dbname",
         group: DEFS,
         about: "Delete every definition of a database on a node (all backup servers). Snapshots are kept.",
-        args: &[pos("node", "NodeID | FQDN"), pos("dbname", "DBname"), pos("force", "force-deletion")],
+        args: &[
+            pos("node", "NodeID | FQDN"),
+            pos("dbname", "DBname"),
+            pos("force", "force-deletion"),
+        ],
         examples: &["delete_backup_definition_dbname pg01.example.org billing force-deletion"],
     },
     Cmd {
@@ -274,13 +317,19 @@ pub static COMMANDS: &[Cmd] = &[
             pos("dbname", "DBname | all"),
             pos("def_id", "DefID | all"),
         ],
-        examples: &["move_backup_definition backup01.example.org backup02.example.org pg01.example.org all all"],
+        examples: &[
+            "move_backup_definition backup01.example.org backup02.example.org pg01.example.org all all",
+        ],
     },
     Cmd {
         name: "show_backup_definitions",
         group: DEFS,
         about: "List backup definitions. Filters take all, * or comma lists; different filters combine with AND.",
-        args: &[pos("server", "SrvID | FQDN | all"), pos("node", "NodeID | FQDN | all"), pos("dbname", "DBname | all")],
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "NodeID | FQDN | all"),
+            pos("dbname", "DBname | all"),
+        ],
         examples: &["show_backup_definitions all pg01.example.org billing,crm"],
     },
     Cmd {
@@ -356,8 +405,20 @@ pub static COMMANDS: &[Cmd] = &[
         args: &[pos("command", "Command")],
         examples: &["help", "help register_backup_definition"],
     },
-    Cmd { name: "clear", group: SHELL, about: "Clear the screen.", args: &[], examples: &["clear"] },
-    Cmd { name: "quit", group: SHELL, about: "Leave the shell (also: exit, \\q, Ctrl-D).", args: &[], examples: &["quit"] },
+    Cmd {
+        name: "clear",
+        group: SHELL,
+        about: "Clear the screen.",
+        args: &[],
+        examples: &["clear"],
+    },
+    Cmd {
+        name: "quit",
+        group: SHELL,
+        about: "Leave the shell (also: exit, \\q, Ctrl-D).",
+        args: &[],
+        examples: &["quit"],
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Cmd> {
@@ -391,7 +452,12 @@ impl Cmd {
     }
 
     pub fn help(&self) -> String {
-        let mut s = format!("{}\n\n  {}\n\nUsage:\n  {}\n", self.about, self.name, self.usage());
+        let mut s = format!(
+            "{}\n\n  {}\n\nUsage:\n  {}\n",
+            self.about,
+            self.name,
+            self.usage()
+        );
         if !self.args.is_empty() {
             s.push_str("\nArguments (omit them all in the shell to be prompted, with defaults in brackets):\n");
             for a in self.args {

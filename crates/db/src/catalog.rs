@@ -175,12 +175,24 @@ impl Catalog {
         target: &str,
     ) -> Result<Catalog, DbError> {
         config.application_name(application_name);
-        let mgr = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let mgr = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(mgr)
             .max_size(4)
             .build()
-            .map_err(|e| DbError::Client { context: "building the catalog pool".into(), reason: e.to_string() })?;
-        let cat = Catalog { pool, target: target.to_string() };
+            .map_err(|e| DbError::Client {
+                context: "building the catalog pool".into(),
+                reason: e.to_string(),
+            })?;
+        let cat = Catalog {
+            pool,
+            target: target.to_string(),
+        };
         // Connect now, so a wrong conninfo fails here with the reason, not at the first command.
         drop(cat.client().await?);
         Ok(cat)
@@ -192,10 +204,18 @@ impl Catalog {
 
     async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) if e.as_db_error().is_none() || e.code().is_some() => {
+            deadpool_postgres::PoolError::Backend(e)
+                if e.as_db_error().is_none() || e.code().is_some() =>
+            {
                 match crate::error::server_message(&e) {
-                    Some(m) => DbError::Connect { target: self.target.clone(), reason: m.to_string() },
-                    None => DbError::Connect { target: self.target.clone(), reason: describe(&e) },
+                    Some(m) => DbError::Connect {
+                        target: self.target.clone(),
+                        reason: m.to_string(),
+                    },
+                    None => DbError::Connect {
+                        target: self.target.clone(),
+                        reason: describe(&e),
+                    },
                 }
             }
             other => DbError::from(other),
@@ -215,7 +235,11 @@ impl Catalog {
     async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Rows, DbError> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(sql).await?;
-        let cols = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+        let cols = stmt
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
         let rows = c.query(&stmt, params).await?;
         Ok(Rows::from_pg_with_columns(cols, &rows))
     }
@@ -239,14 +263,23 @@ impl Catalog {
     }
 
     async fn id_of(&self, sql: &str, reference: &str) -> Result<i64, DbError> {
-        Ok(self.client().await?.query_one(sql, &[&reference]).await?.get(0))
+        Ok(self
+            .client()
+            .await?
+            .query_one(sql, &[&reference])
+            .await?
+            .get(0))
     }
 
     async fn resolve_ids(&self, refs: &Filter, server: bool) -> Result<Option<Vec<i64>>, DbError> {
         let Some(refs) = refs else { return Ok(None) };
         let mut v = Vec::with_capacity(refs.len());
         for r in refs {
-            v.push(if server { self.server_id(r).await? } else { self.node_id(r).await? });
+            v.push(if server {
+                self.server_id(r).await?
+            } else {
+                self.node_id(r).await?
+            });
         }
         Ok(Some(v))
     }
@@ -271,11 +304,17 @@ impl Catalog {
     ) -> Result<(i64, String), DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
             let id: i64 = tx
-                .query_one("select api.register_backup_server($1, $2, $3, $4)", &[&hostname, &domain, &status, &remarks])
+                .query_one(
+                    "select api.register_backup_server($1, $2, $3, $4)",
+                    &[&hostname, &domain, &status, &remarks],
+                )
                 .await?
                 .get(0);
             // A separate statement: the registering one cannot see its own row through a STABLE function.
-            let fqdn = tx.query_one("select api.server_fqdn($1)", &[&id]).await?.get(0);
+            let fqdn = tx
+                .query_one("select api.server_fqdn($1)", &[&id])
+                .await?
+                .get(0);
             Ok((id, fqdn))
         })
         .await
@@ -289,14 +328,23 @@ impl Catalog {
         remarks: Option<&str>,
     ) -> Result<i64, DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
-            Ok(tx.query_one("select api.update_backup_server($1, $2, $3)", &[&server, &status, &remarks]).await?.get(0))
+            Ok(tx
+                .query_one(
+                    "select api.update_backup_server($1, $2, $3)",
+                    &[&server, &status, &remarks],
+                )
+                .await?
+                .get(0))
         })
         .await
     }
 
     pub async fn delete_backup_server(&self, audit: &Audit, server: &str) -> Result<i64, DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
-            Ok(tx.query_one("select api.delete_backup_server($1)", &[&server]).await?.get(0))
+            Ok(tx
+                .query_one("select api.delete_backup_server($1)", &[&server])
+                .await?
+                .get(0))
         })
         .await
     }
@@ -308,7 +356,13 @@ impl Catalog {
         server: &str,
         pairs: &[(String, String)],
     ) -> Result<i64, DbError> {
-        self.update_config(audit, "select api.update_backup_server_config($1, $2, $3)", Some(server), pairs).await
+        self.update_config(
+            audit,
+            "select api.update_backup_server_config($1, $2, $3)",
+            Some(server),
+            pairs,
+        )
+        .await
     }
 
     pub async fn update_backup_server_default_config(
@@ -316,8 +370,13 @@ impl Catalog {
         audit: &Audit,
         pairs: &[(String, String)],
     ) -> Result<i64, DbError> {
-        self.update_config(audit, "select 0::bigint from api.update_backup_server_default_config($1, $2)", None, pairs)
-            .await
+        self.update_config(
+            audit,
+            "select 0::bigint from api.update_backup_server_default_config($1, $2)",
+            None,
+            pairs,
+        )
+        .await
     }
 
     pub async fn update_pgsql_node_config(
@@ -326,7 +385,13 @@ impl Catalog {
         node: &str,
         pairs: &[(String, String)],
     ) -> Result<i64, DbError> {
-        self.update_config(audit, "select api.update_pgsql_node_config($1, $2, $3)", Some(node), pairs).await
+        self.update_config(
+            audit,
+            "select api.update_pgsql_node_config($1, $2, $3)",
+            Some(node),
+            pairs,
+        )
+        .await
     }
 
     pub async fn update_pgsql_node_default_config(
@@ -334,8 +399,13 @@ impl Catalog {
         audit: &Audit,
         pairs: &[(String, String)],
     ) -> Result<i64, DbError> {
-        self.update_config(audit, "select 0::bigint from api.update_pgsql_node_default_config($1, $2)", None, pairs)
-            .await
+        self.update_config(
+            audit,
+            "select 0::bigint from api.update_pgsql_node_default_config($1, $2)",
+            None,
+            pairs,
+        )
+        .await
     }
 
     async fn update_config(
@@ -360,26 +430,40 @@ impl Catalog {
     }
 
     pub async fn show_backup_servers(&self) -> Result<Rows, DbError> {
-        self.rows(r#"select * from api.show_backup_servers order by "FQDN""#, &[]).await
+        self.rows(
+            r#"select * from api.show_backup_servers order by "FQDN""#,
+            &[],
+        )
+        .await
     }
 
     pub async fn show_backup_server_config(&self, server: &str) -> Result<Rows, DbError> {
         let id = self.server_id(server).await?;
-        self.rows("select * from api.show_backup_server_config($1)", &[&id]).await
+        self.rows("select * from api.show_backup_server_config($1)", &[&id])
+            .await
     }
 
     pub async fn show_backup_server_default_config(&self) -> Result<Rows, DbError> {
-        self.rows(r#"select * from api.show_backup_server_default_config order by "Parameter""#, &[]).await
+        self.rows(
+            r#"select * from api.show_backup_server_default_config order by "Parameter""#,
+            &[],
+        )
+        .await
     }
 
     pub async fn backup_server_stats(&self, server: &str) -> Result<Rows, DbError> {
         let id = self.server_id(server).await?;
-        self.rows("select * from api.backup_server_stats($1)", &[&id]).await
+        self.rows("select * from api.backup_server_stats($1)", &[&id])
+            .await
     }
 
     // ---- PgSQL nodes ----------------------------------------------------------------------
 
-    pub async fn register_pgsql_node(&self, audit: &Audit, n: &NewNode) -> Result<(i64, String), DbError> {
+    pub async fn register_pgsql_node(
+        &self,
+        audit: &Audit,
+        n: &NewNode,
+    ) -> Result<(i64, String), DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
             let id: i64 = tx
                 .query_one(
@@ -397,18 +481,34 @@ impl Catalog {
                 )
                 .await?
                 .get(0);
-            let fqdn = tx.query_one("select api.node_fqdn($1)", &[&id]).await?.get(0);
+            let fqdn = tx
+                .query_one("select api.node_fqdn($1)", &[&id])
+                .await?
+                .get(0);
             Ok((id, fqdn))
         })
         .await
     }
 
-    pub async fn update_pgsql_node(&self, audit: &Audit, node: &str, u: &NodeUpdate) -> Result<i64, DbError> {
+    pub async fn update_pgsql_node(
+        &self,
+        audit: &Audit,
+        node: &str,
+        u: &NodeUpdate,
+    ) -> Result<i64, DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
             Ok(tx
                 .query_one(
                     "select api.update_pgsql_node($1, $2, $3, $4, $5, $6, $7)",
-                    &[&node, &u.port, &u.admin_user, &u.admin_dbname, &u.sslmode, &u.status, &u.remarks],
+                    &[
+                        &node,
+                        &u.port,
+                        &u.admin_user,
+                        &u.admin_dbname,
+                        &u.sslmode,
+                        &u.status,
+                        &u.remarks,
+                    ],
                 )
                 .await?
                 .get(0))
@@ -418,13 +518,20 @@ impl Catalog {
 
     pub async fn delete_pgsql_node(&self, audit: &Audit, node: &str) -> Result<i64, DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
-            Ok(tx.query_one("select api.delete_pgsql_node($1)", &[&node]).await?.get(0))
+            Ok(tx
+                .query_one("select api.delete_pgsql_node($1)", &[&node])
+                .await?
+                .get(0))
         })
         .await
     }
 
     /// Nodes matching the filter (None: all), optionally only RUNNING ones.
-    pub async fn nodes(&self, filter: &Filter, running_only: bool) -> Result<Vec<NodeInfo>, DbError> {
+    pub async fn nodes(
+        &self,
+        filter: &Filter,
+        running_only: bool,
+    ) -> Result<Vec<NodeInfo>, DbError> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -451,32 +558,48 @@ impl Catalog {
 
     pub async fn node(&self, node: &str) -> Result<NodeInfo, DbError> {
         let mut v = self.nodes(&Some(vec![node.to_string()]), false).await?;
-        v.pop().ok_or_else(|| DbError::Invalid(format!("PgSQL node \"{node}\" is not registered")))
+        v.pop()
+            .ok_or_else(|| DbError::Invalid(format!("PgSQL node \"{node}\" is not registered")))
     }
 
     /// The node's effective configuration (its own values over the defaults).
     pub async fn node_config(&self, node_id: i64) -> Result<BTreeMap<String, String>, DbError> {
         let c = self.client().await?;
-        let rows = c.query(r#"select "Parameter", "Value" from api.show_pgsql_node_config($1)"#, &[&node_id]).await?;
+        let rows = c
+            .query(
+                r#"select "Parameter", "Value" from api.show_pgsql_node_config($1)"#,
+                &[&node_id],
+            )
+            .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     pub async fn show_pgsql_nodes(&self) -> Result<Rows, DbError> {
-        self.rows(r#"select * from api.show_pgsql_nodes order by "FQDN", "Pgport""#, &[]).await
+        self.rows(
+            r#"select * from api.show_pgsql_nodes order by "FQDN", "Pgport""#,
+            &[],
+        )
+        .await
     }
 
     pub async fn show_pgsql_node_config(&self, node: &str) -> Result<Rows, DbError> {
         let id = self.node_id(node).await?;
-        self.rows("select * from api.show_pgsql_node_config($1)", &[&id]).await
+        self.rows("select * from api.show_pgsql_node_config($1)", &[&id])
+            .await
     }
 
     pub async fn show_pgsql_node_default_config(&self) -> Result<Rows, DbError> {
-        self.rows(r#"select * from api.show_pgsql_node_default_config order by "Parameter""#, &[]).await
+        self.rows(
+            r#"select * from api.show_pgsql_node_default_config order by "Parameter""#,
+            &[],
+        )
+        .await
     }
 
     pub async fn pgsql_node_stats(&self, node: &str) -> Result<Rows, DbError> {
         let id = self.node_id(node).await?;
-        self.rows("select * from api.pgsql_node_stats($1)", &[&id]).await
+        self.rows("select * from api.pgsql_node_stats($1)", &[&id])
+            .await
     }
 
     // ---- backup definitions ---------------------------------------------------------------
@@ -532,7 +655,11 @@ impl Catalog {
         .await
     }
 
-    pub async fn update_backup_definition(&self, audit: &Audit, u: &DefinitionUpdate) -> Result<i64, DbError> {
+    pub async fn update_backup_definition(
+        &self,
+        audit: &Audit,
+        u: &DefinitionUpdate,
+    ) -> Result<i64, DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
             Ok(tx
                 .query_one(
@@ -571,9 +698,20 @@ impl Catalog {
     }
 
     /// Returns the number of catalog entries removed.
-    pub async fn delete_backup_definition_id(&self, audit: &Audit, def_id: i64, force: bool) -> Result<i32, DbError> {
+    pub async fn delete_backup_definition_id(
+        &self,
+        audit: &Audit,
+        def_id: i64,
+        force: bool,
+    ) -> Result<i32, DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
-            Ok(tx.query_one("select api.delete_backup_definition_id($1, $2)", &[&def_id, &force]).await?.get(0))
+            Ok(tx
+                .query_one(
+                    "select api.delete_backup_definition_id($1, $2)",
+                    &[&def_id, &force],
+                )
+                .await?
+                .get(0))
         })
         .await
     }
@@ -588,7 +726,10 @@ impl Catalog {
     ) -> Result<i32, DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
             Ok(tx
-                .query_one("select api.delete_backup_definition_dbname($1, $2, $3)", &[&node, &dbname, &force])
+                .query_one(
+                    "select api.delete_backup_definition_dbname($1, $2, $3)",
+                    &[&node, &dbname, &force],
+                )
                 .await?
                 .get(0))
         })
@@ -619,10 +760,21 @@ impl Catalog {
     /// Databases of a node that have a live (not DELETED) definition on any backup server.
     pub async fn dbnames_with_definitions(&self, node_id: i64) -> Result<Vec<String>, DbError> {
         let c = self.client().await?;
-        Ok(c.query("select api.dbnames_with_definitions($1)", &[&node_id]).await?.iter().map(|r| r.get(0)).collect())
+        Ok(
+            c.query("select api.dbnames_with_definitions($1)", &[&node_id])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
     }
 
-    pub async fn show_backup_definitions(&self, server: &Filter, node: &Filter, dbname: &Filter) -> Result<Rows, DbError> {
+    pub async fn show_backup_definitions(
+        &self,
+        server: &Filter,
+        node: &Filter,
+        dbname: &Filter,
+    ) -> Result<Rows, DbError> {
         self.rows(
             r#"select * from api.show_backup_definitions
                 where ($1::text[] is null or "SrvID" = any (select api.server_id(x) from unnest($1::text[]) x))
@@ -648,7 +800,10 @@ impl Catalog {
     /// not the table.
     pub async fn show_backup_catalog(&self, f: &CatalogFilter) -> Result<Rows, DbError> {
         let (sql, params) = self.backup_catalog_query(f, "").await?;
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
         self.rows(&sql, &params).await
     }
 
@@ -656,10 +811,17 @@ impl Catalog {
     /// benchmarks prove that every filter is served by an index.
     pub async fn explain_backup_catalog(&self, f: &CatalogFilter) -> Result<String, DbError> {
         let (sql, params) = self.backup_catalog_query(f, "explain (costs off) ").await?;
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
         let c = self.client().await?;
         let rows = c.query(&sql, &params).await?;
-        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"))
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n"))
     }
 
     async fn backup_catalog_query(
@@ -694,11 +856,16 @@ impl Catalog {
     // ---- reports ----------------------------------------------------------------------------
 
     pub async fn pgbackman_stats(&self) -> Result<Rows, DbError> {
-        self.rows("select * from api.show_pgbackman_stats", &[]).await
+        self.rows("select * from api.show_pgbackman_stats", &[])
+            .await
     }
 
     pub async fn show_audit_log(&self, limit: i64) -> Result<Rows, DbError> {
-        self.rows(r#"select * from api.show_audit_log order by "AuditID" desc limit $1"#, &[&limit]).await
+        self.rows(
+            r#"select * from api.show_audit_log order by "AuditID" desc limit $1"#,
+            &[&limit],
+        )
+        .await
     }
 
     /// FQDNs and ids of servers and nodes, for tab completion.

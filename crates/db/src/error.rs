@@ -36,7 +36,9 @@ pub enum DbError {
     /// The connection broke or another client-side failure.
     #[error("{context}: {reason}")]
     Client { context: String, reason: String },
-    #[error("the catalog in {target} is not initialised\nHINT: run `pgbackman db init` to create it")]
+    #[error(
+        "the catalog in {target} is not initialised\nHINT: run `pgbackman db init` to create it"
+    )]
     NotInitialized { target: String },
     #[error("{message}\nHINT: {hint}")]
     Incompatible { message: String, hint: String },
@@ -56,7 +58,10 @@ impl DbError {
     pub(crate) fn client(context: impl Into<String>, e: tokio_postgres::Error) -> DbError {
         match server_message(&e) {
             Some(m) => DbError::Server(m),
-            None => DbError::Client { context: context.into(), reason: describe(&e) },
+            None => DbError::Client {
+                context: context.into(),
+                reason: describe(&e),
+            },
         }
     }
 }
@@ -72,7 +77,10 @@ impl From<deadpool_postgres::PoolError> for DbError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => DbError::client("catalog connection", e),
-            other => DbError::Client { context: "catalog connection pool".into(), reason: other.to_string() },
+            other => DbError::Client {
+                context: "catalog connection pool".into(),
+                reason: other.to_string(),
+            },
         }
     }
 }

@@ -7,25 +7,38 @@ pub mod migrate;
 pub mod node;
 pub mod rows;
 
-pub use catalog::{Audit, Catalog, CatalogFilter, DefinitionSummary, DefinitionUpdate, Filter, NewDefinition, NewNode, NodeInfo, NodeUpdate};
+pub use catalog::{
+    Audit, Catalog, CatalogFilter, DefinitionSummary, DefinitionUpdate, Filter, NewDefinition,
+    NewNode, NodeInfo, NodeUpdate,
+};
 pub use error::{DbError, ServerMessage};
 pub use migrate::CatalogStatus;
 pub use rows::{Rows, Value};
 
 /// Opens one plain connection (no pool) for schema work; the connection task is spawned on the
 /// current runtime.
-pub async fn connect_once(config: &tokio_postgres::Config, target: &str) -> Result<tokio_postgres::Client, DbError> {
-    let (client, conn) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| DbError::Connect { target: target.to_string(), reason: error::describe(&e) })?;
+pub async fn connect_once(
+    config: &tokio_postgres::Config,
+    target: &str,
+) -> Result<tokio_postgres::Client, DbError> {
+    let (client, conn) =
+        config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| DbError::Connect {
+                target: target.to_string(),
+                reason: error::describe(&e),
+            })?;
     tokio::spawn(conn);
     Ok(client)
 }
 
 /// Connects to `config`'s database, creating it first if it does not exist (for `db init`).
 /// Returns whether it was created.
-pub async fn ensure_database(config: &tokio_postgres::Config, target: &str) -> Result<bool, DbError> {
+pub async fn ensure_database(
+    config: &tokio_postgres::Config,
+    target: &str,
+) -> Result<bool, DbError> {
     match config.connect(tokio_postgres::NoTls).await {
         Ok(_) => Ok(false),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
@@ -39,6 +52,9 @@ pub async fn ensure_database(config: &tokio_postgres::Config, target: &str) -> R
                 .map_err(|e| DbError::client(format!("creating database {quoted}"), e))?;
             Ok(true)
         }
-        Err(e) => Err(DbError::Connect { target: target.to_string(), reason: error::describe(&e) }),
+        Err(e) => Err(DbError::Connect {
+            target: target.to_string(),
+            reason: error::describe(&e),
+        }),
     }
 }

@@ -13,10 +13,22 @@ mod embedded {
 /// The `sql/` files, applied in this order. A test checks that every file of `sql/` is listed.
 pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ("00_reset.sql", include_str!("../../../sql/00_reset.sql")),
-    ("10_helpers.sql", include_str!("../../../sql/10_helpers.sql")),
-    ("20_servers_nodes.sql", include_str!("../../../sql/20_servers_nodes.sql")),
-    ("30_definitions.sql", include_str!("../../../sql/30_definitions.sql")),
-    ("80_triggers.sql", include_str!("../../../sql/80_triggers.sql")),
+    (
+        "10_helpers.sql",
+        include_str!("../../../sql/10_helpers.sql"),
+    ),
+    (
+        "20_servers_nodes.sql",
+        include_str!("../../../sql/20_servers_nodes.sql"),
+    ),
+    (
+        "30_definitions.sql",
+        include_str!("../../../sql/30_definitions.sql"),
+    ),
+    (
+        "80_triggers.sql",
+        include_str!("../../../sql/80_triggers.sql"),
+    ),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
 ];
 
@@ -28,7 +40,12 @@ pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Highest migration version this binary carries.
 pub fn expected_schema_version() -> i32 {
-    embedded::migrations::runner().get_migrations().iter().map(|m| m.version()).max().unwrap_or(0)
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Identifies the `sql/` bundle this binary carries (FNV-1a over names and contents).
@@ -56,7 +73,8 @@ pub struct CatalogStatus {
 
 impl CatalogStatus {
     pub fn is_current(&self) -> bool {
-        self.installed == Some(self.expected) && self.sql_installed.as_deref() == Some(self.sql_expected.as_str())
+        self.installed == Some(self.expected)
+            && self.sql_installed.as_deref() == Some(self.sql_expected.as_str())
     }
 
     /// Why this binary cannot work with the catalog, and what to run.
@@ -91,7 +109,10 @@ impl CatalogStatus {
 
 pub async fn status(client: &Client) -> Result<CatalogStatus, DbError> {
     let has_history = client
-        .query_one("select to_regclass('public.refinery_schema_history') is not null", &[])
+        .query_one(
+            "select to_regclass('public.refinery_schema_history') is not null",
+            &[],
+        )
         .await?
         .get::<_, bool>(0);
     let has_info = client
@@ -99,12 +120,23 @@ pub async fn status(client: &Client) -> Result<CatalogStatus, DbError> {
         .await?
         .get::<_, bool>(0);
     let installed = if has_history {
-        client.query_one("select max(version)::int4 from refinery_schema_history", &[]).await?.get(0)
+        client
+            .query_one(
+                "select max(version)::int4 from refinery_schema_history",
+                &[],
+            )
+            .await?
+            .get(0)
     } else {
         None
     };
     let (sql_installed, software_installed) = if has_info {
-        let r = client.query_one("select nullif(sql_version, ''), nullif(software, '') from catalog_info", &[]).await?;
+        let r = client
+            .query_one(
+                "select nullif(sql_version, ''), nullif(software, '') from catalog_info",
+                &[],
+            )
+            .await?;
         (r.get(0), r.get(1))
     } else {
         (None, None)
@@ -156,7 +188,9 @@ pub async fn upgrade(client: &mut Client) -> Result<CatalogStatus, DbError> {
     with_lock(client, async |c: &mut Client| {
         let st = status(c).await?;
         if st.installed.is_none() {
-            return Err(DbError::NotInitialized { target: "this database".into() });
+            return Err(DbError::NotInitialized {
+                target: "this database".into(),
+            });
         }
         if st.installed > Some(st.expected) {
             st.compatibility("this database")?;
@@ -171,16 +205,21 @@ async fn apply(c: &mut Client) -> Result<CatalogStatus, DbError> {
         .set_abort_divergent(true)
         .run_async(c)
         .await
-        .map_err(|e| DbError::Client { context: "applying catalog migrations".into(), reason: e.to_string() })?;
+        .map_err(|e| DbError::Client {
+            context: "applying catalog migrations".into(),
+            reason: e.to_string(),
+        })?;
     let tx = c.transaction().await?;
     for (name, body) in SQL_BUNDLE {
-        tx.batch_execute(body).await.map_err(|e| match crate::error::server_message(&e) {
-            Some(mut m) => {
-                m.message = format!("{name}: {}", m.message);
-                DbError::Server(m)
-            }
-            None => DbError::client(format!("applying {name}"), e),
-        })?;
+        tx.batch_execute(body)
+            .await
+            .map_err(|e| match crate::error::server_message(&e) {
+                Some(mut m) => {
+                    m.message = format!("{name}: {}", m.message);
+                    DbError::Server(m)
+                }
+                None => DbError::client(format!("applying {name}"), e),
+            })?;
     }
     tx.execute(
         "update catalog_info set sql_version = $1, sql_applied_at = now(), software = $2",
@@ -195,10 +234,14 @@ async fn with_lock<T>(
     client: &mut Client,
     f: impl AsyncFnOnce(&mut Client) -> Result<T, DbError>,
 ) -> Result<T, DbError> {
-    client.execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let result = f(client).await;
     // Unlock even after a failure; if the connection is gone the server released it anyway.
-    let _ = client.execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let _ = client
+        .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
     result
 }
 

@@ -17,7 +17,10 @@ pub struct NodeFacts {
 }
 
 /// Connects with a bounded timeout and lists the node's databases. `label` names the node in errors.
-pub async fn node_facts(mut config: tokio_postgres::Config, label: &str) -> Result<NodeFacts, DbError> {
+pub async fn node_facts(
+    mut config: tokio_postgres::Config,
+    label: &str,
+) -> Result<NodeFacts, DbError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }

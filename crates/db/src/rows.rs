@@ -30,12 +30,18 @@ impl Rows {
             .first()
             .map(|r| r.columns().iter().map(|c| c.name().to_string()).collect())
             .unwrap_or_default();
-        Rows { columns, rows: rows.iter().map(row_values).collect() }
+        Rows {
+            columns,
+            rows: rows.iter().map(row_values).collect(),
+        }
     }
 
     /// Like [`Rows::from_pg`], but keeps the column names of a statement that returned no row.
     pub fn from_pg_with_columns(columns: Vec<String>, rows: &[Row]) -> Rows {
-        Rows { columns, rows: rows.iter().map(row_values).collect() }
+        Rows {
+            columns,
+            rows: rows.iter().map(row_values).collect(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -60,18 +66,34 @@ fn row_values(row: &Row) -> Vec<Value> {
 fn cell(row: &Row, i: usize) -> Value {
     let ty = row.columns()[i].type_().clone();
     let v = match ty {
-        Type::INT2 => row.try_get::<_, Option<i16>>(i).map(|v| v.map(|v| Value::Int(v.into()))),
-        Type::INT4 => row.try_get::<_, Option<i32>>(i).map(|v| v.map(|v| Value::Int(v.into()))),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)
+            .map(|v| v.map(|v| Value::Int(v.into()))),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)
+            .map(|v| v.map(|v| Value::Int(v.into()))),
         Type::INT8 => row.try_get::<_, Option<i64>>(i).map(|v| v.map(Value::Int)),
-        Type::FLOAT4 => row.try_get::<_, Option<f32>>(i).map(|v| v.map(|v| Value::Float(v.into()))),
-        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map(|v| v.map(Value::Float)),
-        Type::BOOL => row.try_get::<_, Option<bool>>(i).map(|v| v.map(Value::Bool)),
-        Type::TIMESTAMPTZ => row.try_get::<_, Option<DateTime<Utc>>>(i).map(|v| v.map(Value::Time)),
-        Type::TEXT_ARRAY | Type::NAME_ARRAY | Type::VARCHAR_ARRAY => {
-            row.try_get::<_, Option<Vec<String>>>(i).map(|v| v.map(Value::List))
-        }
-        Type::JSON | Type::JSONB => row.try_get::<_, Option<serde_json::Value>>(i).map(|v| v.map(Value::Json)),
-        _ => row.try_get::<_, Option<String>>(i).map(|v| v.map(Value::Text)),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(i)
+            .map(|v| v.map(|v| Value::Float(v.into()))),
+        Type::FLOAT8 => row
+            .try_get::<_, Option<f64>>(i)
+            .map(|v| v.map(Value::Float)),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)
+            .map(|v| v.map(Value::Bool)),
+        Type::TIMESTAMPTZ => row
+            .try_get::<_, Option<DateTime<Utc>>>(i)
+            .map(|v| v.map(Value::Time)),
+        Type::TEXT_ARRAY | Type::NAME_ARRAY | Type::VARCHAR_ARRAY => row
+            .try_get::<_, Option<Vec<String>>>(i)
+            .map(|v| v.map(Value::List)),
+        Type::JSON | Type::JSONB => row
+            .try_get::<_, Option<serde_json::Value>>(i)
+            .map(|v| v.map(Value::Json)),
+        _ => row
+            .try_get::<_, Option<String>>(i)
+            .map(|v| v.map(Value::Text)),
     };
     match v {
         Ok(Some(v)) => v,

@@ -14,7 +14,9 @@ async fn every_catalog_filter_uses_an_index_at_a_million_rows() {
     let pg = TestCluster::start();
     pg.psql("postgres", "create database pgbackman");
     let cfg: tokio_postgres::Config = pg.conninfo("pgbackman").parse().unwrap();
-    let mut c = pgbackman_db::connect_once(&cfg, "test catalog").await.unwrap();
+    let mut c = pgbackman_db::connect_once(&cfg, "test catalog")
+        .await
+        .unwrap();
     migrate::init(&mut c).await.unwrap();
     let t = Instant::now();
     c.batch_execute(&format!(
@@ -37,19 +39,72 @@ async fn every_catalog_filter_uses_an_index_at_a_million_rows() {
     .unwrap();
     eprintln!("loaded {ROWS} catalog rows in {:?}", t.elapsed());
 
-    let cat = Catalog::connect(cfg, "pgbackman-test", "test catalog").await.unwrap();
-    let base = CatalogFilter { limit: 1000, ..CatalogFilter::default() };
+    let cat = Catalog::connect(cfg, "pgbackman-test", "test catalog")
+        .await
+        .unwrap();
+    let base = CatalogFilter {
+        limit: 1000,
+        ..CatalogFilter::default()
+    };
     let some = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     let cases: Vec<(&str, CatalogFilter)> = vec![
         ("no filter", base.clone()),
-        ("server", CatalogFilter { server: some(&["bs2.example.org"]), ..base.clone() }),
-        ("servers", CatalogFilter { server: some(&["1", "3"]), ..base.clone() }),
-        ("node", CatalogFilter { node: some(&["pg7.example.org"]), ..base.clone() }),
-        ("dbname", CatalogFilter { dbname: some(&["db42"]), ..base.clone() }),
-        ("dbnames", CatalogFilter { dbname: some(&["db42", "db43"]), ..base.clone() }),
-        ("defid", CatalogFilter { def_ids: Some(vec![42]), ..base.clone() }),
-        ("status", CatalogFilter { status: some(&["ERROR"]), ..base.clone() }),
-        ("code", CatalogFilter { code: some(&["SCHEMA"]), ..base.clone() }),
+        (
+            "server",
+            CatalogFilter {
+                server: some(&["bs2.example.org"]),
+                ..base.clone()
+            },
+        ),
+        (
+            "servers",
+            CatalogFilter {
+                server: some(&["1", "3"]),
+                ..base.clone()
+            },
+        ),
+        (
+            "node",
+            CatalogFilter {
+                node: some(&["pg7.example.org"]),
+                ..base.clone()
+            },
+        ),
+        (
+            "dbname",
+            CatalogFilter {
+                dbname: some(&["db42"]),
+                ..base.clone()
+            },
+        ),
+        (
+            "dbnames",
+            CatalogFilter {
+                dbname: some(&["db42", "db43"]),
+                ..base.clone()
+            },
+        ),
+        (
+            "defid",
+            CatalogFilter {
+                def_ids: Some(vec![42]),
+                ..base.clone()
+            },
+        ),
+        (
+            "status",
+            CatalogFilter {
+                status: some(&["ERROR"]),
+                ..base.clone()
+            },
+        ),
+        (
+            "code",
+            CatalogFilter {
+                code: some(&["SCHEMA"]),
+                ..base.clone()
+            },
+        ),
         (
             "time range",
             CatalogFilter {
@@ -60,12 +115,20 @@ async fn every_catalog_filter_uses_an_index_at_a_million_rows() {
         ),
         (
             "node + db + status",
-            CatalogFilter { node: some(&["3"]), dbname: some(&["db52"]), status: some(&["SUCCEEDED"]), ..base.clone() },
+            CatalogFilter {
+                node: some(&["3"]),
+                dbname: some(&["db52"]),
+                status: some(&["SUCCEEDED"]),
+                ..base.clone()
+            },
         ),
     ];
     for (name, f) in cases {
         let plan = cat.explain_backup_catalog(&f).await.unwrap();
-        assert!(!plan.contains("Seq Scan on backup_catalog"), "{name}: sequential scan of the catalog\n{plan}");
+        assert!(
+            !plan.contains("Seq Scan on backup_catalog"),
+            "{name}: sequential scan of the catalog\n{plan}"
+        );
         let t = Instant::now();
         let rows = cat.show_backup_catalog(&f).await.unwrap();
         eprintln!("{name:<20} {:>5} rows in {:?}", rows.len(), t.elapsed());
