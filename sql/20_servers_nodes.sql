@@ -11,7 +11,8 @@ create function api.register_backup_server(p_hostname text, p_domain text, p_sta
 returns bigint language plpgsql as $$
 declare
     v_id bigint;
-    v_domain text := coalesce(nullif(btrim(p_domain), ''), api.default_domain(p_hostname, (select value from public.backup_server_default_config where parameter = 'domain')));
+    -- NULL: the default domain; '' (explicit): no domain.
+    v_domain text := coalesce(btrim(p_domain), api.default_domain(p_hostname, (select value from public.backup_server_default_config where parameter = 'domain')));
     v_status text := upper(coalesce(nullif(btrim(p_status), ''), (select value from public.backup_server_default_config where parameter = 'backup_server_status')));
 begin
     if coalesce(btrim(p_hostname), '') = '' or btrim(p_hostname) ~ '\s' then
@@ -99,7 +100,7 @@ create function api.register_pgsql_node(p_hostname text, p_domain text, p_port i
 returns bigint language plpgsql as $$
 declare
     v_id bigint;
-    v_domain text := coalesce(nullif(btrim(p_domain), ''), api.default_domain(p_hostname, api.node_config_value(null, 'domain')));
+    v_domain text := coalesce(btrim(p_domain), api.default_domain(p_hostname, api.node_config_value(null, 'domain')));
     v_port integer := coalesce(p_port, api.node_config_value(null, 'pgport')::integer);
     v_status text := upper(coalesce(nullif(btrim(p_status), ''), api.node_config_value(null, 'pgsql_node_status')));
     v_sslmode text := lower(coalesce(nullif(btrim(p_sslmode), ''), api.node_config_value(null, 'sslmode')));

@@ -672,7 +672,7 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
         pick(&month, "month_cron"),
         pick(&weekday, "weekday_cron"),
     ];
-    let parsed = validate_schedule([&sched[0], &sched[1], &sched[2], &sched[3], &sched[4]])?;
+    validate_schedule([&sched[0], &sched[1], &sched[2], &sched[3], &sched[4]])?;
     if inv.bare {
         s.confirm(&format!("Update backup definition DefID {def_id}?"))?;
     }
@@ -693,7 +693,7 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
     Ok(Output::Done(vec![format!(
         "Backup definition DefID {def_id} updated: {} ({}).",
         sched.join(" "),
-        parsed.describe()
+        describe(&sched.join(" "))
     )]))
 }
 

@@ -162,7 +162,11 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
     show("backup_servers", catalog.show_backup_servers().await?);
     show("pgsql_nodes", catalog.show_pgsql_nodes().await?);
     println!(
-        "\nThe catalog runs in {} (stop it with `pgbackman quickstart --stop`).\nNext: register_backup_definition {fqdn} {node_ref} \"#all_databases#\"",
+        "\nThe catalog runs in {} (stop it with `pgbackman quickstart --stop`).\n\
+         Next, in the shell (`pgbackman`):\n  \
+         register_backup_definition {fqdn} {node_ref} \"#all_databases#\"\n  \
+         show_backup_definitions\n  \
+         help",
         dir.display()
     );
     if args.no_shell || !std::io::stdin().is_terminal() {
