@@ -699,3 +699,54 @@ fn show_pgbackman_config_never_shows_the_password() {
     assert!(err.contains("visible to every user"), "{err}");
     assert_eq!(r.code, 0);
 }
+
+#[test]
+fn node_passwords_come_from_pgpass_and_never_show() {
+    let env = Env::new();
+    let node = TestCluster::start_on(&["127.0.0.3"]);
+    node.create_database("secure");
+    node.psql("postgres", "alter role postgres password 'n0de-Secret'");
+    // Require a password over TCP from now on.
+    let hba = node.data_dir().join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all all 127.0.0.0/8 scram-sha-256\n",
+    )
+    .unwrap();
+    node.psql("postgres", "select pg_reload_conf()");
+    env.cmd("register_backup_server bs1 example.org x").ok();
+    env.cmd(&format!(
+        "register_pgsql_node 127.0.0.3 \"\" {} postgres RUNNING x",
+        node.port()
+    ))
+    .ok();
+    let line = "register_backup_definition bs1.example.org 127.0.0.3 secure";
+    // Without a pgpass entry: refused, with a hint about pgpass, nothing registered.
+    env.cmd(line).fails_with("pgpass");
+    assert_eq!(env.sql("select count(*) from backup_definition"), "0");
+    // With PGPASSFILE (0600, as libpq requires).
+    let pass = env.home.path().join("pgpass");
+    std::fs::write(
+        &pass,
+        format!("127.0.0.3:{}:*:postgres:n0de-Secret\n", node.port()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let o = common::command(env.home.path())
+        .env("PGPASSFILE", &pass)
+        .arg("--catalog")
+        .arg(env.conninfo())
+        .args(["-C", line])
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains("n0de-Secret"), "{out}");
+    // The secret is nowhere in the catalog.
+    assert_eq!(env.sql("select count(*) from audit_log where new_row::text like '%n0de-Secret%' or command like '%n0de-Secret%'"), "0");
+    assert_eq!(env.sql("select count(*) from backup_definition"), "1");
+}
