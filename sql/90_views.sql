@@ -166,3 +166,66 @@ select c.bck_id as "BckID", c.def_id as "DefID", c.snapshot_id as "SnapshotID",
   from public.backup_catalog c
   join public.backup_server s on s.server_id = c.backup_server_id
   join public.pgsql_node n on n.node_id = c.pgsql_node_id;
+
+create view api.show_jobs_queue as
+select j.job_id as "JobID", j.kind as "Kind", j.state as "State", j.registered as "Registered",
+       j.backup_server_id as "SrvID", s.fqdn as "Backup server", j.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node",
+       coalesce(d.dbname, sd.dbname) as "DBname", j.def_id as "DefID", j.snapshot_id as "SnapshotID",
+       j.not_before as "Not before", j.scheduled_for as "Scheduled for", j.claimed_by as "Agent", j.attempt as "Attempt",
+       case when j.state = 'RUNNING' then date_trunc('second', now() - j.claimed_at)::text end as "Elapsed",
+       j.progress_bytes as "Bytes written",
+       case when j.state = 'RUNNING' and j.lease_expires_at < now() then true else false end as "Lease expired",
+       j.cancel_requested as "Cancel requested", j.error_message as "Error"
+  from public.job j
+  join public.backup_server s on s.server_id = j.backup_server_id
+  left join public.pgsql_node n on n.node_id = j.pgsql_node_id
+  left join public.backup_definition d on d.def_id = j.def_id
+  left join public.snapshot_definition sd on sd.snapshot_id = j.snapshot_id;
+
+create view api.show_snapshot_definitions as
+select sd.snapshot_id as "SnapshotID", sd.registered as "Registered", sd.backup_server_id as "SrvID",
+       s.fqdn as "Backup server", sd.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", sd.dbname as "DBname",
+       sd.at_time as "AT time", sd.backup_code as "Code", sd.client_major as "pg_dump release",
+       sd.retention_period::text as "Retention", sd.extra_backup_parameters as "Parameters", sd.tag as "Tag",
+       sd.status as "Status"
+  from public.snapshot_definition sd
+  join public.backup_server s on s.server_id = sd.backup_server_id
+  join public.pgsql_node n on n.node_id = sd.pgsql_node_id;
+
+-- Only snapshots that are running now (PgBackMan listed never-run and future ones too).
+create view api.show_snapshots_in_progress as
+select v.*, j.job_id as "JobID", date_trunc('second', now() - j.claimed_at)::text as "Elapsed",
+       j.progress_bytes as "Bytes written"
+  from api.show_snapshot_definitions v
+  join public.job j on j.snapshot_id = v."SnapshotID" and j.state = 'RUNNING';
+
+create function api.show_backup_details(p_bck_id bigint)
+returns table ("BckID" bigint, "JobID" bigint, "DefID" bigint, "SnapshotID" bigint, "DBname" text,
+               "Backup server" text, "PgSQL node" text, "Code" text, "Execution method" text, "Execution status" text,
+               "Registered" timestamptz, "Started" timestamptz, "Finished" timestamptz, "Duration" text,
+               "Total size" bigint, "Backup directory" text, "Dump file" text, "Dump file size" bigint,
+               "Roles file" text, "Database config file" text, "Manifest" text, "Log file" text,
+               "Checksum (sha256)" text, "Files" jsonb, "Database size" bigint,
+               "PgSQL node release" text, "pg_dump release" text, "Client version" text, "Server version" text,
+               "Dump format" text, "Compression" text, "Command" text, "Phase timings" jsonb, "Role list" text[],
+               "Schedule" text, "Retention" text, "On disk until" timestamptz,
+               "Verification" text, "Verification level" smallint, "Verified at" timestamptz,
+               "Failed step" text, "Exit status" integer, "Error message" text, "Stderr tail" text)
+language sql stable as $$
+    select c.bck_id, c.job_id, c.def_id, c.snapshot_id, c.dbname, s.fqdn, n.fqdn, c.backup_code, c.execution_method,
+           c.execution_status, c.registered, c.started, c.finished, c.duration::text, c.total_size, c.backup_dir,
+           c.pg_dump_file, c.pg_dump_file_size, c.pg_dump_roles_file, c.pg_dump_dbconfig_file, c.manifest_file,
+           c.pg_dump_log_file, c.checksum, c.files, c.dbname_size, c.pgsql_node_release, c.pg_dump_release,
+           c.client_version, c.server_version, c.dump_format, c.compression, c.command, c.phase_timings, c.role_list,
+           concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron),
+           coalesce(d.retention_period, sd.retention_period)::text || coalesce(' (' || d.retention_redundancy || ')', ''),
+           c.finished + coalesce(d.retention_period, sd.retention_period),
+           c.verification_state, c.verification_level, c.verified_at,
+           c.error_step, c.error_exit_status, c.error_message, c.error_stderr_tail
+      from public.backup_catalog c
+      join public.backup_server s on s.server_id = c.backup_server_id
+      join public.pgsql_node n on n.node_id = c.pgsql_node_id
+      left join public.backup_definition d on d.def_id = c.def_id
+      left join public.snapshot_definition sd on sd.snapshot_id = c.snapshot_id
+     where c.bck_id = p_bck_id
+$$;
