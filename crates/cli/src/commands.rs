@@ -83,6 +83,54 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
             s.catalog.show_empty_backup_catalogs().await,
         ),
         "show_backup_catalog" => show_backup_catalog(s, inv).await,
+        "show_backup_details" => {
+            let id = def_id_arg(&s.required(inv, "bck_id", None)?)
+                .map_err(|_| anyhow::anyhow!("BckID must be a number"))?;
+            report("backup_details", s.catalog.show_backup_details(id).await)
+        }
+        "run_backup_definition_now" => {
+            let id = def_id_arg(&s.required(inv, "def_id", None)?)?;
+            let job = s.catalog.run_backup_definition_now(&s.audit(), id).await?;
+            Ok(Output::Done(vec![format!(
+                "Backup of DefID {id} queued as JobID {job}; show_jobs_queue follows it."
+            )]))
+        }
+        "register_snapshot_definition" => register_snapshot_definition(s, inv).await,
+        "show_snapshot_definitions" => {
+            let srv = filter(s.value(inv, "server", Some("all"))?);
+            let node = filter(s.value(inv, "node", Some("all"))?);
+            let db = filter(s.value(inv, "dbname", Some("all"))?);
+            list(
+                "snapshot_definitions",
+                s.catalog.show_snapshot_definitions(&srv, &node, &db).await,
+            )
+        }
+        "show_snapshots_in_progress" => list(
+            "snapshots_in_progress",
+            s.catalog.show_snapshots_in_progress().await,
+        ),
+        "show_jobs_queue" => {
+            let srv = filter(s.value(inv, "server", Some("all"))?);
+            list(
+                "jobs_queue",
+                s.catalog.show_jobs_queue(&srv, inv.flag("all")).await,
+            )
+        }
+        "cancel_job" => {
+            let id: i64 = s
+                .required(inv, "job_id", None)?
+                .trim()
+                .parse()
+                .context("JobID must be a number")?;
+            s.confirm(&format!("Cancel JobID {id}?"))?;
+            let state = s.catalog.cancel_job(&s.audit(), id).await?;
+            Ok(Output::Done(vec![match state.as_str() {
+                "CANCELLED" => format!("JobID {id} cancelled before it started."),
+                _ => format!(
+                    "JobID {id} is being cancelled; its agent stops it and records it as CANCELLED."
+                ),
+            }]))
+        }
         "show_pgbackman_config" => show_pgbackman_config(s).await,
         "show_pgbackman_stats" => report("pgbackman_stats", s.catalog.pgbackman_stats().await),
         "show_audit_log" => {
@@ -412,13 +460,17 @@ async fn delete_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output> 
 
 /// Connects to a node and lists its databases; the error names the node and says what to check.
 async fn node_databases(n: &NodeInfo) -> Result<Vec<String>> {
+    Ok(node_facts(n).await?.databases)
+}
+
+async fn node_facts(n: &NodeInfo) -> Result<node::NodeFacts> {
     let cfg =
         pgbackman_config::node_config(&n.fqdn, n.port, &n.admin_user, &n.admin_dbname, &n.sslmode)
             .with_context(|| format!("PgSQL node {} (NodeID {})", n.fqdn, n.node_id))?;
     let facts = node::node_facts(cfg, &format!("{}:{} (NodeID {})", n.fqdn, n.port, n.node_id))
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nHINT: check that the node is up, that pg_hba.conf admits {} from this host, and that a pgpass entry exists if it needs a password", n.admin_user))?;
-    Ok(facts.databases)
+    Ok(facts)
 }
 
 async fn databases_without_definitions(s: &mut Session, inv: &Invocation) -> Result<Output> {
@@ -832,6 +884,129 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
         },
     };
     list("backup_catalog", s.catalog.show_backup_catalog(&f).await)
+}
+
+fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let Some(v) = v
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("now"))
+    else {
+        return Ok(None);
+    };
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Ok(Some(t.with_timezone(&chrono::Utc)));
+    }
+    for f in [
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y%m%d%H%M",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(v, f)
+            && let Some(t) = t.and_local_timezone(chrono::Local).earliest()
+        {
+            return Ok(Some(t.with_timezone(&chrono::Utc)));
+        }
+    }
+    bail!(
+        "AT time \"{v}\" is not a time: use now, YYYY-MM-DD HH:MM (this host's time zone) or RFC 3339"
+    )
+}
+
+async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Result<Output> {
+    let server = s.required(inv, "server", Some(&s.local_server.clone()))?;
+    let node_ref = s.required(inv, "node", None)?;
+    let node = s.catalog.node(&node_ref).await?;
+    let cfg = s.catalog.node_config(node.node_id).await?;
+    let get = |k: &str| cfg.get(k).cloned().unwrap_or_default();
+    s.catalog.server_id(&server).await?;
+    let code_default = get("backup_code");
+    let code: BackupCode = if inv.bare && s.interactive() {
+        s.value(inv, "code", Some(&code_default))?
+            .unwrap_or(code_default.clone())
+            .parse()?
+    } else {
+        inv.given("code")
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or(&code_default)
+            .parse()?
+    };
+    let facts = node_facts(&node).await?;
+    let dbnames = if matches!(code, BackupCode::Cluster | BackupCode::Globals) {
+        vec![String::new()]
+    } else {
+        let sel: DbSelection = s.required(inv, "dbname", None)?.parse()?;
+        if matches!(sel, DbSelection::WithoutDefinitions) {
+            bail!(
+                "#databases_without_backup_definitions# is for backup definitions; snapshots take names or #all_databases#"
+            );
+        }
+        let exceptions =
+            model::parse_exceptions(&s.value(inv, "exceptions", Some(""))?.unwrap_or_default());
+        model::resolve_selection(&sel, &facts.databases, &[], &exceptions)
+            .map_err(|e| anyhow::anyhow!("{e} (PgSQL node {})", node.fqdn))?
+    };
+    let at = at_time_arg(s.value(inv, "at_time", Some("now"))?.as_deref())?;
+    let retention = s.value(inv, "retention_period", Some(&get("retention_period")))?;
+    let extra = s.value(inv, "extra", Some(&get("extra_backup_parameters")))?;
+    if let Some(x) = &extra {
+        model::check_extra_dump_parameters(x)?;
+    }
+    let tag = s.value(inv, "tag", Some("random"))?;
+    let release = s
+        .value(inv, "release", Some("the node's own"))?
+        .map(|r| {
+            r.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|m| (9..100).contains(m))
+                .with_context(|| {
+                    format!("pg_dump release \"{r}\" is not a major version such as 15 or 16")
+                })
+        })
+        .transpose()?;
+    let node_major = facts.server_version_num / 10000;
+    if let Some(r) = release
+        && r < node_major
+    {
+        bail!(
+            "pg_dump release {r} is older than PgSQL node {} (PostgreSQL {}): a dump must be taken with a client at least as new as the server\nHINT: give {node_major} or newer, or leave the release empty",
+            node.fqdn,
+            facts.server_version
+        );
+    }
+    if inv.bare {
+        s.confirm(&format!(
+            "Register {} snapshot(s) on {}?",
+            dbnames.len(),
+            node.fqdn
+        ))?;
+    }
+    let code_s = code.to_string();
+    let done = s
+        .catalog
+        .register_snapshots(
+            &s.audit(),
+            &server,
+            &node.node_id.to_string(),
+            &dbnames,
+            at,
+            Some(&code_s),
+            retention.as_deref(),
+            extra.as_deref(),
+            tag.as_deref(),
+            release,
+        )
+        .await?;
+    Ok(Output::Done(
+        done.iter()
+            .zip(&dbnames)
+            .map(|((id, tag), db)| {
+                let name = if db.is_empty() { format!("{code_s} (whole cluster)") } else { db.clone() };
+                format!("Snapshot SnapshotID {id} for dbname [{name}] and backup code [{code_s}] defined (tag {tag}).")
+            })
+            .collect(),
+    ))
 }
 
 // ---- system -------------------------------------------------------------------------------------

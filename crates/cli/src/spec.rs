@@ -57,6 +57,7 @@ const fn rest(name: &'static str, label: &'static str) -> Arg {
 const SERVERS: &str = "Backup servers";
 const NODES: &str = "PgSQL nodes";
 const DEFS: &str = "Backup definitions";
+const SNAPS: &str = "Snapshots and jobs";
 const SYSTEM: &str = "System";
 const SHELL: &str = "Shell";
 
@@ -362,6 +363,83 @@ pub static COMMANDS: &[Cmd] = &[
             opt("limit", "Maximum rows (default 1000)"),
         ],
         examples: &["show_backup_catalog all pg01.example.org billing all ERROR --from 2026-11-01"],
+    },
+    Cmd {
+        name: "show_backup_details",
+        group: DEFS,
+        about: "Everything about one backup: files with sizes and checksums, versions, timings, command, error.",
+        args: &[pos("bck_id", "BckID")],
+        examples: &["show_backup_details 1042"],
+    },
+    Cmd {
+        name: "run_backup_definition_now",
+        group: SNAPS,
+        about: "Queue an ad hoc run of a backup definition; the owning agent starts it within a second.",
+        args: &[pos("def_id", "DefID")],
+        examples: &["run_backup_definition_now 12"],
+    },
+    Cmd {
+        name: "register_snapshot_definition",
+        group: SNAPS,
+        about: "A one-off backup at a time (default now) of one database, a comma list or #all_databases# minus exceptions. \
+                The pg_dump release, when given, must be at least the node's major.",
+        args: &[
+            pos("server", "SrvID | FQDN"),
+            pos("node", "NodeID | FQDN"),
+            pos("dbname", "DBname"),
+            pos("exceptions", "DBname exceptions"),
+            pos("at_time", "AT time (now, YYYY-MM-DD HH:MM, or RFC 3339)"),
+            pos("code", "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS)"),
+            pos("retention_period", "Retention period"),
+            pos("extra", "Extra backup parameters"),
+            pos("tag", "Tag"),
+            pos("release", "pg_dump/all release (major, e.g. 16)"),
+        ],
+        examples: &[
+            "register_snapshot_definition backup01.example.org pg01.example.org billing \"\" now FULL \"30 days\" \"\" before-upgrade",
+        ],
+    },
+    Cmd {
+        name: "show_snapshot_definitions",
+        group: SNAPS,
+        about: "List snapshot definitions, newest first.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "NodeID | FQDN | all"),
+            pos("dbname", "DBname | all"),
+        ],
+        examples: &["show_snapshot_definitions all pg01.example.org"],
+    },
+    Cmd {
+        name: "show_snapshots_in_progress",
+        group: SNAPS,
+        about: "Snapshots running now, with elapsed time and bytes written.",
+        args: &[],
+        examples: &["show_snapshots_in_progress"],
+    },
+    Cmd {
+        name: "show_jobs_queue",
+        group: SNAPS,
+        about: "Jobs queued, running (elapsed time, bytes written so far) and lost. --all adds finished ones.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            Arg {
+                name: "all",
+                label: "Include finished jobs",
+                kind: Kind::Flag,
+            },
+        ],
+        examples: &[
+            "show_jobs_queue",
+            "show_jobs_queue backup01.example.org --all",
+        ],
+    },
+    Cmd {
+        name: "cancel_job",
+        group: SNAPS,
+        about: "Cancel a queued job, or ask the agent to stop a running one (recorded as CANCELLED).",
+        args: &[pos("job_id", "JobID")],
+        examples: &["cancel_job 77"],
     },
     Cmd {
         name: "show_pgbackman_config",

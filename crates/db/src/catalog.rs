@@ -164,6 +164,7 @@ impl Predicates {
 pub struct Catalog {
     pool: Pool,
     target: String,
+    pub(crate) config: tokio_postgres::Config,
 }
 
 impl Catalog {
@@ -176,7 +177,7 @@ impl Catalog {
     ) -> Result<Catalog, DbError> {
         config.application_name(application_name);
         let mgr = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -192,6 +193,7 @@ impl Catalog {
         let cat = Catalog {
             pool,
             target: target.to_string(),
+            config,
         };
         // Connect now, so a wrong conninfo fails here with the reason, not at the first command.
         drop(cat.client().await?);
@@ -202,7 +204,7 @@ impl Catalog {
         &self.target
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
         self.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e)
                 if e.as_db_error().is_none() || e.code().is_some() =>
@@ -851,6 +853,118 @@ impl Catalog {
         );
         q.params.push(Box::new(f.limit));
         Ok((sql, q.params))
+    }
+
+    // ---- jobs and snapshots ---------------------------------------------------------------
+
+    pub async fn run_backup_definition_now(
+        &self,
+        audit: &Audit,
+        def_id: i64,
+    ) -> Result<i64, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx
+                .query_one("select api.run_backup_definition_now($1)", &[&def_id])
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    /// Registers one snapshot per database in one transaction; returns the SnapshotIDs.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register_snapshots(
+        &self,
+        audit: &Audit,
+        server: &str,
+        node: &str,
+        dbnames: &[String],
+        at_time: Option<chrono::DateTime<chrono::Utc>>,
+        code: Option<&str>,
+        retention: Option<&str>,
+        extra: Option<&str>,
+        tag: Option<&str>,
+        client_major: Option<i32>,
+    ) -> Result<Vec<(i64, String)>, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            let mut out = Vec::new();
+            for db in dbnames {
+                let id: i64 = tx
+                    .query_one(
+                        "select api.register_snapshot_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, null)",
+                        &[&server, &node, db, &at_time, &code, &retention, &extra, &tag, &client_major],
+                    )
+                    .await?
+                    .get(0);
+                let tag: String =
+                    tx.query_one("select tag from public.snapshot_definition where snapshot_id = $1", &[&id]).await?.get(0);
+                out.push((id, tag));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn cancel_job(&self, audit: &Audit, job_id: i64) -> Result<String, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx
+                .query_one("select api.cancel_job($1)", &[&job_id])
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    /// Open jobs (queued, running, and lost ones not yet looked at), oldest first.
+    pub async fn show_jobs_queue(&self, server: &Filter, all: bool) -> Result<Rows, DbError> {
+        let servers = self.resolve_ids(server, true).await?;
+        self.rows(
+            r#"select * from api.show_jobs_queue
+                where ($1::bigint[] is null or "SrvID" = any ($1))
+                  and ($2 or "State" in ('QUEUED', 'RUNNING', 'LOST'))
+                order by "JobID" desc limit 1000"#,
+            &[&servers, &all],
+        )
+        .await
+    }
+
+    pub async fn show_snapshot_definitions(
+        &self,
+        server: &Filter,
+        node: &Filter,
+        dbname: &Filter,
+    ) -> Result<Rows, DbError> {
+        let servers = self.resolve_ids(server, true).await?;
+        let nodes = self.resolve_ids(node, false).await?;
+        self.rows(
+            r#"select * from api.show_snapshot_definitions
+                where ($1::bigint[] is null or "SrvID" = any ($1))
+                  and ($2::bigint[] is null or "NodeID" = any ($2))
+                  and ($3::text[] is null or "DBname" = any ($3))
+                order by "SnapshotID" desc"#,
+            &[&servers, &nodes, dbname],
+        )
+        .await
+    }
+
+    pub async fn show_snapshots_in_progress(&self) -> Result<Rows, DbError> {
+        self.rows(
+            r#"select * from api.show_snapshots_in_progress order by "SnapshotID""#,
+            &[],
+        )
+        .await
+    }
+
+    pub async fn show_backup_details(&self, bck_id: i64) -> Result<Rows, DbError> {
+        let r = self
+            .rows("select * from api.show_backup_details($1)", &[&bck_id])
+            .await?;
+        if r.is_empty() {
+            return Err(DbError::Invalid(format!(
+                "BckID {bck_id} does not exist\nHINT: show_backup_catalog lists the backups"
+            )));
+        }
+        Ok(r)
     }
 
     // ---- reports ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Everything that talks to the catalog database: connection pool, typed API calls, migrations,
 //! and rendering of PostgreSQL errors. SQL text lives here, in `migrations/` and in `sql/` only.
 
+pub mod agent;
 pub mod catalog;
 pub mod error;
 pub mod migrate;

@@ -25,6 +25,7 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "30_definitions.sql",
         include_str!("../../../sql/30_definitions.sql"),
     ),
+    ("40_jobs.sql", include_str!("../../../sql/40_jobs.sql")),
     (
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),

@@ -1,0 +1,242 @@
+//! The catalog calls of `pgbackman-agent`. Every change goes through an `api.*` function; this
+//! module only maps them to typed Rust. Nothing here is needed after a job is claimed: the agent
+//! keeps working from its cache and spool when these calls fail.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Row;
+
+use crate::catalog::Catalog;
+use crate::error::DbError;
+
+/// A backup definition with everything needed to run it, as cached by the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentDefinition {
+    pub def_id: i64,
+    pub pgsql_node_id: i64,
+    pub node_fqdn: String,
+    pub pgport: i32,
+    pub admin_user: String,
+    pub admin_dbname: String,
+    pub sslmode: String,
+    pub node_status: String,
+    pub node_profile: String,
+    pub node_backup_partition: String,
+    pub dbname: String,
+    pub schedule: [String; 5],
+    pub backup_code: String,
+    pub retention_period: String,
+    pub retention_redundancy: i32,
+    pub extra_backup_parameters: String,
+    pub job_status: String,
+    pub dump_format: String,
+    pub dump_jobs: i32,
+    pub compression_level: i32,
+    pub max_runtime_seconds: Option<f64>,
+    pub lock_wait_timeout_seconds: Option<f64>,
+    pub client_major: Option<i32>,
+}
+
+impl AgentDefinition {
+    fn from_row(r: &Row) -> AgentDefinition {
+        AgentDefinition {
+            def_id: r.get("def_id"),
+            pgsql_node_id: r.get("pgsql_node_id"),
+            node_fqdn: r.get("node_fqdn"),
+            pgport: r.get("pgport"),
+            admin_user: r.get("admin_user"),
+            admin_dbname: r.get("admin_dbname"),
+            sslmode: r.get("sslmode"),
+            node_status: r.get("node_status"),
+            node_profile: r.get("node_profile"),
+            node_backup_partition: r.get("node_backup_partition"),
+            dbname: r.get("dbname"),
+            schedule: [
+                r.get("minutes_cron"),
+                r.get("hours_cron"),
+                r.get("day_month_cron"),
+                r.get("month_cron"),
+                r.get("weekday_cron"),
+            ],
+            backup_code: r.get("backup_code"),
+            retention_period: r.get("retention_period"),
+            retention_redundancy: r.get("retention_redundancy"),
+            extra_backup_parameters: r.get("extra_backup_parameters"),
+            job_status: r.get("job_status"),
+            dump_format: r.get("dump_format"),
+            dump_jobs: r.get("dump_jobs"),
+            compression_level: r.get("compression_level"),
+            max_runtime_seconds: r.get("max_runtime_seconds"),
+            lock_wait_timeout_seconds: r.get("lock_wait_timeout_seconds"),
+            client_major: r.get("client_major"),
+        }
+    }
+
+    /// Scheduled only when both the definition and its node are active.
+    pub fn is_scheduled(&self) -> bool {
+        self.job_status == "ACTIVE" && self.node_status == "RUNNING"
+    }
+}
+
+/// A claimed ad hoc job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimedJob {
+    pub job_id: i64,
+    pub kind: String,
+    pub attempt: i32,
+    pub def_id: Option<i64>,
+    pub snapshot_id: Option<i64>,
+    pub restore_def: Option<i64>,
+    pub bck_id: Option<i64>,
+}
+
+/// A snapshot definition as the agent needs it to run the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotJob {
+    pub snapshot_id: i64,
+    pub node: AgentDefinition,
+}
+
+fn interval(d: Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
+}
+
+impl Catalog {
+    pub async fn agent_server_id(&self, fqdn: &str) -> Result<i64, DbError> {
+        Ok(self
+            .client()
+            .await?
+            .query_one("select api.agent_server_id($1)", &[&fqdn])
+            .await?
+            .get(0))
+    }
+
+    /// All definitions of this server (any status: the agent decides what is scheduled).
+    pub async fn agent_definitions(&self, server_id: i64) -> Result<Vec<AgentDefinition>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select * from api.agent_definitions where backup_server_id = $1 order by def_id",
+                &[&server_id],
+            )
+            .await?;
+        Ok(rows.iter().map(AgentDefinition::from_row).collect())
+    }
+
+    /// A snapshot's definition shaped like a backup definition (schedule fields unused).
+    pub async fn agent_snapshot(&self, snapshot_id: i64) -> Result<AgentDefinition, DbError> {
+        let c = self.client().await?;
+        let r = c
+            .query_one(
+                "select sd.snapshot_id as def_id, sd.pgsql_node_id, n.fqdn as node_fqdn, n.pgport, n.admin_user,
+                        n.admin_dbname, n.sslmode, n.status as node_status,
+                        api.node_config_value(n.node_id, 'node_profile') as node_profile,
+                        api.node_config_value(n.node_id, 'pgnode_backup_partition') as node_backup_partition,
+                        sd.dbname, '' as minutes_cron, '' as hours_cron, '' as day_month_cron, '' as month_cron,
+                        '' as weekday_cron, sd.backup_code, sd.retention_period::text as retention_period,
+                        0 as retention_redundancy, sd.extra_backup_parameters, 'ACTIVE' as job_status,
+                        'custom' as dump_format, 1 as dump_jobs, 3 as compression_level,
+                        null::float8 as max_runtime_seconds, null::float8 as lock_wait_timeout_seconds, sd.client_major
+                   from public.snapshot_definition sd join public.pgsql_node n on n.node_id = sd.pgsql_node_id
+                  where sd.snapshot_id = $1",
+                &[&snapshot_id],
+            )
+            .await?;
+        Ok(AgentDefinition::from_row(&r))
+    }
+
+    /// Records a scheduled fire; None when that instant was already recorded (never run twice).
+    pub async fn record_scheduled_job(
+        &self,
+        server_id: i64,
+        def_id: i64,
+        scheduled_for: chrono::DateTime<chrono::Utc>,
+        agent: &str,
+        lease: Duration,
+    ) -> Result<Option<(i64, i32)>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select job_id, attempt from api.record_scheduled_job($1, $2, $3, $4, $5::interval)",
+                &[&server_id, &def_id, &scheduled_for, &agent, &interval(lease)],
+            )
+            .await?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+
+    pub async fn claim_jobs(
+        &self,
+        server_id: i64,
+        agent: &str,
+        lease: Duration,
+        limit: i32,
+    ) -> Result<Vec<ClaimedJob>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select * from api.claim_jobs($1, $2, $3::interval, $4)",
+                &[&server_id, &agent, &interval(lease), &limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ClaimedJob {
+                job_id: r.get("job_id"),
+                kind: r.get("kind"),
+                attempt: r.get("attempt"),
+                def_id: r.get("def_id"),
+                snapshot_id: r.get("snapshot_id"),
+                restore_def: r.get("restore_def"),
+                bck_id: r.get("bck_id"),
+            })
+            .collect())
+    }
+
+    /// Extends the lease; true means stop (cancel requested, or the job is no longer ours).
+    pub async fn heartbeat(
+        &self,
+        job_id: i64,
+        attempt: i32,
+        progress: i64,
+        lease: Duration,
+    ) -> Result<bool, DbError> {
+        let c = self.client().await?;
+        Ok(c.query_one(
+            "select api.heartbeat($1, $2, $3, $4::interval)",
+            &[&job_id, &attempt, &progress, &interval(lease)],
+        )
+        .await?
+        .get(0))
+    }
+
+    /// Records a backup result; idempotent on the job id. Returns the BckID.
+    pub async fn report_backup(
+        &self,
+        job_id: i64,
+        attempt: i32,
+        result: &serde_json::Value,
+    ) -> Result<i64, DbError> {
+        let c = self.client().await?;
+        Ok(c.query_one(
+            "select api.report_backup($1, $2, $3)",
+            &[&job_id, &attempt, result],
+        )
+        .await?
+        .get(0))
+    }
+
+    pub async fn mark_lost_jobs(&self) -> Result<i32, DbError> {
+        Ok(self
+            .client()
+            .await?
+            .query_one("select api.mark_lost_jobs()", &[])
+            .await?
+            .get(0))
+    }
+
+    /// A dedicated connection for LISTEN (not from the pool: it must stay open and idle).
+    pub fn listen_config(&self) -> tokio_postgres::Config {
+        self.config.clone()
+    }
+}
