@@ -5,6 +5,7 @@
 //! injected (`&dyn Fn(&str) -> Option<String>`) so that every default can be tested; the `*_env`
 //! and argument-less variants use the real process environment.
 
+mod agent;
 mod conninfo;
 mod file;
 mod host;
@@ -12,6 +13,7 @@ mod pgpass;
 
 use std::path::PathBuf;
 
+pub use agent::AgentSection;
 pub use conninfo::{
     Resolved, node_config, node_config_with, redacted, resolve, resolve_conninfo, resolve_env,
     ssl_mode,

@@ -1,0 +1,240 @@
+//! The `[agent]` section of the configuration: parsed and checked here, used by pgbackman-agent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{ConfigError, FileConfig};
+
+/// Settings of `pgbackman-agent`. Every field has a default, so an empty `[agent]` works.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// The backup server this agent runs as (default: the host's FQDN).
+    pub backup_server: Option<String>,
+    /// Cache, spool and lock file. One agent per state directory.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Root of the backup sets (the server's root_backup_partition in the catalog is informational).
+    #[serde(default = "default_backup_dir")]
+    pub backup_dir: PathBuf,
+    /// Client binaries per PostgreSQL major, e.g. { "15" = "/usr/lib/postgresql/15/bin" }.
+    /// Empty: every /usr/lib/postgresql/<major>/bin that has pg_dump.
+    #[serde(default)]
+    pub bin_dirs: BTreeMap<String, PathBuf>,
+    /// Jobs this agent runs at once.
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: usize,
+    /// Jobs at once against one PgSQL node.
+    #[serde(default = "default_max_jobs_per_node")]
+    pub max_jobs_per_node: usize,
+    /// IANA time zone of the schedules (default: the TZ environment variable, else UTC).
+    pub time_zone: Option<String>,
+    /// How long a claimed job stays ours without a heartbeat.
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u64,
+    /// Re-read the definitions this often even without a notification.
+    #[serde(default = "default_repoll_seconds")]
+    pub repoll_seconds: u64,
+    /// Run a scheduled backup missed while the agent was down if its time is at most this old.
+    #[serde(default = "default_catch_up_seconds")]
+    pub catch_up_seconds: u64,
+    /// `/healthz` and `/metrics` on this loopback address; empty disables them.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
+    /// pgpass file handed to pg_dump (PGPASSFILE); default: libpq's own lookup.
+    pub passfile: Option<PathBuf>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/pgbackman-agent")
+}
+fn default_backup_dir() -> PathBuf {
+    PathBuf::from("/srv/pgbackman")
+}
+fn default_max_jobs() -> usize {
+    4
+}
+fn default_max_jobs_per_node() -> usize {
+    2
+}
+fn default_lease_seconds() -> u64 {
+    60
+}
+fn default_repoll_seconds() -> u64 {
+    30
+}
+fn default_catch_up_seconds() -> u64 {
+    3600
+}
+fn default_http_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            backup_server: None,
+            state_dir: default_state_dir(),
+            backup_dir: default_backup_dir(),
+            bin_dirs: BTreeMap::new(),
+            max_jobs: default_max_jobs(),
+            max_jobs_per_node: default_max_jobs_per_node(),
+            time_zone: None,
+            lease_seconds: default_lease_seconds(),
+            repoll_seconds: default_repoll_seconds(),
+            catch_up_seconds: default_catch_up_seconds(),
+            http_listen: default_http_listen(),
+            passfile: None,
+        }
+    }
+}
+
+impl AgentSection {
+    /// The client bin dirs by major: configured ones, else those found on this host.
+    pub fn client_bin_dirs(&self) -> Result<BTreeMap<u32, PathBuf>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (k, v) in &self.bin_dirs {
+            let major: u32 = k.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "[agent] bin_dirs key \"{k}\" is not a PostgreSQL major version: write e.g. \"15\" = \"/usr/lib/postgresql/15/bin\""
+                ))
+            })?;
+            out.insert(major, v.clone());
+        }
+        if out.is_empty()
+            && let Ok(rd) = std::fs::read_dir("/usr/lib/postgresql")
+        {
+            for e in rd.flatten() {
+                let bin = e.path().join("bin");
+                if let Some(m) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                    && bin.join("pg_dump").exists()
+                {
+                    out.insert(m, bin);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn check(a: &AgentSection, path: &Path) -> Result<(), ConfigError> {
+    let bad = |key: &'static str, value: String, hint: &'static str| ConfigError::Value {
+        path: path.to_path_buf(),
+        key,
+        value,
+        hint,
+    };
+    if a.max_jobs == 0 {
+        return Err(bad("[agent] max_jobs", "0".into(), "use 1 or more"));
+    }
+    if a.max_jobs_per_node == 0 {
+        return Err(bad(
+            "[agent] max_jobs_per_node",
+            "0".into(),
+            "use 1 or more",
+        ));
+    }
+    if a.lease_seconds < 5 {
+        return Err(bad(
+            "[agent] lease_seconds",
+            a.lease_seconds.to_string(),
+            "use 5 seconds or more",
+        ));
+    }
+    if !a.state_dir.is_absolute() {
+        return Err(bad(
+            "[agent] state_dir",
+            a.state_dir.display().to_string(),
+            "use an absolute path",
+        ));
+    }
+    if !a.backup_dir.is_absolute() {
+        return Err(bad(
+            "[agent] backup_dir",
+            a.backup_dir.display().to_string(),
+            "use an absolute path",
+        ));
+    }
+    Ok(())
+}
+
+impl FileConfig {
+    /// The `[agent]` section, defaults filled and values checked.
+    pub fn agent_section(&self) -> Result<AgentSection, ConfigError> {
+        let path = self
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(no config file)"));
+        let a: AgentSection = match &self.agent {
+            None => AgentSection::default(),
+            Some(t) => t
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.clone(),
+                    message: format!("[agent]: {}", e.message()),
+                })?,
+        };
+        check(&a, &path)?;
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<AgentSection, ConfigError> {
+        let table: toml::Table = toml::from_str(s).unwrap();
+        FileConfig {
+            agent: Some(table),
+            ..FileConfig::default()
+        }
+        .agent_section()
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let a = FileConfig::default().agent_section().unwrap();
+        assert_eq!(a.max_jobs, 4);
+        assert_eq!(a.state_dir, PathBuf::from("/var/lib/pgbackman-agent"));
+        let a = parse(
+            "max_jobs = 8\ntime_zone = \"Europe/Oslo\"\n[bin_dirs]\n\"15\" = \"/opt/pg15/bin\"",
+        )
+        .unwrap();
+        assert_eq!(a.max_jobs, 8);
+        assert_eq!(
+            a.client_bin_dirs().unwrap().get(&15),
+            Some(&PathBuf::from("/opt/pg15/bin"))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(
+            parse("max_jobz = 1")
+                .unwrap_err()
+                .to_string()
+                .contains("max_jobz")
+        );
+        assert!(
+            parse("max_jobs = 0")
+                .unwrap_err()
+                .to_string()
+                .contains("max_jobs")
+        );
+        assert!(
+            parse("state_dir = \"rel\"")
+                .unwrap_err()
+                .to_string()
+                .contains("absolute")
+        );
+        let e = parse("[bin_dirs]\nfifteen = \"/x\"")
+            .unwrap()
+            .client_bin_dirs()
+            .unwrap_err();
+        assert!(e.to_string().contains("fifteen"));
+    }
+}
