@@ -1,0 +1,346 @@
+//! One job from start to report: pick the client, run the backup set (pgbackman-dump), keep the
+//! lease alive, and record the result exactly once. A failure anywhere still produces a catalog
+//! row saying which step failed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pgbackman_config::AgentSection;
+use pgbackman_core::model::{BackupCode, NodeProfile};
+use pgbackman_core::paths::encode_path_component;
+use pgbackman_db::Catalog;
+use pgbackman_db::agent::AgentDefinition;
+use pgbackman_dump::{BackupOutcome, BackupSpec, DumpFormat, NodeConn, Status};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Shared by every job of this agent.
+pub struct Ctx {
+    pub catalog: Catalog,
+    pub cfg: AgentSection,
+    pub bin_dirs: BTreeMap<u32, PathBuf>,
+    pub agent_name: String,
+    pub server_id: i64,
+}
+
+impl Ctx {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.cfg.lease_seconds)
+    }
+}
+
+/// A job this agent owns.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub job_id: i64,
+    pub attempt: i32,
+    pub def: AgentDefinition,
+    /// Snapshot jobs: the definition fields come from the snapshot.
+    pub snapshot: bool,
+}
+
+#[derive(Debug)]
+pub struct Done {
+    pub job_id: i64,
+    pub node_id: i64,
+    pub status: &'static str,
+}
+
+/// Runs the job and reports it. Never panics on a failed step: the failure is the report.
+pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
+    let started = Utc::now();
+    let progress = Arc::new(AtomicU64::new(0));
+    let hb = tokio::spawn(heartbeat(
+        ctx.clone(),
+        t.job_id,
+        t.attempt,
+        progress.clone(),
+        cancel.clone(),
+    ));
+    let outcome = execute(&ctx, &t, &cancel, progress.clone(), started).await;
+    hb.abort();
+    let result = result_json(&t, &outcome);
+    let status = match outcome.status {
+        Status::Succeeded => "SUCCEEDED",
+        Status::Cancelled { .. } => "CANCELLED",
+        Status::Failed { .. } => "ERROR",
+    };
+    report(&ctx, &t, &result).await;
+    Done {
+        job_id: t.job_id,
+        node_id: t.def.pgsql_node_id,
+        status,
+    }
+}
+
+/// Extends the lease every third of it; stops the job when the catalog says so.
+async fn heartbeat(
+    ctx: Arc<Ctx>,
+    job_id: i64,
+    attempt: i32,
+    progress: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let every = ctx.lease() / 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every.min(Duration::from_secs(2))) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let bytes = i64::try_from(progress.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        match ctx
+            .catalog
+            .heartbeat(job_id, attempt, bytes, ctx.lease())
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(job_id, "cancel requested: stopping the job");
+                cancel.cancel();
+                return;
+            }
+            Ok(false) => {}
+            // The catalog may be down: the job goes on (nothing after a claim needs the catalog).
+            Err(e) => tracing::warn!(job_id, "heartbeat failed: {e}"),
+        }
+    }
+}
+
+fn failed(t0: DateTime<Utc>, job_id: i64, step: &str, message: String) -> BackupOutcome {
+    BackupOutcome::failed(job_id, t0, step, None, message, String::new())
+}
+
+async fn execute(
+    ctx: &Ctx,
+    t: &Ticket,
+    cancel: &CancellationToken,
+    progress: Arc<AtomicU64>,
+    started: DateTime<Utc>,
+) -> BackupOutcome {
+    let d = &t.def;
+    let code: BackupCode = match d.backup_code.parse() {
+        Ok(c) => c,
+        Err(e) => return failed(started, t.job_id, "definition", e.to_string()),
+    };
+    let profile: NodeProfile = d.node_profile.parse().unwrap_or(NodeProfile::Standard);
+    let port = u16::try_from(d.pgport).unwrap_or(5432);
+    let label = format!("{}:{}", d.node_fqdn, port);
+    // The server's version decides the client: connect first (this also proves the node is up).
+    let passfile = ctx.cfg.passfile.clone();
+    let env = move |k: &str| match (k, &passfile) {
+        ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
+        _ => std::env::var(k).ok(),
+    };
+    let node_cfg = match pgbackman_config::node_config_with(
+        &d.node_fqdn,
+        port,
+        &d.admin_user,
+        &d.admin_dbname,
+        &d.sslmode,
+        &env,
+    ) {
+        Ok(r) => r.config,
+        Err(e) => return failed(started, t.job_id, "connect", e.to_string()),
+    };
+    let facts = match pgbackman_db::node::node_facts(node_cfg, &label).await {
+        Ok(f) => f,
+        Err(e) => return failed(started, t.job_id, "connect", e.to_string()),
+    };
+    let server_major = u32::try_from(facts.server_version_num / 10000).unwrap_or(0);
+    let requested = d.client_major.and_then(|m| u32::try_from(m).ok());
+    let (client_major, bin_dir) =
+        match pgbackman_dump::pick_client(&ctx.bin_dirs, server_major, requested) {
+            Ok(c) => c,
+            Err(e) => return failed(started, t.job_id, "client", e.to_string()),
+        };
+    if !code.is_cluster_wide() && !facts.databases.iter().any(|x| x == &d.dbname) {
+        return failed(
+            started,
+            t.job_id,
+            "connect",
+            format!(
+                "database \"{}\" does not exist on PgSQL node {label}",
+                d.dbname
+            ),
+        );
+    }
+    let extra =
+        match pgbackman_core::params::check_extra_dump_parameters(&d.extra_backup_parameters) {
+            Ok(a) => a,
+            Err(e) => return failed(started, t.job_id, "definition", e.to_string()),
+        };
+    let node_dir = {
+        let p = PathBuf::from(&d.node_backup_partition);
+        if p.is_absolute() {
+            p
+        } else {
+            ctx.cfg.backup_dir.join(p)
+        }
+    };
+    let what = if code.is_cluster_wide() {
+        code.to_string()
+    } else {
+        d.dbname.clone()
+    };
+    let set_name = format!(
+        "{}-job{}-{}",
+        started.format("%Y%m%dT%H%M%SZ"),
+        t.job_id,
+        if t.snapshot {
+            format!("snap{}-{code}", d.def_id)
+        } else {
+            format!("def{}-{code}", d.def_id)
+        }
+    );
+    let spec = BackupSpec {
+        job_id: t.job_id,
+        code,
+        profile,
+        dbname: if code.is_cluster_wide() {
+            String::new()
+        } else {
+            d.dbname.clone()
+        },
+        node: NodeConn {
+            host: d.node_fqdn.clone(),
+            port,
+            user: d.admin_user.clone(),
+            admin_dbname: d.admin_dbname.clone(),
+            sslmode: d.sslmode.clone(),
+            passfile: ctx.cfg.passfile.clone(),
+        },
+        node_label: label,
+        bin_dir,
+        format: if d.dump_format == "directory" {
+            DumpFormat::Directory {
+                jobs: u32::try_from(d.dump_jobs.max(1)).unwrap_or(1),
+            }
+        } else {
+            DumpFormat::Custom {
+                zstd_level: d.compression_level,
+            }
+        },
+        extra_args: extra,
+        lock_wait_timeout: d.lock_wait_timeout_seconds.map(Duration::from_secs_f64),
+        max_runtime: d.max_runtime_seconds.map(Duration::from_secs_f64),
+        application_name: "pgbackman".into(),
+        staging_root: ctx.cfg.backup_dir.join("staging"),
+        final_dir: node_dir.join(encode_path_component(&what)).join(set_name),
+        definition: serde_json::to_value(d).unwrap_or(Value::Null),
+    };
+    let _ = client_major;
+    let p = progress.clone();
+    let report_progress = move |n: u64| p.store(n, Ordering::Relaxed);
+    pgbackman_dump::run_backup(&spec, cancel.clone(), &report_progress).await
+}
+
+/// The report in the shape api.report_backup reads.
+fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
+    let dir = o.backup_dir.as_ref().map(|d| d.display().to_string());
+    let path = |name: &str| {
+        o.backup_dir
+            .as_ref()
+            .map(|d| d.join(name).display().to_string())
+    };
+    let file = |pred: &dyn Fn(&str) -> bool| o.files.iter().find(|f| pred(&f.name));
+    let dump = o.dump_file.as_ref().and_then(|n| {
+        o.files
+            .iter()
+            .find(|f| &f.name == n || f.name.starts_with(n.as_str()))
+    });
+    let roles = file(&|n| n == "roles.sql");
+    let dbconf = file(&|n| n == "database.sql");
+    let (status, step, exit, message, tail) = match &o.status {
+        Status::Succeeded => ("SUCCEEDED", None, None, None, None),
+        Status::Cancelled { reason } => (
+            "CANCELLED",
+            Some("cancel".to_string()),
+            None,
+            Some(reason.clone()),
+            None,
+        ),
+        Status::Failed {
+            step,
+            exit_status,
+            message,
+            stderr_tail,
+        } => (
+            "ERROR",
+            Some(step.clone()),
+            *exit_status,
+            Some(message.clone()),
+            Some(stderr_tail.clone()),
+        ),
+    };
+    let timings: serde_json::Map<String, Value> = o
+        .phase_timings
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    json!({
+        "execution_status": status,
+        "procpid": std::process::id(),
+        "started": o.started.to_rfc3339(),
+        "finished": o.finished.to_rfc3339(),
+        "backup_dir": dir,
+        "dump_file": o.dump_file.as_ref().and_then(|n| path(n)),
+        "dump_file_size": dump.map(|f| f.size),
+        "checksum": dump.map(|f| f.sha256.clone()),
+        "log_file": path("backup.log").filter(|_| o.backup_dir.is_some()),
+        "roles_file": roles.and_then(|f| path(&f.name)),
+        "roles_file_size": roles.map(|f| f.size),
+        "dbconfig_file": dbconf.and_then(|f| path(&f.name)),
+        "dbconfig_file_size": dbconf.map(|f| f.size),
+        "manifest_file": o.manifest_file.as_ref().and_then(|n| path(n)),
+        "total_size": o.total_size,
+        "files": o.files,
+        "database_size": o.database_size,
+        "role_list": o.role_list,
+        "client_version": o.client_version,
+        "server_version": o.server_version,
+        "server_major": o.server_version_num.map(|v| (v / 10000).to_string()),
+        "client_major": o.client_version.as_ref().and_then(|v| v.split('.').next().map(str::to_string)),
+        "dump_format": t.def.dump_format,
+        "compression": if t.def.dump_format == "directory" { "pg_dump".to_string() } else { format!("zstd:{}", t.def.compression_level) },
+        "command": o.command.join(" "),
+        "phase_timings": timings,
+        "table_row_counts": o.table_row_counts,
+        "error_step": step,
+        "error_exit_status": exit,
+        "error_message": message,
+        "error_stderr_tail": tail,
+    })
+}
+
+/// Reports with retries. The job id makes a repeated report harmless.
+async fn report(ctx: &Ctx, t: &Ticket, result: &Value) {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=8 {
+        match ctx.catalog.report_backup(t.job_id, t.attempt, result).await {
+            Ok(bck) => {
+                tracing::info!(job_id = t.job_id, bck_id = bck, status = %result["execution_status"], "job reported");
+                return;
+            }
+            Err(e) if e.code() == Some("40001") => {
+                tracing::warn!(job_id = t.job_id, "report refused: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    job_id = t.job_id,
+                    attempt,
+                    "reporting failed: {e}; retrying in {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    tracing::error!(
+        job_id = t.job_id,
+        "could not report the result to the catalog; it stays in the log: {result}"
+    );
+}

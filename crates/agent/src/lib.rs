@@ -1,0 +1,563 @@
+//! `pgbackman-agent`: runs on every backup server. It caches its definitions, fires scheduled
+//! backups, claims ad hoc jobs, runs them through pgbackman-dump and records every result.
+//! A daemon: it logs through tracing and never prints to stdout (except `--check`'s report).
+#![deny(clippy::print_stdout)]
+
+pub mod job;
+pub mod listen;
+pub mod schedule;
+pub mod state;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use chrono_tz::Tz;
+use clap::Parser;
+use pgbackman_config::AgentSection;
+use pgbackman_db::Catalog;
+use pgbackman_db::agent::AgentDefinition;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{Ctx, Done, Ticket};
+use crate::schedule::Scheduler;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgbackman-agent",
+    version,
+    about = "pgbackman backup agent: runs the backups of this backup server",
+    long_about = "Runs scheduled and ad hoc backups of the definitions owned by this backup server and records \
+        every run in the pgbackman catalog. One agent per state directory; SIGTERM stops it cleanly \
+        (running jobs are cancelled and recorded as CANCELLED). Settings: the [agent] section of the \
+        configuration file; the catalog is found as by the shell (--catalog, PGBACKMAN_CATALOG, [catalog]).",
+    after_help = "Examples:\n  pgbackman-agent --config /etc/pgbackman/pgbackman-agent.toml --check\n  pgbackman-agent --config /etc/pgbackman/pgbackman-agent.toml"
+)]
+struct Args {
+    /// Configuration file (default: ~/.config/pgbackman/pgbackman.toml, then /etc/pgbackman/pgbackman.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Catalog connection (libpq key=value or URI); overrides the configuration.
+    #[arg(long, value_name = "CONNINFO")]
+    catalog: Option<String>,
+    /// Check configuration, catalog access, registration, directories and client programs, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn main_entry() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGBACKMAN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            for c in e.chain().skip(1) {
+                let t = c.to_string();
+                if !msg.contains(&t) {
+                    msg = format!("{msg}: {t}");
+                }
+            }
+            tracing::error!("{msg}");
+            let _ = writeln!(std::io::stderr(), "[ERROR] {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Setup {
+    cfg: AgentSection,
+    fqdn: String,
+    tz: Tz,
+    catalog_cfg: tokio_postgres::Config,
+    target: String,
+}
+
+fn setup(args: &Args) -> Result<Setup> {
+    let file = pgbackman_config::load(args.config.as_deref())?;
+    let cfg = file.agent_section()?;
+    let (conninfo, _) = pgbackman_config::catalog_conninfo(
+        args.catalog.as_deref(),
+        std::env::var("PGBACKMAN_CATALOG").ok(),
+        &file,
+    )?;
+    let catalog_cfg =
+        pgbackman_config::resolve_env(&conninfo).context("the catalog connection string")?;
+    let target = pgbackman_config::redacted(&catalog_cfg);
+    let fqdn = cfg
+        .backup_server
+        .clone()
+        .unwrap_or_else(pgbackman_config::host_fqdn);
+    let tz_name = cfg
+        .time_zone
+        .clone()
+        .or_else(|| std::env::var("TZ").ok())
+        .unwrap_or_else(|| "UTC".into());
+    let tz: Tz = tz_name.trim_start_matches(':').parse().map_err(|_| {
+        anyhow::anyhow!(
+            "time zone \"{tz_name}\" is not an IANA time zone name such as Europe/Oslo or UTC"
+        )
+    })?;
+    Ok(Setup {
+        cfg,
+        fqdn,
+        tz,
+        catalog_cfg,
+        target,
+    })
+}
+
+async fn run(args: Args) -> Result<()> {
+    let s = setup(&args)?;
+    if args.check {
+        return check(&s).await;
+    }
+    let _lock = state::lock(&s.cfg.state_dir)?;
+    state::create_dir_0700(&s.cfg.backup_dir)?;
+    let staging = s.cfg.backup_dir.join("staging");
+    state::create_dir_0700(&staging)?;
+    match pgbackman_dump::clean_staging(&staging) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            "removed {n} unfinished backup set(s) left in {} by an interrupted run",
+            staging.display()
+        ),
+        Err(e) => tracing::warn!("cleaning {}: {e}", staging.display()),
+    }
+    let catalog = connect_with_backoff(&s).await?;
+    catalog.check_compatible().await?;
+    let server_id = catalog.agent_server_id(&s.fqdn).await?;
+    let bin_dirs = s.cfg.client_bin_dirs()?;
+    if bin_dirs.is_empty() {
+        bail!(
+            "no PostgreSQL client programs found\nHINT: install postgresql-client-<major>, or set [agent] bin_dirs"
+        );
+    }
+    let agent_name = format!("{}:{}", s.fqdn, s.cfg.state_dir.display());
+    let ctx = Arc::new(Ctx {
+        catalog,
+        cfg: s.cfg.clone(),
+        bin_dirs,
+        agent_name,
+        server_id,
+    });
+    fail_interrupted_jobs(&ctx).await;
+    tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
+    Runner::new(ctx, s.tz).run().await
+}
+
+async fn connect_with_backoff(s: &Setup) -> Result<Catalog> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match Catalog::connect(s.catalog_cfg.clone(), "pgbackman-agent", &s.target).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!("catalog unreachable: {e}; retrying in {delay:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown_signal() => bail!("stopped before the catalog could be reached"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Jobs this agent was running when it died: recorded as failed, the next fire runs normally.
+async fn fail_interrupted_jobs(ctx: &Ctx) {
+    match ctx
+        .catalog
+        .jobs_claimed_by(ctx.server_id, &ctx.agent_name)
+        .await
+    {
+        Ok(jobs) => {
+            for (job_id, attempt) in jobs {
+                let now = Utc::now().to_rfc3339();
+                let r = serde_json::json!({"execution_status": "ERROR", "started": now, "finished": now,
+                    "error_step": "agent", "error_message": "agent stopped during the run"});
+                match ctx.catalog.report_backup(job_id, attempt, &r).await {
+                    Ok(_) => tracing::warn!(
+                        job_id,
+                        "job interrupted by an agent stop recorded as failed"
+                    ),
+                    Err(e) => tracing::warn!(job_id, "could not record the interrupted job: {e}"),
+                }
+            }
+        }
+        Err(e) => tracing::warn!("could not look for interrupted jobs: {e}"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+struct Runner {
+    ctx: Arc<Ctx>,
+    sched: Scheduler,
+    defs: HashMap<i64, AgentDefinition>,
+    jobs: JoinSet<Done>,
+    running: HashMap<i64, (i64, CancellationToken)>,
+    /// Scheduled fires waiting for a free slot (concurrency limits).
+    pending: Vec<(i64, chrono::DateTime<Utc>)>,
+    stop: CancellationToken,
+}
+
+impl Runner {
+    fn new(ctx: Arc<Ctx>, tz: Tz) -> Runner {
+        Runner {
+            ctx,
+            sched: Scheduler::new(tz, Utc::now()),
+            defs: HashMap::new(),
+            jobs: JoinSet::new(),
+            running: HashMap::new(),
+            pending: Vec::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    async fn refresh(&mut self) {
+        match self.ctx.catalog.agent_definitions(self.ctx.server_id).await {
+            Ok(defs) => {
+                let cache = state::Cache {
+                    format: 1,
+                    server_id: self.ctx.server_id,
+                    server_fqdn: self.ctx.agent_name.clone(),
+                    written_at: Utc::now(),
+                    definitions: defs.clone(),
+                };
+                if let Err(e) = state::save_cache(&self.ctx.cfg.state_dir, &cache) {
+                    tracing::warn!("writing the definition cache: {e:#}");
+                }
+                self.set_definitions(defs);
+            }
+            Err(e) => {
+                tracing::warn!("reading definitions from the catalog failed: {e}");
+                if self.defs.is_empty()
+                    && let Ok(Some(c)) = state::load_cache(&self.ctx.cfg.state_dir)
+                {
+                    tracing::warn!("running from the cached definitions of {}", c.written_at);
+                    self.set_definitions(c.definitions);
+                }
+            }
+        }
+    }
+
+    fn set_definitions(&mut self, defs: Vec<AgentDefinition>) {
+        for (id, err) in self.sched.rebuild(&defs) {
+            tracing::error!(def_id = id, "schedule not usable: {err}");
+        }
+        self.defs = defs.into_iter().map(|d| (d.def_id, d)).collect();
+    }
+
+    fn per_node(&self, node: i64) -> usize {
+        self.running.values().filter(|(n, _)| *n == node).count()
+    }
+
+    fn has_slot(&self, node: i64) -> bool {
+        self.running.len() < self.ctx.cfg.max_jobs
+            && self.per_node(node) < self.ctx.cfg.max_jobs_per_node
+    }
+
+    fn start(&mut self, t: Ticket) {
+        let token = self.stop.child_token();
+        self.running
+            .insert(t.job_id, (t.def.pgsql_node_id, token.clone()));
+        tracing::info!(job_id = t.job_id, def_id = t.def.def_id, db = %t.def.dbname, node = %t.def.node_fqdn, "job started");
+        self.jobs.spawn(job::run(self.ctx.clone(), t, token));
+    }
+
+    /// Fires scheduled instants that have a free slot; the rest wait in `pending`.
+    async fn fire(&mut self, due: Vec<(i64, chrono::DateTime<Utc>)>) {
+        self.pending.extend(due);
+        let pending = std::mem::take(&mut self.pending);
+        for (def_id, at) in pending {
+            let Some(d) = self.defs.get(&def_id).cloned() else {
+                continue;
+            };
+            if !d.is_scheduled() {
+                continue;
+            }
+            if !self.has_slot(d.pgsql_node_id) {
+                self.pending.push((def_id, at));
+                continue;
+            }
+            match self
+                .ctx
+                .catalog
+                .record_scheduled_job(
+                    self.ctx.server_id,
+                    def_id,
+                    at,
+                    &self.ctx.agent_name,
+                    self.ctx.lease(),
+                )
+                .await
+            {
+                Ok(Some((job_id, attempt))) => self.start(Ticket {
+                    job_id,
+                    attempt,
+                    def: d,
+                    snapshot: false,
+                }),
+                Ok(None) => {
+                    tracing::info!(def_id, at = %at, "scheduled instant already ran; skipped")
+                }
+                Err(e) => {
+                    tracing::error!(def_id, at = %at, "could not record the scheduled backup: {e}")
+                }
+            }
+        }
+    }
+
+    async fn claim(&mut self) {
+        let free = self.ctx.cfg.max_jobs.saturating_sub(self.running.len());
+        if free == 0 || self.stop.is_cancelled() {
+            return;
+        }
+        let limit = i32::try_from(free).unwrap_or(1);
+        let claimed = match self
+            .ctx
+            .catalog
+            .claim_jobs(
+                self.ctx.server_id,
+                &self.ctx.agent_name,
+                self.ctx.lease(),
+                limit,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("claiming jobs failed: {e}");
+                return;
+            }
+        };
+        for c in claimed {
+            let def = match (c.def_id, c.snapshot_id) {
+                (Some(id), _) => self
+                    .defs
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| format!("definition {id} is not in this agent's cache")),
+                (None, Some(id)) => self
+                    .ctx
+                    .catalog
+                    .agent_snapshot(id)
+                    .await
+                    .map_err(|e| e.to_string()),
+                _ => Err(format!(
+                    "job kind {} is not run by this version of the agent",
+                    c.kind
+                )),
+            };
+            match def {
+                Ok(def) => self.start(Ticket {
+                    job_id: c.job_id,
+                    attempt: c.attempt,
+                    def,
+                    snapshot: c.snapshot_id.is_some(),
+                }),
+                Err(msg) => {
+                    let now = Utc::now().to_rfc3339();
+                    let r = serde_json::json!({"execution_status": "ERROR", "started": now, "finished": now,
+                        "error_step": "claim", "error_message": msg});
+                    if let Err(e) = self
+                        .ctx
+                        .catalog
+                        .report_backup(c.job_id, c.attempt, &r)
+                        .await
+                    {
+                        tracing::error!(
+                            job_id = c.job_id,
+                            "could not record a job it cannot run: {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run(mut self) -> Result<()> {
+        self.refresh().await;
+        let window =
+            chrono::Duration::seconds(i64::try_from(self.ctx.cfg.catch_up_seconds).unwrap_or(3600));
+        let missed = self.sched.missed(Utc::now(), window);
+        self.fire(missed).await;
+        self.claim().await;
+        let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+        let listener = listen::spawn(
+            self.ctx.catalog.listen_config(),
+            self.ctx.server_id,
+            wake_tx,
+        );
+        let mut repoll =
+            tokio::time::interval(Duration::from_secs(self.ctx.cfg.repoll_seconds.max(1)));
+        repoll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let watchdog = sd_notify::watchdog_enabled(false).map(|d| d / 2);
+        let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            let sleep_for = self
+                .sched
+                .next_due()
+                .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep(sleep_for) => {
+                    let due = self.sched.pop_due(Utc::now());
+                    self.fire(due).await;
+                }
+                Some(()) = wake_rx.recv() => {
+                    self.refresh().await;
+                    self.claim().await;
+                }
+                _ = repoll.tick() => {
+                    self.refresh().await;
+                    self.claim().await;
+                    let _ = self.ctx.catalog.mark_lost_jobs().await;
+                }
+                Some(done) = self.jobs.join_next() => {
+                    if let Ok(d) = done {
+                        tracing::info!(job_id = d.job_id, status = d.status, "job finished");
+                        self.running.remove(&d.job_id);
+                    } else {
+                        // A job task panicked: forget jobs whose tasks are gone.
+                        self.running.retain(|_, (_, t)| !t.is_cancelled());
+                    }
+                    self.fire(Vec::new()).await;
+                    self.claim().await;
+                }
+                _ = dog.tick(), if watchdog.is_some() => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        tracing::info!(
+            running = self.running.len(),
+            "stopping: cancelling running jobs"
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        self.stop.cancel();
+        while let Some(done) = self.jobs.join_next().await {
+            if let Ok(d) = done {
+                tracing::info!(
+                    job_id = d.job_id,
+                    status = d.status,
+                    "job ended at shutdown"
+                );
+            }
+        }
+        listener.abort();
+        tracing::info!("pgbackman-agent stopped");
+        Ok(())
+    }
+}
+
+/// `--check`: every precondition of a working agent, each with OK or what to fix.
+async fn check(s: &Setup) -> Result<()> {
+    let mut out = std::io::stdout();
+    let mut failures = 0;
+    let mut line = |ok: bool, what: String| {
+        if !ok {
+            failures += 1;
+        }
+        let _ = writeln!(out, "[{}] {what}", if ok { "OK" } else { "ERROR" });
+    };
+    line(
+        true,
+        format!(
+            "configuration: backup server {}, time zone {}",
+            s.fqdn, s.tz
+        ),
+    );
+    match Catalog::connect(s.catalog_cfg.clone(), "pgbackman-agent-check", &s.target).await {
+        Ok(c) => {
+            line(true, format!("catalog reachable: {}", s.target));
+            match c.check_compatible().await {
+                Ok(()) => line(true, "catalog version matches this agent".into()),
+                Err(e) => line(false, format!("catalog version: {e}")),
+            }
+            match c.agent_server_id(&s.fqdn).await {
+                Ok(id) => line(true, format!("registered as backup server SrvID {id}")),
+                Err(e) => line(false, e.to_string()),
+            }
+        }
+        Err(e) => line(false, format!("catalog: {e}")),
+    }
+    for (what, dir) in [
+        ("state directory", &s.cfg.state_dir),
+        ("backup directory", &s.cfg.backup_dir),
+    ] {
+        let r = state::create_dir_0700(dir).and_then(|_| {
+            let probe = dir.join(".pgbackman-agent-check");
+            std::fs::write(&probe, b"x")
+                .with_context(|| format!("{} is not writable", dir.display()))?;
+            std::fs::remove_file(&probe)?;
+            Ok(())
+        });
+        match r {
+            Ok(()) => line(true, format!("{what} {} is writable", dir.display())),
+            Err(e) => line(false, format!("{what}: {e:#}")),
+        }
+    }
+    match s.cfg.client_bin_dirs() {
+        Ok(dirs) if dirs.is_empty() => line(
+            false,
+            "no PostgreSQL client programs found: set [agent] bin_dirs".into(),
+        ),
+        Ok(dirs) => {
+            for (m, d) in dirs {
+                match pgbackman_dump::client_major(&d) {
+                    Ok(v) if v == m => line(true, format!("pg_dump {m} in {}", d.display())),
+                    Ok(v) => line(
+                        false,
+                        format!("{} holds pg_dump {v}, configured as {m}", d.display()),
+                    ),
+                    Err(e) => line(false, format!("{}: {e}", d.display())),
+                }
+            }
+        }
+        Err(e) => line(false, e.to_string()),
+    }
+    if failures > 0 {
+        bail!("{failures} check(s) failed");
+    }
+    Ok(())
+}
