@@ -226,6 +226,22 @@ impl Catalog {
         .get(0))
     }
 
+    /// Jobs still RUNNING under this agent's name: a previous run of it died during them.
+    pub async fn jobs_claimed_by(
+        &self,
+        server_id: i64,
+        agent: &str,
+    ) -> Result<Vec<(i64, i32)>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select job_id, attempt from public.job where backup_server_id = $1 and claimed_by = $2 and state = 'RUNNING'",
+                &[&server_id, &agent],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     pub async fn mark_lost_jobs(&self) -> Result<i32, DbError> {
         Ok(self
             .client()
