@@ -8,7 +8,10 @@ struct Stop<'a>(&'a std::path::Path, &'a std::path::Path);
 
 impl Drop for Stop<'_> {
     fn drop(&mut self) {
-        let _ = command(self.1).args(["quickstart", "--stop", "--dir"]).arg(self.0).output();
+        let _ = command(self.1)
+            .args(["quickstart", "--stop", "--dir"])
+            .arg(self.0)
+            .output();
     }
 }
 
@@ -19,27 +22,48 @@ fn quickstart_sets_up_a_working_installation_and_can_be_rerun() {
     let qs = dir.path().join("qs");
     let _stop = Stop(&qs, home.path());
     let run = || {
-        let o = command(home.path()).args(["quickstart", "--no-shell", "--dir"]).arg(&qs).output().unwrap();
+        let o = command(home.path())
+            .args(["quickstart", "--no-shell", "--dir"])
+            .arg(&qs)
+            .output()
+            .unwrap();
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         out
     };
     let first = run();
     assert!(first.contains("[OK] Backup server"), "{first}");
     assert!(first.contains("[OK] PgSQL node"), "{first}");
-    assert!(home.path().join(".config/pgbackman/pgbackman.toml").exists());
+    assert!(
+        home.path()
+            .join(".config/pgbackman/pgbackman.toml")
+            .exists()
+    );
     // A second run reuses everything and registers nothing twice.
     run();
-    let o = command(home.path()).args(["-C", "show_pgsql_nodes", "-o", "json"]).output().unwrap();
+    let o = command(home.path())
+        .args(["-C", "show_pgsql_nodes", "-o", "json"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let nodes = v["pgsql_nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["status"], "RUNNING");
-    let o = command(home.path()).args(["-C", "show_backup_servers", "-o", "json"]).output().unwrap();
+    let o = command(home.path())
+        .args(["-C", "show_backup_servers", "-o", "json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["backup_servers"].as_array().unwrap().len(), 1);
     // The local server default resolves to the registered one.
-    let o = command(home.path()).args(["-C", "show_backup_server_config"]).output().unwrap();
+    let o = command(home.path())
+        .args(["-C", "show_backup_server_config"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -109,8 +109,32 @@ async fn heartbeat(
     }
 }
 
+/// The outcome of a job that failed before pgbackman-dump could start.
 fn failed(t0: DateTime<Utc>, job_id: i64, step: &str, message: String) -> BackupOutcome {
-    BackupOutcome::failed(job_id, t0, step, None, message, String::new())
+    BackupOutcome {
+        job_id,
+        status: Status::Failed {
+            step: step.to_string(),
+            exit_status: None,
+            message,
+            stderr_tail: String::new(),
+        },
+        started: t0,
+        finished: Utc::now(),
+        backup_dir: None,
+        files: Vec::new(),
+        total_size: 0,
+        dump_file: None,
+        manifest_file: None,
+        role_list: Vec::new(),
+        client_version: None,
+        server_version: None,
+        server_version_num: None,
+        command: Vec::new(),
+        phase_timings: Vec::new(),
+        database_size: None,
+        table_row_counts: None,
+    }
 }
 
 async fn execute(

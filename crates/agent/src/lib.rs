@@ -60,6 +60,7 @@ pub fn main_entry() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -427,8 +428,8 @@ impl Runner {
         let mut repoll =
             tokio::time::interval(Duration::from_secs(self.ctx.cfg.repoll_seconds.max(1)));
         repoll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        let watchdog = sd_notify::watchdog_enabled(false).map(|d| d / 2);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
@@ -464,7 +465,7 @@ impl Runner {
                     self.claim().await;
                 }
                 _ = dog.tick(), if watchdog.is_some() => {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
                 _ = &mut shutdown => break,
             }
@@ -473,7 +474,7 @@ impl Runner {
             running = self.running.len(),
             "stopping: cancelling running jobs"
         );
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.stop.cancel();
         while let Some(done) = self.jobs.join_next().await {
             if let Ok(d) = done {

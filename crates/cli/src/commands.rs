@@ -228,15 +228,31 @@ fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
     }
 }
 
+/// The value of `parameter` in a Parameter/Value listing.
+fn default_of(rows: Rows, parameter: &str) -> String {
+    (0..rows.len())
+        .find(|&i| matches!(rows.get(i, "Parameter"), Some(Value::Text(p)) if p == parameter))
+        .and_then(|i| match rows.get(i, "Value") {
+            Some(Value::Text(v)) => Some(v.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 // ---- backup servers ---------------------------------------------------------------------------
 
 async fn register_backup_server(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let host = s.required(inv, "hostname", None)?;
-    let domain = s.value(
-        inv,
-        "domain",
-        Some("default from show_backup_server_default_config"),
-    )?;
+    // The real default, from the catalog, only when it will be shown.
+    let default_domain = if inv.bare && s.interactive() {
+        default_of(
+            s.catalog.show_backup_server_default_config().await?,
+            "domain",
+        )
+    } else {
+        String::new()
+    };
+    let domain = s.value(inv, "domain", Some(&default_domain))?;
     let remarks = s.value(inv, "remarks", Some(""))?;
     if inv.bare {
         s.confirm("Register this backup server?")?;
@@ -380,11 +396,13 @@ fn port_arg(v: Option<String>) -> Result<Option<i32>> {
 
 async fn register_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let host = s.required(inv, "hostname", None)?;
-    let domain = s.value(
-        inv,
-        "domain",
-        Some("default from show_pgsql_node_default_config"),
-    )?;
+    // The real default, from the catalog, only when it will be shown.
+    let default_domain = if inv.bare && s.interactive() {
+        default_of(s.catalog.show_pgsql_node_default_config().await?, "domain")
+    } else {
+        String::new()
+    };
+    let domain = s.value(inv, "domain", Some(&default_domain))?;
     let port = port_arg(s.value(inv, "pgport", Some("5432"))?)?;
     let admin_user = s.value(inv, "admin_user", Some("postgres"))?;
     let status = s.value(inv, "status", Some("STOPPED"))?;

@@ -7,7 +7,7 @@ use pgbackman_db::{Audit, Catalog};
 use rustyline::error::ReadlineError;
 
 use crate::parse::Invocation;
-use crate::shell::ShellEditor;
+use crate::shell::{CompletionMode, ShellEditor};
 
 /// The user abandoned the command (answered "no", Ctrl-C or Ctrl-D at a prompt).
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,20 @@ impl Session {
             Some(d) => format!("{label} [{d}]: "),
             None => format!("{label}: "),
         };
-        match ed.readline(&prompt) {
+        // At a question, Tab completes server/node names where one is asked for, else nothing.
+        let mode = if label.contains("SrvID") || label.contains("NodeID") {
+            CompletionMode::Names
+        } else {
+            CompletionMode::Off
+        };
+        if let Some(h) = ed.helper_mut() {
+            h.mode = mode;
+        }
+        let answer = ed.readline(&prompt);
+        if let Some(h) = ed.helper_mut() {
+            h.mode = CompletionMode::Command;
+        }
+        match answer {
             Ok(s) => Ok(s.trim().to_string()),
             Err(ReadlineError::Interrupted | ReadlineError::Eof) => Err(Aborted.into()),
             Err(e) => Err(anyhow!("reading the answer failed: {e}")),

@@ -19,10 +19,23 @@ pub type ShellEditor = Editor<ShellHelper, FileHistory>;
 
 pub const PROMPT: &str = "[pgbackman]$ ";
 
+/// What Tab completes on the current line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CompletionMode {
+    /// A command line: command names first, then FQDNs, ids and tokens.
+    #[default]
+    Command,
+    /// An answer that names a server or node: FQDNs and ids.
+    Names,
+    /// Free text (a hostname, remarks, ...): nothing.
+    Off,
+}
+
 #[derive(Default)]
 pub struct ShellHelper {
     /// FQDNs and ids of servers and nodes, refreshed after each command.
     pub words: Vec<String>,
+    pub mode: CompletionMode,
 }
 
 impl Completer for ShellHelper {
@@ -46,6 +59,18 @@ impl Completer for ShellHelper {
                 })
                 .collect()
         };
+        let names = || {
+            self.words
+                .iter()
+                .filter(|w| w.starts_with(word))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        match self.mode {
+            CompletionMode::Off => return Ok((start, Vec::new())),
+            CompletionMode::Names => return Ok((start, pairs(names()))),
+            CompletionMode::Command => {}
+        }
         let candidates: Vec<String> = if first {
             COMMANDS
                 .iter()
@@ -59,12 +84,7 @@ impl Completer for ShellHelper {
                 .filter(|n| n.starts_with(word))
                 .collect()
         } else {
-            let mut v: Vec<String> = self
-                .words
-                .iter()
-                .filter(|w| w.starts_with(word))
-                .cloned()
-                .collect();
+            let mut v = names();
             for special in [
                 "all",
                 "#all_databases#",

@@ -158,7 +158,7 @@ impl Catalog {
         let c = self.client().await?;
         let rows = c
             .query(
-                "select job_id, attempt from api.record_scheduled_job($1, $2, $3, $4, $5::interval)",
+                "select job_id, attempt from api.record_scheduled_job($1, $2, $3, $4, $5::text::interval)",
                 &[&server_id, &def_id, &scheduled_for, &agent, &interval(lease)],
             )
             .await?;
@@ -175,7 +175,7 @@ impl Catalog {
         let c = self.client().await?;
         let rows = c
             .query(
-                "select * from api.claim_jobs($1, $2, $3::interval, $4)",
+                "select * from api.claim_jobs($1, $2, $3::text::interval, $4)",
                 &[&server_id, &agent, &interval(lease), &limit],
             )
             .await?;
@@ -203,7 +203,7 @@ impl Catalog {
     ) -> Result<bool, DbError> {
         let c = self.client().await?;
         Ok(c.query_one(
-            "select api.heartbeat($1, $2, $3, $4::interval)",
+            "select api.heartbeat($1, $2, $3, $4::text::interval)",
             &[&job_id, &attempt, &progress, &interval(lease)],
         )
         .await?

@@ -1,0 +1,330 @@
+//! Supervised child processes: argv only (never a shell), their own process group, stderr kept
+//! in the run's log and as a tail for errors, and killed as a group (SIGTERM, then SIGKILL after
+//! a grace period) on cancel, on timeout and when the supervising future is dropped.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Time between SIGTERM and SIGKILL.
+pub(crate) const GRACE: Duration = Duration::from_secs(5);
+/// Lines of stderr kept for error reports.
+pub(crate) const TAIL_LINES: usize = 20;
+/// stderr bytes of one step copied to the log; past that only the tail is kept.
+const LOG_STDERR_LIMIT: u64 = 16 << 20;
+
+/// The run's log file (`backup.log` in the set). Write errors are remembered, not lost: the run
+/// fails at step `write` when the log could not be written.
+pub(crate) struct RunLog {
+    inner: Mutex<LogInner>,
+}
+
+struct LogInner {
+    file: Option<File>,
+    error: Option<io::Error>,
+}
+
+impl RunLog {
+    pub(crate) fn new(file: Option<File>) -> RunLog {
+        RunLog {
+            inner: Mutex::new(LogInner { file, error: None }),
+        }
+    }
+
+    /// Appends `text` plus a newline.
+    pub(crate) fn line(&self, text: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.error.is_some() {
+            return;
+        }
+        let result = match inner.file.as_mut() {
+            Some(f) => f
+                .write_all(text.as_bytes())
+                .and_then(|()| f.write_all(b"\n")),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            inner.error = Some(e);
+        }
+    }
+
+    /// Appends a time-stamped line.
+    pub(crate) fn event(&self, text: &str) {
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        self.line(&format!("{now} {text}"));
+    }
+
+    /// The first write error, if any (taken: reported once).
+    pub(crate) fn take_error(&self) -> Option<io::Error> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .error
+            .take()
+    }
+
+    /// Flushes and fsyncs the file, then closes it.
+    pub(crate) fn close(&self) -> io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = inner.error.take() {
+            return Err(e);
+        }
+        match inner.file.take() {
+            Some(f) => f.sync_all(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where a child's stdout goes.
+pub(crate) enum Stdout {
+    /// Discarded (the tool writes its output itself, e.g. `-Fd -f dir`).
+    Null,
+    /// A pipe the caller reads.
+    Pipe,
+}
+
+/// A child to start.
+pub(crate) struct ChildCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Variables set in the child's environment.
+    pub env: Vec<(String, String)>,
+    /// Variables removed from the child's environment.
+    pub env_remove: Vec<String>,
+    pub stdout: Stdout,
+}
+
+impl ChildCommand {
+    /// argv as it is logged and reported: the program then the arguments. No secret is ever
+    /// part of it (passwords go through pgpass files), but anything looking like a conninfo
+    /// password is masked all the same.
+    pub(crate) fn argv(&self) -> Vec<String> {
+        std::iter::once(self.program.to_string_lossy().into_owned())
+            .chain(self.args.iter().cloned())
+            .map(|a| redact(&a))
+            .collect()
+    }
+}
+
+/// Masks `password=...` in a conninfo-like argument.
+pub(crate) fn redact(arg: &str) -> String {
+    let lower = arg.to_ascii_lowercase();
+    match lower.find("password=") {
+        Some(pos) => format!("{}password=********", &arg[..pos]),
+        None if lower.starts_with("postgres") && lower.contains("://") && arg.contains('@') => {
+            "<connection uri removed>".into()
+        }
+        None => arg.to_string(),
+    }
+}
+
+/// Kills a whole process group when dropped (unless disarmed): the supervising future may be
+/// dropped at any await point, and no child may outlive it.
+struct GroupGuard {
+    pgid: Option<Pid>,
+}
+
+impl GroupGuard {
+    fn signal(&self, sig: Signal) {
+        if let Some(pgid) = self.pgid {
+            // ESRCH (group already gone) is fine.
+            let _ = killpg(pgid, sig);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// A running child.
+pub(crate) struct Supervised {
+    child: Child,
+    guard: GroupGuard,
+    stderr: Option<JoinHandle<String>>,
+}
+
+/// How a supervised child ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// It exited by itself.
+    Exited(ExitStatus),
+    /// The cancellation token fired; the group was killed.
+    Cancelled,
+    /// The deadline passed; the group was killed.
+    TimedOut,
+}
+
+/// Starts `cmd` in its own process group, stdin from /dev/null, stderr copied to `log`.
+pub(crate) fn spawn(
+    cmd: &ChildCommand,
+    log: &Arc<RunLog>,
+) -> io::Result<(Supervised, Option<tokio::process::ChildStdout>)> {
+    let mut c = Command::new(&cmd.program);
+    c.args(&cmd.args)
+        .stdin(Stdio::null())
+        .stdout(match cmd.stdout {
+            Stdout::Null => Stdio::null(),
+            Stdout::Pipe => Stdio::piped(),
+        })
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for k in &cmd.env_remove {
+        c.env_remove(k);
+    }
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn()?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+    let guard = GroupGuard { pgid };
+    let stdout = child.stdout.take();
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(copy_stderr(s, Arc::clone(log))));
+    Ok((
+        Supervised {
+            child,
+            guard,
+            stderr,
+        },
+        stdout,
+    ))
+}
+
+/// Copies stderr lines to the log (up to a limit) and returns the last [`TAIL_LINES`] lines.
+async fn copy_stderr(stderr: ChildStderr, log: Arc<RunLog>) -> String {
+    let mut reader = BufReader::new(stderr);
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES + 1);
+    let mut logged: u64 = 0;
+    let mut truncated = false;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']).to_string();
+                logged += n as u64;
+                if logged <= LOG_STDERR_LIMIT {
+                    log.line(&line);
+                } else if !truncated {
+                    truncated = true;
+                    log.line(
+                        "[... stderr too long: the rest is not logged, see the tail below ...]",
+                    );
+                }
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+    }
+    let tail: Vec<String> = tail.into_iter().collect();
+    if truncated {
+        log.line("[... last lines of stderr ...]");
+        for l in &tail {
+            log.line(l);
+        }
+    }
+    tail.join("\n")
+}
+
+impl Supervised {
+    /// Waits for the child, calling `tick` every `tick_every`. On `cancel` or at `deadline` the
+    /// group gets SIGTERM, then SIGKILL after [`GRACE`]. Any member of the group still alive
+    /// when the leader is gone is killed.
+    pub(crate) async fn wait(
+        &mut self,
+        cancel: &CancellationToken,
+        deadline: Option<Instant>,
+        tick_every: Duration,
+        tick: &mut (dyn FnMut() + Send),
+    ) -> io::Result<Ended> {
+        let mut ticker = tokio::time::interval(tick_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 86400);
+        let stop = loop {
+            tokio::select! {
+                status = self.child.wait() => {
+                    let status = status?;
+                    tick();
+                    // Stragglers (parallel workers of a killed leader): gone with the group.
+                    self.guard.signal(Signal::SIGKILL);
+                    return Ok(Ended::Exited(status));
+                }
+                () = cancel.cancelled() => break Ended::Cancelled,
+                () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => break Ended::TimedOut,
+                _ = ticker.tick() => tick(),
+            }
+        };
+        self.guard.signal(Signal::SIGTERM);
+        if tokio::time::timeout(GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.guard.signal(Signal::SIGKILL);
+            self.child.wait().await?;
+        }
+        self.guard.signal(Signal::SIGKILL);
+        Ok(stop)
+    }
+
+    /// The last lines of stderr (waits for the copy to end: the pipe closes when the whole
+    /// group is gone). Bounded, so that a grandchild holding the pipe cannot hang the run.
+    pub(crate) async fn stderr_tail(&mut self) -> String {
+        match self.stderr.take() {
+            Some(handle) => match tokio::time::timeout(GRACE, handle).await {
+                Ok(Ok(tail)) => tail,
+                _ => String::new(),
+            },
+            None => String::new(),
+        }
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if let Some(h) = &self.stderr {
+            h.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("--dbname=dbname='x'"), "--dbname=dbname='x'");
+        assert_eq!(
+            redact("dbname=x password=secret"),
+            "dbname=x password=********"
+        );
+        assert_eq!(redact("postgresql://u:pw@h/db"), "<connection uri removed>");
+        assert_eq!(redact("-Fc"), "-Fc");
+    }
+}

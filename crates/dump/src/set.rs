@@ -1,0 +1,587 @@
+//! The backup set on disk: private directories and files, streaming compression and hashing,
+//! fsync, the no-replace rename into place, the manifest, verification and staging cleanup.
+
+use std::collections::BTreeMap;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::DumpError;
+use crate::spec::{FileEntry, TableRowCounts};
+
+/// Name of the manifest in a set.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// Name of the log in a set.
+pub const LOG_FILE: &str = "backup.log";
+/// Version of the manifest layout.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Creates `path` with mode 0700 (exactly: the umask is not allowed to matter).
+pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(0o700).create(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+}
+
+/// Creates `path` and its missing parents with mode 0700 (existing ones are not touched).
+pub(crate) fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        create_private_dir_all(parent)?;
+    }
+    match create_private_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
+/// Creates a new file with mode 0600.
+pub(crate) fn create_private_file(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Writes `content` to a new 0600 file, fsynced; returns its entry.
+pub(crate) fn write_private_file(dir: &Path, name: &str, content: &[u8]) -> io::Result<FileEntry> {
+    let mut f = create_private_file(&dir.join(name))?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    Ok(FileEntry {
+        name: name.to_string(),
+        size: content.len() as u64,
+        sha256: hex::encode(Sha256::digest(content)),
+    })
+}
+
+/// fsync of a directory (makes the names in it durable).
+pub(crate) fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Renames `from` to `to`, failing when `to` exists (rename(2) alone would replace an empty
+/// directory).
+pub(crate) fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // Filesystems without RENAME_NOREPLACE: check, then rename.
+            Err(nix::errno::Errno::EINVAL) => {}
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", to.display()),
+        ));
+    }
+    fs::rename(from, to)
+}
+
+/// Why a streaming pass failed.
+#[derive(Debug)]
+pub(crate) enum StreamError {
+    /// Reading the child's output.
+    Read(io::Error),
+    /// The compressor.
+    Compress(io::Error),
+    /// Writing the file (disk full, IO error).
+    Write(io::Error),
+}
+
+/// A writer that hashes and counts what it writes and remembers its own IO errors (so that an
+/// error surfacing through the compressor can be told apart from a compressor error).
+struct HashingWriter {
+    file: File,
+    hasher: Sha256,
+    written: Arc<AtomicU64>,
+    error: Option<io::ErrorKind>,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file.write(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.written.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.error = Some(e.kind());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file
+            .flush()
+            .inspect_err(|e| self.error = Some(e.kind()))
+    }
+}
+
+/// Reads `input` to its end, compresses it with zstd at `level` (content checksum on) and
+/// writes it to the new 0600 file `dest`, hashing the compressed bytes in the same pass.
+/// `written` counts compressed bytes as they reach the file. Returns (size, sha256). Blocking.
+/// On any error it returns at once: dropping `input` closes the pipe, so the writer end sees
+/// EPIPE and stops.
+pub(crate) fn compress_stream(
+    mut input: impl Read,
+    dest: &Path,
+    level: i32,
+    written: Arc<AtomicU64>,
+) -> Result<(u64, String), StreamError> {
+    let file = create_private_file(dest).map_err(StreamError::Write)?;
+    let sink = HashingWriter {
+        file,
+        hasher: Sha256::new(),
+        written,
+        error: None,
+    };
+    let mut encoder =
+        zstd::stream::write::Encoder::new(sink, level).map_err(StreamError::Compress)?;
+    encoder
+        .include_checksum(true)
+        .map_err(StreamError::Compress)?;
+    let classify = |e: io::Error, sink_error: Option<io::ErrorKind>| match sink_error {
+        Some(_) => StreamError::Write(e),
+        None => StreamError::Compress(e),
+    };
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StreamError::Read(e)),
+        };
+        if let Err(e) = encoder.write_all(&buf[..n]) {
+            let se = encoder.get_ref().error;
+            return Err(classify(e, se));
+        }
+    }
+    if let Err(e) = encoder.do_finish() {
+        let se = encoder.get_ref().error;
+        return Err(classify(e, se));
+    }
+    let sink = encoder.finish().map_err(StreamError::Compress)?;
+    sink.file.sync_all().map_err(StreamError::Write)?;
+    let size = sink.written.load(Ordering::Relaxed);
+    Ok((size, hex::encode(sink.hasher.finalize())))
+}
+
+/// Hashes a file (sha256) and fsyncs it. `abort` stops early (returns Interrupted).
+pub(crate) fn hash_file(path: &Path, abort: &AtomicBool) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        if abort.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+        }
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    f.sync_all()?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// Makes the tree under `dir` private (dirs 0700, files 0600), hashes and fsyncs every file
+/// and fsyncs every directory. Entries are named relative to `base`, `/`-separated, sorted.
+pub(crate) fn hash_tree(base: &Path, dir: &Path, abort: &AtomicBool) -> io::Result<Vec<FileEntry>> {
+    let mut out = Vec::new();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            out.extend(hash_tree(base, &path, abort)?);
+        } else if kind.is_file() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            let (size, sha256) = hash_file(&path, abort)?;
+            out.push(FileEntry {
+                name: relative_name(base, &path),
+                size,
+                sha256,
+            });
+        } else {
+            return Err(io::Error::other(format!(
+                "unexpected non-regular file {}",
+                path.display()
+            )));
+        }
+    }
+    fsync_dir(dir)?;
+    Ok(out)
+}
+
+/// Sum of the sizes of the regular files under `dir` (progress of a directory-format dump).
+pub(crate) fn tree_size(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn relative_name(base: &Path, path: &Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// One command a run executed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestCommand {
+    /// The step.
+    pub step: String,
+    /// argv, no secret in it.
+    pub argv: Vec<String>,
+    /// Exit status.
+    pub exit_status: Option<i32>,
+}
+
+/// Seconds spent in a phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    /// The phase.
+    pub phase: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// `manifest.json` of a backup set (format 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version: 1.
+    pub format: u32,
+    /// Version of the pgbackman that wrote the set.
+    pub pgbackman_version: String,
+    /// The job.
+    pub job_id: i64,
+    /// Backup code (`FULL`, …).
+    pub code: String,
+    /// Node profile (`standard` / `managed`).
+    pub profile: String,
+    /// Database (empty for CLUSTER / GLOBALS).
+    pub dbname: String,
+    /// The node as people know it.
+    pub node: String,
+    /// The backup definition as it was.
+    pub definition: serde_json::Value,
+    /// Dump format and compression, e.g. `{"kind":"custom","compression":"zstd","level":3}`.
+    pub dump_format: serde_json::Value,
+    /// The main dump, relative to the set.
+    pub dump_file: String,
+    /// Server `server_version`.
+    pub server_version: String,
+    /// Server `server_version_num`.
+    pub server_version_num: i32,
+    /// `pg_dump --version` (or pg_dumpall's) of the client used.
+    pub client_version: String,
+    /// argv of the main dump command.
+    pub command: Vec<String>,
+    /// Every command run, in order.
+    pub commands: Vec<ManifestCommand>,
+    /// Every file of the set except the manifest itself, sorted by name.
+    pub files: Vec<FileEntry>,
+    /// Sum of the sizes of `files`.
+    pub total_size: u64,
+    /// Seconds per phase.
+    pub phase_timings: Vec<PhaseTiming>,
+    /// Roles in roles.sql, sorted.
+    pub role_list: Vec<String>,
+    /// Whether roles.sql holds password hashes, and why not.
+    pub role_passwords: String,
+    /// Database size in bytes.
+    pub database_size: Option<i64>,
+    /// Table row counts.
+    pub table_row_counts: Option<TableRowCounts>,
+    /// Notes (row counts skipped, warnings).
+    pub notes: Vec<String>,
+    /// Run start.
+    pub started: DateTime<Utc>,
+    /// When the content of the set was complete (before fsync and rename).
+    pub finished: DateTime<Utc>,
+}
+
+/// Reads `dir/manifest.json`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, DumpError> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = fs::read(&path).map_err(|e| DumpError::Manifest {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let m: Manifest = serde_json::from_slice(&text).map_err(|e| DumpError::Manifest {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(DumpError::Manifest {
+            path,
+            reason: format!(
+                "format {} is not supported (this pgbackman reads format {MANIFEST_FORMAT})",
+                m.format
+            ),
+        });
+    }
+    Ok(m)
+}
+
+/// Whether a manifest name stays inside the set.
+fn safe_relative(name: &str) -> bool {
+    let p = Path::new(name);
+    !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Verification level 1: every file listed in `dir/manifest.json` exists with its size and
+/// sha256, and no other file is there. Names that would leave the set are rejected.
+pub fn verify_set(dir: &Path) -> Result<(), DumpError> {
+    let m = read_manifest(dir)?;
+    let never = AtomicBool::new(false);
+    let mut problems = Vec::new();
+    let mut listed: BTreeMap<&str, &FileEntry> = BTreeMap::new();
+    for f in &m.files {
+        if !safe_relative(&f.name) || f.name == MANIFEST_FILE {
+            problems.push(format!("{:?}: not a valid file name", f.name));
+            continue;
+        }
+        listed.insert(&f.name, f);
+        let path = dir.join(&f.name);
+        match hash_file_readonly(&path, &never) {
+            Ok((size, sha)) => {
+                if size != f.size {
+                    problems.push(format!("{}: size {size}, manifest says {}", f.name, f.size));
+                } else if sha != f.sha256 {
+                    problems.push(format!(
+                        "{}: sha256 {sha}, manifest says {}",
+                        f.name, f.sha256
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", f.name)),
+        }
+    }
+    let base = dir.to_path_buf();
+    let mut present = Vec::new();
+    list_files(&base, &base, &mut present).map_err(|e| DumpError::Io {
+        path: base.clone(),
+        source: e,
+    })?;
+    for name in present {
+        if name != MANIFEST_FILE && !listed.contains_key(name.as_str()) {
+            problems.push(format!("{name}: not in the manifest"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DumpError::Mismatch {
+            dir: dir.to_path_buf(),
+            problems: problems.join("; "),
+        })
+    }
+}
+
+/// Like [`hash_file`] without fsync (verification only reads).
+fn hash_file_readonly(path: &Path, abort: &AtomicBool) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        if abort.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+        }
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            list_files(base, &path, out)?;
+        } else {
+            out.push(relative_name(base, &path));
+        }
+    }
+    Ok(())
+}
+
+/// Removes what interrupted runs left in `staging_root`: every entry named like a job id
+/// (`<integer>`). Call it when no run is active (at agent start). Returns how many were removed;
+/// a missing `staging_root` is not an error. Other entries are never touched.
+pub fn clean_staging(staging_root: &Path) -> io::Result<usize> {
+    let rd = match fs::read_dir(staging_root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in rd {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_str().is_none_or(|n| n.parse::<i64>().is_err()) {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        fsync_dir(staging_root)?;
+    }
+    Ok(removed)
+}
+
+/// Removes a staging directory when dropped unless disarmed: no partial set survives a failure,
+/// a cancel or a dropped future.
+pub(crate) struct StagingGuard {
+    pub path: PathBuf,
+    armed: bool,
+}
+
+impl StagingGuard {
+    pub(crate) fn new(path: PathBuf) -> StagingGuard {
+        StagingGuard { path, armed: true }
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Removes the directory now.
+    pub(crate) fn remove(&mut self) -> io::Result<()> {
+        self.armed = false;
+        match fs::remove_dir_all(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compress_and_hash_in_one_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..500_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let dest = dir.path().join("x.zst");
+        let written = Arc::new(AtomicU64::new(0));
+        let (size, sha) = compress_stream(&data[..], &dest, 3, written.clone()).unwrap();
+        let on_disk = fs::read(&dest).unwrap();
+        assert_eq!(size, on_disk.len() as u64);
+        assert_eq!(written.load(Ordering::Relaxed), size);
+        assert_eq!(sha, hex::encode(Sha256::digest(&on_disk)));
+        assert_eq!(zstd::decode_all(&on_disk[..]).unwrap(), data);
+        let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn rename_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        create_private_dir(&a).unwrap();
+        create_private_dir(&b).unwrap();
+        assert!(rename_no_replace(&a, &b).is_err());
+        fs::remove_dir(&b).unwrap();
+        rename_no_replace(&a, &b).unwrap();
+        assert!(b.is_dir() && !a.exists());
+    }
+
+    #[test]
+    fn private_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("x/y/z");
+        create_private_dir_all(&deep).unwrap();
+        for p in [dir.path().join("x"), dir.path().join("x/y"), deep] {
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", p.display());
+        }
+    }
+
+    #[test]
+    fn staging_cleanup_touches_only_job_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("12/dump.dir")).unwrap();
+        fs::write(dir.path().join("12/dump.dir/x"), b"x").unwrap();
+        fs::create_dir(dir.path().join("-3")).unwrap();
+        fs::create_dir(dir.path().join("keep")).unwrap();
+        assert_eq!(clean_staging(dir.path()).unwrap(), 2);
+        assert!(dir.path().join("keep").is_dir());
+        assert_eq!(clean_staging(&dir.path().join("missing")).unwrap(), 0);
+    }
+
+    #[test]
+    fn manifest_names_must_stay_inside() {
+        assert!(safe_relative("dump.dir/toc.dat"));
+        for bad in ["", "../x", "/etc/passwd", "a/../../b", "./x"] {
+            assert!(!safe_relative(bad), "{bad}");
+        }
+    }
+}

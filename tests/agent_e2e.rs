@@ -1,0 +1,439 @@
+//! The agent end to end: real `pgbackman` and `pgbackman-agent` binaries, a catalog cluster, two
+//! node clusters (127.0.0.2 and 127.0.0.3) and two agents with their own state directories.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+use pgbackman_testkit::TestCluster;
+use sha2::Digest;
+
+struct Agent {
+    child: Option<Child>,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(env: &Env, server: &str, extra_path: Option<&Path>) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[catalog]\nconninfo = \"{}\"\n[agent]\nbackup_server = \"{server}\"\nstate_dir = \"{}\"\nbackup_dir = \"{}\"\nrepoll_seconds = 2\nlease_seconds = 6\nhttp_listen = \"\"\n",
+                env.conninfo(),
+                dir.path().join("state").display(),
+                dir.path().join("backups").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("agent.log");
+        let mut a = Agent {
+            child: None,
+            config,
+            dir,
+            log,
+        };
+        a.spawn(extra_path);
+        a
+    }
+
+    fn spawn(&mut self, extra_path: Option<&Path>) {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"));
+        c.arg("--config")
+            .arg(&self.config)
+            .env("PGBACKMAN_LOG", "info")
+            .env("TZ", "UTC");
+        if let Some(p) = extra_path {
+            // A directory of fake client programs: the agent takes them as the client bin dir.
+            let mut cfg = std::fs::read_to_string(&self.config).unwrap();
+            if !cfg.contains("[agent.bin_dirs]") {
+                cfg.push_str(&format!("[agent.bin_dirs]\n\"15\" = \"{}\"\n", p.display()));
+                std::fs::write(&self.config, cfg).unwrap();
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        c.stdout(Stdio::null()).stderr(log);
+        self.child = Some(c.spawn().unwrap());
+    }
+
+    fn backups(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        c.wait().unwrap()
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// Polls `q` (one value) until it equals `want` or `secs` pass.
+#[track_caller]
+fn wait_for(env: &Env, q: &str, want: &str, secs: u64, agent: &Agent) {
+    let t = Instant::now();
+    loop {
+        let v = env.sql(q);
+        if v == want {
+            return;
+        }
+        if t.elapsed() > Duration::from_secs(secs) {
+            panic!("waited {secs}s for {q:?} = {want:?}, got {v:?}\njobs: {}\ncatalog: {}\nagent log:\n{}",
+                env.sql("select string_agg(job_id || ' ' || state || ' ' || coalesce(error_message, ''), '; ') from job"),
+                env.sql("select string_agg(bck_id || ' ' || execution_status || ' ' || coalesce(error_step, '') || ' ' || coalesce(error_message, ''), '; ') from backup_catalog"),
+                agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sha256(p: &Path) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(std::fs::read(p).unwrap());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Fleet {
+    env: Env,
+    a: TestCluster,
+    b: TestCluster,
+}
+
+fn fleet() -> Fleet {
+    let env = Env::new();
+    let a = TestCluster::start_on(&["127.0.0.2"]);
+    let b = TestCluster::start_on(&["127.0.0.3"]);
+    for (n, name) in [(&a, "shop"), (&b, "crm")] {
+        n.create_database(name);
+        n.psql(
+            name,
+            "create role app_owner; create role app_reader; create table t (id int primary key, v text) ; \
+             alter table t owner to app_owner; grant select on t to app_reader; \
+             insert into t select g, md5(g::text) from generate_series(1, 2000) g",
+        );
+    }
+    env.cmd("register_backup_server bs1 example.org x").ok();
+    env.cmd("register_backup_server bs2 example.org x").ok();
+    env.cmd(&format!(
+        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
+        a.port()
+    ))
+    .ok();
+    env.cmd(&format!(
+        "register_pgsql_node 127.0.0.3 \"\" {} postgres RUNNING b",
+        b.port()
+    ))
+    .ok();
+    Fleet { env, a, b }
+}
+
+#[test]
+fn run_now_and_snapshot_on_two_agents_produce_verified_sets() {
+    let f = fleet();
+    let a1 = Agent::start(&f.env, "bs1.example.org", None);
+    let a2 = Agent::start(&f.env, "bs2.example.org", None);
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    f.env.cmd("register_snapshot_definition bs2.example.org 127.0.0.3 crm \"\" now FULL \"2 days\" \"\" snap1").ok();
+    wait_for(&f.env, "select count(*) from backup_catalog", "2", 60, &a1);
+    assert_eq!(f.env.sql("select string_agg(execution_status || ':' || execution_method, ',' order by bck_id) from backup_catalog"), "SUCCEEDED:MANUAL,SUCCEEDED:AT", "{}", a2.log());
+    // Each set is on its own server, and every file's checksum in the catalog matches the disk.
+    for (bck, agent) in [(1, &a1), (2, &a2)] {
+        let dir = f.env.sql(&format!(
+            "select backup_dir from backup_catalog where bck_id = {bck}"
+        ));
+        assert!(Path::new(&dir).starts_with(agent.backups()), "{dir}");
+        let files: serde_json::Value = serde_json::from_str(&f.env.sql(&format!(
+            "select files from backup_catalog where bck_id = {bck}"
+        )))
+        .unwrap();
+        let files = files.as_array().unwrap();
+        assert!(files.len() >= 3, "{files:?}");
+        for file in files {
+            let p = Path::new(&dir).join(file["name"].as_str().unwrap());
+            assert_eq!(
+                sha256(&p),
+                file["sha256"].as_str().unwrap(),
+                "{}",
+                p.display()
+            );
+        }
+        let roles = f.env.sql(&format!(
+            "select array_to_string(role_list, ',') from backup_catalog where bck_id = {bck}"
+        ));
+        assert!(
+            roles.contains("app_owner") && roles.contains("app_reader"),
+            "{roles}"
+        );
+    }
+    assert_eq!(
+        f.env.sql("select status from snapshot_definition"),
+        "SUCCEEDED"
+    );
+    let _ = (&f.a, &f.b);
+}
+
+/// A bin dir whose pg_dump runs `body` (a test double; the product itself never runs a shell).
+fn fake_bin(body: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let real = "/usr/lib/postgresql/15/bin";
+    for tool in ["pg_dumpall", "pg_restore", "psql"] {
+        std::os::unix::fs::symlink(format!("{real}/{tool}"), d.path().join(tool)).unwrap();
+    }
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real}/pg_dump --version; fi\n{body}\n"
+    );
+    let p = d.path().join("pg_dump");
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    d
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) && !c.contains("agent_e2e") {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                if !stat.contains(") Z ") {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn files_under(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(files_under(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn scheduled_backups_fire_on_time_and_once_across_restarts() {
+    let f = fleet();
+    let mut a1 = Agent::start(&f.env, "bs1.example.org", None);
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" \"*\" \"*\"")
+        .ok();
+    wait_for(
+        &f.env,
+        "select count(*) > 0 from backup_catalog where execution_method = 'CRON'",
+        "t",
+        75,
+        &a1,
+    );
+    // It started within a few seconds of its minute.
+    assert_eq!(f.env.sql("select bool_and(claimed_at - scheduled_for < interval '3 seconds') from job where scheduled_for is not null"), "t", "{}", a1.log());
+    assert_eq!(f.env.sql("select bool_and(extract(second from scheduled_for) = 0) from job where scheduled_for is not null"), "t");
+    // A clean stop and an immediate restart: the instant that just ran is not run again.
+    assert!(a1.sigterm().success(), "{}", a1.log());
+    a1.spawn(None);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(f.env.sql("select count(*) = count(distinct scheduled_for) from job where def_id = 1 and scheduled_for is not null"), "t");
+    assert!(a1.log().contains("already ran"), "{}", a1.log());
+}
+
+#[test]
+fn cancel_and_failures_leave_a_true_row_and_no_files() {
+    let f = fleet();
+    let slow = fake_bin("sleep 30; exec /usr/lib/postgresql/15/bin/pg_dump \"$@\"");
+    let mut a1 = Agent::start(&f.env, "bs1.example.org", Some(slow.path()));
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(&f.env, "select state from job", "RUNNING", 20, &a1);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = f.env.cmd("cancel_job 1").ok();
+    assert!(r.stdout.contains("being cancelled"), "{}", r.stdout);
+    wait_for(
+        &f.env,
+        "select execution_status from backup_catalog",
+        "CANCELLED",
+        20,
+        &a1,
+    );
+    assert_eq!(f.env.sql("select state from job"), "CANCELLED");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        processes_with(&slow.path().display().to_string()).is_empty(),
+        "a pg_dump outlived the cancel"
+    );
+    assert!(
+        files_under(&a1.backups()).is_empty(),
+        "{:?}",
+        files_under(&a1.backups())
+    );
+    a1.sigkill();
+
+    // A failing pg_dump: the row names the step, the exit status and the stderr.
+    let failing = fake_bin("echo 'pg_dump: error: simulated failure' >&2; exit 3");
+    let a2 = Agent::start(&f.env, "bs1.example.org", Some(failing.path()));
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(
+        &f.env,
+        "select count(*) from backup_catalog where execution_status = 'ERROR'",
+        "1",
+        20,
+        &a2,
+    );
+    let row = f.env.sql("select error_step || '|' || error_exit_status || '|' || error_stderr_tail from backup_catalog where execution_status = 'ERROR'");
+    assert!(
+        row.starts_with("pg_dump|3|") && row.contains("simulated failure"),
+        "{row}"
+    );
+    assert!(
+        files_under(&a2.backups()).is_empty(),
+        "{:?}",
+        files_under(&a2.backups())
+    );
+    assert_eq!(f.env.sql("select alert_type from alert"), "BACKUP");
+    let d = f.env.cmd("show_backup_details 2").ok();
+    assert!(d.stdout.contains("simulated failure"), "{}", d.stdout);
+}
+
+#[test]
+fn a_killed_agent_records_its_interrupted_job_at_restart() {
+    let f = fleet();
+    let slow = fake_bin("sleep 20; exec /usr/lib/postgresql/15/bin/pg_dump \"$@\"");
+    let mut a1 = Agent::start(&f.env, "bs1.example.org", Some(slow.path()));
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(&f.env, "select state from job", "RUNNING", 20, &a1);
+    a1.sigkill();
+    // (A pg_dump orphaned by SIGKILL is the next issue's business; end it here.)
+    let _ = Command::new("pkill").arg("-f").arg(slow.path()).status();
+    a1.spawn(Some(slow.path()));
+    wait_for(
+        &f.env,
+        "select error_message from backup_catalog",
+        "agent stopped during the run",
+        20,
+        &a1,
+    );
+    assert_eq!(f.env.sql("select state from job"), "FAILED");
+}
+
+#[test]
+fn every_backup_code_produces_a_readable_set() {
+    let f = fleet();
+    let a1 = Agent::start(&f.env, "bs1.example.org", None);
+    for code in ["SCHEMA", "DATA", "CLUSTER", "GLOBALS"] {
+        let db = if code == "SCHEMA" || code == "DATA" {
+            "shop"
+        } else {
+            "\"\""
+        };
+        f.env.cmd(&format!("register_backup_definition bs1.example.org 127.0.0.2 {db} \"\" 0 3 \"*\" \"*\" \"*\" {code}")).ok();
+    }
+    for id in 1..=4 {
+        f.env.cmd(&format!("run_backup_definition_now {id}")).ok();
+    }
+    wait_for(
+        &f.env,
+        "select count(*) filter (where execution_status = 'SUCCEEDED') from backup_catalog",
+        "4",
+        60,
+        &a1,
+    );
+    for (code, file) in [
+        ("SCHEMA", "dump.pgdump.zst"),
+        ("DATA", "dump.pgdump.zst"),
+        ("CLUSTER", "cluster.sql.zst"),
+        ("GLOBALS", "globals.sql.zst"),
+    ] {
+        let p = f.env.sql(&format!(
+            "select pg_dump_file from backup_catalog where backup_code = '{code}'"
+        ));
+        assert!(p.ends_with(file), "{code}: {p}");
+        let bytes = zstd::decode_all(std::fs::File::open(&p).unwrap()).unwrap();
+        if file == "dump.pgdump.zst" {
+            let tmp = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(tmp.path(), &bytes).unwrap();
+            let o = Command::new("/usr/lib/postgresql/15/bin/pg_restore")
+                .arg("--list")
+                .arg(tmp.path())
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{code}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        } else {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(text.contains("CREATE ROLE"), "{code}");
+        }
+    }
+}
+
+#[test]
+fn check_reports_each_precondition() {
+    let env = Env::new();
+    let a = Agent::start(&env, "bs9.example.org", None);
+    let o = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
+        .arg("--config")
+        .arg(&a.config)
+        .arg("--check")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(out.contains("[OK] catalog reachable"), "{out}");
+    assert!(
+        out.contains("[ERROR] this host (bs9.example.org) is not a registered backup server"),
+        "{out}"
+    );
+    assert!(out.contains("[OK] pg_dump 15"), "{out}");
+    env.cmd("register_backup_server bs9 example.org x").ok();
+    let o = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
+        .arg("--config")
+        .arg(&a.config)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
