@@ -43,8 +43,22 @@ fn quickstart_sets_up_a_working_installation_and_can_be_rerun() {
             .join(".config/pgbackman/pgbackman.toml")
             .exists()
     );
+    // It ends with a real first backup, shown in detail.
+    assert!(first.contains("Running the first backup"), "{first}");
+    assert!(
+        first.contains("| Execution status     | SUCCEEDED"),
+        "{first}"
+    );
     // A second run reuses everything and registers nothing twice.
     run();
+    let o = command(home.path())
+        .args(["-C", "show_backup_catalog", "-o", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let backups = v["backup_catalog"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "a rerun takes no second first backup");
+    assert_eq!(backups[0]["status"], "SUCCEEDED");
     let o = command(home.path())
         .args(["-C", "show_pgsql_nodes", "-o", "json"])
         .output()

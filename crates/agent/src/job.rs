@@ -326,7 +326,7 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
         "client_version": o.client_version,
         "server_version": o.server_version,
         "server_major": o.server_version_num.map(|v| (v / 10000).to_string()),
-        "client_major": o.client_version.as_ref().and_then(|v| v.split('.').next().map(str::to_string)),
+        "client_major": o.client_version.as_deref().and_then(pgbackman_dump::parse_major).map(|m| m.to_string()),
         "dump_format": t.def.dump_format,
         "compression": if t.def.dump_format == "directory" { "pg_dump".to_string() } else { format!("zstd:{}", t.def.compression_level) },
         "command": o.command.join(" "),

@@ -50,6 +50,10 @@ struct Args {
     /// Check configuration, catalog access, registration, directories and client programs, then exit.
     #[arg(long)]
     check: bool,
+    /// Run the ad hoc jobs that are due now (run-now, snapshots), wait for them, and exit.
+    /// No schedule fires. For a first backup, or for running the agent from cron.
+    #[arg(long)]
+    once: bool,
 }
 
 pub fn main_entry() -> ExitCode {
@@ -169,6 +173,9 @@ async fn run(args: Args) -> Result<()> {
     });
     fail_interrupted_jobs(&ctx).await;
     tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
+    if args.once {
+        return Runner::new(ctx, s.tz).run_once().await;
+    }
     Runner::new(ctx, s.tz).run().await
 }
 
@@ -410,6 +417,23 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// `--once`: claims and runs what is due until nothing is left, then returns.
+    async fn run_once(mut self) -> Result<()> {
+        self.refresh().await;
+        loop {
+            self.claim().await;
+            match self.jobs.join_next().await {
+                Some(Ok(d)) => {
+                    tracing::info!(job_id = d.job_id, status = d.status, "job finished");
+                    self.running.remove(&d.job_id);
+                }
+                Some(Err(e)) => bail!("a job task failed: {e}"),
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     async fn run(mut self) -> Result<()> {

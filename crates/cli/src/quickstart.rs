@@ -12,8 +12,6 @@ use pgbackman_config::FileConfig;
 use pgbackman_db::{Audit, Catalog, NewNode, migrate};
 use pgbackman_pgctl::{Cluster, StopMode};
 
-use crate::render::{Output, render};
-
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory of the private catalog cluster (default: /var/lib/pgbackman/quickstart as root,
@@ -150,42 +148,133 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
     }
     println!("[OK] PgSQL node: {node_ref}");
 
-    let show = |kind, rows| {
-        print!(
-            "{}",
-            render(
-                &Output::List { kind, rows },
-                pgbackman_core::model::OutputFormat::Table
-            )
-        )
-    };
-    show("backup_servers", catalog.show_backup_servers().await?);
-    show("pgsql_nodes", catalog.show_pgsql_nodes().await?);
-    println!(
-        "\nThe catalog runs in {} (stop it with `pgbackman quickstart --stop`).\n\
-         Next, in the shell (`pgbackman`):\n  \
-         register_backup_definition {fqdn} {node_ref} \"#all_databases#\"\n  \
-         show_backup_definitions\n  \
-         help",
-        dir.display()
-    );
-    if args.no_shell || !std::io::stdin().is_terminal() {
-        return Ok(ExitCode::SUCCESS);
-    }
     let history = crate::shell::history_path(file.shell.history_file.as_deref());
-    let s = crate::session::Session {
+    let mut s = crate::session::Session {
         catalog,
         format: pgbackman_core::model::OutputFormat::Table,
         config: file.clone(),
         catalog_source: "quickstart".into(),
-        local_server: fqdn,
+        local_server: fqdn.clone(),
         os_user: std::env::var("USER").unwrap_or_default(),
-        editor: Some(crate::shell::new_editor(history.as_ref())?),
+        editor: None,
         history: Vec::new(),
         line: String::new(),
     };
+    crate::execute_line(&mut s, "show_backup_servers").await;
+    crate::execute_line(&mut s, "show_pgsql_nodes").await;
+    first_backup(&mut s, &dir, &conninfo, &fqdn, &node_ref).await?;
+    println!(
+        "\nThe catalog runs in {} (stop it with `pgbackman quickstart --stop`).\n\
+         Backups run while an agent runs: pgbackman-agent --config {}\n\
+         Next, in the shell (`pgbackman`): show_backup_definitions, show_backup_catalog, help",
+        dir.display(),
+        dir.join("agent.toml").display()
+    );
+    if args.no_shell || !std::io::stdin().is_terminal() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    s.editor = Some(crate::shell::new_editor(history.as_ref())?);
     crate::shell::run(s, history).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Registers backups of the node's databases (the whole cluster when it has none of its own),
+/// runs the first one through `pgbackman-agent --once`, and shows it. Skipped when the catalog
+/// already holds a backup (a rerun of quickstart).
+async fn first_backup(
+    s: &mut crate::session::Session,
+    dir: &std::path::Path,
+    conninfo: &str,
+    fqdn: &str,
+    node_ref: &str,
+) -> Result<()> {
+    let agent_cfg = dir.join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "# Written by `pgbackman quickstart`.\n[catalog]\nconninfo = {}\n[agent]\nbackup_server = {}\nstate_dir = {}\nbackup_dir = {}\nhttp_listen = \"\"\n",
+            toml_string(conninfo),
+            toml_string(fqdn),
+            toml_string(&dir.join("agent-state").display().to_string()),
+            toml_string(&dir.join("backups").display().to_string()),
+        ),
+    )
+    .with_context(|| format!("writing {}", agent_cfg.display()))?;
+    let any_backup = !s
+        .catalog
+        .show_backup_catalog(&pgbackman_db::CatalogFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .is_empty();
+    if any_backup {
+        return Ok(());
+    }
+    let node = s.catalog.node(node_ref).await?;
+    let defs = s
+        .catalog
+        .show_backup_definitions(&None, &Some(vec![node.node_id.to_string()]), &None)
+        .await?;
+    if defs.is_empty() {
+        let ok = crate::execute_line(
+            s,
+            &format!("register_backup_definition {fqdn} {node_ref} \"#all_databases#\""),
+        )
+        .await;
+        let defs = s
+            .catalog
+            .show_backup_definitions(&None, &Some(vec![node.node_id.to_string()]), &None)
+            .await?;
+        if !ok || defs.is_empty() {
+            crate::execute_line(
+                s,
+                &format!("register_backup_definition {fqdn} {node_ref} \"\" \"\" \"\" \"\" \"*\" \"*\" \"*\" CLUSTER"),
+            )
+            .await;
+        }
+    }
+    let defs = s
+        .catalog
+        .show_backup_definitions(&None, &Some(vec![node.node_id.to_string()]), &None)
+        .await?;
+    let Some(pgbackman_db::Value::Int(def_id)) = defs.get(0, "DefID").cloned() else {
+        anyhow::bail!("no backup definition could be registered for {node_ref}");
+    };
+    if !crate::execute_line(s, &format!("run_backup_definition_now {def_id}")).await {
+        anyhow::bail!("could not queue the first backup");
+    }
+    let agent = std::env::current_exe()?.with_file_name("pgbackman-agent");
+    println!(
+        "Running the first backup with {} --once ...",
+        agent.display()
+    );
+    let status = std::process::Command::new(&agent)
+        .arg("--config")
+        .arg(&agent_cfg)
+        .arg("--once")
+        .env("PGBACKMAN_LOG", "warn")
+        .status()
+        .with_context(|| format!("starting {}", agent.display()))?;
+    if !status.success() {
+        anyhow::bail!("{} --once failed ({status})", agent.display());
+    }
+    crate::execute_line(s, "show_backup_catalog").await;
+    let newest = s
+        .catalog
+        .show_backup_catalog(&pgbackman_db::CatalogFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await?;
+    if let Some(pgbackman_db::Value::Int(bck)) = newest.get(0, "BckID").cloned() {
+        crate::execute_line(s, &format!("show_backup_details {bck}")).await;
+        if !matches!(newest.get(0, "Status"), Some(pgbackman_db::Value::Text(t)) if t == "SUCCEEDED")
+        {
+            anyhow::bail!("the first backup failed: show_backup_details {bck} says why");
+        }
+    }
+    Ok(())
 }
 
 /// Points the user's config at the private catalog unless it already names another catalog.

@@ -78,7 +78,35 @@ fn cell_text(column: &str, v: &Value) -> String {
             .format("%Y-%m-%d %H:%M:%S%:z")
             .to_string(),
         Value::List(l) => l.join(", "),
-        Value::Json(j) => j.to_string(),
+        Value::Json(j) => json_lines(j),
+    }
+}
+
+/// JSON in a table cell, for people: one array element or object member per line.
+fn json_lines(j: &Json) -> String {
+    let scalar = |v: &Json| match v {
+        Json::String(s) => s.clone(),
+        Json::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.3}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    };
+    match j {
+        Json::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Json::Object(m) => m.values().map(scalar).collect::<Vec<_>>().join("  "),
+                other => scalar(other),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Json::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => scalar(other),
     }
 }
 
