@@ -437,3 +437,84 @@ fn check_reports_each_precondition() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
+
+#[test]
+fn sigterm_cancels_running_dumps_and_records_them() {
+    let f = fleet();
+    let slow = fake_bin("sleep 30; exec /usr/lib/postgresql/15/bin/pg_dump \"$@\"");
+    let mut a1 = Agent::start(&f.env, "bs1.example.org", Some(slow.path()));
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(&f.env, "select state from job", "RUNNING", 20, &a1);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert!(a1.sigterm().success(), "{}", a1.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        f.env.sql(
+            "select execution_status || '|' || state from backup_catalog join job using (job_id)"
+        ),
+        "CANCELLED|CANCELLED"
+    );
+    assert!(
+        processes_with(&slow.path().display().to_string()).is_empty(),
+        "a pg_dump outlived the agent"
+    );
+    assert!(
+        files_under(&a1.backups()).is_empty(),
+        "{:?}",
+        files_under(&a1.backups())
+    );
+}
+
+#[test]
+fn tricky_database_names_back_up_inside_the_backup_directory() {
+    let f = fleet();
+    for db in ["my db", "quo\"te's", "ünïcødé", "../x", "a/b"] {
+        f.a.create_database(db);
+    }
+    let a1 = Agent::start(&f.env, "bs1.example.org", None);
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 \"#all_databases#\" shop")
+        .ok();
+    let n: usize = f
+        .env
+        .sql("select count(*) from backup_definition")
+        .parse()
+        .unwrap();
+    assert_eq!(n, 5);
+    for id in 1..=n {
+        f.env.cmd(&format!("run_backup_definition_now {id}")).ok();
+    }
+    wait_for(
+        &f.env,
+        "select count(*) filter (where execution_status = 'SUCCEEDED') from backup_catalog",
+        "5",
+        60,
+        &a1,
+    );
+    let root = a1.backups().canonicalize().unwrap();
+    for dir in f
+        .env
+        .sql("select string_agg(backup_dir, E'\\n') from backup_catalog")
+        .lines()
+    {
+        let real = Path::new(dir).canonicalize().unwrap();
+        assert!(
+            real.starts_with(&root),
+            "{dir} is outside {}",
+            root.display()
+        );
+        assert_eq!(
+            real.parent().unwrap().parent().unwrap().parent().unwrap(),
+            root,
+            "{dir}: one level per node, database, set"
+        );
+    }
+}
