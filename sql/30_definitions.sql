@@ -47,7 +47,9 @@ exception
             using errcode = '23505',
                   hint = 'show_backup_definitions lists it; use another schedule, code or parameters, or update_backup_definition.';
     when check_violation then
-        raise exception 'retention redundancy must be 0 or more' using errcode = '23514';
+        -- Name the constraint: the API validates the usual values, so this is the rare rest.
+        raise exception 'backup definition for database "%" refused by the catalog: %', v_dbname, sqlerrm
+            using errcode = '23514', hint = 'Check the retention redundancy (0 or more) and the other values against help register_backup_definition.';
 end $$;
 
 -- check_* helpers raise on NULL input for choices; wrap so NULL means "keep".

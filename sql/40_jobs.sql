@@ -16,6 +16,10 @@ begin
             using errcode = 'P0002',
                   hint = 'Register it with: pgbackman -C "register_backup_server <hostname> <domain> <remarks>", or set backup_server in the agent configuration.';
     end if;
+    if v_status = 'STOPPED' then
+        raise exception 'backup server % is STOPPED', p_fqdn
+            using errcode = '55000', hint = 'Set it RUNNING with: pgbackman -C "update_backup_server <SrvID> \"\" --status RUNNING".';
+    end if;
     return v_id;
 end $$;
 
@@ -33,8 +37,9 @@ select d.def_id, d.backup_server_id, d.pgsql_node_id, n.fqdn as node_fqdn, n.pgp
   from public.backup_definition d
   join public.pgsql_node n on n.node_id = d.pgsql_node_id;
 
--- Records that the agent fires a scheduled instant. Returns NULL when that instant was already
--- recorded (the agent restarted): a scheduled instant runs once.
+-- Records that the agent fires a scheduled instant. Returns no row when that instant was already
+-- recorded (the agent restarted: a scheduled instant runs once), or when the definition is no
+-- longer an ACTIVE definition of this server on a RUNNING node.
 create function api.record_scheduled_job(p_server bigint, p_def_id bigint, p_scheduled_for timestamptz,
                                          p_agent text, p_lease interval)
 returns table (job_id bigint, attempt integer)
@@ -45,29 +50,54 @@ begin
                                  attempt, claimed_by, claimed_at, lease_expires_at, heartbeat_at)
     select 'BACKUP', p_server, d.pgsql_node_id, d.def_id, p_scheduled_for, p_scheduled_for, 'RUNNING',
            1, p_agent, now(), now() + p_lease, now()
-      from public.backup_definition d where d.def_id = p_def_id
+      from public.backup_definition d
+      join public.pgsql_node n on n.node_id = d.pgsql_node_id
+     -- A stale cache (definition moved, stopped or deleted, node stopped) records nothing.
+     where d.def_id = p_def_id and d.backup_server_id = p_server and d.job_status = 'ACTIVE' and n.status = 'RUNNING'
     on conflict (def_id, scheduled_for) where scheduled_for is not null do nothing
     returning j.job_id, j.attempt;
 end $$;
 
--- Claims due ad hoc jobs of this server. SKIP LOCKED: two claimers never get the same row.
-create function api.claim_jobs(p_server bigint, p_agent text, p_lease interval, p_limit integer)
+-- Claims due ad hoc jobs of this server, of the kinds the agent runs, never more than
+-- p_per_node RUNNING jobs of this server against one node (scheduled ones included).
+-- SKIP LOCKED: two claimers never get the same row; the per-node count is serialised by a
+-- transaction-level advisory lock per server.
+create function api.claim_jobs(p_server bigint, p_agent text, p_lease interval, p_limit integer,
+                               p_per_node integer, p_kinds text[])
 returns table (job_id bigint, kind text, attempt integer, def_id bigint, snapshot_id bigint,
                restore_def bigint, bck_id bigint, pgsql_node_id bigint)
 language plpgsql as $$
 begin
+    perform pg_advisory_xact_lock(hashtext('pgbackman.claim'), p_server::integer);
     return query
-    with due as (
-        select j.job_id from public.job j
-         where j.backup_server_id = p_server and j.state = 'QUEUED' and j.not_before <= now()
-         order by j.not_before, j.job_id
+    with running as (
+        select r.pgsql_node_id, count(*) as n from public.job r
+         where r.backup_server_id = p_server and r.state = 'RUNNING' group by r.pgsql_node_id
+    ), candidates as (
+        select c.job_id from (
+            select j.job_id, j.not_before,
+                   row_number() over (partition by j.pgsql_node_id order by j.not_before, j.job_id)
+                     + coalesce(r.n, 0) as slot
+              from public.job j left join running r on r.pgsql_node_id = j.pgsql_node_id
+             where j.backup_server_id = p_server and j.state = 'QUEUED' and j.not_before <= now()
+               and j.kind = any (p_kinds)
+        ) c
+         where c.slot <= p_per_node
+         order by c.not_before, c.job_id
          limit p_limit
+    ), due as (
+        select j.job_id from public.job j where j.job_id in (select cd.job_id from candidates cd)
          for update skip locked
+    ), claimed as (
+        update public.job j set state = 'RUNNING', attempt = j.attempt + 1, claimed_by = p_agent, claimed_at = now(),
+                                lease_expires_at = now() + p_lease, heartbeat_at = now()
+          from due where j.job_id = due.job_id
+        returning j.job_id, j.kind, j.attempt, j.def_id, j.snapshot_id, j.restore_def, j.bck_id, j.pgsql_node_id
+    ), snaps as (
+        update public.snapshot_definition sd set status = 'RUNNING'
+          from claimed c where sd.snapshot_id = c.snapshot_id
     )
-    update public.job j set state = 'RUNNING', attempt = j.attempt + 1, claimed_by = p_agent, claimed_at = now(),
-                            lease_expires_at = now() + p_lease, heartbeat_at = now()
-      from due where j.job_id = due.job_id
-    returning j.job_id, j.kind, j.attempt, j.def_id, j.snapshot_id, j.restore_def, j.bck_id, j.pgsql_node_id;
+    select * from claimed;
 end $$;
 
 -- Extends the lease and records progress; returns true when the job should be cancelled.
@@ -76,9 +106,12 @@ returns boolean language plpgsql as $$
 declare
     v_cancel boolean;
 begin
-    update public.job set heartbeat_at = now(), lease_expires_at = now() + p_lease,
+    -- A job marked LOST while its agent could not reach the catalog is still ours if nobody
+    -- re-claimed it (same attempt): it goes back to RUNNING instead of being killed.
+    update public.job set heartbeat_at = now(), lease_expires_at = now() + p_lease, state = 'RUNNING',
+                          finished_at = null, error_message = null,
                           progress_bytes = coalesce(p_progress_bytes, progress_bytes)
-     where job_id = p_job_id and attempt = p_attempt and state = 'RUNNING'
+     where job_id = p_job_id and attempt = p_attempt and state in ('RUNNING', 'LOST')
     returning cancel_requested into v_cancel;
     if not found then
         -- Lost, cancelled or re-claimed meanwhile: the agent must stop.
@@ -91,8 +124,8 @@ end $$;
 -- is computed by the agent; the catalog only stores results.
 
 -- Records the result of a backup job exactly once. p_result is the agent's outcome (see
--- crates/agent): status, times, files, versions, error fields. Returns the BckID (or NULL for a
--- job that produced no catalog row, e.g. a cancelled run before anything started).
+-- crates/agent/src/job.rs): status, times, files, versions, error fields. Returns the BckID;
+-- a replayed report returns the BckID of the first one.
 create function api.report_backup(p_job_id bigint, p_attempt integer, p_result jsonb)
 returns bigint language plpgsql as $$
 declare
@@ -102,17 +135,19 @@ declare
     v_def public.backup_definition%rowtype;
     v_snap public.snapshot_definition%rowtype;
 begin
-    select bck_id into v_bck from public.backup_catalog where job_id = p_job_id;
-    if found then
-        return v_bck;   -- replayed report: already recorded
-    end if;
+    -- Lock first, then look: two concurrent reports of one job both end with its BckID.
     select * into v_job from public.job where job_id = p_job_id for update;
     if not found then
         raise exception 'job % does not exist', p_job_id using errcode = 'P0002';
     end if;
-    if v_job.attempt <> p_attempt then
-        raise exception 'stale report for job % (attempt %, current attempt %)', p_job_id, p_attempt, v_job.attempt
-            using errcode = '40001', hint = 'A newer attempt owns this job; the report is discarded.';
+    select bck_id into v_bck from public.backup_catalog where job_id = p_job_id;
+    if found then
+        return v_bck;   -- replayed report: already recorded
+    end if;
+    if v_job.attempt <> p_attempt or v_job.state not in ('RUNNING', 'LOST') or v_job.kind not in ('BACKUP', 'SNAPSHOT') then
+        -- PB001: a report that must be dropped, not retried.
+        raise exception 'stale report for job % (attempt %, state %; current attempt %)', p_job_id, p_attempt, v_job.state, v_job.attempt
+            using errcode = 'PB001', hint = 'Another attempt owns this job, or it is not running; the report is discarded.';
     end if;
     perform api.check_choice('execution status', v_status, array['SUCCEEDED', 'ERROR', 'CANCELLED']);
     if v_job.def_id is not null then
@@ -181,6 +216,8 @@ begin
                               error_message = format('lease expired at %s: agent %s stopped heartbeating', lease_expires_at, claimed_by)
          where state = 'RUNNING' and lease_expires_at < now()
         returning job_id, backup_server_id, pgsql_node_id, def_id, snapshot_id, error_message
+    ), snaps as (
+        update public.snapshot_definition sd set status = 'ERROR' from lost where sd.snapshot_id = lost.snapshot_id
     ), alerts as (
         insert into public.alert (alert_type, backup_server_id, pgsql_node_id, ref_id, job_id, execution_status, error_message, sendto)
         select 'LOST_JOB', backup_server_id, pgsql_node_id, coalesce(def_id, snapshot_id), job_id, 'LOST', error_message,
@@ -206,6 +243,10 @@ begin
         raise exception 'backup definition DefID % is DELETED', p_def_id
             using errcode = '55000', hint = 'Set it ACTIVE with update_backup_definition first.';
     end if;
+    if (select status from public.pgsql_node where node_id = v_def.pgsql_node_id) = 'STOPPED' then
+        raise exception 'PgSQL node % is STOPPED', api.node_fqdn(v_def.pgsql_node_id)
+            using errcode = '55000', hint = 'Set it RUNNING with update_pgsql_node to back it up.';
+    end if;
     insert into public.job (kind, backup_server_id, pgsql_node_id, def_id, not_before)
     values ('BACKUP', v_def.backup_server_id, v_def.pgsql_node_id, p_def_id, now())
     returning job_id into v_id;
@@ -226,6 +267,10 @@ begin
     if (select status from public.pgsql_node where node_id = v_node) = 'STOPPED' then
         raise exception 'PgSQL node % is STOPPED', api.node_fqdn(v_node)
             using errcode = '55000', hint = 'Set it RUNNING with update_pgsql_node to take snapshots of it.';
+    end if;
+    if v_code not in ('CLUSTER', 'GLOBALS') and coalesce(p_dbname, '') = '' then
+        raise exception 'no database given for a % snapshot', v_code
+            using errcode = '22023', hint = 'Name a database, or use backup code CLUSTER / GLOBALS for the whole cluster.';
     end if;
     if p_client_major is not null and p_client_major not between 9 and 99 then
         raise exception 'pg_dump release % is not a PostgreSQL major version', p_client_major

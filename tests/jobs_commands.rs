@@ -96,8 +96,8 @@ fn run_now_and_the_job_api_contracts() {
     env.cmd("run_backup_definition_now 7")
         .fails_with("does not exist");
     // Two claimers: the job goes to exactly one of them.
-    let a = env.sql("select count(*) from api.claim_jobs(1, 'agent-a', '1 minute', 10)");
-    let b = env.sql("select count(*) from api.claim_jobs(1, 'agent-b', '1 minute', 10)");
+    let a = env.sql("select count(*) from api.claim_jobs(1, 'agent-a', '1 minute', 10, 2, array['BACKUP', 'SNAPSHOT'])");
+    let b = env.sql("select count(*) from api.claim_jobs(1, 'agent-b', '1 minute', 10, 2, array['BACKUP', 'SNAPSHOT'])");
     assert_eq!((a.as_str(), b.as_str()), ("1", "0"));
     let result = json!({
         "execution_status": "SUCCEEDED", "started": "2026-11-21T01:00:00Z", "finished": "2026-11-21T01:00:05Z",
@@ -146,4 +146,58 @@ fn run_now_and_the_job_api_contracts() {
     env.sql("update job set lease_expires_at = now() - interval '1 second' where job_id = 2");
     assert_eq!(env.sql("select api.mark_lost_jobs()"), "1");
     assert_eq!(env.sql("select alert_type from alert"), "LOST_JOB");
+}
+
+#[test]
+fn claims_respect_the_per_node_limit_and_never_overlap() {
+    let (env, _node) = fleet();
+    env.cmd("register_backup_definition bs1.example.org 127.0.0.2 billing,crm \"\" 0 1")
+        .ok();
+    for id in [1, 2, 1] {
+        env.cmd(&format!("run_backup_definition_now {id}")).ok();
+    }
+    let claim = "select count(*) from api.claim_jobs(1, 'a', '1 minute', 10, 2, array['BACKUP'])";
+    // Three due jobs on one node, at most two running against it.
+    assert_eq!(env.sql(claim), "2");
+    assert_eq!(env.sql(claim), "0");
+    env.sql("update job set state = 'SUCCEEDED' where job_id = 1");
+    assert_eq!(env.sql(claim), "1");
+    // Kinds the agent does not run are never claimed.
+    env.sql("update job set state = 'QUEUED', kind = 'RESTORE' where job_id = 1");
+    assert_eq!(
+        env.sql("select count(*) from api.claim_jobs(1, 'a', '1 minute', 10, 9, array['BACKUP'])"),
+        "0"
+    );
+
+    // Two claimers at the same moment: the second waits for the first and gets nothing.
+    env.sql("update job set state = 'QUEUED', kind = 'BACKUP' where job_id = 1");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let connect = || async {
+            let (c, conn) = tokio_postgres::connect(&env.conninfo(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            c
+        };
+        let mut a = connect().await;
+        let b = connect().await;
+        let q = "select count(*) from api.claim_jobs(1, 'x', '1 minute', 10, 9, array['BACKUP'])";
+        let tx = a.transaction().await.unwrap();
+        let got_a: i64 = tx.query_one(q, &[]).await.unwrap().get(0);
+        let second =
+            tokio::spawn(async move { b.query_one(q, &[]).await.unwrap().get::<_, i64>(0) });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !second.is_finished(),
+            "the second claim must wait for the first"
+        );
+        tx.commit().await.unwrap();
+        let got_b = second.await.unwrap();
+        assert_eq!((got_a, got_b), (1, 0));
+    });
 }

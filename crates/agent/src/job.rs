@@ -54,15 +54,16 @@ pub struct Done {
 pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
     let started = Utc::now();
     let progress = Arc::new(AtomicU64::new(0));
-    let hb = tokio::spawn(heartbeat(
+    // Aborted when dropped, so a job that panics does not keep its lease alive.
+    let hb = AbortOnDrop(tokio::spawn(heartbeat(
         ctx.clone(),
         t.job_id,
         t.attempt,
         progress.clone(),
         cancel.clone(),
-    ));
+    )));
     let outcome = execute(&ctx, &t, &cancel, progress.clone(), started).await;
-    hb.abort();
+    drop(hb);
     let result = result_json(&t, &outcome);
     let status = match outcome.status {
         Status::Succeeded => "SUCCEEDED",
@@ -74,6 +75,14 @@ pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
         job_id: t.job_id,
         node_id: t.def.pgsql_node_id,
         status,
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -149,8 +158,19 @@ async fn execute(
         Ok(c) => c,
         Err(e) => return failed(started, t.job_id, "definition", e.to_string()),
     };
-    let profile: NodeProfile = d.node_profile.parse().unwrap_or(NodeProfile::Standard);
-    let port = u16::try_from(d.pgport).unwrap_or(5432);
+    // A wrong profile must not silently dump a managed node as a standard one.
+    let profile: NodeProfile = match d.node_profile.parse() {
+        Ok(p) => p,
+        Err(e) => return failed(started, t.job_id, "definition", e.to_string()),
+    };
+    let Ok(port) = u16::try_from(d.pgport) else {
+        return failed(
+            started,
+            t.job_id,
+            "definition",
+            format!("port {} is not a port", d.pgport),
+        );
+    };
     let label = format!("{}:{}", d.node_fqdn, port);
     // The server's version decides the client: connect first (this also proves the node is up).
     let passfile = ctx.cfg.passfile.clone();
@@ -273,7 +293,8 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
     let dump = o.dump_file.as_ref().and_then(|n| {
         o.files
             .iter()
-            .find(|f| &f.name == n || f.name.starts_with(n.as_str()))
+            // A directory-format dump has no single file: its members are in `files`.
+            .find(|f| &f.name == n)
     });
     let roles = file(&|n| n == "roles.sql");
     let dbconf = file(&|n| n == "database.sql");
@@ -348,7 +369,7 @@ async fn report(ctx: &Ctx, t: &Ticket, result: &Value) {
                 tracing::info!(job_id = t.job_id, bck_id = bck, status = %result["execution_status"], "job reported");
                 return;
             }
-            Err(e) if e.code() == Some("40001") => {
+            Err(e) if e.code() == Some("PB001") => {
                 tracing::warn!(job_id = t.job_id, "report refused: {e}");
                 return;
             }

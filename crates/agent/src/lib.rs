@@ -8,7 +8,7 @@ pub mod listen;
 pub mod schedule;
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -142,6 +142,9 @@ async fn run(args: Args) -> Result<()> {
     if args.check {
         return check(&s).await;
     }
+    // Signal handlers first: a SIGTERM at any point from here on is a clean stop, never the
+    // default death that would orphan pg_dump children.
+    let stop = shutdown_token()?;
     let _lock = state::lock(&s.cfg.state_dir)?;
     state::create_dir_0700(&s.cfg.backup_dir)?;
     let staging = s.cfg.backup_dir.join("staging");
@@ -154,7 +157,7 @@ async fn run(args: Args) -> Result<()> {
         ),
         Err(e) => tracing::warn!("cleaning {}: {e}", staging.display()),
     }
-    let catalog = connect_with_backoff(&s).await?;
+    let catalog = connect_with_backoff(&s, &stop).await?;
     catalog.check_compatible().await?;
     let server_id = catalog.agent_server_id(&s.fqdn).await?;
     let bin_dirs = s.cfg.client_bin_dirs()?;
@@ -174,12 +177,12 @@ async fn run(args: Args) -> Result<()> {
     fail_interrupted_jobs(&ctx).await;
     tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
     if args.once {
-        return Runner::new(ctx, s.tz).run_once().await;
+        return Runner::new(ctx, s.tz, stop).run_once().await;
     }
-    Runner::new(ctx, s.tz).run().await
+    Runner::new(ctx, s.tz, stop).run().await
 }
 
-async fn connect_with_backoff(s: &Setup) -> Result<Catalog> {
+async fn connect_with_backoff(s: &Setup, stop: &CancellationToken) -> Result<Catalog> {
     let mut delay = Duration::from_millis(500);
     loop {
         match Catalog::connect(s.catalog_cfg.clone(), "pgbackman-agent", &s.target).await {
@@ -188,7 +191,7 @@ async fn connect_with_backoff(s: &Setup) -> Result<Catalog> {
                 tracing::warn!("catalog unreachable: {e}; retrying in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown_signal() => bail!("stopped before the catalog could be reached"),
+                    _ = stop.cancelled() => bail!("stopped before the catalog could be reached"),
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -221,16 +224,21 @@ async fn fail_interrupted_jobs(ctx: &Ctx) {
     }
 }
 
-async fn shutdown_signal() {
+/// A token cancelled by SIGTERM or SIGINT; the handlers are installed before it returns.
+fn shutdown_token() -> Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        t.cancel();
+    });
+    Ok(token)
 }
 
 struct Runner {
@@ -239,27 +247,42 @@ struct Runner {
     defs: HashMap<i64, AgentDefinition>,
     jobs: JoinSet<Done>,
     running: HashMap<i64, (i64, CancellationToken)>,
-    /// Scheduled fires waiting for a free slot (concurrency limits).
-    pending: Vec<(i64, chrono::DateTime<Utc>)>,
+    /// Job id of each task, so a task that panics still frees its slot.
+    tasks: HashMap<tokio::task::Id, i64>,
+    /// Scheduled fires waiting for a free slot (concurrency limits): the newest instant of
+    /// each definition only, so a long wait never queues up a backlog.
+    pending: BTreeMap<i64, chrono::DateTime<Utc>>,
+    /// The definitions as last read, to skip rewriting the cache when nothing changed.
+    last: Vec<AgentDefinition>,
+    /// Parent of every job's token: cancelled at shutdown.
     stop: CancellationToken,
+    /// SIGTERM / SIGINT.
+    signal: CancellationToken,
 }
 
 impl Runner {
-    fn new(ctx: Arc<Ctx>, tz: Tz) -> Runner {
+    fn new(ctx: Arc<Ctx>, tz: Tz, signal: CancellationToken) -> Runner {
         Runner {
             ctx,
             sched: Scheduler::new(tz, Utc::now()),
             defs: HashMap::new(),
             jobs: JoinSet::new(),
             running: HashMap::new(),
-            pending: Vec::new(),
+            tasks: HashMap::new(),
+            pending: BTreeMap::new(),
+            last: Vec::new(),
             stop: CancellationToken::new(),
+            signal,
         }
     }
 
     async fn refresh(&mut self) {
         match self.ctx.catalog.agent_definitions(self.ctx.server_id).await {
             Ok(defs) => {
+                if defs == self.last {
+                    return;
+                }
+                self.last = defs.clone();
                 let cache = state::Cache {
                     format: 1,
                     server_id: self.ctx.server_id,
@@ -305,12 +328,35 @@ impl Runner {
         self.running
             .insert(t.job_id, (t.def.pgsql_node_id, token.clone()));
         tracing::info!(job_id = t.job_id, def_id = t.def.def_id, db = %t.def.dbname, node = %t.def.node_fqdn, "job started");
-        self.jobs.spawn(job::run(self.ctx.clone(), t, token));
+        let job_id = t.job_id;
+        let handle = self.jobs.spawn(job::run(self.ctx.clone(), t, token));
+        self.tasks.insert(handle.id(), job_id);
+    }
+
+    /// Bookkeeping of an ended job task (finished, or panicked: its slot is freed either way; a
+    /// panicked job's lease runs out and the catalog marks it lost).
+    fn ended(&mut self, r: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        match r {
+            Ok((id, d)) => {
+                tracing::info!(job_id = d.job_id, status = d.status, "job finished");
+                self.tasks.remove(&id);
+                self.running.remove(&d.job_id);
+            }
+            Err(e) => {
+                if let Some(job_id) = self.tasks.remove(&e.id()) {
+                    tracing::error!(job_id, "job task failed: {e}");
+                    self.running.remove(&job_id);
+                }
+            }
+        }
     }
 
     /// Fires scheduled instants that have a free slot; the rest wait in `pending`.
     async fn fire(&mut self, due: Vec<(i64, chrono::DateTime<Utc>)>) {
-        self.pending.extend(due);
+        for (def_id, at) in due {
+            let e = self.pending.entry(def_id).or_insert(at);
+            *e = (*e).max(at);
+        }
         let pending = std::mem::take(&mut self.pending);
         for (def_id, at) in pending {
             let Some(d) = self.defs.get(&def_id).cloned() else {
@@ -320,7 +366,7 @@ impl Runner {
                 continue;
             }
             if !self.has_slot(d.pgsql_node_id) {
-                self.pending.push((def_id, at));
+                self.pending.insert(def_id, at);
                 continue;
             }
             match self
@@ -342,7 +388,7 @@ impl Runner {
                     snapshot: false,
                 }),
                 Ok(None) => {
-                    tracing::info!(def_id, at = %at, "scheduled instant already ran; skipped")
+                    tracing::info!(def_id, at = %at, "scheduled instant already ran, or the definition is no longer active here; skipped")
                 }
                 Err(e) => {
                     tracing::error!(def_id, at = %at, "could not record the scheduled backup: {e}")
@@ -365,6 +411,8 @@ impl Runner {
                 &self.ctx.agent_name,
                 self.ctx.lease(),
                 limit,
+                i32::try_from(self.ctx.cfg.max_jobs_per_node).unwrap_or(1),
+                &["BACKUP", "SNAPSHOT"],
             )
             .await
         {
@@ -423,14 +471,15 @@ impl Runner {
     async fn run_once(mut self) -> Result<()> {
         self.refresh().await;
         loop {
-            self.claim().await;
-            match self.jobs.join_next().await {
-                Some(Ok(d)) => {
-                    tracing::info!(job_id = d.job_id, status = d.status, "job finished");
-                    self.running.remove(&d.job_id);
-                }
-                Some(Err(e)) => bail!("a job task failed: {e}"),
-                None => break,
+            if !self.signal.is_cancelled() {
+                self.claim().await;
+            }
+            tokio::select! {
+                r = self.jobs.join_next_with_id() => match r {
+                    Some(r) => self.ended(r),
+                    None => break,
+                },
+                _ = self.signal.cancelled(), if !self.stop.is_cancelled() => self.stop.cancel(),
             }
         }
         Ok(())
@@ -443,7 +492,7 @@ impl Runner {
         let missed = self.sched.missed(Utc::now(), window);
         self.fire(missed).await;
         self.claim().await;
-        let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+        let (wake_tx, mut wake_rx) = mpsc::channel::<String>(64);
         let listener = listen::spawn(
             self.ctx.catalog.listen_config(),
             self.ctx.server_id,
@@ -455,8 +504,7 @@ impl Runner {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-        let shutdown = shutdown_signal();
-        tokio::pin!(shutdown);
+        let signal = self.signal.clone();
         loop {
             let sleep_for = self
                 .sched
@@ -468,8 +516,15 @@ impl Runner {
                     let due = self.sched.pop_due(Utc::now());
                     self.fire(due).await;
                 }
-                Some(()) = wake_rx.recv() => {
-                    self.refresh().await;
+                Some(table) = wake_rx.recv() => {
+                    // Job rows only need a claim; anything else may change the definitions.
+                    let mut definitions = table != "job";
+                    while let Ok(t) = wake_rx.try_recv() {
+                        definitions |= t != "job";
+                    }
+                    if definitions {
+                        self.refresh().await;
+                    }
                     self.claim().await;
                 }
                 _ = repoll.tick() => {
@@ -477,21 +532,15 @@ impl Runner {
                     self.claim().await;
                     let _ = self.ctx.catalog.mark_lost_jobs().await;
                 }
-                Some(done) = self.jobs.join_next() => {
-                    if let Ok(d) = done {
-                        tracing::info!(job_id = d.job_id, status = d.status, "job finished");
-                        self.running.remove(&d.job_id);
-                    } else {
-                        // A job task panicked: forget jobs whose tasks are gone.
-                        self.running.retain(|_, (_, t)| !t.is_cancelled());
-                    }
+                Some(r) = self.jobs.join_next_with_id() => {
+                    self.ended(r);
                     self.fire(Vec::new()).await;
                     self.claim().await;
                 }
                 _ = dog.tick(), if watchdog.is_some() => {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 }
-                _ = &mut shutdown => break,
+                _ = signal.cancelled() => break,
             }
         }
         tracing::info!(
@@ -500,14 +549,8 @@ impl Runner {
         );
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.stop.cancel();
-        while let Some(done) = self.jobs.join_next().await {
-            if let Ok(d) = done {
-                tracing::info!(
-                    job_id = d.job_id,
-                    status = d.status,
-                    "job ended at shutdown"
-                );
-            }
+        while let Some(r) = self.jobs.join_next_with_id().await {
+            self.ended(r);
         }
         listener.abort();
         tracing::info!("pgbackman-agent stopped");

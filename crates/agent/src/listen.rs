@@ -1,5 +1,6 @@
 //! A dedicated LISTEN connection for `pgbackman_server_<SrvID>`. Notifications are hints: each
-//! one (and each reconnect) only wakes the main loop, which re-reads the tables.
+//! one wakes the main loop with the changed table's name ("*" after a (re)connect, when anything
+//! may have changed), and the loop re-reads what that table affects.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use tokio_postgres::AsyncMessage;
 pub fn spawn(
     config: tokio_postgres::Config,
     server_id: i64,
-    wake: mpsc::Sender<()>,
+    wake: mpsc::Sender<String>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
@@ -32,16 +33,20 @@ pub fn spawn(
 async fn listen_once(
     config: &tokio_postgres::Config,
     server_id: i64,
-    wake: &mpsc::Sender<()>,
+    wake: &mpsc::Sender<String>,
 ) -> anyhow::Result<()> {
     let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(m) = stream.next().await {
             match m {
-                Ok(AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let table = serde_json::from_str::<serde_json::Value>(n.payload())
+                        .ok()
+                        .and_then(|v| v["table"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| "*".into());
+                    if tx.send(table).is_err() {
                         break;
                     }
                 }
@@ -51,15 +56,17 @@ async fn listen_once(
         }
         Ok(())
     });
-    client
-        .batch_execute(&format!("listen pgbackman_server_{server_id}"))
-        .await?;
-    // A (re)connect may have missed notifications: wake once.
-    let _ = wake.try_send(());
+    pgbackman_db::agent::listen(&client, server_id).await?;
+    // A (re)connect may have missed notifications.
+    let _ = wake.send("*".into()).await;
     loop {
         tokio::select! {
             m = rx.recv() => match m {
-                Some(()) => { let _ = wake.try_send(()); }
+                Some(table) => {
+                    if wake.send(table).await.is_err() {
+                        return Ok(());
+                    }
+                }
                 None => break,
             },
             _ = wake.closed() => return Ok(()),

@@ -872,6 +872,19 @@ fn time_arg(name: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<chron
     )
 }
 
+/// Refuses filter values that can never match, instead of silently listing nothing.
+fn check_values(what: &str, v: &Option<Vec<String>>, valid: &[&str]) -> Result<()> {
+    for x in v.iter().flatten() {
+        if !valid.contains(&x.as_str()) {
+            bail!(
+                "{what} \"{x}\" is not valid: use {}, or all",
+                valid.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let upper = |v: Option<Vec<String>>| {
         v.map(|v| {
@@ -901,6 +914,12 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
             None => 1000,
         },
     };
+    check_values("status", &f.status, &["SUCCEEDED", "ERROR", "CANCELLED"])?;
+    check_values(
+        "backup code",
+        &f.code,
+        &["FULL", "SCHEMA", "DATA", "CLUSTER", "GLOBALS"],
+    )?;
     list("backup_catalog", s.catalog.show_backup_catalog(&f).await)
 }
 

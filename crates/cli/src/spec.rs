@@ -420,7 +420,7 @@ pub static COMMANDS: &[Cmd] = &[
     Cmd {
         name: "show_jobs_queue",
         group: SNAPS,
-        about: "Jobs queued, running (elapsed time, bytes written so far) and lost. --all adds finished ones.",
+        about: "Jobs queued, running (elapsed time, bytes written so far) and lost, newest first (1000 at most). --all adds finished ones.",
         args: &[
             pos("server", "SrvID | FQDN | all"),
             Arg {

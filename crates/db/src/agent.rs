@@ -165,18 +165,29 @@ impl Catalog {
         Ok(rows.first().map(|r| (r.get(0), r.get(1))))
     }
 
+    /// Claims due jobs of `kinds`, at most `limit`, never more than `per_node` running jobs of
+    /// this server against one node.
     pub async fn claim_jobs(
         &self,
         server_id: i64,
         agent: &str,
         lease: Duration,
         limit: i32,
+        per_node: i32,
+        kinds: &[&str],
     ) -> Result<Vec<ClaimedJob>, DbError> {
         let c = self.client().await?;
         let rows = c
             .query(
-                "select * from api.claim_jobs($1, $2, $3::text::interval, $4)",
-                &[&server_id, &agent, &interval(lease), &limit],
+                "select * from api.claim_jobs($1, $2, $3::text::interval, $4, $5, $6)",
+                &[
+                    &server_id,
+                    &agent,
+                    &interval(lease),
+                    &limit,
+                    &per_node,
+                    &kinds,
+                ],
             )
             .await?;
         Ok(rows
@@ -255,4 +266,17 @@ impl Catalog {
     pub fn listen_config(&self) -> tokio_postgres::Config {
         self.config.clone()
     }
+}
+
+/// The channel a backup server's agent listens on (the triggers of sql/80_triggers.sql notify it).
+pub fn server_channel(server_id: i64) -> String {
+    format!("pgbackman_server_{server_id}")
+}
+
+/// Starts listening on `client` (a dedicated connection) for this server's notifications.
+pub async fn listen(client: &tokio_postgres::Client, server_id: i64) -> Result<(), DbError> {
+    client
+        .batch_execute(&format!("listen {}", server_channel(server_id)))
+        .await
+        .map_err(|e| DbError::client("LISTEN on the catalog", e))
 }

@@ -12,6 +12,20 @@ pub struct ServerMessage {
     pub hint: Option<String>,
 }
 
+impl ServerMessage {
+    /// The message with its detail and hint on one line: `message (DETAIL: …) (HINT: …)`.
+    pub fn one_line(&self) -> String {
+        let mut s = self.message.clone();
+        if let Some(d) = &self.detail {
+            s.push_str(&format!(" (DETAIL: {d})"));
+        }
+        if let Some(h) = &self.hint {
+            s.push_str(&format!(" (HINT: {h})"));
+        }
+        s
+    }
+}
+
 impl fmt::Display for ServerMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.message)?;
@@ -96,9 +110,24 @@ pub(crate) fn server_message(e: &tokio_postgres::Error) -> Option<ServerMessage>
 
 /// The whole chain of causes: "db error" alone says nothing, the source does.
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(m) = server_message(e) {
-        return m.to_string();
+    match server_message(e) {
+        Some(m) => m.to_string(),
+        None => causes(e),
     }
+}
+
+/// [`describe`] on one line, for text that becomes a single log line or note (the node
+/// introspection of [`crate::introspect`]): a server error reads
+/// `message (DETAIL: …) (HINT: …)`.
+pub(crate) fn describe_one_line(e: &tokio_postgres::Error) -> String {
+    match server_message(e) {
+        Some(m) => m.one_line(),
+        None => causes(e),
+    }
+}
+
+/// A client-side error and its sources, each source once.
+fn causes(e: &tokio_postgres::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(c) = src {

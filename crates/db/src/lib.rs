@@ -1,9 +1,12 @@
 //! Everything that talks to the catalog database: connection pool, typed API calls, migrations,
-//! and rendering of PostgreSQL errors. SQL text lives here, in `migrations/` and in `sql/` only.
+//! and rendering of PostgreSQL errors; plus the queries against PgSQL nodes ([`node`] for the
+//! shell, [`introspect`] for the backup executor in `pgbackman-dump`). SQL text lives here, in
+//! `migrations/` and in `sql/` only.
 
 pub mod agent;
 pub mod catalog;
 pub mod error;
+pub mod introspect;
 pub mod migrate;
 pub mod node;
 pub mod rows;

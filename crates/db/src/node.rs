@@ -31,15 +31,13 @@ pub async fn node_facts(
     })?;
     let task = tokio::spawn(conn);
     let result = async {
-        let v = client
-            .query_one("select current_setting('server_version_num')::int4, current_setting('server_version')", &[])
-            .await?;
+        let v = crate::introspect::read_server_facts(&client).await?;
         let dbs = client
             .query("select datname::text from pg_database where datallowconn and not datistemplate order by 1", &[])
             .await?;
         Ok::<_, tokio_postgres::Error>(NodeFacts {
-            server_version_num: v.get(0),
-            server_version: v.get(1),
+            server_version_num: v.version_num,
+            server_version: v.version,
             databases: dbs.iter().map(|r| r.get(0)).collect(),
         })
     }

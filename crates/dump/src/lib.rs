@@ -44,8 +44,11 @@
 //!
 //! # SQL in this crate
 //!
-//! The node is read with a few catalog queries (`node.rs`); they are node introspection, never
-//! catalog access, and the only SQL text outside `crates/db`.
+//! None is run from here. The node is read with a few catalog queries that live in
+//! [`pgbackman_db::introspect`] (node introspection, never catalog access: of `pgbackman-db` this
+//! crate uses that module only); `node.rs` only builds the connection config. The SQL that
+//! [`sqlgen`] (with the quoting helpers of `quote.rs`) writes into `roles.sql` and
+//! `database.sql` is output of a run, text for psql at restore time, not a query.
 //!
 //! # Children
 //!

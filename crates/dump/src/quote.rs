@@ -1,7 +1,8 @@
 //! Quoting for the SQL this crate writes (roles.sql, database.sql) and for libpq conninfo values.
 //!
 //! Every identifier and literal that reaches a file goes through these functions; nothing taken
-//! from a server is ever spliced unquoted.
+//! from a server is ever spliced unquoted. The SQL built here ([`set_clause`]) is output for
+//! those files, like [`crate::sqlgen`]'s, not a query.
 
 /// PostgreSQL keywords that are not "unreserved" (reserved, column-name and type/function-name
 /// keywords) from PostgreSQL 15's `pg_get_keywords()`, plus those added by 16 and 17. An

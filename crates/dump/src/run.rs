@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pgbackman_core::model::{BackupCode, NodeProfile};
+use pgbackman_db::introspect::{self, NodeSession, TableRef};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{self, ChildCommand, Ended, RunLog, Stdout};
 use crate::client::{parse_major, server_major, tool_version};
-use crate::node::{self, NodeSession, TableRef};
+use crate::node;
 use crate::quote::{conninfo_value, shell_join};
 use crate::set::{
     self, LOG_FILE, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, ManifestCommand, PhaseTiming,
@@ -335,7 +336,7 @@ impl Run<'_> {
         } else {
             spec.node.admin_dbname.as_str()
         };
-        let session = self
+        let (session, warnings) = self
             .guarded(
                 "connect",
                 node::connect(
@@ -355,12 +356,12 @@ impl Run<'_> {
                     ),
                 )
             })?;
-        for w in &session.warnings {
+        for w in warnings {
             self.log.event(&format!("connect: {w}"));
-            self.notes.push(w.clone());
+            self.notes.push(w);
         }
         let facts = self
-            .guarded("connect", node::server_facts(&session.client))
+            .guarded("connect", introspect::server_facts(&session.client))
             .await?
             .map_err(|m| fail("connect", m))?;
         self.log.event(&format!(
@@ -386,7 +387,10 @@ impl Run<'_> {
                 None
             };
             match self
-                .guarded("connect", node::database_size(&session.client, size_of))
+                .guarded(
+                    "connect",
+                    introspect::database_size(&session.client, size_of),
+                )
                 .await?
             {
                 Ok(size) => self.database_size = Some(size),
@@ -613,7 +617,7 @@ impl Run<'_> {
         let roles = self
             .guarded(
                 "roles",
-                node::capture_roles(&session.client, &spec.dbname, with_passwords),
+                introspect::capture_roles(&session.client, &spec.dbname, with_passwords),
             )
             .await?
             .map_err(|m| {
@@ -642,7 +646,7 @@ impl Run<'_> {
         let db = self
             .guarded(
                 "database",
-                node::capture_database(&session.client, &spec.dbname),
+                introspect::capture_database(&session.client, &spec.dbname),
             )
             .await?
             .map_err(|m| {
@@ -833,7 +837,7 @@ impl Run<'_> {
         }
         if count_mode == RowCountMode::Exact {
             match self
-                .guarded(step, node::export_snapshot(&session.client))
+                .guarded(step, introspect::export_snapshot(&session.client))
                 .await?
             {
                 Ok(id) => snapshot = Some(id),
@@ -847,7 +851,7 @@ impl Run<'_> {
         }
         if count_mode != RowCountMode::Off {
             match self
-                .guarded(step, node::list_tables(&session.client))
+                .guarded(step, introspect::list_tables(&session.client))
                 .await?
             {
                 Ok(t) => tables = t,
@@ -920,7 +924,11 @@ impl Run<'_> {
         let client = &session.client;
         let count_fut = async {
             if snapshot.is_some() {
-                Some(node::count_rows(client, &tables).await)
+                let keys: Vec<String> = tables
+                    .iter()
+                    .map(|t| node::table_key(&t.schema, &t.name))
+                    .collect();
+                Some(introspect::count_rows(client, &keys).await)
             } else {
                 None
             }
@@ -1073,7 +1081,7 @@ impl Run<'_> {
             }
         }
         if snapshot.is_some() {
-            let _ = client.batch_execute("COMMIT").await;
+            let _ = introspect::end_snapshot(client).await;
         }
         match (count_mode, counted.flatten()) {
             (RowCountMode::Exact, Some((tables_counted, notes))) => {
@@ -1129,7 +1137,7 @@ impl Run<'_> {
         &self,
         files: &[FileEntry],
         client_major: u32,
-        facts: &node::ServerFacts,
+        facts: &introspect::ServerFacts,
     ) -> Manifest {
         let spec = self.spec;
         let dump_format = match (spec.code.is_cluster_wide(), spec.format) {

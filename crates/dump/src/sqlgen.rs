@@ -14,12 +14,17 @@
 //!   an identifier), then sets its owner, comment, privileges, settings and the per-database
 //!   role settings (`ALTER ROLE … IN DATABASE … SET`, which need both the roles and the database
 //!   and therefore live here, after `CREATE DATABASE`). It refuses to run without the variable.
+//!
+//! The SQL in this module is the *output* of a run: text written into the set for psql to run
+//! at restore time, never a statement this crate executes. So it stays here, next to the set
+//! layout, while every query against the node lives in `pgbackman_db::introspect` (design
+//! invariant 1 is about the queries a program runs).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use crate::node::{DatabaseInfo, Membership, RoleCapture, RoleInfo};
 use crate::quote::{comment_text, quote_ident, quote_literal, set_clause};
+use pgbackman_db::introspect::{DatabaseInfo, Membership, RoleCapture, RoleInfo};
 
 /// Facts written in the header of both files.
 pub(crate) struct Header<'a> {
@@ -344,7 +349,7 @@ pub(crate) fn database_sql(db: &DatabaseInfo, h: &Header<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::AclEntry;
+    use pgbackman_db::introspect::AclEntry;
 
     fn h() -> Header<'static> {
         Header {

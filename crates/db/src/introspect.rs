@@ -1,0 +1,606 @@
+//! Read-only introspection of a PgSQL node (not the catalog) for the backup executor
+//! (`pgbackman-dump`): the session it reads over, versions, sizes, the roles a database needs,
+//! the database's own settings and grants, the tables and their row counts, and the snapshot
+//! pg_dump shares. Nothing here writes to the node. Errors are the server's message on one
+//! line (`message (DETAIL: …) (HINT: …)`), ready for a log line or a manifest note.
+//!
+//! Roles are found by querying the catalogs, not by reading dump text: every role referenced
+//! from the database in `pg_shdepend` (object owners, ACL grantees and grantors, policy roles,
+//! default privileges), the database owner, the grantees and grantors of the database's ACL and
+//! the roles with settings in the database, closed transitively over `pg_auth_members` in both
+//! directions (roles they belong to and roles that belong to them). Predefined roles and the
+//! bootstrap superuser are kept where referenced but never expanded, so that one membership in
+//! `pg_read_all_data` does not pull in every role of the cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::describe_one_line;
+
+/// First oid of user-created objects: roles below it are predefined or the bootstrap superuser.
+const FIRST_NORMAL_OID: u32 = 16384;
+/// `lock_timeout` of our own session when none is given.
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bootstrap superuser's oid.
+const BOOTSTRAP_SUPERUSER_OID: u32 = 10;
+
+/// An open connection to the node plus the task driving it (aborted on drop).
+pub struct NodeSession {
+    /// The session's client.
+    pub client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeSession {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects with `config` (10 s connect timeout unless it has one; the caller resolves host,
+/// user, database, `application_name` and the pgpass file) and prepares the session: ISO dates
+/// in UTC, no statement or idle-in-transaction timeout, `lock_timeout` as given (10 s when
+/// not).
+pub async fn connect(
+    mut config: tokio_postgres::Config,
+    lock_timeout: Option<Duration>,
+) -> Result<NodeSession, String> {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    let (client, conn) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| describe_one_line(&e))?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let session = NodeSession { client, task };
+    // Our own queries (row counts) never queue for long behind a lock: a table that cannot be
+    // counted in time is only left out of the counts.
+    let lock = lock_timeout
+        .unwrap_or(DEFAULT_LOCK_TIMEOUT)
+        .as_millis()
+        .clamp(1, i32::MAX as u128);
+    session
+        .client
+        .batch_execute(&format!(
+            "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET statement_timeout = 0; \
+             SET idle_in_transaction_session_timeout = 0; SET lock_timeout = {lock}"
+        ))
+        .await
+        .map_err(|e| describe_one_line(&e))?;
+    Ok(session)
+}
+
+/// Version of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFacts {
+    /// `server_version`, e.g. `17.2 (Debian 17.2-1.pgdg120+1)`.
+    pub version: String,
+    /// `server_version_num`, e.g. `170002`.
+    pub version_num: i32,
+}
+
+/// `server_version` and `server_version_num` of the server `c` is connected to.
+pub async fn server_facts(c: &Client) -> Result<ServerFacts, String> {
+    read_server_facts(c)
+        .await
+        .map_err(|e| describe_one_line(&e))
+}
+
+/// [`server_facts`] with the client's error, for callers that render it their own way
+/// ([`crate::node::node_facts`]).
+pub(crate) async fn read_server_facts(c: &Client) -> Result<ServerFacts, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version'), \
+                    pg_catalog.current_setting('server_version_num')::int4",
+            &[],
+        )
+        .await?;
+    Ok(ServerFacts {
+        version: row.get(0),
+        version_num: row.get(1),
+    })
+}
+
+/// `pg_database_size` of `dbname`, or the sum over every database we may connect to when
+/// `dbname` is `None`.
+pub async fn database_size(c: &Client, dbname: Option<&str>) -> Result<i64, String> {
+    let row = match dbname {
+        Some(db) => {
+            c.query_one(
+                "SELECT pg_catalog.pg_database_size(oid) FROM pg_catalog.pg_database WHERE datname = $1",
+                &[&db],
+            )
+            .await
+        }
+        None => {
+            c.query_one(
+                "SELECT coalesce(sum(pg_catalog.pg_database_size(oid)), 0)::int8 \
+                   FROM pg_catalog.pg_database \
+                  WHERE datallowconn AND pg_catalog.has_database_privilege(oid, 'CONNECT')",
+                &[],
+            )
+            .await
+        }
+    };
+    row.map(|r| r.get(0)).map_err(|e| describe_one_line(&e))
+}
+
+/// A role to recreate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleInfo {
+    pub oid: u32,
+    pub name: String,
+    pub superuser: bool,
+    pub inherit: bool,
+    pub createrole: bool,
+    pub createdb: bool,
+    pub login: bool,
+    pub replication: bool,
+    pub bypassrls: bool,
+    pub connlimit: i32,
+    pub valid_until: Option<String>,
+    /// The password hash, when read and not withheld.
+    pub password: Option<String>,
+    pub comment: Option<String>,
+    /// Role-wide settings (`name=value` entries of `pg_db_role_setting` with no database).
+    pub settings: Vec<String>,
+}
+
+/// One `pg_auth_members` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub role: String,
+    pub member: String,
+    pub grantor: Option<String>,
+    /// Whether the grantor is a superuser (such grants are replayed first).
+    pub grantor_is_superuser: bool,
+    pub admin: bool,
+    /// PostgreSQL 16+ only.
+    pub inherit: Option<bool>,
+    /// PostgreSQL 16+ only.
+    pub set: Option<bool>,
+}
+
+/// Everything roles.sql is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoleCapture {
+    /// Sorted by name.
+    pub roles: Vec<RoleInfo>,
+    pub memberships: Vec<Membership>,
+    /// Why passwords are missing, or `None` when they are included.
+    pub passwords_missing: Option<String>,
+}
+
+/// Finds and reads the roles `dbname` needs (see the module doc). `with_passwords`: read the
+/// hashes from `pg_authid` (standard profile); when that is refused the roles are written
+/// without passwords and the reason is kept.
+pub async fn capture_roles(
+    c: &Client,
+    dbname: &str,
+    with_passwords: bool,
+) -> Result<RoleCapture, String> {
+    let e = |e: tokio_postgres::Error| describe_one_line(&e);
+    let closure: Vec<u32> = c
+        .query(
+            "WITH RECURSIVE db AS ( \
+                 SELECT oid, datdba, datacl FROM pg_catalog.pg_database WHERE datname = $1 \
+             ), seed(oid) AS ( \
+                 SELECT s.refobjid FROM pg_catalog.pg_shdepend s, db \
+                  WHERE s.dbid = db.oid AND s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                 UNION SELECT datdba FROM db \
+                 UNION SELECT a.grantee FROM db, pg_catalog.aclexplode(db.datacl) a \
+                 UNION SELECT a.grantor FROM db, pg_catalog.aclexplode(db.datacl) a \
+                 UNION SELECT r.setrole FROM pg_catalog.pg_db_role_setting r, db \
+                        WHERE r.setdatabase = db.oid \
+             ), closure(oid) AS ( \
+                 SELECT oid FROM seed WHERE oid <> 0 \
+                 UNION \
+                 SELECT CASE WHEN m.member = c.oid THEN m.roleid ELSE m.member END \
+                   FROM closure c JOIN pg_catalog.pg_auth_members m ON c.oid IN (m.member, m.roleid) \
+                  WHERE c.oid >= 16384 \
+             ) \
+             SELECT c.oid FROM closure c JOIN pg_catalog.pg_roles r ON r.oid = c.oid",
+            &[&dbname],
+        )
+        .await
+        .map_err(e)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let is_predefined = |oid: u32| oid < FIRST_NORMAL_OID && oid != BOOTSTRAP_SUPERUSER_OID;
+    let mut wanted: BTreeSet<u32> = closure
+        .iter()
+        .copied()
+        .filter(|o| !is_predefined(*o))
+        .collect();
+
+    // Memberships of the wanted roles in wanted or predefined roles.
+    let member_oids: Vec<u32> = wanted.iter().copied().collect();
+    let rows = c
+        .query(
+            "SELECT m.roleid, m.member, m.grantor, pg_catalog.to_jsonb(m)::text \
+               FROM pg_catalog.pg_auth_members m WHERE m.member = ANY($1)",
+            &[&member_oids],
+        )
+        .await
+        .map_err(e)?;
+    struct RawMembership {
+        role: u32,
+        member: u32,
+        grantor: u32,
+        json: serde_json::Value,
+    }
+    let raw: Vec<RawMembership> = rows
+        .iter()
+        .map(|r| RawMembership {
+            role: r.get(0),
+            member: r.get(1),
+            grantor: r.get(2),
+            json: serde_json::from_str(r.get::<_, &str>(3)).unwrap_or_default(),
+        })
+        .filter(|m| wanted.contains(&m.role) || is_predefined(m.role))
+        .collect();
+    // Grantors must exist for GRANTED BY: add them (not expanded further).
+    for m in &raw {
+        if m.grantor != 0 && !is_predefined(m.grantor) {
+            wanted.insert(m.grantor);
+        }
+    }
+
+    // Names and attributes of every role involved (predefined roles for names only).
+    let mut all: Vec<u32> = wanted.iter().copied().collect();
+    all.extend(raw.iter().flat_map(|m| [m.role, m.grantor]));
+    let rows = c
+        .query(
+            "SELECT r.oid, r.rolname::text, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, \
+                    r.rolcanlogin, r.rolreplication, r.rolbypassrls, r.rolconnlimit, \
+                    r.rolvaliduntil::text, pg_catalog.shobj_description(r.oid, 'pg_authid') \
+               FROM pg_catalog.pg_roles r WHERE r.oid = ANY($1)",
+            &[&all],
+        )
+        .await
+        .map_err(e)?;
+    let mut by_oid: HashMap<u32, RoleInfo> = HashMap::new();
+    for r in &rows {
+        let info = RoleInfo {
+            oid: r.get(0),
+            name: r.get(1),
+            superuser: r.get(2),
+            inherit: r.get(3),
+            createrole: r.get(4),
+            createdb: r.get(5),
+            login: r.get(6),
+            replication: r.get(7),
+            bypassrls: r.get(8),
+            connlimit: r.get(9),
+            valid_until: r.get(10),
+            password: None,
+            comment: r.get(11),
+            settings: Vec::new(),
+        };
+        by_oid.insert(info.oid, info);
+    }
+    wanted.retain(|o| by_oid.contains_key(o));
+    let wanted_oids: Vec<u32> = wanted.iter().copied().collect();
+
+    let mut passwords_missing = None;
+    if with_passwords {
+        match c
+            .query(
+                "SELECT oid, rolpassword FROM pg_catalog.pg_authid WHERE oid = ANY($1)",
+                &[&wanted_oids],
+            )
+            .await
+        {
+            Ok(rows) => {
+                for r in rows {
+                    let oid: u32 = r.get(0);
+                    if let Some(info) = by_oid.get_mut(&oid) {
+                        info.password = r.get(1);
+                    }
+                }
+            }
+            Err(err) => {
+                passwords_missing = Some(format!(
+                    "pg_authid is not readable: {}",
+                    describe_one_line(&err)
+                ))
+            }
+        }
+    } else {
+        passwords_missing = Some("managed profile: role passwords are not dumped".into());
+    }
+
+    let rows = c
+        .query(
+            "SELECT setrole, setconfig::text[] FROM pg_catalog.pg_db_role_setting \
+              WHERE setdatabase = 0 AND setrole = ANY($1)",
+            &[&wanted_oids],
+        )
+        .await
+        .map_err(e)?;
+    for r in rows {
+        let oid: u32 = r.get(0);
+        let config: Option<Vec<String>> = r.get(1);
+        if let Some(info) = by_oid.get_mut(&oid) {
+            info.settings = config.unwrap_or_default();
+        }
+    }
+
+    let name_of = |oid: u32| by_oid.get(&oid).map(|r| r.name.clone());
+    let mut memberships: Vec<Membership> = raw
+        .iter()
+        .filter_map(|m| {
+            let role = name_of(m.role)?;
+            let member = name_of(m.member)?;
+            let grantor = name_of(m.grantor);
+            let grantor_is_superuser = by_oid.get(&m.grantor).is_some_and(|g| g.superuser);
+            let flag = |k: &str| m.json.get(k).and_then(serde_json::Value::as_bool);
+            Some(Membership {
+                role,
+                member,
+                grantor,
+                grantor_is_superuser,
+                admin: flag("admin_option").unwrap_or(false),
+                inherit: flag("inherit_option"),
+                set: flag("set_option"),
+            })
+        })
+        .collect();
+    memberships
+        .sort_by(|a, b| (&a.role, &a.member, &a.grantor).cmp(&(&b.role, &b.member, &b.grantor)));
+    let mut roles: Vec<RoleInfo> = wanted
+        .iter()
+        .filter_map(|o| by_oid.get(o).cloned())
+        .collect();
+    roles.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(RoleCapture {
+        roles,
+        memberships,
+        passwords_missing,
+    })
+}
+
+/// One privilege of the database's ACL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclEntry {
+    /// `None` for PUBLIC.
+    pub grantee: Option<String>,
+    pub privilege: String,
+    pub grantable: bool,
+}
+
+/// Everything database.sql is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DatabaseInfo {
+    pub name: String,
+    pub owner: String,
+    pub encoding: String,
+    /// `libc`, `icu` or `builtin` (15+).
+    pub locale_provider: Option<String>,
+    pub collate: Option<String>,
+    pub ctype: Option<String>,
+    /// ICU locale (15+, `daticulocale`; `datlocale` from 17).
+    pub icu_locale: Option<String>,
+    /// ICU rules (16+).
+    pub icu_rules: Option<String>,
+    /// Builtin provider locale (17+).
+    pub builtin_locale: Option<String>,
+    pub connlimit: i32,
+    pub is_template: bool,
+    pub allow_connections: bool,
+    pub tablespace: Option<String>,
+    /// `None` when the database has the default privileges (`datacl` is NULL).
+    pub acl: Option<Vec<AclEntry>>,
+    pub comment: Option<String>,
+    /// `ALTER DATABASE … SET` entries.
+    pub settings: Vec<String>,
+    /// `ALTER ROLE … IN DATABASE … SET` entries: role → entries.
+    pub role_settings: BTreeMap<String, Vec<String>>,
+}
+
+/// Reads the database's own definition, settings and grants.
+pub async fn capture_database(c: &Client, dbname: &str) -> Result<DatabaseInfo, String> {
+    let e = |e: tokio_postgres::Error| describe_one_line(&e);
+    let row = c
+        .query_opt(
+            "SELECT pg_catalog.to_jsonb(d)::text, pg_catalog.pg_get_userbyid(d.datdba)::text, \
+                    pg_catalog.pg_encoding_to_char(d.encoding)::text, t.spcname::text, \
+                    d.datacl IS NULL, pg_catalog.shobj_description(d.oid, 'pg_database') \
+               FROM pg_catalog.pg_database d \
+               LEFT JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace \
+              WHERE d.datname = $1",
+            &[&dbname],
+        )
+        .await
+        .map_err(e)?
+        .ok_or_else(|| format!("database {dbname:?} does not exist"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| e.to_string())?;
+    let text = |k: &str| {
+        json.get(k)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    let provider = text("datlocprovider").map(|p| match p.as_str() {
+        "c" => "libc".to_string(),
+        "i" => "icu".to_string(),
+        "b" => "builtin".to_string(),
+        other => other.to_string(),
+    });
+    let locale = text("datlocale").or_else(|| text("daticulocale"));
+    let (icu_locale, builtin_locale) = match provider.as_deref() {
+        Some("icu") => (locale, None),
+        Some("builtin") => (None, locale),
+        _ => (None, None),
+    };
+    let tablespace: Option<String> = row.get(3);
+    let mut info = DatabaseInfo {
+        name: dbname.to_string(),
+        owner: row.get(1),
+        encoding: row.get(2),
+        locale_provider: provider,
+        collate: text("datcollate"),
+        ctype: text("datctype"),
+        icu_locale,
+        icu_rules: text("daticurules"),
+        builtin_locale,
+        connlimit: json
+            .get("datconnlimit")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|v| i32::try_from(v).ok())
+            .unwrap_or(-1),
+        is_template: json
+            .get("datistemplate")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        allow_connections: json
+            .get("datallowconn")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true),
+        tablespace: tablespace.filter(|t| t != "pg_default"),
+        acl: None,
+        comment: row.get(5),
+        settings: Vec::new(),
+        role_settings: BTreeMap::new(),
+    };
+    let default_acl: bool = row.get(4);
+    if !default_acl {
+        let rows = c
+            .query(
+                "SELECT CASE WHEN a.grantee = 0 THEN NULL \
+                             ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END, \
+                        a.privilege_type, a.is_grantable \
+                   FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a \
+                  WHERE d.datname = $1 ORDER BY 1 NULLS FIRST, 2",
+                &[&dbname],
+            )
+            .await
+            .map_err(e)?;
+        info.acl = Some(
+            rows.iter()
+                .map(|r| AclEntry {
+                    grantee: r.get(0),
+                    privilege: r.get(1),
+                    grantable: r.get(2),
+                })
+                .collect(),
+        );
+    }
+    let rows = c
+        .query(
+            "SELECT s.setrole, pg_catalog.pg_get_userbyid(s.setrole)::text, s.setconfig::text[] \
+               FROM pg_catalog.pg_db_role_setting s \
+               JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase \
+              WHERE d.datname = $1 ORDER BY 2",
+            &[&dbname],
+        )
+        .await
+        .map_err(e)?;
+    for r in rows {
+        let role: u32 = r.get(0);
+        let config: Option<Vec<String>> = r.get(2);
+        let config = config.unwrap_or_default();
+        if role == 0 {
+            info.settings = config;
+        } else {
+            info.role_settings.insert(r.get(1), config);
+        }
+    }
+    Ok(info)
+}
+
+/// A table of the database to count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: String,
+    pub name: String,
+    pub estimate: i64,
+}
+
+/// Ordinary tables (partitions included, partitioned parents not: their rows are their
+/// partitions'), outside the system schemas, with the planner's estimate.
+pub async fn list_tables(c: &Client) -> Result<Vec<TableRef>, String> {
+    let rows = c
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.reltuples::int8 \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_' \
+              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| describe_one_line(&e))?;
+    Ok(rows
+        .iter()
+        .map(|r| TableRef {
+            schema: r.get(0),
+            name: r.get(1),
+            estimate: r.get(2),
+        })
+        .collect())
+}
+
+/// Opens a repeatable-read, read-only transaction and exports its snapshot for pg_dump's
+/// `--snapshot`. The transaction must stay open until pg_dump has imported the snapshot; the
+/// caller ends it after pg_dump ends.
+pub async fn export_snapshot(c: &Client) -> Result<String, String> {
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(|e| describe_one_line(&e))?;
+    match c
+        .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+        .await
+    {
+        Ok(row) => Ok(row.get(0)),
+        Err(err) => {
+            let _ = c.batch_execute("ROLLBACK").await;
+            Err(describe_one_line(&err))
+        }
+    }
+}
+
+/// Ends the transaction of [`export_snapshot`] (once pg_dump has ended and the rows are
+/// counted).
+pub async fn end_snapshot(c: &Client) -> Result<(), String> {
+    c.batch_execute("COMMIT")
+        .await
+        .map_err(|e| describe_one_line(&e))
+}
+
+/// Exact row counts in the open snapshot transaction. `keys` are qualified table names as SQL
+/// identifiers (`schema.table`, each part quoted where needed); each is counted with
+/// `SELECT count(*) FROM <key>` and keys the returned map. A table that cannot be counted (no
+/// privilege, dropped meanwhile) is left out and named in the returned notes.
+pub async fn count_rows(c: &Client, keys: &[String]) -> (BTreeMap<String, i64>, Vec<String>) {
+    let mut counts = BTreeMap::new();
+    let mut notes = Vec::new();
+    for key in keys {
+        if let Err(err) = c.batch_execute("SAVEPOINT pgbackman_count").await {
+            notes.push(format!("{key}: {}", describe_one_line(&err)));
+            break; // the transaction is gone
+        }
+        let sql = format!("SELECT count(*) FROM {key}");
+        match c.query_one(&sql, &[]).await {
+            Ok(row) => {
+                counts.insert(key.clone(), row.get(0));
+                let _ = c.batch_execute("RELEASE SAVEPOINT pgbackman_count").await;
+            }
+            Err(err) => {
+                notes.push(format!("{key}: {}", describe_one_line(&err)));
+                let _ = c
+                    .batch_execute("ROLLBACK TO SAVEPOINT pgbackman_count")
+                    .await;
+            }
+        }
+    }
+    (counts, notes)
+}
