@@ -51,6 +51,13 @@ fn snapshots_queue_jobs_and_can_be_cancelled() {
         env.json("show_snapshots_in_progress")["snapshots_in_progress"],
         json!([])
     );
+    // Without a tag, the snapshots of one command share a generated one.
+    env.cmd("register_snapshot_definition bs1.example.org 127.0.0.2 billing,crm")
+        .ok();
+    assert_eq!(
+        env.sql("select count(distinct tag) || '/' || count(*) from snapshot_definition where tag <> 'pre-upgrade'"),
+        "1/2"
+    );
 }
 
 #[test]

@@ -989,7 +989,10 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
     if let Some(x) = &extra {
         model::check_extra_dump_parameters(x)?;
     }
-    let tag = s.value(inv, "tag", Some("random"))?;
+    // One tag for the whole command, so the snapshots of #all_databases# can be found together.
+    let tag = s
+        .value(inv, "tag", Some("random"))?
+        .or_else(|| Some(format!("{:09X}", rand::random::<u64>() & 0xF_FFFF_FFFF)));
     let release = s
         .value(inv, "release", Some("the node's own"))?
         .map(|r| {
