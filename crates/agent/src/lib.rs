@@ -252,8 +252,6 @@ struct Runner {
     /// Scheduled fires waiting for a free slot (concurrency limits): the newest instant of
     /// each definition only, so a long wait never queues up a backlog.
     pending: BTreeMap<i64, chrono::DateTime<Utc>>,
-    /// The definitions as last read, to skip rewriting the cache when nothing changed.
-    last: Vec<AgentDefinition>,
     /// Parent of every job's token: cancelled at shutdown.
     stop: CancellationToken,
     /// SIGTERM / SIGINT.
@@ -270,7 +268,6 @@ impl Runner {
             running: HashMap::new(),
             tasks: HashMap::new(),
             pending: BTreeMap::new(),
-            last: Vec::new(),
             stop: CancellationToken::new(),
             signal,
         }
@@ -279,18 +276,18 @@ impl Runner {
     async fn refresh(&mut self) {
         match self.ctx.catalog.agent_definitions(self.ctx.server_id).await {
             Ok(defs) => {
-                if defs == self.last {
+                // Nothing changed: keep the schedule and the cache file as they are.
+                if defs.len() == self.defs.len()
+                    && defs.iter().all(|d| self.defs.get(&d.def_id) == Some(d))
+                {
                     return;
                 }
-                self.last = defs.clone();
-                let cache = state::Cache {
-                    format: 1,
-                    server_id: self.ctx.server_id,
-                    server_fqdn: self.ctx.agent_name.clone(),
-                    written_at: Utc::now(),
-                    definitions: defs.clone(),
-                };
-                if let Err(e) = state::save_cache(&self.ctx.cfg.state_dir, &cache) {
+                if let Err(e) = state::save_cache(
+                    &self.ctx.cfg.state_dir,
+                    self.ctx.server_id,
+                    &self.ctx.agent_name,
+                    &defs,
+                ) {
                     tracing::warn!("writing the definition cache: {e:#}");
                 }
                 self.set_definitions(defs);

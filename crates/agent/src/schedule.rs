@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -12,7 +13,9 @@ use pgbackman_db::agent::AgentDefinition;
 
 pub struct Scheduler {
     tz: Tz,
-    schedules: HashMap<i64, CronSchedule>,
+    /// One parsed schedule per distinct pattern, shared: a parsed croner pattern costs ~5 KB
+    /// (its year bitfield), and ten thousand definitions use at most a few thousand patterns.
+    schedules: HashMap<i64, Arc<CronSchedule>>,
     heap: BinaryHeap<Reverse<(DateTime<Utc>, i64)>>,
     /// Fires up to this instant have been handed out; rebuilds continue from here, so a
     /// refresh at the very moment of a fire neither loses nor repeats it.
@@ -37,17 +40,23 @@ impl Scheduler {
     ) -> Vec<(i64, String)> {
         self.schedules.clear();
         self.heap.clear();
+        let mut parsed: HashMap<&[String; 5], Result<Arc<CronSchedule>, String>> = HashMap::new();
         let mut bad = Vec::new();
         for d in defs.into_iter().filter(|d| d.is_scheduled()) {
-            let [m, h, dom, mon, dow] = &d.schedule;
-            match CronSchedule::parse_fields(m, h, dom, mon, dow) {
+            let s = parsed.entry(&d.schedule).or_insert_with(|| {
+                let [m, h, dom, mon, dow] = &d.schedule;
+                CronSchedule::parse_fields(m, h, dom, mon, dow)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            });
+            match s {
                 Ok(s) => {
-                    if let Some(t) = next_after(&s, self.tz, self.cursor) {
+                    if let Some(t) = next_after(s, self.tz, self.cursor) {
                         self.heap.push(Reverse((t, d.def_id)));
                     }
-                    self.schedules.insert(d.def_id, s);
+                    self.schedules.insert(d.def_id, s.clone());
                 }
-                Err(e) => bad.push((d.def_id, e.to_string())),
+                Err(e) => bad.push((d.def_id, e.clone())),
             }
         }
         bad

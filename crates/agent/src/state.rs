@@ -95,8 +95,29 @@ pub fn cache_path(state_dir: &Path) -> PathBuf {
     state_dir.join("definitions.json")
 }
 
-pub fn save_cache(state_dir: &Path, c: &Cache) -> Result<()> {
-    write_atomic(&cache_path(state_dir), &serde_json::to_vec(c)?)
+/// Writes the cache from borrowed definitions (no second copy of ten thousand of them).
+pub fn save_cache(
+    state_dir: &Path,
+    server_id: i64,
+    server_fqdn: &str,
+    definitions: &[AgentDefinition],
+) -> Result<()> {
+    #[derive(Serialize)]
+    struct CacheRef<'a> {
+        format: u32,
+        server_id: i64,
+        server_fqdn: &'a str,
+        written_at: chrono::DateTime<chrono::Utc>,
+        definitions: &'a [AgentDefinition],
+    }
+    let c = CacheRef {
+        format: 1,
+        server_id,
+        server_fqdn,
+        written_at: chrono::Utc::now(),
+        definitions,
+    };
+    write_atomic(&cache_path(state_dir), &serde_json::to_vec(&c)?)
 }
 
 pub fn load_cache(state_dir: &Path) -> Result<Option<Cache>> {
@@ -128,14 +149,7 @@ mod tests {
     fn cache_round_trip() {
         let d = tempfile::tempdir().unwrap();
         assert!(load_cache(d.path()).unwrap().is_none());
-        let c = Cache {
-            format: 1,
-            server_id: 3,
-            server_fqdn: "bs".into(),
-            written_at: chrono::Utc::now(),
-            definitions: vec![],
-        };
-        save_cache(d.path(), &c).unwrap();
+        save_cache(d.path(), 3, "bs", &[]).unwrap();
         assert_eq!(load_cache(d.path()).unwrap().unwrap().server_id, 3);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
