@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# Whole-process benchmark: one FULL backup of the reference database (../shared/bench/reference-db.sql)
+#   (a) pgbackman: `pgbackman -C "run_backup_definition_now 1"` run by a real pgbackman-agent
+#       (custom format, zstd streamed and hashed in-process, roles + database settings via SQL),
+#       wall = job.finished_at - job.claimed_at, size = backup_catalog.total_size;
+#   (b) PgBackMan's FULL: its exact command lines one after another (pg_dump --format=d --blobs
+#       --verbose, then the USERS steps pg_dump -s -C + pg_dumpall -r twice, then the DBCONFIG step
+#       pg_dumpall -s, with their filtering), wall = date before/after, size = du -sb of its outputs;
+#   (c) the ceiling: pg_dump -Fc -Z0 DB > /dev/null;
+#   (d) for reference only (no target): DESIGN.md §5's pipeline pg_dump -Fc -Z0 | zstd -3 -T2 > file,
+#       i.e. what streaming compression costs on this machine without pgbackman around it.
+# The agent's own CPU time per backup (utime+stime: zstd, sha256, supervision) is shown too.
+# Each is repeated REPS times (interleaved) and the median is reported. Nothing here fails on a
+# number: PASS/MISS lines compare with the targets of DESIGN.md §5/§7.
+#
+# Usage: bench/backup.sh [scale]        (scale of reference-db.sql, default 4, about 1.4 GB)
+#   env: BIN_DIR=DIR uses pgbackman and pgbackman-agent from DIR instead of building the tree;
+#        REPS (default 3), SHOW_DETAILS=1 also prints show_backup_details of the last backup,
+#        KEEP=1 keeps the work directory for inspection.
+# Runs as root (servers then run as the postgres OS user) or as an ordinary user.
+set -euo pipefail
+shopt -s inherit_errexit
+
+SCALE=${1:-4}
+REPS=${REPS:-3}
+[[ $SCALE =~ ^[0-9]+$ && $SCALE -ge 1 ]] || { echo "usage: $0 [scale>=1]" >&2; exit 2; }
+[[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || { echo "REPS must be a positive integer" >&2; exit 2; }
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REFDB=${REFDB:-$ROOT/../shared/bench/reference-db.sql}
+PGBIN=/usr/lib/postgresql/15/bin
+NODE_ADDR=127.0.0.2
+SERVER=bench.example.org
+DB=bench
+WORK=/var/tmp/pgbackman-bench-$$
+AGENT_PID=
+CLUSTERS=()
+
+[[ -f $REFDB ]] || { echo "reference database script not found: $REFDB" >&2; exit 2; }
+[[ -x $PGBIN/initdb ]] || { echo "PostgreSQL 15 server binaries not found in $PGBIN" >&2; exit 2; }
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+as_pg() {
+    if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n $AGENT_PID ]] && kill -0 "$AGENT_PID" 2>/dev/null; then
+        kill -TERM "$AGENT_PID" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$AGENT_PID" 2>/dev/null
+        wait "$AGENT_PID" 2>/dev/null
+    fi
+    for c in "${CLUSTERS[@]}"; do
+        as_pg "$PGBIN/pg_ctl" -D "$c" -m immediate -w -t 30 stop >/dev/null 2>&1
+    done
+    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A TCP port nobody listens on (loopback).
+free_port() {
+    local p
+    for p in $(shuf -i 20000-60000 -n 200); do
+        if ! ss -Hltn "( sport = :$p )" | grep -q .; then echo "$p"; return; fi
+    done
+    echo "no free port found" >&2; return 1
+}
+
+# start_cluster NAME LISTEN_ADDRESSES PORT [extra postgresql.conf lines]
+start_cluster() {
+    local name=$1 addrs=$2 port=$3 extra=${4:-} dir=$WORK/$1
+    as_pg "$PGBIN/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$WORK/$name-initdb.log" 2>&1 ||
+        as_pg "$PGBIN/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/$name-initdb.log" 2>&1
+    as_pg tee "$dir/pg_hba.conf" >/dev/null <<EOF
+local all all trust
+host all all 127.0.0.0/8 trust
+EOF
+    as_pg tee -a "$dir/postgresql.conf" >/dev/null <<EOF
+listen_addresses = '$addrs'
+port = $port
+unix_socket_directories = '$WORK/sock'
+logging_collector = off
+$extra
+EOF
+    CLUSTERS+=("$dir")
+    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$WORK/$name.log" -w -t 120 start >/dev/null
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "nan" && r <= t) ? "PASS" : "MISS" }'; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+now() { date +%s.%N; }
+
+# ---- build -------------------------------------------------------------------------------------
+if [[ -n ${BIN_DIR:-} ]]; then
+    PGBACKMAN=$BIN_DIR/pgbackman AGENT=$BIN_DIR/pgbackman-agent
+    BUILD="prebuilt binaries in $BIN_DIR"
+else
+    log "building release binaries (cargo build --release --bins)"
+    (cd "$ROOT" && cargo build --release --bins --quiet)
+    PGBACKMAN=$ROOT/target/release/pgbackman AGENT=$ROOT/target/release/pgbackman-agent
+    BUILD="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+fi
+[[ -x $PGBACKMAN && -x $AGENT ]] || { echo "pgbackman binaries not found: $PGBACKMAN, $AGENT" >&2; exit 2; }
+
+mkdir -p "$WORK/sock" "$WORK/home" "$WORK/agent" "$WORK/pgbackman-orig"
+chmod 755 "$WORK"
+[[ $(id -u) -eq 0 ]] && chown postgres: "$WORK" "$WORK/sock"
+
+CPORT=$(free_port)
+NPORT=$(free_port)
+log "catalog cluster (unix socket, port $CPORT); node cluster on $NODE_ADDR:$NPORT"
+start_cluster catalog "" "$CPORT"
+start_cluster node "$NODE_ADDR" "$NPORT" "fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+shared_buffers = 256MB
+maintenance_work_mem = 256MB"
+
+CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
+NODE_CONN=(-h "$NODE_ADDR" -p "$NPORT" -U postgres)
+cpsql() { psql -X -At -v ON_ERROR_STOP=1 -d "$CATALOG" -c "$1"; }
+pgb() { HOME=$WORK/home USER=bench TZ=UTC "$PGBACKMAN" --catalog "$CATALOG" "$@"; }
+
+log "building the reference database at scale $SCALE (this takes a while)"
+t=$(now)
+psql -X -q -v ON_ERROR_STOP=1 "${NODE_CONN[@]}" -d postgres -c "create database $DB" >/dev/null
+timeout 3600 psql -X -q -v ON_ERROR_STOP=1 -v scale="$SCALE" "${NODE_CONN[@]}" -d "$DB" -f "$REFDB" >/dev/null
+psql -X -q "${NODE_CONN[@]}" -d "$DB" -c checkpoint >/dev/null
+DBSIZE=$(psql -X -At "${NODE_CONN[@]}" -d "$DB" -c "select pg_database_size(current_database())")
+log "database $DB: $(mb "$DBSIZE") MB on disk, built in $(awk -v a="$t" -v b="$(now)" 'BEGIN{printf "%.0f", b-a}') s"
+
+# ---- catalog, registrations, agent ---------------------------------------------------------------
+pgb db init >/dev/null
+pgb -C "register_backup_server bench example.org bench" >/dev/null
+pgb -C "register_pgsql_node $NODE_ADDR \"\" $NPORT postgres RUNNING bench" >/dev/null
+# FULL, scheduled at a time that never comes during the run (it runs only when asked).
+H=$(( ($(date -u +%-H) + 12) % 24 ))
+pgb -C "register_backup_definition $SERVER $NODE_ADDR $DB \"\" 0 $H \"*\" \"*\" \"*\" FULL false \"7 days\" 1 \"\" ACTIVE bench" >/dev/null
+DEF_ID=$(cpsql "select max(def_id) from backup_definition")
+
+cat >"$WORK/agent/agent.toml" <<EOF
+[catalog]
+conninfo = "$CATALOG"
+[agent]
+backup_server = "$SERVER"
+state_dir = "$WORK/agent/state"
+backup_dir = "$WORK/agent/backups"
+http_listen = ""
+[agent.bin_dirs]
+"15" = "$PGBIN"
+EOF
+PGBACKMAN_LOG=info TZ=UTC "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
+AGENT_PID=$!
+deadline=$((SECONDS + 30))
+until grep -q "pgbackman-agent started" "$WORK/agent/agent.log"; do
+    kill -0 "$AGENT_PID" 2>/dev/null || { cat "$WORK/agent/agent.log" >&2; echo "agent died" >&2; exit 1; }
+    ((SECONDS < deadline)) || { cat "$WORK/agent/agent.log" >&2; echo "agent did not start" >&2; exit 1; }
+    sleep 0.2
+done
+sleep 1
+
+# ---- the three methods ---------------------------------------------------------------------------
+run_pgbackman() { # prints "wall_seconds total_size bck_id"
+    pgb -C "run_backup_definition_now $DEF_ID" >/dev/null
+    local job state deadline=$((SECONDS + 3600))
+    job=$(cpsql "select max(job_id) from job where def_id = $DEF_ID")
+    while :; do
+        state=$(cpsql "select state from job where job_id = $job")
+        case $state in
+            SUCCEEDED) break ;;
+            FAILED | CANCELLED | LOST)
+                cpsql "select job_id, state, error_message from job where job_id = $job" >&2
+                cpsql "select error_step, error_message, error_stderr_tail from backup_catalog where job_id = $job" >&2
+                tail -20 "$WORK/agent/agent.log" >&2
+                exit 1 ;;
+        esac
+        ((SECONDS < deadline)) || { echo "job $job did not finish within an hour" >&2; exit 1; }
+        sleep 0.2
+    done
+    cpsql "select extract(epoch from j.finished_at - j.claimed_at), b.total_size, b.bck_id,
+                  extract(epoch from b.finished - b.started)
+             from job j join backup_catalog b using (job_id) where j.job_id = $job" | tr '|' ' '
+}
+
+run_pgbackman_original() { # prints "wall_seconds size_bytes"
+    local out=$WORK/pgbackman-orig/run$1 ts stem
+    mkdir -p "$out/dump" "$out/log" "$out/tmp"
+    ts=$(date +%Y%m%dT%H%M%S)
+    stem="$DB-$NODE_ADDR-v15-defid$DEF_ID-cFULL-$ts"
+    local dump=$out/dump/$stem-DATABASE.sql users=$out/dump/$stem-USERS.sql dbconfig=$out/dump/$stem-DBCONFIG.sql
+    local dlog=$out/log/$stem-DATABASE.log ulog=$out/log/$stem-USERS.log clog=$out/log/$stem-DBCONFIG.log
+    local t0 t1
+    t0=$(now)
+    # DATABASE: directory format, default (zlib) compression, serial.
+    echo "$(date) pg_dump ${NODE_CONN[*]} --file=$dump --format=d --blobs --verbose $DB" >"$dlog"
+    timeout 3600 "$PGBIN/pg_dump" "${NODE_CONN[@]}" --file="$dump" --format=d --blobs --verbose "$DB" >>"$dlog" 2>&1
+    # USERS: schema of the database, roles twice, then the filtering into the USERS file.
+    echo "$(date) pg_dump ${NODE_CONN[*]} -s -C --file=$out/tmp/t1 --verbose $DB" >"$ulog"
+    timeout 3600 "$PGBIN/pg_dump" "${NODE_CONN[@]}" -s -C --file="$out/tmp/t1" --verbose "$DB" >>"$ulog" 2>&1
+    timeout 600 "$PGBIN/pg_dumpall" "${NODE_CONN[@]}" -r --file="$out/tmp/t2" >>"$ulog" 2>&1
+    timeout 600 "$PGBIN/pg_dumpall" "${NODE_CONN[@]}" -r --file="$out/tmp/t3" >>"$ulog" 2>&1
+    {
+        grep -oE ' OWNER TO [^ ;]+;' "$out/tmp/t1" | sed -E 's/ OWNER TO (.*);/\1/' || true
+        grep -E '^GRANT .* TO [^ ;]+;$' "$out/tmp/t1" | sed -E 's/.* TO ([^ ;]+);$/\1/' || true
+    } | { grep -vx PUBLIC || true; } | sort -u >"$out/tmp/roles"
+    {
+        echo "-- USERS of $DB@$NODE_ADDR"
+        echo "BEGIN;"
+        while read -r r; do
+            grep -F -e " ROLE $r;" -e " ROLE $r " "$out/tmp/t3" || true
+        done <"$out/tmp/roles"
+        while read -r r; do
+            grep -E "^GRANT .* TO $r GRANTED BY " "$out/tmp/t2" || true
+        done <"$out/tmp/roles" | sort -u
+        echo "COMMIT;"
+    } >"$users"
+    # DBCONFIG: schema of the whole cluster, filtered to the database's own lines.
+    echo "$(date) pg_dumpall ${NODE_CONN[*]} -s --file=$out/tmp/t4" >"$clog"
+    timeout 3600 "$PGBIN/pg_dumpall" "${NODE_CONN[@]}" -s --file="$out/tmp/t4" >>"$clog" 2>&1
+    {
+        echo "-- DBCONFIG of $DB@$NODE_ADDR"
+        echo "BEGIN;"
+        grep -E "CREATE DATABASE $DB |ALTER DATABASE $DB SET | ON DATABASE $DB " "$out/tmp/t4" || true
+        echo "COMMIT;"
+    } >"$dbconfig"
+    t1=$(now)
+    rm -rf "$out/tmp"
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') $(du -sb "$out" | cut -f1)"
+    rm -rf "$out"
+}
+
+run_zstd_pipe() { # prints "wall_seconds size_bytes"
+    local t0 t1 f=$WORK/pipe.pgdump.zst
+    t0=$(now)
+    timeout 3600 "$PGBIN/pg_dump" "${NODE_CONN[@]}" -Fc -Z0 "$DB" | zstd -q -3 -T2 >"$f"
+    t1=$(now)
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') $(stat -c %s "$f")"
+    rm -f "$f"
+}
+
+agent_cpu() { sed -E 's/^.*\) //' "/proc/$AGENT_PID/stat" | awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / t}'; }
+
+run_ceiling() { # prints "wall_seconds"
+    local t0 t1
+    t0=$(now)
+    timeout 3600 "$PGBIN/pg_dump" "${NODE_CONN[@]}" -Fc -Z0 "$DB" >/dev/null
+    t1=$(now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}'
+}
+
+log "warm-up: one untimed pg_dump -Fc -Z0 (page cache)"
+run_ceiling >/dev/null
+
+HAVE_ZSTD=0
+command -v zstd >/dev/null && HAVE_ZSTD=1
+A_WALL=() A_SIZE=() A_DUR=() A_CPU=() B_WALL=() B_SIZE=() C_WALL=() D_WALL=() D_SIZE=() BCK=
+for i in $(seq "$REPS"); do
+    c0=$(agent_cpu)
+    out=$(run_pgbackman)
+    read -r w s BCK d <<<"$out"
+    c1=$(agent_cpu)
+    A_WALL+=("$w") A_SIZE+=("$s") A_DUR+=("$d") A_CPU+=("$(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b-a}')")
+    log "rep $i/$REPS pgbackman: ${w}s, $(mb "$s") MB (backup_catalog duration ${d}s, BckID $BCK, agent CPU ${A_CPU[-1]}s)"
+    out=$(run_pgbackman_original "$i")
+    read -r w s <<<"$out"
+    B_WALL+=("$w") B_SIZE+=("$s")
+    log "rep $i/$REPS PgBackMan FULL: ${w}s, $(mb "$s") MB"
+    w=$(run_ceiling)
+    C_WALL+=("$w")
+    log "rep $i/$REPS ceiling pg_dump -Fc -Z0 > /dev/null: ${w}s"
+    if ((HAVE_ZSTD)); then
+        out=$(run_zstd_pipe)
+        read -r w s <<<"$out"
+        D_WALL+=("$w") D_SIZE+=("$s")
+        log "rep $i/$REPS reference pg_dump -Fc -Z0 | zstd -3 -T2: ${w}s, $(mb "$s") MB"
+    fi
+done
+
+am=$(printf '%s\n' "${A_WALL[@]}" | median)
+ad=$(printf '%s\n' "${A_DUR[@]}" | median)
+as=$(printf '%s\n' "${A_SIZE[@]}" | median)
+bm=$(printf '%s\n' "${B_WALL[@]}" | median)
+bs=$(printf '%s\n' "${B_SIZE[@]}" | median)
+cm=$(printf '%s\n' "${C_WALL[@]}" | median)
+acpu=$(printf '%s\n' "${A_CPU[@]}" | median)
+if ((HAVE_ZSTD)); then
+    dm=$(printf '%s\n' "${D_WALL[@]}" | median)
+    ds=$(printf '%s\n' "${D_SIZE[@]}" | median)
+fi
+r1=$(ratio "$am" "$bm")
+r2=$(ratio "$am" "$cm")
+r3=$(ratio "$as" "$bs")
+
+echo
+echo "FULL backup of the reference database, scale $SCALE ($(mb "$DBSIZE") MB on disk), $REPS runs each, median"
+echo "build: $BUILD; host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-50s %10s %10s   %s\n' "method" "wall (s)" "size (MB)" "runs (s)"
+printf '%-50s %10.2f %10s   %s\n' "pgbackman (job claimed -> finished)" "$am" "$(mb "$as")" "${A_WALL[*]}"
+printf '%-50s %10.2f %10s   %s\n' "  (backup_catalog started -> finished)" "$ad" "" "${A_DUR[*]}"
+printf '%-50s %10.2f %10s   %s\n' "PgBackMan FULL (pg_dump -Fd + USERS + DBCONFIG)" "$bm" "$(mb "$bs")" "${B_WALL[*]}"
+printf '%-50s %10.2f %10s   %s\n' "ceiling (pg_dump -Fc -Z0 > /dev/null)" "$cm" "-" "${C_WALL[*]}"
+if ((HAVE_ZSTD)); then
+    printf '%-50s %10.2f %10s   %s\n' "reference: pg_dump -Fc -Z0 | zstd -3 -T2 > file" "$dm" "$(mb "$ds")" "${D_WALL[*]}"
+fi
+printf 'agent CPU per pgbackman backup (utime+stime): median %s s   runs: %s\n' "$acpu" "${A_CPU[*]}"
+echo
+printf 'wall  pgbackman / PgBackMan  = %s   (target <= 0.35)  %s\n' "$r1" "$(verdict "$r1" 0.35)"
+printf 'wall  pgbackman / ceiling    = %s   (target <= 1.30)  %s\n' "$r2" "$(verdict "$r2" 1.30)"
+printf 'size  pgbackman / PgBackMan  = %s   (target <= 1.00)  %s\n' "$r3" "$(verdict "$r3" 1.00)"
+if ((HAVE_ZSTD)); then
+    printf 'wall  pgbackman / (pg_dump | zstd -3 -T2) = %s   (no target; the cost of pgbackman around a compressed dump)\n' "$(ratio "$am" "$dm")"
+fi
+echo
+echo "phase timings of the last pgbackman run (BckID $BCK, from its manifest.json, seconds):"
+MANIFEST=$(cpsql "select manifest_file from backup_catalog where bck_id = $BCK")
+if [[ -n $MANIFEST && -f $MANIFEST ]] && command -v jq >/dev/null; then
+    jq -r '.phase_timings[] | "  \(.phase)\t\(.seconds * 1000 | round / 1000)"' "$MANIFEST" | column -t
+else
+    cpsql "select string_agg(format('  %s %s', key, round(value::numeric, 3)), E'\n') from backup_catalog, jsonb_each_text(phase_timings) where bck_id = $BCK"
+fi
+if [[ ${SHOW_DETAILS:-0} == 1 ]]; then pgb -C "show_backup_details $BCK"; fi

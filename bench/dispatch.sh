@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Whole-process benchmark: dispatch latency of an ad hoc job, "snapshot registered -> pg_dump running".
+# A real pgbackman-agent is configured with a bin dir whose pg_dump is a wrapper that records the
+# time it starts ($EPOCHREALTIME, no fork) and then execs the real pg_dump (`--version` passes
+# straight through, unrecorded). Each run takes a timestamp, runs
+#   pgbackman -C "register_snapshot_definition <srv> <node> <db> \"\" now"
+# waits for the snapshot to finish, and computes latency = wrapper start - timestamp. The shell
+# command's own duration is measured too. Nothing fails on a number: PASS/MISS against the target
+# of DESIGN.md §7 (median <= 300 ms).
+#
+# Usage: bench/dispatch.sh [runs]        (default 20)
+#   env: BIN_DIR=DIR uses pgbackman and pgbackman-agent from DIR instead of building the tree;
+#        KEEP=1 keeps the work directory for inspection.
+set -euo pipefail
+shopt -s inherit_errexit
+
+RUNS=${1:-20}
+[[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 ]] || { echo "usage: $0 [runs>=1]" >&2; exit 2; }
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGBIN=/usr/lib/postgresql/15/bin
+NODE_ADDR=127.0.0.2
+SERVER=bench.example.org
+DB=small
+WORK=/var/tmp/pgbackman-bench-$$
+AGENT_PID=
+CLUSTERS=()
+
+[[ -x $PGBIN/initdb ]] || { echo "PostgreSQL 15 server binaries not found in $PGBIN" >&2; exit 2; }
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+as_pg() {
+    if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n $AGENT_PID ]] && kill -0 "$AGENT_PID" 2>/dev/null; then
+        kill -TERM "$AGENT_PID" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$AGENT_PID" 2>/dev/null
+        wait "$AGENT_PID" 2>/dev/null
+    fi
+    for c in "${CLUSTERS[@]}"; do
+        as_pg "$PGBIN/pg_ctl" -D "$c" -m immediate -w -t 30 stop >/dev/null 2>&1
+    done
+    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    local p
+    for p in $(shuf -i 20000-60000 -n 200); do
+        if ! ss -Hltn "( sport = :$p )" | grep -q .; then echo "$p"; return; fi
+    done
+    echo "no free port found" >&2; return 1
+}
+
+# start_cluster NAME LISTEN_ADDRESSES PORT
+start_cluster() {
+    local name=$1 addrs=$2 port=$3 dir=$WORK/$1
+    as_pg "$PGBIN/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$WORK/$name-initdb.log" 2>&1 ||
+        as_pg "$PGBIN/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/$name-initdb.log" 2>&1
+    as_pg tee "$dir/pg_hba.conf" >/dev/null <<EOF
+local all all trust
+host all all 127.0.0.0/8 trust
+EOF
+    as_pg tee -a "$dir/postgresql.conf" >/dev/null <<EOF
+listen_addresses = '$addrs'
+port = $port
+unix_socket_directories = '$WORK/sock'
+logging_collector = off
+EOF
+    CLUSTERS+=("$dir")
+    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$WORK/$name.log" -w -t 120 start >/dev/null
+}
+
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) * 1000 }'; }
+# stats: reads numbers, prints "min median p90 max" (p90 = nearest rank)
+stats() {
+    sort -g | awk '{a[NR]=$1} END {
+        if (NR == 0) { print "nan nan nan nan"; exit }
+        med = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
+        r = int(0.9 * NR + 0.999999); if (r < 1) r = 1
+        printf "%.1f %.1f %.1f %.1f\n", a[1], med, a[r], a[NR] }'
+}
+
+if [[ -n ${BIN_DIR:-} ]]; then
+    PGBACKMAN=$BIN_DIR/pgbackman AGENT=$BIN_DIR/pgbackman-agent
+    BUILD="prebuilt binaries in $BIN_DIR"
+else
+    log "building release binaries (cargo build --release --bins)"
+    (cd "$ROOT" && cargo build --release --bins --quiet)
+    PGBACKMAN=$ROOT/target/release/pgbackman AGENT=$ROOT/target/release/pgbackman-agent
+    BUILD="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+fi
+[[ -x $PGBACKMAN && -x $AGENT ]] || { echo "pgbackman binaries not found: $PGBACKMAN, $AGENT" >&2; exit 2; }
+
+mkdir -p "$WORK/sock" "$WORK/home" "$WORK/agent" "$WORK/bin" "$WORK/starts"
+chmod 755 "$WORK"
+[[ $(id -u) -eq 0 ]] && chown postgres: "$WORK" "$WORK/sock"
+
+CPORT=$(free_port)
+NPORT=$(free_port)
+log "catalog cluster (unix socket, port $CPORT); node cluster on $NODE_ADDR:$NPORT"
+start_cluster catalog "" "$CPORT"
+start_cluster node "$NODE_ADDR" "$NPORT"
+
+CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
+NODE_CONN=(-h "$NODE_ADDR" -p "$NPORT" -U postgres)
+cpsql() { psql -X -At -v ON_ERROR_STOP=1 -d "$CATALOG" -c "$1"; }
+pgb() { HOME=$WORK/home USER=bench TZ=UTC "$PGBACKMAN" --catalog "$CATALOG" "$@"; }
+
+# A small database: two tables, a role, a few thousand rows.
+psql -X -q -v ON_ERROR_STOP=1 "${NODE_CONN[@]}" -d postgres -c "create database $DB" >/dev/null
+psql -X -q -v ON_ERROR_STOP=1 "${NODE_CONN[@]}" -d "$DB" >/dev/null <<'EOF'
+create role small_owner;
+create table t (id int primary key, v text);
+alter table t owner to small_owner;
+insert into t select g, md5(g::text) from generate_series(1, 5000) g;
+create table u (id int primary key, t_id int references t, note text);
+insert into u select g, 1 + g % 5000, repeat('x', g % 50) from generate_series(1, 5000) g;
+EOF
+
+# The client bin dir: pg_dump is the recording wrapper, the rest are the real programs.
+for tool in pg_dumpall pg_restore psql; do ln -s "$PGBIN/$tool" "$WORK/bin/$tool"; done
+cat >"$WORK/bin/pg_dump" <<EOF
+#!/bin/bash
+if [[ \${1:-} == --version || \${1:-} == -V ]]; then exec $PGBIN/pg_dump "\$@"; fi
+echo "\$EPOCHREALTIME" > "$WORK/starts/\$\$"
+exec $PGBIN/pg_dump "\$@"
+EOF
+chmod 755 "$WORK/bin/pg_dump"
+
+pgb db init >/dev/null
+pgb -C "register_backup_server bench example.org bench" >/dev/null
+pgb -C "register_pgsql_node $NODE_ADDR \"\" $NPORT postgres RUNNING bench" >/dev/null
+
+cat >"$WORK/agent/agent.toml" <<EOF
+[catalog]
+conninfo = "$CATALOG"
+[agent]
+backup_server = "$SERVER"
+state_dir = "$WORK/agent/state"
+backup_dir = "$WORK/agent/backups"
+http_listen = ""
+[agent.bin_dirs]
+"15" = "$WORK/bin"
+EOF
+PGBACKMAN_LOG=info TZ=UTC "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
+AGENT_PID=$!
+deadline=$((SECONDS + 30))
+until grep -q "pgbackman-agent started" "$WORK/agent/agent.log"; do
+    kill -0 "$AGENT_PID" 2>/dev/null || { cat "$WORK/agent/agent.log" >&2; echo "agent died" >&2; exit 1; }
+    ((SECONDS < deadline)) || { cat "$WORK/agent/agent.log" >&2; echo "agent did not start" >&2; exit 1; }
+    sleep 0.2
+done
+sleep 2
+
+LAT=() CMD=() DONE=()
+for i in $(seq "$RUNS"); do
+    rm -f "$WORK/starts/"*
+    t0=$EPOCHREALTIME
+    pgb -C "register_snapshot_definition $SERVER $NODE_ADDR $DB \"\" now" >/dev/null
+    t1=$EPOCHREALTIME
+    snap=$(cpsql "select max(snapshot_id) from snapshot_definition")
+    deadline=$((SECONDS + 60))
+    while :; do
+        st=$(cpsql "select status from snapshot_definition where snapshot_id = $snap")
+        case $st in
+            SUCCEEDED) break ;;
+            ERROR | CANCELLED)
+                cpsql "select error_step, error_message, error_stderr_tail from backup_catalog where snapshot_id = $snap" >&2
+                tail -20 "$WORK/agent/agent.log" >&2
+                exit 1 ;;
+        esac
+        ((SECONDS < deadline)) || { echo "snapshot $snap did not finish within 60 s (status $st)" >&2; exit 1; }
+        sleep 0.05
+    done
+    t2=$EPOCHREALTIME
+    shopt -s nullglob
+    starts=("$WORK/starts/"*)
+    shopt -u nullglob
+    [[ ${#starts[@]} -eq 1 ]] || { echo "run $i: expected one pg_dump start, found ${#starts[@]}" >&2; exit 1; }
+    ws=$(<"${starts[0]}")
+    LAT+=("$(ms "$t0" "$ws")") CMD+=("$(ms "$t0" "$t1")") DONE+=("$(ms "$t0" "$t2")")
+    log "run $i/$RUNS: pg_dump started after ${LAT[-1]} ms (shell command ${CMD[-1]} ms, snapshot finished after <= ${DONE[-1]} ms)"
+    sleep 0.3
+done
+
+read -r lmin lmed lp90 lmax < <(printf '%s\n' "${LAT[@]}" | stats)
+read -r cmin cmed cp90 cmax < <(printf '%s\n' "${CMD[@]}" | stats)
+read -r dmin dmed dp90 dmax < <(printf '%s\n' "${DONE[@]}" | stats)
+echo
+echo "dispatch latency of an ad hoc snapshot, $RUNS runs (ms)"
+echo "build: $BUILD; host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-52s %8s %8s %8s %8s\n' "" min median p90 max
+printf '%-52s %8s %8s %8s %8s\n' "register_snapshot_definition -> pg_dump running" "$lmin" "$lmed" "$lp90" "$lmax"
+printf '%-52s %8s %8s %8s %8s\n' "  of which the shell command itself (pgbackman -C)" "$cmin" "$cmed" "$cp90" "$cmax"
+printf '%-52s %8s %8s %8s %8s\n' "register -> snapshot SUCCEEDED seen (50 ms polling)" "$dmin" "$dmed" "$dp90" "$dmax"
+echo
+agent_part=$(awk -v a="$lmed" -v b="$cmed" 'BEGIN { printf "%.1f", a - b }')
+printf 'median latency %s ms (target <= 300 ms)  %s   [median after the shell command returned: ~%s ms]\n' \
+    "$lmed" "$(awk -v m="$lmed" 'BEGIN { print (m <= 300) ? "PASS" : "MISS" }')" "$agent_part"
