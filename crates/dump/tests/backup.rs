@@ -700,7 +700,8 @@ fn big_table(pg: &TestCluster, db: &str, rows: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_mid_dump_kills_pg_dump_and_keeps_nothing() {
     let pg = TestCluster::start();
-    big_table(&pg, "bigdb", 300_000);
+    // Big enough that pg_dump still runs when multithreaded zstd emits its first bytes.
+    big_table(&pg, "bigdb", 1_500_000);
     let root = tempfile::tempdir().unwrap();
     let s = spec(&pg, root.path(), 601, BackupCode::Full, "bigdb");
     let cancel = CancellationToken::new();
