@@ -17,6 +17,8 @@ pub struct Scheduler {
     /// (its year bitfield), and ten thousand definitions use at most a few thousand patterns.
     schedules: HashMap<i64, Arc<CronSchedule>>,
     heap: BinaryHeap<Reverse<(DateTime<Utc>, i64)>>,
+    /// Creation time of each scheduled definition (catch-up never reaches before it).
+    registered: HashMap<i64, DateTime<Utc>>,
     /// Fires up to this instant have been handed out; rebuilds continue from here, so a
     /// refresh at the very moment of a fire neither loses nor repeats it.
     cursor: DateTime<Utc>,
@@ -28,6 +30,7 @@ impl Scheduler {
             tz,
             schedules: HashMap::new(),
             heap: BinaryHeap::new(),
+            registered: HashMap::new(),
             cursor: now,
         }
     }
@@ -40,6 +43,7 @@ impl Scheduler {
     ) -> Vec<(i64, String)> {
         self.schedules.clear();
         self.heap.clear();
+        self.registered.clear();
         let mut parsed: HashMap<&[String; 5], Result<Arc<CronSchedule>, String>> = HashMap::new();
         let mut bad = Vec::new();
         for d in defs.into_iter().filter(|d| d.is_scheduled()) {
@@ -51,10 +55,11 @@ impl Scheduler {
             });
             match s {
                 Ok(s) => {
-                    if let Some(t) = next_after(s, self.tz, self.cursor) {
+                    if let Some(t) = next_after(s, self.tz, self.cursor.max(d.registered)) {
                         self.heap.push(Reverse((t, d.def_id)));
                     }
                     self.schedules.insert(d.def_id, s.clone());
+                    self.registered.insert(d.def_id, d.registered);
                 }
                 Err(e) => bad.push((d.def_id, e.clone())),
             }
@@ -109,7 +114,9 @@ impl Scheduler {
                 let prev = s
                     .prev_before(&now.with_timezone(&self.tz))?
                     .with_timezone(&Utc);
-                (now - prev <= window).then_some((*id, prev))
+                // An instant before the definition existed was never missed.
+                let born = self.registered.get(id).copied().unwrap_or(now);
+                (now - prev <= window && prev >= born).then_some((*id, prev))
             })
             .collect();
         out.sort_by_key(|(id, t)| (*t, *id));
@@ -159,6 +166,7 @@ mod tests {
             max_runtime_seconds: None,
             lock_wait_timeout_seconds: None,
             client_major: None,
+            registered: Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
         }
     }
 
@@ -223,6 +231,16 @@ mod tests {
             .collect();
         assert_eq!(local, ["03-29 03:00", "03-30 02:30", "03-31 02:30"]);
         let _ = now;
+    }
+
+    #[test]
+    fn no_catch_up_of_instants_before_the_definition_existed() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 21, 2, 10, 30).unwrap();
+        let mut s = Scheduler::new(chrono_tz::UTC, now);
+        let mut d = def(1, "* * * * *");
+        d.registered = Utc.with_ymd_and_hms(2026, 11, 21, 2, 10, 20).unwrap();
+        s.rebuild(&[d]);
+        assert!(s.missed(now, chrono::Duration::hours(1)).is_empty());
     }
 
     #[test]

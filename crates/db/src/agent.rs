@@ -36,6 +36,8 @@ pub struct AgentDefinition {
     pub max_runtime_seconds: Option<f64>,
     pub lock_wait_timeout_seconds: Option<f64>,
     pub client_major: Option<i32>,
+    /// Creation time: a fire missed before it is no fire at all.
+    pub registered: chrono::DateTime<chrono::Utc>,
 }
 
 impl AgentDefinition {
@@ -70,6 +72,7 @@ impl AgentDefinition {
             max_runtime_seconds: r.get("max_runtime_seconds"),
             lock_wait_timeout_seconds: r.get("lock_wait_timeout_seconds"),
             client_major: r.get("client_major"),
+            registered: r.get("registered"),
         }
     }
 
@@ -137,7 +140,7 @@ impl Catalog {
                         '' as weekday_cron, sd.backup_code, sd.retention_period::text as retention_period,
                         0 as retention_redundancy, sd.extra_backup_parameters, 'ACTIVE' as job_status,
                         'custom' as dump_format, 1 as dump_jobs, 3 as compression_level,
-                        null::float8 as max_runtime_seconds, null::float8 as lock_wait_timeout_seconds, sd.client_major
+                        null::float8 as max_runtime_seconds, null::float8 as lock_wait_timeout_seconds, sd.client_major, sd.registered
                    from public.snapshot_definition sd join public.pgsql_node n on n.node_id = sd.pgsql_node_id
                   where sd.snapshot_id = $1",
                 &[&snapshot_id],
