@@ -196,3 +196,36 @@ language sql stable as $$
     select distinct dbname from public.backup_definition
      where pgsql_node_id = p_node and job_status <> 'DELETED' and dbname <> ''
 $$;
+
+-- Run options of a definition (NULL keeps the current value): dump format and parallel jobs,
+-- zstd level, maximum runtime, lock wait timeout, client major. Used by register and update.
+create function api.set_backup_definition_options(
+    p_def_id bigint, p_format text, p_jobs integer, p_level integer, p_max_runtime text,
+    p_lock_wait_timeout text, p_client_major integer)
+returns bigint language plpgsql as $$
+begin
+    if not exists (select 1 from public.backup_definition where def_id = p_def_id) then
+        raise exception 'backup definition DefID % does not exist', p_def_id
+            using errcode = 'P0002', hint = 'show_backup_definitions lists the definitions.';
+    end if;
+    if p_format is not null then
+        perform api.check_choice('dump format', lower(btrim(p_format)), array['custom', 'directory']);
+    end if;
+    if p_jobs is not null then perform api.check_int('parallel jobs', p_jobs::text, 1, 64); end if;
+    if p_level is not null then perform api.check_int('compression level', p_level::text, 1, 19); end if;
+    if p_client_major is not null then perform api.check_int('client major', p_client_major::text, 9, 99); end if;
+    update public.backup_definition set
+        dump_format = coalesce(lower(btrim(p_format)), dump_format),
+        dump_jobs = coalesce(p_jobs, dump_jobs),
+        compression_level = coalesce(p_level, compression_level),
+        -- '0' or 'none' clears a limit.
+        max_runtime = case when p_max_runtime is null then max_runtime
+                           when lower(btrim(p_max_runtime)) in ('0', 'none', '') then null
+                           else api.check_interval('maximum runtime', p_max_runtime) end,
+        lock_wait_timeout = case when p_lock_wait_timeout is null then lock_wait_timeout
+                                 when lower(btrim(p_lock_wait_timeout)) in ('0', 'none', '') then null
+                                 else api.check_interval('lock wait timeout', p_lock_wait_timeout) end,
+        client_major = coalesce(p_client_major, client_major)
+     where def_id = p_def_id;
+    return p_def_id;
+end $$;

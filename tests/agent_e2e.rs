@@ -369,16 +369,36 @@ fn every_backup_code_produces_a_readable_set() {
         };
         f.env.cmd(&format!("register_backup_definition bs1.example.org 127.0.0.2 {db} \"\" 0 3 \"*\" \"*\" \"*\" {code}")).ok();
     }
-    for id in 1..=4 {
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 4 --format directory --jobs 2")
+        .ok();
+    for id in 1..=5 {
         f.env.cmd(&format!("run_backup_definition_now {id}")).ok();
     }
     wait_for(
         &f.env,
         "select count(*) filter (where execution_status = 'SUCCEEDED') from backup_catalog",
-        "4",
+        "5",
         60,
         &a1,
     );
+    // The directory-format set: its table of contents reads, and every member is in the catalog.
+    let dir = f
+        .env
+        .sql("select pg_dump_file from backup_catalog where dump_format = 'directory'");
+    assert!(dir.ends_with("dump.dir"), "{dir}");
+    let o = Command::new("/usr/lib/postgresql/15/bin/pg_restore")
+        .arg("--list")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let members: i32 = f
+        .env
+        .sql("select count(*) from backup_catalog, jsonb_array_elements(files) e where dump_format = 'directory' and e->>'name' like 'dump.dir/%'")
+        .parse()
+        .unwrap();
+    assert!(members >= 2, "{members} directory members in the catalog");
     for (code, file) in [
         ("SCHEMA", "dump.pgdump.zst"),
         ("DATA", "dump.pgdump.zst"),

@@ -750,3 +750,43 @@ fn node_passwords_come_from_pgpass_and_never_show() {
     assert_eq!(env.sql("select count(*) from audit_log where new_row::text like '%n0de-Secret%' or command like '%n0de-Secret%'"), "0");
     assert_eq!(env.sql("select count(*) from backup_definition"), "1");
 }
+
+#[test]
+fn definition_run_options_are_validated_and_shown() {
+    let f = Fleet::new();
+    let node = f.node_ref();
+    f.env
+        .cmd(&format!(
+            "register_backup_definition bs1.example.org {node} billing \"\" 0 1 --format directory --jobs 2 --max-runtime \"1 hour\" --lock-wait-timeout \"30 seconds\""
+        ))
+        .ok();
+    let v = f.env.json("show_backup_definitions");
+    assert_eq!(
+        v["backup_definitions"][0]["options"],
+        json!("directory -j 2, max 01:00:00, lock wait 00:00:30")
+    );
+    for (opts, msg) in [
+        (
+            "--format custom --jobs 4",
+            "--jobs needs --format directory",
+        ),
+        ("--format tar", "Valid values: custom, directory"),
+        ("--jobs 99 --format directory", "parallel jobs"),
+        ("--compression-level 40", "compression level"),
+        ("--max-runtime forever", "is not an interval"),
+        ("--client-major x", "is not a number"),
+    ] {
+        f.env
+            .cmd(&format!(
+                "register_backup_definition bs1.example.org {node} crm \"\" 0 1 {opts}"
+            ))
+            .fails_with(msg);
+    }
+    assert_eq!(f.defs(), 1, "a refused option registers nothing");
+    f.env.cmd("update_backup_definition 1 --format custom --jobs 1 --compression-level 9 --max-runtime none").ok();
+    let v = f.env.json("show_backup_definitions");
+    assert_eq!(
+        v["backup_definitions"][0]["options"],
+        json!("custom zstd:9, lock wait 00:00:30")
+    );
+}

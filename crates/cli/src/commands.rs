@@ -635,6 +635,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         model::check_extra_dump_parameters(x)?;
     }
 
+    let options = definition_options(inv)?;
     // Each definition gets its own random minute/hour when none was given: spreads the load.
     let mut defs = Vec::new();
     for db in &dbnames {
@@ -661,6 +662,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
             extra_parameters: extra.clone(),
             job_status: job_status.clone(),
             remarks: remarks.clone(),
+            options: options.clone(),
         });
     }
     if inv.bare {
@@ -691,6 +693,37 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
             })
             .collect(),
     ))
+}
+
+/// The --format/--jobs/... options of register/update_backup_definition.
+fn definition_options(inv: &Invocation) -> Result<pgbackman_db::DefinitionOptions> {
+    let int = |name: &str| -> Result<Option<i32>> {
+        inv.given(name)
+            .map(|v| {
+                v.trim()
+                    .parse::<i32>()
+                    .with_context(|| format!("--{name} \"{v}\" is not a number"))
+            })
+            .transpose()
+    };
+    let o = pgbackman_db::DefinitionOptions {
+        format: inv.given("format").map(str::to_string),
+        jobs: int("jobs")?,
+        compression_level: int("compression-level")?,
+        max_runtime: inv.given("max-runtime").map(str::to_string),
+        lock_wait_timeout: inv.given("lock-wait-timeout").map(str::to_string),
+        client_major: int("client-major")?,
+    };
+    if o.jobs.is_some_and(|j| j > 1)
+        && o.format
+            .as_deref()
+            .is_some_and(|f| !f.eq_ignore_ascii_case("directory"))
+    {
+        bail!(
+            "--jobs needs --format directory: pg_dump runs parallel jobs only in directory format"
+        );
+    }
+    Ok(o)
 }
 
 fn def_id_arg(v: &str) -> Result<i64> {
@@ -758,6 +791,7 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
         extra_parameters: extra,
         job_status,
         remarks,
+        options: definition_options(inv)?,
     };
     s.catalog.update_backup_definition(&s.audit(), &u).await?;
     Ok(Output::Done(vec![format!(

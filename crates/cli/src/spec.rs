@@ -259,6 +259,27 @@ pub static COMMANDS: &[Cmd] = &[
             pos("extra", "Extra backup parameters"),
             pos("job_status", "Job status (ACTIVE or STOPPED)"),
             pos("remarks", "Remarks"),
+            opt(
+                "format",
+                "Dump format: custom (zstd, default) or directory (parallel)",
+            ),
+            opt(
+                "jobs",
+                "Parallel pg_dump jobs with --format directory (1-64)",
+            ),
+            opt(
+                "compression-level",
+                "zstd level of the custom format (1-19, default 3)",
+            ),
+            opt(
+                "max-runtime",
+                "Stop the backup after this interval, e.g. '2 hours' (none: no limit)",
+            ),
+            opt(
+                "lock-wait-timeout",
+                "pg_dump --lock-wait-timeout, e.g. '30 seconds' (none: wait)",
+            ),
+            opt("client-major", "pg_dump major to use (at least the node's)"),
         ],
         examples: &[
             "register_backup_definition backup01.example.org pg01.example.org billing \"\" 30 2 \"*\" \"*\" \"*\" FULL false \"7 days\" 2 \"\" ACTIVE \"nightly\"",
@@ -281,9 +302,31 @@ pub static COMMANDS: &[Cmd] = &[
             pos("extra", "Extra backup parameters"),
             pos("job_status", "Job status (ACTIVE, STOPPED or DELETED)"),
             pos("remarks", "Remarks"),
+            opt(
+                "format",
+                "Dump format: custom (zstd, default) or directory (parallel)",
+            ),
+            opt(
+                "jobs",
+                "Parallel pg_dump jobs with --format directory (1-64)",
+            ),
+            opt(
+                "compression-level",
+                "zstd level of the custom format (1-19, default 3)",
+            ),
+            opt(
+                "max-runtime",
+                "Stop the backup after this interval, e.g. '2 hours' (none: no limit)",
+            ),
+            opt(
+                "lock-wait-timeout",
+                "pg_dump --lock-wait-timeout, e.g. '30 seconds' (none: wait)",
+            ),
+            opt("client-major", "pg_dump major to use (at least the node's)"),
         ],
         examples: &[
             "update_backup_definition 12 15 3 \"\" \"\" \"\" \"14 days\" 3 \"\" ACTIVE \"\"",
+            "update_backup_definition 12 --format directory --jobs 4 --max-runtime \"3 hours\"",
         ],
     },
     Cmd {

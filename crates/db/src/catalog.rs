@@ -57,6 +57,48 @@ pub struct NodeInfo {
     pub status: String,
 }
 
+/// Run options of a definition; None keeps the current value (or the default).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DefinitionOptions {
+    pub format: Option<String>,
+    pub jobs: Option<i32>,
+    pub compression_level: Option<i32>,
+    /// An interval; "none" clears the limit.
+    pub max_runtime: Option<String>,
+    pub lock_wait_timeout: Option<String>,
+    pub client_major: Option<i32>,
+}
+
+impl DefinitionOptions {
+    fn is_empty(&self) -> bool {
+        *self == DefinitionOptions::default()
+    }
+}
+
+async fn set_options(
+    tx: &Transaction<'_>,
+    def_id: i64,
+    o: &DefinitionOptions,
+) -> Result<(), DbError> {
+    if o.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "select api.set_backup_definition_options($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &def_id,
+            &o.format,
+            &o.jobs,
+            &o.compression_level,
+            &o.max_runtime,
+            &o.lock_wait_timeout,
+            &o.client_major,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct NewDefinition {
     pub server: String,
@@ -74,6 +116,7 @@ pub struct NewDefinition {
     pub extra_parameters: Option<String>,
     pub job_status: Option<String>,
     pub remarks: Option<String>,
+    pub options: DefinitionOptions,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -89,6 +132,7 @@ pub struct DefinitionUpdate {
     pub extra_parameters: Option<String>,
     pub job_status: Option<String>,
     pub remarks: Option<String>,
+    pub options: DefinitionOptions,
 }
 
 /// Filters of show_backup_catalog; None means no filter.
@@ -638,6 +682,7 @@ impl Catalog {
                     )
                     .await?
                     .get(0);
+                set_options(tx, id, &d.options).await?;
                 let r = tx
                     .query_one(
                         "select def_id, dbname, minutes_cron, hours_cron, day_month_cron, month_cron, weekday_cron, backup_code
@@ -663,25 +708,25 @@ impl Catalog {
         u: &DefinitionUpdate,
     ) -> Result<i64, DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
-            Ok(tx
-                .query_one(
-                    "select api.update_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                    &[
-                        &u.def_id,
-                        &u.minutes,
-                        &u.hours,
-                        &u.day_month,
-                        &u.month,
-                        &u.weekday,
-                        &u.retention_period,
-                        &u.retention_redundancy,
-                        &u.extra_parameters,
-                        &u.job_status,
-                        &u.remarks,
-                    ],
-                )
-                .await?
-                .get(0))
+            tx.query_one(
+                "select api.update_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &u.def_id,
+                    &u.minutes,
+                    &u.hours,
+                    &u.day_month,
+                    &u.month,
+                    &u.weekday,
+                    &u.retention_period,
+                    &u.retention_redundancy,
+                    &u.extra_parameters,
+                    &u.job_status,
+                    &u.remarks,
+                ],
+            )
+            .await?;
+            set_options(tx, u.def_id, &u.options).await?;
+            Ok(u.def_id)
         })
         .await
     }

@@ -12,8 +12,8 @@ pub mod node;
 pub mod rows;
 
 pub use catalog::{
-    Audit, Catalog, CatalogFilter, DefinitionSummary, DefinitionUpdate, Filter, NewDefinition,
-    NewNode, NodeInfo, NodeUpdate,
+    Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,
+    NewDefinition, NewNode, NodeInfo, NodeUpdate,
 };
 pub use error::{DbError, ServerMessage};
 pub use migrate::CatalogStatus;
