@@ -3,6 +3,7 @@
 //! so the audit trigger can log it, and either all of its changes land or none do.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::types::ToSql;
@@ -220,6 +221,18 @@ impl Catalog {
         target: &str,
     ) -> Result<Catalog, DbError> {
         config.application_name(application_name);
+        // A catalog that stops answering (half-open TCP, a hung server) must surface as an
+        // error within seconds, not freeze a shell or an agent's main loop for hours.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
+        config.tcp_user_timeout(Duration::from_secs(60));
+        // No catalog call may block forever on a lock either.
+        let options = format!("{} -c statement_timeout=60s", config.get_options().unwrap_or_default());
+        config.options(options.trim());
         let mgr = Manager::from_config(
             config.clone(),
             NoTls,
@@ -229,6 +242,10 @@ impl Catalog {
         );
         let pool = Pool::builder(mgr)
             .max_size(4)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(15)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| DbError::Client {
                 context: "building the catalog pool".into(),
