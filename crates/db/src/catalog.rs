@@ -231,7 +231,10 @@ impl Catalog {
         config.keepalives_retries(3);
         config.tcp_user_timeout(Duration::from_secs(60));
         // No catalog call may block forever on a lock either.
-        let options = format!("{} -c statement_timeout=60s", config.get_options().unwrap_or_default());
+        let options = format!(
+            "{} -c statement_timeout=60s",
+            config.get_options().unwrap_or_default()
+        );
         config.options(options.trim());
         let mgr = Manager::from_config(
             config.clone(),
