@@ -559,19 +559,26 @@ fn describe(line: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Output> {
+/// What both register_backup_definition and register_snapshot_definition start with.
+struct Target {
+    server: String,
+    node: NodeInfo,
+    cfg: std::collections::BTreeMap<String, String>,
+    code: BackupCode,
+}
+
+/// Server, node (and its configuration) and backup code, asked or given. The code decides
+/// whether a database is needed, so in prompts it is asked before the database.
+async fn target(s: &mut Session, inv: &Invocation) -> Result<Target> {
     let server = s.required(inv, "server", Some(&s.local_server.clone()))?;
     let node_ref = s.required(inv, "node", None)?;
     let node = s.catalog.node(&node_ref).await?;
     let cfg = s.catalog.node_config(node.node_id).await?;
-    let get = |k: &str| cfg.get(k).cloned().unwrap_or_default();
     s.catalog.server_id(&server).await?;
-
-    let code_default = get("backup_code");
-    // The code decides whether a database is needed, so in prompts it is asked first.
+    let code_default = cfg.get("backup_code").cloned().unwrap_or_default();
     let code: BackupCode = if inv.bare && s.interactive() {
         s.value(inv, "code", Some(&code_default))?
-            .unwrap_or(code_default.clone())
+            .unwrap_or(code_default)
             .parse()?
     } else {
         inv.given("code")
@@ -579,8 +586,23 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
             .unwrap_or(&code_default)
             .parse()?
     };
-    let whole_cluster = matches!(code, BackupCode::Cluster | BackupCode::Globals);
-    let dbnames: Vec<String> = if whole_cluster {
+    Ok(Target {
+        server,
+        node,
+        cfg,
+        code,
+    })
+}
+
+async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Output> {
+    let Target {
+        server,
+        node,
+        cfg,
+        code,
+    } = target(s, inv).await?;
+    let get = |k: &str| cfg.get(k).cloned().unwrap_or_default();
+    let dbnames: Vec<String> = if code.is_cluster_wide() {
         vec![String::new()]
     } else {
         let sel: DbSelection = s.required(inv, "dbname", None)?.parse()?;
@@ -985,25 +1007,15 @@ fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>>
 }
 
 async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Result<Output> {
-    let server = s.required(inv, "server", Some(&s.local_server.clone()))?;
-    let node_ref = s.required(inv, "node", None)?;
-    let node = s.catalog.node(&node_ref).await?;
-    let cfg = s.catalog.node_config(node.node_id).await?;
+    let Target {
+        server,
+        node,
+        cfg,
+        code,
+    } = target(s, inv).await?;
     let get = |k: &str| cfg.get(k).cloned().unwrap_or_default();
-    s.catalog.server_id(&server).await?;
-    let code_default = get("backup_code");
-    let code: BackupCode = if inv.bare && s.interactive() {
-        s.value(inv, "code", Some(&code_default))?
-            .unwrap_or(code_default.clone())
-            .parse()?
-    } else {
-        inv.given("code")
-            .filter(|c| !c.trim().is_empty())
-            .unwrap_or(&code_default)
-            .parse()?
-    };
     let facts = node_facts(&node).await?;
-    let dbnames = if matches!(code, BackupCode::Cluster | BackupCode::Globals) {
+    let dbnames = if code.is_cluster_wide() {
         vec![String::new()]
     } else {
         let sel: DbSelection = s.required(inv, "dbname", None)?.parse()?;
