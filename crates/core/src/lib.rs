@@ -9,6 +9,7 @@
 //! - [`model`]: codes and statuses, database selections (`#all_databases#`, ...), filters,
 //!   object references, ports, redundancy, extra pg_dump parameters.
 //! - [`paths`]: encoding of any name into one safe path component.
+//! - [`retention`]: which backups retention keeps or deletes and why; quarantine decisions.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -18,3 +19,4 @@ pub mod interval;
 pub mod model;
 pub mod params;
 pub mod paths;
+pub mod retention;
