@@ -31,7 +31,7 @@ pub struct Args {
 }
 
 fn default_dir() -> PathBuf {
-    if nix_is_root() {
+    if is_root() {
         return PathBuf::from("/var/lib/pgbackman/quickstart");
     }
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -41,7 +41,7 @@ fn default_dir() -> PathBuf {
     base.join("pgbackman/quickstart")
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
@@ -245,6 +245,16 @@ async fn first_backup(
         anyhow::bail!("could not queue the first backup");
     }
     let agent = std::env::current_exe()?.with_file_name("pgbackman-agent");
+    if !agent.exists() {
+        println!(
+            "[WARNING] {} is missing, so the first backup stays queued (show_jobs_queue).\n\
+             Build it (cargo build --release builds both binaries), then run:\n  {} --config {} --once",
+            agent.display(),
+            agent.display(),
+            agent_cfg.display()
+        );
+        return Ok(());
+    }
     println!(
         "Running the first backup with {} --once ...",
         agent.display()
