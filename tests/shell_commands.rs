@@ -790,3 +790,53 @@ fn definition_run_options_are_validated_and_shown() {
         json!("custom zstd:9, lock wait 00:00:30")
     );
 }
+
+#[test]
+fn retention_plan_keeps_the_last_good_backups_and_says_why() {
+    let f = Fleet::new();
+    let node = f.node_ref();
+    f.env
+        .cmd(&format!("register_backup_definition bs1.example.org {node} billing \"\" 0 1 \"*\" \"*\" \"*\" FULL false \"7 days\" 1"))
+        .ok();
+    // Oldest first: two good backups 30 and 20 days old, then failures only, the newest today.
+    for (days, status) in [
+        (30, "SUCCEEDED"),
+        (20, "SUCCEEDED"),
+        (10, "ERROR"),
+        (2, "ERROR"),
+        (0, "ERROR"),
+    ] {
+        f.env.sql(&format!(
+            "insert into backup_catalog (def_id, backup_server_id, pgsql_node_id, dbname, backup_code, started, finished,
+                                         execution_status, execution_method)
+             values (1, 1, 1, 'billing', 'FULL', now() - interval '{days} days 1 minute', now() - interval '{days} days',
+                     '{status}', 'CRON')"
+        ));
+    }
+    let v = f.env.json("show_retention_plan all all billing");
+    let plan: Vec<(i64, bool)> = v["retention_plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["bckid"].as_i64().unwrap(), r["delete"].as_bool().unwrap()))
+        .collect();
+    // The newest good backup (BckID 2, 20 days old) is kept although every later run failed;
+    // the older good one and the old failure go; recent failures stay within the period.
+    assert_eq!(
+        plan,
+        vec![(5, false), (4, false), (3, true), (2, false), (1, true)]
+    );
+    let t = f
+        .env
+        .cmd("show_retention_plan all all billing --deletions-only")
+        .ok();
+    assert!(
+        t.stdout
+            .contains("older than the retention period, beyond the redundancy"),
+        "{}",
+        t.stdout
+    );
+    assert!(!t.stdout.contains("(redundancy)"), "{}", t.stdout);
+    // Nothing was deleted by looking.
+    assert_eq!(f.env.sql("select count(*) from backup_catalog"), "5");
+}

@@ -83,6 +83,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
             s.catalog.show_empty_backup_catalogs().await,
         ),
         "show_backup_catalog" => show_backup_catalog(s, inv).await,
+        "show_retention_plan" => show_retention_plan(s, inv).await,
         "show_backup_details" => {
             let id = def_id_arg(&s.required(inv, "bck_id", None)?)
                 .map_err(|_| anyhow::anyhow!("BckID must be a number"))?;
@@ -1093,6 +1094,92 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
             })
             .collect(),
     ))
+}
+
+/// Applies `core::retention` to the catalog as it is now; deletes nothing.
+async fn show_retention_plan(s: &mut Session, inv: &Invocation) -> Result<Output> {
+    use pgbackman_core::retention::{BackupRow, Rule, definition_plan, snapshot_expired};
+    let srv = filter(s.value(inv, "server", Some("all"))?);
+    let node = filter(s.value(inv, "node", Some("all"))?);
+    let db = filter(s.value(inv, "dbname", Some("all"))?);
+    let rows = s.catalog.retention_rows(&srv, &node, &db).await?;
+    let now = chrono::Utc::now();
+    let mut out = Vec::new();
+    // Rows come grouped by owner (definition, then snapshot), newest first.
+    for group in rows.chunk_by(|a, b| a.owner == b.owner && a.is_definition == b.is_definition) {
+        let first = &group[0];
+        let period = chrono::Duration::milliseconds((first.period_seconds * 1000.0) as i64);
+        let rules: Vec<(i64, Rule)> = if first.is_definition {
+            let b: Vec<BackupRow> = group
+                .iter()
+                .map(|r| BackupRow {
+                    bck_id: r.bck_id,
+                    finished: r.finished,
+                    succeeded: r.succeeded,
+                })
+                .collect();
+            definition_plan(
+                &b,
+                period,
+                u32::try_from(first.redundancy).unwrap_or(0),
+                now,
+            )
+        } else {
+            group
+                .iter()
+                .map(|r| {
+                    (
+                        r.bck_id,
+                        if snapshot_expired(r.finished, period, now) {
+                            Rule::Expired
+                        } else {
+                            Rule::WithinPeriod
+                        },
+                    )
+                })
+                .collect()
+        };
+        for (r, (_, rule)) in group.iter().zip(rules) {
+            if inv.flag("deletions-only") && !rule.deletes() {
+                continue;
+            }
+            out.push(vec![
+                Value::Int(r.bck_id),
+                if r.is_definition {
+                    Value::Int(r.owner)
+                } else {
+                    Value::Null
+                },
+                if r.is_definition {
+                    Value::Null
+                } else {
+                    Value::Int(r.owner)
+                },
+                Value::Text(r.dbname.clone()),
+                Value::Time(r.finished),
+                Value::Text(r.status.clone()),
+                Value::Bool(rule.deletes()),
+                Value::Text(rule.to_string()),
+            ]);
+        }
+    }
+    let columns = [
+        "BckID",
+        "DefID",
+        "SnapshotID",
+        "DBname",
+        "Finished",
+        "Status",
+        "Delete",
+        "Rule",
+    ];
+    Ok(Output::List {
+        kind: "retention_plan",
+        rows: Rows {
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            rows: out,
+        },
+    })
 }
 
 // ---- system -------------------------------------------------------------------------------------

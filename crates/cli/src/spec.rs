@@ -408,6 +408,26 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &["show_backup_catalog all pg01.example.org billing all ERROR --from 2026-11-01"],
     },
     Cmd {
+        name: "show_retention_plan",
+        group: DEFS,
+        about: "What retention keeps and deletes, and by which rule, before anything is deleted. Only successful \
+                backups count toward redundancy; snapshots expire by their period.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "NodeID | FQDN | all"),
+            pos("dbname", "DBname | all"),
+            Arg {
+                name: "deletions-only",
+                label: "Only the backups that would be deleted",
+                kind: Kind::Flag,
+            },
+        ],
+        examples: &[
+            "show_retention_plan all pg01.example.org",
+            "show_retention_plan all all billing --deletions-only",
+        ],
+    },
+    Cmd {
         name: "show_backup_details",
         group: DEFS,
         about: "Everything about one backup: files with sizes and checksums, versions, timings, command, error.",

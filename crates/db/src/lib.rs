@@ -13,7 +13,7 @@ pub mod rows;
 
 pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,
-    NewDefinition, NewNode, NodeInfo, NodeUpdate,
+    NewDefinition, NewNode, NodeInfo, NodeUpdate, RetentionRow,
 };
 pub use error::{DbError, ServerMessage};
 pub use migrate::CatalogStatus;
