@@ -33,64 +33,8 @@ NODE_ADDR=127.0.0.2
 SERVER=bench.example.org
 DB=bench
 WORK=/var/tmp/pgbackman-bench-$$
-AGENT_PID=
-CLUSTERS=()
-
-[[ -f $REFDB ]] || { echo "reference database script not found: $REFDB" >&2; exit 2; }
-[[ -x $PGBIN/initdb ]] || { echo "PostgreSQL 15 server binaries not found in $PGBIN" >&2; exit 2; }
-
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-as_pg() {
-    if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    if [[ -n $AGENT_PID ]] && kill -0 "$AGENT_PID" 2>/dev/null; then
-        kill -TERM "$AGENT_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$AGENT_PID" 2>/dev/null
-        wait "$AGENT_PID" 2>/dev/null
-    fi
-    for c in "${CLUSTERS[@]}"; do
-        as_pg "$PGBIN/pg_ctl" -D "$c" -m immediate -w -t 30 stop >/dev/null 2>&1
-    done
-    if [[ ${KEEP:-0} == 1 ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A TCP port nobody listens on (loopback).
-free_port() {
-    local p
-    for p in $(shuf -i 20000-60000 -n 200); do
-        if ! ss -Hltn "( sport = :$p )" | grep -q .; then echo "$p"; return; fi
-    done
-    echo "no free port found" >&2; return 1
-}
-
-# start_cluster NAME LISTEN_ADDRESSES PORT [extra postgresql.conf lines]
-start_cluster() {
-    local name=$1 addrs=$2 port=$3 extra=${4:-} dir=$WORK/$1
-    as_pg "$PGBIN/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$WORK/$name-initdb.log" 2>&1 ||
-        as_pg "$PGBIN/initdb" -D "$dir" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$WORK/$name-initdb.log" 2>&1
-    as_pg tee "$dir/pg_hba.conf" >/dev/null <<EOF
-local all all trust
-host all all 127.0.0.0/8 trust
-EOF
-    as_pg tee -a "$dir/postgresql.conf" >/dev/null <<EOF
-listen_addresses = '$addrs'
-port = $port
-unix_socket_directories = '$WORK/sock'
-logging_collector = off
-$extra
-EOF
-    CLUSTERS+=("$dir")
-    as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$WORK/$name.log" -w -t 120 start >/dev/null
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
