@@ -25,6 +25,9 @@ pub struct Ctx {
     pub bin_dirs: BTreeMap<u32, PathBuf>,
     pub agent_name: String,
     pub server_id: i64,
+    pub health: crate::health::Health,
+    /// One delivery of the spool at a time (a job's own report replays the spool too).
+    pub spool_lock: tokio::sync::Mutex<()>,
 }
 
 impl Ctx {
@@ -41,6 +44,25 @@ pub struct Ticket {
     pub def: AgentDefinition,
     /// Snapshot jobs: the definition fields come from the snapshot.
     pub snapshot: bool,
+    /// A scheduled fire run while the catalog was unreachable: its instant (the job has no row
+    /// in the catalog yet; `job_id` is a negative local id).
+    pub offline_at: Option<DateTime<Utc>>,
+}
+
+impl Ticket {
+    /// The key its result is recorded under.
+    pub fn key(&self) -> crate::spool::Key {
+        match self.offline_at {
+            Some(at) => crate::spool::Key::Scheduled {
+                def_id: self.def.def_id,
+                scheduled_for: at,
+            },
+            None => crate::spool::Key::Job {
+                job_id: self.job_id,
+                attempt: self.attempt,
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -54,14 +76,29 @@ pub struct Done {
 pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
     let started = Utc::now();
     let progress = Arc::new(AtomicU64::new(0));
-    // Aborted when dropped, so a job that panics does not keep its lease alive.
-    let hb = AbortOnDrop(tokio::spawn(heartbeat(
-        ctx.clone(),
-        t.job_id,
-        t.attempt,
-        progress.clone(),
-        cancel.clone(),
-    )));
+    // If the agent dies during the job, the marker makes the next start record it as failed.
+    let marker = crate::spool::Marker {
+        version: crate::spool::FORMAT,
+        key: t.key(),
+        server_id: ctx.server_id,
+        agent: ctx.agent_name.clone(),
+        started,
+        local_id: t.job_id,
+    };
+    if let Err(e) = crate::spool::mark_running(&ctx.cfg.state_dir, &marker) {
+        tracing::warn!(job_id = t.job_id, "{e:#}");
+    }
+    // Aborted when dropped, so a job that panics does not keep its lease alive. A fire run
+    // offline has no job row: nothing to heartbeat.
+    let hb = t.offline_at.is_none().then(|| {
+        AbortOnDrop(tokio::spawn(heartbeat(
+            ctx.clone(),
+            t.job_id,
+            t.attempt,
+            progress.clone(),
+            cancel.clone(),
+        )))
+    });
     let outcome = execute(&ctx, &t, &cancel, progress.clone(), started).await;
     drop(hb);
     let result = result_json(&t, &outcome);
@@ -70,7 +107,8 @@ pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
         Status::Cancelled { .. } => "CANCELLED",
         Status::Failed { .. } => "ERROR",
     };
-    report(&ctx, &t, &result).await;
+    report(&ctx, &t, result).await;
+    crate::spool::clear_running(&ctx.cfg.state_dir, t.job_id);
     Done {
         job_id: t.job_id,
         node_id: t.def.pgsql_node_id,
@@ -113,7 +151,12 @@ async fn heartbeat(
             }
             Ok(false) => {}
             // The catalog may be down: the job goes on (nothing after a claim needs the catalog).
-            Err(e) => tracing::warn!(job_id, "heartbeat failed: {e}"),
+            Err(e) => {
+                if e.is_unreachable() {
+                    ctx.health.set_offline(&e.to_string());
+                }
+                tracing::warn!(job_id, "heartbeat failed: {e}")
+            }
         }
     }
 }
@@ -230,9 +273,14 @@ async fn execute(
         d.dbname.clone()
     };
     let set_name = format!(
-        "{}-job{}-{}",
+        "{}-{}-{}",
         started.format("%Y%m%dT%H%M%SZ"),
-        t.job_id,
+        if t.offline_at.is_some() {
+            // No job id yet: the catalog assigns one at replay.
+            format!("offline{}", -t.job_id)
+        } else {
+            format!("job{}", t.job_id)
+        },
         if t.snapshot {
             format!("snap{}-{code}", d.def_id)
         } else {
@@ -360,32 +408,30 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
     })
 }
 
-/// Reports with retries. The job id makes a repeated report harmless.
-async fn report(ctx: &Ctx, t: &Ticket, result: &Value) {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=8 {
-        match ctx.catalog.report_backup(t.job_id, t.attempt, result).await {
-            Ok(bck) => {
-                tracing::info!(job_id = t.job_id, bck_id = bck, status = %result["execution_status"], "job reported");
-                return;
+/// Records the result exactly once: spooled durably first, then the spool is delivered when the
+/// catalog is reachable (oldest first; this result is among them). A result that cannot even be
+/// spooled (disk full) goes straight to the catalog, and is logged whole if that fails too.
+async fn report(ctx: &Ctx, t: &Ticket, result: Value) {
+    let entry = crate::spool::Entry::backup(t.key(), ctx.server_id, &ctx.agent_name, result);
+    match crate::spool::write(&ctx.cfg.state_dir, &entry) {
+        Ok(_) => {
+            ctx.health.spooled.fetch_add(1, Ordering::Relaxed);
+            if ctx.health.is_online() {
+                crate::replay::replay(ctx).await;
             }
-            Err(e) if e.code() == Some("PB001") => {
-                tracing::warn!(job_id = t.job_id, "report refused: {e}");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(
-                    job_id = t.job_id,
-                    attempt,
-                    "reporting failed: {e}; retrying in {delay:?}"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+        }
+        Err(e) => {
+            tracing::error!(job_id = t.job_id, "{e:#}; reporting directly");
+            match crate::replay::deliver(ctx, &entry).await {
+                crate::replay::Delivery::Recorded(_) | crate::replay::Delivery::Dropped => {}
+                crate::replay::Delivery::Unreachable(e) | crate::replay::Delivery::Refused(e) => {
+                    tracing::error!(
+                        job_id = t.job_id,
+                        "could not record the result ({e}); it is only in this log: {}",
+                        entry.result
+                    )
+                }
             }
         }
     }
-    tracing::error!(
-        job_id = t.job_id,
-        "could not report the result to the catalog; it stays in the log: {result}"
-    );
 }

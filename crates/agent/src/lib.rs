@@ -3,9 +3,12 @@
 //! A daemon: it logs through tracing and never prints to stdout (except `--check`'s report).
 #![deny(clippy::print_stdout)]
 
+pub mod health;
 pub mod job;
 pub mod listen;
+pub mod replay;
 pub mod schedule;
+pub mod spool;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,6 +60,15 @@ struct Args {
 }
 
 pub fn main_entry() -> ExitCode {
+    // The agent's own executable doubles as the launcher of its children (see
+    // pgbackman_dump::launcher_main): nothing else runs in that mode.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .get(1)
+        .is_some_and(|a| a == pgbackman_dump::LAUNCHER_ARG)
+    {
+        return pgbackman_dump::launcher_main(&argv[2..]);
+    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -157,9 +169,42 @@ async fn run(args: Args) -> Result<()> {
         ),
         Err(e) => tracing::warn!("cleaning {}: {e}", staging.display()),
     }
-    let catalog = connect_with_backoff(&s, &stop).await?;
-    catalog.check_compatible().await?;
-    let server_id = catalog.agent_server_id(&s.fqdn).await?;
+    if let Ok(exe) = std::env::current_exe() {
+        pgbackman_dump::set_launcher(exe);
+    }
+    // Jobs a previous run was in the middle of when it died: recorded as failed (via the spool).
+    match spool::recover_interrupted(&s.cfg.state_dir) {
+        Ok(keys) => {
+            for k in keys {
+                tracing::warn!(
+                    "{} was interrupted by an agent stop: recorded as failed",
+                    k.label()
+                );
+            }
+        }
+        Err(e) => tracing::error!("{e:#}"),
+    }
+    let catalog = Catalog::lazy(s.catalog_cfg.clone(), "pgbackman-agent", &s.target)?;
+    let health = health::Health::new(true);
+    let server_id = match probe(&catalog, &s.fqdn).await {
+        Ok(id) => id,
+        Err(e) if e.is_unreachable() && !args.once => match state::load_cache(&s.cfg.state_dir) {
+            Ok(Some(c)) => {
+                health.set_offline(&e.to_string());
+                *health
+                    .cache_written_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(c.written_at);
+                c.server_id
+            }
+            // Without a cache there is nothing to run: wait for the catalog.
+            _ => {
+                let catalog = connect_with_backoff(&s, &stop).await?;
+                probe(&catalog, &s.fqdn).await?
+            }
+        },
+        Err(e) => return Err(e.into()),
+    };
     let bin_dirs = s.cfg.client_bin_dirs()?;
     if bin_dirs.is_empty() {
         bail!(
@@ -173,13 +218,40 @@ async fn run(args: Args) -> Result<()> {
         bin_dirs,
         agent_name,
         server_id,
+        health,
+        spool_lock: tokio::sync::Mutex::new(()),
     });
-    fail_interrupted_jobs(&ctx).await;
+    ctx.health.spooled.store(
+        spool::list(&s.cfg.state_dir).map(|l| l.len()).unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    ctx.health.rejected.store(
+        spool::rejected_count(&s.cfg.state_dir),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if !s.cfg.http_listen.is_empty() {
+        match tokio::net::TcpListener::bind(&s.cfg.http_listen).await {
+            Ok(l) => {
+                if let Ok(a) = l.local_addr() {
+                    tracing::info!("serving /healthz and /metrics on http://{a}");
+                }
+                tokio::spawn(health::serve(l, ctx.clone()));
+            }
+            Err(e) => tracing::error!(
+                "cannot serve /healthz on {}: {e} (set [agent] http_listen, or \"\" to turn it off)",
+                s.cfg.http_listen
+            ),
+        }
+    }
+    if ctx.health.is_online() {
+        replay::replay(&ctx).await;
+        fail_interrupted_jobs(&ctx).await;
+    }
     tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
     if args.once {
-        return Runner::new(ctx, s.tz, stop).run_once().await;
+        return Runner::new(ctx, s.tz, stop, s.fqdn).run_once().await;
     }
-    Runner::new(ctx, s.tz, stop).run().await
+    Runner::new(ctx, s.tz, stop, s.fqdn).run().await
 }
 
 async fn connect_with_backoff(s: &Setup, stop: &CancellationToken) -> Result<Catalog> {
@@ -199,7 +271,16 @@ async fn connect_with_backoff(s: &Setup, stop: &CancellationToken) -> Result<Cat
     }
 }
 
+/// The catalog's answer to "who am I": its version matches ours and this host is a RUNNING
+/// backup server.
+async fn probe(catalog: &Catalog, fqdn: &str) -> Result<i64, pgbackman_db::DbError> {
+    catalog.check_compatible().await?;
+    catalog.agent_server_id(fqdn).await
+}
+
 /// Jobs this agent was running when it died: recorded as failed, the next fire runs normally.
+/// (Jobs with a marker were already spooled as failed at start; this catches a death between a
+/// claim and the marker.) A job whose result waits in the spool is not interrupted.
 async fn fail_interrupted_jobs(ctx: &Ctx) {
     match ctx
         .catalog
@@ -207,7 +288,11 @@ async fn fail_interrupted_jobs(ctx: &Ctx) {
         .await
     {
         Ok(jobs) => {
+            let spooled = spool::spooled_keys(&ctx.cfg.state_dir);
             for (job_id, attempt) in jobs {
+                if spooled.contains(&spool::Key::Job { job_id, attempt }) {
+                    continue;
+                }
                 let now = Utc::now().to_rfc3339();
                 let r = serde_json::json!({"execution_status": "ERROR", "started": now, "finished": now,
                     "error_step": "agent", "error_message": "agent stopped during the run"});
@@ -256,10 +341,16 @@ struct Runner {
     stop: CancellationToken,
     /// SIGTERM / SIGINT.
     signal: CancellationToken,
+    fqdn: String,
+    /// While offline: when to try the catalog next, and the backoff.
+    next_probe: tokio::time::Instant,
+    probe_delay: Duration,
+    /// Last local id given to a fire run offline (negative, decreasing).
+    last_local_id: i64,
 }
 
 impl Runner {
-    fn new(ctx: Arc<Ctx>, tz: Tz, signal: CancellationToken) -> Runner {
+    fn new(ctx: Arc<Ctx>, tz: Tz, signal: CancellationToken, fqdn: String) -> Runner {
         Runner {
             ctx,
             sched: Scheduler::new(tz, Utc::now()),
@@ -270,10 +361,75 @@ impl Runner {
             pending: BTreeMap::new(),
             stop: CancellationToken::new(),
             signal,
+            fqdn,
+            next_probe: tokio::time::Instant::now() + Duration::from_secs(1),
+            probe_delay: Duration::from_secs(1),
+            last_local_id: 0,
+        }
+    }
+
+    fn online(&self) -> bool {
+        self.ctx.health.is_online()
+    }
+
+    /// Offline: tries the catalog; when it answers, replays the spool, records interrupted jobs
+    /// and refreshes, so the catalog catches up with everything that happened meanwhile.
+    async fn reconnect(&mut self) {
+        match probe(&self.ctx.catalog, &self.fqdn).await {
+            Ok(id) if id == self.ctx.server_id => {
+                self.ctx.health.set_online();
+                self.probe_delay = Duration::from_secs(1);
+                replay::replay(&self.ctx).await;
+                fail_interrupted_jobs(&self.ctx).await;
+                self.refresh().await;
+                self.claim().await;
+            }
+            Ok(id) => tracing::error!(
+                "the catalog now knows this host as backup server SrvID {id}, the cache says SrvID {}: staying offline\nHINT: restart the agent after checking the catalog it points to",
+                self.ctx.server_id
+            ),
+            Err(e) if e.is_unreachable() => {
+                self.ctx.health.set_offline(&e.to_string());
+                tracing::debug!("catalog still unreachable: {e}");
+            }
+            Err(e) => tracing::error!("the catalog answers but refuses this agent: {e}"),
+        }
+        if !self.online() {
+            self.next_probe = tokio::time::Instant::now() + self.probe_delay;
+            self.probe_delay = (self.probe_delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn use_cache(&mut self) {
+        match state::load_cache(&self.ctx.cfg.state_dir) {
+            Ok(Some(c)) => {
+                tracing::warn!(
+                    definitions = c.definitions.len(),
+                    "running from the cached definitions of {}",
+                    c.written_at
+                );
+                *self
+                    .ctx
+                    .health
+                    .cache_written_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(c.written_at);
+                self.set_definitions(c.definitions);
+            }
+            Ok(None) => {
+                tracing::error!("no definition cache: nothing can run until the catalog is back")
+            }
+            Err(e) => tracing::error!("{e:#}"),
         }
     }
 
     async fn refresh(&mut self) {
+        if !self.online() {
+            if self.defs.is_empty() {
+                self.use_cache();
+            }
+            return;
+        }
         match self.ctx.catalog.agent_definitions(self.ctx.server_id).await {
             Ok(defs) => {
                 // Nothing changed: keep the schedule and the cache file as they are.
@@ -282,23 +438,32 @@ impl Runner {
                 {
                     return;
                 }
-                if let Err(e) = state::save_cache(
+                match state::save_cache(
                     &self.ctx.cfg.state_dir,
                     self.ctx.server_id,
                     &self.ctx.agent_name,
                     &defs,
                 ) {
-                    tracing::warn!("writing the definition cache: {e:#}");
+                    Ok(()) => {
+                        *self
+                            .ctx
+                            .health
+                            .cache_written_at
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = Some(Utc::now())
+                    }
+                    Err(e) => tracing::warn!("writing the definition cache: {e:#}"),
                 }
                 self.set_definitions(defs);
             }
             Err(e) => {
-                tracing::warn!("reading definitions from the catalog failed: {e}");
-                if self.defs.is_empty()
-                    && let Ok(Some(c)) = state::load_cache(&self.ctx.cfg.state_dir)
-                {
-                    tracing::warn!("running from the cached definitions of {}", c.written_at);
-                    self.set_definitions(c.definitions);
+                if e.is_unreachable() {
+                    self.ctx.health.set_offline(&e.to_string());
+                } else {
+                    tracing::warn!("reading definitions from the catalog failed: {e}");
+                }
+                if self.defs.is_empty() {
+                    self.use_cache();
                 }
             }
         }
@@ -328,6 +493,10 @@ impl Runner {
         let job_id = t.job_id;
         let handle = self.jobs.spawn(job::run(self.ctx.clone(), t, token));
         self.tasks.insert(handle.id(), job_id);
+        self.ctx
+            .health
+            .running
+            .store(self.running.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bookkeeping of an ended job task (finished, or panicked: its slot is freed either way; a
@@ -338,6 +507,10 @@ impl Runner {
                 tracing::info!(job_id = d.job_id, status = d.status, "job finished");
                 self.tasks.remove(&id);
                 self.running.remove(&d.job_id);
+                self.ctx
+                    .health
+                    .running
+                    .store(self.running.len(), std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
                 if let Some(job_id) = self.tasks.remove(&e.id()) {
@@ -366,6 +539,10 @@ impl Runner {
                 self.pending.insert(def_id, at);
                 continue;
             }
+            if !self.online() {
+                self.start_offline(d, at);
+                continue;
+            }
             match self
                 .ctx
                 .catalog
@@ -383,9 +560,14 @@ impl Runner {
                     attempt,
                     def: d,
                     snapshot: false,
+                    offline_at: None,
                 }),
                 Ok(None) => {
                     tracing::info!(def_id, at = %at, "scheduled instant already ran, or the definition is no longer active here; skipped")
+                }
+                Err(e) if e.is_unreachable() => {
+                    self.ctx.health.set_offline(&e.to_string());
+                    self.start_offline(d, at);
                 }
                 Err(e) => {
                     tracing::error!(def_id, at = %at, "could not record the scheduled backup: {e}")
@@ -394,9 +576,24 @@ impl Runner {
         }
     }
 
+    /// Runs a fire without a job row (the catalog is unreachable); its result is spooled under
+    /// (definition, instant) and recorded at replay as if the fire had been recorded on time.
+    fn start_offline(&mut self, def: AgentDefinition, at: chrono::DateTime<Utc>) {
+        let id = (-Utc::now().timestamp_micros()).min(self.last_local_id - 1);
+        self.last_local_id = id;
+        tracing::info!(def_id = def.def_id, at = %at, "catalog unreachable: running the scheduled backup offline");
+        self.start(Ticket {
+            job_id: id,
+            attempt: 1,
+            def,
+            snapshot: false,
+            offline_at: Some(at),
+        });
+    }
+
     async fn claim(&mut self) {
         let free = self.ctx.cfg.max_jobs.saturating_sub(self.running.len());
-        if free == 0 || self.stop.is_cancelled() {
+        if free == 0 || self.stop.is_cancelled() || !self.online() {
             return;
         }
         let limit = i32::try_from(free).unwrap_or(1);
@@ -415,7 +612,11 @@ impl Runner {
         {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!("claiming jobs failed: {e}");
+                if e.is_unreachable() {
+                    self.ctx.health.set_offline(&e.to_string());
+                } else {
+                    tracing::warn!("claiming jobs failed: {e}");
+                }
                 return;
             }
         };
@@ -443,6 +644,7 @@ impl Runner {
                     attempt: c.attempt,
                     def,
                     snapshot: c.snapshot_id.is_some(),
+                    offline_at: None,
                 }),
                 Err(msg) => {
                     let now = Utc::now().to_rfc3339();
@@ -524,10 +726,18 @@ impl Runner {
                     }
                     self.claim().await;
                 }
-                _ = repoll.tick() => {
+                _ = repoll.tick(), if self.online() => {
                     self.refresh().await;
                     self.claim().await;
-                    let _ = self.ctx.catalog.mark_lost_jobs().await;
+                    if self.online() {
+                        let _ = self.ctx.catalog.mark_lost_jobs().await;
+                    }
+                    if self.online() && self.ctx.health.spooled.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                        replay::replay(&self.ctx).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.next_probe), if !self.online() => {
+                    self.reconnect().await;
                 }
                 Some(r) = self.jobs.join_next_with_id() => {
                     self.ended(r);

@@ -240,6 +240,26 @@ impl Catalog {
         .get(0))
     }
 
+    /// Records the result of a scheduled backup that ran while the catalog was unreachable (no
+    /// job row yet): the job row is created as the fire would have created it, then the result
+    /// goes through `api.report_backup`. Idempotent on (definition, scheduled instant).
+    pub async fn report_offline_backup(
+        &self,
+        server_id: i64,
+        def_id: i64,
+        scheduled_for: chrono::DateTime<chrono::Utc>,
+        agent: &str,
+        result: &serde_json::Value,
+    ) -> Result<i64, DbError> {
+        let c = self.client().await?;
+        Ok(c.query_one(
+            "select api.report_offline_backup($1, $2, $3, $4, $5)",
+            &[&server_id, &def_id, &scheduled_for, &agent, result],
+        )
+        .await?
+        .get(0))
+    }
+
     /// Jobs still RUNNING under this agent's name: a previous run of it died during them.
     pub async fn jobs_claimed_by(
         &self,
@@ -249,7 +269,7 @@ impl Catalog {
         let c = self.client().await?;
         let rows = c
             .query(
-                "select job_id, attempt from public.job where backup_server_id = $1 and claimed_by = $2 and state = 'RUNNING'",
+                "select job_id, attempt from public.job where backup_server_id = $1 and claimed_by = $2 and state in ('RUNNING', 'LOST')",
                 &[&server_id, &agent],
             )
             .await?;

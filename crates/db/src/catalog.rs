@@ -231,6 +231,19 @@ impl Catalog {
     /// Builds a pool; the first request opens the connection. `target` is the redacted conninfo,
     /// used in messages.
     pub async fn connect(
+        config: tokio_postgres::Config,
+        application_name: &str,
+        target: &str,
+    ) -> Result<Catalog, DbError> {
+        let cat = Catalog::lazy(config, application_name, target)?;
+        // Connect now, so a wrong conninfo fails here with the reason, not at the first command.
+        drop(cat.client().await?);
+        Ok(cat)
+    }
+
+    /// A catalog handle that connects at its first use: an agent starts (from its cache) while
+    /// the catalog is down, and every later call reconnects by itself.
+    pub fn lazy(
         mut config: tokio_postgres::Config,
         application_name: &str,
         target: &str,
@@ -269,14 +282,11 @@ impl Catalog {
                 context: "building the catalog pool".into(),
                 reason: e.to_string(),
             })?;
-        let cat = Catalog {
+        Ok(Catalog {
             pool,
             target: target.to_string(),
             config,
-        };
-        // Connect now, so a wrong conninfo fails here with the reason, not at the first command.
-        drop(cat.client().await?);
-        Ok(cat)
+        })
     }
 
     pub fn target(&self) -> &str {

@@ -69,6 +69,17 @@ impl DbError {
         }
     }
 
+    /// The catalog could not be reached or the connection broke (as opposed to the catalog
+    /// refusing a request): the caller may go on offline and retry later.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            DbError::Connect { .. } | DbError::Client { .. } => true,
+            // connection_exception, operator_intervention (shutdown, starting up, crash recovery)
+            DbError::Server(m) => m.code.starts_with("08") || m.code.starts_with("57"),
+            _ => false,
+        }
+    }
+
     pub(crate) fn client(context: impl Into<String>, e: tokio_postgres::Error) -> DbError {
         match server_message(&e) {
             Some(m) => DbError::Server(m),

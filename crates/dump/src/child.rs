@@ -175,7 +175,17 @@ pub(crate) fn spawn(
     cmd: &ChildCommand,
     log: &Arc<RunLog>,
 ) -> io::Result<(Supervised, Option<tokio::process::ChildStdout>)> {
-    let mut c = Command::new(&cmd.program);
+    // Through the launcher when there is one, so the child dies with us even on SIGKILL.
+    let mut c = match crate::launcher::launcher() {
+        Some(exe) => {
+            let mut c = Command::new(exe);
+            c.arg(crate::launcher::LAUNCHER_ARG)
+                .arg(std::process::id().to_string())
+                .arg(&cmd.program);
+            c
+        }
+        None => Command::new(&cmd.program),
+    };
     c.args(&cmd.args)
         .stdin(Stdio::null())
         .stdout(match cmd.stdout {

@@ -62,6 +62,7 @@
 mod child;
 mod client;
 mod error;
+mod launcher;
 mod node;
 mod quote;
 mod run;
@@ -71,6 +72,7 @@ pub mod sqlgen;
 
 pub use client::{client_major, parse_major, pick_client, server_major};
 pub use error::DumpError;
+pub use launcher::{LAUNCHER_ARG, launcher_main, set_launcher};
 pub use quote::{quote_ident, quote_literal};
 pub use run::{
     CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, GLOBALS_DUMP_FILE,

@@ -705,6 +705,14 @@ impl Run<'_> {
         if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
             env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
         }
+        // A backend blocked on a lock notices a vanished pg_dump only when it next writes; with
+        // this (PostgreSQL 14+) it checks every few seconds, so a killed dump leaves no backend.
+        if self.server_version_num.is_some_and(|v| v >= 140000) {
+            env.push((
+                "PGOPTIONS".into(),
+                "-c client_connection_check_interval=2000".into(),
+            ));
+        }
         ChildCommand {
             program: spec.bin_dir.join(program),
             args: full,

@@ -1,0 +1,118 @@
+//! Delivery of spooled results to the catalog, oldest first, each exactly once.
+
+use std::sync::atomic::Ordering;
+
+use pgbackman_db::DbError;
+
+use crate::job::Ctx;
+use crate::spool::{self, Entry, Key};
+
+pub enum Delivery {
+    /// Recorded (now, or by an earlier delivery of the same entry): the BckID.
+    Recorded(i64),
+    /// Refused as stale (another attempt owns the job): nothing to record, drop it.
+    Dropped,
+    /// The catalog could not be reached: keep it, try later.
+    Unreachable(DbError),
+    /// The catalog refused it for good: keep it aside for an administrator.
+    Refused(DbError),
+}
+
+pub async fn deliver(ctx: &Ctx, e: &Entry) -> Delivery {
+    let r = match (&e.kind[..], &e.key) {
+        ("backup", Key::Job { job_id, attempt }) => {
+            ctx.catalog
+                .report_backup(*job_id, *attempt, &e.result)
+                .await
+        }
+        (
+            "backup",
+            Key::Scheduled {
+                def_id,
+                scheduled_for,
+            },
+        ) => {
+            ctx.catalog
+                .report_offline_backup(e.server_id, *def_id, *scheduled_for, &e.agent, &e.result)
+                .await
+        }
+        (kind, _) => Err(DbError::Invalid(format!(
+            "spool entry of kind \"{kind}\" is not known to this agent"
+        ))),
+    };
+    match r {
+        Ok(bck) => Delivery::Recorded(bck),
+        Err(err) if err.code() == Some("PB001") => {
+            tracing::warn!("result of {} refused as stale: {err}", e.key.label());
+            Delivery::Dropped
+        }
+        Err(err) if err.is_unreachable() => Delivery::Unreachable(err),
+        Err(err) => Delivery::Refused(err),
+    }
+}
+
+/// Delivers the spool, oldest first, until it is empty or the catalog is unreachable.
+/// Returns true when nothing is left.
+pub async fn replay(ctx: &Ctx) -> bool {
+    let _one = ctx.spool_lock.lock().await;
+    let dir = &ctx.cfg.state_dir;
+    let paths = match spool::list(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return false;
+        }
+    };
+    let total = paths.len();
+    let mut delivered = 0usize;
+    let mut left = total;
+    for p in paths {
+        let entry = match spool::read(&p) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                let _ = spool::reject(dir, &p, &format!("{e:#}"));
+                left -= 1;
+                continue;
+            }
+        };
+        match deliver(ctx, &entry).await {
+            Delivery::Recorded(bck) => {
+                tracing::info!(bck_id = bck, status = %entry.result["execution_status"], "{} recorded", entry.key.label());
+                delivered += 1;
+            }
+            Delivery::Dropped => {}
+            Delivery::Unreachable(e) => {
+                ctx.health.set_offline(&e.to_string());
+                ctx.health.spooled.store(left, Ordering::Relaxed);
+                tracing::warn!("{left} result(s) stay in the spool until the catalog is back");
+                return false;
+            }
+            Delivery::Refused(e) => {
+                let reason = format!("{e}");
+                match spool::reject(dir, &p, &reason) {
+                    Ok(to) => tracing::error!(
+                        "the catalog refused the result of {}: {reason}; kept in {}",
+                        entry.key.label(),
+                        to.display()
+                    ),
+                    Err(e2) => tracing::error!("{e2:#}"),
+                }
+                left -= 1;
+                ctx.health
+                    .rejected
+                    .store(spool::rejected_count(dir), Ordering::Relaxed);
+                continue;
+            }
+        }
+        if let Err(e) = spool::remove(&p) {
+            tracing::error!("{e:#}");
+        }
+        left -= 1;
+    }
+    ctx.health.spooled.store(0, Ordering::Relaxed);
+    if total > 1 || delivered > 1 {
+        tracing::info!(delivered, "spool replayed: every result is in the catalog");
+    }
+    true
+}
