@@ -2,6 +2,8 @@
 //! runner for the real `pgbackman` binary with an isolated HOME (no stray config or history).
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -539,6 +539,10 @@ impl Runner {
                 self.pending.insert(def_id, at);
                 continue;
             }
+            if spool::last_fired(&self.ctx.cfg.state_dir, def_id).is_some_and(|l| l >= at) {
+                tracing::info!(def_id, at = %at, "scheduled instant already ran; skipped");
+                continue;
+            }
             if !self.online() {
                 self.start_offline(d, at);
                 continue;
@@ -555,13 +559,16 @@ impl Runner {
                 )
                 .await
             {
-                Ok(Some((job_id, attempt))) => self.start(Ticket {
-                    job_id,
-                    attempt,
-                    def: d,
-                    snapshot: false,
-                    offline_at: None,
-                }),
+                Ok(Some((job_id, attempt))) => {
+                    self.fired(def_id, at);
+                    self.start(Ticket {
+                        job_id,
+                        attempt,
+                        def: d,
+                        snapshot: false,
+                        offline_at: None,
+                    })
+                }
                 Ok(None) => {
                     tracing::info!(def_id, at = %at, "scheduled instant already ran, or the definition is no longer active here; skipped")
                 }
@@ -578,7 +585,14 @@ impl Runner {
 
     /// Runs a fire without a job row (the catalog is unreachable); its result is spooled under
     /// (definition, instant) and recorded at replay as if the fire had been recorded on time.
+    fn fired(&self, def_id: i64, at: chrono::DateTime<Utc>) {
+        if let Err(e) = spool::record_fired(&self.ctx.cfg.state_dir, def_id, at) {
+            tracing::warn!(def_id, "{e:#}");
+        }
+    }
+
     fn start_offline(&mut self, def: AgentDefinition, at: chrono::DateTime<Utc>) {
+        self.fired(def.def_id, at);
         let id = (-Utc::now().timestamp_micros()).min(self.last_local_id - 1);
         self.last_local_id = id;
         tracing::info!(def_id = def.def_id, at = %at, "catalog unreachable: running the scheduled backup offline");

@@ -258,6 +258,26 @@ pub fn spooled_keys(state_dir: &Path) -> Vec<Key> {
         .collect()
 }
 
+/// The last scheduled instant this agent started for each definition, kept beside the spool:
+/// while the catalog is unreachable it is the only thing that stops a restart from running an
+/// instant a second time (online, the catalog's unique job index does that too).
+fn fired_path(state_dir: &Path, def_id: i64) -> PathBuf {
+    state_dir.join("fired").join(def_id.to_string())
+}
+
+pub fn last_fired(state_dir: &Path, def_id: i64) -> Option<DateTime<Utc>> {
+    let s = fs::read_to_string(fired_path(state_dir, def_id)).ok()?;
+    DateTime::parse_from_rfc3339(s.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Written durably before the job starts: a crash after this never re-runs the instant.
+pub fn record_fired(state_dir: &Path, def_id: i64, at: DateTime<Utc>) -> Result<()> {
+    create_dir_0700(&state_dir.join("fired"))?;
+    write_atomic(&fired_path(state_dir, def_id), at.to_rfc3339().as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +383,16 @@ mod tests {
             "agent stopped during the run"
         );
         assert!(recover_interrupted(d.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_fired_ledger_remembers_the_last_instant() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(last_fired(d.path(), 4), None);
+        let at = DateTime::parse_from_rfc3339("2026-11-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        record_fired(d.path(), 4, at).unwrap();
+        assert_eq!(last_fired(d.path(), 4), Some(at));
     }
 }

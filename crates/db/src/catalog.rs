@@ -1007,6 +1007,9 @@ impl Catalog {
 
     /// Open jobs (queued, running, and lost ones not yet looked at), oldest first.
     pub async fn show_jobs_queue(&self, server: &Filter, all: bool) -> Result<Rows, DbError> {
+        // Whoever looks first marks the jobs whose agent stopped heartbeating (the agent that
+        // would notice may be the one that died). Best effort: a read-only user just sees them.
+        let _ = self.mark_lost_jobs().await;
         let servers = self.resolve_ids(server, true).await?;
         self.rows(
             r#"select * from api.show_jobs_queue

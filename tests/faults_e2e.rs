@@ -1,0 +1,414 @@
+//! Faults, for real: the catalog cluster stopped for a while, the agent SIGKILLed in the middle of
+//! a dump, a node gone, the disk full, a client too old. Each test asserts the catalog, the files
+//! on disk and the spool afterwards, not only exit codes. (A failing pg_dump is in agent_e2e.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::agent::*;
+
+/// Backup set directories under a backup dir (`<node>/<db>/<set>`), staging excluded.
+fn sets_on_disk(backups: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for node in std::fs::read_dir(backups).into_iter().flatten().flatten() {
+        if node.file_name() == "staging" || !node.path().is_dir() {
+            continue;
+        }
+        for db in std::fs::read_dir(node.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for set in std::fs::read_dir(db.path()).into_iter().flatten().flatten() {
+                out.push(set.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[track_caller]
+fn wait_until(what: &str, secs: u64, agent: &Agent, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        if t.elapsed() > Duration::from_secs(secs) {
+            panic!("waited {secs}s for {what}\nagent log:\n{}", agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn spooled_offline_fires(a: &Agent) -> usize {
+    a.spooled()
+        .iter()
+        .filter(|p| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(p).unwrap_or_default()).unwrap_or_default();
+            v["key"]["type"] == "scheduled"
+        })
+        .count()
+}
+
+#[test]
+fn a_catalog_outage_loses_no_scheduled_backup_and_replays_each_once() {
+    let f = fleet();
+    let mut dbs = Vec::new();
+    for i in 1..=10 {
+        let name = format!("db{i:02}");
+        for n in [&f.a, &f.b] {
+            n.create_database(&name);
+            n.psql(
+                &name,
+                "create table t (id int primary key); insert into t select generate_series(1, 100)",
+            );
+        }
+        dbs.push(name);
+    }
+    let list = dbs.join(",");
+    for node in ["127.0.0.2", "127.0.0.3"] {
+        f.env
+            .cmd(&format!(
+                "register_backup_definition bs1.example.org {node} {list} \"\" \"*\" \"*\""
+            ))
+            .ok();
+    }
+    assert_eq!(f.env.sql("select count(*) from backup_definition"), "20");
+    let mut a = Agent::start_with(
+        &f.env,
+        "bs1.example.org",
+        None,
+        "max_jobs = 8\nmax_jobs_per_node = 4\nhttp_listen = \"127.0.0.1:0\"",
+    );
+    // The cache holds every definition before the catalog goes away.
+    let cache = a.state().join("definitions.json");
+    wait_until("a cache of 20 definitions", 30, &a, || {
+        std::fs::read(&cache)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["definitions"].as_array().map(Vec::len) == Some(20))
+    });
+    assert!(a.http_get("/healthz").contains("\"status\":\"online\""));
+
+    let stopped_at = f.env.sql("select now()");
+    f.env.catalog.stop();
+    // Every definition fires at the next minute while the catalog is down: 20 backups, offline.
+    wait_until("20 offline results in the spool", 130, &a, || {
+        spooled_offline_fires(&a) >= 20
+    });
+    let health = a.http_get("/healthz");
+    assert!(health.contains("\"status\":\"offline\""), "{health}");
+    assert!(
+        a.http_get("/metrics")
+            .contains("pgbackman_agent_catalog_online 0")
+    );
+    assert!(a.log().contains("running OFFLINE"), "{}", a.log());
+
+    // Killed and restarted while the catalog is still down: it starts from its cache.
+    a.sigkill();
+    a.spawn(None);
+    wait_until("a restart from the cache", 20, &a, || {
+        a.log().contains("running from the cached definitions")
+    });
+    assert!(a.http_get("/healthz").contains("\"status\":\"offline\""));
+    let spooled_before = a.spooled().len();
+    assert!(spooled_before >= 20, "{spooled_before}");
+
+    f.env.catalog.start_again();
+    wait_until("the spool to drain", 90, &a, || a.spooled().is_empty());
+    wait_until("healthz online", 10, &a, || {
+        a.http_get("/healthz").contains("\"status\":\"online\"")
+    });
+    // Stop the agent so nothing new happens while the catalog is compared with the disk.
+    assert!(a.sigterm().success(), "{}", a.log());
+
+    let offline = f.env.sql(&format!(
+        "select count(*) from job where scheduled_for > '{}'::timestamptz and scheduled_for < '{}'::timestamptz + interval '1 minute'",
+        stopped_at, stopped_at
+    ));
+    assert_eq!(
+        offline, "20",
+        "the 20 fires of the first minute of the outage"
+    );
+    // Exactly once: one job per (definition, instant), one catalog row per job, one set per row.
+    assert_eq!(
+        f.env.sql("select count(*) = count(distinct (def_id, scheduled_for)) from job where scheduled_for is not null"),
+        "t"
+    );
+    assert_eq!(
+        f.env.sql("select count(*) from job j where not exists (select 1 from backup_catalog c where c.job_id = j.job_id)"),
+        "0"
+    );
+    assert_eq!(
+        f.env.sql("select string_agg(distinct execution_status || '/' || execution_method, ',') from backup_catalog"),
+        "SUCCEEDED/CRON"
+    );
+    assert_eq!(
+        f.env.sql("select string_agg(distinct state, ',') from job"),
+        "SUCCEEDED"
+    );
+    let rows: usize = f
+        .env
+        .sql("select count(*) from backup_catalog")
+        .parse()
+        .unwrap();
+    let sets = sets_on_disk(&a.backups());
+    assert_eq!(sets.len(), rows, "sets on disk vs catalog rows: {sets:?}");
+    let dirs = f
+        .env
+        .sql("select string_agg(backup_dir, E'\\n') from backup_catalog");
+    for d in dirs.lines() {
+        assert!(Path::new(d).join("manifest.json").is_file(), "{d}");
+    }
+    // The rows of the offline fires look like any other: claimed by this agent, times set.
+    assert_eq!(
+        f.env.sql("select count(*) from job where claimed_by is null or claimed_at is null or finished_at is null"),
+        "0"
+    );
+    assert_eq!(f.env.sql("select count(*) from alert"), "0");
+    assert!(!a.state().join("spool").join("rejected").exists());
+    assert_eq!(
+        std::fs::read_dir(a.backups().join("staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// A psql session on the node that holds an exclusive lock on `t` until killed.
+fn hold_lock(conninfo: &str, table: &str) -> std::process::Child {
+    Command::new("/usr/lib/postgresql/15/bin/psql")
+        .arg(conninfo)
+        .arg("-c")
+        .arg(format!(
+            "begin; lock table {table} in access exclusive mode; select pg_sleep(600);"
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_sigkilled_agent_leaves_no_pg_dump_nor_backend_and_recovers_at_restart() {
+    let f = fleet();
+    let mut locker = hold_lock(&f.a.conninfo("shop"), "t");
+    let mut a = Agent::start(&f.env, "bs1.example.org", None);
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    // pg_dump is running and its backend waits for the lock.
+    let waiting = "select count(*) from pg_stat_activity where application_name = 'pgbackman' and wait_event_type = 'Lock'";
+    wait_until("pg_dump to wait for the lock", 30, &a, || {
+        f.a.psql("postgres", waiting) == "1"
+    });
+    let port = format!("--port={}", f.a.port());
+    assert_eq!(
+        processes_with(&port).len(),
+        1,
+        "{:?}",
+        processes_with(&port)
+    );
+    a.sigkill();
+    // The child dies with the agent, and its backend notices within seconds even though it is
+    // blocked on a lock.
+    let gone = Instant::now();
+    while !processes_with(&port).is_empty()
+        || f.a.psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where application_name = 'pgbackman'",
+        ) != "0"
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(15),
+            "left behind: {:?} / {}",
+            processes_with(&port),
+            f.a.psql("postgres", "select string_agg(pid || ' ' || state, ', ') from pg_stat_activity where application_name = 'pgbackman'")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !sets_on_disk(&a.backups()).iter().any(|p| p.exists()),
+        "no finished set"
+    );
+    // At restart: the staging leftovers go, the job is recorded as failed, the next run works.
+    // A backend in pg_sleep does not notice its client is gone: end it on the server.
+    f.a.psql("postgres", "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(600)%' and pid <> pg_backend_pid()");
+    let _ = locker.kill();
+    let _ = locker.wait();
+    a.spawn(None);
+    wait_for(
+        &f.env,
+        "select error_step || ': ' || error_message from backup_catalog",
+        "agent: agent stopped during the run",
+        30,
+        &a,
+    );
+    assert_eq!(f.env.sql("select state from job"), "FAILED");
+    assert_eq!(
+        std::fs::read_dir(a.backups().join("staging"))
+            .unwrap()
+            .count(),
+        0,
+        "{}",
+        a.log()
+    );
+    assert!(a.spooled().is_empty());
+    assert!(!a.state().join("running").read_dir().unwrap().any(|_| true));
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(
+        &f.env,
+        "select count(*) from backup_catalog where execution_status = 'SUCCEEDED'",
+        "1",
+        30,
+        &a,
+    );
+    assert_eq!(sets_on_disk(&a.backups()).len(), 1);
+}
+
+#[test]
+fn a_job_whose_agent_never_returns_is_marked_lost_and_shown() {
+    let f = fleet();
+    let slow = fake_bin("sleep 60; exec /usr/lib/postgresql/15/bin/pg_dump \"$@\"");
+    let mut a = Agent::start(&f.env, "bs1.example.org", Some(slow.path()));
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(&f.env, "select state from job", "RUNNING", 20, &a);
+    a.sigkill();
+    // lease_seconds = 6 in the fixture: the shell that looks after it expired marks it lost.
+    std::thread::sleep(Duration::from_secs(7));
+    let r = f.env.cmd("show_jobs_queue").ok();
+    assert!(r.stdout.contains("LOST"), "{}", r.stdout);
+    assert!(r.stdout.contains("stopped heartbeating"), "{}", r.stdout);
+    assert_eq!(f.env.sql("select alert_type from alert"), "LOST_JOB");
+    // The slow fake is a shell script: its `sleep` grandchild is not ours to chase.
+    let _ = Command::new("pkill").arg("-f").arg(slow.path()).status();
+}
+
+#[test]
+fn a_node_that_is_down_gives_a_failed_row_an_alert_and_no_files() {
+    let f = fleet();
+    let a = Agent::start(&f.env, "bs1.example.org", None);
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.a.stop();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(
+        &f.env,
+        "select execution_status || ' ' || error_step from backup_catalog",
+        "ERROR connect",
+        40,
+        &a,
+    );
+    let msg = f.env.sql("select error_message from backup_catalog");
+    assert!(msg.contains("127.0.0.2"), "{msg}");
+    assert_eq!(f.env.sql("select alert_type from alert"), "BACKUP");
+    assert!(
+        files_under(&a.backups()).is_empty(),
+        "{:?}",
+        files_under(&a.backups())
+    );
+    let d = f.env.cmd("show_backup_details 1").ok();
+    assert!(d.stdout.contains("connect"), "{}", d.stdout);
+}
+
+#[test]
+fn a_full_disk_fails_the_backup_cleanly() {
+    let f = fleet();
+    f.a.psql(
+        "shop",
+        // Random hex: about 12 MB compressed, far more than the 2 MB file system.
+        "insert into t select g, (select string_agg(md5(random()::text || g.g || x), '') from generate_series(1, 20) x) from generate_series(2001, 40000) g",
+    );
+    // A 2 MB file system as the backup directory (we run as root, as CI does).
+    let mnt = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.path().to_path_buf());
+    let a = Agent::start_with(
+        &f.env,
+        "bs1.example.org",
+        None,
+        &format!("backup_dir = \"{}\"", mnt.path().display()),
+    );
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3 \"*\" \"*\" \"*\" FULL false \"7 days\" 1 \"\" ACTIVE \"\" --compression-level 1")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(
+        &f.env,
+        "select execution_status from backup_catalog",
+        "ERROR",
+        60,
+        &a,
+    );
+    let row = f
+        .env
+        .sql("select error_step || '|' || error_message from backup_catalog");
+    assert!(
+        row.to_lowercase().contains("no space left"),
+        "the row says the disk is full: {row}"
+    );
+    assert_eq!(f.env.sql("select alert_type from alert"), "BACKUP");
+    assert!(
+        files_under(mnt.path()).is_empty(),
+        "{:?}",
+        files_under(mnt.path())
+    );
+    assert!(a.spooled().is_empty(), "the result reached the catalog");
+}
+
+#[test]
+fn a_client_older_than_the_node_is_refused_before_anything_runs() {
+    let f = fleet();
+    let mut a = Agent::start(&f.env, "bs1.example.org", None);
+    a.sigkill();
+    // This backup server only has pg_dump 14; the node runs PostgreSQL 15.
+    let old = tempfile::tempdir().unwrap();
+    let fake = old.path().join("pg_dump");
+    std::fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.12'\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cfg = std::fs::read_to_string(&a.config).unwrap();
+    cfg.push_str(&format!(
+        "[agent.bin_dirs]\n\"14\" = \"{}\"\n",
+        old.path().display()
+    ));
+    std::fs::write(&a.config, cfg).unwrap();
+    a.spawn(None);
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(
+        &f.env,
+        "select execution_status || ' ' || error_step from backup_catalog",
+        "ERROR client",
+        30,
+        &a,
+    );
+    let msg = f.env.sql("select error_message from backup_catalog");
+    assert!(msg.contains("15"), "{msg}");
+    assert_eq!(f.env.sql("select alert_type from alert"), "BACKUP");
+    assert!(
+        files_under(&a.backups()).is_empty(),
+        "{:?}",
+        files_under(&a.backups())
+    );
+}
