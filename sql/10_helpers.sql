@@ -221,6 +221,12 @@ begin
         return api.check_choice(p_parameter, lower(btrim(p_value)), array['standard', 'managed']);
     when 'encryption', 'autoregister' then
         return api.check_bool(p_parameter, p_value)::text;
+    when 'autoregister_backup_server' then
+        -- Stored as the SrvID: an FQDN may be given, a renamed server stays the same one.
+        if btrim(p_value) = '' then
+            return '';
+        end if;
+        return api.server_id(p_value)::text;
     when 'root_backup_partition' then
         if p_value !~ '^/' then
             raise exception 'root_backup_partition "%" is not an absolute path', p_value

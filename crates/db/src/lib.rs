@@ -9,12 +9,14 @@ pub mod error;
 pub mod introspect;
 pub mod migrate;
 pub mod node;
+pub mod retention;
 pub mod rows;
 
 pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,
-    NewDefinition, NewNode, NodeInfo, NodeUpdate, RetentionRow,
+    NewDefinition, NewNode, NodeInfo, NodeUpdate,
 };
+pub use retention::{RetentionRow, RetentionRows};
 pub use error::{DbError, ServerMessage};
 pub use migrate::CatalogStatus;
 pub use rows::{Rows, Value};
