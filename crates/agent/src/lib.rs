@@ -5,6 +5,8 @@
 
 pub mod job;
 pub mod listen;
+pub mod maintenance;
+pub mod retention;
 pub mod schedule;
 pub mod state;
 
@@ -54,6 +56,9 @@ struct Args {
     /// No schedule fires. For a first backup, or for running the agent from cron.
     #[arg(long)]
     once: bool,
+    /// Run one maintenance pass (retention, forced deletions, quarantine, autoregister), then exit.
+    #[arg(long, conflicts_with = "once")]
+    maintenance: bool,
 }
 
 pub fn main_entry() -> ExitCode {
@@ -176,9 +181,13 @@ async fn run(args: Args) -> Result<()> {
     });
     fail_interrupted_jobs(&ctx).await;
     tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
+    if args.maintenance {
+        return maintenance::pass(&ctx, &stop).await;
+    }
     if args.once {
         return Runner::new(ctx, s.tz, stop).run_once().await;
     }
+    let _maintenance = maintenance::spawn(ctx.clone(), stop.clone());
     Runner::new(ctx, s.tz, stop).run().await
 }
 

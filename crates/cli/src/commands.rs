@@ -87,7 +87,10 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "accept_pgsql_node_listing" => {
             let node = s.required(inv, "node", None)?;
             s.confirm(&format!("Accept the next database listing of PgSQL node {node} as it is, even if it lists far fewer databases than before?"))?;
-            let id = s.catalog.accept_pgsql_node_listing(&s.audit(), &node).await?;
+            let id = s
+                .catalog
+                .accept_pgsql_node_listing(&s.audit(), &node)
+                .await?;
             Ok(Output::Done(vec![format!(
                 "The next database listing of NodeID {id} is accepted as it is: definitions of databases missing from it are set DELETED at the next maintenance pass."
             )]))

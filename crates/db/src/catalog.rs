@@ -337,7 +337,11 @@ impl Catalog {
             .get(0))
     }
 
-    pub(crate) async fn resolve_ids(&self, refs: &Filter, server: bool) -> Result<Option<Vec<i64>>, DbError> {
+    pub(crate) async fn resolve_ids(
+        &self,
+        refs: &Filter,
+        server: bool,
+    ) -> Result<Option<Vec<i64>>, DbError> {
         let Some(refs) = refs else { return Ok(None) };
         let mut v = Vec::with_capacity(refs.len());
         for r in refs {

@@ -16,9 +16,9 @@ pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,
     NewDefinition, NewNode, NodeInfo, NodeUpdate,
 };
-pub use retention::{RetentionRow, RetentionRows};
 pub use error::{DbError, ServerMessage};
 pub use migrate::CatalogStatus;
+pub use retention::{RetentionRow, RetentionRows};
 pub use rows::{Rows, Value};
 
 /// Opens one plain connection (no pool) for schema work; the connection task is spawned on the

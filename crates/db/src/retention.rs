@@ -133,10 +133,7 @@ impl Catalog {
     }
 
     /// The rows of one backup server (and every row of the same owners), for its agent.
-    pub async fn retention_rows_of_server(
-        &self,
-        server_id: i64,
-    ) -> Result<RetentionRows, DbError> {
+    pub async fn retention_rows_of_server(&self, server_id: i64) -> Result<RetentionRows, DbError> {
         self.retention_rows_by_id(Some(vec![server_id]), None, &None)
             .await
     }
@@ -308,10 +305,7 @@ impl Catalog {
     pub async fn maintenance_nodes(&self, server_id: i64) -> Result<Vec<MaintenanceNode>, DbError> {
         let c = self.client().await?;
         let rows = c
-            .query(
-                "select * from api.maintenance_nodes($1)",
-                &[&server_id],
-            )
+            .query("select * from api.maintenance_nodes($1)", &[&server_id])
             .await?;
         Ok(rows
             .iter()
@@ -404,7 +398,11 @@ impl Catalog {
     }
 
     /// The shell's `accept_pgsql_node_listing`: the node's next listing is taken as it is.
-    pub async fn accept_pgsql_node_listing(&self, audit: &Audit, node: &str) -> Result<i64, DbError> {
+    pub async fn accept_pgsql_node_listing(
+        &self,
+        audit: &Audit,
+        node: &str,
+    ) -> Result<i64, DbError> {
         self.mutate(audit, async |tx| {
             Ok(tx
                 .query_one("select api.accept_pgsql_node_listing($1)", &[&node])
