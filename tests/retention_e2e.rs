@@ -435,10 +435,10 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
     f.a.psql("postgres", "drop database d4");
     a1.maintenance_ok();
     assert_eq!(status(4), "DELETED", "{}", a1.log());
-    assert_eq!(
-        env.sql("select error_message from alert where alert_type = 'QUARANTINE' and execution_status = 'DELETED'")
-            .contains("d4"),
-        true
+    let alert = env.sql("select error_message from alert where alert_type = 'QUARANTINE' and execution_status = 'DELETED'");
+    assert!(
+        alert.contains("\"d4\"") && alert.contains("STOPPED"),
+        "{alert}"
     );
     // It comes back: ACTIVE again.
     f.a.create_database("d4");
