@@ -23,3 +23,7 @@ create index backup_catalog_deleting_idx on backup_catalog (backup_server_id) wh
 
 insert into pgsql_node_default_config (parameter, value, description) values
     ('autoregister_backup_server', '', 'SrvID of the backup server that gets the definitions autoregister creates; empty: the server with most of the node''s definitions');
+
+-- PgBackMan never purged sent alerts (reference §8.2 item 26).
+insert into backup_server_default_config (parameter, value, description) values
+    ('sent_alerts_retention', '90 days', 'How long sent alerts of this server are kept before maintenance removes them');

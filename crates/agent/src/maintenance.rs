@@ -8,7 +8,8 @@
 //!    nothing and raises an alert (`core::retention::node_plan`);
 //! 2. files of force-deleted catalog rows held here are removed;
 //! 3. directories of deleted nodes are removed;
-//! 4. retention (`crate::retention::enforce`).
+//! 4. retention (`crate::retention::enforce`);
+//! 5. sent alerts older than the server's sent_alerts_retention are removed.
 //!
 //! Everything is decided from the catalog as it is now: when it is unreachable the pass stops
 //! and nothing is deleted until the next pass reaches it (never from a stale cache).
@@ -59,12 +60,14 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     let forced = retention::forced_deletions(ctx, stop).await?;
     let nodes = retention::deleted_nodes(ctx, stop).await?;
     let r = retention::enforce(ctx, stop).await?;
-    if forced + nodes + r.deleted + r.refused > 0 {
+    let alerts = ctx.catalog.purge_sent_alerts(ctx.server_id).await?;
+    if forced + nodes + r.deleted + r.refused > 0 || alerts > 0 {
         tracing::info!(
             forced_deletions = forced,
             deleted_node_dirs = nodes,
             retention_deleted = r.deleted,
             retention_refused = r.refused,
+            sent_alerts_purged = alerts,
             "maintenance pass done"
         );
     } else {
