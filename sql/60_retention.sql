@@ -288,9 +288,15 @@ begin
                and not exists (select 1 from public.backup_definition d where d.pgsql_node_id = p_node and d.dbname = x.db)
              order by x.db
         loop
-            v_id := api.register_backup_definition(p_server::text, p_node::text, r.db, null, null, null, null, null,
-                                                   v_code, null, null, null, null, null, 'registered by autoregister');
-            action := 'registered'; def_id := v_id; dbname := r.db;
+            def_id := null; dbname := r.db;
+            begin
+                v_id := api.register_backup_definition(p_server::text, p_node::text, r.db, null, null, null, null, null,
+                                                       v_code, null, null, null, null, null, 'registered by autoregister');
+                action := 'registered'; def_id := v_id;
+            exception when others then
+                -- One database the defaults cannot back up must not block the node's maintenance.
+                action := 'autoregister failed: ' || sqlerrm;
+            end;
             return next;
         end loop;
     end if;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use pgbackman_core::retention::node_plan;
+use pgbackman_db::DbError;
 use pgbackman_db::retention::MaintenanceNode;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,16 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
         if stop.is_cancelled() {
             return Ok(());
         }
-        node_pass(ctx, &node).await?;
+        if let Err(e) = node_pass(ctx, &node).await {
+            // A refusal about one node (its configuration, say) must not stop retention for
+            // all; a lost catalog stops the pass.
+            match e.downcast_ref::<DbError>() {
+                Some(DbError::Server(_)) => {
+                    tracing::error!(node_id = node.node_id, node = %node.fqdn, "maintenance of the node failed: {e:#}")
+                }
+                _ => return Err(e),
+            }
+        }
     }
     let forced = retention::forced_deletions(ctx, stop).await?;
     let nodes = retention::deleted_nodes(ctx, stop).await?;
