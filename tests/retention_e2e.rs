@@ -44,6 +44,22 @@ impl Agent {
         }
     }
 
+    /// The daemon's own maintenance timer (0: off).
+    fn set_maintenance_seconds(&self, n: u64) {
+        let cfg: String = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("maintenance_seconds") {
+                    format!("maintenance_seconds = {n}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, cfg).unwrap();
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"));
         c.arg("--config")
@@ -512,6 +528,29 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
     // A quarantined database is not registered again; a second pass registers nothing new.
     a1.maintenance_ok();
     assert_eq!(env.sql("select count(*) from backup_definition"), "5");
+    // Another server can be named for the node's automatic definitions (stored as its SrvID);
+    // only that server's agent registers them.
+    env.cmd("update_pgsql_node_config 127.0.0.2 autoregister_backup_server=nosuch.example.org")
+        .fails_with("not registered");
+    env.cmd("update_pgsql_node_config 127.0.0.2 autoregister_backup_server=bs2.example.org")
+        .ok();
+    assert_eq!(
+        env.sql(
+            "select value from pgsql_node_config where parameter = 'autoregister_backup_server'"
+        ),
+        "2"
+    );
+    f.a.create_database("fresh2");
+    a1.maintenance_ok();
+    assert_eq!(env.sql("select count(*) from backup_definition"), "5");
+    let a2 = Agent::new(env, "bs2.example.org");
+    a2.maintenance_ok();
+    assert_eq!(
+        env.sql("select backup_server_id from backup_definition where dbname = 'fresh2'"),
+        "2",
+        "{}",
+        a2.log()
+    );
 }
 
 #[test]
@@ -539,11 +578,32 @@ fn forced_deletions_and_deleted_nodes_are_cleaned_on_the_server_that_holds_them(
         "2"
     );
     assert!(Path::new(&d[0]).exists());
-    a1.maintenance_ok();
-    assert_eq!(
-        env.sql("select count(*) from catalog_entries_to_delete"),
-        "0"
+    // Sent alerts are kept for the server's sent_alerts_retention (90 days), unsent ones always.
+    env.sql(
+        "insert into alert (alert_type, backup_server_id, alert_sent, sent_at, registered, error_message) values \
+         ('BACKUP', 1, true, now() - interval '100 days', now() - interval '100 days', 'old sent'), \
+         ('BACKUP', 1, true, now() - interval '10 days', now() - interval '10 days', 'recent sent'), \
+         ('BACKUP', 1, false, null, now() - interval '100 days', 'old unsent')",
     );
+    // The daemon's own timer does it all (no --maintenance here).
+    a1.set_maintenance_seconds(1);
+    a1.start();
+    wait_for(
+        env,
+        "select count(*) from catalog_entries_to_delete",
+        "0",
+        30,
+        &a1,
+    );
+    wait_for(
+        env,
+        "select string_agg(error_message, ',' order by alert_id) from alert",
+        "recent sent,old unsent",
+        30,
+        &a1,
+    );
+    a1.stop();
+    a1.set_maintenance_seconds(0);
     assert!(!Path::new(&d[0]).exists() && !Path::new(&d[1]).exists());
 
     // The node is deleted: each server removes its directory for it, and only its own queue row.
