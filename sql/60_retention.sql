@@ -201,6 +201,58 @@ language sql stable as $$
      order by d.def_id
 $$;
 
+-- Removes definitions DELETED for longer than the node's automatic_deletion_retention, with
+-- their backups (files queued for the servers that hold them). p_listed: the node's databases
+-- from a sane listing, or NULL when the node could not be listed (STOPPED, unreachable).
+create function api.expire_definitions(p_server bigint, p_node bigint, p_ids bigint[], p_listed text[])
+returns table (action text, def_id bigint, dbname text)
+language plpgsql as $$
+declare
+    r record;
+    v_retention interval := api.node_config_value(p_node, 'automatic_deletion_retention')::interval;
+    v_email text := api.node_config_value(p_node, 'logs_email');
+    v_fqdn text := api.node_fqdn(p_node);
+    v_n integer;
+begin
+    perform api.tag_maintenance('expiry of DELETED definitions');
+    for r in
+        select d.def_id, d.dbname from public.backup_definition d
+         where d.def_id = any (p_ids) and d.backup_server_id = p_server and d.pgsql_node_id = p_node
+           and d.job_status = 'DELETED' and d.status_changed_at < now() - v_retention
+           -- Not listed (NULL): only what a user set DELETED; a quarantined definition waits for
+           -- a listing, its database may be back.
+           and case when p_listed is null then d.quarantined_from is null
+                    else not (d.quarantined_from is not null and d.dbname = any (p_listed)) end
+    loop
+        def_id := r.def_id; dbname := r.dbname;
+        if exists (select 1 from public.job j where j.def_id = r.def_id and j.state = 'RUNNING') then
+            action := 'removal postponed: a backup is running';
+        else
+            v_n := api.force_delete_catalog_of(array[r.def_id]);
+            delete from public.job j where j.def_id = r.def_id;
+            delete from public.backup_definition d where d.def_id = r.def_id;
+            insert into public.alert (alert_type, backup_server_id, pgsql_node_id, ref_id, dbname, execution_status, error_message, sendto)
+            values ('QUARANTINE', p_server, p_node, r.def_id, r.dbname, 'REMOVED',
+                    format('backup definition DefID %s (database "%s" on PgSQL node %s) was DELETED for more than %s: '
+                           'it is removed with its %s backups.', r.def_id, r.dbname, v_fqdn, v_retention, v_n), v_email);
+            action := 'removed';
+        end if;
+        return next;
+    end loop;
+end $$;
+
+-- Nodes of this server's DELETED definitions, for those no listing reached this pass.
+create function api.deleted_definition_nodes(p_server bigint)
+returns table (node_id bigint, deletion_retention_seconds float8)
+language sql stable as $$
+    select d.pgsql_node_id,
+           extract(epoch from now() - (now() - api.node_config_value(d.pgsql_node_id, 'automatic_deletion_retention')::interval))::float8
+      from public.backup_definition d
+     where d.backup_server_id = p_server and d.job_status = 'DELETED'
+     group by d.pgsql_node_id
+     order by d.pgsql_node_id
+$$;
+
 -- Applies one node's plan after a sane listing (p_listed), each decision re-checked: quarantine
 -- (p_mark), reactivation (p_reactivate), removal of definitions DELETED for longer than the
 -- node's automatic_deletion_retention with their backups (p_expire; files are queued for the
@@ -216,7 +268,6 @@ declare
     v_fqdn text := api.node_fqdn(p_node);
     v_code text;
     v_id bigint;
-    v_n integer;
 begin
     perform api.tag_maintenance('quarantine');
     -- Two agents listing the same node take turns.
@@ -251,27 +302,7 @@ begin
         end;
         return next;
     end loop;
-    for r in
-        select d.def_id, d.dbname from public.backup_definition d
-         where d.def_id = any (p_expire) and d.backup_server_id = p_server and d.pgsql_node_id = p_node
-           and d.job_status = 'DELETED' and d.status_changed_at < now() - v_retention
-           and not (d.quarantined_from is not null and d.dbname = any (p_listed))
-    loop
-        def_id := r.def_id; dbname := r.dbname;
-        if exists (select 1 from public.job j where j.def_id = r.def_id and j.state = 'RUNNING') then
-            action := 'removal postponed: a backup is running';
-        else
-            v_n := api.force_delete_catalog_of(array[r.def_id]);
-            delete from public.job j where j.def_id = r.def_id;
-            delete from public.backup_definition d where d.def_id = r.def_id;
-            insert into public.alert (alert_type, backup_server_id, pgsql_node_id, ref_id, dbname, execution_status, error_message, sendto)
-            values ('QUARANTINE', p_server, p_node, r.def_id, r.dbname, 'REMOVED',
-                    format('backup definition DefID %s (database "%s" on PgSQL node %s) was DELETED for more than %s: '
-                           'it is removed with its %s backups.', r.def_id, r.dbname, v_fqdn, v_retention, v_n), v_email);
-            action := 'removed';
-        end if;
-        return next;
-    end loop;
+    return query select * from api.expire_definitions(p_server, p_node, p_expire, p_listed);
     insert into public.pgsql_node_listing as l (pgsql_node_id, databases, listed_at, listed_by, accept_next)
     values (p_node, cardinality(p_listed), now(), p_server, false)
     on conflict (pgsql_node_id) do update

@@ -551,6 +551,23 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
         "{}",
         a2.log()
     );
+
+    // A STOPPED node is not listed: a definition a user set DELETED still goes after the
+    // deadline; a quarantined one waits for a listing (its database may be back).
+    env.cmd("update_backup_definition 5 \"\" \"\" \"\" \"\" \"\" \"\" \"\" \"\" DELETED \"\"")
+        .ok();
+    env.cmd("update_pgsql_node 127.0.0.2 \"\" \"\" STOPPED \"\"")
+        .ok();
+    env.sql(
+        "update backup_definition set status_changed_at = now() - interval '15 days' where def_id in (1, 5)",
+    );
+    a1.maintenance_ok();
+    assert_eq!(
+        env.sql("select string_agg(def_id || ' ' || job_status, ',' order by def_id) from backup_definition where def_id <= 5"),
+        "1 DELETED,2 DELETED,3 DELETED",
+        "{}",
+        a1.log()
+    );
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //!    removes definitions DELETED for longer than the node's automatic_deletion_retention, and
 //!    registers new databases when the node has autoregister on; a suspicious listing changes
 //!    nothing and raises an alert (`core::retention::node_plan`);
+//!    definitions a user set DELETED on nodes that could not be listed are removed after the
+//!    deadline too (quarantined ones wait for a listing);
 //! 2. files of force-deleted catalog rows held here are removed;
 //! 3. directories of deleted nodes are removed;
 //! 4. retention (`crate::retention::enforce`);
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use pgbackman_core::retention::node_plan;
+use pgbackman_core::retention::{expired_without_listing, node_plan};
 use pgbackman_db::DbError;
 use pgbackman_db::retention::MaintenanceNode;
 use tokio_util::sync::CancellationToken;
@@ -52,21 +54,31 @@ pub fn spawn(ctx: Arc<Ctx>, stop: CancellationToken) -> Option<tokio::task::Join
 /// One pass. A catalog error ends it (the rest waits for the next pass); a node that cannot be
 /// listed is skipped.
 pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
+    // Nodes whose listing was read this pass (sane or not).
+    let mut listed = std::collections::HashSet::new();
     for node in ctx.catalog.maintenance_nodes(ctx.server_id).await? {
         if stop.is_cancelled() {
             return Ok(());
         }
-        if let Err(e) = node_pass(ctx, &node).await {
-            // A refusal about one node (its configuration, say) must not stop retention for
-            // all; a lost catalog stops the pass.
-            match e.downcast_ref::<DbError>() {
-                Some(DbError::Server(_)) => {
-                    tracing::error!(node_id = node.node_id, node = %node.fqdn, "maintenance of the node failed: {e:#}")
+        match node_pass(ctx, &node).await {
+            Ok(true) => {
+                listed.insert(node.node_id);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                // A refusal about one node (its configuration, say) must not stop retention for
+                // all; a lost catalog stops the pass.
+                match e.downcast_ref::<DbError>() {
+                    Some(DbError::Server(_)) => {
+                        listed.insert(node.node_id);
+                        tracing::error!(node_id = node.node_id, node = %node.fqdn, "maintenance of the node failed: {e:#}")
+                    }
+                    _ => return Err(e),
                 }
-                _ => return Err(e),
             }
         }
     }
+    unlisted_expiry(ctx, &listed).await?;
     let forced = retention::forced_deletions(ctx, stop).await?;
     let nodes = retention::deleted_nodes(ctx, stop).await?;
     let r = retention::enforce(ctx, stop).await?;
@@ -86,9 +98,37 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     Ok(())
 }
 
-async fn node_pass(ctx: &Ctx, n: &MaintenanceNode) -> Result<()> {
+/// DELETED definitions of nodes no listing reached (STOPPED, unreachable, or none of this
+/// server's active concern): those a user deleted still go after the deadline.
+async fn unlisted_expiry(ctx: &Ctx, listed: &std::collections::HashSet<i64>) -> Result<()> {
+    for (node_id, secs) in ctx.catalog.deleted_definition_nodes(ctx.server_id).await? {
+        if listed.contains(&node_id) {
+            continue;
+        }
+        let defs = ctx
+            .catalog
+            .maintenance_definitions(ctx.server_id, node_id)
+            .await?;
+        let retention = chrono::Duration::milliseconds((secs * 1000.0) as i64);
+        let ids = expired_without_listing(&defs, retention, chrono::Utc::now());
+        if ids.is_empty() {
+            continue;
+        }
+        for (action, def_id, db) in ctx
+            .catalog
+            .expire_unlisted_definitions(ctx.server_id, node_id, &ids)
+            .await?
+        {
+            tracing::info!(node_id, def_id, db = %db, "{action}");
+        }
+    }
+    Ok(())
+}
+
+/// Lists one node and applies its plan; false when the node could not be listed.
+async fn node_pass(ctx: &Ctx, n: &MaintenanceNode) -> Result<bool> {
     let Some(listed) = list_databases(ctx, n).await else {
-        return Ok(());
+        return Ok(false);
     };
     let defs = ctx
         .catalog
@@ -103,7 +143,7 @@ async fn node_pass(ctx: &Ctx, n: &MaintenanceNode) -> Result<()> {
         ctx.catalog
             .raise_listing_alert(ctx.server_id, n.node_id, why)
             .await?;
-        return Ok(());
+        return Ok(true);
     }
     for (action, def_id, db) in ctx
         .catalog
@@ -112,7 +152,7 @@ async fn node_pass(ctx: &Ctx, n: &MaintenanceNode) -> Result<()> {
     {
         tracing::info!(node_id = n.node_id, def_id, db = %db, "{action}");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The node's databases (templates excluded), or None (logged) when it cannot be listed.

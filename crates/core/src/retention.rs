@@ -312,6 +312,24 @@ pub fn node_plan(
     }
 }
 
+/// The DELETED definitions of a node that could not be listed (STOPPED, unreachable) to remove
+/// now: only those a user set DELETED, past `deletion_retention`. A quarantined definition waits
+/// for a listing: its database may have come back.
+pub fn expired_without_listing(
+    defs: &[NodeDefinition],
+    deletion_retention: Duration,
+    now: DateTime<Utc>,
+) -> Vec<i64> {
+    defs.iter()
+        .filter(|d| {
+            d.status == DefStatus::Deleted
+                && !d.quarantined
+                && d.status_changed_at + deletion_retention < now
+        })
+        .map(|d| d.def_id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,5 +727,21 @@ mod tests {
             );
             assert_eq!(p.suspicious.is_some(), suspicious, "case {i}: {p:?}");
         }
+    }
+
+    #[test]
+    fn without_a_listing_only_user_deleted_definitions_expire() {
+        use DefStatus::*;
+        let defs = vec![
+            ndef(1, "a", Deleted, false, 15),
+            ndef(2, "b", Deleted, true, 30),
+            ndef(3, "c", Deleted, false, 13),
+            ndef(4, "d", Active, false, 30),
+            ndef(5, "", Deleted, false, 20),
+        ];
+        assert_eq!(
+            expired_without_listing(&defs, Duration::days(14), now()),
+            vec![1, 5]
+        );
     }
 }

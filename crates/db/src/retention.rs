@@ -391,6 +391,43 @@ impl Catalog {
             .collect())
     }
 
+    /// Nodes of this server's DELETED definitions, with their automatic_deletion_retention in
+    /// seconds as of now.
+    pub async fn deleted_definition_nodes(
+        &self,
+        server_id: i64,
+    ) -> Result<Vec<(i64, f64)>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select node_id, deletion_retention_seconds from api.deleted_definition_nodes($1)",
+                &[&server_id],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Removes DELETED definitions of a node no listing reached (only those a user deleted: the
+    /// API re-checks); returns (action, DefID, database).
+    pub async fn expire_unlisted_definitions(
+        &self,
+        server_id: i64,
+        node_id: i64,
+        def_ids: &[i64],
+    ) -> Result<Vec<(String, i64, String)>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select action, def_id, dbname from api.expire_definitions($1, $2, $3, null)",
+                &[&server_id, &node_id, &def_ids],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     /// A suspicious listing: an alert (at most one a day per node and server). True if raised.
     pub async fn raise_listing_alert(
         &self,
