@@ -195,7 +195,7 @@ begin
         raise exception 'no value given for "%"', p_parameter using errcode = '22023';
     end if;
     case p_parameter
-    when 'retention_period', 'automatic_deletion_retention' then
+    when 'retention_period', 'automatic_deletion_retention', 'sent_alerts_retention' then
         perform api.check_interval(p_parameter, p_value);
     when 'retention_redundancy' then
         return api.check_int(p_parameter, p_value, 0, 10000)::text;
@@ -221,6 +221,12 @@ begin
         return api.check_choice(p_parameter, lower(btrim(p_value)), array['standard', 'managed']);
     when 'encryption', 'autoregister' then
         return api.check_bool(p_parameter, p_value)::text;
+    when 'autoregister_backup_server' then
+        -- Stored as the SrvID: an FQDN may be given, a renamed server stays the same one.
+        if btrim(p_value) = '' then
+            return '';
+        end if;
+        return api.server_id(p_value)::text;
     when 'root_backup_partition' then
         if p_value !~ '^/' then
             raise exception 'root_backup_partition "%" is not an absolute path', p_value

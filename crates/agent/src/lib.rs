@@ -6,7 +6,9 @@
 pub mod health;
 pub mod job;
 pub mod listen;
+pub mod maintenance;
 pub mod replay;
+pub mod retention;
 pub mod schedule;
 pub mod spool;
 pub mod state;
@@ -57,6 +59,9 @@ struct Args {
     /// No schedule fires. For a first backup, or for running the agent from cron.
     #[arg(long)]
     once: bool,
+    /// Run one maintenance pass (retention, forced deletions, quarantine, autoregister), then exit.
+    #[arg(long, conflicts_with = "once")]
+    maintenance: bool,
 }
 
 pub fn main_entry() -> ExitCode {
@@ -188,21 +193,30 @@ async fn run(args: Args) -> Result<()> {
     let health = health::Health::new(true);
     let server_id = match probe(&catalog, &s.fqdn).await {
         Ok(id) => id,
-        Err(e) if e.is_unreachable() && !args.once => match state::load_cache(&s.cfg.state_dir) {
-            Ok(Some(c)) => {
-                health.set_offline(&e.to_string());
-                *health
-                    .cache_written_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(c.written_at);
-                c.server_id
+        Err(e) if e.is_unreachable() => {
+            // The daemon runs from its cache; `--once` and `--maintenance` need the catalog
+            // (claims, deletions) and wait for it.
+            let cache = if args.once || args.maintenance {
+                None
+            } else {
+                state::load_cache(&s.cfg.state_dir).ok().flatten()
+            };
+            match cache {
+                Some(c) => {
+                    health.set_offline(&e.to_string());
+                    *health
+                        .cache_written_at
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(c.written_at);
+                    c.server_id
+                }
+                // Without a cache there is nothing to run: wait for the catalog.
+                None => {
+                    let catalog = connect_with_backoff(&s, &stop).await?;
+                    probe(&catalog, &s.fqdn).await?
+                }
             }
-            // Without a cache there is nothing to run: wait for the catalog.
-            _ => {
-                let catalog = connect_with_backoff(&s, &stop).await?;
-                probe(&catalog, &s.fqdn).await?
-            }
-        },
+        }
         Err(e) => return Err(e.into()),
     };
     let bin_dirs = s.cfg.client_bin_dirs()?;
@@ -248,9 +262,13 @@ async fn run(args: Args) -> Result<()> {
         fail_interrupted_jobs(&ctx).await;
     }
     tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
+    if args.maintenance {
+        return maintenance::pass(&ctx, &stop).await;
+    }
     if args.once {
         return Runner::new(ctx, s.tz, stop, s.fqdn).run_once().await;
     }
+    let _maintenance = maintenance::spawn(ctx.clone(), stop.clone());
     Runner::new(ctx, s.tz, stop, s.fqdn).run().await
 }
 

@@ -84,6 +84,17 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         ),
         "show_backup_catalog" => show_backup_catalog(s, inv).await,
         "show_retention_plan" => show_retention_plan(s, inv).await,
+        "accept_pgsql_node_listing" => {
+            let node = s.required(inv, "node", None)?;
+            s.confirm(&format!("Accept the next database listing of PgSQL node {node} as it is, even if it lists far fewer databases than before?"))?;
+            let id = s
+                .catalog
+                .accept_pgsql_node_listing(&s.audit(), &node)
+                .await?;
+            Ok(Output::Done(vec![format!(
+                "The next database listing of NodeID {id} is accepted as it is: definitions of databases missing from it are set DELETED at the next maintenance pass."
+            )]))
+        }
         "show_backup_details" => {
             let id = def_id_arg(&s.required(inv, "bck_id", None)?)
                 .map_err(|_| anyhow::anyhow!("BckID must be a number"))?;
@@ -1096,72 +1107,33 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
     ))
 }
 
-/// Applies `core::retention` to the catalog as it is now; deletes nothing.
+/// Applies `core::retention` to the catalog as it is now (the agent deletes with the same
+/// `RetentionRows::plan`); deletes nothing.
 async fn show_retention_plan(s: &mut Session, inv: &Invocation) -> Result<Output> {
-    use pgbackman_core::retention::{BackupRow, Rule, definition_plan, snapshot_expired};
     let srv = filter(s.value(inv, "server", Some("all"))?);
     let node = filter(s.value(inv, "node", Some("all"))?);
     let db = filter(s.value(inv, "dbname", Some("all"))?);
     let rows = s.catalog.retention_rows(&srv, &node, &db).await?;
-    let now = chrono::Utc::now();
     let mut out = Vec::new();
-    // Rows come grouped by owner (definition, then snapshot), newest first.
-    for group in rows.chunk_by(|a, b| a.owner == b.owner && a.is_definition == b.is_definition) {
-        let first = &group[0];
-        let period = chrono::Duration::milliseconds((first.period_seconds * 1000.0) as i64);
-        let rules: Vec<(i64, Rule)> = if first.is_definition {
-            let b: Vec<BackupRow> = group
-                .iter()
-                .map(|r| BackupRow {
-                    bck_id: r.bck_id,
-                    finished: r.finished,
-                    succeeded: r.succeeded,
-                })
-                .collect();
-            definition_plan(
-                &b,
-                period,
-                u32::try_from(first.redundancy).unwrap_or(0),
-                now,
-            )
-        } else {
-            group
-                .iter()
-                .map(|r| {
-                    (
-                        r.bck_id,
-                        if snapshot_expired(r.finished, period, now) {
-                            Rule::Expired
-                        } else {
-                            Rule::WithinPeriod
-                        },
-                    )
-                })
-                .collect()
-        };
-        for (r, (_, rule)) in group.iter().zip(rules) {
-            if inv.flag("deletions-only") && !rule.deletes() {
-                continue;
-            }
-            out.push(vec![
-                Value::Int(r.bck_id),
-                if r.is_definition {
-                    Value::Int(r.owner)
-                } else {
-                    Value::Null
-                },
-                if r.is_definition {
-                    Value::Null
-                } else {
-                    Value::Int(r.owner)
-                },
-                Value::Text(r.dbname.clone()),
-                Value::Time(r.finished),
-                Value::Text(r.status.clone()),
-                Value::Bool(rule.deletes()),
-                Value::Text(rule.to_string()),
-            ]);
+    for (r, rule) in rows.plan() {
+        if inv.flag("deletions-only") && !rule.deletes() {
+            continue;
         }
+        let (def, snap) = if r.is_definition {
+            (Value::Int(r.owner), Value::Null)
+        } else {
+            (Value::Null, Value::Int(r.owner))
+        };
+        out.push(vec![
+            Value::Int(r.bck_id),
+            def,
+            snap,
+            Value::Text(r.dbname.clone()),
+            Value::Time(r.finished),
+            Value::Text(r.status.clone()),
+            Value::Bool(rule.deletes()),
+            Value::Text(rule.to_string()),
+        ]);
     }
     let columns = [
         "BckID",

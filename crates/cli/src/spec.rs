@@ -187,6 +187,15 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &["delete_pgsql_node pg01.example.org"],
     },
     Cmd {
+        name: "accept_pgsql_node_listing",
+        group: NODES,
+        about: "Accept a node's next database listing as it is, after dropping many databases on purpose: \
+                maintenance otherwise treats a listing with far fewer databases than before as suspicious, \
+                alerts, and changes nothing.",
+        args: &[pos("node", "NodeID | FQDN")],
+        examples: &["accept_pgsql_node_listing pg01.example.org"],
+    },
+    Cmd {
         name: "show_pgsql_nodes",
         group: NODES,
         about: "List the registered PgSQL nodes.",

@@ -40,6 +40,10 @@ pub struct AgentSection {
     /// Run a scheduled backup missed while the agent was down if its time is at most this old.
     #[serde(default = "default_catch_up_seconds")]
     pub catch_up_seconds: u64,
+    /// Maintenance (retention, forced deletions, quarantine, autoregister) runs this often;
+    /// 0 disables it (then `pgbackman-agent --maintenance` runs one pass, e.g. from cron).
+    #[serde(default = "default_maintenance_seconds")]
+    pub maintenance_seconds: u64,
     /// `/healthz` and `/metrics` on this loopback address; empty disables them.
     #[serde(default = "default_http_listen")]
     pub http_listen: String,
@@ -68,6 +72,9 @@ fn default_repoll_seconds() -> u64 {
 fn default_catch_up_seconds() -> u64 {
     3600
 }
+fn default_maintenance_seconds() -> u64 {
+    300
+}
 fn default_http_listen() -> String {
     "127.0.0.1:9187".into()
 }
@@ -85,6 +92,7 @@ impl Default for AgentSection {
             lease_seconds: default_lease_seconds(),
             repoll_seconds: default_repoll_seconds(),
             catch_up_seconds: default_catch_up_seconds(),
+            maintenance_seconds: default_maintenance_seconds(),
             http_listen: default_http_listen(),
             passfile: None,
         }

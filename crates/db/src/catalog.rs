@@ -150,21 +150,6 @@ pub struct CatalogFilter {
     pub limit: i64,
 }
 
-/// One backup under retention, with its owner's rules.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetentionRow {
-    /// DefID or SnapshotID.
-    pub owner: i64,
-    pub is_definition: bool,
-    pub period_seconds: f64,
-    pub redundancy: i32,
-    pub bck_id: i64,
-    pub finished: chrono::DateTime<chrono::Utc>,
-    pub succeeded: bool,
-    pub dbname: String,
-    pub status: String,
-}
-
 /// A registered definition as the shell reports it after registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefinitionSummary {
@@ -336,7 +321,7 @@ impl Catalog {
     }
 
     /// Runs `f` in a transaction tagged for the audit log.
-    async fn mutate<T>(
+    pub(crate) async fn mutate<T>(
         &self,
         audit: &Audit,
         f: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, DbError>,
@@ -362,7 +347,11 @@ impl Catalog {
             .get(0))
     }
 
-    async fn resolve_ids(&self, refs: &Filter, server: bool) -> Result<Option<Vec<i64>>, DbError> {
+    pub(crate) async fn resolve_ids(
+        &self,
+        refs: &Filter,
+        server: bool,
+    ) -> Result<Option<Vec<i64>>, DbError> {
         let Some(refs) = refs else { return Ok(None) };
         let mut v = Vec::with_capacity(refs.len());
         for r in refs {
@@ -1058,51 +1047,6 @@ impl Catalog {
             )));
         }
         Ok(r)
-    }
-
-    /// Catalog rows under retention, per definition or snapshot: (owner, period in seconds as of
-    /// now — calendar-aware for months —, redundancy, rows). Owner is ("def", DefID) or
-    /// ("snapshot", SnapshotID); snapshots have redundancy 0.
-    pub async fn retention_rows(
-        &self,
-        server: &Filter,
-        node: &Filter,
-        dbname: &Filter,
-    ) -> Result<Vec<RetentionRow>, DbError> {
-        let servers = self.resolve_ids(server, true).await?;
-        let nodes = self.resolve_ids(node, false).await?;
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                "select coalesce(c.def_id, c.snapshot_id) as owner, c.def_id is not null as is_def,
-                        extract(epoch from now() - (now() - coalesce(d.retention_period, s.retention_period)))::float8 as period,
-                        coalesce(d.retention_redundancy, 0) as redundancy,
-                        c.bck_id, c.finished, c.execution_status = 'SUCCEEDED' as ok, c.dbname, c.execution_status,
-                        c.backup_server_id
-                   from public.backup_catalog c
-                   left join public.backup_definition d on d.def_id = c.def_id
-                   left join public.snapshot_definition s on s.snapshot_id = c.snapshot_id
-                  where ($1::bigint[] is null or c.backup_server_id = any ($1))
-                    and ($2::bigint[] is null or c.pgsql_node_id = any ($2))
-                    and ($3::text[] is null or c.dbname = any ($3))
-                  order by c.def_id nulls last, c.snapshot_id, c.finished desc",
-                &[&servers, &nodes, dbname],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| RetentionRow {
-                owner: r.get("owner"),
-                is_definition: r.get("is_def"),
-                period_seconds: r.get("period"),
-                redundancy: r.get("redundancy"),
-                bck_id: r.get("bck_id"),
-                finished: r.get("finished"),
-                succeeded: r.get("ok"),
-                dbname: r.get("dbname"),
-                status: r.get("execution_status"),
-            })
-            .collect())
     }
 
     // ---- reports ----------------------------------------------------------------------------

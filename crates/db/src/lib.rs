@@ -9,14 +9,16 @@ pub mod error;
 pub mod introspect;
 pub mod migrate;
 pub mod node;
+pub mod retention;
 pub mod rows;
 
 pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,
-    NewDefinition, NewNode, NodeInfo, NodeUpdate, RetentionRow,
+    NewDefinition, NewNode, NodeInfo, NodeUpdate,
 };
 pub use error::{DbError, ServerMessage};
 pub use migrate::CatalogStatus;
+pub use retention::{RetentionRow, RetentionRows};
 pub use rows::{Rows, Value};
 
 /// Opens one plain connection (no pool) for schema work; the connection task is spawned on the

@@ -28,6 +28,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ("40_jobs.sql", include_str!("../../../sql/40_jobs.sql")),
     ("45_spool.sql", include_str!("../../../sql/45_spool.sql")),
     (
+        "60_retention.sql",
+        include_str!("../../../sql/60_retention.sql"),
+    ),
+    (
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),
     ),

@@ -1,0 +1,188 @@
+//! The agent's maintenance pass, on its own timer (`[agent] maintenance_seconds`) beside the
+//! main loop, or once with `pgbackman-agent --maintenance`:
+//!
+//! 1. each RUNNING node this server backs up (or autoregisters for) is listed; a sane listing
+//!    quarantines definitions of dropped databases, reactivates those whose database came back,
+//!    removes definitions DELETED for longer than the node's automatic_deletion_retention, and
+//!    registers new databases when the node has autoregister on; a suspicious listing changes
+//!    nothing and raises an alert (`core::retention::node_plan`);
+//!    definitions a user set DELETED on nodes that could not be listed are removed after the
+//!    deadline too (quarantined ones wait for a listing);
+//! 2. files of force-deleted catalog rows held here are removed;
+//! 3. directories of deleted nodes are removed;
+//! 4. retention (`crate::retention::enforce`);
+//! 5. sent alerts older than the server's sent_alerts_retention are removed.
+//!
+//! Everything is decided from the catalog as it is now: when it is unreachable the pass stops
+//! and nothing is deleted until the next pass reaches it (never from a stale cache).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use pgbackman_core::retention::{expired_without_listing, node_plan};
+use pgbackman_db::DbError;
+use pgbackman_db::retention::MaintenanceNode;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::Ctx;
+use crate::retention;
+
+/// Starts the periodic pass (first one now); it ends when `stop` is cancelled. Disabled when
+/// `maintenance_seconds` is 0.
+pub fn spawn(ctx: Arc<Ctx>, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    let every = ctx.cfg.maintenance_seconds;
+    if every == 0 {
+        tracing::info!("maintenance disabled (maintenance_seconds = 0)");
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(every));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Err(e) = pass(&ctx, &stop).await {
+                tracing::warn!("maintenance pass stopped: {e:#}; retrying in {every} s");
+            }
+        }
+    }))
+}
+
+/// One pass. A catalog error ends it (the rest waits for the next pass); a node that cannot be
+/// listed is skipped.
+pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
+    // Nodes whose listing was read this pass (sane or not).
+    let mut listed = std::collections::HashSet::new();
+    for node in ctx.catalog.maintenance_nodes(ctx.server_id).await? {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        match node_pass(ctx, &node).await {
+            Ok(true) => {
+                listed.insert(node.node_id);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                // A refusal about one node (its configuration, say) must not stop retention for
+                // all; a lost catalog stops the pass.
+                match e.downcast_ref::<DbError>() {
+                    Some(DbError::Server(_)) => {
+                        listed.insert(node.node_id);
+                        tracing::error!(node_id = node.node_id, node = %node.fqdn, "maintenance of the node failed: {e:#}")
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    unlisted_expiry(ctx, &listed).await?;
+    let forced = retention::forced_deletions(ctx, stop).await?;
+    let nodes = retention::deleted_nodes(ctx, stop).await?;
+    let r = retention::enforce(ctx, stop).await?;
+    let alerts = ctx.catalog.purge_sent_alerts(ctx.server_id).await?;
+    if forced + nodes + r.deleted + r.refused > 0 || alerts > 0 {
+        tracing::info!(
+            forced_deletions = forced,
+            deleted_node_dirs = nodes,
+            retention_deleted = r.deleted,
+            retention_refused = r.refused,
+            sent_alerts_purged = alerts,
+            "maintenance pass done"
+        );
+    } else {
+        tracing::debug!("maintenance pass done: nothing to do");
+    }
+    Ok(())
+}
+
+/// DELETED definitions of nodes no listing reached (STOPPED, unreachable, or none of this
+/// server's active concern): those a user deleted still go after the deadline.
+async fn unlisted_expiry(ctx: &Ctx, listed: &std::collections::HashSet<i64>) -> Result<()> {
+    for (node_id, secs) in ctx.catalog.deleted_definition_nodes(ctx.server_id).await? {
+        if listed.contains(&node_id) {
+            continue;
+        }
+        let defs = ctx
+            .catalog
+            .maintenance_definitions(ctx.server_id, node_id)
+            .await?;
+        let retention = chrono::Duration::milliseconds((secs * 1000.0) as i64);
+        let ids = expired_without_listing(&defs, retention, chrono::Utc::now());
+        if ids.is_empty() {
+            continue;
+        }
+        for (action, def_id, db) in ctx
+            .catalog
+            .expire_unlisted_definitions(ctx.server_id, node_id, &ids)
+            .await?
+        {
+            tracing::info!(node_id, def_id, db = %db, "{action}");
+        }
+    }
+    Ok(())
+}
+
+/// Lists one node and applies its plan; false when the node could not be listed.
+async fn node_pass(ctx: &Ctx, n: &MaintenanceNode) -> Result<bool> {
+    let Some(listed) = list_databases(ctx, n).await else {
+        return Ok(false);
+    };
+    let defs = ctx
+        .catalog
+        .maintenance_definitions(ctx.server_id, n.node_id)
+        .await?;
+    let known = n.known_databases.and_then(|k| usize::try_from(k).ok());
+    let retention = chrono::Duration::milliseconds((n.deletion_retention_seconds * 1000.0) as i64);
+    let now = chrono::Utc::now();
+    let plan = node_plan(&defs, &listed, known, n.accept_next, retention, now);
+    if let Some(why) = &plan.suspicious {
+        tracing::warn!(node_id = n.node_id, node = %n.fqdn, "database listing looks wrong, nothing changed: {why}");
+        ctx.catalog
+            .raise_listing_alert(ctx.server_id, n.node_id, why)
+            .await?;
+        return Ok(true);
+    }
+    for (action, def_id, db) in ctx
+        .catalog
+        .apply_node_listing(ctx.server_id, n.node_id, &listed, &plan)
+        .await?
+    {
+        tracing::info!(node_id = n.node_id, def_id, db = %db, "{action}");
+    }
+    Ok(true)
+}
+
+/// The node's databases (templates excluded), or None (logged) when it cannot be listed.
+async fn list_databases(ctx: &Ctx, n: &MaintenanceNode) -> Option<Vec<String>> {
+    let label = format!("{}:{} (NodeID {})", n.fqdn, n.pgport, n.node_id);
+    let passfile = ctx.cfg.passfile.clone();
+    let env = move |k: &str| match (k, &passfile) {
+        ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
+        _ => std::env::var(k).ok(),
+    };
+    let port = u16::try_from(n.pgport).ok()?;
+    let cfg = match pgbackman_config::node_config_with(
+        &n.fqdn,
+        port,
+        &n.admin_user,
+        &n.admin_dbname,
+        &n.sslmode,
+        &env,
+    ) {
+        Ok(r) => r.config,
+        Err(e) => {
+            tracing::warn!(node = %label, "maintenance: {e}");
+            return None;
+        }
+    };
+    match pgbackman_db::node::node_facts(cfg, &label).await {
+        Ok(f) => Some(f.databases),
+        Err(e) => {
+            tracing::warn!(node = %label, "maintenance: cannot list the databases ({e}); quarantine skipped for this node");
+            None
+        }
+    }
+}
