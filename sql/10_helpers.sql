@@ -221,6 +221,11 @@ begin
         return api.check_choice(p_parameter, lower(btrim(p_value)), array['standard', 'managed']);
     when 'encryption', 'autoregister' then
         return api.check_bool(p_parameter, p_value)::text;
+    when 'drill_node' then
+        if btrim(p_value) <> '' then
+            perform api.node_id(p_value);   -- must name a registered node
+        end if;
+        return btrim(p_value);
     when 'root_backup_partition' then
         if p_value !~ '^/' then
             raise exception 'root_backup_partition "%" is not an absolute path', p_value

@@ -143,6 +143,7 @@ fn failed(t0: DateTime<Utc>, job_id: i64, step: &str, message: String) -> Backup
         phase_timings: Vec::new(),
         database_size: None,
         table_row_counts: None,
+        verification: None,
     }
 }
 
@@ -353,6 +354,10 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
         "command": o.command.join(" "),
         "phase_timings": timings,
         "table_row_counts": o.table_row_counts,
+        // Levels 1 and 2 run by pgbackman-dump on the set in place (crate::verify_job).
+        "verification_level": o.verification.as_ref().map(|v| v.level),
+        "verification_state": o.verification.as_ref().map(|v| v.state),
+        "verification_error": o.verification.as_ref().and_then(|v| v.error.clone()),
         "error_step": step,
         "error_exit_status": exit,
         "error_message": message,

@@ -10,6 +10,7 @@ pub mod introspect;
 pub mod migrate;
 pub mod node;
 pub mod rows;
+pub mod verify;
 
 pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,

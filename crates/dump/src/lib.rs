@@ -68,6 +68,7 @@ mod run;
 mod set;
 mod spec;
 pub mod sqlgen;
+pub mod verify;
 
 pub use client::{client_major, parse_major, pick_client, server_major};
 pub use error::DumpError;
@@ -85,3 +86,4 @@ pub use spec::{
     TableRowCounts,
 };
 pub use tokio_util::sync::CancellationToken;
+pub use verify::{Verification, VerifyState};
