@@ -95,9 +95,9 @@ declare
     v_node bigint;
     v_job bigint;
 begin
-    if v_bck.backup_code in ('CLUSTER', 'GLOBALS') then
-        raise exception 'BckID % is a % backup: drills restore one database', p_bck_id, v_bck.backup_code
-            using errcode = '22023', hint = 'Drill a FULL, SCHEMA or DATA backup; verify_backup checks this one''s files and stream.';
+    if v_bck.backup_code not in ('FULL', 'SCHEMA') then
+        raise exception 'BckID % is a % backup: drills restore one database with its schema', p_bck_id, v_bck.backup_code
+            using errcode = '22023', hint = 'Drill a FULL or SCHEMA backup; verify_backup checks this one''s files and archive.';
     end if;
     v_node := api.drill_node_id(v_bck.backup_server_id, p_node);
     select j.job_id into v_job from public.job j
@@ -127,9 +127,9 @@ begin
             using errcode = 'P0002', hint = 'show_backup_definitions lists the definitions.';
     end if;
     if v_line is not null then
-        if v_def.backup_code in ('CLUSTER', 'GLOBALS') then
-            raise exception 'DefID % backs up % : drills restore one database', p_def_id, v_def.backup_code
-                using errcode = '22023', hint = 'Schedule drills on FULL, SCHEMA or DATA definitions.';
+        if v_def.backup_code not in ('FULL', 'SCHEMA') then
+            raise exception 'DefID % makes % backups: drills restore one database with its schema', p_def_id, v_def.backup_code
+                using errcode = '22023', hint = 'Schedule drills on FULL or SCHEMA definitions; verify_backup checks the others.';
         end if;
         v_fields := string_to_array(v_line, ' ');
         if cardinality(v_fields) <> 5 then

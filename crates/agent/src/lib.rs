@@ -7,6 +7,7 @@ pub mod job;
 pub mod listen;
 pub mod schedule;
 pub mod state;
+pub mod verify_job;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -409,7 +410,7 @@ impl Runner {
                 self.ctx.lease(),
                 limit,
                 i32::try_from(self.ctx.cfg.max_jobs_per_node).unwrap_or(1),
-                &["BACKUP", "SNAPSHOT"],
+                &["BACKUP", "SNAPSHOT", "VERIFY", "DRILL"],
             )
             .await
         {
@@ -420,6 +421,10 @@ impl Runner {
             }
         };
         for c in claimed {
+            if verify_job::KINDS.contains(&c.kind.as_str()) {
+                self.start_verification(c);
+                continue;
+            }
             let def = match (c.def_id, c.snapshot_id) {
                 (Some(id), _) => self
                     .defs
@@ -526,6 +531,7 @@ impl Runner {
                 }
                 _ = repoll.tick() => {
                     self.refresh().await;
+                    self.queue_due_drills().await;
                     self.claim().await;
                     let _ = self.ctx.catalog.mark_lost_jobs().await;
                 }

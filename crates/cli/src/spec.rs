@@ -58,6 +58,7 @@ const SERVERS: &str = "Backup servers";
 const NODES: &str = "PgSQL nodes";
 const DEFS: &str = "Backup definitions";
 const SNAPS: &str = "Snapshots and jobs";
+const VERIFY: &str = "Verification and restore drills";
 const SYSTEM: &str = "System";
 const SHELL: &str = "Shell";
 
@@ -503,6 +504,67 @@ pub static COMMANDS: &[Cmd] = &[
         about: "Cancel a queued job, or ask the agent to stop a running one (recorded as CANCELLED).",
         args: &[pos("job_id", "JobID")],
         examples: &["cancel_job 77"],
+    },
+    Cmd {
+        name: "verify_backup",
+        group: VERIFY,
+        about: "Check backup sets again on the backup server that holds them: every file against the manifest's \
+                sha256 (level 1) and the archive's table of contents (level 2). By BckIDs, or all SUCCEEDED backups \
+                that the filters select (newest first, --limit, default 1000).",
+        args: &[
+            pos("bck_id", "BckID(s) | all"),
+            opt("server", "SrvID | FQDN"),
+            opt("node", "NodeID | FQDN"),
+            opt("dbname", "DBname(s)"),
+            opt("def-id", "DefID(s)"),
+            opt("code", "Backup code(s)"),
+            opt("from", "Finished at or after"),
+            opt("to", "Finished before"),
+            opt("limit", "Maximum backups (default 1000)"),
+        ],
+        examples: &[
+            "verify_backup 1042",
+            "verify_backup all --node pg01.example.org --from 2026-11-01",
+        ],
+    },
+    Cmd {
+        name: "run_restore_drill",
+        group: VERIFY,
+        about: "Restore a backup into a scratch database on the drill node (the backup server's drill_node, or --node), \
+                compare every table's row count with the count taken at backup time, drop the scratch database, and \
+                record the result and the restore time (level 3). A failed drill raises an alert.",
+        args: &[
+            pos("bck_id", "BckID"),
+            opt("node", "Drill node (NodeID | FQDN)"),
+        ],
+        examples: &[
+            "run_restore_drill 1042",
+            "run_restore_drill 1042 --node scratch01.example.org",
+        ],
+    },
+    Cmd {
+        name: "update_drill_schedule",
+        group: VERIFY,
+        about: "Schedule restore drills of a definition's newest successful backup (a cron line in the agent's time zone), \
+                or none to stop them. Drills run on the backup server's drill_node.",
+        args: &[
+            pos("def_id", "DefID"),
+            pos("schedule", "Cron line (e.g. \"30 5 * * 0\") | none"),
+        ],
+        examples: &[
+            "update_drill_schedule 12 \"30 5 * * 0\"",
+            "update_drill_schedule 12 none",
+        ],
+    },
+    Cmd {
+        name: "show_verifications",
+        group: VERIFY,
+        about: "Verifications and restore drills, newest first: level, result, restore time, row count differences.",
+        args: &[
+            pos("bck_id", "BckID | all"),
+            opt("limit", "Maximum rows (default 1000)"),
+        ],
+        examples: &["show_verifications", "show_verifications 1042"],
     },
     Cmd {
         name: "show_pgbackman_config",
