@@ -27,6 +27,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ),
     ("40_jobs.sql", include_str!("../../../sql/40_jobs.sql")),
     (
+        "50_restore.sql",
+        include_str!("../../../sql/50_restore.sql"),
+    ),
+    (
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),
     ),
