@@ -78,7 +78,7 @@ pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -87,7 +87,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Extends the lease every third of it; stops the job when the catalog says so.
-async fn heartbeat(
+pub(crate) async fn heartbeat(
     ctx: Arc<Ctx>,
     job_id: i64,
     attempt: i32,

@@ -5,6 +5,7 @@
 
 pub mod job;
 pub mod listen;
+pub mod restore_job;
 pub mod schedule;
 pub mod state;
 
@@ -409,7 +410,7 @@ impl Runner {
                 self.ctx.lease(),
                 limit,
                 i32::try_from(self.ctx.cfg.max_jobs_per_node).unwrap_or(1),
-                &["BACKUP", "SNAPSHOT"],
+                &["BACKUP", "SNAPSHOT", "RESTORE"],
             )
             .await
         {
@@ -420,6 +421,18 @@ impl Runner {
             }
         };
         for c in claimed {
+            if c.kind == "RESTORE" {
+                if let Some(r) = restore_job::prepare(&self.ctx, &c).await {
+                    let token = self.stop.child_token();
+                    self.running
+                        .insert(c.job_id, (r.target_node_id, token.clone()));
+                    let h =
+                        self.jobs
+                            .spawn(restore_job::run(self.ctx.clone(), c.attempt, r, token));
+                    self.tasks.insert(h.id(), c.job_id);
+                }
+                continue;
+            }
             let def = match (c.def_id, c.snapshot_id) {
                 (Some(id), _) => self
                     .defs
