@@ -140,6 +140,10 @@ begin
     if not found then
         raise exception 'job % does not exist', p_job_id using errcode = 'P0002';
     end if;
+    -- Generic failure reports (interrupted or unclaimable jobs) of restore jobs go where they belong.
+    if v_job.kind = 'RESTORE' then
+        return api.report_restore(p_job_id, p_attempt, p_result);
+    end if;
     select bck_id into v_bck from public.backup_catalog where job_id = p_job_id;
     if found then
         return v_bck;   -- replayed report: already recorded

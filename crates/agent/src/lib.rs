@@ -5,6 +5,7 @@
 
 pub mod job;
 pub mod listen;
+pub mod restore_job;
 pub mod schedule;
 pub mod state;
 pub mod verify_job;
@@ -410,7 +411,7 @@ impl Runner {
                 self.ctx.lease(),
                 limit,
                 i32::try_from(self.ctx.cfg.max_jobs_per_node).unwrap_or(1),
-                &["BACKUP", "SNAPSHOT", "VERIFY", "DRILL"],
+                &["BACKUP", "SNAPSHOT", "RESTORE", "VERIFY", "DRILL"],
             )
             .await
         {
@@ -423,6 +424,18 @@ impl Runner {
         for c in claimed {
             if verify_job::KINDS.contains(&c.kind.as_str()) {
                 self.start_verification(c);
+                continue;
+            }
+            if c.kind == "RESTORE" {
+                if let Some(r) = restore_job::prepare(&self.ctx, &c).await {
+                    let token = self.stop.child_token();
+                    self.running
+                        .insert(c.job_id, (r.target_node_id, token.clone()));
+                    let h =
+                        self.jobs
+                            .spawn(restore_job::run(self.ctx.clone(), c.attempt, r, token));
+                    self.tasks.insert(h.id(), c.job_id);
+                }
                 continue;
             }
             let def = match (c.def_id, c.snapshot_id) {

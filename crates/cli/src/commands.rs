@@ -155,6 +155,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
                 .map(|(i, l)| format!("{:>4}  {l}\n", i + 1))
                 .collect(),
         )),
+        n if crate::commands_restore::handles(n) => crate::commands_restore::run(s, inv).await,
         "set" => set(s, inv),
         "help" => help(inv),
         // clear and quit are handled by the shell loop; in -C they do nothing.
@@ -986,7 +987,7 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
     list("backup_catalog", s.catalog.show_backup_catalog(&f).await)
 }
 
-fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+pub(crate) fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
     let Some(v) = v
         .map(str::trim)
         .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("now"))

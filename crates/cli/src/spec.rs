@@ -59,6 +59,7 @@ const NODES: &str = "PgSQL nodes";
 const DEFS: &str = "Backup definitions";
 const SNAPS: &str = "Snapshots and jobs";
 const VERIFY: &str = "Verification and restore drills";
+const RESTORES: &str = "Restores";
 const SYSTEM: &str = "System";
 const SHELL: &str = "Shell";
 
@@ -565,6 +566,89 @@ pub static COMMANDS: &[Cmd] = &[
             opt("limit", "Maximum rows (default 1000)"),
         ],
         examples: &["show_verifications", "show_verifications 1042"],
+    },
+    Cmd {
+        name: "register_restore_definition",
+        group: RESTORES,
+        about: "Restore a backup (BckID) onto a PgSQL node, run by the backup server that holds it. In the shell, \
+                without arguments, it asks PgBackMan's questions: an existing target database is renamed out of \
+                the way or the restore stops; each role the backup needs is created when missing, reused as it is \
+                when you say so, or the restore stops. With -C the same decisions are named options. \
+                --dry-run shows the plan and registers nothing. CLUSTER and GLOBALS backups restore onto an empty \
+                cluster (or with --acknowledge-nonempty). A restore into an older PostgreSQL major than the backup's \
+                pg_dump is refused.",
+        args: &[
+            pos("at_time", "AT time (now, YYYY-MM-DD HH:MM, or RFC 3339)"),
+            pos("bck_id", "BckID"),
+            pos("node", "Target NodeID | FQDN"),
+            pos("dbname", "Target DBname"),
+            pos("extra", "Extra pg_restore parameters"),
+            opt(
+                "rename-existing",
+                "Rename an existing target database to NAME (auto: <dbname>_<timestamp>)",
+            ),
+            opt(
+                "reuse-roles",
+                "Existing roles to reuse as they are: all, none or a comma list (default none)",
+            ),
+            opt("jobs", "pg_restore parallel jobs (default 1)"),
+            opt(
+                "decompression",
+                "auto, stream or file (file allows -j; default auto)",
+            ),
+            opt("remarks", "Remarks"),
+            Arg {
+                name: "acknowledge-nonempty",
+                label: "CLUSTER/GLOBALS: restore onto a cluster that has databases or roles",
+                kind: Kind::Flag,
+            },
+            Arg {
+                name: "dry-run",
+                label: "Show the plan (roles to create, database, settings, flags); register nothing",
+                kind: Kind::Flag,
+            },
+        ],
+        examples: &[
+            "register_restore_definition now 1042 pg02.example.org billing \"\" --reuse-roles all --rename-existing auto --jobs 4",
+            "register_restore_definition now 1042 pg02.example.org billing_copy \"\" --dry-run",
+            "register_restore_definition \"2026-12-01 02:00\" 1077 pg03.example.org \"\" \"\"",
+        ],
+    },
+    Cmd {
+        name: "show_restore_definitions",
+        group: RESTORES,
+        about: "List restore definitions, newest first; the node and database filters refer to the target.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "Target NodeID | FQDN | all"),
+            pos("dbname", "Target DBname | all"),
+        ],
+        examples: &["show_restore_definitions all pg02.example.org"],
+    },
+    Cmd {
+        name: "show_restore_catalog",
+        group: RESTORES,
+        about: "List restores that ran, newest first; the node and database filters refer to the target.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "Target NodeID | FQDN | all"),
+            pos("dbname", "Target DBname | all"),
+        ],
+        examples: &["show_restore_catalog all all billing"],
+    },
+    Cmd {
+        name: "show_restore_details",
+        group: RESTORES,
+        about: "Everything about one restore: roles created and reused, versions, flags, timings, command, log, error and what a failure undid.",
+        args: &[pos("restore_id", "RestoreID")],
+        examples: &["show_restore_details 12"],
+    },
+    Cmd {
+        name: "show_restores_in_progress",
+        group: RESTORES,
+        about: "Restores running now, with elapsed time and bytes restored.",
+        args: &[],
+        examples: &["show_restores_in_progress"],
     },
     Cmd {
         name: "show_pgbackman_config",

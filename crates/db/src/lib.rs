@@ -9,6 +9,7 @@ pub mod error;
 pub mod introspect;
 pub mod migrate;
 pub mod node;
+pub mod restore;
 pub mod rows;
 pub mod verify;
 

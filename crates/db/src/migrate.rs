@@ -26,6 +26,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/30_definitions.sql"),
     ),
     ("40_jobs.sql", include_str!("../../../sql/40_jobs.sql")),
+    (
+        "50_restore.sql",
+        include_str!("../../../sql/50_restore.sql"),
+    ),
     ("55_verify.sql", include_str!("../../../sql/55_verify.sql")),
     (
         "80_triggers.sql",

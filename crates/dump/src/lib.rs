@@ -64,6 +64,7 @@ mod client;
 mod error;
 mod node;
 mod quote;
+pub mod restore;
 mod run;
 mod set;
 mod spec;
@@ -73,6 +74,9 @@ pub mod verify;
 pub use client::{client_major, parse_major, pick_client, server_major};
 pub use error::DumpError;
 pub use quote::{quote_ident, quote_literal};
+pub use restore::{
+    Decompression, RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck, restore_set,
+};
 pub use run::{
     CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, GLOBALS_DUMP_FILE,
     ROLES_FILE, run_backup,
