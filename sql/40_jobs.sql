@@ -144,6 +144,10 @@ begin
     if v_job.kind = 'RESTORE' then
         return api.report_restore(p_job_id, p_attempt, p_result);
     end if;
+    if v_job.kind in ('VERIFY', 'DRILL') then   -- sql/55_verify.sql
+        perform api.report_verification(p_job_id, p_attempt, p_result || '{"state": "ERROR", "level": 0}');
+        return v_job.bck_id;
+    end if;
     select bck_id into v_bck from public.backup_catalog where job_id = p_job_id;
     if found then
         return v_bck;   -- replayed report: already recorded

@@ -342,3 +342,81 @@ fn verification_commands_refuse_what_cannot_be_verified() {
     let v = env.json("show_verifications");
     assert_eq!(v["verifications"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn verification_reports_are_fenced_idempotent_and_interrupted_jobs_recorded() {
+    let s = site();
+    let env = &s.env;
+    env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    env.sql("insert into backup_catalog (def_id, backup_server_id, pgsql_node_id, dbname, backup_code, started, finished, execution_status, execution_method, backup_dir) values (1, 1, 1, 'shop', 'FULL', now(), now(), 'SUCCEEDED', 'MANUAL', '/nonexistent')");
+    env.cmd("verify_backup 1").ok();
+    let again = env.cmd("verify_backup 1").ok();
+    assert!(
+        again
+            .stdout
+            .contains("BckID 1 is already being verified by JobID 1"),
+        "{}",
+        again.stdout
+    );
+    let q = env.json("show_jobs_queue");
+    assert_eq!(q["jobs_queue"][0]["kind"], "VERIFY");
+    assert_eq!(q["jobs_queue"][0]["dbname"], "shop");
+    let claim = "select string_agg(job_id || '/' || attempt, ',') from api.claim_jobs(1, 'tester', '1 minute', 10, 1, array['VERIFY'])";
+    assert_eq!(env.sql(claim), "1/1");
+    let try_report = |job: i64, attempt: i32, result: &str| {
+        env.sql(&format!(
+            "create function pg_temp.try_report() returns text language plpgsql as $$ \
+             begin return api.report_verification({job}, {attempt}, '{result}'); \
+             exception when others then return sqlstate || ' ' || sqlerrm; end $$; \
+             select pg_temp.try_report()"
+        ))
+    };
+    // A report of another attempt is dropped (PB001); the first report of the attempt is kept,
+    // a replay returns it and changes nothing.
+    assert!(try_report(1, 2, r#"{"state": "PASSED", "level": 2}"#).starts_with("PB001"));
+    assert_eq!(
+        try_report(
+            1,
+            1,
+            r#"{"state": "FAILED", "level": 1, "error_step": "checksums", "error_message": "dump.pgdump.zst: sha256 differs"}"#
+        ),
+        "FAILED"
+    );
+    assert_eq!(
+        try_report(1, 1, r#"{"state": "PASSED", "level": 2}"#),
+        "FAILED"
+    );
+    assert_eq!(
+        env.sql("select verification_level || ' ' || verification_state || ' ' || verification_error from backup_catalog"),
+        "1 FAILED checksums: dump.pgdump.zst: sha256 differs"
+    );
+    assert_eq!(env.sql("select count(*) from verification"), "1");
+    assert_eq!(env.sql("select state from job where job_id = 1"), "FAILED");
+    assert_eq!(
+        env.sql("select alert_type || ' ' || execution_status from alert"),
+        "VERIFY FAILED"
+    );
+    // A job its agent died in is recorded through report_backup (as every kind is at agent
+    // start): an ERROR that leaves the backup's verdict alone.
+    env.cmd("verify_backup 1").ok();
+    assert_eq!(env.sql(claim), "2/1");
+    assert_eq!(
+        env.sql(r#"select api.report_backup(2, 1, '{"execution_status": "ERROR", "error_step": "agent", "error_message": "agent stopped during the run"}')"#),
+        "1"
+    );
+    assert_eq!(
+        env.sql("select state || ' ' || error_step from verification where job_id = 2"),
+        "ERROR agent"
+    );
+    assert_eq!(
+        env.sql("select verification_level || ' ' || verification_state from backup_catalog"),
+        "1 FAILED"
+    );
+    assert_eq!(
+        env.sql("select count(*) from alert where execution_status = 'ERROR'"),
+        "1"
+    );
+    let v = env.json("show_verifications 1");
+    assert_eq!(v["verifications"].as_array().unwrap().len(), 2);
+}

@@ -261,6 +261,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
         scratch_dbname: scratch_dbname(i.bck_id, i.job_id),
         application_name: "pgbackman".into(),
         jobs: 2,
+        staging_root: ctx.cfg.backup_dir.join("staging"),
         expected_counts: expected,
         manifest_sha256: i.manifest_sha256.clone(),
     };
@@ -286,6 +287,9 @@ fn drill_result(spec: &DrillSpec, d: &DrillOutcome) -> Value {
         "details": {
             "row_counts": d.row_counts,
             "scratch_dropped": d.scratch_dropped,
+            "feed": d.feed,
+            "restored_size": d.restored_size,
+            "roles_created": d.roles_created,
             "notes": d.notes,
             "drill_node": spec.node_label,
         },

@@ -1,8 +1,9 @@
 //! Verification and restore drills: the catalog calls of the shell (`verify_backup`,
 //! `run_restore_drill`, `update_drill_schedule`, `show_verifications`) and of the agent (job
 //! details, the fenced idempotent report, drill schedules), all through `api.*` functions of
-//! `sql/55_verify.sql`; plus the few statements a drill runs on the drill node (scratch
-//! database, row counts).
+//! `sql/55_verify.sql`; plus the row counts a drill takes in its scratch database (the
+//! scratch database itself is created and dropped with the restore executor's statements,
+//! `restore::target`).
 
 use std::collections::BTreeMap;
 
@@ -244,37 +245,6 @@ impl Catalog {
 }
 
 // ---- on the drill node ------------------------------------------------------------------------
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Creates an empty scratch database from template0 (fails when it exists: a drill never
-/// restores into a database it did not create).
-pub async fn create_scratch_database(c: &Client, name: &str) -> Result<(), String> {
-    c.batch_execute(&format!(
-        "CREATE DATABASE {} TEMPLATE template0",
-        quote_ident(name)
-    ))
-    .await
-    .map_err(|e| describe_one_line(&e))
-}
-
-/// Drops a scratch database, disconnecting anyone still in it (PostgreSQL 13+: `WITH (FORCE)`).
-pub async fn drop_scratch_database(c: &Client, name: &str) -> Result<(), String> {
-    let num: i32 = c
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await
-        .map_err(|e| describe_one_line(&e))?
-        .get(0);
-    let force = if num >= 130_000 { " WITH (FORCE)" } else { "" };
-    c.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {}{force}",
-        quote_ident(name)
-    ))
-    .await
-    .map_err(|e| describe_one_line(&e))
-}
 
 /// Exact row counts of every ordinary table of the connected database, in one read-only
 /// snapshot, keyed by `key(schema, table)` (which must quote like the backup's keys). Tables

@@ -10,11 +10,10 @@
 //! outcome) and on demand; level 1 is also the gate a restore calls before touching a target
 //! ([`crate::verify_set`]).
 //!
-//! A drill restores with `pg_restore --no-owner --no-privileges --exit-on-error` into a new
-//! database created from `template0`: it never creates roles on the drill node (roles are
-//! cluster-wide and would outlive the scratch database) and does not run `database.sql`. The
-//! restore step is one function, [`restore_into_scratch`], the seam where the full restore
-//! executor can take over.
+//! A drill restores the set exactly as a restore does ([`crate::restore_set`]: roles.sql with
+//! the missing roles, database.sql under the scratch name, pg_restore), so its duration is a
+//! measured restore time of the database. Afterwards the scratch database and the roles the
+//! restore had to create are dropped: a drill leaves the drill node as it found it.
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -36,10 +35,10 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{GRACE, TAIL_LINES};
-use crate::quote::conninfo_value;
+use crate::restore::{Decompression, RestoreSpec, RolePolicy, restore_set};
 use crate::run::ENV_REMOVED;
 use crate::set::{MANIFEST_FILE, Manifest, verify_set_with};
-use crate::spec::{NodeConn, RowCountSource, TableRowCounts};
+use crate::spec::{NodeConn, RowCountSource, Status, TableRowCounts};
 
 /// Whether a verification passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,7 +135,19 @@ pub async fn verify_levels(
             seconds: t0.elapsed().as_secs_f64(),
         }),
         Err(ToolError::Cancelled) => None,
-        Err(ToolError::Failed { message, .. }) => Some(Verification::failed(2, message, t0)),
+        Err(ToolError::Failed {
+            message,
+            stderr_tail,
+        }) => {
+            // pg_restore's own words say what is wrong with the archive.
+            let why = stderr_tail.lines().last().unwrap_or_default().trim();
+            let message = if why.is_empty() {
+                message
+            } else {
+                format!("{message}: {why}")
+            };
+            Some(Verification::failed(2, message, t0))
+        }
     }
 }
 
@@ -452,8 +463,10 @@ pub struct DrillSpec {
     pub scratch_dbname: String,
     /// `application_name` of every connection.
     pub application_name: String,
-    /// pg_restore `--jobs` for directory-format sets.
+    /// pg_restore `--jobs` (directory dumps, and custom dumps decoded to a file first).
     pub jobs: u32,
+    /// Staging area of the restore (a custom dump may be decoded there for `--jobs`).
+    pub staging_root: PathBuf,
     /// The row counts taken at backup time, as the catalog recorded them; None: the manifest's.
     pub expected_counts: Option<TableRowCounts>,
     /// The manifest's sha256 as the catalog recorded it (level 1).
@@ -502,7 +515,8 @@ pub struct DrillOutcome {
     pub state: DrillState,
     /// The level reached: 1 when the checksums failed, else 3.
     pub level: u8,
-    /// The failing step: `verify`, `client`, `connect`, `create`, `restore`, `row_counts`.
+    /// The failing step: `verify`, `row_counts`, or the step of the restore executor that
+    /// failed (`connect`, `check`, `roles`, `database`, `pg_restore`, ...).
     pub step: Option<String>,
     /// What went wrong, in one line.
     pub message: Option<String>,
@@ -512,8 +526,16 @@ pub struct DrillOutcome {
     pub started: DateTime<Utc>,
     /// End (after the scratch database was dropped).
     pub finished: DateTime<Utc>,
-    /// Seconds of the restore itself: a measured restore time of the database.
+    /// Seconds of the restore itself (roles, database, pg_restore, as a real restore runs
+    /// them): a measured restore time of the database.
     pub restore_seconds: Option<f64>,
+    /// How the dump reached pg_restore (`stream`, `file`, `directory`) and with how many jobs.
+    pub feed: Option<String>,
+    /// `pg_database_size` of the restored scratch database.
+    pub restored_size: Option<i64>,
+    /// Roles the restore had to create on the drill node (dropped again with the scratch
+    /// database).
+    pub roles_created: Vec<String>,
     /// The comparison; None when no exact counts exist (SCHEMA backups, estimates).
     pub row_counts: Option<RowCheck>,
     /// Whether the scratch database is gone (false: it must be dropped by hand).
@@ -579,22 +601,23 @@ fn mismatch_summary(c: &RowCheck) -> String {
 
 struct Stop {
     state: DrillState,
-    step: &'static str,
+    step: String,
     message: String,
     stderr_tail: Option<String>,
 }
 
-fn stop(state: DrillState, step: &'static str, message: impl Into<String>) -> Stop {
+fn stop(state: DrillState, step: &str, message: impl Into<String>) -> Stop {
     Stop {
         state,
-        step,
+        step: step.to_string(),
         message: message.into(),
         stderr_tail: None,
     }
 }
 
-/// Runs a restore drill. Never fails: the outcome says how it ended. The scratch database is
-/// dropped whatever happens once it was created (also after a cancel).
+/// Runs a restore drill. Never fails: the outcome says how it ended. After a restore the
+/// scratch database and the roles the restore created are dropped whatever happens (a failed
+/// restore is undone by the restore executor itself).
 pub async fn run_drill(spec: &DrillSpec, cancel: CancellationToken) -> DrillOutcome {
     let started = Utc::now();
     let mut out = DrillOutcome {
@@ -606,23 +629,23 @@ pub async fn run_drill(spec: &DrillSpec, cancel: CancellationToken) -> DrillOutc
         started,
         finished: started,
         restore_seconds: None,
+        feed: None,
+        restored_size: None,
+        roles_created: Vec::new(),
         row_counts: None,
         scratch_dropped: true,
         notes: Vec::new(),
     };
     tracing::info!(job_id = spec.job_id, set = %spec.set_dir.display(), node = %spec.node_label, scratch = %spec.scratch_dbname, "restore drill started");
-    let mut created = false;
-    let r = drill_steps(spec, &cancel, &mut out, &mut created).await;
-    if created {
-        match drop_scratch(spec).await {
-            Ok(()) => {}
-            Err(e) => {
-                out.scratch_dropped = false;
-                out.notes.push(format!(
-                    "the scratch database {:?} on {} could not be dropped: {e}; drop it by hand",
-                    spec.scratch_dbname, spec.node_label
-                ));
-            }
+    let mut restored = false;
+    let r = drill_steps(spec, &cancel, &mut out, &mut restored).await;
+    if restored {
+        if let Err(e) = drop_scratch(spec, &out.roles_created).await {
+            out.scratch_dropped = false;
+            out.notes.push(format!(
+                "cleaning up the drill node {} failed: {e}; drop the database {:?} (and the roles {:?}) by hand",
+                spec.node_label, spec.scratch_dbname, out.roles_created
+            ));
         }
     }
     if let Err(s) = r {
@@ -630,7 +653,7 @@ pub async fn run_drill(spec: &DrillSpec, cancel: CancellationToken) -> DrillOutc
             out.level = 1;
         }
         out.state = s.state;
-        out.step = Some(s.step.into());
+        out.step = Some(s.step);
         out.message = Some(s.message);
         out.stderr_tail = s.stderr_tail;
     }
@@ -639,14 +662,27 @@ pub async fn run_drill(spec: &DrillSpec, cancel: CancellationToken) -> DrillOutc
     out
 }
 
+/// Steps of the restore executor whose failure says the set does not restore; any other step
+/// (connect, client, check, staging, ...) failing is a problem of the drill node or of the
+/// backup server.
+const RESTORE_FINDINGS: &[&str] = &[
+    "manifest",
+    "roles",
+    "database",
+    "decompress",
+    "pg_restore",
+    "psql",
+];
+
 async fn drill_steps(
     spec: &DrillSpec,
     cancel: &CancellationToken,
     out: &mut DrillOutcome,
-    created: &mut bool,
+    restored: &mut bool,
 ) -> Result<(), Stop> {
-    let cancelled = |step| stop(DrillState::Cancelled, step, "cancelled");
-    // Level 1 first: a damaged set is never restored.
+    let cancelled = |step: &str| stop(DrillState::Cancelled, step, "cancelled");
+    // Level 1 first, against the manifest's sha256 from the catalog: a damaged set is never
+    // restored.
     let abort = Arc::new(AtomicBool::new(false));
     let (d, a, sha) = (
         spec.set_dir.clone(),
@@ -676,40 +712,79 @@ async fn drill_steps(
         ));
     }
 
-    // connect + create
-    let (session, _warnings) = tokio::select! {
-        r = crate::node::connect(&spec.node, &spec.node.admin_dbname, &spec.application_name, None) => r
-            .map_err(|e| stop(DrillState::Error, "connect", format!("cannot connect to drill node {}: {e}", spec.node_label)))?,
-        () = cancel.cancelled() => return Err(cancelled("connect")),
+    // The restore, exactly as a restore job runs it (roles.sql, database.sql, pg_restore), into
+    // the scratch database. The executor refuses an existing database and undoes a failure.
+    let rspec = RestoreSpec {
+        job_id: spec.job_id,
+        set_dir: spec.set_dir.clone(),
+        node: spec.node.clone(),
+        node_label: spec.node_label.clone(),
+        target_dbname: spec.scratch_dbname.clone(),
+        rename_existing_to: None,
+        roles: RolePolicy::CreateMissing,
+        jobs: spec.jobs.max(1),
+        decompression: Decompression::Auto,
+        extra_args: Vec::new(),
+        bin_dir: spec.bin_dir.clone(),
+        staging_root: spec.staging_root.clone(),
+        log_file: None,
+        application_name: spec.application_name.clone(),
+        max_runtime: None,
+        acknowledge_nonempty: false,
+        // Done above, against the catalog's sha256 of the manifest too.
+        verify_checksums: false,
+        // Compared below, against the counts the catalog recorded.
+        compare_row_counts: false,
     };
-    pgbackman_db::verify::create_scratch_database(&session.client, &spec.scratch_dbname)
-        .await
-        .map_err(|e| {
-            stop(
-                DrillState::Error,
-                "create",
-                format!(
-                    "cannot create the scratch database {:?} on {}: {e}",
+    let t = Instant::now();
+    let r = restore_set(&rspec, cancel.clone(), &|_| {}).await;
+    out.roles_created = r.roles_created.clone();
+    out.feed = r.feed.as_ref().map(|f| format!("{f} -j {}", r.jobs));
+    out.restored_size = r.restored_size;
+    out.notes.extend(r.notes.iter().cloned());
+    match r.status {
+        Status::Succeeded => {
+            *restored = true;
+            out.restore_seconds = Some(t.elapsed().as_secs_f64());
+        }
+        Status::Cancelled { .. } => return Err(cancelled("restore")),
+        Status::Failed {
+            step,
+            message,
+            stderr_tail,
+            ..
+        } => {
+            if !r.cleanup.is_empty() {
+                out.notes.push(format!(
+                    "undone on the drill node: {}",
+                    r.cleanup.join("; ")
+                ));
+            }
+            let state = if RESTORE_FINDINGS.contains(&step.as_str()) {
+                DrillState::Failed
+            } else {
+                DrillState::Error
+            };
+            return Err(Stop {
+                state,
+                step: step.clone(),
+                message: format!(
+                    "restoring into {:?} on {} failed at step {step}: {message}",
                     spec.scratch_dbname, spec.node_label
                 ),
-            )
-        })?;
-    *created = true;
-    drop(session);
+                stderr_tail: Some(stderr_tail),
+            });
+        }
+    }
 
-    // restore
-    let t = Instant::now();
-    restore_into_scratch(spec, &kind, cancel).await?;
-    out.restore_seconds = Some(t.elapsed().as_secs_f64());
-
-    // row counts
+    // Row counts against the ones taken at backup time.
     let expected = spec
         .expected_counts
         .as_ref()
         .or(manifest.table_row_counts.as_ref());
     let Some(expected) = expected else {
         out.notes.push(format!(
-            "no row counts were taken at backup time ({} backup): restore checked only",
+            "no row counts were taken at backup time ({} backup): the restore was checked only",
             manifest.code
         ));
         return Ok(());
@@ -730,11 +805,11 @@ async fn drill_steps(
         () = cancel.cancelled() => return Err(cancelled("row_counts")),
     };
     drop(session);
-    let (restored, skipped) = counted;
+    let (restored_counts, skipped) = counted;
     for s in skipped {
         out.notes.push(format!("row count skipped: {s}"));
     }
-    let check = compare_row_counts(&expected.tables, &restored);
+    let check = compare_row_counts(&expected.tables, &restored_counts);
     let failed = !check.mismatches.is_empty();
     let summary = mismatch_summary(&check);
     out.row_counts = Some(check);
@@ -744,61 +819,10 @@ async fn drill_steps(
     Ok(())
 }
 
-/// The restore step of a drill: `pg_restore --no-owner --no-privileges --exit-on-error` into the
-/// scratch database, custom format fed from in-process zstd decoding, directory format with
-/// `--jobs`. The seam where the full restore executor can take over.
-async fn restore_into_scratch(
-    spec: &DrillSpec,
-    kind: &DumpKind,
-    cancel: &CancellationToken,
-) -> Result<(), Stop> {
-    let (dump, directory) = match kind {
-        DumpKind::Directory(p) => (p, true),
-        DumpKind::Custom(p) | DumpKind::Sql(p) => (p, false),
-    };
-    let mut args = connection_args(&spec.node);
-    args.extend([
-        format!("--dbname=dbname={}", conninfo_value(&spec.scratch_dbname)),
-        "--no-owner".into(),
-        "--no-privileges".into(),
-        "--exit-on-error".into(),
-    ]);
-    if directory {
-        args.push(format!("--jobs={}", spec.jobs.max(1)));
-        args.push(dump.display().to_string());
-    }
-    let tool = Tool {
-        program: spec.bin_dir.join("pg_restore"),
-        args,
-        env: connection_env(&spec.node, &spec.application_name),
-    };
-    let stdin = if directory {
-        None
-    } else {
-        Some(dump.as_path())
-    };
-    match tool.run(stdin, false, cancel).await {
-        Ok(_) => Ok(()),
-        Err(ToolError::Cancelled) => Err(stop(DrillState::Cancelled, "restore", "cancelled")),
-        Err(ToolError::Failed {
-            message,
-            stderr_tail,
-            ..
-        }) => Err(Stop {
-            state: DrillState::Failed,
-            step: "restore",
-            message: format!(
-                "restoring into {:?} on {}: {message}",
-                spec.scratch_dbname, spec.node_label
-            ),
-            stderr_tail: Some(stderr_tail),
-        }),
-    }
-}
-
-/// Drops the scratch database (bounded: a drill node that stopped answering does not hang the
-/// job).
-async fn drop_scratch(spec: &DrillSpec) -> Result<(), String> {
+/// Drops the scratch database, then the roles the restore created (bounded: a drill node that
+/// stopped answering does not hang the job).
+async fn drop_scratch(spec: &DrillSpec, roles: &[String]) -> Result<(), String> {
+    use pgbackman_db::restore::target::{drop_database, drop_role};
     let work = async {
         let (session, _) = crate::node::connect(
             &spec.node,
@@ -807,35 +831,22 @@ async fn drop_scratch(spec: &DrillSpec) -> Result<(), String> {
             None,
         )
         .await?;
-        pgbackman_db::verify::drop_scratch_database(&session.client, &spec.scratch_dbname).await
+        drop_database(&session.client, &spec.scratch_dbname, true).await?;
+        let mut failed = Vec::new();
+        for r in roles {
+            if let Err(e) = drop_role(&session.client, r).await {
+                failed.push(format!("role {r:?}: {e}"));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
     };
     tokio::time::timeout(std::time::Duration::from_secs(120), work)
         .await
         .map_err(|_| "timed out after 120 s".to_string())?
-}
-
-/// `--host`, `--port`, `--username`, `--no-password`: passwords only through the pgpass file.
-fn connection_args(node: &NodeConn) -> Vec<String> {
-    vec![
-        format!("--host={}", node.host),
-        format!("--port={}", node.port),
-        format!("--username={}", node.user),
-        "--no-password".into(),
-    ]
-}
-
-fn connection_env(node: &NodeConn, application_name: &str) -> Vec<(String, String)> {
-    let mut env = vec![("PGAPPNAME".to_string(), application_name.to_string())];
-    if !node.sslmode.is_empty() {
-        env.push(("PGSSLMODE".into(), node.sslmode.clone()));
-    }
-    if let Some(p) = &node.passfile {
-        env.push(("PGPASSFILE".into(), p.to_string_lossy().into_owned()));
-    }
-    if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
-        env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
-    }
-    env
 }
 
 /// The name of a drill's scratch database: unique per backup and job, recognisable on the node.

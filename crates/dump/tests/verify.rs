@@ -208,6 +208,7 @@ async fn drills_restore_compare_counts_and_drop_the_scratch_database() {
         scratch_dbname: scratch_dbname(1, job),
         application_name: "pgbackman".into(),
         jobs: 1,
+        staging_root: root.path().join("staging"),
         expected_counts: expected,
         manifest_sha256: None,
     };
@@ -222,6 +223,8 @@ async fn drills_restore_compare_counts_and_drop_the_scratch_database() {
     assert_eq!(check.compared, 3);
     assert!(check.mismatches.is_empty());
     assert!(d.scratch_dropped);
+    assert_eq!(d.roles_created, vec!["drill_owner".to_string()]);
+    assert!(d.restored_size.unwrap() > 0);
     assert_eq!(databases(&drill), before);
     assert_eq!(
         drill.psql(
@@ -285,7 +288,8 @@ async fn a_drill_of_a_directory_set_and_a_schema_set() {
     s.format = DumpFormat::Directory { jobs: 2 };
     let o = backup(&s).await;
     let schema = backup(&spec(&pg, root.path(), 22, BackupCode::Schema, "shop")).await;
-    for (job, o) in [(200, &o), (201, &schema)] {
+    let data = backup(&spec(&pg, root.path(), 23, BackupCode::Data, "shop")).await;
+    for (job, o) in [(200, &o), (201, &schema), (202, &data)] {
         let d = run_drill(
             &DrillSpec {
                 job_id: job,
@@ -296,12 +300,24 @@ async fn a_drill_of_a_directory_set_and_a_schema_set() {
                 scratch_dbname: scratch_dbname(2, job),
                 application_name: "pgbackman".into(),
                 jobs: 2,
+                staging_root: root.path().join("staging"),
                 expected_counts: None,
                 manifest_sha256: None,
             },
             CancellationToken::new(),
         )
         .await;
+        if job == 202 {
+            // Data without its schema is refused before anything is touched (the catalog does
+            // not queue such drills either).
+            assert_eq!(
+                (d.state, d.step.as_deref()),
+                (DrillState::Error, Some("check")),
+                "{d:#?}"
+            );
+            assert!(d.message.unwrap().contains("holds no schema"));
+            continue;
+        }
         assert_eq!(d.state, DrillState::Passed, "{d:#?}");
         if job == 200 {
             assert_eq!(d.row_counts.unwrap().compared, 3);
