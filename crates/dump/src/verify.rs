@@ -639,14 +639,12 @@ pub async fn run_drill(spec: &DrillSpec, cancel: CancellationToken) -> DrillOutc
     tracing::info!(job_id = spec.job_id, set = %spec.set_dir.display(), node = %spec.node_label, scratch = %spec.scratch_dbname, "restore drill started");
     let mut restored = false;
     let r = drill_steps(spec, &cancel, &mut out, &mut restored).await;
-    if restored {
-        if let Err(e) = drop_scratch(spec, &out.roles_created).await {
-            out.scratch_dropped = false;
-            out.notes.push(format!(
+    if restored && let Err(e) = drop_scratch(spec, &out.roles_created).await {
+        out.scratch_dropped = false;
+        out.notes.push(format!(
                 "cleaning up the drill node {} failed: {e}; drop the database {:?} (and the roles {:?}) by hand",
                 spec.node_label, spec.scratch_dbname, out.roles_created
             ));
-        }
     }
     if let Err(s) = r {
         if s.step == "verify" {
