@@ -157,7 +157,9 @@ fn levels_verify_backup_and_drills_through_the_agent() {
     env.cmd("update_backup_server_config bs1.example.org drill_node=127.0.0.3")
         .ok();
 
-    // A drill of a good backup passes, with its restore time; nothing is left on the drill node.
+    // A drill of a good backup passes, with its restore time; nothing is left on the drill node,
+    // not even the scratch database of a drill whose agent died (job 999 is not open).
+    s.drill.create_database("pgbackman_drill_b1_j999");
     env.cmd("run_restore_drill 1").ok();
     wait_for(env, "select count(*) from verification", "1", 60, &agent);
     assert_eq!(
@@ -175,7 +177,7 @@ fn levels_verify_backup_and_drills_through_the_agent() {
         env.sql("select is_drill || ' ' || execution_status || ' ' || (row_count_check ->> 'compared') from restore_catalog"),
         "true SUCCEEDED 2"
     );
-    assert_eq!(drill_databases(&s.drill), "0");
+    assert_eq!(drill_databases(&s.drill), "0", "{}", agent.log());
     assert_eq!(
         s.drill.psql(
             "postgres",

@@ -237,6 +237,15 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
         Err(e) => return error_result(started, "connect", format!("drill node {label}: {e}")),
     };
     let server_major = u32::try_from(facts.server_version_num / 10000).unwrap_or(0);
+    let conn = NodeConn {
+        host: node.fqdn.clone(),
+        port,
+        user: node.admin_user.clone(),
+        admin_dbname: node.admin_dbname.clone(),
+        sslmode: node.sslmode.clone(),
+        passfile: ctx.cfg.passfile.clone(),
+    };
+    drop_leftover_scratch(ctx, &conn, &label).await;
     let bin_dir = match client_for(ctx, i.client_version.as_deref(), server_major) {
         Ok(d) => d,
         Err(e) => return error_result(started, "client", e),
@@ -249,14 +258,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
         job_id: i.job_id,
         set_dir: dir,
         bin_dir,
-        node: NodeConn {
-            host: node.fqdn.clone(),
-            port,
-            user: node.admin_user.clone(),
-            admin_dbname: node.admin_dbname.clone(),
-            sslmode: node.sslmode.clone(),
-            passfile: ctx.cfg.passfile.clone(),
-        },
+        node: conn,
         node_label: label,
         scratch_dbname: scratch_dbname(i.bck_id, i.job_id),
         application_name: "pgbackman".into(),
@@ -266,6 +268,63 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
         manifest_sha256: i.manifest_sha256.clone(),
     };
     drill_result(&spec, &run_drill(&spec, cancel.clone()).await)
+}
+
+/// Drops scratch databases left on the drill node by drills whose agent died mid-way (their job
+/// is no longer open). Best effort: a drill goes on whatever happens here.
+async fn drop_leftover_scratch(ctx: &Ctx, node: &NodeConn, label: &str) {
+    let passfile = node.passfile.clone();
+    let env = move |k: &str| match (k, &passfile) {
+        ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
+        _ => std::env::var(k).ok(),
+    };
+    let skip = |e: String| {
+        tracing::warn!(
+            node = label,
+            "looking for scratch databases of interrupted drills: {e}"
+        )
+    };
+    let cfg = match pgbackman_config::node_config_with(
+        &node.host,
+        node.port,
+        &node.user,
+        &node.admin_dbname,
+        &node.sslmode,
+        &env,
+    ) {
+        Ok(r) => r.config,
+        Err(e) => return skip(e.to_string()),
+    };
+    let session = match pgbackman_db::introspect::connect(cfg, None).await {
+        Ok(s) => s,
+        Err(e) => return skip(e),
+    };
+    let found = match pgbackman_db::verify::scratch_databases(&session.client).await {
+        Ok(f) if f.is_empty() => return,
+        Ok(f) => f,
+        Err(e) => return skip(e),
+    };
+    let ids: Vec<i64> = found.iter().map(|(_, j)| *j).collect();
+    let open = match ctx.catalog.open_jobs(&ids).await {
+        Ok(o) => o,
+        Err(e) => return skip(e.to_string()),
+    };
+    for (db, job) in found.into_iter().filter(|(_, j)| !open.contains(j)) {
+        match pgbackman_db::restore::target::drop_database(&session.client, &db, true).await {
+            Ok(()) => tracing::warn!(
+                db,
+                job,
+                node = label,
+                "dropped the scratch database of an interrupted drill"
+            ),
+            Err(e) => tracing::warn!(
+                db,
+                job,
+                node = label,
+                "cannot drop the scratch database of an interrupted drill: {e}"
+            ),
+        }
+    }
 }
 
 fn drill_result(spec: &DrillSpec, d: &DrillOutcome) -> Value {

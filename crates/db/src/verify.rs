@@ -262,3 +262,31 @@ pub async fn count_all_tables(
     let _ = c.batch_execute("COMMIT").await;
     Ok(counted)
 }
+
+/// Scratch databases of drills on the connected node (`pgbackman_drill_b<BckID>_j<JobID>`), with
+/// their JobIDs.
+pub async fn scratch_databases(c: &Client) -> Result<Vec<(String, i64)>, String> {
+    let rows = c
+        .query(
+            "SELECT datname::text, substring(datname from '^pgbackman_drill_b[0-9]+_j([0-9]+)$')::int8 \
+               FROM pg_catalog.pg_database WHERE datname ~ '^pgbackman_drill_b[0-9]+_j[0-9]+$'",
+            &[],
+        )
+        .await
+        .map_err(|e| describe_one_line(&e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+impl Catalog {
+    /// Which of `job_ids` are still queued or running (their scratch databases are in use).
+    pub async fn open_jobs(&self, job_ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "select job_id from public.job where job_id = any ($1) and state in ('QUEUED', 'RUNNING')",
+                &[&job_ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}

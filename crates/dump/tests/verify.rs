@@ -332,3 +332,79 @@ async fn a_drill_of_a_directory_set_and_a_schema_set() {
     }
     assert!(!databases(&pg).contains("pgbackman_drill"));
 }
+
+/// Not a timed test: prints what verification costs next to the backup, and a drill's restore
+/// time (`PGBACKMAN_BENCH_SCALE=30 cargo nextest run -p pgbackman-dump --test verify
+/// --run-ignored only measure`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_verification_cost() {
+    let scale: u32 = std::env::var("PGBACKMAN_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let pg = TestCluster::start();
+    pg.create_database("bench");
+    // Hashes compress about 2:1, like much real data (pgbench tables compress 200:1 and would
+    // make hashing look free).
+    pg.psql(
+        "bench",
+        &format!(
+            "CREATE TABLE r (id int primary key, a text, b text); \
+             INSERT INTO r SELECT g, md5(g::text), md5((g * 7)::text) FROM generate_series(1, {}) g",
+            scale * 100_000
+        ),
+    );
+    let root = tempfile::tempdir().unwrap();
+    for (job, format) in [
+        (1, DumpFormat::Custom { zstd_level: 3 }),
+        (2, DumpFormat::Directory { jobs: 2 }),
+    ] {
+        let mut s = spec(&pg, root.path(), job, BackupCode::Full, "bench");
+        s.format = format;
+        let o = backup(&s).await;
+        let t = |p: &str| {
+            o.phase_timings
+                .iter()
+                .find(|(n, _)| n == p)
+                .map_or(0.0, |(_, s)| *s)
+        };
+        let total: f64 = o.phase_timings.iter().map(|(_, s)| s).sum();
+        let dir = o.backup_dir.clone().unwrap();
+        let t0 = std::time::Instant::now();
+        let v = verify_levels(&dir, &bin_dir(), None, &CancellationToken::new())
+            .await
+            .unwrap();
+        let again = t0.elapsed().as_secs_f64();
+        let d = run_drill(
+            &DrillSpec {
+                job_id: 900 + job,
+                set_dir: dir,
+                bin_dir: bin_dir(),
+                node: conn(&pg),
+                node_label: "bench".into(),
+                scratch_dbname: scratch_dbname(9, job),
+                application_name: "pgbackman".into(),
+                jobs: 2,
+                staging_root: root.path().join("staging"),
+                expected_counts: None,
+                manifest_sha256: None,
+            },
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(d.state, DrillState::Passed, "{d:#?}");
+        println!(
+            "scale {scale} {format:?}: set {} MB, database {} MB; backup {total:.2} s of which pg_dump {:.2} s and verify (levels 1+2) {:.2} s ({:.0}%); verify again {again:.2} s ({} TOC entries); drill: restore {:.2} s ({}), whole drill {:.2} s",
+            o.total_size / 1_000_000,
+            o.database_size.unwrap_or(0) / 1_000_000,
+            t("pg_dump"),
+            t("verify"),
+            100.0 * t("verify") / total,
+            v.toc_entries.unwrap_or(0),
+            d.restore_seconds.unwrap(),
+            d.feed.unwrap_or_default(),
+            (d.finished - d.started).num_milliseconds() as f64 / 1000.0,
+        );
+    }
+}
