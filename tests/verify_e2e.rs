@@ -19,18 +19,23 @@ struct Agent {
 
 impl Agent {
     fn start(env: &Env, server: &str) -> Agent {
+        Agent::start_with(env, server, None)
+    }
+
+    /// `bin_dir`: client programs of major 15 to use instead of the installed ones.
+    fn start_with(env: &Env, server: &str, bin_dir: Option<&Path>) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[catalog]\nconninfo = \"{}\"\n[agent]\nbackup_server = \"{server}\"\nstate_dir = \"{}\"\nbackup_dir = \"{}\"\nrepoll_seconds = 1\nlease_seconds = 6\nhttp_listen = \"\"\n",
-                env.conninfo(),
-                dir.path().join("state").display(),
-                dir.path().join("backups").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "[catalog]\nconninfo = \"{}\"\n[agent]\nbackup_server = \"{server}\"\nstate_dir = \"{}\"\nbackup_dir = \"{}\"\nrepoll_seconds = 1\nlease_seconds = 6\nhttp_listen = \"\"\n",
+            env.conninfo(),
+            dir.path().join("state").display(),
+            dir.path().join("backups").display()
+        );
+        if let Some(b) = bin_dir {
+            text.push_str(&format!("[agent.bin_dirs]\n\"15\" = \"{}\"\n", b.display()));
+        }
+        std::fs::write(&config, text).unwrap();
         let log = dir.path().join("agent.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
@@ -421,4 +426,65 @@ fn verification_reports_are_fenced_idempotent_and_interrupted_jobs_recorded() {
     );
     let v = env.json("show_verifications 1");
     assert_eq!(v["verifications"].as_array().unwrap().len(), 2);
+}
+
+/// A bin dir of the real client programs except pg_restore, which fails like it does on a
+/// damaged archive (a test double; the product never runs a shell).
+fn broken_pg_restore() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let real = "/usr/lib/postgresql/15/bin";
+    for tool in ["pg_dump", "pg_dumpall", "psql"] {
+        std::os::unix::fs::symlink(format!("{real}/{tool}"), d.path().join(tool)).unwrap();
+    }
+    let p = d.path().join("pg_restore");
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real}/pg_restore --version; fi\ncat >/dev/null\necho 'pg_restore: error: could not read from input file: end of file' >&2\nexit 1\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    d
+}
+
+#[test]
+fn a_set_that_cannot_be_read_back_is_flagged_right_after_the_backup() {
+    let s = site();
+    let env = &s.env;
+    let bin = broken_pg_restore();
+    let agent = Agent::start_with(env, "bs1.example.org", Some(bin.path()));
+    env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    env.cmd("run_backup_definition_now 1").ok();
+    wait_for(env, "select count(*) from backup_catalog", "1", 60, &agent);
+    // The backup ran; its archive does not read back: level 2 FAILED, with an alert.
+    assert_eq!(
+        env.sql("select execution_status || ' ' || verification_level || ' ' || verification_state from backup_catalog"),
+        "SUCCEEDED 2 FAILED",
+        "{}",
+        agent.log()
+    );
+    let err = env.sql("select verification_error from backup_catalog");
+    assert!(
+        err.contains(
+            "pg_restore exited with status 1: pg_restore: error: could not read from input file"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        env.sql("select alert_type || ' ' || execution_status from alert"),
+        "VERIFY FAILED"
+    );
+    assert!(
+        env.sql("select error_message from alert")
+            .contains("verification level 2 of BckID 1 failed")
+    );
+    let details = env.json("show_backup_details 1");
+    let d = &details["backup_details"][0];
+    assert_eq!(d["verification"], "FAILED");
+    assert!(
+        d["verification_error"]
+            .as_str()
+            .unwrap()
+            .contains("pg_restore")
+    );
 }
