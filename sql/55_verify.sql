@@ -281,13 +281,16 @@ begin
         insert into public.restore_catalog (job_id, bck_id, backup_server_id, target_pgsql_node_id, source_dbname,
                                             target_dbname, started, finished, execution_status, error_step,
                                             error_message, error_stderr_tail, role_list, is_drill, row_count_check,
-                                            backup_pg_release, flags)
+                                            backup_pg_release, flags, backup_code, restored_size, roles_created)
         values (p_job_id, v_job.bck_id, v_job.backup_server_id, v_job.pgsql_node_id, coalesce(v_bck.dbname, ''),
                 coalesce(p_result ->> 'scratch_dbname', ''), v_started, v_finished,
                 case v_state when 'PASSED' then 'SUCCEEDED' else 'ERROR' end,
                 p_result ->> 'error_step', p_result ->> 'error_message', p_result ->> 'error_stderr_tail',
                 coalesce(v_bck.role_list, '{}'), true, p_result -> 'details' -> 'row_counts',
-                v_bck.pgsql_node_release, jsonb_build_object('scratch_dropped', p_result -> 'details' -> 'scratch_dropped'))
+                v_bck.pgsql_node_release, jsonb_build_object('scratch_dropped', p_result -> 'details' -> 'scratch_dropped',
+                                                             'feed', p_result -> 'details' -> 'feed'),
+                v_bck.backup_code, (p_result -> 'details' ->> 'restored_size')::bigint,
+                coalesce(array(select jsonb_array_elements_text(p_result -> 'details' -> 'roles_created')), '{}'))
         returning restore_id into v_restore_id;
     end if;
     update public.job set state = case v_state when 'PASSED' then 'SUCCEEDED' when 'CANCELLED' then 'CANCELLED' else 'FAILED' end,

@@ -179,8 +179,8 @@ fn levels_verify_backup_and_drills_through_the_agent() {
         "3 PASSED true"
     );
     assert_eq!(
-        env.sql("select is_drill || ' ' || execution_status || ' ' || (row_count_check ->> 'compared') from restore_catalog"),
-        "true SUCCEEDED 2"
+        env.sql("select is_drill || ' ' || execution_status || ' ' || (row_count_check ->> 'compared') || ' ' || backup_code || ' ' || (restored_size > 0) || ' ' || array_to_string(roles_created, ',') from restore_catalog"),
+        "true SUCCEEDED 2 FULL true shop_owner"
     );
     assert_eq!(drill_databases(&s.drill), "0", "{}", agent.log());
     assert_eq!(
