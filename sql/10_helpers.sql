@@ -227,6 +227,11 @@ begin
             return '';
         end if;
         return api.server_id(p_value)::text;
+    when 'drill_node' then
+        if btrim(p_value) <> '' then
+            perform api.node_id(p_value);   -- must name a registered node
+        end if;
+        return btrim(p_value);
     when 'root_backup_partition' then
         if p_value !~ '^/' then
             raise exception 'root_backup_partition "%" is not an absolute path', p_value

@@ -140,6 +140,14 @@ begin
     if not found then
         raise exception 'job % does not exist', p_job_id using errcode = 'P0002';
     end if;
+    -- Generic failure reports (interrupted or unclaimable jobs) of restore jobs go where they belong.
+    if v_job.kind = 'RESTORE' then
+        return api.report_restore(p_job_id, p_attempt, p_result);
+    end if;
+    if v_job.kind in ('VERIFY', 'DRILL') then   -- sql/55_verify.sql
+        perform api.report_verification(p_job_id, p_attempt, p_result || '{"state": "ERROR", "level": 0}');
+        return v_job.bck_id;
+    end if;
     select bck_id into v_bck from public.backup_catalog where job_id = p_job_id;
     if found then
         return v_bck;   -- replayed report: already recorded
@@ -162,7 +170,8 @@ begin
         pg_dump_dbconfig_file, pg_dump_dbconfig_file_size, manifest_file, total_size, files, checksum, dbname_size,
         execution_status, execution_method, error_step, error_exit_status, error_message, error_stderr_tail,
         role_list, pgsql_node_release, pg_dump_release, client_version, server_version, dump_format, compression,
-        command, phase_timings, table_row_counts, verification_level, verification_state, verified_at)
+        command, phase_timings, table_row_counts, verification_level, verification_state, verified_at,
+        verification_error)
     values (
         p_job_id, v_job.def_id, v_job.snapshot_id, v_job.backup_server_id,
         coalesce(v_job.pgsql_node_id, v_def.pgsql_node_id, v_snap.pgsql_node_id),
@@ -184,8 +193,10 @@ begin
         coalesce(p_result -> 'phase_timings', '{}'), p_result -> 'table_row_counts',
         coalesce((p_result ->> 'verification_level')::smallint, 0),
         coalesce(p_result ->> 'verification_state', 'UNVERIFIED'),
-        case when (p_result ->> 'verification_level')::int > 0 then (p_result ->> 'finished')::timestamptz end)
+        case when (p_result ->> 'verification_level')::int > 0 then (p_result ->> 'finished')::timestamptz end,
+        p_result ->> 'verification_error')
     returning bck_id into v_bck;
+    perform api.after_backup_verification(v_bck);   -- sql/55_verify.sql: alert when levels 1/2 failed
     update public.job set state = case v_status when 'SUCCEEDED' then 'SUCCEEDED' when 'CANCELLED' then 'CANCELLED' else 'FAILED' end,
                           finished_at = (p_result ->> 'finished')::timestamptz, error_message = p_result ->> 'error_message',
                           progress_bytes = coalesce((p_result ->> 'total_size')::bigint, progress_bytes)

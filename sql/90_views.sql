@@ -24,7 +24,7 @@ select d.def_id as "DefID", d.backup_server_id as "SrvID", s.fqdn as "Backup ser
                  case when d.dump_format = 'directory' then 'directory -j ' || d.dump_jobs
                       else 'custom zstd:' || d.compression_level end,
                  'max ' || d.max_runtime::text, 'lock wait ' || d.lock_wait_timeout::text,
-                 'pg_dump ' || d.client_major) as "Options",
+                 'pg_dump ' || d.client_major, 'drill ' || d.drill_schedule) as "Options",
        d.registered as "Registered", d.remarks as "Remarks"
   from public.backup_definition d
   join public.backup_server s on s.server_id = d.backup_server_id
@@ -167,7 +167,8 @@ select c.bck_id as "BckID", c.def_id as "DefID", c.snapshot_id as "SnapshotID",
        c.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", c.dbname as "DBname",
        c.duration::text as "Duration", c.total_size as "Size", c.backup_code as "Code",
        c.execution_method as "Execution", c.execution_status as "Status",
-       c.verification_state as "Verified", c.verification_level as "Verification level"
+       c.verification_state as "Verified", c.verification_level as "Verification level",
+       c.verified_at as "Verified at"
   from public.backup_catalog c
   join public.backup_server s on s.server_id = c.backup_server_id
   join public.pgsql_node n on n.node_id = c.pgsql_node_id;
@@ -175,7 +176,7 @@ select c.bck_id as "BckID", c.def_id as "DefID", c.snapshot_id as "SnapshotID",
 create view api.show_jobs_queue as
 select j.job_id as "JobID", j.kind as "Kind", j.state as "State", j.registered as "Registered",
        j.backup_server_id as "SrvID", s.fqdn as "Backup server", j.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node",
-       coalesce(d.dbname, sd.dbname) as "DBname", j.def_id as "DefID", j.snapshot_id as "SnapshotID",
+       coalesce(d.dbname, sd.dbname, bc.dbname) as "DBname", j.def_id as "DefID", j.snapshot_id as "SnapshotID",
        j.not_before as "Not before", j.scheduled_for as "Scheduled for", j.claimed_by as "Agent", j.attempt as "Attempt",
        case when j.state = 'RUNNING' then date_trunc('second', now() - j.claimed_at)::text end as "Elapsed",
        j.progress_bytes as "Bytes written",
@@ -185,7 +186,8 @@ select j.job_id as "JobID", j.kind as "Kind", j.state as "State", j.registered a
   join public.backup_server s on s.server_id = j.backup_server_id
   left join public.pgsql_node n on n.node_id = j.pgsql_node_id
   left join public.backup_definition d on d.def_id = j.def_id
-  left join public.snapshot_definition sd on sd.snapshot_id = j.snapshot_id;
+  left join public.snapshot_definition sd on sd.snapshot_id = j.snapshot_id
+  left join public.backup_catalog bc on bc.bck_id = j.bck_id;
 
 create view api.show_snapshot_definitions as
 select sd.snapshot_id as "SnapshotID", sd.registered as "Registered", sd.backup_server_id as "SrvID",
@@ -215,6 +217,7 @@ returns table ("BckID" bigint, "JobID" bigint, "DefID" bigint, "SnapshotID" bigi
                "Dump format" text, "Compression" text, "Command" text, "Phase timings" jsonb, "Role list" text[],
                "Schedule" text, "Retention" text, "On disk until" timestamptz,
                "Verification" text, "Verification level" smallint, "Verified at" timestamptz,
+               "Verification error" text, "Drill restore time" text,
                "Failed step" text, "Exit status" integer, "Error message" text, "Stderr tail" text)
 language sql stable as $$
     select c.bck_id, c.job_id, c.def_id, c.snapshot_id, c.dbname, s.fqdn, n.fqdn, c.backup_code, c.execution_method,
@@ -226,6 +229,7 @@ language sql stable as $$
            coalesce(d.retention_period, sd.retention_period)::text || coalesce(' (' || d.retention_redundancy || ')', ''),
            c.finished + coalesce(d.retention_period, sd.retention_period),
            c.verification_state, c.verification_level, c.verified_at,
+           c.verification_error, date_trunc('millisecond', c.drill_duration)::text,
            c.error_step, c.error_exit_status, c.error_message, c.error_stderr_tail
       from public.backup_catalog c
       join public.backup_server s on s.server_id = c.backup_server_id

@@ -116,7 +116,7 @@ pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -125,7 +125,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Extends the lease every third of it; stops the job when the catalog says so.
-async fn heartbeat(
+pub(crate) async fn heartbeat(
     ctx: Arc<Ctx>,
     job_id: i64,
     attempt: i32,
@@ -186,6 +186,7 @@ fn failed(t0: DateTime<Utc>, job_id: i64, step: &str, message: String) -> Backup
         phase_timings: Vec::new(),
         database_size: None,
         table_row_counts: None,
+        verification: None,
     }
 }
 
@@ -401,6 +402,10 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
         "command": o.command.join(" "),
         "phase_timings": timings,
         "table_row_counts": o.table_row_counts,
+        // Levels 1 and 2 run by pgbackman-dump on the set in place (crate::verify_job).
+        "verification_level": o.verification.as_ref().map(|v| v.level),
+        "verification_state": o.verification.as_ref().map(|v| v.state),
+        "verification_error": o.verification.as_ref().and_then(|v| v.error.clone()),
         "error_step": step,
         "error_exit_status": exit,
         "error_message": message,
@@ -413,6 +418,15 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
 /// spooled (disk full) goes straight to the catalog, and is logged whole if that fails too.
 async fn report(ctx: &Ctx, t: &Ticket, result: Value) {
     let entry = crate::spool::Entry::backup(t.key(), ctx.server_id, &ctx.agent_name, result);
+    submit(ctx, entry).await;
+}
+
+/// Records a result of any kind through the spool (see [`report`]).
+pub async fn submit(ctx: &Ctx, entry: crate::spool::Entry) {
+    let job_id = match entry.key {
+        crate::spool::Key::Job { job_id, .. } => job_id,
+        crate::spool::Key::Scheduled { .. } => 0,
+    };
     match crate::spool::write(&ctx.cfg.state_dir, &entry) {
         Ok(_) => {
             ctx.health.spooled.fetch_add(1, Ordering::Relaxed);
@@ -421,12 +435,12 @@ async fn report(ctx: &Ctx, t: &Ticket, result: Value) {
             }
         }
         Err(e) => {
-            tracing::error!(job_id = t.job_id, "{e:#}; reporting directly");
+            tracing::error!(job_id, "{e:#}; reporting directly");
             match crate::replay::deliver(ctx, &entry).await {
                 crate::replay::Delivery::Recorded(_) | crate::replay::Delivery::Dropped => {}
                 crate::replay::Delivery::Unreachable(e) | crate::replay::Delivery::Refused(e) => {
                     tracing::error!(
-                        job_id = t.job_id,
+                        job_id,
                         "could not record the result ({e}); it is only in this log: {}",
                         entry.result
                     )

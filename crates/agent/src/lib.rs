@@ -8,10 +8,12 @@ pub mod job;
 pub mod listen;
 pub mod maintenance;
 pub mod replay;
+pub mod restore_job;
 pub mod retention;
 pub mod schedule;
 pub mod spool;
 pub mod state;
+pub mod verify_job;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -638,7 +640,7 @@ impl Runner {
                 self.ctx.lease(),
                 limit,
                 i32::try_from(self.ctx.cfg.max_jobs_per_node).unwrap_or(1),
-                &["BACKUP", "SNAPSHOT"],
+                &["BACKUP", "SNAPSHOT", "RESTORE", "VERIFY", "DRILL"],
             )
             .await
         {
@@ -653,6 +655,22 @@ impl Runner {
             }
         };
         for c in claimed {
+            if verify_job::KINDS.contains(&c.kind.as_str()) {
+                self.start_verification(c);
+                continue;
+            }
+            if c.kind == "RESTORE" {
+                if let Some(r) = restore_job::prepare(&self.ctx, &c).await {
+                    let token = self.stop.child_token();
+                    self.running
+                        .insert(c.job_id, (r.target_node_id, token.clone()));
+                    let h =
+                        self.jobs
+                            .spawn(restore_job::run(self.ctx.clone(), c.attempt, r, token));
+                    self.tasks.insert(h.id(), c.job_id);
+                }
+                continue;
+            }
             let def = match (c.def_id, c.snapshot_id) {
                 (Some(id), _) => self
                     .defs
@@ -760,6 +778,7 @@ impl Runner {
                 }
                 _ = repoll.tick(), if self.online() => {
                     self.refresh().await;
+                    self.queue_due_drills().await;
                     self.claim().await;
                     if self.online() {
                         let _ = self.ctx.catalog.mark_lost_jobs().await;

@@ -36,13 +36,30 @@ pub async fn deliver(ctx: &Ctx, e: &Entry) -> Delivery {
                 .report_offline_backup(e.server_id, *def_id, *scheduled_for, &e.agent, &e.result)
                 .await
         }
+        ("restore", Key::Job { job_id, attempt }) => {
+            ctx.catalog
+                .report_restore(*job_id, *attempt, &e.result)
+                .await
+        }
+        // The verification's id is the BckID it verified; the state is only logged.
+        ("verification", Key::Job { job_id, attempt }) => ctx
+            .catalog
+            .report_verification(*job_id, *attempt, &e.result)
+            .await
+            .map(|state| {
+                tracing::info!(job_id, state, "verification recorded");
+                0
+            }),
         (kind, _) => Err(DbError::Invalid(format!(
             "spool entry of kind \"{kind}\" is not known to this agent"
         ))),
     };
     match r {
         Ok(bck) => Delivery::Recorded(bck),
-        Err(err) if err.code() == Some("PB001") => {
+        Err(err)
+            if err.code() == Some("PB001")
+                || (e.kind == "verification" && err.code() == Some("P0002")) =>
+        {
             tracing::warn!("result of {} refused as stale: {err}", e.key.label());
             Delivery::Dropped
         }

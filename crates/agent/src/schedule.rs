@@ -35,6 +35,11 @@ impl Scheduler {
         }
     }
 
+    /// The time zone schedules are evaluated in.
+    pub fn tz(&self) -> Tz {
+        self.tz
+    }
+
     /// Replaces the set of scheduled definitions. Returns the definitions whose schedule does
     /// not parse (the shell validates, so this means someone wrote the table directly).
     pub fn rebuild<'a>(

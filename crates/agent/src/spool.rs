@@ -58,7 +58,8 @@ impl Key {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     pub version: u32,
-    /// The API that records it: `backup` (api.report_backup / api.report_offline_backup).
+    /// The API that records it: `backup` (api.report_backup / api.report_offline_backup),
+    /// `restore` (api.report_restore), `verification` (api.report_verification).
     pub kind: String,
     pub key: Key,
     pub server_id: i64,
@@ -69,9 +70,15 @@ pub struct Entry {
 
 impl Entry {
     pub fn backup(key: Key, server_id: i64, agent: &str, result: Value) -> Entry {
+        Entry::new("backup", key, server_id, agent, result)
+    }
+
+    /// `kind`: `backup`, `restore` (api.report_restore) or `verification`
+    /// (api.report_verification).
+    pub fn new(kind: &str, key: Key, server_id: i64, agent: &str, result: Value) -> Entry {
         Entry {
             version: FORMAT,
-            kind: "backup".into(),
+            kind: kind.into(),
             key,
             server_id,
             agent: agent.to_string(),

@@ -143,6 +143,9 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
                 ),
             }]))
         }
+        "verify_backup" | "run_restore_drill" | "update_drill_schedule" | "show_verifications" => {
+            crate::commands_verify::run(s, inv).await
+        }
         "show_pgbackman_config" => show_pgbackman_config(s).await,
         "show_pgbackman_stats" => report("pgbackman_stats", s.catalog.pgbackman_stats().await),
         "show_audit_log" => {
@@ -163,6 +166,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
                 .map(|(i, l)| format!("{:>4}  {l}\n", i + 1))
                 .collect(),
         )),
+        n if crate::commands_restore::handles(n) => crate::commands_restore::run(s, inv).await,
         "set" => set(s, inv),
         "help" => help(inv),
         // clear and quit are handled by the shell loop; in -C they do nothing.
@@ -170,7 +174,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
     }
 }
 
-fn list(kind: &'static str, r: Result<Rows, pgbackman_db::DbError>) -> Result<Output> {
+pub(crate) fn list(kind: &'static str, r: Result<Rows, pgbackman_db::DbError>) -> Result<Output> {
     Ok(Output::List { kind, rows: r? })
 }
 
@@ -179,7 +183,7 @@ fn report(kind: &'static str, r: Result<Rows, pgbackman_db::DbError>) -> Result<
 }
 
 /// "all", "*" or empty → None (no filter); else the comma list.
-fn filter(v: Option<String>) -> Option<Vec<String>> {
+pub(crate) fn filter(v: Option<String>) -> Option<Vec<String>> {
     match model::parse_filter(v.as_deref().unwrap_or("")) {
         Filter::All => None,
         Filter::Any(v) => Some(v),
@@ -554,7 +558,7 @@ async fn databases_without_definitions(s: &mut Session, inv: &Invocation) -> Res
 
 // ---- backup definitions -----------------------------------------------------------------------
 
-fn validate_schedule(fields: [&str; 5]) -> Result<CronSchedule> {
+pub(crate) fn validate_schedule(fields: [&str; 5]) -> Result<CronSchedule> {
     CronSchedule::parse_fields(fields[0], fields[1], fields[2], fields[3], fields[4]).map_err(|e| {
         anyhow::anyhow!(
             "{e}\nHINT: valid schedules look like \"30 2 * * *\" ({}), \"0 */6 * * *\" ({}), \"15 1 * * mon-fri\" ({})",
@@ -922,7 +926,10 @@ async fn move_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Out
     )]))
 }
 
-fn time_arg(name: &str, v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+pub(crate) fn time_arg(
+    name: &str,
+    v: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
     let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
@@ -991,7 +998,7 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
     list("backup_catalog", s.catalog.show_backup_catalog(&f).await)
 }
 
-fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+pub(crate) fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
     let Some(v) = v
         .map(str::trim)
         .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("now"))

@@ -58,6 +58,8 @@ const SERVERS: &str = "Backup servers";
 const NODES: &str = "PgSQL nodes";
 const DEFS: &str = "Backup definitions";
 const SNAPS: &str = "Snapshots and jobs";
+const VERIFY: &str = "Verification and restore drills";
+const RESTORES: &str = "Restores";
 const SYSTEM: &str = "System";
 const SHELL: &str = "Shell";
 
@@ -512,6 +514,150 @@ pub static COMMANDS: &[Cmd] = &[
         about: "Cancel a queued job, or ask the agent to stop a running one (recorded as CANCELLED).",
         args: &[pos("job_id", "JobID")],
         examples: &["cancel_job 77"],
+    },
+    Cmd {
+        name: "verify_backup",
+        group: VERIFY,
+        about: "Check backup sets again on the backup server that holds them: every file against the manifest's \
+                sha256 (level 1) and the archive's table of contents (level 2). By BckIDs, or all SUCCEEDED backups \
+                that the filters select (newest first, --limit, default 1000).",
+        args: &[
+            pos("bck_id", "BckID(s) | all"),
+            opt("server", "SrvID | FQDN"),
+            opt("node", "NodeID | FQDN"),
+            opt("dbname", "DBname(s)"),
+            opt("def-id", "DefID(s)"),
+            opt("code", "Backup code(s)"),
+            opt("from", "Finished at or after"),
+            opt("to", "Finished before"),
+            opt("limit", "Maximum backups (default 1000)"),
+        ],
+        examples: &[
+            "verify_backup 1042",
+            "verify_backup all --node pg01.example.org --from 2026-11-01",
+        ],
+    },
+    Cmd {
+        name: "run_restore_drill",
+        group: VERIFY,
+        about: "Restore a backup into a scratch database on the drill node (the backup server's drill_node, or --node), \
+                compare every table's row count with the count taken at backup time, drop the scratch database, and \
+                record the result and the restore time (level 3). A failed drill raises an alert.",
+        args: &[
+            pos("bck_id", "BckID"),
+            opt("node", "Drill node (NodeID | FQDN)"),
+        ],
+        examples: &[
+            "run_restore_drill 1042",
+            "run_restore_drill 1042 --node scratch01.example.org",
+        ],
+    },
+    Cmd {
+        name: "update_drill_schedule",
+        group: VERIFY,
+        about: "Schedule restore drills of a definition's newest successful backup (a cron line in the agent's time zone), \
+                or none to stop them. Drills run on the backup server's drill_node.",
+        args: &[
+            pos("def_id", "DefID"),
+            pos("schedule", "Cron line (e.g. \"30 5 * * 0\") | none"),
+        ],
+        examples: &[
+            "update_drill_schedule 12 \"30 5 * * 0\"",
+            "update_drill_schedule 12 none",
+        ],
+    },
+    Cmd {
+        name: "show_verifications",
+        group: VERIFY,
+        about: "Verifications and restore drills, newest first: level, result, restore time, row count differences.",
+        args: &[
+            pos("bck_id", "BckID | all"),
+            opt("limit", "Maximum rows (default 1000)"),
+        ],
+        examples: &["show_verifications", "show_verifications 1042"],
+    },
+    Cmd {
+        name: "register_restore_definition",
+        group: RESTORES,
+        about: "Restore a backup (BckID) onto a PgSQL node, run by the backup server that holds it. In the shell, \
+                without arguments, it asks PgBackMan's questions: an existing target database is renamed out of \
+                the way or the restore stops; each role the backup needs is created when missing, reused as it is \
+                when you say so, or the restore stops. With -C the same decisions are named options. \
+                --dry-run shows the plan and registers nothing. CLUSTER and GLOBALS backups restore onto an empty \
+                cluster (or with --acknowledge-nonempty). A restore into an older PostgreSQL major than the backup's \
+                pg_dump is refused.",
+        args: &[
+            pos("at_time", "AT time (now, YYYY-MM-DD HH:MM, or RFC 3339)"),
+            pos("bck_id", "BckID"),
+            pos("node", "Target NodeID | FQDN"),
+            pos("dbname", "Target DBname"),
+            pos("extra", "Extra pg_restore parameters"),
+            opt(
+                "rename-existing",
+                "Rename an existing target database to NAME (auto: <dbname>_<timestamp>)",
+            ),
+            opt(
+                "reuse-roles",
+                "Existing roles to reuse as they are: all, none or a comma list (default none)",
+            ),
+            opt("jobs", "pg_restore parallel jobs (default 1)"),
+            opt(
+                "decompression",
+                "auto, stream or file (file allows -j; default auto)",
+            ),
+            opt("remarks", "Remarks"),
+            Arg {
+                name: "acknowledge-nonempty",
+                label: "CLUSTER/GLOBALS: restore onto a cluster that has databases or roles",
+                kind: Kind::Flag,
+            },
+            Arg {
+                name: "dry-run",
+                label: "Show the plan (roles to create, database, settings, flags); register nothing",
+                kind: Kind::Flag,
+            },
+        ],
+        examples: &[
+            "register_restore_definition now 1042 pg02.example.org billing \"\" --reuse-roles all --rename-existing auto --jobs 4",
+            "register_restore_definition now 1042 pg02.example.org billing_copy \"\" --dry-run",
+            "register_restore_definition \"2026-12-01 02:00\" 1077 pg03.example.org \"\" \"\"",
+        ],
+    },
+    Cmd {
+        name: "show_restore_definitions",
+        group: RESTORES,
+        about: "List restore definitions, newest first; the node and database filters refer to the target.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "Target NodeID | FQDN | all"),
+            pos("dbname", "Target DBname | all"),
+        ],
+        examples: &["show_restore_definitions all pg02.example.org"],
+    },
+    Cmd {
+        name: "show_restore_catalog",
+        group: RESTORES,
+        about: "List restores that ran, newest first; the node and database filters refer to the target.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "Target NodeID | FQDN | all"),
+            pos("dbname", "Target DBname | all"),
+        ],
+        examples: &["show_restore_catalog all all billing"],
+    },
+    Cmd {
+        name: "show_restore_details",
+        group: RESTORES,
+        about: "Everything about one restore: roles created and reused, versions, flags, timings, command, log, error and what a failure undid.",
+        args: &[pos("restore_id", "RestoreID")],
+        examples: &["show_restore_details 12"],
+    },
+    Cmd {
+        name: "show_restores_in_progress",
+        group: RESTORES,
+        about: "Restores running now, with elapsed time and bytes restored.",
+        args: &[],
+        examples: &["show_restores_in_progress"],
     },
     Cmd {
         name: "show_pgbackman_config",

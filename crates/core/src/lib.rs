@@ -9,6 +9,8 @@
 //! - [`model`]: codes and statuses, database selections (`#all_databases#`, ...), filters,
 //!   object references, ports, redundancy, extra pg_dump parameters.
 //! - [`paths`]: encoding of any name into one safe path component.
+//! - [`restore`]: extra pg_restore parameters, role create/reuse plans, renamed-database names,
+//!   stream-or-file choice of a restore.
 //! - [`retention`]: which backups retention keeps or deletes and why; quarantine decisions.
 
 #![forbid(unsafe_code)]
@@ -19,4 +21,5 @@ pub mod interval;
 pub mod model;
 pub mod params;
 pub mod paths;
+pub mod restore;
 pub mod retention;

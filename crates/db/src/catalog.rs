@@ -308,7 +308,11 @@ impl Catalog {
         self.status().await?.compatibility(&self.target)
     }
 
-    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Rows, DbError> {
+    pub(crate) async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Rows, DbError> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(sql).await?;
         let cols = stmt

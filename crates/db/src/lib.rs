@@ -9,8 +9,10 @@ pub mod error;
 pub mod introspect;
 pub mod migrate;
 pub mod node;
+pub mod restore;
 pub mod retention;
 pub mod rows;
+pub mod verify;
 
 pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,

@@ -28,6 +28,11 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ("40_jobs.sql", include_str!("../../../sql/40_jobs.sql")),
     ("45_spool.sql", include_str!("../../../sql/45_spool.sql")),
     (
+        "50_restore.sql",
+        include_str!("../../../sql/50_restore.sql"),
+    ),
+    ("55_verify.sql", include_str!("../../../sql/55_verify.sql")),
+    (
         "60_retention.sql",
         include_str!("../../../sql/60_retention.sql"),
     ),

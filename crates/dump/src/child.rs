@@ -175,6 +175,19 @@ pub(crate) fn spawn(
     cmd: &ChildCommand,
     log: &Arc<RunLog>,
 ) -> io::Result<(Supervised, Option<tokio::process::ChildStdout>)> {
+    spawn_with_stdin(cmd, log, false).map(|(s, out, _)| (s, out))
+}
+
+/// Like [`spawn`], with stdin a pipe the caller writes when `piped_stdin`.
+pub(crate) fn spawn_with_stdin(
+    cmd: &ChildCommand,
+    log: &Arc<RunLog>,
+    piped_stdin: bool,
+) -> io::Result<(
+    Supervised,
+    Option<tokio::process::ChildStdout>,
+    Option<tokio::process::ChildStdin>,
+)> {
     // Through the launcher when there is one, so the child dies with us even on SIGKILL.
     let mut c = match crate::launcher::launcher() {
         Some(exe) => {
@@ -187,7 +200,11 @@ pub(crate) fn spawn(
         None => Command::new(&cmd.program),
     };
     c.args(&cmd.args)
-        .stdin(Stdio::null())
+        .stdin(if piped_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(match cmd.stdout {
             Stdout::Null => Stdio::null(),
             Stdout::Pipe => Stdio::piped(),
@@ -208,6 +225,7 @@ pub(crate) fn spawn(
         .map(Pid::from_raw);
     let guard = GroupGuard { pgid };
     let stdout = child.stdout.take();
+    let stdin = child.stdin.take();
     let stderr = child
         .stderr
         .take()
@@ -219,6 +237,7 @@ pub(crate) fn spawn(
             stderr,
         },
         stdout,
+        stdin,
     ))
 }
 

@@ -65,15 +65,20 @@ mod error;
 mod launcher;
 mod node;
 mod quote;
+pub mod restore;
 mod run;
 mod set;
 mod spec;
 pub mod sqlgen;
+pub mod verify;
 
 pub use client::{client_major, parse_major, pick_client, server_major};
 pub use error::DumpError;
 pub use launcher::{LAUNCHER_ARG, launcher_main, set_launcher};
 pub use quote::{quote_ident, quote_literal};
+pub use restore::{
+    Decompression, RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck, restore_set,
+};
 pub use run::{
     CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, GLOBALS_DUMP_FILE,
     ROLES_FILE, run_backup,
@@ -87,3 +92,4 @@ pub use spec::{
     TableRowCounts,
 };
 pub use tokio_util::sync::CancellationToken;
+pub use verify::{Verification, VerifyState};

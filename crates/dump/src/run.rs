@@ -45,7 +45,7 @@ pub const DATABASE_FILE: &str = "database.sql";
 
 /// Environment variables never passed to a child: they would redirect a connection or carry a
 /// password. PGAPPNAME, PGSSLMODE and PGPASSFILE are set from the spec instead.
-const ENV_REMOVED: &[&str] = &[
+pub(crate) const ENV_REMOVED: &[&str] = &[
     "PGPASSWORD",
     "PGHOST",
     "PGHOSTADDR",
@@ -202,6 +202,17 @@ pub async fn run_backup(
             (status, Vec::new())
         }
     };
+    // Levels 1 and 2 on the set in place (crate::verify): a set that cannot be read back is
+    // known now, not at restore time.
+    let verification = if status.is_success() {
+        let t = std::time::Instant::now();
+        let v =
+            crate::verify::verify_levels(&spec.final_dir, &spec.bin_dir, None, &run.cancel).await;
+        run.timed("verify", t);
+        v
+    } else {
+        None
+    };
     match &status {
         Status::Succeeded => {
             tracing::info!(job_id = spec.job_id, dir = %spec.final_dir.display(), "backup succeeded")
@@ -232,6 +243,7 @@ pub async fn run_backup(
         phase_timings: run.timings,
         database_size: run.database_size,
         table_row_counts: if succeeded { run.row_counts } else { None },
+        verification,
     }
 }
 

@@ -382,8 +382,13 @@ fn safe_relative(name: &str) -> bool {
 /// Verification level 1: every file listed in `dir/manifest.json` exists with its size and
 /// sha256, and no other file is there. Names that would leave the set are rejected.
 pub fn verify_set(dir: &Path) -> Result<(), DumpError> {
+    verify_set_with(dir, &AtomicBool::new(false)).map(|_| ())
+}
+
+/// [`verify_set`] that stops (an `Interrupted` IO error) when `abort` is raised; returns the
+/// manifest it checked against.
+pub(crate) fn verify_set_with(dir: &Path, never: &AtomicBool) -> Result<Manifest, DumpError> {
     let m = read_manifest(dir)?;
-    let never = AtomicBool::new(false);
     let mut problems = Vec::new();
     let mut listed: BTreeMap<&str, &FileEntry> = BTreeMap::new();
     for f in &m.files {
@@ -393,7 +398,10 @@ pub fn verify_set(dir: &Path) -> Result<(), DumpError> {
         }
         listed.insert(&f.name, f);
         let path = dir.join(&f.name);
-        match hash_file_readonly(&path, &never) {
+        match hash_file_readonly(&path, never) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                return Err(DumpError::Io { path, source: e });
+            }
             Ok((size, sha)) => {
                 if size != f.size {
                     problems.push(format!("{}: size {size}, manifest says {}", f.name, f.size));
@@ -419,7 +427,7 @@ pub fn verify_set(dir: &Path) -> Result<(), DumpError> {
         }
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(m)
     } else {
         Err(DumpError::Mismatch {
             dir: dir.to_path_buf(),

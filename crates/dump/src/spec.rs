@@ -214,6 +214,10 @@ pub struct BackupOutcome {
     pub database_size: Option<i64>,
     /// Row count of every table.
     pub table_row_counts: Option<TableRowCounts>,
+    /// Verification levels 1 and 2 of the finished set (None: the run failed, or was cancelled
+    /// during the verification).
+    #[serde(default)]
+    pub verification: Option<crate::verify::Verification>,
 }
 
 /// serde for the code enums of pgbackman-core: their canonical spelling.

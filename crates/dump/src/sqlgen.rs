@@ -154,9 +154,9 @@ pub(crate) fn roles_sql(cap: &RoleCapture, h: &Header<'_>) -> String {
     out.push_str(
         "-- Roles the database needs. Run as a superuser BEFORE database.sql:\n\
          --     psql -v ON_ERROR_STOP=1 -f roles.sql postgres\n\
-         -- A role that already exists is left as it is (attributes, password, settings);\n\
-         -- a missing role is created with the attributes it had. Memberships are granted\n\
-         -- in every case.\n",
+         -- A role that already exists is left as it is (attributes, password, settings,\n\
+         -- memberships); a missing role is created with the attributes it had. A membership\n\
+         -- is granted when this script created either of its two roles.\n",
     );
     match &cap.passwords_missing {
         None => out.push_str("-- Passwords: included (hashes as stored on the source).\n"),
@@ -164,7 +164,10 @@ pub(crate) fn roles_sql(cap: &RoleCapture, h: &Header<'_>) -> String {
             let _ = writeln!(out, "-- Passwords: NOT included: {}.", comment_text(why));
         }
     }
-    out.push_str("--\n\nSET standard_conforming_strings = on;\nBEGIN;\n\n");
+    out.push_str(
+        "--\n\nSET standard_conforming_strings = on;\nBEGIN;\n\n\
+         CREATE TEMPORARY TABLE pgbackman_created_roles (rolname text PRIMARY KEY) ON COMMIT DROP;\n\n",
+    );
     for r in &cap.roles {
         let name = quote_ident(&r.name);
         let mut body = String::new();
@@ -174,6 +177,11 @@ pub(crate) fn roles_sql(cap: &RoleCapture, h: &Header<'_>) -> String {
             quote_literal(&r.name)
         );
         let _ = writeln!(body, "        CREATE ROLE {name};");
+        let _ = writeln!(
+            body,
+            "        INSERT INTO pg_temp.pgbackman_created_roles VALUES ({});",
+            quote_literal(&r.name)
+        );
         let _ = writeln!(
             body,
             "        ALTER ROLE {name} WITH {};",
@@ -203,10 +211,18 @@ pub(crate) fn roles_sql(cap: &RoleCapture, h: &Header<'_>) -> String {
     }
     let ordered = ordered_memberships(&cap.memberships);
     if !ordered.is_empty() {
-        out.push_str("-- Memberships\n");
+        out.push_str(
+            "-- Memberships (between two roles that existed before, nothing is changed)\n",
+        );
         for m in ordered {
-            out.push_str(&grant_statement(m));
-            out.push('\n');
+            let body = format!(
+                "    IF EXISTS (SELECT FROM pg_temp.pgbackman_created_roles WHERE rolname IN ({}, {})) THEN\n        {}\n    END IF;\n",
+                quote_literal(&m.role),
+                quote_literal(&m.member),
+                grant_statement(m)
+            );
+            let tag = dollar_tag(&body);
+            let _ = writeln!(out, "DO {tag}\nBEGIN\n{body}END\n{tag};");
         }
         out.push('\n');
     }

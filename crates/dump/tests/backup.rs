@@ -996,6 +996,7 @@ fn run_future_is_send_and_spec_serializes() {
         phase_timings: vec![("connect".into(), 0.5)],
         database_size: None,
         table_row_counts: None,
+        verification: None,
     };
     let json = serde_json::to_string(&o).unwrap();
     assert!(json.contains("\"status\":\"failed\""), "{json}");

@@ -1,0 +1,296 @@
+//! One restore job: the claimed restore definition becomes a `RestoreSpec` for
+//! `pgbackman_dump::restore_set` (client tools chosen for the target's major), the lease is kept
+//! alive, and the result is reported once with `api.report_restore`. Everything after the claim
+//! runs without the catalog; only the report needs it (retried, idempotent on the job id).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use pgbackman_db::agent::ClaimedJob;
+use pgbackman_db::restore::AgentRestore;
+use pgbackman_dump::{
+    Decompression, NodeConn, RestoreOutcome, RestoreSpec, RolePolicy, Status, restore_set,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{AbortOnDrop, Ctx, Done, heartbeat};
+
+/// Reads what a claimed RESTORE job needs (at claim time, like a snapshot's definition). A job
+/// that cannot be read is reported failed and `None` is returned.
+pub async fn prepare(ctx: &Ctx, c: &ClaimedJob) -> Option<AgentRestore> {
+    match ctx.catalog.agent_restore(c.job_id).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let now = Utc::now().to_rfc3339();
+            let r = json!({"execution_status": "ERROR", "started": now, "finished": now,
+                "error_step": "claim", "error_message": e.to_string()});
+            report(ctx, c.job_id, c.attempt, &r).await;
+            None
+        }
+    }
+}
+
+/// Runs the restore and reports it. A failure anywhere is the report.
+pub async fn run(ctx: Arc<Ctx>, attempt: i32, r: AgentRestore, cancel: CancellationToken) -> Done {
+    let progress = Arc::new(AtomicU64::new(0));
+    let hb = AbortOnDrop(tokio::spawn(heartbeat(
+        ctx.clone(),
+        r.job_id,
+        attempt,
+        progress.clone(),
+        cancel.clone(),
+    )));
+    tracing::info!(job_id = r.job_id, restore_def = r.restore_def, bck_id = r.bck_id, target = %r.target_dbname, node = %r.node_fqdn, "restore started");
+    let outcome = execute(&ctx, &r, &cancel, progress).await;
+    drop(hb);
+    let log = log_path(&ctx, &r);
+    let result = result_json(
+        &r,
+        &outcome,
+        log.exists().then(|| log.display().to_string()),
+    );
+    let status = match outcome.status {
+        Status::Succeeded => "SUCCEEDED",
+        Status::Cancelled { .. } => "CANCELLED",
+        Status::Failed { .. } => "ERROR",
+    };
+    report(&ctx, r.job_id, attempt, &result).await;
+    Done {
+        job_id: r.job_id,
+        node_id: r.target_node_id,
+        status,
+    }
+}
+
+/// The outcome of a restore that could not start.
+fn failed(job_id: i64, step: &str, message: String) -> RestoreOutcome {
+    let now = Utc::now();
+    RestoreOutcome {
+        job_id,
+        status: Status::Failed {
+            step: step.into(),
+            exit_status: None,
+            message,
+            stderr_tail: String::new(),
+        },
+        started: now,
+        finished: now,
+        code: None,
+        source_dbname: String::new(),
+        target_dbname: String::new(),
+        renamed_dbname: None,
+        roles_created: Vec::new(),
+        roles_reused: Vec::new(),
+        databases_created: Vec::new(),
+        backup_client_version: None,
+        backup_server_version: None,
+        client_version: None,
+        target_server_version: None,
+        target_server_version_num: None,
+        feed: None,
+        feed_reason: String::new(),
+        jobs: 0,
+        command: Vec::new(),
+        phase_timings: Vec::new(),
+        bytes_restored: 0,
+        restored_size: None,
+        row_count_check: None,
+        cleanup: Vec::new(),
+        notes: Vec::new(),
+    }
+}
+
+async fn execute(
+    ctx: &Ctx,
+    r: &AgentRestore,
+    cancel: &CancellationToken,
+    progress: Arc<AtomicU64>,
+) -> RestoreOutcome {
+    let Ok(port) = u16::try_from(r.pgport) else {
+        return failed(
+            r.job_id,
+            "definition",
+            format!("port {} is not a port", r.pgport),
+        );
+    };
+    let label = format!("{}:{}", r.node_fqdn, port);
+    let extra = match pgbackman_core::restore::check_extra_restore_parameters(
+        &r.extra_restore_parameters,
+    ) {
+        Ok(a) => a,
+        Err(e) => return failed(r.job_id, "definition", e.to_string()),
+    };
+    let decompression: Decompression = match r.decompression.parse() {
+        Ok(d) => d,
+        Err(e) => return failed(r.job_id, "definition", e),
+    };
+    // The client tools: at least the target's major and the major of the pg_dump that wrote the
+    // set (a set from a newer pg_dump is refused by the executor with the reason).
+    let passfile = ctx.cfg.passfile.clone();
+    let env = move |k: &str| match (k, &passfile) {
+        ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
+        _ => std::env::var(k).ok(),
+    };
+    let node_cfg = match pgbackman_config::node_config_with(
+        &r.node_fqdn,
+        port,
+        &r.admin_user,
+        &r.admin_dbname,
+        &r.sslmode,
+        &env,
+    ) {
+        Ok(c) => c.config,
+        Err(e) => return failed(r.job_id, "connect", e.to_string()),
+    };
+    let facts = match pgbackman_db::node::node_facts(node_cfg, &label).await {
+        Ok(f) => f,
+        Err(e) => return failed(r.job_id, "connect", e.to_string()),
+    };
+    let target_major = u32::try_from(facts.server_version_num / 10000).unwrap_or(0);
+    let dump_major = r
+        .backup_pg_release
+        .as_deref()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let bin_dir =
+        match pgbackman_dump::pick_client(&ctx.bin_dirs, target_major.max(dump_major), None)
+            .or_else(|_| pgbackman_dump::pick_client(&ctx.bin_dirs, target_major, None))
+        {
+            Ok((_, d)) => d,
+            Err(e) => return failed(r.job_id, "client", e.to_string()),
+        };
+    let roles = if r.is_drill {
+        RolePolicy::CreateMissing
+    } else {
+        let create: BTreeSet<&String> = r.roles_to_restore.iter().collect();
+        RolePolicy::Decided {
+            create: r.roles_to_restore.clone(),
+            reuse: r
+                .role_list
+                .iter()
+                .filter(|x| !create.contains(x))
+                .cloned()
+                .collect(),
+        }
+    };
+    let spec = RestoreSpec {
+        job_id: r.job_id,
+        set_dir: PathBuf::from(&r.backup_dir),
+        node: NodeConn {
+            host: r.node_fqdn.clone(),
+            port,
+            user: r.admin_user.clone(),
+            admin_dbname: r.admin_dbname.clone(),
+            sslmode: r.sslmode.clone(),
+            passfile: ctx.cfg.passfile.clone(),
+        },
+        node_label: label,
+        target_dbname: r.target_dbname.clone(),
+        rename_existing_to: r.renamed_dbname.clone(),
+        roles,
+        jobs: u32::try_from(r.restore_jobs.max(1)).unwrap_or(1),
+        decompression,
+        extra_args: extra,
+        bin_dir,
+        staging_root: ctx.cfg.backup_dir.join("staging"),
+        log_file: Some(log_path(ctx, r)),
+        application_name: "pgbackman".into(),
+        max_runtime: None,
+        acknowledge_nonempty: r.acknowledge_nonempty,
+        verify_checksums: true,
+        compare_row_counts: r.is_drill,
+    };
+    let p = progress.clone();
+    let report_progress = move |n: u64| p.store(n, Ordering::Relaxed);
+    restore_set(&spec, cancel.clone(), &report_progress).await
+}
+
+/// `<backup_dir>/restores/job<id>-restoredef<id>.log`: only ids in the name, nothing taken from
+/// a database becomes a path.
+fn log_path(ctx: &Ctx, r: &AgentRestore) -> PathBuf {
+    ctx.cfg
+        .backup_dir
+        .join("restores")
+        .join(format!("job{}-restoredef{}.log", r.job_id, r.restore_def))
+}
+
+/// The report in the shape api.report_restore reads.
+fn result_json(r: &AgentRestore, o: &RestoreOutcome, log: Option<String>) -> Value {
+    let (status, step, exit, message, tail) = match &o.status {
+        Status::Succeeded => ("SUCCEEDED", None, None, None, None),
+        Status::Cancelled { reason } => (
+            "CANCELLED",
+            Some("cancel".to_string()),
+            None,
+            Some(reason.clone()),
+            None,
+        ),
+        Status::Failed {
+            step,
+            exit_status,
+            message,
+            stderr_tail,
+        } => (
+            "ERROR",
+            Some(step.clone()),
+            *exit_status,
+            Some(message.clone()),
+            Some(stderr_tail.clone()),
+        ),
+    };
+    let timings: serde_json::Map<String, Value> = o
+        .phase_timings
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    json!({
+        "execution_status": status,
+        "procpid": std::process::id(),
+        "started": o.started.to_rfc3339(),
+        "finished": o.finished.to_rfc3339(),
+        "log_file": log,
+        "renamed_dbname": o.renamed_dbname,
+        "roles_created": o.roles_created,
+        "roles_reused": o.roles_reused,
+        "target_server_version": o.target_server_version,
+        "backup_client_version": o.backup_client_version.as_deref().and_then(pgbackman_dump::parse_major).map(|m| m.to_string()),
+        "client_version": o.client_version,
+        "flags": {
+            "jobs": o.jobs,
+            "feed": o.feed,
+            "feed_reason": o.feed_reason,
+            "decompression": r.decompression,
+            "acknowledge_nonempty": r.acknowledge_nonempty,
+            "extra_restore_parameters": r.extra_restore_parameters,
+            "databases_created": o.databases_created,
+            "notes": o.notes,
+        },
+        "row_count_check": o.row_count_check,
+        "command": o.command.join(" "),
+        "phase_timings": timings,
+        "restored_size": o.restored_size,
+        "bytes_restored": o.bytes_restored,
+        "cleanup": if o.cleanup.is_empty() { None } else { Some(o.cleanup.join("\n")) },
+        "error_step": step,
+        "error_exit_status": exit,
+        "error_message": message,
+        "error_stderr_tail": tail,
+    })
+}
+
+/// Records the result through the spool: durable first, delivered when the catalog answers
+/// (idempotent on the job id, fenced by the attempt).
+async fn report(ctx: &Ctx, job_id: i64, attempt: i32, result: &Value) {
+    let entry = crate::spool::Entry::new(
+        "restore",
+        crate::spool::Key::Job { job_id, attempt },
+        ctx.server_id,
+        &ctx.agent_name,
+        result.clone(),
+    );
+    crate::job::submit(ctx, entry).await;
+}

@@ -1,0 +1,441 @@
+//! Restore decisions that need no IO: extra pg_restore parameters, the default name of a
+//! renamed database, which roles a restore creates or reuses, and how the dump reaches
+//! pg_restore (streamed, or decompressed to a file so that `-j N` can work).
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use crate::params::{ParamError, split_shell_words};
+
+/// Extra pg_restore parameters that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreParamError {
+    /// Quoting is broken.
+    #[error(transparent)]
+    Split(#[from] ParamError),
+    /// An option the user may not set.
+    #[error("pg_restore option \"{option}\" is not allowed in extra restore parameters: {reason}")]
+    Forbidden {
+        /// The option as written.
+        option: String,
+        /// Why it is not allowed.
+        reason: &'static str,
+    },
+    /// An option that needs a value has none.
+    #[error("pg_restore option \"{0}\" needs a value")]
+    MissingValue(String),
+    /// A word that is not an option nor an option's value.
+    #[error(
+        "\"{0}\" is not a pg_restore option: extra restore parameters hold options only (write an option's value as --name=value)"
+    )]
+    Positional(String),
+}
+
+const CONNECTION: &str = "connection settings come from the target PgSQL node's registration";
+const TARGET: &str = "pgbackman creates the target database and restores into it";
+const JOBS: &str = "parallel jobs are a restore option (--jobs)";
+const INFO: &str = "pg_restore would print information instead of restoring";
+const ATOMIC: &str =
+    "cannot be combined with parallel restore; pgbackman undoes a failed restore itself";
+
+/// pg_restore short options: (letter, takes a value, forbidden because).
+const SHORT: &[(char, bool, Option<&str>)] = &[
+    ('d', true, Some(CONNECTION)),
+    ('h', true, Some(CONNECTION)),
+    ('p', true, Some(CONNECTION)),
+    ('U', true, Some(CONNECTION)),
+    ('w', false, Some(CONNECTION)),
+    ('W', false, Some(CONNECTION)),
+    ('f', true, Some(TARGET)),
+    ('C', false, Some(TARGET)),
+    ('c', false, Some(TARGET)),
+    ('F', true, Some(TARGET)),
+    ('j', true, Some(JOBS)),
+    ('l', false, Some(INFO)),
+    ('V', false, Some(INFO)),
+    ('?', false, Some(INFO)),
+    ('1', false, Some(ATOMIC)),
+    ('L', true, None),
+    ('I', true, None),
+    ('n', true, None),
+    ('N', true, None),
+    ('P', true, None),
+    ('S', true, None),
+    ('t', true, None),
+    ('T', true, None),
+];
+
+/// pg_restore long options (PostgreSQL 12 to 18).
+const LONG: &[(&str, bool, Option<&str>)] = &[
+    ("dbname", true, Some(CONNECTION)),
+    ("host", true, Some(CONNECTION)),
+    ("port", true, Some(CONNECTION)),
+    ("username", true, Some(CONNECTION)),
+    ("no-password", false, Some(CONNECTION)),
+    ("password", false, Some(CONNECTION)),
+    ("file", true, Some(TARGET)),
+    ("create", false, Some(TARGET)),
+    ("clean", false, Some(TARGET)),
+    ("format", true, Some(TARGET)),
+    ("jobs", true, Some(JOBS)),
+    ("list", false, Some(INFO)),
+    ("version", false, Some(INFO)),
+    ("help", false, Some(INFO)),
+    ("single-transaction", false, Some(ATOMIC)),
+    ("use-list", true, None),
+    ("index", true, None),
+    ("schema", true, None),
+    ("exclude-schema", true, None),
+    ("function", true, None),
+    ("superuser", true, None),
+    ("table", true, None),
+    ("trigger", true, None),
+    ("role", true, None),
+    ("section", true, None),
+    ("filter", true, None),
+    ("transaction-size", true, None),
+    ("data-only", false, None),
+    ("schema-only", false, None),
+    ("statistics-only", false, None),
+    ("exit-on-error", false, None),
+    ("no-owner", false, None),
+    ("no-privileges", false, None),
+    ("no-acl", false, None),
+    ("verbose", false, None),
+    ("disable-triggers", false, None),
+    ("enable-row-security", false, None),
+    ("if-exists", false, None),
+    ("no-comments", false, None),
+    ("no-data-for-failed-tables", false, None),
+    ("no-publications", false, None),
+    ("no-security-labels", false, None),
+    ("no-subscriptions", false, None),
+    ("no-table-access-method", false, None),
+    ("no-tablespaces", false, None),
+    ("no-data", false, None),
+    ("no-schema", false, None),
+    ("no-statistics", false, None),
+    ("no-policies", false, None),
+    ("strict-names", false, None),
+    ("use-set-session-authorization", false, None),
+];
+
+fn forbidden(option: String, reason: &'static str) -> RestoreParamError {
+    RestoreParamError::Forbidden { option, reason }
+}
+
+/// Splits extra pg_restore parameters with shell quoting rules and checks them: no connection
+/// option, no output file, no `--create`/`--clean`/`--format` (pgbackman creates the target
+/// database), no `-j` (a restore option of its own), no `--single-transaction`, nothing that
+/// prints instead of restoring, no positional argument. Long options match by unambiguous
+/// prefix as getopt does. Returns the words.
+pub fn check_extra_restore_parameters(s: &str) -> Result<Vec<String>, RestoreParamError> {
+    let words = split_shell_words(s)?;
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        i += 1;
+        if w == "-" || w == "--" || !w.starts_with('-') {
+            return Err(RestoreParamError::Positional(w.clone()));
+        }
+        if let Some(long) = w.strip_prefix("--") {
+            let (name, has_value) = match long.split_once('=') {
+                Some((n, _)) => (n, true),
+                None => (long, false),
+            };
+            let exact = LONG.iter().find(|(n, _, _)| *n == name);
+            let candidates: Vec<_> = LONG
+                .iter()
+                .filter(|(n, _, _)| n.starts_with(name))
+                .collect();
+            if exact.is_none()
+                && let Some((_, _, Some(reason))) = candidates.iter().find(|(_, _, r)| r.is_some())
+            {
+                return Err(forbidden(w.clone(), reason));
+            }
+            let known = exact.or(if candidates.len() == 1 {
+                Some(candidates[0])
+            } else {
+                None
+            });
+            if let Some((_, takes_value, reason)) = known {
+                if let Some(reason) = reason {
+                    return Err(forbidden(w.clone(), reason));
+                }
+                if *takes_value && !has_value {
+                    if i >= words.len() {
+                        return Err(RestoreParamError::MissingValue(w.clone()));
+                    }
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        let letters: Vec<char> = w[1..].chars().collect();
+        for (k, c) in letters.iter().enumerate() {
+            let Some((_, takes_value, reason)) = SHORT.iter().find(|(l, _, _)| l == c) else {
+                continue;
+            };
+            if let Some(reason) = reason {
+                let option = if letters.len() == 1 {
+                    w.clone()
+                } else {
+                    format!("-{c} (in {w})")
+                };
+                return Err(forbidden(option, reason));
+            }
+            if *takes_value {
+                if k + 1 == letters.len() {
+                    if i >= words.len() {
+                        return Err(RestoreParamError::MissingValue(w.clone()));
+                    }
+                    i += 1;
+                }
+                break;
+            }
+        }
+    }
+    Ok(words)
+}
+
+/// PgBackMan's default name for an existing target database that is renamed out of the way:
+/// `<db>_<YYYY_MM_DDTHHMMSS>`, cut to PostgreSQL's 63-byte name limit on a character boundary.
+pub fn default_renamed_dbname(dbname: &str, now: DateTime<Utc>) -> String {
+    let suffix = now.format("_%Y_%m_%dT%H%M%S").to_string();
+    let mut base = dbname.to_string();
+    while base.len() + suffix.len() > 63 {
+        base.pop();
+    }
+    base + &suffix
+}
+
+/// Roles that always exist on a target and can never be created by a restore: predefined
+/// roles (`pg_*`) and the target's bootstrap superuser. They are reused without asking.
+pub fn is_system_role(name: &str, bootstrap_superuser: &str) -> bool {
+    name.starts_with("pg_") || name == bootstrap_superuser
+}
+
+/// What a restore does with the roles a backup needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RolePlan {
+    /// Missing on the target: created by the restore.
+    pub create: Vec<String>,
+    /// Present on the target and chosen for reuse: left exactly as they are.
+    pub reuse: Vec<String>,
+    /// Present on the target, system roles: reused without asking.
+    pub system: Vec<String>,
+    /// Present on the target and not chosen for reuse: the restore cannot go on.
+    pub conflicts: Vec<String>,
+}
+
+/// Which existing roles may be reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReuseRoles {
+    /// None: any existing (non-system) role is a conflict.
+    None,
+    /// Every existing role.
+    All,
+    /// These.
+    Only(BTreeSet<String>),
+}
+
+impl ReuseRoles {
+    /// `all`, `none` (or empty), or a comma list of role names.
+    pub fn parse(s: &str) -> ReuseRoles {
+        match s.trim() {
+            "" | "none" => ReuseRoles::None,
+            "all" => ReuseRoles::All,
+            list => ReuseRoles::Only(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+        }
+    }
+
+    fn allows(&self, role: &str) -> bool {
+        match self {
+            ReuseRoles::None => false,
+            ReuseRoles::All => true,
+            ReuseRoles::Only(set) => set.contains(role),
+        }
+    }
+}
+
+/// Splits `needed` (the backup's role list) by what exists on the target.
+pub fn plan_roles(
+    needed: &[String],
+    existing: &BTreeSet<String>,
+    bootstrap_superuser: &str,
+    reuse: &ReuseRoles,
+) -> RolePlan {
+    let mut plan = RolePlan::default();
+    for r in needed {
+        if !existing.contains(r) {
+            plan.create.push(r.clone());
+        } else if is_system_role(r, bootstrap_superuser) {
+            plan.system.push(r.clone());
+        } else if reuse.allows(r) {
+            plan.reuse.push(r.clone());
+        } else {
+            plan.conflicts.push(r.clone());
+        }
+    }
+    plan
+}
+
+/// How a custom-format dump (zstd-compressed in the set) reaches pg_restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Decoded in-process into pg_restore's stdin: no disk space, but serial (pg_restore cannot
+    /// run `-j` from a pipe).
+    Stream,
+    /// Decoded to a temporary file in the staging area first, then `pg_restore -j N` on it.
+    File,
+}
+
+impl Feed {
+    /// `stream` / `file`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feed::Stream => "stream",
+            Feed::File => "file",
+        }
+    }
+}
+
+/// Chooses the feed for `requested` (`auto`, `stream`, `file`). With `auto`: one job gains
+/// nothing from a file, so stream; with several jobs decompress to a file when the staging
+/// area has room for about `expected_bytes` (the dump uncompressed, estimated from the
+/// database size) plus a margin, since the parallel data load and index builds are worth far
+/// more than the extra pass (measured by bench/restore.sh). Returns the choice and why.
+pub fn choose_feed(
+    requested: &str,
+    jobs: u32,
+    expected_bytes: Option<u64>,
+    free_bytes: Option<u64>,
+) -> (Feed, String) {
+    match requested {
+        "stream" => (Feed::Stream, "asked for".into()),
+        "file" => (Feed::File, "asked for".into()),
+        _ if jobs <= 1 => (Feed::Stream, "one job: a file would only add a pass".into()),
+        _ => match (expected_bytes, free_bytes) {
+            (Some(need), Some(free))
+                if free < need.saturating_add(need / 4).saturating_add(1 << 30) =>
+            {
+                (
+                    Feed::Stream,
+                    format!(
+                        "{jobs} jobs, but the staging area has {} MB free for a dump of about {} MB: streamed serially",
+                        free >> 20,
+                        need >> 20
+                    ),
+                )
+            }
+            (_, None) => (
+                Feed::Stream,
+                "free space in the staging area unknown: streamed serially".into(),
+            ),
+            _ => (
+                Feed::File,
+                format!("{jobs} jobs: decompressed to a file for a parallel restore"),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_restore_parameters() {
+        assert_eq!(
+            check_extra_restore_parameters("--no-owner -n app --if-exists").unwrap(),
+            vec!["--no-owner", "-n", "app", "--if-exists"]
+        );
+        assert!(check_extra_restore_parameters("").unwrap().is_empty());
+        for bad in [
+            "-d x",
+            "--dbname=x",
+            "--host h",
+            "-j 4",
+            "--jobs=2",
+            "--create",
+            "-C",
+            "--clean",
+            "-1",
+            "--single",
+            "-f out.sql",
+            "--list",
+            "-vl",
+            "file.dump",
+            "--",
+        ] {
+            assert!(check_extra_restore_parameters(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            check_extra_restore_parameters("-n"),
+            Err(RestoreParamError::MissingValue(_))
+        ));
+    }
+
+    #[test]
+    fn renamed_name() {
+        let now = DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            default_renamed_dbname("shop", now),
+            "shop_2026_03_04T050607"
+        );
+        let long = "é".repeat(40);
+        let r = default_renamed_dbname(&long, now);
+        assert!(r.len() <= 63 && r.ends_with("_2026_03_04T050607"), "{r}");
+    }
+
+    #[test]
+    fn role_plans() {
+        let needed: Vec<String> = ["app", "postgres", "pg_read_all_data", "reader", "new"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let existing: BTreeSet<String> = ["app", "postgres", "pg_read_all_data", "reader"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = plan_roles(&needed, &existing, "postgres", &ReuseRoles::None);
+        assert_eq!(p.create, vec!["new"]);
+        assert_eq!(p.system, vec!["postgres", "pg_read_all_data"]);
+        assert_eq!(p.conflicts, vec!["app", "reader"]);
+        let p = plan_roles(&needed, &existing, "postgres", &ReuseRoles::parse("app"));
+        assert_eq!(p.reuse, vec!["app"]);
+        assert_eq!(p.conflicts, vec!["reader"]);
+        let p = plan_roles(&needed, &existing, "postgres", &ReuseRoles::parse("all"));
+        assert!(p.conflicts.is_empty());
+        assert_eq!(p.reuse, vec!["app", "reader"]);
+    }
+
+    #[test]
+    fn feeds() {
+        assert_eq!(choose_feed("stream", 8, None, None).0, Feed::Stream);
+        assert_eq!(choose_feed("file", 1, None, None).0, Feed::File);
+        assert_eq!(
+            choose_feed("auto", 1, Some(1), Some(u64::MAX)).0,
+            Feed::Stream
+        );
+        assert_eq!(
+            choose_feed("auto", 4, Some(1 << 30), Some(10 << 30)).0,
+            Feed::File
+        );
+        assert_eq!(
+            choose_feed("auto", 4, Some(8 << 30), Some(10 << 30)).0,
+            Feed::Stream
+        );
+        assert_eq!(choose_feed("auto", 4, None, Some(10 << 30)).0, Feed::File);
+        assert_eq!(choose_feed("auto", 4, Some(1), None).0, Feed::Stream);
+    }
+}

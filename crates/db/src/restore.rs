@@ -1,0 +1,432 @@
+//! Restores: the catalog calls of restore definitions, restore jobs and their reports, the
+//! `show_restore_*` listings, and ([`target`]) the statements run against the target PgSQL node
+//! of a restore (its roles and databases, renaming or dropping a database, dropping a role).
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::types::ToSql;
+
+use crate::catalog::{Audit, Catalog, Filter};
+use crate::error::DbError;
+use crate::rows::Rows;
+
+/// What the shell needs to know about a backup before restoring it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreSource {
+    pub bck_id: i64,
+    pub code: String,
+    pub dbname: String,
+    pub role_list: Vec<String>,
+    pub backup_server_id: i64,
+    pub backup_server: String,
+    pub backup_dir: Option<String>,
+    pub execution_status: String,
+    /// Major of the pg_dump that wrote the set (`pg_dump_release`).
+    pub pg_dump_release: Option<String>,
+    pub source_node: String,
+    pub finished: chrono::DateTime<chrono::Utc>,
+}
+
+/// A restore definition to register; `None` takes the default.
+#[derive(Debug, Clone, Default)]
+pub struct NewRestore {
+    pub at_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub bck_id: i64,
+    pub node: String,
+    pub target_dbname: String,
+    pub renamed_dbname: Option<String>,
+    pub extra: Option<String>,
+    /// Roles the restore creates; the others of the backup's role list are reused.
+    pub roles_to_restore: Vec<String>,
+    pub jobs: Option<i32>,
+    pub decompression: Option<String>,
+    pub acknowledge_nonempty: bool,
+    pub remarks: Option<String>,
+}
+
+/// A claimed restore job as the agent runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRestore {
+    pub job_id: i64,
+    pub restore_def: i64,
+    pub bck_id: i64,
+    pub backup_code: String,
+    pub backup_dir: String,
+    pub source_dbname: String,
+    pub role_list: Vec<String>,
+    pub roles_to_restore: Vec<String>,
+    pub target_node_id: i64,
+    pub node_fqdn: String,
+    pub pgport: i32,
+    pub admin_user: String,
+    pub admin_dbname: String,
+    pub sslmode: String,
+    pub target_dbname: String,
+    pub renamed_dbname: Option<String>,
+    pub extra_restore_parameters: String,
+    pub restore_jobs: i32,
+    pub decompression: String,
+    pub acknowledge_nonempty: bool,
+    pub is_drill: bool,
+    pub backup_pg_release: Option<String>,
+}
+
+impl Catalog {
+    async fn restore_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Rows, DbError> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(sql).await?;
+        let cols = stmt
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let rows = c.query(&stmt, params).await?;
+        Ok(Rows::from_pg_with_columns(cols, &rows))
+    }
+
+    /// The backup behind a BckID, for the restore decisions of the shell.
+    pub async fn restore_source(&self, bck_id: i64) -> Result<RestoreSource, DbError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "select b.bck_id, b.backup_code, b.dbname, b.role_list, b.backup_server_id, s.fqdn, b.backup_dir,
+                        b.execution_status, b.pg_dump_release, n.fqdn || ':' || n.pgport, b.finished
+                   from public.backup_catalog b
+                   join public.backup_server s on s.server_id = b.backup_server_id
+                   join public.pgsql_node n on n.node_id = b.pgsql_node_id
+                  where b.bck_id = $1",
+                &[&bck_id],
+            )
+            .await?
+            .ok_or_else(|| {
+                DbError::Invalid(format!(
+                    "BckID {bck_id} does not exist\nHINT: show_backup_catalog lists the backups"
+                ))
+            })?;
+        Ok(RestoreSource {
+            bck_id: row.get(0),
+            code: row.get(1),
+            dbname: row.get(2),
+            role_list: row.get(3),
+            backup_server_id: row.get(4),
+            backup_server: row.get(5),
+            backup_dir: row.get(6),
+            execution_status: row.get(7),
+            pg_dump_release: row.get(8),
+            source_node: row.get(9),
+            finished: row.get(10),
+        })
+    }
+
+    /// Registers a restore definition and queues its job, in one audited transaction.
+    /// Returns (RestoreDef, JobID).
+    pub async fn register_restore_definition(
+        &self,
+        audit: &Audit,
+        r: &NewRestore,
+    ) -> Result<(i64, i64), DbError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "select set_config('pgbackman.os_user', $1, true), set_config('pgbackman.command', $2, true)",
+            &[&audit.os_user, &audit.command],
+        )
+        .await?;
+        let id: i64 = tx
+            .query_one(
+                "select api.register_restore_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                &[
+                    &r.at_time,
+                    &r.bck_id,
+                    &r.node,
+                    &r.target_dbname,
+                    &r.renamed_dbname,
+                    &r.extra,
+                    &r.roles_to_restore,
+                    &r.jobs,
+                    &r.decompression,
+                    &r.acknowledge_nonempty,
+                    &r.remarks,
+                ],
+            )
+            .await?
+            .get(0);
+        let job: i64 = tx
+            .query_one(
+                "select job_id from public.job where restore_def = $1",
+                &[&id],
+            )
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok((id, job))
+    }
+
+    async fn ids(&self, refs: &Filter, sql: &str) -> Result<Option<Vec<i64>>, DbError> {
+        let Some(refs) = refs else { return Ok(None) };
+        let c = self.client().await?;
+        let mut v = Vec::with_capacity(refs.len());
+        for r in refs {
+            v.push(c.query_one(sql, &[r]).await?.get(0));
+        }
+        Ok(Some(v))
+    }
+
+    /// Restore definitions, newest first; node and database filters refer to the target.
+    pub async fn show_restore_definitions(
+        &self,
+        server: &Filter,
+        node: &Filter,
+        dbname: &Filter,
+    ) -> Result<Rows, DbError> {
+        let servers = self.ids(server, "select api.server_id($1)").await?;
+        let nodes = self.ids(node, "select api.node_id($1)").await?;
+        self.restore_rows(
+            r#"select * from api.show_restore_definitions
+                where ($1::bigint[] is null or "SrvID" = any ($1))
+                  and ($2::bigint[] is null or "NodeID" = any ($2))
+                  and ($3::text[] is null or "Target DBname" = any ($3))
+                order by "RestoreDef" desc limit 1000"#,
+            &[&servers, &nodes, dbname],
+        )
+        .await
+    }
+
+    /// The restore catalog, newest first; node and database filters refer to the target.
+    pub async fn show_restore_catalog(
+        &self,
+        server: &Filter,
+        node: &Filter,
+        dbname: &Filter,
+    ) -> Result<Rows, DbError> {
+        let servers = self.ids(server, "select api.server_id($1)").await?;
+        let nodes = self.ids(node, "select api.node_id($1)").await?;
+        self.restore_rows(
+            r#"select * from api.show_restore_catalog
+                where ($1::bigint[] is null or "SrvID" = any ($1))
+                  and ($2::bigint[] is null or "NodeID" = any ($2))
+                  and ($3::text[] is null or "Target DBname" = any ($3))
+                order by "Finished" desc limit 1000"#,
+            &[&servers, &nodes, dbname],
+        )
+        .await
+    }
+
+    pub async fn show_restore_details(&self, restore_id: i64) -> Result<Rows, DbError> {
+        let r = self
+            .restore_rows("select * from api.show_restore_details($1)", &[&restore_id])
+            .await?;
+        if r.is_empty() {
+            return Err(DbError::Invalid(format!(
+                "RestoreID {restore_id} does not exist\nHINT: show_restore_catalog lists the restores"
+            )));
+        }
+        Ok(r)
+    }
+
+    pub async fn show_restores_in_progress(&self) -> Result<Rows, DbError> {
+        self.restore_rows(
+            r#"select * from api.show_restores_in_progress order by "RestoreDef""#,
+            &[],
+        )
+        .await
+    }
+
+    /// The job's restore: the set, the decisions and the target node.
+    pub async fn agent_restore(&self, job_id: i64) -> Result<AgentRestore, DbError> {
+        let c = self.client().await?;
+        let r = c
+            .query_one("select * from api.agent_restore($1)", &[&job_id])
+            .await?;
+        Ok(AgentRestore {
+            job_id: r.get("job_id"),
+            restore_def: r.get("restore_def"),
+            bck_id: r.get("bck_id"),
+            backup_code: r.get("backup_code"),
+            backup_dir: r.get("backup_dir"),
+            source_dbname: r.get("source_dbname"),
+            role_list: r.get("role_list"),
+            roles_to_restore: r.get("roles_to_restore"),
+            target_node_id: r.get("target_node_id"),
+            node_fqdn: r.get("node_fqdn"),
+            pgport: r.get("pgport"),
+            admin_user: r.get("admin_user"),
+            admin_dbname: r.get("admin_dbname"),
+            sslmode: r.get("sslmode"),
+            target_dbname: r.get("target_dbname"),
+            renamed_dbname: r.get("renamed_dbname"),
+            extra_restore_parameters: r.get("extra_restore_parameters"),
+            restore_jobs: r.get("restore_jobs"),
+            decompression: r.get("decompression"),
+            acknowledge_nonempty: r.get("acknowledge_nonempty"),
+            is_drill: r.get("is_drill"),
+            backup_pg_release: r.get("backup_pg_release"),
+        })
+    }
+
+    /// Records a restore result; idempotent on the job id, fenced by the attempt (SQLSTATE
+    /// PB001 for a stale report). Returns the RestoreID.
+    pub async fn report_restore(
+        &self,
+        job_id: i64,
+        attempt: i32,
+        result: &serde_json::Value,
+    ) -> Result<i64, DbError> {
+        let c = self.client().await?;
+        Ok(c.query_one(
+            "select api.report_restore($1, $2, $3)",
+            &[&job_id, &attempt, result],
+        )
+        .await?
+        .get(0))
+    }
+}
+
+/// Statements against the target PgSQL node of a restore. Errors are the server's message on
+/// one line. Names are quoted by the server (`format('%I')`), never spliced by hand.
+pub mod target {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use tokio_postgres::{Client, NoTls};
+
+    use crate::error::{DbError, describe, describe_one_line};
+
+    /// What a restore must know about its target before it changes anything.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct TargetState {
+        pub server_version: String,
+        pub server_version_num: i32,
+        /// Every database, templates included.
+        pub databases: BTreeSet<String>,
+        /// Every role, predefined ones included.
+        pub roles: BTreeSet<String>,
+        /// The bootstrap superuser (oid 10), usually `postgres`.
+        pub bootstrap_superuser: String,
+    }
+
+    /// Reads the target's version, databases and roles.
+    pub async fn read_state(c: &Client) -> Result<TargetState, String> {
+        let e = |e: tokio_postgres::Error| describe_one_line(&e);
+        let v = crate::introspect::server_facts(c).await?;
+        let databases = c
+            .query("SELECT datname::text FROM pg_catalog.pg_database", &[])
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let roles = c
+            .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let bootstrap_superuser = c
+            .query_one(
+                "SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10",
+                &[],
+            )
+            .await
+            .map_err(e)?
+            .get(0);
+        Ok(TargetState {
+            server_version: v.version,
+            server_version_num: v.version_num,
+            databases,
+            roles,
+            bootstrap_superuser,
+        })
+    }
+
+    /// A short admin connection (for the shell): the target's state, or an error naming it.
+    pub async fn probe(
+        mut config: tokio_postgres::Config,
+        label: &str,
+    ) -> Result<TargetState, DbError> {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name("pgbackman");
+        let (client, conn) = config.connect(NoTls).await.map_err(|e| DbError::Connect {
+            target: format!("PgSQL node {label}"),
+            reason: describe(&e),
+        })?;
+        let task = tokio::spawn(conn);
+        let r = read_state(&client).await.map_err(|m| DbError::Client {
+            context: format!("querying PgSQL node {label}"),
+            reason: m,
+        });
+        drop(client);
+        let _ = task.await;
+        r
+    }
+
+    /// Runs `template` with `%I` placeholders filled by the server's `format()`.
+    async fn run_formatted(c: &Client, template: &str, args: &[&str]) -> Result<(), String> {
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&template];
+        params.extend(
+            args.iter()
+                .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+        let placeholders: Vec<String> = (1..=params.len()).map(|i| format!("${i}::text")).collect();
+        let sql: String = c
+            .query_one(
+                &format!("SELECT pg_catalog.format({})", placeholders.join(", ")),
+                &params,
+            )
+            .await
+            .map_err(|e| describe_one_line(&e))?
+            .get(0);
+        c.batch_execute(&sql)
+            .await
+            .map_err(|e| describe_one_line(&e))
+    }
+
+    /// `ALTER DATABASE from RENAME TO to` (fails while anyone is connected to it).
+    pub async fn rename_database(c: &Client, from: &str, to: &str) -> Result<(), String> {
+        run_formatted(c, "ALTER DATABASE %I RENAME TO %I", &[from, to]).await
+    }
+
+    /// `DROP DATABASE name`, disconnecting its sessions first when `force` (PostgreSQL 13+).
+    pub async fn drop_database(c: &Client, name: &str, force: bool) -> Result<(), String> {
+        if force {
+            run_formatted(c, "DROP DATABASE IF EXISTS %I WITH (FORCE)", &[name]).await
+        } else {
+            run_formatted(c, "DROP DATABASE IF EXISTS %I", &[name]).await
+        }
+    }
+
+    /// `DROP ROLE IF EXISTS name`.
+    pub async fn drop_role(c: &Client, name: &str) -> Result<(), String> {
+        run_formatted(c, "DROP ROLE IF EXISTS %I", &[name]).await
+    }
+
+    /// Sessions connected to `dbname` other than ours.
+    pub async fn other_sessions(c: &Client, dbname: &str) -> Result<i64, String> {
+        c.query_one(
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND pid <> pg_catalog.pg_backend_pid()",
+            &[&dbname],
+        )
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| describe_one_line(&e))
+    }
+
+    /// Roles of `wanted` that exist.
+    pub async fn existing_roles(c: &Client, wanted: &[String]) -> Result<BTreeSet<String>, String> {
+        Ok(c.query(
+            "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY ($1)",
+            &[&wanted],
+        )
+        .await
+        .map_err(|e| describe_one_line(&e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+    }
+}

@@ -1,0 +1,204 @@
+//! Blocking pumps that feed a restore client: zstd decoded in-process into a child's stdin or
+//! into a staging file, and pg_dumpall SQL with the `CREATE ROLE` lines of existing roles
+//! turned into comments. Each counts the bytes it wrote and stops when `abort` is raised.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+const BUF: usize = 1 << 20;
+
+fn stopped() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "stopped")
+}
+
+/// Decodes the zstd file `src` into `dst`. Returns the bytes written.
+pub(crate) fn decode_into(
+    src: &Path,
+    mut dst: impl Write,
+    written: &AtomicU64,
+    abort: &AtomicBool,
+) -> io::Result<u64> {
+    let mut dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    loop {
+        if abort.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
+        let n = match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+        total += n as u64;
+        written.store(total, Ordering::Relaxed);
+    }
+    dst.flush()?;
+    Ok(total)
+}
+
+/// Decodes the zstd file `src` into a new private file `dst` (0600, must not exist).
+pub(crate) fn decode_to_file(
+    src: &Path,
+    dst: &Path,
+    written: &AtomicU64,
+    abort: &AtomicBool,
+) -> io::Result<u64> {
+    let f = crate::set::create_private_file(dst)?;
+    decode_into(src, io::BufWriter::with_capacity(BUF, f), written, abort)
+}
+
+/// The role name of a pg_dumpall `CREATE ROLE name;` line, if it is one.
+pub(crate) fn create_role_name(line: &str) -> Option<String> {
+    let rest = line
+        .trim_end()
+        .strip_prefix("CREATE ROLE ")?
+        .strip_suffix(';')?;
+    if let Some(q) = rest.strip_prefix('"') {
+        let inner = q.strip_suffix('"')?;
+        // Inside quotes only doubled quotes are allowed.
+        if inner.replace("\"\"", "").contains('"') {
+            return None;
+        }
+        Some(inner.replace("\"\"", "\""))
+    } else if !rest.is_empty()
+        && rest.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$' || !c.is_ascii()
+        })
+    {
+        Some(rest.to_string())
+    } else {
+        None
+    }
+}
+
+/// Decodes pg_dumpall SQL from `src` into `dst`. Before the first `\connect` (the roles and
+/// tablespaces part), `CREATE ROLE x;` of a role in `existing` becomes a comment. Returns the
+/// bytes written and the roles whose CREATE was skipped.
+pub(crate) fn decode_sql_into(
+    src: &Path,
+    dst: impl Write,
+    existing: &BTreeSet<String>,
+    written: &AtomicU64,
+    abort: &AtomicBool,
+) -> io::Result<(u64, Vec<String>)> {
+    let dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let mut reader = BufReader::with_capacity(BUF, dec);
+    let mut out = io::BufWriter::with_capacity(BUF, dst);
+    let mut skipped = Vec::new();
+    let mut globals = true;
+    let mut line = Vec::new();
+    let mut total = 0u64;
+    let mut since_check = 0usize;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        since_check += 1;
+        if since_check >= 4096 {
+            since_check = 0;
+            if abort.load(Ordering::Relaxed) {
+                return Err(stopped());
+            }
+        }
+        if globals {
+            if line.starts_with(b"\\connect") {
+                globals = false;
+            } else if line.starts_with(b"CREATE ROLE ")
+                && let Ok(text) = std::str::from_utf8(&line)
+                && let Some(name) = create_role_name(text)
+                && existing.contains(&name)
+            {
+                let comment = format!(
+                    "-- {} -- skipped by pgbackman: the role exists on the target\n",
+                    text.trim_end()
+                );
+                out.write_all(comment.as_bytes())?;
+                total += comment.len() as u64;
+                written.store(total, Ordering::Relaxed);
+                skipped.push(name);
+                continue;
+            }
+        }
+        out.write_all(&line)?;
+        total += line.len() as u64;
+        written.store(total, Ordering::Relaxed);
+    }
+    out.flush()?;
+    Ok((total, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_lines() {
+        assert_eq!(
+            create_role_name("CREATE ROLE postgres;\n").as_deref(),
+            Some("postgres")
+        );
+        assert_eq!(
+            create_role_name("CREATE ROLE \"Bob \"\"x\"\"\";").as_deref(),
+            Some("Bob \"x\"")
+        );
+        assert_eq!(create_role_name("CREATE ROLE a; DROP TABLE x;"), None);
+        assert_eq!(create_role_name("CREATE ROLE \"a\" b\";"), None);
+        assert_eq!(create_role_name("ALTER ROLE a;"), None);
+    }
+
+    #[test]
+    fn sql_filter_only_before_the_first_connect() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = "CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER;\nCREATE ROLE app;\n\\connect template1\nCREATE ROLE postgres;\n";
+        let src = dir.path().join("c.sql.zst");
+        std::fs::write(&src, zstd::encode_all(sql.as_bytes(), 3).unwrap()).unwrap();
+        let mut out = Vec::new();
+        let existing: BTreeSet<String> = ["postgres".to_string()].into();
+        let (n, skipped) = decode_sql_into(
+            &src,
+            &mut out,
+            &existing,
+            &AtomicU64::new(0),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(n as usize, text.len());
+        assert_eq!(skipped, vec!["postgres"]);
+        assert!(
+            text.starts_with("-- CREATE ROLE postgres; -- skipped"),
+            "{text}"
+        );
+        assert!(text.contains("\nCREATE ROLE app;\n"));
+        assert!(text.ends_with("\\connect template1\nCREATE ROLE postgres;\n"));
+    }
+
+    #[test]
+    fn decode_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let src = dir.path().join("d.zst");
+        std::fs::write(&src, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
+        let dst = dir.path().join("d");
+        let w = AtomicU64::new(0);
+        let n = decode_to_file(&src, &dst, &w, &AtomicBool::new(false)).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(w.load(Ordering::Relaxed), n);
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(decode_to_file(&src, &dst, &w, &AtomicBool::new(false)).is_err());
+        let mut sink = Vec::new();
+        assert!(decode_into(&src, &mut sink, &w, &AtomicBool::new(true)).is_err());
+    }
+}
