@@ -313,7 +313,11 @@ impl Catalog {
         self.status().await?.compatibility(&self.target)
     }
 
-    async fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Rows, DbError> {
+    pub(crate) async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Rows, DbError> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(sql).await?;
         let cols = stmt
@@ -326,7 +330,7 @@ impl Catalog {
     }
 
     /// Runs `f` in a transaction tagged for the audit log.
-    async fn mutate<T>(
+    pub(crate) async fn mutate<T>(
         &self,
         audit: &Audit,
         f: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, DbError>,
@@ -352,7 +356,11 @@ impl Catalog {
             .get(0))
     }
 
-    async fn resolve_ids(&self, refs: &Filter, server: bool) -> Result<Option<Vec<i64>>, DbError> {
+    pub(crate) async fn resolve_ids(
+        &self,
+        refs: &Filter,
+        server: bool,
+    ) -> Result<Option<Vec<i64>>, DbError> {
         let Some(refs) = refs else { return Ok(None) };
         let mut v = Vec::with_capacity(refs.len());
         for r in refs {

@@ -26,6 +26,7 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/30_definitions.sql"),
     ),
     ("40_jobs.sql", include_str!("../../../sql/40_jobs.sql")),
+    ("65_alerts.sql", include_str!("../../../sql/65_alerts.sql")),
     (
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),
