@@ -16,7 +16,7 @@ create function api.claim_alerts(p_server bigint, p_agent text, p_limit integer,
 returns table (alert_id bigint, registered timestamptz, alert_type text, ref_id bigint, bck_id bigint,
                restore_id bigint, job_id bigint, backup_server_id bigint, backup_server_fqdn text,
                pgsql_node_id bigint, pgsql_node_fqdn text, dbname text, execution_status text,
-               error_message text, sendto text, attempts integer)
+               error_message text, stderr_tail text, sendto text, attempts integer)
 language plpgsql as $$
 #variable_conflict use_column
 begin
@@ -47,8 +47,9 @@ begin
     )
     select c.alert_id, c.registered, c.alert_type, c.ref_id, c.bck_id, c.restore_id, c.job_id,
            c.backup_server_id, s.fqdn, c.pgsql_node_id, n.fqdn, c.dbname, c.execution_status,
-           c.error_message, c.sendto, c.attempts
+           c.error_message, bc.error_stderr_tail, c.sendto, c.attempts
       from claimed c
+      left join public.backup_catalog bc on bc.bck_id = c.bck_id
       left join public.backup_server s on s.server_id = c.backup_server_id
       left join public.pgsql_node n on n.node_id = c.pgsql_node_id
      order by c.registered, c.alert_id;

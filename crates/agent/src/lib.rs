@@ -3,8 +3,10 @@
 //! A daemon: it logs through tracing and never prints to stdout (except `--check`'s report).
 #![deny(clippy::print_stdout)]
 
+pub mod alerts;
 pub mod job;
 pub mod listen;
+pub mod mail;
 pub mod schedule;
 pub mod state;
 
@@ -179,6 +181,7 @@ async fn run(args: Args) -> Result<()> {
     if args.once {
         return Runner::new(ctx, s.tz, stop).run_once().await;
     }
+    let _alerts = alerts::spawn(ctx.clone(), s.tz, &s.fqdn, stop.clone())?;
     Runner::new(ctx, s.tz, stop).run().await
 }
 
@@ -585,6 +588,9 @@ async fn check(s: &Setup) -> Result<()> {
             }
         }
         Err(e) => line(false, format!("catalog: {e}")),
+    }
+    for (ok, what) in alerts::check(&s.cfg, &s.fqdn).await {
+        line(ok, what);
     }
     for (what, dir) in [
         ("state directory", &s.cfg.state_dir),

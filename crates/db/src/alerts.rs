@@ -27,6 +27,8 @@ pub struct ClaimedAlert {
     pub dbname: String,
     pub execution_status: Option<String>,
     pub error_message: Option<String>,
+    /// The stderr tail of the failed backup (BckID), if any.
+    pub stderr_tail: Option<String>,
     pub sendto: String,
     /// This attempt's number (fences the report).
     pub attempt: i32,
@@ -49,6 +51,7 @@ impl ClaimedAlert {
             dbname: r.get("dbname"),
             execution_status: r.get("execution_status"),
             error_message: r.get("error_message"),
+            stderr_tail: r.get("stderr_tail"),
             sendto: r.get("sendto"),
             attempt: r.get("attempts"),
         }
