@@ -206,6 +206,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_parses() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc/pgbackman-agent.toml");
+        let a = crate::load(Some(&path)).unwrap().agent_section().unwrap();
+        let alerts = a.alerts.unwrap();
+        assert_eq!(alerts.port(), 587);
+        assert_eq!(a.overdue_check_seconds, 300);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let base =
             "[alerts]\nsmtp_server = \"smtp.example.org\"\nfrom_address = \"p@example.org\"\n";
