@@ -115,28 +115,39 @@ begin
 end $$;
 
 -- What the overdue check of an agent needs, per ACTIVE definition of a RUNNING node of its
--- server: the schedule, since when it has been expected to run (creation, last status change of
--- the definition, last change of the node: instants before that were never promised), the
--- newest successful backup, the node's grace period, and whether the current overdue episode
--- (no success since the last alert) was already alerted. The schedule math is the agent's.
+-- server: the schedule, since when it has been expected to run (creation or last status change
+-- of the definition, last status change of the node as the audit log has it: instants before
+-- that were never promised), the newest successful backup, the node's grace period, and whether
+-- the current overdue episode (no success since the last alert) was already alerted. The
+-- schedule math is the agent's.
 create function api.overdue_candidates(p_server bigint)
 returns table (def_id bigint, pgsql_node_id bigint, node_fqdn text, dbname text, backup_code text,
                minutes_cron text, hours_cron text, day_month_cron text, month_cron text, weekday_cron text,
                since timestamptz, last_success timestamptz, grace_seconds float8, alerted boolean)
 language sql stable as $$
+    with nodes as (
+        select n.node_id, n.fqdn,
+               extract(epoch from api.node_config_value(n.node_id, 'overdue_grace_period')::interval)::float8 as grace,
+               (select max(l.at) from public.audit_log l
+                 where l.table_name = 'pgsql_node' and l.object_id = n.node_id::text and l.operation = 'UPDATE'
+                   and (l.old_row ->> 'status') is distinct from (l.new_row ->> 'status')) as status_changed
+          from public.pgsql_node n
+         where n.status = 'RUNNING'
+           and exists (select 1 from public.backup_definition d
+                        where d.pgsql_node_id = n.node_id and d.backup_server_id = p_server)
+    )
     select d.def_id, d.pgsql_node_id, n.fqdn, d.dbname, d.backup_code,
            d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron,
-           greatest(d.registered, d.status_changed_at, n.updated), ls.finished,
-           extract(epoch from api.node_config_value(n.node_id, 'overdue_grace_period')::interval)::float8,
+           greatest(d.registered, d.status_changed_at, n.status_changed), ls.finished, n.grace,
            exists (select 1 from public.alert a
                     where a.alert_type = 'OVERDUE' and a.ref_id = d.def_id
                       and a.registered >= coalesce(ls.finished, '-infinity'))
       from public.backup_definition d
-      join public.pgsql_node n on n.node_id = d.pgsql_node_id
+      join nodes n on n.node_id = d.pgsql_node_id
       left join lateral (select c.finished from public.backup_catalog c
                           where c.def_id = d.def_id and c.execution_status = 'SUCCEEDED'
                           order by c.finished desc limit 1) ls on true
-     where d.backup_server_id = p_server and d.job_status = 'ACTIVE' and n.status = 'RUNNING'
+     where d.backup_server_id = p_server and d.job_status = 'ACTIVE'
 $$;
 
 -- Raises the OVERDUE alert of a definition whose scheduled backup of p_expected has no success,

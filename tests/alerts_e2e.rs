@@ -782,6 +782,28 @@ fn show_alerts_filters_and_retry_alerts() {
     );
     let r = s.env.cmd("retry_alerts all").ok();
     assert!(r.stdout.contains("No FAILED or EXPIRED"), "{}", r.stdout);
+    // Overdue candidates: a node switched off and on again expects nothing from before.
+    s.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    let since = "select since > now() - interval '1 minute' from api.overdue_candidates(1)";
+    s.env.sql(
+        "alter table backup_definition disable trigger bookkeeping;
+         update backup_definition set registered = now() - interval '2 days', status_changed_at = now() - interval '2 days';
+         alter table backup_definition enable trigger bookkeeping",
+    );
+    assert_eq!(s.env.sql(since), "f");
+    s.env
+        .cmd("update_pgsql_node 127.0.0.2 \"\" \"\" STOPPED x")
+        .ok();
+    assert_eq!(
+        s.env.sql("select count(*) from api.overdue_candidates(1)"),
+        "0"
+    );
+    s.env
+        .cmd("update_pgsql_node 127.0.0.2 \"\" \"\" RUNNING x")
+        .ok();
+    assert_eq!(s.env.sql(since), "t");
     let csv = s.env.cmd_args("show_alerts", &["-o", "csv"]).ok();
     assert!(
         csv.stdout.starts_with("alertid,registered,type,state"),

@@ -2,7 +2,7 @@
 //!
 //! A definition is overdue when the latest instant its schedule expected a backup, at least the
 //! grace period ago, has no successful backup finished at or after it. Instants before `since`
-//! (the definition's creation, its last status change, the node's last change) were never
+//! (the definition's creation, its last status change, the node's last status change) were never
 //! promised and do not count. Whether an alert is raised for it (once per episode) is the
 //! catalog's business.
 
