@@ -722,6 +722,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_lists_every_variable() {
+        let doc = include_str!("../../../etc/pgbackman-agent.toml");
+        for v in VARIABLES {
+            assert!(
+                doc.contains(v),
+                "etc/pgbackman-agent.toml does not mention {v}"
+            );
+        }
+    }
+
+    #[test]
     fn durations_in_words() {
         let h = |s| human(chrono::Duration::seconds(s));
         assert_eq!(
