@@ -688,8 +688,7 @@ fn starttls_with_login_and_a_private_ca() {
     // The password is in no log.
     assert!(!a.log().contains("s3cret"));
 
-    // A wrong password: --check says so, and an agent that cannot log in leaves the alert
-    // queued with the server's answer.
+    // A wrong password: --check says so (the running agent read its password at start).
     std::fs::write(&pw, "wrong\n").unwrap();
     let check = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
         .arg("--config")
@@ -809,6 +808,66 @@ fn show_alerts_filters_and_retry_alerts() {
         csv.stdout.starts_with("alertid,registered,type,state"),
         "{}",
         csv.stdout
+    );
+    let _ = &s.node;
+}
+
+#[test]
+fn claims_are_fenced_old_alerts_expire_and_only_mailed_ones_are_purged() {
+    let s = site();
+    s.env.sql(
+        "insert into alert (alert_type, backup_server_id, pgsql_node_id, dbname, sendto, registered, next_attempt_at)
+         values ('BACKUP', 1, 1, 'shop', 'x@example.org', now() - interval '10 days', now() - interval '10 days'),
+                ('BACKUP', 1, 1, 'shop', 'x@example.org', now(), now()),
+                ('BACKUP', 2, 1, 'shop', 'x@example.org', now(), now())",
+    );
+    // Agent a of server 1: the 10-day-old alert expires, the fresh one of server 1 is claimed,
+    // server 2's is not (not due long enough for a hand-over).
+    let claimed = s.env.sql(
+        "select string_agg(alert_id || ':' || attempts || ':' || sendto, ',') from api.claim_alerts(1, 'a', 10, '1 minute', '10 minutes', '7 days')",
+    );
+    assert_eq!(
+        claimed, "2:1:dba@example.org",
+        "the node's logs_email as it is now"
+    );
+    assert_eq!(
+        s.env
+            .sql("select string_agg(alert_id || ' ' || state, ',' order by alert_id) from alert"),
+        "1 EXPIRED,2 QUEUED,3 QUEUED"
+    );
+    // Claimed: nobody else gets it while the claim holds.
+    assert_eq!(
+        s.env.sql(
+            "select count(*) from api.claim_alerts(1, 'b', 10, '1 minute', '10 minutes', '7 days')"
+        ),
+        "0"
+    );
+    // A report of another agent or attempt is dropped; the holder's lands.
+    assert_eq!(s.env.sql("select api.alert_sent(2, 'b', 1, '<x>')"), "f");
+    assert_eq!(s.env.sql("select api.alert_sent(2, 'a', 2, '<x>')"), "f");
+    assert_eq!(
+        s.env
+            .sql("select api.alert_failed(2, 'a', 1, 'boom', '0 seconds', false)"),
+        "QUEUED"
+    );
+    assert_eq!(
+        s.env.sql(
+            "select string_agg(alert_id::text, ',') from api.claim_alerts(1, 'b', 10, '1 minute', '10 minutes', '7 days')"
+        ),
+        "2"
+    );
+    assert_eq!(s.env.sql("select api.alert_sent(2, 'a', 1, '<x>')"), "f");
+    assert_eq!(s.env.sql("select api.alert_sent(2, 'b', 2, '<x>')"), "t");
+    // Purge: mailed long ago goes, undelivered stays whatever its age.
+    s.env.sql(
+        "update alert set sent_at = now() - interval '100 days' where alert_id = 2;
+         update alert set state = 'FAILED', backup_server_id = 1, registered = now() - interval '100 days' where alert_id = 3",
+    );
+    assert_eq!(s.env.sql("select api.purge_sent_alerts(1, '90 days')"), "1");
+    assert_eq!(
+        s.env
+            .sql("select string_agg(alert_id || ' ' || state, ',' order by alert_id) from alert"),
+        "1 EXPIRED,3 FAILED"
     );
     let _ = &s.node;
 }
