@@ -871,3 +871,31 @@ fn claims_are_fenced_old_alerts_expire_and_only_mailed_ones_are_purged() {
     );
     let _ = &s.node;
 }
+
+#[test]
+fn the_sender_survives_a_catalog_outage() {
+    let s = site();
+    let port = free_port();
+    let mail = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(port, mail.path(), &[]);
+    let a = Agent::start(&s.env, "bs1.example.org", Some(&plain_smtp(port)), None, "");
+    std::thread::sleep(Duration::from_secs(2));
+    s.env.catalog.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    s.env.catalog.start_again();
+    // An alert that reaches the catalog after the outage (as a replayed report would) is mailed.
+    s.env.sql(
+        "insert into alert (alert_type, backup_server_id, pgsql_node_id, dbname, execution_status, error_message, sendto)
+         values ('BACKUP', 1, 1, 'shop', 'ERROR', 'replayed', 'dba@example.org')",
+    );
+    wait_for(&s.env, "select state from alert", "SENT", 40, &[&a]);
+    assert_eq!(smtp.messages().len(), 1);
+    assert!(
+        a.log().contains("claiming alerts to mail failed")
+            || a.log()
+                .contains("overdue check: reading the definitions failed"),
+        "{}",
+        a.log()
+    );
+    let _ = &s.node;
+}
