@@ -138,18 +138,7 @@ begin
     return found;
 end $$;
 
--- Sent alerts of this server older than its sent_alerts_retention (PgBackMan kept them forever).
-create function api.purge_sent_alerts(p_server bigint) returns integer
-language plpgsql as $$
-declare
-    v integer;
-begin
-    delete from public.alert a
-     where a.backup_server_id = p_server and a.alert_sent
-       and coalesce(a.sent_at, a.registered) < now() - api.server_config_value(p_server, 'sent_alerts_retention')::interval;
-    get diagnostics v = row_count;
-    return v;
-end $$;
+-- (api.purge_sent_alerts, called by maintenance, is in 65_alerts.sql.)
 
 -- ---- quarantine, reactivation, expiry, autoregister -----------------------------------------
 

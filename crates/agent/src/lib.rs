@@ -3,9 +3,11 @@
 //! A daemon: it logs through tracing and never prints to stdout (except `--check`'s report).
 #![deny(clippy::print_stdout)]
 
+pub mod alerts;
 pub mod health;
 pub mod job;
 pub mod listen;
+pub mod mail;
 pub mod maintenance;
 pub mod replay;
 pub mod restore_job;
@@ -271,6 +273,7 @@ async fn run(args: Args) -> Result<()> {
         return Runner::new(ctx, s.tz, stop, s.fqdn).run_once().await;
     }
     let _maintenance = maintenance::spawn(ctx.clone(), stop.clone());
+    let _alerts = alerts::spawn(ctx.clone(), s.tz, &s.fqdn, stop.clone())?;
     Runner::new(ctx, s.tz, stop, s.fqdn).run().await
 }
 
@@ -846,6 +849,9 @@ async fn check(s: &Setup) -> Result<()> {
             }
         }
         Err(e) => line(false, format!("catalog: {e}")),
+    }
+    for (ok, what) in alerts::check(&s.cfg, &s.fqdn).await {
+        line(ok, what);
     }
     for (what, dir) in [
         ("state directory", &s.cfg.state_dir),

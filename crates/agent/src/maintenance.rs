@@ -82,7 +82,7 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     let forced = retention::forced_deletions(ctx, stop).await?;
     let nodes = retention::deleted_nodes(ctx, stop).await?;
     let r = retention::enforce(ctx, stop).await?;
-    let alerts = ctx.catalog.purge_sent_alerts(ctx.server_id).await?;
+    let alerts = ctx.catalog.purge_sent_alerts(ctx.server_id, None).await?;
     if forced + nodes + r.deleted + r.refused > 0 || alerts > 0 {
         tracing::info!(
             forced_deletions = forced,

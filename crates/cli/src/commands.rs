@@ -146,6 +146,8 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "verify_backup" | "run_restore_drill" | "update_drill_schedule" | "show_verifications" => {
             crate::commands_verify::run(s, inv).await
         }
+        "show_alerts" => crate::commands_alerts::show_alerts(s, inv).await,
+        "retry_alerts" => crate::commands_alerts::retry_alerts(s, inv).await,
         "show_pgbackman_config" => show_pgbackman_config(s).await,
         "show_pgbackman_stats" => report("pgbackman_stats", s.catalog.pgbackman_stats().await),
         "show_audit_log" => {

@@ -2,6 +2,7 @@
 //! rendering (comfy-table, CSV, JSON), `db init|upgrade|status` and `quickstart`.
 
 pub mod commands;
+pub mod commands_alerts;
 pub mod commands_restore;
 pub mod commands_verify;
 pub mod parse;

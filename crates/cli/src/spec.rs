@@ -660,6 +660,32 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &["show_restores_in_progress"],
     },
     Cmd {
+        name: "show_alerts",
+        group: SYSTEM,
+        about: "Alerts, newest first (1000 at most): failed backups, snapshots and restores, lost jobs, overdue \
+                definitions, quarantine. State: QUEUED (not mailed yet, see Last error), SENT, FAILED (gave up; \
+                retry_alerts), EXPIRED (too old to mail when it could be).",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "NodeID | FQDN | all"),
+            pos("state", "State (QUEUED, SENT, FAILED, EXPIRED) | all"),
+            opt("type", "Alert type(s), e.g. BACKUP,LOST_JOB,OVERDUE"),
+            opt("limit", "Maximum rows (default 1000)"),
+        ],
+        examples: &[
+            "show_alerts",
+            "show_alerts all pg01.example.org QUEUED,FAILED",
+            "show_alerts all all all --type OVERDUE",
+        ],
+    },
+    Cmd {
+        name: "retry_alerts",
+        group: SYSTEM,
+        about: "Queue alerts that were not mailed (FAILED or EXPIRED) for mailing again, with fresh attempts.",
+        args: &[pos("alerts", "AlertID[,AlertID...] | all")],
+        examples: &["retry_alerts 12,13", "retry_alerts all"],
+    },
+    Cmd {
         name: "show_pgbackman_config",
         group: SYSTEM,
         about: "Effective settings of this shell: configuration file, catalog, versions, output format.",

@@ -49,6 +49,12 @@ pub struct AgentSection {
     pub http_listen: String,
     /// pgpass file handed to pg_dump (PGPASSFILE); default: libpq's own lookup.
     pub passfile: Option<PathBuf>,
+    /// Look for overdue definitions this often; 0 disables the check.
+    #[serde(default = "default_overdue_check_seconds")]
+    pub overdue_check_seconds: u64,
+    /// Mailing of alerts (`[agent.alerts]`); None: alerts stay queued in the catalog.
+    #[serde(default)]
+    pub alerts: Option<crate::agent_alerts::AlertsSection>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -75,6 +81,9 @@ fn default_catch_up_seconds() -> u64 {
 fn default_maintenance_seconds() -> u64 {
     300
 }
+fn default_overdue_check_seconds() -> u64 {
+    300
+}
 fn default_http_listen() -> String {
     "127.0.0.1:9187".into()
 }
@@ -95,6 +104,8 @@ impl Default for AgentSection {
             maintenance_seconds: default_maintenance_seconds(),
             http_listen: default_http_listen(),
             passfile: None,
+            overdue_check_seconds: default_overdue_check_seconds(),
+            alerts: None,
         }
     }
 }
@@ -164,6 +175,9 @@ fn check(a: &AgentSection, path: &Path) -> Result<(), ConfigError> {
             a.backup_dir.display().to_string(),
             "use an absolute path",
         ));
+    }
+    if let Some(alerts) = &a.alerts {
+        crate::agent_alerts::check(alerts, path)?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! and argument-less variants use the real process environment.
 
 mod agent;
+mod agent_alerts;
 mod conninfo;
 mod file;
 mod host;
@@ -14,6 +15,7 @@ mod pgpass;
 use std::path::PathBuf;
 
 pub use agent::AgentSection;
+pub use agent_alerts::{AlertsSection, SmtpSecurity};
 pub use conninfo::{
     Resolved, node_config, node_config_with, redacted, resolve, resolve_conninfo, resolve_env,
     ssl_mode,

@@ -8,6 +8,7 @@
 //! - [`interval`]: the "random minute/hour inside the node's configured interval" rule.
 //! - [`model`]: codes and statuses, database selections (`#all_databases#`, ...), filters,
 //!   object references, ports, redundancy, extra pg_dump parameters.
+//! - [`overdue`]: whether a definition's expected backup is missing past its grace period.
 //! - [`paths`]: encoding of any name into one safe path component.
 //! - [`restore`]: extra pg_restore parameters, role create/reuse plans, renamed-database names,
 //!   stream-or-file choice of a restore.
@@ -19,6 +20,7 @@
 pub mod cron;
 pub mod interval;
 pub mod model;
+pub mod overdue;
 pub mod params;
 pub mod paths;
 pub mod restore;

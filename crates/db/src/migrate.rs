@@ -36,6 +36,7 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "60_retention.sql",
         include_str!("../../../sql/60_retention.sql"),
     ),
+    ("65_alerts.sql", include_str!("../../../sql/65_alerts.sql")),
     (
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),

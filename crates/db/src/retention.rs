@@ -302,16 +302,6 @@ impl Catalog {
         .get(0))
     }
 
-    /// Removes sent alerts older than the server's sent_alerts_retention; returns how many.
-    pub async fn purge_sent_alerts(&self, server_id: i64) -> Result<i32, DbError> {
-        let c = self.client().await?;
-        Ok(
-            c.query_one("select api.purge_sent_alerts($1)", &[&server_id])
-                .await?
-                .get(0),
-        )
-    }
-
     pub async fn maintenance_nodes(&self, server_id: i64) -> Result<Vec<MaintenanceNode>, DbError> {
         let c = self.client().await?;
         let rows = c
