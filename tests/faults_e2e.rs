@@ -118,7 +118,12 @@ fn a_catalog_outage_loses_no_scheduled_backup_and_replays_each_once() {
     assert!(spooled_before >= 20, "{spooled_before}");
 
     f.env.catalog.start_again();
+    let back = Instant::now();
     wait_until("the spool to drain", 90, &a, || a.spooled().is_empty());
+    eprintln!(
+        "{spooled_before} spooled results in the catalog {:?} after it came back",
+        back.elapsed()
+    );
     wait_until("healthz online", 10, &a, || {
         a.http_get("/healthz").contains("\"status\":\"online\"")
     });
