@@ -364,3 +364,120 @@ fn reference_database_restored_onto_a_fresh_node_then_conflicts() {
     assert_eq!(env.sql("select count(*) from restore_definition"), "2");
     drop(agent);
 }
+
+/// The shell's checks, without an agent: what cannot be restored is refused with the way on,
+/// the plan tells the decisions, and a queued restore can be followed and cancelled.
+#[test]
+fn restore_commands_decide_or_refuse_with_a_hint() {
+    let env = Env::new();
+    let n = TestCluster::start_on(&["127.0.0.2"]);
+    n.create_database("shop");
+    n.psql("postgres", "create role app");
+    env.cmd("register_backup_server bs1 example.org x").ok();
+    env.cmd(&format!(
+        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
+        n.port()
+    ))
+    .ok();
+    env.cmd("register_pgsql_node stopped.example.org \"\" 5999 postgres STOPPED s")
+        .ok();
+    env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    env.sql(
+        "insert into backup_catalog (def_id, backup_server_id, pgsql_node_id, dbname, backup_code, started, finished,
+                                     execution_status, execution_method, backup_dir, role_list, pg_dump_release)
+         values (1, 1, 1, 'shop', 'FULL', now(), now(), 'SUCCEEDED', 'MANUAL', '/nonexistent/set', '{app,newrole,postgres}', '15'),
+                (1, 1, 1, 'shop', 'FULL', now(), now(), 'ERROR', 'MANUAL', null, '{}', '15'),
+                (1, 1, 1, 'shop', 'DATA', now(), now(), 'SUCCEEDED', 'MANUAL', '/nonexistent/data', '{app}', '15'),
+                (1, 1, 1, '', 'CLUSTER', now(), now(), 'SUCCEEDED', 'MANUAL', '/nonexistent/cluster', '{}', '15')",
+    );
+    let r = |line: &str| env.cmd(&format!("register_restore_definition {line}"));
+    r("now 99 127.0.0.2 shop \"\"").fails_with("BckID 99 does not exist");
+    r("now 2 127.0.0.2 shop \"\"").fails_with("its backup ended ERROR");
+    r("now 3 127.0.0.2 shop2 \"\"").fails_with("DATA backup");
+    r("now 4 127.0.0.2 x \"\"").fails_with("restores the whole cluster");
+    r("now 1 stopped.example.org shop \"\"").fails_with("is STOPPED");
+    r("now 1 127.0.0.2 shop \"--jobs 4\"").fails_with("pg_restore option \"--jobs\"");
+    r("now 1 127.0.0.2 shop2 \"\" --jobs 0").fails_with("--jobs \"0\"");
+    r("now 1 127.0.0.2 shop2 \"\" --decompression fast").fails_with("auto, stream or file");
+    r("tomorrow 1 127.0.0.2 shop2 \"\"").fails_with("is not a time");
+    // The target exists, then a role exists: each stop names the option that goes on.
+    r("now 1 127.0.0.2 shop \"\"").fails_with("--rename-existing auto");
+    r("now 1 127.0.0.2 shop \"\" --rename-existing auto").fails_with("--reuse-roles app");
+    r("now 1 127.0.0.2 shop \"\" --rename-existing shop --reuse-roles app")
+        .fails_with("give another --rename-existing name");
+    let plan = env
+        .cmd_args(
+            "register_restore_definition now 1 127.0.0.2 shop \"--no-owner\" --rename-existing shop_old --reuse-roles app --jobs 3 --dry-run",
+            &["-o", "json"],
+        )
+        .ok()
+        .json();
+    let p = &plan["restore_plan"][0];
+    assert_eq!(p["roles_to_create"], serde_json::json!(["newrole"]), "{p}");
+    assert_eq!(
+        p["roles_reused_as_they_are"],
+        serde_json::json!(["app"]),
+        "{p}"
+    );
+    assert_eq!(
+        p["system_roles_reused"],
+        serde_json::json!(["postgres"]),
+        "{p}"
+    );
+    assert_eq!(p["existing_database_renamed_to"], "shop_old", "{p}");
+    assert_eq!(p["jobs"], 3, "{p}");
+    assert_eq!(p["extra_parameters"], "--no-owner", "{p}");
+    assert!(
+        p["database_settings"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/set/database.sql on bs1.example.org"),
+        "{p}"
+    );
+    // CLUSTER onto a cluster that has a database and a role: only when acknowledged.
+    r("now 4 127.0.0.2 \"\" \"\"").fails_with("--acknowledge-nonempty");
+    r("now 4 127.0.0.2 \"\" \"\" --acknowledge-nonempty --dry-run").ok();
+    r("now 1 127.0.0.2 shop2 \"\" --acknowledge-nonempty").fails_with("for CLUSTER and GLOBALS");
+    assert_eq!(env.sql("select count(*) from restore_definition"), "0");
+
+    // Registered for later: queued, listed, cancelled.
+    let done = r("\"2099-01-01 00:00\" 1 127.0.0.2 shop2 \"\" --reuse-roles all").ok();
+    assert!(
+        done.stdout.contains("RestoreDef 1 registered"),
+        "{}",
+        done.stdout
+    );
+    assert_eq!(
+        env.sql("select concat_ws(' ', target_dbname, renamed_dbname is null, array_to_string(roles_to_restore, ','), restore_jobs, decompression) from restore_definition"),
+        "shop2 t newrole 1 auto"
+    );
+    let defs = env.json("show_restore_definitions all 127.0.0.2 shop2");
+    assert_eq!(
+        defs["restore_definitions"][0]["status"], "WAITING",
+        "{defs}"
+    );
+    let q = env.json("show_jobs_queue");
+    assert_eq!(q["jobs_queue"][0]["kind"], "RESTORE", "{q}");
+    assert_eq!(q["jobs_queue"][0]["dbname"], "shop2", "{q}");
+    let job = q["jobs_queue"][0]["jobid"].as_i64().unwrap();
+    env.cmd(&format!("cancel_job {job}")).ok();
+    let defs = env.json("show_restore_definitions");
+    assert_eq!(
+        defs["restore_definitions"][0]["status"], "CANCELLED",
+        "{defs}"
+    );
+    env.cmd("show_restore_details 5")
+        .fails_with("RestoreID 5 does not exist");
+    assert!(
+        env.json("show_restore_catalog")["restore_catalog"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // Every change is in the audit log.
+    assert_eq!(
+        env.sql("select count(*) from audit_log where table_name = 'restore_definition'"),
+        "1"
+    );
+}
