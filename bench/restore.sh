@@ -7,12 +7,13 @@
 #       wall = job.finished_at - job.claimed_at (checksums verified first, undo-ready);
 #   (b) pgbackman, stream feed: the same with --decompression stream (zstd decoded in-process
 #       into pg_restore's stdin; serial, no disk);
-#   (c) PgBackMan's serial restore of its own FULL set (reference §5.5): the set is
-#       `pg_dump -Fc` (untimed), the restore `CREATE DATABASE` then `pg_restore -d DB set` without -j,
-#       wall = date before/after.
+#   (c) PgBackMan's serial restore (reference §5.5) of a `pg_dump -Fc` set (untimed): `CREATE
+#       DATABASE` then `pg_restore -d DB set` without -j, wall = date before/after;
+#   (d) the same from PgBackMan's actual FULL set of reference §4.2, `pg_dump --format=d --blobs`
+#       (directory format, gzip by pg_dump), restored serially as §5.5 does.
 # Each restored database is dropped before the next run. Each is repeated REPS times
 # (interleaved) and the median is reported. Nothing here fails on a number: PASS/MISS compares
-# with the target (pgbackman / PgBackMan <= 0.6).
+# with the target (pgbackman / PgBackMan <= 0.6, against (c) and, for information, (d)).
 #
 # Usage: bench/restore.sh [scale]        (scale of reference-db.sql, default 4, about 1.4 GB)
 #   env: BIN_DIR=DIR uses pgbackman and pgbackman-agent from DIR instead of building the tree;
@@ -144,7 +145,10 @@ log "BckID $BCK: $(mb "$BSIZE") MB"
 log "PgBackMan's FULL set: pg_dump -Fc (default compression)"
 timeout 3600 "$PGBIN/pg_dump" "${NODE_CONN[@]}" -Fc -f "$WORK/orig/$DB.dump" "$DB"
 OSIZE=$(stat -c %s "$WORK/orig/$DB.dump")
-log "PgBackMan set: $(mb "$OSIZE") MB"
+log "PgBackMan -Fc set: $(mb "$OSIZE") MB"
+timeout 3600 "$PGBIN/pg_dump" "${NODE_CONN[@]}" --format=d --blobs -f "$WORK/orig/$DB.dir" "$DB"
+DSIZE=$(du -sb "$WORK/orig/$DB.dir" | cut -f1)
+log "PgBackMan FULL set (-Fd --blobs): $(mb "$DSIZE") MB"
 
 # ---- the three restores --------------------------------------------------------------------------
 run_pgbackman() { # NAME EXTRA_OPTIONS: prints "wall_seconds restore_id"
@@ -157,11 +161,11 @@ run_pgbackman() { # NAME EXTRA_OPTIONS: prints "wall_seconds restore_id"
              from job j join restore_catalog r using (job_id) where j.job_id = $job" | tr '|' ' '
 }
 
-run_pgbackman_original() { # NAME: prints "wall_seconds"
-    local name=$1 t0 t1
+run_pgbackman_original() { # NAME SET: prints "wall_seconds"
+    local name=$1 set=$2 t0 t1
     t0=$(now)
     npsql "create database $name"
-    timeout 3600 "$PGBIN/pg_restore" "${NODE_CONN[@]}" -d "$name" "$WORK/orig/$DB.dump" 2>"$WORK/orig/restore.log" ||
+    timeout 3600 "$PGBIN/pg_restore" "${NODE_CONN[@]}" -d "$name" "$set" 2>"$WORK/orig/restore.log" ||
         { tail -20 "$WORK/orig/restore.log" >&2; exit 1; }
     t1=$(now)
     awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}'
@@ -169,7 +173,7 @@ run_pgbackman_original() { # NAME: prints "wall_seconds"
 
 drop() { npsql "drop database if exists $1 with (force)"; }
 
-A_WALL=() B_WALL=() C_WALL=() RID_A= RID_B=
+A_WALL=() B_WALL=() C_WALL=() D_WALL=() RID_A= RID_B=
 for i in $(seq "$REPS"); do
     read -r w RID_A <<<"$(run_pgbackman "r_auto_$i" "--jobs $JOBS")"
     A_WALL+=("$w")
@@ -179,29 +183,37 @@ for i in $(seq "$REPS"); do
     B_WALL+=("$w")
     log "rep $i/$REPS pgbackman stream: ${w}s"
     drop "r_stream_$i"
-    w=$(run_pgbackman_original "r_orig_$i")
+    w=$(run_pgbackman_original "r_orig_$i" "$WORK/orig/$DB.dump")
     C_WALL+=("$w")
-    log "rep $i/$REPS PgBackMan serial pg_restore: ${w}s"
+    log "rep $i/$REPS PgBackMan serial pg_restore of -Fc: ${w}s"
     drop "r_orig_$i"
+    w=$(run_pgbackman_original "r_origd_$i" "$WORK/orig/$DB.dir")
+    D_WALL+=("$w")
+    log "rep $i/$REPS PgBackMan serial pg_restore of -Fd: ${w}s"
+    drop "r_origd_$i"
 done
 
 am=$(printf '%s\n' "${A_WALL[@]}" | median)
 bm=$(printf '%s\n' "${B_WALL[@]}" | median)
 cm=$(printf '%s\n' "${C_WALL[@]}" | median)
+dm=$(printf '%s\n' "${D_WALL[@]}" | median)
 r1=$(ratio "$am" "$cm")
 r2=$(ratio "$bm" "$cm")
+r3=$(ratio "$am" "$dm")
 
 echo
 echo "restore of the reference database, scale $SCALE ($(mb "$DBSIZE") MB on disk), $REPS run(s) each, median"
 echo "build: $BUILD; host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "sets: pgbackman BckID $BCK $(mb "$BSIZE") MB (custom, zstd); PgBackMan pg_dump -Fc $(mb "$OSIZE") MB"
+echo "sets: pgbackman BckID $BCK $(mb "$BSIZE") MB (custom, zstd); pg_dump -Fc $(mb "$OSIZE") MB; PgBackMan FULL -Fd $(mb "$DSIZE") MB"
 printf '%-58s %10s   %s\n' "method" "wall (s)" "runs (s)"
 printf '%-58s %10.2f   %s\n' "pgbackman --jobs $JOBS (auto feed; job claimed -> finished)" "$am" "${A_WALL[*]}"
 printf '%-58s %10.2f   %s\n' "pgbackman --decompression stream (serial)" "$bm" "${B_WALL[*]}"
-printf '%-58s %10.2f   %s\n' "PgBackMan (CREATE DATABASE + pg_restore, no -j)" "$cm" "${C_WALL[*]}"
+printf '%-58s %10.2f   %s\n' "PgBackMan, -Fc set (CREATE DATABASE + pg_restore, no -j)" "$cm" "${C_WALL[*]}"
+printf '%-58s %10.2f   %s\n' "PgBackMan, its FULL -Fd set (same, serial)" "$dm" "${D_WALL[*]}"
 echo
-printf 'wall  pgbackman auto   / PgBackMan = %s   (target <= 0.60)  %s\n' "$r1" "$(verdict "$r1" 0.60)"
-printf 'wall  pgbackman stream / PgBackMan = %s   (no target: the serial feed, for the choice)\n' "$r2"
+printf 'wall  pgbackman auto   / PgBackMan -Fc = %s   (target <= 0.60)  %s\n' "$r1" "$(verdict "$r1" 0.60)"
+printf 'wall  pgbackman auto   / PgBackMan -Fd = %s   (its actual FULL set, for information)\n' "$r3"
+printf 'wall  pgbackman stream / PgBackMan -Fc = %s   (no target: the serial feed, for the choice)\n' "$r2"
 echo
 for rid in $RID_A $RID_B; do
     echo "phase timings of RestoreID $rid ($(cpsql "select flags ->> 'feed' from restore_catalog where restore_id = $rid") feed, seconds):"
