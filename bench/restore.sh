@@ -7,6 +7,8 @@
 #       wall = job.finished_at - job.claimed_at (checksums verified first, undo-ready);
 #   (b) pgbackman, stream feed: the same with --decompression stream (zstd decoded in-process
 #       into pg_restore's stdin; serial, no disk);
+#   (b') pgbackman, tee feed: --decompression tee --jobs J (pre-data and data streamed serially
+#       while the staging file is written, then post-data with -j J from the file);
 #   (c) PgBackMan's serial restore (reference §5.5) of a `pg_dump -Fc` set (untimed): `CREATE
 #       DATABASE` then `pg_restore -d DB set` without -j, wall = date before/after;
 #   (d) the same from PgBackMan's actual FULL set of reference §4.2, `pg_dump --format=d --blobs`
@@ -173,7 +175,7 @@ run_pgbackman_original() { # NAME SET: prints "wall_seconds"
 
 drop() { npsql "drop database if exists $1 with (force)"; }
 
-A_WALL=() B_WALL=() C_WALL=() D_WALL=() RID_A= RID_B=
+A_WALL=() B_WALL=() T_WALL=() C_WALL=() D_WALL=() RID_A= RID_B= RID_T=
 for i in $(seq "$REPS"); do
     read -r w RID_A <<<"$(run_pgbackman "r_auto_$i" "--jobs $JOBS")"
     A_WALL+=("$w")
@@ -183,6 +185,10 @@ for i in $(seq "$REPS"); do
     B_WALL+=("$w")
     log "rep $i/$REPS pgbackman stream: ${w}s"
     drop "r_stream_$i"
+    read -r w RID_T <<<"$(run_pgbackman "r_tee_$i" "--jobs $JOBS --decompression tee")"
+    T_WALL+=("$w")
+    log "rep $i/$REPS pgbackman tee (-j $JOBS for post-data): ${w}s"
+    drop "r_tee_$i"
     w=$(run_pgbackman_original "r_orig_$i" "$WORK/orig/$DB.dump")
     C_WALL+=("$w")
     log "rep $i/$REPS PgBackMan serial pg_restore of -Fc: ${w}s"
@@ -195,11 +201,13 @@ done
 
 am=$(printf '%s\n' "${A_WALL[@]}" | median)
 bm=$(printf '%s\n' "${B_WALL[@]}" | median)
+tm=$(printf '%s\n' "${T_WALL[@]}" | median)
 cm=$(printf '%s\n' "${C_WALL[@]}" | median)
 dm=$(printf '%s\n' "${D_WALL[@]}" | median)
 r1=$(ratio "$am" "$cm")
 r2=$(ratio "$bm" "$cm")
 r3=$(ratio "$am" "$dm")
+r4=$(ratio "$tm" "$cm")
 
 echo
 echo "restore of the reference database, scale $SCALE ($(mb "$DBSIZE") MB on disk), $REPS run(s) each, median"
@@ -208,14 +216,16 @@ echo "sets: pgbackman BckID $BCK $(mb "$BSIZE") MB (custom, zstd); pg_dump -Fc $
 printf '%-58s %10s   %s\n' "method" "wall (s)" "runs (s)"
 printf '%-58s %10.2f   %s\n' "pgbackman --jobs $JOBS (auto feed; job claimed -> finished)" "$am" "${A_WALL[*]}"
 printf '%-58s %10.2f   %s\n' "pgbackman --decompression stream (serial)" "$bm" "${B_WALL[*]}"
+printf '%-58s %10.2f   %s\n' "pgbackman --decompression tee --jobs $JOBS" "$tm" "${T_WALL[*]}"
 printf '%-58s %10.2f   %s\n' "PgBackMan, -Fc set (CREATE DATABASE + pg_restore, no -j)" "$cm" "${C_WALL[*]}"
 printf '%-58s %10.2f   %s\n' "PgBackMan, its FULL -Fd set (same, serial)" "$dm" "${D_WALL[*]}"
 echo
 printf 'wall  pgbackman auto   / PgBackMan -Fc = %s   (target <= 0.60)  %s\n' "$r1" "$(verdict "$r1" 0.60)"
 printf 'wall  pgbackman auto   / PgBackMan -Fd = %s   (its actual FULL set, for information)\n' "$r3"
 printf 'wall  pgbackman stream / PgBackMan -Fc = %s   (no target: the serial feed, for the choice)\n' "$r2"
+printf 'wall  pgbackman tee    / PgBackMan -Fc = %s   (no target: the tee feed, for the choice)\n' "$r4"
 echo
-for rid in $RID_A $RID_B; do
+for rid in $RID_A $RID_B $RID_T; do
     echo "phase timings of RestoreID $rid ($(cpsql "select flags ->> 'feed' from restore_catalog where restore_id = $rid") feed, seconds):"
     cpsql "select string_agg(format('  %-12s %s', key, round(value::numeric, 3)), E'\n') from restore_catalog, jsonb_each_text(phase_timings) where restore_id = $rid"
 done

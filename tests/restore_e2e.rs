@@ -399,7 +399,7 @@ fn restore_commands_decide_or_refuse_with_a_hint() {
     r("now 1 stopped.example.org shop \"\"").fails_with("is STOPPED");
     r("now 1 127.0.0.2 shop \"--jobs 4\"").fails_with("pg_restore option \"--jobs\"");
     r("now 1 127.0.0.2 shop2 \"\" --jobs 0").fails_with("--jobs \"0\"");
-    r("now 1 127.0.0.2 shop2 \"\" --decompression fast").fails_with("auto, stream or file");
+    r("now 1 127.0.0.2 shop2 \"\" --decompression fast").fails_with("auto, stream, file or tee");
     r("tomorrow 1 127.0.0.2 shop2 \"\"").fails_with("is not a time");
     // The target exists, then a role exists: each stop names the option that goes on.
     r("now 1 127.0.0.2 shop \"\"").fails_with("--rename-existing auto");

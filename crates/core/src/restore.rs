@@ -295,6 +295,11 @@ pub enum Feed {
     Stream,
     /// Decoded to a temporary file in the staging area first, then `pg_restore -j N` on it.
     File,
+    /// Decoded once into both: the pre-data and data sections stream into a serial pg_restore
+    /// while the same bytes go to a staging file, then the post-data section (indexes,
+    /// constraints, triggers) runs with `pg_restore -j N` from that file. No separate
+    /// decompression pass; parallel index builds.
+    Tee,
 }
 
 impl Feed {
@@ -303,6 +308,7 @@ impl Feed {
         match self {
             Feed::Stream => "stream",
             Feed::File => "file",
+            Feed::Tee => "tee",
         }
     }
 }
@@ -321,6 +327,7 @@ pub fn choose_feed(
     match requested {
         "stream" => (Feed::Stream, "asked for".into()),
         "file" => (Feed::File, "asked for".into()),
+        "tee" => (Feed::Tee, "asked for".into()),
         _ if jobs <= 1 => (Feed::Stream, "one job: a file would only add a pass".into()),
         _ => match (expected_bytes, free_bytes) {
             (Some(need), Some(free))

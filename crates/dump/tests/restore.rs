@@ -166,6 +166,25 @@ async fn restore_onto_a_fresh_cluster_then_reuse_roles_and_rename() {
     assert!(log.contains("restore succeeded"), "{log}");
     assert!(!root.path().join("staging/10").exists());
 
+    // The tee feed: data streamed, post-data in parallel from the staging file; same result.
+    let mut s = rspec(&set, &dst, root.path(), 14, "shop_tee");
+    s.decompression = Decompression::Tee;
+    let o = restore(&s).await;
+    assert_ok(&o);
+    assert_eq!(o.feed.as_deref(), Some("tee"));
+    assert!(
+        o.phase_timings.iter().any(|(p, _)| p == "post_data"),
+        "{o:#?}"
+    );
+    assert!(
+        o.command.contains(&"--section=post-data".to_string()),
+        "{:?}",
+        o.command
+    );
+    assert_eq!(fingerprint(&dst, "shop_tee"), want);
+    assert!(o.row_count_check.as_ref().unwrap().mismatches.is_empty());
+    assert!(!root.path().join("staging/14").exists());
+
     // Again onto the same cluster: the target exists (renamed out of the way) and the roles
     // exist (reused as decided, left as they are: no membership added between two of them).
     dst.psql("postgres", "revoke app_reader from app_user");
