@@ -700,8 +700,18 @@ impl Exec<'_> {
             CUSTOM_DUMP_FILE => {
                 let free = free_bytes(&spec.staging_root);
                 let expected = m.database_size.and_then(|s| u64::try_from(s).ok());
-                let (mut feed, mut why) =
-                    choose_feed(spec.decompression.as_str(), spec.jobs, expected, free);
+                let share = m.table_row_counts.as_ref().and_then(|c| {
+                    let total: i64 = c.tables.values().map(|n| (*n).max(0)).sum();
+                    let max = c.tables.values().copied().max().unwrap_or(0);
+                    (total > 0).then(|| max as f64 / total as f64)
+                });
+                let (mut feed, mut why) = choose_feed(
+                    spec.decompression.as_str(),
+                    spec.jobs,
+                    expected,
+                    free,
+                    share,
+                );
                 let sections = spec.extra_args.iter().any(|a| {
                     a.starts_with("--section")
                         || a.starts_with("--data-only")
