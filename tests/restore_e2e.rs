@@ -268,7 +268,10 @@ fn reference_database_restored_onto_a_fresh_node_then_conflicts() {
     assert_eq!(d["flags"]["jobs"], 2, "{d}");
     // app.events holds 69 % of the rows: its load is serial anyway, so auto picks tee.
     assert_eq!(d["flags"]["feed"], "tee", "{d}");
-    assert!(d["phase_timings"]["post_data"].as_f64().unwrap() > 0.0, "{d}");
+    assert!(
+        d["phase_timings"]["post_data"].as_f64().unwrap() > 0.0,
+        "{d}"
+    );
     assert_eq!(
         d["target_pgsql_node_release"]
             .as_str()
