@@ -1,9 +1,10 @@
 -- Restores (issue 5): what V1's restore tables did not record yet.
 
 -- How the dump reaches pg_restore: auto (the agent decides), stream (decoded into pg_restore's
--- stdin, serial) or file (decoded to a staging file first, so that -j N works).
+-- stdin, serial), file (decoded to a staging file first, so that -j N works) or tee (data
+-- streamed serially while a staging file is written, then post-data with -j N from the file).
 alter table restore_definition
-    add column decompression text not null default 'auto' check (decompression in ('auto', 'stream', 'file'));
+    add column decompression text not null default 'auto' check (decompression in ('auto', 'stream', 'file', 'tee'));
 
 alter table restore_catalog
     add column backup_code     text,

@@ -74,7 +74,7 @@ begin
     if v_jobs not between 1 and 64 then
         raise exception 'restore jobs % is not valid', v_jobs using errcode = '22023', hint = 'Use 1 to 64.';
     end if;
-    perform api.check_choice('decompression', v_decompression, array['auto', 'stream', 'file']);
+    perform api.check_choice('decompression', v_decompression, array['auto', 'stream', 'file', 'tee']);
     insert into public.restore_definition (backup_server_id, target_pgsql_node_id, bck_id, target_dbname, renamed_dbname,
                                            roles_to_restore, extra_restore_parameters, restore_jobs, acknowledge_nonempty,
                                            at_time, status, remarks, decompression)

@@ -176,7 +176,7 @@ select c.bck_id as "BckID", c.def_id as "DefID", c.snapshot_id as "SnapshotID",
 create view api.show_jobs_queue as
 select j.job_id as "JobID", j.kind as "Kind", j.state as "State", j.registered as "Registered",
        j.backup_server_id as "SrvID", s.fqdn as "Backup server", j.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node",
-       coalesce(d.dbname, sd.dbname, bc.dbname) as "DBname", j.def_id as "DefID", j.snapshot_id as "SnapshotID",
+       coalesce(d.dbname, sd.dbname, rd.target_dbname, bc.dbname) as "DBname", j.def_id as "DefID", j.snapshot_id as "SnapshotID",
        j.not_before as "Not before", j.scheduled_for as "Scheduled for", j.claimed_by as "Agent", j.attempt as "Attempt",
        case when j.state = 'RUNNING' then date_trunc('second', now() - j.claimed_at)::text end as "Elapsed",
        j.progress_bytes as "Bytes written",
@@ -187,6 +187,7 @@ select j.job_id as "JobID", j.kind as "Kind", j.state as "State", j.registered a
   left join public.pgsql_node n on n.node_id = j.pgsql_node_id
   left join public.backup_definition d on d.def_id = j.def_id
   left join public.snapshot_definition sd on sd.snapshot_id = j.snapshot_id
+  left join public.restore_definition rd on rd.restore_def = j.restore_def
   left join public.backup_catalog bc on bc.bck_id = j.bck_id;
 
 create view api.show_snapshot_definitions as

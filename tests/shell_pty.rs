@@ -930,3 +930,68 @@ fn a_shell_that_cannot_reach_its_catalog_says_so_and_fails() {
     assert_eq!(sh.exit_status(), 1);
     sh.assert_lacks(&sh.lines().join("\n"), PROMPT);
 }
+
+// ---- restores ------------------------------------------------------------------------------------
+
+#[test]
+fn register_restore_definition_walks_pgbackmans_decision_flow() {
+    let env = Env::new();
+    let n = pgbackman_testkit::TestCluster::start_on(&["127.0.0.2"]);
+    n.create_database("shop");
+    n.psql("postgres", "create role app");
+    env.cmd("register_backup_server bs1 example.org x").ok();
+    env.cmd(&format!(
+        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
+        n.port()
+    ))
+    .ok();
+    env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    env.sql(
+        "insert into backup_catalog (def_id, backup_server_id, pgsql_node_id, dbname, backup_code, started, finished,
+                                     execution_status, execution_method, backup_dir, role_list, pg_dump_release)
+         values (1, 1, 1, 'shop', 'FULL', now(), now(), 'SUCCEEDED', 'MANUAL', '/nonexistent/set', '{app,newrole,postgres}', '15')",
+    );
+    let mut sh = shell(&env);
+    let start = |sh: &mut Shell| {
+        sh.line("register_restore_definition");
+        sh.expect_question("AT time (now, YYYY-MM-DD HH:MM, or RFC 3339) [now]:");
+        sh.keys(&["Enter"]);
+        sh.expect_question("BckID:");
+        sh.line("1");
+        sh.expect_question("Target NodeID | FQDN:");
+        sh.line("127.0.0.2");
+        sh.expect_question("Target DBname [shop]:");
+        sh.keys(&["Enter"]);
+        sh.expect_question("Extra pg_restore parameters []:");
+        sh.keys(&["Enter"]);
+        sh.expect_question("Database \"shop\" exists on 127.0.0.2. Rename it? (yes/no):");
+    };
+    // Not renaming the existing database stops the restore.
+    start(&mut sh);
+    sh.line("no");
+    let out = sh.expect_prompt();
+    sh.assert_has(&out, "[ABORTED]");
+    // Renaming it: the new name must not exist either; then each existing role is a question.
+    start(&mut sh);
+    sh.line("yes");
+    sh.expect("New name of the existing database [shop_");
+    sh.line("shop");
+    sh.expect("Database \"shop\" exists too: choose another name.");
+    sh.line("shop_old");
+    sh.expect_question(
+        "Role \"app\" exists on 127.0.0.2. Use the existing role (left as it is)? (yes/no):",
+    );
+    sh.line("yes");
+    let out = sh.expect_question("Register this restore? (yes/no):");
+    sh.assert_has(&out, "newrole");
+    sh.assert_has(&out, "shop_old");
+    assert_eq!(env.sql("select count(*) from restore_definition"), "0");
+    sh.line("yes");
+    let out = sh.expect_prompt();
+    sh.assert_has(&out, "[DONE] Restore definition RestoreDef 1 registered");
+    assert_eq!(
+        env.sql("select concat_ws(' ', target_dbname, renamed_dbname, array_to_string(roles_to_restore, ',')) from restore_definition"),
+        "shop shop_old newrole"
+    );
+}

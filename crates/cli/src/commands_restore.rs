@@ -295,9 +295,9 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let decompression = inv
         .given("decompression")
         .map(|d| match d.trim().to_ascii_lowercase().as_str() {
-            v @ ("auto" | "stream" | "file") => Ok(v.to_string()),
+            v @ ("auto" | "stream" | "file" | "tee") => Ok(v.to_string()),
             other => Err(anyhow::anyhow!(
-                "--decompression \"{other}\" is not valid: use auto, stream or file"
+                "--decompression \"{other}\" is not valid: use auto, stream, file or tee"
             )),
         })
         .transpose()?;

@@ -603,7 +603,7 @@ pub static COMMANDS: &[Cmd] = &[
             opt("jobs", "pg_restore parallel jobs (default 1)"),
             opt(
                 "decompression",
-                "auto, stream or file (file allows -j; default auto)",
+                "auto, stream, file or tee (file and tee allow -j; default auto)",
             ),
             opt("remarks", "Remarks"),
             Arg {

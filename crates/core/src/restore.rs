@@ -295,6 +295,11 @@ pub enum Feed {
     Stream,
     /// Decoded to a temporary file in the staging area first, then `pg_restore -j N` on it.
     File,
+    /// Decoded once into both: the pre-data and data sections stream into a serial pg_restore
+    /// while the same bytes go to a staging file, then the post-data section (indexes,
+    /// constraints, triggers) runs with `pg_restore -j N` from that file. No separate
+    /// decompression pass; parallel index builds.
+    Tee,
 }
 
 impl Feed {
@@ -303,24 +308,35 @@ impl Feed {
         match self {
             Feed::Stream => "stream",
             Feed::File => "file",
+            Feed::Tee => "tee",
         }
     }
 }
 
-/// Chooses the feed for `requested` (`auto`, `stream`, `file`). With `auto`: one job gains
-/// nothing from a file, so stream; with several jobs decompress to a file when the staging
-/// area has room for about `expected_bytes` (the dump uncompressed, estimated from the
-/// database size) plus a margin, since the parallel data load and index builds are worth far
-/// more than the extra pass (measured by bench/restore.sh). Returns the choice and why.
+/// Chooses the feed for `requested` (`auto`, `stream`, `file`, `tee`). With `auto`:
+///
+/// - one job: stream (a file would only add a pass);
+/// - no room in the staging area for about `expected_bytes` (the dump uncompressed, estimated
+///   from the database size) plus a margin, or free space unknown: stream;
+/// - `largest_share` (the largest table's share of all rows, from the manifest's counts) of
+///   one half or more: tee. The data load is bound by that one table's serial COPY whatever the
+///   jobs, so the dump is streamed while the staging file is written, and only the post-data
+///   section (index builds, constraints) runs with `-j`; no separate decompression pass;
+/// - else file: the data load itself runs in parallel, worth more than the extra pass.
+///
+/// bench/restore.sh measures the three on the reference database (one table holds 69 % of
+/// the rows). Returns the choice and why.
 pub fn choose_feed(
     requested: &str,
     jobs: u32,
     expected_bytes: Option<u64>,
     free_bytes: Option<u64>,
+    largest_share: Option<f64>,
 ) -> (Feed, String) {
     match requested {
         "stream" => (Feed::Stream, "asked for".into()),
         "file" => (Feed::File, "asked for".into()),
+        "tee" => (Feed::Tee, "asked for".into()),
         _ if jobs <= 1 => (Feed::Stream, "one job: a file would only add a pass".into()),
         _ => match (expected_bytes, free_bytes) {
             (Some(need), Some(free))
@@ -339,10 +355,19 @@ pub fn choose_feed(
                 Feed::Stream,
                 "free space in the staging area unknown: streamed serially".into(),
             ),
-            _ => (
-                Feed::File,
-                format!("{jobs} jobs: decompressed to a file for a parallel restore"),
-            ),
+            _ => match largest_share {
+                Some(share) if share >= 0.5 => (
+                    Feed::Tee,
+                    format!(
+                        "{jobs} jobs, but one table holds {:.0} % of the rows (its load is serial anyway): data streamed, post-data with -j {jobs}",
+                        share * 100.0
+                    ),
+                ),
+                _ => (
+                    Feed::File,
+                    format!("{jobs} jobs: decompressed to a file for a parallel restore"),
+                ),
+            },
         },
     }
 }
@@ -421,21 +446,28 @@ mod tests {
 
     #[test]
     fn feeds() {
-        assert_eq!(choose_feed("stream", 8, None, None).0, Feed::Stream);
-        assert_eq!(choose_feed("file", 1, None, None).0, Feed::File);
+        let big = Some(10u64 << 30);
+        assert_eq!(choose_feed("stream", 8, None, None, None).0, Feed::Stream);
+        assert_eq!(choose_feed("file", 1, None, None, None).0, Feed::File);
+        assert_eq!(choose_feed("tee", 1, None, None, None).0, Feed::Tee);
+        assert_eq!(choose_feed("auto", 1, Some(1), big, None).0, Feed::Stream);
         assert_eq!(
-            choose_feed("auto", 1, Some(1), Some(u64::MAX)).0,
-            Feed::Stream
-        );
-        assert_eq!(
-            choose_feed("auto", 4, Some(1 << 30), Some(10 << 30)).0,
+            choose_feed("auto", 4, Some(1 << 30), big, None).0,
             Feed::File
         );
         assert_eq!(
-            choose_feed("auto", 4, Some(8 << 30), Some(10 << 30)).0,
+            choose_feed("auto", 4, Some(1 << 30), big, Some(0.3)).0,
+            Feed::File
+        );
+        assert_eq!(
+            choose_feed("auto", 4, Some(1 << 30), big, Some(0.69)).0,
+            Feed::Tee
+        );
+        assert_eq!(
+            choose_feed("auto", 4, Some(8 << 30), big, Some(0.9)).0,
             Feed::Stream
         );
-        assert_eq!(choose_feed("auto", 4, None, Some(10 << 30)).0, Feed::File);
-        assert_eq!(choose_feed("auto", 4, Some(1), None).0, Feed::Stream);
+        assert_eq!(choose_feed("auto", 4, None, big, None).0, Feed::File);
+        assert_eq!(choose_feed("auto", 4, Some(1), None, None).0, Feed::Stream);
     }
 }

@@ -83,6 +83,9 @@ pub enum Decompression {
     Stream,
     /// Decoded into `staging_root/<job_id>/dump.pgdump` first, then `pg_restore -j N` on it.
     File,
+    /// Decoded once into a serial pg_restore of the pre-data and data sections and into a
+    /// staging file, then the post-data section with `pg_restore -j N` from the file.
+    Tee,
 }
 
 impl Decompression {
@@ -92,6 +95,7 @@ impl Decompression {
             Decompression::Auto => "auto",
             Decompression::Stream => "stream",
             Decompression::File => "file",
+            Decompression::Tee => "tee",
         }
     }
 }
@@ -103,8 +107,9 @@ impl std::str::FromStr for Decompression {
             "" | "auto" => Ok(Decompression::Auto),
             "stream" => Ok(Decompression::Stream),
             "file" => Ok(Decompression::File),
+            "tee" => Ok(Decompression::Tee),
             other => Err(format!(
-                "decompression \"{other}\" is not valid: use auto, stream or file"
+                "decompression \"{other}\" is not valid: use auto, stream, file or tee"
             )),
         }
     }
@@ -217,7 +222,7 @@ pub struct RestoreOutcome {
     pub target_server_version: Option<String>,
     /// Target `server_version_num`.
     pub target_server_version_num: Option<i32>,
-    /// How the dump reached its client: `stream`, `file`, `directory` or `sql`.
+    /// How the dump reached its client: `stream`, `file`, `tee`, `directory` or `sql`.
     pub feed: Option<String>,
     /// Why that feed.
     pub feed_reason: String,

@@ -166,6 +166,25 @@ async fn restore_onto_a_fresh_cluster_then_reuse_roles_and_rename() {
     assert!(log.contains("restore succeeded"), "{log}");
     assert!(!root.path().join("staging/10").exists());
 
+    // The tee feed: data streamed, post-data in parallel from the staging file; same result.
+    let mut s = rspec(&set, &dst, root.path(), 14, "shop_tee");
+    s.decompression = Decompression::Tee;
+    let o = restore(&s).await;
+    assert_ok(&o);
+    assert_eq!(o.feed.as_deref(), Some("tee"));
+    assert!(
+        o.phase_timings.iter().any(|(p, _)| p == "post_data"),
+        "{o:#?}"
+    );
+    assert!(
+        o.command.contains(&"--section=post-data".to_string()),
+        "{:?}",
+        o.command
+    );
+    assert_eq!(fingerprint(&dst, "shop_tee"), want);
+    assert!(o.row_count_check.as_ref().unwrap().mismatches.is_empty());
+    assert!(!root.path().join("staging/14").exists());
+
     // Again onto the same cluster: the target exists (renamed out of the way) and the roles
     // exist (reused as decided, left as they are: no membership added between two of them).
     dst.psql("postgres", "revoke app_reader from app_user");
@@ -381,5 +400,81 @@ async fn cluster_sets_restore_onto_an_empty_cluster_only_when_acknowledged_other
         matches!(&o.status, Status::Failed { exit_status: Some(3), stderr_tail, .. } if stderr_tail.contains("already exists")),
         "{:#?}",
         o.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_restore_is_undone_and_kills_its_client() {
+    let root = tempfile::tempdir().unwrap();
+    let (_src, set) = source(root.path(), 5).await;
+    let dst = TestCluster::start();
+    // psql is the real one; pg_restore hangs long enough to be cancelled mid-step.
+    let b = root.path().join("slow");
+    std::fs::create_dir_all(&b).unwrap();
+    std::os::unix::fs::symlink(bin_dir().join("psql"), b.join("psql")).unwrap();
+    let real = bin_dir().join("pg_restore");
+    std::fs::write(
+        b.join("pg_restore"),
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {r} --version; fi\necho $$ > {pid}\nsleep 60\nexec {r} \"$@\"\n",
+            r = real.display(),
+            pid = root.path().join("pid").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(b.join("pg_restore"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut s = rspec(&set, &dst, root.path(), 50, "shop");
+    s.bin_dir = b;
+    s.decompression = Decompression::Stream;
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let pidfile = root.path().join("pid");
+    let p = pidfile.clone();
+    tokio::spawn(async move {
+        for _ in 0..300 {
+            if p.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.cancel();
+    });
+    let t = std::time::Instant::now();
+    let o = restore_set(&s, cancel, &|_| {}).await;
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(
+        matches!(&o.status, Status::Cancelled { reason } if reason.contains("pg_restore")),
+        "{o:#?}"
+    );
+    assert!(
+        o.cleanup
+            .iter()
+            .any(|c| c.contains("dropped the partly restored database")),
+        "{:?}",
+        o.cleanup
+    );
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'shop'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "select count(*) from pg_roles where rolname like 'app_%'"
+        ),
+        "0"
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+        "pg_restore {pid} outlived the cancel"
     );
 }

@@ -457,6 +457,11 @@ impl Exec<'_> {
         if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
             env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
         }
+        if program == "pg_restore" {
+            // pg_restore commits every statement on its own; waiting for each WAL flush buys
+            // nothing here (a restore cut short is undone, never half-kept).
+            env.push(("PGOPTIONS".into(), "-c synchronous_commit=off".into()));
+        }
         ChildCommand {
             program: spec.bin_dir.join(program),
             args: full,
@@ -695,8 +700,30 @@ impl Exec<'_> {
             CUSTOM_DUMP_FILE => {
                 let free = free_bytes(&spec.staging_root);
                 let expected = m.database_size.and_then(|s| u64::try_from(s).ok());
-                let (feed, why) =
-                    choose_feed(spec.decompression.as_str(), spec.jobs, expected, free);
+                let share = m.table_row_counts.as_ref().and_then(|c| {
+                    let total: i64 = c.tables.values().map(|n| (*n).max(0)).sum();
+                    let max = c.tables.values().copied().max().unwrap_or(0);
+                    (total > 0).then(|| max as f64 / total as f64)
+                });
+                let (mut feed, mut why) = choose_feed(
+                    spec.decompression.as_str(),
+                    spec.jobs,
+                    expected,
+                    free,
+                    share,
+                );
+                let sections = spec.extra_args.iter().any(|a| {
+                    a.starts_with("--section")
+                        || a.starts_with("--data-only")
+                        || a.starts_with("--schema-only")
+                        || a == "-a"
+                        || a == "-s"
+                });
+                if feed == Feed::Tee && sections {
+                    feed = Feed::File;
+                    why = "the extra parameters choose sections themselves: file instead of tee"
+                        .into();
+                }
                 self.out.feed_reason = why;
                 Some(feed)
             }
@@ -848,6 +875,21 @@ impl Exec<'_> {
                     feed::decode_into(&src, f, &written, &abort).map(|n| (n, Vec::new()))
                 }))
             }
+            Some(Feed::Tee) => {
+                self.prepare_staging(staging, guard)?;
+                let dst = staging.join(STAGED_DUMP);
+                args.extend([
+                    "--section=pre-data".to_string(),
+                    "--section=data".to_string(),
+                ]);
+                args.extend(spec.extra_args.iter().cloned());
+                let written = Arc::clone(&self.written);
+                let abort = Arc::new(AtomicBool::new(false));
+                let src = dump.clone();
+                Some(Box::new(move |f: File| {
+                    feed::decode_tee(&src, f, &dst, &written, &abort).map(|n| (n, Vec::new()))
+                }))
+            }
             Some(Feed::File) => {
                 let t = std::time::Instant::now();
                 self.prepare_staging(staging, guard)?;
@@ -890,6 +932,25 @@ impl Exec<'_> {
         self.run_child("pg_restore", "pg_restore", args, pump, progress, true)
             .await?;
         self.timed("pg_restore", t);
+        if feed == Some(Feed::Tee) {
+            let t = std::time::Instant::now();
+            let mut args = vec![
+                format!("--dbname=dbname={}", conninfo_value(&target)),
+                "--exit-on-error".into(),
+                "--verbose".into(),
+                "--section=post-data".into(),
+                format!("--jobs={}", spec.jobs.max(1)),
+            ];
+            args.extend(spec.extra_args.iter().cloned());
+            args.push(staging.join(STAGED_DUMP).display().to_string());
+            let first = std::mem::take(&mut self.out.command);
+            self.run_child("post_data", "pg_restore", args, None, progress, true)
+                .await?;
+            let second = std::mem::replace(&mut self.out.command, first);
+            self.out.command.push("&&".into());
+            self.out.command.extend(second);
+            self.timed("post_data", t);
+        }
 
         // row counts
         if spec.compare_row_counts {

@@ -53,6 +53,47 @@ pub(crate) fn decode_to_file(
     decode_into(src, io::BufWriter::with_capacity(BUF, f), written, abort)
 }
 
+/// Decodes the zstd file `src` into `pipe` and into a new private file `dst` at once. A pipe
+/// closed by its reader (pg_restore stops reading after the sections it restores) is no error:
+/// the file is written to the end. Returns the bytes decoded.
+pub(crate) fn decode_tee(
+    src: &Path,
+    pipe: File,
+    dst: &Path,
+    written: &AtomicU64,
+    abort: &AtomicBool,
+) -> io::Result<u64> {
+    let mut dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let mut file = io::BufWriter::with_capacity(BUF, crate::set::create_private_file(dst)?);
+    let mut pipe = Some(pipe);
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    loop {
+        if abort.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
+        let n = match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        file.write_all(&buf[..n])?;
+        if let Some(p) = pipe.as_mut() {
+            match p.write_all(&buf[..n]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => pipe = None,
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+        written.store(total, Ordering::Relaxed);
+    }
+    drop(pipe);
+    file.flush()?;
+    Ok(total)
+}
+
 /// The role name of a pg_dumpall `CREATE ROLE name;` line, if it is one.
 pub(crate) fn create_role_name(line: &str) -> Option<String> {
     let rest = line

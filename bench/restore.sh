@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Whole-process benchmark: restore of the reference database (../shared/bench/reference-db.sql)
+#   (a) pgbackman, auto feed: `register_restore_definition now BCK NODE DB "" --jobs J --reuse-roles all`
+#       run by a real pgbackman-agent from its FULL set (custom dump, zstd): roles.sql,
+#       database.sql, then pg_restore --exit-on-error -j J from the dump decompressed into the
+#       staging area (what --decompression auto chooses with J > 1 and room on disk),
+#       wall = job.finished_at - job.claimed_at (checksums verified first, undo-ready);
+#   (b) pgbackman, stream feed: the same with --decompression stream (zstd decoded in-process
+#       into pg_restore's stdin; serial, no disk);
+#   (b') pgbackman, tee feed: --decompression tee --jobs J (pre-data and data streamed serially
+#       while the staging file is written, then post-data with -j J from the file);
+#   (c) PgBackMan's serial restore (reference §5.5) of a `pg_dump -Fc` set (untimed): `CREATE
+#       DATABASE` then `pg_restore -d DB set` without -j, wall = date before/after;
+#   (d) the same from PgBackMan's actual FULL set of reference §4.2, `pg_dump --format=d --blobs`
+#       (directory format, gzip by pg_dump), restored serially as §5.5 does.
+# Each restored database is dropped before the next run. Each is repeated REPS times
+# (interleaved) and the median is reported. Nothing here fails on a number: PASS/MISS compares
+# with the target (pgbackman / PgBackMan <= 0.6, against (c) and, for information, (d)).
+#
+# Usage: bench/restore.sh [scale]        (scale of reference-db.sql, default 4, about 1.4 GB)
+#   env: BIN_DIR=DIR uses pgbackman and pgbackman-agent from DIR instead of building the tree;
+#        REPS (default 1), JOBS (pg_restore -j of pgbackman, default: the number of cores),
+#        REFDB=FILE, KEEP=1 keeps the work directory.
+# Runs as root (servers then run as the postgres OS user) or as an ordinary user.
+set -euo pipefail
+shopt -s inherit_errexit
+
+SCALE=${1:-4}
+REPS=${REPS:-1}
+JOBS=${JOBS:-$(nproc)}
+[[ $SCALE =~ ^[0-9]+$ && $SCALE -ge 1 ]] || { echo "usage: $0 [scale>=1]" >&2; exit 2; }
+[[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || { echo "REPS must be a positive integer" >&2; exit 2; }
+[[ $JOBS =~ ^[0-9]+$ && $JOBS -ge 1 ]] || { echo "JOBS must be a positive integer" >&2; exit 2; }
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REFDB=${REFDB:-$ROOT/../shared/bench/reference-db.sql}
+[[ -f $REFDB ]] || REFDB=/work/shared/bench/reference-db.sql
+[[ -f $REFDB ]] || { echo "reference-db.sql not found: set REFDB" >&2; exit 2; }
+PGBIN=/usr/lib/postgresql/15/bin
+NODE_ADDR=127.0.0.2
+SERVER=bench.example.org
+DB=bench
+WORK=/var/tmp/pgbackman-bench-$$
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "nan" && r <= t) ? "PASS" : "MISS" }'; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+now() { date +%s.%N; }
+
+# ---- build -------------------------------------------------------------------------------------
+if [[ -n ${BIN_DIR:-} ]]; then
+    PGBACKMAN=$BIN_DIR/pgbackman AGENT=$BIN_DIR/pgbackman-agent
+    BUILD="prebuilt binaries in $BIN_DIR"
+else
+    log "building release binaries (cargo build --release --bins)"
+    (cd "$ROOT" && cargo build --release --bins --quiet)
+    PGBACKMAN=$ROOT/target/release/pgbackman AGENT=$ROOT/target/release/pgbackman-agent
+    BUILD="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+fi
+[[ -x $PGBACKMAN && -x $AGENT ]] || { echo "pgbackman binaries not found: $PGBACKMAN, $AGENT" >&2; exit 2; }
+
+mkdir -p "$WORK/sock" "$WORK/home" "$WORK/agent" "$WORK/orig"
+chmod 755 "$WORK"
+[[ $(id -u) -eq 0 ]] && chown postgres: "$WORK" "$WORK/sock"
+
+CPORT=$(free_port)
+NPORT=$(free_port)
+log "catalog cluster (unix socket, port $CPORT); node cluster on $NODE_ADDR:$NPORT"
+start_cluster catalog "" "$CPORT"
+start_cluster node "$NODE_ADDR" "$NPORT" "fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+shared_buffers = 256MB
+maintenance_work_mem = 256MB"
+
+CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
+NODE_CONN=(-h "$NODE_ADDR" -p "$NPORT" -U postgres)
+cpsql() { psql -X -At -v ON_ERROR_STOP=1 -d "$CATALOG" -c "$1"; }
+npsql() { psql -X -q -At -v ON_ERROR_STOP=1 "${NODE_CONN[@]}" -d postgres -c "$1"; }
+pgb() { HOME=$WORK/home USER=bench TZ=UTC "$PGBACKMAN" --catalog "$CATALOG" "$@"; }
+
+log "building the reference database at scale $SCALE (this takes a while)"
+t=$(now)
+npsql "create database $DB"
+timeout 3600 psql -X -q -v ON_ERROR_STOP=1 -v scale="$SCALE" "${NODE_CONN[@]}" -d "$DB" -f "$REFDB" >/dev/null
+psql -X -q "${NODE_CONN[@]}" -d "$DB" -c checkpoint >/dev/null
+DBSIZE=$(psql -X -At "${NODE_CONN[@]}" -d "$DB" -c "select pg_database_size(current_database())")
+log "database $DB: $(mb "$DBSIZE") MB on disk, built in $(awk -v a="$t" -v b="$(now)" 'BEGIN{printf "%.0f", b-a}') s"
+
+# ---- catalog, registrations, agent, the two sets -------------------------------------------------
+pgb db init >/dev/null
+pgb -C "register_backup_server bench example.org bench" >/dev/null
+pgb -C "register_pgsql_node $NODE_ADDR \"\" $NPORT postgres RUNNING bench" >/dev/null
+H=$(( ($(date -u +%-H) + 12) % 24 ))
+pgb -C "register_backup_definition $SERVER $NODE_ADDR $DB \"\" 0 $H \"*\" \"*\" \"*\" FULL false \"7 days\" 1 \"\" ACTIVE bench" >/dev/null
+DEF_ID=$(cpsql "select max(def_id) from backup_definition")
+
+cat >"$WORK/agent/agent.toml" <<EOF
+[catalog]
+conninfo = "$CATALOG"
+[agent]
+backup_server = "$SERVER"
+state_dir = "$WORK/agent/state"
+backup_dir = "$WORK/agent/backups"
+http_listen = ""
+[agent.bin_dirs]
+"15" = "$PGBIN"
+EOF
+PGBACKMAN_LOG=info TZ=UTC "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
+AGENT_PID=$!
+deadline=$((SECONDS + 30))
+until grep -q "pgbackman-agent started" "$WORK/agent/agent.log"; do
+    kill -0 "$AGENT_PID" 2>/dev/null || { cat "$WORK/agent/agent.log" >&2; echo "agent died" >&2; exit 1; }
+    ((SECONDS < deadline)) || { cat "$WORK/agent/agent.log" >&2; echo "agent did not start" >&2; exit 1; }
+    sleep 0.2
+done
+sleep 1
+
+wait_job() { # JOB: waits until it ends; fails unless SUCCEEDED
+    local job=$1 state deadline=$((SECONDS + 3600))
+    while :; do
+        state=$(cpsql "select state from job where job_id = $job")
+        case $state in
+            SUCCEEDED) return 0 ;;
+            FAILED | CANCELLED | LOST)
+                cpsql "select job_id, kind, state, error_message from job where job_id = $job" >&2
+                cpsql "select error_step, error_message, error_stderr_tail from restore_catalog where job_id = $job" >&2
+                tail -20 "$WORK/agent/agent.log" >&2
+                exit 1 ;;
+        esac
+        ((SECONDS < deadline)) || { echo "job $job did not finish within an hour" >&2; exit 1; }
+        sleep 0.2
+    done
+}
+
+log "pgbackman FULL backup (the set pgbackman restores)"
+pgb -C "run_backup_definition_now $DEF_ID" >/dev/null
+wait_job "$(cpsql "select max(job_id) from job where def_id = $DEF_ID")"
+BCK=$(cpsql "select max(bck_id) from backup_catalog where execution_status = 'SUCCEEDED'")
+BSIZE=$(cpsql "select total_size from backup_catalog where bck_id = $BCK")
+log "BckID $BCK: $(mb "$BSIZE") MB"
+log "PgBackMan's FULL set: pg_dump -Fc (default compression)"
+timeout 3600 "$PGBIN/pg_dump" "${NODE_CONN[@]}" -Fc -f "$WORK/orig/$DB.dump" "$DB"
+OSIZE=$(stat -c %s "$WORK/orig/$DB.dump")
+log "PgBackMan -Fc set: $(mb "$OSIZE") MB"
+timeout 3600 "$PGBIN/pg_dump" "${NODE_CONN[@]}" --format=d --blobs -f "$WORK/orig/$DB.dir" "$DB"
+DSIZE=$(du -sb "$WORK/orig/$DB.dir" | cut -f1)
+log "PgBackMan FULL set (-Fd --blobs): $(mb "$DSIZE") MB"
+
+# ---- the three restores --------------------------------------------------------------------------
+run_pgbackman() { # NAME EXTRA_OPTIONS: prints "wall_seconds restore_id"
+    local name=$1 opts=$2 def job
+    pgb -C "register_restore_definition now $BCK $NODE_ADDR $name \"\" --reuse-roles all $opts" >/dev/null
+    def=$(cpsql "select max(restore_def) from restore_definition")
+    job=$(cpsql "select job_id from job where restore_def = $def")
+    wait_job "$job"
+    cpsql "select extract(epoch from j.finished_at - j.claimed_at), r.restore_id
+             from job j join restore_catalog r using (job_id) where j.job_id = $job" | tr '|' ' '
+}
+
+run_pgbackman_original() { # NAME SET: prints "wall_seconds"
+    local name=$1 set=$2 t0 t1
+    t0=$(now)
+    npsql "create database $name"
+    timeout 3600 "$PGBIN/pg_restore" "${NODE_CONN[@]}" -d "$name" "$set" 2>"$WORK/orig/restore.log" ||
+        { tail -20 "$WORK/orig/restore.log" >&2; exit 1; }
+    t1=$(now)
+    awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}'
+}
+
+drop() { npsql "drop database if exists $1 with (force)"; }
+
+A_WALL=() B_WALL=() T_WALL=() C_WALL=() D_WALL=() RID_A= RID_B= RID_T=
+for i in $(seq "$REPS"); do
+    read -r w RID_A <<<"$(run_pgbackman "r_auto_$i" "--jobs $JOBS")"
+    A_WALL+=("$w")
+    log "rep $i/$REPS pgbackman auto (-j $JOBS, $(cpsql "select flags ->> 'feed' from restore_catalog where restore_id = $RID_A")): ${w}s"
+    drop "r_auto_$i"
+    read -r w RID_B <<<"$(run_pgbackman "r_stream_$i" "--decompression stream")"
+    B_WALL+=("$w")
+    log "rep $i/$REPS pgbackman stream: ${w}s"
+    drop "r_stream_$i"
+    read -r w RID_T <<<"$(run_pgbackman "r_tee_$i" "--jobs $JOBS --decompression tee")"
+    T_WALL+=("$w")
+    log "rep $i/$REPS pgbackman tee (-j $JOBS for post-data): ${w}s"
+    drop "r_tee_$i"
+    w=$(run_pgbackman_original "r_orig_$i" "$WORK/orig/$DB.dump")
+    C_WALL+=("$w")
+    log "rep $i/$REPS PgBackMan serial pg_restore of -Fc: ${w}s"
+    drop "r_orig_$i"
+    w=$(run_pgbackman_original "r_origd_$i" "$WORK/orig/$DB.dir")
+    D_WALL+=("$w")
+    log "rep $i/$REPS PgBackMan serial pg_restore of -Fd: ${w}s"
+    drop "r_origd_$i"
+done
+
+am=$(printf '%s\n' "${A_WALL[@]}" | median)
+bm=$(printf '%s\n' "${B_WALL[@]}" | median)
+tm=$(printf '%s\n' "${T_WALL[@]}" | median)
+cm=$(printf '%s\n' "${C_WALL[@]}" | median)
+dm=$(printf '%s\n' "${D_WALL[@]}" | median)
+r1=$(ratio "$am" "$cm")
+r2=$(ratio "$bm" "$cm")
+r3=$(ratio "$am" "$dm")
+r4=$(ratio "$tm" "$cm")
+
+echo
+echo "restore of the reference database, scale $SCALE ($(mb "$DBSIZE") MB on disk), $REPS run(s) each, median"
+echo "build: $BUILD; host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "sets: pgbackman BckID $BCK $(mb "$BSIZE") MB (custom, zstd); pg_dump -Fc $(mb "$OSIZE") MB; PgBackMan FULL -Fd $(mb "$DSIZE") MB"
+printf '%-58s %10s   %s\n' "method" "wall (s)" "runs (s)"
+printf '%-58s %10.2f   %s\n' "pgbackman --jobs $JOBS (auto feed; job claimed -> finished)" "$am" "${A_WALL[*]}"
+printf '%-58s %10.2f   %s\n' "pgbackman --decompression stream (serial)" "$bm" "${B_WALL[*]}"
+printf '%-58s %10.2f   %s\n' "pgbackman --decompression tee --jobs $JOBS" "$tm" "${T_WALL[*]}"
+printf '%-58s %10.2f   %s\n' "PgBackMan, -Fc set (CREATE DATABASE + pg_restore, no -j)" "$cm" "${C_WALL[*]}"
+printf '%-58s %10.2f   %s\n' "PgBackMan, its FULL -Fd set (same, serial)" "$dm" "${D_WALL[*]}"
+echo
+printf 'wall  pgbackman auto   / PgBackMan -Fc = %s   (target <= 0.60)  %s\n' "$r1" "$(verdict "$r1" 0.60)"
+printf 'wall  pgbackman auto   / PgBackMan -Fd = %s   (its actual FULL set, for information)\n' "$r3"
+printf 'wall  pgbackman stream / PgBackMan -Fc = %s   (no target: the serial feed, for the choice)\n' "$r2"
+printf 'wall  pgbackman tee    / PgBackMan -Fc = %s   (no target: the tee feed, for the choice)\n' "$r4"
+echo
+for rid in $RID_A $RID_B $RID_T; do
+    echo "phase timings of RestoreID $rid ($(cpsql "select flags ->> 'feed' from restore_catalog where restore_id = $rid") feed, seconds):"
+    cpsql "select string_agg(format('  %-12s %s', key, round(value::numeric, 3)), E'\n') from restore_catalog, jsonb_each_text(phase_timings) where restore_id = $rid"
+done
