@@ -156,6 +156,31 @@ fn no_catalog_configured_says_how_to_configure_one() {
 }
 
 #[test]
+fn help_needs_no_catalog() {
+    let home = tempfile::tempdir().unwrap();
+    for (line, want) in [
+        ("help", "register_restore_definition"),
+        ("help verify_backup", "level 2"),
+        ("show_alerts --help", "Alerts, newest first"),
+    ] {
+        let o = command(home.path()).args(["-C", line]).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains(want), "{line}: {out}");
+    }
+    let o = command(home.path())
+        .args(["-C", "help nosuch"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no command \"nosuch\""));
+}
+
+#[test]
 fn unreachable_catalog_is_a_clear_error() {
     let env = Env::new();
     env.catalog.stop();

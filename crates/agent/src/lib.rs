@@ -45,7 +45,10 @@ use crate::schedule::Scheduler;
     about = "pgbackman backup agent: runs the backups of this backup server",
     long_about = "Runs scheduled and ad hoc backups of the definitions owned by this backup server and records \
         every run in the pgbackman catalog. One agent per state directory; SIGTERM stops it cleanly \
-        (running jobs are cancelled and recorded as CANCELLED). Settings: the [agent] section of the \
+        (running jobs are cancelled and recorded as CANCELLED). When the catalog is unreachable it keeps \
+        running the schedules from its cached definitions and spools every result in <state_dir>/spool \
+        until the catalog is back (see /healthz on [agent] http_listen). It also runs maintenance \
+        (retention, quarantine, forced deletions) and mails alerts. Settings: the [agent] section of the \
         configuration file; the catalog is found as by the shell (--catalog, PGBACKMAN_CATALOG, [catalog]).",
     after_help = "Examples:\n  pgbackman-agent --config /etc/pgbackman/pgbackman-agent.toml --check\n  pgbackman-agent --config /etc/pgbackman/pgbackman-agent.toml"
 )]

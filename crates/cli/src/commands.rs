@@ -192,7 +192,7 @@ pub(crate) fn filter(v: Option<String>) -> Option<Vec<String>> {
     }
 }
 
-fn help(inv: &Invocation) -> Result<Output> {
+pub(crate) fn help(inv: &Invocation) -> Result<Output> {
     if let Some(name) = inv.given("command") {
         let Some(c) = spec::find(name) else {
             let s = spec::suggestions(name);

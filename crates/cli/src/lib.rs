@@ -137,6 +137,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(Sub::Quickstart(args)) = &cli.sub {
         return quickstart::run(args, &file).await;
     }
+    // Help needs no catalog: whoever reads about a command may not have one yet.
+    if let Some(line) = &cli.command
+        && let Some(words) = shlex::split(line)
+        && (words.first().is_some_and(|w| w == "help")
+            || words.iter().any(|w| w == "--help" || w == "-h"))
+    {
+        return Ok(match parse::parse(&words) {
+            Err(ParseError::Help(h)) => {
+                print!("{h}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("[ERROR] {e}");
+                ExitCode::FAILURE
+            }
+            Ok(inv) => match commands::help(&inv) {
+                Ok(out) => {
+                    print!("{}", render(&out, OutputFormat::Table));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("[ERROR] {}", format_error(&e));
+                    ExitCode::FAILURE
+                }
+            },
+        });
+    }
     let (cfg, target, source) = catalog_target(cli.catalog.as_deref(), &file)?;
     if let Some(Sub::Db { action }) = &cli.sub {
         return db_command(action, &cfg, &target).await;
