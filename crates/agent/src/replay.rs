@@ -94,8 +94,17 @@ pub async fn replay(ctx: &Ctx) -> bool {
             }
         };
         match deliver(ctx, &entry).await {
-            Delivery::Recorded(bck) => {
-                tracing::info!(bck_id = bck, status = %entry.result["execution_status"], "{} recorded", entry.key.label());
+            Delivery::Recorded(id) => {
+                let status = &entry.result["execution_status"];
+                match &entry.kind[..] {
+                    "backup" => {
+                        tracing::info!(bck_id = id, %status, "{} recorded", entry.key.label())
+                    }
+                    "restore" => {
+                        tracing::info!(restore_id = id, %status, "{} recorded", entry.key.label())
+                    }
+                    kind => tracing::info!("{} recorded ({kind})", entry.key.label()),
+                }
                 delivered += 1;
             }
             Delivery::Dropped => {}
