@@ -40,7 +40,8 @@ fn source_cluster() -> TestCluster {
     pg
 }
 
-/// What a set of the source holds, as the agent would make it (a "source" node, no lock wait).
+/// A set of the source's `shop` (or of the whole cluster): node "source", no lock wait, no
+/// definition.
 fn source_spec(pg: &TestCluster, root: &Path, job_id: i64, code: BackupCode) -> BackupSpec {
     BackupSpec {
         node_label: "source".into(),
