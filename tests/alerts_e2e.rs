@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Env;
-use pgbackman_testkit::TestCluster;
+use common::agent::{Agent, Site, fake_bin, wait_for, wait_for_agents};
 
 /// An SMTP server: aiosmtpd's Controller with a handler that writes each message as JSON
 /// (envelope, data, whether the session was TLS and logged in) into a directory.
@@ -182,143 +182,23 @@ fn body(data: &str) -> String {
     }
 }
 
-struct Agent {
-    child: Option<Child>,
-    config: PathBuf,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
+/// An agent with `alerts` as its `[agent.alerts]` body (None: no mail), overdue checks every
+/// second, and a bin dir.
+fn agent(env: &Env, server: &str, alerts: Option<&str>, bin: Option<&Path>) -> Agent {
+    let mut extra = "overdue_check_seconds = 1\n".to_string();
+    if let Some(a) = alerts {
+        extra.push_str(&format!("[agent.alerts]\n{a}\n"));
+    }
+    Agent::start_with(env, server, bin, &extra)
 }
 
-impl Agent {
-    /// An agent with `alerts` as its `[agent.alerts]` body (None: no mail) and a bin dir.
-    fn start(
-        env: &Env,
-        server: &str,
-        alerts: Option<&str>,
-        bin: Option<&Path>,
-        extra: &str,
-    ) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("agent.toml");
-        let mut text = format!(
-            "[catalog]\nconninfo = \"{}\"\n[agent]\nbackup_server = \"{server}\"\nstate_dir = \"{}\"\nbackup_dir = \"{}\"\nrepoll_seconds = 2\nlease_seconds = 6\nhttp_listen = \"\"\noverdue_check_seconds = 1\n{extra}\n",
-            env.conninfo(),
-            dir.path().join("state").display(),
-            dir.path().join("backups").display()
-        );
-        if let Some(a) = alerts {
-            text.push_str(&format!("[agent.alerts]\n{a}\n"));
-        }
-        if let Some(b) = bin {
-            text.push_str(&format!("[agent.bin_dirs]\n\"15\" = \"{}\"\n", b.display()));
-        }
-        std::fs::write(&config, text).unwrap();
-        let log = dir.path().join("agent.log");
-        let mut a = Agent {
-            child: None,
-            config,
-            _dir: dir,
-            log,
-        };
-        a.spawn();
-        a
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
-                .arg("--config")
-                .arg(&self.config)
-                .env("PGBACKMAN_LOG", "info")
-                .env("TZ", "UTC")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
-}
-
-/// Polls `q` (one value) until it equals `want` or `secs` pass.
-#[track_caller]
-fn wait_for(env: &Env, q: &str, want: &str, secs: u64, agents: &[&Agent]) {
-    let t = Instant::now();
-    loop {
-        let v = env.sql(q);
-        if v == want {
-            return;
-        }
-        if t.elapsed() > Duration::from_secs(secs) {
-            panic!(
-                "waited {secs}s for {q:?} = {want:?}, got {v:?}\nalerts: {}\njobs: {}\nagent logs:\n{}",
-                env.sql("select string_agg(concat_ws(' ', alert_id, alert_type, state, attempts, last_error), '; ') from alert"),
-                env.sql("select string_agg(job_id || ' ' || state || ' ' || coalesce(error_message, ''), '; ') from job"),
-                agents.iter().map(|a| a.log()).collect::<Vec<_>>().join("\n----\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A bin dir whose pg_dump runs `body` (a test double; the product itself never runs a shell).
-fn fake_bin(body: &str) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let real = "/usr/lib/postgresql/15/bin";
-    for tool in ["pg_dumpall", "pg_restore", "psql"] {
-        std::os::unix::fs::symlink(format!("{real}/{tool}"), d.path().join(tool)).unwrap();
-    }
-    let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real}/pg_dump --version; fi\n{body}\n"
-    );
-    let p = d.path().join("pg_dump");
-    std::fs::write(&p, script).unwrap();
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    d
-}
-
-struct Site {
-    env: Env,
-    node: TestCluster,
-}
-
-/// A catalog, a node on 127.0.0.2 with database "shop" (alerts to dba@example.org), two
-/// backup servers bs1 and bs2.
+/// The shared site; the node's alerts go to dba@example.org.
 fn site() -> Site {
-    let env = Env::new();
-    let node = TestCluster::start_on(&["127.0.0.2"]);
-    node.create_database("shop");
-    env.cmd("register_backup_server bs1 example.org x").ok();
-    env.cmd("register_backup_server bs2 example.org x").ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
-        node.port()
-    ))
-    .ok();
-    env.cmd("update_pgsql_node_config 127.0.0.2 logs_email=dba@example.org")
+    let s = common::agent::site();
+    s.env
+        .cmd("update_pgsql_node_config 127.0.0.2 logs_email=dba@example.org")
         .ok();
-    Site { env, node }
+    s
 }
 
 fn plain_smtp(port: u16) -> String {
@@ -332,12 +212,11 @@ fn a_failed_backup_stays_queued_while_smtp_is_down_then_is_mailed() {
     let s = site();
     let port = free_port();
     let failing = fake_bin("echo 'pg_dump: error: simulated failure' >&2; exit 3");
-    let a = Agent::start(
+    let a = agent(
         &s.env,
         "bs1.example.org",
         Some(&plain_smtp(port)),
         Some(failing.path()),
-        "",
     );
     s.env
         .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
@@ -349,7 +228,7 @@ fn a_failed_backup_stays_queued_while_smtp_is_down_then_is_mailed() {
         "select state = 'QUEUED' and attempts >= 2 and last_error <> '' from alert",
         "t",
         60,
-        &[&a],
+        &a,
     );
     let v = s.env.json("show_alerts all all QUEUED");
     let row = &v["alerts"][0];
@@ -366,7 +245,7 @@ fn a_failed_backup_stays_queued_while_smtp_is_down_then_is_mailed() {
     // The server comes up: the alert is mailed once, with Date and Message-ID.
     let mail = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(port, mail.path(), &[]);
-    wait_for(&s.env, "select state from alert", "SENT", 30, &[&a]);
+    wait_for(&s.env, "select state from alert", "SENT", 30, &a);
     std::thread::sleep(Duration::from_secs(2));
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 1, "{msgs:?}");
@@ -413,19 +292,18 @@ fn a_lost_job_is_mailed_by_another_agent_and_no_alert_is_mailed_twice() {
     let mail = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(port, mail.path(), &[]);
     let slow = fake_bin("sleep 60; exec /usr/lib/postgresql/15/bin/pg_dump \"$@\"");
-    let mut a1 = Agent::start(
+    let mut a1 = agent(
         &s.env,
         "bs1.example.org",
         Some(&plain_smtp(port)),
         Some(slow.path()),
-        "",
     );
-    let a2 = Agent::start(&s.env, "bs2.example.org", Some(&plain_smtp(port)), None, "");
+    let a2 = agent(&s.env, "bs2.example.org", Some(&plain_smtp(port)), None);
     s.env
         .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
         .ok();
     s.env.cmd("run_backup_definition_now 1").ok();
-    wait_for(&s.env, "select state from job", "RUNNING", 30, &[&a1]);
+    wait_for(&s.env, "select state from job", "RUNNING", 30, &a1);
     // The agent of bs1 dies and never comes back: after its lease, bs2 marks the job lost and,
     // bs1 being gone, mails the alert itself.
     a1.sigkill();
@@ -434,7 +312,7 @@ fn a_lost_job_is_mailed_by_another_agent_and_no_alert_is_mailed_twice() {
         "select string_agg(alert_type || ' ' || state, ',') from alert",
         "LOST_JOB SENT",
         40,
-        &[&a2],
+        &a2,
     );
     assert!(
         s.env
@@ -452,12 +330,12 @@ fn a_lost_job_is_mailed_by_another_agent_and_no_alert_is_mailed_twice() {
     assert!(body(data).contains("show_jobs_queue bs1.example.org --all"));
 
     // Two agents with mail and many alerts of no particular server: each is mailed once.
-    let a1 = Agent::start(&s.env, "bs1.example.org", Some(&plain_smtp(port)), None, "");
+    let a1 = agent(&s.env, "bs1.example.org", Some(&plain_smtp(port)), None);
     s.env.sql(
         "insert into alert (alert_type, pgsql_node_id, dbname, execution_status, error_message, sendto)
          select 'QUARANTINE', 1, 'db' || g, 'QUARANTINE', 'test ' || g, 'ops@example.org' from generate_series(1, 40) g",
     );
-    wait_for(
+    wait_for_agents(
         &s.env,
         "select count(*) from alert where state = 'SENT'",
         "41",
@@ -502,13 +380,13 @@ fn an_overdue_definition_raises_one_alert_per_episode() {
          update backup_definition set registered = now() - interval '2 days', status_changed_at = now() - interval '2 days';
          alter table backup_definition enable trigger bookkeeping",
     );
-    let a = Agent::start(&s.env, "bs1.example.org", Some(&plain_smtp(port)), None, "");
+    let a = agent(&s.env, "bs1.example.org", Some(&plain_smtp(port)), None);
     wait_for(
         &s.env,
         "select string_agg(alert_type || ' ' || state, ',') from alert",
         "OVERDUE SENT",
         30,
-        &[&a],
+        &a,
     );
     // Checked every second: still one alert for this episode.
     std::thread::sleep(Duration::from_secs(4));
@@ -537,7 +415,7 @@ fn an_overdue_definition_raises_one_alert_per_episode() {
         "select string_agg(execution_status, ',') from backup_catalog",
         "SUCCEEDED",
         60,
-        &[&a],
+        &a,
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -558,7 +436,7 @@ fn an_overdue_definition_raises_one_alert_per_episode() {
         "select count(*) from alert where alert_type = 'OVERDUE'",
         "2",
         30,
-        &[&a],
+        &a,
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -660,20 +538,14 @@ fn starttls_with_login_and_a_private_ca() {
         pw.display()
     );
     let failing = fake_bin("echo 'pg_dump: error: simulated failure' >&2; exit 3");
-    let a = Agent::start(
+    let a = agent(
         &s.env,
         "bs1.example.org",
         Some(&alerts),
         Some(failing.path()),
-        "",
     );
     // --check logs in without sending anything.
-    let check = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
-        .arg("--config")
-        .arg(&a.config)
-        .arg("--check")
-        .output()
-        .unwrap();
+    let check = a.command().arg("--check").output().unwrap();
     let out = String::from_utf8_lossy(&check.stdout);
     assert!(
         out.contains(&format!(
@@ -686,7 +558,7 @@ fn starttls_with_login_and_a_private_ca() {
         .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
         .ok();
     s.env.cmd("run_backup_definition_now 1").ok();
-    wait_for(&s.env, "select state from alert", "SENT", 60, &[&a]);
+    wait_for(&s.env, "select state from alert", "SENT", 60, &a);
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0]["tls"], true);
@@ -696,12 +568,7 @@ fn starttls_with_login_and_a_private_ca() {
 
     // A wrong password: --check says so (the running agent read its password at start).
     std::fs::write(&pw, "wrong\n").unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
-        .arg("--config")
-        .arg(&a.config)
-        .arg("--check")
-        .output()
-        .unwrap();
+    let check = a.command().arg("--check").output().unwrap();
     assert!(!check.status.success());
     let out = String::from_utf8_lossy(&check.stdout);
     assert!(out.contains("[ERROR] SMTP server localhost"), "{out}");
@@ -719,12 +586,11 @@ fn a_bad_template_or_password_file_stops_the_agent_at_start() {
             "smtp_server = \"127.0.0.1\"\nsmtp_security = \"none\"\nfrom_address = \"p@example.org\"\n{extra}"
         )
     };
-    let mut a = Agent::start(
+    let mut a = agent(
         &s.env,
         "bs1.example.org",
         Some(&cfg(&format!("template = \"{}\"", tpl.display()))),
         None,
-        "",
     );
     let status = a.child.take().unwrap().wait().unwrap();
     assert!(!status.success());
@@ -736,7 +602,7 @@ fn a_bad_template_or_password_file_stops_the_agent_at_start() {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "x\n").unwrap();
     std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let mut a = Agent::start(
+    let mut a = agent(
         &s.env,
         "bs1.example.org",
         Some(&cfg(&format!(
@@ -744,7 +610,6 @@ fn a_bad_template_or_password_file_stops_the_agent_at_start() {
             pw.display()
         ))),
         None,
-        "",
     );
     let status = a.child.take().unwrap().wait().unwrap();
     assert!(!status.success());
@@ -884,7 +749,7 @@ fn the_sender_survives_a_catalog_outage() {
     let port = free_port();
     let mail = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(port, mail.path(), &[]);
-    let a = Agent::start(&s.env, "bs1.example.org", Some(&plain_smtp(port)), None, "");
+    let a = agent(&s.env, "bs1.example.org", Some(&plain_smtp(port)), None);
     std::thread::sleep(Duration::from_secs(2));
     s.env.catalog.stop();
     std::thread::sleep(Duration::from_secs(4));
@@ -894,7 +759,7 @@ fn the_sender_survives_a_catalog_outage() {
         "insert into alert (alert_type, backup_server_id, pgsql_node_id, dbname, execution_status, error_message, sendto)
          values ('BACKUP', 1, 1, 'shop', 'ERROR', 'replayed', 'dba@example.org')",
     );
-    wait_for(&s.env, "select state from alert", "SENT", 40, &[&a]);
+    wait_for(&s.env, "select state from alert", "SENT", 40, &a);
     assert_eq!(smtp.messages().len(), 1);
     assert!(
         a.log().contains("claiming alerts to mail failed")

@@ -8,15 +8,10 @@ use serde_json::json;
 
 fn fleet() -> (Env, TestCluster) {
     let env = Env::new();
-    let node = TestCluster::start_on(&["127.0.0.2"]);
+    env.register_backup_servers(&["bs1"]);
+    let node = env.start_node("127.0.0.2", "x");
     node.create_database("billing");
     node.create_database("crm");
-    env.cmd("register_backup_server bs1 example.org x").ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING x",
-        node.port()
-    ))
-    .ok();
     (env, node)
 }
 

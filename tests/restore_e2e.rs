@@ -7,84 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::Env;
+use common::agent::{Agent, wait_for};
 use pgbackman_testkit::TestCluster;
-
-struct Agent {
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(env: &Env, server: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[catalog]\nconninfo = \"{}\"\n[agent]\nbackup_server = \"{server}\"\nstate_dir = \"{}\"\nbackup_dir = \"{}\"\nrepoll_seconds = 2\nlease_seconds = 6\nhttp_listen = \"\"\n",
-                env.conninfo(),
-                dir.path().join("state").display(),
-                dir.path().join("backups").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("agent.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
-            .arg("--config")
-            .arg(&config)
-            .env("PGBACKMAN_LOG", "info")
-            .env("TZ", "UTC")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Agent {
-            child: Some(child),
-            _dir: dir,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-#[track_caller]
-fn wait_for(env: &Env, q: &str, want: &str, secs: u64, agent: &Agent) {
-    let t = Instant::now();
-    loop {
-        let v = env.sql(q);
-        if v == want {
-            return;
-        }
-        if t.elapsed() > Duration::from_secs(secs) {
-            panic!(
-                "waited {secs}s for {q:?} = {want:?}, got {v:?}\njobs: {}\nbackups: {}\nrestores: {}\nagent log:\n{}",
-                env.sql("select string_agg(job_id || ' ' || kind || ' ' || state || ' ' || coalesce(error_message, ''), '; ') from job"),
-                env.sql("select string_agg(bck_id || ' ' || execution_status || ' ' || coalesce(error_message, ''), '; ') from backup_catalog"),
-                env.sql("select string_agg(restore_id || ' ' || execution_status || ' ' || coalesce(error_step, '') || ' ' || coalesce(error_message, '') || ' ' || coalesce(error_stderr_tail, ''), '; ') from restore_catalog"),
-                agent.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 /// ../shared/bench/reference-db.sql, wherever this checkout is.
 fn reference_db() -> PathBuf {
@@ -172,8 +99,9 @@ fn facts(pg: &TestCluster, host: &str, db: &str) -> Vec<(&'static str, String)> 
 #[test]
 fn reference_database_restored_onto_a_fresh_node_then_conflicts() {
     let env = Env::new();
-    let a = TestCluster::start_on(&["127.0.0.2"]);
-    let b = TestCluster::start_on(&["127.0.0.3"]);
+    env.register_backup_servers(&["bs1"]);
+    let a = env.start_node("127.0.0.2", "a");
+    let b = env.start_node("127.0.0.3", "b");
     a.create_database("ref");
     let out = Command::new("psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "scale=1", "-d"])
@@ -190,18 +118,7 @@ fn reference_database_restored_onto_a_fresh_node_then_conflicts() {
     let original = facts(&a, "127.0.0.2", "ref");
     assert!(original[0].1.contains("app.events=1000000"), "{original:?}");
 
-    env.cmd("register_backup_server bs1 example.org x").ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
-        a.port()
-    ))
-    .ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.3 \"\" {} postgres RUNNING b",
-        b.port()
-    ))
-    .ok();
-    let agent = Agent::start(&env, "bs1.example.org");
+    let agent = Agent::start(&env, "bs1.example.org", None);
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 ref \"\" 0 3")
         .ok();
     env.cmd("run_backup_definition_now 1").ok();
@@ -375,15 +292,10 @@ fn reference_database_restored_onto_a_fresh_node_then_conflicts() {
 #[test]
 fn restore_commands_decide_or_refuse_with_a_hint() {
     let env = Env::new();
-    let n = TestCluster::start_on(&["127.0.0.2"]);
+    env.register_backup_servers(&["bs1"]);
+    let n = env.start_node("127.0.0.2", "a");
     n.create_database("shop");
     n.psql("postgres", "create role app");
-    env.cmd("register_backup_server bs1 example.org x").ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
-        n.port()
-    ))
-    .ok();
     env.cmd("register_pgsql_node stopped.example.org \"\" 5999 postgres STOPPED s")
         .ok();
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")

@@ -5,143 +5,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Env;
-use pgbackman_testkit::TestCluster;
+use common::agent::{Agent, Site, site, wait_for};
 
-/// An agent of one backup server: the daemon for making backups (maintenance off, so each test
-/// decides when a pass runs), and `--maintenance` for one pass.
-struct Agent {
-    child: Option<Child>,
-    config: PathBuf,
-    dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn new(env: &Env, server: &str) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[catalog]\nconninfo = \"{}\"\n[agent]\nbackup_server = \"{server}\"\nstate_dir = \"{}\"\nbackup_dir = \"{}\"\nrepoll_seconds = 2\nlease_seconds = 6\nhttp_listen = \"\"\nmaintenance_seconds = 0\n",
-                env.conninfo(),
-                dir.path().join("state").display(),
-                dir.path().join("backups").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("agent.log");
-        Agent {
-            child: None,
-            config,
-            dir,
-            log,
-        }
-    }
-
-    /// The daemon's own maintenance timer (0: off).
-    fn set_maintenance_seconds(&self, n: u64) {
-        let cfg: String = std::fs::read_to_string(&self.config)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                if l.starts_with("maintenance_seconds") {
-                    format!("maintenance_seconds = {n}\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
-        std::fs::write(&self.config, cfg).unwrap();
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"));
-        c.arg("--config")
-            .arg(&self.config)
-            .env("PGBACKMAN_LOG", "info")
-            .env("TZ", "UTC");
-        c
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            self.command()
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap());
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// One maintenance pass (`--maintenance`); its stderr is appended to the log.
-    fn maintenance(&self) -> Output {
-        let o = self.command().arg("--maintenance").output().unwrap();
-        let mut log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.push_str(&String::from_utf8_lossy(&o.stderr));
-        std::fs::write(&self.log, log).unwrap();
-        o
-    }
-
-    #[track_caller]
-    fn maintenance_ok(&self) {
-        let o = self.maintenance();
-        assert!(o.status.success(), "maintenance failed:\n{}", self.log());
-    }
-
-    fn backups(&self) -> PathBuf {
-        self.dir.path().join("backups")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-#[track_caller]
-fn wait_for(env: &Env, q: &str, want: &str, secs: u64, agent: &Agent) {
-    let t = Instant::now();
-    loop {
-        let v = env.sql(q);
-        if v == want {
-            return;
-        }
-        if t.elapsed() > Duration::from_secs(secs) {
-            panic!(
-                "waited {secs}s for {q:?} = {want:?}, got {v:?}\ncatalog: {}\nagent log:\n{}",
-                env.sql("select string_agg(bck_id || ' ' || execution_status || ' ' || coalesce(error_message, ''), '; ') from backup_catalog"),
-                agent.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// An agent of one backup server, not started: the daemon for making backups (maintenance off,
+/// so each test decides when a pass runs), and `--maintenance` for one pass.
+fn agent(env: &Env, server: &str) -> Agent {
+    Agent::configure(env, server, "maintenance_seconds = 0")
 }
 
 /// Runs DefID `def` now and waits for its catalog row; returns the BckID.
@@ -202,45 +76,34 @@ fn catalog_ids(env: &Env) -> Vec<i64> {
         .collect()
 }
 
-struct Fleet {
-    env: Env,
-    a: TestCluster,
-}
-
-fn fleet() -> Fleet {
-    let env = Env::new();
-    let a = TestCluster::start_on(&["127.0.0.2"]);
-    a.create_database("shop");
-    a.psql(
+/// The shared site, with a table of 100 rows in "shop".
+fn fleet() -> Site {
+    let s = site();
+    s.node.psql(
         "shop",
         "create table t (id int primary key); insert into t select generate_series(1, 100)",
     );
-    env.cmd("register_backup_server bs1 example.org x").ok();
-    env.cmd("register_backup_server bs2 example.org x").ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
-        a.port()
-    ))
-    .ok();
-    Fleet { env, a }
+    s
 }
 
 #[test]
 fn the_plan_shown_is_what_the_agent_deletes_and_the_last_good_backups_survive_failures() {
     let f = fleet();
     let env = &f.env;
-    let mut a1 = Agent::new(env, "bs1.example.org");
-    a1.start();
+    let mut a1 = agent(env, "bs1.example.org");
+    a1.spawn(None);
     // Period 7 days, redundancy 2.
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3 \"*\" \"*\" \"*\" FULL false \"7 days\" 2").ok();
     let s1 = run_now(env, &a1, 1);
     let s2 = run_now(env, &a1, 1);
     let s3 = run_now(env, &a1, 1);
     // Then every run fails (the database is away), the newest of them recently.
-    f.a.psql("postgres", "alter database shop rename to shop_away");
+    f.node
+        .psql("postgres", "alter database shop rename to shop_away");
     let f1 = run_now(env, &a1, 1);
     let f2 = run_now(env, &a1, 1);
-    f.a.psql("postgres", "alter database shop_away rename to shop");
+    f.node
+        .psql("postgres", "alter database shop_away rename to shop");
     // A snapshot kept 2 days, and a backup whose directory was taken by hand already.
     env.cmd("register_snapshot_definition bs1.example.org 127.0.0.2 shop \"\" now FULL \"2 days\" \"\" old").ok();
     wait_for(
@@ -334,8 +197,8 @@ fn the_plan_shown_is_what_the_agent_deletes_and_the_last_good_backups_survive_fa
 fn deletion_is_two_phase_safe_to_interrupt_refuses_foreign_paths_and_waits_for_the_catalog() {
     let f = fleet();
     let env = &f.env;
-    let mut a1 = Agent::new(env, "bs1.example.org");
-    a1.start();
+    let mut a1 = agent(env, "bs1.example.org");
+    a1.spawn(None);
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3 \"*\" \"*\" \"*\" FULL false \"1 day\" 1").ok();
     let b: Vec<i64> = (0..5).map(|_| run_now(env, &a1, 1)).collect();
     a1.stop();
@@ -423,10 +286,10 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
     let f = fleet();
     let env = &f.env;
     for db in ["d1", "d2", "d3", "d4"] {
-        f.a.create_database(db);
+        f.node.create_database(db);
     }
-    let mut a1 = Agent::new(env, "bs1.example.org");
-    a1.start();
+    let mut a1 = agent(env, "bs1.example.org");
+    a1.spawn(None);
     // DefIDs 1-5: d1, d2, d3, d4, shop.
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 \"#all_databases#\" \"\"")
         .ok();
@@ -448,7 +311,7 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
     a1.maintenance_ok();
     assert_eq!(env.sql("select databases from pgsql_node_listing"), "6");
     // d4 dropped: its definition is quarantined, with an alert; it stops running.
-    f.a.psql("postgres", "drop database d4");
+    f.node.psql("postgres", "drop database d4");
     a1.maintenance_ok();
     assert_eq!(status(4), "DELETED", "{}", a1.log());
     let alert = env.sql("select error_message from alert where alert_type = 'QUARANTINE' and execution_status = 'DELETED'");
@@ -457,11 +320,11 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
         "{alert}"
     );
     // It comes back: ACTIVE again.
-    f.a.create_database("d4");
+    f.node.create_database("d4");
     a1.maintenance_ok();
     assert_eq!(status(4), "ACTIVE", "{}", a1.log());
     // Gone again, for longer than automatic_deletion_retention: removed with its backups.
-    f.a.psql("postgres", "drop database d4");
+    f.node.psql("postgres", "drop database d4");
     a1.maintenance_ok();
     assert_eq!(status(4), "DELETED");
     env.sql(
@@ -490,9 +353,9 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
 
     // Most databases vanish at once (baseline 5: d1-d3, shop, postgres): suspicious, nothing
     // changes, one alert that says what to run.
-    f.a.psql("postgres", "drop database d1");
-    f.a.psql("postgres", "drop database d2");
-    f.a.psql("postgres", "drop database d3");
+    f.node.psql("postgres", "drop database d1");
+    f.node.psql("postgres", "drop database d2");
+    f.node.psql("postgres", "drop database d3");
     a1.maintenance_ok();
     a1.maintenance_ok();
     assert_eq!(
@@ -517,7 +380,7 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
     // Autoregister: new databases get definitions from the node's defaults on this server.
     env.cmd("update_pgsql_node_config 127.0.0.2 autoregister=true retention_redundancy=3")
         .ok();
-    f.a.create_database("fresh");
+    f.node.create_database("fresh");
     a1.maintenance_ok();
     assert_eq!(
         env.sql("select backup_server_id || ' ' || job_status || ' ' || retention_redundancy from backup_definition where dbname = 'fresh'"),
@@ -540,10 +403,10 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
         ),
         "2"
     );
-    f.a.create_database("fresh2");
+    f.node.create_database("fresh2");
     a1.maintenance_ok();
     assert_eq!(env.sql("select count(*) from backup_definition"), "5");
-    let a2 = Agent::new(env, "bs2.example.org");
+    let a2 = agent(env, "bs2.example.org");
     a2.maintenance_ok();
     assert_eq!(
         env.sql("select backup_server_id from backup_definition where dbname = 'fresh2'"),
@@ -574,8 +437,8 @@ fn quarantine_reactivation_expiry_alerts_and_autoregister() {
 fn forced_deletions_and_deleted_nodes_are_cleaned_on_the_server_that_holds_them() {
     let f = fleet();
     let env = &f.env;
-    let mut a1 = Agent::new(env, "bs1.example.org");
-    a1.start();
+    let mut a1 = agent(env, "bs1.example.org");
+    a1.spawn(None);
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
         .ok();
     let b1 = run_now(env, &a1, 1);
@@ -583,7 +446,7 @@ fn forced_deletions_and_deleted_nodes_are_cleaned_on_the_server_that_holds_them(
     a1.stop();
     let d = [dir_of(env, b1), dir_of(env, b2)];
     // bs2 knows nothing of these files and must not touch the queue of bs1.
-    let a2 = Agent::new(env, "bs2.example.org");
+    let a2 = agent(env, "bs2.example.org");
     env.cmd("delete_backup_definition_id 1 force-deletion").ok();
     assert_eq!(
         env.sql("select count(*) from catalog_entries_to_delete"),
@@ -604,7 +467,7 @@ fn forced_deletions_and_deleted_nodes_are_cleaned_on_the_server_that_holds_them(
     );
     // The daemon's own timer does it all (no --maintenance here).
     a1.set_maintenance_seconds(1);
-    a1.start();
+    a1.spawn(None);
     wait_for(
         env,
         "select count(*) from catalog_entries_to_delete",

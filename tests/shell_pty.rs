@@ -936,15 +936,10 @@ fn a_shell_that_cannot_reach_its_catalog_says_so_and_fails() {
 #[test]
 fn register_restore_definition_walks_pgbackmans_decision_flow() {
     let env = Env::new();
-    let n = pgbackman_testkit::TestCluster::start_on(&["127.0.0.2"]);
+    env.register_backup_servers(&["bs1"]);
+    let n = env.start_node("127.0.0.2", "a");
     n.create_database("shop");
     n.psql("postgres", "create role app");
-    env.cmd("register_backup_server bs1 example.org x").ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
-        n.port()
-    ))
-    .ok();
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
         .ok();
     env.sql(

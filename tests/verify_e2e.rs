@@ -3,94 +3,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use common::Env;
+use common::agent::{Agent, fake_tool, wait_for};
 use pgbackman_testkit::TestCluster;
 
-/// An agent process with its own state and backup directories (as in agent_e2e.rs).
-struct Agent {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(env: &Env, server: &str) -> Agent {
-        Agent::start_with(env, server, None)
-    }
-
-    /// `bin_dir`: client programs of major 15 to use instead of the installed ones.
-    fn start_with(env: &Env, server: &str, bin_dir: Option<&Path>) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("agent.toml");
-        let mut text = format!(
-            "[catalog]\nconninfo = \"{}\"\n[agent]\nbackup_server = \"{server}\"\nstate_dir = \"{}\"\nbackup_dir = \"{}\"\nrepoll_seconds = 1\nlease_seconds = 6\nhttp_listen = \"\"\n",
-            env.conninfo(),
-            dir.path().join("state").display(),
-            dir.path().join("backups").display()
-        );
-        if let Some(b) = bin_dir {
-            text.push_str(&format!("[agent.bin_dirs]\n\"15\" = \"{}\"\n", b.display()));
-        }
-        std::fs::write(&config, text).unwrap();
-        let log = dir.path().join("agent.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"))
-            .arg("--config")
-            .arg(&config)
-            .env("PGBACKMAN_LOG", "info")
-            .env("TZ", "UTC")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Agent {
-            child: Some(child),
-            dir,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn backups(&self) -> PathBuf {
-        self.dir.path().join("backups")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Polls `q` (one value) until it equals `want` or `secs` pass.
-#[track_caller]
-fn wait_for(env: &Env, q: &str, want: &str, secs: u64, agent: &Agent) {
-    let t = Instant::now();
-    loop {
-        let v = env.sql(q);
-        if v == want {
-            return;
-        }
-        if t.elapsed() > Duration::from_secs(secs) {
-            panic!(
-                "waited {secs}s for {q:?} = {want:?}, got {v:?}\njobs: {}\nverifications: {}\nagent log:\n{}",
-                env.sql("select string_agg(job_id || ' ' || kind || ' ' || state || ' ' || coalesce(error_message, ''), '; ') from job"),
-                env.sql("select string_agg(job_id || ' ' || state || ' ' || coalesce(error_message, ''), '; ') from verification"),
-                agent.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// An agent that polls every second; `bin_dir`: client programs of major 15 to use instead of
+/// the installed ones.
+fn start_agent(env: &Env, server: &str, bin_dir: Option<&Path>) -> Agent {
+    Agent::start_with(env, server, bin_dir, "repoll_seconds = 1")
 }
 
 struct Site {
@@ -101,8 +24,9 @@ struct Site {
 
 fn site() -> Site {
     let env = Env::new();
-    let node = TestCluster::start_on(&["127.0.0.2"]);
-    let drill = TestCluster::start_on(&["127.0.0.3"]);
+    env.register_backup_servers(&["bs1"]);
+    let node = env.start_node("127.0.0.2", "prod");
+    let drill = env.start_node("127.0.0.3", "scratch");
     node.create_database("shop");
     node.psql(
         "shop",
@@ -110,17 +34,6 @@ fn site() -> Site {
          insert into t select g, md5(g::text) from generate_series(1, 2000) g; \
          create table \"Line Items\" (n int); insert into \"Line Items\" select generate_series(1, 77)",
     );
-    env.cmd("register_backup_server bs1 example.org x").ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING prod",
-        node.port()
-    ))
-    .ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.3 \"\" {} postgres RUNNING scratch",
-        drill.port()
-    ))
-    .ok();
     Site { env, node, drill }
 }
 
@@ -135,7 +48,7 @@ fn drill_databases(d: &TestCluster) -> String {
 fn levels_verify_backup_and_drills_through_the_agent() {
     let s = site();
     let env = &s.env;
-    let agent = Agent::start(env, "bs1.example.org");
+    let agent = start_agent(env, "bs1.example.org", None);
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
         .ok();
     env.cmd("run_backup_definition_now 1").ok();
@@ -282,7 +195,7 @@ fn scheduled_drills_fire_each_instant_once() {
     );
     let defs = env.json("show_backup_definitions");
     assert!(defs.to_string().contains("drill 0 0 1 1 *"), "{defs}");
-    let agent = Agent::start(env, "bs1.example.org");
+    let agent = start_agent(env, "bs1.example.org", None);
     env.cmd("run_backup_definition_now 1").ok();
     wait_for(env, "select count(*) from backup_catalog", "1", 60, &agent);
     // Setting the schedule fired nothing from the past. Move its clock back over the last
@@ -431,19 +344,10 @@ fn verification_reports_are_fenced_idempotent_and_interrupted_jobs_recorded() {
 /// A bin dir of the real client programs except pg_restore, which fails like it does on a
 /// damaged archive (a test double; the product never runs a shell).
 fn broken_pg_restore() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let real = "/usr/lib/postgresql/15/bin";
-    for tool in ["pg_dump", "pg_dumpall", "psql"] {
-        std::os::unix::fs::symlink(format!("{real}/{tool}"), d.path().join(tool)).unwrap();
-    }
-    let p = d.path().join("pg_restore");
-    std::fs::write(
-        &p,
-        format!("#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real}/pg_restore --version; fi\ncat >/dev/null\necho 'pg_restore: error: could not read from input file: end of file' >&2\nexit 1\n"),
+    fake_tool(
+        "pg_restore",
+        "cat >/dev/null\necho 'pg_restore: error: could not read from input file: end of file' >&2\nexit 1",
     )
-    .unwrap();
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    d
 }
 
 #[test]
@@ -451,7 +355,7 @@ fn a_set_that_cannot_be_read_back_is_flagged_right_after_the_backup() {
     let s = site();
     let env = &s.env;
     let bin = broken_pg_restore();
-    let agent = Agent::start_with(env, "bs1.example.org", Some(bin.path()));
+    let agent = start_agent(env, "bs1.example.org", Some(bin.path()));
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
         .ok();
     env.cmd("run_backup_definition_now 1").ok();

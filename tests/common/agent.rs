@@ -3,7 +3,7 @@
 //! programs; process and file probes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pgbackman_testkit::TestCluster;
@@ -23,8 +23,16 @@ impl Agent {
         Agent::start_with(env, server, extra_path, "")
     }
 
-    /// `extra` is more of the `[agent]` section (`key = value` lines).
+    /// `extra` is more of the `[agent]` section (`key = value` lines), then, from its first
+    /// `[table]` line on, more tables (`[agent.alerts]` ...) taken as they are.
     pub fn start_with(env: &Env, server: &str, extra_path: Option<&Path>, extra: &str) -> Agent {
+        let mut a = Agent::configure(env, server, extra);
+        a.spawn(extra_path);
+        a
+    }
+
+    /// An agent whose config is written but which does not run yet (`spawn`, `command`).
+    pub fn configure(env: &Env, server: &str, extra: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("agent.toml");
         let mut agent = format!(
@@ -32,7 +40,12 @@ impl Agent {
             dir.path().join("state").display(),
             dir.path().join("backups").display()
         );
-        for line in extra.lines() {
+        let (keys, tables) = match extra.find("\n[").map(|i| i + 1) {
+            _ if extra.starts_with('[') => ("", extra),
+            Some(i) => extra.split_at(i),
+            None => (extra, ""),
+        };
+        for line in keys.lines() {
             let key = line.split('=').next().unwrap_or("").trim();
             // A key given in `extra` replaces the default above.
             agent = agent
@@ -43,34 +56,37 @@ impl Agent {
             agent.push_str(line);
             agent.push('\n');
         }
-        if !extra.contains("http_listen") {
+        if !keys.contains("http_listen") {
             agent.push_str("http_listen = \"\"\n");
         }
         std::fs::write(
             &config,
             format!(
-                "[catalog]\nconninfo = \"{}\"\n[agent]\n{agent}",
+                "[catalog]\nconninfo = \"{}\"\n[agent]\n{agent}{tables}\n",
                 env.conninfo()
             ),
         )
         .unwrap();
         let log = dir.path().join("agent.log");
-        let mut a = Agent {
+        Agent {
             child: None,
             config,
             dir,
             log,
-        };
-        a.spawn(extra_path);
-        a
+        }
     }
 
-    pub fn spawn(&mut self, extra_path: Option<&Path>) {
+    /// The agent binary with this config, the log level and time zone of the daemon.
+    pub fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"));
         c.arg("--config")
             .arg(&self.config)
             .env("PGBACKMAN_LOG", "info")
             .env("TZ", "UTC");
+        c
+    }
+
+    pub fn spawn(&mut self, extra_path: Option<&Path>) {
         if let Some(p) = extra_path {
             // A directory of fake client programs: the agent takes them as the client bin dir.
             let mut cfg = std::fs::read_to_string(&self.config).unwrap();
@@ -84,8 +100,56 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let mut c = self.command();
         c.stdout(Stdio::null()).stderr(log);
         self.child = Some(c.spawn().unwrap());
+    }
+
+    /// Sets `key` of the `[agent]` section in the config (read at the next start).
+    pub fn set(&self, key: &str, value: &str) {
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        let mut out = String::new();
+        let mut section = "";
+        let mut done = false;
+        for l in cfg.lines() {
+            if l.starts_with('[') {
+                if section == "[agent]" && !done {
+                    out.push_str(&format!("{key} = {value}\n"));
+                    done = true;
+                }
+                section = l.trim();
+            } else if section == "[agent]" && l.split('=').next().unwrap_or("").trim() == key {
+                out.push_str(&format!("{key} = {value}\n"));
+                done = true;
+                continue;
+            }
+            out.push_str(l);
+            out.push('\n');
+        }
+        if !done {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+        std::fs::write(&self.config, out).unwrap();
+    }
+
+    /// The daemon's own maintenance timer (0: off).
+    pub fn set_maintenance_seconds(&self, n: u64) {
+        self.set("maintenance_seconds", &n.to_string());
+    }
+
+    /// One maintenance pass (`--maintenance`); its stderr is appended to the log.
+    pub fn maintenance(&self) -> Output {
+        let o = self.command().arg("--maintenance").output().unwrap();
+        let mut log = self.log();
+        log.push_str(&String::from_utf8_lossy(&o.stderr));
+        std::fs::write(&self.log, log).unwrap();
+        o
+    }
+
+    #[track_caller]
+    pub fn maintenance_ok(&self) {
+        let o = self.maintenance();
+        assert!(o.status.success(), "maintenance failed:\n{}", self.log());
     }
 
     pub fn state(&self) -> PathBuf {
@@ -139,6 +203,13 @@ impl Agent {
         c.wait().unwrap()
     }
 
+    /// SIGTERM if it runs, and waits for it to exit.
+    pub fn stop(&mut self) {
+        if self.child.is_some() {
+            self.sigterm();
+        }
+    }
+
     pub fn sigkill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -156,6 +227,12 @@ impl Drop for Agent {
 /// Polls `q` (one value) until it equals `want` or `secs` pass.
 #[track_caller]
 pub fn wait_for(env: &Env, q: &str, want: &str, secs: u64, agent: &Agent) {
+    wait_for_agents(env, q, want, secs, &[agent]);
+}
+
+/// `wait_for` where several agents may do the work: all their logs tell what went wrong.
+#[track_caller]
+pub fn wait_for_agents(env: &Env, q: &str, want: &str, secs: u64, agents: &[&Agent]) {
     let t = Instant::now();
     loop {
         let v = env.sql(q);
@@ -163,13 +240,33 @@ pub fn wait_for(env: &Env, q: &str, want: &str, secs: u64, agent: &Agent) {
             return;
         }
         if t.elapsed() > Duration::from_secs(secs) {
-            panic!("waited {secs}s for {q:?} = {want:?}, got {v:?}\njobs: {}\ncatalog: {}\nagent log:\n{}",
-                env.sql("select string_agg(job_id || ' ' || state || ' ' || coalesce(error_message, ''), '; ') from job"),
-                env.sql("select string_agg(bck_id || ' ' || execution_status || ' ' || coalesce(error_step, '') || ' ' || coalesce(error_message, ''), '; ') from backup_catalog"),
-                agent.log());
+            panic!(
+                "waited {secs}s for {q:?} = {want:?}, got {v:?}\n{}\nagent log:\n{}",
+                catalog_summary(env),
+                agents
+                    .iter()
+                    .map(|a| a.log())
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// What the agents did, as the catalog has it: one line per table, for failure messages.
+pub fn catalog_summary(env: &Env) -> String {
+    [
+        ("jobs", "select string_agg(concat_ws(' ', job_id, kind, state, error_message), '; ' order by job_id) from job"),
+        ("catalog", "select string_agg(concat_ws(' ', bck_id, execution_status, error_step, error_message), '; ' order by bck_id) from backup_catalog"),
+        ("verifications", "select string_agg(concat_ws(' ', job_id, state, error_message), '; ' order by job_id) from verification"),
+        ("restores", "select string_agg(concat_ws(' ', restore_id, execution_status, error_step, error_message, error_stderr_tail), '; ' order by restore_id) from restore_catalog"),
+        ("alerts", "select string_agg(concat_ws(' ', alert_id, alert_type, state, attempts, last_error), '; ' order by alert_id) from alert"),
+    ]
+    .iter()
+    .map(|(name, q)| format!("{name}: {}", env.sql(q)))
+    .collect::<Vec<_>>()
+    .join("\n")
 }
 
 pub fn sha256(p: &Path) -> String {
@@ -184,10 +281,13 @@ pub struct Fleet {
     pub b: TestCluster,
 }
 
+/// A catalog, backup servers bs1 and bs2, nodes 127.0.0.2 ("shop") and 127.0.0.3 ("crm"), each
+/// database with a table `t` of 2000 rows owned by app_owner and readable by app_reader.
 pub fn fleet() -> Fleet {
     let env = Env::new();
-    let a = TestCluster::start_on(&["127.0.0.2"]);
-    let b = TestCluster::start_on(&["127.0.0.3"]);
+    env.register_backup_servers(&["bs1", "bs2"]);
+    let a = env.start_node("127.0.0.2", "a");
+    let b = env.start_node("127.0.0.3", "b");
     for (n, name) in [(&a, "shop"), (&b, "crm")] {
         n.create_database(name);
         n.psql(
@@ -197,32 +297,43 @@ pub fn fleet() -> Fleet {
              insert into t select g, md5(g::text) from generate_series(1, 2000) g",
         );
     }
-    env.cmd("register_backup_server bs1 example.org x").ok();
-    env.cmd("register_backup_server bs2 example.org x").ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.2 \"\" {} postgres RUNNING a",
-        a.port()
-    ))
-    .ok();
-    env.cmd(&format!(
-        "register_pgsql_node 127.0.0.3 \"\" {} postgres RUNNING b",
-        b.port()
-    ))
-    .ok();
     Fleet { env, a, b }
+}
+
+pub struct Site {
+    pub env: Env,
+    pub node: TestCluster,
+}
+
+/// A catalog, backup servers bs1 and bs2, and a node on 127.0.0.2 ("a") with an empty
+/// database "shop".
+pub fn site() -> Site {
+    let env = Env::new();
+    env.register_backup_servers(&["bs1", "bs2"]);
+    let node = env.start_node("127.0.0.2", "a");
+    node.create_database("shop");
+    Site { env, node }
 }
 
 /// A bin dir whose pg_dump runs `body` (a test double; the product itself never runs a shell).
 pub fn fake_bin(body: &str) -> tempfile::TempDir {
+    fake_tool("pg_dump", body)
+}
+
+/// A bin dir of the real client programs of major 15 but `tool`, which runs `body` (after
+/// answering `--version` as the real one does).
+pub fn fake_tool(tool: &str, body: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let real = "/usr/lib/postgresql/15/bin";
-    for tool in ["pg_dumpall", "pg_restore", "psql"] {
-        std::os::unix::fs::symlink(format!("{real}/{tool}"), d.path().join(tool)).unwrap();
+    for other in ["pg_dump", "pg_dumpall", "pg_restore", "psql"] {
+        if other != tool {
+            std::os::unix::fs::symlink(format!("{real}/{other}"), d.path().join(other)).unwrap();
+        }
     }
     let script = format!(
-        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real}/pg_dump --version; fi\n{body}\n"
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real}/{tool} --version; fi\n{body}\n"
     );
-    let p = d.path().join("pg_dump");
+    let p = d.path().join(tool);
     std::fs::write(&p, script).unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     d

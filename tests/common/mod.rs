@@ -127,3 +127,24 @@ impl Env {
         self.catalog.psql("pgbackman", q).trim().to_string()
     }
 }
+
+impl Env {
+    /// Registers backup servers `<name>.example.org`, SrvIDs in the order given.
+    pub fn register_backup_servers(&self, names: &[&str]) {
+        for name in names {
+            self.cmd(&format!("register_backup_server {name} example.org x"))
+                .ok();
+        }
+    }
+
+    /// A node cluster listening on `host`, registered (RUNNING, admin postgres) as `remarks`.
+    pub fn start_node(&self, host: &str, remarks: &str) -> TestCluster {
+        let node = TestCluster::start_on(&[host]);
+        self.cmd(&format!(
+            "register_pgsql_node {host} \"\" {} postgres RUNNING {remarks}",
+            node.port()
+        ))
+        .ok();
+        node
+    }
+}

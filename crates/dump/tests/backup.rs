@@ -19,10 +19,11 @@ use pgbackman_dump::{
 use pgbackman_testkit::TestCluster;
 use sha2::{Digest, Sha256};
 
-fn bin_dir() -> PathBuf {
-    pgbackman_pgctl::find_bin_dir(None).expect("PostgreSQL client tools")
-}
+mod common;
+use common::bin_dir;
 
+/// The shared spec, with the database named even for cluster-wide codes, sets under the
+/// encoded database (or code) name, and a definition in the manifest.
 fn spec(pg: &TestCluster, root: &Path, job_id: i64, code: BackupCode, db: &str) -> BackupSpec {
     let what = if code.is_cluster_wide() {
         code.to_string()
@@ -30,31 +31,13 @@ fn spec(pg: &TestCluster, root: &Path, job_id: i64, code: BackupCode, db: &str) 
         db.to_string()
     };
     BackupSpec {
-        job_id,
-        code,
-        profile: NodeProfile::Standard,
         dbname: db.into(),
-        node: NodeConn {
-            host: pg.socket_dir().display().to_string(),
-            port: pg.port(),
-            user: "postgres".into(),
-            admin_dbname: "postgres".into(),
-            sslmode: String::new(),
-            passfile: None,
-        },
-        node_label: format!("testnode:{}", pg.port()),
-        bin_dir: bin_dir(),
-        format: DumpFormat::Custom { zstd_level: 3 },
-        extra_args: Vec::new(),
-        lock_wait_timeout: Some(Duration::from_secs(30)),
-        max_runtime: None,
-        application_name: "pgbackman".into(),
-        staging_root: root.join("staging"),
         final_dir: root
             .join("sets")
             .join(encode_path_component(&what))
             .join(format!("job{job_id}")),
         definition: serde_json::json!({"def_id": 7, "dbname": db}),
+        ..common::spec(pg, root, job_id, code, db)
     }
 }
 

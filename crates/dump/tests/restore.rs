@@ -5,27 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgbackman_core::model::{BackupCode, NodeProfile};
+use pgbackman_core::model::BackupCode;
 use pgbackman_dump::{
-    BackupSpec, CancellationToken, Decompression, DumpFormat, NodeConn, RestoreOutcome,
-    RestoreSpec, RolePolicy, Status, restore_set, run_backup,
+    BackupSpec, CancellationToken, Decompression, RestoreOutcome, RestoreSpec, RolePolicy, Status,
+    restore_set,
 };
 use pgbackman_testkit::TestCluster;
 
-fn bin_dir() -> PathBuf {
-    pgbackman_pgctl::find_bin_dir(None).expect("PostgreSQL client tools")
-}
-
-fn conn(pg: &TestCluster) -> NodeConn {
-    NodeConn {
-        host: pg.socket_dir().display().to_string(),
-        port: pg.port(),
-        user: "postgres".into(),
-        admin_dbname: "postgres".into(),
-        sslmode: String::new(),
-        passfile: None,
-    }
-}
+mod common;
+use common::{backup_ok, bin_dir, conn, spec};
 
 const SOURCE_SQL: &str = "
     create role app_owner login; create role app_reader; create role app_user login in role app_reader;
@@ -43,33 +31,32 @@ const SOURCE_OBJECTS: &str = "
     grant usage on schema app to app_reader; grant select on app.t to app_reader;
     select lo_from_bytea(4242, 'large object');";
 
-/// A source cluster with database `shop` and its FULL set.
-async fn source(root: &Path, job_id: i64) -> (TestCluster, PathBuf) {
+/// A cluster with database `shop`: its roles, settings, privileges and objects.
+fn source_cluster() -> TestCluster {
     let pg = TestCluster::start();
     pg.create_database("shop");
     pg.psql("postgres", SOURCE_SQL);
     pg.psql("shop", SOURCE_OBJECTS);
-    let final_dir = root.join("sets").join(format!("job{job_id}"));
-    let spec = BackupSpec {
-        job_id,
-        code: BackupCode::Full,
-        profile: NodeProfile::Standard,
-        dbname: "shop".into(),
-        node: conn(&pg),
+    pg
+}
+
+/// A set of the source's `shop` (or of the whole cluster): node "source", no lock wait, no
+/// definition.
+fn source_spec(pg: &TestCluster, root: &Path, job_id: i64, code: BackupCode) -> BackupSpec {
+    BackupSpec {
         node_label: "source".into(),
-        bin_dir: bin_dir(),
-        format: DumpFormat::Custom { zstd_level: 3 },
-        extra_args: Vec::new(),
         lock_wait_timeout: None,
-        max_runtime: None,
-        application_name: "pgbackman".into(),
-        staging_root: root.join("staging"),
-        final_dir: final_dir.clone(),
         definition: serde_json::Value::Null,
-    };
-    let o = run_backup(&spec, CancellationToken::new(), &|_| {}).await;
-    assert!(o.status.is_success(), "{:#?}", o.status);
-    (pg, final_dir)
+        ..spec(pg, root, job_id, code, "shop")
+    }
+}
+
+/// A source cluster with database `shop` and its FULL set.
+async fn source(root: &Path, job_id: i64) -> (TestCluster, PathBuf) {
+    let pg = source_cluster();
+    let spec = source_spec(&pg, root, job_id, BackupCode::Full);
+    backup_ok(&spec).await;
+    (pg, spec.final_dir)
 }
 
 fn rspec(set: &Path, pg: &TestCluster, root: &Path, job_id: i64, target: &str) -> RestoreSpec {
@@ -348,30 +335,13 @@ async fn a_restore_into_an_older_major_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_sets_restore_onto_an_empty_cluster_only_when_acknowledged_otherwise() {
     let root = tempfile::tempdir().unwrap();
-    let src = TestCluster::start();
-    src.create_database("shop");
-    src.psql("postgres", SOURCE_SQL);
-    src.psql("shop", SOURCE_OBJECTS);
+    let src = source_cluster();
     let final_dir = root.path().join("sets/cluster");
     let spec = BackupSpec {
-        job_id: 4,
-        code: BackupCode::Cluster,
-        profile: NodeProfile::Standard,
-        dbname: String::new(),
-        node: conn(&src),
-        node_label: "source".into(),
-        bin_dir: bin_dir(),
-        format: DumpFormat::Custom { zstd_level: 3 },
-        extra_args: Vec::new(),
-        lock_wait_timeout: None,
-        max_runtime: None,
-        application_name: "pgbackman".into(),
-        staging_root: root.path().join("staging"),
         final_dir: final_dir.clone(),
-        definition: serde_json::Value::Null,
+        ..source_spec(&src, root.path(), 4, BackupCode::Cluster)
     };
-    let b = run_backup(&spec, CancellationToken::new(), &|_| {}).await;
-    assert!(b.status.is_success(), "{:#?}", b.status);
+    backup_ok(&spec).await;
 
     let empty = TestCluster::start();
     let o = restore(&rspec(&final_dir, &empty, root.path(), 40, "")).await;

@@ -2,60 +2,32 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use pgbackman_core::model::{BackupCode, NodeProfile};
+use pgbackman_core::model::BackupCode;
 use pgbackman_dump::verify::{DrillSpec, DrillState, run_drill, scratch_dbname, verify_levels};
-use pgbackman_dump::{
-    BackupOutcome, BackupSpec, CancellationToken, DumpFormat, NodeConn, RowCountSource,
-    VerifyState, run_backup,
-};
+use pgbackman_dump::{CancellationToken, DumpFormat, RowCountSource, VerifyState};
 use pgbackman_testkit::TestCluster;
 use sha2::{Digest, Sha256};
 
-fn bin_dir() -> PathBuf {
-    pgbackman_pgctl::find_bin_dir(None).expect("PostgreSQL client tools")
-}
+mod common;
+use common::{backup_ok, bin_dir, conn, spec};
 
-fn conn(pg: &TestCluster) -> NodeConn {
-    NodeConn {
-        host: pg.socket_dir().display().to_string(),
-        port: pg.port(),
-        user: "postgres".into(),
-        admin_dbname: "postgres".into(),
-        sslmode: String::new(),
-        passfile: None,
-    }
-}
-
-fn spec(pg: &TestCluster, root: &Path, job_id: i64, code: BackupCode, db: &str) -> BackupSpec {
-    BackupSpec {
+/// A drill of `set_dir` onto `node` (as "drill:<port>", scratch database of server 1, one
+/// restore job, no counts to compare).
+fn drill_spec(job_id: i64, set_dir: PathBuf, node: &TestCluster, root: &Path) -> DrillSpec {
+    DrillSpec {
         job_id,
-        code,
-        profile: NodeProfile::Standard,
-        dbname: if code.is_cluster_wide() {
-            String::new()
-        } else {
-            db.into()
-        },
-        node: conn(pg),
-        node_label: format!("testnode:{}", pg.port()),
+        set_dir,
         bin_dir: bin_dir(),
-        format: DumpFormat::Custom { zstd_level: 3 },
-        extra_args: Vec::new(),
-        lock_wait_timeout: Some(Duration::from_secs(30)),
-        max_runtime: None,
+        node: conn(node),
+        node_label: format!("drill:{}", node.port()),
+        scratch_dbname: scratch_dbname(1, job_id),
         application_name: "pgbackman".into(),
+        jobs: 1,
         staging_root: root.join("staging"),
-        final_dir: root.join("sets").join(format!("job{job_id}")),
-        definition: serde_json::json!({}),
+        expected_counts: None,
+        manifest_sha256: None,
     }
-}
-
-async fn backup(spec: &BackupSpec) -> BackupOutcome {
-    let o = run_backup(spec, CancellationToken::new(), &|_| {}).await;
-    assert!(o.status.is_success(), "{:#?}", o.status);
-    o
 }
 
 fn app_db(pg: &TestCluster, db: &str) {
@@ -99,7 +71,7 @@ async fn levels_one_and_two_after_every_backup_and_on_demand() {
     let cancel = CancellationToken::new();
 
     // Custom format: the TOC is read from in-process zstd decoding.
-    let o = backup(&spec(&pg, root.path(), 1, BackupCode::Full, "shop")).await;
+    let o = backup_ok(&spec(&pg, root.path(), 1, BackupCode::Full, "shop")).await;
     let v = o.verification.clone().expect("verified after the backup");
     assert_eq!((v.level, v.state), (2, VerifyState::Passed), "{v:?}");
     assert!(v.toc_entries.unwrap() >= 5, "{v:?}");
@@ -120,12 +92,12 @@ async fn levels_one_and_two_after_every_backup_and_on_demand() {
     // Directory format.
     let mut s = spec(&pg, root.path(), 2, BackupCode::Full, "shop");
     s.format = DumpFormat::Directory { jobs: 2 };
-    let v = backup(&s).await.verification.unwrap();
+    let v = backup_ok(&s).await.verification.unwrap();
     assert_eq!((v.level, v.state), (2, VerifyState::Passed), "{v:?}");
     assert!(v.toc_entries.unwrap() >= 5);
 
     // SQL sets: the zstd stream decodes with its checksum.
-    let v = backup(&spec(&pg, root.path(), 3, BackupCode::Globals, ""))
+    let v = backup_ok(&spec(&pg, root.path(), 3, BackupCode::Globals, ""))
         .await
         .verification
         .unwrap();
@@ -195,22 +167,13 @@ async fn drills_restore_compare_counts_and_drop_the_scratch_database() {
     let drill = TestCluster::start();
     app_db(&pg, "shop");
     let root = tempfile::tempdir().unwrap();
-    let o = backup(&spec(&pg, root.path(), 11, BackupCode::Full, "shop")).await;
+    let o = backup_ok(&spec(&pg, root.path(), 11, BackupCode::Full, "shop")).await;
     let counts = o.table_row_counts.clone().unwrap();
     assert_eq!(counts.source, RowCountSource::Snapshot);
     assert_eq!(counts.tables.get("app.orders"), Some(&3000));
     let dspec = |job: i64, expected| DrillSpec {
-        job_id: job,
-        set_dir: o.backup_dir.clone().unwrap(),
-        bin_dir: bin_dir(),
-        node: conn(&drill),
-        node_label: format!("drill:{}", drill.port()),
-        scratch_dbname: scratch_dbname(1, job),
-        application_name: "pgbackman".into(),
-        jobs: 1,
-        staging_root: root.path().join("staging"),
         expected_counts: expected,
-        manifest_sha256: None,
+        ..drill_spec(job, o.backup_dir.clone().unwrap(), &drill, root.path())
     };
     let before = databases(&drill);
 
@@ -286,23 +249,16 @@ async fn a_drill_of_a_directory_set_and_a_schema_set() {
     let root = tempfile::tempdir().unwrap();
     let mut s = spec(&pg, root.path(), 21, BackupCode::Full, "shop");
     s.format = DumpFormat::Directory { jobs: 2 };
-    let o = backup(&s).await;
-    let schema = backup(&spec(&pg, root.path(), 22, BackupCode::Schema, "shop")).await;
-    let data = backup(&spec(&pg, root.path(), 23, BackupCode::Data, "shop")).await;
+    let o = backup_ok(&s).await;
+    let schema = backup_ok(&spec(&pg, root.path(), 22, BackupCode::Schema, "shop")).await;
+    let data = backup_ok(&spec(&pg, root.path(), 23, BackupCode::Data, "shop")).await;
     for (job, o) in [(200, &o), (201, &schema), (202, &data)] {
         let d = run_drill(
             &DrillSpec {
-                job_id: job,
-                set_dir: o.backup_dir.clone().unwrap(),
-                bin_dir: bin_dir(),
-                node: conn(&pg),
                 node_label: "same node".into(),
                 scratch_dbname: scratch_dbname(2, job),
-                application_name: "pgbackman".into(),
                 jobs: 2,
-                staging_root: root.path().join("staging"),
-                expected_counts: None,
-                manifest_sha256: None,
+                ..drill_spec(job, o.backup_dir.clone().unwrap(), &pg, root.path())
             },
             CancellationToken::new(),
         )
@@ -362,7 +318,7 @@ async fn measure_verification_cost() {
     ] {
         let mut s = spec(&pg, root.path(), job, BackupCode::Full, "bench");
         s.format = format;
-        let o = backup(&s).await;
+        let o = backup_ok(&s).await;
         let t = |p: &str| {
             o.phase_timings
                 .iter()
@@ -378,17 +334,10 @@ async fn measure_verification_cost() {
         let again = t0.elapsed().as_secs_f64();
         let d = run_drill(
             &DrillSpec {
-                job_id: 900 + job,
-                set_dir: dir,
-                bin_dir: bin_dir(),
-                node: conn(&pg),
                 node_label: "bench".into(),
                 scratch_dbname: scratch_dbname(9, job),
-                application_name: "pgbackman".into(),
                 jobs: 2,
-                staging_root: root.path().join("staging"),
-                expected_counts: None,
-                manifest_sha256: None,
+                ..drill_spec(900 + job, dir, &pg, root.path())
             },
             CancellationToken::new(),
         )
