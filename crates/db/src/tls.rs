@@ -173,6 +173,9 @@ pub fn describe(e: &tokio_postgres::Error, cfg: &ConnConfig) -> String {
                 tls.mode
             ));
         }
+        if m.hint.is_none() && m.code == "28000" && m.message.contains("client certificate") {
+            m.hint = Some(CLIENT_CERT_HINT.into());
+        }
         return m.to_string();
     }
     if let Some(s) = find::<SetupError>(e) {
@@ -228,12 +231,15 @@ fn rustls_reason(r: &rustls::Error, host: &str, tls: &TlsSettings) -> String {
         },
         rustls::Error::AlertReceived(a) => format!(
             "the server {host} ended the TLS handshake ({a:?})\nHINT: if it requires a client \
-             certificate, set sslcert and sslkey (or PGSSLCERT / PGSSLKEY, or \
-             ~/.postgresql/postgresql.crt and .key)"
+             certificate: {CLIENT_CERT_HINT}"
         ),
         other => format!("TLS handshake with {host} failed: {other}"),
     }
 }
+
+const CLIENT_CERT_HINT: &str = "set sslcert and sslkey (or PGSSLCERT and PGSSLKEY, or put them in \
+     ~/.postgresql/postgresql.crt and postgresql.key) to a certificate, for this user name, signed \
+     by a CA the server trusts (its ssl_ca_file)";
 
 fn host_label(cfg: &ConnConfig) -> String {
     let hosts: Vec<String> = cfg
