@@ -208,13 +208,18 @@ fn rustls_reason(r: &rustls::Error, host: &str, tls: &TlsSettings) -> String {
             ),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 let names = match c {
-                    CertificateError::NotValidForNameContext { presented, .. } => {
-                        format!(" (it is for {})", presented.join(", "))
-                    }
+                    CertificateError::NotValidForNameContext { presented, .. } => format!(
+                        " (it names {})",
+                        presented
+                            .iter()
+                            .map(|n| bare_name(n))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                     _ => String::new(),
                 };
                 format!(
-                    "the server certificate of {host} does not name {host}{names}\n\
+                    "the server certificate of {host} is not valid for the name {host}{names}\n\
                      HINT: connect with a host name the certificate lists, reissue the certificate \
                      with this name, or use sslmode=verify-ca to check only the CA"
                 )
@@ -240,6 +245,14 @@ fn rustls_reason(r: &rustls::Error, host: &str, tls: &TlsSettings) -> String {
 const CLIENT_CERT_HINT: &str = "set sslcert and sslkey (or PGSSLCERT and PGSSLKEY, or put them in \
      ~/.postgresql/postgresql.crt and postgresql.key) to a certificate, for this user name, signed \
      by a CA the server trusts (its ssl_ca_file)";
+
+/// `db.example.org` out of rustls' `DnsName("db.example.org")` (and `IpAddress(10.0.0.1)`).
+fn bare_name(n: &str) -> &str {
+    match (n.find('('), n.strip_suffix(')')) {
+        (Some(i), Some(rest)) => rest[i + 1..].trim_matches('"'),
+        _ => n,
+    }
+}
 
 fn host_label(cfg: &ConnConfig) -> String {
     let hosts: Vec<String> = cfg

@@ -111,7 +111,7 @@ async fn sslmodes_against_a_tls_server() {
     .await
     .unwrap_err();
     assert!(
-        e.contains("does not name wrong.example.org")
+        e.contains("not valid for the name wrong.example.org (it names 127.0.0.2)")
             && e.contains("127.0.0.2")
             && e.contains("verify-ca"),
         "{e}"
