@@ -392,7 +392,9 @@ mod tests {
     #[test]
     fn the_example_conninfos_verify_the_catalog() {
         for f in ["pgbackman.toml", "pgbackman-agent.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc").join(f);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../etc")
+                .join(f);
             let file = crate::load_from(&[], Some(&path)).unwrap();
             let (conninfo, _) = crate::catalog_conninfo(None, None, &file).unwrap();
             let c = crate::resolve_conninfo(&conninfo, &env(&[("USER", "u")])).unwrap();

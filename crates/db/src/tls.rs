@@ -337,14 +337,27 @@ impl TlsConnect<Socket> for Tls {
         self.tried.store(true, Ordering::SeqCst);
         Box::pin(async move {
             let settings = self.settings.clone();
-            let config = tokio::task::spawn_blocking(move || client_config(&settings))
+            let mut config = tokio::task::spawn_blocking(move || client_config(&settings))
                 .await
                 .map_err(io::Error::other)?
                 .map_err(io::Error::other)?;
+            // A host name rustls cannot take (say, with an underscore) only matters when it is
+            // checked; otherwise the handshake goes on without SNI, as it would for an address.
+            let mut hostname = self.hostname.as_str();
+            if ServerName::try_from(hostname).is_err() {
+                if self.settings.mode == SslMode::VerifyFull {
+                    return Err(io::Error::other(SetupError(format!(
+                        "sslmode=verify-full cannot check the host name {hostname:?}: it is not a \
+                         valid DNS name\nHINT: connect with the name the certificate lists, or use \
+                         sslmode=verify-ca"
+                    ))));
+                }
+                config.enable_sni = false;
+                hostname = "unchecked.invalid";
+            }
             let mut maker = MakeRustlsConnect::new(config);
             let tls = <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(
-                &mut maker,
-                &self.hostname,
+                &mut maker, hostname,
             )
             .map_err(io::Error::other)?;
             tls.connect(stream).await

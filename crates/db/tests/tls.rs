@@ -125,6 +125,30 @@ async fn sslmodes_against_a_tls_server() {
         Ok(true)
     );
 
+    // A host name rustls cannot take matters only when it is checked.
+    let odd = format!(
+        "host=bad..name hostaddr=127.0.0.2 port={} user=postgres dbname=postgres",
+        pg.port()
+    );
+    assert_eq!(
+        try_connect(&cfg(
+            &format!("{odd} sslmode=verify-ca sslrootcert={ca}"),
+            &[]
+        ))
+        .await,
+        Ok(true)
+    );
+    let e = try_connect(&cfg(
+        &format!("{odd} sslmode=verify-full sslrootcert={ca}"),
+        &[],
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("\"bad..name\"") && e.contains("verify-ca"),
+        "{e}"
+    );
+
     // verify-* without the root file.
     let e = try_connect(&over("sslmode=verify-full")).await.unwrap_err();
     assert!(
@@ -256,4 +280,30 @@ async fn client_certificates() {
         e.contains("/nonexistent.key") && e.contains("sslkey"),
         "{e}"
     );
+}
+
+/// What TLS costs per connection (printed, never asserted: timings are not tests).
+#[tokio::test(flavor = "current_thread")]
+async fn connection_cost() {
+    let pg = TlsCluster::start(&["127.0.0.2"], &["127.0.0.2"], Hba::Any);
+    let tcp = pg.tcp_conninfo("127.0.0.2", "postgres");
+    let ca = pg.files.ca.display().to_string();
+    for extra in [
+        "sslmode=disable".to_string(),
+        "sslmode=require".to_string(),
+        format!("sslmode=verify-full sslrootcert={ca}"),
+    ] {
+        let label = extra.split(' ').next().unwrap_or_default();
+        let c = cfg(&format!("{tcp} {extra}"), &[]);
+        let n = 20;
+        let t = Instant::now();
+        for _ in 0..n {
+            let client = pgbackman_db::tls::connect(&c, "test server").await.unwrap();
+            client.simple_query("select 1").await.unwrap();
+        }
+        println!(
+            "tls: {label:<20} {:.2} ms per connection + select 1",
+            t.elapsed().as_secs_f64() * 1000.0 / f64::from(n)
+        );
+    }
 }
