@@ -369,3 +369,37 @@ pub fn files_under(p: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+impl Agent {
+    /// An agent whose catalog is `catalog` (any conninfo, e.g. over TLS with `sslrootcert`) and
+    /// whose process also gets `vars` (e.g. HOME, PGSSLROOTCERT for its node connections).
+    pub fn start_with_catalog(catalog: &str, server: &str, vars: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[catalog]\nconninfo = \"{catalog}\"\n[agent]\nbackup_server = \"{server}\"\nstate_dir = \"{}\"\nbackup_dir = \"{}\"\nrepoll_seconds = 2\nlease_seconds = 6\nhttp_listen = \"\"\n",
+                dir.path().join("state").display(),
+                dir.path().join("backups").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("agent.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pgbackman-agent"));
+        c.arg("--config")
+            .arg(&config)
+            .env("PGBACKMAN_LOG", "info")
+            .env("TZ", "UTC")
+            .envs(vars.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(out);
+        Agent {
+            child: Some(c.spawn().unwrap()),
+            config,
+            dir,
+            log,
+        }
+    }
+}

@@ -123,7 +123,7 @@ struct Setup {
     cfg: AgentSection,
     fqdn: String,
     tz: Tz,
-    catalog_cfg: tokio_postgres::Config,
+    catalog_cfg: pgbackman_config::ConnConfig,
     target: String,
 }
 

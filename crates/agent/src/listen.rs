@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 pub fn spawn(
-    config: tokio_postgres::Config,
+    config: pgbackman_config::ConnConfig,
     server_id: i64,
     wake: mpsc::Sender<String>,
 ) -> tokio::task::JoinHandle<()> {
@@ -31,11 +31,13 @@ pub fn spawn(
 }
 
 async fn listen_once(
-    config: &tokio_postgres::Config,
+    config: &pgbackman_config::ConnConfig,
     server_id: i64,
     wake: &mpsc::Sender<String>,
 ) -> anyhow::Result<()> {
-    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut conn) = pgbackman_db::tls::connect_raw(config)
+        .await
+        .map_err(|e| anyhow::anyhow!(pgbackman_db::tls::describe(&e, config)))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));

@@ -505,7 +505,10 @@ async fn node_facts(n: &NodeInfo) -> Result<node::NodeFacts> {
             .with_context(|| format!("PgSQL node {} (NodeID {})", n.fqdn, n.node_id))?;
     let facts = node::node_facts(cfg, &format!("{}:{} (NodeID {})", n.fqdn, n.port, n.node_id))
         .await
-        .map_err(|e| anyhow::anyhow!("{e}\nHINT: check that the node is up, that pg_hba.conf admits {} from this host, and that a pgpass entry exists if it needs a password", n.admin_user))?;
+        .map_err(|e| match e.to_string().contains("\nHINT: ") {
+            true => anyhow::anyhow!("{e}"), // already says what to do (e.g. about TLS)
+            false => anyhow::anyhow!("{e}\nHINT: check that the node is up, that pg_hba.conf admits {} from this host, and that a pgpass entry exists if it needs a password", n.admin_user),
+        })?;
     Ok(facts)
 }
 

@@ -119,7 +119,7 @@ fn os_user() -> String {
 pub fn catalog_target(
     flag: Option<&str>,
     file: &FileConfig,
-) -> Result<(tokio_postgres::Config, String, String)> {
+) -> Result<(pgbackman_config::ConnConfig, String, String)> {
     let (conninfo, source) =
         pgbackman_config::catalog_conninfo(flag, std::env::var("PGBACKMAN_CATALOG").ok(), file)?;
     let cfg = pgbackman_config::resolve_env(&conninfo).context("the catalog connection string")?;
@@ -254,7 +254,7 @@ pub async fn execute_line(s: &mut Session, line: &str) -> bool {
 
 async fn db_command(
     action: &DbAction,
-    cfg: &tokio_postgres::Config,
+    cfg: &pgbackman_config::ConnConfig,
     target: &str,
 ) -> Result<ExitCode> {
     let status = match action {

@@ -9,37 +9,30 @@ use std::time::Duration;
 use tokio_postgres::Config;
 use tokio_postgres::config::{Host, SslMode};
 
+use crate::tls::{self, ConnConfig, TLS_KEYS, TlsParams};
 use crate::{ConfigError, Env, host, pgpass};
 
 /// A resolved connection config plus the warnings libpq would have printed (e.g. an insecure
 /// pgpass file that was ignored). Callers decide where the warnings go.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    pub config: Config,
+    pub config: ConnConfig,
     pub warnings: Vec<String>,
 }
 
-/// Maps a libpq sslmode to tokio-postgres's three modes:
-/// disable → Disable; allow → Prefer (libpq tries plain first, then TLS; Prefer also reaches servers
-/// of either kind); prefer → Prefer; require, verify-ca, verify-full → Require.
-/// tokio-postgres's Require only insists on TLS: whether the certificate and host name are checked is
-/// decided by the TLS connector passed to connect (a verifying connector makes it verify-full).
+/// Maps a libpq sslmode to tokio-postgres's three modes (see [`tls::SslMode::tokio`]); what a
+/// connection really does is decided by `pgbackman_db::tls` from the full [`tls::TlsSettings`].
 pub fn ssl_mode(value: &str) -> Option<SslMode> {
-    Some(match value {
-        "disable" => SslMode::Disable,
-        "allow" | "prefer" => SslMode::Prefer,
-        "require" | "verify-ca" | "verify-full" => SslMode::Require,
-        _ => return None,
-    })
+    tls::SslMode::parse(value).map(tls::SslMode::tokio)
 }
 
 /// [`resolve`] without the warnings (see [`Resolved`] to get them).
-pub fn resolve_conninfo(conninfo: &str, env: Env) -> Result<Config, ConfigError> {
+pub fn resolve_conninfo(conninfo: &str, env: Env) -> Result<ConnConfig, ConfigError> {
     resolve(conninfo, env).map(|r| r.config)
 }
 
 /// [`resolve_conninfo`] with the real process environment.
-pub fn resolve_env(conninfo: &str) -> Result<Config, ConfigError> {
+pub fn resolve_env(conninfo: &str) -> Result<ConnConfig, ConfigError> {
     resolve_conninfo(conninfo, &crate::real_env)
 }
 
@@ -47,28 +40,20 @@ pub fn resolve_env(conninfo: &str) -> Result<Config, ConfigError> {
 /// host PGHOST else (when no hostaddr either) the default socket dir; hostaddr PGHOSTADDR;
 /// port PGPORT else 5432; user PGUSER else the OS user; dbname PGDATABASE else the user;
 /// sslmode PGSSLMODE; connect_timeout PGCONNECT_TIMEOUT; application_name PGAPPNAME; options
-/// PGOPTIONS; password PGPASSWORD else the pgpass file (PGPASSFILE else ~/.pgpass).
+/// PGOPTIONS; password PGPASSWORD else the pgpass file (PGPASSFILE else ~/.pgpass); TLS settings
+/// (sslmode, sslrootcert, sslcert, sslkey) as in [`crate::tls`].
 /// Values in the conninfo always win over the environment.
 pub fn resolve(conninfo: &str, env: Env) -> Result<Resolved, ConfigError> {
-    let (rest, sslmode) = take_sslmode(conninfo);
+    let (rest, params) = take_tls_params(conninfo);
     let mut cfg = Config::from_str(&rest).map_err(|e| ConfigError::Conninfo {
         reason: e.source().map_or_else(|| e.to_string(), |c| c.to_string()),
     })?;
-    let (value, origin) = match sslmode {
-        Some(v) => (Some(v), "the connection string"),
-        None => (env("PGSSLMODE").filter(|v| !v.is_empty()), "PGSSLMODE"),
-    };
-    if let Some(v) = value {
-        let mode = ssl_mode(&v).ok_or_else(|| ConfigError::SslMode {
-            value: v,
-            origin: origin.into(),
-        })?;
-        cfg.ssl_mode(mode);
-    }
+    let tls = tls::resolve_tls(&params, None, env)?;
+    cfg.ssl_mode(tls.mode.tokio());
     let mut warnings = Vec::new();
     fill_defaults(&mut cfg, env, &mut warnings)?;
     Ok(Resolved {
-        config: cfg,
+        config: ConnConfig::new(cfg, tls),
         warnings,
     })
 }
@@ -80,14 +65,15 @@ pub fn node_config(
     user: &str,
     dbname: &str,
     sslmode: &str,
-) -> Result<Config, ConfigError> {
+) -> Result<ConnConfig, ConfigError> {
     node_config_with(host, port, user, dbname, sslmode, &crate::real_env).map(|r| r.config)
 }
 
 /// The config for connecting to a PgSQL node from its catalog columns. The password comes only from
 /// the pgpass file (PGPASSFILE else ~/.pgpass), never from the catalog nor PGPASSWORD (which would
 /// send one password to every node); PGHOST, PGPORT, PGUSER… are ignored, since they would redirect
-/// every node. An empty sslmode means libpq's default, prefer.
+/// every node. An empty sslmode means libpq's default, prefer. The certificate files come from
+/// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY else `~/.postgresql/`, as for the pg_dump children.
 pub fn node_config_with(
     host: &str,
     port: u16,
@@ -112,32 +98,39 @@ pub fn node_config_with(
             "PgSQL node {host}: port 0 is invalid; set it with update_pgsql_node"
         )));
     }
-    let mode = match sslmode {
-        "" => SslMode::Prefer,
-        m => ssl_mode(m).ok_or_else(|| ConfigError::SslMode {
-            value: m.into(),
-            origin: format!(
-                "the catalog entry of PgSQL node {host} (fix it with update_pgsql_node)"
-            ),
-        })?,
+    let node_env = |k: &str| {
+        matches!(
+            k,
+            "PGCONNECT_TIMEOUT"
+                | "PGAPPNAME"
+                | "PGPASSFILE"
+                | "HOME"
+                | "USER"
+                | "LOGNAME"
+                | "PGSSLROOTCERT"
+                | "PGSSLCERT"
+                | "PGSSLKEY"
+        )
+        .then(|| env(k))?
     };
+    let origin =
+        || format!("the catalog entry of PgSQL node {host} (fix it with update_pgsql_node)");
+    let mode = (!sslmode.is_empty()).then(|| (origin(), sslmode.to_string()));
+    let tls = tls::resolve_tls(
+        &TlsParams::default(),
+        mode.as_ref().map(|(o, m)| (o.as_str(), m.clone())),
+        &node_env,
+    )?;
     let mut cfg = Config::new();
     cfg.host(host)
         .port(port)
         .user(user)
         .dbname(dbname)
-        .ssl_mode(mode);
-    let node_env = |k: &str| {
-        matches!(
-            k,
-            "PGCONNECT_TIMEOUT" | "PGAPPNAME" | "PGPASSFILE" | "HOME" | "USER" | "LOGNAME"
-        )
-        .then(|| env(k))?
-    };
+        .ssl_mode(tls.mode.tokio());
     let mut warnings = Vec::new();
     fill_defaults(&mut cfg, &node_env, &mut warnings)?;
     Ok(Resolved {
-        config: cfg,
+        config: ConnConfig::new(cfg, tls),
         warnings,
     })
 }
@@ -274,8 +267,10 @@ fn quote(v: &str) -> String {
 }
 
 /// A key=value rendering for display and logs: the password is never shown, only `password=********`
-/// when one is set. Keeps defaults out (sslmode=prefer) so the common case stays short.
-pub fn redacted(cfg: &Config) -> String {
+/// when one is set. Keeps defaults out (sslmode=prefer, the default root certificate file) so the
+/// common case stays short.
+pub fn redacted(conn: &ConnConfig) -> String {
+    let cfg = &conn.pg;
     let join = |it: Vec<String>| it.join(",");
     let mut out: Vec<(&str, String)> = Vec::new();
     let hosts = cfg.get_hosts().iter().map(|h| match h {
@@ -307,12 +302,7 @@ pub fn redacted(cfg: &Config) -> String {
     if cfg.get_password().is_some() {
         out.push(("password", "********".into()));
     }
-    if cfg.get_ssl_mode() != SslMode::Prefer {
-        out.push((
-            "sslmode",
-            format!("{:?}", cfg.get_ssl_mode()).to_lowercase(),
-        ));
-    }
+    out.extend(tls::rendered(&conn.tls));
     if let Some(t) = cfg.get_connect_timeout() {
         out.push(("connect_timeout", t.as_secs().to_string()));
     }
@@ -393,37 +383,68 @@ fn kv_render(pairs: &[(String, String)]) -> String {
         .join(" ")
 }
 
-/// Takes sslmode out of a conninfo, to be applied after parsing: tokio-postgres rejects allow,
-/// verify-ca and verify-full, and its parsed Config cannot tell `sslmode=prefer` from "unset" (which
-/// decides whether PGSSLMODE applies). Strings without sslmode are returned untouched.
-fn take_sslmode(conninfo: &str) -> (String, Option<String>) {
+/// Takes the TLS keys out of a conninfo, to be applied after parsing: tokio-postgres rejects
+/// sslrootcert, sslcert, sslkey and the sslmodes allow, verify-ca and verify-full, and its parsed
+/// Config cannot tell `sslmode=prefer` from "unset" (which decides whether PGSSLMODE applies).
+/// The last occurrence of a key wins, as in libpq. Strings without them are returned untouched.
+fn take_tls_params(conninfo: &str) -> (String, TlsParams) {
+    let mut params = TlsParams::default();
     if let Some((base, query)) = uri_split(conninfo) {
         let Some(query) = query else {
-            return (conninfo.into(), None);
+            return (conninfo.into(), params);
         };
-        let (ssl, rest): (Vec<&str>, Vec<&str>) =
-            query.split('&').partition(|p| p.starts_with("sslmode="));
-        return match ssl.last() {
-            Some(s) if rest.is_empty() => (base.into(), Some(s["sslmode=".len()..].into())),
-            Some(s) => (
-                format!("{base}?{}", rest.join("&")),
-                Some(s["sslmode=".len()..].into()),
-            ),
-            None => (conninfo.into(), None),
+        let mut rest = Vec::new();
+        for p in query.split('&') {
+            match p.split_once('=') {
+                Some((k, v)) if TLS_KEYS.contains(&k) => params.set(k, percent_decode(v)),
+                _ => rest.push(p),
+            }
+        }
+        if params == TlsParams::default() {
+            return (conninfo.into(), params);
+        }
+        return match rest.is_empty() {
+            true => (base.into(), params),
+            false => (format!("{base}?{}", rest.join("&")), params),
         };
     }
     match kv_pairs(conninfo) {
-        Some(pairs) if pairs.iter().any(|(k, _)| k == "sslmode") => {
-            let ssl = pairs
-                .iter()
-                .rev()
-                .find(|(k, _)| k == "sslmode")
-                .map(|(_, v)| v.clone());
-            let rest: Vec<_> = pairs.into_iter().filter(|(k, _)| k != "sslmode").collect();
-            (kv_render(&rest), ssl)
+        Some(pairs) if pairs.iter().any(|(k, _)| TLS_KEYS.contains(&k.as_str())) => {
+            let (tls, rest): (Vec<_>, Vec<_>) = pairs
+                .into_iter()
+                .partition(|(k, _)| TLS_KEYS.contains(&k.as_str()));
+            for (k, v) in tls {
+                params.set(&k, v);
+            }
+            (kv_render(&rest), params)
         }
-        _ => (conninfo.into(), None),
+        _ => (conninfo.into(), params),
     }
+}
+
+/// `%XX` escapes of a URI query value (a path with spaces, say); invalid escapes stay as written.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Adds `key=value` to a conninfo (either format) unless it already sets `key`.
@@ -470,7 +491,7 @@ mod tests {
         move |k| m.get(k).cloned()
     }
 
-    fn res(conninfo: &str, vars: &[(&str, &str)]) -> Config {
+    fn res(conninfo: &str, vars: &[(&str, &str)]) -> ConnConfig {
         resolve_conninfo(conninfo, &env(vars)).unwrap()
     }
 
@@ -576,6 +597,99 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("PGSSLMODE") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn tls_keys_are_taken_out_and_resolved() {
+        use crate::tls::{RootCert, SslMode as Libpq};
+        let c = res(
+            "host=db sslmode=verify-full sslrootcert='/etc/my ca.crt' sslcert=/c.crt sslkey=/c.key user=u",
+            &[("HOME", "/h")],
+        );
+        assert_eq!(tcp(&c), ["db"]);
+        assert_eq!(c.get_user(), Some("u"));
+        assert_eq!(c.tls.mode, Libpq::VerifyFull);
+        assert_eq!(c.get_ssl_mode(), SslMode::Require);
+        assert_eq!(
+            c.tls.root_cert,
+            Some(RootCert::File {
+                path: "/etc/my ca.crt".into(),
+                given: true
+            })
+        );
+        assert_eq!(
+            (c.tls.cert.as_deref(), c.tls.key.as_deref()),
+            (
+                Some(std::path::Path::new("/c.crt")),
+                Some(std::path::Path::new("/c.key"))
+            )
+        );
+        assert_eq!(
+            redacted(&c),
+            "host=db port=5432 user=u dbname=u sslmode=verify-full sslrootcert='/etc/my ca.crt'"
+        );
+        // URI, with a percent-encoded path; the default root file is not shown.
+        let c = res(
+            "postgresql://u@db/cat?sslrootcert=%2Fca%20dir%2Froot.crt&sslmode=verify-ca&application_name=x",
+            &[],
+        );
+        assert_eq!(c.tls.mode, Libpq::VerifyCa);
+        assert_eq!(c.get_application_name(), Some("x"));
+        assert_eq!(
+            c.tls.root_cert,
+            Some(RootCert::File {
+                path: "/ca dir/root.crt".into(),
+                given: true
+            })
+        );
+        let c = res("host=db sslmode=allow", &[("HOME", "/h")]);
+        assert_eq!(c.tls.mode, Libpq::Allow);
+        assert_eq!(
+            redacted(&c),
+            "host=db port=5432 user=osuser dbname=osuser sslmode=allow"
+        );
+        // The environment, the libpq way.
+        let c = res(
+            "host=db",
+            &[("PGSSLROOTCERT", "system"), ("PGSSLCERT", "/e.crt")],
+        );
+        assert_eq!(
+            (c.tls.mode, c.tls.root_cert.clone()),
+            (Libpq::VerifyFull, Some(RootCert::System))
+        );
+        assert_eq!(c.tls.cert.as_deref(), Some(std::path::Path::new("/e.crt")));
+        let e = resolve_conninfo("host=db sslmode=require sslrootcert=system", &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("verify-full"), "{e}");
+        // A node takes the files from the environment (as its pg_dump does), not PGSSLMODE.
+        let r = node_config_with(
+            "n",
+            5432,
+            "u",
+            "d",
+            "verify-ca",
+            &env(&[
+                ("PGSSLROOTCERT", "/ca.crt"),
+                ("PGSSLMODE", "disable"),
+                ("HOME", "/h"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(r.config.tls.mode, Libpq::VerifyCa);
+        assert_eq!(
+            r.config.tls.root_cert,
+            Some(RootCert::File {
+                path: "/ca.crt".into(),
+                given: true
+            })
+        );
+        assert_eq!(
+            r.config.tls.key.as_deref(),
+            Some(std::path::Path::new("/h/.postgresql/postgresql.key"))
+        );
+        let r = node_config_with("n", 5432, "u", "d", "", &env(&[("PGSSLMODE", "disable")]));
+        assert_eq!(r.unwrap().config.tls.mode, Libpq::Prefer);
     }
 
     #[test]

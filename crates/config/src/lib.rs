@@ -11,6 +11,7 @@ mod conninfo;
 mod file;
 mod host;
 mod pgpass;
+pub mod tls;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,7 @@ pub use file::{
     load, load_from,
 };
 pub use host::host_fqdn;
+pub use tls::{ConnConfig, RootCert, TlsSettings};
 
 /// An injected environment lookup: `std::env::var(key).ok()` in production, a map in tests.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;

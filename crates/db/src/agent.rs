@@ -286,7 +286,7 @@ impl Catalog {
     }
 
     /// A dedicated connection for LISTEN (not from the pool: it must stay open and idle).
-    pub fn listen_config(&self) -> tokio_postgres::Config {
+    pub fn listen_config(&self) -> pgbackman_config::ConnConfig {
         self.config.clone()
     }
 }

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Transaction};
 
-use crate::error::{DbError, describe};
+use crate::error::DbError;
 use crate::migrate::{self, CatalogStatus};
 use crate::rows::Rows;
 
@@ -209,14 +209,14 @@ impl Predicates {
 pub struct Catalog {
     pool: Pool,
     target: String,
-    pub(crate) config: tokio_postgres::Config,
+    pub(crate) config: pgbackman_config::ConnConfig,
 }
 
 impl Catalog {
     /// Builds a pool; the first request opens the connection. `target` is the redacted conninfo,
     /// used in messages.
     pub async fn connect(
-        config: tokio_postgres::Config,
+        config: impl Into<pgbackman_config::ConnConfig>,
         application_name: &str,
         target: &str,
     ) -> Result<Catalog, DbError> {
@@ -229,10 +229,11 @@ impl Catalog {
     /// A catalog handle that connects at its first use: an agent starts (from its cache) while
     /// the catalog is down, and every later call reconnects by itself.
     pub fn lazy(
-        mut config: tokio_postgres::Config,
+        config: impl Into<pgbackman_config::ConnConfig>,
         application_name: &str,
         target: &str,
     ) -> Result<Catalog, DbError> {
+        let mut config = config.into();
         config.application_name(application_name);
         // A catalog that stops answering (half-open TCP, a hung server) must surface as an
         // error within seconds, not freeze a shell or an agent's main loop for hours.
@@ -249,9 +250,9 @@ impl Catalog {
             config.get_options().unwrap_or_default()
         );
         config.options(options.trim());
-        let mgr = Manager::from_config(
-            config.clone(),
-            NoTls,
+        let mgr = Manager::from_connect(
+            config.pg.clone(),
+            crate::tls::PoolConnect(config.clone()),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -283,15 +284,9 @@ impl Catalog {
             deadpool_postgres::PoolError::Backend(e)
                 if e.as_db_error().is_none() || e.code().is_some() =>
             {
-                match crate::error::server_message(&e) {
-                    Some(m) => DbError::Connect {
-                        target: self.target.clone(),
-                        reason: m.to_string(),
-                    },
-                    None => DbError::Connect {
-                        target: self.target.clone(),
-                        reason: describe(&e),
-                    },
+                DbError::Connect {
+                    target: self.target.clone(),
+                    reason: crate::tls::describe(&e, &self.config),
                 }
             }
             other => DbError::from(other),

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::error::describe_one_line;
 
@@ -31,6 +31,16 @@ pub struct NodeSession {
     /// The session's client.
     pub client: Client,
     task: tokio::task::JoinHandle<()>,
+    config: pgbackman_config::ConnConfig,
+}
+
+impl NodeSession {
+    /// Asks the server to cancel the session's running query (over TLS when the session is).
+    pub async fn cancel_query(&self) -> Result<(), String> {
+        crate::tls::cancel_query(&self.client.cancel_token(), &self.config)
+            .await
+            .map_err(|e| describe_one_line(&e))
+    }
 }
 
 impl Drop for NodeSession {
@@ -44,20 +54,24 @@ impl Drop for NodeSession {
 /// in UTC, no statement or idle-in-transaction timeout, `lock_timeout` as given (10 s when
 /// not).
 pub async fn connect(
-    mut config: tokio_postgres::Config,
+    config: impl Into<pgbackman_config::ConnConfig>,
     lock_timeout: Option<Duration>,
 ) -> Result<NodeSession, String> {
+    let mut config = config.into();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
-    let (client, conn) = config
-        .connect(NoTls)
+    let (client, conn) = crate::tls::connect_raw(&config)
         .await
-        .map_err(|e| describe_one_line(&e))?;
+        .map_err(|e| crate::tls::describe(&e, &config).replace('\n', " "))?;
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let session = NodeSession { client, task };
+    let session = NodeSession {
+        client,
+        task,
+        config,
+    };
     // Our own queries (row counts) never queue for long behind a lock: a table that cannot be
     // counted in time is only left out of the counts.
     let lock = lock_timeout

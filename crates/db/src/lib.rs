@@ -13,6 +13,7 @@ pub mod node;
 pub mod restore;
 pub mod retention;
 pub mod rows;
+pub mod tls;
 pub mod verify;
 
 pub use catalog::{
@@ -26,29 +27,21 @@ pub use rows::{Rows, Value};
 
 /// Opens one plain connection (no pool) for schema work; the connection task is spawned on the
 /// current runtime.
-pub async fn connect_once(
-    config: &tokio_postgres::Config,
+pub async fn connect_once<C: Clone + Into<pgbackman_config::ConnConfig>>(
+    config: &C,
     target: &str,
 ) -> Result<tokio_postgres::Client, DbError> {
-    let (client, conn) =
-        config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| DbError::Connect {
-                target: target.to_string(),
-                reason: error::describe(&e),
-            })?;
-    tokio::spawn(conn);
-    Ok(client)
+    tls::connect(&config.clone().into(), target).await
 }
 
 /// Connects to `config`'s database, creating it first if it does not exist (for `db init`).
 /// Returns whether it was created.
-pub async fn ensure_database(
-    config: &tokio_postgres::Config,
+pub async fn ensure_database<C: Clone + Into<pgbackman_config::ConnConfig>>(
+    config: &C,
     target: &str,
 ) -> Result<bool, DbError> {
-    match config.connect(tokio_postgres::NoTls).await {
+    let config: &pgbackman_config::ConnConfig = &config.clone().into();
+    match tls::connect_raw(config).await {
         Ok(_) => Ok(false),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
             let name = config.get_dbname().unwrap_or("pgbackman").to_string();
@@ -63,7 +56,7 @@ pub async fn ensure_database(
         }
         Err(e) => Err(DbError::Connect {
             target: target.to_string(),
-            reason: error::describe(&e),
+            reason: tls::describe(&e, config),
         }),
     }
 }

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
-use crate::error::{DbError, describe};
+use crate::error::DbError;
 
 /// What the shell needs to know about a node right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,17 +16,20 @@ pub struct NodeFacts {
 
 /// Connects with a bounded timeout and lists the node's databases. `label` names the node in errors.
 pub async fn node_facts(
-    mut config: tokio_postgres::Config,
+    config: impl Into<pgbackman_config::ConnConfig>,
     label: &str,
 ) -> Result<NodeFacts, DbError> {
+    let mut config = config.into();
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
     config.application_name("pgbackman");
-    let (client, conn) = config.connect(NoTls).await.map_err(|e| DbError::Connect {
-        target: format!("PgSQL node {label}"),
-        reason: describe(&e),
-    })?;
+    let (client, conn) = crate::tls::connect_raw(&config)
+        .await
+        .map_err(|e| DbError::Connect {
+            target: format!("PgSQL node {label}"),
+            reason: crate::tls::describe(&e, &config),
+        })?;
     let task = tokio::spawn(conn);
     let result = async {
         let v = crate::introspect::read_server_facts(&client).await?;

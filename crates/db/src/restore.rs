@@ -291,9 +291,9 @@ pub mod target {
     use std::collections::BTreeSet;
     use std::time::Duration;
 
-    use tokio_postgres::{Client, NoTls};
+    use tokio_postgres::Client;
 
-    use crate::error::{DbError, describe, describe_one_line};
+    use crate::error::{DbError, describe_one_line};
 
     /// What a restore must know about its target before it changes anything.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,17 +345,21 @@ pub mod target {
 
     /// A short admin connection (for the shell): the target's state, or an error naming it.
     pub async fn probe(
-        mut config: tokio_postgres::Config,
+        config: impl Into<pgbackman_config::ConnConfig>,
         label: &str,
     ) -> Result<TargetState, DbError> {
+        let mut config = config.into();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.application_name("pgbackman");
-        let (client, conn) = config.connect(NoTls).await.map_err(|e| DbError::Connect {
-            target: format!("PgSQL node {label}"),
-            reason: describe(&e),
-        })?;
+        let (client, conn) =
+            crate::tls::connect_raw(&config)
+                .await
+                .map_err(|e| DbError::Connect {
+                    target: format!("PgSQL node {label}"),
+                    reason: crate::tls::describe(&e, &config),
+                })?;
         let task = tokio::spawn(conn);
         let r = read_state(&client).await.map_err(|m| DbError::Client {
             context: format!("querying PgSQL node {label}"),

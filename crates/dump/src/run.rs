@@ -998,10 +998,7 @@ impl Run<'_> {
         let in_flight = snapshot.is_some() && counted.is_none();
         let stop_counting = || async {
             if in_flight {
-                let _ = client
-                    .cancel_token()
-                    .cancel_query(tokio_postgres::NoTls)
-                    .await;
+                let _ = session.cancel_query().await;
             }
         };
         // The writer's own failure comes first: the child was stopped because of it.
@@ -1092,10 +1089,7 @@ impl Run<'_> {
             match self.guarded("row_counts", &mut count_fut).await {
                 Ok(c) => counted = Some(c),
                 Err(stop) => {
-                    let _ = client
-                        .cancel_token()
-                        .cancel_query(tokio_postgres::NoTls)
-                        .await;
+                    let _ = session.cancel_query().await;
                     return Err(stop);
                 }
             }

@@ -30,6 +30,8 @@ use nix::sys::statvfs::statvfs;
 use nix::unistd::{Pid, Uid};
 use pgbackman_pgctl::{Cluster, StopMode, find_bin_dir, free_port, server_version};
 
+pub mod tls;
+
 /// Server settings of every test cluster: durability off, small footprint.
 const SETTINGS: &[(&str, &str)] = &[
     ("fsync", "off"),

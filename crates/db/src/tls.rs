@@ -1,0 +1,625 @@
+//! Every PostgreSQL connection of the Rust code is made here: the catalog pool, the agent's
+//! LISTEN connection, the shell's and the agent's node connections, the backup executor's
+//! sessions and their cancel requests. TLS is rustls (ring provider, no OpenSSL), with libpq's
+//! sslmode rules (<https://www.postgresql.org/docs/15/libpq-ssl.html>):
+//!
+//! * disable: plain. allow: plain first, TLS if the server refuses the plain connection.
+//!   prefer: TLS if the server offers it, plain when the TLS attempt fails (handshake or refusal).
+//! * require: TLS; the certificate is checked against the root certificate file only when one
+//!   exists (libpq's rule; then require behaves as verify-ca). The same holds for allow and prefer.
+//! * verify-ca: the chain against `sslrootcert` (which must exist); the host name is not checked.
+//!   verify-full: the chain and the host name. `sslrootcert=system`: the system trust store.
+//! * A client certificate (`sslcert`/`sslkey`) is sent when the certificate file exists; its key
+//!   must then exist and be private (libpq's permission rule).
+//!
+//! Unverified modes still check the handshake signatures against the presented certificate.
+//! The files are read at each TLS handshake, as libpq does, so renewed certificates are picked up.
+//! Unix-socket connections never use TLS (the server does not offer it there; libpq skips it).
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use pgbackman_config::tls::SslMode;
+use pgbackman_config::{ConnConfig, RootCert, TlsSettings};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use tokio_postgres::config::Host;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::error::{DbError, describe as describe_plain, server_message};
+
+/// The TLS stream type of every connection.
+pub type TlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+/// The connection half of every client this module makes (drive it, e.g. `tokio::spawn`).
+pub type Connection = tokio_postgres::Connection<Socket, TlsStream>;
+
+/// Connects as libpq would with `cfg`'s sslmode (see the module doc). Errors are tokio-postgres
+/// errors; [`describe`] turns them into a message saying what failed and what to do.
+pub async fn connect_raw(cfg: &ConnConfig) -> Result<(Client, Connection), tokio_postgres::Error> {
+    let mut pg = cfg.pg.clone();
+    // tokio-postgres cannot do TLS without a host name; libpq then uses the address.
+    if pg.get_hosts().is_empty() {
+        for a in pg.get_hostaddrs().to_vec() {
+            pg.host(a.to_string());
+        }
+    }
+    let unix_only =
+        !pg.get_hosts().is_empty() && pg.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)));
+    let mode = if unix_only {
+        SslMode::Disable
+    } else {
+        cfg.tls.mode
+    };
+    use tokio_postgres::config::SslMode as T;
+    let done = |r: Attempt| r.map_err(|(e, _)| e);
+    match mode {
+        SslMode::Disable => done(attempt(&mut pg, T::Disable, &cfg.tls).await),
+        // libpq retries with TLS only when the server answered the plain attempt with an error.
+        SslMode::Allow => match attempt(&mut pg, T::Disable, &cfg.tls).await {
+            Err((e, _)) if e.as_db_error().is_some() => {
+                done(attempt(&mut pg, T::Require, &cfg.tls).await)
+            }
+            r => done(r),
+        },
+        // libpq retries without TLS when a TLS attempt failed, in the handshake or after it.
+        SslMode::Prefer => match attempt(&mut pg, T::Prefer, &cfg.tls).await {
+            Err((e, true)) => match attempt(&mut pg, T::Disable, &cfg.tls).await {
+                Ok(ok) => Ok(ok),
+                // The TLS failure is the one worth reporting when the server refuses plain too.
+                Err(_) => Err(e),
+            },
+            r => done(r),
+        },
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            done(attempt(&mut pg, T::Require, &cfg.tls).await)
+        }
+    }
+}
+
+type Attempt = Result<(Client, Connection), (tokio_postgres::Error, bool)>;
+
+/// One connection attempt; on failure also says whether a TLS handshake was started.
+async fn attempt(
+    pg: &mut tokio_postgres::Config,
+    mode: tokio_postgres::config::SslMode,
+    tls: &TlsSettings,
+) -> Attempt {
+    pg.ssl_mode(mode);
+    let tried = Arc::new(AtomicBool::new(false));
+    let maker = MakeTls {
+        settings: Arc::new(tls.clone()),
+        tried: tried.clone(),
+    };
+    match pg.connect(maker).await {
+        Ok(ok) => Ok(ok),
+        Err(e) => Err((e, tried.load(Ordering::SeqCst))),
+    }
+}
+
+/// [`connect_raw`] with the error described for `target` (e.g. "PgSQL node pg01:5432"), the
+/// connection driven by a spawned task.
+pub async fn connect(cfg: &ConnConfig, target: &str) -> Result<Client, DbError> {
+    let (client, conn) = connect_raw(cfg).await.map_err(|e| DbError::Connect {
+        target: target.to_string(),
+        reason: describe(&e, cfg),
+    })?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Sends a cancel request for `token`'s query with `cfg`'s TLS settings (a server that only
+/// accepts TLS also wants its cancel requests over TLS).
+pub async fn cancel_query(
+    token: &tokio_postgres::CancelToken,
+    cfg: &ConnConfig,
+) -> Result<(), tokio_postgres::Error> {
+    token
+        .cancel_query(MakeTls {
+            settings: Arc::new(cfg.tls.clone()),
+            tried: Arc::default(),
+        })
+        .await
+}
+
+/// A connector for deadpool: connects with [`connect_raw`] (deadpool's own config is ignored: it
+/// is `cfg`'s without the TLS settings).
+pub(crate) struct PoolConnect(pub ConnConfig);
+
+impl deadpool_postgres::Connect for PoolConnect {
+    fn connect(
+        &self,
+        _: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        Box::pin(async move {
+            let (client, conn) = connect_raw(&self.0).await?;
+            let task = tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("catalog connection closed: {e}");
+                }
+            });
+            Ok((client, task))
+        })
+    }
+}
+
+/// A connection error in words, with what to do for the TLS and pg_hba cases: a certificate not
+/// signed by the root certificate, a name mismatch, an expired certificate, a server refusing
+/// plain connections (hostssl) or TLS (hostnossl), a missing file.
+pub fn describe(e: &tokio_postgres::Error, cfg: &ConnConfig) -> String {
+    let tls = &cfg.tls;
+    let host = host_label(cfg);
+    if let Some(mut m) = server_message(e) {
+        if m.hint.is_none() && m.code == "28000" && m.message.contains("no encryption") {
+            m.hint = Some(format!(
+                "the server accepts only TLS connections from here; set sslmode=require (or \
+                 verify-ca / verify-full with sslrootcert) instead of sslmode={}",
+                tls.mode
+            ));
+        }
+        if m.hint.is_none() && m.code == "28000" && m.message.contains("client certificate") {
+            m.hint = Some(CLIENT_CERT_HINT.into());
+        }
+        return m.to_string();
+    }
+    if let Some(s) = find::<SetupError>(e) {
+        return s.to_string();
+    }
+    if let Some(r) = find::<rustls::Error>(e) {
+        return rustls_reason(r, &host, tls);
+    }
+    let plain = describe_plain(e);
+    if plain.contains("server does not support TLS") {
+        return format!(
+            "{plain}\nHINT: enable ssl on the server {host}, or use sslmode=prefer (or disable) for it"
+        );
+    }
+    plain
+}
+
+fn rustls_reason(r: &rustls::Error, host: &str, tls: &TlsSettings) -> String {
+    let roots = match &tls.root_cert {
+        Some(RootCert::File { path, .. }) => format!("root certificate file {}", path.display()),
+        Some(RootCert::System) => "the system's trusted roots (sslrootcert=system)".into(),
+        None => "no root certificate".into(),
+    };
+    match r {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+                "the server certificate of {host} is not signed by a CA in the {roots}\n\
+                 HINT: set sslrootcert (or PGSSLROOTCERT) to the CA that signed the server's certificate, \
+                 or use sslmode=require to encrypt without checking the certificate"
+            ),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                let names = match c {
+                    CertificateError::NotValidForNameContext { presented, .. } => format!(
+                        " (it names {})",
+                        presented
+                            .iter()
+                            .map(|n| bare_name(n))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => String::new(),
+                };
+                format!(
+                    "the server certificate of {host} is not valid for the name {host}{names}\n\
+                     HINT: connect with a host name the certificate lists, reissue the certificate \
+                     with this name, or use sslmode=verify-ca to check only the CA"
+                )
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => format!(
+                "the server certificate of {host} has expired\nHINT: renew the server's certificate"
+            ),
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
+                "the server certificate of {host} is not valid yet\nHINT: check the clocks of both hosts"
+            ),
+            other => format!(
+                "the server certificate of {host} was refused: {other:?}\nHINT: check it against the {roots}"
+            ),
+        },
+        rustls::Error::AlertReceived(a) => format!(
+            "the server {host} ended the TLS handshake ({a:?})\nHINT: if it requires a client \
+             certificate: {CLIENT_CERT_HINT}"
+        ),
+        other => format!("TLS handshake with {host} failed: {other}"),
+    }
+}
+
+const CLIENT_CERT_HINT: &str = "set sslcert and sslkey (or PGSSLCERT and PGSSLKEY, or put them in \
+     ~/.postgresql/postgresql.crt and postgresql.key) to a certificate, for this user name, signed \
+     by a CA the server trusts (its ssl_ca_file)";
+
+/// `db.example.org` out of rustls' `DnsName("db.example.org")` (and `IpAddress(10.0.0.1)`).
+fn bare_name(n: &str) -> &str {
+    match (n.find('('), n.strip_suffix(')')) {
+        (Some(i), Some(rest)) => rest[i + 1..].trim_matches('"'),
+        _ => n,
+    }
+}
+
+fn host_label(cfg: &ConnConfig) -> String {
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    match hosts.is_empty() {
+        false => hosts.join(","),
+        true => cfg
+            .get_hostaddrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+/// An error of type `E` in `e`'s causes, also inside `io::Error`s (whose `source` skips their
+/// payload: rustls' error travels as the payload of tokio-rustls' io::Error).
+fn find<E: StdError + 'static>(e: &tokio_postgres::Error) -> Option<&E> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(x) = c.downcast_ref::<E>() {
+            return Some(x);
+        }
+        if let Some(inner) = c.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            let inner: &(dyn StdError + 'static) = inner;
+            if let Some(x) = inner.downcast_ref::<E>() {
+                return Some(x);
+            }
+            cur = Some(inner);
+            continue;
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// A local problem preparing TLS (a missing or unreadable file): said as is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
+
+/// tokio-postgres' connector factory: remembers whether a handshake was started (for allow and
+/// prefer) and builds the rustls config only then.
+#[derive(Clone)]
+struct MakeTls {
+    settings: Arc<TlsSettings>,
+    tried: Arc<AtomicBool>,
+}
+
+struct Tls {
+    settings: Arc<TlsSettings>,
+    tried: Arc<AtomicBool>,
+    hostname: String,
+}
+
+impl MakeTlsConnect<Socket> for MakeTls {
+    type Stream = TlsStream;
+    type TlsConnect = Tls;
+    type Error = io::Error;
+
+    fn make_tls_connect(&mut self, hostname: &str) -> Result<Tls, io::Error> {
+        Ok(Tls {
+            settings: self.settings.clone(),
+            tried: self.tried.clone(),
+            hostname: hostname.to_string(),
+        })
+    }
+}
+
+impl TlsConnect<Socket> for Tls {
+    type Stream = TlsStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<TlsStream, io::Error>> + Send>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        self.tried.store(true, Ordering::SeqCst);
+        Box::pin(async move {
+            let settings = self.settings.clone();
+            let mut config = tokio::task::spawn_blocking(move || client_config(&settings))
+                .await
+                .map_err(io::Error::other)?
+                .map_err(io::Error::other)?;
+            // A host name rustls cannot take (say, with an underscore) only matters when it is
+            // checked; otherwise the handshake goes on without SNI, as it would for an address.
+            let mut hostname = self.hostname.as_str();
+            if ServerName::try_from(hostname).is_err() {
+                if self.settings.mode == SslMode::VerifyFull {
+                    return Err(io::Error::other(SetupError(format!(
+                        "sslmode=verify-full cannot check the host name {hostname:?}: it is not a \
+                         valid DNS name\nHINT: connect with the name the certificate lists, or use \
+                         sslmode=verify-ca"
+                    ))));
+                }
+                config.enable_sni = false;
+                hostname = "unchecked.invalid";
+            }
+            let mut maker = MakeRustlsConnect::new(config);
+            let tls = <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(
+                &mut maker, hostname,
+            )
+            .map_err(io::Error::other)?;
+            tls.connect(stream).await
+        })
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// The rustls config for `tls`, from the files as they are now.
+pub fn client_config(tls: &TlsSettings) -> Result<ClientConfig, SetupError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SetupError(format!("TLS setup: {e}")))?;
+    let roots = root_store(tls)?;
+    let verifier: Arc<dyn ServerCertVerifier> = match (roots, tls.mode) {
+        (None, _) => Arc::new(NoVerification(provider.clone())),
+        (Some(roots), mode) => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| SetupError(format!("TLS setup: {e}")))?;
+            match mode {
+                SslMode::VerifyFull => webpki,
+                // verify-ca, and the weaker modes that verify because a root file exists.
+                _ => Arc::new(ChainOnly(webpki)),
+            }
+        }
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match client_identity(tls)? {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
+            SetupError(format!(
+                "the client certificate {} does not go with its key {}: {e}",
+                shown(tls.cert.as_deref()),
+                shown(tls.key.as_deref())
+            ))
+        }),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+fn shown(p: Option<&Path>) -> String {
+    p.map_or_else(String::new, |p| p.display().to_string())
+}
+
+/// The trusted roots, or None when the mode does not verify (no root file with require or
+/// weaker). verify-ca / verify-full without the file is an error, as in libpq.
+fn root_store(tls: &TlsSettings) -> Result<Option<RootCertStore>, SetupError> {
+    let mut store = RootCertStore::empty();
+    match &tls.root_cert {
+        Some(RootCert::System) => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(SetupError(
+                    "sslrootcert=system: no trusted root certificate found in the system store \
+                     (install ca-certificates, or set SSL_CERT_FILE)"
+                        .into(),
+                ));
+            }
+        }
+        Some(RootCert::File { path, given }) => {
+            if !path.exists() {
+                if !tls.mode.verifies() {
+                    return Ok(None);
+                }
+                let what = if *given { "" } else { " (the default)" };
+                return Err(SetupError(format!(
+                    "root certificate file {}{what} does not exist, and sslmode={} needs it to \
+                     check the server certificate\nHINT: put the CA certificate there or set \
+                     sslrootcert (PGSSLROOTCERT) to it, use sslrootcert=system for the system's \
+                     trusted roots, or use sslmode=require to encrypt without checking",
+                    path.display(),
+                    tls.mode
+                )));
+            }
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    SetupError(format!(
+                        "cannot read root certificate file {}: {e}\nHINT: it must hold PEM \
+                         certificates readable by this user",
+                        path.display()
+                    ))
+                })?;
+            let (added, _) = store.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(SetupError(format!(
+                    "root certificate file {} holds no usable certificate\nHINT: it must hold \
+                     the PEM certificate of the CA that signed the server's certificate",
+                    path.display()
+                )));
+            }
+        }
+        None if tls.mode.verifies() => {
+            return Err(SetupError(format!(
+                "sslmode={} needs a root certificate, and there is no home directory to find \
+                 ~/.postgresql/root.crt in\nHINT: set sslrootcert (or PGSSLROOTCERT)",
+                tls.mode
+            )));
+        }
+        None => return Ok(None),
+    }
+    Ok(Some(store))
+}
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// The client certificate and key, when the certificate file exists (libpq ignores a missing
+/// one); its key must exist and be private (u=rw, or u=rw,g=r when root owns it).
+fn client_identity(tls: &TlsSettings) -> Result<Option<Identity>, SetupError> {
+    let Some(cert) = tls.cert.as_deref().filter(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            SetupError(format!(
+                "cannot read client certificate file {}: {e}",
+                cert.display()
+            ))
+        })?;
+    let Some(key) = tls.key.as_deref() else {
+        return Err(SetupError(format!(
+            "client certificate {} is present but no private key file is configured\nHINT: set \
+             sslkey (or PGSSLKEY)",
+            cert.display()
+        )));
+    };
+    let meta = std::fs::metadata(key).map_err(|e| {
+        SetupError(format!(
+            "certificate present, but not private key file {}: {e}\nHINT: set sslkey (or \
+             PGSSLKEY) to the key of {}",
+            key.display(),
+            cert.display()
+        ))
+    })?;
+    let mode = meta.permissions().mode();
+    let private = if meta.uid() == 0 {
+        mode & 0o037 == 0
+    } else {
+        mode & 0o077 == 0
+    };
+    if !private {
+        return Err(SetupError(format!(
+            "private key file {} has group or world access; permissions should be u=rw (0600) \
+             or less, or u=rw,g=r (0640) or less if owned by root\nHINT: chmod 0600 {}",
+            key.display(),
+            key.display()
+        )));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        SetupError(format!(
+            "cannot read private key file {}: {e}\nHINT: it must be an unencrypted PEM key \
+             (PKCS#8, PKCS#1 or SEC1)",
+            key.display()
+        ))
+    })?;
+    Ok(Some((certs, key_der)))
+}
+
+/// Checks nothing about the certificate, but the handshake signatures against it (so the peer
+/// holds the certificate's key): sslmode=require without a root certificate file.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The chain against the roots, not the host name (verify-ca). webpki checks the chain before
+/// the name, so a name error means the chain was good.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            r => r,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
