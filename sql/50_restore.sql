@@ -43,6 +43,14 @@ begin
         raise exception 'target PgSQL node % is STOPPED', api.node_fqdn(v_node)
             using errcode = '55000', hint = 'Set it RUNNING with update_pgsql_node, or restore onto another node.';
     end if;
+    -- A set whose files no longer match their checksums (level 1) or whose archive does not read
+    -- back (level 2) is refused now, not after a job was queued for it.
+    if v_bck.verification_state = 'FAILED' and v_bck.verification_level in (1, 2) then
+        raise exception 'BckID % failed verification level %: %', p_bck_id, v_bck.verification_level,
+                        coalesce(v_bck.verification_error, 'see show_backup_details')
+            using errcode = '55000',
+                  hint = format('Restore another backup of "%s" (show_backup_catalog shows each one''s verification), or run verify_backup %s again if the set was repaired.', v_bck.dbname, p_bck_id);
+    end if;
     if v_bck.backup_code in ('CLUSTER', 'GLOBALS') then
         if v_target <> '' or v_renamed is not null or cardinality(v_roles) > 0 then
             raise exception 'BckID % is a % backup: it restores the whole cluster, with no target database, rename or role choice', p_bck_id, v_bck.backup_code

@@ -149,6 +149,11 @@ fn levels_verify_backup_and_drills_through_the_agent() {
         env.sql("select count(*) from alert where alert_type = 'VERIFY'"),
         "1"
     );
+    // A restore of it is refused when it is registered.
+    let r = env
+        .cmd("register_restore_definition now 1 127.0.0.2 shop_copy \"\" --reuse-roles all")
+        .fails_with("failed verification level 1");
+    assert!(r.stderr.contains("HINT"), "{}", r.stderr);
     // The drill gate refuses to restore it.
     env.cmd("run_restore_drill 1").ok();
     wait_for(env, "select count(*) from verification", "4", 30, &agent);
