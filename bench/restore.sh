@@ -7,8 +7,10 @@
 #       wall = job.finished_at - job.claimed_at (checksums verified first, undo-ready);
 #   (b) pgbackman, stream feed: the same with --decompression stream (zstd decoded in-process
 #       into pg_restore's stdin; serial, no disk);
-#   (b') pgbackman, tee feed: --decompression tee --jobs J (pre-data and data streamed serially
-#       while the staging file is written, then post-data with -j J from the file);
+#   (b') pgbackman, tee feed: --decompression tee --jobs J (pre-data streamed; data streamed
+#       while the staging file is written, the rows of a table holding half of the rows or more
+#       dealt out over J concurrent COPYs; then post-data with -j J from the file). On the
+#       reference database auto chooses tee, so (a) and (b') run the same code;
 #   (c) PgBackMan's serial restore (reference §5.5) of a `pg_dump -Fc` set (untimed): `CREATE
 #       DATABASE` then `pg_restore -d DB set` without -j, wall = date before/after;
 #   (d) the same from PgBackMan's actual FULL set of reference §4.2, `pg_dump --format=d --blobs`

@@ -321,7 +321,8 @@ impl Feed {
 /// - `largest_share` (the largest table's share of all rows, from the manifest's counts) of
 ///   one half or more: tee. The data load is bound by that one table's serial COPY whatever the
 ///   jobs, so the dump is streamed while the staging file is written, and only the post-data
-///   section (index builds, constraints) runs with `-j`; no separate decompression pass;
+///   section (index builds, constraints) runs with `-j`; no separate decompression pass (and
+///   the executor splits that table's rows over `jobs` COPYs, see [`split_table`]);
 /// - else file: the data load itself runs in parallel, worth more than the extra pass.
 ///
 /// bench/restore.sh measures the three on the reference database (one table holds 69 % of
@@ -372,9 +373,73 @@ pub fn choose_feed(
     }
 }
 
+/// The table whose data load a tee restore splits over `jobs` concurrent `COPY ... FROM STDIN`
+/// of its rows (COPY text is one row per line, so its lines can be dealt out in chunks): the
+/// table with the most rows, when it holds at least half of all rows (its single COPY would
+/// bound the data section otherwise) and `jobs` is 2 or more. `counts` maps `schema.table`
+/// (each part quoted like `quote_ident`) to rows. Only names that need no quoting qualify:
+/// `pg_restore --list` prints names raw, and the split must find exactly that table in it.
+/// Returns (schema, table).
+pub fn split_table<'a>(
+    counts: impl IntoIterator<Item = (&'a String, &'a i64)>,
+    jobs: u32,
+) -> Option<(String, String)> {
+    if jobs < 2 {
+        return None;
+    }
+    let mut total: i64 = 0;
+    let mut best: Option<(&String, i64)> = None;
+    for (k, n) in counts {
+        let n = (*n).max(0);
+        total = total.saturating_add(n);
+        if best.is_none_or(|(_, b)| n > b) {
+            best = Some((k, n));
+        }
+    }
+    let (key, rows) = best?;
+    if total == 0 || rows * 2 < total {
+        return None;
+    }
+    let simple = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let (schema, table) = key.split_once('.')?;
+    (simple(schema) && simple(table)).then(|| (schema.to_string(), table.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_split_table() {
+        let m = |v: &[(&str, i64)]| -> std::collections::BTreeMap<String, i64> {
+            v.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+        };
+        let c = m(&[("app.events", 69), ("app.users", 20), ("public.t", 11)]);
+        assert_eq!(
+            split_table(&c, 2),
+            Some(("app".to_string(), "events".to_string()))
+        );
+        assert_eq!(split_table(&c, 1), None);
+        assert_eq!(
+            split_table(&m(&[("app.a", 49), ("app.b", 51)]), 4)
+                .unwrap()
+                .1,
+            "b"
+        );
+        assert_eq!(
+            split_table(&m(&[("app.a", 40), ("app.b", 30), ("x.c", 30)]), 4),
+            None
+        );
+        assert_eq!(split_table(&m(&[("\"App\".e", 9), ("a.b", 1)]), 2), None);
+        assert_eq!(split_table(&m(&[("app.\"e x\"", 9)]), 2), None);
+        assert_eq!(split_table(&m(&[("app.e", 0)]), 2), None);
+        assert_eq!(split_table(&m(&[]), 2), None);
+    }
 
     #[test]
     fn extra_restore_parameters() {

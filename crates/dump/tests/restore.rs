@@ -169,6 +169,13 @@ async fn restore_onto_a_fresh_cluster_then_reuse_roles_and_rename() {
         o.command
     );
     assert_eq!(fingerprint(&dst, "shop_tee"), want);
+    // Whether the largest table's rows went through split COPYs (split.rs) shows in the
+    // phases: the data step is then preceded by its own pre-data step.
+    assert!(
+        o.phase_timings.iter().any(|(p, _)| p == "pre_data"),
+        "{:?}",
+        o.phase_timings
+    );
     assert!(o.row_count_check.as_ref().unwrap().mismatches.is_empty());
     assert!(!root.path().join("staging/14").exists());
 
@@ -447,4 +454,57 @@ async fn a_cancelled_restore_is_undone_and_kills_its_client() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
         "pg_restore {pid} outlived the cancel"
     );
+}
+
+/// The split data load (tee feed, the largest table's rows over several COPYs): a COPY child
+/// that fails stops every other child and the restore is undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_split_copy_is_undone() {
+    let root = tempfile::tempdir().unwrap();
+    let (_src, set) = source(root.path(), 4).await;
+    let dst = TestCluster::start();
+    let b = root.path().join("bin_copyfail");
+    std::fs::create_dir_all(&b).unwrap();
+    let psql = format!(
+        "#!/bin/sh\nfor a in \"$@\"; do case \"$a\" in --command=COPY*) head -c 100 >/dev/null; echo 'ERROR: injected COPY failure' >&2; exit 3;; esac; done\nexec {} \"$@\"\n",
+        bin_dir().join("psql").display()
+    );
+    std::fs::write(b.join("psql"), psql).unwrap();
+    std::os::unix::fs::symlink(bin_dir().join("pg_restore"), b.join("pg_restore")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(b.join("psql"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut s = rspec(&set, &dst, root.path(), 40, "shop_split");
+    s.bin_dir = b;
+    s.decompression = Decompression::Tee;
+    let o = restore(&s).await;
+    let (step, _) = failed_step(&o);
+    assert_eq!(step, "split_copy", "{o:#?}");
+    if let Status::Failed { stderr_tail, .. } = &o.status {
+        assert!(
+            stderr_tail.contains("injected COPY failure"),
+            "{stderr_tail}"
+        );
+    }
+    assert!(
+        o.cleanup
+            .iter()
+            .any(|c| c.contains("dropped the partly restored database \"shop_split\"")),
+        "{:?}",
+        o.cleanup
+    );
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'shop_split'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        dst.psql(
+            "postgres",
+            "select count(*) from pg_roles where rolname like 'app_%'"
+        ),
+        "0"
+    );
+    assert!(!root.path().join("staging/40").exists());
 }

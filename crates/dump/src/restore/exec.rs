@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use pgbackman_core::model::BackupCode;
-use pgbackman_core::restore::{Feed, check_extra_restore_parameters, choose_feed};
+use pgbackman_core::restore::{Feed, check_extra_restore_parameters, choose_feed, split_table};
 use pgbackman_db::introspect::{self, NodeSession};
 use pgbackman_db::restore::target::{self, TargetState};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::feed;
+#[path = "split.rs"]
+mod split;
 use super::{RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck};
 use crate::child::{self, ChildCommand, Ended, RunLog, Stdout};
 use crate::client::{parse_major, server_major, tool_version};
@@ -859,6 +861,22 @@ impl Exec<'_> {
             .await?;
         self.timed("database", t);
 
+        // The tee feed splits the data load of a table holding most of the rows (split.rs).
+        let split = match (&m.table_row_counts, feed) {
+            (Some(c), Some(Feed::Tee)) if spec.extra_args.is_empty() => {
+                split_table(&c.tables, spec.jobs)
+            }
+            _ => None,
+        };
+        let mut split_done = false;
+        if let Some((schema, table)) = split {
+            self.prepare_staging(staging, guard)?;
+            let staged = staging.join(STAGED_DUMP);
+            split_done = self
+                .tee_split(&dump, &staged, &target, &schema, &table, staging, progress)
+                .await?;
+        }
+
         // pg_restore
         let mut args = vec![
             format!("--dbname=dbname={}", conninfo_value(&target)),
@@ -875,6 +893,7 @@ impl Exec<'_> {
                     feed::decode_into(&src, f, &written, &abort).map(|n| (n, Vec::new()))
                 }))
             }
+            Some(Feed::Tee) if split_done => None,
             Some(Feed::Tee) => {
                 self.prepare_staging(staging, guard)?;
                 let dst = staging.join(STAGED_DUMP);
@@ -928,10 +947,12 @@ impl Exec<'_> {
                 None
             }
         };
-        let t = std::time::Instant::now();
-        self.run_child("pg_restore", "pg_restore", args, pump, progress, true)
-            .await?;
-        self.timed("pg_restore", t);
+        if !split_done {
+            let t = std::time::Instant::now();
+            self.run_child("pg_restore", "pg_restore", args, pump, progress, true)
+                .await?;
+            self.timed("pg_restore", t);
+        }
         if feed == Some(Feed::Tee) {
             let t = std::time::Instant::now();
             let mut args = vec![
