@@ -124,7 +124,7 @@ const FORMAT: &str = "the dump format and parallel jobs are chosen by pgbackman"
 const INFO: &str = "pg_dump would print information instead of dumping";
 
 /// pg_dump short options: (letter, takes a value, forbidden because).
-const SHORT: &[(char, bool, Option<&str>)] = &[
+const SHORT: &[ShortOption] = &[
     ('d', true, Some(CONNECTION)),
     ('h', true, Some(CONNECTION)),
     ('p', true, Some(CONNECTION)),
@@ -147,7 +147,7 @@ const SHORT: &[(char, bool, Option<&str>)] = &[
 ];
 
 /// pg_dump long options (PostgreSQL 12 to 18): (name, takes a value, forbidden because).
-const LONG: &[(&str, bool, Option<&str>)] = &[
+const LONG: &[LongOption] = &[
     ("dbname", true, Some(CONNECTION)),
     ("host", true, Some(CONNECTION)),
     ("port", true, Some(CONNECTION)),
@@ -236,32 +236,71 @@ const LONG: &[(&str, bool, Option<&str>)] = &[
 /// prefix of a forbidden option is rejected even when it is ambiguous. Returns the words.
 pub fn check_extra_dump_parameters(s: &str) -> Result<Vec<String>, ParamError> {
     let words = split_shell_words(s)?;
+    check_options(&words, SHORT, LONG, true).map_err(|p| match p {
+        OptionProblem::Forbidden { option, reason } => ParamError::Forbidden { option, reason },
+        OptionProblem::MissingValue(w) => ParamError::MissingValue(w),
+        OptionProblem::Positional(w) => ParamError::Positional(w),
+    })?;
+    Ok(words)
+}
+
+/// A short option of a client program: (letter, takes a value, forbidden because).
+pub type ShortOption = (char, bool, Option<&'static str>);
+/// A long option of a client program: (name, takes a value, forbidden because).
+pub type LongOption = (&'static str, bool, Option<&'static str>);
+
+/// What [`check_options`] refused; the caller names the program in its own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OptionProblem {
+    /// An option the user may not set.
+    Forbidden {
+        /// The option as written.
+        option: String,
+        /// Why it is not allowed.
+        reason: &'static str,
+    },
+    /// An option that needs a value has none.
+    MissingValue(String),
+    /// A word that is not an option nor an option's value.
+    Positional(String),
+}
+
+/// Checks option words against a client program's option tables, the way getopt reads them:
+/// long options by unambiguous prefix (a prefix of a forbidden option is refused even when it is
+/// ambiguous), clusters of short options (`-vh`, `-nfoo`, `-n foo`), no positional argument.
+/// `--` ends the options (and is then accepted) only when `end_of_options` says so.
+pub fn check_options(
+    words: &[String],
+    short: &[ShortOption],
+    long: &[LongOption],
+    end_of_options: bool,
+) -> Result<(), OptionProblem> {
     let mut i = 0;
     let mut options_ended = false;
     while i < words.len() {
         let w = &words[i];
         i += 1;
-        if options_ended || w == "-" || !w.starts_with('-') {
-            return Err(ParamError::Positional(w.clone()));
+        if options_ended || w == "-" || !w.starts_with('-') || (w == "--" && !end_of_options) {
+            return Err(OptionProblem::Positional(w.clone()));
         }
         if w == "--" {
             options_ended = true;
             continue;
         }
-        if let Some(long) = w.strip_prefix("--") {
-            let (name, has_value) = match long.split_once('=') {
+        if let Some(name_value) = w.strip_prefix("--") {
+            let (name, has_value) = match name_value.split_once('=') {
                 Some((n, _)) => (n, true),
-                None => (long, false),
+                None => (name_value, false),
             };
-            let exact = LONG.iter().find(|(n, _, _)| *n == name);
-            let candidates: Vec<_> = LONG
+            let exact = long.iter().find(|(n, _, _)| *n == name);
+            let candidates: Vec<_> = long
                 .iter()
                 .filter(|(n, _, _)| n.starts_with(name))
                 .collect();
             if exact.is_none()
                 && let Some((_, _, Some(reason))) = candidates.iter().find(|(_, _, r)| r.is_some())
             {
-                return Err(ParamError::Forbidden {
+                return Err(OptionProblem::Forbidden {
                     option: w.clone(),
                     reason,
                 });
@@ -273,24 +312,23 @@ pub fn check_extra_dump_parameters(s: &str) -> Result<Vec<String>, ParamError> {
             });
             if let Some((_, takes_value, forbidden)) = known {
                 if let Some(reason) = forbidden {
-                    return Err(ParamError::Forbidden {
+                    return Err(OptionProblem::Forbidden {
                         option: w.clone(),
                         reason,
                     });
                 }
                 if *takes_value && !has_value {
                     if i >= words.len() {
-                        return Err(ParamError::MissingValue(w.clone()));
+                        return Err(OptionProblem::MissingValue(w.clone()));
                     }
                     i += 1;
                 }
             }
             continue;
         }
-        // A cluster of short options: -vh, -nfoo, -n foo.
         let letters: Vec<char> = w[1..].chars().collect();
         for (k, c) in letters.iter().enumerate() {
-            let Some((_, takes_value, forbidden)) = SHORT.iter().find(|(l, _, _)| l == c) else {
+            let Some((_, takes_value, forbidden)) = short.iter().find(|(l, _, _)| l == c) else {
                 continue;
             };
             if let Some(reason) = forbidden {
@@ -299,12 +337,12 @@ pub fn check_extra_dump_parameters(s: &str) -> Result<Vec<String>, ParamError> {
                 } else {
                     format!("-{c} (in {w})")
                 };
-                return Err(ParamError::Forbidden { option, reason });
+                return Err(OptionProblem::Forbidden { option, reason });
             }
             if *takes_value {
                 if k + 1 == letters.len() {
                     if i >= words.len() {
-                        return Err(ParamError::MissingValue(w.clone()));
+                        return Err(OptionProblem::MissingValue(w.clone()));
                     }
                     i += 1;
                 }
@@ -312,7 +350,7 @@ pub fn check_extra_dump_parameters(s: &str) -> Result<Vec<String>, ParamError> {
             }
         }
     }
-    Ok(words)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::params::{ParamError, split_shell_words};
+use crate::params::{
+    LongOption, OptionProblem, ParamError, ShortOption, check_options, split_shell_words,
+};
 
 /// Extra pg_restore parameters that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +42,7 @@ const ATOMIC: &str =
     "cannot be combined with parallel restore; pgbackman undoes a failed restore itself";
 
 /// pg_restore short options: (letter, takes a value, forbidden because).
-const SHORT: &[(char, bool, Option<&str>)] = &[
+const SHORT: &[ShortOption] = &[
     ('d', true, Some(CONNECTION)),
     ('h', true, Some(CONNECTION)),
     ('p', true, Some(CONNECTION)),
@@ -67,7 +69,7 @@ const SHORT: &[(char, bool, Option<&str>)] = &[
 ];
 
 /// pg_restore long options (PostgreSQL 12 to 18).
-const LONG: &[(&str, bool, Option<&str>)] = &[
+const LONG: &[LongOption] = &[
     ("dbname", true, Some(CONNECTION)),
     ("host", true, Some(CONNECTION)),
     ("port", true, Some(CONNECTION)),
@@ -121,10 +123,6 @@ const LONG: &[(&str, bool, Option<&str>)] = &[
     ("use-set-session-authorization", false, None),
 ];
 
-fn forbidden(option: String, reason: &'static str) -> RestoreParamError {
-    RestoreParamError::Forbidden { option, reason }
-}
-
 /// Splits extra pg_restore parameters with shell quoting rules and checks them: no connection
 /// option, no output file, no `--create`/`--clean`/`--format` (pgbackman creates the target
 /// database), no `-j` (a restore option of its own), no `--single-transaction`, nothing that
@@ -132,70 +130,14 @@ fn forbidden(option: String, reason: &'static str) -> RestoreParamError {
 /// prefix as getopt does. Returns the words.
 pub fn check_extra_restore_parameters(s: &str) -> Result<Vec<String>, RestoreParamError> {
     let words = split_shell_words(s)?;
-    let mut i = 0;
-    while i < words.len() {
-        let w = &words[i];
-        i += 1;
-        if w == "-" || w == "--" || !w.starts_with('-') {
-            return Err(RestoreParamError::Positional(w.clone()));
+    // `--` is refused: pgbackman appends its own options after these.
+    check_options(&words, SHORT, LONG, false).map_err(|p| match p {
+        OptionProblem::Forbidden { option, reason } => {
+            RestoreParamError::Forbidden { option, reason }
         }
-        if let Some(long) = w.strip_prefix("--") {
-            let (name, has_value) = match long.split_once('=') {
-                Some((n, _)) => (n, true),
-                None => (long, false),
-            };
-            let exact = LONG.iter().find(|(n, _, _)| *n == name);
-            let candidates: Vec<_> = LONG
-                .iter()
-                .filter(|(n, _, _)| n.starts_with(name))
-                .collect();
-            if exact.is_none()
-                && let Some((_, _, Some(reason))) = candidates.iter().find(|(_, _, r)| r.is_some())
-            {
-                return Err(forbidden(w.clone(), reason));
-            }
-            let known = exact.or(if candidates.len() == 1 {
-                Some(candidates[0])
-            } else {
-                None
-            });
-            if let Some((_, takes_value, reason)) = known {
-                if let Some(reason) = reason {
-                    return Err(forbidden(w.clone(), reason));
-                }
-                if *takes_value && !has_value {
-                    if i >= words.len() {
-                        return Err(RestoreParamError::MissingValue(w.clone()));
-                    }
-                    i += 1;
-                }
-            }
-            continue;
-        }
-        let letters: Vec<char> = w[1..].chars().collect();
-        for (k, c) in letters.iter().enumerate() {
-            let Some((_, takes_value, reason)) = SHORT.iter().find(|(l, _, _)| l == c) else {
-                continue;
-            };
-            if let Some(reason) = reason {
-                let option = if letters.len() == 1 {
-                    w.clone()
-                } else {
-                    format!("-{c} (in {w})")
-                };
-                return Err(forbidden(option, reason));
-            }
-            if *takes_value {
-                if k + 1 == letters.len() {
-                    if i >= words.len() {
-                        return Err(RestoreParamError::MissingValue(w.clone()));
-                    }
-                    i += 1;
-                }
-                break;
-            }
-        }
-    }
+        OptionProblem::MissingValue(w) => RestoreParamError::MissingValue(w),
+        OptionProblem::Positional(w) => RestoreParamError::Positional(w),
+    })?;
     Ok(words)
 }
 
