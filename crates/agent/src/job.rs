@@ -330,24 +330,18 @@ async fn execute(
     pgbackman_dump::run_backup(&spec, cancel.clone(), &report_progress).await
 }
 
-/// The report in the shape api.report_backup reads.
-fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
-    let dir = o.backup_dir.as_ref().map(|d| d.display().to_string());
-    let path = |name: &str| {
-        o.backup_dir
-            .as_ref()
-            .map(|d| d.join(name).display().to_string())
-    };
-    let file = |pred: &dyn Fn(&str) -> bool| o.files.iter().find(|f| pred(&f.name));
-    let dump = o.dump_file.as_ref().and_then(|n| {
-        o.files
-            .iter()
-            // A directory-format dump has no single file: its members are in `files`.
-            .find(|f| &f.name == n)
-    });
-    let roles = file(&|n| n == "roles.sql");
-    let dbconf = file(&|n| n == "database.sql");
-    let (status, step, exit, message, tail) = match &o.status {
+/// A run's status as the report fields execution_status, error_step, error_exit_status,
+/// error_message and error_stderr_tail (backups and restores report them alike).
+pub(crate) fn status_fields(
+    s: &Status,
+) -> (
+    &'static str,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+) {
+    match s {
         Status::Succeeded => ("SUCCEEDED", None, None, None, None),
         Status::Cancelled { reason } => (
             "CANCELLED",
@@ -368,12 +362,33 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
             Some(message.clone()),
             Some(stderr_tail.clone()),
         ),
+    }
+}
+
+/// Phase timings as a JSON object (name: seconds).
+pub(crate) fn timings_json(t: &[(String, f64)]) -> serde_json::Map<String, Value> {
+    t.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
+}
+
+/// The report in the shape api.report_backup reads.
+fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
+    let dir = o.backup_dir.as_ref().map(|d| d.display().to_string());
+    let path = |name: &str| {
+        o.backup_dir
+            .as_ref()
+            .map(|d| d.join(name).display().to_string())
     };
-    let timings: serde_json::Map<String, Value> = o
-        .phase_timings
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
+    let file = |pred: &dyn Fn(&str) -> bool| o.files.iter().find(|f| pred(&f.name));
+    let dump = o.dump_file.as_ref().and_then(|n| {
+        o.files
+            .iter()
+            // A directory-format dump has no single file: its members are in `files`.
+            .find(|f| &f.name == n)
+    });
+    let roles = file(&|n| n == "roles.sql");
+    let dbconf = file(&|n| n == "database.sql");
+    let (status, step, exit, message, tail) = status_fields(&o.status);
+    let timings = timings_json(&o.phase_timings);
     json!({
         "execution_status": status,
         "procpid": std::process::id(),

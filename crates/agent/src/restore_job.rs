@@ -220,33 +220,8 @@ fn log_path(ctx: &Ctx, r: &AgentRestore) -> PathBuf {
 
 /// The report in the shape api.report_restore reads.
 fn result_json(r: &AgentRestore, o: &RestoreOutcome, log: Option<String>) -> Value {
-    let (status, step, exit, message, tail) = match &o.status {
-        Status::Succeeded => ("SUCCEEDED", None, None, None, None),
-        Status::Cancelled { reason } => (
-            "CANCELLED",
-            Some("cancel".to_string()),
-            None,
-            Some(reason.clone()),
-            None,
-        ),
-        Status::Failed {
-            step,
-            exit_status,
-            message,
-            stderr_tail,
-        } => (
-            "ERROR",
-            Some(step.clone()),
-            *exit_status,
-            Some(message.clone()),
-            Some(stderr_tail.clone()),
-        ),
-    };
-    let timings: serde_json::Map<String, Value> = o
-        .phase_timings
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
+    let (status, step, exit, message, tail) = crate::job::status_fields(&o.status);
+    let timings = crate::job::timings_json(&o.phase_timings);
     json!({
         "execution_status": status,
         "procpid": std::process::id(),
