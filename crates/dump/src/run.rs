@@ -74,8 +74,8 @@ struct DumpCommand {
     dir_out: Option<PathBuf>,
 }
 
-/// Why a run stopped early.
-enum Stop {
+/// Why a run stopped early (backups and restores alike).
+pub(crate) enum Stop {
     Failed {
         step: String,
         exit_status: Option<i32>,
@@ -87,7 +87,7 @@ enum Stop {
     },
 }
 
-fn fail(step: &str, message: impl Into<String>) -> Stop {
+pub(crate) fn fail(step: &str, message: impl Into<String>) -> Stop {
     Stop::Failed {
         step: step.into(),
         exit_status: None,

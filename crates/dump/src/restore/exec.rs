@@ -29,6 +29,7 @@ use crate::run::{
     CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, ENV_REMOVED,
     GLOBALS_DUMP_FILE, ROLES_FILE,
 };
+use crate::run::{Stop, fail};
 use crate::set::{self, Manifest, StagingGuard};
 use crate::spec::{RowCountSource, Status};
 
@@ -36,27 +37,6 @@ use crate::spec::{RowCountSource, Status};
 const STAGED_DUMP: &str = "dump.pgdump";
 /// Bound of each statement that undoes a failed restore.
 const UNDO_TIMEOUT: Duration = Duration::from_secs(60);
-
-enum Stop {
-    Failed {
-        step: String,
-        exit_status: Option<i32>,
-        message: String,
-        stderr_tail: String,
-    },
-    Cancelled {
-        step: String,
-    },
-}
-
-fn fail(step: &str, message: impl Into<String>) -> Stop {
-    Stop::Failed {
-        step: step.into(),
-        exit_status: None,
-        message: message.into(),
-        stderr_tail: String::new(),
-    }
-}
 
 async fn until(deadline: Option<Instant>) {
     match deadline {
