@@ -206,8 +206,8 @@ run_two_at_once() { # NAME SET
 
 drop() { npsql "drop database if exists $1 with (force)"; }
 
-A_WALL=() B_WALL=() T_WALL=() C_WALL=() D_WALL=() E_WALL=() RID_A= RID_B= RID_T=
-A_CPU=() B_CPU=() T_CPU=() C_CPU=() D_CPU=()
+A_WALL=() B_WALL=() T_WALL=() F_WALL=() C_WALL=() D_WALL=() E_WALL=() RID_A= RID_B= RID_T= RID_F=
+A_CPU=() B_CPU=() T_CPU=() F_CPU=() C_CPU=() D_CPU=()
 for i in $(seq "$REPS"); do
     read -r w RID_A c <<<"$(run_pgbackman "r_auto_$i" "--jobs $JOBS")"
     A_WALL+=("$w") A_CPU+=("$c")
@@ -217,6 +217,10 @@ for i in $(seq "$REPS"); do
     B_WALL+=("$w") B_CPU+=("$c")
     log "rep $i/$REPS pgbackman stream: ${w}s"
     drop "r_stream_$i"
+    read -r w RID_F c <<<"$(run_pgbackman "r_file_$i" "--jobs $JOBS --decompression file")"
+    F_WALL+=("$w") F_CPU+=("$c")
+    log "rep $i/$REPS pgbackman file (-j $JOBS): ${w}s"
+    drop "r_file_$i"
     read -r w RID_T c <<<"$(run_pgbackman "r_tee_$i" "--jobs $JOBS --decompression tee")"
     T_WALL+=("$w") T_CPU+=("$c")
     log "rep $i/$REPS pgbackman tee (-j $JOBS for post-data): ${w}s"
@@ -239,6 +243,7 @@ done
 am=$(printf '%s\n' "${A_WALL[@]}" | median)
 bm=$(printf '%s\n' "${B_WALL[@]}" | median)
 tm=$(printf '%s\n' "${T_WALL[@]}" | median)
+fm=$(printf '%s\n' "${F_WALL[@]}" | median)
 cm=$(printf '%s\n' "${C_WALL[@]}" | median)
 dm=$(printf '%s\n' "${D_WALL[@]}" | median)
 em=$(printf '%s\n' "${E_WALL[@]}" | median)
@@ -247,6 +252,7 @@ r1=$(ratio "$am" "$cm")
 r2=$(ratio "$bm" "$cm")
 r3=$(ratio "$am" "$dm")
 r4=$(ratio "$tm" "$cm")
+r5=$(ratio "$fm" "$cm")
 
 echo
 echo "restore of the reference database, scale $SCALE ($(mb "$DBSIZE") MB on disk), $REPS run(s) each, median"
@@ -256,6 +262,7 @@ cpum() { printf '%s\n' "$@" | median; }
 printf '%-58s %10s %9s   %s\n' "method" "wall (s)" "cpu (s)" "runs (s)"
 printf '%-58s %10.2f %9.1f   %s\n' "pgbackman --jobs $JOBS (auto feed; job claimed -> finished)" "$am" "$(cpum "${A_CPU[@]}")" "${A_WALL[*]}"
 printf '%-58s %10.2f %9.1f   %s\n' "pgbackman --decompression stream (serial)" "$bm" "$(cpum "${B_CPU[@]}")" "${B_WALL[*]}"
+printf '%-58s %10.2f %9.1f   %s\n' "pgbackman --decompression file --jobs $JOBS" "$fm" "$(cpum "${F_CPU[@]}")" "${F_WALL[*]}"
 printf '%-58s %10.2f %9.1f   %s\n' "pgbackman --decompression tee --jobs $JOBS" "$tm" "$(cpum "${T_CPU[@]}")" "${T_WALL[*]}"
 printf '%-58s %10.2f %9.1f   %s\n' "PgBackMan, -Fc set (CREATE DATABASE + pg_restore, no -j)" "$cm" "$(cpum "${C_CPU[@]}")" "${C_WALL[*]}"
 printf '%-58s %10.2f %9.1f   %s\n' "PgBackMan, its FULL -Fd set (same, serial)" "$dm" "$(cpum "${D_CPU[@]}")" "${D_WALL[*]}"
@@ -266,9 +273,10 @@ printf 'limit two at once / (2 x PgBackMan -Fc) = %s   (the best ratio any resto
 printf 'wall  pgbackman auto   / PgBackMan -Fc = %s   (target <= 0.60)  %s\n' "$r1" "$(verdict "$r1" 0.60)"
 printf 'wall  pgbackman auto   / PgBackMan -Fd = %s   (its actual FULL set, for information)\n' "$r3"
 printf 'wall  pgbackman stream / PgBackMan -Fc = %s   (no target: the serial feed, for the choice)\n' "$r2"
+printf 'wall  pgbackman file   / PgBackMan -Fc = %s   (no target: the file feed, for the choice)\n' "$r5"
 printf 'wall  pgbackman tee    / PgBackMan -Fc = %s   (no target: the tee feed, for the choice)\n' "$r4"
 echo
-for rid in $RID_A $RID_B $RID_T; do
+for rid in $RID_A $RID_B $RID_F $RID_T; do
     echo "phase timings of RestoreID $rid ($(cpsql "select flags ->> 'feed' from restore_catalog where restore_id = $rid") feed, seconds):"
     cpsql "select string_agg(format('  %-12s %s', key, round(value::numeric, 3)), E'\n') from restore_catalog, jsonb_each_text(phase_timings) where restore_id = $rid"
 done
