@@ -417,3 +417,107 @@ fn a_client_older_than_the_node_is_refused_before_anything_runs() {
         files_under(&a.backups())
     );
 }
+
+#[test]
+fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
+    let f = fleet();
+    // pg_restore waits while the flag exists (but not for `--list`, the backup's level-2
+    // verification): the agent dies with the target half made.
+    let flag = tempfile::NamedTempFile::new().unwrap();
+    let slow = fake_tool(
+        "pg_restore",
+        &format!(
+            "case \"$*\" in *--list*) ;; *) while [ -e {} ]; do sleep 0.2; done ;; esac\nexec /usr/lib/postgresql/15/bin/pg_restore \"$@\"",
+            flag.path().display()
+        ),
+    );
+    let mut a = Agent::start(&f.env, "bs1.example.org", Some(slow.path()));
+    f.a.psql(
+        "shop",
+        "create role shop_writer; grant insert on t to shop_writer",
+    );
+    f.env
+        .cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    f.env.cmd("run_backup_definition_now 1").ok();
+    wait_for(
+        &f.env,
+        "select execution_status from backup_catalog",
+        "SUCCEEDED",
+        30,
+        &a,
+    );
+    // On node b a database "shop" of its own, to be renamed out of the way; the set's role
+    // shop_writer does not exist there and is created by the restore.
+    f.b.create_database("shop");
+    f.b.psql(
+        "shop",
+        "create table mine (x int); insert into mine values (42)",
+    );
+    f.env
+        .cmd("register_restore_definition now 1 127.0.0.3 shop \"\" --rename-existing shop_before --reuse-roles app_owner,app_reader")
+        .ok();
+    let made = "select count(*) from pg_database where datname in ('shop', 'shop_before')";
+    wait_until("the restore to rename and create", 30, &a, || {
+        f.b.psql("postgres", made) == "2"
+    });
+    wait_until("pg_restore to start", 30, &a, || {
+        !processes_with(&slow.path().display().to_string()).is_empty()
+    });
+    assert!(
+        std::fs::read_dir(a.state().join("restores"))
+            .unwrap()
+            .any(|_| true),
+        "a journal while the restore runs"
+    );
+    a.sigkill();
+    drop(flag);
+    let _ = Command::new("pkill").arg("-f").arg(slow.path()).status();
+    a.spawn(None);
+    wait_for(
+        &f.env,
+        "select execution_status || ' ' || error_step from restore_catalog",
+        "ERROR agent",
+        30,
+        &a,
+    );
+    // The target is as it was: its own "shop" back under its name, nothing of the restore.
+    assert_eq!(
+        f.b.psql(
+            "postgres",
+            "select string_agg(datname, ',' order by datname) from pg_database where datname like 'shop%'"
+        ),
+        "shop"
+    );
+    assert_eq!(f.b.psql("shop", "select x from mine"), "42");
+    assert_eq!(
+        f.b.psql(
+            "postgres",
+            "select string_agg(rolname, ',' order by rolname) from pg_roles where rolname like '%\\_%' and rolname not like 'pg\\_%'"
+        ),
+        "app_owner,app_reader"
+    );
+    let cleanup = f.env.sql("select cleanup from restore_catalog");
+    for want in [
+        "dropped the partly restored database \"shop\"",
+        "dropped role \"shop_writer\" created by this restore",
+        "renamed database \"shop_before\" back to \"shop\"",
+    ] {
+        assert!(cleanup.contains(want), "{want} in {cleanup}");
+    }
+    assert!(
+        f.env
+            .sql("select error_message from restore_catalog")
+            .contains("the agent stopped during the restore"),
+    );
+    assert_eq!(
+        f.env.sql("select state from job where kind = 'RESTORE'"),
+        "FAILED"
+    );
+    assert!(!a.state().join("restores").read_dir().unwrap().any(|_| true));
+    assert!(a.spooled().is_empty(), "{:?}", a.spooled());
+    assert!(
+        a.log()
+            .contains("interrupted restore: dropped the partly restored database")
+    );
+}

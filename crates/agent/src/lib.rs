@@ -264,6 +264,9 @@ async fn run(args: Args) -> Result<()> {
             ),
         }
     }
+    // Before anything records interrupted jobs as failed: a restore cut short is undone first,
+    // and its report says what was undone.
+    restore_job::recover_interrupted(&ctx).await;
     if ctx.health.is_online() {
         replay::replay(&ctx).await;
         fail_interrupted_jobs(&ctx).await;

@@ -12,7 +12,7 @@ use chrono::Utc;
 use pgbackman_db::agent::ClaimedJob;
 use pgbackman_db::restore::AgentRestore;
 use pgbackman_dump::{
-    Decompression, NodeConn, RestoreOutcome, RestoreSpec, RolePolicy, Status, restore_set,
+    Decompression, Journal, NodeConn, RestoreOutcome, RestoreSpec, RolePolicy, Status, restore_set,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ pub async fn run(ctx: Arc<Ctx>, attempt: i32, r: AgentRestore, cancel: Cancellat
         cancel.clone(),
     )));
     tracing::info!(job_id = r.job_id, restore_def = r.restore_def, bck_id = r.bck_id, target = %r.target_dbname, node = %r.node_fqdn, "restore started");
-    let outcome = execute(&ctx, &r, &cancel, progress).await;
+    let outcome = execute(&ctx, &r, attempt, &cancel, progress).await;
     drop(hb);
     let log = log_path(&ctx, &r);
     let result = result_json(
@@ -107,6 +107,7 @@ fn failed(job_id: i64, step: &str, message: String) -> RestoreOutcome {
 async fn execute(
     ctx: &Ctx,
     r: &AgentRestore,
+    attempt: i32,
     cancel: &CancellationToken,
     progress: Arc<AtomicU64>,
 ) -> RestoreOutcome {
@@ -203,10 +204,74 @@ async fn execute(
         acknowledge_nonempty: r.acknowledge_nonempty,
         verify_checksums: true,
         compare_row_counts: r.is_drill,
+        journal: Some(Journal {
+            path: journal_dir(ctx).join(format!("{}.json", r.job_id)),
+            meta: json!({ "attempt": attempt }),
+        }),
     };
     let p = progress.clone();
     let report_progress = move |n: u64| p.store(n, Ordering::Relaxed);
     restore_set(&spec, cancel.clone(), &report_progress).await
+}
+
+/// `<state_dir>/restores/`: the journals of restores in progress (see `recover_interrupted`).
+pub(crate) fn journal_dir(ctx: &Ctx) -> PathBuf {
+    ctx.cfg.state_dir.join("restores")
+}
+
+/// Restores (and restore drills) a previous run of the agent was in the middle of when it died
+/// (SIGKILL, OOM killer, power loss): each is undone on its target from its journal (the
+/// database it was creating dropped, the roles it was creating dropped, a database renamed out
+/// of the way renamed back), then a restore is reported failed with what was undone (a drill is
+/// recorded failed like any interrupted job). A target that cannot be reached keeps its journal
+/// for the next start; the job itself is then recorded failed without details.
+pub async fn recover_interrupted(ctx: &Ctx) {
+    let dir = journal_dir(ctx);
+    let journals = match pgbackman_dump::journals_in(&dir) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!("cannot read the restore journals in {}: {e}", dir.display());
+            return;
+        }
+    };
+    for path in journals {
+        let i = match pgbackman_dump::undo_interrupted(&path).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(
+                    "a restore interrupted by an agent stop could not be undone yet: {e}; {} is kept and tried again at the next start",
+                    path.display()
+                );
+                continue;
+            }
+        };
+        for line in &i.cleanup {
+            tracing::warn!(job_id = i.job_id, target = %i.node_label, "interrupted restore: {line}");
+        }
+        // Drills have no restore report: they are recorded failed as interrupted jobs.
+        let attempt = i
+            .meta
+            .get("attempt")
+            .and_then(Value::as_i64)
+            .and_then(|a| i32::try_from(a).ok());
+        if let Some(attempt) = attempt {
+            let result = json!({
+                "execution_status": "ERROR",
+                "started": i.started.to_rfc3339(),
+                "finished": Utc::now().to_rfc3339(),
+                "error_step": "agent",
+                "error_message": format!(
+                    "the agent stopped during the restore into {:?} on {} (killed or crashed); what the restore had changed was undone at its next start (see cleanup)",
+                    i.target_dbname, i.node_label
+                ),
+                "cleanup": i.cleanup.join("\n"),
+            });
+            report(ctx, i.job_id, attempt, &result).await;
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+    }
 }
 
 /// `<backup_dir>/restores/job<id>-restoredef<id>.log`: only ids in the name, nothing taken from

@@ -266,6 +266,10 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
         staging_root: ctx.cfg.backup_dir.join("staging"),
         expected_counts: expected,
         manifest_sha256: i.manifest_sha256.clone(),
+        journal: Some(pgbackman_dump::Journal {
+            path: crate::restore_job::journal_dir(ctx).join(format!("{}.json", i.job_id)),
+            meta: serde_json::json!({ "drill": true }),
+        }),
     };
     drill_result(&spec, &run_drill(&spec, cancel.clone()).await)
 }

@@ -33,6 +33,9 @@
 //! returned: the target database (and for CLUSTER, every database created by the run) is
 //! dropped, the roles the run created are dropped, and a database renamed out of the way is
 //! renamed back. [`RestoreOutcome::cleanup`] says what was undone, and what could not be.
+//! The death of the process itself (SIGKILL, OOM killer) cannot be undone in-process: with
+//! [`RestoreSpec::journal`] set, each change is journalled before it is made, and
+//! [`undo_interrupted`] undoes the run from its journal at the next start.
 //!
 //! # The downgrade rule
 //!
@@ -42,6 +45,7 @@
 
 mod exec;
 mod feed;
+mod journal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,6 +56,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::spec::{NodeConn, Status};
 pub use exec::restore_set;
+pub use journal::{Interrupted, Journal, journals_in, undo_interrupted};
 
 /// What the restore does with the roles of the set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +172,11 @@ pub struct RestoreSpec {
     /// counts; a difference fails (and undoes) the restore.
     #[serde(default)]
     pub compare_row_counts: bool,
+    /// The write-ahead journal of the changes to the target (see the `journal` module): a run
+    /// cut short by the death of its process is undone from it at the next start. `None`: no
+    /// journal (an in-process failure is still undone).
+    #[serde(default)]
+    pub journal: Option<Journal>,
 }
 
 fn yes() -> bool {

@@ -473,6 +473,11 @@ pub struct DrillSpec {
     pub expected_counts: Option<TableRowCounts>,
     /// The manifest's sha256 as the catalog recorded it (level 1).
     pub manifest_sha256: Option<String>,
+    /// The journal of the drill's restore ([`crate::RestoreSpec::journal`]): a drill cut short
+    /// by the death of its process has its scratch database and the roles it created removed at
+    /// the next start.
+    #[serde(default)]
+    pub journal: Option<crate::Journal>,
 }
 
 /// How a drill ended.
@@ -735,6 +740,7 @@ async fn drill_steps(
         verify_checksums: false,
         // Compared below, against the counts the catalog recorded.
         compare_row_counts: false,
+        journal: spec.journal.clone(),
     };
     let t = Instant::now();
     let r = restore_set(&rspec, cancel.clone(), &|_| {}).await;

@@ -79,6 +79,7 @@ fn rspec(set: &Path, pg: &TestCluster, root: &Path, job_id: i64, target: &str) -
         acknowledge_nonempty: false,
         verify_checksums: true,
         compare_row_counts: true,
+        journal: None,
     }
 }
 

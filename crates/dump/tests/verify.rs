@@ -27,6 +27,7 @@ fn drill_spec(job_id: i64, set_dir: PathBuf, node: &TestCluster, root: &Path) ->
         staging_root: root.join("staging"),
         expected_counts: None,
         manifest_sha256: None,
+        journal: None,
     }
 }
 

@@ -17,7 +17,7 @@ use pgbackman_db::restore::target::{self, TargetState};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::feed;
+use super::{feed, journal};
 #[path = "split.rs"]
 mod split;
 use super::{RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck};
@@ -48,22 +48,24 @@ async fn until(deadline: Option<Instant>) {
 /// Writes into a child's stdin, counting what it wrote: (bytes, roles whose CREATE was skipped).
 type Pump = Box<dyn FnOnce(File) -> std::io::Result<(u64, Vec<String>)> + Send>;
 
-struct Exec<'a> {
+pub(super) struct Exec<'a> {
     spec: &'a RestoreSpec,
     cancel: CancellationToken,
     deadline: Option<Instant>,
     log: Arc<RunLog>,
-    out: RestoreOutcome,
+    pub(super) out: RestoreOutcome,
     /// Admin connection to the target (also used to undo).
-    session: Option<NodeSession>,
+    pub(super) session: Option<NodeSession>,
     written: Arc<AtomicU64>,
     // What to undo.
-    renamed: Option<(String, String)>,
-    touched_db: bool,
-    roles_before: Option<BTreeSet<String>>,
-    dbs_before: Option<BTreeSet<String>>,
-    needed_roles: Vec<String>,
-    force_drop: bool,
+    pub(super) renamed: Option<(String, String)>,
+    pub(super) touched_db: bool,
+    pub(super) roles_before: Option<BTreeSet<String>>,
+    pub(super) dbs_before: Option<BTreeSet<String>>,
+    pub(super) needed_roles: Vec<String>,
+    pub(super) force_drop: bool,
+    /// What the journal says may have changed (written before each change).
+    changes: journal::Changes,
 }
 
 /// Runs one restore. Never fails: the outcome says how it ended and what was undone. No child
@@ -77,49 +79,7 @@ pub async fn restore_set(
     cancel: CancellationToken,
     progress: &(dyn Fn(u64) + Sync),
 ) -> RestoreOutcome {
-    let started = Utc::now();
-    let mut x = Exec {
-        spec,
-        cancel,
-        deadline: spec.max_runtime.map(|d| Instant::now() + d),
-        log: Arc::new(RunLog::new(None)),
-        out: RestoreOutcome {
-            job_id: spec.job_id,
-            status: Status::Succeeded,
-            started,
-            finished: started,
-            code: None,
-            source_dbname: String::new(),
-            target_dbname: String::new(),
-            renamed_dbname: None,
-            roles_created: Vec::new(),
-            roles_reused: Vec::new(),
-            databases_created: Vec::new(),
-            backup_client_version: None,
-            backup_server_version: None,
-            client_version: None,
-            target_server_version: None,
-            target_server_version_num: None,
-            feed: None,
-            feed_reason: String::new(),
-            jobs: spec.jobs.max(1),
-            command: Vec::new(),
-            phase_timings: Vec::new(),
-            bytes_restored: 0,
-            restored_size: None,
-            row_count_check: None,
-            cleanup: Vec::new(),
-            notes: Vec::new(),
-        },
-        session: None,
-        written: Arc::new(AtomicU64::new(0)),
-        renamed: None,
-        touched_db: false,
-        roles_before: None,
-        dbs_before: None,
-        needed_roles: Vec::new(),
-        force_drop: false,
-    };
+    let mut x = Exec::new(spec, cancel);
     let staging = spec.staging_root.join(spec.job_id.to_string());
     let mut guard: Option<StagingGuard> = None;
     tracing::info!(job_id = spec.job_id, set = %spec.set_dir.display(), node = %spec.node_label, "restore started");
@@ -155,6 +115,14 @@ pub async fn restore_set(
             status
         }
     };
+    // Ended (undone or kept): nothing is left for a next start to recover.
+    if let Some(j) = &spec.journal
+        && let Err(e) = journal::remove(j)
+    {
+        x.out
+            .notes
+            .push(format!("cannot remove {}: {e}", j.path.display()));
+    }
     x.out.bytes_restored = x.written.load(Ordering::Relaxed);
     match &x.out.status {
         Status::Succeeded => {
@@ -176,7 +144,71 @@ pub async fn restore_set(
     x.out
 }
 
-impl Exec<'_> {
+impl<'a> Exec<'a> {
+    pub(super) fn new(spec: &'a RestoreSpec, cancel: CancellationToken) -> Self {
+        let started = Utc::now();
+        Exec {
+            spec,
+            cancel,
+            deadline: spec.max_runtime.map(|d| Instant::now() + d),
+            log: Arc::new(RunLog::new(None)),
+            out: RestoreOutcome {
+                job_id: spec.job_id,
+                status: Status::Succeeded,
+                started,
+                finished: started,
+                code: None,
+                source_dbname: String::new(),
+                target_dbname: String::new(),
+                renamed_dbname: None,
+                roles_created: Vec::new(),
+                roles_reused: Vec::new(),
+                databases_created: Vec::new(),
+                backup_client_version: None,
+                backup_server_version: None,
+                client_version: None,
+                target_server_version: None,
+                target_server_version_num: None,
+                feed: None,
+                feed_reason: String::new(),
+                jobs: spec.jobs.max(1),
+                command: Vec::new(),
+                phase_timings: Vec::new(),
+                bytes_restored: 0,
+                restored_size: None,
+                row_count_check: None,
+                cleanup: Vec::new(),
+                notes: Vec::new(),
+            },
+            session: None,
+            written: Arc::new(AtomicU64::new(0)),
+            renamed: None,
+            touched_db: false,
+            roles_before: None,
+            dbs_before: None,
+            needed_roles: Vec::new(),
+            force_drop: false,
+            changes: journal::Changes::default(),
+        }
+    }
+
+    /// Records in the journal (when there is one) that the next change may happen; a journal
+    /// that cannot be written stops the run before that change.
+    fn journal(&mut self, step: &str, f: impl FnOnce(&mut journal::Changes)) -> Result<(), Stop> {
+        f(&mut self.changes);
+        let Some(j) = &self.spec.journal else {
+            return Ok(());
+        };
+        journal::write(j, self.spec, self.out.started, &self.changes).map_err(|e| {
+            fail(
+                step,
+                format!(
+                    "cannot write the restore journal {}: {e}; nothing was changed by this step",
+                    j.path.display()
+                ),
+            )
+        })
+    }
     async fn guarded<T>(&self, step: &str, fut: impl Future<Output = T>) -> Result<T, Stop> {
         tokio::select! {
             biased;
@@ -752,6 +784,8 @@ impl Exec<'_> {
         // rename
         if exists && let Some(new) = spec.rename_existing_to.clone() {
             let t = std::time::Instant::now();
+            let names = (target.clone(), new.clone());
+            self.journal("rename", |c| c.renaming = Some(names))?;
             let r = self
                 .guarded(
                     "rename",
@@ -786,6 +820,11 @@ impl Exec<'_> {
         // roles
         let t = std::time::Instant::now();
         self.roles_before = Some(state.roles.clone());
+        let (before, wanted) = (state.roles.clone(), needed.clone());
+        self.journal("roles", |c| {
+            c.roles_before = Some(before);
+            c.needed_roles = wanted;
+        })?;
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push(format!(
             "--file={}",
@@ -830,6 +869,7 @@ impl Exec<'_> {
                 ),
             ));
         }
+        self.journal("database", |c| c.creating_db = true)?;
         self.touched_db = true;
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push(format!("--set=dbname={target}"));
@@ -1143,6 +1183,11 @@ impl Exec<'_> {
         self.timed("check", t);
 
         let t = std::time::Instant::now();
+        let (roles, dbs) = (state.roles.clone(), state.databases.clone());
+        self.journal("psql", |c| {
+            c.roles_before = Some(roles);
+            c.dbs_before = Some(dbs);
+        })?;
         self.roles_before = Some(state.roles.clone());
         self.dbs_before = Some(state.databases.clone());
         let mut args = self.psql_args(&spec.node.admin_dbname);
@@ -1178,7 +1223,7 @@ impl Exec<'_> {
 
     /// Undoes what a failed run changed on the target; every action and failure goes to
     /// `cleanup`. Runs after cancel too (bounded per statement), never raced against it.
-    async fn undo(&mut self) {
+    pub(super) async fn undo(&mut self) {
         let touched = self.renamed.is_some() || self.touched_db || self.roles_before.is_some();
         if !touched {
             return;
