@@ -423,12 +423,14 @@ fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
     let f = fleet();
     // pg_restore waits while the flag exists (but not for `--list`, the backup's level-2
     // verification): the agent dies with the target half made.
-    let flag = tempfile::NamedTempFile::new().unwrap();
+    let flags = tempfile::tempdir().unwrap();
+    let flag = flags.path().join("wait");
+    std::fs::write(&flag, "").unwrap();
     let slow = fake_tool(
         "pg_restore",
         &format!(
             "case \"$*\" in *--list*) ;; *) while [ -e {} ]; do sleep 0.2; done ;; esac\nexec /usr/lib/postgresql/15/bin/pg_restore \"$@\"",
-            flag.path().display()
+            flag.display()
         ),
     );
     let mut a = Agent::start(&f.env, "bs1.example.org", Some(slow.path()));
@@ -471,7 +473,7 @@ fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
         "a journal while the restore runs"
     );
     a.sigkill();
-    drop(flag);
+    std::fs::remove_file(&flag).unwrap();
     let _ = Command::new("pkill").arg("-f").arg(slow.path()).status();
     a.spawn(None);
     wait_for(
@@ -519,5 +521,41 @@ fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
     assert!(
         a.log()
             .contains("interrupted restore: dropped the partly restored database")
+    );
+
+    // Cut short again; meanwhile someone drops the half-made database and creates their own
+    // under that name: the recovery leaves it alone.
+    std::fs::write(&flag, "").unwrap();
+    f.env
+        .cmd("register_restore_definition now 1 127.0.0.3 shop_copy \"\" --reuse-roles all")
+        .ok();
+    wait_until("pg_restore to start", 30, &a, || {
+        !processes_with(&slow.path().display().to_string()).is_empty()
+    });
+    a.sigkill();
+    std::fs::remove_file(&flag).unwrap();
+    let _ = Command::new("pkill").arg("-f").arg(slow.path()).status();
+    f.b.psql("postgres", "drop database shop_copy with (force)");
+    f.b.create_database("shop_copy");
+    f.b.psql("shop_copy", "create table theirs (x int)");
+    a.spawn(None);
+    wait_for(
+        &f.env,
+        "select count(*) from restore_catalog where execution_status = 'ERROR'",
+        "2",
+        30,
+        &a,
+    );
+    let cleanup = f
+        .env
+        .sql("select cleanup from restore_catalog where target_dbname = 'shop_copy'");
+    assert!(
+        cleanup.contains("is not the one this restore created"),
+        "{cleanup}"
+    );
+    assert_eq!(
+        f.b.psql("shop_copy", "select count(*) from theirs"),
+        "0",
+        "their database is still there"
     );
 }

@@ -405,6 +405,18 @@ pub mod target {
         }
     }
 
+    /// The OID of database `name`, if it exists (tells a database apart from a later one of
+    /// the same name).
+    pub async fn database_oid(c: &Client, name: &str) -> Result<Option<u32>, String> {
+        c.query_opt(
+            "SELECT oid FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .map(|r| r.map(|r| r.get(0)))
+        .map_err(|e| describe_one_line(&e))
+    }
+
     /// `DROP ROLE IF EXISTS name`.
     pub async fn drop_role(c: &Client, name: &str) -> Result<(), String> {
         run_formatted(c, "DROP ROLE IF EXISTS %I", &[name]).await

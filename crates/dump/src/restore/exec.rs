@@ -251,7 +251,7 @@ impl<'a> Exec<'a> {
             .push((phase.to_string(), since.elapsed().as_secs_f64()));
     }
 
-    fn client(&self) -> &tokio_postgres::Client {
+    pub(super) fn client(&self) -> &tokio_postgres::Client {
         &self
             .session
             .as_ref()
@@ -879,6 +879,12 @@ impl<'a> Exec<'a> {
         ));
         self.run_child("database", "psql", args, None, progress, false)
             .await?;
+        // The journal names the database by OID from now on (the long part comes next).
+        let oid = self
+            .guarded("database", target::database_oid(self.client(), &target))
+            .await?
+            .map_err(|e| fail("database", e))?;
+        self.journal("database", |c| c.db_oid = oid)?;
         self.timed("database", t);
 
         // The tee feed splits the data load of a table holding most of the rows (split.rs).

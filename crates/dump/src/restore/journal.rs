@@ -40,6 +40,9 @@ pub(super) struct Changes {
     pub renaming: Option<(String, String)>,
     /// The target database is being created (database sets).
     pub creating_db: bool,
+    /// Its OID once created: a database of that name with another OID is not this run's.
+    #[serde(default)]
+    pub db_oid: Option<u32>,
     /// Roles on the target before roles.sql (or the cluster script) ran.
     pub roles_before: Option<BTreeSet<String>>,
     /// Databases on the target before a CLUSTER script ran.
@@ -167,6 +170,20 @@ pub async fn undo_interrupted(path: &Path) -> Result<Interrupted, String> {
     // freed first by the drop of the database this run was creating (undo's order).
     x.renamed = c.renaming.filter(|(_, new)| state.databases.contains(new));
     x.touched_db = c.creating_db;
+    if c.creating_db
+        && let Some(want) = c.db_oid
+        && let Some(now) = target::database_oid(x.client(), &spec.target_dbname)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", spec.node_label))?
+        && now != want
+    {
+        // Dropped and made again since (by someone else): not this run's to drop.
+        x.touched_db = false;
+        x.out.cleanup.push(format!(
+            "database {:?} on {} is not the one this restore created (OID {now}, not {want}): left as it is",
+            spec.target_dbname, spec.node_label
+        ));
+    }
     x.roles_before = c.roles_before;
     x.dbs_before = c.dbs_before;
     x.needed_roles = c.needed_roles;
