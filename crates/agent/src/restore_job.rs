@@ -220,11 +220,12 @@ pub(crate) fn journal_dir(ctx: &Ctx) -> PathBuf {
 }
 
 /// Restores (and restore drills) a previous run of the agent was in the middle of when it died
-/// (SIGKILL, OOM killer, power loss): each is undone on its target from its journal (the
-/// database it was creating dropped, the roles it was creating dropped, a database renamed out
-/// of the way renamed back), then a restore is reported failed with what was undone (a drill is
-/// recorded failed like any interrupted job). A target that cannot be reached keeps its journal
-/// for the next start; the job itself is then recorded failed without details.
+/// (SIGKILL, OOM killer, power loss): each is undone on its target from its journal, by OID (the
+/// database it created dropped, the roles it created dropped, a database it renamed out of the
+/// way renamed back; what it cannot prove the run made becomes a line to check by hand), then a
+/// restore is reported failed with those lines (a drill is recorded failed like any interrupted
+/// job). A target that cannot be reached keeps its journal for the next start; the job itself
+/// is then recorded failed without details.
 pub async fn recover_interrupted(ctx: &Ctx) {
     let dir = journal_dir(ctx);
     let journals = match pgbackman_dump::journals_in(&dir) {
@@ -236,7 +237,14 @@ pub async fn recover_interrupted(ctx: &Ctx) {
     };
     for path in journals {
         let i = match pgbackman_dump::undo_interrupted(&path).await {
-            Ok(i) => i,
+            Ok(Some(i)) => i,
+            // A run that ended, whose journal could not be removed then.
+            Ok(None) => {
+                if let Err(e) = pgbackman_dump::remove_journal(&path) {
+                    tracing::warn!("cannot remove {}: {e}", path.display());
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::error!(
                     "a restore interrupted by an agent stop could not be undone yet: {e}; {} is kept and tried again at the next start",
@@ -268,7 +276,7 @@ pub async fn recover_interrupted(ctx: &Ctx) {
             });
             report(ctx, i.job_id, attempt, &result).await;
         }
-        if let Err(e) = std::fs::remove_file(&path) {
+        if let Err(e) = pgbackman_dump::remove_journal(&path) {
             tracing::warn!("cannot remove {}: {e}", path.display());
         }
     }

@@ -288,7 +288,7 @@ impl Catalog {
 /// Statements against the target PgSQL node of a restore. Errors are the server's message on
 /// one line. Names are quoted by the server (`format('%I')`), never spliced by hand.
 pub mod target {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 
     use tokio_postgres::Client;
@@ -431,6 +431,20 @@ pub mod target {
         .await
         .map(|r| r.get(0))
         .map_err(|e| describe_one_line(&e))
+    }
+
+    /// The OIDs of the roles of `wanted` that exist (tells a role apart from a later one of the
+    /// same name).
+    pub async fn role_oids(c: &Client, wanted: &[String]) -> Result<BTreeMap<String, u32>, String> {
+        Ok(c.query(
+            "SELECT rolname::text, oid FROM pg_catalog.pg_roles WHERE rolname = ANY ($1)",
+            &[&wanted],
+        )
+        .await
+        .map_err(|e| describe_one_line(&e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
     }
 
     /// Roles of `wanted` that exist.

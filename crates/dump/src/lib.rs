@@ -78,7 +78,7 @@ pub use launcher::{LAUNCHER_ARG, launcher_main, set_launcher};
 pub use quote::{quote_ident, quote_literal};
 pub use restore::{
     Decompression, Interrupted, Journal, RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck,
-    journals_in, restore_set, undo_interrupted,
+    journals_in, remove_journal, restore_set, undo_interrupted,
 };
 pub use run::{
     CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, GLOBALS_DUMP_FILE,

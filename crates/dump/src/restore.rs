@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::spec::{NodeConn, Status};
 pub use exec::restore_set;
-pub use journal::{Interrupted, Journal, journals_in, undo_interrupted};
+pub use journal::{Interrupted, Journal, journals_in, remove_journal, undo_interrupted};
 
 /// What the restore does with the roles of the set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -48,22 +48,22 @@ async fn until(deadline: Option<Instant>) {
 /// Writes into a child's stdin, counting what it wrote: (bytes, roles whose CREATE was skipped).
 type Pump = Box<dyn FnOnce(File) -> std::io::Result<(u64, Vec<String>)> + Send>;
 
-pub(super) struct Exec<'a> {
+struct Exec<'a> {
     spec: &'a RestoreSpec,
     cancel: CancellationToken,
     deadline: Option<Instant>,
     log: Arc<RunLog>,
-    pub(super) out: RestoreOutcome,
+    out: RestoreOutcome,
     /// Admin connection to the target (also used to undo).
-    pub(super) session: Option<NodeSession>,
+    session: Option<NodeSession>,
     written: Arc<AtomicU64>,
     // What to undo.
-    pub(super) renamed: Option<(String, String)>,
-    pub(super) touched_db: bool,
-    pub(super) roles_before: Option<BTreeSet<String>>,
-    pub(super) dbs_before: Option<BTreeSet<String>>,
-    pub(super) needed_roles: Vec<String>,
-    pub(super) force_drop: bool,
+    renamed: Option<(String, String)>,
+    touched_db: bool,
+    roles_before: Option<BTreeSet<String>>,
+    dbs_before: Option<BTreeSet<String>>,
+    needed_roles: Vec<String>,
+    force_drop: bool,
     /// What the journal says may have changed (written before each change).
     changes: journal::Changes,
 }
@@ -115,13 +115,17 @@ pub async fn restore_set(
             status
         }
     };
-    // Ended (undone or kept): nothing is left for a next start to recover.
+    // Ended (undone or kept): marked so first, so that a journal whose removal fails is never
+    // taken for an interrupted run; then removed.
     if let Some(j) = &spec.journal
-        && let Err(e) = journal::remove(j)
+        && j.path.exists()
     {
-        x.out
-            .notes
-            .push(format!("cannot remove {}: {e}", j.path.display()));
+        let _ = x.journal("end", |c| c.ended = true);
+        if let Err(e) = journal::remove_journal(&j.path) {
+            x.out
+                .notes
+                .push(format!("cannot remove {}: {e}", j.path.display()));
+        }
     }
     x.out.bytes_restored = x.written.load(Ordering::Relaxed);
     match &x.out.status {
@@ -145,7 +149,7 @@ pub async fn restore_set(
 }
 
 impl<'a> Exec<'a> {
-    pub(super) fn new(spec: &'a RestoreSpec, cancel: CancellationToken) -> Self {
+    fn new(spec: &'a RestoreSpec, cancel: CancellationToken) -> Self {
         let started = Utc::now();
         Exec {
             spec,
@@ -251,7 +255,7 @@ impl<'a> Exec<'a> {
             .push((phase.to_string(), since.elapsed().as_secs_f64()));
     }
 
-    pub(super) fn client(&self) -> &tokio_postgres::Client {
+    fn client(&self) -> &tokio_postgres::Client {
         &self
             .session
             .as_ref()
@@ -784,7 +788,12 @@ impl<'a> Exec<'a> {
         // rename
         if exists && let Some(new) = spec.rename_existing_to.clone() {
             let t = std::time::Instant::now();
-            let names = (target.clone(), new.clone());
+            let oid = self
+                .guarded("rename", target::database_oid(self.client(), &target))
+                .await?
+                .map_err(|e| fail("rename", e))?
+                .ok_or_else(|| fail("rename", format!("database {target:?} vanished")))?;
+            let names = (target.clone(), new.clone(), oid);
             self.journal("rename", |c| c.renaming = Some(names))?;
             let r = self
                 .guarded(
@@ -820,11 +829,12 @@ impl<'a> Exec<'a> {
         // roles
         let t = std::time::Instant::now();
         self.roles_before = Some(state.roles.clone());
-        let (before, wanted) = (state.roles.clone(), needed.clone());
-        self.journal("roles", |c| {
-            c.roles_before = Some(before);
-            c.needed_roles = wanted;
-        })?;
+        let missing: Vec<String> = needed
+            .iter()
+            .filter(|r| !state.roles.contains(*r))
+            .cloned()
+            .collect();
+        self.journal("roles", |c| c.creating_roles = Some(missing))?;
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push(format!(
             "--file={}",
@@ -847,6 +857,14 @@ impl<'a> Exec<'a> {
                 format!("role {r:?} does not exist after roles.sql ran"),
             ));
         }
+        let made = self
+            .guarded(
+                "roles",
+                target::role_oids(self.client(), &self.out.roles_created),
+            )
+            .await?
+            .map_err(|e| fail("roles", e))?;
+        self.journal("roles", |c| c.created_roles = Some(made))?;
         self.log.event(&format!(
             "roles created: [{}]",
             self.out.roles_created.join(", ")
@@ -1229,7 +1247,7 @@ impl<'a> Exec<'a> {
 
     /// Undoes what a failed run changed on the target; every action and failure goes to
     /// `cleanup`. Runs after cancel too (bounded per statement), never raced against it.
-    pub(super) async fn undo(&mut self) {
+    async fn undo(&mut self) {
         let touched = self.renamed.is_some() || self.touched_db || self.roles_before.is_some();
         if !touched {
             return;

@@ -1,26 +1,35 @@
 //! The write-ahead journal of a restore. Before each change to its target (the rename of an
 //! existing database, the roles, the new database) the run writes what it is about to do into
-//! [`RestoreSpec::journal`] (a temporary name, fsync, rename, fsync of the directory). A
-//! failure, cancel or timeout is undone in-process and the journal removed; only the death of
-//! the process (SIGKILL, OOM killer, power loss) leaves one behind. The next start hands it to
-//! [`undo_interrupted`], which connects to the target and undoes what the record says may have
-//! happened, as the in-process undo would have.
+//! [`RestoreSpec::journal`] (a temporary name, fsync, rename, fsync of the directory), and after
+//! it the OIDs of what it made. A run that ends (succeeded, failed and undone, cancelled) marks
+//! its journal ended before removing it; only the death of the process (SIGKILL, OOM killer,
+//! power loss) leaves a journal that is not ended. The next start hands it to
+//! [`undo_interrupted`].
+//!
+//! The recovery acts on OIDs, never on names alone: it drops a database or a role only when its
+//! OID is the one the run recorded after making it, and renames a database back only when the
+//! database under the new name is the one the run moved (its OID recorded before the rename).
+//! Whatever it cannot prove was made by the run (a crash in the middle of `roles.sql` or
+//! `database.sql`, anything a CLUSTER script made) becomes a line to check by hand, so a
+//! journal acted on late, after the target has moved on, cannot harm what came since.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pgbackman_db::restore::target;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use super::RestoreSpec;
-use super::exec::Exec;
 use crate::node;
-use pgbackman_db::restore::target;
 
 const VERSION: u32 = 1;
+
+/// Each statement of the recovery gives up after this long (the agent waits for it at start).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a restore keeps its journal, and what its caller needs back after a crash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,19 +45,21 @@ pub struct Journal {
 /// What a run may have changed on its target so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Changes {
-    /// (existing name, new name) of a database being renamed out of the way.
-    pub renaming: Option<(String, String)>,
+    /// (existing name, new name, OID) of a database being renamed out of the way.
+    pub renaming: Option<(String, String, u32)>,
+    /// Roles roles.sql is about to create (the set's roles missing on the target).
+    pub creating_roles: Option<Vec<String>>,
+    /// The roles it did create, with their OIDs (once roles.sql has run).
+    pub created_roles: Option<BTreeMap<String, u32>>,
     /// The target database is being created (database sets).
     pub creating_db: bool,
-    /// Its OID once created: a database of that name with another OID is not this run's.
-    #[serde(default)]
+    /// Its OID once created.
     pub db_oid: Option<u32>,
-    /// Roles on the target before roles.sql (or the cluster script) ran.
-    pub roles_before: Option<BTreeSet<String>>,
-    /// Databases on the target before a CLUSTER script ran.
+    /// CLUSTER/GLOBALS: the databases and roles on the target before the script ran.
     pub dbs_before: Option<BTreeSet<String>>,
-    /// The roles of a database set.
-    pub needed_roles: Vec<String>,
+    pub roles_before: Option<BTreeSet<String>>,
+    /// The run ended (its own outcome says what happened): nothing to recover.
+    pub ended: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,7 +78,12 @@ pub(super) fn write(
     changes: &Changes,
 ) -> io::Result<()> {
     let dir = j.path.parent().unwrap_or(Path::new("."));
-    crate::set::create_private_dir_all(dir)?;
+    if !dir.is_dir() {
+        crate::set::create_private_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::set::fsync_dir(parent)?;
+        }
+    }
     let rec = Record {
         version: VERSION,
         started,
@@ -86,11 +102,12 @@ pub(super) fn write(
     crate::set::fsync_dir(dir)
 }
 
-/// Removes the journal (a run that ended, undone or not, leaves nothing to recover).
-pub(super) fn remove(j: &Journal) -> io::Result<()> {
-    match fs::remove_file(&j.path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+/// Removes a journal (durably: the directory is fsynced).
+pub fn remove_journal(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => crate::set::fsync_dir(path.parent().unwrap_or(Path::new("."))),
     }
 }
 
@@ -107,7 +124,7 @@ pub struct Interrupted {
     pub node_label: String,
     /// The database the run was restoring (empty for CLUSTER and GLOBALS).
     pub target_dbname: String,
-    /// What was undone, and what could not be (to do by hand), one line each.
+    /// What was undone, and what is left to check by hand, one line each.
     pub cleanup: Vec<String>,
 }
 
@@ -134,12 +151,25 @@ pub fn journals_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Undoes what the run of the journal at `path` may have changed on its target: the database
-/// it was creating is dropped, the roles it was creating are dropped, a database it renamed out
-/// of the way is renamed back. The journal is left in place (the caller removes it once it has
-/// recorded the outcome). Fails, changing nothing, when the journal cannot be read or the target
-/// cannot be reached: try again later.
-pub async fn undo_interrupted(path: &Path) -> Result<Interrupted, String> {
+fn did(lines: &mut Vec<String>, r: Result<(), String>, done: String, what: String) {
+    lines.push(match r {
+        Ok(()) => done,
+        Err(e) => format!("could not {what}: {e}; do it by hand"),
+    });
+}
+
+async fn timed<T>(what: &str, f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(STEP_TIMEOUT, f)
+        .await
+        .map_err(|_| format!("{what}: no answer within {}s", STEP_TIMEOUT.as_secs()))?
+}
+
+/// Undoes, on its target, what the run of the journal at `path` provably changed (see the
+/// module's doc): `Ok(None)` when that run had ended (nothing to do), else what was undone and
+/// what is left to check by hand. The journal is left in place: the caller removes it
+/// ([`remove_journal`]) once it has recorded the outcome. Fails, changing nothing, when the
+/// journal cannot be read or the target cannot be reached: try again later.
+pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String> {
     let body = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let rec: Record = serde_json::from_slice(&body)
         .map_err(|e| format!("{}: not a restore journal: {e}", path.display()))?;
@@ -150,50 +180,126 @@ pub async fn undo_interrupted(path: &Path) -> Result<Interrupted, String> {
             rec.version
         ));
     }
+    if rec.changes.ended {
+        return Ok(None);
+    }
     let spec = &rec.spec;
-    let (session, _) = node::connect(
-        &spec.node,
-        &spec.node.admin_dbname,
-        &spec.application_name,
-        None,
+    let label = &spec.node_label;
+    let (session, _) = timed(
+        "connect",
+        node::connect(
+            &spec.node,
+            &spec.node.admin_dbname,
+            &spec.application_name,
+            None,
+        ),
     )
     .await
-    .map_err(|e| format!("cannot connect to {}: {e}", spec.node_label))?;
-    let state = target::read_state(&session.client)
+    .map_err(|e| format!("cannot connect to {label}: {e}"))?;
+    let c = &session.client;
+    let state = timed("read", target::read_state(c))
         .await
-        .map_err(|e| format!("cannot read {}: {e}", spec.node_label))?;
-    let mut x = Exec::new(spec, CancellationToken::new());
-    x.force_drop = state.server_version_num >= 130_000;
-    x.session = Some(session);
-    let c = rec.changes;
-    // Renamed back only when the rename did happen: the new name exists. The target name is
-    // freed first by the drop of the database this run was creating (undo's order).
-    x.renamed = c.renaming.filter(|(_, new)| state.databases.contains(new));
-    x.touched_db = c.creating_db;
-    if c.creating_db
-        && let Some(want) = c.db_oid
-        && let Some(now) = target::database_oid(x.client(), &spec.target_dbname)
+        .map_err(|e| format!("cannot read {label}: {e}"))?;
+    let force = state.server_version_num >= 130_000;
+    let ch = rec.changes;
+    let mut lines = Vec::new();
+
+    // The database the run was creating: dropped only when it is the one the run made.
+    let target_name = &spec.target_dbname;
+    if ch.creating_db {
+        let now = timed("read", target::database_oid(c, target_name))
             .await
-            .map_err(|e| format!("cannot read {}: {e}", spec.node_label))?
-        && now != want
-    {
-        // Dropped and made again since (by someone else): not this run's to drop.
-        x.touched_db = false;
-        x.out.cleanup.push(format!(
-            "database {:?} on {} is not the one this restore created (OID {now}, not {want}): left as it is",
-            spec.target_dbname, spec.node_label
-        ));
+            .map_err(|e| format!("cannot read {label}: {e}"))?;
+        let moved = ch.renaming.as_ref().map(|r| r.2);
+        match (now, ch.db_oid) {
+            (Some(now), Some(made)) if now == made => did(
+                &mut lines,
+                timed("drop", target::drop_database(c, target_name, force)).await,
+                format!("dropped the partly restored database {target_name:?}"),
+                format!("drop database {target_name:?}"),
+            ),
+            (Some(now), Some(made)) => lines.push(format!(
+                    "database {target_name:?} on {label} is not the one this restore created (OID {now}, not {made}): left as it is"
+                )),
+            (Some(now), None) if Some(now) != moved => lines.push(format!(
+                    "database {target_name:?} on {label} may have been created by this restore just before it was cut short (during database.sql): check it and drop it by hand"
+                )),
+            _ => {}
+        }
     }
-    x.roles_before = c.roles_before;
-    x.dbs_before = c.dbs_before;
-    x.needed_roles = c.needed_roles;
-    x.undo().await;
-    if x.out.cleanup.is_empty() {
-        x.out
-            .cleanup
-            .push("nothing had been changed on the target yet".into());
+    // The roles it created: dropped only when they are the ones it made.
+    match (&ch.created_roles, &ch.creating_roles) {
+        (Some(made), _) => {
+            let names: Vec<String> = made.keys().cloned().collect();
+            let now = timed("read", target::role_oids(c, &names))
+                .await
+                .map_err(|e| format!("cannot read {label}: {e}"))?;
+            for (name, oid) in made {
+                match now.get(name) {
+                    Some(o) if o == oid => did(
+                        &mut lines,
+                        timed("drop", target::drop_role(c, name)).await,
+                        format!("dropped role {name:?} created by this restore"),
+                        format!("drop role {name:?}"),
+                    ),
+                    Some(_) => lines.push(format!(
+                        "role {name:?} is not the one this restore created: left as it is"
+                    )),
+                    None => {}
+                }
+            }
+        }
+        (None, Some(maybe)) => {
+            let now = timed("read", target::existing_roles(c, maybe))
+                .await
+                .map_err(|e| format!("cannot read {label}: {e}"))?;
+            if !now.is_empty() {
+                lines.push(format!(
+                        "role(s) {} may have been created by this restore just before it was cut short (during roles.sql): check them and drop them by hand",
+                        now.into_iter().collect::<Vec<_>>().join(", ")
+                    ));
+            }
+        }
+        (None, None) => {}
     }
-    Ok(Interrupted {
+    // The database it moved out of the way: renamed back when it is still the one moved and
+    // its name is free.
+    if let Some((orig, new, oid)) = &ch.renaming {
+        let at_new = timed("read", target::database_oid(c, new))
+            .await
+            .map_err(|e| format!("cannot read {label}: {e}"))?;
+        let at_orig = timed("read", target::database_oid(c, orig))
+            .await
+            .map_err(|e| format!("cannot read {label}: {e}"))?;
+        match (at_new, at_orig) {
+            (Some(n), None) if n == *oid => did(
+                &mut lines,
+                timed("rename", target::rename_database(c, new, orig)).await,
+                format!("renamed database {new:?} back to {orig:?}"),
+                format!("rename database {new:?} back to {orig:?}"),
+            ),
+            (Some(n), Some(_)) if n == *oid => lines.push(format!(
+                    "database {orig:?} was renamed to {new:?} by this restore and {orig:?} is taken again: rename it back by hand"
+                )),
+            _ => {}
+        }
+    }
+    // A CLUSTER or GLOBALS script: what it made cannot be told from what others made since.
+    if let (Some(dbs), Some(roles)) = (&ch.dbs_before, &ch.roles_before) {
+        let new_dbs: Vec<&String> = state.databases.difference(dbs).collect();
+        let new_roles: Vec<&String> = state.roles.difference(roles).collect();
+        if !new_dbs.is_empty() || !new_roles.is_empty() {
+            lines.push(format!(
+                    "the cluster script was cut short; databases [{}] and roles [{}] appeared on {label} since it started: check them and drop what it made by hand",
+                    new_dbs.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    new_roles.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+        }
+    }
+    if lines.is_empty() {
+        lines.push("nothing had been changed on the target yet".into());
+    }
+    Ok(Some(Interrupted {
         job_id: spec.job_id,
         meta: spec
             .journal
@@ -201,10 +307,10 @@ pub async fn undo_interrupted(path: &Path) -> Result<Interrupted, String> {
             .map(|j| j.meta.clone())
             .unwrap_or_default(),
         started: rec.started,
-        node_label: spec.node_label.clone(),
-        target_dbname: spec.target_dbname.clone(),
-        cleanup: std::mem::take(&mut x.out.cleanup),
-    })
+        node_label: label.clone(),
+        target_dbname: target_name.clone(),
+        cleanup: lines,
+    }))
 }
 
 #[cfg(test)]
@@ -248,8 +354,15 @@ mod tests {
         );
         // The target cannot be reached: nothing undone, the journal stays for the next start.
         let e = undo_interrupted(&j.path).await.unwrap_err();
+        // An ended run is nothing to recover, whatever else its journal says.
+        let ended = Changes {
+            ended: true,
+            ..c.clone()
+        };
         assert!(e.contains("cannot connect to n:1"), "{e}");
         assert!(j.path.exists());
+        write(&j, &spec, Utc::now(), &ended).unwrap();
+        assert!(undo_interrupted(&j.path).await.unwrap().is_none());
         fs::write(&j.path, b"{\"version\": 1}").unwrap();
         assert!(
             undo_interrupted(&j.path)
@@ -257,8 +370,8 @@ mod tests {
                 .unwrap_err()
                 .contains("not a restore journal")
         );
-        remove(&j).unwrap();
-        remove(&j).unwrap();
+        remove_journal(&j.path).unwrap();
+        remove_journal(&j.path).unwrap();
         assert!(journals_in(&dir).unwrap().is_empty());
     }
 }
