@@ -68,40 +68,15 @@ pub async fn run(ctx: Arc<Ctx>, attempt: i32, r: AgentRestore, cancel: Cancellat
 
 /// The outcome of a restore that could not start.
 fn failed(job_id: i64, step: &str, message: String) -> RestoreOutcome {
-    let now = Utc::now();
-    RestoreOutcome {
+    RestoreOutcome::empty(
         job_id,
-        status: Status::Failed {
+        Status::Failed {
             step: step.into(),
             exit_status: None,
             message,
             stderr_tail: String::new(),
         },
-        started: now,
-        finished: now,
-        code: None,
-        source_dbname: String::new(),
-        target_dbname: String::new(),
-        renamed_dbname: None,
-        roles_created: Vec::new(),
-        roles_reused: Vec::new(),
-        databases_created: Vec::new(),
-        backup_client_version: None,
-        backup_server_version: None,
-        client_version: None,
-        target_server_version: None,
-        target_server_version_num: None,
-        feed: None,
-        feed_reason: String::new(),
-        jobs: 0,
-        command: Vec::new(),
-        phase_timings: Vec::new(),
-        bytes_restored: 0,
-        restored_size: None,
-        row_count_check: None,
-        cleanup: Vec::new(),
-        notes: Vec::new(),
-    }
+    )
 }
 
 async fn execute(

@@ -253,3 +253,38 @@ pub struct RestoreOutcome {
     /// Warnings and remarks.
     pub notes: Vec<String>,
 }
+
+impl RestoreOutcome {
+    /// An outcome with nothing done yet, started and finished now.
+    pub fn empty(job_id: i64, status: Status) -> Self {
+        let now = Utc::now();
+        RestoreOutcome {
+            job_id,
+            status,
+            started: now,
+            finished: now,
+            code: None,
+            source_dbname: String::new(),
+            target_dbname: String::new(),
+            renamed_dbname: None,
+            roles_created: Vec::new(),
+            roles_reused: Vec::new(),
+            databases_created: Vec::new(),
+            backup_client_version: None,
+            backup_server_version: None,
+            client_version: None,
+            target_server_version: None,
+            target_server_version_num: None,
+            feed: None,
+            feed_reason: String::new(),
+            jobs: 0,
+            command: Vec::new(),
+            phase_timings: Vec::new(),
+            bytes_restored: 0,
+            restored_size: None,
+            row_count_check: None,
+            cleanup: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}

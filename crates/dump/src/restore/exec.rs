@@ -150,39 +150,14 @@ pub async fn restore_set(
 
 impl<'a> Exec<'a> {
     fn new(spec: &'a RestoreSpec, cancel: CancellationToken) -> Self {
-        let started = Utc::now();
         Exec {
             spec,
             cancel,
             deadline: spec.max_runtime.map(|d| Instant::now() + d),
             log: Arc::new(RunLog::new(None)),
             out: RestoreOutcome {
-                job_id: spec.job_id,
-                status: Status::Succeeded,
-                started,
-                finished: started,
-                code: None,
-                source_dbname: String::new(),
-                target_dbname: String::new(),
-                renamed_dbname: None,
-                roles_created: Vec::new(),
-                roles_reused: Vec::new(),
-                databases_created: Vec::new(),
-                backup_client_version: None,
-                backup_server_version: None,
-                client_version: None,
-                target_server_version: None,
-                target_server_version_num: None,
-                feed: None,
-                feed_reason: String::new(),
                 jobs: spec.jobs.max(1),
-                command: Vec::new(),
-                phase_timings: Vec::new(),
-                bytes_restored: 0,
-                restored_size: None,
-                row_count_check: None,
-                cleanup: Vec::new(),
-                notes: Vec::new(),
+                ..RestoreOutcome::empty(spec.job_id, Status::Succeeded)
             },
             session: None,
             written: Arc::new(AtomicU64::new(0)),
