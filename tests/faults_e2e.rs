@@ -418,22 +418,60 @@ fn a_client_older_than_the_node_is_refused_before_anything_runs() {
     );
 }
 
-#[test]
-fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
-    let f = fleet();
-    // pg_restore waits while the flag exists (but not for `--list`, the backup's level-2
-    // verification): the agent dies with the target half made.
-    let flags = tempfile::tempdir().unwrap();
-    let flag = flags.path().join("wait");
-    std::fs::write(&flag, "").unwrap();
-    let slow = fake_tool(
-        "pg_restore",
-        &format!(
-            "case \"$*\" in *--list*) ;; *) while [ -e {} ]; do sleep 0.2; done ;; esac\nexec /usr/lib/postgresql/15/bin/pg_restore \"$@\"",
-            flag.display()
-        ),
-    );
-    let mut a = Agent::start(&f.env, "bs1.example.org", Some(slow.path()));
+/// A pg_restore that waits while its flag file exists (but not for `--list`, the backup's
+/// level-2 verification), so that the agent can be killed with a restore half made.
+struct HeldRestore {
+    _flags: tempfile::TempDir,
+    flag: PathBuf,
+    bin: tempfile::TempDir,
+}
+
+impl HeldRestore {
+    fn new() -> HeldRestore {
+        let flags = tempfile::tempdir().unwrap();
+        let flag = flags.path().join("wait");
+        let bin = fake_tool(
+            "pg_restore",
+            &format!(
+                "case \"$*\" in *--list*) ;; *) while [ -e {} ]; do sleep 0.2; done ;; esac\nexec /usr/lib/postgresql/15/bin/pg_restore \"$@\"",
+                flag.display()
+            ),
+        );
+        let h = HeldRestore {
+            _flags: flags,
+            flag,
+            bin,
+        };
+        h.hold();
+        h
+    }
+
+    fn hold(&self) {
+        std::fs::write(&self.flag, "").unwrap();
+    }
+
+    fn wait_started(&self, a: &Agent) {
+        let needle = self.bin.path().display().to_string();
+        wait_until("pg_restore to start", 30, a, || {
+            !processes_with(&needle).is_empty()
+        });
+    }
+
+    /// Kills the agent while pg_restore waits, then lets the waiting script go.
+    fn kill_agent(&self, a: &mut Agent) {
+        a.sigkill();
+        std::fs::remove_file(&self.flag).unwrap();
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.bin.path())
+            .status();
+    }
+}
+
+/// An agent with a held pg_restore, and a successful backup of "shop" (node a) whose set
+/// needs a role that node b does not have (shop_writer).
+fn backed_up_shop(f: &Fleet, held: &HeldRestore) -> Agent {
+    let a = Agent::start(&f.env, "bs1.example.org", Some(held.bin.path()));
     f.a.psql(
         "shop",
         "create role shop_writer; grant insert on t to shop_writer",
@@ -449,6 +487,14 @@ fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
         30,
         &a,
     );
+    a
+}
+
+#[test]
+fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
+    let f = fleet();
+    let held = HeldRestore::new();
+    let mut a = backed_up_shop(&f, &held);
     // On node b a database "shop" of its own, to be renamed out of the way; the set's role
     // shop_writer does not exist there and is created by the restore.
     f.b.create_database("shop");
@@ -463,18 +509,14 @@ fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
     wait_until("the restore to rename and create", 30, &a, || {
         f.b.psql("postgres", made) == "2"
     });
-    wait_until("pg_restore to start", 30, &a, || {
-        !processes_with(&slow.path().display().to_string()).is_empty()
-    });
+    held.wait_started(&a);
     assert!(
         std::fs::read_dir(a.state().join("restores"))
             .unwrap()
             .any(|_| true),
         "a journal while the restore runs"
     );
-    a.sigkill();
-    std::fs::remove_file(&flag).unwrap();
-    let _ = Command::new("pkill").arg("-f").arg(slow.path()).status();
+    held.kill_agent(&mut a);
     a.spawn(None);
     wait_for(
         &f.env,
@@ -525,16 +567,12 @@ fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
 
     // Cut short again; meanwhile someone drops the half-made database and creates their own
     // under that name: the recovery leaves it alone.
-    std::fs::write(&flag, "").unwrap();
+    held.hold();
     f.env
         .cmd("register_restore_definition now 1 127.0.0.3 shop_copy \"\" --reuse-roles all")
         .ok();
-    wait_until("pg_restore to start", 30, &a, || {
-        !processes_with(&slow.path().display().to_string()).is_empty()
-    });
-    a.sigkill();
-    std::fs::remove_file(&flag).unwrap();
-    let _ = Command::new("pkill").arg("-f").arg(slow.path()).status();
+    held.wait_started(&a);
+    held.kill_agent(&mut a);
     f.b.psql("postgres", "drop database shop_copy with (force)");
     f.b.create_database("shop_copy");
     f.b.psql("shop_copy", "create table theirs (x int)");
@@ -557,5 +595,40 @@ fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
         f.b.psql("shop_copy", "select count(*) from theirs"),
         "0",
         "their database is still there"
+    );
+}
+
+#[test]
+fn a_drill_cut_short_by_sigkill_leaves_neither_scratch_database_nor_role() {
+    let f = fleet();
+    let held = HeldRestore::new();
+    let mut a = backed_up_shop(&f, &held);
+    f.env.cmd("run_restore_drill 1 --node 127.0.0.3").ok();
+    held.wait_started(&a);
+    let scratch = "select count(*) from pg_database where datname like 'pgbackman\\_drill%'";
+    assert_eq!(f.b.psql("postgres", scratch), "1");
+    held.kill_agent(&mut a);
+    a.spawn(None);
+    wait_for(
+        &f.env,
+        "select count(*) from job where kind = 'DRILL' and state = 'FAILED'",
+        "1",
+        30,
+        &a,
+    );
+    assert_eq!(f.b.psql("postgres", scratch), "0");
+    assert_eq!(
+        f.b.psql(
+            "postgres",
+            "select count(*) from pg_roles where rolname = 'shop_writer'"
+        ),
+        "0",
+        "{}",
+        a.log()
+    );
+    assert!(!a.state().join("restores").read_dir().unwrap().any(|_| true));
+    assert!(
+        a.log()
+            .contains("interrupted restore: dropped role \"shop_writer\"")
     );
 }
