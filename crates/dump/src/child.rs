@@ -108,6 +108,46 @@ pub(crate) struct ChildCommand {
 }
 
 impl ChildCommand {
+    /// A client program of `bin_dir` reaching `node`: host, port and user in argv before
+    /// `args`; the application name, sslmode, pgpass file and a connect timeout in its
+    /// environment (never a password); the variables of [`crate::run::ENV_REMOVED`] removed.
+    pub(crate) fn for_node(
+        node: &crate::spec::NodeConn,
+        bin_dir: &std::path::Path,
+        program: &str,
+        application_name: &str,
+        args: Vec<String>,
+        stdout: Stdout,
+    ) -> ChildCommand {
+        let mut full = vec![
+            format!("--host={}", node.host),
+            format!("--port={}", node.port),
+            format!("--username={}", node.user),
+            "--no-password".into(),
+        ];
+        full.extend(args);
+        let mut env = vec![("PGAPPNAME".to_string(), application_name.to_string())];
+        if !node.sslmode.is_empty() {
+            env.push(("PGSSLMODE".into(), node.sslmode.clone()));
+        }
+        if let Some(p) = &node.passfile {
+            env.push(("PGPASSFILE".into(), p.to_string_lossy().into_owned()));
+        }
+        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+            env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
+        }
+        ChildCommand {
+            program: bin_dir.join(program),
+            args: full,
+            env,
+            env_remove: crate::run::ENV_REMOVED
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            stdout,
+        }
+    }
+
     /// argv as it is logged and reported: the program then the arguments. No secret is ever
     /// part of it (passwords go through pgpass files), but anything looking like a conninfo
     /// password is masked all the same.

@@ -700,38 +700,23 @@ impl Run<'_> {
     /// The connection part of a child's argv and environment.
     fn child_command(&self, program: &str, args: Vec<String>, stdout: Stdout) -> ChildCommand {
         let spec = self.spec;
-        let mut full = vec![
-            format!("--host={}", spec.node.host),
-            format!("--port={}", spec.node.port),
-            format!("--username={}", spec.node.user),
-            "--no-password".into(),
-        ];
-        full.extend(args);
-        let mut env = vec![("PGAPPNAME".to_string(), spec.application_name.clone())];
-        if !spec.node.sslmode.is_empty() {
-            env.push(("PGSSLMODE".into(), spec.node.sslmode.clone()));
-        }
-        if let Some(p) = &spec.node.passfile {
-            env.push(("PGPASSFILE".into(), p.to_string_lossy().into_owned()));
-        }
-        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
-            env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
-        }
+        let mut cmd = ChildCommand::for_node(
+            &spec.node,
+            &spec.bin_dir,
+            program,
+            &spec.application_name,
+            args,
+            stdout,
+        );
         // A backend blocked on a lock notices a vanished pg_dump only when it next writes; with
         // this (PostgreSQL 14+) it checks every few seconds, so a killed dump leaves no backend.
         if self.server_version_num.is_some_and(|v| v >= 140000) {
-            env.push((
+            cmd.env.push((
                 "PGOPTIONS".into(),
                 "-c client_connection_check_interval=2000".into(),
             ));
         }
-        ChildCommand {
-            program: spec.bin_dir.join(program),
-            args: full,
-            env,
-            env_remove: ENV_REMOVED.iter().map(|s| s.to_string()).collect(),
-            stdout,
-        }
+        cmd
     }
 
     /// argv (after the connection options) of the dump, where its output goes (a file streamed

@@ -26,8 +26,8 @@ use crate::client::{parse_major, server_major, tool_version};
 use crate::node;
 use crate::quote::{conninfo_value, shell_join};
 use crate::run::{
-    CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, ENV_REMOVED,
-    GLOBALS_DUMP_FILE, ROLES_FILE,
+    CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, GLOBALS_DUMP_FILE,
+    ROLES_FILE,
 };
 use crate::run::{Stop, fail};
 use crate::set::{self, Manifest, StagingGuard};
@@ -433,35 +433,21 @@ impl<'a> Exec<'a> {
     /// The connection part of a child's argv and environment (as for a backup).
     fn child_command(&self, program: &str, args: Vec<String>) -> ChildCommand {
         let spec = self.spec;
-        let mut full = vec![
-            format!("--host={}", spec.node.host),
-            format!("--port={}", spec.node.port),
-            format!("--username={}", spec.node.user),
-            "--no-password".into(),
-        ];
-        full.extend(args);
-        let mut env = vec![("PGAPPNAME".to_string(), spec.application_name.clone())];
-        if !spec.node.sslmode.is_empty() {
-            env.push(("PGSSLMODE".into(), spec.node.sslmode.clone()));
-        }
-        if let Some(p) = &spec.node.passfile {
-            env.push(("PGPASSFILE".into(), p.to_string_lossy().into_owned()));
-        }
-        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
-            env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
-        }
+        let mut cmd = ChildCommand::for_node(
+            &spec.node,
+            &spec.bin_dir,
+            program,
+            &spec.application_name,
+            args,
+            Stdout::Null,
+        );
         if program == "pg_restore" {
             // pg_restore commits every statement on its own; waiting for each WAL flush buys
             // nothing here (a restore cut short is undone, never half-kept).
-            env.push(("PGOPTIONS".into(), "-c synchronous_commit=off".into()));
+            cmd.env
+                .push(("PGOPTIONS".into(), "-c synchronous_commit=off".into()));
         }
-        ChildCommand {
-            program: spec.bin_dir.join(program),
-            args: full,
-            env,
-            env_remove: ENV_REMOVED.iter().map(|s| s.to_string()).collect(),
-            stdout: Stdout::Null,
-        }
+        cmd
     }
 
     fn psql_args(&self, dbname: &str) -> Vec<String> {
