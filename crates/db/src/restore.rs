@@ -182,15 +182,12 @@ impl Catalog {
         node: &Filter,
         dbname: &Filter,
     ) -> Result<Rows, DbError> {
-        let servers = self.ids(server, "select api.server_id($1)").await?;
-        let nodes = self.ids(node, "select api.node_id($1)").await?;
-        self.restore_rows(
-            r#"select * from api.show_restore_definitions
-                where ($1::bigint[] is null or "SrvID" = any ($1))
-                  and ($2::bigint[] is null or "NodeID" = any ($2))
-                  and ($3::text[] is null or "Target DBname" = any ($3))
-                order by "RestoreDef" desc limit 1000"#,
-            &[&servers, &nodes, dbname],
+        self.filtered_restore_view(
+            "api.show_restore_definitions",
+            r#""RestoreDef""#,
+            server,
+            node,
+            dbname,
         )
         .await
     }
@@ -202,17 +199,36 @@ impl Catalog {
         node: &Filter,
         dbname: &Filter,
     ) -> Result<Rows, DbError> {
+        self.filtered_restore_view(
+            "api.show_restore_catalog",
+            r#""Finished""#,
+            server,
+            node,
+            dbname,
+        )
+        .await
+    }
+
+    /// `view` (a constant of this module) filtered by backup server, target node and target
+    /// database, newest (`order` descending) first, at most 1000 rows.
+    async fn filtered_restore_view(
+        &self,
+        view: &str,
+        order: &str,
+        server: &Filter,
+        node: &Filter,
+        dbname: &Filter,
+    ) -> Result<Rows, DbError> {
         let servers = self.ids(server, "select api.server_id($1)").await?;
         let nodes = self.ids(node, "select api.node_id($1)").await?;
-        self.restore_rows(
-            r#"select * from api.show_restore_catalog
+        let sql = format!(
+            r#"select * from {view}
                 where ($1::bigint[] is null or "SrvID" = any ($1))
                   and ($2::bigint[] is null or "NodeID" = any ($2))
                   and ($3::text[] is null or "Target DBname" = any ($3))
-                order by "Finished" desc limit 1000"#,
-            &[&servers, &nodes, dbname],
-        )
-        .await
+                order by {order} desc limit 1000"#
+        );
+        self.restore_rows(&sql, &[&servers, &nodes, dbname]).await
     }
 
     pub async fn show_restore_details(&self, restore_id: i64) -> Result<Rows, DbError> {
