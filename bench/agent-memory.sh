@@ -54,8 +54,6 @@ CPORT=$(free_port)
 log "catalog cluster (unix socket, port $CPORT)"
 start_cluster catalog "" "$CPORT"
 CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
-cpsql() { psql -X -At -v ON_ERROR_STOP=1 -d "$CATALOG" -c "$1"; }
-pgb() { HOME=$WORK/home USER=bench TZ=UTC "$PGBACKMAN" --catalog "$CATALOG" "$@"; }
 
 pgb db init >/dev/null
 pgb -C "register_backup_server bench example.org bench" >/dev/null

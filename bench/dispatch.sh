@@ -59,8 +59,6 @@ start_cluster node "$NODE_ADDR" "$NPORT"
 
 CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
 NODE_CONN=(-h "$NODE_ADDR" -p "$NPORT" -U postgres)
-cpsql() { psql -X -At -v ON_ERROR_STOP=1 -d "$CATALOG" -c "$1"; }
-pgb() { HOME=$WORK/home USER=bench TZ=UTC "$PGBACKMAN" --catalog "$CATALOG" "$@"; }
 
 # A small database: two tables, a role, a few thousand rows.
 psql -X -q -v ON_ERROR_STOP=1 "${NODE_CONN[@]}" -d postgres -c "create database $DB" >/dev/null
@@ -83,29 +81,9 @@ exec $PGBIN/pg_dump "\$@"
 EOF
 chmod 755 "$WORK/bin/pg_dump"
 
-pgb db init >/dev/null
-pgb -C "register_backup_server bench example.org bench" >/dev/null
-pgb -C "register_pgsql_node $NODE_ADDR \"\" $NPORT postgres RUNNING bench" >/dev/null
+register_site
 
-cat >"$WORK/agent/agent.toml" <<EOF
-[catalog]
-conninfo = "$CATALOG"
-[agent]
-backup_server = "$SERVER"
-state_dir = "$WORK/agent/state"
-backup_dir = "$WORK/agent/backups"
-http_listen = ""
-[agent.bin_dirs]
-"15" = "$WORK/bin"
-EOF
-PGBACKMAN_LOG=info TZ=UTC "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
-AGENT_PID=$!
-deadline=$((SECONDS + 30))
-until grep -q "pgbackman-agent started" "$WORK/agent/agent.log"; do
-    kill -0 "$AGENT_PID" 2>/dev/null || { cat "$WORK/agent/agent.log" >&2; echo "agent died" >&2; exit 1; }
-    ((SECONDS < deadline)) || { cat "$WORK/agent/agent.log" >&2; echo "agent did not start" >&2; exit 1; }
-    sleep 0.2
-done
+start_agent "$WORK/bin"
 sleep 2
 
 LAT=() CMD=() DONE=()

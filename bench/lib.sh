@@ -1,6 +1,7 @@
 # Shared by the bench scripts (sourced, not run): logging, running as the postgres OS user,
 # throwaway clusters, and a cleanup trap that stops the agent (AGENT_PID), any extra process
-# (SLEEP_PID) and every cluster started, then removes $WORK unless KEEP=1.
+# (SLEEP_PID) and every cluster started, then removes $WORK unless KEEP=1; then the common steps
+# (the reference database, the catalog and its registrations, the agent) and number helpers.
 # The sourcing script sets PGBIN and WORK first.
 
 AGENT_PID=
@@ -60,4 +61,77 @@ $extra
 CONF
     CLUSTERS+=("$dir")
     as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$WORK/$name.log" -w -t 120 start >/dev/null
+}
+
+# ---- shared by the bench scripts -------------------------------------------------------------
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
+verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "nan" && r <= t) ? "PASS" : "MISS" }'; }
+mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+now() { date +%s.%N; }
+
+# The node settings of the backup and restore benches (both methods restore onto the same node).
+BENCH_NODE_CONF="fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+shared_buffers = 256MB
+maintenance_work_mem = 256MB"
+
+# Catalog and pgbackman helpers: need CATALOG and PGBACKMAN.
+cpsql() { psql -X -At -v ON_ERROR_STOP=1 -d "$CATALOG" -c "$1"; }
+pgb() { HOME=$WORK/home USER=bench TZ=UTC "$PGBACKMAN" --catalog "$CATALOG" "$@"; }
+
+# build_reference_db: the reference database ($REFDB) at $SCALE as $DB on the node ($NODE_CONN);
+# sets DBSIZE (bytes on disk).
+build_reference_db() {
+    local t
+    log "building the reference database at scale $SCALE (this takes a while)"
+    t=$(now)
+    psql -X -q -v ON_ERROR_STOP=1 "${NODE_CONN[@]}" -d postgres -c "create database $DB" >/dev/null
+    timeout 3600 psql -X -q -v ON_ERROR_STOP=1 -v scale="$SCALE" "${NODE_CONN[@]}" -d "$DB" -f "$REFDB" >/dev/null
+    psql -X -q "${NODE_CONN[@]}" -d "$DB" -c checkpoint >/dev/null
+    DBSIZE=$(psql -X -At "${NODE_CONN[@]}" -d "$DB" -c "select pg_database_size(current_database())")
+    log "database $DB: $(mb "$DBSIZE") MB on disk, built in $(awk -v a="$t" -v b="$(now)" 'BEGIN{printf "%.0f", b-a}') s"
+}
+
+# register_site: a new catalog, the backup server bench.example.org and the node
+# $NODE_ADDR:$NPORT.
+register_site() {
+    pgb db init >/dev/null
+    pgb -C "register_backup_server bench example.org bench" >/dev/null
+    pgb -C "register_pgsql_node $NODE_ADDR \"\" $NPORT postgres RUNNING bench" >/dev/null
+}
+
+# register_full_definition: a FULL definition of $DB scheduled at a time that never comes during
+# the run (it runs only when asked); sets DEF_ID.
+register_full_definition() {
+    local h=$(( ($(date -u +%-H) + 12) % 24 ))
+    pgb -C "register_backup_definition $SERVER $NODE_ADDR $DB \"\" 0 $h \"*\" \"*\" \"*\" FULL false \"7 days\" 1 \"\" ACTIVE bench" >/dev/null
+    DEF_ID=$(cpsql "select max(def_id) from backup_definition")
+}
+
+# start_agent BIN_DIR: an agent for $SERVER with BIN_DIR as its client programs of major 15
+# (config and log under $WORK/agent); returns once it has started (AGENT_PID).
+start_agent() {
+    cat >"$WORK/agent/agent.toml" <<CONF
+[catalog]
+conninfo = "$CATALOG"
+[agent]
+backup_server = "$SERVER"
+state_dir = "$WORK/agent/state"
+backup_dir = "$WORK/agent/backups"
+http_listen = ""
+[agent.bin_dirs]
+"15" = "$1"
+CONF
+    PGBACKMAN_LOG=info TZ=UTC "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
+    AGENT_PID=$!
+    local deadline=$((SECONDS + 30))
+    until grep -q "pgbackman-agent started" "$WORK/agent/agent.log"; do
+        kill -0 "$AGENT_PID" 2>/dev/null || { cat "$WORK/agent/agent.log" >&2; echo "agent died" >&2; exit 1; }
+        ((SECONDS < deadline)) || { cat "$WORK/agent/agent.log" >&2; echo "agent did not start" >&2; exit 1; }
+        sleep 0.2
+    done
 }

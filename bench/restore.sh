@@ -50,11 +50,6 @@ WORK=/var/tmp/pgbackman-bench-$$
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
-verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "nan" && r <= t) ? "PASS" : "MISS" }'; }
-mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
-now() { date +%s.%N; }
 # CPU seconds used by the whole machine so far (every process, user + system), from /proc/stat.
 cpu_now() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz; exit}' /proc/stat; }
 
@@ -78,55 +73,19 @@ CPORT=$(free_port)
 NPORT=$(free_port)
 log "catalog cluster (unix socket, port $CPORT); node cluster on $NODE_ADDR:$NPORT"
 start_cluster catalog "" "$CPORT"
-start_cluster node "$NODE_ADDR" "$NPORT" "fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_wal_size = 8GB
-checkpoint_timeout = 30min
-shared_buffers = 256MB
-maintenance_work_mem = 256MB"
+start_cluster node "$NODE_ADDR" "$NPORT" "$BENCH_NODE_CONF"
 
 CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
 NODE_CONN=(-h "$NODE_ADDR" -p "$NPORT" -U postgres)
-cpsql() { psql -X -At -v ON_ERROR_STOP=1 -d "$CATALOG" -c "$1"; }
 npsql() { psql -X -q -At -v ON_ERROR_STOP=1 "${NODE_CONN[@]}" -d postgres -c "$1"; }
-pgb() { HOME=$WORK/home USER=bench TZ=UTC "$PGBACKMAN" --catalog "$CATALOG" "$@"; }
 
-log "building the reference database at scale $SCALE (this takes a while)"
-t=$(now)
-npsql "create database $DB"
-timeout 3600 psql -X -q -v ON_ERROR_STOP=1 -v scale="$SCALE" "${NODE_CONN[@]}" -d "$DB" -f "$REFDB" >/dev/null
-psql -X -q "${NODE_CONN[@]}" -d "$DB" -c checkpoint >/dev/null
-DBSIZE=$(psql -X -At "${NODE_CONN[@]}" -d "$DB" -c "select pg_database_size(current_database())")
-log "database $DB: $(mb "$DBSIZE") MB on disk, built in $(awk -v a="$t" -v b="$(now)" 'BEGIN{printf "%.0f", b-a}') s"
+build_reference_db
 
 # ---- catalog, registrations, agent, the two sets -------------------------------------------------
-pgb db init >/dev/null
-pgb -C "register_backup_server bench example.org bench" >/dev/null
-pgb -C "register_pgsql_node $NODE_ADDR \"\" $NPORT postgres RUNNING bench" >/dev/null
-H=$(( ($(date -u +%-H) + 12) % 24 ))
-pgb -C "register_backup_definition $SERVER $NODE_ADDR $DB \"\" 0 $H \"*\" \"*\" \"*\" FULL false \"7 days\" 1 \"\" ACTIVE bench" >/dev/null
-DEF_ID=$(cpsql "select max(def_id) from backup_definition")
+register_site
+register_full_definition
 
-cat >"$WORK/agent/agent.toml" <<EOF
-[catalog]
-conninfo = "$CATALOG"
-[agent]
-backup_server = "$SERVER"
-state_dir = "$WORK/agent/state"
-backup_dir = "$WORK/agent/backups"
-http_listen = ""
-[agent.bin_dirs]
-"15" = "$PGBIN"
-EOF
-PGBACKMAN_LOG=info TZ=UTC "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
-AGENT_PID=$!
-deadline=$((SECONDS + 30))
-until grep -q "pgbackman-agent started" "$WORK/agent/agent.log"; do
-    kill -0 "$AGENT_PID" 2>/dev/null || { cat "$WORK/agent/agent.log" >&2; echo "agent died" >&2; exit 1; }
-    ((SECONDS < deadline)) || { cat "$WORK/agent/agent.log" >&2; echo "agent did not start" >&2; exit 1; }
-    sleep 0.2
-done
+start_agent "$PGBIN"
 sleep 1
 
 wait_job() { # JOB: waits until it ends; fails unless SUCCEEDED
