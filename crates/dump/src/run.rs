@@ -110,6 +110,45 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
+/// What stops the steps of a run (a backup or a restore): its cancel token and its deadline.
+pub(crate) struct Bounds<'a> {
+    pub cancel: &'a CancellationToken,
+    pub deadline: Option<Instant>,
+    pub max_runtime: Option<Duration>,
+}
+
+impl Bounds<'_> {
+    /// `fut`, unless the run is cancelled or out of time first.
+    pub async fn guarded<T>(&self, step: &str, fut: impl Future<Output = T>) -> Result<T, Stop> {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(Stop::Cancelled { step: step.into() }),
+            () = until(self.deadline) => Err(self.timed_out(step)),
+            v = fut => Ok(v),
+        }
+    }
+
+    pub fn timed_out(&self, step: &str) -> Stop {
+        let limit = self.max_runtime.unwrap_or_default();
+        fail(step, format!("maximum runtime {} exceeded", hms(limit)))
+    }
+
+    /// Runs blocking work on the blocking pool, guarded; `abort` is raised when the guard fires.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        step: &str,
+        abort: Arc<AtomicBool>,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Stop> {
+        let handle = tokio::task::spawn_blocking(f);
+        let r = self.guarded(step, handle).await;
+        if r.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        r?.map_err(|e| fail(step, format!("internal error: {e}")))
+    }
+}
+
 struct Run<'a> {
     spec: &'a BackupSpec,
     cancel: CancellationToken,
@@ -249,33 +288,29 @@ pub async fn run_backup(
 
 impl Run<'_> {
     /// Races `fut` against the cancellation token and the deadline.
-    async fn guarded<T>(&self, step: &str, fut: impl Future<Output = T>) -> Result<T, Stop> {
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => Err(Stop::Cancelled { step: step.into() }),
-            () = until(self.deadline) => Err(self.timed_out(step)),
-            v = fut => Ok(v),
+    fn bounds(&self) -> Bounds<'_> {
+        Bounds {
+            cancel: &self.cancel,
+            deadline: self.deadline,
+            max_runtime: self.spec.max_runtime,
         }
     }
 
-    fn timed_out(&self, step: &str) -> Stop {
-        let limit = self.spec.max_runtime.unwrap_or_default();
-        fail(step, format!("maximum runtime {} exceeded", hms(limit)))
+    async fn guarded<T>(&self, step: &str, fut: impl Future<Output = T>) -> Result<T, Stop> {
+        self.bounds().guarded(step, fut).await
     }
 
-    /// Runs blocking work on the blocking pool, guarded; `abort` is raised when the guard fires.
+    fn timed_out(&self, step: &str) -> Stop {
+        self.bounds().timed_out(step)
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         step: &str,
         abort: Arc<AtomicBool>,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Stop> {
-        let handle = tokio::task::spawn_blocking(f);
-        let r = self.guarded(step, handle).await;
-        if r.is_err() {
-            abort.store(true, Ordering::Relaxed);
-        }
-        r?.map_err(|e| fail(step, format!("internal error: {e}")))
+        self.bounds().blocking(step, abort, f).await
     }
 
     fn timed(&mut self, phase: &str, since: std::time::Instant) {

@@ -25,11 +25,11 @@ use crate::child::{self, ChildCommand, Ended, RunLog, Stdout};
 use crate::client::{parse_major, server_major, tool_version};
 use crate::node;
 use crate::quote::{conninfo_value, shell_join};
+use crate::run::{Bounds, Stop, fail};
 use crate::run::{
     CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, GLOBALS_DUMP_FILE,
     ROLES_FILE,
 };
-use crate::run::{Stop, fail};
 use crate::set::{self, Manifest, StagingGuard};
 use crate::spec::{RowCountSource, Status};
 
@@ -37,13 +37,6 @@ use crate::spec::{RowCountSource, Status};
 const STAGED_DUMP: &str = "dump.pgdump";
 /// Bound of each statement that undoes a failed restore.
 const UNDO_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Writes into a child's stdin, counting what it wrote: (bytes, roles whose CREATE was skipped).
 type Pump = Box<dyn FnOnce(File) -> std::io::Result<(u64, Vec<String>)> + Send>;
@@ -188,26 +181,20 @@ impl<'a> Exec<'a> {
             )
         })
     }
-    async fn guarded<T>(&self, step: &str, fut: impl Future<Output = T>) -> Result<T, Stop> {
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => Err(Stop::Cancelled { step: step.into() }),
-            () = until(self.deadline) => Err(self.timed_out(step)),
-            v = fut => Ok(v),
+    fn bounds(&self) -> Bounds<'_> {
+        Bounds {
+            cancel: &self.cancel,
+            deadline: self.deadline,
+            max_runtime: self.spec.max_runtime,
         }
     }
 
+    async fn guarded<T>(&self, step: &str, fut: impl Future<Output = T>) -> Result<T, Stop> {
+        self.bounds().guarded(step, fut).await
+    }
+
     fn timed_out(&self, step: &str) -> Stop {
-        let s = self.spec.max_runtime.unwrap_or_default().as_secs();
-        fail(
-            step,
-            format!(
-                "maximum runtime {:02}:{:02}:{:02} exceeded",
-                s / 3600,
-                (s / 60) % 60,
-                s % 60
-            ),
-        )
+        self.bounds().timed_out(step)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -216,12 +203,7 @@ impl<'a> Exec<'a> {
         abort: Arc<AtomicBool>,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Stop> {
-        let handle = tokio::task::spawn_blocking(f);
-        let r = self.guarded(step, handle).await;
-        if r.is_err() {
-            abort.store(true, Ordering::Relaxed);
-        }
-        r?.map_err(|e| fail(step, format!("internal error: {e}")))
+        self.bounds().blocking(step, abort, f).await
     }
 
     fn timed(&mut self, phase: &str, since: std::time::Instant) {
