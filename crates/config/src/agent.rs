@@ -55,6 +55,10 @@ pub struct AgentSection {
     /// Mailing of alerts (`[agent.alerts]`); None: alerts stay queued in the catalog.
     #[serde(default)]
     pub alerts: Option<crate::agent_alerts::AlertsSection>,
+    /// The file's `[nodes]` deadlines (filled by [`FileConfig::agent_section`], not a key of
+    /// `[agent]`).
+    #[serde(skip)]
+    pub nodes: crate::NodeTimeouts,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -106,6 +110,7 @@ impl Default for AgentSection {
             passfile: None,
             overdue_check_seconds: default_overdue_check_seconds(),
             alerts: None,
+            nodes: crate::NodeTimeouts::default(),
         }
     }
 }
@@ -200,6 +205,8 @@ impl FileConfig {
                 })?,
         };
         check(&a, &path)?;
+        let mut a = a;
+        a.nodes = self.node_timeouts()?;
         Ok(a)
     }
 }

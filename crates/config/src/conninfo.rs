@@ -52,10 +52,9 @@ pub fn resolve(conninfo: &str, env: Env) -> Result<Resolved, ConfigError> {
     cfg.ssl_mode(tls.mode.tokio());
     let mut warnings = Vec::new();
     fill_defaults(&mut cfg, env, &mut warnings)?;
-    Ok(Resolved {
-        config: ConnConfig::new(cfg, tls),
-        warnings,
-    })
+    let mut config = ConnConfig::new(cfg, tls);
+    config.pgpass_ignored = warnings.first().cloned();
+    Ok(Resolved { config, warnings })
 }
 
 /// [`node_config_with`] with the real environment, without the warnings.
@@ -129,10 +128,13 @@ pub fn node_config_with(
         .ssl_mode(tls.mode.tokio());
     let mut warnings = Vec::new();
     fill_defaults(&mut cfg, &node_env, &mut warnings)?;
-    Ok(Resolved {
-        config: ConnConfig::new(cfg, tls),
-        warnings,
-    })
+    let mut config = ConnConfig::new(cfg, tls);
+    // fill_defaults' only warnings are about the password file.
+    config.pgpass_ignored = warnings.first().cloned();
+    // Every node connection has deadlines; callers with a config file apply its [nodes] over these.
+    crate::NodeTimeouts::resolve(&crate::NodesSection::default(), None, &node_env)?
+        .apply(&mut config);
+    Ok(Resolved { config, warnings })
 }
 
 fn fill_defaults(

@@ -16,6 +16,9 @@ pub struct FileConfig {
     pub catalog: CatalogSection,
     #[serde(default)]
     pub shell: ShellSection,
+    /// Deadlines of the connections to PgSQL nodes (see [`crate::NodeTimeouts`]).
+    #[serde(default)]
+    pub nodes: crate::NodesSection,
     /// Opaque for now: the agent defines and validates its own section.
     #[serde(default)]
     pub agent: Option<toml::Table>,
@@ -139,6 +142,8 @@ fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
             hint: "use table, csv or json",
         });
     }
+    // A bad [nodes] value is refused when the file is read, not at the first node connection.
+    crate::NodeTimeouts::resolve(&cfg.nodes, Some(path), &|_| None)?;
     cfg.path = Some(path.to_path_buf());
     Ok(cfg)
 }

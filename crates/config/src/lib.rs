@@ -10,6 +10,7 @@ mod agent_alerts;
 mod conninfo;
 mod file;
 mod host;
+mod nodes;
 mod pgpass;
 pub mod tls;
 
@@ -26,6 +27,8 @@ pub use file::{
     load, load_from,
 };
 pub use host::host_fqdn;
+pub use nodes::{Limit, Limits, NodeTimeouts, NodesSection};
+pub use pgpass::{PgpassStatus, pgpass_status};
 pub use tls::{ConnConfig, RootCert, TlsSettings};
 
 /// An injected environment lookup: `std::env::var(key).ok()` in production, a map in tests.

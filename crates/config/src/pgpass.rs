@@ -10,9 +10,9 @@ use tokio_postgres::config::Host;
 use crate::conninfo::DEFAULT_SOCKET_DIRS;
 use crate::{Env, host};
 
-/// The password for the first host of `cfg` (tokio-postgres holds one password for all hosts).
-pub(crate) fn lookup(cfg: &Config, env: Env, warnings: &mut Vec<String>) -> Option<Vec<u8>> {
-    let file = env("PGPASSFILE")
+/// The password file libpq would read: PGPASSFILE, else `~/.pgpass` (None without a home).
+fn file_path(env: Env) -> Option<PathBuf> {
+    env("PGPASSFILE")
         .filter(|f| !f.is_empty())
         .map(PathBuf::from)
         .or_else(|| {
@@ -21,7 +21,12 @@ pub(crate) fn lookup(cfg: &Config, env: Env, warnings: &mut Vec<String>) -> Opti
                 home.or_else(|| host::passwd_entry().map(|(_, home)| home))?
                     .join(".pgpass"),
             )
-        })?;
+        })
+}
+
+/// The password for the first host of `cfg` (tokio-postgres holds one password for all hosts).
+pub(crate) fn lookup(cfg: &Config, env: Env, warnings: &mut Vec<String>) -> Option<Vec<u8>> {
+    let file = file_path(env)?;
     // libpq keys a socket in the default directory as "localhost", any other socket by its path,
     // and a hostaddr-only connection by the address.
     let hostname = match cfg.get_hosts().first() {
@@ -33,7 +38,13 @@ pub(crate) fn lookup(cfg: &Config, env: Env, warnings: &mut Vec<String>) -> Opti
         None => cfg.get_hostaddrs().first()?.to_string(),
     };
     let port = cfg.get_ports().first().copied().unwrap_or(5432).to_string();
-    let text = read(&file, warnings)?;
+    let text = match read(&file) {
+        Ok(t) => t?,
+        Err(w) => {
+            warnings.push(w);
+            return None;
+        }
+    };
     find(
         &text,
         &hostname,
@@ -43,30 +54,52 @@ pub(crate) fn lookup(cfg: &Config, env: Env, warnings: &mut Vec<String>) -> Opti
     )
 }
 
-/// The file's contents, or None (with a warning, as libpq prints one) when it must be ignored.
-/// A missing file is silently ignored, as in libpq.
-fn read(file: &Path, warnings: &mut Vec<String>) -> Option<Vec<u8>> {
-    let meta = std::fs::metadata(file).ok()?;
+/// What `pgbackman-agent --check` says about the password file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgpassStatus {
+    /// No file (libpq then sends no password: fine with certificates, trust or peer).
+    Missing(Option<PathBuf>),
+    /// Present and private: libpq uses it.
+    Used(PathBuf),
+    /// Present but ignored, as libpq ignores it; the reason says why and what to do.
+    Ignored(PathBuf, String),
+}
+
+/// The state of the password file `env` designates (PGPASSFILE else `~/.pgpass`).
+pub fn pgpass_status(env: Env) -> PgpassStatus {
+    let Some(file) = file_path(env) else {
+        return PgpassStatus::Missing(None);
+    };
+    match read(&file) {
+        Ok(Some(_)) => PgpassStatus::Used(file),
+        Ok(None) => PgpassStatus::Missing(Some(file)),
+        Err(why) => PgpassStatus::Ignored(file, why),
+    }
+}
+
+/// The file's contents; Ok(None) when it does not exist (libpq ignores that silently); Err with
+/// the warning libpq prints when it exists but must be ignored.
+fn read(file: &Path) -> Result<Option<Vec<u8>>, String> {
+    let Ok(meta) = std::fs::metadata(file) else {
+        return Ok(None);
+    };
     let shown = file.display();
     if !meta.is_file() {
-        warnings.push(format!(
-            "password file {shown} is not a plain file: ignoring it"
+        return Err(format!(
+            "password file {shown} is ignored: it is not a plain file"
         ));
-        return None;
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        warnings.push(format!(
-            "password file {shown} has group or world access; permissions should be u=rw (0600) or less (chmod 0600 {shown}): ignoring it"
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "password file {shown} is ignored: its mode {mode:04o} gives group or world access, \
+             and libpq (like pgbackman and pg_dump) reads it only when it is u=rw (0600) or less; \
+             fix it with: chmod 0600 {shown}"
         ));
-        return None;
     }
     std::fs::read(file)
-        .map_err(|e| {
-            warnings.push(format!(
-                "cannot read password file {shown}: {e}: ignoring it"
-            ))
-        })
-        .ok()
+        .map(Some)
+        .map_err(|e| format!("password file {shown} is ignored: cannot read it: {e}"))
 }
 
 /// The first line `hostname:port:database:username:password` matching; `*` matches anything,

@@ -127,11 +127,22 @@ impl TlsSettings {
 pub struct ConnConfig {
     pub pg: Config,
     pub tls: TlsSettings,
+    /// Deadlines enforced by `pgbackman_db::tls` (set on node connections by
+    /// [`crate::NodeTimeouts::apply`]).
+    pub limits: crate::Limits,
+    /// Why the password file was ignored (libpq's rule: e.g. group or world access), said
+    /// again when the server then asks for a password.
+    pub pgpass_ignored: Option<String>,
 }
 
 impl ConnConfig {
     pub fn new(pg: Config, tls: TlsSettings) -> ConnConfig {
-        ConnConfig { pg, tls }
+        ConnConfig {
+            pg,
+            tls,
+            limits: crate::Limits::default(),
+            pgpass_ignored: None,
+        }
     }
 }
 
@@ -152,10 +163,7 @@ impl DerefMut for ConnConfig {
 impl From<Config> for ConnConfig {
     fn from(pg: Config) -> ConnConfig {
         let mode = SslMode::from_tokio(pg.get_ssl_mode());
-        ConnConfig {
-            pg,
-            tls: TlsSettings::without_files(mode),
-        }
+        ConnConfig::new(pg, TlsSettings::without_files(mode))
     }
 }
 

@@ -35,11 +35,32 @@ pub struct NodeSession {
 }
 
 impl NodeSession {
-    /// Asks the server to cancel the session's running query (over TLS when the session is).
+    /// Asks the server to cancel the session's running query (over TLS when the session is),
+    /// within the connect deadline.
     pub async fn cancel_query(&self) -> Result<(), String> {
-        crate::tls::cancel_query(&self.client.cancel_token(), &self.config)
+        match crate::tls::cancel_query(&self.client.cancel_token(), &self.config).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "no answer from {} to the cancel request",
+                crate::tls::address(&self.config)
+            )),
+            Err(e) => Err(describe_one_line(&e)),
+        }
+    }
+
+    /// `fut` (a query of this module on this session) within the statement deadline of the
+    /// session's config (`[nodes] statement_timeout`); on time out the query is cancelled and
+    /// the error names the node, `what` and the setting. For everything but the row counts,
+    /// which may take as long as the dump (bounded by the run).
+    pub async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        crate::tls::within_statement_limit(&self.config, &self.client, what, fut)
             .await
-            .map_err(|e| describe_one_line(&e))
+            .and_then(|r| r)
+            .map_err(|m| m.replace('\n', " "))
     }
 }
 
@@ -49,21 +70,21 @@ impl Drop for NodeSession {
     }
 }
 
-/// Connects with `config` (10 s connect timeout unless it has one; the caller resolves host,
-/// user, database, `application_name` and the pgpass file) and prepares the session: ISO dates
-/// in UTC, no statement or idle-in-transaction timeout, `lock_timeout` as given (10 s when
-/// not).
+/// Connects with `config` within its connect deadline (the node defaults, 10 s, unless it has
+/// its own; the caller resolves host, user, database, `application_name` and the pgpass file)
+/// and prepares the session: ISO dates in UTC, no server-side statement or
+/// idle-in-transaction timeout (the snapshot transaction stays open while pg_dump runs; our
+/// queries are bounded client-side, see [`NodeSession::bounded`]), `lock_timeout` as given (10 s
+/// when not).
 pub async fn connect(
     config: impl Into<pgbackman_config::ConnConfig>,
     lock_timeout: Option<Duration>,
 ) -> Result<NodeSession, String> {
     let mut config = config.into();
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    let (client, conn) = crate::tls::connect_raw(&config)
+    crate::node::default_limits(&mut config);
+    let (client, conn) = crate::tls::connect_bounded(&config)
         .await
-        .map_err(|e| crate::tls::describe(&e, &config).replace('\n', " "))?;
+        .map_err(|e| crate::tls::describe_connect(&e, &config).replace('\n', " "))?;
     let task = tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -78,14 +99,18 @@ pub async fn connect(
         .unwrap_or(DEFAULT_LOCK_TIMEOUT)
         .as_millis()
         .clamp(1, i32::MAX as u128);
-    session
-        .client
-        .batch_execute(&format!(
-            "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET statement_timeout = 0; \
-             SET idle_in_transaction_session_timeout = 0; SET lock_timeout = {lock}"
-        ))
-        .await
-        .map_err(|e| describe_one_line(&e))?;
+    let setup = format!(
+        "SET DateStyle = ISO; SET TimeZone = 'UTC'; SET statement_timeout = 0; \
+         SET idle_in_transaction_session_timeout = 0; SET lock_timeout = {lock}"
+    );
+    let setup = async {
+        session
+            .client
+            .batch_execute(&setup)
+            .await
+            .map_err(|e| describe_one_line(&e))
+    };
+    session.bounded("preparing the session", setup).await?;
     Ok(session)
 }
 

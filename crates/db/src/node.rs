@@ -14,24 +14,22 @@ pub struct NodeFacts {
     pub databases: Vec<String>,
 }
 
-/// Connects with a bounded timeout and lists the node's databases. `label` names the node in errors.
+/// Connects and lists the node's databases, within the connection's deadlines (connect; each
+/// statement, also as the session's `statement_timeout`). `label` names the node in errors.
 pub async fn node_facts(
     config: impl Into<pgbackman_config::ConnConfig>,
     label: &str,
 ) -> Result<NodeFacts, DbError> {
     let mut config = config.into();
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    config.application_name("pgbackman");
-    let (client, conn) = crate::tls::connect_raw(&config)
+    admin_session(&mut config);
+    let (client, conn) = crate::tls::connect_bounded(&config)
         .await
         .map_err(|e| DbError::Connect {
             target: format!("PgSQL node {label}"),
-            reason: crate::tls::describe(&e, &config),
+            reason: crate::tls::describe_connect(&e, &config),
         })?;
     let task = tokio::spawn(conn);
-    let result = async {
+    let work = async {
         let v = crate::introspect::read_server_facts(&client).await?;
         let dbs = client
             .query("select datname::text from pg_database where datallowconn and not datistemplate order by 1", &[])
@@ -41,10 +39,62 @@ pub async fn node_facts(
             server_version: v.version,
             databases: dbs.iter().map(|r| r.get(0)).collect(),
         })
-    }
+    };
+    let result = match crate::tls::within_statement_limit(
+        &config,
+        &client,
+        "listing its databases",
+        work,
+    )
     .await
-    .map_err(|e| DbError::client(format!("querying PgSQL node {label}"), e));
-    drop(client);
-    let _ = task.await;
+    {
+        Ok(r) => r.map_err(|e| DbError::client(format!("querying PgSQL node {label}"), e)),
+        Err(reason) => Err(DbError::Client {
+            context: format!("PgSQL node {label}"),
+            reason,
+        }),
+    };
+    finish(client, task).await;
     result
+}
+
+/// The defaults of a short admin session: 10 s connect deadline when none is set (a config
+/// made without `node_config`), `application_name`, and the statement deadline also as the
+/// session's `statement_timeout`, so that the server gives up a slow query by itself.
+pub(crate) fn admin_session(config: &mut pgbackman_config::ConnConfig) {
+    default_limits(config);
+    config.application_name("pgbackman");
+    if let Some(limit) = &config.limits.statement
+        && config.get_options().is_none()
+    {
+        let ms = limit.after.as_millis().min(i32::MAX as u128);
+        config.options(format!("-c statement_timeout={ms}"));
+    }
+}
+
+/// The node defaults (`[nodes]` built-in values, PGCONNECT_TIMEOUT) for a config made without
+/// `pgbackman_config::node_config` (tests, tools); a connect_timeout it has is kept.
+pub(crate) fn default_limits(config: &mut pgbackman_config::ConnConfig) {
+    if config.limits.connect.is_none() {
+        let mut t = pgbackman_config::NodeTimeouts::default();
+        if let Some(given) = config.get_connect_timeout() {
+            t.connect = pgbackman_config::Limit {
+                after: *given,
+                setting: "connect_timeout of the connection string (or PGCONNECT_TIMEOUT)".into(),
+            };
+        }
+        t.apply(config);
+    }
+}
+
+/// Ends a short session: a server that stopped answering must not hold us on the goodbye.
+pub(crate) async fn finish<T>(client: tokio_postgres::Client, task: tokio::task::JoinHandle<T>) {
+    drop(client);
+    let abort = task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
 }

@@ -305,7 +305,6 @@ impl Catalog {
 /// one line. Names are quoted by the server (`format('%I')`), never spliced by hand.
 pub mod target {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::time::Duration;
 
     use tokio_postgres::Client;
 
@@ -365,24 +364,24 @@ pub mod target {
         label: &str,
     ) -> Result<TargetState, DbError> {
         let mut config = config.into();
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        config.application_name("pgbackman");
+        crate::node::admin_session(&mut config);
         let (client, conn) =
-            crate::tls::connect_raw(&config)
+            crate::tls::connect_bounded(&config)
                 .await
                 .map_err(|e| DbError::Connect {
                     target: format!("PgSQL node {label}"),
-                    reason: crate::tls::describe(&e, &config),
+                    reason: crate::tls::describe_connect(&e, &config),
                 })?;
         let task = tokio::spawn(conn);
-        let r = read_state(&client).await.map_err(|m| DbError::Client {
-            context: format!("querying PgSQL node {label}"),
-            reason: m,
-        });
-        drop(client);
-        let _ = task.await;
+        let work = read_state(&client);
+        let r = crate::tls::within_statement_limit(&config, &client, "reading its state", work)
+            .await
+            .and_then(|r| r)
+            .map_err(|m| DbError::Client {
+                context: format!("querying PgSQL node {label}"),
+                reason: m,
+            });
+        crate::node::finish(client, task).await;
         r
     }
 

@@ -22,11 +22,11 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use pgbackman_config::tls::SslMode;
-use pgbackman_config::{ConnConfig, RootCert, TlsSettings};
+use pgbackman_config::{ConnConfig, Limit, RootCert, TlsSettings};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -50,6 +50,140 @@ pub type Connection = tokio_postgres::Connection<Socket, TlsStream>;
 /// Connects as libpq would with `cfg`'s sslmode (see the module doc). Errors are tokio-postgres
 /// errors; [`describe`] turns them into a message saying what failed and what to do.
 pub async fn connect_raw(cfg: &ConnConfig) -> Result<(Client, Connection), tokio_postgres::Error> {
+    connect_tracked(cfg, &Progress::default()).await
+}
+
+/// How far a connection attempt got, for the message of a connect timeout: tokio-postgres calls
+/// the TLS factory once the TCP connection is up, and the TLS connector when the server agreed
+/// to TLS.
+#[derive(Clone, Default)]
+struct Progress(Arc<AtomicU8>);
+
+const TCP_UP: u8 = 1;
+const TLS_STARTED: u8 = 2;
+const TLS_DONE: u8 = 4;
+const ASKS_TLS: u8 = 8;
+
+impl Progress {
+    fn set(&self, bit: u8) {
+        self.0.fetch_or(bit, Ordering::SeqCst);
+    }
+
+    /// What the server did not answer, as a phrase after "no answer from HOST".
+    fn phase(&self) -> &'static str {
+        let p = self.0.load(Ordering::SeqCst);
+        if p & TCP_UP == 0 {
+            "to the TCP connection (connect)"
+        } else if p & TLS_STARTED != 0 && p & TLS_DONE == 0 {
+            "during the TLS handshake"
+        } else if p & ASKS_TLS != 0 && p & TLS_STARTED == 0 {
+            "to the TLS request or the startup message (TLS negotiation, startup and authentication)"
+        } else {
+            "to the startup message (startup and authentication)"
+        }
+    }
+}
+
+/// A node connection that failed: refused or broken ([`describe`] says why), or not established
+/// within its connect deadline.
+#[derive(Debug)]
+pub enum ConnectError {
+    Failed(tokio_postgres::Error),
+    TimedOut { phase: &'static str, limit: Limit },
+}
+
+/// [`connect_raw`] bounded as a whole (TCP, TLS handshake, startup and authentication) by
+/// `cfg.limits.connect` (tokio-postgres' own `connect_timeout` covers the TCP connect only, so
+/// a server that accepts and never answers would hang it for ever). Used for every connection
+/// to a PgSQL node.
+pub async fn connect_bounded(cfg: &ConnConfig) -> Result<(Client, Connection), ConnectError> {
+    let progress = Progress::default();
+    let Some(limit) = &cfg.limits.connect else {
+        return connect_tracked(cfg, &progress)
+            .await
+            .map_err(ConnectError::Failed);
+    };
+    match tokio::time::timeout(limit.after, connect_tracked(cfg, &progress)).await {
+        Ok(r) => r.map_err(ConnectError::Failed),
+        Err(_) => Err(ConnectError::TimedOut {
+            phase: progress.phase(),
+            limit: limit.clone(),
+        }),
+    }
+}
+
+/// A [`ConnectError`] in words: [`describe`] for a refusal; for a timeout, the address, what the
+/// server did not answer, the limit and the setting that controls it.
+pub fn describe_connect(e: &ConnectError, cfg: &ConnConfig) -> String {
+    match e {
+        ConnectError::Failed(e) => describe(e, cfg),
+        ConnectError::TimedOut { phase, limit } => {
+            let addr = address(cfg);
+            format!(
+                "timed out: no answer from {addr} {phase} within the connect timeout ({limit})
+\
+                 HINT: check that {addr} is a PostgreSQL server that is up and not overloaded \
+                 (a proxy, a firewall or a stopped server process can accept a connection and \
+                 never answer); raise {setting} only if the node is just slow to answer",
+                setting = setting_name(&limit.setting),
+            )
+        }
+    }
+}
+
+/// `[nodes] connect_timeout` out of "[nodes] connect_timeout in /etc/...".
+fn setting_name(setting: &str) -> &str {
+    setting.split(" in ").next().unwrap_or(setting)
+}
+
+/// `host:port` of the first host (what a timeout message names).
+pub fn address(cfg: &ConnConfig) -> String {
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let host = host_label(cfg);
+    let host = host.split(',').next().unwrap_or_default();
+    match host.contains(':') && !host.starts_with('/') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
+/// Runs `fut`, one statement (or a few) of our own on a node connection, within
+/// `cfg.limits.statement`. On time out, asks the server to cancel it (bounded by the connect
+/// deadline) and says which node, what and which setting. Unbounded when there is no limit.
+pub async fn within_statement_limit<T>(
+    cfg: &ConnConfig,
+    client: &Client,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> Result<T, String> {
+    let Some(limit) = &cfg.limits.statement else {
+        return Ok(fut.await);
+    };
+    match tokio::time::timeout(limit.after, fut).await {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            let _ = cancel_query(&client.cancel_token(), cfg).await;
+            Err(statement_timed_out(cfg, what, limit))
+        }
+    }
+}
+
+/// The message of a statement that hit its deadline.
+pub fn statement_timed_out(cfg: &ConnConfig, what: &str, limit: &Limit) -> String {
+    format!(
+        "timed out: no answer from {} while {what} within the statement timeout ({limit})
+\
+         HINT: check the node (a stopped or overloaded server, a lock held for long); raise {} \
+         only if the node is just slow to answer",
+        address(cfg),
+        setting_name(&limit.setting)
+    )
+}
+
+async fn connect_tracked(
+    cfg: &ConnConfig,
+    progress: &Progress,
+) -> Result<(Client, Connection), tokio_postgres::Error> {
     let mut pg = cfg.pg.clone();
     // tokio-postgres cannot do TLS without a host name; libpq then uses the address.
     if pg.get_hosts().is_empty() {
@@ -66,18 +200,19 @@ pub async fn connect_raw(cfg: &ConnConfig) -> Result<(Client, Connection), tokio
     };
     use tokio_postgres::config::SslMode as T;
     let done = |r: Attempt| r.map_err(|(e, _)| e);
+    let p = progress;
     match mode {
-        SslMode::Disable => done(attempt(&mut pg, T::Disable, &cfg.tls).await),
+        SslMode::Disable => done(attempt(&mut pg, T::Disable, &cfg.tls, p).await),
         // libpq retries with TLS only when the server answered the plain attempt with an error.
-        SslMode::Allow => match attempt(&mut pg, T::Disable, &cfg.tls).await {
+        SslMode::Allow => match attempt(&mut pg, T::Disable, &cfg.tls, p).await {
             Err((e, _)) if e.as_db_error().is_some() => {
-                done(attempt(&mut pg, T::Require, &cfg.tls).await)
+                done(attempt(&mut pg, T::Require, &cfg.tls, p).await)
             }
             r => done(r),
         },
         // libpq retries without TLS when a TLS attempt failed, in the handshake or after it.
-        SslMode::Prefer => match attempt(&mut pg, T::Prefer, &cfg.tls).await {
-            Err((e, true)) => match attempt(&mut pg, T::Disable, &cfg.tls).await {
+        SslMode::Prefer => match attempt(&mut pg, T::Prefer, &cfg.tls, p).await {
+            Err((e, true)) => match attempt(&mut pg, T::Disable, &cfg.tls, p).await {
                 Ok(ok) => Ok(ok),
                 // The TLS failure is the one worth reporting when the server refuses plain too.
                 Err(_) => Err(e),
@@ -85,7 +220,7 @@ pub async fn connect_raw(cfg: &ConnConfig) -> Result<(Client, Connection), tokio
             r => done(r),
         },
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-            done(attempt(&mut pg, T::Require, &cfg.tls).await)
+            done(attempt(&mut pg, T::Require, &cfg.tls, p).await)
         }
     }
 }
@@ -97,12 +232,19 @@ async fn attempt(
     pg: &mut tokio_postgres::Config,
     mode: tokio_postgres::config::SslMode,
     tls: &TlsSettings,
+    progress: &Progress,
 ) -> Attempt {
     pg.ssl_mode(mode);
+    let asks = match mode {
+        tokio_postgres::config::SslMode::Disable => 0,
+        _ => ASKS_TLS,
+    };
+    progress.0.store(asks, Ordering::SeqCst);
     let tried = Arc::new(AtomicBool::new(false));
     let maker = MakeTls {
         settings: Arc::new(tls.clone()),
         tried: tried.clone(),
+        progress: progress.clone(),
     };
     match pg.connect(maker).await {
         Ok(ok) => Ok(ok),
@@ -123,16 +265,24 @@ pub async fn connect(cfg: &ConnConfig, target: &str) -> Result<Client, DbError> 
 
 /// Sends a cancel request for `token`'s query with `cfg`'s TLS settings (a server that only
 /// accepts TLS also wants its cancel requests over TLS).
+/// Bounded by the connect deadline when there is one (a node that does not answer must not hang
+/// the cancel either): Ok(false) when it timed out.
 pub async fn cancel_query(
     token: &tokio_postgres::CancelToken,
     cfg: &ConnConfig,
-) -> Result<(), tokio_postgres::Error> {
-    token
-        .cancel_query(MakeTls {
-            settings: Arc::new(cfg.tls.clone()),
-            tried: Arc::default(),
-        })
-        .await
+) -> Result<bool, tokio_postgres::Error> {
+    let cancel = token.cancel_query(MakeTls {
+        settings: Arc::new(cfg.tls.clone()),
+        tried: Arc::default(),
+        progress: Progress::default(),
+    });
+    match &cfg.limits.connect {
+        Some(limit) => match tokio::time::timeout(limit.after, cancel).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        },
+        None => cancel.await.map(|()| true),
+    }
 }
 
 /// A connector for deadpool: connects with [`connect_raw`] (deadpool's own config is ignored: it
@@ -185,6 +335,14 @@ pub fn describe(e: &tokio_postgres::Error, cfg: &ConnConfig) -> String {
         return rustls_reason(r, &host, tls);
     }
     let plain = describe_plain(e);
+    if let Some(why) = &cfg.pgpass_ignored
+        && plain.contains("password missing")
+    {
+        return format!(
+            "the server asks for a password and none was found: {why}\nHINT: chmod 0600 the \
+             password file (or point PGPASSFILE / [agent] passfile to a private one)"
+        );
+    }
     if plain.contains("server does not support TLS") {
         return format!(
             "{plain}\nHINT: enable ssl on the server {host}, or use sslmode=prefer (or disable) for it"
@@ -306,11 +464,13 @@ pub struct SetupError(String);
 struct MakeTls {
     settings: Arc<TlsSettings>,
     tried: Arc<AtomicBool>,
+    progress: Progress,
 }
 
 struct Tls {
     settings: Arc<TlsSettings>,
     tried: Arc<AtomicBool>,
+    progress: Progress,
     hostname: String,
 }
 
@@ -320,9 +480,12 @@ impl MakeTlsConnect<Socket> for MakeTls {
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, hostname: &str) -> Result<Tls, io::Error> {
+        // tokio-postgres asks for the connector once the TCP connection is up.
+        self.progress.set(TCP_UP);
         Ok(Tls {
             settings: self.settings.clone(),
             tried: self.tried.clone(),
+            progress: self.progress.clone(),
             hostname: hostname.to_string(),
         })
     }
@@ -335,6 +498,7 @@ impl TlsConnect<Socket> for Tls {
 
     fn connect(self, stream: Socket) -> Self::Future {
         self.tried.store(true, Ordering::SeqCst);
+        self.progress.set(TLS_STARTED);
         Box::pin(async move {
             let settings = self.settings.clone();
             let mut config = tokio::task::spawn_blocking(move || client_config(&settings))
@@ -360,7 +524,9 @@ impl TlsConnect<Socket> for Tls {
                 &mut maker, hostname,
             )
             .map_err(io::Error::other)?;
-            tls.connect(stream).await
+            let stream = tls.connect(stream).await?;
+            self.progress.set(TLS_DONE);
+            Ok(stream)
         })
     }
 }
