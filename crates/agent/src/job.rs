@@ -230,7 +230,7 @@ async fn execute(
         &d.sslmode,
         &env,
     ) {
-        Ok(r) => r.config,
+        Ok(r) => ctx.cfg.nodes.applied(r.config),
         Err(e) => return failed(started, t.job_id, "connect", e.to_string()),
     };
     let facts = match pgbackman_db::node::node_facts(node_cfg, &label).await {
@@ -304,6 +304,7 @@ async fn execute(
             admin_dbname: d.admin_dbname.clone(),
             sslmode: d.sslmode.clone(),
             passfile: ctx.cfg.passfile.clone(),
+            timeouts: Some(ctx.cfg.nodes.clone()),
         },
         node_label: label,
         bin_dir,

@@ -825,6 +825,44 @@ impl Runner {
     }
 }
 
+/// `--check` lines for the password files: the nodes' (`[agent] passfile`, else PGPASSFILE,
+/// else ~/.pgpass) and the catalog's. A file libpq ignores (group or world access) is an error
+/// that says so and how to fix it: every connection needing a password would fail.
+fn pgpass_check(s: &Setup) -> Vec<(bool, String)> {
+    use pgbackman_config::PgpassStatus;
+    let mut out = Vec::new();
+    let passfile = s.cfg.passfile.clone();
+    let env = |k: &str| match (k, &passfile) {
+        ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
+        _ => pgbackman_config::real_env(k),
+    };
+    out.push(match pgbackman_config::pgpass_status(&env) {
+        PgpassStatus::Used(p) => (
+            true,
+            format!("password file for the PgSQL nodes: {} (private)", p.display()),
+        ),
+        PgpassStatus::Missing(Some(p)) if s.cfg.passfile.is_some() => (
+            false,
+            format!(
+                "password file for the PgSQL nodes: [agent] passfile {} does not exist; create it (mode 0600) or remove the setting",
+                p.display()
+            ),
+        ),
+        PgpassStatus::Missing(p) => (
+            true,
+            format!(
+                "no password file for the PgSQL nodes{} (fine with certificates, trust or peer authentication)",
+                p.map(|p| format!(" at {}", p.display())).unwrap_or_default()
+            ),
+        ),
+        PgpassStatus::Ignored(_, why) => (false, format!("PgSQL nodes: {why}")),
+    });
+    if let Some(why) = &s.catalog_cfg.pgpass_ignored {
+        out.push((false, format!("catalog connection: {why}")));
+    }
+    out
+}
+
 /// `--check`: every precondition of a working agent, each with OK or what to fix.
 async fn check(s: &Setup) -> Result<()> {
     let mut out = std::io::stdout();
@@ -857,6 +895,9 @@ async fn check(s: &Setup) -> Result<()> {
         Err(e) => line(false, format!("catalog: {e}")),
     }
     for (ok, what) in alerts::check(&s.cfg, &s.fqdn).await {
+        line(ok, what);
+    }
+    for (ok, what) in pgpass_check(s) {
         line(ok, what);
     }
     for (what, dir) in [

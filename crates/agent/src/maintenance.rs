@@ -172,7 +172,7 @@ async fn list_databases(ctx: &Ctx, n: &MaintenanceNode) -> Option<Vec<String>> {
         &n.sslmode,
         &env,
     ) {
-        Ok(r) => r.config,
+        Ok(r) => ctx.cfg.nodes.applied(r.config),
         Err(e) => {
             tracing::warn!(node = %label, "maintenance: {e}");
             return None;

@@ -119,7 +119,7 @@ async fn execute(
         &r.sslmode,
         &env,
     ) {
-        Ok(c) => c.config,
+        Ok(c) => ctx.cfg.nodes.applied(c.config),
         Err(e) => return failed(r.job_id, "connect", e.to_string()),
     };
     let facts = match pgbackman_db::node::node_facts(node_cfg, &label).await {
@@ -163,6 +163,7 @@ async fn execute(
             admin_dbname: r.admin_dbname.clone(),
             sslmode: r.sslmode.clone(),
             passfile: ctx.cfg.passfile.clone(),
+            timeouts: Some(ctx.cfg.nodes.clone()),
         },
         node_label: label,
         target_dbname: r.target_dbname.clone(),

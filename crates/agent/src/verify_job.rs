@@ -227,7 +227,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
         &node.sslmode,
         &env,
     ) {
-        Ok(r) => pgbackman_db::node::node_facts(r.config, &label)
+        Ok(r) => pgbackman_db::node::node_facts(ctx.cfg.nodes.applied(r.config), &label)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -244,6 +244,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
         admin_dbname: node.admin_dbname.clone(),
         sslmode: node.sslmode.clone(),
         passfile: ctx.cfg.passfile.clone(),
+        timeouts: Some(ctx.cfg.nodes.clone()),
     };
     drop_leftover_scratch(ctx, &conn, &label).await;
     let bin_dir = match client_for(ctx, i.client_version.as_deref(), server_major) {
@@ -296,7 +297,7 @@ async fn drop_leftover_scratch(ctx: &Ctx, node: &NodeConn, label: &str) {
         &node.sslmode,
         &env,
     ) {
-        Ok(r) => r.config,
+        Ok(r) => ctx.cfg.nodes.applied(r.config),
         Err(e) => return skip(e.to_string()),
     };
     let session = match pgbackman_db::introspect::connect(cfg, None).await {

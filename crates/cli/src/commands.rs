@@ -495,14 +495,17 @@ async fn delete_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output> 
 }
 
 /// Connects to a node and lists its databases; the error names the node and says what to check.
-async fn node_databases(n: &NodeInfo) -> Result<Vec<String>> {
-    Ok(node_facts(n).await?.databases)
+async fn node_databases(s: &Session, n: &NodeInfo) -> Result<Vec<String>> {
+    Ok(node_facts(s, n).await?.databases)
 }
 
-async fn node_facts(n: &NodeInfo) -> Result<node::NodeFacts> {
-    let cfg =
+/// Within the `[nodes]` deadlines of the config file: a node that does not answer costs a
+/// bounded wait and an error naming it and the setting.
+async fn node_facts(s: &Session, n: &NodeInfo) -> Result<node::NodeFacts> {
+    let mut cfg =
         pgbackman_config::node_config(&n.fqdn, n.port, &n.admin_user, &n.admin_dbname, &n.sslmode)
             .with_context(|| format!("PgSQL node {} (NodeID {})", n.fqdn, n.node_id))?;
+    s.config.node_timeouts()?.apply(&mut cfg);
     let facts = node::node_facts(cfg, &format!("{}:{} (NodeID {})", n.fqdn, n.port, n.node_id))
         .await
         .map_err(|e| match e.to_string().contains("\nHINT: ") {
@@ -519,7 +522,7 @@ async fn databases_without_definitions(s: &mut Session, inv: &Invocation) -> Res
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for n in &nodes {
-        match node_databases(n).await {
+        match node_databases(s, n).await {
             Ok(dbs) => {
                 let with: BTreeSet<String> = s
                     .catalog
@@ -629,7 +632,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         let sel: DbSelection = s.required(inv, "dbname", None)?.parse()?;
         let exceptions =
             model::parse_exceptions(&s.value(inv, "exceptions", Some(""))?.unwrap_or_default());
-        let on_node = node_databases(&node).await?;
+        let on_node = node_databases(s, &node).await?;
         let with = s.catalog.dbnames_with_definitions(node.node_id).await?;
         model::resolve_selection(&sel, &on_node, &with, &exceptions)
             .map_err(|e| anyhow::anyhow!("{e} (PgSQL node {})", node.fqdn))?
@@ -1038,7 +1041,7 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
         code,
     } = target(s, inv).await?;
     let get = |k: &str| cfg.get(k).cloned().unwrap_or_default();
-    let facts = node_facts(&node).await?;
+    let facts = node_facts(s, &node).await?;
     let dbnames = if code.is_cluster_wide() {
         vec![String::new()]
     } else {

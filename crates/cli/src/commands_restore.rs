@@ -98,16 +98,18 @@ fn yes_no(s: &mut Session, question: &str) -> Result<bool> {
     }
 }
 
-async fn probe(n: &NodeInfo) -> Result<TargetState> {
+async fn probe(s: &Session, n: &NodeInfo) -> Result<TargetState> {
     let label = format!("{}:{} (NodeID {})", n.fqdn, n.port, n.node_id);
-    let cfg =
+    let mut cfg =
         pgbackman_config::node_config(&n.fqdn, n.port, &n.admin_user, &n.admin_dbname, &n.sslmode)
             .with_context(|| format!("PgSQL node {label}"))?;
-    target::probe(cfg, &label).await.map_err(|e| {
-        anyhow::anyhow!(
+    s.config.node_timeouts()?.apply(&mut cfg);
+    target::probe(cfg, &label).await.map_err(|e| match e.to_string().contains("\nHINT: ") {
+        true => anyhow::anyhow!("{e}"), // already says what to do (a deadline, TLS, pgpass)
+        false => anyhow::anyhow!(
             "{e}\nHINT: the target must be reachable from here to decide the restore: check that the node is up, that pg_hba.conf admits {} from this host, and that a pgpass entry exists if it needs a password",
             n.admin_user
-        )
+        ),
     })
 }
 
@@ -308,7 +310,7 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         );
     }
 
-    let state = probe(&node).await?;
+    let state = probe(s, &node).await?;
     // The downgrade rule: a dump loads into its own major or a newer one.
     let target_major = state.server_version_num / 10000;
     if let Some(dump_major) = source

@@ -163,6 +163,12 @@ impl NodeTimeouts {
         };
     }
 
+    /// [`NodeTimeouts::apply`], by value.
+    pub fn applied(&self, mut cfg: crate::ConnConfig) -> crate::ConnConfig {
+        self.apply(&mut cfg);
+        cfg
+    }
+
     /// libpq conninfo keys for the client programs (pg_dump, pg_restore, psql): the connect
     /// timeout and the keepalives. No statement timeout: a dump or a restore may take hours.
     pub fn conninfo_params(&self) -> Vec<(&'static str, String)> {

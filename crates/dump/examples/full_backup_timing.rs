@@ -96,6 +96,7 @@ async fn main() {
                 admin_dbname: "postgres".into(),
                 sslmode: String::new(),
                 passfile: None,
+                timeouts: None,
             },
             node_label: "bench".into(),
             bin_dir: bin.clone(),

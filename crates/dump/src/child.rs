@@ -125,7 +125,8 @@ impl ChildCommand {
             format!("--username={}", node.user),
             "--no-password".into(),
         ];
-        full.extend(args);
+        let timeouts = node.timeouts.clone().unwrap_or_default();
+        full.extend(args.into_iter().map(|a| with_keepalives(a, &timeouts)));
         let mut env = vec![("PGAPPNAME".to_string(), application_name.to_string())];
         if !node.sslmode.is_empty() {
             env.push(("PGSSLMODE".into(), node.sslmode.clone()));
@@ -133,8 +134,17 @@ impl ChildCommand {
         if let Some(p) = &node.passfile {
             env.push(("PGPASSFILE".into(), p.to_string_lossy().into_owned()));
         }
-        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
-            env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
+        // Covers TCP, TLS and authentication in libpq (a node that never answers fails the
+        // child instead of hanging it until the maximum runtime).
+        match &node.timeouts {
+            Some(t) => env.push((
+                "PGCONNECT_TIMEOUT".into(),
+                t.connect.after.as_secs().to_string(),
+            )),
+            None if std::env::var_os("PGCONNECT_TIMEOUT").is_none() => {
+                env.push(("PGCONNECT_TIMEOUT".into(), "10".into()));
+            }
+            None => {}
         }
         ChildCommand {
             program: bin_dir.join(program),
@@ -157,6 +167,25 @@ impl ChildCommand {
             .map(|a| redact(&a))
             .collect()
     }
+}
+
+/// `--dbname=dbname=X` (and pg_dumpall's `--database=`) with libpq's TCP keepalive keys added
+/// to the connection string: they have no environment variable. pg_dumpall and pg_dump -j
+/// reuse the string for each of their connections.
+fn with_keepalives(arg: String, t: &pgbackman_config::NodeTimeouts) -> String {
+    let is_conninfo = ["--dbname=dbname=", "--database=dbname="]
+        .iter()
+        .any(|p| arg.starts_with(p));
+    if !is_conninfo {
+        return arg;
+    }
+    let mut arg = arg;
+    for (k, v) in t.conninfo_params() {
+        if k != "connect_timeout" {
+            arg.push_str(&format!(" {k}={v}"));
+        }
+    }
+    arg
 }
 
 /// Masks `password=...` in a conninfo-like argument.

@@ -10,7 +10,7 @@ use pgbackman_db::introspect::{self, NodeSession};
 
 use crate::spec::NodeConn;
 
-/// Connects to `dbname` on the node (10 s connect timeout, `application_name` set, password
+/// Connects to `dbname` on the node (within `node.timeouts`, `application_name` set, password
 /// only from the pgpass file) and prepares the session (see [`introspect::connect`]: ISO dates
 /// in UTC, no statement or idle-in-transaction timeout, `lock_timeout` as given, 10 s when
 /// not). Also returns the warnings of resolving the connection (e.g. about the pgpass file).
@@ -41,6 +41,9 @@ pub(crate) async fn connect(
     )
     .map_err(|e| e.to_string())?;
     let mut config = resolved.config;
+    if let Some(t) = &node.timeouts {
+        t.apply(&mut config);
+    }
     config.application_name(application_name);
     let session = introspect::connect(config, lock_timeout).await?;
     Ok((session, resolved.warnings))

@@ -408,7 +408,13 @@ impl Run<'_> {
             self.notes.push(w);
         }
         let facts = self
-            .guarded("connect", introspect::server_facts(&session.client))
+            .guarded(
+                "connect",
+                session.bounded(
+                    "reading its version",
+                    introspect::server_facts(&session.client),
+                ),
+            )
             .await?
             .map_err(|m| fail("connect", m))?;
         self.log.event(&format!(
@@ -436,7 +442,10 @@ impl Run<'_> {
             match self
                 .guarded(
                     "connect",
-                    introspect::database_size(&session.client, size_of),
+                    session.bounded(
+                        "reading the database size",
+                        introspect::database_size(&session.client, size_of),
+                    ),
                 )
                 .await?
             {
@@ -664,7 +673,10 @@ impl Run<'_> {
         let roles = self
             .guarded(
                 "roles",
-                introspect::capture_roles(&session.client, &spec.dbname, with_passwords),
+                session.bounded(
+                    "reading the roles the database needs",
+                    introspect::capture_roles(&session.client, &spec.dbname, with_passwords),
+                ),
             )
             .await?
             .map_err(|m| {
@@ -693,7 +705,10 @@ impl Run<'_> {
         let db = self
             .guarded(
                 "database",
-                introspect::capture_database(&session.client, &spec.dbname),
+                session.bounded(
+                    "reading the database's settings and grants",
+                    introspect::capture_database(&session.client, &spec.dbname),
+                ),
             )
             .await?
             .map_err(|m| {
@@ -877,7 +892,13 @@ impl Run<'_> {
         }
         if count_mode == RowCountMode::Exact {
             match self
-                .guarded(step, introspect::export_snapshot(&session.client))
+                .guarded(
+                    step,
+                    session.bounded(
+                        "exporting a snapshot",
+                        introspect::export_snapshot(&session.client),
+                    ),
+                )
                 .await?
             {
                 Ok(id) => snapshot = Some(id),
@@ -891,7 +912,10 @@ impl Run<'_> {
         }
         if count_mode != RowCountMode::Off {
             match self
-                .guarded(step, introspect::list_tables(&session.client))
+                .guarded(
+                    step,
+                    session.bounded("listing the tables", introspect::list_tables(&session.client)),
+                )
                 .await?
             {
                 Ok(t) => tables = t,

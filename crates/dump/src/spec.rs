@@ -25,6 +25,11 @@ pub struct NodeConn {
     pub sslmode: String,
     /// pgpass file given to every connection (`PGPASSFILE` for the children).
     pub passfile: Option<PathBuf>,
+    /// Deadlines of the connections (`[nodes]` of the config file): connect and statement
+    /// timeouts of our own sessions, connect timeout and keepalives of the children (never a
+    /// statement timeout: a dump may take hours). None: the defaults (and PGCONNECT_TIMEOUT).
+    #[serde(skip)]
+    pub timeouts: Option<pgbackman_config::NodeTimeouts>,
 }
 
 /// Output format of a database dump (FULL, SCHEMA, DATA). CLUSTER and GLOBALS are always SQL

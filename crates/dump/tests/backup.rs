@@ -934,6 +934,7 @@ fn run_future_is_send_and_spec_serializes() {
             admin_dbname: "postgres".into(),
             sslmode: "require".into(),
             passfile: Some("/p".into()),
+            timeouts: None,
         },
         node_label: "h:5432".into(),
         bin_dir: "/b".into(),

@@ -24,6 +24,7 @@ pub fn conn(pg: &TestCluster) -> NodeConn {
         admin_dbname: "postgres".into(),
         sslmode: String::new(),
         passfile: None,
+        timeouts: None,
     }
 }
 
