@@ -39,13 +39,21 @@ pub struct NodesSection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
     pub after: Duration,
-    /// E.g. `[nodes] connect_timeout in /etc/pgbackman/pgbackman.toml`, or `PGCONNECT_TIMEOUT`.
+    /// E.g. `[nodes] connect_timeout`, or `PGCONNECT_TIMEOUT`.
     pub setting: String,
+    /// Where the value comes from: `in /etc/pgbackman/pgbackman.toml`, `(default)`, ...
+    pub origin: String,
 }
 
 impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} s, set by {}", self.after.as_secs(), self.setting)
+        write!(
+            f,
+            "{} s, set by {} {}",
+            self.after.as_secs(),
+            self.setting,
+            self.origin
+        )
     }
 }
 
@@ -85,9 +93,12 @@ impl NodeTimeouts {
         file: Option<&Path>,
         env: Env,
     ) -> Result<NodeTimeouts, ConfigError> {
-        let in_file = |key: &str| match file {
-            Some(p) => format!("[nodes] {key} in {}", p.display()),
-            None => format!("[nodes] {key} in the config file"),
+        let in_file = |key: &str| {
+            let origin = match file {
+                Some(p) => format!("in {}", p.display()),
+                None => "in the config file".into(),
+            };
+            (format!("[nodes] {key}"), origin)
         };
         let bad = |key: &'static str, value: String| ConfigError::Value {
             path: file.map(Path::to_path_buf).unwrap_or_default(),
@@ -104,12 +115,17 @@ impl NodeTimeouts {
             {
                 Some(s) => limit(
                     s.unsigned_abs(),
-                    "PGCONNECT_TIMEOUT (or [nodes] connect_timeout in the config file)".into(),
+                    (
+                        "PGCONNECT_TIMEOUT".into(),
+                        "in the environment ([nodes] connect_timeout overrides it)".into(),
+                    ),
                 ),
                 None => limit(
                     DEFAULT_CONNECT_SECONDS,
-                    "[nodes] connect_timeout in the config file (default 10 s; or PGCONNECT_TIMEOUT)"
-                        .into(),
+                    (
+                        "[nodes] connect_timeout".into(),
+                        "(the default; or PGCONNECT_TIMEOUT)".into(),
+                    ),
                 ),
             },
         };
@@ -118,7 +134,10 @@ impl NodeTimeouts {
             Some(s) => limit(s, in_file("statement_timeout")),
             None => limit(
                 DEFAULT_STATEMENT_SECONDS,
-                "[nodes] statement_timeout in the config file (default 30 s)".into(),
+                (
+                    "[nodes] statement_timeout".into(),
+                    "(the default)".into(),
+                ),
             ),
         };
         let secs = |v: Option<u64>, key: &'static str, default: u64| match v {
@@ -188,10 +207,11 @@ impl NodeTimeouts {
     }
 }
 
-fn limit(secs: u64, setting: String) -> Limit {
+fn limit(secs: u64, (setting, origin): (String, String)) -> Limit {
     Limit {
         after: Duration::from_secs(secs),
         setting,
+        origin,
     }
 }
 
@@ -213,11 +233,11 @@ mod tests {
         let zero = |k: &str| (k == "PGCONNECT_TIMEOUT").then(|| "0".to_string());
         let d = NodeTimeouts::resolve(&NodesSection::default(), None, &none).unwrap();
         assert_eq!(d.connect.after, Duration::from_secs(10));
-        assert!(d.connect.setting.contains("[nodes] connect_timeout"));
+        assert_eq!(d.connect.setting, "[nodes] connect_timeout");
         assert_eq!(d.statement.after, Duration::from_secs(30));
         let e = NodeTimeouts::resolve(&NodesSection::default(), None, &env).unwrap();
         assert_eq!(e.connect.after, Duration::from_secs(4));
-        assert!(e.connect.setting.starts_with("PGCONNECT_TIMEOUT"));
+        assert_eq!(e.connect.setting, "PGCONNECT_TIMEOUT");
         // libpq's "0 = wait forever" is not honoured for nodes: the default applies.
         let z = NodeTimeouts::resolve(&NodesSection::default(), None, &zero).unwrap();
         assert_eq!(z.connect.after, Duration::from_secs(10));

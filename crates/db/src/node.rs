@@ -59,15 +59,16 @@ pub async fn node_facts(
 }
 
 /// The defaults of a short admin session: 10 s connect deadline when none is set (a config
-/// made without `node_config`), `application_name`, and the statement deadline also as the
-/// session's `statement_timeout`, so that the server gives up a slow query by itself.
+/// made without `node_config`), `application_name`, and the statement deadline (plus 1 s, so
+/// that our own timeout, which names the setting, comes first) also as the session's
+/// `statement_timeout`: the server gives up a query we gave up, even if the cancel is lost.
 pub(crate) fn admin_session(config: &mut pgbackman_config::ConnConfig) {
     default_limits(config);
     config.application_name("pgbackman");
     if let Some(limit) = &config.limits.statement
         && config.get_options().is_none()
     {
-        let ms = limit.after.as_millis().min(i32::MAX as u128);
+        let ms = (limit.after.as_millis() + 1000).min(i32::MAX as u128);
         config.options(format!("-c statement_timeout={ms}"));
     }
 }
@@ -80,7 +81,8 @@ pub(crate) fn default_limits(config: &mut pgbackman_config::ConnConfig) {
         if let Some(given) = config.get_connect_timeout() {
             t.connect = pgbackman_config::Limit {
                 after: *given,
-                setting: "connect_timeout of the connection string (or PGCONNECT_TIMEOUT)".into(),
+                setting: "connect_timeout".into(),
+                origin: "of the connection string (or PGCONNECT_TIMEOUT)".into(),
             };
         }
         t.apply(config);

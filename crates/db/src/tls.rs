@@ -125,15 +125,10 @@ pub fn describe_connect(e: &ConnectError, cfg: &ConnConfig) -> String {
                  HINT: check that {addr} is a PostgreSQL server that is up and not overloaded \
                  (a proxy, a firewall or a stopped server process can accept a connection and \
                  never answer); raise {setting} only if the node is just slow to answer",
-                setting = setting_name(&limit.setting),
+                setting = limit.setting,
             )
         }
     }
-}
-
-/// `[nodes] connect_timeout` out of "[nodes] connect_timeout in /etc/...".
-fn setting_name(setting: &str) -> &str {
-    setting.split(" in ").next().unwrap_or(setting)
 }
 
 /// `host:port` of the first host (what a timeout message names).
@@ -176,7 +171,7 @@ pub fn statement_timed_out(cfg: &ConnConfig, what: &str, limit: &Limit) -> Strin
          HINT: check the node (a stopped or overloaded server, a lock held for long); raise {} \
          only if the node is just slow to answer",
         address(cfg),
-        setting_name(&limit.setting)
+        limit.setting
     )
 }
 
@@ -339,8 +334,8 @@ pub fn describe(e: &tokio_postgres::Error, cfg: &ConnConfig) -> String {
         && plain.contains("password missing")
     {
         return format!(
-            "the server asks for a password and none was found: {why}\nHINT: chmod 0600 the \
-             password file (or point PGPASSFILE / [agent] passfile to a private one)"
+            "the server asks for a password and none was found: {why}\nHINT: make the file \
+             private as said, or point PGPASSFILE (for the agent: [agent] passfile) to a private one"
         );
     }
     if plain.contains("server does not support TLS") {

@@ -30,7 +30,10 @@ use nix::sys::statvfs::statvfs;
 use nix::unistd::{Pid, Uid};
 use pgbackman_pgctl::{Cluster, StopMode, find_bin_dir, free_port, server_version};
 
+mod silent;
 pub mod tls;
+
+pub use silent::{Silence, SilentNode};
 
 /// Server settings of every test cluster: durability off, small footprint.
 const SETTINGS: &[(&str, &str)] = &[
