@@ -98,10 +98,7 @@ fn shell_commands_give_up_on_a_silent_node_within_the_connect_timeout() {
             .lines()
             .find(|l| l.contains(&format!(":{} (NodeID", n.port())))
             .unwrap_or_else(|| panic!("no line for port {}:\n{}", n.port(), r.stderr));
-        assert!(
-            line.contains("timed out") && line.contains(phase),
-            "{line}"
-        );
+        assert!(line.contains("timed out") && line.contains(phase), "{line}");
         assert!(
             line.contains("within the connect timeout (2 s, set by [nodes] connect_timeout in "),
             "{line}"
@@ -121,7 +118,8 @@ fn shell_commands_give_up_on_a_silent_node_within_the_connect_timeout() {
     assert!(took < Duration::from_secs(8), "{took:?}");
     assert_ne!(r.code, 0);
     assert!(
-        r.stderr.contains(&format!("PgSQL node 127.0.0.4:{}", mute.port()))
+        r.stderr
+            .contains(&format!("PgSQL node 127.0.0.4:{}", mute.port()))
             && r.stderr.contains("[nodes] connect_timeout")
             && r.stderr.contains("HINT: check that 127.0.0.4:"),
         "{}",
@@ -131,8 +129,13 @@ fn shell_commands_give_up_on_a_silent_node_within_the_connect_timeout() {
 
     // sslmode=disable: no TLS request, so the startup message is what is not answered; and
     // without a [nodes] setting, PGCONNECT_TIMEOUT bounds it and is named.
-    env.cmd("update_pgsql_node 127.0.0.5 --sslmode disable").ok();
-    let mut c = shell(&env, "", "register_backup_definition bs1.example.org 127.0.0.5 shop");
+    env.cmd("update_pgsql_node 127.0.0.5 --sslmode disable")
+        .ok();
+    let mut c = shell(
+        &env,
+        "",
+        "register_backup_definition bs1.example.org 127.0.0.5 shop",
+    );
     c.env("PGCONNECT_TIMEOUT", "1");
     let (r, took) = run_within(c, limit);
     assert!(took < Duration::from_secs(6), "{took:?}");
@@ -157,7 +160,12 @@ fn a_run_now_backup_against_a_silent_node_fails_within_its_deadline() {
     // A cluster-wide code needs no database list, so the definition registers without the node.
     env.cmd("register_backup_definition bs1.example.org 127.0.0.4 \"\" \"\" 0 3 \"*\" \"*\" \"*\" GLOBALS")
         .ok();
-    let a = Agent::start_with(&env, "bs1.example.org", None, "[nodes]\nconnect_timeout = 2\n");
+    let a = Agent::start_with(
+        &env,
+        "bs1.example.org",
+        None,
+        "[nodes]\nconnect_timeout = 2\n",
+    );
     let t = Instant::now();
     env.cmd("run_backup_definition_now 1").ok();
     wait_for(
@@ -197,7 +205,11 @@ fn an_ignored_password_file_is_named_with_why_and_the_fix() {
     );
     let hba = s.node.data_dir().join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(&hba, format!("host all secure 127.0.0.0/8 scram-sha-256\n{old}")).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all secure 127.0.0.0/8 scram-sha-256\n{old}"),
+    )
+    .unwrap();
     s.node.psql("postgres", "select pg_reload_conf()");
     s.env.cmd("update_pgsql_node 127.0.0.2 \"\" secure").ok();
     let pgpass = s.env.home.path().join(".pgpass");
@@ -229,10 +241,11 @@ fn an_ignored_password_file_is_named_with_why_and_the_fix() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success(), "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("[ERROR] PgSQL nodes: password file")
-            && l.contains("is ignored")
-            && l.contains("0644")
-            && l.contains(&format!("chmod 0600 {shown}"))),
+        out.lines()
+            .any(|l| l.starts_with("[ERROR] PgSQL nodes: password file")
+                && l.contains("is ignored")
+                && l.contains("0644")
+                && l.contains(&format!("chmod 0600 {shown}"))),
         "{out}"
     );
     // Fixed as told: the shell works and --check says OK for the file.
@@ -243,7 +256,9 @@ fn an_ignored_password_file_is_named_with_why_and_the_fix() {
     let o = a.command().arg("--check").output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains(&format!("[OK] password file for the PgSQL nodes: {shown} (private)")),
+        out.contains(&format!(
+            "[OK] password file for the PgSQL nodes: {shown} (private)"
+        )),
         "{out}"
     );
 }

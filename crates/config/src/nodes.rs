@@ -134,10 +134,7 @@ impl NodeTimeouts {
             Some(s) => limit(s, in_file("statement_timeout")),
             None => limit(
                 DEFAULT_STATEMENT_SECONDS,
-                (
-                    "[nodes] statement_timeout".into(),
-                    "(the default)".into(),
-                ),
+                ("[nodes] statement_timeout".into(), "(the default)".into()),
             ),
         };
         let secs = |v: Option<u64>, key: &'static str, default: u64| match v {
@@ -263,7 +260,10 @@ mod tests {
             ..NodesSection::default()
         };
         let err = NodeTimeouts::resolve(&bad, Some(Path::new("/p.toml")), &none).unwrap_err();
-        assert!(err.to_string().contains("[nodes] statement_timeout"), "{err}");
+        assert!(
+            err.to_string().contains("[nodes] statement_timeout"),
+            "{err}"
+        );
     }
 
     #[test]

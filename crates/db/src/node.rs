@@ -22,12 +22,13 @@ pub async fn node_facts(
 ) -> Result<NodeFacts, DbError> {
     let mut config = config.into();
     admin_session(&mut config);
-    let (client, conn) = crate::tls::connect_bounded(&config)
-        .await
-        .map_err(|e| DbError::Connect {
-            target: format!("PgSQL node {label}"),
-            reason: crate::tls::describe_connect(&e, &config),
-        })?;
+    let (client, conn) =
+        crate::tls::connect_bounded(&config)
+            .await
+            .map_err(|e| DbError::Connect {
+                target: format!("PgSQL node {label}"),
+                reason: crate::tls::describe_connect(&e, &config),
+            })?;
     let task = tokio::spawn(conn);
     let work = async {
         let v = crate::introspect::read_server_facts(&client).await?;
@@ -40,20 +41,16 @@ pub async fn node_facts(
             databases: dbs.iter().map(|r| r.get(0)).collect(),
         })
     };
-    let result = match crate::tls::within_statement_limit(
-        &config,
-        &client,
-        "listing its databases",
-        work,
-    )
-    .await
-    {
-        Ok(r) => r.map_err(|e| DbError::client(format!("querying PgSQL node {label}"), e)),
-        Err(reason) => Err(DbError::Client {
-            context: format!("PgSQL node {label}"),
-            reason,
-        }),
-    };
+    let result =
+        match crate::tls::within_statement_limit(&config, &client, "listing its databases", work)
+            .await
+        {
+            Ok(r) => r.map_err(|e| DbError::client(format!("querying PgSQL node {label}"), e)),
+            Err(reason) => Err(DbError::Client {
+                context: format!("PgSQL node {label}"),
+                reason,
+            }),
+        };
     finish(client, task).await;
     result
 }

@@ -914,7 +914,10 @@ impl Run<'_> {
             match self
                 .guarded(
                     step,
-                    session.bounded("listing the tables", introspect::list_tables(&session.client)),
+                    session.bounded(
+                        "listing the tables",
+                        introspect::list_tables(&session.client),
+                    ),
                 )
                 .await?
             {

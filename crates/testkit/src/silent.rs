@@ -22,6 +22,9 @@ pub enum Silence {
     /// Answers a TLS request with "no TLS" ('N', as a server without ssl), reads the startup
     /// message, then never answers: the client waits for the authentication request.
     AfterStartup,
+    /// Answers a TLS request with "yes" ('S'), then never answers: the client waits in the TLS
+    /// handshake.
+    InTlsHandshake,
 }
 
 /// The fake node; stopped on drop (its connections closed).
@@ -56,8 +59,8 @@ impl SilentNode {
                 if let Ok(keep) = conn.try_clone() {
                     a.lock().unwrap().push(keep);
                 }
-                if silence == Silence::AfterStartup {
-                    std::thread::spawn(move || stall_after_startup(conn));
+                if silence != Silence::AtOnce {
+                    std::thread::spawn(move || stall(conn, silence));
                 }
             }
         });
@@ -80,10 +83,10 @@ impl SilentNode {
     }
 }
 
-/// Reads one message (length-prefixed, after no type byte: startup phase), answers an
-/// SSLRequest or GSSENCRequest with 'N' and goes on reading; stops answering after the startup
-/// message.
-fn stall_after_startup(mut conn: TcpStream) {
+/// Reads the startup-phase messages (length-prefixed, no type byte): a GSSENCRequest gets 'N',
+/// an SSLRequest 'N' (or 'S', then silence, for [`Silence::InTlsHandshake`]); stops answering
+/// after the startup message.
+fn stall(mut conn: TcpStream, silence: Silence) {
     const SSL_REQUEST: u32 = 80_877_103;
     const GSSENC_REQUEST: u32 = 80_877_104;
     loop {
@@ -93,6 +96,12 @@ fn stall_after_startup(mut conn: TcpStream) {
         }
         let len = u32::from_be_bytes(head[0..4].try_into().unwrap()) as usize;
         let code = u32::from_be_bytes(head[4..8].try_into().unwrap());
+        if code == SSL_REQUEST && silence == Silence::InTlsHandshake {
+            if conn.write_all(b"S").is_err() {
+                return;
+            }
+            break;
+        }
         if code == SSL_REQUEST || code == GSSENC_REQUEST {
             if conn.write_all(b"N").is_err() {
                 return;
@@ -103,7 +112,7 @@ fn stall_after_startup(mut conn: TcpStream) {
         let _ = conn.read_exact(&mut rest);
         break;
     }
-    // The startup message is read: hold the connection open, say nothing.
+    // Hold the connection open, say nothing.
     let mut sink = [0u8; 1024];
     while conn.read(&mut sink).is_ok_and(|n| n > 0) {}
 }
