@@ -126,7 +126,15 @@ impl ChildCommand {
             "--no-password".into(),
         ];
         let timeouts = node.timeouts.clone().unwrap_or_default();
-        full.extend(args.into_iter().map(|a| with_keepalives(a, &timeouts)));
+        // Keepalives are TCP's: a unix socket (a directory as host) takes none.
+        let tcp = !node.host.starts_with('/');
+        full.extend(args.into_iter().map(|a| {
+            if tcp {
+                with_keepalives(a, &timeouts)
+            } else {
+                a
+            }
+        }));
         let mut env = vec![("PGAPPNAME".to_string(), application_name.to_string())];
         if !node.sslmode.is_empty() {
             env.push(("PGSSLMODE".into(), node.sslmode.clone()));
