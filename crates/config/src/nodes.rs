@@ -267,6 +267,24 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_set_them() {
+        for f in ["pgbackman.toml", "pgbackman-agent.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc").join(f);
+            let c = crate::load_from(&[], Some(&p)).unwrap();
+            let t = c.node_timeouts().unwrap();
+            assert_eq!(t.connect.after, Duration::from_secs(10), "{f}");
+            assert_eq!(t.statement.after, Duration::from_secs(30), "{f}");
+            assert!(t.connect.origin.ends_with(f), "{f}: {}", t.connect);
+        }
+        // A bad value is refused when the file is read, naming the key.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.toml");
+        std::fs::write(&p, "[nodes]\nconnect_timeout = 0\n").unwrap();
+        let e = crate::load_from(&[], Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("[nodes] connect_timeout") && e.contains("x.toml"), "{e}");
+    }
+
+    #[test]
     fn applied_to_a_connection() {
         let mut c = crate::ConnConfig::from(tokio_postgres::Config::new());
         let t = NodeTimeouts::default();
