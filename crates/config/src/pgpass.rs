@@ -264,14 +264,28 @@ pub(crate) mod tests {
             let r = resolve("host=db1", &env_with(&p, &[])).unwrap();
             assert_eq!(r.config.get_password(), None);
             assert_eq!(r.warnings.len(), 1);
-            assert!(
-                r.warnings[0].contains("pgpass") && r.warnings[0].contains("0600"),
-                "{:?}",
-                r.warnings
+            let shown = p.display();
+            assert_eq!(
+                r.warnings[0],
+                format!(
+                    "password file {shown} is ignored: its mode {mode:04o} gives group or world \
+                     access, and libpq (like pgbackman and pg_dump) reads it only when it is u=rw \
+                     (0600) or less; fix it with: chmod 0600 {shown}"
+                )
             );
             assert!(!r.warnings[0].contains("secret"));
+            // Kept with the connection, for the error when the server asks for a password.
+            assert_eq!(r.config.pgpass_ignored.as_ref(), Some(&r.warnings[0]));
+            assert_eq!(
+                pgpass_status(&env_with(&p, &[])),
+                PgpassStatus::Ignored(p.clone(), r.warnings[0].clone())
+            );
         }
         chmod(&p, 0o400);
+        assert_eq!(
+            pgpass_status(&env_with(&p, &[])),
+            PgpassStatus::Used(p.clone())
+        );
         assert_eq!(
             resolve("host=db1", &env_with(&p, &[]))
                 .unwrap()
