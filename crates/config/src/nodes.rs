@@ -269,7 +269,9 @@ mod tests {
     #[test]
     fn the_example_configs_set_them() {
         for f in ["pgbackman.toml", "pgbackman-agent.toml"] {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc").join(f);
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../etc")
+                .join(f);
             let c = crate::load_from(&[], Some(&p)).unwrap();
             let t = c.node_timeouts().unwrap();
             assert_eq!(t.connect.after, Duration::from_secs(10), "{f}");
@@ -281,7 +283,10 @@ mod tests {
         let p = d.path().join("x.toml");
         std::fs::write(&p, "[nodes]\nconnect_timeout = 0\n").unwrap();
         let e = crate::load_from(&[], Some(&p)).unwrap_err().to_string();
-        assert!(e.contains("[nodes] connect_timeout") && e.contains("x.toml"), "{e}");
+        assert!(
+            e.contains("[nodes] connect_timeout") && e.contains("x.toml"),
+            "{e}"
+        );
     }
 
     #[test]
