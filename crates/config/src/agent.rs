@@ -194,7 +194,7 @@ impl FileConfig {
             .path
             .clone()
             .unwrap_or_else(|| PathBuf::from("(no config file)"));
-        let a: AgentSection = match &self.agent {
+        let mut a: AgentSection = match &self.agent {
             None => AgentSection::default(),
             Some(t) => t
                 .clone()
@@ -205,7 +205,6 @@ impl FileConfig {
                 })?,
         };
         check(&a, &path)?;
-        let mut a = a;
         a.nodes = self.node_timeouts()?;
         Ok(a)
     }
