@@ -452,8 +452,10 @@ impl HeldRestore {
 
     fn wait_started(&self, a: &Agent) {
         let needle = self.bin.path().display().to_string();
+        // A drill lists the archive first (`pg_restore --list`, not held): only a held data
+        // load counts, or the test races ahead of the scratch database.
         wait_until("pg_restore to start", 30, a, || {
-            !processes_with(&needle).is_empty()
+            processes_with(&needle).iter().any(|c| !c.contains("--list"))
         });
     }
 
