@@ -270,8 +270,10 @@ impl Catalog {
         config.keepalives_interval(Duration::from_secs(10));
         config.keepalives_retries(3);
         config.tcp_user_timeout(Duration::from_secs(60));
-        // No catalog call may block forever on a lock either.
-        let statement = deadline.unwrap_or(Duration::from_secs(60));
+        // No catalog call may block forever on a lock either. With a deadline, the server gives
+        // up first (at three quarters of it): a lock wait then ends as a definite error, not as
+        // a statement that may still commit after the agent stopped waiting.
+        let statement = deadline.map_or(Duration::from_secs(60), |d| d * 3 / 4);
         let options = format!(
             "{} -c statement_timeout={}ms",
             config.get_options().unwrap_or_default(),
