@@ -151,13 +151,19 @@ fn three_minutes_of(
     let t0 = Instant::now();
 
     // First fire-minute: every fire runs, offline, and is spooled, on both agents.
-    wait_until("the first minute's fires in both spools", 100, &[&*a, &*b], || {
-        spooled_offline_fires(a) >= DEFS && spooled_offline_fires(b) >= DEFS
-    });
+    wait_until(
+        "the first minute's fires in both spools",
+        100,
+        &[&*a, &*b],
+        || spooled_offline_fires(a) >= DEFS && spooled_offline_fires(b) >= DEFS,
+    );
     for x in [&*a, &*b] {
         let h = x.http_get("/healthz");
         assert!(h.contains("\"status\":\"degraded\""), "{h}\n{}", x.log());
-        assert!(h.contains("\"call\":\""), "the failing calls are named: {h}");
+        assert!(
+            h.contains("\"call\":\""),
+            "the failing calls are named: {h}"
+        );
         assert!(
             x.http_get("/metrics")
                 .contains("pgbackman_agent_catalog_degraded 1")
@@ -191,22 +197,31 @@ fn three_minutes_of(
     wait_until("a restart from the cache", 10 + TIMEOUT, &[&*a], || {
         a.log().contains("running from the cached definitions")
     });
-    eprintln!("SIGTERM honoured in {stop:?}; restart ran from its cache after {:?}", t.elapsed());
+    eprintln!(
+        "SIGTERM honoured in {stop:?}; restart ran from its cache after {:?}",
+        t.elapsed()
+    );
     assert!(
-        a.http_get("/healthz")
-            .contains("\"status\":\"degraded\""),
+        a.http_get("/healthz").contains("\"status\":\"degraded\""),
         "{}",
         a.log()
     );
 
     // Three fire-minutes in all, spooled on both agents.
-    wait_until("three minutes of fires in both spools", 200, &[&*a, &*b], || {
-        spooled_offline_fires(a) >= 3 * DEFS && spooled_offline_fires(b) >= 3 * DEFS
-    });
+    wait_until(
+        "three minutes of fires in both spools",
+        200,
+        &[&*a, &*b],
+        || spooled_offline_fires(a) >= 3 * DEFS && spooled_offline_fires(b) >= 3 * DEFS,
+    );
     wait_until("both agents idle", 60, &[&*a, &*b], || {
         running_jobs(a) == 0 && running_jobs(b) == 0
     });
-    assert!(t0.elapsed() < Duration::from_secs(4 * 60), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(4 * 60),
+        "{:?}",
+        t0.elapsed()
+    );
     heal(&f.env);
     let back = Instant::now();
     wait_until("both spools to drain", 60, &[&*a, &*b], || {
@@ -325,7 +340,10 @@ fn a_lock_held_on_the_job_table_for_three_fire_minutes_loses_no_fire() {
             let held = "select count(*) from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'job' and l.mode = 'AccessExclusiveLock' and l.granted";
             let t = Instant::now();
             while env.sql(held) != "1" {
-                assert!(t.elapsed() < Duration::from_secs(10), "the lock was not taken");
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "the lock was not taken"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         },
@@ -347,7 +365,11 @@ struct Frozen(Vec<nix::unistd::Pid>);
 impl Frozen {
     fn freeze(env: &common::Env) -> Frozen {
         use nix::sys::signal::{Signal, kill};
-        let pm = env.catalog.cluster().postmaster_pid().expect("catalog postmaster");
+        let pm = env
+            .catalog
+            .cluster()
+            .postmaster_pid()
+            .expect("catalog postmaster");
         let pm = nix::unistd::Pid::from_raw(pm);
         // The postmaster first: once it is stopped it forks no new backend.
         kill(pm, Signal::SIGSTOP).unwrap();

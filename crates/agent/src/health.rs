@@ -150,7 +150,10 @@ impl Health {
     }
 
     pub fn set_online(&self) {
-        let from = CatalogState::from_u8(self.state.swap(CatalogState::Online as u8, Ordering::SeqCst));
+        let from = CatalogState::from_u8(
+            self.state
+                .swap(CatalogState::Online as u8, Ordering::SeqCst),
+        );
         if from != CatalogState::Online {
             let since = *lock(&self.since);
             *lock(&self.since) = Utc::now();

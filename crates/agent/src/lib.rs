@@ -298,7 +298,9 @@ async fn wait_for_catalog(catalog: &Catalog, fqdn: &str, stop: &CancellationToke
         match catalog.within("probe", probe(catalog, fqdn)).await {
             Ok(id) => return Ok(id),
             Err(e) if e.is_unreachable() => {
-                tracing::warn!("catalog unreachable and no definition cache: {e}; retrying in {delay:?}");
+                tracing::warn!(
+                    "catalog unreachable and no definition cache: {e}; retrying in {delay:?}"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => bail!("stopped before the catalog could be reached"),
@@ -367,7 +369,10 @@ async fn fail_interrupted_jobs(ctx: &Ctx) {
             )
             .await
         {
-            Ok(_) => tracing::warn!(job_id, "job interrupted by an agent stop recorded as failed"),
+            Ok(_) => tracing::warn!(
+                job_id,
+                "job interrupted by an agent stop recorded as failed"
+            ),
             Err(e) => {
                 tracing::warn!(job_id, "could not record the interrupted job: {e}");
                 if e.is_unreachable() {

@@ -45,7 +45,10 @@ impl crate::Runner {
 
 async fn queue_due_drills(ctx: &Ctx, tz: Tz, now: DateTime<Utc>) {
     let schedules = match ctx
-        .db("drill_schedules", ctx.catalog.drill_schedules(ctx.server_id))
+        .db(
+            "drill_schedules",
+            ctx.catalog.drill_schedules(ctx.server_id),
+        )
         .await
     {
         Ok(s) => s,

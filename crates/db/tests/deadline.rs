@@ -98,10 +98,17 @@ async fn a_call_blocked_by_a_lock_ends_at_its_deadline_and_the_handle_recovers()
         )
         .await
         .unwrap();
-    assert!(r.is_some(), "the statements cancelled on the server left no row");
+    assert!(
+        r.is_some(),
+        "the statements cancelled on the server left no row"
+    );
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert_eq!(
-        one(&c, "select count(*) from job where scheduled_for = '2026-11-21T02:01:00Z'").await,
+        one(
+            &c,
+            "select count(*) from job where scheduled_for = '2026-11-21T02:01:00Z'"
+        )
+        .await,
         "1"
     );
 }
@@ -109,8 +116,8 @@ async fn a_call_blocked_by_a_lock_ends_at_its_deadline_and_the_handle_recovers()
 #[tokio::test(flavor = "current_thread")]
 async fn a_fire_recorded_by_a_call_that_timed_out_is_completed_by_the_replay() {
     let (_pg, cfg, c) = catalog().await;
-    let cat = Catalog::lazy_with_deadline(cfg, "agent", "test catalog", Duration::from_secs(2))
-        .unwrap();
+    let cat =
+        Catalog::lazy_with_deadline(cfg, "agent", "test catalog", Duration::from_secs(2)).unwrap();
     let lease = Duration::from_secs(60);
     let result = serde_json::json!({"execution_status": "SUCCEEDED",
         "started": "2026-11-21T02:00:01Z", "finished": "2026-11-21T02:00:05Z",
@@ -127,11 +134,19 @@ async fn a_fire_recorded_by_a_call_that_timed_out_is_completed_by_the_replay() {
         .await
         .unwrap();
     assert_eq!(
-        one(&c, &format!("select job_id || ' ' || state from job where job_id = {job}")).await,
+        one(
+            &c,
+            &format!("select job_id || ' ' || state from job where job_id = {job}")
+        )
+        .await,
         format!("{job} SUCCEEDED")
     );
     assert_eq!(
-        one(&c, &format!("select job_id from backup_catalog where bck_id = {bck}")).await,
+        one(
+            &c,
+            &format!("select job_id from backup_catalog where bck_id = {bck}")
+        )
+        .await,
         job.to_string()
     );
     // Replayed twice (the replay's own answer lost): still one row.
@@ -156,7 +171,13 @@ async fn a_fire_recorded_by_a_call_that_timed_out_is_completed_by_the_replay() {
     .unwrap();
     assert_eq!(cat.mark_lost_jobs().await.unwrap(), 1);
     assert_eq!(
-        one(&c, &format!("select count(*) from alert where job_id = {job2} and alert_type = 'LOST_JOB'")).await,
+        one(
+            &c,
+            &format!(
+                "select count(*) from alert where job_id = {job2} and alert_type = 'LOST_JOB'"
+            )
+        )
+        .await,
         "1"
     );
     cat.report_offline_backup(1, 1, at("2026-11-21T02:01:00Z"), "bs1:/s", &result)
