@@ -818,6 +818,7 @@ impl Runner {
             self.ctx.catalog.listen_config(),
             self.ctx.server_id,
             wake_tx,
+            self.ctx.cfg.catalog_timeout(),
         );
         let mut repoll =
             tokio::time::interval(Duration::from_secs(self.ctx.cfg.repoll_seconds.max(1)));
