@@ -276,7 +276,7 @@ async fn run(args: Args) -> Result<()> {
     restore_job::recover_interrupted(&ctx).await;
     if ctx.health.is_online() {
         replay::replay(&ctx).await;
-        fail_interrupted_jobs(&ctx).await;
+        fail_interrupted_jobs(&ctx, &[]).await;
     }
     tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
     if args.maintenance {
@@ -329,7 +329,8 @@ async fn probe(catalog: &Catalog, fqdn: &str) -> Result<i64, pgbackman_db::DbErr
 /// interrupted: that includes a fire whose recording timed out here but committed on the
 /// catalog (its row is claimed by this agent; it runs, or ran, offline under its definition and
 /// instant, and the replay completes that row).
-async fn fail_interrupted_jobs(ctx: &Ctx) {
+/// `running`: the job ids this process runs now.
+async fn fail_interrupted_jobs(ctx: &Ctx, running: &[i64]) {
     let jobs = match ctx
         .db(
             "jobs_claimed_by",
@@ -354,7 +355,8 @@ async fn fail_interrupted_jobs(ctx: &Ctx) {
             }),
             _ => None,
         };
-        if known.contains(&spool::Key::Job { job_id, attempt })
+        if running.contains(&job_id)
+            || known.contains(&spool::Key::Job { job_id, attempt })
             || scheduled.is_some_and(|k| known.contains(&k))
         {
             continue;
@@ -471,7 +473,8 @@ impl Runner {
                 self.probe_delay = Duration::from_millis(500);
                 replay::replay(&self.ctx).await;
                 if self.online() {
-                    fail_interrupted_jobs(&self.ctx).await;
+                    let running: Vec<i64> = self.running.keys().copied().collect();
+                    fail_interrupted_jobs(&self.ctx, &running).await;
                 }
                 self.refresh().await;
                 self.claim().await;
