@@ -3,7 +3,8 @@
 //! fire-minutes of it, one of them stopped (SIGTERM) and restarted in the middle; afterwards
 //! every (definition, minute) is in the catalog exactly once, with one set on disk per row, and
 //! nothing is left in a spool. Each fault needs real minutes (the fires are minute-based), so
-//! each test takes about five; the two run in parallel.
+//! each of those two takes about four; they run in parallel. A third test stops an agent whose
+//! running jobs all report into a catalog frozen a moment before (seconds).
 
 mod common;
 
@@ -413,4 +414,77 @@ fn a_frozen_catalog_for_three_fire_minutes_loses_no_fire() {
         |env| *frozen.borrow_mut() = Some(Frozen::freeze(env)),
         |_| drop(frozen.borrow_mut().take()),
     );
+}
+
+/// SIGTERM while four jobs run and the catalog has just frozen (the agent still thinks it is
+/// online): each cancelled job spools its result, and the first delivery finds the catalog
+/// frozen; the others must not wait a deadline each (4 × 5 s) before the agent exits.
+#[test]
+fn sigterm_with_jobs_running_on_a_just_frozen_catalog_is_honoured_within_15_s() {
+    let f = fleet();
+    // A pg_dump that never ends (its shell's command line names the fake's path; the cancel
+    // kills its process group, sleep included).
+    let slow = fake_bin("sleep 120; exit 1");
+    let mut names = Vec::new();
+    for i in 1..=DEFS {
+        let name = format!("t{i:02}");
+        f.a.create_database(&name);
+        names.push(name);
+    }
+    f.env
+        .cmd(&format!(
+            "register_backup_definition bs1.example.org 127.0.0.2 {} \"\" 0 3",
+            names.join(",")
+        ))
+        .ok();
+    // The default deadline (5 s): four of them in a row would exceed 15 s.
+    let extra = format!("max_jobs = 8\nmax_jobs_per_node = {DEFS}\nmaintenance_seconds = 0");
+    let mut a = Agent::start_with(&f.env, "bs1.example.org", Some(slow.path()), &extra);
+    for i in 1..=DEFS {
+        f.env.cmd(&format!("run_backup_definition_now {i}")).ok();
+    }
+    wait_for(
+        &f.env,
+        "select count(*) from job where state = 'RUNNING'",
+        &DEFS.to_string(),
+        30,
+        &a,
+    );
+    wait_until("every pg_dump started", 30, &[&a], || {
+        processes_with(&slow.path().display().to_string()).len() >= DEFS
+    });
+    let frozen = Frozen::freeze(&f.env);
+    let t = Instant::now();
+    let status = a.sigterm();
+    let stop = t.elapsed();
+    drop(frozen);
+    eprintln!("SIGTERM with {DEFS} jobs on a frozen catalog honoured in {stop:?}");
+    assert!(status.success(), "{}", a.log());
+    assert!(
+        stop < Duration::from_secs(15),
+        "SIGTERM took {stop:?}\n{}",
+        a.log()
+    );
+    assert!(
+        processes_with(&slow.path().display().to_string()).is_empty(),
+        "a pg_dump outlived the agent"
+    );
+    // What did not reach the catalog waits in the spool, and the next start delivers it.
+    a.spawn(Some(slow.path()));
+    wait_for(
+        &f.env,
+        "select string_agg(distinct execution_status || '|' || state, ',') from backup_catalog join job using (job_id)",
+        "CANCELLED|CANCELLED",
+        30,
+        &a,
+    );
+    wait_until("an empty spool", 30, &[&a], || a.spooled().is_empty());
+    assert_eq!(
+        f.env.sql("select count(*) from backup_catalog"),
+        DEFS.to_string(),
+        "{}",
+        catalog_summary(&f.env)
+    );
+    assert!(files_under(&a.backups()).is_empty());
+    assert!(a.sigterm().success());
 }

@@ -87,6 +87,12 @@ pub async fn deliver(ctx: &Ctx, e: &Entry) -> Delivery {
 /// Returns true when nothing is left.
 pub async fn replay(ctx: &Ctx) -> bool {
     let _one = ctx.spool_lock.lock().await;
+    // A delivery that waited for this one may find the catalog gone meanwhile: it does not try
+    // again (a frozen catalog would cost each waiting job a deadline, e.g. at SIGTERM); the
+    // probe replays when the catalog answers.
+    if !ctx.health.is_online() {
+        return false;
+    }
     let dir = &ctx.cfg.state_dir;
     let paths = match spool::list(dir) {
         Ok(p) => p,
