@@ -205,6 +205,12 @@ begin
         update public.snapshot_definition set status = case v_status when 'SUCCEEDED' then 'SUCCEEDED' when 'CANCELLED' then 'CANCELLED' else 'ERROR' end
          where snapshot_id = v_job.snapshot_id;
     end if;
+    if v_job.state = 'LOST' then
+        -- Not lost after all: its agent could not reach the catalog in time (or ran the fire
+        -- offline after a recording that timed out but committed). An alert saying it was lost
+        -- that nobody has mailed yet is withdrawn; the result says what happened.
+        delete from public.alert a where a.job_id = p_job_id and a.alert_type = 'LOST_JOB' and a.state = 'QUEUED';
+    end if;
     if v_status = 'ERROR' then
         insert into public.alert (alert_type, backup_server_id, pgsql_node_id, ref_id, bck_id, job_id, dbname,
                                   execution_status, error_message, sendto)

@@ -407,7 +407,13 @@ async fn run(ctx: Arc<Ctx>, tz: Tz, sender: Option<Sender>, stop: CancellationTo
 /// Raises an OVERDUE alert for each definition of this server that is overdue and not alerted
 /// in its current episode.
 async fn check_overdue(ctx: &Ctx, tz: Tz) {
-    let candidates = match ctx.catalog.overdue_candidates(ctx.server_id).await {
+    let candidates = match ctx
+        .db(
+            "overdue_candidates",
+            ctx.catalog.overdue_candidates(ctx.server_id),
+        )
+        .await
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("overdue check: reading the definitions failed: {e}");
@@ -450,8 +456,11 @@ async fn check_overdue(ctx: &Ctx, tz: Tz) {
             human(chrono::Duration::from_std(c.grace).unwrap_or_default()),
         );
         match ctx
-            .catalog
-            .raise_overdue_alert(ctx.server_id, c.def_id, expected, &message)
+            .db(
+                "raise_overdue_alert",
+                ctx.catalog
+                    .raise_overdue_alert(ctx.server_id, c.def_id, expected, &message),
+            )
             .await
         {
             Ok(Some(id)) => tracing::warn!(
@@ -491,8 +500,11 @@ async fn send_due(ctx: &Ctx, s: &Sender, tz: Tz, stop: &CancellationToken) {
     };
     for _ in 0..10 {
         let claimed = match ctx
-            .catalog
-            .claim_alerts(ctx.server_id, &ctx.agent_name, params)
+            .db(
+                "claim_alerts",
+                ctx.catalog
+                    .claim_alerts(ctx.server_id, &ctx.agent_name, params),
+            )
             .await
         {
             Ok(c) => c,
@@ -544,8 +556,11 @@ async fn send_one(ctx: &Ctx, s: &Sender, tz: Tz, a: &ClaimedAlert) {
     match result {
         Ok(message_id) => {
             match ctx
-                .catalog
-                .alert_sent(a.alert_id, &ctx.agent_name, a.attempt, &message_id)
+                .db(
+                    "alert_sent",
+                    ctx.catalog
+                        .alert_sent(a.alert_id, &ctx.agent_name, a.attempt, &message_id),
+                )
                 .await
             {
                 Ok(true) => {
@@ -570,14 +585,16 @@ async fn send_one(ctx: &Ctx, s: &Sender, tz: Tz, a: &ClaimedAlert) {
                 Duration::from_secs(s.cfg.max_retry_seconds),
             );
             match ctx
-                .catalog
-                .alert_failed(
-                    a.alert_id,
-                    &ctx.agent_name,
-                    a.attempt,
-                    &error,
-                    retry_in,
-                    give_up,
+                .db(
+                    "alert_failed",
+                    ctx.catalog.alert_failed(
+                        a.alert_id,
+                        &ctx.agent_name,
+                        a.attempt,
+                        &error,
+                        retry_in,
+                        give_up,
+                    ),
                 )
                 .await
             {

@@ -34,6 +34,23 @@ impl Ctx {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.cfg.lease_seconds)
     }
+
+    /// One catalog call (`what` names it in /healthz and the log) within `[agent]
+    /// catalog_timeout_seconds`. A call that is too slow or finds the catalog unreachable puts
+    /// the agent in degraded or offline mode; a refusal (a server error) is the caller's.
+    pub async fn db<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, pgbackman_db::DbError>>,
+    ) -> Result<T, pgbackman_db::DbError> {
+        let r = self.catalog.within(what, call).await;
+        if let Err(e) = &r
+            && e.is_unreachable()
+        {
+            self.health.call_failed(what, e);
+        }
+        r
+    }
 }
 
 /// A job this agent owns.
@@ -140,8 +157,10 @@ pub(crate) async fn heartbeat(
         }
         let bytes = i64::try_from(progress.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         match ctx
-            .catalog
-            .heartbeat(job_id, attempt, bytes, ctx.lease())
+            .db(
+                "heartbeat",
+                ctx.catalog.heartbeat(job_id, attempt, bytes, ctx.lease()),
+            )
             .await
         {
             Ok(true) => {
@@ -151,12 +170,7 @@ pub(crate) async fn heartbeat(
             }
             Ok(false) => {}
             // The catalog may be down: the job goes on (nothing after a claim needs the catalog).
-            Err(e) => {
-                if e.is_unreachable() {
-                    ctx.health.set_offline(&e.to_string());
-                }
-                tracing::warn!(job_id, "heartbeat failed: {e}")
-            }
+            Err(e) => tracing::warn!(job_id, "heartbeat failed: {e}"),
         }
     }
 }

@@ -102,7 +102,10 @@ pub fn main_entry() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    let r = rt.block_on(run(args));
+    // Tasks still waiting on a frozen catalog (maintenance, alerts) never delay the exit.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = e.to_string();
@@ -196,9 +199,16 @@ async fn run(args: Args) -> Result<()> {
         }
         Err(e) => tracing::error!("{e:#}"),
     }
-    let catalog = Catalog::lazy(s.catalog_cfg.clone(), "pgbackman-agent", &s.target)?;
+    let catalog = Catalog::lazy_with_deadline(
+        s.catalog_cfg.clone(),
+        "pgbackman-agent",
+        &s.target,
+        s.cfg.catalog_timeout(),
+    )?;
     let health = health::Health::new(true);
-    let server_id = match probe(&catalog, &s.fqdn).await {
+    // Bounded like every call: a slow or frozen catalog costs the start catalog_timeout_seconds,
+    // then the agent runs from its cache.
+    let server_id = match catalog.within("probe", probe(&catalog, &s.fqdn)).await {
         Ok(id) => id,
         Err(e) if e.is_unreachable() => {
             // The daemon runs from its cache; `--once` and `--maintenance` need the catalog
@@ -210,7 +220,7 @@ async fn run(args: Args) -> Result<()> {
             };
             match cache {
                 Some(c) => {
-                    health.set_offline(&e.to_string());
+                    health.call_failed("probe", &e);
                     *health
                         .cache_written_at
                         .lock()
@@ -218,10 +228,7 @@ async fn run(args: Args) -> Result<()> {
                     c.server_id
                 }
                 // Without a cache there is nothing to run: wait for the catalog.
-                None => {
-                    let catalog = connect_with_backoff(&s, &stop).await?;
-                    probe(&catalog, &s.fqdn).await?
-                }
+                None => wait_for_catalog(&catalog, &s.fqdn, &stop).await?,
             }
         }
         Err(e) => return Err(e.into()),
@@ -269,7 +276,7 @@ async fn run(args: Args) -> Result<()> {
     restore_job::recover_interrupted(&ctx).await;
     if ctx.health.is_online() {
         replay::replay(&ctx).await;
-        fail_interrupted_jobs(&ctx).await;
+        fail_interrupted_jobs(&ctx, &[]).await;
     }
     tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
     if args.maintenance {
@@ -283,58 +290,98 @@ async fn run(args: Args) -> Result<()> {
     Runner::new(ctx, s.tz, stop, s.fqdn).run().await
 }
 
-async fn connect_with_backoff(s: &Setup, stop: &CancellationToken) -> Result<Catalog> {
+/// Without a cache there is nothing to run: probes the catalog (each probe bounded, at most
+/// 2 s apart) until it answers or the agent is stopped.
+async fn wait_for_catalog(catalog: &Catalog, fqdn: &str, stop: &CancellationToken) -> Result<i64> {
     let mut delay = Duration::from_millis(500);
     loop {
-        match Catalog::connect(s.catalog_cfg.clone(), "pgbackman-agent", &s.target).await {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                tracing::warn!("catalog unreachable: {e}; retrying in {delay:?}");
+        match catalog.within("probe", probe(catalog, fqdn)).await {
+            Ok(id) => return Ok(id),
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(
+                    "catalog unreachable and no definition cache: {e}; retrying in {delay:?}"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.cancelled() => bail!("stopped before the catalog could be reached"),
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
+                delay = (delay * 2).min(PROBE_CAP);
             }
+            Err(e) => return Err(e.into()),
         }
     }
 }
+
+/// The longest wait between two probes of an unreachable catalog: results reach the catalog
+/// within a few seconds of it answering again.
+const PROBE_CAP: Duration = Duration::from_secs(2);
 
 /// The catalog's answer to "who am I": its version matches ours and this host is a RUNNING
 /// backup server.
 async fn probe(catalog: &Catalog, fqdn: &str) -> Result<i64, pgbackman_db::DbError> {
     catalog.check_compatible().await?;
-    catalog.agent_server_id(fqdn).await
+    catalog.agent_probe(fqdn).await
 }
 
 /// Jobs this agent was running when it died: recorded as failed, the next fire runs normally.
 /// (Jobs with a marker were already spooled as failed at start; this catches a death between a
-/// claim and the marker.) A job whose result waits in the spool is not interrupted.
-async fn fail_interrupted_jobs(ctx: &Ctx) {
-    match ctx
-        .catalog
-        .jobs_claimed_by(ctx.server_id, &ctx.agent_name)
+/// claim and the marker.) A job whose result waits in the spool, or that runs now, is not
+/// interrupted: that includes a fire whose recording timed out here but committed on the
+/// catalog (its row is claimed by this agent; it runs, or ran, offline under its definition and
+/// instant, and the replay completes that row).
+/// `running`: the job ids this process runs now.
+async fn fail_interrupted_jobs(ctx: &Ctx, running: &[i64]) {
+    let jobs = match ctx
+        .db(
+            "jobs_claimed_by",
+            ctx.catalog.jobs_claimed_by(ctx.server_id, &ctx.agent_name),
+        )
         .await
     {
-        Ok(jobs) => {
-            let spooled = spool::spooled_keys(&ctx.cfg.state_dir);
-            for (job_id, attempt) in jobs {
-                if spooled.contains(&spool::Key::Job { job_id, attempt }) {
-                    continue;
-                }
-                let now = Utc::now().to_rfc3339();
-                let r = serde_json::json!({"execution_status": "ERROR", "started": now, "finished": now,
-                    "error_step": "agent", "error_message": "agent stopped during the run"});
-                match ctx.catalog.report_backup(job_id, attempt, &r).await {
-                    Ok(_) => tracing::warn!(
-                        job_id,
-                        "job interrupted by an agent stop recorded as failed"
-                    ),
-                    Err(e) => tracing::warn!(job_id, "could not record the interrupted job: {e}"),
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!("could not look for interrupted jobs: {e}");
+            return;
+        }
+    };
+    let mut known = spool::spooled_keys(&ctx.cfg.state_dir);
+    known.extend(spool::running_keys(&ctx.cfg.state_dir));
+    for j in jobs {
+        let (job_id, attempt) = (j.job_id, j.attempt);
+        let scheduled = match (j.def_id, j.scheduled_for) {
+            (Some(def_id), Some(scheduled_for)) => Some(spool::Key::Scheduled {
+                def_id,
+                scheduled_for,
+            }),
+            _ => None,
+        };
+        if running.contains(&job_id)
+            || known.contains(&spool::Key::Job { job_id, attempt })
+            || scheduled.is_some_and(|k| known.contains(&k))
+        {
+            continue;
+        }
+        let now = Utc::now().to_rfc3339();
+        let r = serde_json::json!({"execution_status": "ERROR", "started": now, "finished": now,
+            "error_step": "agent", "error_message": "agent stopped during the run"});
+        match ctx
+            .db(
+                "report_backup",
+                ctx.catalog.report_backup(job_id, attempt, &r),
+            )
+            .await
+        {
+            Ok(_) => tracing::warn!(
+                job_id,
+                "job interrupted by an agent stop recorded as failed"
+            ),
+            Err(e) => {
+                tracing::warn!(job_id, "could not record the interrupted job: {e}");
+                if e.is_unreachable() {
+                    return;
                 }
             }
         }
-        Err(e) => tracing::warn!("could not look for interrupted jobs: {e}"),
     }
 }
 
@@ -374,6 +421,8 @@ struct Runner {
     /// While offline: when to try the catalog next, and the backoff.
     next_probe: tokio::time::Instant,
     probe_delay: Duration,
+    /// The probe in flight: a task of its own, so a frozen catalog never holds the loop.
+    probing: Option<tokio::task::JoinHandle<Result<i64, pgbackman_db::DbError>>>,
     /// Last local id given to a fire run offline (negative, decreasing).
     last_local_id: i64,
 }
@@ -392,7 +441,8 @@ impl Runner {
             signal,
             fqdn,
             next_probe: tokio::time::Instant::now() + Duration::from_secs(1),
-            probe_delay: Duration::from_secs(1),
+            probe_delay: Duration::from_millis(500),
+            probing: None,
             last_local_id: 0,
         }
     }
@@ -401,15 +451,31 @@ impl Runner {
         self.ctx.health.is_online()
     }
 
-    /// Offline: tries the catalog; when it answers, replays the spool, records interrupted jobs
-    /// and refreshes, so the catalog catches up with everything that happened meanwhile.
-    async fn reconnect(&mut self) {
-        match probe(&self.ctx.catalog, &self.fqdn).await {
+    /// Offline: starts a probe of the catalog in a task of its own (bounded by the call
+    /// deadline); [`Runner::probed`] takes its answer.
+    fn start_probe(&mut self) {
+        let ctx = self.ctx.clone();
+        let fqdn = self.fqdn.clone();
+        self.probing = Some(tokio::spawn(async move {
+            ctx.catalog
+                .within("probe", probe(&ctx.catalog, &fqdn))
+                .await
+        }));
+    }
+
+    /// The probe's answer. When the catalog answers, replays the spool, records interrupted
+    /// jobs and refreshes, so the catalog catches up with everything that happened meanwhile.
+    async fn probed(&mut self, r: Result<i64, pgbackman_db::DbError>) {
+        self.probing = None;
+        match r {
             Ok(id) if id == self.ctx.server_id => {
                 self.ctx.health.set_online();
-                self.probe_delay = Duration::from_secs(1);
+                self.probe_delay = Duration::from_millis(500);
                 replay::replay(&self.ctx).await;
-                fail_interrupted_jobs(&self.ctx).await;
+                if self.online() {
+                    let running: Vec<i64> = self.running.keys().copied().collect();
+                    fail_interrupted_jobs(&self.ctx, &running).await;
+                }
                 self.refresh().await;
                 self.claim().await;
             }
@@ -418,14 +484,15 @@ impl Runner {
                 self.ctx.server_id
             ),
             Err(e) if e.is_unreachable() => {
-                self.ctx.health.set_offline(&e.to_string());
+                self.ctx.health.call_failed("probe", &e);
                 tracing::debug!("catalog still unreachable: {e}");
             }
             Err(e) => tracing::error!("the catalog answers but refuses this agent: {e}"),
         }
         if !self.online() {
+            // Capped at 2 s: after an outage the spool reaches the catalog within seconds.
             self.next_probe = tokio::time::Instant::now() + self.probe_delay;
-            self.probe_delay = (self.probe_delay * 2).min(Duration::from_secs(30));
+            self.probe_delay = (self.probe_delay * 2).min(PROBE_CAP);
         }
     }
 
@@ -459,7 +526,14 @@ impl Runner {
             }
             return;
         }
-        match self.ctx.catalog.agent_definitions(self.ctx.server_id).await {
+        match self
+            .ctx
+            .db(
+                "agent_definitions",
+                self.ctx.catalog.agent_definitions(self.ctx.server_id),
+            )
+            .await
+        {
             Ok(defs) => {
                 // Nothing changed: keep the schedule and the cache file as they are.
                 if defs.len() == self.defs.len()
@@ -486,9 +560,7 @@ impl Runner {
                 self.set_definitions(defs);
             }
             Err(e) => {
-                if e.is_unreachable() {
-                    self.ctx.health.set_offline(&e.to_string());
-                } else {
+                if !e.is_unreachable() {
                     tracing::warn!("reading definitions from the catalog failed: {e}");
                 }
                 if self.defs.is_empty() {
@@ -576,18 +648,14 @@ impl Runner {
                 self.start_offline(d, at);
                 continue;
             }
-            match self
-                .ctx
-                .catalog
-                .record_scheduled_job(
-                    self.ctx.server_id,
-                    def_id,
-                    at,
-                    &self.ctx.agent_name,
-                    self.ctx.lease(),
-                )
-                .await
-            {
+            let recorded = self.ctx.catalog.record_scheduled_job(
+                self.ctx.server_id,
+                def_id,
+                at,
+                &self.ctx.agent_name,
+                self.ctx.lease(),
+            );
+            match self.ctx.db("record_scheduled_job", recorded).await {
                 Ok(Some((job_id, attempt))) => {
                     self.fired(def_id, at);
                     self.start(Ticket {
@@ -601,12 +669,15 @@ impl Runner {
                 Ok(None) => {
                     tracing::info!(def_id, at = %at, "scheduled instant already ran, or the definition is no longer active here; skipped")
                 }
-                Err(e) if e.is_unreachable() => {
-                    self.ctx.health.set_offline(&e.to_string());
-                    self.start_offline(d, at);
-                }
+                // Only "already ran" and "no longer active here" (above) are answers. Anything
+                // else (unreachable, too slow, an error) runs the fire as when the catalog is
+                // down; the call may have committed all the same, and the replay then
+                // completes the row it made (api.report_offline_backup).
                 Err(e) => {
-                    tracing::error!(def_id, at = %at, "could not record the scheduled backup: {e}")
+                    if !e.is_unreachable() {
+                        tracing::error!(def_id, at = %at, "could not record the scheduled backup: {e}");
+                    }
+                    self.start_offline(d, at);
                 }
             }
         }
@@ -624,7 +695,7 @@ impl Runner {
         self.fired(def.def_id, at);
         let id = (-Utc::now().timestamp_micros()).min(self.last_local_id - 1);
         self.last_local_id = id;
-        tracing::info!(def_id = def.def_id, at = %at, "catalog unreachable: running the scheduled backup offline");
+        tracing::info!(def_id = def.def_id, at = %at, "catalog unreachable or too slow: running the scheduled backup offline");
         self.start(Ticket {
             job_id: id,
             attempt: 1,
@@ -640,24 +711,18 @@ impl Runner {
             return;
         }
         let limit = i32::try_from(free).unwrap_or(1);
-        let claimed = match self
-            .ctx
-            .catalog
-            .claim_jobs(
-                self.ctx.server_id,
-                &self.ctx.agent_name,
-                self.ctx.lease(),
-                limit,
-                i32::try_from(self.ctx.cfg.max_jobs_per_node).unwrap_or(1),
-                &["BACKUP", "SNAPSHOT", "RESTORE", "VERIFY", "DRILL"],
-            )
-            .await
-        {
+        let claim = self.ctx.catalog.claim_jobs(
+            self.ctx.server_id,
+            &self.ctx.agent_name,
+            self.ctx.lease(),
+            limit,
+            i32::try_from(self.ctx.cfg.max_jobs_per_node).unwrap_or(1),
+            &["BACKUP", "SNAPSHOT", "RESTORE", "VERIFY", "DRILL"],
+        );
+        let claimed = match self.ctx.db("claim_jobs", claim).await {
             Ok(c) => c,
             Err(e) => {
-                if e.is_unreachable() {
-                    self.ctx.health.set_offline(&e.to_string());
-                } else {
+                if !e.is_unreachable() {
                     tracing::warn!("claiming jobs failed: {e}");
                 }
                 return;
@@ -688,8 +753,7 @@ impl Runner {
                     .ok_or_else(|| format!("definition {id} is not in this agent's cache")),
                 (None, Some(id)) => self
                     .ctx
-                    .catalog
-                    .agent_snapshot(id)
+                    .db("agent_snapshot", self.ctx.catalog.agent_snapshot(id))
                     .await
                     .map_err(|e| e.to_string()),
                 _ => Err(format!(
@@ -711,8 +775,10 @@ impl Runner {
                         "error_step": "claim", "error_message": msg});
                     if let Err(e) = self
                         .ctx
-                        .catalog
-                        .report_backup(c.job_id, c.attempt, &r)
+                        .db(
+                            "report_backup",
+                            self.ctx.catalog.report_backup(c.job_id, c.attempt, &r),
+                        )
                         .await
                     {
                         tracing::error!(
@@ -755,6 +821,7 @@ impl Runner {
             self.ctx.catalog.listen_config(),
             self.ctx.server_id,
             wake_tx,
+            self.ctx.cfg.catalog_timeout(),
         );
         let mut repoll =
             tokio::time::interval(Duration::from_secs(self.ctx.cfg.repoll_seconds.max(1)));
@@ -790,14 +857,18 @@ impl Runner {
                     self.queue_due_drills().await;
                     self.claim().await;
                     if self.online() {
-                        let _ = self.ctx.catalog.mark_lost_jobs().await;
+                        let _ = self.ctx.db("mark_lost_jobs", self.ctx.catalog.mark_lost_jobs()).await;
                     }
                     if self.online() && self.ctx.health.spooled.load(std::sync::atomic::Ordering::Relaxed) > 0 {
                         replay::replay(&self.ctx).await;
                     }
                 }
-                _ = tokio::time::sleep_until(self.next_probe), if !self.online() => {
-                    self.reconnect().await;
+                _ = tokio::time::sleep_until(self.next_probe), if !self.online() && self.probing.is_none() => {
+                    self.start_probe();
+                }
+                r = async { self.probing.as_mut().expect("guarded").await }, if self.probing.is_some() => {
+                    let r = r.unwrap_or_else(|e| Err(pgbackman_db::DbError::Invalid(format!("the catalog probe failed: {e}"))));
+                    self.probed(r).await;
                 }
                 Some(r) = self.jobs.join_next_with_id() => {
                     self.ended(r);
@@ -820,6 +891,9 @@ impl Runner {
             self.ended(r);
         }
         listener.abort();
+        if let Some(p) = self.probing.take() {
+            p.abort();
+        }
         tracing::info!("pgbackman-agent stopped");
         Ok(())
     }

@@ -8,22 +8,34 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
+/// `deadline` bounds the connection and the LISTEN statement (a frozen catalog makes it retry);
+/// the reconnect backoff stops at 5 s, so notifications resume soon after an outage (the main
+/// loop's re-poll covers what was missed meanwhile).
 pub fn spawn(
     config: pgbackman_config::ConnConfig,
     server_id: i64,
     wake: mpsc::Sender<String>,
+    deadline: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         loop {
-            match listen_once(&config, server_id, &wake).await {
+            let t = tokio::time::Instant::now();
+            match listen_once(&config, server_id, &wake, deadline).await {
                 Ok(()) => return, // the main loop is gone
                 Err(e) => {
-                    tracing::warn!(
-                        "LISTEN connection to the catalog lost: {e}; reconnecting in {backoff:?}"
-                    );
+                    // Once per lost connection: the retries of an outage go to the debug log
+                    // (/healthz tells the outage).
+                    if t.elapsed() > deadline * 2 {
+                        backoff = Duration::from_millis(500);
+                        tracing::warn!(
+                            "LISTEN connection to the catalog lost: {e}; reconnecting in {backoff:?}"
+                        );
+                    } else {
+                        tracing::debug!("LISTEN connection failed: {e}; retrying in {backoff:?}");
+                    }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -34,9 +46,11 @@ async fn listen_once(
     config: &pgbackman_config::ConnConfig,
     server_id: i64,
     wake: &mpsc::Sender<String>,
+    deadline: Duration,
 ) -> anyhow::Result<()> {
-    let (client, mut conn) = pgbackman_db::tls::connect_raw(config)
+    let (client, mut conn) = tokio::time::timeout(deadline, pgbackman_db::tls::connect_raw(config))
         .await
+        .map_err(|_| anyhow::anyhow!("no answer within {deadline:?}"))?
         .map_err(|e| anyhow::anyhow!(pgbackman_db::tls::describe(&e, config)))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
@@ -58,7 +72,9 @@ async fn listen_once(
         }
         Ok(())
     });
-    pgbackman_db::agent::listen(&client, server_id).await?;
+    tokio::time::timeout(deadline, pgbackman_db::agent::listen(&client, server_id))
+        .await
+        .map_err(|_| anyhow::anyhow!("LISTEN got no answer within {deadline:?}"))??;
     // A (re)connect may have missed notifications.
     let _ = wake.send("*".into()).await;
     loop {

@@ -56,7 +56,13 @@ pub fn spawn(ctx: Arc<Ctx>, stop: CancellationToken) -> Option<tokio::task::Join
 pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     // Nodes whose listing was read this pass (sane or not).
     let mut listed = std::collections::HashSet::new();
-    for node in ctx.catalog.maintenance_nodes(ctx.server_id).await? {
+    for node in ctx
+        .db(
+            "maintenance_nodes",
+            ctx.catalog.maintenance_nodes(ctx.server_id),
+        )
+        .await?
+    {
         if stop.is_cancelled() {
             return Ok(());
         }
@@ -82,7 +88,12 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     let forced = retention::forced_deletions(ctx, stop).await?;
     let nodes = retention::deleted_nodes(ctx, stop).await?;
     let r = retention::enforce(ctx, stop).await?;
-    let alerts = ctx.catalog.purge_sent_alerts(ctx.server_id, None).await?;
+    let alerts = ctx
+        .db(
+            "purge_sent_alerts",
+            ctx.catalog.purge_sent_alerts(ctx.server_id, None),
+        )
+        .await?;
     if forced + nodes + r.deleted + r.refused > 0 || alerts > 0 {
         tracing::info!(
             forced_deletions = forced,
@@ -101,13 +112,21 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
 /// DELETED definitions of nodes no listing reached (STOPPED, unreachable, or none of this
 /// server's active concern): those a user deleted still go after the deadline.
 async fn unlisted_expiry(ctx: &Ctx, listed: &std::collections::HashSet<i64>) -> Result<()> {
-    for (node_id, secs) in ctx.catalog.deleted_definition_nodes(ctx.server_id).await? {
+    for (node_id, secs) in ctx
+        .db(
+            "deleted_definition_nodes",
+            ctx.catalog.deleted_definition_nodes(ctx.server_id),
+        )
+        .await?
+    {
         if listed.contains(&node_id) {
             continue;
         }
         let defs = ctx
-            .catalog
-            .maintenance_definitions(ctx.server_id, node_id)
+            .db(
+                "maintenance_definitions",
+                ctx.catalog.maintenance_definitions(ctx.server_id, node_id),
+            )
             .await?;
         let retention = chrono::Duration::milliseconds((secs * 1000.0) as i64);
         let ids = expired_without_listing(&defs, retention, chrono::Utc::now());
@@ -115,8 +134,11 @@ async fn unlisted_expiry(ctx: &Ctx, listed: &std::collections::HashSet<i64>) -> 
             continue;
         }
         for (action, def_id, db) in ctx
-            .catalog
-            .expire_unlisted_definitions(ctx.server_id, node_id, &ids)
+            .db(
+                "expire_unlisted_definitions",
+                ctx.catalog
+                    .expire_unlisted_definitions(ctx.server_id, node_id, &ids),
+            )
             .await?
         {
             tracing::info!(node_id, def_id, db = %db, "{action}");
@@ -131,8 +153,11 @@ async fn node_pass(ctx: &Ctx, n: &MaintenanceNode) -> Result<bool> {
         return Ok(false);
     };
     let defs = ctx
-        .catalog
-        .maintenance_definitions(ctx.server_id, n.node_id)
+        .db(
+            "maintenance_definitions",
+            ctx.catalog
+                .maintenance_definitions(ctx.server_id, n.node_id),
+        )
         .await?;
     let known = n.known_databases.and_then(|k| usize::try_from(k).ok());
     let retention = chrono::Duration::milliseconds((n.deletion_retention_seconds * 1000.0) as i64);
@@ -140,14 +165,20 @@ async fn node_pass(ctx: &Ctx, n: &MaintenanceNode) -> Result<bool> {
     let plan = node_plan(&defs, &listed, known, n.accept_next, retention, now);
     if let Some(why) = &plan.suspicious {
         tracing::warn!(node_id = n.node_id, node = %n.fqdn, "database listing looks wrong, nothing changed: {why}");
-        ctx.catalog
-            .raise_listing_alert(ctx.server_id, n.node_id, why)
-            .await?;
+        ctx.db(
+            "raise_listing_alert",
+            ctx.catalog
+                .raise_listing_alert(ctx.server_id, n.node_id, why),
+        )
+        .await?;
         return Ok(true);
     }
     for (action, def_id, db) in ctx
-        .catalog
-        .apply_node_listing(ctx.server_id, n.node_id, &listed, &plan)
+        .db(
+            "apply_node_listing",
+            ctx.catalog
+                .apply_node_listing(ctx.server_id, n.node_id, &listed, &plan),
+        )
         .await?
     {
         tracing::info!(node_id = n.node_id, def_id, db = %db, "{action}");

@@ -21,9 +21,11 @@ pub enum Delivery {
 pub async fn deliver(ctx: &Ctx, e: &Entry) -> Delivery {
     let r = match (&e.kind[..], &e.key) {
         ("backup", Key::Job { job_id, attempt }) => {
-            ctx.catalog
-                .report_backup(*job_id, *attempt, &e.result)
-                .await
+            ctx.db(
+                "report_backup",
+                ctx.catalog.report_backup(*job_id, *attempt, &e.result),
+            )
+            .await
         }
         (
             "backup",
@@ -32,19 +34,32 @@ pub async fn deliver(ctx: &Ctx, e: &Entry) -> Delivery {
                 scheduled_for,
             },
         ) => {
-            ctx.catalog
-                .report_offline_backup(e.server_id, *def_id, *scheduled_for, &e.agent, &e.result)
-                .await
+            ctx.db(
+                "report_offline_backup",
+                ctx.catalog.report_offline_backup(
+                    e.server_id,
+                    *def_id,
+                    *scheduled_for,
+                    &e.agent,
+                    &e.result,
+                ),
+            )
+            .await
         }
         ("restore", Key::Job { job_id, attempt }) => {
-            ctx.catalog
-                .report_restore(*job_id, *attempt, &e.result)
-                .await
+            ctx.db(
+                "report_restore",
+                ctx.catalog.report_restore(*job_id, *attempt, &e.result),
+            )
+            .await
         }
         // The verification's id is the BckID it verified; the state is only logged.
         ("verification", Key::Job { job_id, attempt }) => ctx
-            .catalog
-            .report_verification(*job_id, *attempt, &e.result)
+            .db(
+                "report_verification",
+                ctx.catalog
+                    .report_verification(*job_id, *attempt, &e.result),
+            )
             .await
             .map(|state| {
                 tracing::info!(job_id, state, "verification recorded");
@@ -72,6 +87,12 @@ pub async fn deliver(ctx: &Ctx, e: &Entry) -> Delivery {
 /// Returns true when nothing is left.
 pub async fn replay(ctx: &Ctx) -> bool {
     let _one = ctx.spool_lock.lock().await;
+    // A delivery that waited for this one may find the catalog gone meanwhile: it does not try
+    // again (a frozen catalog would cost each waiting job a deadline, e.g. at SIGTERM); the
+    // probe replays when the catalog answers.
+    if !ctx.health.is_online() {
+        return false;
+    }
     let dir = &ctx.cfg.state_dir;
     let paths = match spool::list(dir) {
         Ok(p) => p,
@@ -108,8 +129,7 @@ pub async fn replay(ctx: &Ctx) -> bool {
                 delivered += 1;
             }
             Delivery::Dropped => {}
-            Delivery::Unreachable(e) => {
-                ctx.health.set_offline(&e.to_string());
+            Delivery::Unreachable(_) => {
                 ctx.health.spooled.store(left, Ordering::Relaxed);
                 tracing::warn!("{left} result(s) stay in the spool until the catalog is back");
                 return false;

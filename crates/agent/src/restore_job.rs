@@ -22,7 +22,10 @@ use crate::job::{AbortOnDrop, Ctx, Done, heartbeat};
 /// Reads what a claimed RESTORE job needs (at claim time, like a snapshot's definition). A job
 /// that cannot be read is reported failed and `None` is returned.
 pub async fn prepare(ctx: &Ctx, c: &ClaimedJob) -> Option<AgentRestore> {
-    match ctx.catalog.agent_restore(c.job_id).await {
+    match ctx
+        .db("agent_restore", ctx.catalog.agent_restore(c.job_id))
+        .await
+    {
         Ok(r) => Some(r),
         Err(e) => {
             let now = Utc::now().to_rfc3339();

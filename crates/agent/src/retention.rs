@@ -99,9 +99,11 @@ pub struct Summary {
 async fn finish(ctx: &Ctx, set: MarkedSet, sum: &mut Summary) -> Result<()> {
     match delete_blocking(ctx.cfg.backup_dir.clone(), set.paths).await {
         Ok(_) => {
-            ctx.catalog
-                .retention_forget(ctx.server_id, set.bck_id)
-                .await?;
+            ctx.db(
+                "retention_forget",
+                ctx.catalog.retention_forget(ctx.server_id, set.bck_id),
+            )
+            .await?;
             tracing::info!(bck_id = set.bck_id, dir = ?set.backup_dir, "retention: backup deleted");
             sum.deleted += 1;
         }
@@ -119,13 +121,24 @@ async fn finish(ctx: &Ctx, set: MarkedSet, sum: &mut Summary) -> Result<()> {
 /// stops the run before another file is touched.
 pub async fn enforce(ctx: &Ctx, stop: &CancellationToken) -> Result<Summary> {
     let mut sum = Summary::default();
-    for set in ctx.catalog.retention_marked(ctx.server_id).await? {
+    for set in ctx
+        .db(
+            "retention_marked",
+            ctx.catalog.retention_marked(ctx.server_id),
+        )
+        .await?
+    {
         if stop.is_cancelled() {
             return Ok(sum);
         }
         finish(ctx, set, &mut sum).await?;
     }
-    let rows = ctx.catalog.retention_rows_of_server(ctx.server_id).await?;
+    let rows = ctx
+        .db(
+            "retention_rows_of_server",
+            ctx.catalog.retention_rows_of_server(ctx.server_id),
+        )
+        .await?;
     for (r, rule) in rows.plan() {
         if stop.is_cancelled() {
             break;
@@ -141,7 +154,13 @@ pub async fn enforce(ctx: &Ctx, stop: &CancellationToken) -> Result<Summary> {
             sum.refused += 1;
             continue;
         }
-        match ctx.catalog.retention_mark(ctx.server_id, r).await? {
+        match ctx
+            .db(
+                "retention_mark",
+                ctx.catalog.retention_mark(ctx.server_id, r),
+            )
+            .await?
+        {
             Some(set) => {
                 tracing::info!(bck_id = r.bck_id, rule = %rule, "retention: marked for deletion");
                 finish(ctx, set, &mut sum).await?;
@@ -161,15 +180,23 @@ pub async fn enforce(ctx: &Ctx, stop: &CancellationToken) -> Result<Summary> {
 /// DELETED definitions) held by this server.
 pub async fn forced_deletions(ctx: &Ctx, stop: &CancellationToken) -> Result<usize> {
     let mut n = 0;
-    for d in ctx.catalog.forced_deletions(ctx.server_id).await? {
+    for d in ctx
+        .db(
+            "forced_deletions",
+            ctx.catalog.forced_deletions(ctx.server_id),
+        )
+        .await?
+    {
         if stop.is_cancelled() {
             break;
         }
         match delete_blocking(ctx.cfg.backup_dir.clone(), d.paths).await {
             Ok(_) => {
-                ctx.catalog
-                    .forced_deletion_done(ctx.server_id, d.del_id)
-                    .await?;
+                ctx.db(
+                    "forced_deletion_done",
+                    ctx.catalog.forced_deletion_done(ctx.server_id, d.del_id),
+                )
+                .await?;
                 tracing::info!(del_id = d.del_id, bck_id = ?d.bck_id, "forced deletion done");
                 n += 1;
             }
@@ -185,7 +212,13 @@ pub async fn forced_deletions(ctx: &Ctx, stop: &CancellationToken) -> Result<usi
 /// node could be; what is left is empty directories and strays).
 pub async fn deleted_nodes(ctx: &Ctx, stop: &CancellationToken) -> Result<usize> {
     let mut n = 0;
-    for d in ctx.catalog.nodes_to_delete(ctx.server_id).await? {
+    for d in ctx
+        .db(
+            "nodes_to_delete",
+            ctx.catalog.nodes_to_delete(ctx.server_id),
+        )
+        .await?
+    {
         if stop.is_cancelled() {
             break;
         }
@@ -209,9 +242,11 @@ pub async fn deleted_nodes(ctx: &Ctx, stop: &CancellationToken) -> Result<usize>
         };
         match r {
             Ok(_) => {
-                ctx.catalog
-                    .node_deletion_done(ctx.server_id, d.node_id)
-                    .await?;
+                ctx.db(
+                    "node_deletion_done",
+                    ctx.catalog.node_deletion_done(ctx.server_id, d.node_id),
+                )
+                .await?;
                 tracing::info!(node_id = d.node_id, dir = %dir.display(), "deleted node: directory removed");
                 n += 1;
             }

@@ -265,6 +265,19 @@ pub fn spooled_keys(state_dir: &Path) -> Vec<Key> {
         .collect()
 }
 
+/// Keys of the jobs running now (their markers in `running/`).
+pub fn running_keys(state_dir: &Path) -> Vec<Key> {
+    fs::read_dir(running_dir(state_dir))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<Marker>(&b).ok())
+                .map(|m| m.key)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The last scheduled instant this agent started for each definition, kept beside the spool:
 /// while the catalog is unreachable it is the only thing that stops a restart from running an
 /// instant a second time (online, the catalog's unique job index does that too).

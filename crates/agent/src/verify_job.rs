@@ -44,7 +44,13 @@ impl crate::Runner {
 }
 
 async fn queue_due_drills(ctx: &Ctx, tz: Tz, now: DateTime<Utc>) {
-    let schedules = match ctx.catalog.drill_schedules(ctx.server_id).await {
+    let schedules = match ctx
+        .db(
+            "drill_schedules",
+            ctx.catalog.drill_schedules(ctx.server_id),
+        )
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("reading drill schedules failed: {e}");
@@ -56,8 +62,11 @@ async fn queue_due_drills(ctx: &Ctx, tz: Tz, now: DateTime<Utc>) {
             continue;
         };
         match ctx
-            .catalog
-            .queue_scheduled_drill(ctx.server_id, s.def_id, instant)
+            .db(
+                "queue_scheduled_drill",
+                ctx.catalog
+                    .queue_scheduled_drill(ctx.server_id, s.def_id, instant),
+            )
             .await
         {
             Ok(Some(job)) => {
@@ -121,7 +130,10 @@ pub async fn run(ctx: Arc<Ctx>, c: ClaimedJob, cancel: CancellationToken) -> Don
 async fn job_info(ctx: &Ctx, job_id: i64) -> Result<VerifyJobInfo, String> {
     let mut delay = Duration::from_millis(200);
     for _ in 0..5 {
-        match ctx.catalog.verify_job_info(job_id).await {
+        match ctx
+            .db("verify_job_info", ctx.catalog.verify_job_info(job_id))
+            .await
+        {
             Ok(Some(i)) => return Ok(i),
             Ok(None) => return Err(format!("job {job_id} or its backup no longer exists")),
             Err(e) => {
@@ -310,7 +322,7 @@ async fn drop_leftover_scratch(ctx: &Ctx, node: &NodeConn, label: &str) {
         Err(e) => return skip(e),
     };
     let ids: Vec<i64> = found.iter().map(|(_, j)| *j).collect();
-    let open = match ctx.catalog.open_jobs(&ids).await {
+    let open = match ctx.db("open_jobs", ctx.catalog.open_jobs(&ids)).await {
         Ok(o) => o,
         Err(e) => return skip(e.to_string()),
     };

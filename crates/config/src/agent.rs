@@ -34,6 +34,10 @@ pub struct AgentSection {
     /// How long a claimed job stays ours without a heartbeat.
     #[serde(default = "default_lease_seconds")]
     pub lease_seconds: u64,
+    /// Deadline of every catalog call of the agent (connect, pool wait, the statement on the
+    /// server and the answer): a slower catalog takes the path of an unreachable one.
+    #[serde(default = "default_catalog_timeout_seconds")]
+    pub catalog_timeout_seconds: u64,
     /// Re-read the definitions this often even without a notification.
     #[serde(default = "default_repoll_seconds")]
     pub repoll_seconds: u64,
@@ -76,6 +80,9 @@ fn default_max_jobs_per_node() -> usize {
 fn default_lease_seconds() -> u64 {
     60
 }
+fn default_catalog_timeout_seconds() -> u64 {
+    5
+}
 fn default_repoll_seconds() -> u64 {
     30
 }
@@ -103,6 +110,7 @@ impl Default for AgentSection {
             max_jobs_per_node: default_max_jobs_per_node(),
             time_zone: None,
             lease_seconds: default_lease_seconds(),
+            catalog_timeout_seconds: default_catalog_timeout_seconds(),
             repoll_seconds: default_repoll_seconds(),
             catch_up_seconds: default_catch_up_seconds(),
             maintenance_seconds: default_maintenance_seconds(),
@@ -116,6 +124,11 @@ impl Default for AgentSection {
 }
 
 impl AgentSection {
+    /// The deadline of one catalog call.
+    pub fn catalog_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.catalog_timeout_seconds)
+    }
+
     /// The client bin dirs by major: configured ones, else those found on this host.
     pub fn client_bin_dirs(&self) -> Result<BTreeMap<u32, PathBuf>, ConfigError> {
         let mut out = BTreeMap::new();
@@ -165,6 +178,13 @@ fn check(a: &AgentSection, path: &Path) -> Result<(), ConfigError> {
             "[agent] lease_seconds",
             a.lease_seconds.to_string(),
             "use 5 seconds or more",
+        ));
+    }
+    if !(1..=60).contains(&a.catalog_timeout_seconds) {
+        return Err(bad(
+            "[agent] catalog_timeout_seconds",
+            a.catalog_timeout_seconds.to_string(),
+            "use 1 to 60 seconds (a few seconds: a slower catalog is treated as unreachable)",
         ));
     }
     if !a.state_dir.is_absolute() {
@@ -227,6 +247,7 @@ mod tests {
     fn defaults_and_values() {
         let a = FileConfig::default().agent_section().unwrap();
         assert_eq!(a.max_jobs, 4);
+        assert_eq!(a.catalog_timeout_seconds, 5);
         assert_eq!(a.state_dir, PathBuf::from("/var/lib/pgbackman-agent"));
         let a = parse(
             "max_jobs = 8\ntime_zone = \"Europe/Oslo\"\n[bin_dirs]\n\"15\" = \"/opt/pg15/bin\"",
@@ -258,6 +279,12 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("absolute")
+        );
+        assert!(
+            parse("catalog_timeout_seconds = 0")
+                .unwrap_err()
+                .to_string()
+                .contains("catalog_timeout_seconds")
         );
         let e = parse("[bin_dirs]\nfifteen = \"/x\"")
             .unwrap()

@@ -94,6 +94,16 @@ pub struct ClaimedJob {
     pub bck_id: Option<i64>,
 }
 
+/// A job row claimed by an agent (see [`Catalog::jobs_claimed_by`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedRow {
+    pub job_id: i64,
+    pub attempt: i32,
+    pub def_id: Option<i64>,
+    /// Set for a scheduled fire (unique with `def_id`).
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// A snapshot definition as the agent needs it to run the job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotJob {
@@ -260,20 +270,44 @@ impl Catalog {
         .get(0))
     }
 
-    /// Jobs still RUNNING under this agent's name: a previous run of it died during them.
+    /// Jobs still RUNNING (or LOST) under this agent's name: a previous run of it died during
+    /// them, or a call that timed out on the agent's side committed after all.
     pub async fn jobs_claimed_by(
         &self,
         server_id: i64,
         agent: &str,
-    ) -> Result<Vec<(i64, i32)>, DbError> {
+    ) -> Result<Vec<ClaimedRow>, DbError> {
         let c = self.client().await?;
         let rows = c
             .query(
-                "select job_id, attempt from public.job where backup_server_id = $1 and claimed_by = $2 and state in ('RUNNING', 'LOST')",
+                "select job_id, attempt, def_id, scheduled_for from public.job where backup_server_id = $1 and claimed_by = $2 and state in ('RUNNING', 'LOST')",
                 &[&server_id, &agent],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| ClaimedRow {
+                job_id: r.get(0),
+                attempt: r.get(1),
+                def_id: r.get(2),
+                scheduled_for: r.get(3),
+            })
+            .collect())
+    }
+
+    /// The agent's "is the catalog usable again": its server id, read in a statement that also
+    /// needs the job table (a lock held on it makes this wait, and time out, like the calls
+    /// that matter would).
+    pub async fn agent_probe(&self, fqdn: &str) -> Result<i64, DbError> {
+        Ok(self
+            .client()
+            .await?
+            .query_one(
+                "select api.agent_server_id($1) from (select 1 from public.job limit 1) j right join (select 1) one on true",
+                &[&fqdn],
+            )
+            .await?
+            .get(0))
     }
 
     pub async fn mark_lost_jobs(&self) -> Result<i32, DbError> {

@@ -210,6 +210,8 @@ pub struct Catalog {
     pool: Pool,
     target: String,
     pub(crate) config: pgbackman_config::ConnConfig,
+    /// The deadline of one call ([`Catalog::within`]); None for the shell.
+    deadline: Option<Duration>,
 }
 
 impl Catalog {
@@ -233,21 +235,49 @@ impl Catalog {
         application_name: &str,
         target: &str,
     ) -> Result<Catalog, DbError> {
-        let mut config = config.into();
+        Catalog::build(config.into(), application_name, target, None)
+    }
+
+    /// The agent's handle: like [`Catalog::lazy`], but every step of a call has `deadline`: the
+    /// connection (connect_timeout, the pool's create and wait), the statement on the server
+    /// (statement_timeout, so a lock wait ends there too) and the answer ([`Catalog::within`]).
+    pub fn lazy_with_deadline(
+        config: impl Into<pgbackman_config::ConnConfig>,
+        application_name: &str,
+        target: &str,
+        deadline: Duration,
+    ) -> Result<Catalog, DbError> {
+        Catalog::build(config.into(), application_name, target, Some(deadline))
+    }
+
+    fn build(
+        mut config: pgbackman_config::ConnConfig,
+        application_name: &str,
+        target: &str,
+        deadline: Option<Duration>,
+    ) -> Result<Catalog, DbError> {
         config.application_name(application_name);
         // A catalog that stops answering (half-open TCP, a hung server) must surface as an
         // error within seconds, not freeze a shell or an agent's main loop for hours.
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
+        let connect = deadline.unwrap_or(Duration::from_secs(10));
+        match config.get_connect_timeout() {
+            Some(t) if *t <= connect => {}
+            _ => {
+                config.connect_timeout(connect);
+            }
         }
         config.keepalives_idle(Duration::from_secs(30));
         config.keepalives_interval(Duration::from_secs(10));
         config.keepalives_retries(3);
         config.tcp_user_timeout(Duration::from_secs(60));
-        // No catalog call may block forever on a lock either.
+        // No catalog call may block forever on a lock either. With a deadline, the server gives
+        // up first (at three quarters of it): a lock wait then ends as a definite error, not as
+        // a statement that may still commit after the agent stopped waiting.
+        let statement = deadline.map_or(Duration::from_secs(60), |d| d * 3 / 4);
         let options = format!(
-            "{} -c statement_timeout=60s",
-            config.get_options().unwrap_or_default()
+            "{} -c statement_timeout={}ms",
+            config.get_options().unwrap_or_default(),
+            statement.as_millis()
         );
         config.options(options.trim());
         let mgr = Manager::from_connect(
@@ -260,9 +290,9 @@ impl Catalog {
         let pool = Pool::builder(mgr)
             .max_size(4)
             .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(15)))
-            .recycle_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(deadline.unwrap_or(Duration::from_secs(30))))
+            .create_timeout(Some(deadline.unwrap_or(Duration::from_secs(15))))
+            .recycle_timeout(Some(deadline.unwrap_or(Duration::from_secs(5))))
             .build()
             .map_err(|e| DbError::Client {
                 context: "building the catalog pool".into(),
@@ -272,7 +302,49 @@ impl Catalog {
             pool,
             target: target.to_string(),
             config,
+            deadline,
         })
+    }
+
+    /// Runs one call (`what`, for messages) within the handle's deadline. On expiry the call
+    /// is dropped, the idle connections (the one it used among them) are closed and each gets a
+    /// cancel request, so nothing queues behind a statement nobody waits for; the error is
+    /// [`DbError::Timeout`]. The statement may still commit on the server: callers use
+    /// idempotent calls only. Without a deadline (the shell) `call` runs as it is.
+    pub async fn within<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, DbError>>,
+    ) -> Result<T, DbError> {
+        let Some(d) = self.deadline else {
+            return call.await;
+        };
+        let r = tokio::time::timeout(d, call).await;
+        match r {
+            Ok(r) => r,
+            Err(_) => {
+                self.abandon_idle();
+                Err(DbError::Timeout {
+                    call: what.to_string(),
+                    secs: d.as_secs().max(1),
+                })
+            }
+        }
+    }
+
+    /// Closes every idle pooled connection, sending each a cancel request first (in the
+    /// background, bounded by the deadline: a frozen server takes it when it wakes up).
+    pub fn abandon_idle(&self) {
+        let d = self.deadline.unwrap_or(Duration::from_secs(5));
+        let removed = self.pool.retain(|_, _| false).removed;
+        for c in removed {
+            let token = c.cancel_token();
+            let cfg = self.config.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(d, crate::tls::cancel_query(&token, &cfg)).await;
+            });
+            drop(c);
+        }
     }
 
     pub fn target(&self) -> &str {

@@ -58,6 +58,13 @@ pub enum DbError {
     Incompatible { message: String, hint: String },
     #[error("{0}")]
     Invalid(String),
+    /// The catalog accepted the call but did not answer within its deadline (a lock held, a
+    /// frozen server): treated like an unreachable catalog. The call may still commit on the
+    /// server; every agent call is idempotent on its key for that reason.
+    #[error(
+        "the catalog did not answer {call} within {secs} s\nHINT: the catalog is slow, locked or frozen; the deadline is [agent] catalog_timeout_seconds"
+    )]
+    Timeout { call: String, secs: u64 },
 }
 
 impl DbError {
@@ -73,9 +80,23 @@ impl DbError {
     /// refusing a request): the caller may go on offline and retry later.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            DbError::Connect { .. } | DbError::Client { .. } => true,
+            DbError::Connect { .. } | DbError::Client { .. } | DbError::Timeout { .. } => true,
             // connection_exception, operator_intervention (shutdown, starting up, crash recovery)
             DbError::Server(m) => m.code.starts_with("08") || m.code.starts_with("57"),
+            _ => false,
+        }
+    }
+
+    /// The catalog answered too slowly (our deadline, its statement_timeout, the pool's wait)
+    /// rather than refusing the connection: `/healthz` says "degraded", not "offline".
+    pub fn is_slow(&self) -> bool {
+        match self {
+            DbError::Timeout { .. } => true,
+            // query_canceled: the statement_timeout the agent sets on its sessions
+            DbError::Server(m) => m.code == "57014",
+            DbError::Connect { reason, .. } | DbError::Client { reason, .. } => {
+                reason.contains("timed out") || reason.contains("Timeout")
+            }
             _ => false,
         }
     }
