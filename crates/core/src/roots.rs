@@ -199,9 +199,59 @@ impl Roots {
     }
 }
 
+/// Whether `name` is a set directory's name as the agent writes them:
+/// `<YYYYmmddTHHMMSSZ>-(job<id>|offline<n>)-(def|snap)<id>-<CODE>` (`crates/agent/src/job.rs`).
+/// Reconciliation looks only at such directories: anything else under a root is not a set.
+pub fn is_set_name(name: &str) -> bool {
+    let mut parts = name.splitn(4, '-');
+    let (Some(when), Some(job), Some(owner), Some(code)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let b = when.as_bytes();
+    let when_ok = b.len() == 16
+        && digits(&when[..8])
+        && b[8] == b'T'
+        && digits(&when[9..15])
+        && b[15] == b'Z';
+    let job_ok = job
+        .strip_prefix("job")
+        .or_else(|| job.strip_prefix("offline"))
+        .is_some_and(digits);
+    let owner_ok = owner
+        .strip_prefix("def")
+        .or_else(|| owner.strip_prefix("snap"))
+        .is_some_and(digits);
+    when_ok && job_ok && owner_ok && !code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_names() {
+        for ok in [
+            "20261203T101500Z-job12-def3-FULL",
+            "20261203T101500Z-offline1764756900000000-def3-CLUSTER",
+            "20261203T101500Z-job7-snap2-GLOBALS",
+        ] {
+            assert!(is_set_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "staging",
+            "shop",
+            "20261203T101500Z-job12-def3-",
+            "20261203T101500Z-jobx-def3-FULL",
+            "20261203T1015Z-job12-def3-FULL",
+            "20261203T101500Z-job12-def3-FULL-x",
+        ] {
+            assert!(!is_set_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn partition_values() {
