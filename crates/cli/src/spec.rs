@@ -679,6 +679,22 @@ pub static COMMANDS: &[Cmd] = &[
         ],
     },
     Cmd {
+        name: "show_reconciliation",
+        group: SYSTEM,
+        about: "What the last maintenance pass of each backup server found on disk and in the catalog and could not \
+                settle: ORPHAN (a backup set on disk that no catalog row names; never deleted automatically), MISSING \
+                (a catalog row whose files are gone), BLOCKED (retention must delete a set the agent refuses to delete, \
+                and why), PARTITION (a node partition the agent refuses to write to). Each was alerted once, when first seen.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            opt("kind", "Kind(s): ORPHAN, MISSING, BLOCKED, PARTITION"),
+        ],
+        examples: &[
+            "show_reconciliation",
+            "show_reconciliation bs01.example.org --kind ORPHAN,MISSING",
+        ],
+    },
+    Cmd {
         name: "retry_alerts",
         group: SYSTEM,
         about: "Queue alerts that were not mailed (FAILED or EXPIRED) for mailing again, with fresh attempts.",
