@@ -169,8 +169,7 @@ async fn missing(ctx: &Ctx, roots: &Roots) -> Result<Vec<Finding>> {
     let known = ctx.catalog.server_set_dirs(ctx.server_id).await?;
     let roots = roots.clone();
     let gone = tokio::task::spawn_blocking(move || {
-        let mut by_root: BTreeMap<String, Vec<pgbackman_db::reconcile::KnownSet>> =
-            BTreeMap::new();
+        let mut by_root: BTreeMap<String, Vec<pgbackman_db::reconcile::KnownSet>> = BTreeMap::new();
         for k in known {
             if std::fs::symlink_metadata(&k.backup_dir).is_ok() {
                 continue;

@@ -64,10 +64,7 @@ pub fn roots(cfg: &AgentSection, configured: &[String]) -> (Roots, Vec<(String, 
     let (r, refused) = Roots::new(
         &cfg.backup_dir,
         &cfg.state_dir,
-        written
-            .iter()
-            .chain(configured.iter())
-            .map(String::as_str),
+        written.iter().chain(configured.iter()).map(String::as_str),
     );
     let refused = refused
         .into_iter()

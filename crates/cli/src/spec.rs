@@ -663,7 +663,7 @@ pub static COMMANDS: &[Cmd] = &[
         name: "show_alerts",
         group: SYSTEM,
         about: "Alerts, newest first (1000 at most): failed backups, snapshots and restores, lost jobs, overdue \
-                definitions, quarantine. State: QUEUED (not mailed yet, see Last error), SENT, FAILED (gave up; \
+                definitions, quarantine, maintenance findings (show_reconciliation). State: QUEUED (not mailed yet, see Last error), SENT, FAILED (gave up; \
                 retry_alerts), EXPIRED (too old to mail when it could be).",
         args: &[
             pos("server", "SrvID | FQDN | all"),

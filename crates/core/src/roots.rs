@@ -97,7 +97,10 @@ pub fn node_dir(backup_dir: &Path, state_dir: &Path, partition: &str) -> Result<
         }
     }
     if dir.starts_with(&state) {
-        return refuse(format!("it is inside the agent's state_dir {}", state.display()));
+        return refuse(format!(
+            "it is inside the agent's state_dir {}",
+            state.display()
+        ));
     }
     if dir.starts_with(backup.join("staging")) {
         return refuse(format!(
@@ -224,7 +227,11 @@ pub fn is_set_name(name: &str) -> bool {
         .strip_prefix("def")
         .or_else(|| owner.strip_prefix("snap"))
         .is_some_and(digits);
-    when_ok && job_ok && owner_ok && !code.is_empty() && code.bytes().all(|b| b.is_ascii_uppercase())
+    when_ok
+        && job_ok
+        && owner_ok
+        && !code.is_empty()
+        && code.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 #[cfg(test)]
@@ -267,8 +274,25 @@ mod tests {
             assert!(check_partition_value(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", " ", ".", "./", "staging", "staging/x", "./staging", "a/../b", "..", "/",
-            "//", "/etc", "/etc/pg", "/usr/local/x", "/proc/1", "/var", "/tmp", "/srv", "/home/",
+            "",
+            " ",
+            ".",
+            "./",
+            "staging",
+            "staging/x",
+            "./staging",
+            "a/../b",
+            "..",
+            "/",
+            "//",
+            "/etc",
+            "/etc/pg",
+            "/usr/local/x",
+            "/proc/1",
+            "/var",
+            "/tmp",
+            "/srv",
+            "/home/",
             "/a/../b",
         ] {
             assert!(check_partition_value(bad).is_err(), "{bad:?} accepted");
@@ -307,7 +331,13 @@ mod tests {
         let (r, refused) = Roots::new(
             Path::new("/srv/pgbackman"),
             Path::new("/var/lib/pgbackman"),
-            ["pgsql_node_1", "/backups/n2", "/etc", "/backups/n2", "/srv/pgbackman"],
+            [
+                "pgsql_node_1",
+                "/backups/n2",
+                "/etc",
+                "/backups/n2",
+                "/srv/pgbackman",
+            ],
         );
         assert_eq!(r.partitions(), &[PathBuf::from("/backups/n2")]);
         assert_eq!(refused.len(), 2, "{refused:?}");
