@@ -77,10 +77,11 @@ language sql stable as $$
      order by c.bck_id
 $$;
 
--- Replaces the findings of one server with those of the pass that just ended (p_findings: a
--- JSON array of {kind, path, bck_id, node_id, detail}); a finding seen for the first time raises
--- a MAINTENANCE alert. Returns how many alerts were raised.
-create function api.record_reconciliation(p_server bigint, p_findings jsonb) returns integer
+-- Replaces the findings of one server, of the kinds the pass that just ended looked for
+-- (p_kinds), with what it found (p_findings: a JSON array of {kind, path, bck_id, node_id,
+-- detail}); a finding seen for the first time raises a MAINTENANCE alert. Returns how many
+-- alerts were raised.
+create function api.record_reconciliation(p_server bigint, p_kinds text[], p_findings jsonb) returns integer
 language plpgsql as $$
 declare
     v_new integer;
@@ -94,11 +95,11 @@ begin
            -- A node or row deleted meanwhile is not an error: the finding just loses the link.
            (select n.node_id from public.pgsql_node n where n.node_id = f.node_id), f.detail
       from jsonb_to_recordset(coalesce(p_findings, '[]')) as f(kind text, path text, bck_id bigint, node_id bigint, detail text)
-     where f.kind in ('ORPHAN', 'MISSING', 'BLOCKED', 'PARTITION') and f.path is not null;
+     where f.kind = any (p_kinds) and f.kind in ('ORPHAN', 'MISSING', 'BLOCKED', 'PARTITION') and f.path is not null;
     update pg_temp.found f set bck_id = null
      where f.bck_id is not null and not exists (select 1 from public.backup_catalog c where c.bck_id = f.bck_id);
     delete from public.reconciliation r
-     where r.backup_server_id = p_server
+     where r.backup_server_id = p_server and r.kind = any (p_kinds)
        and not exists (select 1 from pg_temp.found f where f.kind = r.kind and f.path = r.path);
     with fresh as (
         select f.* from pg_temp.found f

@@ -113,10 +113,20 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
         return Ok(());
     }
     findings.extend(r.blocked.iter().cloned());
-    findings.extend(crate::reconcile::findings(ctx, &roots).await?);
+    let mut kinds = vec!["BLOCKED", "PARTITION"];
+    if crate::reconcile::walk_due() {
+        match crate::reconcile::findings(ctx, &roots).await {
+            Ok(f) => findings.extend(f),
+            Err(e) => {
+                crate::reconcile::walk_failed();
+                return Err(e);
+            }
+        }
+        kinds.extend(["ORPHAN", "MISSING"]);
+    }
     let raised = ctx
         .catalog
-        .record_reconciliation(ctx.server_id, &findings)
+        .record_reconciliation(ctx.server_id, &kinds, &findings)
         .await?;
     if !findings.is_empty() {
         tracing::warn!(

@@ -34,6 +34,27 @@ const OFFLINE_GRACE: Duration = Duration::from_secs(24 * 3600);
 const MISSING_PER_ROOT: usize = 10;
 /// How deep under a root set directories are looked for (`<partition…>/<db>/<set>`).
 const MAX_DEPTH: usize = 6;
+/// The daemon walks its roots and checks every row at most this often (a pass runs every few
+/// minutes; a walk reads every set directory and every row of the server). `--maintenance`
+/// always walks.
+const WALK_EVERY: Duration = Duration::from_secs(3600);
+
+static LAST_WALK: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// Whether this pass walks the roots (and so replaces the ORPHAN and MISSING findings).
+pub fn walk_due() -> bool {
+    let mut last = LAST_WALK.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < WALK_EVERY) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
+}
+
+/// A walk that did not finish: the next pass walks again.
+pub fn walk_failed() {
+    *LAST_WALK.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
 
 /// The set directories under `roots` (never following a symbolic link, never in staging).
 pub fn sets_on_disk(roots: &Roots) -> Vec<PathBuf> {

@@ -96,11 +96,12 @@ impl Catalog {
             .collect())
     }
 
-    /// Replaces this server's findings with `findings`; returns how many alerts were raised
-    /// (one per finding seen for the first time).
+    /// Replaces this server's findings of `kinds` with `findings`; returns how many alerts were
+    /// raised (one per finding seen for the first time).
     pub async fn record_reconciliation(
         &self,
         server_id: i64,
+        kinds: &[&str],
         findings: &[Finding],
     ) -> Result<i32, DbError> {
         let json = serde_json::to_value(findings).map_err(|e| DbError::Invalid(e.to_string()))?;
@@ -108,8 +109,8 @@ impl Catalog {
         let tx = c.transaction().await?;
         let n: i32 = tx
             .query_one(
-                "select api.record_reconciliation($1, $2)",
-                &[&server_id, &json],
+                "select api.record_reconciliation($1, $2, $3)",
+                &[&server_id, &kinds, &json],
             )
             .await?
             .get(0);
