@@ -237,6 +237,7 @@ begin
             raise exception 'root_backup_partition "%" is not an absolute path', p_value
                 using errcode = '22023', hint = 'Use an absolute directory, e.g. /srv/pgbackman.';
         end if;
+        perform api.check_backup_partition(p_parameter, p_value);   -- sql/62_reconcile.sql
     when 'pgsql_bin_dir' then
         if p_value !~ '^/' then
             raise exception 'pgsql_bin_dir "%" is not an absolute path', p_value
@@ -247,6 +248,7 @@ begin
             raise exception 'pgnode_backup_partition "%" is not a valid directory', p_value
                 using errcode = '22023', hint = 'Use a name relative to root_backup_partition (e.g. pgsql_node_%%pgnode%%) or an absolute path, without "..".';
         end if;
+        perform api.check_backup_partition(p_parameter, p_value);   -- sql/62_reconcile.sql
     when 'logs_email' then
         if p_value !~ '^[^@\s]+@[^@\s]+$' then
             raise exception 'logs_email "%" is not an e-mail address', p_value

@@ -171,7 +171,7 @@ begin
         execution_status, execution_method, error_step, error_exit_status, error_message, error_stderr_tail,
         role_list, pgsql_node_release, pg_dump_release, client_version, server_version, dump_format, compression,
         command, phase_timings, table_row_counts, verification_level, verification_state, verified_at,
-        verification_error)
+        verification_error, note)
     values (
         p_job_id, v_job.def_id, v_job.snapshot_id, v_job.backup_server_id,
         coalesce(v_job.pgsql_node_id, v_def.pgsql_node_id, v_snap.pgsql_node_id),
@@ -194,7 +194,7 @@ begin
         coalesce((p_result ->> 'verification_level')::smallint, 0),
         coalesce(p_result ->> 'verification_state', 'UNVERIFIED'),
         case when (p_result ->> 'verification_level')::int > 0 then (p_result ->> 'finished')::timestamptz end,
-        p_result ->> 'verification_error')
+        p_result ->> 'verification_error', p_result ->> 'note')
     returning bck_id into v_bck;
     perform api.after_backup_verification(v_bck);   -- sql/55_verify.sql: alert when levels 1/2 failed
     update public.job set state = case v_status when 'SUCCEEDED' then 'SUCCEEDED' when 'CANCELLED' then 'CANCELLED' else 'FAILED' end,

@@ -219,7 +219,7 @@ returns table ("BckID" bigint, "JobID" bigint, "DefID" bigint, "SnapshotID" bigi
                "Schedule" text, "Retention" text, "On disk until" timestamptz,
                "Verification" text, "Verification level" smallint, "Verified at" timestamptz,
                "Verification error" text, "Drill restore time" text,
-               "Failed step" text, "Exit status" integer, "Error message" text, "Stderr tail" text)
+               "Failed step" text, "Exit status" integer, "Error message" text, "Stderr tail" text, "Note" text)
 language sql stable as $$
     select c.bck_id, c.job_id, c.def_id, c.snapshot_id, c.dbname, s.fqdn, n.fqdn, c.backup_code, c.execution_method,
            c.execution_status, c.registered, c.started, c.finished, c.duration::text, c.total_size, c.backup_dir,
@@ -231,7 +231,7 @@ language sql stable as $$
            c.finished + coalesce(d.retention_period, sd.retention_period),
            c.verification_state, c.verification_level, c.verified_at,
            c.verification_error, date_trunc('millisecond', c.drill_duration)::text,
-           c.error_step, c.error_exit_status, c.error_message, c.error_stderr_tail
+           c.error_step, c.error_exit_status, c.error_message, c.error_stderr_tail, c.note
       from public.backup_catalog c
       join public.backup_server s on s.server_id = c.backup_server_id
       join public.pgsql_node n on n.node_id = c.pgsql_node_id

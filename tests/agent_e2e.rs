@@ -23,7 +23,15 @@ fn run_now_and_snapshot_on_two_agents_produce_verified_sets() {
     wait_for(&f.env, "select count(*) from backup_catalog", "2", 60, &a1);
     assert_eq!(f.env.sql("select string_agg(execution_status || ':' || execution_method, ',' order by execution_method) from backup_catalog"), "SUCCEEDED:AT,SUCCEEDED:MANUAL", "{}", a2.log());
     // Each set is on its own server, and every file's checksum in the catalog matches the disk.
-    for (bck, agent) in [(1, &a1), (2, &a2)] {
+    // Which job finishes first is not promised: find each row by what it is.
+    let id = |q: &str| -> i64 {
+        f.env
+            .sql(&format!("select bck_id from backup_catalog where {q}"))
+            .parse()
+            .unwrap()
+    };
+    let (by_def, by_snap) = (id("def_id is not null"), id("snapshot_id is not null"));
+    for (bck, agent) in [(by_def, &a1), (by_snap, &a2)] {
         let dir = f.env.sql(&format!(
             "select backup_dir from backup_catalog where bck_id = {bck}"
         ));

@@ -450,12 +450,14 @@ impl HeldRestore {
         std::fs::write(&self.flag, "").unwrap();
     }
 
+    /// Waits for the held restore itself: the other clients in the same directory (psql) and
+    /// pg_restore's short probes (`--version`, `--list`) must not count.
     fn wait_started(&self, a: &Agent) {
-        let needle = self.bin.path().display().to_string();
-        // A drill lists the archive first (`pg_restore --list`, not held): only a held data
-        // load counts, or the test races ahead of the scratch database.
+        let needle = self.bin.path().join("pg_restore").display().to_string();
         wait_until("pg_restore to start", 30, a, || {
-            processes_with(&needle).iter().any(|c| !c.contains("--list"))
+            processes_with(&needle)
+                .iter()
+                .any(|c| c.contains("--dbname"))
         });
     }
 

@@ -201,6 +201,10 @@ pub fn summary(a: &ClaimedAlert) -> String {
             "Backup definition DefID {} of {db} on {node}: quarantine",
             opt(a.ref_id)
         ),
+        "MAINTENANCE" => format!(
+            "Maintenance on {server} found what it cannot settle: {}",
+            a.execution_status.as_deref().unwrap_or("?")
+        ),
         other => format!("{other} alert for {db} on {node}"),
     }
 }
@@ -236,6 +240,7 @@ pub fn next_step(a: &ClaimedAlert) -> String {
         ("QUARANTINE", _) => {
             format!("pgbackman -C \"show_backup_definitions all {node} {db}\"")
         }
+        ("MAINTENANCE", _) => format!("pgbackman -C \"show_reconciliation {server}\""),
         _ => format!("pgbackman -C \"show_alerts all {node}\""),
     }
 }
@@ -707,6 +712,7 @@ mod tests {
             "OVERDUE",
             "QUARANTINE",
             "VERIFY",
+            "MAINTENANCE",
         ] {
             let a = alert(kind);
             assert!(!summary(&a).is_empty());

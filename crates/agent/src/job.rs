@@ -101,6 +101,7 @@ pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
         agent: ctx.agent_name.clone(),
         started,
         local_id: t.job_id,
+        set_dir: None,
     };
     if let Err(e) = crate::spool::mark_running(&ctx.cfg.state_dir, &marker) {
         tracing::warn!(job_id = t.job_id, "{e:#}");
@@ -116,7 +117,7 @@ pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
             cancel.clone(),
         )))
     });
-    let outcome = execute(&ctx, &t, &cancel, progress.clone(), started).await;
+    let outcome = execute(&ctx, &t, &marker, &cancel, progress.clone(), started).await;
     drop(hb);
     let result = result_json(&t, &outcome);
     let status = match outcome.status {
@@ -207,6 +208,7 @@ fn failed(t0: DateTime<Utc>, job_id: i64, step: &str, message: String) -> Backup
 async fn execute(
     ctx: &Ctx,
     t: &Ticket,
+    marker: &crate::spool::Marker,
     cancel: &CancellationToken,
     progress: Arc<AtomicU64>,
     started: DateTime<Utc>,
@@ -274,12 +276,18 @@ async fn execute(
             Ok(a) => a,
             Err(e) => return failed(started, t.job_id, "definition", e.to_string()),
         };
-    let node_dir = {
-        let p = PathBuf::from(&d.node_backup_partition);
-        if p.is_absolute() {
-            p
-        } else {
-            ctx.cfg.backup_dir.join(p)
+    // Written only where this agent can delete it again (crate::roots).
+    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg, &d.node_backup_partition) {
+        Ok(dir) => dir,
+        Err(e) => {
+            return failed(
+                started,
+                t.job_id,
+                "partition",
+                format!(
+                    "{e}; no backup of PgSQL node {label} is written there. Set another pgnode_backup_partition with update_pgsql_node_config"
+                ),
+            );
         }
     };
     let what = if code.is_cluster_wide() {
@@ -340,6 +348,10 @@ async fn execute(
         definition: serde_json::to_value(d).unwrap_or(Value::Null),
     };
     let _ = client_major;
+    // A restart after the set is in place records it as what it is (crate::recover).
+    if let Err(e) = crate::spool::note_set_dir(&ctx.cfg.state_dir, marker, &spec.final_dir) {
+        tracing::warn!(job_id = t.job_id, "{e:#}");
+    }
     let p = progress.clone();
     let report_progress = move |n: u64| p.store(n, Ordering::Relaxed);
     pgbackman_dump::run_backup(&spec, cancel.clone(), &report_progress).await
@@ -387,6 +399,11 @@ pub(crate) fn timings_json(t: &[(String, f64)]) -> serde_json::Map<String, Value
 
 /// The report in the shape api.report_backup reads.
 fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
+    outcome_json(&t.def.dump_format, t.def.compression_level, o)
+}
+
+/// [`result_json`] for a definition's dump format and compression level.
+pub(crate) fn outcome_json(dump_format: &str, compression_level: i32, o: &BackupOutcome) -> Value {
     let dir = o.backup_dir.as_ref().map(|d| d.display().to_string());
     let path = |name: &str| {
         o.backup_dir
@@ -427,8 +444,8 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
         "server_version": o.server_version,
         "server_major": o.server_version_num.map(|v| (v / 10000).to_string()),
         "client_major": o.client_version.as_deref().and_then(pgbackman_dump::parse_major).map(|m| m.to_string()),
-        "dump_format": t.def.dump_format,
-        "compression": if t.def.dump_format == "directory" { "pg_dump".to_string() } else { format!("zstd:{}", t.def.compression_level) },
+        "dump_format": dump_format,
+        "compression": if dump_format == "directory" { "pg_dump".to_string() } else { format!("zstd:{compression_level}") },
         "command": o.command.join(" "),
         "phase_timings": timings,
         "table_row_counts": o.table_row_counts,

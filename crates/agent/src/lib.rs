@@ -9,9 +9,12 @@ pub mod job;
 pub mod listen;
 pub mod mail;
 pub mod maintenance;
+pub mod reconcile;
+pub mod recover;
 pub mod replay;
 pub mod restore_job;
 pub mod retention;
+pub mod roots;
 pub mod schedule;
 pub mod spool;
 pub mod state;
@@ -187,18 +190,9 @@ async fn run(args: Args) -> Result<()> {
     if let Ok(exe) = std::env::current_exe() {
         pgbackman_dump::set_launcher(exe);
     }
-    // Jobs a previous run was in the middle of when it died: recorded as failed (via the spool).
-    match spool::recover_interrupted(&s.cfg.state_dir) {
-        Ok(keys) => {
-            for k in keys {
-                tracing::warn!(
-                    "{} was interrupted by an agent stop: recorded as failed",
-                    k.label()
-                );
-            }
-        }
-        Err(e) => tracing::error!("{e:#}"),
-    }
+    // Jobs a previous run was in the middle of when it died: a set that was complete is
+    // recorded as what it is, anything else as failed (via the spool; crate::recover).
+    recover::interrupted(&s.cfg);
     let catalog = Catalog::lazy_with_deadline(
         s.catalog_cfg.clone(),
         "pgbackman-agent",

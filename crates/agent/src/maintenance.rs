@@ -11,7 +11,13 @@
 //! 2. files of force-deleted catalog rows held here are removed;
 //! 3. directories of deleted nodes are removed;
 //! 4. retention (`crate::retention::enforce`);
-//! 5. sent alerts older than the server's sent_alerts_retention are removed.
+//! 5. sent alerts older than the server's sent_alerts_retention are removed;
+//! 6. reconciliation (`crate::reconcile`): sets on disk without a row, rows whose files are
+//!    gone; with the deletions retention refused and the node partitions this agent refuses to
+//!    write to, they replace the server's findings in the catalog (an alert for each new one).
+//!
+//! Steps 2 to 4 delete only under this agent's backup roots (`crate::roots`), derived once per
+//! pass from the partitions the catalog has now and those the agent has written to.
 //!
 //! Everything is decided from the catalog as it is now: when it is unreachable the pass stops
 //! and nothing is deleted until the next pass reaches it (never from a stale cache).
@@ -22,6 +28,7 @@ use std::time::Duration;
 use anyhow::Result;
 use pgbackman_core::retention::{expired_without_listing, node_plan};
 use pgbackman_db::DbError;
+use pgbackman_db::reconcile::Finding;
 use pgbackman_db::retention::MaintenanceNode;
 use tokio_util::sync::CancellationToken;
 
@@ -85,15 +92,68 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
         }
     }
     unlisted_expiry(ctx, &listed).await?;
-    let forced = retention::forced_deletions(ctx, stop).await?;
-    let nodes = retention::deleted_nodes(ctx, stop).await?;
-    let r = retention::enforce(ctx, stop).await?;
+    let partitions = ctx
+        .db(
+            "server_partitions",
+            ctx.catalog.server_partitions(ctx.server_id),
+        )
+        .await?;
+    let configured: Vec<String> = partitions.iter().map(|(_, p)| p.clone()).collect();
+    let (roots, refused) = crate::roots::roots(&ctx.cfg, &configured);
+    let mut findings: Vec<Finding> = refused
+        .into_iter()
+        .map(|(p, why)| {
+            tracing::error!(partition = %p, "{why}");
+            Finding {
+                kind: "PARTITION",
+                node_id: partitions.iter().find(|(_, q)| *q == p).map(|(n, _)| *n),
+                detail: format!(
+                    "{why}: this agent writes no backup there (its backups fail) and deletes nothing there. \
+                     Set another directory with update_pgsql_node_config <node> pgnode_backup_partition=<dir>"
+                ),
+                path: p,
+                bck_id: None,
+            }
+        })
+        .collect();
+    let forced = retention::forced_deletions(ctx, &roots, stop).await?;
+    let nodes = retention::deleted_nodes(ctx, &roots, stop).await?;
+    let r = retention::enforce(ctx, &roots, stop).await?;
     let alerts = ctx
         .db(
             "purge_sent_alerts",
             ctx.catalog.purge_sent_alerts(ctx.server_id, None),
         )
         .await?;
+    if stop.is_cancelled() {
+        return Ok(());
+    }
+    findings.extend(r.blocked.iter().cloned());
+    let mut kinds = vec!["BLOCKED", "PARTITION"];
+    if crate::reconcile::walk_due() {
+        match crate::reconcile::findings(ctx, &roots).await {
+            Ok(f) => findings.extend(f),
+            Err(e) => {
+                crate::reconcile::walk_failed();
+                return Err(e);
+            }
+        }
+        kinds.extend(["ORPHAN", "MISSING"]);
+    }
+    let raised = ctx
+        .db(
+            "record_reconciliation",
+            ctx.catalog
+                .record_reconciliation(ctx.server_id, &kinds, &findings),
+        )
+        .await?;
+    if !findings.is_empty() {
+        tracing::warn!(
+            findings = findings.len(),
+            new_alerts = raised,
+            "maintenance found what it cannot settle (show_reconciliation lists it)"
+        );
+    }
     if forced + nodes + r.deleted + r.refused > 0 || alerts > 0 {
         tracing::info!(
             forced_deletions = forced,

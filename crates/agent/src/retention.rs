@@ -3,67 +3,29 @@
 //! deleted nodes). Every step is safe to interrupt: a marked row is finished at the next pass,
 //! and files already gone are fine.
 //!
-//! Only paths under this agent's `backup_dir` are ever removed (never the directory itself nor
-//! its staging area): a catalog row naming anything else is refused and logged.
+//! Only paths strictly under one of this agent's backup roots (`crate::roots`: its `backup_dir`
+//! and the absolute partitions it writes to) are ever removed, never a root itself nor the
+//! staging area: a catalog row naming anything else is refused, and the refusal is a BLOCKED
+//! finding of the pass (an alert, and `show_retention_plan` shows the set as blocked, with why).
 
 use std::io::ErrorKind;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use pgbackman_core::roots::Roots;
+use pgbackman_db::reconcile::Finding;
 use pgbackman_db::retention::MarkedSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::Ctx;
-
-/// Checks that `p` may be removed by an agent whose backup directory is `root`: absolute,
-/// without `..`, strictly below `root` and outside `root/staging`, and — where it exists — not
-/// reached through a symbolic link that leads out of `root`.
-pub fn checked_target(root: &Path, p: &Path) -> Result<PathBuf, String> {
-    let refuse = |why: &str| {
-        Err(format!(
-            "refusing to delete {}: {why} (only paths under the agent's backup_dir {} are deleted)",
-            p.display(),
-            root.display()
-        ))
-    };
-    if !p.is_absolute() {
-        return refuse("not an absolute path");
-    }
-    if p.components().any(|c| c == Component::ParentDir) {
-        return refuse("it contains \"..\"");
-    }
-    // Lexical form: components() already drops "." and repeated slashes.
-    let norm: PathBuf = p.components().collect();
-    let root_norm: PathBuf = root.components().collect();
-    let Ok(rest) = norm.strip_prefix(&root_norm) else {
-        return refuse("outside the backup directory");
-    };
-    match rest.components().next() {
-        None => return refuse("it is the backup directory itself"),
-        Some(Component::Normal(first)) if first == "staging" => {
-            return refuse("it is in the staging area");
-        }
-        _ => {}
-    }
-    // Symbolic links: the parent must resolve inside the resolved root. (The last component
-    // itself may be a link: removing it removes the link, never its target.)
-    if let Some(parent) = norm.parent()
-        && let Ok(real_parent) = parent.canonicalize()
-    {
-        let real_root = root.canonicalize().unwrap_or_else(|_| root_norm.clone());
-        if !real_parent.starts_with(&real_root) {
-            return refuse("a symbolic link leads outside the backup directory");
-        }
-    }
-    Ok(norm)
-}
+use crate::roots::deletable;
 
 /// Removes every path (directories recursively, missing ones ignored) after checking all of
 /// them: one refused path removes nothing.
-pub fn delete_paths(root: &Path, paths: &[String]) -> Result<u64, String> {
+pub fn delete_paths(roots: &Roots, paths: &[String]) -> Result<u64, String> {
     let checked: Vec<PathBuf> = paths
         .iter()
-        .map(|p| checked_target(root, Path::new(p)))
+        .map(|p| deletable(roots, Path::new(p)))
         .collect::<Result<_, _>>()?;
     let mut removed = 0;
     for p in checked {
@@ -82,22 +44,41 @@ pub fn delete_paths(root: &Path, paths: &[String]) -> Result<u64, String> {
     Ok(removed)
 }
 
-async fn delete_blocking(root: PathBuf, paths: Vec<String>) -> Result<u64, String> {
-    tokio::task::spawn_blocking(move || delete_paths(&root, &paths))
+async fn delete_blocking(roots: &Roots, paths: Vec<String>) -> Result<u64, String> {
+    let roots = roots.clone();
+    tokio::task::spawn_blocking(move || delete_paths(&roots, &paths))
         .await
         .map_err(|e| format!("deletion task failed: {e}"))?
 }
 
 /// What one retention run did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub deleted: usize,
     pub refused: usize,
+    /// The refused deletions, as findings of the maintenance pass.
+    pub blocked: Vec<Finding>,
+}
+
+impl Summary {
+    fn block(&mut self, bck_id: i64, node_id: Option<i64>, dir: Option<&str>, why: String) {
+        self.refused += 1;
+        self.blocked.push(Finding {
+            kind: "BLOCKED",
+            path: dir.map_or_else(|| format!("BckID {bck_id}"), str::to_string),
+            bck_id: Some(bck_id),
+            node_id,
+            detail: format!(
+                "retention must delete BckID {bck_id}, but the agent refuses: {why}. The set stays on disk and in the catalog; \
+                 move it under a backup root of this agent, or delete it by hand and then with delete_backup_definition_id --force-deletion"
+            ),
+        });
+    }
 }
 
 /// Phases 2 and 3 of one marked set: files, then the row.
-async fn finish(ctx: &Ctx, set: MarkedSet, sum: &mut Summary) -> Result<()> {
-    match delete_blocking(ctx.cfg.backup_dir.clone(), set.paths).await {
+async fn finish(ctx: &Ctx, roots: &Roots, set: MarkedSet, sum: &mut Summary) -> Result<()> {
+    match delete_blocking(roots, set.paths).await {
         Ok(_) => {
             ctx.db(
                 "retention_forget",
@@ -110,7 +91,7 @@ async fn finish(ctx: &Ctx, set: MarkedSet, sum: &mut Summary) -> Result<()> {
         Err(e) => {
             // The row stays DELETING: the next pass retries, the set is never used again.
             tracing::error!(bck_id = set.bck_id, "retention: {e}");
-            sum.refused += 1;
+            sum.block(set.bck_id, None, set.backup_dir.as_deref(), e);
         }
     }
     Ok(())
@@ -119,7 +100,7 @@ async fn finish(ctx: &Ctx, set: MarkedSet, sum: &mut Summary) -> Result<()> {
 /// Finishes the sets marked earlier (an interrupted pass), then deletes what the plan deletes
 /// on this server: the plan of `show_retention_plan`, from rows read now. Any catalog error
 /// stops the run before another file is touched.
-pub async fn enforce(ctx: &Ctx, stop: &CancellationToken) -> Result<Summary> {
+pub async fn enforce(ctx: &Ctx, roots: &Roots, stop: &CancellationToken) -> Result<Summary> {
     let mut sum = Summary::default();
     for set in ctx
         .db(
@@ -131,7 +112,7 @@ pub async fn enforce(ctx: &Ctx, stop: &CancellationToken) -> Result<Summary> {
         if stop.is_cancelled() {
             return Ok(sum);
         }
-        finish(ctx, set, &mut sum).await?;
+        finish(ctx, roots, set, &mut sum).await?;
     }
     let rows = ctx
         .db(
@@ -148,10 +129,10 @@ pub async fn enforce(ctx: &Ctx, stop: &CancellationToken) -> Result<Summary> {
         }
         // Refuse before marking, so a row pointing elsewhere is never left half-deleted.
         if let Some(dir) = &r.backup_dir
-            && let Err(e) = checked_target(&ctx.cfg.backup_dir, Path::new(dir))
+            && let Err(e) = deletable(roots, Path::new(dir))
         {
             tracing::error!(bck_id = r.bck_id, "retention: {e}");
-            sum.refused += 1;
+            sum.block(r.bck_id, None, Some(dir), e);
             continue;
         }
         match ctx
@@ -163,7 +144,7 @@ pub async fn enforce(ctx: &Ctx, stop: &CancellationToken) -> Result<Summary> {
         {
             Some(set) => {
                 tracing::info!(bck_id = r.bck_id, rule = %rule, "retention: marked for deletion");
-                finish(ctx, set, &mut sum).await?;
+                finish(ctx, roots, set, &mut sum).await?;
             }
             None => {
                 tracing::info!(
@@ -178,7 +159,7 @@ pub async fn enforce(ctx: &Ctx, stop: &CancellationToken) -> Result<Summary> {
 
 /// Files of force-deleted catalog rows (delete_backup_definition_* force-deletion, expired
 /// DELETED definitions) held by this server.
-pub async fn forced_deletions(ctx: &Ctx, stop: &CancellationToken) -> Result<usize> {
+pub async fn forced_deletions(ctx: &Ctx, roots: &Roots, stop: &CancellationToken) -> Result<usize> {
     let mut n = 0;
     for d in ctx
         .db(
@@ -190,7 +171,7 @@ pub async fn forced_deletions(ctx: &Ctx, stop: &CancellationToken) -> Result<usi
         if stop.is_cancelled() {
             break;
         }
-        match delete_blocking(ctx.cfg.backup_dir.clone(), d.paths).await {
+        match delete_blocking(roots, d.paths).await {
             Ok(_) => {
                 ctx.db(
                     "forced_deletion_done",
@@ -209,8 +190,9 @@ pub async fn forced_deletions(ctx: &Ctx, stop: &CancellationToken) -> Result<usi
 }
 
 /// The directories of deleted nodes on this server (their backups were all deleted before the
-/// node could be; what is left is empty directories and strays).
-pub async fn deleted_nodes(ctx: &Ctx, stop: &CancellationToken) -> Result<usize> {
+/// node could be; what is left is empty directories and strays). An absolute partition is a
+/// backup root: its content goes, the directory itself (perhaps a mount point) stays.
+pub async fn deleted_nodes(ctx: &Ctx, roots: &Roots, stop: &CancellationToken) -> Result<usize> {
     let mut n = 0;
     for d in ctx
         .db(
@@ -222,12 +204,15 @@ pub async fn deleted_nodes(ctx: &Ctx, stop: &CancellationToken) -> Result<usize>
         if stop.is_cancelled() {
             break;
         }
-        let dir = {
-            let p = PathBuf::from(&d.backup_partition);
-            if p.is_absolute() {
-                p
-            } else {
-                ctx.cfg.backup_dir.join(p)
+        let dir = match pgbackman_core::roots::node_dir(
+            &ctx.cfg.backup_dir,
+            &ctx.cfg.state_dir,
+            &d.backup_partition,
+        ) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::error!(node_id = d.node_id, "deleted node: {e}");
+                continue;
             }
         };
         let r = if d.shared {
@@ -237,8 +222,17 @@ pub async fn deleted_nodes(ctx: &Ctx, stop: &CancellationToken) -> Result<usize>
                 "deleted node: its directory is shared with another node and stays"
             );
             Ok(0)
+        } else if roots.all().contains(&dir.as_path()) {
+            let content: Vec<String> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            delete_blocking(roots, content).await
         } else {
-            delete_blocking(ctx.cfg.backup_dir.clone(), vec![dir.display().to_string()]).await
+            delete_blocking(roots, vec![dir.display().to_string()]).await
         };
         match r {
             Ok(_) => {
@@ -261,36 +255,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_paths_strictly_under_the_backup_dir() {
-        let root = Path::new("/srv/pgbackman");
-        let ok = |p: &str| checked_target(root, Path::new(p)).is_ok();
-        assert!(ok(
-            "/srv/pgbackman/pgsql_node_1/shop/20260101T000000Z-job1-def1-FULL"
-        ));
-        assert!(ok("/srv/pgbackman/./pgsql_node_1//x"));
-        assert!(ok("/srv/pgbackman/pgsql_node_1"));
-        for bad in [
-            "/srv/pgbackman",
-            "/srv/pgbackman/",
-            "/srv/pgbackman/.",
-            "/srv/pgbackman/staging/12",
-            "/srv/pgbackman/staging",
-            "/srv/pgbackman/../etc",
-            "/srv/pgbackman/x/../../etc",
-            "/srv/pgbackmanx/a",
-            "/etc/passwd",
-            "relative/path",
-            "",
-        ] {
-            assert!(!ok(bad), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
     fn a_symlink_out_of_the_backup_dir_is_refused_and_missing_files_are_fine() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("backups");
         let outside = t.path().join("outside");
+        let (roots, _) = Roots::new(&root, &t.path().join("state"), []);
         std::fs::create_dir_all(root.join("n/db/set1")).unwrap();
         std::fs::create_dir_all(outside.join("keep")).unwrap();
         std::fs::write(root.join("n/db/set1/dump"), b"x").unwrap();
@@ -298,15 +267,15 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
         let s = |p: PathBuf| p.display().to_string();
         // Through the link: refused, nothing removed.
-        let e = delete_paths(&root, &[s(root.join("link/keep"))]).unwrap_err();
+        let e = delete_paths(&roots, &[s(root.join("link/keep"))]).unwrap_err();
         assert!(e.contains("symbolic link"), "{e}");
         assert!(outside.join("keep/file").exists());
         // One refused path in a batch removes nothing of the batch.
-        assert!(delete_paths(&root, &[s(root.join("n/db/set1")), "/etc".into()]).is_err());
+        assert!(delete_paths(&roots, &[s(root.join("n/db/set1")), "/etc".into()]).is_err());
         assert!(root.join("n/db/set1/dump").exists());
         // A set, then its files again (already gone) and a path that never existed.
         let n = delete_paths(
-            &root,
+            &roots,
             &[
                 s(root.join("n/db/set1")),
                 s(root.join("n/db/set1/dump")),
@@ -318,7 +287,7 @@ mod tests {
         assert!(!root.join("n/db/set1").exists());
         assert!(root.join("n/db").exists());
         // The link itself may go; its target stays.
-        delete_paths(&root, &[s(root.join("link"))]).unwrap();
+        delete_paths(&roots, &[s(root.join("link"))]).unwrap();
         assert!(outside.join("keep/file").exists());
     }
 }

@@ -191,6 +191,10 @@ pub struct Marker {
     pub started: DateTime<Utc>,
     /// The local id the job runs under (the job id, or a negative id for an offline fire).
     pub local_id: i64,
+    /// Where the finished set is renamed to, once the job knows it: at the next start, a
+    /// complete set there is recorded as what it is (`crate::recover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_dir: Option<PathBuf>,
 }
 
 fn marker_path(state_dir: &Path, local_id: i64) -> PathBuf {
@@ -202,14 +206,44 @@ pub fn mark_running(state_dir: &Path, m: &Marker) -> Result<()> {
     write_atomic(&marker_path(state_dir, m.local_id), &serde_json::to_vec(m)?)
 }
 
+/// Records in the job's marker where its set will be renamed to (before the run starts).
+pub fn note_set_dir(state_dir: &Path, m: &Marker, set_dir: &Path) -> Result<()> {
+    let m = Marker {
+        set_dir: Some(set_dir.to_path_buf()),
+        ..m.clone()
+    };
+    mark_running(state_dir, &m)
+}
+
 pub fn clear_running(state_dir: &Path, local_id: i64) {
     let _ = fs::remove_file(marker_path(state_dir, local_id));
+}
+
+/// The markers of the jobs in progress (unreadable ones skipped).
+pub fn running_markers(state_dir: &Path) -> Vec<Marker> {
+    fs::read_dir(running_dir(state_dir))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice(&b).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Markers left by a previous run of the agent: each is a job it was running when it died.
 /// They become spooled failures ("agent stopped during the run"), unless that job's own result
 /// reached the spool first.
 pub fn recover_interrupted(state_dir: &Path) -> Result<Vec<Key>> {
+    recover_interrupted_with(state_dir, |_| None)
+}
+
+/// [`recover_interrupted`] where `judge` may give the result of an interrupted job (a set that
+/// was complete when the agent died, see `crate::recover`); None spools the failure above.
+pub fn recover_interrupted_with(
+    state_dir: &Path,
+    judge: impl Fn(&Marker) -> Option<Value>,
+) -> Result<Vec<Key>> {
     let dir = running_dir(state_dir);
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -237,12 +271,14 @@ pub fn recover_interrupted(state_dir: &Path) -> Result<Vec<Key>> {
         };
         if !spooled.contains(&m.key) {
             let now = Utc::now().to_rfc3339();
-            let result = serde_json::json!({
-                "execution_status": "ERROR",
-                "started": m.started.to_rfc3339(),
-                "finished": now,
-                "error_step": "agent",
-                "error_message": "agent stopped during the run",
+            let result = judge(&m).unwrap_or_else(|| {
+                serde_json::json!({
+                    "execution_status": "ERROR",
+                    "started": m.started.to_rfc3339(),
+                    "finished": now,
+                    "error_step": "agent",
+                    "error_message": "agent stopped during the run",
+                })
             });
             write(
                 state_dir,
@@ -369,6 +405,7 @@ mod tests {
                     agent: "a".into(),
                     started: at,
                     local_id: id,
+                    set_dir: None,
                 },
             )
             .unwrap();

@@ -148,6 +148,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         }
         "show_alerts" => crate::commands_alerts::show_alerts(s, inv).await,
         "retry_alerts" => crate::commands_alerts::retry_alerts(s, inv).await,
+        "show_reconciliation" => crate::commands_reconcile::show_reconciliation(s, inv).await,
         "show_pgbackman_config" => show_pgbackman_config(s).await,
         "show_pgbackman_stats" => report("pgbackman_stats", s.catalog.pgbackman_stats().await),
         "show_audit_log" => {
@@ -1148,6 +1149,11 @@ async fn show_retention_plan(s: &mut Session, inv: &Invocation) -> Result<Output
             Value::Text(r.status.clone()),
             Value::Bool(rule.deletes()),
             Value::Text(rule.to_string()),
+            // Only a deletion can be blocked (the agent refused it: sql/62_reconcile.sql).
+            r.blocked
+                .clone()
+                .filter(|_| rule.deletes())
+                .map_or(Value::Null, Value::Text),
         ]);
     }
     let columns = [
@@ -1159,6 +1165,7 @@ async fn show_retention_plan(s: &mut Session, inv: &Invocation) -> Result<Output
         "Status",
         "Delete",
         "Rule",
+        "Blocked",
     ];
     Ok(Output::List {
         kind: "retention_plan",

@@ -18,6 +18,7 @@ const TYPES: &[&str] = &[
     "OVERDUE",
     "QUARANTINE",
     "VERIFY",
+    "MAINTENANCE",
 ];
 
 fn filter(v: Option<&str>) -> Option<Vec<String>> {

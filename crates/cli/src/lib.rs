@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod commands_alerts;
+pub mod commands_reconcile;
 pub mod commands_restore;
 pub mod commands_verify;
 pub mod parse;

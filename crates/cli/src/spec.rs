@@ -663,7 +663,7 @@ pub static COMMANDS: &[Cmd] = &[
         name: "show_alerts",
         group: SYSTEM,
         about: "Alerts, newest first (1000 at most): failed backups, snapshots and restores, lost jobs, overdue \
-                definitions, quarantine. State: QUEUED (not mailed yet, see Last error), SENT, FAILED (gave up; \
+                definitions, quarantine, maintenance findings (show_reconciliation). State: QUEUED (not mailed yet, see Last error), SENT, FAILED (gave up; \
                 retry_alerts), EXPIRED (too old to mail when it could be).",
         args: &[
             pos("server", "SrvID | FQDN | all"),
@@ -676,6 +676,22 @@ pub static COMMANDS: &[Cmd] = &[
             "show_alerts",
             "show_alerts all pg01.example.org QUEUED,FAILED",
             "show_alerts all all all --type OVERDUE",
+        ],
+    },
+    Cmd {
+        name: "show_reconciliation",
+        group: SYSTEM,
+        about: "What the last maintenance pass of each backup server found on disk and in the catalog and could not \
+                settle: ORPHAN (a backup set on disk that no catalog row names; never deleted automatically), MISSING \
+                (a catalog row whose files are gone), BLOCKED (retention must delete a set the agent refuses to delete, \
+                and why), PARTITION (a node partition the agent refuses to write to). Each was alerted once, when first seen.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            opt("kind", "Kind(s): ORPHAN, MISSING, BLOCKED, PARTITION"),
+        ],
+        examples: &[
+            "show_reconciliation",
+            "show_reconciliation bs01.example.org --kind ORPHAN,MISSING",
         ],
     },
     Cmd {

@@ -13,6 +13,7 @@
 //! - [`restore`]: extra pg_restore parameters, role create/reuse plans, renamed-database names,
 //!   stream-or-file choice of a restore.
 //! - [`retention`]: which backups retention keeps or deletes and why; quarantine decisions.
+//! - [`roots`]: the directories an agent writes sets under and may delete under.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -25,3 +26,4 @@ pub mod params;
 pub mod paths;
 pub mod restore;
 pub mod retention;
+pub mod roots;

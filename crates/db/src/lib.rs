@@ -10,6 +10,7 @@ pub mod error;
 pub mod introspect;
 pub mod migrate;
 pub mod node;
+pub mod reconcile;
 pub mod restore;
 pub mod retention;
 pub mod rows;

@@ -36,6 +36,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "60_retention.sql",
         include_str!("../../../sql/60_retention.sql"),
     ),
+    (
+        "62_reconcile.sql",
+        include_str!("../../../sql/62_reconcile.sql"),
+    ),
     ("65_alerts.sql", include_str!("../../../sql/65_alerts.sql")),
     (
         "80_triggers.sql",

@@ -32,6 +32,9 @@ pub struct RetentionRow {
     /// Matches the caller's filters. Rows of the same owners outside them are read too: the
     /// newest successful backups of a definition count wherever they are (a moved definition).
     pub in_scope: bool,
+    /// Why the agent of its server refused to delete it at its last maintenance pass (a
+    /// BLOCKED finding of `sql/62_reconcile.sql`), if it did.
+    pub blocked: Option<String>,
 }
 
 impl RetentionRow {
@@ -162,7 +165,9 @@ impl Catalog {
                         extract(epoch from now() - (now() - coalesce(d.retention_period, s.retention_period)))::float8 as period,
                         coalesce(d.retention_redundancy, 0) as redundancy,
                         c.bck_id, c.finished, c.execution_status = 'SUCCEEDED' as ok, c.dbname, c.execution_status,
-                        c.backup_server_id, c.backup_dir, c.bck_id in (select bck_id from scope) as in_scope
+                        c.backup_server_id, c.backup_dir, c.bck_id in (select bck_id from scope) as in_scope,
+                        (select r.detail from public.reconciliation r
+                          where r.kind = 'BLOCKED' and r.bck_id = c.bck_id limit 1) as blocked
                    from public.backup_catalog c
                    left join public.backup_definition d on d.def_id = c.def_id
                    left join public.snapshot_definition s on s.snapshot_id = c.snapshot_id
@@ -190,6 +195,7 @@ impl Catalog {
                     backup_server_id: r.get("backup_server_id"),
                     backup_dir: r.get("backup_dir"),
                     in_scope: r.get("in_scope"),
+                    blocked: r.get("blocked"),
                 })
                 .collect(),
         })
