@@ -45,6 +45,8 @@
 
 mod exec;
 mod feed;
+mod globals;
+mod psql_error;
 mod journal;
 
 use std::collections::BTreeMap;

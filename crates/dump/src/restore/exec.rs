@@ -17,6 +17,7 @@ use pgbackman_db::restore::target::{self, TargetState};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::psql_error::{self, Script};
 use super::{feed, journal};
 #[path = "split.rs"]
 mod split;
@@ -783,8 +784,10 @@ impl<'a> Exec<'a> {
             "--file={}",
             spec.set_dir.join(ROLES_FILE).display()
         ));
+        let script = spec.set_dir.join(ROLES_FILE);
         self.run_child("roles", "psql", args, None, progress, false)
-            .await?;
+            .await
+            .map_err(|s| psql_error::explain(s, ROLES_FILE, Script::File(&script)))?;
         let after = self
             .guarded("roles", target::existing_roles(self.client(), &needed))
             .await?
@@ -838,8 +841,10 @@ impl<'a> Exec<'a> {
             "--file={}",
             spec.set_dir.join(DATABASE_FILE).display()
         ));
+        let script = spec.set_dir.join(DATABASE_FILE);
         self.run_child("database", "psql", args, None, progress, false)
-            .await?;
+            .await
+            .map_err(|s| psql_error::explain(s, DATABASE_FILE, Script::File(&script)))?;
         // The journal names the database by OID from now on (the long part comes next).
         let oid = self
             .guarded("database", target::database_oid(self.client(), &target))
@@ -1167,7 +1172,11 @@ impl<'a> Exec<'a> {
             Box::new(move |f: File| feed::decode_sql_into(&src, f, &existing, &written, &abort));
         let skipped = self
             .run_child("psql", "psql", args, Some(pump), progress, true)
-            .await?;
+            .await
+            .map_err(|s| {
+                let script = spec.set_dir.join(expected_file);
+                psql_error::explain(s, expected_file, Script::Zstd(&script))
+            })?;
         self.out.roles_reused = skipped;
         let after = self
             .guarded("psql", target::read_state(self.client()))
@@ -1295,12 +1304,6 @@ impl<'a> Exec<'a> {
                 format!("rename database {new:?} back to {orig:?}"),
             );
             self.out.renamed_dbname = None;
-        }
-        if self.dbs_before.is_some() {
-            self.out.notes.push(
-                "roles that existed before a CLUSTER/GLOBALS restore keep the attributes it set"
-                    .into(),
-            );
         }
     }
 
