@@ -234,10 +234,16 @@ impl<'a> Exec<'a> {
         // manifest
         let t = std::time::Instant::now();
         let dir = spec.set_dir.clone();
-        let m = self
+        let m = match self
             .blocking("manifest", Arc::default(), move || set::read_manifest(&dir))
             .await?
-            .map_err(|e| fail("manifest", e.to_string()))?;
+        {
+            Ok(m) => m,
+            Err(e) => {
+                self.out.checksums_failed = Some(format!("manifest: {e}"));
+                return Err(fail("manifest", e.to_string()));
+            }
+        };
         let code: BackupCode = m
             .code
             .parse()
@@ -263,9 +269,13 @@ impl<'a> Exec<'a> {
         if spec.verify_checksums {
             let t = std::time::Instant::now();
             let dir = spec.set_dir.clone();
-            self.blocking("verify", Arc::default(), move || set::verify_set(&dir))
+            if let Err(e) = self
+                .blocking("verify", Arc::default(), move || set::verify_set(&dir))
                 .await?
-                .map_err(|e| fail("verify", e.to_string()))?;
+            {
+                self.out.checksums_failed = Some(e.to_string());
+                return Err(fail("verify", e.to_string()));
+            }
             self.log.event("every file matches its manifest sha256");
             self.timed("verify", t);
         }
