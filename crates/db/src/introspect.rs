@@ -627,7 +627,8 @@ pub async fn capture_database(c: &Client, dbname: &str) -> Result<DatabaseInfo, 
         if role == 0 {
             info.settings = config;
         } else {
-            info.role_settings.insert(decode(c, r.get(1)).await?, config);
+            info.role_settings
+                .insert(decode(c, r.get(1)).await?, config);
         }
     }
     Ok(info)

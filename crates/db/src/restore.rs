@@ -334,10 +334,7 @@ pub mod target {
         let mut databases = BTreeSet::new();
         let rows = c
             .query(
-                &format!(
-                    "SELECT {} FROM pg_catalog.pg_database",
-                    raw_sql("datname")
-                ),
+                &format!("SELECT {} FROM pg_catalog.pg_database", raw_sql("datname")),
                 &[],
             )
             .await

@@ -46,8 +46,8 @@
 mod exec;
 mod feed;
 mod globals;
-mod psql_error;
 mod journal;
+mod psql_error;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -523,7 +523,10 @@ mod tests {
         let by_rep = sql
             .find("SET ROLE rep;\nGRANT CREATE ON DATABASE :\"dbname\" TO report;\nRESET ROLE;")
             .unwrap();
-        assert!(by_owner < by_rep && sql.find("TO bob").unwrap() < by_rep, "{sql}");
+        assert!(
+            by_owner < by_rep && sql.find("TO bob").unwrap() < by_rep,
+            "{sql}"
+        );
         assert!(sql.contains("SET client_encoding = 'UTF8';"));
         assert!(sql.contains("ALTER DATABASE :\"dbname\" SET work_mem TO '32MB';"));
         assert!(

@@ -64,7 +64,9 @@ fn objects_sql(role: &str) -> Vec<String> {
         "alter table \"schéma\".\"tâble\" owner to \"app \"\"owner\"\"\"".into(),
         format!("grant usage on schema \"schéma\" to {r}"),
         format!("grant select on all tables in schema \"schéma\" to {r}"),
-        format!("select lo_from_bytea(4242, 'grand objet ø'); alter large object 4242 owner to {r}"),
+        format!(
+            "select lo_from_bytea(4242, 'grand objet ø'); alter large object 4242 owner to {r}"
+        ),
     ]
 }
 
@@ -92,7 +94,13 @@ fn source_cluster() -> TestCluster {
     pg
 }
 
-fn rspec(set: &Path, node: pgbackman_dump::NodeConn, root: &Path, job_id: i64, target: &str) -> RestoreSpec {
+fn rspec(
+    set: &Path,
+    node: pgbackman_dump::NodeConn,
+    root: &Path,
+    job_id: i64,
+    target: &str,
+) -> RestoreSpec {
     RestoreSpec {
         job_id,
         set_dir: set.to_path_buf(),
@@ -151,7 +159,14 @@ async fn latin1_and_sql_ascii_databases_with_non_ascii_roles_restore_object_by_o
         assert_eq!(counts.get("\"schéma\".child_note"), Some(&15), "{counts:?}");
         assert_eq!(counts.get("\"schéma\".\"tâble\""), Some(&10), "{counts:?}");
 
-        let o = restore(&rspec(&s.final_dir, conn(&target), root.path(), 10 + job, db)).await;
+        let o = restore(&rspec(
+            &s.final_dir,
+            conn(&target),
+            root.path(),
+            10 + job,
+            db,
+        ))
+        .await;
         assert_ok(&o);
         let check = o.row_count_check.expect("row counts compared");
         assert!(check.exact && check.mismatches.is_empty(), "{check:?}");

@@ -194,14 +194,23 @@ mod tests {
             Verdict::Skip
         );
         assert_eq!(j("ALTER ROLE app WITH LOGIN;"), Verdict::Keep);
-        assert_eq!(j("ALTER ROLE \"Old \"\"one\"\"\" SET work_mem TO '5MB';"), Verdict::Skip);
+        assert_eq!(
+            j("ALTER ROLE \"Old \"\"one\"\"\" SET work_mem TO '5MB';"),
+            Verdict::Skip
+        );
         assert_eq!(j("COMMENT ON ROLE keep IS 'a\nb';"), Verdict::Skip);
         assert_eq!(
             j("SECURITY LABEL FOR dummy ON ROLE keep IS 'x';"),
             Verdict::Skip
         );
-        assert_eq!(j("GRANT keep TO postgres GRANTED BY postgres;"), Verdict::Skip);
-        assert_eq!(j("GRANT app TO postgres GRANTED BY postgres;"), Verdict::Keep);
+        assert_eq!(
+            j("GRANT keep TO postgres GRANTED BY postgres;"),
+            Verdict::Skip
+        );
+        assert_eq!(
+            j("GRANT app TO postgres GRANTED BY postgres;"),
+            Verdict::Keep
+        );
         assert_eq!(j("GRANT keep TO app;"), Verdict::Keep);
         assert_eq!(j("GRANT SET ON PARAMETER work_mem TO keep;"), Verdict::Skip);
         assert_eq!(j("GRANT SET ON PARAMETER work_mem TO app;"), Verdict::Keep);
@@ -214,7 +223,10 @@ mod tests {
         assert!(!s.push(b"COMMENT ON ROLE keep IS 'it''s;\n"));
         assert!(s.push(b"two lines';\n"));
         assert_eq!(judge(&s.text(), &existing()), Verdict::Skip);
-        assert_eq!(s.take(true), b"-- COMMENT ON ROLE keep IS 'it''s;\n-- two lines';\n");
+        assert_eq!(
+            s.take(true),
+            b"-- COMMENT ON ROLE keep IS 'it''s;\n-- two lines';\n"
+        );
         assert!(s.is_empty());
         assert!(s.push(b"CREATE ROLE \"a;b\"; -- note\n"));
         assert_eq!(s.take(false), b"CREATE ROLE \"a;b\"; -- note\n");

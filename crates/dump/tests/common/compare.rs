@@ -31,12 +31,14 @@ const MEMBERSHIPS: &str = "select string_agg(format('%s in %s by %s admin=%s', m
    from pg_auth_members a join pg_roles r on r.oid = a.roleid join pg_roles m on m.oid = a.member
    left join pg_roles g on g.oid = a.grantor";
 
-const SETTINGS: &str = "select string_agg(format('%s in %s: %s', coalesce(r.rolname, '*'), coalesce(d.datname, '*'),
+const SETTINGS: &str =
+    "select string_agg(format('%s in %s: %s', coalesce(r.rolname, '*'), coalesce(d.datname, '*'),
         array_to_string(s.setconfig, ',')), E'\\n' order by 1)
    from pg_db_role_setting s left join pg_roles r on r.oid = s.setrole
    left join pg_database d on d.oid = s.setdatabase";
 
-const DATABASE: &str = "select format('owner %s encoding %s acl %s comment %s', pg_get_userbyid(datdba),
+const DATABASE: &str =
+    "select format('owner %s encoding %s acl %s comment %s', pg_get_userbyid(datdba),
         pg_encoding_to_char(encoding), datacl, shobj_description(oid, 'pg_database'))
    from pg_database where datname = current_database()";
 
@@ -66,7 +68,10 @@ pub fn facts(pg: &TestCluster, dbs: &[&str], except: &[&str]) -> BTreeMap<String
         "memberships".into(),
         sorted(psql_utf8(pg, "postgres", MEMBERSHIPS)),
     );
-    out.insert("settings".into(), sorted(psql_utf8(pg, "postgres", SETTINGS)));
+    out.insert(
+        "settings".into(),
+        sorted(psql_utf8(pg, "postgres", SETTINGS)),
+    );
     for db in dbs {
         for (what, q) in [
             ("database", DATABASE),
