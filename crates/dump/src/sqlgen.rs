@@ -315,7 +315,9 @@ pub(crate) fn database_sql(db: &DatabaseInfo, h: &Header<'_>) -> String {
         // grant made by another role than the owner is made by that role again (as pg_dump
         // does), after the owner's grants that gave it the grant option: a superuser's GRANT
         // is recorded as the owner's.
-        let mut groups: Vec<(Option<&str>, Option<&str>, bool, Vec<&str>)> = Vec::new();
+        // (grantor other than the owner, grantee or PUBLIC, grant option, privileges)
+        type Group<'a> = (Option<&'a str>, Option<&'a str>, bool, Vec<&'a str>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
         for a in acl {
             let grantor = a.grantor.as_deref().filter(|g| *g != db.owner);
             let key = (grantor, a.grantee.as_deref(), a.grantable);
