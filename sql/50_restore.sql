@@ -175,6 +175,11 @@ begin
     update public.restore_definition
        set status = case v_status when 'SUCCEEDED' then 'SUCCEEDED' when 'CANCELLED' then 'CANCELLED' else 'ERROR' end
      where restore_def = v_job.restore_def;
+    -- A set found damaged (verification level 1) is the backup's verdict, not only this job's.
+    if v_status = 'ERROR' and v_bck.bck_id is not null then
+        perform api.record_restore_verification(p_job_id, v_bck.bck_id, (p_result ->> 'started')::timestamptz,
+                                                (p_result ->> 'finished')::timestamptz, p_result -> 'verification');
+    end if;
     if v_status = 'ERROR' then
         insert into public.alert (alert_type, backup_server_id, pgsql_node_id, ref_id, bck_id, restore_id, job_id, dbname,
                                   execution_status, error_message, sendto)

@@ -311,6 +311,47 @@ begin
     return v_state;
 end $$;
 
+-- A restore job that found its set failing verification level 1 before it touched its target
+-- (called by api.report_restore with the report's "verification" object: level, state,
+-- error_step, error_message): recorded as verify_backup's result would be (history row of kind
+-- RESTORE, the backup's latest verdict, a VERIFY alert), so that no later restore of the
+-- backup is planned. Once per job (the job id is the key).
+create function api.record_restore_verification(p_job_id bigint, p_bck_id bigint, p_started timestamptz,
+                                                p_finished timestamptz, p_verification jsonb)
+returns void language plpgsql as $$
+declare
+    v_bck public.backup_catalog%rowtype;
+    v_level smallint := coalesce((p_verification ->> 'level')::smallint, 1);
+    v_error text := concat_ws(': ', p_verification ->> 'error_step', p_verification ->> 'error_message');
+begin
+    if p_verification is null or jsonb_typeof(p_verification) <> 'object'
+       or p_verification ->> 'state' is distinct from 'FAILED' then
+        return;
+    end if;
+    select * into v_bck from public.backup_catalog where bck_id = p_bck_id for update;
+    if not found then
+        return;   -- the backup was deleted meanwhile: nothing to judge
+    end if;
+    insert into public.verification (job_id, bck_id, kind, level, state, started, finished,
+                                     error_step, error_message, details)
+    values (p_job_id, p_bck_id, 'RESTORE', v_level, 'FAILED', coalesce(p_started, now()), coalesce(p_finished, now()),
+            p_verification ->> 'error_step', p_verification ->> 'error_message', '{}')
+    on conflict (job_id) do nothing;
+    if not found then
+        return;   -- replayed
+    end if;
+    update public.backup_catalog
+       set verification_level = v_level, verification_state = 'FAILED', verified_at = coalesce(p_finished, now()),
+           verification_error = v_error
+     where bck_id = p_bck_id;
+    insert into public.alert (alert_type, backup_server_id, pgsql_node_id, ref_id, bck_id, job_id, dbname,
+                              execution_status, error_message, sendto)
+    values ('VERIFY', v_bck.backup_server_id, v_bck.pgsql_node_id, coalesce(v_bck.def_id, v_bck.snapshot_id), p_bck_id,
+            p_job_id, v_bck.dbname, 'FAILED',
+            format('verification of BckID %s failed at level %s (found by restore job %s): %s', p_bck_id, v_level, p_job_id, v_error),
+            api.node_config_value(v_bck.pgsql_node_id, 'logs_email'));
+end $$;
+
 -- Verification history, newest first.
 create view api.show_verifications as
 select v.verification_id as "VerificationID", v.job_id as "JobID", v.bck_id as "BckID", v.kind as "Kind",

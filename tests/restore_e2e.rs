@@ -398,3 +398,73 @@ fn restore_commands_decide_or_refuse_with_a_hint() {
         "1"
     );
 }
+
+/// A restore that finds a byte of its set changed fails before touching the target, and the
+/// backup is recorded as failing verification level 1 at once, as verify_backup would record
+/// it (history row, the backup's verdict, a VERIFY alert): a second restore is refused.
+#[test]
+fn a_restore_that_finds_a_damaged_set_records_the_backup_failed() {
+    let env = Env::new();
+    env.register_backup_servers(&["bs1"]);
+    let a = env.start_node("127.0.0.2", "a");
+    let b = env.start_node("127.0.0.3", "b");
+    a.create_database("shop");
+    a.psql(
+        "shop",
+        "create table t (id int primary key, v text); insert into t select g, md5(g::text) from generate_series(1, 3000) g",
+    );
+    let agent = Agent::start_with(&env, "bs1.example.org", None, "repoll_seconds = 1");
+    env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
+        .ok();
+    env.cmd("run_backup_definition_now 1").ok();
+    wait_for(
+        &env,
+        "select execution_status || ' ' || verification_state from backup_catalog",
+        "SUCCEEDED PASSED",
+        60,
+        &agent,
+    );
+    let dir = env.sql("select backup_dir from backup_catalog");
+    let dump = Path::new(&dir).join("dump.pgdump.zst");
+    let mut bytes = std::fs::read(&dump).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&dump, &bytes).unwrap();
+
+    env.cmd("register_restore_definition now 1 127.0.0.3 shop_copy \"\"")
+        .ok();
+    wait_for(
+        &env,
+        "select execution_status || ' ' || error_step from restore_catalog",
+        "ERROR verify",
+        60,
+        &agent,
+    );
+    assert_eq!(
+        env.sql("select verification_level || ' ' || verification_state from backup_catalog"),
+        "1 FAILED"
+    );
+    assert!(
+        env.sql("select verification_error from backup_catalog")
+            .contains("dump.pgdump.zst"),
+    );
+    assert_eq!(
+        env.sql("select kind || ' ' || level || ' ' || state from verification"),
+        "RESTORE 1 FAILED"
+    );
+    assert_eq!(
+        env.sql("select string_agg(alert_type || ' ' || execution_status, ', ' order by alert_type) from alert"),
+        "RESTORE ERROR, VERIFY FAILED"
+    );
+    assert_eq!(
+        b.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'shop_copy'"
+        ),
+        "0"
+    );
+    let r = env
+        .cmd("register_restore_definition now 1 127.0.0.3 shop_copy2 \"\"")
+        .fails_with("failed verification level 1");
+    assert!(r.stderr.contains("HINT"), "{}", r.stderr);
+}

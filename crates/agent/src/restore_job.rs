@@ -306,6 +306,10 @@ fn result_json(r: &AgentRestore, o: &RestoreOutcome, log: Option<String>) -> Val
         "error_exit_status": exit,
         "error_message": message,
         "error_stderr_tail": tail,
+        // A verdict on the backup: recorded at once as a failed level-1 verification.
+        "verification": o.checksums_failed.as_ref().map(|e| json!({
+            "level": 1, "state": "FAILED", "error_step": "checksums", "error_message": e,
+        })),
     })
 }
 

@@ -11,6 +11,17 @@
 //! directions (roles they belong to and roles that belong to them). Predefined roles and the
 //! bootstrap superuser are kept where referenced but never expanded, so that one membership in
 //! `pg_read_all_data` does not pull in every role of the cluster.
+//!
+//! Encodings: a session converts every text it sends from its database's encoding to UTF8, but
+//! the shared catalogs (`pg_authid`, `pg_database`, `pg_tablespace`, `pg_shdescription`,
+//! `pg_db_role_setting`) hold the bytes of whichever session wrote them, whatever the encoding of
+//! the database we read them from. Read as text from a LATIN1 database, the role `reader-ø`
+//! written from a UTF8 database comes back as `reader-Ã¸`. So shared names and texts are read
+//! as their stored bytes ([`raw_sql`]) and decoded by [`decode`]: UTF-8 when they are (what every
+//! UTF8 database, `postgres` included, writes; pg_dump's archive carries the same bytes, so
+//! roles.sql names the very roles its `OWNER TO` lines name), else in the encoding of the
+//! session's database. Names of the database's own objects are converted by the server, except
+//! in a SQL_ASCII database, which converts nothing: its bytes must be UTF-8 there.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -25,6 +36,65 @@ const FIRST_NORMAL_OID: u32 = 16384;
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The bootstrap superuser's oid.
 const BOOTSTRAP_SUPERUSER_OID: u32 = 10;
+
+/// SQL for the stored bytes of the text or name `expr`, as `bytea`, with no encoding
+/// conversion: the text form with each backslash doubled is read by `byteain`'s escape format.
+pub(crate) fn raw_sql(expr: &str) -> String {
+    format!(
+        "pg_catalog.replace(({expr})::text, pg_catalog.chr(92), pg_catalog.repeat(pg_catalog.chr(92), 2))::bytea"
+    )
+}
+
+/// A name or text of a shared catalog from its stored bytes (see the module doc): UTF-8 when
+/// it is, else converted by the server from the encoding of the session's database; bytes that
+/// are neither are an error naming them.
+pub(crate) async fn decode(c: &Client, bytes: Vec<u8>) -> Result<String, String> {
+    let bytes = match String::from_utf8(bytes) {
+        Ok(s) => return Ok(s),
+        Err(e) => e.into_bytes(),
+    };
+    let converted = c
+        .query_one(
+            "SELECT pg_catalog.convert_from($1, pg_catalog.current_setting('server_encoding'))",
+            &[&bytes],
+        )
+        .await;
+    match converted.map(|r| r.try_get::<_, String>(0)) {
+        Ok(Ok(s)) => Ok(s),
+        _ => Err(format!(
+            "the name or text {:?} (bytes {}) in a shared catalog is neither UTF-8 nor valid in this database's encoding: rename it from a UTF8 database",
+            String::from_utf8_lossy(&bytes),
+            hex_bytes(&bytes)
+        )),
+    }
+}
+
+async fn decode_opt(c: &Client, bytes: Option<Vec<u8>>) -> Result<Option<String>, String> {
+    match bytes {
+        Some(b) => decode(c, b).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn decode_all(c: &Client, list: Option<Vec<Vec<u8>>>) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for b in list.unwrap_or_default() {
+        out.push(decode(c, b).await?);
+    }
+    Ok(out)
+}
+
+/// SQL for the entries of a `setconfig` array as stored bytes (`bytea[]`, in order).
+fn settings_raw(col: &str) -> String {
+    format!(
+        "ARRAY(SELECT {} FROM pg_catalog.unnest({col}) WITH ORDINALITY AS s(e, n) ORDER BY n)",
+        raw_sql("s.e")
+    )
+}
+
+fn hex_bytes(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 
 /// An open connection to the node plus the task driving it (aborted on drop).
 pub struct NodeSession {
@@ -151,9 +221,13 @@ pub(crate) async fn read_server_facts(c: &Client) -> Result<ServerFacts, tokio_p
 pub async fn database_size(c: &Client, dbname: Option<&str>) -> Result<i64, String> {
     let row = match dbname {
         Some(db) => {
+            // Compared as stored bytes: the session may be on a database of another encoding.
             c.query_one(
-                "SELECT pg_catalog.pg_database_size(oid) FROM pg_catalog.pg_database WHERE datname = $1",
-                &[&db],
+                &format!(
+                    "SELECT pg_catalog.pg_database_size(oid) FROM pg_catalog.pg_database WHERE {} = $1",
+                    raw_sql("datname")
+                ),
+                &[&db.as_bytes()],
             )
             .await
         }
@@ -216,19 +290,22 @@ pub struct RoleCapture {
     pub passwords_missing: Option<String>,
 }
 
-/// Finds and reads the roles `dbname` needs (see the module doc). `with_passwords`: read the
-/// hashes from `pg_authid` (standard profile); when that is refused the roles are written
-/// without passwords and the reason is kept.
+/// Finds and reads the roles `dbname` needs (see the module doc); `c` must be connected to
+/// `dbname` (the database is found as `current_database()`, which needs no name conversion).
+/// `with_passwords`: read the hashes from `pg_authid` (standard profile); when that is refused
+/// the roles are written without passwords and the reason is kept.
 pub async fn capture_roles(
     c: &Client,
     dbname: &str,
     with_passwords: bool,
 ) -> Result<RoleCapture, String> {
+    let _ = dbname;
     let e = |e: tokio_postgres::Error| describe_one_line(&e);
     let closure: Vec<u32> = c
         .query(
             "WITH RECURSIVE db AS ( \
-                 SELECT oid, datdba, datacl FROM pg_catalog.pg_database WHERE datname = $1 \
+                 SELECT oid, datdba, datacl FROM pg_catalog.pg_database \
+                  WHERE datname = pg_catalog.current_database() \
              ), seed(oid) AS ( \
                  SELECT s.refobjid FROM pg_catalog.pg_shdepend s, db \
                   WHERE s.dbid = db.oid AND s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
@@ -245,7 +322,7 @@ pub async fn capture_roles(
                   WHERE c.oid >= 16384 \
              ) \
              SELECT c.oid FROM closure c JOIN pg_catalog.pg_roles r ON r.oid = c.oid",
-            &[&dbname],
+            &[],
         )
         .await
         .map_err(e)?
@@ -297,19 +374,23 @@ pub async fn capture_roles(
     all.extend(raw.iter().flat_map(|m| [m.role, m.grantor]));
     let rows = c
         .query(
-            "SELECT r.oid, r.rolname::text, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, \
-                    r.rolcanlogin, r.rolreplication, r.rolbypassrls, r.rolconnlimit, \
-                    r.rolvaliduntil::text, pg_catalog.shobj_description(r.oid, 'pg_authid') \
-               FROM pg_catalog.pg_roles r WHERE r.oid = ANY($1)",
+            &format!(
+                "SELECT r.oid, {}, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, \
+                        r.rolcanlogin, r.rolreplication, r.rolbypassrls, r.rolconnlimit, \
+                        r.rolvaliduntil::text, {} \
+                   FROM pg_catalog.pg_roles r WHERE r.oid = ANY($1)",
+                raw_sql("r.rolname"),
+                raw_sql("pg_catalog.shobj_description(r.oid, 'pg_authid')")
+            ),
             &[&all],
         )
         .await
         .map_err(e)?;
     let mut by_oid: HashMap<u32, RoleInfo> = HashMap::new();
-    for r in &rows {
+    for r in rows {
         let info = RoleInfo {
             oid: r.get(0),
-            name: r.get(1),
+            name: decode(c, r.get(1)).await?,
             superuser: r.get(2),
             inherit: r.get(3),
             createrole: r.get(4),
@@ -320,7 +401,7 @@ pub async fn capture_roles(
             connlimit: r.get(9),
             valid_until: r.get(10),
             password: None,
-            comment: r.get(11),
+            comment: decode_opt(c, r.get(11)).await?,
             settings: Vec::new(),
         };
         by_oid.insert(info.oid, info);
@@ -358,17 +439,20 @@ pub async fn capture_roles(
 
     let rows = c
         .query(
-            "SELECT setrole, setconfig::text[] FROM pg_catalog.pg_db_role_setting \
-              WHERE setdatabase = 0 AND setrole = ANY($1)",
+            &format!(
+                "SELECT setrole, {} FROM pg_catalog.pg_db_role_setting \
+                  WHERE setdatabase = 0 AND setrole = ANY($1)",
+                settings_raw("setconfig")
+            ),
             &[&wanted_oids],
         )
         .await
         .map_err(e)?;
     for r in rows {
         let oid: u32 = r.get(0);
-        let config: Option<Vec<String>> = r.get(1);
+        let config = decode_all(c, r.get(1)).await?;
         if let Some(info) = by_oid.get_mut(&oid) {
-            info.settings = config.unwrap_or_default();
+            info.settings = config;
         }
     }
 
@@ -411,6 +495,8 @@ pub async fn capture_roles(
 pub struct AclEntry {
     /// `None` for PUBLIC.
     pub grantee: Option<String>,
+    /// The role that granted it (the owner, or a role holding the grant option).
+    pub grantor: Option<String>,
     pub privilege: String,
     pub grantable: bool,
 }
@@ -444,18 +530,26 @@ pub struct DatabaseInfo {
     pub role_settings: BTreeMap<String, Vec<String>>,
 }
 
-/// Reads the database's own definition, settings and grants.
+/// Reads the database's own definition, settings and grants; `c` must be connected to
+/// `dbname` (see [`capture_roles`]). Names and texts of the shared catalogs are decoded as the
+/// module doc says.
 pub async fn capture_database(c: &Client, dbname: &str) -> Result<DatabaseInfo, String> {
     let e = |e: tokio_postgres::Error| describe_one_line(&e);
+    // The row without its name and ACL, whose bytes may not be valid in this session.
     let row = c
         .query_opt(
-            "SELECT pg_catalog.to_jsonb(d)::text, pg_catalog.pg_get_userbyid(d.datdba)::text, \
-                    pg_catalog.pg_encoding_to_char(d.encoding)::text, t.spcname::text, \
-                    d.datacl IS NULL, pg_catalog.shobj_description(d.oid, 'pg_database') \
-               FROM pg_catalog.pg_database d \
-               LEFT JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace \
-              WHERE d.datname = $1",
-            &[&dbname],
+            &format!(
+                "SELECT (pg_catalog.to_jsonb(d) - 'datname' - 'datacl')::text, {}, \
+                        pg_catalog.pg_encoding_to_char(d.encoding)::text, {}, \
+                        d.datacl IS NULL, {} \
+                   FROM pg_catalog.pg_database d \
+                   LEFT JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace \
+                  WHERE d.datname = pg_catalog.current_database()",
+                raw_sql("pg_catalog.pg_get_userbyid(d.datdba)"),
+                raw_sql("t.spcname"),
+                raw_sql("pg_catalog.shobj_description(d.oid, 'pg_database')")
+            ),
+            &[],
         )
         .await
         .map_err(e)?
@@ -479,10 +573,10 @@ pub async fn capture_database(c: &Client, dbname: &str) -> Result<DatabaseInfo, 
         Some("builtin") => (None, locale),
         _ => (None, None),
     };
-    let tablespace: Option<String> = row.get(3);
+    let tablespace = decode_opt(c, row.get(3)).await?;
     let mut info = DatabaseInfo {
         name: dbname.to_string(),
-        owner: row.get(1),
+        owner: decode(c, row.get(1)).await?,
         encoding: row.get(2),
         locale_provider: provider,
         collate: text("datcollate"),
@@ -505,51 +599,61 @@ pub async fn capture_database(c: &Client, dbname: &str) -> Result<DatabaseInfo, 
             .unwrap_or(true),
         tablespace: tablespace.filter(|t| t != "pg_default"),
         acl: None,
-        comment: row.get(5),
+        comment: decode_opt(c, row.get(5)).await?,
         settings: Vec::new(),
         role_settings: BTreeMap::new(),
     };
     let default_acl: bool = row.get(4);
     if !default_acl {
+        // In aclitem order: a grant option is granted before a grant made with it.
         let rows = c
             .query(
-                "SELECT CASE WHEN a.grantee = 0 THEN NULL \
-                             ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END, \
-                        a.privilege_type, a.is_grantable \
-                   FROM pg_catalog.pg_database d, pg_catalog.aclexplode(d.datacl) a \
-                  WHERE d.datname = $1 ORDER BY 1 NULLS FIRST, 2",
-                &[&dbname],
+                &format!(
+                    "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE {} END, {}, \
+                            a.privilege_type, a.is_grantable \
+                       FROM pg_catalog.pg_database d, \
+                            pg_catalog.aclexplode(d.datacl) WITH ORDINALITY AS a(grantor, grantee, privilege_type, is_grantable, n) \
+                      WHERE d.datname = pg_catalog.current_database() ORDER BY a.n",
+                    raw_sql("pg_catalog.pg_get_userbyid(a.grantee)"),
+                    raw_sql("pg_catalog.pg_get_userbyid(a.grantor)")
+                ),
+                &[],
             )
             .await
             .map_err(e)?;
-        info.acl = Some(
-            rows.iter()
-                .map(|r| AclEntry {
-                    grantee: r.get(0),
-                    privilege: r.get(1),
-                    grantable: r.get(2),
-                })
-                .collect(),
-        );
+        let mut acl = Vec::with_capacity(rows.len());
+        for r in rows {
+            acl.push(AclEntry {
+                grantee: decode_opt(c, r.get(0)).await?,
+                grantor: decode_opt(c, r.get(1)).await?,
+                privilege: r.get(2),
+                grantable: r.get(3),
+            });
+        }
+        info.acl = Some(acl);
     }
     let rows = c
         .query(
-            "SELECT s.setrole, pg_catalog.pg_get_userbyid(s.setrole)::text, s.setconfig::text[] \
-               FROM pg_catalog.pg_db_role_setting s \
-               JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase \
-              WHERE d.datname = $1 ORDER BY 2",
-            &[&dbname],
+            &format!(
+                "SELECT s.setrole, {}, {} \
+                   FROM pg_catalog.pg_db_role_setting s \
+                   JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase \
+                  WHERE d.datname = pg_catalog.current_database()",
+                raw_sql("pg_catalog.pg_get_userbyid(s.setrole)"),
+                settings_raw("s.setconfig")
+            ),
+            &[],
         )
         .await
         .map_err(e)?;
     for r in rows {
         let role: u32 = r.get(0);
-        let config: Option<Vec<String>> = r.get(2);
-        let config = config.unwrap_or_default();
+        let config = decode_all(c, r.get(2)).await?;
         if role == 0 {
             info.settings = config;
         } else {
-            info.role_settings.insert(r.get(1), config);
+            info.role_settings
+                .insert(decode(c, r.get(1)).await?, config);
         }
     }
     Ok(info)
@@ -564,26 +668,38 @@ pub struct TableRef {
 }
 
 /// Ordinary tables (partitions included, partitioned parents not: their rows are their
-/// partitions'), outside the system schemas, with the planner's estimate.
+/// partitions'), outside the system schemas, with the planner's estimate. Names come converted
+/// by the server; a SQL_ASCII database converts nothing, so there a table whose name is not
+/// UTF-8 is left out (it cannot be named back to the server in a UTF8 session).
 pub async fn list_tables(c: &Client) -> Result<Vec<TableRef>, String> {
     let rows = c
         .query(
-            "SELECT n.nspname::text, c.relname::text, c.reltuples::int8 \
-               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-              WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_' \
-              ORDER BY 1, 2",
+            &format!(
+                "WITH e AS (SELECT pg_catalog.current_setting('server_encoding') = 'SQL_ASCII' AS raw) \
+                 SELECT CASE WHEN e.raw THEN NULL ELSE n.nspname::text END, \
+                        CASE WHEN e.raw THEN NULL ELSE c.relname::text END, \
+                        CASE WHEN e.raw THEN {} END, CASE WHEN e.raw THEN {} END, c.reltuples::int8 \
+                   FROM e, pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relkind = 'r' AND c.relpersistence <> 't' \
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                    AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_' \
+                  ORDER BY n.nspname, c.relname",
+                raw_sql("n.nspname"),
+                raw_sql("c.relname")
+            ),
             &[],
         )
         .await
         .map_err(|e| describe_one_line(&e))?;
+    let text = |t: Option<String>, b: Option<Vec<u8>>| t.or_else(|| String::from_utf8(b?).ok());
     Ok(rows
         .iter()
-        .map(|r| TableRef {
-            schema: r.get(0),
-            name: r.get(1),
-            estimate: r.get(2),
+        .filter_map(|r| {
+            Some(TableRef {
+                schema: text(r.get(0), r.get(2))?,
+                name: text(r.get(1), r.get(3))?,
+                estimate: r.get(4),
+            })
         })
         .collect())
 }
@@ -617,7 +733,9 @@ pub async fn end_snapshot(c: &Client) -> Result<(), String> {
 
 /// Exact row counts in the open snapshot transaction. `keys` are qualified table names as SQL
 /// identifiers (`schema.table`, each part quoted where needed); each is counted with
-/// `SELECT count(*) FROM <key>` and keys the returned map. A table that cannot be counted (no
+/// `SELECT count(*) FROM ONLY <key>` (the table's own rows: pg_dump dumps a parent's and its
+/// children's rows apart, so a parent counted with its children would never match a restore)
+/// and keys the returned map. A table that cannot be counted (no
 /// privilege, dropped meanwhile) is left out and named in the returned notes.
 pub async fn count_rows(c: &Client, keys: &[String]) -> (BTreeMap<String, i64>, Vec<String>) {
     let mut counts = BTreeMap::new();
@@ -627,7 +745,7 @@ pub async fn count_rows(c: &Client, keys: &[String]) -> (BTreeMap<String, i64>, 
             notes.push(format!("{key}: {}", describe_one_line(&err)));
             break; // the transaction is gone
         }
-        let sql = format!("SELECT count(*) FROM {key}");
+        let sql = format!("SELECT count(*) FROM ONLY {key}");
         match c.query_one(&sql, &[]).await {
             Ok(row) => {
                 counts.insert(key.clone(), row.get(0));

@@ -323,32 +323,44 @@ pub mod target {
         pub bootstrap_superuser: String,
     }
 
-    /// Reads the target's version, databases and roles.
+    /// Reads the target's version, databases and roles. Names are read as stored bytes and
+    /// decoded as the backup side does (`introspect`'s module doc), so that they compare with
+    /// the names of a set whatever the encoding of the admin database.
     pub async fn read_state(c: &Client) -> Result<TargetState, String> {
+        use crate::introspect::{decode, raw_sql};
         let e = |e: tokio_postgres::Error| describe_one_line(&e);
         let v = crate::introspect::server_facts(c).await?;
-        let databases = c
-            .query("SELECT datname::text FROM pg_catalog.pg_database", &[])
-            .await
-            .map_err(e)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let roles = c
-            .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
-            .await
-            .map_err(e)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let bootstrap_superuser = c
-            .query_one(
-                "SELECT rolname::text FROM pg_catalog.pg_roles WHERE oid = 10",
+        let mut databases = BTreeSet::new();
+        let rows = c
+            .query(
+                &format!("SELECT {} FROM pg_catalog.pg_database", raw_sql("datname")),
                 &[],
             )
             .await
-            .map_err(e)?
-            .get(0);
+            .map_err(e)?;
+        for r in rows {
+            databases.insert(decode(c, r.get(0)).await?);
+        }
+        let mut roles = BTreeSet::new();
+        let mut bootstrap_superuser = String::new();
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT oid, {} FROM pg_catalog.pg_roles",
+                    raw_sql("rolname")
+                ),
+                &[],
+            )
+            .await
+            .map_err(e)?;
+        for r in rows {
+            let oid: u32 = r.get(0);
+            let name = decode(c, r.get(1)).await?;
+            if oid == 10 {
+                bootstrap_superuser = name.clone();
+            }
+            roles.insert(name);
+        }
         Ok(TargetState {
             server_version: v.version,
             server_version_num: v.version_num,

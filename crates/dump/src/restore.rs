@@ -45,7 +45,9 @@
 
 mod exec;
 mod feed;
+mod globals;
 mod journal;
+mod psql_error;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -252,6 +254,11 @@ pub struct RestoreOutcome {
     pub cleanup: Vec<String>,
     /// Warnings and remarks.
     pub notes: Vec<String>,
+    /// Why the set failed verification level 1 (a file against its manifest sha256, or the
+    /// manifest unreadable) when the restore found it so before touching the target: a
+    /// verdict on the backup itself, to be recorded as `verify_backup` would.
+    #[serde(default)]
+    pub checksums_failed: Option<String>,
 }
 
 impl RestoreOutcome {
@@ -285,6 +292,7 @@ impl RestoreOutcome {
             row_count_check: None,
             cleanup: Vec::new(),
             notes: Vec::new(),
+            checksums_failed: None,
         }
     }
 }

@@ -165,7 +165,7 @@ pub(crate) fn roles_sql(cap: &RoleCapture, h: &Header<'_>) -> String {
         }
     }
     out.push_str(
-        "--\n\nSET standard_conforming_strings = on;\nBEGIN;\n\n\
+        "--\n\nSET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\nBEGIN;\n\n\
          CREATE TEMPORARY TABLE pgbackman_created_roles (rolname text PRIMARY KEY) ON COMMIT DROP;\n\n",
     );
     for r in &cap.roles {
@@ -248,6 +248,7 @@ pub(crate) fn database_sql(db: &DatabaseInfo, h: &Header<'_>) -> String {
          \\else\n\
          DO $$BEGIN RAISE EXCEPTION 'database.sql needs the name of the database to create: psql -v dbname=NAME -f database.sql'; END$$;\n\
          \\endif\n\
+         SET client_encoding = 'UTF8';\n\
          SET standard_conforming_strings = on;\n\n",
     );
     let db_ident = ":\"dbname\"";
@@ -310,16 +311,23 @@ pub(crate) fn database_sql(db: &DatabaseInfo, h: &Header<'_>) -> String {
             "REVOKE ALL ON DATABASE {db_ident} FROM {};",
             quote_ident(&db.owner)
         );
-        // One GRANT per grantee and grant option, privileges in the order read.
-        let mut groups: Vec<(Option<&str>, bool, Vec<&str>)> = Vec::new();
+        // One GRANT per grantor, grantee and grant option, privileges in the order read. A
+        // grant made by another role than the owner is made by that role again (as pg_dump
+        // does), after the owner's grants that gave it the grant option: a superuser's GRANT
+        // is recorded as the owner's.
+        // (grantor other than the owner, grantee or PUBLIC, grant option, privileges)
+        type Group<'a> = (Option<&'a str>, Option<&'a str>, bool, Vec<&'a str>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
         for a in acl {
-            let key = (a.grantee.as_deref(), a.grantable);
-            match groups.iter_mut().find(|(g, o, _)| (*g, *o) == key) {
-                Some(group) => group.2.push(&a.privilege),
-                None => groups.push((key.0, key.1, vec![&a.privilege])),
+            let grantor = a.grantor.as_deref().filter(|g| *g != db.owner);
+            let key = (grantor, a.grantee.as_deref(), a.grantable);
+            match groups.iter_mut().find(|(r, g, o, _)| (*r, *g, *o) == key) {
+                Some(group) => group.3.push(&a.privilege),
+                None => groups.push((key.0, key.1, key.2, vec![&a.privilege])),
             }
         }
-        for (grantee, grantable, privileges) in groups {
+        groups.sort_by_key(|g| g.0.is_some());
+        for (grantor, grantee, grantable, privileges) in groups {
             let to = grantee.map_or_else(|| "PUBLIC".to_string(), quote_ident);
             let privs: Vec<&str> = privileges
                 .iter()
@@ -329,12 +337,19 @@ pub(crate) fn database_sql(db: &DatabaseInfo, h: &Header<'_>) -> String {
             if privs.is_empty() {
                 continue;
             }
-            let _ = writeln!(
-                out,
+            let grant = format!(
                 "GRANT {} ON DATABASE {db_ident} TO {to}{};",
                 privs.join(", "),
                 if grantable { " WITH GRANT OPTION" } else { "" }
             );
+            match grantor {
+                None => {
+                    let _ = writeln!(out, "{grant}");
+                }
+                Some(g) => {
+                    let _ = writeln!(out, "SET ROLE {};\n{grant}\nRESET ROLE;", quote_ident(g));
+                }
+            }
         }
     }
     if !db.settings.is_empty() {
@@ -461,17 +476,32 @@ mod tests {
             tablespace: Some("fast".into()),
             acl: Some(vec![
                 AclEntry {
+                    grantee: Some("rep".into()),
+                    grantor: Some("Owner".into()),
+                    privilege: "CREATE".into(),
+                    grantable: true,
+                },
+                AclEntry {
+                    grantee: Some("report".into()),
+                    grantor: Some("rep".into()),
+                    privilege: "CREATE".into(),
+                    grantable: false,
+                },
+                AclEntry {
                     grantee: None,
+                    grantor: Some("Owner".into()),
                     privilege: "CONNECT".into(),
                     grantable: false,
                 },
                 AclEntry {
                     grantee: Some("bob".into()),
+                    grantor: Some("Owner".into()),
                     privilege: "CONNECT".into(),
                     grantable: false,
                 },
                 AclEntry {
                     grantee: Some("bob".into()),
+                    grantor: Some("Owner".into()),
                     privilege: "CREATE".into(),
                     grantable: false,
                 },
@@ -488,6 +518,18 @@ mod tests {
         assert!(sql.contains("REVOKE ALL ON DATABASE :\"dbname\" FROM PUBLIC;"));
         assert!(sql.contains("GRANT CONNECT ON DATABASE :\"dbname\" TO PUBLIC;"));
         assert!(sql.contains("GRANT CONNECT, CREATE ON DATABASE :\"dbname\" TO bob;"));
+        // The grant rep made is made by rep again, after the owner's grant of the option.
+        let by_owner = sql
+            .find("GRANT CREATE ON DATABASE :\"dbname\" TO rep WITH GRANT OPTION;")
+            .unwrap();
+        let by_rep = sql
+            .find("SET ROLE rep;\nGRANT CREATE ON DATABASE :\"dbname\" TO report;\nRESET ROLE;")
+            .unwrap();
+        assert!(
+            by_owner < by_rep && sql.find("TO bob").unwrap() < by_rep,
+            "{sql}"
+        );
+        assert!(sql.contains("SET client_encoding = 'UTF8';"));
         assert!(sql.contains("ALTER DATABASE :\"dbname\" SET work_mem TO '32MB';"));
         assert!(
             sql.contains("ALTER ROLE bob IN DATABASE :\"dbname\" SET statement_timeout TO '5s';")

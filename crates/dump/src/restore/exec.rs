@@ -17,6 +17,7 @@ use pgbackman_db::restore::target::{self, TargetState};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::psql_error::{self, Script};
 use super::{feed, journal};
 #[path = "split.rs"]
 mod split;
@@ -233,10 +234,16 @@ impl<'a> Exec<'a> {
         // manifest
         let t = std::time::Instant::now();
         let dir = spec.set_dir.clone();
-        let m = self
+        let m = match self
             .blocking("manifest", Arc::default(), move || set::read_manifest(&dir))
             .await?
-            .map_err(|e| fail("manifest", e.to_string()))?;
+        {
+            Ok(m) => m,
+            Err(e) => {
+                self.out.checksums_failed = Some(format!("manifest: {e}"));
+                return Err(fail("manifest", e.to_string()));
+            }
+        };
         let code: BackupCode = m
             .code
             .parse()
@@ -262,9 +269,13 @@ impl<'a> Exec<'a> {
         if spec.verify_checksums {
             let t = std::time::Instant::now();
             let dir = spec.set_dir.clone();
-            self.blocking("verify", Arc::default(), move || set::verify_set(&dir))
+            if let Err(e) = self
+                .blocking("verify", Arc::default(), move || set::verify_set(&dir))
                 .await?
-                .map_err(|e| fail("verify", e.to_string()))?;
+            {
+                self.out.checksums_failed = Some(e.to_string());
+                return Err(fail("verify", e.to_string()));
+            }
             self.log.event("every file matches its manifest sha256");
             self.timed("verify", t);
         }
@@ -783,8 +794,10 @@ impl<'a> Exec<'a> {
             "--file={}",
             spec.set_dir.join(ROLES_FILE).display()
         ));
+        let script = spec.set_dir.join(ROLES_FILE);
         self.run_child("roles", "psql", args, None, progress, false)
-            .await?;
+            .await
+            .map_err(|s| psql_error::explain(s, ROLES_FILE, Script::File(&script)))?;
         let after = self
             .guarded("roles", target::existing_roles(self.client(), &needed))
             .await?
@@ -838,8 +851,10 @@ impl<'a> Exec<'a> {
             "--file={}",
             spec.set_dir.join(DATABASE_FILE).display()
         ));
+        let script = spec.set_dir.join(DATABASE_FILE);
         self.run_child("database", "psql", args, None, progress, false)
-            .await?;
+            .await
+            .map_err(|s| psql_error::explain(s, DATABASE_FILE, Script::File(&script)))?;
         // The journal names the database by OID from now on (the long part comes next).
         let oid = self
             .guarded("database", target::database_oid(self.client(), &target))
@@ -1167,7 +1182,11 @@ impl<'a> Exec<'a> {
             Box::new(move |f: File| feed::decode_sql_into(&src, f, &existing, &written, &abort));
         let skipped = self
             .run_child("psql", "psql", args, Some(pump), progress, true)
-            .await?;
+            .await
+            .map_err(|s| {
+                let script = spec.set_dir.join(expected_file);
+                psql_error::explain(s, expected_file, Script::Zstd(&script))
+            })?;
         self.out.roles_reused = skipped;
         let after = self
             .guarded("psql", target::read_state(self.client()))
@@ -1295,12 +1314,6 @@ impl<'a> Exec<'a> {
                 format!("rename database {new:?} back to {orig:?}"),
             );
             self.out.renamed_dbname = None;
-        }
-        if self.dbs_before.is_some() {
-            self.out.notes.push(
-                "roles that existed before a CLUSTER/GLOBALS restore keep the attributes it set"
-                    .into(),
-            );
         }
     }
 

@@ -8,6 +8,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::globals::{Statement, Verdict, judge};
+
 const BUF: usize = 1 << 20;
 
 fn stopped() -> io::Error {
@@ -94,33 +96,9 @@ pub(crate) fn decode_tee(
     Ok(total)
 }
 
-/// The role name of a pg_dumpall `CREATE ROLE name;` line, if it is one.
-pub(crate) fn create_role_name(line: &str) -> Option<String> {
-    let rest = line
-        .trim_end()
-        .strip_prefix("CREATE ROLE ")?
-        .strip_suffix(';')?;
-    if let Some(q) = rest.strip_prefix('"') {
-        let inner = q.strip_suffix('"')?;
-        // Inside quotes only doubled quotes are allowed.
-        if inner.replace("\"\"", "").contains('"') {
-            return None;
-        }
-        Some(inner.replace("\"\"", "\""))
-    } else if !rest.is_empty()
-        && rest.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$' || !c.is_ascii()
-        })
-    {
-        Some(rest.to_string())
-    } else {
-        None
-    }
-}
-
-/// Decodes pg_dumpall SQL from `src` into `dst`. Before the first `\connect` (the roles and
-/// tablespaces part), `CREATE ROLE x;` of a role in `existing` becomes a comment. Returns the
-/// bytes written and the roles whose CREATE was skipped.
+/// Decodes pg_dumpall SQL from `src` into `dst`. Before the first `\connect` (the roles part),
+/// every statement that would change a role in `existing` becomes a comment, line for line
+/// (see `globals`). Returns the bytes written and the roles whose CREATE was skipped.
 pub(crate) fn decode_sql_into(
     src: &Path,
     dst: impl Write,
@@ -133,9 +111,16 @@ pub(crate) fn decode_sql_into(
     let mut out = io::BufWriter::with_capacity(BUF, dst);
     let mut skipped = Vec::new();
     let mut globals = true;
+    let mut stmt = Statement::default();
     let mut line = Vec::new();
     let mut total = 0u64;
     let mut since_check = 0usize;
+    let mut emit = |out: &mut io::BufWriter<_>, bytes: &[u8]| -> io::Result<()> {
+        out.write_all(bytes)?;
+        total += bytes.len() as u64;
+        written.store(total, Ordering::Relaxed);
+        Ok(())
+    };
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
@@ -149,28 +134,31 @@ pub(crate) fn decode_sql_into(
             }
         }
         if globals {
-            if line.starts_with(b"\\connect") {
-                globals = false;
-            } else if line.starts_with(b"CREATE ROLE ")
-                && let Ok(text) = std::str::from_utf8(&line)
-                && let Some(name) = create_role_name(text)
-                && existing.contains(&name)
+            let trimmed = line.trim_ascii_start();
+            if stmt.is_empty()
+                && (trimmed.is_empty() || trimmed.starts_with(b"--") || trimmed.starts_with(b"\\"))
             {
-                let comment = format!(
-                    "-- {} -- skipped by pgbackman: the role exists on the target\n",
-                    text.trim_end()
-                );
-                out.write_all(comment.as_bytes())?;
-                total += comment.len() as u64;
-                written.store(total, Ordering::Relaxed);
-                skipped.push(name);
+                if line.starts_with(b"\\connect") {
+                    globals = false;
+                }
+                emit(&mut out, &line)?;
                 continue;
             }
+            if stmt.push(&line) {
+                let verdict = judge(&stmt.text(), existing);
+                let skip = verdict != Verdict::Keep;
+                if let Verdict::SkipCreate(name) = verdict {
+                    skipped.push(name);
+                }
+                let bytes = stmt.take(skip);
+                emit(&mut out, &bytes)?;
+            }
+            continue;
         }
-        out.write_all(&line)?;
-        total += line.len() as u64;
-        written.store(total, Ordering::Relaxed);
+        emit(&mut out, &line)?;
     }
+    let rest = stmt.take(false);
+    emit(&mut out, &rest)?;
     out.flush()?;
     Ok((total, skipped))
 }
@@ -180,24 +168,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn role_lines() {
-        assert_eq!(
-            create_role_name("CREATE ROLE postgres;\n").as_deref(),
-            Some("postgres")
-        );
-        assert_eq!(
-            create_role_name("CREATE ROLE \"Bob \"\"x\"\"\";").as_deref(),
-            Some("Bob \"x\"")
-        );
-        assert_eq!(create_role_name("CREATE ROLE a; DROP TABLE x;"), None);
-        assert_eq!(create_role_name("CREATE ROLE \"a\" b\";"), None);
-        assert_eq!(create_role_name("ALTER ROLE a;"), None);
-    }
-
-    #[test]
     fn sql_filter_only_before_the_first_connect() {
         let dir = tempfile::tempdir().unwrap();
-        let sql = "CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER;\nCREATE ROLE app;\n\\connect template1\nCREATE ROLE postgres;\n";
+        let sql = "CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER PASSWORD 'x';\nCREATE ROLE app;\nGRANT app TO postgres;\n\\connect template1\nCREATE ROLE postgres;\n";
         let src = dir.path().join("c.sql.zst");
         std::fs::write(&src, zstd::encode_all(sql.as_bytes(), 3).unwrap()).unwrap();
         let mut out = Vec::new();
@@ -214,10 +187,9 @@ mod tests {
         assert_eq!(n as usize, text.len());
         assert_eq!(skipped, vec!["postgres"]);
         assert!(
-            text.starts_with("-- CREATE ROLE postgres; -- skipped"),
+            text.starts_with("-- CREATE ROLE postgres;\n-- ALTER ROLE postgres WITH SUPERUSER PASSWORD 'x';\nCREATE ROLE app;\nGRANT app TO postgres;\n"),
             "{text}"
         );
-        assert!(text.contains("\nCREATE ROLE app;\n"));
         assert!(text.ends_with("\\connect template1\nCREATE ROLE postgres;\n"));
     }
 

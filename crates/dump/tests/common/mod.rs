@@ -59,3 +59,4 @@ pub async fn backup_ok(spec: &BackupSpec) -> BackupOutcome {
     assert!(o.status.is_success(), "{:#?}", o.status);
     o
 }
+pub mod compare;
