@@ -5,6 +5,7 @@
 //!
 //! - [`cron`]: classic 5-field crontab schedules (validation with field-level errors, next fire
 //!   time in any time zone, description in words), built on `croner`.
+//! - [`hostname`]: host names, domains and node addresses (RFC 1123, IP, socket directory).
 //! - [`interval`]: the "random minute/hour inside the node's configured interval" rule.
 //! - [`model`]: codes and statuses, database selections (`#all_databases#`, ...), filters,
 //!   object references, ports, redundancy, extra pg_dump parameters.
@@ -13,11 +14,13 @@
 //! - [`restore`]: extra pg_restore parameters, role create/reuse plans, renamed-database names,
 //!   stream-or-file choice of a restore.
 //! - [`retention`]: which backups retention keeps or deletes and why; quarantine decisions.
+//! - [`text`]: control characters made visible for terminals, bounded quoting of input.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod cron;
+pub mod hostname;
 pub mod interval;
 pub mod model;
 pub mod overdue;
@@ -25,3 +28,4 @@ pub mod params;
 pub mod paths;
 pub mod restore;
 pub mod retention;
+pub mod text;
