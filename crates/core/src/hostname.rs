@@ -115,7 +115,9 @@ fn check_rfc1123(v: &str) -> Result<(), String> {
     }
     for label in v.split('.') {
         if label.is_empty() {
-            return Err("it has an empty label (two dots in a row, or a leading or trailing dot)".into());
+            return Err(
+                "it has an empty label (two dots in a row, or a leading or trailing dot)".into(),
+            );
         }
         if label.len() > MAX_LABEL {
             return Err(format!("a label is longer than {MAX_LABEL} characters"));
@@ -164,7 +166,15 @@ mod tests {
 
     #[test]
     fn good_names() {
-        for v in ["backup01", "Backup01", "a", "pg-01", "db1.example.org", "x1.y2.z3", "127"] {
+        for v in [
+            "backup01",
+            "Backup01",
+            "a",
+            "pg-01",
+            "db1.example.org",
+            "x1.y2.z3",
+            "127",
+        ] {
             check_host(ServerHost, v).unwrap_or_else(|e| panic!("{v}: {e}"));
         }
         for v in ["example.org", "", "dc2.example.net"] {
@@ -221,7 +231,16 @@ mod tests {
                 assert!(check_host(Domain, v).is_err(), "domain accepted {v:?}");
             }
         }
-        for v in ["300.1.1.1", "1.2.3", "::g", "1:2", "/tmp/../etc", "/tmp/a b", "/tmp/$(id)", "/tmp/\u{202e}"] {
+        for v in [
+            "300.1.1.1",
+            "1.2.3",
+            "::g",
+            "1:2",
+            "/tmp/../etc",
+            "/tmp/a b",
+            "/tmp/$(id)",
+            "/tmp/\u{202e}",
+        ] {
             assert!(check_host(NodeHost, v).is_err(), "node accepted {v:?}");
         }
         // IP addresses and socket directories are for nodes only.
@@ -236,11 +255,16 @@ mod tests {
         let e = check_host(ServerHost, &long).unwrap_err().to_string();
         assert!(e.len() < 400, "{e}");
         assert!(e.contains("100000 bytes"), "{e}");
-        let e = check_host(NodeHost, "pg\u{202e}01").unwrap_err().to_string();
+        let e = check_host(NodeHost, "pg\u{202e}01")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("U+202E"), "{e}");
         assert!(e.contains("\\u{202e}"), "{e}");
         assert!(e.contains("HINT: "), "{e}");
         let e = check_host(Domain, "a;b").unwrap_err().to_string();
-        assert!(e.starts_with("domain \"a;b\" is not valid: character ';'"), "{e}");
+        assert!(
+            e.starts_with("domain \"a;b\" is not valid: character ';'"),
+            "{e}"
+        );
     }
 }

@@ -86,7 +86,8 @@ pub fn bound_quoted(msg: &str) -> Cow<'_, str> {
             break;
         };
         let inner = &after[..end];
-        if inner.chars().count() > QUOTE_MAX_CHARS {
+        // A part ending in … was cut already (by [`quote`] or the catalog's api.q).
+        if inner.chars().count() > QUOTE_MAX_CHARS && !inner.ends_with('…') {
             let head: String = inner.chars().take(QUOTE_MAX_CHARS).collect();
             let _ = write!(out, "{head}…\" ({} bytes)", inner.len());
             changed = true;
@@ -111,6 +112,41 @@ pub fn bound_quoted(msg: &str) -> Cow<'_, str> {
     }
 }
 
+/// Longest word [`bound_words`] leaves whole.
+pub const WORD_MAX_CHARS: usize = 200;
+
+/// Cuts every whitespace-separated word longer than [`WORD_MAX_CHARS`] characters: the last guard
+/// of a message that repeats input without quotes (a parser's "unexpected argument 'xxx…'").
+pub fn bound_words(msg: &str) -> Cow<'_, str> {
+    if !msg
+        .split_whitespace()
+        .any(|w| w.chars().count() > WORD_MAX_CHARS)
+    {
+        return Cow::Borrowed(msg);
+    }
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().count() > WORD_MAX_CHARS {
+            let head: String = word.chars().take(WORD_MAX_CHARS).collect();
+            let _ = write!(out, "{head}…({} bytes)", word.len());
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in msg.chars() {
+        if c.is_whitespace() {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,9 +156,15 @@ mod tests {
         assert_eq!(escape_controls("db\x1b[2Jx", false), "db\\x1b[2Jx");
         assert_eq!(escape_controls("bell\x07", false), "bell\\x07");
         assert_eq!(escape_controls("c1\u{9b}31m", false), "c1\\u{9b}31m");
-        assert_eq!(escape_controls("abc\u{202e}gpj.exe", false), "abc\\u{202e}gpj.exe");
+        assert_eq!(
+            escape_controls("abc\u{202e}gpj.exe", false),
+            "abc\\u{202e}gpj.exe"
+        );
         assert_eq!(escape_controls("pg\u{200b}01", false), "pg\\u{200b}01");
-        assert_eq!(escape_controls("a\u{feff}b\u{2066}c", false), "a\\u{feff}b\\u{2066}c");
+        assert_eq!(
+            escape_controls("a\u{feff}b\u{2066}c", false),
+            "a\\u{feff}b\\u{2066}c"
+        );
         assert_eq!(escape_controls("del\x7f", false), "del\\x7f");
         assert_eq!(escape_controls("cr\rlf\n", false), "cr\\x0dlf\\x0a");
         assert_eq!(escape_controls("two\nlines\r", true), "two\nlines\\x0d");
@@ -130,7 +172,15 @@ mod tests {
 
     #[test]
     fn ordinary_text_is_untouched_and_borrowed() {
-        for s in ["billing", "ünïcødé", "quo\"te's", "my db", "日本語", "emoji 🐘", "tab-free"] {
+        for s in [
+            "billing",
+            "ünïcødé",
+            "quo\"te's",
+            "my db",
+            "日本語",
+            "emoji 🐘",
+            "tab-free",
+        ] {
             assert!(matches!(escape_controls(s, false), Cow::Borrowed(_)), "{s}");
         }
     }
@@ -146,14 +196,28 @@ mod tests {
     }
 
     #[test]
+    fn bound_words_cuts_long_words() {
+        let long = "w".repeat(50_000);
+        let b = bound_words(&format!("unexpected argument '{long}' found\nUsage: x"));
+        assert!(b.len() < 400, "{b}");
+        assert!(b.ends_with("(50002 bytes) found\nUsage: x"), "{b}");
+        assert_eq!(bound_words("short words stay"), "short words stay");
+    }
+
+    #[test]
     fn bound_quoted_shortens_long_quoted_parts_only() {
         let long = "y".repeat(10_000);
         let msg = format!("hostname \"{long}\" is not valid; \"short\" stays");
         let b = bound_quoted(&msg);
         assert!(b.len() < 200, "{b}");
         assert!(b.starts_with("hostname \"yyyy"), "{b}");
-        assert!(b.contains("…\" (10000 bytes) is not valid; \"short\" stays"), "{b}");
+        assert!(
+            b.contains("…\" (10000 bytes) is not valid; \"short\" stays"),
+            "{b}"
+        );
         assert_eq!(bound_quoted("plain \"ok\" message"), "plain \"ok\" message");
+        let once = format!("hostname {} is not valid", quote(&long));
+        assert_eq!(bound_quoted(&once), once, "already bounded");
         let unquoted = "z".repeat(5000);
         assert!(bound_quoted(&unquoted).len() < 400);
     }
