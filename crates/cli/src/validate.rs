@@ -111,6 +111,10 @@ pub fn client_major_for_node(
 /// `app "owner"`, `auditor` (shell quoting only where needed).
 pub fn shell_list(names: &[String]) -> String {
     let joined = names.join(",");
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_,.-@%+=:/".contains(c);
+    if !joined.is_empty() && joined.chars().all(plain) {
+        return joined;
+    }
     shlex::try_quote(&joined).map_or_else(|_| quote(&joined), |q| q.into_owned())
 }
 

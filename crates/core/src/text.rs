@@ -198,7 +198,8 @@ mod tests {
     #[test]
     fn bound_words_cuts_long_words() {
         let long = "w".repeat(50_000);
-        let b = bound_words(&format!("unexpected argument '{long}' found\nUsage: x"));
+        let msg = format!("unexpected argument '{long}' found\nUsage: x");
+        let b = bound_words(&msg);
         assert!(b.len() < 400, "{b}");
         assert!(b.ends_with("(50002 bytes) found\nUsage: x"), "{b}");
         assert_eq!(bound_words("short words stay"), "short words stay");
