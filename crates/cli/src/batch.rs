@@ -105,7 +105,7 @@ pub async fn run(s: &mut Session, path: &Path, stop_on_error: bool) -> Result<Ex
     crate::print_error(
         None,
         &format!(
-            "{} of {} line(s) of {name} failed: line {}",
+            "{} of {} line(s) of {name} failed: line(s) {}",
             failed.len(),
             attempted,
             lines.join(", ")

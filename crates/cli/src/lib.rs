@@ -193,7 +193,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         return db_command(action, &cfg, &target).await;
     }
     let catalog = Catalog::connect(cfg, "pgbackman", &target).await?;
-    catalog.check_compatible().await?;
+    catalog
+        .check_compatible()
+        .await
+        .with_context(|| format!("catalog {target}"))?;
     let format = match cli.output {
         Some(f) => f,
         None => file

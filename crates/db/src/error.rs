@@ -155,7 +155,16 @@ fn readable(d: &tokio_postgres::error::DbError) -> ServerMessage {
         )),
         // insufficient_privilege: the role of the catalog connection is not its owner.
         "42501" if raw => Some(own(
-            format!("the catalog role may not do this: {}", bound(d.message())),
+            match d.message().strip_prefix("permission denied for ") {
+                Some(object) => format!(
+                    "the role of this catalog connection may not use {} (it is not the catalog's owner, nor granted access)",
+                    bound(object)
+                ),
+                None => format!(
+                    "the role of this catalog connection may not do this: {}",
+                    bound(d.message())
+                ),
+            },
             "connect as the role that owns the catalog (the one that ran `pgbackman db init`), or have that role grant this one access; the connection comes from --catalog, $PGBACKMAN_CATALOG or [catalog] conninfo",
         )),
         "23505" if raw => Some(own(
