@@ -259,7 +259,7 @@ fn no_raw_database_error_reaches_the_user() {
     // A 100 kB value makes a short message.
     let long = "x".repeat(100_000);
     let r = env
-        .cmd(&format!("update_backup_server_config bs1.example.org 'logs_email={long}'"))
+        .cmd(&format!("update_pgsql_node_default_config 'logs_email={long}'"))
         .fails_with("100000 bytes");
     assert!(r.stderr.len() < 1000, "{} bytes", r.stderr.len());
     let r = env.cmd(&format!("show_backup_catalog all all all all all --code {long}"));
