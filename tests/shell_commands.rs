@@ -775,7 +775,7 @@ fn definition_run_options_are_validated_and_shown() {
         ("--jobs 99 --format directory", "parallel jobs"),
         ("--compression-level 40", "compression level"),
         ("--max-runtime forever", "is not an interval"),
-        ("--client-major x", "is not a number"),
+        ("--client-major x", "is not a PostgreSQL major"),
     ] {
         f.env
             .cmd(&format!(
