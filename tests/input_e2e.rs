@@ -141,11 +141,15 @@ fn encryption_client_major_and_the_node() {
     let node = env.start_node("127.0.0.2", "node");
     node.create_database("billing");
     let major: i32 = node
-        .psql("postgres", "select current_setting('server_version_num')::int / 10000")
+        .psql(
+            "postgres",
+            "select current_setting('server_version_num')::int / 10000",
+        )
         .trim()
         .parse()
         .unwrap();
-    let reg = "register_backup_definition bs1.example.org 127.0.0.2 billing '' 30 2 '*' '*' '*' FULL";
+    let reg =
+        "register_backup_definition bs1.example.org 127.0.0.2 billing '' 30 2 '*' '*' '*' FULL";
     env.cmd(&format!("{reg} true '7 days' 1 '' ACTIVE x"))
         .fails_with("encryption true is not supported yet");
     assert_eq!(count(&env, "backup_definition"), "0");
@@ -155,19 +159,27 @@ fn encryption_client_major_and_the_node() {
             major - 1
         ))
         .fails_with(&format!("major {major}"));
-    assert!(r.stderr.contains("HINT: give --client-major"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("HINT: give --client-major"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(count(&env, "backup_definition"), "0");
     env.cmd(&format!(
         "{reg} false '7 days' 1 '' ACTIVE x --client-major {major}"
     ))
     .ok();
-    env.cmd(&format!("update_backup_definition 1 --client-major {}", major - 1))
-        .fails_with(&format!("major {major}"));
+    env.cmd(&format!(
+        "update_backup_definition 1 --client-major {}",
+        major - 1
+    ))
+    .fails_with(&format!("major {major}"));
     assert_eq!(
         env.sql("select client_major from backup_definition"),
         major.to_string()
     );
-    env.cmd("update_backup_definition 1 --client-major none").ok();
+    env.cmd("update_backup_definition 1 --client-major none")
+        .ok();
     assert_eq!(
         env.sql("select coalesce(client_major::text, 'NULL') from backup_definition"),
         "NULL"
@@ -193,10 +205,15 @@ fn control_characters_from_a_node_and_the_catalog_are_escaped() {
     env.cmd("update_backup_server bs1.example.org 'rack \x1b[2J\u{9b}31m'")
         .ok();
     let shown = "evil\\x1b]0;owned\\x07\\u{202e}db";
-    let r = env.cmd("show_databases_without_backup_definitions all").ok();
+    let r = env
+        .cmd("show_databases_without_backup_definitions all")
+        .ok();
     assert!(r.stdout.contains(shown), "{}", r.stdout);
     let r = env
-        .cmd_args("show_databases_without_backup_definitions all", &["-o", "csv"])
+        .cmd_args(
+            "show_databases_without_backup_definitions all",
+            &["-o", "csv"],
+        )
         .ok();
     assert!(r.stdout.contains(shown), "{}", r.stdout);
     for f in ["table", "csv"] {
@@ -209,11 +226,20 @@ fn control_characters_from_a_node_and_the_catalog_are_escaped() {
             "register_backup_definition bs1.example.org 127.0.0.2 '{evil}' '' 30 2 '*' '*' '*' FULL false '7 days' 1 '' ACTIVE x"
         ))
         .ok();
-    assert!(r.stdout.contains(&format!("[DONE] Backup definition DefID 1 for dbname [{shown}]")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!(
+            "[DONE] Backup definition DefID 1 for dbname [{shown}]"
+        )),
+        "{}",
+        r.stdout
+    );
     assert!(!r.stdout.contains('\x1b') && !r.stdout.contains('\x07'));
     // JSON keeps the exact text.
     let v = env.json("show_backup_servers");
-    assert_eq!(v["backup_servers"][0]["remarks"], json!("rack \x1b[2J\u{9b}31m"));
+    assert_eq!(
+        v["backup_servers"][0]["remarks"],
+        json!("rack \x1b[2J\u{9b}31m")
+    );
     // The audit log shows the command line escaped too.
     let r = env.cmd("show_audit_log 5").ok();
     assert!(!r.stdout.contains('\x1b'), "{}", r.stdout);
@@ -232,7 +258,11 @@ fn no_raw_database_error_reaches_the_user() {
     ] {
         let r = env.cmd(line).fails_with("is out of range");
         assert!(!r.stderr.contains("type bigint"), "{line}: {}", r.stderr);
-        assert!(r.stderr.contains("9223372036854775807"), "{line}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("9223372036854775807"),
+            "{line}: {}",
+            r.stderr
+        );
     }
     // A rule the API does not check first: the column is named, never the constraint.
     env.sql("alter table backup_server add check (char_length(remarks) < 20)");
@@ -253,16 +283,26 @@ fn no_raw_database_error_reaches_the_user() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(stderr.contains("may not use table refinery_schema_history"), "{stderr}");
-    assert!(stderr.contains("HINT: connect as the role that owns the catalog"), "{stderr}");
+    assert!(
+        stderr.contains("may not use table refinery_schema_history"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("HINT: connect as the role that owns the catalog"),
+        "{stderr}"
+    );
     assert!(!stderr.starts_with("[ERROR] permission denied"), "{stderr}");
     // A 100 kB value makes a short message.
     let long = "x".repeat(100_000);
     let r = env
-        .cmd(&format!("update_pgsql_node_default_config 'logs_email={long}'"))
+        .cmd(&format!(
+            "update_pgsql_node_default_config 'logs_email={long}'"
+        ))
         .fails_with("100000 bytes");
     assert!(r.stderr.len() < 1000, "{} bytes", r.stderr.len());
-    let r = env.cmd(&format!("show_backup_catalog all all all all all --code {long}"));
+    let r = env.cmd(&format!(
+        "show_backup_catalog all all all all all --code {long}"
+    ));
     assert!(r.stderr.len() < 1000, "{} bytes", r.stderr.len());
 }
 
@@ -272,8 +312,17 @@ fn piped_input_and_command_files_go_on_after_a_bad_line() {
     let input = b"# bulk registration\n\nregister_backup_server bs1 example.org x\n\xff\xfe not utf-8\nregister_backup_server bs1 example.org dup\nregister_backup_server bs2 example.org x\n";
     let r = piped(&env, &[], input);
     assert_ne!(r.code, 0, "{}", r.stderr);
-    assert!(r.stderr.contains("[ERROR] line 4: not valid UTF-8"), "{}", r.stderr);
-    assert!(r.stderr.contains("[ERROR] line 5: backup server bs1.example.org is already registered"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("[ERROR] line 4: not valid UTF-8"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("[ERROR] line 5: backup server bs1.example.org is already registered"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("2 of 4 line(s)"), "{}", r.stderr);
     assert_eq!(count(&env, "backup_server"), "2", "line 6 ran");
     // -f FILE, with --stop-on-error.
@@ -286,7 +335,11 @@ fn piped_input_and_command_files_go_on_after_a_bad_line() {
     let f = file.to_str().unwrap();
     let r = piped(&env, &["-f", f, "--stop-on-error"], b"");
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("[ERROR] line 2: hostname \"bad;name\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("[ERROR] line 2: hostname \"bad;name\""),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("stopped at line 2"), "{}", r.stderr);
     assert_eq!(count(&env, "backup_server"), "3", "bs4 not registered");
     let r = piped(&env, &["-f", f], b"");
@@ -319,7 +372,12 @@ fn show_backup_catalog_says_when_it_stopped_at_its_limit() {
     );
     let r = env.cmd("show_backup_catalog --limit 2").ok();
     assert!(r.stdout.contains("(2 rows)"), "{}", r.stdout);
-    assert!(r.stderr.contains("Only the newest 2 matching backups are shown"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("Only the newest 2 matching backups are shown"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("--limit 20"), "{}", r.stderr);
     let r = env.cmd("show_backup_catalog --limit 3").ok();
     assert!(!r.stderr.contains("Only the newest"), "{}", r.stderr);

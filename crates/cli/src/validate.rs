@@ -46,12 +46,10 @@ pub fn config_pair(parameter: &str, value: &str) -> Result<()> {
         "backup_day_month_cron" => cron(CronField::DayOfMonth)?,
         "backup_month_cron" => cron(CronField::Month)?,
         "backup_weekday_cron" => cron(CronField::DayOfWeek)?,
-        "encryption" => {
-            if encryption(value)? {
-                bail!(
-                    "encryption=true is not supported yet: backups would be written in plain text\n{ENCRYPTION_HINT}"
-                );
-            }
+        "encryption" if encryption(value)? => {
+            bail!(
+                "encryption=true is not supported yet: backups would be written in plain text\n{ENCRYPTION_HINT}"
+            );
         }
         "domain" => host(HostKind::Domain, value.trim())?,
         _ => {}
