@@ -15,14 +15,12 @@ declare
     v_domain text := coalesce(btrim(p_domain), api.default_domain(p_hostname, (select value from public.backup_server_default_config where parameter = 'domain')));
     v_status text := upper(coalesce(nullif(btrim(p_status), ''), (select value from public.backup_server_default_config where parameter = 'backup_server_status')));
 begin
-    if coalesce(btrim(p_hostname), '') = '' or btrim(p_hostname) ~ '\s' then
-        raise exception 'hostname "%" is not valid', coalesce(p_hostname, '')
-            using errcode = '22023', hint = 'Give the short host name, e.g. backup01, and the domain separately.';
-    end if;
+    perform api.check_host_name('hostname', btrim(p_hostname), 'server');
+    perform api.check_host_name('domain', v_domain, 'domain');
     perform api.check_choice('status', v_status, array['RUNNING', 'STOPPED']);
     if exists (select 1 from public.backup_server
                 where lower(fqdn) = lower(case when v_domain = '' then btrim(p_hostname) else btrim(p_hostname) || '.' || v_domain end)) then
-        raise exception 'backup server %.% is already registered', btrim(p_hostname), v_domain
+        raise exception 'backup server % is already registered', case when v_domain = '' then btrim(p_hostname) else btrim(p_hostname) || '.' || v_domain end
             using errcode = '23505', hint = 'show_backup_servers lists it; update_backup_server changes it.';
     end if;
     insert into public.backup_server (hostname, domain_name, status, remarks)
@@ -105,10 +103,13 @@ declare
     v_status text := upper(coalesce(nullif(btrim(p_status), ''), api.node_config_value(null, 'pgsql_node_status')));
     v_sslmode text := lower(coalesce(nullif(btrim(p_sslmode), ''), api.node_config_value(null, 'sslmode')));
 begin
-    if coalesce(btrim(p_hostname), '') = '' or btrim(p_hostname) ~ '\s' then
-        raise exception 'hostname "%" is not valid', coalesce(p_hostname, '')
-            using errcode = '22023', hint = 'Give the host name (or an IP address), and the domain separately.';
+    perform api.check_host_name('hostname', btrim(p_hostname), 'node');
+    -- An IP address or a socket directory takes no domain.
+    if v_domain <> '' and btrim(p_hostname) ~ '[:/]' then
+        raise exception 'PgSQL node % is an address or a socket directory: it takes no domain', api.q(btrim(p_hostname))
+            using errcode = '22023', hint = 'Give "" as the domain.';
     end if;
+    perform api.check_host_name('domain', v_domain, 'domain');
     perform api.check_int('port', v_port::text, 1, 65535);
     perform api.check_choice('status', v_status, array['RUNNING', 'STOPPED']);
     perform api.check_choice('sslmode', v_sslmode, array['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']);

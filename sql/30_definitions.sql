@@ -12,7 +12,13 @@ declare
     v_code text := upper(coalesce(nullif(btrim(p_code), ''), api.node_config_value(v_node, 'backup_code')));
     v_dbname text := coalesce(p_dbname, '');
     v_id bigint;
+    v_column text;
 begin
+    if coalesce(p_encryption, api.node_config_value(v_node, 'encryption')::boolean) then
+        raise exception 'encryption=true is not supported yet: the backup would be written in plain text'
+            using errcode = '0A000',
+                  hint = 'Register the definition with encryption false; encryption of backup sets comes with the object storage and encryption release.';
+    end if;
     perform api.check_choice('backup code', v_code, array['FULL', 'SCHEMA', 'DATA', 'CLUSTER', 'GLOBALS']);
     if v_code in ('CLUSTER', 'GLOBALS') then
         v_dbname := '';
@@ -47,9 +53,12 @@ exception
             using errcode = '23505',
                   hint = 'show_backup_definitions lists it; use another schedule, code or parameters, or update_backup_definition.';
     when check_violation then
-        -- Name the constraint: the API validates the usual values, so this is the rare rest.
-        raise exception 'backup definition for database "%" refused by the catalog: %', v_dbname, sqlerrm
-            using errcode = '23514', hint = 'Check the retention redundancy (0 or more) and the other values against help register_backup_definition.';
+        -- Name the value, not the constraint: the API validates the usual values, so this is the
+        -- rare rest (autonamed constraints read <table>_<column>_check).
+        get stacked diagnostics v_column = constraint_name;
+        v_column := regexp_replace(v_column, '^backup_definition_(.*)_check[0-9]*$', '\1');
+        raise exception 'backup definition for database % refused: the value of % is out of range', api.q(v_dbname), replace(v_column, '_', ' ')
+            using errcode = '23514', hint = 'Check the value against help register_backup_definition (retention redundancy is 0 or more).';
 end $$;
 
 -- check_* helpers raise on NULL input for choices; wrap so NULL means "keep".
@@ -213,7 +222,10 @@ begin
     end if;
     if p_jobs is not null then perform api.check_int('parallel jobs', p_jobs::text, 1, 64); end if;
     if p_level is not null then perform api.check_int('compression level', p_level::text, 1, 19); end if;
-    if p_client_major is not null then perform api.check_int('client major', p_client_major::text, 9, 99); end if;
+    -- 0 clears the client major (the shell's "none"); the shell checks it against the node's.
+    if p_client_major is not null and p_client_major <> 0 then
+        perform api.check_int('client major', p_client_major::text, 9, 99);
+    end if;
     update public.backup_definition set
         dump_format = coalesce(lower(btrim(p_format)), dump_format),
         dump_jobs = coalesce(p_jobs, dump_jobs),
@@ -225,7 +237,7 @@ begin
         lock_wait_timeout = case when p_lock_wait_timeout is null then lock_wait_timeout
                                  when lower(btrim(p_lock_wait_timeout)) in ('0', 'none', '') then null
                                  else api.check_interval('lock wait timeout', p_lock_wait_timeout) end,
-        client_major = coalesce(p_client_major, client_major)
+        client_major = case when p_client_major = 0 then null else coalesce(p_client_major, client_major) end
      where def_id = p_def_id;
     return p_def_id;
 end $$;

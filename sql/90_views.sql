@@ -17,7 +17,7 @@ create view api.show_backup_definitions as
 select d.def_id as "DefID", d.backup_server_id as "SrvID", s.fqdn as "Backup server",
        d.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", d.dbname as "DBname",
        concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron) as "Schedule",
-       d.backup_code as "Code",
+       d.backup_code as "Code", d.encryption as "Encryption",
        d.retention_period::text || ' (' || d.retention_redundancy || ')' as "Retention",
        d.job_status as "Status", d.extra_backup_parameters as "Parameters",
        concat_ws(', ',

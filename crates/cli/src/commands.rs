@@ -11,6 +11,8 @@ use pgbackman_db::{
     DefinitionUpdate, NewDefinition, NewNode, NodeInfo, NodeUpdate, Rows, Value, node,
 };
 
+use pgbackman_core::hostname::HostKind;
+
 use crate::parse::Invocation;
 use crate::render::Output;
 use crate::session::Session;
@@ -271,7 +273,10 @@ async fn register_backup_server(s: &mut Session, inv: &Invocation) -> Result<Out
     } else {
         String::new()
     };
-    let domain = s.value(inv, "domain", Some(&default_domain))?;
+    crate::validate::host(HostKind::ServerHost, host.trim())?;
+    // An explicit "" is "no domain"; only a missing domain takes the default.
+    let asked = s.value(inv, "domain", Some(&default_domain))?;
+    let domain = crate::validate::domain_arg(inv.given("domain"), asked)?;
     let remarks = s.value(inv, "remarks", Some(""))?;
     if inv.bare {
         s.confirm("Register this backup server?")?;
@@ -342,6 +347,9 @@ async fn update_config(s: &mut Session, inv: &Invocation, scope: Scope) -> Resul
         };
         pairs.push((k.trim().to_string(), v.to_string()));
     }
+    for (k, v) in &pairs {
+        crate::validate::config_pair(k, v)?;
+    }
     if pairs.is_empty() {
         if !s.interactive() {
             bail!("no parameter=value given\nUsage: {}", inv.cmd.usage());
@@ -361,6 +369,7 @@ async fn update_config(s: &mut Session, inv: &Invocation, scope: Scope) -> Resul
             let (k, v) = (k.clone(), v.clone());
             let answer = s.ask(&k, Some(&v))?;
             if !answer.is_empty() && answer != v {
+                crate::validate::config_pair(&k, &answer)?;
                 pairs.push((k, answer));
             }
         }
@@ -421,7 +430,9 @@ async fn register_pgsql_node(s: &mut Session, inv: &Invocation) -> Result<Output
     } else {
         String::new()
     };
-    let domain = s.value(inv, "domain", Some(&default_domain))?;
+    crate::validate::host(HostKind::NodeHost, host.trim())?;
+    let asked = s.value(inv, "domain", Some(&default_domain))?;
+    let domain = crate::validate::domain_arg(inv.given("domain"), asked)?;
     let port = port_arg(s.value(inv, "pgport", Some("5432"))?)?;
     let admin_user = s.value(inv, "admin_user", Some("postgres"))?;
     let status = s.value(inv, "status", Some("STOPPED"))?;
@@ -670,19 +681,20 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     let job_status = s.value(inv, "job_status", Some(&get("backup_job_status")))?;
     let remarks = s.value(inv, "remarks", Some(""))?;
     let encryption = encryption
-        .map(|e| match e.trim().to_ascii_lowercase().as_str() {
-            "true" | "t" | "yes" | "on" => Ok(true),
-            "false" | "f" | "no" | "off" => Ok(false),
-            other => Err(anyhow::anyhow!(
-                "encryption \"{other}\" is not true or false"
-            )),
-        })
+        .map(|e| crate::validate::encryption(&e))
         .transpose()?;
+    if encryption == Some(true) {
+        bail!(
+            "encryption true is not supported yet: the backups would be written in plain text\n{}",
+            crate::validate::ENCRYPTION_HINT
+        );
+    }
     if let Some(x) = &extra {
         model::check_extra_dump_parameters(x)?;
     }
 
     let options = definition_options(inv)?;
+    check_client_major(s, &node, options.client_major).await?;
     // Each definition gets its own random minute/hour when none was given: spreads the load.
     let mut defs = Vec::new();
     for db in &dbnames {
@@ -759,7 +771,7 @@ fn definition_options(inv: &Invocation) -> Result<pgbackman_db::DefinitionOption
         compression_level: int("compression-level")?,
         max_runtime: inv.given("max-runtime").map(str::to_string),
         lock_wait_timeout: inv.given("lock-wait-timeout").map(str::to_string),
-        client_major: int("client-major")?,
+        client_major: crate::validate::client_major(inv.given("client-major"))?,
     };
     if o.jobs.is_some_and(|j| j > 1)
         && o.format
@@ -773,12 +785,48 @@ fn definition_options(inv: &Invocation) -> Result<pgbackman_db::DefinitionOption
     Ok(o)
 }
 
+/// Refuses a `--client-major` older than the node's major (asks the node for its version).
+async fn check_client_major(s: &Session, node: &NodeInfo, major: Option<i32>) -> Result<()> {
+    let Some(m) = major.filter(|m| *m > 0) else {
+        return Ok(());
+    };
+    let facts = node_facts(s, node).await?;
+    crate::validate::client_major_for_node(
+        m,
+        &node.fqdn,
+        &facts.server_version,
+        facts.server_version_num,
+    )
+}
+
+/// The node a definition backs up.
+async fn definition_node(s: &mut Session, def_id: i64) -> Result<NodeInfo> {
+    let rows = s
+        .catalog
+        .show_backup_definitions(&None, &None, &None)
+        .await?;
+    let node_id = (0..rows.len())
+        .find(|&i| rows.get(i, "DefID") == Some(&Value::Int(def_id)))
+        .and_then(|i| match rows.get(i, "NodeID") {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .with_context(|| format!("backup definition DefID {def_id} does not exist\nHINT: show_backup_definitions lists the definitions"))?;
+    Ok(s.catalog.node(&node_id.to_string()).await?)
+}
+
 fn def_id_arg(v: &str) -> Result<i64> {
     v.trim()
         .parse::<i64>()
         .ok()
         .filter(|n| *n > 0)
-        .with_context(|| format!("DefID \"{v}\" is not a number"))
+        .with_context(|| {
+            format!(
+                "DefID {} is not a number from 1 to {}\nHINT: show_backup_definitions lists the DefIDs",
+                pgbackman_core::text::quote(v),
+                i64::MAX
+            )
+        })
 }
 
 async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Output> {
@@ -823,6 +871,11 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
         pick(&weekday, "weekday_cron"),
     ];
     validate_schedule([&sched[0], &sched[1], &sched[2], &sched[3], &sched[4]])?;
+    let options = definition_options(inv)?;
+    if options.client_major.is_some_and(|m| m > 0) {
+        let node = definition_node(s, def_id).await?;
+        check_client_major(s, &node, options.client_major).await?;
+    }
     if inv.bare {
         s.confirm(&format!("Update backup definition DefID {def_id}?"))?;
     }
@@ -838,7 +891,7 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
         extra_parameters: extra,
         job_status,
         remarks,
-        options: definition_options(inv)?,
+        options,
     };
     s.catalog.update_backup_definition(&s.audit(), &u).await?;
     Ok(Output::Done(vec![format!(
@@ -1004,7 +1057,25 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
         &f.code,
         &["FULL", "SCHEMA", "DATA", "CLUSTER", "GLOBALS"],
     )?;
-    list("backup_catalog", s.catalog.show_backup_catalog(&f).await)
+    // One row more than the limit tells whether the listing was cut.
+    let limit = f.limit;
+    let f = pgbackman_db::CatalogFilter {
+        limit: limit.saturating_add(1),
+        ..f
+    };
+    let mut rows = s.catalog.show_backup_catalog(&f).await?;
+    if rows.rows.len() as i64 > limit {
+        rows.rows.truncate(limit as usize);
+        // On stderr: CSV and JSON on stdout stay whole.
+        eprintln!(
+            "[NOTE] Only the newest {limit} matching backups are shown; more match.\nHINT: --limit {} shows more, or narrow the listing with the filters (DBname, DefID, status, --code, --from, --to)",
+            limit.saturating_mul(10)
+        );
+    }
+    Ok(Output::List {
+        kind: "backup_catalog",
+        rows,
+    })
 }
 
 pub(crate) fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {

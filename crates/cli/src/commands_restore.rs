@@ -448,8 +448,11 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
             new.renamed_dbname = rename;
         } else if inv.given("rename-existing").is_some() {
             println!(
-                "[NOTE] database \"{dbname}\" does not exist on {}: nothing to rename.",
-                node.fqdn
+                "{}",
+                crate::render::safe(&format!(
+                    "[NOTE] database \"{dbname}\" does not exist on {}: nothing to rename.",
+                    node.fqdn
+                ))
             );
         }
         // The roles: created when missing, reused when chosen, else stop.
@@ -477,11 +480,16 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
                     }
                 }
             } else {
+                let names: Vec<String> = plan
+                    .conflicts
+                    .iter()
+                    .map(|r| pgbackman_core::text::quote(r))
+                    .collect();
                 bail!(
                     "role(s) {} of BckID {bck_id} exist on {}\nHINT: reuse them as they are with --reuse-roles {} (or --reuse-roles all), or restore onto a node without them",
-                    plan.conflicts.join(", "),
+                    names.join(", "),
                     node.fqdn,
-                    plan.conflicts.join(",")
+                    crate::validate::shell_list(&plan.conflicts)
                 );
             }
         }

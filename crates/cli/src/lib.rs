@@ -1,6 +1,7 @@
 //! The `pgbackman` admin shell: clap command model shared by `-C` and the interactive shell,
 //! rendering (comfy-table, CSV, JSON), `db init|upgrade|status` and `quickstart`.
 
+pub mod batch;
 pub mod commands;
 pub mod commands_alerts;
 pub mod commands_reconcile;
@@ -12,6 +13,7 @@ pub mod render;
 pub mod session;
 pub mod shell;
 pub mod spec;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +38,7 @@ use crate::session::{Aborted, Session};
         non-zero if it fails. The catalog is found by --catalog, else $PGBACKMAN_CATALOG, else\n\
         [catalog] conninfo in --config FILE, ~/.config/pgbackman/pgbackman.toml or\n\
         /etc/pgbackman/pgbackman.toml. Passwords belong in a pgpass file, not on the command line.",
-    after_help = "Examples:\n  pgbackman quickstart\n  pgbackman db init --catalog 'host=db1 dbname=pgbackman user=pgbackman'\n  pgbackman -C show_pgsql_nodes -o json\n  pgbackman -C 'register_pgsql_node pg01 example.org 5432 postgres RUNNING \"\"'\n  pgbackman -C 'help register_backup_definition'"
+    after_help = "Examples:\n  pgbackman quickstart\n  pgbackman db init --catalog 'host=db1 dbname=pgbackman user=pgbackman'\n  pgbackman -C show_pgsql_nodes -o json\n  pgbackman -C 'register_pgsql_node pg01 example.org 5432 postgres RUNNING \"\"'\n  pgbackman -C 'help register_backup_definition'\n  pgbackman -f changes.txt --stop-on-error     (bulk: one command per line)\n  grep -v '^#' changes.txt | pgbackman"
 )]
 struct Cli {
     /// Catalog connection: libpq key=value string or postgresql:// URI.
@@ -48,6 +50,19 @@ struct Cli {
     /// Run one shell command and exit (non-zero on error).
     #[arg(short = 'C', long = "command", value_name = "COMMAND")]
     command: Option<String>,
+    /// Run the commands of FILE, one per line (`-` for standard input; blank lines and # comments
+    /// are skipped): the bulk tool. Errors name their line; the exit status is non-zero if any
+    /// command failed. Piped standard input is read the same way.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "command"
+    )]
+    file: Option<PathBuf>,
+    /// With -f or piped input: stop at the first command that fails.
+    #[arg(long = "stop-on-error")]
+    stop_on_error: bool,
     /// Output format of listings and reports.
     #[arg(short = 'o', long = "output", value_name = "table|csv|json")]
     output: Option<OutputFormat>,
@@ -92,10 +107,19 @@ pub fn main_entry() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("[ERROR] {}", format_error(&e));
+            print_error(None, &format_error(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints `[ERROR] [where: ]message` to stderr: control characters escaped, long input cut
+/// (a message may repeat what the user or a node gave).
+pub fn print_error(at: Option<&str>, msg: &str) {
+    let at = at.map(|a| format!("{a}: ")).unwrap_or_default();
+    let bounded = pgbackman_core::text::bound_quoted(msg);
+    let bounded = pgbackman_core::text::bound_words(&bounded);
+    eprintln!("[ERROR] {at}{}", render::safe(&bounded));
 }
 
 /// The error and its causes, without repeating text that a cause already contains.
@@ -150,7 +174,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("[ERROR] {e}");
+                print_error(None, &e.to_string());
                 ExitCode::FAILURE
             }
             Ok(inv) => match commands::help(&inv) {
@@ -159,7 +183,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("[ERROR] {}", format_error(&e));
+                    print_error(None, &format_error(&e));
                     ExitCode::FAILURE
                 }
             },
@@ -170,7 +194,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         return db_command(action, &cfg, &target).await;
     }
     let catalog = Catalog::connect(cfg, "pgbackman", &target).await?;
-    catalog.check_compatible().await?;
+    catalog
+        .check_compatible()
+        .await
+        .with_context(|| format!("catalog {target}"))?;
     let format = match cli.output {
         Some(f) => f,
         None => file
@@ -187,7 +214,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(pgbackman_config::host_fqdn);
     let history = shell::history_path(file.shell.history_file.as_deref());
-    let interactive = cli.command.is_none();
+    // Commands from a file or a pipe run as with -C: nothing is asked, nothing is confirmed.
+    let batch = match (&cli.command, &cli.file) {
+        (Some(_), _) => None,
+        (None, Some(f)) => Some(f.clone()),
+        (None, None) if !std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            Some(PathBuf::from("-"))
+        }
+        (None, None) => None,
+    };
+    let interactive = cli.command.is_none() && batch.is_none();
     let mut s = Session {
         catalog,
         format,
@@ -203,6 +239,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         history: Vec::new(),
         line: String::new(),
     };
+    if let Some(path) = batch {
+        return batch::run(&mut s, &path, cli.stop_on_error).await;
+    }
     match cli.command {
         Some(line) => Ok(if execute_line(&mut s, &line).await {
             ExitCode::SUCCESS
@@ -218,8 +257,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Runs one command line, printing its output or its error. Returns whether it succeeded.
 pub async fn execute_line(s: &mut Session, line: &str) -> bool {
+    execute_line_at(s, line, None).await
+}
+
+/// [`execute_line`], with errors prefixed by where the line came from (`line 12`).
+pub async fn execute_line_at(s: &mut Session, line: &str, at: Option<&str>) -> bool {
     let Some(words) = shlex::split(line) else {
-        eprintln!("[ERROR] unbalanced quotes in: {line}");
+        print_error(
+            at,
+            &format!(
+                "unbalanced quotes in {}\nHINT: close every quote; write a quote inside a value as \\\" or '\"'",
+                pgbackman_core::text::quote(line)
+            ),
+        );
         return false;
     };
     if words.is_empty() {
@@ -232,7 +282,7 @@ pub async fn execute_line(s: &mut Session, line: &str) -> bool {
             return true;
         }
         Err(e) => {
-            eprintln!("[ERROR] {e}");
+            print_error(at, &e.to_string());
             return false;
         }
     };
@@ -247,7 +297,7 @@ pub async fn execute_line(s: &mut Session, line: &str) -> bool {
             false
         }
         Err(e) => {
-            eprintln!("[ERROR] {}", format_error(&e));
+            print_error(at, &format_error(&e));
             false
         }
     }

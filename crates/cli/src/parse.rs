@@ -52,15 +52,19 @@ fn clap_command(c: &'static Cmd) -> Command {
             Kind::Pos => ClapArg::new(a.name)
                 .value_name(a.label)
                 .required(false)
-                .allow_hyphen_values(true),
+                .allow_hyphen_values(true)
+                .value_parser(id_parser(a.label)),
             Kind::Rest => ClapArg::new(a.name)
                 .value_name(a.label)
                 .num_args(0..)
                 .action(ArgAction::Append)
                 .allow_hyphen_values(true),
+            // `--jobs -3` is a value (then refused as a value), as `--jobs=-3` is.
             Kind::Opt => ClapArg::new(a.name)
                 .long(a.name)
                 .value_name(a.name)
+                .allow_negative_numbers(true)
+                .value_parser(id_parser(a.label))
                 .help(a.label),
             Kind::Flag => ClapArg::new(a.name)
                 .long(a.name)
@@ -70,6 +74,46 @@ fn clap_command(c: &'static Cmd) -> Command {
         cmd = cmd.arg(arg);
     }
     cmd
+}
+
+/// The id an argument's label names ("SrvID | FQDN" → SrvID), if it takes ids.
+fn id_name(label: &'static str) -> Option<&'static str> {
+    label
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|w| w.len() > 2 && w.ends_with("ID"))
+}
+
+/// A clap value parser for arguments that take ids: every all-digit item of the value (a comma
+/// list) must be an id the catalog can hold, so `99999999999999999999` is refused here with
+/// the argument's name instead of as "out of range for type bigint". Names pass unchanged.
+fn id_parser(label: &'static str) -> clap::builder::ValueParser {
+    let Some(id) = id_name(label) else {
+        return clap::builder::ValueParser::string();
+    };
+    clap::builder::ValueParser::new(move |v: &str| -> Result<String, String> {
+        for item in v.split(',').map(str::trim) {
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            match item.parse::<i64>() {
+                Ok(n) if n > 0 => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "{id} {} is not valid: ids start at 1",
+                        pgbackman_core::text::quote(item)
+                    ));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "{id} {} is out of range: an {id} is a whole number from 1 to {}",
+                        pgbackman_core::text::quote(item),
+                        i64::MAX
+                    ));
+                }
+            }
+        }
+        Ok(v.to_string())
+    })
 }
 
 /// Parses `words` (command name first).
@@ -90,6 +134,14 @@ pub fn parse(words: &[String]) -> Result<Invocation, ParseError> {
         .try_get_matches_from(args)
         .map_err(|e| match e.kind() {
             clap::error::ErrorKind::DisplayHelp => ParseError::Help(cmd.help()),
+            // Our own message (clap's would repeat the whole value, however long).
+            clap::error::ErrorKind::ValueValidation if std::error::Error::source(&e).is_some() => {
+                ParseError::Usage(format!(
+                    "{}\nUsage: {}",
+                    std::error::Error::source(&e).map_or(String::new(), |s| s.to_string()),
+                    cmd.usage()
+                ))
+            }
             _ => ParseError::Usage(format!(
                 "{}\nUsage: {}",
                 e.render()
@@ -188,6 +240,32 @@ mod tests {
     fn rest_collects_pairs() {
         let i = parse(&words("update_pgsql_node_config 1 a=1 'b=2 days'")).unwrap();
         assert_eq!(i.rest(), &["a=1".to_string(), "b=2 days".to_string()]);
+    }
+
+    #[test]
+    fn ids_out_of_range_name_the_argument() {
+        let e = parse(&words("show_backup_details 99999999999999999999")).unwrap_err();
+        let t = e.to_string();
+        assert!(
+            t.starts_with("BckID \"99999999999999999999\" is out of range"),
+            "{t}"
+        );
+        let e = parse(&words("delete_backup_server 99999999999999999999")).unwrap_err();
+        assert!(e.to_string().starts_with("SrvID "), "{e}");
+        let e = parse(&words("retry_alerts 1,99999999999999999999")).unwrap_err();
+        assert!(e.to_string().starts_with("AlertID "), "{e}");
+        let long = "9".repeat(100_000);
+        let e = parse(&words(&format!("cancel_job {long}"))).unwrap_err();
+        assert!(e.to_string().len() < 400, "{e}");
+        // Names and small ids pass.
+        assert!(parse(&words("delete_backup_server bs1.example.org")).is_ok());
+        assert!(parse(&words("show_backup_details 42")).is_ok());
+    }
+
+    #[test]
+    fn negative_option_values_are_values() {
+        let i = parse(&words("update_backup_definition 1 --jobs -3")).unwrap();
+        assert_eq!(i.given("jobs"), Some("-3"));
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! Output: comfy-table for people, RFC 4180 CSV and typed JSON for scripts.
+//!
+//! Text from the catalog or a node (database names, host names, remarks, audit rows) may hold
+//! terminal control characters: tables, CSV, `[DONE]` lines, free text and error messages show
+//! them escaped (`\x1b`, `\u{202e}`, [`pgbackman_core::text::escape_controls`]); JSON keeps the
+//! exact text (its own escaping is safe).
 
 use chrono::Local;
 use comfy_table::presets::ASCII_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use pgbackman_core::model::OutputFormat;
+use pgbackman_core::text::escape_controls;
 use pgbackman_db::{Rows, Value};
 use serde_json::{Map, Value as Json, json};
 
@@ -65,7 +71,16 @@ pub fn pretty_bytes(n: i64) -> String {
     }
 }
 
+/// Text for a terminal: control characters escaped, line breaks kept.
+pub fn safe(s: &str) -> String {
+    escape_controls(s, true).into_owned()
+}
+
 fn cell_text(column: &str, v: &Value) -> String {
+    safe(&raw_cell_text(column, v))
+}
+
+fn raw_cell_text(column: &str, v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::Int(n) if is_size(column) => pretty_bytes(*n),
@@ -111,6 +126,10 @@ fn json_lines(j: &Json) -> String {
 }
 
 fn csv_text(v: &Value) -> String {
+    safe(&raw_csv_text(v))
+}
+
+fn raw_csv_text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::Int(n) => n.to_string(),
@@ -155,6 +174,7 @@ fn csv_of(rows: &Rows) -> String {
         .from_writer(Vec::new());
     // Writing into a Vec cannot fail.
     let _ = w.write_record(rows.columns.iter().map(|c| key(c)));
+    // Cells are escaped ([`csv_text`]): a CSV file is read in terminals and spreadsheets too.
     for r in &rows.rows {
         let _ = w.write_record(r.iter().map(csv_text));
     }
@@ -172,11 +192,14 @@ fn new_table() -> Table {
 pub fn render(out: &Output, format: OutputFormat) -> String {
     match (out, format) {
         (Output::Nothing, _) => String::new(),
-        (Output::Text(s), _) => ensure_nl(s.clone()),
+        (Output::Text(s), _) => ensure_nl(safe(s)),
         (Output::Done(lines), OutputFormat::Json) => {
             ensure_nl(json!({"status": "done", "messages": lines}).to_string())
         }
-        (Output::Done(lines), _) => lines.iter().map(|l| format!("[DONE] {l}\n")).collect(),
+        (Output::Done(lines), _) => lines
+            .iter()
+            .map(|l| format!("[DONE] {}\n", escape_controls(l, false)))
+            .collect(),
         (Output::List { kind, rows } | Output::Report { kind, rows }, OutputFormat::Json) => {
             let mut m = Map::new();
             m.insert((*kind).to_string(), Json::Array(json_rows(rows)));
@@ -276,6 +299,53 @@ mod tests {
         assert_eq!(row["srvid"], json!(7));
         assert_eq!(row["total_size"], Json::Null);
         assert_eq!(row["registered"], json!("2026-01-02T03:04:05+00:00"));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_except_in_json() {
+        let rows = Rows {
+            columns: vec!["DBname".into()],
+            rows: vec![vec![Value::Text(
+                "db\x1b[2J\x07\u{202e}x\u{200b}y\u{9b}".into(),
+            )]],
+        };
+        let escaped = "db\\x1b[2J\\x07\\u{202e}x\\u{200b}y\\u{9b}";
+        for f in [OutputFormat::Table, OutputFormat::Csv] {
+            let out = render(
+                &Output::List {
+                    kind: "x",
+                    rows: rows.clone(),
+                },
+                f,
+            );
+            assert!(out.contains(escaped), "{f}: {out}");
+            assert!(
+                !out.contains('\x1b') && !out.contains('\u{202e}'),
+                "{f}: {out}"
+            );
+        }
+        let out = render(
+            &Output::Report {
+                kind: "x",
+                rows: rows.clone(),
+            },
+            OutputFormat::Table,
+        );
+        assert!(out.contains(escaped), "{out}");
+        let done = render(
+            &Output::Done(vec!["dbname [a\x1b]0;owned\x07] registered\nfake".into()]),
+            OutputFormat::Table,
+        );
+        assert_eq!(
+            done,
+            "[DONE] dbname [a\\x1b]0;owned\\x07] registered\\x0afake\n"
+        );
+        let json = render(&Output::List { kind: "x", rows }, OutputFormat::Json);
+        let v: Json = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            v["x"][0]["dbname"],
+            json!("db\x1b[2J\x07\u{202e}x\u{200b}y\u{9b}")
+        );
     }
 
     #[test]

@@ -47,10 +47,11 @@ impl Session {
         let Some(ed) = self.editor.as_mut() else {
             bail!("{label}: no value given (nothing can be asked outside the interactive shell)");
         };
-        let prompt = match default {
+        // Labels and defaults may hold names from a node or the catalog.
+        let prompt = crate::render::safe(&match default {
             Some(d) => format!("{label} [{d}]: "),
             None => format!("{label}: "),
-        };
+        });
         // At a question, Tab completes server/node names where one is asked for, else nothing.
         let mode = if label.contains("SrvID") || label.contains("NodeID") {
             CompletionMode::Names

@@ -5,6 +5,7 @@
 //!
 //! - [`cron`]: classic 5-field crontab schedules (validation with field-level errors, next fire
 //!   time in any time zone, description in words), built on `croner`.
+//! - [`hostname`]: host names, domains and node addresses (RFC 1123, IP, socket directory).
 //! - [`interval`]: the "random minute/hour inside the node's configured interval" rule.
 //! - [`model`]: codes and statuses, database selections (`#all_databases#`, ...), filters,
 //!   object references, ports, redundancy, extra pg_dump parameters.
@@ -14,11 +15,13 @@
 //!   stream-or-file choice of a restore.
 //! - [`retention`]: which backups retention keeps or deletes and why; quarantine decisions.
 //! - [`roots`]: the directories an agent writes sets under and may delete under.
+//! - [`text`]: control characters made visible for terminals, bounded quoting of input.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod cron;
+pub mod hostname;
 pub mod interval;
 pub mod model;
 pub mod overdue;
@@ -27,3 +30,4 @@ pub mod paths;
 pub mod restore;
 pub mod retention;
 pub mod roots;
+pub mod text;

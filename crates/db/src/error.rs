@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use pgbackman_core::text::bound_quoted;
+
 /// A PostgreSQL error reduced to what a user needs to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerMessage {
@@ -132,12 +134,115 @@ impl From<deadpool_postgres::PoolError> for DbError {
 }
 
 pub(crate) fn server_message(e: &tokio_postgres::Error) -> Option<ServerMessage> {
-    e.as_db_error().map(|d| ServerMessage {
-        code: d.code().code().to_string(),
-        message: d.message().to_string(),
-        detail: d.detail().map(str::to_string),
-        hint: d.hint().map(str::to_string),
+    e.as_db_error().map(readable)
+}
+
+/// The server's error as a user reads it. The API functions raise their own messages with a
+/// HINT; what reaches here without one is PostgreSQL's own wording (a constraint name, a type
+/// name, a table the role may not read), which is turned into what is wrong and what to do.
+/// Quoted input is bounded ([`bound_quoted`]): a 100 kB argument must not make a 300 kB error.
+fn readable(d: &tokio_postgres::error::DbError) -> ServerMessage {
+    let bound = |s: &str| bound_quoted(s).into_owned();
+    let code = d.code().code().to_string();
+    let own = |message: String, hint: &str| ServerMessage {
+        code: code.clone(),
+        message,
+        detail: None,
+        hint: Some(hint.to_string()),
+    };
+    let raw = d.hint().is_none();
+    let m = match code.as_str() {
+        // check_violation: the value of <column> (autonamed <table>_<column>_check).
+        "23514" if raw => Some(own(
+            format!(
+                "the catalog refused the value of {} ({})",
+                constraint_subject(d.table(), d.constraint()),
+                what_table(d.table())
+            ),
+            "the value is outside what the catalog accepts; `help <command>` lists the valid values. Nothing was changed.",
+        )),
+        // numeric_value_out_of_range: an id or a number too large for the catalog's types.
+        "22003" if raw => Some(own(
+            format!("a number is out of range: {}", bound(d.message())),
+            "ids (SrvID, NodeID, DefID, BckID, JobID, ...) are whole numbers from 1 to 9223372036854775807, ports at most 65535; the show_* commands list the ids",
+        )),
+        // invalid_text_representation: text where the catalog wanted a number.
+        "22P02" if raw => Some(own(
+            format!(
+                "a value is not of the expected type: {}",
+                bound(d.message())
+            ),
+            "give ids and counts as whole numbers; `help <command>` shows each argument",
+        )),
+        // insufficient_privilege: the role of the catalog connection is not its owner.
+        "42501" if raw => Some(own(
+            match d.message().strip_prefix("permission denied for ") {
+                Some(object) => format!(
+                    "the role of this catalog connection may not use {} (it is not the catalog's owner, nor granted access)",
+                    bound(object)
+                ),
+                None => format!(
+                    "the role of this catalog connection may not do this: {}",
+                    bound(d.message())
+                ),
+            },
+            "connect as the role that owns the catalog (the one that ran `pgbackman db init`), or have that role grant this one access; the connection comes from --catalog, $PGBACKMAN_CATALOG or [catalog] conninfo",
+        )),
+        "23505" if raw => Some(own(
+            format!(
+                "the catalog already has an identical {}",
+                what_table(d.table())
+            ),
+            "the show_* commands list what exists; change one of the values, or update the existing one",
+        )),
+        "23503" if raw => Some(own(
+            format!(
+                "the {} is still referred to, or refers to something that does not exist",
+                what_table(d.table())
+            ),
+            "the show_* commands list what refers to it; delete or move that first",
+        )),
+        "23502" if raw => Some(own(
+            format!(
+                "{} of the {} is missing",
+                d.column().unwrap_or("a value"),
+                what_table(d.table())
+            ),
+            "give every required argument; `help <command>` lists them",
+        )),
+        _ => None,
+    };
+    m.unwrap_or_else(|| ServerMessage {
+        code,
+        message: bound(d.message()),
+        detail: d.detail().map(bound),
+        hint: d.hint().map(bound),
     })
+}
+
+/// "backup_definition" → "backup definition".
+fn what_table(table: Option<&str>) -> String {
+    table.unwrap_or("catalog row").replace('_', " ")
+}
+
+/// The column an autonamed check constraint guards: `backup_definition_retention_redundancy_check`
+/// → "retention redundancy"; a constraint over several columns → "a combination of values".
+fn constraint_subject(table: Option<&str>, constraint: Option<&str>) -> String {
+    let (Some(t), Some(c)) = (table, constraint) else {
+        return "a value".into();
+    };
+    let column = c
+        .strip_prefix(t)
+        .and_then(|r| r.strip_prefix('_'))
+        .map(|r| r.trim_end_matches(|ch: char| ch.is_ascii_digit()))
+        .and_then(|r| {
+            r.strip_suffix("_check")
+                .or(if r == "check" { Some("") } else { None })
+        });
+    match column {
+        Some("") | None => "a combination of values".into(),
+        Some(col) => col.replace('_', " "),
+    }
 }
 
 /// The whole chain of causes: "db error" alone says nothing, the source does.
@@ -171,4 +276,27 @@ fn causes(e: &tokio_postgres::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraint_names_become_columns() {
+        let t = Some("backup_definition");
+        assert_eq!(
+            constraint_subject(t, Some("backup_definition_retention_redundancy_check")),
+            "retention redundancy"
+        );
+        assert_eq!(
+            constraint_subject(t, Some("backup_definition_check")),
+            "a combination of values"
+        );
+        assert_eq!(
+            constraint_subject(t, Some("backup_definition_check1")),
+            "a combination of values"
+        );
+        assert_eq!(constraint_subject(None, None), "a value");
+    }
 }
