@@ -6,8 +6,8 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, mpsc};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -106,8 +106,9 @@ pub(crate) enum StreamError {
     Write(io::Error),
 }
 
-/// Bytes written between two background flushes of a streamed dump.
-const WRITEBACK_EVERY: u64 = 32 << 20;
+/// Bytes written between two background flushes of a streamed dump (small in unit tests, so
+/// that they flush).
+const WRITEBACK_EVERY: u64 = if cfg!(test) { 64 << 10 } else { 32 << 20 };
 
 /// Flushes a file being written on a thread of its own, each time it is asked to, so that the
 /// fsync at the end of a dump waits for the last few MB only, not for the whole file (a 220 MB
@@ -626,6 +627,31 @@ mod tests {
         assert_eq!(zstd::decode_all(&on_disk[..]).unwrap(), data);
         let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn flushes_in_the_background_while_streaming() {
+        let dir = tempfile::tempdir().unwrap();
+        // Incompressible, so that the output crosses WRITEBACK_EVERY many times.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..2_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let dest = dir.path().join("x.zst");
+        let written = Arc::new(AtomicU64::new(0));
+        let (size, sha) = compress_stream(&data[..], &dest, 3, written).unwrap();
+        assert!(size > 20 * WRITEBACK_EVERY, "{size}");
+        let on_disk = fs::read(&dest).unwrap();
+        assert_eq!(
+            (size, sha),
+            (on_disk.len() as u64, hex::encode(Sha256::digest(&on_disk)))
+        );
+        assert_eq!(zstd::decode_all(&on_disk[..]).unwrap(), data);
     }
 
     #[test]

@@ -138,7 +138,9 @@ pub async fn verify_levels(
         Err(e) => return Some(Verification::failed(1, format!("internal error: {e}"), t0)),
     }
     let level2 = level2.unwrap_or_else(|| {
-        Err(ToolError::failed("the manifest changed during verification"))
+        Err(ToolError::failed(
+            "the manifest changed during verification",
+        ))
     });
     match level2 {
         Ok(toc_entries) => Some(Verification {
