@@ -958,6 +958,10 @@ impl Run<'_> {
                 let fd = out
                     .into_owned_fd()
                     .map_err(|e| fail(step, format!("pipe: {e}")))?;
+                // pg_dump writes its archive 4 KiB at a time; through the default 64 KiB pipe
+                // both sides wake each other every few writes. 1 MiB (the unprivileged maximum
+                // by default) lets each side run longer; best effort, the default still works.
+                let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
                 let input = File::from(fd);
                 let (dest, level, w) = (dest.clone(), *level, Arc::clone(&written));
                 Some(tokio::task::spawn_blocking(move || {

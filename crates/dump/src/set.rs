@@ -6,8 +6,8 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,64 @@ pub(crate) enum StreamError {
     Write(io::Error),
 }
 
+/// Bytes written between two background flushes of a streamed dump (small in unit tests, so
+/// that they flush).
+const WRITEBACK_EVERY: u64 = if cfg!(test) { 64 << 10 } else { 32 << 20 };
+
+/// Flushes a file being written on a thread of its own, each time it is asked to, so that the
+/// fsync at the end of a dump waits for the last few MB only, not for the whole file (a 220 MB
+/// dump left dirty until the end took ~0.25 s more to fsync there, and dirty pages are only
+/// written back by the kernel much later on a machine with free memory). The first error is
+/// kept and reported at [`Writeback::finish`]: an fsync error is reported once per open file, so
+/// the final fsync alone could miss it.
+struct Writeback {
+    tx: Option<mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Writeback {
+    fn start(file: &File) -> io::Result<Writeback> {
+        let file = file.try_clone()?;
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("pgbackman-writeback".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(Writeback {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a flush; a flush already pending covers this one.
+    fn kick(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// Stops the thread; its first error, if any.
+    fn finish(&mut self) -> io::Result<()> {
+        self.tx = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(io::Error::other("the writeback thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Writeback {
+    fn drop(&mut self) {
+        // A failed run does not wait for its flush.
+        self.tx = None;
+    }
+}
+
 /// A writer that hashes and counts what it writes and remembers its own IO errors (so that an
 /// error surfacing through the compressor can be told apart from a compressor error).
 struct HashingWriter {
@@ -113,6 +171,8 @@ struct HashingWriter {
     hasher: Sha256,
     written: Arc<AtomicU64>,
     error: Option<io::ErrorKind>,
+    writeback: Writeback,
+    since_kick: u64,
 }
 
 impl Write for HashingWriter {
@@ -121,6 +181,11 @@ impl Write for HashingWriter {
             Ok(n) => {
                 self.hasher.update(&buf[..n]);
                 self.written.fetch_add(n as u64, Ordering::Relaxed);
+                self.since_kick += n as u64;
+                if self.since_kick >= WRITEBACK_EVERY {
+                    self.since_kick = 0;
+                    self.writeback.kick();
+                }
                 Ok(n)
             }
             Err(e) => {
@@ -151,11 +216,14 @@ pub(crate) fn compress_stream(
     written: Arc<AtomicU64>,
 ) -> Result<(u64, String), StreamError> {
     let file = create_private_file(dest).map_err(StreamError::Write)?;
+    let writeback = Writeback::start(&file).map_err(StreamError::Write)?;
     let sink = HashingWriter {
         file,
         hasher: Sha256::new(),
         written,
         error: None,
+        writeback,
+        since_kick: 0,
     };
     let mut encoder =
         zstd::stream::write::Encoder::new(sink, level).map_err(StreamError::Compress)?;
@@ -189,7 +257,8 @@ pub(crate) fn compress_stream(
         let se = encoder.get_ref().error;
         return Err(classify(e, se));
     }
-    let sink = encoder.finish().map_err(StreamError::Compress)?;
+    let mut sink = encoder.finish().map_err(StreamError::Compress)?;
+    sink.writeback.finish().map_err(StreamError::Write)?;
     sink.file.sync_all().map_err(StreamError::Write)?;
     let size = sink.written.load(Ordering::Relaxed);
     Ok((size, hex::encode(sink.hasher.finalize())))
@@ -558,6 +627,31 @@ mod tests {
         assert_eq!(zstd::decode_all(&on_disk[..]).unwrap(), data);
         let mode = fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn flushes_in_the_background_while_streaming() {
+        let dir = tempfile::tempdir().unwrap();
+        // Incompressible, so that the output crosses WRITEBACK_EVERY many times.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..2_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let dest = dir.path().join("x.zst");
+        let written = Arc::new(AtomicU64::new(0));
+        let (size, sha) = compress_stream(&data[..], &dest, 3, written).unwrap();
+        assert!(size > 20 * WRITEBACK_EVERY, "{size}");
+        let on_disk = fs::read(&dest).unwrap();
+        assert_eq!(
+            (size, sha),
+            (on_disk.len() as u64, hex::encode(Sha256::digest(&on_disk)))
+        );
+        assert_eq!(zstd::decode_all(&on_disk[..]).unwrap(), data);
     }
 
     #[test]

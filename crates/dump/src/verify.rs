@@ -115,18 +115,34 @@ pub async fn verify_levels(
         manifest_sha256.map(str::to_string),
     );
     let level1 = tokio::task::spawn_blocking(move || verify_checksums(&d, sha.as_deref(), &a));
-    let manifest = tokio::select! {
-        r = level1 => match r {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => return Some(Verification::failed(1, e, t0)),
-            Err(e) => return Some(Verification::failed(1, format!("internal error: {e}"), t0)),
-        },
+    // Level 2 reads the head of the dump while level 1 hashes the whole set: both always run,
+    // and a level 1 failure wins, as when they ran one after the other. Level 2 reads the
+    // manifest itself; level 1 proves (sha256 against the catalog) that it is the right one.
+    let level2 = async {
+        match crate::set::read_manifest(dir) {
+            Ok(m) => Some(check_archive(dir, &m, bin_dir, cancel).await),
+            // Level 1 reports an unreadable manifest.
+            Err(_) => None,
+        }
+    };
+    let (level1, level2) = tokio::select! {
+        r = async { tokio::join!(level1, level2) } => r,
         () = cancel.cancelled() => {
             abort.store(true, Ordering::Relaxed);
             return None;
         }
     };
-    match check_archive(dir, &manifest, bin_dir, cancel).await {
+    match level1 {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Some(Verification::failed(1, e, t0)),
+        Err(e) => return Some(Verification::failed(1, format!("internal error: {e}"), t0)),
+    }
+    let level2 = level2.unwrap_or_else(|| {
+        Err(ToolError::failed(
+            "the manifest changed during verification",
+        ))
+    });
+    match level2 {
         Ok(toc_entries) => Some(Verification {
             level: 2,
             state: VerifyState::Passed,

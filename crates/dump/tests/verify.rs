@@ -146,6 +146,22 @@ async fn levels_one_and_two_after_every_backup_and_on_demand() {
     );
     fs::write(&mp, &manifest).unwrap();
 
+    // Both levels fail (no archive, and not the manifest's bytes): level 1 is reported, as
+    // when the levels ran one after the other (they run side by side now).
+    fs::write(&dump, zstd::encode_all(&b"not an archive"[..], 3).unwrap()).unwrap();
+    let v = verify_levels(&dir, &bin_dir(), Some(&manifest_sha), &cancel)
+        .await
+        .unwrap();
+    assert_eq!((v.level, v.state), (1, VerifyState::Failed), "{v:?}");
+    assert!(
+        v.error
+            .as_deref()
+            .unwrap()
+            .contains("dump.pgdump.zst: size"),
+        "{v:?}"
+    );
+    fs::write(&dump, &good).unwrap();
+
     // A dump whose checksums match but which is no archive: level 2 fails.
     let garbage = zstd::encode_all(&b"this is not a pg_dump archive at all"[..], 3).unwrap();
     replace_consistently(&dir, "dump.pgdump.zst", &garbage);
