@@ -283,8 +283,13 @@ mod tests {
                 .contains("catalog_timeout_seconds")
         );
         // 60 s (the old statement timeout) would hold a SIGTERM for minutes.
-        let e = parse("catalog_timeout_seconds = 60").unwrap_err().to_string();
-        assert!(e.contains("catalog_timeout_seconds") && e.contains("1 to 7"), "{e}");
+        let e = parse("catalog_timeout_seconds = 60")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("catalog_timeout_seconds") && e.contains("1 to 7"),
+            "{e}"
+        );
         assert_eq!(
             parse("catalog_timeout_seconds = 7")
                 .unwrap()
