@@ -202,7 +202,11 @@ async fn run(args: Args) -> Result<()> {
     let health = health::Health::new(true);
     // Bounded like every call: a slow or frozen catalog costs the start catalog_timeout_seconds,
     // then the agent runs from its cache.
-    let server_id = match catalog.within("probe", probe(&catalog, &s.fqdn)).await {
+    let first = tokio::select! {
+        r = catalog.within("probe", probe(&catalog, &s.fqdn)) => r,
+        _ = stop.cancelled() => bail!("stopped before the catalog answered"),
+    };
+    let server_id = match first {
         Ok(id) => id,
         Err(e) if e.is_unreachable() => {
             // The daemon runs from its cache; `--once` and `--maintenance` need the catalog

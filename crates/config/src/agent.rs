@@ -180,11 +180,13 @@ fn check(a: &AgentSection, path: &Path) -> Result<(), ConfigError> {
             "use 5 seconds or more",
         ));
     }
-    if !(1..=60).contains(&a.catalog_timeout_seconds) {
+    // A stop may wait for two calls (the one in flight, then the cancelled jobs' report):
+    // seven seconds at most keeps SIGTERM within 15 s whatever the catalog does.
+    if !(1..=7).contains(&a.catalog_timeout_seconds) {
         return Err(bad(
             "[agent] catalog_timeout_seconds",
             a.catalog_timeout_seconds.to_string(),
-            "use 1 to 60 seconds (a few seconds: a slower catalog is treated as unreachable)",
+            "use 1 to 7 seconds (a slower catalog is treated as unreachable; a stop waits for at most two calls)",
         ));
     }
     if !a.state_dir.is_absolute() {
@@ -285,6 +287,20 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("catalog_timeout_seconds")
+        );
+        // 60 s (the old statement timeout) would hold a SIGTERM for minutes.
+        let e = parse("catalog_timeout_seconds = 60")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("catalog_timeout_seconds") && e.contains("1 to 7"),
+            "{e}"
+        );
+        assert_eq!(
+            parse("catalog_timeout_seconds = 7")
+                .unwrap()
+                .catalog_timeout_seconds,
+            7
         );
         let e = parse("[bin_dirs]\nfifteen = \"/x\"")
             .unwrap()
