@@ -135,16 +135,13 @@ fn a_kill_after_the_set_is_in_place_records_it_succeeded_and_a_damaged_one_is_re
     );
     // crm's set is damaged while the agent is down.
     std::fs::write(crm.join("dump.pgdump.zst"), b"not a dump").unwrap();
-    // Verification children are not the agent's launcher's: end the hanging ones by pid.
-    for e in std::fs::read_dir(pids.path()).unwrap().flatten() {
-        if let Some(pid) = e.file_name().to_str().and_then(|p| p.parse().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    wait_until("the hanging pg_restore to end", 15, &a, || hung() == 0);
+    // Verification children run through the agent's launcher: they die with the agent.
+    wait_until(
+        "the hanging pg_restore to die with the agent",
+        15,
+        &a,
+        || hung() == 0,
+    );
 
     a.spawn(None);
     wait_for(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{Child, ChildStderr};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -266,16 +266,7 @@ pub(crate) fn spawn_with_stdin(
     Option<tokio::process::ChildStdin>,
 )> {
     // Through the launcher when there is one, so the child dies with us even on SIGKILL.
-    let mut c = match crate::launcher::launcher() {
-        Some(exe) => {
-            let mut c = Command::new(exe);
-            c.arg(crate::launcher::LAUNCHER_ARG)
-                .arg(std::process::id().to_string())
-                .arg(&cmd.program);
-            c
-        }
-        None => Command::new(&cmd.program),
-    };
+    let mut c = crate::launcher::command(&cmd.program);
     c.args(&cmd.args)
         .stdin(if piped_stdin {
             Stdio::piped()

@@ -26,6 +26,21 @@ pub(crate) fn launcher() -> Option<&'static PathBuf> {
     LAUNCHER.get()
 }
 
+/// A command that runs `program` through the launcher when one is registered, else directly;
+/// the caller adds the program's own arguments. Every child of the executor starts here.
+pub(crate) fn command(program: &std::path::Path) -> tokio::process::Command {
+    match launcher() {
+        Some(exe) => {
+            let mut c = tokio::process::Command::new(exe);
+            c.arg(LAUNCHER_ARG)
+                .arg(std::process::id().to_string())
+                .arg(program);
+            c
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
 /// The launcher's whole life: returns only when it could not become the program.
 pub fn launcher_main(args: &[OsString]) -> ExitCode {
     use nix::sys::signal::Signal;

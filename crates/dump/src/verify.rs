@@ -31,7 +31,6 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{GRACE, TAIL_LINES};
@@ -314,7 +313,9 @@ impl Tool {
             .program
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let mut c = Command::new(&self.program);
+        // Through the launcher, like the executor's other children: a SIGKILLed agent must not
+        // leave a pg_restore --list (or a drill's restore) behind.
+        let mut c = crate::launcher::command(&self.program);
         c.args(&self.args)
             .stdin(if zstd_stdin.is_some() {
                 Stdio::piped()
