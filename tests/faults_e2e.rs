@@ -610,7 +610,19 @@ fn a_drill_cut_short_by_sigkill_leaves_neither_scratch_database_nor_role() {
     f.env.cmd("run_restore_drill 1 --node 127.0.0.3").ok();
     held.wait_started(&a);
     let scratch = "select count(*) from pg_database where datname like 'pgbackman\\_drill%'";
-    assert_eq!(f.b.psql("postgres", scratch), "1");
+    // On failure: what node b holds, what runs and what the agent logged (the failure seen
+    // under load is not reproduced on an idle machine).
+    assert_eq!(
+        f.b.psql("postgres", scratch),
+        "1",
+        "databases on b: {}\nheld: {:?}\n{}",
+        f.b.psql(
+            "postgres",
+            "select string_agg(datname, ',') from pg_database"
+        ),
+        processes_with(&held.bin.path().display().to_string()),
+        a.log()
+    );
     held.kill_agent(&mut a);
     a.spawn(None);
     wait_for(
