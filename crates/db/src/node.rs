@@ -20,16 +20,7 @@ pub async fn node_facts(
     config: impl Into<pgbackman_config::ConnConfig>,
     label: &str,
 ) -> Result<NodeFacts, DbError> {
-    let mut config = config.into();
-    admin_session(&mut config);
-    let (client, conn) =
-        crate::tls::connect_bounded(&config)
-            .await
-            .map_err(|e| DbError::Connect {
-                target: format!("PgSQL node {label}"),
-                reason: crate::tls::describe_connect(&e, &config),
-            })?;
-    let task = tokio::spawn(conn);
+    let (config, client, task) = admin_connect(config, label).await?;
     let work = async {
         let v = crate::introspect::read_server_facts(&client).await?;
         let dbs = client
@@ -87,6 +78,32 @@ pub(crate) fn default_limits(config: &mut pgbackman_config::ConnConfig) {
 }
 
 /// Ends a short session: a server that stopped answering must not hold us on the goodbye.
+/// A short admin session on a node ([`admin_session`] defaults, bounded connect): the config
+/// as applied, the client and its connection task (end it with [`finish`]).
+pub(crate) async fn admin_connect(
+    config: impl Into<pgbackman_config::ConnConfig>,
+    label: &str,
+) -> Result<
+    (
+        pgbackman_config::ConnConfig,
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    DbError,
+> {
+    let mut config = config.into();
+    admin_session(&mut config);
+    let (client, conn) =
+        crate::tls::connect_bounded(&config)
+            .await
+            .map_err(|e| DbError::Connect {
+                target: format!("PgSQL node {label}"),
+                reason: crate::tls::describe_connect(&e, &config),
+            })?;
+    let task = tokio::spawn(conn);
+    Ok((config, client, task))
+}
+
 pub(crate) async fn finish<T>(client: tokio_postgres::Client, task: tokio::task::JoinHandle<T>) {
     drop(client);
     let abort = task.abort_handle();

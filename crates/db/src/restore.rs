@@ -375,16 +375,7 @@ pub mod target {
         config: impl Into<pgbackman_config::ConnConfig>,
         label: &str,
     ) -> Result<TargetState, DbError> {
-        let mut config = config.into();
-        crate::node::admin_session(&mut config);
-        let (client, conn) =
-            crate::tls::connect_bounded(&config)
-                .await
-                .map_err(|e| DbError::Connect {
-                    target: format!("PgSQL node {label}"),
-                    reason: crate::tls::describe_connect(&e, &config),
-                })?;
-        let task = tokio::spawn(conn);
+        let (config, client, task) = crate::node::admin_connect(config, label).await?;
         let work = read_state(&client);
         let r = crate::tls::within_statement_limit(&config, &client, "reading its state", work)
             .await
