@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Env;
 use common::agent::*;
 
 /// Backup set directories (named like sets) under `root`, at any depth up to 4.
@@ -42,42 +41,6 @@ fn wait_until(what: &str, secs: u64, agent: &Agent, mut f: impl FnMut() -> bool)
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// Runs DefID `def` now and waits for its catalog row; returns the BckID.
-fn run_now(env: &Env, agent: &Agent, def: i64) -> i64 {
-    let before: i64 = env
-        .sql("select coalesce(max(bck_id), 0) from backup_catalog")
-        .parse()
-        .unwrap();
-    env.cmd(&format!("run_backup_definition_now {def}")).ok();
-    wait_for(
-        env,
-        &format!(
-            "select count(*) > 0 from backup_catalog where def_id = {def} and bck_id > {before}"
-        ),
-        "t",
-        60,
-        agent,
-    );
-    env.sql(&format!(
-        "select max(bck_id) from backup_catalog where def_id = {def}"
-    ))
-    .parse()
-    .unwrap()
-}
-
-fn age(env: &Env, bck: i64, age: &str) {
-    env.sql(&format!(
-        "update backup_catalog set started = now() - interval '{age}' - interval '1 second', \
-         finished = now() - interval '{age}' where bck_id = {bck}"
-    ));
-}
-
-fn dir_of(env: &Env, bck: i64) -> String {
-    env.sql(&format!(
-        "select coalesce(backup_dir, '') from backup_catalog where bck_id = {bck}"
-    ))
 }
 
 #[test]

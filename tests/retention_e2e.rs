@@ -10,49 +10,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Env;
-use common::agent::{Agent, Site, site, wait_for};
+use common::agent::{Agent, Site, age, dir_of, run_now, site, wait_for};
 
 /// An agent of one backup server, not started: the daemon for making backups (maintenance off,
 /// so each test decides when a pass runs), and `--maintenance` for one pass.
 fn agent(env: &Env, server: &str) -> Agent {
     Agent::configure(env, server, "maintenance_seconds = 0")
-}
-
-/// Runs DefID `def` now and waits for its catalog row; returns the BckID.
-fn run_now(env: &Env, agent: &Agent, def: i64) -> i64 {
-    let before: i64 = env
-        .sql("select coalesce(max(bck_id), 0) from backup_catalog")
-        .parse()
-        .unwrap();
-    env.cmd(&format!("run_backup_definition_now {def}")).ok();
-    wait_for(
-        env,
-        &format!(
-            "select count(*) > 0 from backup_catalog where def_id = {def} and bck_id > {before}"
-        ),
-        "t",
-        60,
-        agent,
-    );
-    env.sql(&format!(
-        "select max(bck_id) from backup_catalog where def_id = {def}"
-    ))
-    .parse()
-    .unwrap()
-}
-
-/// Ages a backup: it finished `age` ago (a test cannot wait for days).
-fn age(env: &Env, bck: i64, age: &str) {
-    env.sql(&format!(
-        "update backup_catalog set started = now() - interval '{age}' - interval '1 second', \
-         finished = now() - interval '{age}' where bck_id = {bck}"
-    ));
-}
-
-fn dir_of(env: &Env, bck: i64) -> String {
-    env.sql(&format!(
-        "select coalesce(backup_dir, '') from backup_catalog where bck_id = {bck}"
-    ))
 }
 
 fn ids(v: &serde_json::Value, key: &str) -> Vec<i64> {

@@ -403,3 +403,41 @@ impl Agent {
         }
     }
 }
+
+/// Runs definition `def` now and waits for its new catalog row; returns its BckID.
+pub fn run_now(env: &Env, agent: &Agent, def: i64) -> i64 {
+    let before: i64 = env
+        .sql("select coalesce(max(bck_id), 0) from backup_catalog")
+        .parse()
+        .unwrap();
+    env.cmd(&format!("run_backup_definition_now {def}")).ok();
+    wait_for(
+        env,
+        &format!(
+            "select count(*) > 0 from backup_catalog where def_id = {def} and bck_id > {before}"
+        ),
+        "t",
+        60,
+        agent,
+    );
+    env.sql(&format!(
+        "select max(bck_id) from backup_catalog where def_id = {def}"
+    ))
+    .parse()
+    .unwrap()
+}
+
+/// Ages a backup: it finished `age` ago (a test cannot wait for days).
+pub fn age(env: &Env, bck: i64, age: &str) {
+    env.sql(&format!(
+        "update backup_catalog set started = now() - interval '{age}' - interval '1 second', \
+         finished = now() - interval '{age}' where bck_id = {bck}"
+    ));
+}
+
+/// The set directory of a backup ("" when it has none).
+pub fn dir_of(env: &Env, bck: i64) -> String {
+    env.sql(&format!(
+        "select coalesce(backup_dir, '') from backup_catalog where bck_id = {bck}"
+    ))
+}
