@@ -13,7 +13,7 @@ use pgbackman_dump::{
 use pgbackman_testkit::TestCluster;
 
 mod common;
-use common::{backup_ok, bin_dir, conn, spec};
+use common::{assert_ok, backup_ok, bin_dir, conn, restore, spec};
 
 const SOURCE_SQL: &str = "
     create role app_owner login; create role app_reader; create role app_user login in role app_reader;
@@ -60,36 +60,7 @@ async fn source(root: &Path, job_id: i64) -> (TestCluster, PathBuf) {
 }
 
 fn rspec(set: &Path, pg: &TestCluster, root: &Path, job_id: i64, target: &str) -> RestoreSpec {
-    RestoreSpec {
-        job_id,
-        set_dir: set.to_path_buf(),
-        node: conn(pg),
-        node_label: "target".into(),
-        target_dbname: target.into(),
-        rename_existing_to: None,
-        roles: RolePolicy::CreateMissing,
-        jobs: 2,
-        decompression: Decompression::Auto,
-        extra_args: Vec::new(),
-        bin_dir: bin_dir(),
-        staging_root: root.join("staging"),
-        log_file: Some(root.join("logs").join(format!("restore-{job_id}.log"))),
-        application_name: "pgbackman".into(),
-        max_runtime: Some(Duration::from_secs(300)),
-        acknowledge_nonempty: false,
-        verify_checksums: true,
-        compare_row_counts: true,
-        journal: None,
-    }
-}
-
-async fn restore(spec: &RestoreSpec) -> RestoreOutcome {
-    restore_set(spec, CancellationToken::new(), &|_| {}).await
-}
-
-#[track_caller]
-fn assert_ok(o: &RestoreOutcome) {
-    assert!(o.status.is_success(), "restore failed: {:#?}", o);
+    common::rspec(set, conn(pg), root, job_id, target)
 }
 
 #[track_caller]

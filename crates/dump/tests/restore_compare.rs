@@ -5,19 +5,14 @@
 //! must change no existing role, and a failed one changes nothing at all).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::time::Duration;
 
 use pgbackman_core::model::BackupCode;
-use pgbackman_dump::{
-    BackupSpec, CancellationToken, Decompression, RestoreOutcome, RestoreSpec, RolePolicy, Status,
-    restore_set,
-};
+use pgbackman_dump::{BackupSpec, Status};
 use pgbackman_testkit::TestCluster;
 
 mod common;
 use common::compare::{assert_same, facts, psql_utf8, role_state};
-use common::{backup_ok, bin_dir, conn, spec};
+use common::{assert_ok, backup_ok, conn, restore, rspec, spec};
 
 /// Roles and databases, made from `postgres` (a UTF8 database, like every session of a DBA).
 const CLUSTER_SQL: &[&str] = &[
@@ -92,45 +87,6 @@ fn source_cluster() -> TestCluster {
         psql_utf8(&pg, "sqa", &q);
     }
     pg
-}
-
-fn rspec(
-    set: &Path,
-    node: pgbackman_dump::NodeConn,
-    root: &Path,
-    job_id: i64,
-    target: &str,
-) -> RestoreSpec {
-    RestoreSpec {
-        job_id,
-        set_dir: set.to_path_buf(),
-        node,
-        node_label: "target".into(),
-        target_dbname: target.into(),
-        rename_existing_to: None,
-        roles: RolePolicy::CreateMissing,
-        jobs: 2,
-        decompression: Decompression::Auto,
-        extra_args: Vec::new(),
-        bin_dir: bin_dir(),
-        staging_root: root.join("staging"),
-        log_file: Some(root.join("logs").join(format!("restore-{job_id}.log"))),
-        application_name: "pgbackman".into(),
-        max_runtime: Some(Duration::from_secs(300)),
-        acknowledge_nonempty: false,
-        verify_checksums: true,
-        compare_row_counts: true,
-        journal: None,
-    }
-}
-
-async fn restore(spec: &RestoreSpec) -> RestoreOutcome {
-    restore_set(spec, CancellationToken::new(), &|_| {}).await
-}
-
-#[track_caller]
-fn assert_ok(o: &RestoreOutcome) {
-    assert!(o.status.is_success(), "restore failed: {:#?}", o);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use pgbackman_core::model::{BackupCode, NodeProfile};
 use pgbackman_dump::{
-    BackupOutcome, BackupSpec, CancellationToken, DumpFormat, NodeConn, run_backup,
+    BackupOutcome, BackupSpec, CancellationToken, Decompression, DumpFormat, NodeConn,
+    RestoreOutcome, RestoreSpec, RolePolicy, restore_set, run_backup,
 };
 use pgbackman_testkit::TestCluster;
 
@@ -60,3 +61,37 @@ pub async fn backup_ok(spec: &BackupSpec) -> BackupOutcome {
     o
 }
 pub mod compare;
+
+/// A restore spec of `set` onto `node` (database `target`), files under `root`.
+pub fn rspec(set: &Path, node: NodeConn, root: &Path, job_id: i64, target: &str) -> RestoreSpec {
+    RestoreSpec {
+        job_id,
+        set_dir: set.to_path_buf(),
+        node,
+        node_label: "target".into(),
+        target_dbname: target.into(),
+        rename_existing_to: None,
+        roles: RolePolicy::CreateMissing,
+        jobs: 2,
+        decompression: Decompression::Auto,
+        extra_args: Vec::new(),
+        bin_dir: bin_dir(),
+        staging_root: root.join("staging"),
+        log_file: Some(root.join("logs").join(format!("restore-{job_id}.log"))),
+        application_name: "pgbackman".into(),
+        max_runtime: Some(Duration::from_secs(300)),
+        acknowledge_nonempty: false,
+        verify_checksums: true,
+        compare_row_counts: true,
+        journal: None,
+    }
+}
+
+pub async fn restore(spec: &RestoreSpec) -> RestoreOutcome {
+    restore_set(spec, CancellationToken::new(), &|_| {}).await
+}
+
+#[track_caller]
+pub fn assert_ok(o: &RestoreOutcome) {
+    assert!(o.status.is_success(), "restore failed: {:#?}", o);
+}
