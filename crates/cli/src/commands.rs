@@ -197,6 +197,9 @@ pub(crate) fn filter(v: Option<String>) -> Option<Vec<String>> {
 
 pub(crate) fn help(inv: &Invocation) -> Result<Output> {
     if let Some(name) = inv.given("command") {
+        if let Some(t) = crate::shortcuts::topic(name) {
+            return Ok(Output::Text(t));
+        }
         let Some(c) = spec::find(name) else {
             let s = spec::suggestions(name);
             bail!(
@@ -226,7 +229,8 @@ pub(crate) fn help(inv: &Invocation) -> Result<Output> {
         out.push_str(&format!("  {:<44} {about}\n", c.name));
     }
     out.push_str("\nIn the shell, a command given without arguments asks for each one, with the default in brackets.\n\
-                  Tab completes commands, FQDNs and ids; Ctrl-C abandons a command; Ctrl-D or quit leaves.\n");
+                  Tab completes commands and the argument at the cursor; Ctrl-C abandons a command; Ctrl-D or quit leaves.\n\
+                  help shortcuts lists the shortcuts (\\h, \\s, \\q, EOF); help support says what to include in a problem report.\n");
     Ok(Output::Text(out))
 }
 

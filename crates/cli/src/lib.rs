@@ -12,6 +12,7 @@ pub mod quickstart;
 pub mod render;
 pub mod session;
 pub mod shell;
+pub mod shortcuts;
 pub mod spec;
 pub mod validate;
 
@@ -93,7 +94,17 @@ enum DbAction {
 
 /// Entry point of the `pgbackman` binary.
 pub fn main_entry() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            if let Some(hint) = shell_command_as_argv(&argv) {
+                print_error(None, &hint);
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -111,6 +122,33 @@ pub fn main_entry() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `pgbackman show_backup_catalog ...`: a shell command given as arguments. The message names
+/// the exact line to run with -C (quoted for a POSIX shell).
+fn shell_command_as_argv(argv: &[String]) -> Option<String> {
+    // The shell command is the first word that is not a global option (and its value).
+    let mut i = 0;
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "--catalog" | "--config" | "-o" | "--output" => i += 2,
+            w if w.starts_with('-') => i += 1,
+            _ => break,
+        }
+    }
+    let name = argv.get(i)?;
+    if spec::find(name).is_none() && !matches!(name.as_str(), "\\h" | "\\?" | "\\s") {
+        return None;
+    }
+    let line = shlex::try_join(argv[i..].iter().map(String::as_str)).ok()?;
+    let mut run: Vec<String> = vec!["pgbackman".into()];
+    run.extend(argv[..i].iter().cloned());
+    run.push("-C".into());
+    run.push(line);
+    let run = shlex::try_join(run.iter().map(String::as_str)).ok()?;
+    Some(format!(
+        "{name} is a shell command: give it with -C, as in\n  {run}\nHINT: without arguments pgbackman opens the interactive shell; `pgbackman --help` lists its options"
+    ))
 }
 
 /// Prints `[ERROR] [where: ]message` to stderr: control characters escaped, long input cut
@@ -162,8 +200,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(Sub::Quickstart(args)) = &cli.sub {
         return quickstart::run(args, &file).await;
     }
+    let command = match cli.command.as_deref().map(shortcuts::expand) {
+        // `-C '\q'`: nothing to do, and no catalog needed for it.
+        Some(shortcuts::Line::Quit) => return Ok(ExitCode::SUCCESS),
+        Some(shortcuts::Line::Run(l)) => Some(l.into_owned()),
+        None => None,
+    };
     // Help needs no catalog: whoever reads about a command may not have one yet.
-    if let Some(line) = &cli.command
+    if let Some(line) = &command
         && let Some(words) = shlex::split(line)
         && (words.first().is_some_and(|w| w == "help")
             || words.iter().any(|w| w == "--help" || w == "-h"))
@@ -215,7 +259,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .unwrap_or_else(pgbackman_config::host_fqdn);
     let history = shell::history_path(file.shell.history_file.as_deref());
     // Commands from a file or a pipe run as with -C: nothing is asked, nothing is confirmed.
-    let batch = match (&cli.command, &cli.file) {
+    let batch = match (&command, &cli.file) {
         (Some(_), _) => None,
         (None, Some(f)) => Some(f.clone()),
         (None, None) if !std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
@@ -223,7 +267,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         (None, None) => None,
     };
-    let interactive = cli.command.is_none() && batch.is_none();
+    let interactive = command.is_none() && batch.is_none();
     let mut s = Session {
         catalog,
         format,
@@ -242,7 +286,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(path) = batch {
         return batch::run(&mut s, &path, cli.stop_on_error).await;
     }
-    match cli.command {
+    match command {
         Some(line) => Ok(if execute_line(&mut s, &line).await {
             ExitCode::SUCCESS
         } else {
@@ -262,6 +306,12 @@ pub async fn execute_line(s: &mut Session, line: &str) -> bool {
 
 /// [`execute_line`], with errors prefixed by where the line came from (`line 12`).
 pub async fn execute_line_at(s: &mut Session, line: &str, at: Option<&str>) -> bool {
+    // `\q` or `EOF` with -C or in a file: nothing left to do (the shell loop leaves on them).
+    let line = match shortcuts::expand(line) {
+        shortcuts::Line::Quit => return true,
+        shortcuts::Line::Run(l) => l,
+    };
+    let line = line.as_ref();
     let Some(words) = shlex::split(line) else {
         print_error(
             at,

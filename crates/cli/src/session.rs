@@ -80,11 +80,25 @@ impl Session {
         name: &str,
         default: Option<&str>,
     ) -> Result<Option<String>> {
+        // A listing's arguments are filters with defaults: PgBackMan's show_jobs_queue asked
+        // nothing, so a bare `show_*` runs with its defaults ([`Session::required`] still asks
+        // for what it cannot do without).
+        self.value_or_ask(inv, name, default, !inv.cmd.name.starts_with("show_"))
+    }
+
+    fn value_or_ask(
+        &mut self,
+        inv: &Invocation,
+        name: &str,
+        default: Option<&str>,
+        ask: bool,
+    ) -> Result<Option<String>> {
         if let Some(v) = inv.given(name) {
             return Ok(non_empty(v));
         }
         let arg = inv.cmd.args.iter().find(|a| a.name == name);
         if let Some(arg) = arg
+            && ask
             && inv.bare
             && self.interactive()
             && arg.kind == crate::spec::Kind::Pos
@@ -102,7 +116,9 @@ impl Session {
         name: &str,
         default: Option<&str>,
     ) -> Result<String> {
-        if let Some(v) = self.value(inv, name, default)? {
+        // Without a default the command cannot run: asked even by a listing.
+        let ask = default.is_none() || !inv.cmd.name.starts_with("show_");
+        if let Some(v) = self.value_or_ask(inv, name, default, ask)? {
             return Ok(v);
         }
         if let Some(d) = default {

@@ -172,11 +172,9 @@ pub async fn run(mut s: Session, history: Option<PathBuf>) -> anyhow::Result<()>
             let _ = ed.append_history(p);
         }
         s.history.push(line.clone());
-        let line = match line.as_str() {
-            "\\q" | "exit" | "quit" => break,
-            "\\h" | "\\?" => "help".to_string(),
-            "\\s" => "show_history".to_string(),
-            _ => line,
+        let line = match crate::shortcuts::expand(&line) {
+            crate::shortcuts::Line::Quit => break,
+            crate::shortcuts::Line::Run(l) => l.into_owned(),
         };
         if line == "clear" {
             if let Some(ed) = s.editor.as_mut() {
