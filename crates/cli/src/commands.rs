@@ -247,8 +247,15 @@ fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
             s.format = f;
             Ok(Output::Done(vec![format!("output_format = {f}")]))
         }
+        "timezone" => {
+            let z = crate::zone::parse_zone(val)?;
+            crate::zone::set_display(z);
+            Ok(Output::Done(vec![format!(
+                "timezone = {z}: times are shown in it, and times typed without a zone are read in it"
+            )]))
+        }
         other => bail!(
-            "unknown shell parameter \"{other}\"; the only one is output_format=table|csv|json"
+            "unknown shell parameter \"{other}\"; the parameters are output_format=table|csv|json and timezone=<IANA name>|local"
         ),
     }
 }
@@ -999,17 +1006,12 @@ pub(crate) fn time_arg(
     let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
-        return Ok(Some(t.with_timezone(&chrono::Utc)));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        let local = d
-            .and_hms_opt(0, 0, 0)
-            .and_then(|t| t.and_local_timezone(chrono::Local).earliest());
-        return Ok(local.map(|t| t.with_timezone(&chrono::Utc)));
+    let zone = crate::zone::display();
+    if let Some(t) = crate::zone::parse_typed(v, zone, true)? {
+        return Ok(Some(t.at));
     }
     bail!(
-        "--{name} \"{v}\" is not a date: use YYYY-MM-DD or an RFC 3339 time such as 2026-11-21T08:00:00Z"
+        "--{name} \"{v}\" is not a date: use YYYY-MM-DD or YYYY-MM-DD HH:MM (read in {zone}), or a time with its zone such as 2026-11-21T08:00:00Z"
     )
 }
 
@@ -1082,30 +1084,21 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
     })
 }
 
-pub(crate) fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+/// An AT time: None for now; a time without a zone is read in the display zone, and the
+/// returned [`crate::zone::Typed`] says so for the confirmation.
+pub(crate) fn at_time_arg(v: Option<&str>) -> Result<Option<crate::zone::Typed>> {
     let Some(v) = v
         .map(str::trim)
         .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("now"))
     else {
         return Ok(None);
     };
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
-        return Ok(Some(t.with_timezone(&chrono::Utc)));
-    }
-    for f in [
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y%m%d%H%M",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(v, f)
-            && let Some(t) = t.and_local_timezone(chrono::Local).earliest()
-        {
-            return Ok(Some(t.with_timezone(&chrono::Utc)));
-        }
+    let zone = crate::zone::display();
+    if let Some(t) = crate::zone::parse_typed(v, zone, false)? {
+        return Ok(Some(t));
     }
     bail!(
-        "AT time \"{v}\" is not a time: use now, YYYY-MM-DD HH:MM (this host's time zone) or RFC 3339"
+        "AT time \"{v}\" is not a time: use now, YYYY-MM-DD HH:MM (read in {zone}), YYYY-MM-DD HH:MM followed by a zone (Europe/Oslo, UTC, +02:00), or RFC 3339"
     )
 }
 
@@ -1164,9 +1157,13 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
             facts.server_version
         );
     }
+    // Says in which zone a time without one was read.
+    let when = at
+        .as_ref()
+        .map_or_else(|| "now".to_string(), |t| format!("at {}", t.describe()));
     if inv.bare {
         s.confirm(&format!(
-            "Register {} snapshot(s) on {}?",
+            "Register {} snapshot(s) on {}, {when}?",
             dbnames.len(),
             node.fqdn
         ))?;
@@ -1179,7 +1176,7 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
             &server,
             &node.node_id.to_string(),
             &dbnames,
-            at,
+            at.map(|t| t.at),
             Some(&code_s),
             retention.as_deref(),
             extra.as_deref(),
@@ -1192,7 +1189,7 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
             .zip(&dbnames)
             .map(|((id, tag), db)| {
                 let name = if db.is_empty() { format!("{code_s} (whole cluster)") } else { db.clone() };
-                format!("Snapshot SnapshotID {id} for dbname [{name}] and backup code [{code_s}] defined (tag {tag}).")
+                format!("Snapshot SnapshotID {id} for dbname [{name}] and backup code [{code_s}] defined (tag {tag}), to run {when}.")
             })
             .collect(),
     ))
@@ -1299,6 +1296,10 @@ async fn show_pgbackman_config(s: &mut Session) -> Result<Output> {
         ("Catalog functions by", t(info.get(0, "software"))),
         ("Catalog matches this binary", Value::Bool(st.is_current())),
         ("Output format", Value::Text(s.format.to_string())),
+        (
+            "Display time zone",
+            Value::Text(crate::zone::display().to_string()),
+        ),
     ];
     Ok(Output::Report {
         kind: "pgbackman_config",

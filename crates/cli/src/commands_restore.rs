@@ -141,7 +141,7 @@ impl Plan {
                         &self.source.dbname
                     },
                     self.source.source_node,
-                    self.source.finished.format("%Y-%m-%d %H:%M:%S UTC")
+                    crate::zone::display().show(&self.source.finished)
                 )),
             ),
             (
@@ -327,7 +327,7 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
     }
 
     let mut new = NewRestore {
-        at_time: at,
+        at_time: at.as_ref().map(|t| t.at),
         bck_id,
         node: node.node_id.to_string(),
         target_dbname: dbname.clone(),
@@ -538,8 +538,8 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "Restore definition RestoreDef {id} registered: BckID {bck_id} into {what} on {} as JobID {job}, run by {} {}; show_restores_in_progress and show_restore_catalog follow it.",
         plan.node.fqdn,
         plan.source.backup_server,
-        plan.new
-            .at_time
-            .map_or_else(|| "now".to_string(), |t| format!("at {}", t.to_rfc3339()))
+        // Says in which zone a time typed without one was read.
+        at.as_ref()
+            .map_or_else(|| "now".to_string(), |t| format!("at {}", t.describe()))
     )]))
 }

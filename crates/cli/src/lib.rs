@@ -15,6 +15,7 @@ pub mod shell;
 pub mod shortcuts;
 pub mod spec;
 pub mod validate;
+pub mod zone;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -232,6 +233,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             },
         });
+    }
+    if let Some(tz) = &file.shell.timezone {
+        let z = zone::parse_zone(tz).with_context(|| {
+            format!(
+                "[shell] timezone in {}",
+                file.path
+                    .as_ref()
+                    .map_or("the configuration".into(), |p| p.display().to_string())
+            )
+        })?;
+        zone::set_display(z);
     }
     let (cfg, target, source) = catalog_target(cli.catalog.as_deref(), &file)?;
     if let Some(Sub::Db { action }) = &cli.sub {

@@ -67,14 +67,21 @@ mod tests {
     fn shortcuts_expand() {
         assert_eq!(expand("\\q"), Line::Quit);
         assert_eq!(expand(" EOF "), Line::Quit);
-        assert_eq!(expand("eof"), Line::Run("eof".into()), "EOF is case-sensitive");
+        assert_eq!(
+            expand("eof"),
+            Line::Run("eof".into()),
+            "EOF is case-sensitive"
+        );
         assert_eq!(expand("\\h"), Line::Run("help".into()));
         assert_eq!(
             expand("\\h show_jobs_queue"),
             Line::Run("help show_jobs_queue".into())
         );
         assert_eq!(expand("\\s"), Line::Run("show_history".into()));
-        assert_eq!(expand("show_jobs_queue"), Line::Run("show_jobs_queue".into()));
+        assert_eq!(
+            expand("show_jobs_queue"),
+            Line::Run("show_jobs_queue".into())
+        );
     }
 
     #[test]

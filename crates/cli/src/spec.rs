@@ -462,7 +462,10 @@ pub static COMMANDS: &[Cmd] = &[
             pos("node", "NodeID | FQDN"),
             pos("dbname", "DBname"),
             pos("exceptions", "DBname exceptions"),
-            pos("at_time", "AT time (now, YYYY-MM-DD HH:MM, or RFC 3339)"),
+            pos(
+                "at_time",
+                "AT time (now, YYYY-MM-DD HH:MM in the display zone, or with a zone)",
+            ),
             pos("code", "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS)"),
             pos("retention_period", "Retention period"),
             pos("extra", "Extra backup parameters"),
@@ -587,7 +590,10 @@ pub static COMMANDS: &[Cmd] = &[
                 cluster (or with --acknowledge-nonempty). A restore into an older PostgreSQL major than the backup's \
                 pg_dump is refused.",
         args: &[
-            pos("at_time", "AT time (now, YYYY-MM-DD HH:MM, or RFC 3339)"),
+            pos(
+                "at_time",
+                "AT time (now, YYYY-MM-DD HH:MM in the display zone, or with a zone)",
+            ),
             pos("bck_id", "BckID"),
             pos("node", "Target NodeID | FQDN"),
             pos("dbname", "Target DBname"),
@@ -732,9 +738,10 @@ pub static COMMANDS: &[Cmd] = &[
     Cmd {
         name: "set",
         group: SHELL,
-        about: "Set a shell parameter: output_format=table|csv|json.",
+        about: "Set a shell parameter: output_format=table|csv|json, or timezone=<IANA name>|local (the display zone: \
+                times are shown in it, and times typed without a zone are read in it).",
         args: &[pos("setting", "Parameter=value")],
-        examples: &["set output_format=json"],
+        examples: &["set output_format=json", "set timezone=Europe/Oslo"],
     },
     Cmd {
         name: "help",

@@ -45,6 +45,8 @@ pub struct ShellSection {
     pub output_format: Option<String>,
     /// May start with `~/`; expanded by the caller.
     pub history_file: Option<String>,
+    /// The shell's display zone (an IANA name, or local); checked by the shell.
+    pub timezone: Option<String>,
 }
 
 /// The default search path: the user's file ($XDG_CONFIG_HOME, else $HOME/.config), then /etc.
