@@ -7,6 +7,7 @@ pub mod commands_alerts;
 pub mod commands_reconcile;
 pub mod commands_restore;
 pub mod commands_verify;
+pub mod complete;
 pub mod parse;
 pub mod quickstart;
 pub mod render;

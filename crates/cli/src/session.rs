@@ -6,8 +6,9 @@ use pgbackman_core::model::OutputFormat;
 use pgbackman_db::{Audit, Catalog};
 use rustyline::error::ReadlineError;
 
+use crate::complete::Mode;
 use crate::parse::Invocation;
-use crate::shell::{CompletionMode, ShellEditor};
+use crate::shell::ShellEditor;
 
 /// The user abandoned the command (answered "no", Ctrl-C or Ctrl-D at a prompt).
 #[derive(Debug, thiserror::Error)]
@@ -52,18 +53,13 @@ impl Session {
             Some(d) => format!("{label} [{d}]: "),
             None => format!("{label}: "),
         });
-        // At a question, Tab completes server/node names where one is asked for, else nothing.
-        let mode = if label.contains("SrvID") || label.contains("NodeID") {
-            CompletionMode::Names
-        } else {
-            CompletionMode::Off
-        };
+        // At a question, Tab completes what its label asks for (a node, a DefID, yes/no, ...).
         if let Some(h) = ed.helper_mut() {
-            h.mode = mode;
+            h.mode = Mode::Answer(label.to_string());
         }
         let answer = ed.readline(&prompt);
         if let Some(h) = ed.helper_mut() {
-            h.mode = CompletionMode::Command;
+            h.mode = Mode::Line;
         }
         match answer {
             Ok(s) => Ok(s.trim().to_string()),

@@ -1135,19 +1135,6 @@ impl Catalog {
         .await
     }
 
-    /// FQDNs and ids of servers and nodes, for tab completion.
-    pub async fn completion_words(&self) -> Result<Vec<String>, DbError> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                "select fqdn from public.backup_server union select server_id::text from public.backup_server
-                 union select fqdn from public.pgsql_node union select node_id::text from public.pgsql_node",
-                &[],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
     /// When the installed catalog was created and what applied it, for show_pgbackman_config.
     pub async fn catalog_info(&self) -> Result<Rows, DbError> {
         self.rows(

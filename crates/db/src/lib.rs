@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod alerts;
 pub mod catalog;
+pub mod completion;
 pub mod error;
 pub mod introspect;
 pub mod migrate;
