@@ -28,13 +28,14 @@ impl std::fmt::Display for Zone {
 
 static DISPLAY: RwLock<Option<Zone>> = RwLock::new(None);
 
-/// The display zone now (the local zone until one is set).
+/// The display zone now (the local zone until one is set; looked up once, not per cell).
 pub fn display() -> Zone {
-    DISPLAY
-        .read()
-        .ok()
-        .and_then(|z| *z)
-        .unwrap_or_else(local_zone)
+    if let Some(z) = DISPLAY.read().ok().and_then(|z| *z) {
+        return z;
+    }
+    let z = local_zone();
+    set_display(z);
+    z
 }
 
 pub fn set_display(z: Zone) {
