@@ -164,7 +164,7 @@ async fn catalog(s: &Setup) -> Vec<(Level, String)> {
         (
             Level::Warn,
             format!(
-                "catalog {} does not answer within {} s ([agent] catalog_timeout_seconds): {e}; the agent starts anyway: {cache}, and spools results until the catalog is back",
+                "catalog {} is unreachable or did not answer within {} s ([agent] catalog_timeout_seconds): {e}; the agent starts anyway: {cache}, and spools results until the catalog is back",
                 s.target,
                 deadline.as_secs()
             ),
