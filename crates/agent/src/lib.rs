@@ -88,6 +88,11 @@ struct Args {
     maintenance: bool,
 }
 
+/// The clap definition of `pgbackman-agent` (man page and completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn main_entry() -> ExitCode {
     // The agent's own executable doubles as the launcher of its children (see
     // pgbackman_dump::launcher_main): nothing else runs in that mode.

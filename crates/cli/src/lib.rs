@@ -1,6 +1,7 @@
 //! The `pgbackman` admin shell: clap command model shared by `-C` and the interactive shell,
 //! rendering (comfy-table, CSV, JSON), `db init|upgrade|status` and `quickstart`.
 
+pub mod assets;
 pub mod batch;
 pub mod commands;
 pub mod commands_alerts;
@@ -89,6 +90,11 @@ enum DbAction {
     Upgrade,
     /// Show the installed catalog version and whether this binary matches (exit 1 if not).
     Status,
+}
+
+/// The clap definition of `pgbackman` (man page and completions: `assets`).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Entry point of the `pgbackman` binary.
