@@ -109,11 +109,18 @@ pub(crate) async fn run(s: &Setup, strict: bool, user: Option<&ServiceUser>) -> 
             s.tz
         ),
     );
-    for (level, what) in tls_files(s) {
+    let tls = tls_files(s);
+    // Without usable TLS files no catalog connection can succeed: not tried, not waited for.
+    let tls_bad = tls
+        .iter()
+        .any(|(l, w)| *l == Level::Error && w.starts_with("catalog connection"));
+    for (level, what) in tls {
         line(level, what);
     }
-    for (level, what) in catalog(s).await {
-        line(level, what);
+    if !tls_bad {
+        for (level, what) in catalog(s).await {
+            line(level, what);
+        }
     }
     for (level, what) in crate::alerts::check(&s.cfg, &s.fqdn).await {
         line(level, what);
