@@ -90,7 +90,8 @@ fn a_frozen_catalog_and_a_dead_smtp_server_are_warnings_within_the_deadline() {
     let (o, out) = check(&cfg, &["--strict"]);
     assert!(!o.status.success(), "{out}");
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("2 warning(s), counted as failures by --strict"),
+        String::from_utf8_lossy(&o.stderr)
+            .contains("2 warning(s), counted as failures by --strict"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -115,9 +116,11 @@ fn bad_tls_files_stop_the_start_whatever_the_catalog() {
     let (o, out) = check(&cfg, &[]);
     assert!(!o.status.success(), "{out}");
     assert!(
-        out.lines().any(|l| l.starts_with("[ERROR] catalog connection: root certificate file")
-            && l.contains(&missing.display().to_string())
-            && l.contains("does not exist")),
+        out.lines().any(
+            |l| l.starts_with("[ERROR] catalog connection: root certificate file")
+                && l.contains(&missing.display().to_string())
+                && l.contains("does not exist")
+        ),
         "{out}"
     );
 }
@@ -159,7 +162,10 @@ fn run_as_root_it_leaves_no_directory_the_service_user_cannot_write() {
     // With --user (here postgres, the test clusters' user): created for that user, 0700.
     let (o, out) = check(&cfg, &["--user", "postgres"]);
     assert!(o.status.success(), "{out}");
-    let id = Command::new("id").args(["-u", "postgres"]).output().unwrap();
+    let id = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .unwrap();
     let pg_uid: u32 = String::from_utf8_lossy(&id.stdout).trim().parse().unwrap();
     for d in [&state, &backups] {
         let m = std::fs::metadata(d).unwrap();
@@ -179,10 +185,10 @@ fn run_as_root_it_leaves_no_directory_the_service_user_cannot_write() {
     let (o, out) = check(&cfg, &["--user", "postgres"]);
     assert!(!o.status.success(), "{out}");
     assert!(
-        out.lines()
-            .any(|l| l.starts_with(&format!("[ERROR] backup directory {}", backups.display()))
-                && l.contains("is owned by root:root, mode 700: user postgres cannot write it")
-                && l.contains(&format!("chown postgres: {}", backups.display()))),
+        out.lines().any(|l| l
+            .starts_with(&format!("[ERROR] backup directory {}", backups.display()))
+            && l.contains("is owned by root:root, mode 700: user postgres cannot write it")
+            && l.contains(&format!("chown postgres: {}", backups.display()))),
         "{out}"
     );
     // An unknown user is refused with what to do.

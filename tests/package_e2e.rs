@@ -59,7 +59,11 @@ fn cannot_run() -> Option<String> {
     if String::from_utf8_lossy(&q.stdout).contains("installed") {
         return Some("a pgbackman package is installed on this machine: not touching it".into());
     }
-    for p in ["/srv/pgbackman", "/var/lib/pgbackman-agent", "/etc/pgbackman"] {
+    for p in [
+        "/srv/pgbackman",
+        "/var/lib/pgbackman-agent",
+        "/etc/pgbackman",
+    ] {
         if Path::new(p).exists() {
             return Some(format!("{p} exists: not touching an installation"));
         }
@@ -157,10 +161,7 @@ fn the_package_installs_and_its_unit_starts_the_agent_as_pgbackman() {
             "{d}"
         );
     }
-    let conffiles = ok(sh(
-        "dpkg-query",
-        &["-W", "-f=${Conffiles}", "pgbackman"],
-    ));
+    let conffiles = ok(sh("dpkg-query", &["-W", "-f=${Conffiles}", "pgbackman"]));
     for f in [
         AGENT_TOML,
         "/etc/pgbackman/pgbackman.toml",
@@ -222,13 +223,20 @@ fn the_package_installs_and_its_unit_starts_the_agent_as_pgbackman() {
     let run_as = |line: &str| {
         // setpriv (util-linux) drops root's supplementary groups too, then execs the line.
         let mut c = Command::new("setpriv");
-        c.args(["--reuid", "pgbackman", "--regid", "pgbackman", "--clear-groups", "--"])
-            .args(argv(line))
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", "/var/lib/pgbackman-agent")
-            .env("USER", "pgbackman")
-            .current_dir("/");
+        c.args([
+            "--reuid",
+            "pgbackman",
+            "--regid",
+            "pgbackman",
+            "--clear-groups",
+            "--",
+        ])
+        .args(argv(line))
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", "/var/lib/pgbackman-agent")
+        .env("USER", "pgbackman")
+        .current_dir("/");
         for e in unit_values(&unit, "Environment") {
             for kv in e.split_whitespace() {
                 let (k, v) = kv.split_once('=').unwrap();
@@ -279,7 +287,10 @@ fn the_package_installs_and_its_unit_starts_the_agent_as_pgbackman() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(health.starts_with("HTTP/1.1 200") || health.starts_with("HTTP/1.0 200"), "{health}");
+    assert!(
+        health.starts_with("HTTP/1.1 200") || health.starts_with("HTTP/1.0 200"),
+        "{health}"
+    );
     let pid = cleanup.agent.as_ref().unwrap().id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
@@ -298,7 +309,10 @@ fn the_package_installs_and_its_unit_starts_the_agent_as_pgbackman() {
     let st = cleanup.agent.take().unwrap().wait().unwrap();
     assert!(st.success(), "{st}");
     drop(cleanup);
-    assert!(!Path::new(AGENT_TOML).exists(), "purge removes the conffiles");
+    assert!(
+        !Path::new(AGENT_TOML).exists(),
+        "purge removes the conffiles"
+    );
 }
 
 fn healthz(port: u16) -> Option<String> {

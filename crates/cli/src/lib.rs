@@ -10,6 +10,7 @@ pub mod commands_restore;
 pub mod commands_verify;
 pub mod parse;
 pub mod quickstart;
+pub mod quickstart_agent;
 pub mod render;
 pub mod session;
 pub mod shell;
@@ -78,7 +79,9 @@ enum Sub {
         #[command(subcommand)]
         action: DbAction,
     },
-    /// Start a private catalog cluster, register this host and the local cluster, open the shell.
+    /// Start a private catalog cluster, register this host and the local cluster, run a first
+    /// backup, leave the agent running, open the shell.
+    #[command(long_about = quickstart::LONG_ABOUT)]
     Quickstart(quickstart::Args),
 }
 
