@@ -283,6 +283,19 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_reads_its_own_file_first_then_the_shells() {
+        let env = |k: &str| (k == "HOME").then(|| "/h".to_string());
+        assert_eq!(
+            agent_candidates(&env),
+            [
+                PathBuf::from("/etc/pgbackman/pgbackman-agent.toml"),
+                "/h/.config/pgbackman/pgbackman.toml".into(),
+                "/etc/pgbackman/pgbackman.toml".into()
+            ]
+        );
+    }
+
+    #[test]
     fn full_file_and_agent_section() {
         let d = tempfile::tempdir().unwrap();
         let p = write(
