@@ -344,17 +344,23 @@ pub fn spawn(
 }
 
 /// `--check` lines for the alert settings: (ok, what).
-pub async fn check(cfg: &pgbackman_config::AgentSection, hello: &str) -> Vec<(bool, String)> {
+pub async fn check(
+    cfg: &pgbackman_config::AgentSection,
+    hello: &str,
+) -> Vec<(crate::check::Level, String)> {
+    use crate::check::Level;
     let Some(a) = &cfg.alerts else {
         return vec![(
-            true,
+            Level::Ok,
             "alerts are not mailed (no [agent.alerts] section); show_alerts lists them".into(),
         )];
     };
     let mut out = Vec::new();
+    // A template or mail setting the agent refuses stops it at start: an ERROR. An SMTP server
+    // that is down or refuses us only delays mail (alerts stay queued): a WARN.
     match Template::load(a.template.as_deref()) {
         Ok(_) => out.push((
-            true,
+            Level::Ok,
             format!(
                 "alert template {}",
                 a.template
@@ -363,14 +369,20 @@ pub async fn check(cfg: &pgbackman_config::AgentSection, hello: &str) -> Vec<(bo
                     .unwrap_or("(built in)".into())
             ),
         )),
-        Err(e) => out.push((false, format!("{e:#}"))),
+        Err(e) => out.push((Level::Error, format!("{e:#}"))),
     }
     match Mailer::new(a, hello) {
         Ok(m) => match m.test().await {
-            Ok(()) => out.push((true, format!("SMTP server {} accepts us", m.target))),
-            Err(e) => out.push((false, format!("SMTP server {}: {e}", m.target))),
+            Ok(()) => out.push((Level::Ok, format!("SMTP server {} accepts us", m.target))),
+            Err(e) => out.push((
+                Level::Warn,
+                format!(
+                    "SMTP server {}: {e}; the agent starts anyway, alerts wait in the catalog (show_alerts) until mail works",
+                    m.target
+                ),
+            )),
         },
-        Err(e) => out.push((false, format!("{e:#}"))),
+        Err(e) => out.push((Level::Error, format!("{e:#}"))),
     }
     out
 }

@@ -4,6 +4,7 @@
 #![deny(clippy::print_stdout)]
 
 pub mod alerts;
+pub mod check;
 pub mod health;
 pub mod job;
 pub mod listen;
@@ -56,15 +57,28 @@ use crate::schedule::Scheduler;
     after_help = "Examples:\n  pgbackman-agent --config /etc/pgbackman/pgbackman-agent.toml --check\n  pgbackman-agent --config /etc/pgbackman/pgbackman-agent.toml"
 )]
 struct Args {
-    /// Configuration file (default: ~/.config/pgbackman/pgbackman.toml, then /etc/pgbackman/pgbackman.toml).
+    /// Configuration file (default: /etc/pgbackman/pgbackman-agent.toml, then the shell's
+    /// ~/.config/pgbackman/pgbackman.toml and /etc/pgbackman/pgbackman.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Catalog connection (libpq key=value or URI); overrides the configuration.
     #[arg(long, value_name = "CONNINFO")]
     catalog: Option<String>,
-    /// Check configuration, catalog access, registration, directories and client programs, then exit.
+    /// Check configuration, directories, TLS and password files, client programs, catalog
+    /// access and registration, SMTP, then exit. ERROR lines (exit 1) are what stops the agent
+    /// from starting; a catalog or SMTP server that is down or slow is a WARN (exit 0): the
+    /// agent starts from its cache. The systemd unit runs it before every start.
     #[arg(long)]
     check: bool,
+    /// With --check: count warnings as failures (exit 1 when the catalog or the SMTP server does
+    /// not answer, too): the full check, for an installation or a monitoring probe.
+    #[arg(long, requires = "check")]
+    strict: bool,
+    /// With --check, run as root: check the directories for this user (the one the service runs
+    /// as, e.g. pgbackman) and create missing ones owned by it. Without it, --check as root
+    /// creates nothing.
+    #[arg(long, value_name = "USER", requires = "check")]
+    user: Option<String>,
     /// Run the ad hoc jobs that are due now (run-now, snapshots), wait for them, and exit.
     /// No schedule fires. For a first backup, or for running the agent from cron.
     #[arg(long)]
@@ -72,6 +86,11 @@ struct Args {
     /// Run one maintenance pass (retention, forced deletions, quarantine, autoregister), then exit.
     #[arg(long, conflicts_with = "once")]
     maintenance: bool,
+}
+
+/// The clap definition of `pgbackman-agent` (man page and completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
 }
 
 pub fn main_entry() -> ExitCode {
@@ -127,6 +146,8 @@ pub fn main_entry() -> ExitCode {
 
 struct Setup {
     cfg: AgentSection,
+    /// The configuration file read (None: none found, all defaults).
+    config_path: Option<PathBuf>,
     fqdn: String,
     tz: Tz,
     catalog_cfg: pgbackman_config::ConnConfig,
@@ -134,7 +155,7 @@ struct Setup {
 }
 
 fn setup(args: &Args) -> Result<Setup> {
-    let file = pgbackman_config::load(args.config.as_deref())?;
+    let file = pgbackman_config::load_agent(args.config.as_deref())?;
     let cfg = file.agent_section()?;
     let (conninfo, _) = pgbackman_config::catalog_conninfo(
         args.catalog.as_deref(),
@@ -160,6 +181,7 @@ fn setup(args: &Args) -> Result<Setup> {
     })?;
     Ok(Setup {
         cfg,
+        config_path: file.path.clone(),
         fqdn,
         tz,
         catalog_cfg,
@@ -170,7 +192,12 @@ fn setup(args: &Args) -> Result<Setup> {
 async fn run(args: Args) -> Result<()> {
     let s = setup(&args)?;
     if args.check {
-        return check(&s).await;
+        let user = args
+            .user
+            .as_deref()
+            .map(check::ServiceUser::lookup)
+            .transpose()?;
+        return check::run(&s, args.strict, user.as_ref()).await;
     }
     // Signal handlers first: a SIGTERM at any point from here on is a clean stop, never the
     // default death that would orphan pg_dump children.
@@ -895,120 +922,4 @@ impl Runner {
         tracing::info!("pgbackman-agent stopped");
         Ok(())
     }
-}
-
-/// `--check` lines for the password files: the nodes' (`[agent] passfile`, else PGPASSFILE,
-/// else ~/.pgpass) and the catalog's. A file libpq ignores (group or world access) is an error
-/// that says so and how to fix it: every connection needing a password would fail.
-fn pgpass_check(s: &Setup) -> Vec<(bool, String)> {
-    use pgbackman_config::PgpassStatus;
-    let mut out = Vec::new();
-    let passfile = s.cfg.passfile.clone();
-    let env = |k: &str| match (k, &passfile) {
-        ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
-        _ => pgbackman_config::real_env(k),
-    };
-    out.push(match pgbackman_config::pgpass_status(&env) {
-        PgpassStatus::Used(p) => (
-            true,
-            format!("password file for the PgSQL nodes: {} (private)", p.display()),
-        ),
-        PgpassStatus::Missing(Some(p)) if s.cfg.passfile.is_some() => (
-            false,
-            format!(
-                "password file for the PgSQL nodes: [agent] passfile {} does not exist; create it (mode 0600) or remove the setting",
-                p.display()
-            ),
-        ),
-        PgpassStatus::Missing(p) => (
-            true,
-            format!(
-                "no password file for the PgSQL nodes{} (fine with certificates, trust or peer authentication)",
-                p.map(|p| format!(" at {}", p.display())).unwrap_or_default()
-            ),
-        ),
-        PgpassStatus::Ignored(_, why) => (false, format!("PgSQL nodes: {why}")),
-    });
-    if let Some(why) = &s.catalog_cfg.pgpass_ignored {
-        out.push((false, format!("catalog connection: {why}")));
-    }
-    out
-}
-
-/// `--check`: every precondition of a working agent, each with OK or what to fix.
-async fn check(s: &Setup) -> Result<()> {
-    let mut out = std::io::stdout();
-    let mut failures = 0;
-    let mut line = |ok: bool, what: String| {
-        if !ok {
-            failures += 1;
-        }
-        let _ = writeln!(out, "[{}] {what}", if ok { "OK" } else { "ERROR" });
-    };
-    line(
-        true,
-        format!(
-            "configuration: backup server {}, time zone {}",
-            s.fqdn, s.tz
-        ),
-    );
-    match Catalog::connect(s.catalog_cfg.clone(), "pgbackman-agent-check", &s.target).await {
-        Ok(c) => {
-            line(true, format!("catalog reachable: {}", s.target));
-            match c.check_compatible().await {
-                Ok(()) => line(true, "catalog version matches this agent".into()),
-                Err(e) => line(false, format!("catalog version: {e}")),
-            }
-            match c.agent_server_id(&s.fqdn).await {
-                Ok(id) => line(true, format!("registered as backup server SrvID {id}")),
-                Err(e) => line(false, e.to_string()),
-            }
-        }
-        Err(e) => line(false, format!("catalog: {e}")),
-    }
-    for (ok, what) in alerts::check(&s.cfg, &s.fqdn).await {
-        line(ok, what);
-    }
-    for (ok, what) in pgpass_check(s) {
-        line(ok, what);
-    }
-    for (what, dir) in [
-        ("state directory", &s.cfg.state_dir),
-        ("backup directory", &s.cfg.backup_dir),
-    ] {
-        let r = state::create_dir_0700(dir).and_then(|_| {
-            let probe = dir.join(".pgbackman-agent-check");
-            std::fs::write(&probe, b"x")
-                .with_context(|| format!("{} is not writable", dir.display()))?;
-            std::fs::remove_file(&probe)?;
-            Ok(())
-        });
-        match r {
-            Ok(()) => line(true, format!("{what} {} is writable", dir.display())),
-            Err(e) => line(false, format!("{what}: {e:#}")),
-        }
-    }
-    match s.cfg.client_bin_dirs() {
-        Ok(dirs) if dirs.is_empty() => line(
-            false,
-            "no PostgreSQL client programs found: set [agent] bin_dirs".into(),
-        ),
-        Ok(dirs) => {
-            for (m, d) in dirs {
-                match pgbackman_dump::client_major(&d) {
-                    Ok(v) if v == m => line(true, format!("pg_dump {m} in {}", d.display())),
-                    Ok(v) => line(
-                        false,
-                        format!("{} holds pg_dump {v}, configured as {m}", d.display()),
-                    ),
-                    Err(e) => line(false, format!("{}: {e}", d.display())),
-                }
-            }
-        }
-        Err(e) => line(false, e.to_string()),
-    }
-    if failures > 0 {
-        bail!("{failures} check(s) failed");
-    }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `pgbackman` admin shell: clap command model shared by `-C` and the interactive shell,
 //! rendering (comfy-table, CSV, JSON), `db init|upgrade|status` and `quickstart`.
 
+pub mod assets;
 pub mod batch;
 pub mod commands;
 pub mod commands_alerts;
@@ -10,6 +11,7 @@ pub mod commands_verify;
 pub mod complete;
 pub mod parse;
 pub mod quickstart;
+pub mod quickstart_agent;
 pub mod render;
 pub mod session;
 pub mod shell;
@@ -80,7 +82,9 @@ enum Sub {
         #[command(subcommand)]
         action: DbAction,
     },
-    /// Start a private catalog cluster, register this host and the local cluster, open the shell.
+    /// Start a private catalog cluster, register this host and the local cluster, run a first
+    /// backup, leave the agent running, open the shell.
+    #[command(long_about = quickstart::LONG_ABOUT)]
     Quickstart(quickstart::Args),
 }
 
@@ -92,6 +96,11 @@ enum DbAction {
     Upgrade,
     /// Show the installed catalog version and whether this binary matches (exit 1 if not).
     Status,
+}
+
+/// The clap definition of `pgbackman` (man page and completions: `assets`).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Entry point of the `pgbackman` binary.

@@ -66,6 +66,23 @@ pub fn default_candidates(env: Env) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Where the agent installs its own file (the Debian package and etc/pgbackman-agent.toml).
+pub const AGENT_CONFIG: &str = "/etc/pgbackman/pgbackman-agent.toml";
+
+/// The agent's search path: its own [`AGENT_CONFIG`], then the shell's files (which earlier
+/// agents read, so that an installation relying on them keeps working).
+pub fn agent_candidates(env: Env) -> Vec<PathBuf> {
+    std::iter::once(PathBuf::from(AGENT_CONFIG))
+        .chain(default_candidates(env))
+        .collect()
+}
+
+/// The agent's [`load`]: `--config FILE` if given, else the first existing file of
+/// [`agent_candidates`].
+pub fn load_agent(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    load_from(&agent_candidates(&crate::real_env), explicit)
+}
+
 /// Loads `--config FILE` if given, else the first existing file of [`default_candidates`].
 pub fn load(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
     load_from(&default_candidates(&crate::real_env), explicit)
@@ -264,6 +281,19 @@ mod tests {
         assert_eq!(
             default_candidates(&env(HashMap::new())),
             [PathBuf::from("/etc/pgbackman/pgbackman.toml")]
+        );
+    }
+
+    #[test]
+    fn the_agent_reads_its_own_file_first_then_the_shells() {
+        let env = |k: &str| (k == "HOME").then(|| "/h".to_string());
+        assert_eq!(
+            agent_candidates(&env),
+            [
+                PathBuf::from("/etc/pgbackman/pgbackman-agent.toml"),
+                "/h/.config/pgbackman/pgbackman.toml".into(),
+                "/etc/pgbackman/pgbackman.toml".into()
+            ]
         );
     }
 

@@ -23,8 +23,8 @@ pub use conninfo::{
     ssl_mode,
 };
 pub use file::{
-    CatalogSection, CatalogSource, FileConfig, ShellSection, catalog_conninfo, default_candidates,
-    load, load_from,
+    AGENT_CONFIG, CatalogSection, CatalogSource, FileConfig, ShellSection, agent_candidates,
+    catalog_conninfo, default_candidates, load, load_agent, load_from,
 };
 pub use host::host_fqdn;
 pub use nodes::{Limit, Limits, NodeTimeouts, NodesSection};
