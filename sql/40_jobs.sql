@@ -45,6 +45,7 @@ create function api.record_scheduled_job(p_server bigint, p_def_id bigint, p_sch
 returns table (job_id bigint, attempt integer)
 language plpgsql as $$
 begin
+    perform api.acting_for(p_server);
     return query
     insert into public.job as j (kind, backup_server_id, pgsql_node_id, def_id, scheduled_for, not_before, state,
                                  attempt, claimed_by, claimed_at, lease_expires_at, heartbeat_at)
@@ -68,6 +69,7 @@ returns table (job_id bigint, kind text, attempt integer, def_id bigint, snapsho
                restore_def bigint, bck_id bigint, pgsql_node_id bigint)
 language plpgsql as $$
 begin
+    perform api.acting_for(p_server);
     perform pg_advisory_xact_lock(hashtext('pgbackman.claim'), p_server::integer);
     return query
     with running as (
@@ -106,6 +108,7 @@ returns boolean language plpgsql as $$
 declare
     v_cancel boolean;
 begin
+    perform api.acting_for_job(p_job_id);
     -- A job marked LOST while its agent could not reach the catalog is still ours if nobody
     -- re-claimed it (same attempt): it goes back to RUNNING instead of being killed.
     update public.job set heartbeat_at = now(), lease_expires_at = now() + p_lease, state = 'RUNNING',
@@ -135,6 +138,7 @@ declare
     v_def public.backup_definition%rowtype;
     v_snap public.snapshot_definition%rowtype;
 begin
+    perform api.acting_for_job(p_job_id);
     -- Lock first, then look: two concurrent reports of one job both end with its BckID.
     select * into v_job from public.job where job_id = p_job_id for update;
     if not found then
