@@ -256,6 +256,9 @@ async fn run(args: Args) -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     if !s.cfg.http_listen.is_empty() {
+        if let Some(w) = pgbackman_config::http_listen_exposure(&s.cfg.http_listen) {
+            tracing::warn!("{w}");
+        }
         match tokio::net::TcpListener::bind(&s.cfg.http_listen).await {
             Ok(l) => {
                 if let Ok(a) = l.local_addr() {
@@ -939,6 +942,10 @@ fn pgpass_check(s: &Setup) -> Vec<(bool, String)> {
 async fn check(s: &Setup) -> Result<()> {
     let mut out = std::io::stdout();
     let mut failures = 0;
+    // Accepted, but said: /healthz and /metrics have no authentication.
+    if let Some(w) = pgbackman_config::http_listen_exposure(&s.cfg.http_listen) {
+        let _ = writeln!(out, "[WARNING] {w}");
+    }
     let mut line = |ok: bool, what: String| {
         if !ok {
             failures += 1;
