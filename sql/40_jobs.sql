@@ -20,6 +20,7 @@ begin
         raise exception 'backup server % is STOPPED', p_fqdn
             using errcode = '55000', hint = 'Set it RUNNING with: pgbackman -C "update_backup_server <SrvID> \"\" --status RUNNING".';
     end if;
+    perform api.acting_for(v_id);   -- an agent role of another server stops here, at its start
     return v_id;
 end $$;
 

@@ -46,7 +46,7 @@ language sql immutable as $$
                     'update_drill_schedule', 'accept_pgsql_node_listing']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
-    ('agent', array['record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
+    ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
                     'report_offline_backup', 'agent_restore', 'report_restore', 'drill_schedules',
                     'queue_scheduled_drill', 'verify_job_info', 'report_verification', 'retention_mark',
                     'retention_marked', 'retention_forget', 'forced_deletions', 'forced_deletion_done',
@@ -55,11 +55,11 @@ language sql immutable as $$
                     'apply_node_listing', 'raise_listing_alert', 'server_partitions', 'server_set_dirs',
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
                     'raise_overdue_alert']),
-    -- pgbackman_agent, acting across servers by design: the server an agent runs as (looked
-    -- up before it knows its id), lost jobs (whoever notices first marks them), mailing
-    -- outcomes (alerts are handed over between agents; fenced by the claim), and set
-    -- directories matched against ids the agent gives (it reads nothing of another server).
-    ('agent_any_server', array['agent_server_id', 'mark_lost_jobs', 'alert_sent', 'alert_failed',
+    -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
+    -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
+    -- claim), and set directories matched against ids the agent gives (it reads nothing of
+    -- another server).
+    ('agent_any_server', array['mark_lost_jobs', 'alert_sent', 'alert_failed',
                                'unknown_set_dirs']),
     -- Called only by the functions above (as the owner) or by triggers: nobody else.
     ('internal', array['audit_row', 'notify_server', 'notify_owner', 'notify_owner_by_server_id',
