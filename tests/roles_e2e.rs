@@ -106,6 +106,38 @@ fn roles_from_readonly_to_agent() {
         "t"
     );
 
+    // readonly runs every listing (with a backup, a job and an audit trail to show).
+    for line in [
+        "show_backup_servers",
+        "show_backup_server_config bs1.example.org",
+        "show_backup_server_default_config",
+        "show_backup_server_stats bs1.example.org",
+        "show_pgsql_nodes",
+        "show_pgsql_node_config 127.0.0.2",
+        "show_pgsql_node_default_config",
+        "show_pgsql_node_stats 127.0.0.2",
+        "show_backup_definitions all all all",
+        "show_databases_without_backup_definitions all",
+        "show_empty_backup_catalogs",
+        "show_backup_catalog all all all",
+        "show_retention_plan all all",
+        "show_backup_details 1",
+        "show_snapshot_definitions all all",
+        "show_snapshots_in_progress",
+        "show_jobs_queue",
+        "show_verifications",
+        "show_restore_definitions all all",
+        "show_restore_catalog all all all",
+        "show_restores_in_progress",
+        "show_alerts",
+        "show_reconciliation",
+        "show_pgbackman_config",
+        "show_pgbackman_stats",
+        "show_audit_log 20",
+    ] {
+        cmd_as(env, "ro", line).ok();
+    }
+
     // agent2 (bound to bs2) configured as bs1 stops at its start, saying why.
     let b = Agent::configure(env, "bs1.example.org", "");
     let toml = std::fs::read_to_string(&b.config).unwrap();
