@@ -106,6 +106,27 @@ fn roles_from_readonly_to_agent() {
         "t"
     );
 
+    // The operator's other commands, run by the agent as agent1: a verification, a restore, a
+    // snapshot.
+    cmd_as(env, "op", "verify_backup 1").ok();
+    cmd_as(env, "op", "register_restore_definition now 1 127.0.0.2 shop_copy \"\"").ok();
+    cmd_as(
+        env,
+        "op",
+        "register_snapshot_definition bs1.example.org 127.0.0.2 shop \"\" now FULL \"2 days\" \"\" snap1",
+    )
+    .ok();
+    wait_for(
+        env,
+        "select (select string_agg(state, ',') from verification) || '/' \
+           || (select string_agg(execution_status, ',') from restore_catalog) || '/' \
+           || (select string_agg(execution_status, ',' order by bck_id) from backup_catalog)",
+        "PASSED/SUCCEEDED/SUCCEEDED,SUCCEEDED",
+        60,
+        &a,
+    );
+    assert_eq!(s.node.psql("shop_copy", "select 1"), "1");
+
     // readonly runs every listing (with a backup, a job and an audit trail to show).
     for line in [
         "show_backup_servers",
