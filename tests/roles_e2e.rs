@@ -126,6 +126,14 @@ fn roles_from_readonly_to_agent() {
         &a,
     );
     assert_eq!(s.node.psql("shop_copy", "select 1"), "1");
+    // A maintenance pass (retention, listings, reconciliation) as agent1 too, and nothing in
+    // the agent's log was refused.
+    a.stop();
+    a.maintenance_ok();
+    let log = a.log();
+    for refused in ["permission denied", "may not", "42501"] {
+        assert!(!log.contains(refused), "{refused}:\n{log}");
+    }
 
     // readonly runs every listing (with a backup, a job and an audit trail to show).
     for line in [
@@ -184,7 +192,6 @@ fn roles_from_readonly_to_agent() {
     // Revoked, the operator runs nothing more.
     env.db(&["revoke", "op"]).ok();
     cmd_as(env, "op", "run_backup_definition_now 1").fails_with("catalog role op");
-    drop(a);
 }
 
 /// `/healthz` on another address than loopback is served, with a warning in the log and in
