@@ -291,3 +291,32 @@ async fn grant_refuses_what_it_cannot_do_with_a_hint() {
         "{listed:?}"
     );
 }
+
+/// A function added to schema api without a place in the privilege lists stops the install,
+/// naming it (so a new function is never left callable by nobody, or by everybody).
+#[tokio::test(flavor = "current_thread")]
+async fn an_unlisted_api_function_stops_the_install() {
+    let env = env().await;
+    let mut c = env.client("postgres").await;
+    let tx = c.transaction().await.unwrap();
+    for (name, body) in migrate::SQL_BUNDLE {
+        if *name == "95_security.sql" {
+            tx.batch_execute(
+                "create function api.show_something_new() returns int language sql as 'select 1'",
+            )
+            .await
+            .unwrap();
+        }
+        let r = tx.batch_execute(body).await;
+        if *name == "95_security.sql" {
+            let e = DbError::from(r.unwrap_err()).to_string();
+            assert!(
+                e.contains("api function(s) in no privilege list: show_something_new"),
+                "{e}"
+            );
+            assert!(e.contains("sql/95_security.sql"), "{e}");
+        } else {
+            r.unwrap();
+        }
+    }
+}
