@@ -59,9 +59,14 @@ fn roles_from_readonly_to_agent() {
 
     // readonly lists, and is told what a change would take.
     let listed = cmd_as(env, "ro", "show_backup_servers").ok();
-    assert!(listed.stdout.contains("bs2.example.org"), "{}", listed.stdout);
-    let r = cmd_as(env, "ro", "register_backup_server bs3 example.org x")
-        .fails_with("catalog role ro may not run register_backup_server: that takes pgbackman_admin");
+    assert!(
+        listed.stdout.contains("bs2.example.org"),
+        "{}",
+        listed.stdout
+    );
+    let r = cmd_as(env, "ro", "register_backup_server bs3 example.org x").fails_with(
+        "catalog role ro may not run register_backup_server: that takes pgbackman_admin",
+    );
     assert!(
         r.stderr
             .contains("HINT: as the catalog owner run `pgbackman db grant ro admin`"),
@@ -81,8 +86,9 @@ fn roles_from_readonly_to_agent() {
         env.sql("select db_user from audit_log where table_name = 'backup_definition' order by audit_id limit 1"),
         "adm"
     );
-    cmd_as(env, "op", "delete_backup_definition_id 1 force-deletion")
-        .fails_with("catalog role op may not run delete_backup_definition_id: that takes pgbackman_admin");
+    cmd_as(env, "op", "delete_backup_definition_id 1 force-deletion").fails_with(
+        "catalog role op may not run delete_backup_definition_id: that takes pgbackman_admin",
+    );
 
     // An agent logging in as agent1 backs up bs1's definition end to end.
     let mut a = Agent::configure(env, "bs1.example.org", "");
@@ -109,7 +115,12 @@ fn roles_from_readonly_to_agent() {
     // The operator's other commands, run by the agent as agent1: a verification, a restore, a
     // snapshot.
     cmd_as(env, "op", "verify_backup 1").ok();
-    cmd_as(env, "op", "register_restore_definition now 1 127.0.0.2 shop_copy \"\"").ok();
+    cmd_as(
+        env,
+        "op",
+        "register_restore_definition now 1 127.0.0.2 shop_copy \"\"",
+    )
+    .ok();
     cmd_as(
         env,
         "op",

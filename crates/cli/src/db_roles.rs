@@ -99,7 +99,9 @@ pub async fn list(cfg: &pgbackman_config::ConnConfig, target: &str) -> Result<Ex
         .await
         .with_context(|| format!("catalog {target}"))?;
     if rows.is_empty() {
-        println!("No role holds a pgbackman role; grant one with `pgbackman db grant ROLE readonly|operator|admin|agent`.");
+        println!(
+            "No role holds a pgbackman role; grant one with `pgbackman db grant ROLE readonly|operator|admin|agent`."
+        );
     }
     for (role, groups, servers) in rows {
         if servers.is_empty() {

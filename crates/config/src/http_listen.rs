@@ -40,13 +40,27 @@ mod tests {
 
     #[test]
     fn loopback_is_quiet_everything_else_warns() {
-        for quiet in ["", "127.0.0.1:9187", "127.0.0.2:1", "[::1]:9187", "localhost:9187"] {
+        for quiet in [
+            "",
+            "127.0.0.1:9187",
+            "127.0.0.2:1",
+            "[::1]:9187",
+            "localhost:9187",
+        ] {
             assert_eq!(x(quiet), None, "{quiet}");
         }
         assert!(x("0.0.0.0:9187").unwrap().contains("every interface"));
         assert!(x("[::]:9187").unwrap().contains("every interface"));
-        assert!(x("10.1.2.3:9187").unwrap().contains("10.1.2.3, not a loopback address"));
-        assert!(x("backup1.example.org:9187").unwrap().contains("host name backup1.example.org"));
+        assert!(
+            x("10.1.2.3:9187")
+                .unwrap()
+                .contains("10.1.2.3, not a loopback address")
+        );
+        assert!(
+            x("backup1.example.org:9187")
+                .unwrap()
+                .contains("host name backup1.example.org")
+        );
         assert!(x("10.1.2.3:9187").unwrap().contains("127.0.0.1:9187"));
     }
 }

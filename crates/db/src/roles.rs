@@ -35,10 +35,7 @@ pub async fn revoke(
     level: Option<&str>,
 ) -> Result<Vec<String>, DbError> {
     let row = client
-        .query_one(
-            "select api.revoke_catalog_role($1, $2)",
-            &[&role, &level],
-        )
+        .query_one("select api.revoke_catalog_role($1, $2)", &[&role, &level])
         .await
         .map_err(|e| DbError::client(format!("revoking catalog roles of {role}"), e))?;
     Ok(row.get(0))
@@ -112,7 +109,9 @@ impl Catalog {
                     .to_string(),
             ),
             (None, _) => (
-                format!("catalog role {role} may not read {object}: no catalog role it holds allows it"),
+                format!(
+                    "catalog role {role} may not read {object}: no catalog role it holds allows it"
+                ),
                 format!(
                     "as the catalog owner run `pgbackman db grant {role} readonly` (or operator, admin, agent: see README, Operations, Roles)"
                 ),

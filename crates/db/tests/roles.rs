@@ -86,17 +86,27 @@ async fn each_group_role_runs_its_commands_only() {
     let ro = env.catalog("ro").await;
     ro.check_compatible().await.unwrap();
     assert_eq!(ro.show_backup_servers().await.unwrap().len(), 2);
-    ro.show_backup_server_config("bs1.example.org").await.unwrap();
+    ro.show_backup_server_config("bs1.example.org")
+        .await
+        .unwrap();
     ro.show_jobs_queue(&None, true).await.unwrap();
     ro.show_audit_log(10).await.unwrap();
     let e = denied(
-        ro.register_backup_server(&audit(), "bs3", Some("example.org"), Some("RUNNING"), Some(""))
-            .await,
+        ro.register_backup_server(
+            &audit(),
+            "bs3",
+            Some("example.org"),
+            Some("RUNNING"),
+            Some(""),
+        )
+        .await,
     );
     let e = ro.explain_denied(e).await;
     let text = e.to_string();
     assert!(
-        text.contains("catalog role ro may not run register_backup_server: that takes pgbackman_admin"),
+        text.contains(
+            "catalog role ro may not run register_backup_server: that takes pgbackman_admin"
+        ),
         "{text}"
     );
     assert!(text.contains("pgbackman db grant ro admin"), "{text}");
@@ -107,7 +117,9 @@ async fn each_group_role_runs_its_commands_only() {
     let job = op.run_backup_definition_now(&audit(), 1).await.unwrap();
     op.cancel_job(&audit(), job).await.unwrap();
     let e = op
-        .explain_denied(denied(op.delete_backup_definition_id(&audit(), 1, false).await))
+        .explain_denied(denied(
+            op.delete_backup_definition_id(&audit(), 1, false).await,
+        ))
         .await;
     assert!(
         e.to_string()
@@ -117,9 +129,15 @@ async fn each_group_role_runs_its_commands_only() {
 
     // admin: registers and deletes.
     let adm = env.catalog("adm").await;
-    adm.register_backup_server(&audit(), "bs3", Some("example.org"), Some("RUNNING"), Some(""))
-        .await
-        .unwrap();
+    adm.register_backup_server(
+        &audit(),
+        "bs3",
+        Some("example.org"),
+        Some("RUNNING"),
+        Some(""),
+    )
+    .await
+    .unwrap();
     adm.delete_backup_server(&audit(), "bs3.example.org")
         .await
         .unwrap();
@@ -151,7 +169,10 @@ async fn each_group_role_runs_its_commands_only() {
             .contains("catalog role nobody may not read table refinery_schema_history"),
         "{e}"
     );
-    assert!(e.to_string().contains("pgbackman db grant nobody readonly"), "{e}");
+    assert!(
+        e.to_string().contains("pgbackman db grant nobody readonly"),
+        "{e}"
+    );
 
     // The audit log names the login role (session_user), not the owner the function ran as,
     // next to the OS user.
@@ -243,7 +264,9 @@ async fn an_agent_acts_for_its_own_backup_server_only() {
     );
 
     // An agent role bound to no server is told how to bind it.
-    roles::revoke(&env.owner, "agent_b", Some("agent")).await.unwrap();
+    roles::revoke(&env.owner, "agent_b", Some("agent"))
+        .await
+        .unwrap();
     env.owner
         .batch_execute("grant pgbackman_agent to agent_b")
         .await
@@ -262,7 +285,10 @@ async fn an_agent_acts_for_its_own_backup_server_only() {
 
     // The owner still acts for every server (the agents of earlier installs log in as it).
     let owner = env.catalog("postgres").await;
-    owner.claim_jobs(2, "o", lease, 10, 2, &["BACKUP"]).await.unwrap();
+    owner
+        .claim_jobs(2, "o", lease, 10, 2, &["BACKUP"])
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -272,8 +298,18 @@ async fn grant_refuses_what_it_cannot_do_with_a_hint() {
         ("ghost", "readonly", None, "role \"ghost\" does not exist"),
         ("ro", "superuser", None, "unknown catalog role level"),
         ("ro", "agent", None, "give it with --server"),
-        ("ro", "agent", Some("bs9"), "backup server \"bs9\" is not registered"),
-        ("ro", "readonly", Some("bs1"), "--server applies to agent roles only"),
+        (
+            "ro",
+            "agent",
+            Some("bs9"),
+            "backup server \"bs9\" is not registered",
+        ),
+        (
+            "ro",
+            "readonly",
+            Some("bs1"),
+            "--server applies to agent roles only",
+        ),
     ] {
         let e = roles::grant(&env.owner, role, level, server)
             .await
