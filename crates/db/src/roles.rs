@@ -86,12 +86,11 @@ impl Catalog {
         let role: String = row.get(0);
         let function = object.strip_prefix("function ");
         let group = match function {
-            // Needs USAGE on schema api, which a role holding no catalog role lacks.
-            Some(f) => c
-                .query_one("select api.privilege_of($1)", &[&f])
-                .await
-                .ok()
-                .and_then(|r| r.get::<_, Option<String>>(0)),
+            // (A role holding none gets "permission denied for schema api" first.)
+            Some(f) => match c.query_one("select api.privilege_of($1)", &[&f]).await {
+                Ok(r) => r.get::<_, Option<String>>(0),
+                Err(_) => return e,
+            },
             // A table or the schema: reading is readonly's.
             None => Some("pgbackman_readonly".to_string()),
         };

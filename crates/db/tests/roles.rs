@@ -356,3 +356,38 @@ async fn an_unlisted_api_function_stops_the_install() {
         }
     }
 }
+
+/// An owner that may not create roles still installs (and upgrades) a working catalog: the
+/// group roles are skipped with a warning, and `db grant` says what to run.
+#[tokio::test(flavor = "current_thread")]
+async fn an_owner_without_createrole_installs_a_catalog_of_its_own() {
+    let pg = TestCluster::start();
+    pg.psql("postgres", "create role owner2 login");
+    pg.psql("postgres", "create database pgbackman owner owner2");
+    let cfg: tokio_postgres::Config = pg
+        .conninfo("pgbackman")
+        .replace("user=postgres", "user=owner2")
+        .parse()
+        .unwrap();
+    let mut c = pgbackman_db::connect_once(&cfg, "owner2").await.unwrap();
+    migrate::init(&mut c).await.unwrap();
+    migrate::upgrade(&mut c).await.unwrap();
+    c.batch_execute("select api.register_backup_server('bs1', 'example.org', 'RUNNING', '')")
+        .await
+        .unwrap();
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "select count(*) from pg_roles where rolname like 'pgbackman\\_%'"
+        ),
+        "0"
+    );
+    pg.psql("postgres", "create role ro login");
+    let e = roles::grant(&c, "ro", "readonly", None).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("group role pgbackman_readonly does not exist"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("CREATEROLE"), "{e}");
+}
