@@ -30,6 +30,17 @@ fn conninfo_as(env: &Env, role: &str) -> String {
 
 #[test]
 fn roles_from_readonly_to_agent() {
+    // `db init` says the group roles are there and how to hand them out.
+    let fresh = Env::bare();
+    let init = fresh.db(&["init"]).ok();
+    assert!(
+        init.stdout.contains(
+            "[DONE] Group roles pgbackman_readonly, _operator, _admin and _agent are ready"
+        ),
+        "{}",
+        init.stdout
+    );
+    drop(fresh);
     let s = site();
     let env = &s.env;
     env.sql(

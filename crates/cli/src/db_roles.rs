@@ -112,3 +112,17 @@ pub async fn list(cfg: &pgbackman_config::ConnConfig, target: &str) -> Result<Ex
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// After `db init`: where the group roles stand, and how to hand them out.
+pub async fn report_groups(c: &tokio_postgres::Client) {
+    match roles::missing_groups(c).await {
+        Ok(missing) if missing.is_empty() => println!(
+            "[DONE] Group roles pgbackman_readonly, _operator, _admin and _agent are ready: `pgbackman db grant ROLE LEVEL` makes a login role a member."
+        ),
+        Ok(missing) => println!(
+            "[WARNING] Group roles {} could not be created (this role may not create roles): only the catalog owner can use the catalog until a superuser runs `pgbackman db upgrade`.",
+            missing.join(", ")
+        ),
+        Err(_) => {}
+    }
+}

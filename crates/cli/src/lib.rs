@@ -348,6 +348,7 @@ async fn db_command(
                 "[DONE] Catalog installed in {target} (schema version {}).",
                 st.expected
             );
+            db_roles::report_groups(&c).await;
             st
         }
         DbAction::Upgrade => {

@@ -41,6 +41,18 @@ pub async fn revoke(
     Ok(row.get(0))
 }
 
+/// The group roles of [`LEVELS`] missing from the cluster (the installer could not create them).
+pub async fn missing_groups(client: &Client) -> Result<Vec<String>, DbError> {
+    let rows = client
+        .query(
+            "select 'pgbackman_' || l from unnest($1::text[]) l
+              where not exists (select 1 from pg_catalog.pg_roles r where r.rolname = 'pgbackman_' || l)",
+            &[&LEVELS],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// One line per login role holding a catalog group role: (role, group roles, bound servers).
 pub async fn list(client: &Client) -> Result<Vec<(String, String, String)>, DbError> {
     let rows = client
