@@ -116,6 +116,8 @@ async fn each_group_role_runs_its_commands_only() {
     let op = env.catalog("op").await;
     let job = op.run_backup_definition_now(&audit(), 1).await.unwrap();
     op.cancel_job(&audit(), job).await.unwrap();
+    assert_eq!(op.retry_alerts(&audit(), None).await.unwrap(), 0);
+    denied(ro.retry_alerts(&audit(), None).await);
     let e = op
         .explain_denied(denied(
             op.delete_backup_definition_id(&audit(), 1, false).await,
