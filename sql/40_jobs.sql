@@ -20,6 +20,7 @@ begin
         raise exception 'backup server % is STOPPED', p_fqdn
             using errcode = '55000', hint = 'Set it RUNNING with: pgbackman -C "update_backup_server <SrvID> \"\" --status RUNNING".';
     end if;
+    perform api.acting_for(v_id);   -- an agent role of another server stops here, at its start
     return v_id;
 end $$;
 
@@ -45,6 +46,7 @@ create function api.record_scheduled_job(p_server bigint, p_def_id bigint, p_sch
 returns table (job_id bigint, attempt integer)
 language plpgsql as $$
 begin
+    perform api.acting_for(p_server);
     return query
     insert into public.job as j (kind, backup_server_id, pgsql_node_id, def_id, scheduled_for, not_before, state,
                                  attempt, claimed_by, claimed_at, lease_expires_at, heartbeat_at)
@@ -68,6 +70,7 @@ returns table (job_id bigint, kind text, attempt integer, def_id bigint, snapsho
                restore_def bigint, bck_id bigint, pgsql_node_id bigint)
 language plpgsql as $$
 begin
+    perform api.acting_for(p_server);
     perform pg_advisory_xact_lock(hashtext('pgbackman.claim'), p_server::integer);
     return query
     with running as (
@@ -106,6 +109,7 @@ returns boolean language plpgsql as $$
 declare
     v_cancel boolean;
 begin
+    perform api.acting_for_job(p_job_id);
     -- A job marked LOST while its agent could not reach the catalog is still ours if nobody
     -- re-claimed it (same attempt): it goes back to RUNNING instead of being killed.
     update public.job set heartbeat_at = now(), lease_expires_at = now() + p_lease, state = 'RUNNING',
@@ -135,6 +139,7 @@ declare
     v_def public.backup_definition%rowtype;
     v_snap public.snapshot_definition%rowtype;
 begin
+    perform api.acting_for_job(p_job_id);
     -- Lock first, then look: two concurrent reports of one job both end with its BckID.
     select * into v_job from public.job where job_id = p_job_id for update;
     if not found then

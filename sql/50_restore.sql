@@ -105,6 +105,7 @@ returns table (job_id bigint, restore_def bigint, bck_id bigint, backup_code tex
                decompression text, acknowledge_nonempty boolean, is_drill boolean, backup_pg_release text)
 language plpgsql stable as $$
 begin
+    perform api.acting_for_job(p_job_id);
     return query
     select j.job_id, rd.restore_def, b.bck_id, b.backup_code, b.backup_dir, b.dbname, b.role_list, rd.roles_to_restore,
            n.node_id, n.fqdn, n.pgport, n.admin_user, n.admin_dbname, n.sslmode, rd.target_dbname, rd.renamed_dbname,
@@ -132,6 +133,7 @@ declare
     v_id bigint;
     v_status text := p_result ->> 'execution_status';
 begin
+    perform api.acting_for_job(p_job_id);
     select * into v_job from public.job where job_id = p_job_id for update;
     if not found then
         raise exception 'job % does not exist', p_job_id using errcode = 'P0002';

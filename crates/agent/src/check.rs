@@ -109,6 +109,10 @@ pub(crate) async fn run(s: &Setup, strict: bool, user: Option<&ServiceUser>) -> 
             s.tz
         ),
     );
+    // Accepted, but said: /healthz and /metrics have no authentication.
+    if let Some(w) = pgbackman_config::http_listen_exposure(&s.cfg.http_listen) {
+        line(Level::Warn, w);
+    }
     let tls = tls_files(s);
     // Without usable TLS files no catalog connection can succeed: not tried, not waited for.
     let tls_bad = tls

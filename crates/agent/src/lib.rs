@@ -283,6 +283,9 @@ async fn run(args: Args) -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     if !s.cfg.http_listen.is_empty() {
+        if let Some(w) = pgbackman_config::http_listen_exposure(&s.cfg.http_listen) {
+            tracing::warn!("{w}");
+        }
         match tokio::net::TcpListener::bind(&s.cfg.http_listen).await {
             Ok(l) => {
                 if let Ok(a) = l.local_addr() {

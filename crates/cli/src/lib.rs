@@ -9,6 +9,7 @@ pub mod commands_reconcile;
 pub mod commands_restore;
 pub mod commands_verify;
 pub mod complete;
+pub mod db_roles;
 pub mod parse;
 pub mod quickstart;
 pub mod quickstart_agent;
@@ -96,6 +97,13 @@ enum DbAction {
     Upgrade,
     /// Show the installed catalog version and whether this binary matches (exit 1 if not).
     Status,
+    /// Make a login role a member of pgbackman_readonly, _operator, _admin or _agent (run as
+    /// the catalog owner; see README, Operations, Roles).
+    Grant(db_roles::GrantArgs),
+    /// Take a login role out of the pgbackman group roles (all of them without LEVEL).
+    Revoke(db_roles::RevokeArgs),
+    /// List the login roles holding a pgbackman group role, and the servers agents act for.
+    Roles,
 }
 
 /// The clap definition of `pgbackman` (man page and completions: `assets`).
@@ -369,9 +377,24 @@ pub async fn execute_line_at(s: &mut Session, line: &str, at: Option<&str>) -> b
             false
         }
         Err(e) => {
+            let e = explain_denied(s, e).await;
             print_error(at, &format_error(&e));
             false
         }
+    }
+}
+
+/// A catalog "permission denied" says which catalog role to grant, to whom.
+async fn explain_denied(s: &Session, e: anyhow::Error) -> anyhow::Error {
+    let denied = e
+        .downcast_ref::<pgbackman_db::DbError>()
+        .is_some_and(|d| d.code() == Some("42501"));
+    if !denied {
+        return e;
+    }
+    match e.downcast::<pgbackman_db::DbError>() {
+        Ok(db) => s.catalog.explain_denied(db).await.into(),
+        Err(e) => e,
     }
 }
 
@@ -381,6 +404,9 @@ async fn db_command(
     target: &str,
 ) -> Result<ExitCode> {
     let status = match action {
+        DbAction::Grant(a) => return db_roles::grant(a, cfg, target).await,
+        DbAction::Revoke(a) => return db_roles::revoke(a, cfg, target).await,
+        DbAction::Roles => return db_roles::list(cfg, target).await,
         DbAction::Init => {
             if pgbackman_db::ensure_database(cfg, target).await? {
                 println!(
@@ -394,6 +420,7 @@ async fn db_command(
                 "[DONE] Catalog installed in {target} (schema version {}).",
                 st.expected
             );
+            db_roles::report_groups(&c).await;
             st
         }
         DbAction::Upgrade => {

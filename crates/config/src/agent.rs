@@ -48,7 +48,8 @@ pub struct AgentSection {
     /// 0 disables it (then `pgbackman-agent --maintenance` runs one pass, e.g. from cron).
     #[serde(default = "default_maintenance_seconds")]
     pub maintenance_seconds: u64,
-    /// `/healthz` and `/metrics` on this loopback address; empty disables them.
+    /// `/healthz` and `/metrics` on this address (loopback: another one is accepted with a
+    /// warning, see `http_listen_exposure`); empty disables them.
     #[serde(default = "default_http_listen")]
     pub http_listen: String,
     /// pgpass file handed to pg_dump (PGPASSFILE); default: libpq's own lookup.

@@ -10,6 +10,7 @@ mod agent_alerts;
 mod conninfo;
 mod file;
 mod host;
+mod http_listen;
 mod nodes;
 mod pgpass;
 pub mod tls;
@@ -27,6 +28,7 @@ pub use file::{
     catalog_conninfo, default_candidates, load, load_agent, load_from,
 };
 pub use host::host_fqdn;
+pub use http_listen::http_listen_exposure;
 pub use nodes::{Limit, Limits, NodeTimeouts, NodesSection};
 pub use pgpass::{PgpassStatus, pgpass_status};
 pub use tls::{ConnConfig, RootCert, TlsSettings};

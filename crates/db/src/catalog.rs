@@ -372,7 +372,10 @@ impl Catalog {
 
     /// Refuses to go on when this binary and the catalog do not match; the error says what to run.
     pub async fn check_compatible(&self) -> Result<(), DbError> {
-        self.status().await?.compatibility(&self.target)
+        match self.status().await {
+            Ok(st) => st.compatibility(&self.target),
+            Err(e) => Err(self.explain_denied(e).await),
+        }
     }
 
     pub(crate) async fn rows(

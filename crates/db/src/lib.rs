@@ -14,6 +14,7 @@ pub mod node;
 pub mod reconcile;
 pub mod restore;
 pub mod retention;
+pub mod roles;
 pub mod rows;
 pub mod tls;
 pub mod verify;

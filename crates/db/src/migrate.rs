@@ -18,6 +18,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/10_helpers.sql"),
     ),
     (
+        "15_agent_scope.sql",
+        include_str!("../../../sql/15_agent_scope.sql"),
+    ),
+    (
         "20_servers_nodes.sql",
         include_str!("../../../sql/20_servers_nodes.sql"),
     ),
@@ -46,6 +50,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/80_triggers.sql"),
     ),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
+    (
+        "95_security.sql",
+        include_str!("../../../sql/95_security.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while the catalog schema changes ("pgbackman" in ASCII).
