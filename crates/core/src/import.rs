@@ -185,6 +185,16 @@ pub struct OldDefinition {
     pub remarks: String,
 }
 
+/// pgbackman's backup code for PgBackMan's, and whether the node must have node_profile
+/// `managed` (RDS: FULL without role passwords). None: no equivalent (CONFIG).
+pub fn code(old: &str) -> Option<(String, bool)> {
+    match old.trim().to_ascii_uppercase().as_str() {
+        c @ ("FULL" | "SCHEMA" | "DATA" | "CLUSTER") => Some((c.to_string(), false)),
+        "RDS" => Some(("FULL".into(), true)),
+        _ => None,
+    }
+}
+
 /// What to register for an old definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefinitionPlan {
@@ -209,23 +219,23 @@ pub fn definition(d: &OldDefinition) -> Result<(DefinitionPlan, Vec<Finding>), V
     let object = format!("DefID {}", d.def_id);
     let mut notes = Vec::new();
     let mut findings = Vec::new();
-    let code = d.code.trim().to_ascii_uppercase();
-    let (code, managed_node) = match code.as_str() {
-        "FULL" | "SCHEMA" | "DATA" | "CLUSTER" => (code, false),
-        "RDS" => {
-            findings.push(Finding::new(
-                &object,
-                "backup_code",
-                "RDS",
-                "imported as FULL on a node with node_profile managed (no role passwords, as RDS)",
-            ));
-            ("FULL".to_string(), true)
+    let (code, managed_node) = match code(&d.code) {
+        Some((c, managed)) => {
+            if managed {
+                findings.push(Finding::new(
+                    &object,
+                    "backup_code",
+                    "RDS",
+                    "imported as FULL on a node with node_profile managed (no role passwords, as RDS)",
+                ));
+            }
+            (c, managed)
         }
-        other => {
+        None => {
             return Err(vec![Finding::new(
                 &object,
                 "backup_code",
-                other,
+                &d.code,
                 "not imported: pgbackman has no such backup code (CONFIG was never implemented)",
             )]);
         }

@@ -1,0 +1,534 @@
+//! Writes an [`OldCatalog`] into this catalog through the API functions, in one transaction:
+//! each object under a savepoint, so a value the rules refuse becomes a line of the report and
+//! the rest goes on. A dry run does the same and rolls back, so it shows exactly what the
+//! rules would refuse.
+
+use std::collections::BTreeMap;
+
+use pgbackman_core::import::{
+    self as map, BackupPlan, ConfigMap, Finding, bin_dir_template, fqdn, node_config,
+    server_config,
+};
+use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+
+use super::read::{OldCatalog, OldConfig, OldHost};
+use crate::catalog::{Audit, Catalog};
+use crate::error::DbError;
+
+/// Per kind: how many objects were imported, found imported by an earlier run, not imported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub imported: usize,
+    pub already: usize,
+    pub skipped: usize,
+}
+
+/// What an import did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default)]
+pub struct ImportReport {
+    /// Every value not carried as it was, every object imported or not, and why.
+    pub findings: Vec<Finding>,
+    /// By kind: "backup servers", "PgSQL nodes", "backup definitions", "snapshots", "catalog rows".
+    pub counts: BTreeMap<&'static str, Counts>,
+    pub dry_run: bool,
+}
+
+const SERVERS: &str = "backup servers";
+const NODES: &str = "PgSQL nodes";
+const DEFS: &str = "backup definitions";
+const SNAPS: &str = "snapshots";
+const ROWS: &str = "catalog rows";
+
+struct Run<'a, 't> {
+    tx: Transaction<'t>,
+    source: &'a str,
+    report: ImportReport,
+}
+
+/// One line for a refusal of the server: message, detail and hint on one line.
+fn refused(e: &DbError) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Run<'_, '_> {
+    fn note(&mut self, f: Finding) {
+        self.report.findings.push(f);
+    }
+
+    fn count(&mut self, kind: &'static str) -> &mut Counts {
+        self.report.counts.entry(kind).or_default()
+    }
+
+    async fn mapped(&self, kind: &str, old: i64) -> Result<Option<i64>, DbError> {
+        Ok(self
+            .tx
+            .query_one(
+                "select api.import_mapped($1, $2, $3)",
+                &[&self.source, &kind, &old],
+            )
+            .await?
+            .get(0))
+    }
+
+    async fn record(&self, kind: &str, old: i64, new: i64) -> Result<(), DbError> {
+        self.tx
+            .execute(
+                "select api.import_record($1, $2, $3, $4)",
+                &[&self.source, &kind, &old, &new],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `sql` (returning one bigint) under a savepoint: Ok(Err(reason)) when the server
+    /// refused it; connection failures end the import.
+    async fn try_id(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Result<i64, String>, DbError> {
+        let sp = self.tx.savepoint("import_object").await?;
+        match sp.query_one(sql, params).await {
+            Ok(row) => {
+                let id: i64 = row.get(0);
+                sp.commit().await?;
+                Ok(Ok(id))
+            }
+            Err(e) => {
+                let e = DbError::client("importing", e);
+                sp.rollback().await?;
+                match e {
+                    DbError::Server(_) => Ok(Err(refused(&e))),
+                    other => Err(other),
+                }
+            }
+        }
+    }
+
+    async fn existing(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<i64>, DbError> {
+        Ok(self.tx.query_opt(sql, params).await?.map(|r| r.get(0)))
+    }
+
+    async fn servers(&mut self, old: &OldCatalog) -> Result<BTreeMap<i64, i64>, DbError> {
+        let mut ids = BTreeMap::new();
+        for s in &old.servers {
+            let name = fqdn(&s.hostname, &s.domain);
+            let object = format!("backup server {name}");
+            if let Some(id) = self.mapped("SERVER", s.id).await? {
+                ids.insert(s.id, id);
+                self.count(SERVERS).already += 1;
+                continue;
+            }
+            if let Some(id) = self
+                .existing(
+                    "select server_id from public.backup_server where lower(fqdn) = lower($1)",
+                    &[&name],
+                )
+                .await?
+            {
+                self.record("SERVER", s.id, id).await?;
+                ids.insert(s.id, id);
+                self.count(SERVERS).imported += 1;
+                self.note(Finding::new(&object, "-", &s.id.to_string(), format!("already registered here: taken as SrvID {id}, its configuration kept")));
+                continue;
+            }
+            let status = s.status.trim().to_ascii_uppercase();
+            match self
+                .try_id(
+                    "select api.register_backup_server($1, $2, $3, $4)",
+                    &[&s.hostname.trim(), &s.domain.trim(), &status, &s.remarks],
+                )
+                .await?
+            {
+                Ok(id) => {
+                    self.record("SERVER", s.id, id).await?;
+                    ids.insert(s.id, id);
+                    self.count(SERVERS).imported += 1;
+                    self.note(Finding::new(&object, "-", &s.id.to_string(), format!("imported as SrvID {id}")));
+                    self.server_config(id, &object, &old.server_config, s.id).await?;
+                }
+                Err(why) => {
+                    self.count(SERVERS).skipped += 1;
+                    self.note(Finding::new(&object, "hostname", &name, format!("not imported: {why}")));
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn server_config(
+        &mut self,
+        id: i64,
+        object: &str,
+        config: &[OldConfig],
+        old_id: i64,
+    ) -> Result<(), DbError> {
+        let mine: Vec<&OldConfig> = config.iter().filter(|c| c.owner == old_id).collect();
+        let bins: Vec<(String, String)> = mine
+            .iter()
+            .filter(|c| c.parameter.starts_with("pgsql_bin_"))
+            .map(|c| (c.parameter.clone(), c.value.clone()))
+            .collect();
+        let mut carry = Vec::new();
+        match bin_dir_template(&bins) {
+            Ok(Some(t)) => carry.push(("pgsql_bin_*".to_string(), "pgsql_bin_dir".to_string(), t)),
+            Ok(None) => {}
+            Err(why) => self.note(Finding::new(object, "pgsql_bin_*", "", format!("not carried: {why}"))),
+        }
+        for c in mine {
+            match server_config(&c.parameter, &c.value) {
+                ConfigMap::Carry { parameter, value } => carry.push((c.parameter.clone(), parameter, value)),
+                ConfigMap::Drop(why) => self.note(Finding::new(object, &c.parameter, &c.value, why)),
+                ConfigMap::Silent => {}
+            }
+        }
+        for (old_param, parameter, value) in carry {
+            if let Err(why) = self
+                .try_id(
+                    "select api.update_backup_server_config($1, $2, $3)",
+                    &[&id.to_string(), &parameter, &value],
+                )
+                .await?
+            {
+                self.note(Finding::new(object, &old_param, &value, format!("not carried: {why}")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn nodes(&mut self, old: &OldCatalog) -> Result<BTreeMap<i64, i64>, DbError> {
+        let mut ids = BTreeMap::new();
+        for n in &old.nodes {
+            let name = fqdn(&n.hostname, &n.domain);
+            let object = format!("PgSQL node {name}:{}", n.port);
+            if let Some(id) = self.mapped("NODE", n.id).await? {
+                ids.insert(n.id, id);
+                self.count(NODES).already += 1;
+                continue;
+            }
+            if let Some(id) = self
+                .existing(
+                    "select node_id from public.pgsql_node where lower(fqdn) = lower($1) and pgport = $2",
+                    &[&name, &n.port],
+                )
+                .await?
+            {
+                self.record("NODE", n.id, id).await?;
+                ids.insert(n.id, id);
+                self.count(NODES).imported += 1;
+                self.note(Finding::new(&object, "-", &n.id.to_string(), format!("already registered here: taken as NodeID {id}, its configuration kept")));
+                continue;
+            }
+            match self.register_node(n).await? {
+                Ok(id) => {
+                    self.record("NODE", n.id, id).await?;
+                    ids.insert(n.id, id);
+                    self.count(NODES).imported += 1;
+                    self.note(Finding::new(&object, "-", &n.id.to_string(), format!("imported as NodeID {id}")));
+                    self.node_config(id, &object, &old.node_config, n.id).await?;
+                }
+                Err(why) => {
+                    self.count(NODES).skipped += 1;
+                    self.note(Finding::new(&object, "hostname", &name, format!("not imported: {why}")));
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn register_node(&mut self, n: &OldHost) -> Result<Result<i64, String>, DbError> {
+        let status = n.status.trim().to_ascii_uppercase();
+        self.try_id(
+            "select api.register_pgsql_node($1, $2, $3, $4, null, null, $5, $6)",
+            &[&n.hostname.trim(), &n.domain.trim(), &n.port, &n.admin_user, &status, &n.remarks],
+        )
+        .await
+    }
+
+    async fn node_config(
+        &mut self,
+        id: i64,
+        object: &str,
+        config: &[OldConfig],
+        old_id: i64,
+    ) -> Result<(), DbError> {
+        for c in config.iter().filter(|c| c.owner == old_id) {
+            match node_config(&c.parameter, &c.value) {
+                ConfigMap::Carry { parameter, value } => {
+                    if let Err(why) = self
+                        .try_id(
+                            "select api.update_pgsql_node_config($1, $2, $3)",
+                            &[&id.to_string(), &parameter, &value],
+                        )
+                        .await?
+                    {
+                        self.note(Finding::new(object, &c.parameter, &c.value, format!("not carried: {why}")));
+                    } else if value != c.value {
+                        self.note(Finding::new(object, &c.parameter, &c.value, format!("carried as {value}")));
+                    }
+                }
+                ConfigMap::Drop(why) => self.note(Finding::new(object, &c.parameter, &c.value, why)),
+                ConfigMap::Silent => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn definitions(
+        &mut self,
+        old: &OldCatalog,
+        servers: &BTreeMap<i64, i64>,
+        nodes: &BTreeMap<i64, i64>,
+    ) -> Result<BTreeMap<i64, i64>, DbError> {
+        let mut ids = BTreeMap::new();
+        for d in &old.definitions {
+            let object = format!("DefID {}", d.def.def_id);
+            if let Some(id) = self.mapped("DEFINITION", d.def.def_id).await? {
+                ids.insert(d.def.def_id, id);
+                self.count(DEFS).already += 1;
+                continue;
+            }
+            let (Some(server), Some(node)) = (servers.get(&d.server_id), nodes.get(&d.node_id)) else {
+                self.count(DEFS).skipped += 1;
+                self.note(Finding::new(&object, "-", &d.def.dbname, "not imported: its backup server or PgSQL node was not imported"));
+                continue;
+            };
+            let (plan, findings) = match map::definition(&d.def) {
+                Ok(p) => p,
+                Err(findings) => {
+                    self.count(DEFS).skipped += 1;
+                    self.report.findings.extend(findings);
+                    continue;
+                }
+            };
+            let c = &d.def.cron;
+            let registered = self
+                .try_id(
+                    "select api.register_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, false, $10, $11, $12, $13, $14)",
+                    &[
+                        &server.to_string(), &node.to_string(), &d.def.dbname, &c[0], &c[1], &c[2], &c[3], &c[4],
+                        &plan.code, &d.def.retention_period, &d.def.retention_redundancy, &plan.extra,
+                        &plan.job_status, &plan.remarks,
+                    ],
+                )
+                .await?;
+            let id = match registered {
+                Ok(id) => id,
+                Err(why) => {
+                    self.count(DEFS).skipped += 1;
+                    self.note(Finding::new(&object, "-", &d.def.dbname, format!("not imported: {why}")));
+                    continue;
+                }
+            };
+            self.report.findings.extend(findings);
+            if let Some(jobs) = plan.dump_jobs {
+                self.tx
+                    .execute(
+                        "select api.set_backup_definition_options($1, 'directory', $2, null, null, null, null)",
+                        &[&id, &jobs],
+                    )
+                    .await?;
+            }
+            if plan.deleted {
+                self.tx
+                    .execute(
+                        "select api.update_backup_definition($1, null, null, null, null, null, null, null, null, 'DELETED', null)",
+                        &[&id],
+                    )
+                    .await?;
+            }
+            if plan.managed_node {
+                self.tx
+                    .execute(
+                        "select api.update_pgsql_node_config($1, 'node_profile', 'managed')",
+                        &[&node.to_string()],
+                    )
+                    .await?;
+            }
+            self.record("DEFINITION", d.def.def_id, id).await?;
+            ids.insert(d.def.def_id, id);
+            self.count(DEFS).imported += 1;
+            self.note(Finding::new(&object, "-", &d.def.dbname, format!("imported as DefID {id}")));
+        }
+        Ok(ids)
+    }
+
+    async fn snapshots(
+        &mut self,
+        old: &OldCatalog,
+        servers: &BTreeMap<i64, i64>,
+        nodes: &BTreeMap<i64, i64>,
+    ) -> Result<BTreeMap<i64, i64>, DbError> {
+        let mut ids = BTreeMap::new();
+        let source = self.source;
+        for s in &old.snapshots {
+            let object = format!("SnapshotID {}", s.snapshot_id);
+            if let Some(id) = self.mapped("SNAPSHOT", s.snapshot_id).await? {
+                ids.insert(s.snapshot_id, id);
+                self.count(SNAPS).already += 1;
+                continue;
+            }
+            let skip = |why: String| Finding::new(&object, "-", &s.dbname, format!("not imported: {why}"));
+            let (Some(server), Some(node)) = (servers.get(&s.server_id), nodes.get(&s.node_id)) else {
+                self.count(SNAPS).skipped += 1;
+                self.note(skip("its backup server or PgSQL node was not imported".into()));
+                continue;
+            };
+            let Some((code, _)) = map::code(&s.code) else {
+                self.count(SNAPS).skipped += 1;
+                self.note(skip(format!("pgbackman has no backup code {}", s.code)));
+                continue;
+            };
+            let extra = match map::extra_parameters(&s.extra) {
+                Ok((e, _)) => e,
+                Err(why) => {
+                    self.count(SNAPS).skipped += 1;
+                    self.note(skip(why));
+                    continue;
+                }
+            };
+            // The status of a snapshot that ran is its catalog row's.
+            let rows: Vec<&str> = old
+                .backups
+                .iter()
+                .filter(|b| b.snapshot_id == Some(s.snapshot_id))
+                .map(|b| b.backup.execution_status.as_str())
+                .collect();
+            let status = if rows.contains(&"SUCCEEDED") {
+                "SUCCEEDED"
+            } else if rows.is_empty() {
+                "CANCELLED"
+            } else {
+                "ERROR"
+            };
+            if let Some(r) = &s.pg_dump_release {
+                self.note(Finding::new(&object, "pg_dump_release", r, "not carried: the agent picks a client at least as new as the node"));
+            }
+            match self
+                .try_id(
+                    "select api.import_snapshot_definition($1, $2, $3, $4, $5, $6::text::timestamptz, $7, $8, $9, $10, $11, null)",
+                    &[
+                        &source, &s.snapshot_id, server, node, &s.dbname, &s.at_time, &code,
+                        &s.retention_period, &extra, &s.tag, &status,
+                    ],
+                )
+                .await?
+            {
+                Ok(id) => {
+                    ids.insert(s.snapshot_id, id);
+                    self.count(SNAPS).imported += 1;
+                    let how = if rows.is_empty() { "imported (never ran in PgBackMan: CANCELLED, or queued if its time is ahead)".to_string() } else { format!("imported as SnapshotID {id}") };
+                    self.note(Finding::new(&object, "-", &s.dbname, how));
+                }
+                Err(why) => {
+                    self.count(SNAPS).skipped += 1;
+                    self.note(skip(why));
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn backups(
+        &mut self,
+        old: &OldCatalog,
+        defs: &BTreeMap<i64, i64>,
+        snaps: &BTreeMap<i64, i64>,
+        present: &dyn Fn(&str) -> bool,
+    ) -> Result<(), DbError> {
+        // Rows whose owner was not imported: one line per owner, not one per row.
+        let mut orphans: BTreeMap<String, usize> = BTreeMap::new();
+        let source = self.source;
+        for b in &old.backups {
+            let id = b.backup.bck_id;
+            if self.mapped("CATALOG", id).await?.is_some() {
+                self.count(ROWS).already += 1;
+                continue;
+            }
+            let (def, snap) = (b.def_id.and_then(|d| defs.get(&d)), b.snapshot_id.and_then(|s| snaps.get(&s)));
+            if def.is_none() && snap.is_none() {
+                let owner = match (b.def_id, b.snapshot_id) {
+                    (Some(d), _) => format!("DefID {d}"),
+                    (_, Some(s)) => format!("SnapshotID {s}"),
+                    _ => "no definition".into(),
+                };
+                *orphans.entry(owner).or_default() += 1;
+                self.count(ROWS).skipped += 1;
+                continue;
+            }
+            let (plan, findings) = map::backup(&b.backup, present);
+            self.report.findings.extend(findings);
+            let (status, note) = match plan {
+                BackupPlan::Skip(f) => {
+                    self.count(ROWS).skipped += 1;
+                    self.note(f);
+                    continue;
+                }
+                BackupPlan::Import { status, note } => (status, note),
+            };
+            match self
+                .try_id(
+                    "select api.import_backup_catalog($1, $2, $3, $4, $5, $6, $7)",
+                    &[&source, &id, &def, &snap, &status, &b.columns, &note],
+                )
+                .await?
+            {
+                Ok(_) => self.count(ROWS).imported += 1,
+                Err(why) => {
+                    self.count(ROWS).skipped += 1;
+                    self.note(Finding::new(&format!("BckID {id}"), "-", "", format!("not imported: {why}")));
+                }
+            }
+        }
+        for (owner, n) in orphans {
+            self.note(Finding::new(&owner, "backup_catalog", &format!("{n} rows"), "not imported: their definition or snapshot was not imported"));
+        }
+        Ok(())
+    }
+}
+
+impl Catalog {
+    /// Imports `old` in one transaction (rolled back when `dry_run`). `present` says whether a
+    /// file of an old backup exists on this host.
+    pub async fn import_pgbackman(
+        &self,
+        audit: &Audit,
+        old: &OldCatalog,
+        present: &dyn Fn(&str) -> bool,
+        dry_run: bool,
+    ) -> Result<ImportReport, DbError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "select set_config('pgbackman.os_user', $1, true), set_config('pgbackman.command', $2, true)",
+            &[&audit.os_user, &audit.command],
+        )
+        .await?;
+        let mut run = Run {
+            tx,
+            source: &old.source,
+            report: ImportReport {
+                dry_run,
+                ..Default::default()
+            },
+        };
+        let servers = run.servers(old).await?;
+        let nodes = run.nodes(old).await?;
+        let defs = run.definitions(old, &servers, &nodes).await?;
+        let snaps = run.snapshots(old, &servers, &nodes).await?;
+        run.backups(old, &defs, &snaps, present).await?;
+        let Run { tx, report, .. } = run;
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+}
