@@ -7,6 +7,7 @@ pub mod commands_alerts;
 pub mod commands_reconcile;
 pub mod commands_restore;
 pub mod commands_verify;
+pub mod import;
 pub mod parse;
 pub mod quickstart;
 pub mod render;
@@ -89,6 +90,11 @@ enum DbAction {
     Upgrade,
     /// Show the installed catalog version and whether this binary matches (exit 1 if not).
     Status,
+    /// Import a PgBackMan 1.x catalog: backup servers, nodes and their configuration, backup
+    /// and snapshot definitions, and the catalog rows of backups whose files are on this host.
+    /// One transaction; a second run imports only what is new.
+    #[command(name = "import-pgbackman")]
+    ImportPgbackman(import::Args),
 }
 
 /// Entry point of the `pgbackman` binary.
@@ -134,7 +140,7 @@ pub fn format_error(e: &anyhow::Error) -> String {
     out
 }
 
-fn os_user() -> String {
+pub(crate) fn os_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
@@ -190,6 +196,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         });
     }
     let (cfg, target, source) = catalog_target(cli.catalog.as_deref(), &file)?;
+    if let Some(Sub::Db {
+        action: DbAction::ImportPgbackman(args),
+    }) = &cli.sub
+    {
+        let format = cli.output.unwrap_or(OutputFormat::Table);
+        return import::run(args, cfg, &target, format).await;
+    }
     if let Some(Sub::Db { action }) = &cli.sub {
         return db_command(action, &cfg, &target).await;
     }
@@ -359,6 +372,7 @@ async fn db_command(
             }
             st
         }
+        DbAction::ImportPgbackman(_) => unreachable!("handled in run"),
     };
     let _ = status;
     Ok(ExitCode::SUCCESS)

@@ -139,7 +139,9 @@ pub fn node_config(parameter: &str, value: &str) -> ConfigMap {
                 parameter: parameter.into(),
                 value: "FULL".into(),
             },
-            "CONFIG" => ConfigMap::Drop("CONFIG was never implemented: the default stays FULL".into()),
+            "CONFIG" => {
+                ConfigMap::Drop("CONFIG was never implemented: the default stays FULL".into())
+            }
             _ => carry(),
         },
         "encryption" => {
@@ -362,7 +364,11 @@ pub fn extra_parameters(old: &str) -> Result<(String, Option<i32>), String> {
         match value {
             Some(v) => match v.parse::<i32>() {
                 Ok(n) if (1..=64).contains(&n) => jobs = Some(n),
-                _ => return Err(format!("pg_dump option {w} {v} is not a number of jobs from 1 to 64")),
+                _ => {
+                    return Err(format!(
+                        "pg_dump option {w} {v} is not a number of jobs from 1 to 64"
+                    ));
+                }
             },
             None => rest.push(w.clone()),
         }
@@ -580,7 +586,9 @@ mod tests {
             log_files: vec!["/a/log".into()],
         };
         let (p, f) = backup(&b, &|p| p != "/a/log");
-        assert!(matches!(p, BackupPlan::Import { ref note, .. } if note.contains("log file missing")));
+        assert!(
+            matches!(p, BackupPlan::Import { ref note, .. } if note.contains("log file missing"))
+        );
         assert_eq!(f.len(), 1);
         let (p, _) = backup(&b, &|p| p != "/a/users");
         assert!(matches!(p, BackupPlan::Skip(ref f) if f.old_value == "/a/users"));
@@ -589,7 +597,9 @@ mod tests {
             dump_files: vec![],
             ..b.clone()
         };
-        assert!(matches!(backup(&failed, &|_| false).0, BackupPlan::Import { ref status, .. } if status == "ERROR"));
+        assert!(
+            matches!(backup(&failed, &|_| false).0, BackupPlan::Import { ref status, .. } if status == "ERROR")
+        );
         let warn = OldBackup {
             execution_status: "WARNING".into(),
             ..b

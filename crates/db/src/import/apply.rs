@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use pgbackman_core::import::{
-    self as map, BackupPlan, ConfigMap, Finding, bin_dir_template, fqdn, node_config,
-    server_config,
-};
 use deadpool_postgres::Transaction;
+use pgbackman_core::import::{
+    self as map, BackupPlan, ConfigMap, Finding, bin_dir_template, fqdn, node_config, server_config,
+};
 use tokio_postgres::types::ToSql;
 
 use super::read::{OldCatalog, OldConfig, OldHost};
@@ -111,7 +110,11 @@ impl Run<'_, '_> {
         }
     }
 
-    async fn existing(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<i64>, DbError> {
+    async fn existing(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<i64>, DbError> {
         Ok(self.tx.query_opt(sql, params).await?.map(|r| r.get(0)))
     }
 
@@ -135,7 +138,12 @@ impl Run<'_, '_> {
                 self.record("SERVER", s.id, id).await?;
                 ids.insert(s.id, id);
                 self.count(SERVERS).imported += 1;
-                self.note(Finding::new(&object, "-", &s.id.to_string(), format!("already registered here: taken as SrvID {id}, its configuration kept")));
+                self.note(Finding::new(
+                    &object,
+                    "-",
+                    &s.id.to_string(),
+                    format!("already registered here: taken as SrvID {id}, its configuration kept"),
+                ));
                 continue;
             }
             let status = s.status.trim().to_ascii_uppercase();
@@ -150,12 +158,23 @@ impl Run<'_, '_> {
                     self.record("SERVER", s.id, id).await?;
                     ids.insert(s.id, id);
                     self.count(SERVERS).imported += 1;
-                    self.note(Finding::new(&object, "-", &s.id.to_string(), format!("imported as SrvID {id}")));
-                    self.server_config(id, &object, &old.server_config, s.id).await?;
+                    self.note(Finding::new(
+                        &object,
+                        "-",
+                        &s.id.to_string(),
+                        format!("imported as SrvID {id}"),
+                    ));
+                    self.server_config(id, &object, &old.server_config, s.id)
+                        .await?;
                 }
                 Err(why) => {
                     self.count(SERVERS).skipped += 1;
-                    self.note(Finding::new(&object, "hostname", &name, format!("not imported: {why}")));
+                    self.note(Finding::new(
+                        &object,
+                        "hostname",
+                        &name,
+                        format!("not imported: {why}"),
+                    ));
                 }
             }
         }
@@ -177,14 +196,36 @@ impl Run<'_, '_> {
             .collect();
         let mut carry = Vec::new();
         match bin_dir_template(&bins) {
-            Ok(Some(t)) => carry.push(("pgsql_bin_*".to_string(), "pgsql_bin_dir".to_string(), t)),
+            Ok(Some(t)) => {
+                let old = bins
+                    .iter()
+                    .map(|(_, d)| d.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.note(Finding::new(
+                    object,
+                    "pgsql_bin_*",
+                    &old,
+                    format!("carried as pgsql_bin_dir = {t}"),
+                ));
+                carry.push(("pgsql_bin_*".to_string(), "pgsql_bin_dir".to_string(), t));
+            }
             Ok(None) => {}
-            Err(why) => self.note(Finding::new(object, "pgsql_bin_*", "", format!("not carried: {why}"))),
+            Err(why) => self.note(Finding::new(
+                object,
+                "pgsql_bin_*",
+                "",
+                format!("not carried: {why}"),
+            )),
         }
         for c in mine {
             match server_config(&c.parameter, &c.value) {
-                ConfigMap::Carry { parameter, value } => carry.push((c.parameter.clone(), parameter, value)),
-                ConfigMap::Drop(why) => self.note(Finding::new(object, &c.parameter, &c.value, why)),
+                ConfigMap::Carry { parameter, value } => {
+                    carry.push((c.parameter.clone(), parameter, value))
+                }
+                ConfigMap::Drop(why) => {
+                    self.note(Finding::new(object, &c.parameter, &c.value, why))
+                }
                 ConfigMap::Silent => {}
             }
         }
@@ -196,7 +237,12 @@ impl Run<'_, '_> {
                 )
                 .await?
             {
-                self.note(Finding::new(object, &old_param, &value, format!("not carried: {why}")));
+                self.note(Finding::new(
+                    object,
+                    &old_param,
+                    &value,
+                    format!("not carried: {why}"),
+                ));
             }
         }
         Ok(())
@@ -230,12 +276,23 @@ impl Run<'_, '_> {
                     self.record("NODE", n.id, id).await?;
                     ids.insert(n.id, id);
                     self.count(NODES).imported += 1;
-                    self.note(Finding::new(&object, "-", &n.id.to_string(), format!("imported as NodeID {id}")));
-                    self.node_config(id, &object, &old.node_config, n.id).await?;
+                    self.note(Finding::new(
+                        &object,
+                        "-",
+                        &n.id.to_string(),
+                        format!("imported as NodeID {id}"),
+                    ));
+                    self.node_config(id, &object, &old.node_config, n.id)
+                        .await?;
                 }
                 Err(why) => {
                     self.count(NODES).skipped += 1;
-                    self.note(Finding::new(&object, "hostname", &name, format!("not imported: {why}")));
+                    self.note(Finding::new(
+                        &object,
+                        "hostname",
+                        &name,
+                        format!("not imported: {why}"),
+                    ));
                 }
             }
         }
@@ -246,7 +303,14 @@ impl Run<'_, '_> {
         let status = n.status.trim().to_ascii_uppercase();
         self.try_id(
             "select api.register_pgsql_node($1, $2, $3, $4, null, null, $5, $6)",
-            &[&n.hostname.trim(), &n.domain.trim(), &n.port, &n.admin_user, &status, &n.remarks],
+            &[
+                &n.hostname.trim(),
+                &n.domain.trim(),
+                &n.port,
+                &n.admin_user,
+                &status,
+                &n.remarks,
+            ],
         )
         .await
     }
@@ -268,12 +332,24 @@ impl Run<'_, '_> {
                         )
                         .await?
                     {
-                        self.note(Finding::new(object, &c.parameter, &c.value, format!("not carried: {why}")));
+                        self.note(Finding::new(
+                            object,
+                            &c.parameter,
+                            &c.value,
+                            format!("not carried: {why}"),
+                        ));
                     } else if value != c.value {
-                        self.note(Finding::new(object, &c.parameter, &c.value, format!("carried as {value}")));
+                        self.note(Finding::new(
+                            object,
+                            &c.parameter,
+                            &c.value,
+                            format!("carried as {value}"),
+                        ));
                     }
                 }
-                ConfigMap::Drop(why) => self.note(Finding::new(object, &c.parameter, &c.value, why)),
+                ConfigMap::Drop(why) => {
+                    self.note(Finding::new(object, &c.parameter, &c.value, why))
+                }
                 ConfigMap::Silent => {}
             }
         }
@@ -294,9 +370,15 @@ impl Run<'_, '_> {
                 self.count(DEFS).already += 1;
                 continue;
             }
-            let (Some(server), Some(node)) = (servers.get(&d.server_id), nodes.get(&d.node_id)) else {
+            let (Some(server), Some(node)) = (servers.get(&d.server_id), nodes.get(&d.node_id))
+            else {
                 self.count(DEFS).skipped += 1;
-                self.note(Finding::new(&object, "-", &d.def.dbname, "not imported: its backup server or PgSQL node was not imported"));
+                self.note(Finding::new(
+                    &object,
+                    "-",
+                    &d.def.dbname,
+                    "not imported: its backup server or PgSQL node was not imported",
+                ));
                 continue;
             };
             let (plan, findings) = match map::definition(&d.def) {
@@ -322,7 +404,12 @@ impl Run<'_, '_> {
                 Ok(id) => id,
                 Err(why) => {
                     self.count(DEFS).skipped += 1;
-                    self.note(Finding::new(&object, "-", &d.def.dbname, format!("not imported: {why}")));
+                    self.note(Finding::new(
+                        &object,
+                        "-",
+                        &d.def.dbname,
+                        format!("not imported: {why}"),
+                    ));
                     continue;
                 }
             };
@@ -354,7 +441,12 @@ impl Run<'_, '_> {
             self.record("DEFINITION", d.def.def_id, id).await?;
             ids.insert(d.def.def_id, id);
             self.count(DEFS).imported += 1;
-            self.note(Finding::new(&object, "-", &d.def.dbname, format!("imported as DefID {id}")));
+            self.note(Finding::new(
+                &object,
+                "-",
+                &d.def.dbname,
+                format!("imported as DefID {id}"),
+            ));
         }
         Ok(ids)
     }
@@ -374,10 +466,14 @@ impl Run<'_, '_> {
                 self.count(SNAPS).already += 1;
                 continue;
             }
-            let skip = |why: String| Finding::new(&object, "-", &s.dbname, format!("not imported: {why}"));
-            let (Some(server), Some(node)) = (servers.get(&s.server_id), nodes.get(&s.node_id)) else {
+            let skip =
+                |why: String| Finding::new(&object, "-", &s.dbname, format!("not imported: {why}"));
+            let (Some(server), Some(node)) = (servers.get(&s.server_id), nodes.get(&s.node_id))
+            else {
                 self.count(SNAPS).skipped += 1;
-                self.note(skip("its backup server or PgSQL node was not imported".into()));
+                self.note(skip(
+                    "its backup server or PgSQL node was not imported".into(),
+                ));
                 continue;
             };
             let Some((code, _)) = map::code(&s.code) else {
@@ -408,7 +504,12 @@ impl Run<'_, '_> {
                 "ERROR"
             };
             if let Some(r) = &s.pg_dump_release {
-                self.note(Finding::new(&object, "pg_dump_release", r, "not carried: the agent picks a client at least as new as the node"));
+                self.note(Finding::new(
+                    &object,
+                    "pg_dump_release",
+                    r,
+                    "not carried: the agent picks a client at least as new as the node",
+                ));
             }
             match self
                 .try_id(
@@ -451,7 +552,10 @@ impl Run<'_, '_> {
                 self.count(ROWS).already += 1;
                 continue;
             }
-            let (def, snap) = (b.def_id.and_then(|d| defs.get(&d)), b.snapshot_id.and_then(|s| snaps.get(&s)));
+            let (def, snap) = (
+                b.def_id.and_then(|d| defs.get(&d)),
+                b.snapshot_id.and_then(|s| snaps.get(&s)),
+            );
             if def.is_none() && snap.is_none() {
                 let owner = match (b.def_id, b.snapshot_id) {
                     (Some(d), _) => format!("DefID {d}"),
@@ -482,12 +586,22 @@ impl Run<'_, '_> {
                 Ok(_) => self.count(ROWS).imported += 1,
                 Err(why) => {
                     self.count(ROWS).skipped += 1;
-                    self.note(Finding::new(&format!("BckID {id}"), "-", "", format!("not imported: {why}")));
+                    self.note(Finding::new(
+                        &format!("BckID {id}"),
+                        "-",
+                        "",
+                        format!("not imported: {why}"),
+                    ));
                 }
             }
         }
         for (owner, n) in orphans {
-            self.note(Finding::new(&owner, "backup_catalog", &format!("{n} rows"), "not imported: their definition or snapshot was not imported"));
+            self.note(Finding::new(
+                &owner,
+                "backup_catalog",
+                &format!("{n} rows"),
+                "not imported: their definition or snapshot was not imported",
+            ));
         }
         Ok(())
     }

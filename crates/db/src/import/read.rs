@@ -83,7 +83,10 @@ pub struct OldCatalog {
 }
 
 fn old_err(what: &str, target: &str, e: tokio_postgres::Error) -> DbError {
-    DbError::client(format!("reading {what} from the PgBackMan catalog {target}"), e)
+    DbError::client(
+        format!("reading {what} from the PgBackMan catalog {target}"),
+        e,
+    )
 }
 
 /// Reads the PgBackMan catalog behind `client` (`target` is its redacted conninfo).
