@@ -148,6 +148,13 @@ fn a_pgbackman_catalog_is_imported_once_shown_and_run() {
         "{details}"
     );
     assert!(details.contains("USERS.sql"), "{details}");
+    // An old set has no manifest: pgbackman says so instead of failing in the agent.
+    env.cmd(&format!("verify_backup {first}"))
+        .fails_with("is a PgBackMan 1.x backup");
+    env.cmd(&format!(
+        "register_restore_definition now {first} 127.0.0.2 shop_copy \"\" --dry-run"
+    ))
+    .fails_with("pgbackman does not restore it");
     assert_eq!(
         env.sql("select status from snapshot_definition order by snapshot_id"),
         "SUCCEEDED\nCANCELLED"
