@@ -210,3 +210,58 @@ fn a_database_that_is_not_pgbackman_is_refused() {
     let r = import(&env, &env.conninfo(), &["--dry-run"]);
     r.fails_with("not a PgBackMan 1.x catalog");
 }
+
+#[test]
+fn an_old_pgbackman_conf_is_read_with_a_note_and_converted() {
+    let env = Env::new();
+    env.register_backup_servers(&["bs1"]);
+    // PgBackMan's file, pointing at this catalog.
+    let mut ini =
+        String::from("[backup_server]\nbackup_server = bs1.example.org\n\n[pgbackman_database]\n");
+    for kv in env.conninfo().split_whitespace() {
+        let (k, v) = kv.split_once('=').unwrap();
+        ini.push_str(&format!("{k} = {v}\n"));
+    }
+    ini.push_str(
+        "pg_connect_retry_interval = 10\n\n[pgbackman_alerts]\nsmtp_server = mail.example.org\n",
+    );
+    let old = env.home.path().join(".pgbackman");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("pgbackman.conf"), &ini).unwrap();
+
+    let run = |args: &[&str]| {
+        let o = common::command(env.home.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["-C", "show_backup_servers"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("bs1.example.org"), "{out}");
+    assert_eq!(err.matches("[NOTE]").count(), 1, "{err}");
+    assert!(err.contains("pgbackman config convert"), "{err}");
+
+    let (code, toml, err) = run(&["config", "convert"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(toml.contains("[catalog]\nconninfo = "), "{toml}");
+    assert!(
+        toml.contains("backup_server = \"bs1.example.org\""),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("# [pgbackman_alerts] smtp_server = mail.example.org"),
+        "{toml}"
+    );
+    let new = env.home.path().join(".config/pgbackman");
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(new.join("pgbackman.toml"), &toml).unwrap();
+    let (code, out, err) = run(&["-C", "show_backup_servers"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("bs1.example.org"), "{out}");
+    assert!(!err.contains("[NOTE]"), "the TOML file wins: {err}");
+}

@@ -80,6 +80,23 @@ enum Sub {
     },
     /// Start a private catalog cluster, register this host and the local cluster, open the shell.
     Quickstart(quickstart::Args),
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Print the TOML equivalent of a PgBackMan 1.x pgbackman.conf (default: the one PgBackMan
+    /// would read, ~/.pgbackman/pgbackman.conf then /etc/pgbackman/pgbackman.conf). What cannot
+    /// be carried over is listed as comments; a password never is.
+    Convert {
+        /// The PgBackMan 1.x file.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,7 +181,22 @@ pub fn catalog_target(
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(Sub::Config {
+        action: ConfigAction::Convert { file },
+    }) = &cli.sub
+    {
+        return convert_config(file.as_deref());
+    }
     let file = pgbackman_config::load(cli.config.as_deref())?;
+    if file.legacy
+        && let Some(p) = &file.path
+    {
+        // Once per process: the file is loaded once.
+        eprintln!(
+            "[NOTE] no pgbackman.toml found: using the PgBackMan 1.x file {}. Convert it with `pgbackman config convert > ~/.config/pgbackman/pgbackman.toml`.",
+            p.display()
+        );
+    }
     if let Some(Sub::Quickstart(args)) = &cli.sub {
         return quickstart::run(args, &file).await;
     }
@@ -314,6 +346,33 @@ pub async fn execute_line_at(s: &mut Session, line: &str, at: Option<&str>) -> b
             false
         }
     }
+}
+
+/// `pgbackman config convert [FILE]`: the TOML of a PgBackMan 1.x file, on stdout.
+fn convert_config(file: Option<&std::path::Path>) -> Result<ExitCode> {
+    let old = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}; check the path", p.display()))?;
+            pgbackman_config::parse_legacy(p, &text)?
+        }
+        None => {
+            let candidates = pgbackman_config::legacy_candidates(&pgbackman_config::real_env);
+            match pgbackman_config::find_legacy(&candidates)? {
+                Some(c) => c,
+                None => bail!(
+                    "no PgBackMan 1.x configuration found ({})\nHINT: name the file: pgbackman config convert /path/to/pgbackman.conf",
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    print!("{}", old.to_toml());
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn db_command(

@@ -77,7 +77,9 @@ pub fn parse_legacy(path: &Path, text: &str) -> Result<LegacyConfig, ConfigError
                 ("pgbackman_database", "password") => {
                     "put it in ~/.pgpass (host:port:dbname:user:password, mode 0600), never in a config file"
                 }
-                ("pgbackman_database", _) => "not needed: pgbackman reconnects and upgrades by itself (pgbackman db upgrade)",
+                ("pgbackman_database", _) => {
+                    "not needed: pgbackman reconnects and upgrades by itself (pgbackman db upgrade)"
+                }
                 ("pgbackman_alerts", _) => {
                     "the agent mails alerts: [agent.alerts] in pgbackman-agent.toml (smtp_server, smtp_port, smtp_security, smtp_user, smtp_password_file, from_address, template)"
                 }
@@ -85,8 +87,12 @@ pub fn parse_legacy(path: &Path, text: &str) -> Result<LegacyConfig, ConfigError
                 ("pgbackman_dump", "pause_recovery_process_on_slave") => {
                     "a setting of each standby node in pgbackman, not of the backup server"
                 }
-                ("pgbackman_dump", _) => "not needed: the agent stages its files under its backup directory",
-                ("logging", _) => "the agent logs to the journal (PGBACKMAN_LOG=info), the shell to the terminal",
+                ("pgbackman_dump", _) => {
+                    "not needed: the agent stages its files under its backup directory"
+                }
+                ("logging", _) => {
+                    "the agent logs to the journal (PGBACKMAN_LOG=info), the shell to the terminal"
+                }
                 _ => "unknown to pgbackman",
             };
             let shown = if key == "password" { "********" } else { value };
@@ -105,7 +111,11 @@ pub fn parse_legacy(path: &Path, text: &str) -> Result<LegacyConfig, ConfigError
 
 /// A conninfo value, quoted when libpq needs it.
 fn quote(v: &str) -> String {
-    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+    if !v.is_empty()
+        && !v
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
+    {
         return v.to_string();
     }
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -196,13 +206,21 @@ mod tests {
         assert!(f.legacy);
         assert_eq!(
             f.catalog.conninfo.as_deref(),
-            Some("host=db1.example.org port=5433 dbname=pgbackman user=pgbackman_role_rw password=s3cr#t;x")
+            Some(
+                "host=db1.example.org port=5433 dbname=pgbackman user=pgbackman_role_rw password=s3cr#t;x"
+            )
         );
         let t = c.to_toml();
         assert!(!t.contains("s3cr"), "{t}");
         assert!(t.contains("conninfo = \"host=db1.example.org port=5433 dbname=pgbackman user=pgbackman_role_rw\""), "{t}");
-        assert!(t.contains("[pgbackman_database] password = ********: put it in ~/.pgpass"), "{t}");
-        assert!(t.contains("[pgbackman_alerts] smtp_server = mail.example.org: the agent mails alerts"), "{t}");
+        assert!(
+            t.contains("[pgbackman_database] password = ********: put it in ~/.pgpass"),
+            "{t}"
+        );
+        assert!(
+            t.contains("[pgbackman_alerts] smtp_server = mail.example.org: the agent mails alerts"),
+            "{t}"
+        );
         // What it prints is a config the shell reads.
         let back: FileConfig = toml::from_str(&t).unwrap();
         assert_eq!(back.shell.backup_server.as_deref(), Some("bs1.example.org"));
@@ -243,7 +261,12 @@ mod load_tests {
         let toml = d.path().join("pgbackman.toml");
         let ini = d.path().join("pgbackman.conf");
         std::fs::write(&ini, "[pgbackman_database]\nhost = old-db\n").unwrap();
-        let c = load_with_legacy(std::slice::from_ref(&toml), std::slice::from_ref(&ini), None).unwrap();
+        let c = load_with_legacy(
+            std::slice::from_ref(&toml),
+            std::slice::from_ref(&ini),
+            None,
+        )
+        .unwrap();
         assert!(c.legacy);
         assert_eq!(c.path.as_deref(), Some(ini.as_path()));
         assert!(c.catalog.conninfo.unwrap().starts_with("host=old-db "));

@@ -27,8 +27,8 @@ pub use file::{
     CatalogSection, CatalogSource, FileConfig, ShellSection, catalog_conninfo, default_candidates,
     load, load_from, load_with_legacy,
 };
-pub use legacy::{LegacyConfig, legacy_candidates, parse_legacy};
 pub use host::host_fqdn;
+pub use legacy::{LegacyConfig, legacy_candidates, parse_legacy};
 pub use nodes::{Limit, Limits, NodeTimeouts, NodesSection};
 pub use pgpass::{PgpassStatus, pgpass_status};
 pub use tls::{ConnConfig, RootCert, TlsSettings};
