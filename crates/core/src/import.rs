@@ -356,10 +356,8 @@ pub fn extra_parameters(old: &str) -> Result<(String, Option<i32>), String> {
             Some(it.next().cloned().unwrap_or_default())
         } else if let Some(v) = w.strip_prefix("--jobs=") {
             Some(v.to_string())
-        } else if let Some(v) = w.strip_prefix("-j") {
-            Some(v.to_string())
         } else {
-            None
+            w.strip_prefix("-j").map(str::to_string)
         };
         match value {
             Some(v) => match v.parse::<i32>() {
