@@ -180,6 +180,29 @@ fn a_pgbackman_catalog_is_imported_once_shown_and_run() {
         again.stdout
     );
     assert_eq!(env.sql("select count(*) from backup_catalog"), "5");
+    // A backup PgBackMan took after the first run comes over with the next one, as JSON here.
+    env.catalog.psql(
+        "pgbackman_old",
+        "insert into backup_catalog (backup_server_id, pgsql_node_id, dbname, started, finished, pg_dump_file,
+             pg_dump_log_file, execution_status, execution_method, error_message, def_id, role_list)
+         values (1, 1, 'shop', now(), now(), 'None', 'None', 'ERROR', 'CRON', 'pg_dump returncode: 1', 1, '{}')",
+    );
+    let o = common::command(env.home.path())
+        .args([
+            "--catalog",
+            &env.conninfo(),
+            "-o",
+            "json",
+            "db",
+            "import-pgbackman",
+            &old,
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    assert!(v["import"].is_array(), "{v}");
+    assert_eq!(env.sql("select count(*) from backup_catalog"), "6");
 
     // The agent of the imported server runs the imported definition.
     let def: i64 = env

@@ -38,6 +38,11 @@ pub async fn run(
     let old_cfg = pgbackman_config::resolve_env(&args.source)
         .context("the PgBackMan catalog connection string")?;
     let old_target = pgbackman_config::redacted(&old_cfg);
+    if old_cfg.get_password().is_some() {
+        eprintln!(
+            "[WARNING] a password given on the command line is visible to every user of this host; use a pgpass file"
+        );
+    }
     let mut old = tokio::time::timeout(
         CONNECT_DEADLINE,
         pgbackman_db::connect_once(&old_cfg, &old_target),
