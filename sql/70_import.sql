@@ -3,9 +3,11 @@
 -- these functions cover what has no API of its own: the mapping of old to new ids, snapshots
 -- that already ran and the catalog rows of old backups.
 
-create function api.import_mapped(p_source text, p_kind text, p_old_id bigint) returns bigint
+-- What earlier imports from this source made: read once at the start of an import.
+create function api.import_map_of(p_source text)
+returns table (kind text, old_id bigint, new_id bigint)
 language sql stable as $$
-    select new_id from public.import_map where source = p_source and kind = p_kind and old_id = p_old_id
+    select m.kind, m.old_id, m.new_id from public.import_map m where m.source = p_source
 $$;
 
 create function api.import_record(p_source text, p_kind text, p_old_id bigint, p_new_id bigint) returns bigint

@@ -3,7 +3,7 @@
 //! the rest goes on. A dry run does the same and rolls back, so it shows exactly what the
 //! rules would refuse.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Transaction;
 use pgbackman_core::import::{
@@ -43,7 +43,12 @@ struct Run<'a, 't> {
     tx: Transaction<'t>,
     source: &'a str,
     report: ImportReport,
+    /// What earlier runs imported from this source: (kind, old id) -> new id.
+    earlier: HashMap<(String, i64), i64>,
 }
+
+/// Serialises imports: a second one waits, then sees what the first imported.
+const IMPORT_LOCK: i64 = 0x7067_626b_696d_7074; // "pgbkimpt"
 
 /// One line for a refusal of the server: message, detail and hint on one line.
 fn refused(e: &DbError) -> String {
@@ -64,15 +69,8 @@ impl Run<'_, '_> {
         self.report.counts.entry(kind).or_default()
     }
 
-    async fn mapped(&self, kind: &str, old: i64) -> Result<Option<i64>, DbError> {
-        Ok(self
-            .tx
-            .query_one(
-                "select api.import_mapped($1, $2, $3)",
-                &[&self.source, &kind, &old],
-            )
-            .await?
-            .get(0))
+    fn mapped(&self, kind: &str, old: i64) -> Option<i64> {
+        self.earlier.get(&(kind.to_string(), old)).copied()
     }
 
     async fn record(&self, kind: &str, old: i64, new: i64) -> Result<(), DbError> {
@@ -123,7 +121,7 @@ impl Run<'_, '_> {
         for s in &old.servers {
             let name = fqdn(&s.hostname, &s.domain);
             let object = format!("backup server {name}");
-            if let Some(id) = self.mapped("SERVER", s.id).await? {
+            if let Some(id) = self.mapped("SERVER", s.id) {
                 ids.insert(s.id, id);
                 self.count(SERVERS).already += 1;
                 continue;
@@ -253,7 +251,7 @@ impl Run<'_, '_> {
         for n in &old.nodes {
             let name = fqdn(&n.hostname, &n.domain);
             let object = format!("PgSQL node {name}:{}", n.port);
-            if let Some(id) = self.mapped("NODE", n.id).await? {
+            if let Some(id) = self.mapped("NODE", n.id) {
                 ids.insert(n.id, id);
                 self.count(NODES).already += 1;
                 continue;
@@ -365,7 +363,7 @@ impl Run<'_, '_> {
         let mut ids = BTreeMap::new();
         for d in &old.definitions {
             let object = format!("DefID {}", d.def.def_id);
-            if let Some(id) = self.mapped("DEFINITION", d.def.def_id).await? {
+            if let Some(id) = self.mapped("DEFINITION", d.def.def_id) {
                 ids.insert(d.def.def_id, id);
                 self.count(DEFS).already += 1;
                 continue;
@@ -461,7 +459,7 @@ impl Run<'_, '_> {
         let source = self.source;
         for s in &old.snapshots {
             let object = format!("SnapshotID {}", s.snapshot_id);
-            if let Some(id) = self.mapped("SNAPSHOT", s.snapshot_id).await? {
+            if let Some(id) = self.mapped("SNAPSHOT", s.snapshot_id) {
                 ids.insert(s.snapshot_id, id);
                 self.count(SNAPS).already += 1;
                 continue;
@@ -548,7 +546,7 @@ impl Run<'_, '_> {
         let source = self.source;
         for b in &old.backups {
             let id = b.backup.bck_id;
-            if self.mapped("CATALOG", id).await?.is_some() {
+            if self.mapped("CATALOG", id).is_some() {
                 self.count(ROWS).already += 1;
                 continue;
             }
@@ -624,6 +622,17 @@ impl Catalog {
             &[&audit.os_user, &audit.command],
         )
         .await?;
+        tx.execute("select pg_advisory_xact_lock($1)", &[&IMPORT_LOCK])
+            .await?;
+        let earlier = tx
+            .query(
+                "select kind, old_id, new_id from api.import_map_of($1)",
+                &[&old.source],
+            )
+            .await?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
         let mut run = Run {
             tx,
             source: &old.source,
@@ -631,6 +640,7 @@ impl Catalog {
                 dry_run,
                 ..Default::default()
             },
+            earlier,
         };
         let servers = run.servers(old).await?;
         let nodes = run.nodes(old).await?;
