@@ -70,6 +70,10 @@ begin
             using errcode = 'P0002', hint = 'Its definition was not imported: see the other lines of the report.';
     end if;
     perform api.check_choice('execution status', p_status, array['SUCCEEDED', 'ERROR']);
+    if p_row->>'started' is null then
+        raise exception 'PgBackMan BckID % has no start time', p_old_id
+            using errcode = '22023', hint = 'It cannot be dated, so it is not imported; it stays in the old catalog.';
+    end if;
     insert into public.backup_catalog (
         def_id, snapshot_id, backup_server_id, pgsql_node_id, dbname, backup_code, procpid, started, finished,
         pg_dump_file, pg_dump_file_size, pg_dump_log_file, pg_dump_roles_file, pg_dump_roles_file_size,
@@ -95,4 +99,29 @@ begin
         p_note)
     returning bck_id into v_id;
     return api.import_record(p_source, 'CATALOG', p_old_id, v_id);
+end $$;
+
+-- Many rows in one call (an old catalog holds tens of thousands): p_rows is a JSON array of
+-- {old_id, def_id, snapshot_id, status, row, note}. A row the rules refuse is returned with the
+-- reason (and not imported); the others are imported.
+create function api.import_backup_catalog_rows(p_source text, p_rows jsonb)
+returns table (old_id bigint, new_id bigint, error text)
+language plpgsql as $$
+declare
+    r jsonb;
+    v_hint text;
+begin
+    for r in select * from jsonb_array_elements(p_rows) loop
+        old_id := (r->>'old_id')::bigint;
+        begin
+            new_id := api.import_backup_catalog(p_source, old_id, (r->>'def_id')::bigint, (r->>'snapshot_id')::bigint,
+                                                r->>'status', r->'row', r->>'note');
+            error := null;
+        exception when others then
+            get stacked diagnostics v_hint = pg_exception_hint;
+            new_id := null;
+            error := sqlerrm || coalesce(nullif(' HINT: ' || v_hint, ' HINT: '), '');
+        end;
+        return next;
+    end loop;
 end $$;

@@ -77,6 +77,7 @@ fn a_pgbackman_catalog_is_imported_once_shown_and_run() {
         "not imported: their definition or snapshot was not imported",
         "/usr/pgsql-{major}/bin",
         "not used: the agent schedules and runs backups itself",
+        "has no start time HINT: It cannot be dated",
         "[DRY RUN] Nothing was changed",
     ] {
         assert!(out.contains(needle), "dry run lacks {needle:?}:\n{out}");
@@ -93,7 +94,7 @@ fn a_pgbackman_catalog_is_imported_once_shown_and_run() {
     );
     assert!(
         run.stdout
-            .contains("catalog rows: imported 5, already imported 0, not imported 3"),
+            .contains("catalog rows: imported 5, already imported 0, not imported 4"),
         "{}",
         run.stdout
     );
@@ -175,7 +176,7 @@ fn a_pgbackman_catalog_is_imported_once_shown_and_run() {
     assert!(
         again
             .stdout
-            .contains("catalog rows: imported 0, already imported 5, not imported 3"),
+            .contains("catalog rows: imported 0, already imported 5, not imported 4"),
         "{}",
         again.stdout
     );

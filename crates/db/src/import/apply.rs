@@ -543,6 +543,7 @@ impl Run<'_, '_> {
     ) -> Result<(), DbError> {
         // Rows whose owner was not imported: one line per owner, not one per row.
         let mut orphans: BTreeMap<String, usize> = BTreeMap::new();
+        let mut batch = Vec::new();
         let source = self.source;
         for b in &old.backups {
             let id = b.backup.bck_id;
@@ -574,22 +575,33 @@ impl Run<'_, '_> {
                 }
                 BackupPlan::Import { status, note } => (status, note),
             };
-            match self
-                .try_id(
-                    "select api.import_backup_catalog($1, $2, $3, $4, $5, $6, $7)",
-                    &[&source, &id, &def, &snap, &status, &b.columns, &note],
+            batch.push(serde_json::json!({
+                "old_id": id, "def_id": def, "snapshot_id": snap, "status": status,
+                "row": b.columns, "note": note,
+            }));
+        }
+        // One call per chunk: a round trip per row would make a large catalog take minutes.
+        for chunk in batch.chunks(2000) {
+            let rows = self
+                .tx
+                .query(
+                    "select old_id, new_id, error from api.import_backup_catalog_rows($1, $2)",
+                    &[&source, &serde_json::Value::Array(chunk.to_vec())],
                 )
-                .await?
-            {
-                Ok(_) => self.count(ROWS).imported += 1,
-                Err(why) => {
-                    self.count(ROWS).skipped += 1;
-                    self.note(Finding::new(
-                        &format!("BckID {id}"),
-                        "-",
-                        "",
-                        format!("not imported: {why}"),
-                    ));
+                .await?;
+            for r in rows {
+                let (old_id, error): (i64, Option<String>) = (r.get(0), r.get(2));
+                match error {
+                    None => self.count(ROWS).imported += 1,
+                    Some(why) => {
+                        self.count(ROWS).skipped += 1;
+                        self.note(Finding::new(
+                            &format!("BckID {old_id}"),
+                            "-",
+                            "",
+                            format!("not imported: {why}"),
+                        ));
+                    }
                 }
             }
         }
