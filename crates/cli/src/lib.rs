@@ -228,15 +228,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         });
     }
     let (cfg, target, source) = catalog_target(cli.catalog.as_deref(), &file)?;
-    if let Some(Sub::Db {
-        action: DbAction::ImportPgbackman(args),
-    }) = &cli.sub
-    {
-        let format = cli.output.unwrap_or(OutputFormat::Table);
-        return import::run(args, cfg, &target, format).await;
-    }
     if let Some(Sub::Db { action }) = &cli.sub {
-        return db_command(action, &cfg, &target).await;
+        let format = cli.output.unwrap_or(OutputFormat::Table);
+        return db_command(action, &cfg, &target, format).await;
     }
     let catalog = Catalog::connect(cfg, "pgbackman", &target).await?;
     catalog
@@ -379,6 +373,7 @@ async fn db_command(
     action: &DbAction,
     cfg: &pgbackman_config::ConnConfig,
     target: &str,
+    format: OutputFormat,
 ) -> Result<ExitCode> {
     let status = match action {
         DbAction::Init => {
@@ -431,7 +426,9 @@ async fn db_command(
             }
             st
         }
-        DbAction::ImportPgbackman(_) => unreachable!("handled in run"),
+        DbAction::ImportPgbackman(args) => {
+            return import::run(args, cfg.clone(), target, format).await;
+        }
     };
     let _ = status;
     Ok(ExitCode::SUCCESS)
