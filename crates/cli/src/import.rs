@@ -74,7 +74,23 @@ pub async fn run(
         ),
     };
     // The old backups are files on the backup servers' disks: they are looked for on this host.
-    let present = |p: &str| std::fs::metadata(p).is_ok();
+    // A file this user may not look at is not a missing file: that stops the import.
+    let mut found = std::collections::HashSet::new();
+    for b in &old_catalog.backups {
+        for f in b.backup.dump_files.iter().chain(&b.backup.log_files) {
+            match std::fs::metadata(f) {
+                Ok(_) => {
+                    found.insert(f.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!(
+                    "cannot tell whether {f} (PgBackMan BckID {}) exists: {e}\nHINT: run the import as a user that can read the backup partition (the pgbackman user, or root)",
+                    b.backup.bck_id
+                ),
+            }
+        }
+    }
+    let present = |p: &str| found.contains(p);
     let report = catalog
         .import_pgbackman(&audit, &old_catalog, &present, args.dry_run)
         .await?;
