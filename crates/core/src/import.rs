@@ -543,6 +543,43 @@ mod tests {
         assert!(extra_parameters("-j 0").is_err());
     }
 
+    #[test]
+    fn words_are_written_back_so_that_they_split_the_same() {
+        for w in [
+            "--no-owner",
+            "--exclude-table=a b",
+            "--exclude-schema=it's",
+            "-n*",
+        ] {
+            let q = quote_word(w);
+            assert_eq!(split_shell_words(&q).unwrap(), vec![w.to_string()], "{q}");
+        }
+    }
+
+    #[test]
+    fn configuration_is_carried_dropped_or_left_to_the_node() {
+        assert_eq!(
+            node_config("backup_code", "RDS"),
+            ConfigMap::Carry {
+                parameter: "backup_code".into(),
+                value: "FULL".into()
+            }
+        );
+        assert!(matches!(
+            node_config("pgnode_crontab_file", "/etc/cron.d/x"),
+            ConfigMap::Drop(_)
+        ));
+        assert_eq!(node_config("pgport", "5432"), ConfigMap::Silent);
+        assert!(matches!(
+            server_config("root_cron_file", "/etc/cron.d/pgbackman"),
+            ConfigMap::Drop(_)
+        ));
+        assert!(matches!(
+            server_config("root_backup_partition", "/srv/pgbackman"),
+            ConfigMap::Carry { .. }
+        ));
+    }
+
     fn def(code: &str, extra: &str, status: &str) -> OldDefinition {
         OldDefinition {
             def_id: 3,
