@@ -1,17 +1,15 @@
 //! Writes an [`OldCatalog`] into this catalog through the API functions, in one transaction:
 //! each object under a savepoint, so a value the rules refuse becomes a line of the report and
 //! the rest goes on. A dry run does the same and rolls back, so it shows exactly what the
-//! rules would refuse.
+//! rules would refuse. Servers and nodes are in `hosts`.
 
 use std::collections::{BTreeMap, HashMap};
 
 use deadpool_postgres::Transaction;
-use pgbackman_core::import::{
-    self as map, BackupPlan, ConfigMap, Finding, bin_dir_template, fqdn, node_config, server_config,
-};
+use pgbackman_core::import::{self as map, BackupPlan, Finding};
 use tokio_postgres::types::ToSql;
 
-use super::read::{OldCatalog, OldConfig, OldHost};
+use super::read::OldCatalog;
 use crate::catalog::{Audit, Catalog};
 use crate::error::DbError;
 
@@ -33,13 +31,13 @@ pub struct ImportReport {
     pub dry_run: bool,
 }
 
-const SERVERS: &str = "backup servers";
-const NODES: &str = "PgSQL nodes";
+pub(super) const SERVERS: &str = "backup servers";
+pub(super) const NODES: &str = "PgSQL nodes";
 const DEFS: &str = "backup definitions";
 const SNAPS: &str = "snapshots";
 const ROWS: &str = "catalog rows";
 
-struct Run<'a, 't> {
+pub(super) struct Run<'a, 't> {
     tx: Transaction<'t>,
     source: &'a str,
     report: ImportReport,
@@ -61,19 +59,19 @@ fn refused(e: &DbError) -> String {
 }
 
 impl Run<'_, '_> {
-    fn note(&mut self, f: Finding) {
+    pub(super) fn note(&mut self, f: Finding) {
         self.report.findings.push(f);
     }
 
-    fn count(&mut self, kind: &'static str) -> &mut Counts {
+    pub(super) fn count(&mut self, kind: &'static str) -> &mut Counts {
         self.report.counts.entry(kind).or_default()
     }
 
-    fn mapped(&self, kind: &str, old: i64) -> Option<i64> {
+    pub(super) fn mapped(&self, kind: &str, old: i64) -> Option<i64> {
         self.earlier.get(&(kind.to_string(), old)).copied()
     }
 
-    async fn record(&self, kind: &str, old: i64, new: i64) -> Result<(), DbError> {
+    pub(super) async fn record(&self, kind: &str, old: i64, new: i64) -> Result<(), DbError> {
         self.tx
             .execute(
                 "select api.import_record($1, $2, $3, $4)",
@@ -85,7 +83,7 @@ impl Run<'_, '_> {
 
     /// Runs `sql` (returning one bigint) under a savepoint: Ok(Err(reason)) when the server
     /// refused it; connection failures end the import.
-    async fn try_id(
+    pub(super) async fn try_id(
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -108,250 +106,12 @@ impl Run<'_, '_> {
         }
     }
 
-    async fn existing(
+    pub(super) async fn existing(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<i64>, DbError> {
         Ok(self.tx.query_opt(sql, params).await?.map(|r| r.get(0)))
-    }
-
-    async fn servers(&mut self, old: &OldCatalog) -> Result<BTreeMap<i64, i64>, DbError> {
-        let mut ids = BTreeMap::new();
-        for s in &old.servers {
-            let name = fqdn(&s.hostname, &s.domain);
-            let object = format!("backup server {name}");
-            if let Some(id) = self.mapped("SERVER", s.id) {
-                ids.insert(s.id, id);
-                self.count(SERVERS).already += 1;
-                continue;
-            }
-            if let Some(id) = self
-                .existing(
-                    "select server_id from public.backup_server where lower(fqdn) = lower($1)",
-                    &[&name],
-                )
-                .await?
-            {
-                self.record("SERVER", s.id, id).await?;
-                ids.insert(s.id, id);
-                self.count(SERVERS).imported += 1;
-                self.note(Finding::new(
-                    &object,
-                    "-",
-                    &s.id.to_string(),
-                    format!("already registered here: taken as SrvID {id}, its configuration kept"),
-                ));
-                continue;
-            }
-            let status = s.status.trim().to_ascii_uppercase();
-            match self
-                .try_id(
-                    "select api.register_backup_server($1, $2, $3, $4)",
-                    &[&s.hostname.trim(), &s.domain.trim(), &status, &s.remarks],
-                )
-                .await?
-            {
-                Ok(id) => {
-                    self.record("SERVER", s.id, id).await?;
-                    ids.insert(s.id, id);
-                    self.count(SERVERS).imported += 1;
-                    self.note(Finding::new(
-                        &object,
-                        "-",
-                        &s.id.to_string(),
-                        format!("imported as SrvID {id}"),
-                    ));
-                    self.server_config(id, &object, &old.server_config, s.id)
-                        .await?;
-                }
-                Err(why) => {
-                    self.count(SERVERS).skipped += 1;
-                    self.note(Finding::new(
-                        &object,
-                        "hostname",
-                        &name,
-                        format!("not imported: {why}"),
-                    ));
-                }
-            }
-        }
-        Ok(ids)
-    }
-
-    async fn server_config(
-        &mut self,
-        id: i64,
-        object: &str,
-        config: &[OldConfig],
-        old_id: i64,
-    ) -> Result<(), DbError> {
-        let mine: Vec<&OldConfig> = config.iter().filter(|c| c.owner == old_id).collect();
-        let bins: Vec<(String, String)> = mine
-            .iter()
-            .filter(|c| c.parameter.starts_with("pgsql_bin_"))
-            .map(|c| (c.parameter.clone(), c.value.clone()))
-            .collect();
-        let mut carry = Vec::new();
-        match bin_dir_template(&bins) {
-            Ok(Some(t)) => {
-                let old = bins
-                    .iter()
-                    .map(|(_, d)| d.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                self.note(Finding::new(
-                    object,
-                    "pgsql_bin_*",
-                    &old,
-                    format!("carried as pgsql_bin_dir = {t}"),
-                ));
-                carry.push(("pgsql_bin_*".to_string(), "pgsql_bin_dir".to_string(), t));
-            }
-            Ok(None) => {}
-            Err(why) => self.note(Finding::new(
-                object,
-                "pgsql_bin_*",
-                "",
-                format!("not carried: {why}"),
-            )),
-        }
-        for c in mine {
-            match server_config(&c.parameter, &c.value) {
-                ConfigMap::Carry { parameter, value } => {
-                    carry.push((c.parameter.clone(), parameter, value))
-                }
-                ConfigMap::Drop(why) => {
-                    self.note(Finding::new(object, &c.parameter, &c.value, why))
-                }
-                ConfigMap::Silent => {}
-            }
-        }
-        for (old_param, parameter, value) in carry {
-            if let Err(why) = self
-                .try_id(
-                    "select api.update_backup_server_config($1, $2, $3)",
-                    &[&id.to_string(), &parameter, &value],
-                )
-                .await?
-            {
-                self.note(Finding::new(
-                    object,
-                    &old_param,
-                    &value,
-                    format!("not carried: {why}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    async fn nodes(&mut self, old: &OldCatalog) -> Result<BTreeMap<i64, i64>, DbError> {
-        let mut ids = BTreeMap::new();
-        for n in &old.nodes {
-            let name = fqdn(&n.hostname, &n.domain);
-            let object = format!("PgSQL node {name}:{}", n.port);
-            if let Some(id) = self.mapped("NODE", n.id) {
-                ids.insert(n.id, id);
-                self.count(NODES).already += 1;
-                continue;
-            }
-            if let Some(id) = self
-                .existing(
-                    "select node_id from public.pgsql_node where lower(fqdn) = lower($1) and pgport = $2",
-                    &[&name, &n.port],
-                )
-                .await?
-            {
-                self.record("NODE", n.id, id).await?;
-                ids.insert(n.id, id);
-                self.count(NODES).imported += 1;
-                self.note(Finding::new(&object, "-", &n.id.to_string(), format!("already registered here: taken as NodeID {id}, its configuration kept")));
-                continue;
-            }
-            match self.register_node(n).await? {
-                Ok(id) => {
-                    self.record("NODE", n.id, id).await?;
-                    ids.insert(n.id, id);
-                    self.count(NODES).imported += 1;
-                    self.note(Finding::new(
-                        &object,
-                        "-",
-                        &n.id.to_string(),
-                        format!("imported as NodeID {id}"),
-                    ));
-                    self.node_config(id, &object, &old.node_config, n.id)
-                        .await?;
-                }
-                Err(why) => {
-                    self.count(NODES).skipped += 1;
-                    self.note(Finding::new(
-                        &object,
-                        "hostname",
-                        &name,
-                        format!("not imported: {why}"),
-                    ));
-                }
-            }
-        }
-        Ok(ids)
-    }
-
-    async fn register_node(&mut self, n: &OldHost) -> Result<Result<i64, String>, DbError> {
-        let status = n.status.trim().to_ascii_uppercase();
-        self.try_id(
-            "select api.register_pgsql_node($1, $2, $3, $4, null, null, $5, $6)",
-            &[
-                &n.hostname.trim(),
-                &n.domain.trim(),
-                &n.port,
-                &n.admin_user,
-                &status,
-                &n.remarks,
-            ],
-        )
-        .await
-    }
-
-    async fn node_config(
-        &mut self,
-        id: i64,
-        object: &str,
-        config: &[OldConfig],
-        old_id: i64,
-    ) -> Result<(), DbError> {
-        for c in config.iter().filter(|c| c.owner == old_id) {
-            match node_config(&c.parameter, &c.value) {
-                ConfigMap::Carry { parameter, value } => {
-                    if let Err(why) = self
-                        .try_id(
-                            "select api.update_pgsql_node_config($1, $2, $3)",
-                            &[&id.to_string(), &parameter, &value],
-                        )
-                        .await?
-                    {
-                        self.note(Finding::new(
-                            object,
-                            &c.parameter,
-                            &c.value,
-                            format!("not carried: {why}"),
-                        ));
-                    } else if value != c.value {
-                        self.note(Finding::new(
-                            object,
-                            &c.parameter,
-                            &c.value,
-                            format!("carried as {value}"),
-                        ));
-                    }
-                }
-                ConfigMap::Drop(why) => {
-                    self.note(Finding::new(object, &c.parameter, &c.value, why))
-                }
-                ConfigMap::Silent => {}
-            }
-        }
-        Ok(())
     }
 
     async fn definitions(

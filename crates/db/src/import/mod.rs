@@ -2,6 +2,7 @@
 //! here through the API functions (the decisions are `pgbackman_core::import`).
 
 pub mod apply;
+mod hosts;
 pub mod read;
 
 pub use apply::{Counts, ImportReport};
