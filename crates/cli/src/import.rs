@@ -129,7 +129,14 @@ fn findings(r: &ImportReport) -> Output {
 
 fn summary(r: &ImportReport, from: &str, to: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for (kind, c) in &r.counts {
+    let order = [
+        "backup servers",
+        "PgSQL nodes",
+        "backup definitions",
+        "snapshots",
+        "catalog rows",
+    ];
+    for (kind, c) in order.iter().filter_map(|k| r.counts.get(k).map(|c| (k, c))) {
         let verb = if r.dry_run {
             "would import"
         } else {
