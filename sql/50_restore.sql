@@ -26,6 +26,11 @@ begin
         raise exception 'BckID % does not exist', p_bck_id
             using errcode = 'P0002', hint = 'show_backup_catalog lists the backups.';
     end if;
+    if v_bck.backup_dir is null and v_bck.note like 'imported from PgBackMan%' then
+        raise exception 'BckID % is a PgBackMan 1.x backup: pgbackman does not restore it', p_bck_id
+            using errcode = '55000',
+                  hint = 'Restore it by hand: psql -f its USERS and DBCONFIG files, then pg_restore -d DBNAME its dump directory; show_backup_details lists the files.';
+    end if;
     if v_bck.execution_status <> 'SUCCEEDED' or v_bck.backup_dir is null then
         raise exception 'BckID % cannot be restored: its backup ended %', p_bck_id, v_bck.execution_status
             using errcode = '55000',

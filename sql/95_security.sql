@@ -43,7 +43,10 @@ language sql immutable as $$
                     'register_backup_definition', 'update_backup_definition',
                     'delete_backup_definition_id', 'delete_backup_definition_dbname',
                     'move_backup_definition', 'set_backup_definition_options',
-                    'update_drill_schedule', 'accept_pgsql_node_listing']),
+                    'update_drill_schedule', 'accept_pgsql_node_listing',
+                    -- db import-pgbackman (sql/70_import.sql)
+                    'import_map_of', 'import_record', 'import_snapshot_definition',
+                    'import_backup_catalog', 'import_backup_catalog_rows']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',

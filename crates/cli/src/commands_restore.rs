@@ -238,6 +238,12 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         .parse()
         .context("BckID must be a number; show_backup_catalog lists the backups")?;
     let source = s.catalog.restore_source(bck_id).await?;
+    // Only rows imported from PgBackMan 1.x succeeded without a set (db import-pgbackman).
+    if source.execution_status == "SUCCEEDED" && source.backup_dir.is_none() {
+        bail!(
+            "BckID {bck_id} is a PgBackMan 1.x backup: pgbackman does not restore it\nHINT: restore it by hand: psql -f its USERS and DBCONFIG files, then pg_restore -d DBNAME its dump directory; show_backup_details {bck_id} lists the files"
+        );
+    }
     if source.execution_status != "SUCCEEDED" || source.backup_dir.is_none() {
         bail!(
             "BckID {bck_id} cannot be restored: its backup ended {}\nHINT: pick a SUCCEEDED backup: show_backup_catalog all all {} all SUCCEEDED",

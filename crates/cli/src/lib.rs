@@ -10,6 +10,7 @@ pub mod commands_restore;
 pub mod commands_verify;
 pub mod complete;
 pub mod db_roles;
+pub mod import;
 pub mod parse;
 pub mod quickstart;
 pub mod quickstart_agent;
@@ -87,6 +88,23 @@ enum Sub {
     /// backup, leave the agent running, open the shell.
     #[command(long_about = quickstart::LONG_ABOUT)]
     Quickstart(quickstart::Args),
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Print the TOML equivalent of a PgBackMan 1.x pgbackman.conf (default: the one PgBackMan
+    /// would read, ~/.pgbackman/pgbackman.conf then /etc/pgbackman/pgbackman.conf). What cannot
+    /// be carried over is listed as comments; a password never is.
+    Convert {
+        /// The PgBackMan 1.x file.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +115,11 @@ enum DbAction {
     Upgrade,
     /// Show the installed catalog version and whether this binary matches (exit 1 if not).
     Status,
+    /// Import a PgBackMan 1.x catalog: backup servers, nodes and their configuration, backup
+    /// and snapshot definitions, and the catalog rows of backups whose files are on this host.
+    /// One transaction; a second run imports only what is new.
+    #[command(name = "import-pgbackman")]
+    ImportPgbackman(import::Args),
     /// Make a login role a member of pgbackman_readonly, _operator, _admin or _agent (run as
     /// the catalog owner; see README, Operations, Roles).
     Grant(db_roles::GrantArgs),
@@ -191,7 +214,7 @@ pub fn format_error(e: &anyhow::Error) -> String {
     out
 }
 
-fn os_user() -> String {
+pub(crate) fn os_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
@@ -215,7 +238,22 @@ pub fn catalog_target(
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(Sub::Config {
+        action: ConfigAction::Convert { file },
+    }) = &cli.sub
+    {
+        return convert_config(file.as_deref());
+    }
     let file = pgbackman_config::load(cli.config.as_deref())?;
+    if file.legacy
+        && let Some(p) = &file.path
+    {
+        // Once per process: the file is loaded once.
+        eprintln!(
+            "[NOTE] no pgbackman.toml found: using the PgBackMan 1.x file {}. Convert it with `pgbackman config convert > ~/.config/pgbackman/pgbackman.toml`.",
+            p.display()
+        );
+    }
     if let Some(Sub::Quickstart(args)) = &cli.sub {
         return quickstart::run(args, &file).await;
     }
@@ -265,7 +303,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let (cfg, target, source) = catalog_target(cli.catalog.as_deref(), &file)?;
     if let Some(Sub::Db { action }) = &cli.sub {
-        return db_command(action, &cfg, &target).await;
+        let format = cli.output.unwrap_or(OutputFormat::Table);
+        return db_command(action, &cfg, &target, format).await;
     }
     let catalog = Catalog::connect(cfg, "pgbackman", &target).await?;
     catalog
@@ -398,10 +437,38 @@ async fn explain_denied(s: &Session, e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// `pgbackman config convert [FILE]`: the TOML of a PgBackMan 1.x file, on stdout.
+fn convert_config(file: Option<&std::path::Path>) -> Result<ExitCode> {
+    let old = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}; check the path", p.display()))?;
+            pgbackman_config::parse_legacy(p, &text)?
+        }
+        None => {
+            let candidates = pgbackman_config::legacy_candidates(&pgbackman_config::real_env);
+            match pgbackman_config::find_legacy(&candidates)? {
+                Some(c) => c,
+                None => bail!(
+                    "no PgBackMan 1.x configuration found ({})\nHINT: name the file: pgbackman config convert /path/to/pgbackman.conf",
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    print!("{}", old.to_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn db_command(
     action: &DbAction,
     cfg: &pgbackman_config::ConnConfig,
     target: &str,
+    format: OutputFormat,
 ) -> Result<ExitCode> {
     let status = match action {
         DbAction::Grant(a) => return db_roles::grant(a, cfg, target).await,
@@ -457,6 +524,9 @@ async fn db_command(
                 }
             }
             st
+        }
+        DbAction::ImportPgbackman(args) => {
+            return import::run(args, cfg.clone(), target, format).await;
         }
     };
     let _ = status;

@@ -25,6 +25,9 @@ pub struct FileConfig {
     /// The file this was read from; None when no file was found (all defaults).
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// `path` is a PgBackMan 1.x INI file (`crate::legacy`), read because no TOML file exists.
+    #[serde(skip)]
+    pub legacy: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -83,9 +86,30 @@ pub fn load_agent(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
     load_from(&agent_candidates(&crate::real_env), explicit)
 }
 
-/// Loads `--config FILE` if given, else the first existing file of [`default_candidates`].
+/// Loads `--config FILE` if given, else the first existing file of [`default_candidates`], else
+/// PgBackMan 1.x's `pgbackman.conf` ([`crate::legacy_candidates`]; `FileConfig::legacy` says so).
 pub fn load(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
-    load_from(&default_candidates(&crate::real_env), explicit)
+    load_with_legacy(
+        &default_candidates(&crate::real_env),
+        &crate::legacy_candidates(&crate::real_env),
+        explicit,
+    )
+}
+
+/// [`load`] with injected search paths.
+pub fn load_with_legacy(
+    candidates: &[PathBuf],
+    legacy: &[PathBuf],
+    explicit: Option<&Path>,
+) -> Result<FileConfig, ConfigError> {
+    let cfg = load_from(candidates, explicit)?;
+    if cfg.path.is_some() || explicit.is_some() {
+        return Ok(cfg);
+    }
+    match crate::find_legacy(legacy)? {
+        Some(old) => Ok(old.file_config()),
+        None => Ok(cfg),
+    }
 }
 
 /// [`load`] with an injected search path. An explicit file must exist; a candidate that does not

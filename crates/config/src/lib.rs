@@ -11,6 +11,7 @@ mod conninfo;
 mod file;
 mod host;
 mod http_listen;
+mod legacy;
 mod nodes;
 mod pgpass;
 pub mod tls;
@@ -25,16 +26,35 @@ pub use conninfo::{
 };
 pub use file::{
     AGENT_CONFIG, CatalogSection, CatalogSource, FileConfig, ShellSection, agent_candidates,
-    catalog_conninfo, default_candidates, load, load_agent, load_from,
+    catalog_conninfo, default_candidates, load, load_agent, load_from, load_with_legacy,
 };
 pub use host::host_fqdn;
 pub use http_listen::http_listen_exposure;
+pub use legacy::{LegacyConfig, legacy_candidates, parse_legacy};
 pub use nodes::{Limit, Limits, NodeTimeouts, NodesSection};
 pub use pgpass::{PgpassStatus, pgpass_status};
 pub use tls::{ConnConfig, RootCert, TlsSettings};
 
 /// An injected environment lookup: `std::env::var(key).ok()` in production, a map in tests.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The first existing PgBackMan 1.x file of `candidates`, parsed (a file that exists and cannot
+/// be read is an error, as for the TOML files).
+pub fn find_legacy(candidates: &[PathBuf]) -> Result<Option<LegacyConfig>, ConfigError> {
+    for p in candidates {
+        match std::fs::read_to_string(p) {
+            Ok(t) => return parse_legacy(p, &t).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(ConfigError::Read {
+                    path: p.clone(),
+                    err,
+                });
+            }
+        }
+    }
+    Ok(None)
+}
 
 /// The real process environment, as an [`Env`].
 pub fn real_env(key: &str) -> Option<String> {

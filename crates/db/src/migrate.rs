@@ -45,6 +45,7 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/62_reconcile.sql"),
     ),
     ("65_alerts.sql", include_str!("../../../sql/65_alerts.sql")),
+    ("70_import.sql", include_str!("../../../sql/70_import.sql")),
     (
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),
