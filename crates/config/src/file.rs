@@ -96,20 +96,33 @@ pub fn load(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
     )
 }
 
-/// [`load`] with injected search paths.
+/// [`load`] with injected search paths. A user's own file wins over a system-wide one whatever
+/// its format: `~/.pgbackman/pgbackman.conf` beats `/etc/pgbackman/pgbackman.toml` (which the
+/// package installs, all commented out), so a PgBackMan user keeps their settings after
+/// installing the package.
 pub fn load_with_legacy(
     candidates: &[PathBuf],
     legacy: &[PathBuf],
     explicit: Option<&Path>,
 ) -> Result<FileConfig, ConfigError> {
-    let cfg = load_from(candidates, explicit)?;
-    if cfg.path.is_some() || explicit.is_some() {
-        return Ok(cfg);
+    if explicit.is_some() {
+        return load_from(candidates, explicit);
     }
-    match crate::find_legacy(legacy)? {
-        Some(old) => Ok(old.file_config()),
-        None => Ok(cfg),
+    let system = |p: &&PathBuf| p.starts_with("/etc");
+    let (sys_toml, user_toml): (Vec<PathBuf>, Vec<PathBuf>) =
+        candidates.iter().cloned().partition(|p| system(&p));
+    let (sys_old, user_old): (Vec<PathBuf>, Vec<PathBuf>) =
+        legacy.iter().cloned().partition(|p| system(&p));
+    for (toml, old) in [(user_toml, user_old), (sys_toml, sys_old)] {
+        let cfg = load_from(&toml, None)?;
+        if cfg.path.is_some() {
+            return Ok(cfg);
+        }
+        if let Some(old) = crate::find_legacy(&old)? {
+            return Ok(old.file_config());
+        }
     }
+    load_from(&[], None)
 }
 
 /// [`load`] with an injected search path. An explicit file must exist; a candidate that does not
