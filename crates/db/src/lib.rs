@@ -14,6 +14,7 @@ pub mod reconcile;
 pub mod restore;
 pub mod retention;
 pub mod rows;
+pub mod standby;
 pub mod tls;
 pub mod verify;
 
