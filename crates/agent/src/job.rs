@@ -371,9 +371,7 @@ async fn execute(
         }))
     });
     let mut outcome = pgbackman_dump::run_backup(&spec, dump_cancel, &report_progress).await;
-    if hold.has_expired()
-        && !cancel.is_cancelled()
-        && !matches!(outcome.status, Status::Succeeded)
+    if hold.has_expired() && !cancel.is_cancelled() && !matches!(outcome.status, Status::Succeeded)
     {
         outcome.status = Status::Failed {
             step: "recovery_pause".into(),

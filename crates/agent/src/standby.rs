@@ -148,7 +148,10 @@ pub async fn resume_left(cfg: &AgentSection) {
         {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!("{}: {e:#}; remove it once replay of its node is resumed by hand", p.display());
+                tracing::error!(
+                    "{}: {e:#}; remove it once replay of its node is resumed by hand",
+                    p.display()
+                );
                 continue;
             }
         };

@@ -84,14 +84,18 @@ fn outcome<T>(
 ) -> Result<T, DbError> {
     match r {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+        Ok(Err(e))
+            if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
             let user = config.get_user().unwrap_or("the admin user");
             Err(DbError::Invalid(format!(
                 "role \"{user}\" may not control WAL replay on standby node {label} ({what}: {})\n\
                  HINT: run on the primary (the grant replicates): GRANT EXECUTE ON FUNCTION \
                  pg_catalog.pg_wal_replay_pause(), pg_catalog.pg_wal_replay_resume() TO \"{user}\"; \
                  or make it a superuser, or set pause_recovery_on_standby=false with update_pgsql_node_config",
-                e.as_db_error().map(|d| d.message()).unwrap_or("permission denied")
+                e.as_db_error()
+                    .map(|d| d.message())
+                    .unwrap_or("permission denied")
             )))
         }
         Ok(Err(e)) => Err(DbError::client(format!("{what} on PgSQL node {label}"), e)),
