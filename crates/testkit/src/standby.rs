@@ -132,7 +132,7 @@ impl Standby {
 
     /// Whether the standby has replayed everything `primary` has written so far.
     pub fn has_replayed(&self, primary: &TestCluster) -> bool {
-        let target = primary.psql("postgres", "select pg_current_wal_insert_lsn()");
+        let target = written_lsn(primary);
         self.psql(
             "postgres",
             &format!("select pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
@@ -148,7 +148,7 @@ impl Standby {
                 panic!(
                     "testkit: standby at {} did not replay up to the primary's {} within {:?} (paused: {})",
                     self.replay_lsn(),
-                    primary.psql("postgres", "select pg_current_wal_insert_lsn()"),
+                    written_lsn(primary),
                     CATCH_UP,
                     self.replay_paused()
                 );
@@ -161,7 +161,7 @@ impl Standby {
     /// has written: after this, a replay position that does not move means replay is paused,
     /// not that the WAL has not arrived yet.
     pub fn wait_received(&self, primary: &TestCluster) {
-        let target = primary.psql("postgres", "select pg_current_wal_insert_lsn()");
+        let target = written_lsn(primary);
         let q = format!("select coalesce(pg_last_wal_receive_lsn() >= '{target}'::pg_lsn, false)");
         let t0 = Instant::now();
         while self.psql("postgres", &q) != "t" {
@@ -173,6 +173,19 @@ impl Standby {
             sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The end of what `primary` has written so far, everything before it flushed (so it can be
+/// streamed). Not `pg_current_wal_insert_lsn()`: when the last record ends at a page boundary
+/// it points past the next page's header, which no standby reaches until another record is
+/// written (up to 15 s later); and the test clusters commit asynchronously, so a synchronous
+/// commit first makes every earlier commit flushed.
+fn written_lsn(primary: &TestCluster) -> String {
+    primary.psql(
+        "postgres",
+        "select set_config('synchronous_commit', 'on', true), pg_current_xact_id()",
+    );
+    primary.psql("postgres", "select pg_current_wal_flush_lsn()")
 }
 
 #[cfg(test)]
