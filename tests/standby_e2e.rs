@@ -271,8 +271,10 @@ fn a_primary_is_left_alone_and_a_role_without_the_right_is_told_what_to_grant() 
         primary.port()
     ))
     .ok();
-    env.cmd("update_pgsql_node_config 2 pause_recovery_on_standby=true")
-        .ok();
+    env.cmd(
+        "update_pgsql_node_config 2 pause_recovery_on_standby=true max_recovery_pause=\"30 minutes\"",
+    )
+    .ok();
     env.cmd("register_backup_definition bs1.example.org 127.0.0.2 shop \"\" 0 3")
         .ok();
     env.cmd("run_backup_definition_now 3").ok();
@@ -302,7 +304,9 @@ fn a_primary_is_left_alone_and_a_role_without_the_right_is_told_what_to_grant() 
         .fails_with("is not a boolean");
     let shown = env.cmd("show_pgsql_node_config 2").ok().stdout;
     assert!(
-        shown.contains("pause_recovery_on_standby") && shown.contains("max_recovery_pause"),
+        shown.contains("pause_recovery_on_standby")
+            && shown.contains("max_recovery_pause")
+            && shown.contains("00:30:00"),
         "{shown}"
     );
 }
