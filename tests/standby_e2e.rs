@@ -212,7 +212,14 @@ fn replay_stays_paused_until_the_last_dump_of_the_standby_ends() {
     // The maximum pause fails the dump and resumes replay.
     env.cmd("update_pgsql_node_config 1 max_recovery_pause=\"2 seconds\"")
         .ok();
+    // A stop (SIGTERM) during a dump resumes replay before the agent exits; the new value is
+    // read at the next start.
+    env.cmd("run_backup_definition_now 1").ok();
+    wait_paused(&standby, &agent);
     agent.stop();
+    assert!(!standby.replay_paused(), "{}", agent.log());
+    assert_resumed(&primary, &standby, &agent, "agent stopped");
+    assert_eq!(paused_markers(&agent), 0);
     agent.spawn(Some(bin.path()));
     let errors: i64 = env.sql(&rows("ERROR")).parse().unwrap();
     env.cmd("run_backup_definition_now 1").ok();
