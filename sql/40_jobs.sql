@@ -34,7 +34,9 @@ select d.def_id, d.backup_server_id, d.pgsql_node_id, n.fqdn as node_fqdn, n.pgp
        d.extra_backup_parameters, d.job_status, d.dump_format, d.dump_jobs, d.compression_level,
        extract(epoch from d.max_runtime)::float8 as max_runtime_seconds,
        extract(epoch from d.lock_wait_timeout)::float8 as lock_wait_timeout_seconds,
-       d.client_major, d.updated, d.registered
+       d.client_major, d.updated, d.registered,
+       api.node_config_value(n.node_id, 'pause_recovery_on_standby')::boolean as pause_recovery_on_standby,
+       extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds
   from public.backup_definition d
   join public.pgsql_node n on n.node_id = d.pgsql_node_id;
 

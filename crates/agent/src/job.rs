@@ -28,6 +28,8 @@ pub struct Ctx {
     pub health: crate::health::Health,
     /// One delivery of the spool at a time (a job's own report replays the spool too).
     pub spool_lock: tokio::sync::Mutex<()>,
+    /// WAL replay paused on standby nodes for their dumps (`pause_recovery_on_standby`).
+    pub pauses: crate::standby::Pauses,
 }
 
 impl Ctx {
@@ -354,7 +356,37 @@ async fn execute(
     }
     let p = progress.clone();
     let report_progress = move |n: u64| p.store(n, Ordering::Relaxed);
-    pgbackman_dump::run_backup(&spec, cancel.clone(), &report_progress).await
+    // pause_recovery_on_standby: replay stays paused while this dump (and any other of the
+    // node) runs, and at most max_recovery_pause.
+    let hold = match ctx.pauses.hold(&ctx.cfg, d, port).await {
+        Ok(h) => h,
+        Err(message) => return failed(started, t.job_id, "recovery_pause", message),
+    };
+    let dump_cancel = cancel.child_token();
+    let _expiry = hold.expired.clone().map(|expired| {
+        let stop = dump_cancel.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            expired.cancelled().await;
+            stop.cancel();
+        }))
+    });
+    let mut outcome = pgbackman_dump::run_backup(&spec, dump_cancel, &report_progress).await;
+    if hold.has_expired() && !cancel.is_cancelled() && !matches!(outcome.status, Status::Succeeded)
+    {
+        outcome.status = Status::Failed {
+            step: "recovery_pause".into(),
+            exit_status: None,
+            message: format!(
+                "WAL replay on standby node {}:{port} was paused for max_recovery_pause ({} s) and this dump was still running: it was stopped and replay resumed. \
+                 Raise max_recovery_pause with update_pgsql_node_config, or back up this node from its primary",
+                d.node_fqdn,
+                hold.max.as_secs()
+            ),
+            stderr_tail: String::new(),
+        };
+    }
+    hold.release().await;
+    outcome
 }
 
 /// A run's status as the report fields execution_status, error_step, error_exit_status,

@@ -18,6 +18,7 @@ pub mod retention;
 pub mod roots;
 pub mod schedule;
 pub mod spool;
+pub mod standby;
 pub mod state;
 pub mod verify_job;
 
@@ -220,6 +221,8 @@ async fn run(args: Args) -> Result<()> {
     // Jobs a previous run was in the middle of when it died: a set that was complete is
     // recorded as what it is, anything else as failed (via the spool; crate::recover).
     recover::interrupted(&s.cfg);
+    // WAL replay a killed run left paused on standby nodes (needs no catalog).
+    standby::resume_left(&s.cfg).await;
     let catalog = Catalog::lazy_with_deadline(
         s.catalog_cfg.clone(),
         "pgbackman-agent",
@@ -273,6 +276,7 @@ async fn run(args: Args) -> Result<()> {
         server_id,
         health,
         spool_lock: tokio::sync::Mutex::new(()),
+        pauses: standby::Pauses::default(),
     });
     ctx.health.spooled.store(
         spool::list(&s.cfg.state_dir).map(|l| l.len()).unwrap_or(0),

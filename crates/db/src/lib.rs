@@ -17,6 +17,7 @@ pub mod restore;
 pub mod retention;
 pub mod roles;
 pub mod rows;
+pub mod standby;
 pub mod tls;
 pub mod verify;
 
