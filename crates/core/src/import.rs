@@ -153,6 +153,14 @@ pub fn node_config(parameter: &str, value: &str) -> ConfigMap {
                 ConfigMap::Silent
             }
         }
+        // PgBackMan's ON/OFF switch; pgbackman's is a boolean of the same meaning.
+        "pause_recovery_process_on_slave" => match value.trim().to_ascii_uppercase().as_str() {
+            "ON" | "TRUE" => ConfigMap::Carry {
+                parameter: "pause_recovery_on_standby".into(),
+                value: "true".into(),
+            },
+            _ => ConfigMap::Silent,
+        },
         "pgnode_crontab_file" => {
             ConfigMap::Drop("not used: the agent schedules backups itself (no crontab)".into())
         }
@@ -495,6 +503,21 @@ pub fn backup(b: &OldBackup, present: &dyn Fn(&str) -> bool) -> (BackupPlan, Vec
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pause_recovery_on_a_slave_becomes_pause_recovery_on_standby() {
+        assert_eq!(
+            node_config("pause_recovery_process_on_slave", "ON"),
+            ConfigMap::Carry {
+                parameter: "pause_recovery_on_standby".into(),
+                value: "true".into()
+            }
+        );
+        assert_eq!(
+            node_config("pause_recovery_process_on_slave", "OFF"),
+            ConfigMap::Silent
+        );
+    }
+
     use super::*;
 
     #[test]
