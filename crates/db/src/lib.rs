@@ -7,6 +7,7 @@ pub mod agent;
 pub mod alerts;
 pub mod catalog;
 pub mod error;
+pub mod heartbeat;
 pub mod introspect;
 pub mod migrate;
 pub mod node;
