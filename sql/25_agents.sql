@@ -98,10 +98,10 @@ begin
     ), raised as (
         insert into public.alert (alert_type, backup_server_id, execution_status, error_message, sendto)
         select 'AGENT_NOT_SEEN', si.server_id, 'NOT SEEN',
-               format('the agent of backup server %s (%s) sent no heartbeat since %s (threshold %s); its scheduled backups do not run and its queued jobs wait',
+               -- No instant in the text: the mail prints times in the sending agent's zone.
+               format('the agent of backup server %s (%s) has sent no heartbeat for %s (threshold %s); its scheduled backups do not run and its queued jobs wait',
                       si.fqdn, (select a.agent_name from public.agent_status a where a.server_id = si.server_id),
-                      to_char(si.last_seen at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS "UTC"'),
-                      api.agent_not_seen_threshold(si.server_id)),
+                      date_trunc('second', now() - si.last_seen), api.agent_not_seen_threshold(si.server_id)),
                coalesce((select string_agg(distinct api.node_config_value(d.pgsql_node_id, 'logs_email'), ', ')
                            from public.backup_definition d
                           where d.backup_server_id = si.server_id and d.job_status <> 'DELETED'),
