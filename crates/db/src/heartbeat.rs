@@ -70,12 +70,26 @@ impl Catalog {
             .get(0))
     }
 
-    /// The same for a backup server, by SrvID.
-    pub async fn server_agent_warning(&self, server_id: i64) -> Result<Option<String>, DbError> {
+    /// The same for a backup server (SrvID or FQDN).
+    pub async fn server_agent_warning(&self, server: &str) -> Result<Option<String>, DbError> {
+        let server_id = self.server_id(server).await?;
         Ok(self
             .client()
             .await?
             .query_one("select api.agent_warning($1)", &[&server_id])
+            .await?
+            .get(0))
+    }
+}
+
+impl Catalog {
+    /// The zone a server's schedules fire in (its agent's), or "agent zone unknown".
+    pub async fn agent_zone(&self, server: &str) -> Result<String, DbError> {
+        let id = self.server_id(server).await?;
+        Ok(self
+            .client()
+            .await?
+            .query_one("select api.agent_zone($1)", &[&id])
             .await?
             .get(0))
     }
