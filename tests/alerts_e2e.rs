@@ -366,7 +366,10 @@ fn a_silent_agent_is_alerted_by_the_other_and_is_online_again_when_back() {
     let mail = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(port, mail.path(), &[]);
     // bs1's agent mails in its own zone; bs2's agent goes silent past a short threshold.
-    let mail_cfg = format!("time_zone = \"Europe/Oslo\"\n[agent.alerts]\n{}", plain_smtp(port));
+    let mail_cfg = format!(
+        "time_zone = \"Europe/Oslo\"\n[agent.alerts]\n{}",
+        plain_smtp(port)
+    );
     let a1 = Agent::start_with(&s.env, "bs1.example.org", None, &mail_cfg);
     let mut a2 = agent(&s.env, "bs2.example.org", None, None);
     s.env
@@ -392,7 +395,11 @@ fn a_silent_agent_is_alerted_by_the_other_and_is_online_again_when_back() {
     );
     let v = s.env.json("show_backup_servers");
     let bs2 = &v["backup_servers"][1];
-    assert_eq!((bs2["fqdn"].as_str(), bs2["agent"].as_str()), (Some("bs2.example.org"), Some("offline")), "{v}");
+    assert_eq!(
+        (bs2["fqdn"].as_str(), bs2["agent"].as_str()),
+        (Some("bs2.example.org"), Some("offline")),
+        "{v}"
+    );
     assert_eq!(v["backup_servers"][0]["agent"], "online", "{v}");
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 1, "{msgs:?}");
@@ -412,8 +419,9 @@ fn a_silent_agent_is_alerted_by_the_other_and_is_online_again_when_back() {
     // A job queued now says that nobody runs it, at once and in the queue.
     let run = s.env.cmd("run_backup_definition_now 1").ok();
     assert!(
-        run.stderr
-            .contains("[WARNING] the agent of backup server bs2.example.org has not been seen since"),
+        run.stderr.contains(
+            "[WARNING] the agent of backup server bs2.example.org has not been seen since"
+        ),
         "{}",
         run.stderr
     );

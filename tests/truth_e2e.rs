@@ -34,12 +34,7 @@ fn server_row(env: &Env, fqdn: &str) -> serde_json::Value {
 
 /// An agent of `server` whose file does not set `backup_dir` (the catalog's
 /// root_backup_partition counts), with `extra` `[agent]` lines.
-fn agent_without_backup_dir(
-    env: &Env,
-    server: &str,
-    extra: &str,
-    bin: &std::path::Path,
-) -> Agent {
+fn agent_without_backup_dir(env: &Env, server: &str, extra: &str, bin: &std::path::Path) -> Agent {
     let mut a = Agent::configure(env, server, extra);
     let cfg = std::fs::read_to_string(&a.config).unwrap();
     let cfg: String = cfg
@@ -107,21 +102,23 @@ fn the_catalog_configuration_counts_and_each_value_shows_its_source() {
     }
 
     // The sources, as the heartbeats reported them.
-    wait_for_agents(
-        env,
-        "select count(*) from agent_status",
-        "2",
-        20,
-        &[&a, &b],
-    );
+    wait_for_agents(env, "select count(*) from agent_status", "2", 20, &[&a, &b]);
     let r = config_row(env, "bs1.example.org", "root_backup_partition");
     assert_eq!(r["source"], "catalog", "{r}");
     assert_eq!(r["agent_uses"], catalog_root.display().to_string(), "{r}");
     let r = config_row(env, "bs1.example.org", "max_concurrent_jobs");
-    assert_eq!((r["value"].as_str(), r["source"].as_str()), (Some("1"), Some("catalog")), "{r}");
+    assert_eq!(
+        (r["value"].as_str(), r["source"].as_str()),
+        (Some("1"), Some("catalog")),
+        "{r}"
+    );
     let r = config_row(env, "bs1.example.org", "pgsql_bin_dir");
     assert_eq!(r["source"], "agent file", "{r}");
-    assert_eq!(r["agent_uses"], format!("15={}", slow.path().display()), "{r}");
+    assert_eq!(
+        r["agent_uses"],
+        format!("15={}", slow.path().display()),
+        "{r}"
+    );
     let r = config_row(env, "bs2.example.org", "max_concurrent_jobs");
     assert_eq!(r["value"], "4", "{r}");
     assert_eq!(r["agent_uses"], "3", "{r}");
@@ -147,7 +144,11 @@ fn the_catalog_configuration_counts_and_each_value_shows_its_source() {
         20,
         &a,
     );
-    assert!(a.log().contains("configuration value in use"), "{}", a.log());
+    assert!(
+        a.log().contains("configuration value in use"),
+        "{}",
+        a.log()
+    );
 }
 
 #[test]
@@ -181,10 +182,15 @@ fn agents_are_seen_and_work_for_an_unseen_one_says_so() {
     let reg = env
         .cmd("register_backup_definition bs2.example.org 127.0.0.2 shop \"\" 30 3")
         .ok();
-    assert!(reg.stdout.contains("unknown until its agent is seen"), "{}", reg.stdout);
+    assert!(
+        reg.stdout.contains("unknown until its agent is seen"),
+        "{}",
+        reg.stdout
+    );
     // Registering work for a server whose agent never ran warns at once.
     assert!(
-        reg.stderr.contains("[WARNING] the agent of backup server bs2.example.org has never been seen"),
+        reg.stderr
+            .contains("[WARNING] the agent of backup server bs2.example.org has never been seen"),
         "{}",
         reg.stderr
     );
@@ -200,7 +206,11 @@ fn agents_are_seen_and_work_for_an_unseen_one_says_so() {
     // run_now for the unseen server: the warning, and the queue says why the job waits.
     let run = env.cmd("run_backup_definition_now 2").ok();
     assert!(run.stderr.contains("[WARNING]"), "{}", run.stderr);
-    assert!(run.stderr.contains("systemctl start pgbackman-agent"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("systemctl start pgbackman-agent"),
+        "{}",
+        run.stderr
+    );
     let q = env.json("show_jobs_queue");
     let job = &q["jobs_queue"][0];
     assert!(
@@ -220,5 +230,8 @@ fn agents_are_seen_and_work_for_an_unseen_one_says_so() {
         &a,
     );
     let d = env.json("show_backup_details 1");
-    assert_eq!(d["backup_details"][0]["schedule"], "30 2 * * * (Europe/Oslo)", "{d}");
+    assert_eq!(
+        d["backup_details"][0]["schedule"], "30 2 * * * (Europe/Oslo)",
+        "{d}"
+    );
 }

@@ -251,7 +251,10 @@ pub fn next_step(a: &ClaimedAlert) -> String {
 
 /// A time in the agent's zone, the zone named: "2026-03-01 02:30:00 CET (Europe/Oslo)".
 fn when(t: DateTime<Utc>, tz: Tz) -> String {
-    let local = t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string();
+    let local = t
+        .with_timezone(&tz)
+        .format("%Y-%m-%d %H:%M:%S %Z")
+        .to_string();
     if tz.name() == "UTC" {
         local
     } else {

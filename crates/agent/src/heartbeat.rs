@@ -65,7 +65,10 @@ async fn beat(ctx: &Ctx, tz: Tz, started: chrono::DateTime<Utc>) {
         config: &live.report,
         started,
     };
-    match ctx.db("agent_heartbeat", ctx.catalog.agent_heartbeat(&h)).await {
+    match ctx
+        .db("agent_heartbeat", ctx.catalog.agent_heartbeat(&h))
+        .await
+    {
         Ok(silent) => {
             for fqdn in silent {
                 tracing::warn!(server = %fqdn, "the agent of backup server {fqdn} is not seen any more: AGENT_NOT_SEEN alert raised");

@@ -312,7 +312,8 @@ async fn execute(
             Err(e) => return failed(started, t.job_id, "definition", e.to_string()),
         };
     // Written only where this agent can delete it again (crate::roots).
-    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg_now(), &d.node_backup_partition) {
+    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg_now(), &d.node_backup_partition)
+    {
         Ok(dir) => dir,
         Err(e) => {
             return failed(

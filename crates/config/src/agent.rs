@@ -236,11 +236,7 @@ impl FileConfig {
         };
         check(&a, &path)?;
         a.nodes = self.node_timeouts()?;
-        a.from_file = self
-            .agent
-            .iter()
-            .flat_map(|t| t.keys().cloned())
-            .collect();
+        a.from_file = self.agent.iter().flat_map(|t| t.keys().cloned()).collect();
         Ok(a)
     }
 }
