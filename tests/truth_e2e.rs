@@ -149,6 +149,35 @@ fn the_catalog_configuration_counts_and_each_value_shows_its_source() {
         "{}",
         a.log()
     );
+
+    // The catalog's values are cached: a restart while the catalog is down runs with them.
+    let mut a = a;
+    a.stop();
+    env.catalog.stop();
+    a.spawn(None);
+    let started = std::time::Instant::now();
+    let line = loop {
+        let log = a.log();
+        if let Some(l) = log
+            .lines()
+            .filter(|l| l.contains("pgbackman-agent started"))
+            .nth(1)
+        {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "no second start in:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(
+        line.contains(&format!("backup_dir={}", catalog_root.display()))
+            && line.contains("max_jobs=2"),
+        "{line}"
+    );
+    a.stop();
+    env.catalog.start_again();
 }
 
 #[test]

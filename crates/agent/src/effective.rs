@@ -182,8 +182,10 @@ pub async fn refresh(ctx: &Ctx) {
             return;
         }
     };
-    if load_cache(&ctx.cfg.state_dir).as_ref() != Some(&values) {
-        save_cache(&ctx.cfg.state_dir, &values);
+    // Unchanged since last read (or since the start, which resolved the cached values): nothing
+    // to do, and no pg_dump --version run for a pgsql_bin_dir without {major}.
+    if load_cache(&ctx.cfg.state_dir).as_ref() == Some(&values) {
+        return;
     }
     let new = match resolve(&ctx.cfg, Some(&values)) {
         Ok(l) => l,
@@ -192,24 +194,29 @@ pub async fn refresh(ctx: &Ctx) {
             return;
         }
     };
-    apply(ctx, new);
+    // Cached once applied: an unusable root is tried again at the next refresh, and never
+    // becomes what the next start runs with.
+    if apply(ctx, new) {
+        save_cache(&ctx.cfg.state_dir, &values);
+    }
 }
 
 /// Swaps in `new`, logging each value that changed. A new backup root is created first (and
 /// the old one kept among the roots retention may delete under, where its sets still are).
-pub fn apply(ctx: &Ctx, new: Live) {
+/// False when the new root is not usable (the agent keeps what it runs with).
+pub fn apply(ctx: &Ctx, new: Live) -> bool {
     let old = ctx.live();
     if old == new {
-        return;
+        return true;
     }
     if new.backup_dir != old.backup_dir {
         if let Err(e) = prepare_backup_dir(&new.backup_dir) {
             tracing::error!(
-                "root_backup_partition {} is not usable: {e:#}; keeping {}",
+                "root_backup_partition {} is not usable: {e:#}; keeping {}\nHINT: create it for the agent's user, or correct it with update_backup_server_config",
                 new.backup_dir.display(),
                 old.backup_dir.display()
             );
-            return;
+            return false;
         }
         if let Err(e) = crate::roots::remember_root(&ctx.cfg.state_dir, &old.backup_dir) {
             tracing::warn!("{e:#}");
@@ -226,6 +233,7 @@ pub fn apply(ctx: &Ctx, new: Live) {
         }
     }
     *ctx.live.write().unwrap_or_else(|e| e.into_inner()) = new;
+    true
 }
 
 #[cfg(test)]

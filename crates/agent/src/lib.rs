@@ -287,7 +287,14 @@ async fn run(args: Args) -> Result<()> {
         replay::replay(&ctx).await;
         fail_interrupted_jobs(&ctx, &[]).await;
     }
-    tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
+    tracing::info!(
+        server = %s.fqdn,
+        server_id,
+        tz = %s.tz,
+        backup_dir = %ctx.backup_dir().display(),
+        max_jobs = ctx.max_jobs(),
+        "pgbackman-agent started"
+    );
     if args.maintenance {
         return maintenance::pass(&ctx, &stop).await;
     }
