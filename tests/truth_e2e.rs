@@ -263,4 +263,36 @@ fn agents_are_seen_and_work_for_an_unseen_one_says_so() {
         d["backup_details"][0]["schedule"], "30 2 * * * (Europe/Oslo)",
         "{d}"
     );
+
+    // A lock on the job table: the agent's calls time out (degraded, as /healthz says), its
+    // heartbeat still gets through and says so; online again once the lock is gone.
+    let mut locker = std::process::Command::new("/usr/lib/postgresql/15/bin/psql")
+        .arg(env.conninfo())
+        .arg("-c")
+        .arg("begin; lock table job in access exclusive mode; select pg_sleep(600);")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        env,
+        "select health from agent_status where server_id = 1",
+        "degraded",
+        30,
+        &a,
+    );
+    assert_eq!(server_row(env, "bs1.example.org")["agent"], "degraded");
+    env.sql(
+        "select pg_terminate_backend(pid) from pg_stat_activity \
+         where query like '%lock table job%' and pid <> pg_backend_pid()",
+    );
+    let _ = locker.kill();
+    let _ = locker.wait();
+    wait_for(
+        env,
+        "select health from agent_status where server_id = 1",
+        "online",
+        30,
+        &a,
+    );
 }
