@@ -294,7 +294,8 @@ begin
         raise exception 'no value given for "%"', p_parameter using errcode = '22023';
     end if;
     case p_parameter
-    when 'retention_period', 'automatic_deletion_retention', 'sent_alerts_retention', 'overdue_grace_period' then
+    when 'retention_period', 'automatic_deletion_retention', 'sent_alerts_retention', 'overdue_grace_period',
+         'agent_not_seen_threshold' then
         perform api.check_interval(p_parameter, p_value);
     when 'retention_redundancy' then
         return api.check_int(p_parameter, p_value, 0, 10000)::text;

@@ -6,8 +6,8 @@
 -- attempt number, so a late report of a send that outlived its claim changes nothing.
 
 -- Claims at most p_limit due alerts for mailing. An agent mails the alerts of its own server,
--- alerts of no server, lost jobs of any server (their own agent is presumably dead), and any
--- alert that stayed due for p_handover (its own agent is down or has no mail configured).
+-- alerts of no server, lost jobs and silent agents (AGENT_NOT_SEEN) of any server (their own
+-- agent is presumably dead), and any alert that stayed due for p_handover (its own agent is down or has no mail configured).
 -- A claim holds the alert for p_lease; QUEUED alerts older than p_max_age are EXPIRED instead
 -- (never mailed: enabling mail must not flood anyone with history). Recipients are the node's
 -- logs_email as it is now (a corrected address applies to alerts still queued).
@@ -25,14 +25,14 @@ begin
         update public.alert a
            set state = 'EXPIRED', last_error = format('not mailed within %s of its creation', p_max_age)
          where a.state = 'QUEUED' and a.registered < now() - p_max_age and a.next_attempt_at <= now()
-           and (a.backup_server_id = p_server or a.backup_server_id is null or a.alert_type = 'LOST_JOB'
+           and (a.backup_server_id = p_server or a.backup_server_id is null or a.alert_type in ('LOST_JOB', 'AGENT_NOT_SEEN')
                 or a.next_attempt_at <= now() - p_handover);
     end if;
     return query
     with due as (
         select a.alert_id from public.alert a
          where a.state = 'QUEUED' and a.next_attempt_at <= now()
-           and (a.backup_server_id = p_server or a.backup_server_id is null or a.alert_type = 'LOST_JOB'
+           and (a.backup_server_id = p_server or a.backup_server_id is null or a.alert_type in ('LOST_JOB', 'AGENT_NOT_SEEN')
                 or a.next_attempt_at <= now() - p_handover)
          order by a.next_attempt_at, a.alert_id
          limit p_limit

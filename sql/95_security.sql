@@ -26,7 +26,10 @@ language sql immutable as $$
                      'random_in_range', 'check_bool', 'check_config_value', 'default_domain',
                      'check_cron_field_or_null', 'restore_status', 'catalog_paths',
                      'check_backup_partition', 'agent_scope', 'acting_for', 'acting_for_job',
-                     'security_lists', 'privilege_of']),
+                     'security_lists', 'privilege_of',
+                     -- sql/25_agents.sql: what views and the shell read of agents
+                     'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
+                     'schedule_in_zone', 'agent_warning', 'job_agent_warning']),
     -- Listings (show_* functions; every view of schema api is granted too): pgbackman_readonly.
     ('readonly', array['show_backup_server_config', 'show_pgsql_node_config', 'backup_server_stats',
                        'pgsql_node_stats', 'show_backup_details', 'show_restore_details',
@@ -57,7 +60,7 @@ language sql immutable as $$
                     'maintenance_definitions', 'expire_definitions', 'deleted_definition_nodes',
                     'apply_node_listing', 'raise_listing_alert', 'server_partitions', 'server_set_dirs',
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
-                    'raise_overdue_alert']),
+                    'raise_overdue_alert', 'agent_heartbeat']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// Shared by every job of this agent.
 pub struct Ctx {
     pub catalog: Catalog,
+    /// The agent's file, as read at start. Values the catalog may set are in `live`.
     pub cfg: AgentSection,
-    pub bin_dirs: BTreeMap<u32, PathBuf>,
+    /// Backup root, job limit and client programs as they apply now (crate::effective).
+    pub live: std::sync::RwLock<crate::effective::Live>,
     pub agent_name: String,
     pub server_id: i64,
     pub health: crate::health::Health,
@@ -33,6 +35,39 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    pub fn live(&self) -> crate::effective::Live {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .backup_dir
+            .clone()
+    }
+
+    pub fn max_jobs(&self) -> usize {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).max_jobs
+    }
+
+    pub fn bin_dirs(&self) -> BTreeMap<u32, PathBuf> {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .bin_dirs
+            .clone()
+    }
+
+    /// The file's section with the values that apply now (for code that takes a section).
+    pub fn cfg_now(&self) -> AgentSection {
+        let live = self.live();
+        let mut c = self.cfg.clone();
+        c.backup_dir = live.backup_dir;
+        c.max_jobs = live.max_jobs;
+        c
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.cfg.lease_seconds)
     }
@@ -258,7 +293,7 @@ async fn execute(
     let server_major = u32::try_from(facts.server_version_num / 10000).unwrap_or(0);
     let requested = d.client_major.and_then(|m| u32::try_from(m).ok());
     let (client_major, bin_dir) =
-        match pgbackman_dump::pick_client(&ctx.bin_dirs, server_major, requested) {
+        match pgbackman_dump::pick_client(&ctx.bin_dirs(), server_major, requested) {
             Ok(c) => c,
             Err(e) => return failed(started, t.job_id, "client", e.to_string()),
         };
@@ -279,7 +314,8 @@ async fn execute(
             Err(e) => return failed(started, t.job_id, "definition", e.to_string()),
         };
     // Written only where this agent can delete it again (crate::roots).
-    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg, &d.node_backup_partition) {
+    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg_now(), &d.node_backup_partition)
+    {
         Ok(dir) => dir,
         Err(e) => {
             return failed(
@@ -345,7 +381,7 @@ async fn execute(
         lock_wait_timeout: d.lock_wait_timeout_seconds.map(Duration::from_secs_f64),
         max_runtime: d.max_runtime_seconds.map(Duration::from_secs_f64),
         application_name: "pgbackman".into(),
-        staging_root: ctx.cfg.backup_dir.join("staging"),
+        staging_root: ctx.backup_dir().join("staging"),
         final_dir: node_dir.join(encode_path_component(&what)).join(set_name),
         definition: serde_json::to_value(d).unwrap_or(Value::Null),
     };

@@ -4,8 +4,10 @@
 #![deny(clippy::print_stdout)]
 
 pub mod alerts;
+pub mod effective;
 pub mod check;
 pub mod health;
+pub mod heartbeat;
 pub mod job;
 pub mod listen;
 pub mod mail;
@@ -173,7 +175,8 @@ fn setup(args: &Args) -> Result<Setup> {
     let tz_name = cfg
         .time_zone
         .clone()
-        .or_else(|| std::env::var("TZ").ok())
+        .or_else(|| std::env::var("TZ").ok().filter(|t| !t.trim().is_empty()))
+        .or_else(heartbeat::localtime_zone)
         .unwrap_or_else(|| "UTC".into());
     let tz: Tz = tz_name.trim_start_matches(':').parse().map_err(|_| {
         anyhow::anyhow!(
@@ -204,9 +207,12 @@ async fn run(args: Args) -> Result<()> {
     // default death that would orphan pg_dump children.
     let stop = shutdown_token()?;
     let _lock = state::lock(&s.cfg.state_dir)?;
-    state::create_dir_0700(&s.cfg.backup_dir)?;
-    let staging = s.cfg.backup_dir.join("staging");
-    state::create_dir_0700(&staging)?;
+    // The backup root and limits as last read from the catalog (or the file's, or the
+    // defaults): the agent starts without the catalog; refreshed once it answers.
+    let live = effective::resolve(&s.cfg, effective::load_cache(&s.cfg.state_dir).as_ref())
+        .map_err(anyhow::Error::msg)?;
+    effective::prepare_backup_dir(&live.backup_dir)?;
+    let staging = live.backup_dir.join("staging");
     match pgbackman_dump::clean_staging(&staging) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -220,7 +226,10 @@ async fn run(args: Args) -> Result<()> {
     }
     // Jobs a previous run was in the middle of when it died: a set that was complete is
     // recorded as what it is, anything else as failed (via the spool; crate::recover).
-    recover::interrupted(&s.cfg);
+    recover::interrupted(&AgentSection {
+        backup_dir: live.backup_dir.clone(),
+        ..s.cfg.clone()
+    });
     // WAL replay a killed run left paused on standby nodes (needs no catalog).
     standby::resume_left(&s.cfg).await;
     let catalog = Catalog::lazy_with_deadline(
@@ -261,23 +270,25 @@ async fn run(args: Args) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let bin_dirs = s.cfg.client_bin_dirs()?;
-    if bin_dirs.is_empty() {
-        bail!(
-            "no PostgreSQL client programs found\nHINT: install postgresql-client-<major>, or set [agent] bin_dirs"
-        );
-    }
     let agent_name = format!("{}:{}", s.fqdn, s.cfg.state_dir.display());
     let ctx = Arc::new(Ctx {
         catalog,
         cfg: s.cfg.clone(),
-        bin_dirs,
+        live: std::sync::RwLock::new(live),
         agent_name,
         server_id,
         health,
         spool_lock: tokio::sync::Mutex::new(()),
         pauses: standby::Pauses::default(),
     });
+    if ctx.health.is_online() {
+        effective::refresh(&ctx).await;
+    }
+    if ctx.bin_dirs().is_empty() {
+        bail!(
+            "no PostgreSQL client programs found\nHINT: install postgresql-client-<major>, set pgsql_bin_dir with update_backup_server_config, or set [agent] bin_dirs"
+        );
+    }
     ctx.health.spooled.store(
         spool::list(&s.cfg.state_dir).map(|l| l.len()).unwrap_or(0),
         std::sync::atomic::Ordering::Relaxed,
@@ -310,7 +321,14 @@ async fn run(args: Args) -> Result<()> {
         replay::replay(&ctx).await;
         fail_interrupted_jobs(&ctx, &[]).await;
     }
-    tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
+    tracing::info!(
+        server = %s.fqdn,
+        server_id,
+        tz = %s.tz,
+        backup_dir = %ctx.backup_dir().display(),
+        max_jobs = ctx.max_jobs(),
+        "pgbackman-agent started"
+    );
     if args.maintenance {
         return maintenance::pass(&ctx, &stop).await;
     }
@@ -318,6 +336,7 @@ async fn run(args: Args) -> Result<()> {
         return Runner::new(ctx, s.tz, stop, s.fqdn).run_once().await;
     }
     let _maintenance = maintenance::spawn(ctx.clone(), stop.clone());
+    let _heartbeat = heartbeat::spawn(ctx.clone(), s.tz, stop.clone());
     let _alerts = alerts::spawn(ctx.clone(), s.tz, &s.fqdn, stop.clone())?;
     Runner::new(ctx, s.tz, stop, s.fqdn).run().await
 }
@@ -558,6 +577,7 @@ impl Runner {
             }
             return;
         }
+        effective::refresh(&self.ctx).await;
         match self
             .ctx
             .db(
@@ -614,7 +634,7 @@ impl Runner {
     }
 
     fn has_slot(&self, node: i64) -> bool {
-        self.running.len() < self.ctx.cfg.max_jobs
+        self.running.len() < self.ctx.max_jobs()
             && self.per_node(node) < self.ctx.cfg.max_jobs_per_node
     }
 
@@ -738,7 +758,7 @@ impl Runner {
     }
 
     async fn claim(&mut self) {
-        let free = self.ctx.cfg.max_jobs.saturating_sub(self.running.len());
+        let free = self.ctx.max_jobs().saturating_sub(self.running.len());
         if free == 0 || self.stop.is_cancelled() || !self.online() {
             return;
         }

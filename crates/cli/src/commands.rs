@@ -105,6 +105,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "run_backup_definition_now" => {
             let id = def_id_arg(&s.required(inv, "def_id", None)?)?;
             let job = s.catalog.run_backup_definition_now(&s.audit(), id).await?;
+            crate::agent_seen::after_job(s, job).await;
             Ok(Output::Done(vec![format!(
                 "Backup of DefID {id} queued as JobID {job}; show_jobs_queue follows it."
             )]))
@@ -746,6 +747,8 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         .catalog
         .register_backup_definitions(&s.audit(), &defs)
         .await?;
+    crate::agent_seen::after_server(s, &server).await;
+    let zone = crate::agent_seen::zone_note(s, &server).await;
     Ok(Output::Done(
         done.iter()
             .map(|d| {
@@ -756,9 +759,9 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
                     d.dbname.clone()
                 };
                 format!(
-                    "Backup definition DefID {} for dbname [{name}] registered: {line} ({}).",
+                    "Backup definition DefID {} for dbname [{name}] registered: {line} ({}{zone}).",
                     d.def_id,
-                    describe(&line)
+                    describe(&line).trim_end_matches('.')
                 )
             })
             .collect(),
@@ -1184,6 +1187,7 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
             release,
         )
         .await?;
+    crate::agent_seen::after_server(s, &server).await;
     Ok(Output::Done(
         done.iter()
             .zip(&dbnames)

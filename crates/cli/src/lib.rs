@@ -1,6 +1,7 @@
 //! The `pgbackman` admin shell: clap command model shared by `-C` and the interactive shell,
 //! rendering (comfy-table, CSV, JSON), `db init|upgrade|status` and `quickstart`.
 
+pub mod agent_seen;
 pub mod assets;
 pub mod batch;
 pub mod commands;

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod catalog;
 pub mod completion;
 pub mod error;
+pub mod heartbeat;
 pub mod import;
 pub mod introspect;
 pub mod migrate;

@@ -25,6 +25,7 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "20_servers_nodes.sql",
         include_str!("../../../sql/20_servers_nodes.sql"),
     ),
+    ("25_agents.sql", include_str!("../../../sql/25_agents.sql")),
     (
         "30_definitions.sql",
         include_str!("../../../sql/30_definitions.sql"),
