@@ -747,6 +747,15 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The dump's progress watchdog: `[nodes] stall_timeout` (the default when the spec carries
+    /// no timeouts), None when disabled.
+    fn stall_limit(&self) -> Option<pgbackman_config::Limit> {
+        match &self.spec.node.timeouts {
+            Some(t) => t.stall.clone(),
+            None => pgbackman_config::NodeTimeouts::default().stall,
+        }
+    }
+
     /// The connection part of a child's argv and environment.
     fn child_command(&self, program: &str, args: Vec<String>, stdout: Stdout) -> ChildCommand {
         let spec = self.spec;
@@ -962,7 +971,11 @@ impl Run<'_> {
                 // both sides wake each other every few writes. 1 MiB (the unprivileged maximum
                 // by default) lets each side run longer; best effort, the default still works.
                 let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-                let input = File::from(fd);
+                // Counted into the child's activity: the stall watchdog's sign of life.
+                let input = child::Counting {
+                    inner: File::from(fd),
+                    activity: sup.activity(),
+                };
                 let (dest, level, w) = (dest.clone(), *level, Arc::clone(&written));
                 Some(tokio::task::spawn_blocking(move || {
                     set::compress_stream(input, &dest, level, w)
@@ -976,6 +989,7 @@ impl Run<'_> {
         let mut last_walk = std::time::Instant::now();
         let dir_for_tick = dir_out.clone();
         let written_tick = Arc::clone(&written);
+        let activity = sup.activity();
         let mut tick = move || {
             let now = match &dir_for_tick {
                 Some(d) => {
@@ -990,8 +1004,14 @@ impl Run<'_> {
             if now != last {
                 last = now;
                 progress(now);
+                // A directory-format dump writes its files itself: their growth is its
+                // sign of life.
+                if dir_for_tick.is_some() {
+                    activity.fetch_add(1, Ordering::Relaxed);
+                }
             }
         };
+        let stall = self.stall_limit();
         let client = &session.client;
         let count_fut = async {
             if snapshot.is_some() {
@@ -1017,9 +1037,10 @@ impl Run<'_> {
         tokio::pin!(writer_fut);
         let mut written_result = None;
         let ended = {
-            let wait_fut = sup.wait(
+            let wait_fut = sup.wait_watched(
                 &stop_child,
                 self.deadline,
+                stall.as_ref().map(|l| l.after),
                 Duration::from_millis(200),
                 &mut tick,
             );
@@ -1102,6 +1123,23 @@ impl Run<'_> {
                         stderr_tail,
                     },
                     other => other,
+                });
+            }
+            Ok(Ended::Stalled) => {
+                stop_counting().await;
+                let limit = stall.map(|l| l.to_string()).unwrap_or_default();
+                let message = format!(
+                    "{program} stalled: no data from {} for {limit}; the node stopped answering \
+                     in the middle of the dump (or a lock or query on it blocked the dump), so the \
+                     dump was stopped. Check the node, or raise the stall timeout for very slow nodes",
+                    spec.node_label
+                );
+                self.log.event(&format!("{step}: {message}"));
+                return Err(Stop::Failed {
+                    step: step.into(),
+                    exit_status: None,
+                    message,
+                    stderr_tail,
                 });
             }
             Err(e) => {

@@ -515,7 +515,8 @@ impl<'a> Exec<'a> {
                 self.log.event(&format!("{step}: cancelled"));
                 return Err(Stop::Cancelled { step: step.into() });
             }
-            Ok(Ended::TimedOut) => {
+            // A restore's children have no watchdog: Stalled cannot come.
+            Ok(Ended::TimedOut | Ended::Stalled) => {
                 return Err(match self.timed_out(step) {
                     Stop::Failed { step, message, .. } => Stop::Failed {
                         step,
