@@ -211,3 +211,99 @@ async fn a_slow_but_steady_dump_is_not_a_stall() {
     let o = run_backup(&spec, CancellationToken::new(), &|_| {}).await;
     assert!(o.status.is_success(), "{:#?}", o.status);
 }
+
+/// SIGCONTs a stopped backend on drop (also when the test fails).
+struct Stopped(nix::unistd::Pid);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restores_own_statement_on_a_target_that_stops_answering_fails_within_the_statement_timeout()
+ {
+    let pg = TestCluster::start();
+    pg.create_database("src");
+    pg.psql("src", "create table t(i int); insert into t values (1)");
+    let root = tempfile::tempdir().unwrap();
+    let o = common::backup_ok(&common::spec(&pg, root.path(), 5, BackupCode::Full, "src")).await;
+    let set = o.backup_dir.unwrap();
+    // A psql that says when it is called, then waits a little before doing its work: the time
+    // to stop the restore's admin session (the only one then under its application name).
+    let bin = tempfile::tempdir().unwrap();
+    let real = common::bin_dir();
+    for p in ["pg_dump", "pg_dumpall", "pg_restore"] {
+        std::os::unix::fs::symlink(real.join(p), bin.path().join(p)).unwrap();
+    }
+    let mark = root.path().join("psql-called");
+    std::fs::write(
+        bin.path().join("psql"),
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {r}/psql --version; fi\n\
+             touch {m}\nsleep 2\nexec {r}/psql \"$@\"\n",
+            r = real.display(),
+            m = mark.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.path().join("psql"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut r = common::rspec(&set, common::conn(&pg), root.path(), 6, "copy");
+    r.bin_dir = bin.path().to_path_buf();
+    r.application_name = "pgbackman-stalled-target".into();
+    // Only the run's maximum runtime bounded these statements before.
+    r.max_runtime = Some(Duration::from_secs(300));
+    let s = NodesSection {
+        statement_timeout: Some(2),
+        ..NodesSection::default()
+    };
+    r.node.timeouts = Some(
+        NodeTimeouts::resolve(&s, Some(std::path::Path::new("/etc/p.toml")), &|_| None).unwrap(),
+    );
+    let run = tokio::spawn(async move { common::restore(&r).await });
+    let t = Instant::now();
+    while !mark.exists() {
+        assert!(t.elapsed() < Duration::from_secs(30), "psql never called");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid: i32 = pg
+        .psql(
+            "postgres",
+            "select pid from pg_stat_activity where application_name = 'pgbackman-stalled-target' \
+             and backend_type = 'client backend'",
+        )
+        .parse()
+        .expect("one admin session");
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let _resume = Stopped(pid);
+    let stopped_at = Instant::now();
+    let o = run.await.unwrap();
+    let took = stopped_at.elapsed();
+    match &o.status {
+        Status::Failed { step, message, .. } => {
+            assert_eq!(step, "roles", "{message}");
+            assert!(
+                message.contains("timed out: no answer from")
+                    && message.contains("while reading the roles after roles.sql")
+                    && message.contains("2 s, set by [nodes] statement_timeout in /etc/p.toml"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // psql's 2 s, the statement's 2 s, the undo's read (2 s): not the 300 s of --max-runtime.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert!(
+        o.cleanup
+            .iter()
+            .any(|l| l.contains("could not read the target") && l.contains("statement_timeout")),
+        "{:?}",
+        o.cleanup
+    );
+}

@@ -213,6 +213,28 @@ impl<'a> Exec<'a> {
             .push((phase.to_string(), since.elapsed().as_secs_f64()));
     }
 
+    /// The admin session (connected before the first statement).
+    fn session(&self) -> &NodeSession {
+        self.session
+            .as_ref()
+            .expect("connected before the first change")
+    }
+
+    /// One of the executor's own statements on the target (on the admin session): within
+    /// `[nodes] statement_timeout` (cancelled on the server past it; the error names the target's
+    /// address, `what` and the setting) and the run's cancel and deadline. psql and pg_restore
+    /// are not bounded so: a restore may take hours.
+    async fn on_target<T>(
+        &self,
+        step: &str,
+        what: &str,
+        fut: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, Stop> {
+        self.guarded(step, self.session().bounded(what, fut))
+            .await?
+            .map_err(|e| fail(step, e))
+    }
+
     fn client(&self) -> &tokio_postgres::Client {
         &self
             .session
@@ -342,7 +364,13 @@ impl<'a> Exec<'a> {
             self.out.notes.push(w);
         }
         let state = self
-            .guarded("connect", target::read_state(&session.client))
+            .guarded(
+                "connect",
+                session.bounded(
+                    "reading its roles and databases",
+                    target::read_state(&session.client),
+                ),
+            )
             .await?
             .map_err(|e| fail("connect", e))?;
         self.session = Some(session);
@@ -744,20 +772,31 @@ impl<'a> Exec<'a> {
         if exists && let Some(new) = spec.rename_existing_to.clone() {
             let t = std::time::Instant::now();
             let oid = self
-                .guarded("rename", target::database_oid(self.client(), &target))
+                .on_target(
+                    "rename",
+                    "reading the database's OID",
+                    target::database_oid(self.client(), &target),
+                )
                 .await?
-                .map_err(|e| fail("rename", e))?
                 .ok_or_else(|| fail("rename", format!("database {target:?} vanished")))?;
             let names = (target.clone(), new.clone(), oid);
             self.journal("rename", |c| c.renaming = Some(names))?;
             let r = self
                 .guarded(
                     "rename",
-                    target::rename_database(self.client(), &target, &new),
+                    self.session().bounded(
+                        "renaming the existing database",
+                        target::rename_database(self.client(), &target, &new),
+                    ),
                 )
                 .await?;
             if let Err(e) = r {
-                let others = target::other_sessions(self.client(), &target)
+                let others = self
+                    .session()
+                    .bounded(
+                        "counting the sessions on the database",
+                        target::other_sessions(self.client(), &target),
+                    )
                     .await
                     .unwrap_or(0);
                 return Err(fail(
@@ -800,9 +839,12 @@ impl<'a> Exec<'a> {
             .await
             .map_err(|s| psql_error::explain(s, ROLES_FILE, Script::File(&script)))?;
         let after = self
-            .guarded("roles", target::existing_roles(self.client(), &needed))
-            .await?
-            .map_err(|e| fail("roles", e))?;
+            .on_target(
+                "roles",
+                "reading the roles after roles.sql",
+                target::existing_roles(self.client(), &needed),
+            )
+            .await?;
         self.out.roles_created = needed
             .iter()
             .filter(|r| after.contains(*r) && !state.roles.contains(*r))
@@ -815,12 +857,12 @@ impl<'a> Exec<'a> {
             ));
         }
         let made = self
-            .guarded(
+            .on_target(
                 "roles",
+                "reading the OIDs of the roles created",
                 target::role_oids(self.client(), &self.out.roles_created),
             )
-            .await?
-            .map_err(|e| fail("roles", e))?;
+            .await?;
         self.journal("roles", |c| c.created_roles = Some(made))?;
         self.log.event(&format!(
             "roles created: [{}]",
@@ -832,9 +874,12 @@ impl<'a> Exec<'a> {
         let t = std::time::Instant::now();
         // Checked again right before: only a database this run creates is ever dropped.
         let again = self
-            .guarded("database", target::read_state(self.client()))
-            .await?
-            .map_err(|e| fail("database", e))?;
+            .on_target(
+                "database",
+                "reading its roles and databases",
+                target::read_state(self.client()),
+            )
+            .await?;
         if again.databases.contains(&target) {
             return Err(fail(
                 "database",
@@ -858,9 +903,12 @@ impl<'a> Exec<'a> {
             .map_err(|s| psql_error::explain(s, DATABASE_FILE, Script::File(&script)))?;
         // The journal names the database by OID from now on (the long part comes next).
         let oid = self
-            .guarded("database", target::database_oid(self.client(), &target))
-            .await?
-            .map_err(|e| fail("database", e))?;
+            .on_target(
+                "database",
+                "reading the new database's OID",
+                target::database_oid(self.client(), &target),
+            )
+            .await?;
         self.journal("database", |c| c.db_oid = oid)?;
         self.timed("database", t);
 
@@ -1190,9 +1238,12 @@ impl<'a> Exec<'a> {
             })?;
         self.out.roles_reused = skipped;
         let after = self
-            .guarded("psql", target::read_state(self.client()))
-            .await?
-            .map_err(|e| fail("psql", e))?;
+            .on_target(
+                "psql",
+                "reading its roles and databases",
+                target::read_state(self.client()),
+            )
+            .await?;
         self.out.roles_created = after.roles.difference(&state.roles).cloned().collect();
         self.out.databases_created = after
             .databases
@@ -1249,20 +1300,22 @@ impl<'a> Exec<'a> {
                 }
             }
         }
-        let state =
-            match tokio::time::timeout(UNDO_TIMEOUT, target::read_state(self.client())).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    self.cleanup(format!(
-                        "could not read the target to undo the restore: {e}"
-                    ));
-                    return;
-                }
-                Err(_) => {
-                    self.cleanup("could not read the target to undo the restore (timeout)".into());
-                    return;
-                }
-            };
+        let state = match self
+            .session()
+            .bounded(
+                "reading its roles and databases",
+                target::read_state(self.client()),
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.cleanup(format!(
+                    "could not read the target to undo the restore: {e}"
+                ));
+                return;
+            }
+        };
         let force = self.force_drop;
         // Databases first (they may depend on the roles), then roles, then the rename back.
         let mut drop_dbs: Vec<String> = Vec::new();
@@ -1272,11 +1325,13 @@ impl<'a> Exec<'a> {
             drop_dbs.push(spec.target_dbname.clone());
         }
         for db in drop_dbs {
-            let r = tokio::time::timeout(
-                UNDO_TIMEOUT,
-                target::drop_database(self.client(), &db, force),
-            )
-            .await;
+            let r = self
+                .session()
+                .bounded(
+                    "dropping a database",
+                    target::drop_database(self.client(), &db, force),
+                )
+                .await;
             self.report_undo(
                 r,
                 format!("dropped the partly restored database {db:?}"),
@@ -1294,8 +1349,10 @@ impl<'a> Exec<'a> {
                     .collect()
             };
             for r in created {
-                let res =
-                    tokio::time::timeout(UNDO_TIMEOUT, target::drop_role(self.client(), &r)).await;
+                let res = self
+                    .session()
+                    .bounded("dropping a role", target::drop_role(self.client(), &r))
+                    .await;
                 self.report_undo(
                     res,
                     format!("dropped role {r:?} created by this restore"),
@@ -1304,11 +1361,13 @@ impl<'a> Exec<'a> {
             }
         }
         if let Some((orig, new)) = self.renamed.clone() {
-            let r = tokio::time::timeout(
-                UNDO_TIMEOUT,
-                target::rename_database(self.client(), &new, &orig),
-            )
-            .await;
+            let r = self
+                .session()
+                .bounded(
+                    "renaming a database back",
+                    target::rename_database(self.client(), &new, &orig),
+                )
+                .await;
             self.report_undo(
                 r,
                 format!("renamed database {new:?} back to {orig:?}"),
@@ -1318,16 +1377,12 @@ impl<'a> Exec<'a> {
         }
     }
 
-    fn report_undo(
-        &mut self,
-        r: Result<Result<(), String>, tokio::time::error::Elapsed>,
-        done: String,
-        what: String,
-    ) {
+    /// Records an undo action (a time-out is an error naming the setting, see
+    /// [`NodeSession::bounded`]).
+    fn report_undo(&mut self, r: Result<(), String>, done: String, what: String) {
         match r {
-            Ok(Ok(())) => self.cleanup(done),
-            Ok(Err(e)) => self.cleanup(format!("could not {what}: {e}; do it by hand")),
-            Err(_) => self.cleanup(format!("could not {what}: timeout; do it by hand")),
+            Ok(()) => self.cleanup(done),
+            Err(e) => self.cleanup(format!("could not {what}: {e}; do it by hand")),
         }
     }
 
