@@ -44,8 +44,8 @@ use crate::error::{DbError, describe as describe_plain, server_message};
 
 mod handshake;
 
-pub use handshake::client_config;
 use handshake::MakeTls;
+pub use handshake::client_config;
 
 /// The TLS stream type of every connection.
 pub type TlsStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
