@@ -32,9 +32,11 @@ use pgbackman_pgctl::{Cluster, StopMode, find_bin_dir, free_port, server_version
 
 mod silent;
 pub mod standby;
+mod stall;
 pub mod tls;
 
 pub use silent::{Silence, SilentNode};
+pub use stall::StallingProxy;
 pub use standby::Standby;
 
 /// Server settings of every test cluster: durability off, small footprint.
