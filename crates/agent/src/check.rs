@@ -132,9 +132,17 @@ pub(crate) async fn run(s: &Setup, strict: bool, user: Option<&ServiceUser>) -> 
     for (ok, what) in pgpass(s) {
         line(if ok { Level::Ok } else { Level::Error }, what);
     }
+    // The backup root the agent will use: the catalog's root_backup_partition as last cached,
+    // unless the file sets backup_dir (see `effective`).
+    let backup_dir = crate::effective::resolve(
+        &s.cfg,
+        crate::effective::load_cache(&s.cfg.state_dir).as_ref(),
+    )
+    .map(|l| l.backup_dir)
+    .unwrap_or_else(|_| s.cfg.backup_dir.clone());
     for (what, dir) in [
         ("state directory", &s.cfg.state_dir),
-        ("backup directory", &s.cfg.backup_dir),
+        ("backup directory", &backup_dir),
     ] {
         let (level, msg) = directory(what, dir, user);
         line(level, msg);

@@ -4,8 +4,8 @@
 #![deny(clippy::print_stdout)]
 
 pub mod alerts;
-pub mod effective;
 pub mod check;
+pub mod effective;
 pub mod health;
 pub mod heartbeat;
 pub mod job;

@@ -31,8 +31,8 @@ use nix::unistd::{Pid, Uid};
 use pgbackman_pgctl::{Cluster, StopMode, find_bin_dir, free_port, server_version};
 
 mod silent;
-pub mod standby;
 mod stall;
+pub mod standby;
 pub mod tls;
 
 pub use silent::{Silence, SilentNode};
