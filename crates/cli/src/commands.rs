@@ -232,7 +232,10 @@ pub(crate) fn help(inv: &Invocation) -> Result<Output> {
 
 fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let v = s.required(inv, "setting", None)?;
-    let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
+    // `set name=value` or `set name value` (psql's \pset style); never asked for separately.
+    let (k, val) = v
+        .split_once('=')
+        .unwrap_or((v.as_str(), inv.given("value").unwrap_or("")));
     match k.trim() {
         "output_format" => {
             let f: OutputFormat = if val.trim().is_empty() {
@@ -243,8 +246,13 @@ fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
             s.format = f;
             Ok(Output::Done(vec![format!("output_format = {f}")]))
         }
+        "expanded" => {
+            let e: crate::fit::Expanded = val.parse().map_err(anyhow::Error::msg)?;
+            s.expanded = e;
+            Ok(Output::Done(vec![format!("expanded = {e}")]))
+        }
         other => bail!(
-            "unknown shell parameter \"{other}\"; the only one is output_format=table|csv|json"
+            "unknown shell parameter \"{other}\"; use output_format=table|csv|json or expanded=on|off|auto"
         ),
     }
 }
@@ -567,7 +575,7 @@ async fn databases_without_definitions(s: &mut Session, inv: &Invocation) -> Res
         Ok(out)
     } else {
         // Tell the truth: the list is incomplete. Print what we have, then fail.
-        print!("{}", crate::render::render(&out, s.format));
+        print!("{}", s.render(&out));
         bail!(
             "{} node(s) could not be checked:\n{}",
             failures.len(),

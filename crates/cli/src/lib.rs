@@ -7,6 +7,7 @@ pub mod commands_alerts;
 pub mod commands_reconcile;
 pub mod commands_restore;
 pub mod commands_verify;
+pub mod fit;
 pub mod parse;
 pub mod quickstart;
 pub mod render;
@@ -66,6 +67,17 @@ struct Cli {
     /// Output format of listings and reports.
     #[arg(short = 'o', long = "output", value_name = "table|csv|json")]
     output: Option<OutputFormat>,
+    /// Tables one record per block (psql's \\x): on, off or auto (when a row does not fit the
+    /// width). -x alone means on. The width is $COLUMNS, else the terminal's; unlimited when
+    /// the output is not a terminal.
+    #[arg(
+        short = 'x',
+        long = "expanded",
+        value_name = "on|off|auto",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    expanded: Option<fit::Expanded>,
     #[command(subcommand)]
     sub: Option<Sub>,
 }
@@ -238,6 +250,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         },
         history: Vec::new(),
         line: String::new(),
+        expanded: cli.expanded.unwrap_or_default(),
     };
     if let Some(path) = batch {
         return batch::run(&mut s, &path, cli.stop_on_error).await;
@@ -289,7 +302,7 @@ pub async fn execute_line_at(s: &mut Session, line: &str, at: Option<&str>) -> b
     s.line = line.to_string();
     match commands::run(s, &inv).await {
         Ok(out) => {
-            print!("{}", render(&out, s.format));
+            print!("{}", s.render(&out));
             true
         }
         Err(e) if e.is::<Aborted>() => {

@@ -6,12 +6,12 @@
 //! exact text (its own escaping is safe).
 
 use chrono::Local;
-use comfy_table::presets::ASCII_FULL_CONDENSED;
-use comfy_table::{ContentArrangement, Table};
 use pgbackman_core::model::OutputFormat;
 use pgbackman_core::text::escape_controls;
 use pgbackman_db::{Rows, Value};
 use serde_json::{Map, Value as Json, json};
+
+use crate::fit::{self, Layout};
 
 /// What a command produced.
 #[derive(Debug)]
@@ -181,15 +181,47 @@ fn csv_of(rows: &Rows) -> String {
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
-fn new_table() -> Table {
-    let mut t = Table::new();
-    t.load_style(ASCII_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled);
-    t
+/// Renders `out` as text ready to print (with a trailing newline when not empty), tables at
+/// their natural width.
+pub fn render(out: &Output, format: OutputFormat) -> String {
+    render_with(out, format, Layout::default())
 }
 
-/// Renders `out` as text ready to print (with a trailing newline when not empty).
-pub fn render(out: &Output, format: OutputFormat) -> String {
+/// The failure of a backup, shown first in its details: what a reader looks for.
+const FAILURE_FIRST: &[&str] = &[
+    "Execution status",
+    "Failed step",
+    "Exit status",
+    "Error message",
+    "Stderr tail",
+];
+
+/// Report rows in the order a person reads them: for a failed backup, its failure right after
+/// its BckID (CSV and JSON keep the catalog's order).
+fn report_order(kind: &str, rows: &Rows, r: &[Value]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows.columns.len()).collect();
+    let failed = rows
+        .columns
+        .iter()
+        .position(|c| c == "Failed step")
+        .is_some_and(|i| !matches!(r[i], Value::Null));
+    if kind == "backup_details" && failed {
+        let front: Vec<usize> = FAILURE_FIRST
+            .iter()
+            .filter_map(|name| rows.columns.iter().position(|c| c == name))
+            .collect();
+        order.retain(|i| !front.contains(i));
+        let at = order
+            .iter()
+            .position(|&i| rows.columns[i] == "BckID")
+            .map_or(0, |p| p + 1);
+        order.splice(at..at, front);
+    }
+    order
+}
+
+/// [`render`] for a terminal: tables fitted to `layout` (wrapped, columns dropped, expanded).
+pub fn render_with(out: &Output, format: OutputFormat, layout: Layout) -> String {
     match (out, format) {
         (Output::Nothing, _) => String::new(),
         (Output::Text(s), _) => ensure_nl(safe(s)),
@@ -208,23 +240,31 @@ pub fn render(out: &Output, format: OutputFormat) -> String {
         (Output::List { rows, .. } | Output::Report { rows, .. }, OutputFormat::Csv) => {
             csv_of(rows)
         }
-        (Output::List { rows, .. }, OutputFormat::Table) => {
-            let mut t = new_table();
-            t.set_header(rows.columns.iter());
-            for r in &rows.rows {
-                t.add_row(rows.columns.iter().zip(r).map(|(c, v)| cell_text(c, v)));
-            }
-            let n = rows.len();
-            format!("{t}\n({n} row{})\n", if n == 1 { "" } else { "s" })
+        (Output::List { kind, rows }, OutputFormat::Table) => {
+            let header: Vec<String> = rows.columns.iter().map(|c| safe(c)).collect();
+            let cells: Vec<Vec<String>> = rows
+                .rows
+                .iter()
+                .map(|r| {
+                    rows.columns
+                        .iter()
+                        .zip(r)
+                        .map(|(c, v)| cell_text(c, v))
+                        .collect()
+                })
+                .collect();
+            fit::listing(kind, &header, &cells, layout)
         }
-        (Output::Report { rows, .. }, OutputFormat::Table) => {
-            let mut t = new_table();
-            t.set_header(["Parameter", "Value"]);
+        (Output::Report { kind, rows }, OutputFormat::Table) => {
+            let header = vec!["Parameter".to_string(), "Value".to_string()];
+            let mut cells = Vec::new();
             for r in &rows.rows {
-                for (c, v) in rows.columns.iter().zip(r) {
-                    t.add_row([c.clone(), cell_text(c, v)]);
+                for i in report_order(kind, rows, r) {
+                    let c = &rows.columns[i];
+                    cells.push(vec![safe(c), cell_text(c, &r[i])]);
                 }
             }
+            let (t, _) = fit::fitted(&header, &cells, &[], layout.width, false);
             format!("{t}\n")
         }
     }

@@ -732,9 +732,10 @@ pub static COMMANDS: &[Cmd] = &[
     Cmd {
         name: "set",
         group: SHELL,
-        about: "Set a shell parameter: output_format=table|csv|json.",
-        args: &[pos("setting", "Parameter=value")],
-        examples: &["set output_format=json"],
+        about: "Set a shell parameter: output_format=table|csv|json, expanded=on|off|auto (one record per block, \
+                like psql's \\x; auto when a row does not fit the terminal).",
+        args: &[pos("setting", "Parameter=value"), pos("value", "Value")],
+        examples: &["set output_format=json", "set expanded auto"],
     },
     Cmd {
         name: "help",
