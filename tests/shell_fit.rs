@@ -116,19 +116,213 @@ fn widest(s: &str) -> usize {
     s.lines().map(|l| l.chars().count()).max().unwrap_or(0)
 }
 
+/// Runs `lines` as piped input (one shell session, as in the bulk mode).
+fn piped(env: &Env, lines: &str, columns: u16) -> common::Run {
+    use std::io::Write;
+    let mut c = common::command(env.home.path());
+    c.arg("--catalog")
+        .arg(env.conninfo())
+        .env("COLUMNS", columns.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    common::Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Every listing in one piped session at `columns` (None: unset), with `extra` arguments:
+/// the output of each listing, in [`LISTINGS`] order.
+fn all_listings(env: &Env, columns: Option<u16>, extra: &[&str]) -> Vec<String> {
+    use std::io::Write;
+    // `help clear` separates the outputs: its text is known and short.
+    let marker = run_at(env, "help clear", None, &[]).ok().stdout;
+    let mut c = common::command(env.home.path());
+    c.arg("--catalog").arg(env.conninfo()).args(extra);
+    match columns {
+        Some(w) => c.env("COLUMNS", w.to_string()),
+        None => c.env_remove("COLUMNS"),
+    };
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let input: String = LISTINGS
+        .iter()
+        .map(|l| format!("{l}\nhelp clear\n"))
+        .collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let parts: Vec<String> = stdout.split(&marker).map(String::from).collect();
+    assert_eq!(parts.len(), LISTINGS.len() + 1, "{stdout}");
+    parts
+}
+
 #[test]
-fn measure() {
+fn every_listing_fits_80_120_and_200_columns() {
     let p = populated();
-    for l in LISTINGS {
-        let r = run_at(&p.site.env, l, None, &[]).ok();
+    let env = &p.site.env;
+    // Not a terminal and no COLUMNS: whole lines, as before (the measurement).
+    let natural = all_listings(env, None, &[]);
+    let fitted: Vec<(u16, Vec<String>)> = [80u16, 120, 200]
+        .into_iter()
+        .map(|w| (w, all_listings(env, Some(w), &[])))
+        .collect();
+    let mut too_wide = 0;
+    for (i, l) in LISTINGS.iter().enumerate() {
+        let w0 = widest(&natural[i]);
+        if w0 > 200 {
+            too_wide += 1;
+        }
+        assert!(!natural[i].contains("hidden"), "{l}:\n{}", natural[i]);
+        let mut report = format!("{w0:>5}");
+        for (w, out) in &fitted {
+            let got = widest(&out[i]);
+            report.push_str(&format!(" {got:>4}"));
+            assert!(
+                got <= usize::from(*w),
+                "{l} at {w} columns is {got} wide:\n{}",
+                out[i]
+            );
+        }
         eprintln!(
-            "{:>5}  {l}\n{}",
-            widest(&r.stdout),
-            r.stdout.lines().nth(1).unwrap_or("")
+            "{report}  {l}   {}",
+            fitted[0].1[i].lines().nth(1).unwrap_or("")
         );
     }
-    let r = run_at(&p.site.env, "show_backup_details 2", None, &[]).ok();
-    eprintln!("{}", r.stdout);
-    let r = run_at(&p.site.env, "show_alerts all all all", None, &[]).ok();
-    eprintln!("{}", r.stdout);
+    assert!(
+        too_wide >= 10,
+        "the populated catalog no longer has wide listings"
+    );
+    // CSV and JSON never depend on the width.
+    for f in ["csv", "json"] {
+        assert_eq!(
+            all_listings(env, Some(80), &["-o", f]),
+            all_listings(env, None, &["-o", f]),
+            "-o {f}"
+        );
+    }
+    // What was dropped is said, with the way to see it.
+    let alerts = &fitted[0].1[LISTINGS
+        .iter()
+        .position(|l| l.starts_with("show_alerts"))
+        .unwrap()];
+    assert!(
+        alerts.contains("AlertID") && alerts.contains("broken_db"),
+        "{alerts}"
+    );
+    assert!(alerts.contains("pg_dump exited"), "{alerts}");
+    assert!(
+        alerts.contains("columns hidden to fit 80 columns: SrvID, NodeID, Ref ID"),
+        "{alerts}"
+    );
+    assert!(alerts.contains("set expanded on"), "{alerts}");
+}
+
+#[test]
+fn expanded_display_and_failure_first_details() {
+    let p = populated();
+    let env = &p.site.env;
+    // -x: one record per block, every column, fitted.
+    let r = run_at(env, "show_alerts all all all", Some(80), &["-x"]).ok();
+    assert!(r.stdout.starts_with("-[ RECORD 1 ]"), "{}", r.stdout);
+    assert!(r.stdout.contains("\nMessage-ID    |"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("\nDBname        | broken_db\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(widest(&r.stdout) <= 80, "{}", r.stdout);
+    // auto: a table when it fits, blocks when it does not.
+    let r = run_at(
+        env,
+        "show_backup_servers",
+        Some(200),
+        &["--expanded", "auto"],
+    )
+    .ok();
+    assert!(r.stdout.starts_with("+--"), "{}", r.stdout);
+    let r = run_at(
+        env,
+        "show_jobs_queue all --all",
+        Some(100),
+        &["--expanded=auto"],
+    )
+    .ok();
+    assert!(r.stdout.starts_with("-[ RECORD 1 ]"), "{}", r.stdout);
+    // In a session: set expanded on|off|auto, also as name=value.
+    let r = piped(
+        env,
+        "set expanded on\nshow_backup_servers\nset expanded=off\nshow_pgsql_nodes\nset expanded sometimes\n",
+        120,
+    );
+    assert!(
+        r.stdout.contains("[DONE] expanded = on\n-[ RECORD 1 ]"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("[DONE] expanded = off\n+--"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr
+            .contains("expanded \"sometimes\" is not valid: use on, off or auto"),
+        "{}",
+        r.stderr
+    );
+    // A failed backup's details start with its failure.
+    let r = run_at(env, "show_backup_details 2", Some(120), &[]).ok();
+    let order: Vec<usize> = [
+        "BckID",
+        "Execution status",
+        "Failed step",
+        "Exit status",
+        "Error message",
+        "Stderr tail",
+        "JobID",
+        "Command",
+    ]
+    .iter()
+    .map(|k| {
+        r.stdout
+            .find(&format!("| {k} "))
+            .unwrap_or_else(|| panic!("{k} missing:\n{}", r.stdout))
+    })
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("| Exit status          | 3 "),
+        "{}",
+        r.stdout
+    );
+    assert!(widest(&r.stdout) <= 120, "{}", r.stdout);
+    // A successful one keeps the catalog's order; CSV always does.
+    let ok = run_at(env, "show_backup_details 1", Some(120), &[]).ok();
+    assert!(
+        ok.stdout.find("| JobID ").unwrap() < ok.stdout.find("| Execution status").unwrap(),
+        "{}",
+        ok.stdout
+    );
+    let csv = run_at(env, "show_backup_details 2", Some(120), &["-o", "csv"]).ok();
+    let head = csv.stdout.lines().next().unwrap();
+    assert!(head.starts_with("bckid,jobid,"), "{head}");
 }

@@ -118,6 +118,8 @@ pub fn drop_order(kind: &str) -> &'static [&'static str] {
             "DefID",
             "Verified",
             "Duration",
+            "Backup server",
+            "Size",
         ],
         "retention_plan" => &["SnapshotID", "DefID", "Finished"],
         "snapshot_definitions" | "snapshots_in_progress" => &[
@@ -146,6 +148,7 @@ pub fn drop_order(kind: &str) -> &'static [&'static str] {
             "Registered",
             "DefID",
             "Elapsed",
+            "Backup server",
         ],
         "verifications" => &[
             "JobID",
@@ -187,6 +190,9 @@ pub fn drop_order(kind: &str) -> &'static [&'static str] {
             "BckID",
             "Last error",
             "Status",
+            "Backup server",
+            "PgSQL node",
+            "Registered",
         ],
         "reconciliation" => &["SrvID", "NodeID", "First seen", "BckID"],
         "audit_log" => &[
@@ -210,7 +216,11 @@ pub fn widest(s: &str) -> usize {
     s.lines().map(UnicodeWidthStr::width).max().unwrap_or(0)
 }
 
-/// The narrowest a column may become: its whole content up to [`KEEP_WHOLE`], at least its
+/// The narrowest a column of long texts (errors, commands, descriptions) is wrapped to.
+const WRAP_MIN: usize = 16;
+
+/// The narrowest a column may become: its whole content when no cell is longer than
+/// [`KEEP_WHOLE`] (ids, names, timestamps stay on one line), else [`WRAP_MIN`]; at least its
 /// longest header word (headers wrap between words).
 fn lower_bound(header: &str, cells: impl Iterator<Item = usize>) -> usize {
     let content = cells.max().unwrap_or(0);
@@ -220,7 +230,12 @@ fn lower_bound(header: &str, cells: impl Iterator<Item = usize>) -> usize {
         .max()
         .unwrap_or(0);
     let whole = content.max(UnicodeWidthStr::width(header));
-    whole.min(content.min(KEEP_WHOLE).max(word)).max(1)
+    let lb = if content <= KEEP_WHOLE {
+        content
+    } else {
+        WRAP_MIN
+    };
+    lb.max(word).min(whole).max(1)
 }
 
 /// Width of a table whose columns are `widths` wide (ASCII_FULL_CONDENSED: `| a | b |`).
@@ -248,7 +263,8 @@ fn draw(header: &[String], rows: &[Vec<String>], keep: &[usize], width: Option<u
             .set_width(u16::try_from(w).unwrap_or(u16::MAX));
         let bounds = keep.iter().map(|&i| {
             let lb = lower_bound(&header[i], rows.iter().map(|r| widest(&r[i])));
-            ColumnConstraint::LowerBoundary(Width::Fixed(u16::try_from(lb).unwrap_or(u16::MAX)))
+            // comfy-table's widths include the padding, one space each side.
+            ColumnConstraint::LowerBoundary(Width::Fixed(u16::try_from(lb + 2).unwrap_or(u16::MAX)))
         });
         t.set_constraints(bounds);
     }
