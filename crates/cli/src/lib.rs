@@ -166,7 +166,7 @@ pub fn catalog_target(
         );
     }
     let redacted = pgbackman_config::redacted(&cfg);
-    Ok((cfg, redacted, format!("{source:?}")))
+    Ok((cfg, redacted, source.to_string()))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

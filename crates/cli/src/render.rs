@@ -6,6 +6,7 @@
 //! exact text (its own escaping is safe).
 
 use chrono::Local;
+use pgbackman_core::duration;
 use pgbackman_core::model::OutputFormat;
 use pgbackman_core::text::escape_controls;
 use pgbackman_db::{Rows, Value};
@@ -52,6 +53,15 @@ pub fn key(column: &str) -> String {
     k.trim_matches('_').to_string()
 }
 
+/// Columns holding a PostgreSQL interval that measures a run: shown in the one duration format
+/// of [`pgbackman_core::duration`] (CSV and JSON keep the interval text).
+fn is_duration(column: &str) -> bool {
+    matches!(
+        column,
+        "Duration" | "Elapsed" | "Restore time" | "Drill restore time"
+    ) || column.ends_with("running time")
+}
+
 fn is_size(column: &str) -> bool {
     column.ends_with("size") || column.ends_with("Size")
 }
@@ -87,20 +97,28 @@ fn raw_cell_text(column: &str, v: &Value) -> String {
         Value::Int(n) => n.to_string(),
         Value::Float(f) => f.to_string(),
         Value::Bool(b) => b.to_string(),
+        Value::Text(s) if is_duration(column) => {
+            duration::parse_pg_interval(s).map_or_else(|| s.clone(), duration::human_secs)
+        }
         Value::Text(s) => s.clone(),
         Value::Time(t) => t
             .with_timezone(&Local)
             .format("%Y-%m-%d %H:%M:%S%:z")
             .to_string(),
         Value::List(l) => l.join(", "),
-        Value::Json(j) => json_lines(j),
+        Value::Json(j) if column == "Phase timings" => json_lines(j, true),
+        Value::Json(j) => json_lines(j, false),
     }
 }
 
-/// JSON in a table cell, for people: one array element or object member per line.
-fn json_lines(j: &Json) -> String {
+/// JSON in a table cell, for people: one array element or object member per line; numbers of
+/// `seconds` objects in the one duration format.
+fn json_lines(j: &Json, seconds: bool) -> String {
     let scalar = |v: &Json| match v {
         Json::String(s) => s.clone(),
+        Json::Number(n) if seconds => n
+            .as_f64()
+            .map_or_else(|| n.to_string(), duration::human_secs),
         Json::Number(n) => match n.as_f64() {
             Some(f) if n.is_f64() => format!("{f:.3}"),
             _ => n.to_string(),
@@ -386,6 +404,26 @@ mod tests {
             v["x"][0]["dbname"],
             json!("db\x1b[2J\x07\u{202e}x\u{200b}y\u{9b}")
         );
+    }
+
+    #[test]
+    fn durations_have_one_format_in_tables_only() {
+        let rows = Rows {
+            columns: vec!["Duration".into(), "Phase timings".into()],
+            rows: vec![vec![
+                Value::Text("00:03:20.4".into()),
+                Value::Json(json!({"connect": 0.026, "dump": 12.5})),
+            ]],
+        };
+        let out = Output::List { kind: "x", rows };
+        let t = render(&out, OutputFormat::Table);
+        assert!(t.contains("| 3 min 20 s |"), "{t}");
+        assert!(
+            t.contains("connect: 26 ms") && t.contains("dump: 13 s"),
+            "{t}"
+        );
+        let csv = render(&out, OutputFormat::Csv);
+        assert!(csv.contains("00:03:20.4"), "{csv}");
     }
 
     #[test]

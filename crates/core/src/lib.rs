@@ -5,6 +5,7 @@
 //!
 //! - [`cron`]: classic 5-field crontab schedules (validation with field-level errors, next fire
 //!   time in any time zone, description in words), built on `croner`.
+//! - [`duration`]: the one human format of a duration (shell tables, agent log).
 //! - [`hostname`]: host names, domains and node addresses (RFC 1123, IP, socket directory).
 //! - [`interval`]: the "random minute/hour inside the node's configured interval" rule.
 //! - [`model`]: codes and statuses, database selections (`#all_databases#`, ...), filters,
@@ -21,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod cron;
+pub mod duration;
 pub mod hostname;
 pub mod interval;
 pub mod model;
