@@ -326,3 +326,106 @@ fn expanded_display_and_failure_first_details() {
     let head = csv.stdout.lines().next().unwrap();
     assert!(head.starts_with("bckid,jobid,"), "{head}");
 }
+
+/// Commands that change things, their errors, help and the shell's own commands, after the
+/// listings: what a day in the shell prints.
+const CHANGES: &[&str] = &[
+    "help",
+    "help show_backup_catalog",
+    "register_backup_server bs3 example.org \"third one\"",
+    "register_backup_server bs3 example.org dup",
+    "update_backup_server bs3.example.org \"new remarks\" --status STOPPED",
+    "update_backup_server_config bs3.example.org max_concurrent_jobs=3",
+    "update_backup_server_config bs3.example.org max_concurrent_jobs=zero",
+    "delete_backup_server bs3.example.org",
+    "delete_backup_server 99",
+    "update_pgsql_node 127.0.0.2 \"\" \"\" RUNNING \"node A\"",
+    "update_pgsql_node_config 127.0.0.2 backup_minutes_interval=01-59",
+    "accept_pgsql_node_listing 127.0.0.2",
+    "register_pgsql_node bad_host \"\" 5432 postgres RUNNING x",
+    "register_backup_definition bs2.example.org 127.0.0.2 \"#databases_without_backup_definitions#\"",
+    "register_backup_definition bs1.example.org 127.0.0.2 no_such_db",
+    "update_backup_definition 1 \"\" \"\" \"\" \"\" \"\" \"14 days\" 3 \"\" ACTIVE \"\"",
+    "move_backup_definition bs1.example.org bs2.example.org all all 2",
+    "run_backup_definition_now 1",
+    "run_backup_definition_now 999",
+    "register_snapshot_definition bs1.example.org 127.0.0.2 shop \"\" \"2099-01-02 00:00\" FULL \"30 days\" \"\" second",
+    "cancel_job 999",
+    "verify_backup all",
+    "verify_backup 999",
+    "update_drill_schedule 1 none",
+    "register_restore_definition now 1 127.0.0.2 shop_again \"\" --dry-run",
+    "show_backup_details 999",
+    "retry_alerts all",
+    "delete_backup_definition_id 1",
+    "delete_backup_definition_dbname 127.0.0.2 broken_db force-deletion",
+    "set output_format=csv",
+    "show_backup_servers",
+    "set output_format=table",
+    "set nothing=1",
+    "show_history",
+    "no_such_command",
+];
+
+#[test]
+fn no_debug_text_or_wording_slips_in_any_output() {
+    let p = populated();
+    let env = &p.site.env;
+    let lines: Vec<&str> = LISTINGS.iter().chain(CHANGES).copied().collect();
+    let r = piped(env, &(lines.join("\n") + "\n"), 120);
+    let log = p._agent.log();
+    if std::env::var_os("SHOW").is_some() {
+        eprintln!("{}\n----\n{}\n----\n{log}", r.stdout, r.stderr);
+    }
+    for (what, text) in [
+        ("stdout", &r.stdout),
+        ("stderr", &r.stderr),
+        ("agent log", &log),
+    ] {
+        for bad in ["Some(", "None", "(\"", "..", ".).", "1 backups", ":?"] {
+            let hit = text.lines().find(|l| l.contains(bad) && !l.contains("..."));
+            assert!(
+                hit.is_none(),
+                "{what} shows {bad:?}: {}\n{text}",
+                hit.unwrap_or("")
+            );
+        }
+        // Counts in messages agree with their noun ("1 backup definition moved").
+        let hit = text
+            .lines()
+            .find(|l| (l.starts_with("[DONE]") || l.starts_with("[ERROR]")) && l.contains("(s)"));
+        assert!(hit.is_none(), "{what}: {}", hit.unwrap_or(""));
+    }
+    // The commands did run: a day's output, not a wall of errors.
+    assert!(
+        r.stdout
+            .contains("[DONE] Backup server bs3.example.org registered"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("[DONE] 1 backup definition moved from bs1.example.org"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("(At 03:00 every day)."), "{}", r.stdout);
+    // An id is said as an id, not echoed as if it were a name; a node is named once.
+    assert!(
+        r.stderr
+            .contains("backup server SrvID 99 is not registered"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("database \"no_such_db\" does not exist on PgSQL node 127.0.0.2\n"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("failed: lines 33, 36, 38"),
+        "{}",
+        r.stderr
+    );
+}

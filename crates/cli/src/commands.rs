@@ -577,8 +577,8 @@ async fn databases_without_definitions(s: &mut Session, inv: &Invocation) -> Res
         // Tell the truth: the list is incomplete. Print what we have, then fail.
         print!("{}", s.render(&out));
         bail!(
-            "{} node(s) could not be checked:\n{}",
-            failures.len(),
+            "{} could not be checked:\n{}",
+            pgbackman_core::text::plural(failures.len(), "node", "nodes"),
             failures.join("\n")
         )
     }
@@ -599,8 +599,23 @@ pub(crate) fn validate_schedule(fields: [&str; 5]) -> Result<CronSchedule> {
 
 fn describe(line: &str) -> String {
     CronSchedule::parse_line(line)
-        .map(|c| c.describe())
+        .map(|c| sentence_part(&c.describe()))
         .unwrap_or_default()
+}
+
+/// A sentence used inside another one, in parentheses: without its own final period (no
+/// "(At 03:00 every day.).").
+pub(crate) fn sentence_part(s: &str) -> String {
+    s.trim_end().trim_end_matches('.').to_string()
+}
+
+/// A selection error that names the node: "... does not exist on PgSQL node pg01", said once.
+fn on_node_error(e: &model::SelectionError, fqdn: &str) -> anyhow::Error {
+    let msg = e.to_string();
+    match msg.strip_suffix("the PgSQL node") {
+        Some(head) => anyhow::anyhow!("{head}PgSQL node {fqdn}"),
+        None => anyhow::anyhow!("{msg} (PgSQL node {fqdn})"),
+    }
 }
 
 /// What both register_backup_definition and register_snapshot_definition start with.
@@ -655,7 +670,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         let on_node = node_databases(s, &node).await?;
         let with = s.catalog.dbnames_with_definitions(node.node_id).await?;
         model::resolve_selection(&sel, &on_node, &with, &exceptions)
-            .map_err(|e| anyhow::anyhow!("{e} (PgSQL node {})", node.fqdn))?
+            .map_err(|e| on_node_error(&e, &node.fqdn))?
     };
     if dbnames.is_empty() {
         return Ok(Output::Text(
@@ -734,8 +749,8 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     }
     if inv.bare {
         s.confirm(&format!(
-            "Register {} backup definition(s) on {}?",
-            defs.len(),
+            "Register {} on {}?",
+            pgbackman_core::text::plural(defs.len(), "backup definition", "backup definitions"),
             node.fqdn
         ))?;
     }
@@ -966,7 +981,8 @@ async fn delete_backup_definition_dbname(s: &mut Session, inv: &Invocation) -> R
         .delete_backup_definition_dbname(&s.audit(), &node, &db, force)
         .await?;
     Ok(Output::Done(vec![format!(
-        "{n} backup definition(s) of dbname [{db}] on {node} deleted{}.",
+        "{} of dbname [{db}] on {node} deleted{}.",
+        pgbackman_core::text::plural(n, "backup definition", "backup definitions"),
         if force { " with force" } else { "" }
     )]))
 }
@@ -992,7 +1008,8 @@ async fn move_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Out
         );
     }
     Ok(Output::Done(vec![format!(
-        "{n} backup definition(s) moved from {from} to {to}; existing backups stay on {from}."
+        "{} moved from {from} to {to}; existing backups stay on {from}.",
+        pgbackman_core::text::plural(n, "backup definition", "backup definitions")
     )]))
 }
 
@@ -1134,7 +1151,7 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
         let exceptions =
             model::parse_exceptions(&s.value(inv, "exceptions", Some(""))?.unwrap_or_default());
         model::resolve_selection(&sel, &facts.databases, &[], &exceptions)
-            .map_err(|e| anyhow::anyhow!("{e} (PgSQL node {})", node.fqdn))?
+            .map_err(|e| on_node_error(&e, &node.fqdn))?
     };
     let at = at_time_arg(s.value(inv, "at_time", Some("now"))?.as_deref())?;
     let retention = s.value(inv, "retention_period", Some(&get("retention_period")))?;

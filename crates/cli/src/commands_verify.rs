@@ -171,7 +171,7 @@ async fn update_drill_schedule(s: &mut Session, inv: &Invocation) -> Result<Outp
         Some(c) => format!(
             "Drills of DefID {def_id}: {} ({}): the newest successful backup, restored on the backup server's drill node.",
             c.to_line(),
-            c.describe()
+            crate::commands::sentence_part(&c.describe())
         ),
         None => format!("Drills of DefID {def_id}: none scheduled."),
     }]))
