@@ -91,6 +91,8 @@ const LISTINGS: &[&str] = &[
     "show_pgbackman_config",
     "show_pgbackman_stats",
     "show_audit_log 50",
+    "help",
+    "help register_backup_definition",
 ];
 
 fn run_at(env: &Env, line: &str, columns: Option<u16>, extra: &[&str]) -> common::Run {
@@ -424,7 +426,7 @@ fn no_debug_text_or_wording_slips_in_any_output() {
         r.stderr
     );
     assert!(
-        r.stderr.contains("failed: lines 33, 36, 38"),
+        r.stderr.contains("lines of standard input failed: lines "),
         "{}",
         r.stderr
     );

@@ -422,6 +422,48 @@ pub fn wrap(s: &str, width: Option<usize>) -> Vec<String> {
     lines
 }
 
+/// Free text (help, history) fitted to `width`: a long line wraps at spaces, its continuation
+/// lines indented under the text after its first gap of two spaces (the description column of
+/// `help`), else under its own indentation.
+pub fn wrap_text(s: &str, width: Option<usize>) -> String {
+    let Some(w) = width else {
+        return s.to_string();
+    };
+    let mut out = String::with_capacity(s.len());
+    for line in s.split_inclusive('\n') {
+        let (body, nl) = match line.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (line, ""),
+        };
+        if UnicodeWidthStr::width(body) <= w {
+            out.push_str(line);
+            continue;
+        }
+        let lead = body.len() - body.trim_start().len();
+        let hang = body[lead..]
+            .find("  ")
+            .map(|i| {
+                let after = &body[lead + i..];
+                lead + i + after.len() - after.trim_start().len()
+            })
+            .filter(|h| *h <= w * 2 / 3)
+            .unwrap_or(lead.min(w / 2));
+        let (head, rest) = body.split_at(hang);
+        let pieces = wrap(rest.trim_start(), Some(w - hang));
+        for (i, p) in pieces.iter().enumerate() {
+            if i == 0 {
+                out.push_str(head);
+            } else {
+                out.push('\n');
+                out.push_str(&" ".repeat(hang));
+            }
+            out.push_str(p);
+        }
+        out.push_str(nl);
+    }
+    out
+}
+
 /// A listing for people: fitted table or expanded blocks, row count, and what was hidden.
 pub fn listing(kind: &str, header: &[String], rows: &[Vec<String>], layout: Layout) -> String {
     let n = rows.len();
@@ -533,6 +575,17 @@ mod tests {
         assert_eq!(wrap("aaa bbb ccc", Some(7)), ["aaa bbb", "ccc"]);
         assert_eq!(wrap("abcdefghij", Some(4)), ["abcd", "efgh", "ij"]);
         assert_eq!(wrap("x", None), ["x"]);
+    }
+
+    #[test]
+    fn help_text_wraps_under_its_description_column() {
+        let s = "Shell:\n  set      Set a shell parameter: output_format and expanded\n";
+        let out = wrap_text(s, Some(30));
+        assert_eq!(
+            out,
+            "Shell:\n  set      Set a shell\n           parameter:\n           output_format and\n           expanded\n"
+        );
+        assert_eq!(wrap_text(s, None), s);
     }
 
     #[test]

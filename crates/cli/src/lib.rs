@@ -26,7 +26,6 @@ use pgbackman_core::model::OutputFormat;
 use pgbackman_db::{Catalog, migrate};
 
 use crate::parse::ParseError;
-use crate::render::render;
 use crate::session::{Aborted, Session};
 
 #[derive(Parser, Debug)]
@@ -191,7 +190,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(inv) => match commands::help(&inv) {
                 Ok(out) => {
-                    print!("{}", render(&out, OutputFormat::Table));
+                    let layout = fit::Layout::for_stdout(cli.expanded.unwrap_or_default());
+                    print!("{}", render::render_with(&out, OutputFormat::Table, layout));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -242,6 +242,7 @@ fn report_order(kind: &str, rows: &Rows, r: &[Value]) -> Vec<usize> {
 pub fn render_with(out: &Output, format: OutputFormat, layout: Layout) -> String {
     match (out, format) {
         (Output::Nothing, _) => String::new(),
+        (Output::Text(s), OutputFormat::Table) => ensure_nl(fit::wrap_text(&safe(s), layout.width)),
         (Output::Text(s), _) => ensure_nl(safe(s)),
         (Output::Done(lines), OutputFormat::Json) => {
             ensure_nl(json!({"status": "done", "messages": lines}).to_string())
