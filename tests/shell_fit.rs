@@ -412,6 +412,13 @@ fn no_debug_text_or_wording_slips_in_any_output() {
         r.stdout
     );
     assert!(r.stdout.contains("(At 03:00 every day)."), "{}", r.stdout);
+    // Schedules have one form: no zero-padded numbers, whether drawn at random or typed.
+    for l in r.stdout.lines().filter(|l| l.contains("registered: ")) {
+        let sched = l.split("registered: ").nth(1).unwrap_or("");
+        for field in sched.split_whitespace().take(2) {
+            assert!(!(field.len() > 1 && field.starts_with('0')), "{l}");
+        }
+    }
     // An id is said as an id, not echoed as if it were a name; a node is named once.
     assert!(
         r.stderr

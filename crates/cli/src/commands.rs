@@ -761,7 +761,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     Ok(Output::Done(
         done.iter()
             .map(|d| {
-                let line = d.schedule.join(" ");
+                let line = crate::render::schedule_text(&d.schedule.join(" "));
                 let name = if d.dbname.is_empty() {
                     format!("{} (whole cluster)", d.code)
                 } else {
@@ -919,7 +919,7 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
     s.catalog.update_backup_definition(&s.audit(), &u).await?;
     Ok(Output::Done(vec![format!(
         "Backup definition DefID {def_id} updated: {} ({}).",
-        sched.join(" "),
+        crate::render::schedule_text(&sched.join(" ")),
         describe(&sched.join(" "))
     )]))
 }
