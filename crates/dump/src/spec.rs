@@ -155,6 +155,29 @@ pub enum Status {
     },
 }
 
+/// For logs and messages: "failed at step pg_dump (exit status 2): ...", never Rust's debug
+/// form (`Some(2)`).
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Succeeded => f.write_str("succeeded"),
+            Status::Failed {
+                step,
+                exit_status,
+                message,
+                ..
+            } => {
+                write!(f, "failed at step {step}")?;
+                if let Some(code) = exit_status {
+                    write!(f, " (exit status {code})")?;
+                }
+                write!(f, ": {message}")
+            }
+            Status::Cancelled { reason } => write!(f, "cancelled ({reason})"),
+        }
+    }
+}
+
 impl Status {
     /// True for [`Status::Succeeded`].
     pub fn is_success(&self) -> bool {
