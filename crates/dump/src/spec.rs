@@ -269,3 +269,33 @@ pub(crate) mod code_serde {
         s.parse().map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn a_status_reads_as_words() {
+        let failed = Status::Failed {
+            step: "pg_restore".into(),
+            exit_status: Some(2),
+            message: "pg_restore exited with status 2".into(),
+            stderr_tail: String::new(),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "failed at step pg_restore (exit status 2): pg_restore exited with status 2"
+        );
+        let killed = Status::Failed {
+            step: "connect".into(),
+            exit_status: None,
+            message: "no answer".into(),
+            stderr_tail: String::new(),
+        };
+        assert_eq!(killed.to_string(), "failed at step connect: no answer");
+        let cancelled = Status::Cancelled {
+            reason: "cancelled during step roles".into(),
+        };
+        assert!(!format!("{failed} {killed} {cancelled}").contains("Some("));
+    }
+}
