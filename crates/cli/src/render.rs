@@ -174,7 +174,13 @@ fn json_lines(j: &Json, seconds: bool) -> String {
             .join("\n"),
         Json::Object(m) => m
             .iter()
-            .map(|(k, v)| format!("{k}: {}", scalar(v)))
+            .map(|(k, v)| match v.as_f64() {
+                // A member that counts seconds reads as a duration.
+                Some(secs) if k == "seconds" || k.ends_with("_seconds") => {
+                    format!("{k}: {}", duration::human_secs(secs))
+                }
+                _ => format!("{k}: {}", scalar(v)),
+            })
             .collect::<Vec<_>>()
             .join("\n"),
         other => scalar(other),
@@ -460,6 +466,20 @@ mod tests {
         assert!(
             t.contains("connect: 26 ms") && t.contains("dump: 13 s"),
             "{t}"
+        );
+        let details = Output::List {
+            kind: "x",
+            rows: Rows {
+                columns: vec!["Details".into()],
+                rows: vec![vec![Value::Json(
+                    json!({"seconds": 0.025, "toc_entries": 12}),
+                )]],
+            },
+        };
+        let d = render(&details, OutputFormat::Table);
+        assert!(
+            d.contains("seconds: 25 ms") && d.contains("toc_entries: 12"),
+            "{d}"
         );
         let csv = render(&out, OutputFormat::Csv);
         assert!(csv.contains("00:03:20.4"), "{csv}");
