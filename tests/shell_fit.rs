@@ -209,6 +209,9 @@ fn every_listing_fits_80_120_and_200_columns() {
             fitted[0].1[i].lines().nth(1).unwrap_or("")
         );
     }
+    if std::env::var_os("SHOW").is_some() {
+        eprintln!("{}", fitted[0].1.join("\n"));
+    }
     assert!(
         too_wide >= 10,
         "the populated catalog no longer has wide listings"

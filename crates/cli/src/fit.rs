@@ -219,23 +219,29 @@ pub fn widest(s: &str) -> usize {
 /// The narrowest a column of long texts (errors, commands, descriptions) is wrapped to.
 const WRAP_MIN: usize = 16;
 
+/// The longest word kept whole when a column wraps (a longer one, e.g. a path, is cut).
+const WORD_MAX: usize = 30;
+
 /// The narrowest a column may become: its whole content when no cell is longer than
-/// [`KEEP_WHOLE`] (ids, names, timestamps stay on one line), else [`WRAP_MIN`]; at least its
-/// longest header word (headers wrap between words).
-fn lower_bound(header: &str, cells: impl Iterator<Item = usize>) -> usize {
-    let content = cells.max().unwrap_or(0);
-    let word = header
-        .split_whitespace()
-        .map(UnicodeWidthStr::width)
-        .max()
-        .unwrap_or(0);
+/// [`KEEP_WHOLE`] (ids, names, timestamps stay on one line), else [`WRAP_MIN`] or its longest
+/// word up to [`WORD_MAX`] (parameter names are not cut); at least its longest header word
+/// (headers wrap between words).
+fn lower_bound(header: &str, cells: &[&str]) -> usize {
+    let content = cells.iter().map(|c| widest(c)).max().unwrap_or(0);
+    let longest_word = |s: &str| {
+        s.split_whitespace()
+            .map(UnicodeWidthStr::width)
+            .max()
+            .unwrap_or(0)
+    };
+    let word = cells.iter().map(|c| longest_word(c)).max().unwrap_or(0);
     let whole = content.max(UnicodeWidthStr::width(header));
     let lb = if content <= KEEP_WHOLE {
         content
     } else {
-        WRAP_MIN
+        WRAP_MIN.max(word.min(WORD_MAX))
     };
-    lb.max(word).min(whole).max(1)
+    lb.max(longest_word(header)).min(whole).max(1)
 }
 
 /// Width of a table whose columns are `widths` wide (ASCII_FULL_CONDENSED: `| a | b |`).
@@ -262,7 +268,8 @@ fn draw(header: &[String], rows: &[Vec<String>], keep: &[usize], width: Option<u
         t.set_content_arrangement(ContentArrangement::Dynamic)
             .set_width(u16::try_from(w).unwrap_or(u16::MAX));
         let bounds = keep.iter().map(|&i| {
-            let lb = lower_bound(&header[i], rows.iter().map(|r| widest(&r[i])));
+            let cells: Vec<&str> = rows.iter().map(|r| r[i].as_str()).collect();
+            let lb = lower_bound(&header[i], &cells);
             // comfy-table's widths include the padding, one space each side.
             ColumnConstraint::LowerBoundary(Width::Fixed(u16::try_from(lb + 2).unwrap_or(u16::MAX)))
         });
@@ -273,7 +280,10 @@ fn draw(header: &[String], rows: &[Vec<String>], keep: &[usize], width: Option<u
 
 fn bounds(header: &[String], rows: &[Vec<String>]) -> Vec<usize> {
     (0..header.len())
-        .map(|i| lower_bound(&header[i], rows.iter().map(|r| widest(&r[i]))))
+        .map(|i| {
+            let cells: Vec<&str> = rows.iter().map(|r| r[i].as_str()).collect();
+            lower_bound(&header[i], &cells)
+        })
         .collect()
 }
 
