@@ -17,6 +17,7 @@ use crate::parse::Invocation;
 use crate::render::Output;
 use crate::session::Session;
 use crate::spec::{self, COMMANDS};
+use crate::wording;
 
 pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
     match inv.cmd.name {
@@ -599,23 +600,8 @@ pub(crate) fn validate_schedule(fields: [&str; 5]) -> Result<CronSchedule> {
 
 fn describe(line: &str) -> String {
     CronSchedule::parse_line(line)
-        .map(|c| sentence_part(&c.describe()))
+        .map(|c| wording::sentence_part(&c.describe()))
         .unwrap_or_default()
-}
-
-/// A sentence used inside another one, in parentheses: without its own final period (no
-/// "(At 03:00 every day.).").
-pub(crate) fn sentence_part(s: &str) -> String {
-    s.trim_end().trim_end_matches('.').to_string()
-}
-
-/// A selection error that names the node: "... does not exist on PgSQL node pg01", said once.
-fn on_node_error(e: &model::SelectionError, fqdn: &str) -> anyhow::Error {
-    let msg = e.to_string();
-    match msg.strip_suffix("the PgSQL node") {
-        Some(head) => anyhow::anyhow!("{head}PgSQL node {fqdn}"),
-        None => anyhow::anyhow!("{msg} (PgSQL node {fqdn})"),
-    }
 }
 
 /// What both register_backup_definition and register_snapshot_definition start with.
@@ -670,7 +656,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         let on_node = node_databases(s, &node).await?;
         let with = s.catalog.dbnames_with_definitions(node.node_id).await?;
         model::resolve_selection(&sel, &on_node, &with, &exceptions)
-            .map_err(|e| on_node_error(&e, &node.fqdn))?
+            .map_err(|e| wording::on_node_error(&e, &node.fqdn))?
     };
     if dbnames.is_empty() {
         return Ok(Output::Text(
@@ -761,7 +747,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     Ok(Output::Done(
         done.iter()
             .map(|d| {
-                let line = crate::render::schedule_text(&d.schedule.join(" "));
+                let line = wording::schedule_text(&d.schedule.join(" "));
                 let name = if d.dbname.is_empty() {
                     format!("{} (whole cluster)", d.code)
                 } else {
@@ -919,7 +905,7 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
     s.catalog.update_backup_definition(&s.audit(), &u).await?;
     Ok(Output::Done(vec![format!(
         "Backup definition DefID {def_id} updated: {} ({}).",
-        crate::render::schedule_text(&sched.join(" ")),
+        wording::schedule_text(&sched.join(" ")),
         describe(&sched.join(" "))
     )]))
 }
@@ -1151,7 +1137,7 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
         let exceptions =
             model::parse_exceptions(&s.value(inv, "exceptions", Some(""))?.unwrap_or_default());
         model::resolve_selection(&sel, &facts.databases, &[], &exceptions)
-            .map_err(|e| on_node_error(&e, &node.fqdn))?
+            .map_err(|e| wording::on_node_error(&e, &node.fqdn))?
     };
     let at = at_time_arg(s.value(inv, "at_time", Some("now"))?.as_deref())?;
     let retention = s.value(inv, "retention_period", Some(&get("retention_period")))?;

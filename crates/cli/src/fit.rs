@@ -4,7 +4,7 @@
 //! standard output is one, else unlimited (a pipe or a file gets whole lines; CSV and JSON never
 //! depend on the width). A listing wider than that first wraps its long cells (comfy-table's
 //! dynamic arrangement, each column kept at least as wide as a timestamp or its longest header
-//! word), then drops columns in the order the listing declares ([`drop_order`]) and says in a
+//! word), then drops columns in the order the listing declares ([`drop_order`], in `priorities`) and says in a
 //! footer which ones it hid. `set expanded on|off|auto` (`-x` / `--expanded` with `-C`) shows one
 //! record per block instead, like psql's `\x`; `auto` does so when a row does not fit.
 
@@ -14,6 +14,8 @@ use std::str::FromStr;
 use comfy_table::presets::ASCII_FULL_CONDENSED;
 use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width};
 use unicode_width::UnicodeWidthStr;
+
+pub use crate::priorities::drop_order;
 
 /// psql's `\x`: one record per block.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,131 +83,6 @@ pub fn terminal_width() -> Option<usize> {
     }
     // comfy-table asks the terminal only when standard output is one.
     Table::new().width().map(usize::from).filter(|w| *w > 0)
-}
-
-/// Columns a listing gives up first when it does not fit, most expendable first. Columns not
-/// named stay (ids, names, states, errors); if they alone do not fit, the rightmost go.
-pub fn drop_order(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "backup_servers" => &["Registered", "Remarks"],
-        "pgsql_nodes" => &[
-            "Registered",
-            "Admin DB",
-            "SSL mode",
-            "Remarks",
-            "Admin user",
-            "Pgport",
-        ],
-        "backup_definitions" | "empty_backup_catalogs" => &[
-            "Registered",
-            "SrvID",
-            "NodeID",
-            "Options",
-            "Parameters",
-            "Encryption",
-            "Remarks",
-            "Code",
-            "Retention",
-        ],
-        "backup_catalog" => &[
-            "SrvID",
-            "NodeID",
-            "SnapshotID",
-            "Verified at",
-            "Verification level",
-            "Execution",
-            "Code",
-            "DefID",
-            "Verified",
-            "Duration",
-            "Backup server",
-            "Size",
-        ],
-        "retention_plan" => &["SnapshotID", "DefID", "Finished"],
-        "snapshot_definitions" | "snapshots_in_progress" => &[
-            "Registered",
-            "SrvID",
-            "NodeID",
-            "pg_dump release",
-            "Parameters",
-            "Retention",
-            "Tag",
-            "Code",
-            "Bytes written",
-            "AT time",
-        ],
-        "jobs_queue" => &[
-            "SrvID",
-            "NodeID",
-            "SnapshotID",
-            "Lease expired",
-            "Cancel requested",
-            "Scheduled for",
-            "Not before",
-            "Attempt",
-            "Agent",
-            "Bytes written",
-            "Registered",
-            "DefID",
-            "Elapsed",
-            "Backup server",
-        ],
-        "verifications" => &[
-            "JobID",
-            "Scratch database",
-            "Drill node",
-            "Restore time",
-            "Duration",
-            "Details",
-            "Kind",
-        ],
-        "restore_definitions" | "restores_in_progress" => &[
-            "SrvID",
-            "NodeID",
-            "Registered",
-            "Non-empty acknowledged",
-            "Extra parameters",
-            "Decompression",
-            "Jobs",
-            "Roles to create",
-            "Renamed database",
-            "Agent",
-            "JobID",
-            "Remarks",
-            "Bytes restored",
-            "AT time",
-        ],
-        "restore_catalog" => &["SrvID", "NodeID", "RestoreDef", "Code", "Duration"],
-        "alerts" => &[
-            "SrvID",
-            "NodeID",
-            "Ref ID",
-            "Message-ID",
-            "Agent",
-            "Sent at",
-            "Next attempt",
-            "Attempts",
-            "Send to",
-            "JobID",
-            "BckID",
-            "Last error",
-            "Status",
-            "Backup server",
-            "PgSQL node",
-            "Registered",
-        ],
-        "reconciliation" => &["SrvID", "NodeID", "First seen", "BckID"],
-        "audit_log" => &[
-            "Client",
-            "DB user",
-            "Table",
-            "Object",
-            "Operation",
-            "OS user",
-        ],
-        "databases_without_backup_definitions" => &["NodeID"],
-        _ => &[],
-    }
 }
 
 /// A timestamp with its zone: a column is never wrapped below this unless its content is shorter.

@@ -9,12 +9,14 @@ pub mod commands_restore;
 pub mod commands_verify;
 pub mod fit;
 pub mod parse;
+pub mod priorities;
 pub mod quickstart;
 pub mod render;
 pub mod session;
 pub mod shell;
 pub mod spec;
 pub mod validate;
+pub mod wording;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -62,43 +62,6 @@ fn is_duration(column: &str) -> bool {
     ) || column.ends_with("running time")
 }
 
-/// A cron line in its one shown form: numbers without leading zeros (`5 6 * * *`, whether the
-/// minute was drawn at random as `05` or typed as `5`). Anything that is not a 5-field line of
-/// numbers, ranges, lists and steps is left as it is.
-pub fn schedule_text(line: &str) -> String {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let numeric = |f: &str| {
-        f.chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '*' | ',' | '-' | '/'))
-    };
-    if fields.len() != 5 || !fields.iter().all(|f| numeric(f)) {
-        return line.to_string();
-    }
-    fields
-        .iter()
-        .map(|f| {
-            let mut out = String::new();
-            let mut num = String::new();
-            for c in f.chars().chain(std::iter::once(' ')) {
-                if c.is_ascii_digit() {
-                    num.push(c);
-                    continue;
-                }
-                if !num.is_empty() {
-                    let t = num.trim_start_matches('0');
-                    out.push_str(if t.is_empty() { "0" } else { t });
-                    num.clear();
-                }
-                if c != ' ' {
-                    out.push(c);
-                }
-            }
-            out
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn is_size(column: &str) -> bool {
     column.ends_with("size") || column.ends_with("Size")
 }
@@ -137,7 +100,7 @@ fn raw_cell_text(column: &str, v: &Value) -> String {
         Value::Text(s) if is_duration(column) => {
             duration::parse_pg_interval(s).map_or_else(|| s.clone(), duration::human_secs)
         }
-        Value::Text(s) if column == "Schedule" => schedule_text(s),
+        Value::Text(s) if column == "Schedule" => crate::wording::schedule_text(s),
         Value::Text(s) => s.clone(),
         Value::Time(t) => t
             .with_timezone(&Local)
@@ -483,14 +446,6 @@ mod tests {
         );
         let csv = render(&out, OutputFormat::Csv);
         assert!(csv.contains("00:03:20.4"), "{csv}");
-    }
-
-    #[test]
-    fn schedules_have_one_form() {
-        assert_eq!(schedule_text("05 06 * * *"), "5 6 * * *");
-        assert_eq!(schedule_text("00 00 1-05 */02 1,03"), "0 0 1-5 */2 1,3");
-        assert_eq!(schedule_text("30 2 * * mon-fri"), "30 2 * * mon-fri");
-        assert_eq!(schedule_text("At 06:05"), "At 06:05");
     }
 
     #[test]
