@@ -294,6 +294,11 @@ fn expanded_display_and_failure_first_details() {
         "{}",
         r.stderr
     );
+    // show_pgbackman_config says how tables are laid out.
+    let r = run_at(env, "show_pgbackman_config", Some(100), &["-x"]).ok();
+    assert!(r.stdout.contains("| Expanded display "), "{}", r.stdout);
+    assert!(r.stdout.contains("| on "), "{}", r.stdout);
+    assert!(r.stdout.contains("| 100 columns "), "{}", r.stdout);
     // A failed backup's details start with its failure.
     let r = run_at(env, "show_backup_details 2", Some(120), &[]).ok();
     let order: Vec<usize> = [

@@ -1306,6 +1306,14 @@ async fn show_pgbackman_config(s: &mut Session) -> Result<Output> {
         ("Catalog functions by", t(info.get(0, "software"))),
         ("Catalog matches this binary", Value::Bool(st.is_current())),
         ("Output format", Value::Text(s.format.to_string())),
+        ("Expanded display", Value::Text(s.expanded.to_string())),
+        (
+            "Table width",
+            Value::Text(crate::fit::terminal_width().map_or_else(
+                || "unlimited (not a terminal, COLUMNS not set)".to_string(),
+                |w| format!("{w} columns"),
+            )),
+        ),
     ];
     Ok(Output::Report {
         kind: "pgbackman_config",

@@ -68,7 +68,7 @@ struct Cli {
     /// Output format of listings and reports.
     #[arg(short = 'o', long = "output", value_name = "table|csv|json")]
     output: Option<OutputFormat>,
-    /// Tables one record per block (psql's \\x): on, off or auto (when a row does not fit the
+    /// Tables one record per block (psql's \x): on, off or auto (when a row does not fit the
     /// width). -x alone means on. The width is $COLUMNS, else the terminal's; unlimited when
     /// the output is not a terminal.
     #[arg(
