@@ -19,7 +19,9 @@ begin
         select server_id into v_id from public.backup_server where lower(fqdn) = lower(btrim(p_ref));
     end if;
     if v_id is null then
-        raise exception 'backup server % is not registered', api.q(btrim(p_ref))
+        -- A number is a SrvID, said as one (not echoed as if it were a name).
+        raise exception 'backup server % is not registered',
+            case when btrim(p_ref) ~ '^[0-9]+$' then 'SrvID ' || btrim(p_ref) else api.q(btrim(p_ref)) end
             using errcode = 'P0002',
                   hint = 'show_backup_servers lists registered servers; register_backup_server adds one.';
     end if;
@@ -51,7 +53,8 @@ begin
          where lower(fqdn) = lower(v_ref);
     end if;
     if v_ids is null then
-        raise exception 'PgSQL node % is not registered', api.q(v_ref)
+        raise exception 'PgSQL node % is not registered',
+            case when v_ref ~ '^[0-9]+$' then 'NodeID ' || v_ref else api.q(v_ref) end
             using errcode = 'P0002',
                   hint = 'show_pgsql_nodes lists registered nodes; register_pgsql_node adds one.';
     end if;

@@ -126,7 +126,8 @@ begin
     end if;
     select count(*) into v_backups from public.backup_catalog where def_id = p_def_id;
     if v_backups > 0 and not coalesce(p_force, false) then
-        raise exception 'backup definition DefID % has % backups in the catalog', p_def_id, v_backups
+        raise exception 'backup definition DefID % has % in the catalog', p_def_id,
+            v_backups || case v_backups when 1 then ' backup' else ' backups' end
             using errcode = '23503',
                   hint = 'Add force-deletion to delete the definition and its backups, or set it STOPPED with update_backup_definition to keep them.';
     end if;
@@ -157,7 +158,8 @@ begin
     end if;
     select count(*) into v_backups from public.backup_catalog where def_id = any (v_ids);
     if v_backups > 0 and not coalesce(p_force, false) then
-        raise exception 'the definitions of database "%" on node % have % backups in the catalog', p_dbname, api.node_fqdn(v_node), v_backups
+        raise exception 'the definitions of database "%" on node % have % in the catalog', p_dbname, api.node_fqdn(v_node),
+            v_backups || case v_backups when 1 then ' backup' else ' backups' end
             using errcode = '23503',
                   hint = 'Add force-deletion to delete the definitions and their backups (snapshots are kept).';
     end if;

@@ -323,7 +323,7 @@ fn piped_input_and_command_files_go_on_after_a_bad_line() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("2 of 4 line(s)"), "{}", r.stderr);
+    assert!(r.stderr.contains("2 of 4 lines of"), "{}", r.stderr);
     assert_eq!(count(&env, "backup_server"), "2", "line 6 ran");
     // -f FILE, with --stop-on-error.
     let file = env.home.path().join("bulk.txt");

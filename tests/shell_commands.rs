@@ -521,7 +521,7 @@ fn move_backup_definitions_between_servers() {
         ))
         .ok();
     assert!(
-        r.stdout.contains("1 backup definition(s) moved"),
+        r.stdout.contains("1 backup definition moved"),
         "{}",
         r.stdout
     );

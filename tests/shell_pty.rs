@@ -782,6 +782,35 @@ fn help_lists_commands_and_explains_one() {
 // ---- 7. output format --------------------------------------------------------------------------------
 
 #[test]
+fn tables_fit_the_terminal_and_set_expanded_shows_blocks() {
+    let env = Env::new();
+    let long = "rack 4, row B, the cold aisle by the north wall, next to the tape library that nobody uses";
+    env.cmd(&format!(
+        "register_backup_server bs1 example.org \"{long}\""
+    ))
+    .ok();
+    let mut sh = shell(&env);
+    // No COLUMNS: the width is the terminal's, read at each command.
+    sh.tmux_out(&["resize-window", "-t", "t", "-x", "80"]);
+    let out = sh.run("show_backup_servers");
+    sh.assert_has(&out, "| bs1.example.org |");
+    sh.assert_has(&out, "the cold aisle");
+    for l in out.lines() {
+        if l.chars().count() > 80 {
+            sh.fail(&format!("a line wider than the 80-column terminal: {l}"));
+        }
+    }
+    let out = sh.run("set expanded on");
+    sh.assert_has(&out, "[DONE] expanded = on");
+    let out = sh.run("show_backup_servers");
+    sh.assert_has(&out, "-[ RECORD 1 ]");
+    sh.assert_has(&out, "FQDN       | bs1.example.org");
+    sh.run("set expanded off");
+    let out = sh.run("show_backup_servers");
+    sh.assert_has(&out, "| SrvID |");
+}
+
+#[test]
 fn set_output_format_json_prints_json() {
     let env = Env::new();
     env.cmd("register_backup_server bs1 example.org \"Rack 4, row \\\"B\\\"\"")

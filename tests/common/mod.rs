@@ -69,7 +69,9 @@ pub fn command(home: &Path) -> Command {
             c.env_remove(&k);
         }
     }
+    // COLUMNS would fit tables to a width: tests read whole lines unless they set it.
     c.env("HOME", home)
+        .env_remove("COLUMNS")
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("XDG_DATA_HOME")
         .env("USER", "tester");

@@ -634,7 +634,8 @@ async fn send_one(ctx: &Ctx, s: &Sender, tz: Tz, a: &ClaimedAlert) {
                 Ok(_) => tracing::warn!(
                     alert_id = a.alert_id,
                     attempt = a.attempt,
-                    "alert not mailed, retrying in {retry_in:?}: {error}"
+                    "alert not mailed, retrying in {}: {error}",
+                    pgbackman_core::duration::human(retry_in)
                 ),
                 Err(e) => tracing::warn!(
                     alert_id = a.alert_id,

@@ -350,7 +350,8 @@ async fn wait_for_catalog(catalog: &Catalog, fqdn: &str, stop: &CancellationToke
             Ok(id) => return Ok(id),
             Err(e) if e.is_unreachable() => {
                 tracing::warn!(
-                    "catalog unreachable and no definition cache: {e}; retrying in {delay:?}"
+                    "catalog unreachable and no definition cache: {e}; retrying in {}",
+                    pgbackman_core::duration::human(delay)
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

@@ -29,10 +29,14 @@ pub fn spawn(
                     if t.elapsed() > deadline * 2 {
                         backoff = Duration::from_millis(500);
                         tracing::warn!(
-                            "LISTEN connection to the catalog lost: {e}; reconnecting in {backoff:?}"
+                            "LISTEN connection to the catalog lost: {e}; reconnecting in {}",
+                            pgbackman_core::duration::human(backoff)
                         );
                     } else {
-                        tracing::debug!("LISTEN connection failed: {e}; retrying in {backoff:?}");
+                        tracing::debug!(
+                            "LISTEN connection failed: {e}; retrying in {}",
+                            pgbackman_core::duration::human(backoff)
+                        );
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -50,7 +54,12 @@ async fn listen_once(
 ) -> anyhow::Result<()> {
     let (client, mut conn) = tokio::time::timeout(deadline, pgbackman_db::tls::connect_raw(config))
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {deadline:?}"))?
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no answer within {}",
+                pgbackman_core::duration::human(deadline)
+            )
+        })?
         .map_err(|e| anyhow::anyhow!(pgbackman_db::tls::describe(&e, config)))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
@@ -74,7 +83,12 @@ async fn listen_once(
     });
     tokio::time::timeout(deadline, pgbackman_db::agent::listen(&client, server_id))
         .await
-        .map_err(|_| anyhow::anyhow!("LISTEN got no answer within {deadline:?}"))??;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "LISTEN got no answer within {}",
+                pgbackman_core::duration::human(deadline)
+            )
+        })??;
     // A (re)connect may have missed notifications.
     let _ = wake.send("*".into()).await;
     loop {

@@ -85,7 +85,11 @@ async fn finish(ctx: &Ctx, roots: &Roots, set: MarkedSet, sum: &mut Summary) -> 
                 ctx.catalog.retention_forget(ctx.server_id, set.bck_id),
             )
             .await?;
-            tracing::info!(bck_id = set.bck_id, dir = ?set.backup_dir, "retention: backup deleted");
+            tracing::info!(
+                bck_id = set.bck_id,
+                dir = set.backup_dir.as_deref().unwrap_or("-"),
+                "retention: backup deleted"
+            );
             sum.deleted += 1;
         }
         Err(e) => {
@@ -178,11 +182,19 @@ pub async fn forced_deletions(ctx: &Ctx, roots: &Roots, stop: &CancellationToken
                     ctx.catalog.forced_deletion_done(ctx.server_id, d.del_id),
                 )
                 .await?;
-                tracing::info!(del_id = d.del_id, bck_id = ?d.bck_id, "forced deletion done");
+                tracing::info!(
+                    del_id = d.del_id,
+                    bck_id = d.bck_id.unwrap_or_default(),
+                    "forced deletion done"
+                );
                 n += 1;
             }
             Err(e) => {
-                tracing::error!(del_id = d.del_id, bck_id = ?d.bck_id, "forced deletion: {e}")
+                tracing::error!(
+                    del_id = d.del_id,
+                    bck_id = d.bck_id.unwrap_or_default(),
+                    "forced deletion: {e}"
+                )
             }
         }
     }

@@ -30,7 +30,7 @@ impl crate::Runner {
     pub(crate) fn start_verification(&mut self, c: ClaimedJob) {
         let token = self.stop.child_token();
         self.running.insert(c.job_id, (-1, token.clone()));
-        tracing::info!(job_id = c.job_id, kind = %c.kind, bck_id = ?c.bck_id, "job started");
+        tracing::info!(job_id = c.job_id, kind = %c.kind, bck_id = %c.bck_id.map_or_else(|| "-".to_string(), |b| b.to_string()), "job started");
         let job_id = c.job_id;
         let handle = self.jobs.spawn(run(self.ctx.clone(), c, token));
         self.tasks.insert(handle.id(), job_id);
@@ -137,7 +137,11 @@ async fn job_info(ctx: &Ctx, job_id: i64) -> Result<VerifyJobInfo, String> {
             Ok(Some(i)) => return Ok(i),
             Ok(None) => return Err(format!("job {job_id} or its backup no longer exists")),
             Err(e) => {
-                tracing::warn!(job_id, "reading the job failed: {e}; retrying in {delay:?}");
+                tracing::warn!(
+                    job_id,
+                    "reading the job failed: {e}; retrying in {}",
+                    pgbackman_core::duration::human(delay)
+                );
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }

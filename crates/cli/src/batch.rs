@@ -105,9 +105,11 @@ pub async fn run(s: &mut Session, path: &Path, stop_on_error: bool) -> Result<Ex
     crate::print_error(
         None,
         &format!(
-            "{} of {} line(s) of {name} failed: line(s) {}",
+            "{} of {} {} of {name} failed: {} {}",
             failed.len(),
             attempted,
+            if attempted == 1 { "line" } else { "lines" },
+            if failed.len() == 1 { "line" } else { "lines" },
             lines.join(", ")
         ),
     );

@@ -17,6 +17,7 @@ use crate::parse::Invocation;
 use crate::render::Output;
 use crate::session::Session;
 use crate::spec::{self, COMMANDS};
+use crate::wording;
 
 pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
     match inv.cmd.name {
@@ -237,7 +238,10 @@ pub(crate) fn help(inv: &Invocation) -> Result<Output> {
 
 fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let v = s.required(inv, "setting", None)?;
-    let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
+    // `set name=value` or `set name value` (psql's \pset style); never asked for separately.
+    let (k, val) = v
+        .split_once('=')
+        .unwrap_or((v.as_str(), inv.given("value").unwrap_or("")));
     match k.trim() {
         "output_format" => {
             let f: OutputFormat = if val.trim().is_empty() {
@@ -255,8 +259,13 @@ fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
                 "timezone = {z}: times are shown in it, and times typed without a zone are read in it"
             )]))
         }
+        "expanded" => {
+            let e: crate::fit::Expanded = val.parse().map_err(anyhow::Error::msg)?;
+            s.expanded = e;
+            Ok(Output::Done(vec![format!("expanded = {e}")]))
+        }
         other => bail!(
-            "unknown shell parameter \"{other}\"; the parameters are output_format=table|csv|json and timezone=<IANA name>|local"
+            "unknown shell parameter \"{other}\"; the parameters are output_format=table|csv|json, expanded=on|off|auto and timezone=<IANA name>|local"
         ),
     }
 }
@@ -579,10 +588,10 @@ async fn databases_without_definitions(s: &mut Session, inv: &Invocation) -> Res
         Ok(out)
     } else {
         // Tell the truth: the list is incomplete. Print what we have, then fail.
-        print!("{}", crate::render::render(&out, s.format));
+        print!("{}", s.render(&out));
         bail!(
-            "{} node(s) could not be checked:\n{}",
-            failures.len(),
+            "{} could not be checked:\n{}",
+            pgbackman_core::text::plural(failures.len(), "node", "nodes"),
             failures.join("\n")
         )
     }
@@ -603,7 +612,7 @@ pub(crate) fn validate_schedule(fields: [&str; 5]) -> Result<CronSchedule> {
 
 fn describe(line: &str) -> String {
     CronSchedule::parse_line(line)
-        .map(|c| c.describe())
+        .map(|c| wording::sentence_part(&c.describe()))
         .unwrap_or_default()
 }
 
@@ -659,7 +668,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         let on_node = node_databases(s, &node).await?;
         let with = s.catalog.dbnames_with_definitions(node.node_id).await?;
         model::resolve_selection(&sel, &on_node, &with, &exceptions)
-            .map_err(|e| anyhow::anyhow!("{e} (PgSQL node {})", node.fqdn))?
+            .map_err(|e| wording::on_node_error(&e, &node.fqdn))?
     };
     if dbnames.is_empty() {
         return Ok(Output::Text(
@@ -738,8 +747,8 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     }
     if inv.bare {
         s.confirm(&format!(
-            "Register {} backup definition(s) on {}?",
-            defs.len(),
+            "Register {} on {}?",
+            pgbackman_core::text::plural(defs.len(), "backup definition", "backup definitions"),
             node.fqdn
         ))?;
     }
@@ -752,7 +761,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     Ok(Output::Done(
         done.iter()
             .map(|d| {
-                let line = d.schedule.join(" ");
+                let line = wording::schedule_text(&d.schedule.join(" "));
                 let name = if d.dbname.is_empty() {
                     format!("{} (whole cluster)", d.code)
                 } else {
@@ -910,7 +919,7 @@ async fn update_backup_definition(s: &mut Session, inv: &Invocation) -> Result<O
     s.catalog.update_backup_definition(&s.audit(), &u).await?;
     Ok(Output::Done(vec![format!(
         "Backup definition DefID {def_id} updated: {} ({}).",
-        sched.join(" "),
+        wording::schedule_text(&sched.join(" ")),
         describe(&sched.join(" "))
     )]))
 }
@@ -972,7 +981,8 @@ async fn delete_backup_definition_dbname(s: &mut Session, inv: &Invocation) -> R
         .delete_backup_definition_dbname(&s.audit(), &node, &db, force)
         .await?;
     Ok(Output::Done(vec![format!(
-        "{n} backup definition(s) of dbname [{db}] on {node} deleted{}.",
+        "{} of dbname [{db}] on {node} deleted{}.",
+        pgbackman_core::text::plural(n, "backup definition", "backup definitions"),
         if force { " with force" } else { "" }
     )]))
 }
@@ -998,7 +1008,8 @@ async fn move_backup_definition(s: &mut Session, inv: &Invocation) -> Result<Out
         );
     }
     Ok(Output::Done(vec![format!(
-        "{n} backup definition(s) moved from {from} to {to}; existing backups stay on {from}."
+        "{} moved from {from} to {to}; existing backups stay on {from}.",
+        pgbackman_core::text::plural(n, "backup definition", "backup definitions")
     )]))
 }
 
@@ -1126,7 +1137,7 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
         let exceptions =
             model::parse_exceptions(&s.value(inv, "exceptions", Some(""))?.unwrap_or_default());
         model::resolve_selection(&sel, &facts.databases, &[], &exceptions)
-            .map_err(|e| anyhow::anyhow!("{e} (PgSQL node {})", node.fqdn))?
+            .map_err(|e| wording::on_node_error(&e, &node.fqdn))?
     };
     let at = at_time_arg(s.value(inv, "at_time", Some("now"))?.as_deref())?;
     let retention = s.value(inv, "retention_period", Some(&get("retention_period")))?;
@@ -1303,6 +1314,14 @@ async fn show_pgbackman_config(s: &mut Session) -> Result<Output> {
         (
             "Display time zone",
             Value::Text(crate::zone::display().to_string()),
+        ),
+        ("Expanded display", Value::Text(s.expanded.to_string())),
+        (
+            "Table width",
+            Value::Text(crate::fit::terminal_width().map_or_else(
+                || "unlimited (not a terminal, COLUMNS not set)".to_string(),
+                |w| format!("{w} columns"),
+            )),
         ),
     ];
     Ok(Output::Report {

@@ -521,13 +521,10 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
     if interactive {
         print!(
             "{}",
-            crate::render::render(
-                &Output::Report {
-                    kind: "restore_plan",
-                    rows: plan.rows(),
-                },
-                s.format
-            )
+            s.render(&Output::Report {
+                kind: "restore_plan",
+                rows: plan.rows(),
+            })
         );
         s.confirm("Register this restore?")?;
     }

@@ -170,8 +170,8 @@ async fn update_drill_schedule(s: &mut Session, inv: &Invocation) -> Result<Outp
     Ok(Output::Done(vec![match &schedule {
         Some(c) => format!(
             "Drills of DefID {def_id}: {} ({}): the newest successful backup, restored on the backup server's drill node.",
-            c.to_line(),
-            c.describe()
+            crate::wording::schedule_text(&c.to_line()),
+            crate::wording::sentence_part(&c.describe())
         ),
         None => format!("Drills of DefID {def_id}: none scheduled."),
     }]))

@@ -12,7 +12,9 @@ pub mod commands_verify;
 pub mod complete;
 pub mod db_roles;
 pub mod import;
+pub mod fit;
 pub mod parse;
+pub mod priorities;
 pub mod quickstart;
 pub mod quickstart_agent;
 pub mod render;
@@ -22,6 +24,7 @@ pub mod shortcuts;
 pub mod spec;
 pub mod validate;
 pub mod zone;
+pub mod wording;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +36,6 @@ use pgbackman_core::model::OutputFormat;
 use pgbackman_db::{Catalog, migrate};
 
 use crate::parse::ParseError;
-use crate::render::render;
 use crate::session::{Aborted, Session};
 
 #[derive(Parser, Debug)]
@@ -74,6 +76,17 @@ struct Cli {
     /// Output format of listings and reports.
     #[arg(short = 'o', long = "output", value_name = "table|csv|json")]
     output: Option<OutputFormat>,
+    /// Tables one record per block (psql's \x): on, off or auto (when a row does not fit the
+    /// width). -x alone means on. The width is $COLUMNS, else the terminal's; unlimited when
+    /// the output is not a terminal.
+    #[arg(
+        short = 'x',
+        long = "expanded",
+        value_name = "on|off|auto",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    expanded: Option<fit::Expanded>,
     #[command(subcommand)]
     sub: Option<Sub>,
 }
@@ -235,7 +248,7 @@ pub fn catalog_target(
         );
     }
     let redacted = pgbackman_config::redacted(&cfg);
-    Ok((cfg, redacted, format!("{source:?}")))
+    Ok((cfg, redacted, source.to_string()))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -281,7 +294,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(inv) => match commands::help(&inv) {
                 Ok(out) => {
-                    print!("{}", render(&out, OutputFormat::Table));
+                    let layout = fit::Layout::for_stdout(cli.expanded.unwrap_or_default());
+                    print!("{}", render::render_with(&out, OutputFormat::Table, layout));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -352,6 +366,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         },
         history: Vec::new(),
         line: String::new(),
+        expanded: cli.expanded.unwrap_or_default(),
     };
     if let Some(path) = batch {
         return batch::run(&mut s, &path, cli.stop_on_error).await;
@@ -409,7 +424,7 @@ pub async fn execute_line_at(s: &mut Session, line: &str, at: Option<&str>) -> b
     s.line = line.to_string();
     match commands::run(s, &inv).await {
         Ok(out) => {
-            print!("{}", render(&out, s.format));
+            print!("{}", s.render(&out));
             true
         }
         Err(e) if e.is::<Aborted>() => {

@@ -179,6 +179,7 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
         editor: None,
         history: Vec::new(),
         line: String::new(),
+        expanded: Default::default(),
     };
     crate::execute_line(&mut s, "show_backup_servers").await;
     crate::execute_line(&mut s, "show_pgsql_nodes").await;

@@ -5,12 +5,13 @@
 //! them escaped (`\x1b`, `\u{202e}`, [`pgbackman_core::text::escape_controls`]); JSON keeps the
 //! exact text (its own escaping is safe).
 
-use comfy_table::presets::ASCII_FULL_CONDENSED;
-use comfy_table::{ContentArrangement, Table};
+use pgbackman_core::duration;
 use pgbackman_core::model::OutputFormat;
 use pgbackman_core::text::escape_controls;
 use pgbackman_db::{Rows, Value};
 use serde_json::{Map, Value as Json, json};
+
+use crate::fit::{self, Layout};
 
 /// What a command produced.
 #[derive(Debug)]
@@ -51,6 +52,15 @@ pub fn key(column: &str) -> String {
     k.trim_matches('_').to_string()
 }
 
+/// Columns holding a PostgreSQL interval that measures a run: shown in the one duration format
+/// of [`pgbackman_core::duration`] (CSV and JSON keep the interval text).
+fn is_duration(column: &str) -> bool {
+    matches!(
+        column,
+        "Duration" | "Elapsed" | "Restore time" | "Drill restore time"
+    ) || column.ends_with("running time")
+}
+
 fn is_size(column: &str) -> bool {
     column.ends_with("size") || column.ends_with("Size")
 }
@@ -86,18 +96,27 @@ fn raw_cell_text(column: &str, v: &Value) -> String {
         Value::Int(n) => n.to_string(),
         Value::Float(f) => f.to_string(),
         Value::Bool(b) => b.to_string(),
+        Value::Text(s) if is_duration(column) => {
+            duration::parse_pg_interval(s).map_or_else(|| s.clone(), duration::human_secs)
+        }
+        Value::Text(s) if column == "Schedule" => crate::wording::schedule_text(s),
         Value::Text(s) => s.clone(),
         // The display zone, with the offset as the suffix (README, Operations, Time).
         Value::Time(t) => crate::zone::display().show(t),
         Value::List(l) => l.join(", "),
-        Value::Json(j) => json_lines(j),
+        Value::Json(j) if column == "Phase timings" => json_lines(j, true),
+        Value::Json(j) => json_lines(j, false),
     }
 }
 
-/// JSON in a table cell, for people: one array element or object member per line.
-fn json_lines(j: &Json) -> String {
+/// JSON in a table cell, for people: one array element or object member per line; numbers of
+/// `seconds` objects in the one duration format.
+fn json_lines(j: &Json, seconds: bool) -> String {
     let scalar = |v: &Json| match v {
         Json::String(s) => s.clone(),
+        Json::Number(n) if seconds => n
+            .as_f64()
+            .map_or_else(|| n.to_string(), duration::human_secs),
         Json::Number(n) => match n.as_f64() {
             Some(f) if n.is_f64() => format!("{f:.3}"),
             _ => n.to_string(),
@@ -115,7 +134,13 @@ fn json_lines(j: &Json) -> String {
             .join("\n"),
         Json::Object(m) => m
             .iter()
-            .map(|(k, v)| format!("{k}: {}", scalar(v)))
+            .map(|(k, v)| match v.as_f64() {
+                // A member that counts seconds reads as a duration.
+                Some(secs) if k == "seconds" || k.ends_with("_seconds") => {
+                    format!("{k}: {}", duration::human_secs(secs))
+                }
+                _ => format!("{k}: {}", scalar(v)),
+            })
             .collect::<Vec<_>>()
             .join("\n"),
         other => scalar(other),
@@ -178,17 +203,50 @@ fn csv_of(rows: &Rows) -> String {
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
-fn new_table() -> Table {
-    let mut t = Table::new();
-    t.load_style(ASCII_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled);
-    t
+/// Renders `out` as text ready to print (with a trailing newline when not empty), tables at
+/// their natural width.
+pub fn render(out: &Output, format: OutputFormat) -> String {
+    render_with(out, format, Layout::default())
 }
 
-/// Renders `out` as text ready to print (with a trailing newline when not empty).
-pub fn render(out: &Output, format: OutputFormat) -> String {
+/// The failure of a backup, shown first in its details: what a reader looks for.
+const FAILURE_FIRST: &[&str] = &[
+    "Execution status",
+    "Failed step",
+    "Exit status",
+    "Error message",
+    "Stderr tail",
+];
+
+/// Report rows in the order a person reads them: for a failed backup, its failure right after
+/// its BckID (CSV and JSON keep the catalog's order).
+fn report_order(kind: &str, rows: &Rows, r: &[Value]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows.columns.len()).collect();
+    let failed = rows
+        .columns
+        .iter()
+        .position(|c| c == "Failed step")
+        .is_some_and(|i| !matches!(r[i], Value::Null));
+    if kind == "backup_details" && failed {
+        let front: Vec<usize> = FAILURE_FIRST
+            .iter()
+            .filter_map(|name| rows.columns.iter().position(|c| c == name))
+            .collect();
+        order.retain(|i| !front.contains(i));
+        let at = order
+            .iter()
+            .position(|&i| rows.columns[i] == "BckID")
+            .map_or(0, |p| p + 1);
+        order.splice(at..at, front);
+    }
+    order
+}
+
+/// [`render`] for a terminal: tables fitted to `layout` (wrapped, columns dropped, expanded).
+pub fn render_with(out: &Output, format: OutputFormat, layout: Layout) -> String {
     match (out, format) {
         (Output::Nothing, _) => String::new(),
+        (Output::Text(s), OutputFormat::Table) => ensure_nl(fit::wrap_text(&safe(s), layout.width)),
         (Output::Text(s), _) => ensure_nl(safe(s)),
         (Output::Done(lines), OutputFormat::Json) => {
             ensure_nl(json!({"status": "done", "messages": lines}).to_string())
@@ -205,23 +263,31 @@ pub fn render(out: &Output, format: OutputFormat) -> String {
         (Output::List { rows, .. } | Output::Report { rows, .. }, OutputFormat::Csv) => {
             csv_of(rows)
         }
-        (Output::List { rows, .. }, OutputFormat::Table) => {
-            let mut t = new_table();
-            t.set_header(rows.columns.iter());
-            for r in &rows.rows {
-                t.add_row(rows.columns.iter().zip(r).map(|(c, v)| cell_text(c, v)));
-            }
-            let n = rows.len();
-            format!("{t}\n({n} row{})\n", if n == 1 { "" } else { "s" })
+        (Output::List { kind, rows }, OutputFormat::Table) => {
+            let header: Vec<String> = rows.columns.iter().map(|c| safe(c)).collect();
+            let cells: Vec<Vec<String>> = rows
+                .rows
+                .iter()
+                .map(|r| {
+                    rows.columns
+                        .iter()
+                        .zip(r)
+                        .map(|(c, v)| cell_text(c, v))
+                        .collect()
+                })
+                .collect();
+            fit::listing(kind, &header, &cells, layout)
         }
-        (Output::Report { rows, .. }, OutputFormat::Table) => {
-            let mut t = new_table();
-            t.set_header(["Parameter", "Value"]);
+        (Output::Report { kind, rows }, OutputFormat::Table) => {
+            let header = vec!["Parameter".to_string(), "Value".to_string()];
+            let mut cells = Vec::new();
             for r in &rows.rows {
-                for (c, v) in rows.columns.iter().zip(r) {
-                    t.add_row([c.clone(), cell_text(c, v)]);
+                for i in report_order(kind, rows, r) {
+                    let c = &rows.columns[i];
+                    cells.push(vec![safe(c), cell_text(c, &r[i])]);
                 }
             }
+            let (t, _) = fit::fitted(&header, &cells, &[], layout.width, false);
             format!("{t}\n")
         }
     }
@@ -343,6 +409,40 @@ mod tests {
             v["x"][0]["dbname"],
             json!("db\x1b[2J\x07\u{202e}x\u{200b}y\u{9b}")
         );
+    }
+
+    #[test]
+    fn durations_have_one_format_in_tables_only() {
+        let rows = Rows {
+            columns: vec!["Duration".into(), "Phase timings".into()],
+            rows: vec![vec![
+                Value::Text("00:03:20.4".into()),
+                Value::Json(json!({"connect": 0.026, "dump": 12.5})),
+            ]],
+        };
+        let out = Output::List { kind: "x", rows };
+        let t = render(&out, OutputFormat::Table);
+        assert!(t.contains("| 3 min 20 s |"), "{t}");
+        assert!(
+            t.contains("connect: 26 ms") && t.contains("dump: 13 s"),
+            "{t}"
+        );
+        let details = Output::List {
+            kind: "x",
+            rows: Rows {
+                columns: vec!["Details".into()],
+                rows: vec![vec![Value::Json(
+                    json!({"seconds": 0.025, "toc_entries": 12}),
+                )]],
+            },
+        };
+        let d = render(&details, OutputFormat::Table);
+        assert!(
+            d.contains("seconds: 25 ms") && d.contains("toc_entries: 12"),
+            "{d}"
+        );
+        let csv = render(&out, OutputFormat::Csv);
+        assert!(csv.contains("00:03:20.4"), "{csv}");
     }
 
     #[test]

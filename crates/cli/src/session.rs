@@ -29,11 +29,22 @@ pub struct Session {
     pub history: Vec<String>,
     /// The line being executed, for the audit log.
     pub line: String,
+    /// `set expanded on|off|auto` / `-x`: one record per block.
+    pub expanded: crate::fit::Expanded,
 }
 
 impl Session {
     pub fn interactive(&self) -> bool {
         self.editor.is_some()
+    }
+
+    /// `out` as text for standard output, tables fitted to the terminal as it is now.
+    pub fn render(&self, out: &crate::render::Output) -> String {
+        crate::render::render_with(
+            out,
+            self.format,
+            crate::fit::Layout::for_stdout(self.expanded),
+        )
     }
 
     pub fn audit(&self) -> Audit {

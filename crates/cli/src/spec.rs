@@ -738,10 +738,11 @@ pub static COMMANDS: &[Cmd] = &[
     Cmd {
         name: "set",
         group: SHELL,
-        about: "Set a shell parameter: output_format=table|csv|json, or timezone=<IANA name>|local (the display zone: \
-                times are shown in it, and times typed without a zone are read in it).",
-        args: &[pos("setting", "Parameter=value")],
-        examples: &["set output_format=json", "set timezone=Europe/Oslo"],
+        about: "Set a shell parameter: output_format=table|csv|json, expanded=on|off|auto (one record per block, \
+                like psql's \\x; auto when a row does not fit the terminal), or timezone=<IANA name>|local (the display \
+                zone: times are shown in it, and times typed without a zone are read in it).",
+        args: &[pos("setting", "Parameter=value"), pos("value", "Value")],
+        examples: &["set output_format=json", "set expanded auto", "set timezone=Europe/Oslo"],
     },
     Cmd {
         name: "help",

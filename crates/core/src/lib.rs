@@ -5,6 +5,7 @@
 //!
 //! - [`cron`]: classic 5-field crontab schedules (validation with field-level errors, next fire
 //!   time in any time zone, description in words), built on `croner`.
+//! - [`duration`]: the one human format of a duration (shell tables, agent log).
 //! - [`hostname`]: host names, domains and node addresses (RFC 1123, IP, socket directory).
 //! - [`import`]: how a PgBackMan 1.x catalog maps onto this one (what is carried, what not).
 //! - [`interval`]: the "random minute/hour inside the node's configured interval" rule.
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod cron;
+pub mod duration;
 pub mod hostname;
 pub mod import;
 pub mod interval;

@@ -7,6 +7,7 @@
 //! makes every such character visible (`\x1b`, `\u{202e}`); JSON output keeps the exact text.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::fmt::Write as _;
 
 /// Characters an input quoted in a message keeps, at most.
@@ -145,6 +146,12 @@ pub fn bound_words(msg: &str) -> Cow<'_, str> {
     }
     flush(&mut word, &mut out);
     Cow::Owned(out)
+}
+
+/// `n` and the noun in agreement: "1 backup", "2 backups", "0 backups".
+pub fn plural<N: fmt::Display + PartialEq + From<u8>>(n: N, one: &str, many: &str) -> String {
+    let word = if n == N::from(1) { one } else { many };
+    format!("{n} {word}")
 }
 
 #[cfg(test)]

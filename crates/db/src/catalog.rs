@@ -1117,7 +1117,7 @@ impl Catalog {
             .await?;
         if r.is_empty() {
             return Err(DbError::Invalid(format!(
-                "BckID {bck_id} does not exist\nHINT: show_backup_catalog lists the backups"
+                "BckID {bck_id} does not exist\nHINT: show_backup_catalog lists the backups."
             )));
         }
         Ok(r)

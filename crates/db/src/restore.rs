@@ -103,7 +103,7 @@ impl Catalog {
             .await?
             .ok_or_else(|| {
                 DbError::Invalid(format!(
-                    "BckID {bck_id} does not exist\nHINT: show_backup_catalog lists the backups"
+                    "BckID {bck_id} does not exist\nHINT: show_backup_catalog lists the backups."
                 ))
             })?;
         Ok(RestoreSource {

@@ -521,8 +521,9 @@ impl Run<'_> {
                     return Err(fail(
                         step,
                         format!(
-                            "zstd level {zstd_level} is outside {:?}",
-                            zstd::compression_level_range()
+                            "zstd level {zstd_level} is outside {} to {}",
+                            zstd::compression_level_range().start(),
+                            zstd::compression_level_range().end()
                         ),
                     ));
                 }

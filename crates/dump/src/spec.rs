@@ -155,6 +155,29 @@ pub enum Status {
     },
 }
 
+/// For logs and messages: "failed at step pg_dump (exit status 2): ...", never Rust's debug
+/// form (`Some(2)`).
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Succeeded => f.write_str("succeeded"),
+            Status::Failed {
+                step,
+                exit_status,
+                message,
+                ..
+            } => {
+                write!(f, "failed at step {step}")?;
+                if let Some(code) = exit_status {
+                    write!(f, " (exit status {code})")?;
+                }
+                write!(f, ": {message}")
+            }
+            Status::Cancelled { reason } => write!(f, "cancelled ({reason})"),
+        }
+    }
+}
+
 impl Status {
     /// True for [`Status::Succeeded`].
     pub fn is_success(&self) -> bool {
@@ -244,5 +267,35 @@ pub(crate) mod code_serde {
     {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    #[test]
+    fn a_status_reads_as_words() {
+        let failed = Status::Failed {
+            step: "pg_restore".into(),
+            exit_status: Some(2),
+            message: "pg_restore exited with status 2".into(),
+            stderr_tail: String::new(),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "failed at step pg_restore (exit status 2): pg_restore exited with status 2"
+        );
+        let killed = Status::Failed {
+            step: "connect".into(),
+            exit_status: None,
+            message: "no answer".into(),
+            stderr_tail: String::new(),
+        };
+        assert_eq!(killed.to_string(), "failed at step connect: no answer");
+        let cancelled = Status::Cancelled {
+            reason: "cancelled during step roles".into(),
+        };
+        assert!(!format!("{failed} {killed} {cancelled}").contains("Some("));
     }
 }

@@ -680,7 +680,21 @@ pub async fn run_drill(spec: &DrillSpec, cancel: CancellationToken) -> DrillOutc
         out.stderr_tail = s.stderr_tail;
     }
     out.finished = Utc::now();
-    tracing::info!(job_id = spec.job_id, state = ?out.state, message = ?out.message, restore_seconds = ?out.restore_seconds, "restore drill ended");
+    let state = match out.state {
+        DrillState::Passed => "PASSED",
+        DrillState::Failed => "FAILED",
+        DrillState::Error => "ERROR",
+        DrillState::Cancelled => "CANCELLED",
+    };
+    tracing::info!(
+        job_id = spec.job_id,
+        state,
+        message = out.message.as_deref().unwrap_or(""),
+        restore_time = %out
+            .restore_seconds
+            .map_or_else(|| "-".to_string(), pgbackman_core::duration::human_secs),
+        "restore drill ended"
+    );
     out
 }
 

@@ -108,7 +108,7 @@ pub async fn restore_set(
                     reason: format!("cancelled during step {step}"),
                 },
             };
-            x.log.event(&format!("restore stopped: {status:?}"));
+            x.log.event(&format!("restore stopped: {status}"));
             x.undo().await;
             status
         }
