@@ -24,6 +24,7 @@ pub mod cron;
 pub mod hostname;
 pub mod interval;
 pub mod model;
+pub mod monitoring;
 pub mod overdue;
 pub mod params;
 pub mod paths;

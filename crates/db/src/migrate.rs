@@ -46,6 +46,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/80_triggers.sql"),
     ),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
+    (
+        "92_monitoring.sql",
+        include_str!("../../../sql/92_monitoring.sql"),
+    ),
 ];
 
 /// Key of the advisory lock held while the catalog schema changes ("pgbackman" in ASCII).
