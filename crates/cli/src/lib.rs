@@ -7,6 +7,7 @@ pub mod commands_alerts;
 pub mod commands_reconcile;
 pub mod commands_restore;
 pub mod commands_verify;
+pub mod monitor;
 pub mod parse;
 pub mod quickstart;
 pub mod render;
@@ -187,6 +188,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ExitCode::FAILURE
                 }
             },
+        });
+    }
+    // The Nagios probe owns its exit status: even "no catalog configured" is UNKNOWN (3).
+    if let Some(line) = &cli.command
+        && let Some(words) = shlex::split(line)
+        && words.first().is_some_and(|w| w == "show_pgbackman_status")
+        && words.iter().any(|w| w == "--nagios")
+    {
+        return Ok(match parse::parse(&words) {
+            Ok(inv) => monitor::nagios_main(cli.catalog.as_deref(), &file, &inv).await,
+            Err(e) => {
+                println!("PGBACKMAN UNKNOWN - {}", render::safe(&e.to_string()).replace('\n', " "));
+                ExitCode::from(3)
+            }
         });
     }
     let (cfg, target, source) = catalog_target(cli.catalog.as_deref(), &file)?;

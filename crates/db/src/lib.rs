@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod error;
 pub mod introspect;
 pub mod migrate;
+pub mod monitoring;
 pub mod node;
 pub mod reconcile;
 pub mod restore;
