@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod parse;
 pub mod quickstart;
 pub mod render;
+pub mod serve_metrics;
 pub mod session;
 pub mod shell;
 pub mod spec;
@@ -80,6 +81,10 @@ enum Sub {
     },
     /// Start a private catalog cluster, register this host and the local cluster, open the shell.
     Quickstart(quickstart::Args),
+    /// Serve the fleet's metrics from the catalog for Prometheus (GET /metrics): per definition
+    /// the last success, last verification, next run, duration and size; open jobs; agents;
+    /// alerts. The catalog is read every --refresh-seconds; a scrape never waits on it.
+    ServeMetrics(serve_metrics::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,6 +167,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let file = pgbackman_config::load(cli.config.as_deref())?;
     if let Some(Sub::Quickstart(args)) = &cli.sub {
         return quickstart::run(args, &file).await;
+    }
+    if let Some(Sub::ServeMetrics(args)) = &cli.sub {
+        return serve_metrics::run(args, cli.catalog.as_deref(), &file).await;
     }
     // Help needs no catalog: whoever reads about a command may not have one yet.
     if let Some(line) = &cli.command
