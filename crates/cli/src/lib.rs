@@ -207,7 +207,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(match parse::parse(&words) {
             Ok(inv) => monitor::nagios_main(cli.catalog.as_deref(), &file, &inv).await,
             Err(e) => {
-                println!("PGBACKMAN UNKNOWN - {}", render::safe(&e.to_string()).replace('\n', " "));
+                println!(
+                    "PGBACKMAN UNKNOWN - {}",
+                    render::safe(&e.to_string()).replace('\n', " ")
+                );
                 ExitCode::from(3)
             }
         });

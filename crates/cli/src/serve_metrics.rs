@@ -43,6 +43,13 @@ pub struct Args {
     pub queue_warning: u64,
 }
 
+/// A line on stderr (the journal under systemd). Never panics: a closed stderr must not stop
+/// the reader (`eprintln!` would).
+fn log(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "serve-metrics: {line}");
+}
+
 /// What a scrape is served from.
 #[derive(Default)]
 struct Cache {
@@ -76,11 +83,11 @@ pub async fn run(args: &Args, flag: Option<&str>, file: &FileConfig) -> Result<E
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    eprintln!(
-        "serve-metrics: http://{}/metrics, catalog {target}, read every {} s",
+    log(&format!(
+        "http://{}/metrics, catalog {target}, read every {} s",
         listener.local_addr().unwrap_or(addr),
         args.refresh_seconds
-    );
+    ));
     let cache = Arc::new(Mutex::new(Cache::default()));
     let refresher = tokio::spawn(refresh_loop(
         catalog,
@@ -125,7 +132,7 @@ async fn refresh_loop(
         match read {
             Ok(snap) => {
                 if !c.up && c.failures > 0 {
-                    eprintln!("serve-metrics: catalog {target} answers again");
+                    log(&format!("catalog {target} answers again"));
                 }
                 c.fleet = fleet_metrics(&snap, &judge_all(&snap, &tz, stuck_after));
                 c.up = true;
@@ -135,10 +142,10 @@ async fn refresh_loop(
                 if c.up || c.failures == 0 {
                     let msg = e.to_string();
                     let msg = pgbackman_core::text::bound_words(&msg);
-                    eprintln!(
-                        "serve-metrics: catalog {target} not read: {}; serving the last good figures with pgbackman_catalog_up 0",
+                    log(&format!(
+                        "catalog {target} not read: {}; serving the last good figures with pgbackman_catalog_up 0",
                         crate::render::safe(&msg)
-                    );
+                    ));
                 }
                 c.up = false;
                 c.failures += 1;
@@ -269,7 +276,11 @@ pub fn fleet_metrics(snap: &FleetSnapshot, judged: &[Judged<'_>]) -> String {
         judged,
         "pgbackman_definition_last_run_failed",
         "1 when the newest backup of the definition failed (ERROR), else 0.",
-        |j| Some(f64::from(u8::from(j.def.last_status.as_deref() == Some("ERROR")))),
+        |j| {
+            Some(f64::from(u8::from(
+                j.def.last_status.as_deref() == Some("ERROR"),
+            )))
+        },
     );
     per_definition(
         &mut e,

@@ -732,9 +732,18 @@ pub static COMMANDS: &[Cmd] = &[
                 label: "One line and the Nagios exit status (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
                 kind: Kind::Flag,
             },
-            opt("zabbix-discovery", "Zabbix low-level discovery of: nodes or definitions"),
-            opt("queue-warning", "Minutes a job may wait in the queue before a WARNING (default 15)"),
-            opt("timeout", "With --nagios: seconds to wait for the catalog (default 8)"),
+            opt(
+                "zabbix-discovery",
+                "Zabbix low-level discovery of: nodes or definitions",
+            ),
+            opt(
+                "queue-warning",
+                "Minutes a job may wait in the queue before a WARNING (default 15)",
+            ),
+            opt(
+                "timeout",
+                "With --nagios: seconds to wait for the catalog (default 8)",
+            ),
         ],
         examples: &[
             "show_pgbackman_status",

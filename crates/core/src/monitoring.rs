@@ -253,7 +253,11 @@ fn value_text(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {
@@ -371,7 +375,12 @@ mod tests {
     fn tally_and_nagios_line() {
         let mut tally = Tally::default();
         assert_eq!(tally.worst(), Verdict::Ok);
-        for v in [Verdict::Ok, Verdict::Warning, Verdict::Critical, Verdict::Ok] {
+        for v in [
+            Verdict::Ok,
+            Verdict::Warning,
+            Verdict::Critical,
+            Verdict::Ok,
+        ] {
             tally.add(v);
         }
         assert_eq!(tally.worst(), Verdict::Critical);
