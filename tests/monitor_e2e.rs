@@ -207,7 +207,7 @@ fn status_probe_nagios_and_zabbix() {
     assert_eq!(data.len(), 3);
     let mine = data
         .iter()
-        .find(|e| e["{#DEFID}"] == f.ok.to_string())
+        .find(|e| e["{#DEFID}"].as_str().and_then(|s| s.parse().ok()) == Some(f.ok))
         .unwrap();
     assert_eq!(mine["{#DBNAME}"], HOSTILE);
     assert_eq!(mine["{#NODE}"], "pg01.example.org");

@@ -747,9 +747,8 @@ pub static COMMANDS: &[Cmd] = &[
         ],
         examples: &[
             "show_pgbackman_status",
-            "pgbackman -C show_pgbackman_status -o json",
-            "pgbackman -C 'show_pgbackman_status --nagios'",
-            "pgbackman -C 'show_pgbackman_status --zabbix-discovery definitions'",
+            "show_pgbackman_status --nagios --queue-warning 30",
+            "show_pgbackman_status --zabbix-discovery definitions",
         ],
     },
     Cmd {
