@@ -2,8 +2,8 @@
 -- fleet metrics (`pgbackman serve-metrics`) read. Read-only views; the verdicts and the schedule
 -- math (overdue, next run) are made in Rust (crates/core/src/monitoring.rs), as the agent's
 -- overdue check does. Each lateral subquery reads one index (backup_catalog_def_idx,
--- job_def_idx, job_open_idx, backup_catalog_server_idx), so a scrape stays cheap with a million
--- catalog rows.
+-- backup_catalog_passed_idx, job_def_idx, job_open_idx, backup_catalog_server_idx), so a scrape
+-- stays cheap with a million catalog rows.
 
 -- One row per definition that is not DELETED: its last run, last success, last verified set
 -- and open jobs.
@@ -40,9 +40,11 @@ select d.def_id, d.backup_server_id as server_id, s.fqdn as server_fqdn,
                        from public.backup_catalog c
                       where c.def_id = d.def_id and c.execution_status = 'SUCCEEDED'
                       order by c.finished desc limit 1) ls on true
-  left join lateral (select max(c.verified_at) as verified_at
+  -- The newest set that passed a verification (backup_catalog_passed_idx, V12).
+  left join lateral (select c.verified_at
                        from public.backup_catalog c
-                      where c.def_id = d.def_id and c.verification_state = 'PASSED') lv on true
+                      where c.def_id = d.def_id and c.verification_state = 'PASSED'
+                      order by c.finished desc limit 1) lv on true
   left join lateral (select count(*) filter (where j.state = 'QUEUED') as queued,
                             count(*) filter (where j.state = 'RUNNING') as running,
                             min(j.not_before) filter (where j.state = 'QUEUED') as oldest_queued
