@@ -28,7 +28,10 @@ select d.def_id, d.backup_server_id as server_id, s.fqdn as server_fqdn,
        extract(epoch from ls.duration)::float8 as last_success_duration,
        ls.total_size as last_success_size,
        lv.verified_at as last_verified,
-       coalesce(q.queued, 0) as queued, coalesce(q.running, 0) as running, q.oldest_queued
+       coalesce(q.queued, 0) as queued, coalesce(q.running, 0) as running, q.oldest_queued,
+       -- The zone the server's agent fires schedules in; NULL: the reader's $TZ (else UTC), the
+       -- agent's default. (Filled from the agents' heartbeats once the catalog records them.)
+       null::text as time_zone
   from public.backup_definition d
   join nodes n on n.node_id = d.pgsql_node_id
   join public.backup_server s on s.server_id = d.backup_server_id
@@ -74,7 +77,10 @@ select a.state, a.alert_type, count(*) as alerts
 create view api.monitoring_servers as
 select s.server_id, s.fqdn as server_fqdn, s.status,
        nullif(greatest(coalesce(lb.registered, '-infinity'), coalesce(hb.at, '-infinity')),
-              '-infinity'::timestamptz) as last_report
+              '-infinity'::timestamptz) as last_report,
+       -- The agent's own heartbeat and state (online, degraded, offline), once the catalog
+       -- records heartbeats; NULL until then.
+       null::timestamptz as last_seen, null::text as agent_state
   from public.backup_server s
   left join lateral (select c.registered from public.backup_catalog c
                       where c.backup_server_id = s.server_id

@@ -61,9 +61,15 @@ pub fn judge_all<'a>(snap: &'a FleetSnapshot, tz: &Tz, stuck_after: Duration) ->
                 last_success: d.last_success,
                 oldest_queued: d.oldest_queued,
             };
+            // The agent's zone when the catalog knows it, else the reader's.
+            let zone: Tz = d
+                .time_zone
+                .as_deref()
+                .and_then(|z| z.parse().ok())
+                .unwrap_or(*tz);
             Judged {
                 def: d,
-                judgement: monitoring::judge(&facts, tz, now, stuck_after),
+                judgement: monitoring::judge(&facts, &zone, now, stuck_after),
             }
         })
         .collect()

@@ -348,6 +348,37 @@ pub fn fleet_metrics(snap: &FleetSnapshot, judged: &[Judged<'_>]) -> String {
     }
 
     e.family(
+        "pgbackman_agent_last_seen_timestamp_seconds",
+        "gauge",
+        "Unix time of the agent's last heartbeat in the catalog.",
+    );
+    for s in &snap.servers {
+        if let Some(t) = s.last_seen {
+            e.sample(
+                "pgbackman_agent_last_seen_timestamp_seconds",
+                &[("server", &s.server_fqdn)],
+                ts(t),
+            );
+        }
+    }
+    e.family(
+        "pgbackman_agent_state",
+        "gauge",
+        "1 for the state the agent last reported (online, degraded, offline).",
+    );
+    for s in &snap.servers {
+        if let Some(st) = &s.agent_state {
+            for state in ["online", "degraded", "offline"] {
+                e.sample(
+                    "pgbackman_agent_state",
+                    &[("server", &s.server_fqdn), ("state", state)],
+                    f64::from(u8::from(st == state)),
+                );
+            }
+        }
+    }
+
+    e.family(
         "pgbackman_alerts",
         "gauge",
         "Alerts in the catalog per state (QUEUED, SENT, FAILED, EXPIRED) and type.",

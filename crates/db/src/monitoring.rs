@@ -35,6 +35,8 @@ pub struct DefinitionHealth {
     pub queued: i64,
     pub running: i64,
     pub oldest_queued: Option<DateTime<Utc>>,
+    /// The zone its server's agent fires schedules in, when the catalog knows it.
+    pub time_zone: Option<String>,
 }
 
 impl DefinitionHealth {
@@ -68,6 +70,7 @@ impl DefinitionHealth {
             queued: r.get("queued"),
             running: r.get("running"),
             oldest_queued: r.get("oldest_queued"),
+            time_zone: r.get("time_zone"),
         }
     }
 }
@@ -97,6 +100,10 @@ pub struct ServerSeen {
     pub server_fqdn: String,
     pub status: String,
     pub last_report: Option<DateTime<Utc>>,
+    /// The agent's last heartbeat, when the catalog records heartbeats.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// online, degraded or offline, as the agent last reported it.
+    pub agent_state: Option<String>,
 }
 
 /// What the catalog says about the fleet, read in one snapshot.
@@ -161,7 +168,8 @@ impl Catalog {
             .collect();
         let servers = tx
             .query(
-                "select server_id, server_fqdn, status, last_report from api.monitoring_servers
+                "select server_id, server_fqdn, status, last_report, last_seen, agent_state
+                   from api.monitoring_servers
                   order by server_id",
                 &[],
             )
@@ -172,6 +180,8 @@ impl Catalog {
                 server_fqdn: r.get(1),
                 status: r.get(2),
                 last_report: r.get(3),
+                last_seen: r.get(4),
+                agent_state: r.get(5),
             })
             .collect();
         tx.commit().await?;
