@@ -460,3 +460,72 @@ fn serve_metrics_is_parsable_with_hostile_names_and_survives_the_catalog() {
         Some(success)
     );
 }
+
+#[test]
+fn serve_metrics_starts_without_a_catalog_and_warns_off_loopback() {
+    let home = tempfile::tempdir().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let catalog = format!(
+        "host=127.0.0.1 port={} dbname=pgbackman user=x",
+        dead.local_addr().unwrap().port()
+    );
+    drop(dead);
+    let o = command(home.path())
+        .args([
+            "--catalog",
+            &catalog,
+            "serve-metrics",
+            "--listen",
+            "localhost",
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not an address such as 127.0.0.1:9188"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let mut child = command(home.path())
+        .args([
+            "--catalog",
+            &catalog,
+            "serve-metrics",
+            "--listen",
+            "0.0.0.0:0",
+            "--refresh-seconds",
+            "1",
+            "--timeout-seconds",
+            "1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let (mut warning, mut started) = (String::new(), String::new());
+    err.read_line(&mut warning).unwrap();
+    err.read_line(&mut started).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let port = started
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no address in {started:?}"))
+        .to_string();
+    let served = Served {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+    };
+    assert!(
+        warning.contains("[WARNING]") && warning.contains("not on loopback"),
+        "{warning}"
+    );
+    // No catalog from the start: it serves its own state, and no fleet figure.
+    let text = wait_scrape(&served.addr, |t| {
+        value(t, "pgbackman_catalog_read_failures_total", &[]).unwrap_or(0.0) >= 1.0
+    });
+    assert_eq!(value(&text, "pgbackman_catalog_up", &[]), Some(0.0));
+    assert!(!text.contains("pgbackman_definition_"), "{text}");
+}
