@@ -81,9 +81,11 @@ enum Sub {
     },
     /// Start a private catalog cluster, register this host and the local cluster, open the shell.
     Quickstart(quickstart::Args),
-    /// Serve the fleet's metrics from the catalog for Prometheus (GET /metrics): per definition
-    /// the last success, last verification, next run, duration and size; open jobs; agents;
-    /// alerts. The catalog is read every --refresh-seconds; a scrape never waits on it.
+    /// Serve the fleet's metrics from the catalog for Prometheus (GET /metrics).
+    ///
+    /// Per definition the last success, last verification, next run, duration and size; open
+    /// jobs; agents; alerts. The catalog is read every --refresh-seconds within
+    /// --timeout-seconds; a scrape is served from the last read and never waits on the catalog.
     ServeMetrics(serve_metrics::Args),
 }
 
