@@ -318,7 +318,7 @@ pub fn status_rows(judged: &[Judged<'_>]) -> Rows {
             ]);
         }
     }
-    let mut first = vec![
+    let fleet_row = vec![
         Value::Text("fleet".into()),
         Value::Null,
         Value::Null,
@@ -335,7 +335,7 @@ pub fn status_rows(judged: &[Judged<'_>]) -> Rows {
         Value::Null,
         Value::Text(summary(&fleet)),
     ];
-    rows.insert(0, std::mem::take(&mut first));
+    rows.insert(0, fleet_row);
     Rows {
         columns: COLUMNS.iter().map(|c| c.to_string()).collect(),
         rows,
