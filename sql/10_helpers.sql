@@ -294,7 +294,8 @@ begin
         raise exception 'no value given for "%"', p_parameter using errcode = '22023';
     end if;
     case p_parameter
-    when 'retention_period', 'automatic_deletion_retention', 'sent_alerts_retention', 'overdue_grace_period' then
+    when 'retention_period', 'automatic_deletion_retention', 'sent_alerts_retention', 'overdue_grace_period',
+         'agent_not_seen_threshold' then
         perform api.check_interval(p_parameter, p_value);
     when 'retention_redundancy' then
         return api.check_int(p_parameter, p_value, 0, 10000)::text;
@@ -325,8 +326,17 @@ begin
                       hint = 'Keep encryption=false; encryption of backup sets comes with the object storage and encryption release.';
         end if;
         return 'false';
-    when 'autoregister' then
+    when 'autoregister', 'pause_recovery_on_standby' then
         return api.check_bool(p_parameter, p_value)::text;
+    when 'max_recovery_pause' then
+        -- The agent's timer: whole seconds, from 1 second to 7 days (a paused standby keeps
+        -- every WAL segment since the pause, so an unbounded pause could fill its disk).
+        if api.check_interval(p_parameter, p_value) < interval '1 second'
+           or api.check_interval(p_parameter, p_value) > interval '7 days' then
+            raise exception 'max_recovery_pause % is out of range', api.q(p_value)
+                using errcode = '22023', hint = 'Use an interval from 1 second to 7 days, e.g. ''1 hour''.';
+        end if;
+        return api.check_interval(p_parameter, p_value)::text;
     when 'domain' then
         return api.check_host_name('domain', btrim(p_value), 'domain');
     when 'autoregister_backup_server' then

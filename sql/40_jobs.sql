@@ -20,6 +20,7 @@ begin
         raise exception 'backup server % is STOPPED', p_fqdn
             using errcode = '55000', hint = 'Set it RUNNING with: pgbackman -C "update_backup_server <SrvID> \"\" --status RUNNING".';
     end if;
+    perform api.acting_for(v_id);   -- an agent role of another server stops here, at its start
     return v_id;
 end $$;
 
@@ -33,7 +34,9 @@ select d.def_id, d.backup_server_id, d.pgsql_node_id, n.fqdn as node_fqdn, n.pgp
        d.extra_backup_parameters, d.job_status, d.dump_format, d.dump_jobs, d.compression_level,
        extract(epoch from d.max_runtime)::float8 as max_runtime_seconds,
        extract(epoch from d.lock_wait_timeout)::float8 as lock_wait_timeout_seconds,
-       d.client_major, d.updated, d.registered
+       d.client_major, d.updated, d.registered,
+       api.node_config_value(n.node_id, 'pause_recovery_on_standby')::boolean as pause_recovery_on_standby,
+       extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds
   from public.backup_definition d
   join public.pgsql_node n on n.node_id = d.pgsql_node_id;
 
@@ -45,6 +48,7 @@ create function api.record_scheduled_job(p_server bigint, p_def_id bigint, p_sch
 returns table (job_id bigint, attempt integer)
 language plpgsql as $$
 begin
+    perform api.acting_for(p_server);
     return query
     insert into public.job as j (kind, backup_server_id, pgsql_node_id, def_id, scheduled_for, not_before, state,
                                  attempt, claimed_by, claimed_at, lease_expires_at, heartbeat_at)
@@ -68,6 +72,7 @@ returns table (job_id bigint, kind text, attempt integer, def_id bigint, snapsho
                restore_def bigint, bck_id bigint, pgsql_node_id bigint)
 language plpgsql as $$
 begin
+    perform api.acting_for(p_server);
     perform pg_advisory_xact_lock(hashtext('pgbackman.claim'), p_server::integer);
     return query
     with running as (
@@ -106,6 +111,7 @@ returns boolean language plpgsql as $$
 declare
     v_cancel boolean;
 begin
+    perform api.acting_for_job(p_job_id);
     -- A job marked LOST while its agent could not reach the catalog is still ours if nobody
     -- re-claimed it (same attempt): it goes back to RUNNING instead of being killed.
     update public.job set heartbeat_at = now(), lease_expires_at = now() + p_lease, state = 'RUNNING',
@@ -135,6 +141,7 @@ declare
     v_def public.backup_definition%rowtype;
     v_snap public.snapshot_definition%rowtype;
 begin
+    perform api.acting_for_job(p_job_id);
     -- Lock first, then look: two concurrent reports of one job both end with its BckID.
     select * into v_job from public.job where job_id = p_job_id for update;
     if not found then

@@ -14,6 +14,7 @@ declare
     v_attempt integer;
     v_state text;
 begin
+    perform api.acting_for(p_server);
     -- The backup ran and its files exist: it is recorded even if the definition was stopped or
     -- moved during the outage (not recording it would leave files nobody knows about).
     insert into public.job as j (kind, backup_server_id, pgsql_node_id, def_id, scheduled_for, not_before, state,

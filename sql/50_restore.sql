@@ -26,6 +26,11 @@ begin
         raise exception 'BckID % does not exist', p_bck_id
             using errcode = 'P0002', hint = 'show_backup_catalog lists the backups.';
     end if;
+    if v_bck.backup_dir is null and v_bck.note like 'imported from PgBackMan%' then
+        raise exception 'BckID % is a PgBackMan 1.x backup: pgbackman does not restore it', p_bck_id
+            using errcode = '55000',
+                  hint = 'Restore it by hand: psql -f its USERS and DBCONFIG files, then pg_restore -d DBNAME its dump directory; show_backup_details lists the files.';
+    end if;
     if v_bck.execution_status <> 'SUCCEEDED' or v_bck.backup_dir is null then
         raise exception 'BckID % cannot be restored: its backup ended %', p_bck_id, v_bck.execution_status
             using errcode = '55000',
@@ -105,6 +110,7 @@ returns table (job_id bigint, restore_def bigint, bck_id bigint, backup_code tex
                decompression text, acknowledge_nonempty boolean, is_drill boolean, backup_pg_release text)
 language plpgsql stable as $$
 begin
+    perform api.acting_for_job(p_job_id);
     return query
     select j.job_id, rd.restore_def, b.bck_id, b.backup_code, b.backup_dir, b.dbname, b.role_list, rd.roles_to_restore,
            n.node_id, n.fqdn, n.pgport, n.admin_user, n.admin_dbname, n.sslmode, rd.target_dbname, rd.renamed_dbname,
@@ -132,6 +138,7 @@ declare
     v_id bigint;
     v_status text := p_result ->> 'execution_status';
 begin
+    perform api.acting_for_job(p_job_id);
     select * into v_job from public.job where job_id = p_job_id for update;
     if not found then
         raise exception 'job % does not exist', p_job_id using errcode = 'P0002';

@@ -44,6 +44,10 @@ begin
         raise exception 'BckID % does not exist', p_bck_id
             using errcode = 'P0002', hint = 'show_backup_catalog lists the backups.';
     end if;
+    if v.backup_dir is null and v.note like 'imported from PgBackMan%' then
+        raise exception 'BckID % is a PgBackMan 1.x backup: it has no manifest to verify against', p_bck_id
+            using errcode = '55000', hint = 'Verify a backup taken by pgbackman; pg_restore --list on its dump directory checks it by hand.';
+    end if;
     if v.execution_status <> 'SUCCEEDED' or v.backup_dir is null then
         raise exception 'BckID % has no backup set to verify (its run ended %)', p_bck_id, v.execution_status
             using errcode = '55000', hint = 'Only SUCCEEDED backups have files; show_backup_details shows why this one failed.';
@@ -149,6 +153,7 @@ end $$;
 create function api.drill_schedules(p_server bigint)
 returns table (def_id bigint, drill_schedule text, last_fire timestamptz)
 language sql stable as $$
+    select api.acting_for(p_server);
     select d.def_id, d.drill_schedule, coalesce(s.last_fire, d.updated, d.registered)
       from public.backup_definition d
       join public.pgsql_node n on n.node_id = d.pgsql_node_id
@@ -169,6 +174,7 @@ declare
     v_bck bigint;
     v_job bigint;
 begin
+    perform api.acting_for(p_server);
     select * into v_def from public.backup_definition where def_id = p_def_id and backup_server_id = p_server;
     if not found or v_def.drill_schedule is null then
         return null;
@@ -208,6 +214,7 @@ returns table (job_id bigint, kind text, bck_id bigint, backup_server_id bigint,
                table_row_counts jsonb, drill_node_id bigint, drill_node_fqdn text, drill_node_port integer,
                drill_admin_user text, drill_admin_dbname text, drill_sslmode text)
 language sql stable as $$
+    select api.acting_for_job(p_job_id);
     select j.job_id, j.kind, c.bck_id, j.backup_server_id, c.backup_dir, c.backup_code, c.dbname, c.pgsql_node_id,
            c.client_version,
            (select f ->> 'sha256' from jsonb_array_elements(c.files) f where f ->> 'name' = 'manifest.json' limit 1),
@@ -248,6 +255,7 @@ declare
     v_bck public.backup_catalog%rowtype;
     v_restore_id bigint;
 begin
+    perform api.acting_for_job(p_job_id);
     select * into v_job from public.job where job_id = p_job_id for update;
     if not found then
         raise exception 'job % does not exist', p_job_id

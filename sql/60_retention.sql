@@ -35,6 +35,7 @@ declare
     v_period interval;
     v_redundancy integer;
 begin
+    perform api.acting_for(p_server);
     perform api.tag_maintenance('retention');
     select * into c from public.backup_catalog b where b.bck_id = p_bck_id and b.backup_server_id = p_server for update;
     if not found or c.retention_state <> 'KEPT' then
@@ -74,6 +75,7 @@ end $$;
 create function api.retention_marked(p_server bigint)
 returns table (bck_id bigint, backup_dir text, paths text[])
 language sql stable as $$
+    select api.acting_for(p_server);
     select c.bck_id, c.backup_dir, api.catalog_paths(c) from public.backup_catalog c
      where c.backup_server_id = p_server and c.retention_state = 'DELETING'
      order by c.bck_id
@@ -85,6 +87,7 @@ language plpgsql as $$
 declare
     v_snap bigint;
 begin
+    perform api.acting_for(p_server);
     perform api.tag_maintenance('retention');
     delete from public.backup_catalog c
      where c.bck_id = p_bck_id and c.backup_server_id = p_server and c.retention_state = 'DELETING'
@@ -105,6 +108,7 @@ end $$;
 create function api.forced_deletions(p_server bigint)
 returns table (del_id bigint, bck_id bigint, paths text[])
 language sql stable as $$
+    select api.acting_for(p_server);
     select e.del_id, e.bck_id, e.paths from public.catalog_entries_to_delete e
      where e.backup_server_id = p_server order by e.del_id
 $$;
@@ -112,6 +116,7 @@ $$;
 create function api.forced_deletion_done(p_server bigint, p_del_id bigint) returns boolean
 language plpgsql as $$
 begin
+    perform api.acting_for(p_server);
     perform api.tag_maintenance('forced deletion');
     delete from public.catalog_entries_to_delete e where e.del_id = p_del_id and e.backup_server_id = p_server;
     return found;
@@ -122,6 +127,7 @@ end $$;
 create function api.nodes_to_delete(p_server bigint)
 returns table (pgsql_node_id bigint, backup_partition text, shared boolean)
 language sql stable as $$
+    select api.acting_for(p_server);
     select t.pgsql_node_id, t.backup_partition,
            exists (select 1 from public.pgsql_node n
                     where api.node_config_value(n.node_id, 'pgnode_backup_partition') = t.backup_partition)
@@ -133,6 +139,7 @@ $$;
 create function api.node_deletion_done(p_server bigint, p_node bigint) returns boolean
 language plpgsql as $$
 begin
+    perform api.acting_for(p_server);
     perform api.tag_maintenance('node deletion');
     delete from public.pgsql_node_to_delete t where t.backup_server_id = p_server and t.pgsql_node_id = p_node;
     return found;
@@ -168,6 +175,7 @@ returns table (node_id bigint, fqdn text, pgport integer, admin_user text, admin
                known_databases integer, accept_next boolean, autoregister boolean,
                deletion_retention_seconds float8)
 language sql stable as $$
+    select api.acting_for(p_server);
     select n.node_id, n.fqdn, n.pgport, n.admin_user, n.admin_dbname, n.sslmode,
            l.databases, coalesce(l.accept_next, false),
            coalesce(api.autoregister_server(n.node_id) = p_server, false),
@@ -184,6 +192,7 @@ $$;
 create function api.maintenance_definitions(p_server bigint, p_node bigint)
 returns table (def_id bigint, dbname text, job_status text, quarantined boolean, status_changed_at timestamptz)
 language sql stable as $$
+    select api.acting_for(p_server);
     select d.def_id, d.dbname, d.job_status, d.quarantined_from is not null, d.status_changed_at
       from public.backup_definition d
      where d.backup_server_id = p_server and d.pgsql_node_id = p_node
@@ -203,6 +212,7 @@ declare
     v_fqdn text := api.node_fqdn(p_node);
     v_n integer;
 begin
+    perform api.acting_for(p_server);
     perform api.tag_maintenance('expiry of DELETED definitions');
     for r in
         select d.def_id, d.dbname from public.backup_definition d
@@ -234,6 +244,7 @@ end $$;
 create function api.deleted_definition_nodes(p_server bigint)
 returns table (node_id bigint, deletion_retention_seconds float8)
 language sql stable as $$
+    select api.acting_for(p_server);
     select d.pgsql_node_id,
            extract(epoch from now() - (now() - api.node_config_value(d.pgsql_node_id, 'automatic_deletion_retention')::interval))::float8
       from public.backup_definition d
@@ -258,6 +269,7 @@ declare
     v_code text;
     v_id bigint;
 begin
+    perform api.acting_for(p_server);
     perform api.tag_maintenance('quarantine');
     -- Two agents listing the same node take turns.
     perform pg_advisory_xact_lock(hashtext('pgbackman.node_listing'), p_node::integer);
@@ -328,6 +340,7 @@ language plpgsql as $$
 declare
     v_fqdn text := api.node_fqdn(p_node);
 begin
+    perform api.acting_for(p_server);
     if exists (select 1 from public.alert a
                 where a.alert_type = 'QUARANTINE' and a.pgsql_node_id = p_node and a.backup_server_id = p_server
                   and a.execution_status = 'SUSPICIOUS' and a.registered > now() - interval '1 day') then

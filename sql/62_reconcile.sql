@@ -47,6 +47,7 @@ end $$;
 create function api.server_partitions(p_server bigint)
 returns table (pgsql_node_id bigint, partition text)
 language sql stable as $$
+    select api.acting_for(p_server);
     select n.node_id, api.node_config_value(n.node_id, 'pgnode_backup_partition')
       from public.pgsql_node n
      where exists (select 1 from public.backup_definition d where d.pgsql_node_id = n.node_id and d.backup_server_id = p_server)
@@ -72,6 +73,7 @@ $$;
 create function api.server_set_dirs(p_server bigint)
 returns table (bck_id bigint, pgsql_node_id bigint, backup_dir text)
 language sql stable as $$
+    select api.acting_for(p_server);
     select c.bck_id, c.pgsql_node_id, c.backup_dir from public.backup_catalog c
      where c.backup_server_id = p_server and c.retention_state = 'KEPT' and c.backup_dir is not null
      order by c.bck_id
@@ -86,6 +88,7 @@ language plpgsql as $$
 declare
     v_new integer;
 begin
+    perform api.acting_for(p_server);
     perform api.tag_maintenance('reconciliation');
     create temporary table if not exists pg_temp.found (kind text, path text, bck_id bigint, node_id bigint, detail text)
         on commit drop;

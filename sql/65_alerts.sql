@@ -6,8 +6,8 @@
 -- attempt number, so a late report of a send that outlived its claim changes nothing.
 
 -- Claims at most p_limit due alerts for mailing. An agent mails the alerts of its own server,
--- alerts of no server, lost jobs of any server (their own agent is presumably dead), and any
--- alert that stayed due for p_handover (its own agent is down or has no mail configured).
+-- alerts of no server, lost jobs and silent agents (AGENT_NOT_SEEN) of any server (their own
+-- agent is presumably dead), and any alert that stayed due for p_handover (its own agent is down or has no mail configured).
 -- A claim holds the alert for p_lease; QUEUED alerts older than p_max_age are EXPIRED instead
 -- (never mailed: enabling mail must not flood anyone with history). Recipients are the node's
 -- logs_email as it is now (a corrected address applies to alerts still queued).
@@ -20,18 +20,19 @@ returns table (alert_id bigint, registered timestamptz, alert_type text, ref_id 
 language plpgsql as $$
 #variable_conflict use_column
 begin
+    perform api.acting_for(p_server);
     if p_max_age is not null then
         update public.alert a
            set state = 'EXPIRED', last_error = format('not mailed within %s of its creation', p_max_age)
          where a.state = 'QUEUED' and a.registered < now() - p_max_age and a.next_attempt_at <= now()
-           and (a.backup_server_id = p_server or a.backup_server_id is null or a.alert_type = 'LOST_JOB'
+           and (a.backup_server_id = p_server or a.backup_server_id is null or a.alert_type in ('LOST_JOB', 'AGENT_NOT_SEEN')
                 or a.next_attempt_at <= now() - p_handover);
     end if;
     return query
     with due as (
         select a.alert_id from public.alert a
          where a.state = 'QUEUED' and a.next_attempt_at <= now()
-           and (a.backup_server_id = p_server or a.backup_server_id is null or a.alert_type = 'LOST_JOB'
+           and (a.backup_server_id = p_server or a.backup_server_id is null or a.alert_type in ('LOST_JOB', 'AGENT_NOT_SEEN')
                 or a.next_attempt_at <= now() - p_handover)
          order by a.next_attempt_at, a.alert_id
          limit p_limit
@@ -110,6 +111,7 @@ declare
     v integer;
     v_keep interval := coalesce(p_keep, api.server_config_value(p_server, 'sent_alerts_retention')::interval);
 begin
+    perform api.acting_for(p_server);
     delete from public.alert
      where (state = 'SENT' or alert_sent) and coalesce(sent_at, registered) < now() - v_keep
        and (backup_server_id = p_server or backup_server_id is null);
@@ -128,6 +130,7 @@ returns table (def_id bigint, pgsql_node_id bigint, node_fqdn text, dbname text,
                minutes_cron text, hours_cron text, day_month_cron text, month_cron text, weekday_cron text,
                since timestamptz, last_success timestamptz, grace_seconds float8, alerted boolean)
 language sql stable as $$
+    select api.acting_for(p_server);
     with nodes as (
         select n.node_id, n.fqdn,
                extract(epoch from api.node_config_value(n.node_id, 'overdue_grace_period')::interval)::float8 as grace,
@@ -164,6 +167,7 @@ declare
     v_last timestamptz;
     v_id bigint;
 begin
+    perform api.acting_for(p_server);
     -- Two agents of one server check the same definitions: one episode, one alert.
     perform pg_advisory_xact_lock(hashtext('pgbackman.overdue'), p_def_id::integer);
     select d.* into v_def from public.backup_definition d join public.pgsql_node n on n.node_id = d.pgsql_node_id

@@ -2,10 +2,13 @@
 -- shell prints (CSV/JSON keys are derived from them); values keep their types so JSON output has
 -- numbers, booleans, nulls and timestamps. Intervals are shown as text.
 
+-- "Agent": online / degraded / offline / never seen (sql/25_agents.sql), with its last heartbeat.
 create view api.show_backup_servers as
 select s.server_id as "SrvID", s.fqdn as "FQDN", s.status as "Status",
-       s.registered as "Registered", s.remarks as "Remarks"
-  from public.backup_server s;
+       api.agent_state(s.server_id) as "Agent", a.last_seen as "Last seen", a.version as "Agent version",
+       a.spooled as "Spooled results", s.registered as "Registered", s.remarks as "Remarks"
+  from public.backup_server s
+  left join public.agent_status a on a.server_id = s.server_id;
 
 create view api.show_pgsql_nodes as
 select n.node_id as "NodeID", n.fqdn as "FQDN", n.pgport as "Pgport", n.admin_user as "Admin user",
@@ -17,6 +20,7 @@ create view api.show_backup_definitions as
 select d.def_id as "DefID", d.backup_server_id as "SrvID", s.fqdn as "Backup server",
        d.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", d.dbname as "DBname",
        concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron) as "Schedule",
+       api.agent_zone(d.backup_server_id) as "Time zone",
        d.backup_code as "Code", d.encryption as "Encryption",
        d.retention_period::text || ' (' || d.retention_redundancy || ')' as "Retention",
        d.job_status as "Status", d.extra_backup_parameters as "Parameters",
@@ -34,12 +38,18 @@ create view api.show_empty_backup_catalogs as
 select v.* from api.show_backup_definitions v
  where not exists (select 1 from public.backup_catalog c where c.def_id = v."DefID");
 
+-- "Value" is the catalog's; "Agent uses" and "Source" (catalog / agent file / default) are what
+-- the server's agent reported with its last heartbeat for the values it uses.
 create function api.show_backup_server_config(p_server bigint)
-returns table ("Parameter" text, "Value" text, "Description" text)
+returns table ("Parameter" text, "Value" text, "Agent uses" text, "Source" text, "Description" text)
 language sql stable as $$
-    select d.parameter, coalesce(c.value, d.value), d.description
+    select d.parameter, coalesce(c.value, d.value), a.config -> d.parameter ->> 'value',
+           case when d.parameter not in (select parameter from api.agent_config(p_server)) then 'catalog'
+                else coalesce(a.config -> d.parameter ->> 'source', 'catalog (agent not seen yet)') end,
+           d.description
       from public.backup_server_default_config d
       left join public.backup_server_config c on c.server_id = p_server and c.parameter = d.parameter
+      left join public.agent_status a on a.server_id = p_server
      where d.parameter not in ('domain', 'backup_server_status')
      order by d.parameter
 $$;
@@ -181,7 +191,8 @@ select j.job_id as "JobID", j.kind as "Kind", j.state as "State", j.registered a
        case when j.state = 'RUNNING' then date_trunc('second', now() - j.claimed_at)::text end as "Elapsed",
        j.progress_bytes as "Bytes written",
        case when j.state = 'RUNNING' and j.lease_expires_at < now() then true else false end as "Lease expired",
-       j.cancel_requested as "Cancel requested", j.error_message as "Error"
+       j.cancel_requested as "Cancel requested", j.error_message as "Error",
+       case when j.state = 'QUEUED' then api.agent_warning(j.backup_server_id) end as "Agent warning"
   from public.job j
   join public.backup_server s on s.server_id = j.backup_server_id
   left join public.pgsql_node n on n.node_id = j.pgsql_node_id
@@ -226,7 +237,8 @@ language sql stable as $$
            c.pg_dump_file, c.pg_dump_file_size, c.pg_dump_roles_file, c.pg_dump_dbconfig_file, c.manifest_file,
            c.pg_dump_log_file, c.checksum, c.files, c.dbname_size, c.pgsql_node_release, c.pg_dump_release,
            c.client_version, c.server_version, c.dump_format, c.compression, c.command, c.phase_timings, c.role_list,
-           concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron),
+           api.schedule_in_zone(concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron),
+                                c.backup_server_id),
            coalesce(d.retention_period, sd.retention_period)::text || coalesce(' (' || d.retention_redundancy || ')', ''),
            c.finished + coalesce(d.retention_period, sd.retention_period),
            c.verification_state, c.verification_level, c.verified_at,

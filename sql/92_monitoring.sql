@@ -29,9 +29,9 @@ select d.def_id, d.backup_server_id as server_id, s.fqdn as server_fqdn,
        ls.total_size as last_success_size,
        lv.verified_at as last_verified,
        coalesce(q.queued, 0) as queued, coalesce(q.running, 0) as running, q.oldest_queued,
-       -- The zone the server's agent fires schedules in; NULL: the reader's $TZ (else UTC), the
-       -- agent's default. (Filled from the agents' heartbeats once the catalog records them.)
-       null::text as time_zone
+       -- The zone the server's agent fires schedules in, from its heartbeat; NULL (never seen):
+       -- the reader's $TZ (else UTC), the agent's default.
+       (select a.time_zone from public.agent_status a where a.server_id = d.backup_server_id) as time_zone
   from public.backup_definition d
   join nodes n on n.node_id = d.pgsql_node_id
   join public.backup_server s on s.server_id = d.backup_server_id
@@ -71,17 +71,18 @@ select a.state, a.alert_type, count(*) as alerts
   from public.alert a
  group by a.state, a.alert_type;
 
--- Backup servers and the last time their agent was heard of through the job table: the newest
--- backup it reported, or the newest lease heartbeat of a job it runs now. (An agent that runs
--- nothing has no such trace; a heartbeat of its own is the catalog's business, not this view's.)
+-- Backup servers, their agent's heartbeat and state, and the last time the agent was heard of
+-- through the job table: the newest backup it reported, or the newest lease heartbeat of a job
+-- it runs now.
 create view api.monitoring_servers as
 select s.server_id, s.fqdn as server_fqdn, s.status,
        nullif(greatest(coalesce(lb.registered, '-infinity'), coalesce(hb.at, '-infinity')),
               '-infinity'::timestamptz) as last_report,
-       -- The agent's own heartbeat and state (online, degraded, offline), once the catalog
-       -- records heartbeats; NULL until then.
-       null::timestamptz as last_seen, null::text as agent_state
+       -- The agent's own heartbeat and state (sql/25_agents.sql: online, degraded, offline,
+       -- never seen).
+       a.last_seen, api.agent_state(s.server_id) as agent_state
   from public.backup_server s
+  left join public.agent_status a on a.server_id = s.server_id
   left join lateral (select c.registered from public.backup_catalog c
                       where c.backup_server_id = s.server_id
                       order by c.finished desc limit 1) lb on true

@@ -7,7 +7,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::agent::*;
 
@@ -30,17 +29,6 @@ fn sets_under(root: &Path) -> Vec<PathBuf> {
     walk(root, 0, &mut out);
     out.sort();
     out
-}
-
-#[track_caller]
-fn wait_until(what: &str, secs: u64, agent: &Agent, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        if t.elapsed() > Duration::from_secs(secs) {
-            panic!("waited {secs}s for {what}\nagent log:\n{}", agent.log());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -75,14 +63,19 @@ fn a_kill_after_the_set_is_in_place_records_it_succeeded_and_a_damaged_one_is_re
             .filter(|e| Path::new("/proc").join(e.file_name()).exists())
             .count()
     };
-    wait_until("both sets in place, verification hanging", 60, &a, || {
-        sets_under(&a.backups())
-            .iter()
-            .filter(|s| s.join("manifest.json").is_file())
-            .count()
-            == 2
-            && hung() == 2
-    });
+    wait_until(
+        "both sets in place, verification hanging",
+        60,
+        &[&a],
+        || {
+            sets_under(&a.backups())
+                .iter()
+                .filter(|s| s.join("manifest.json").is_file())
+                .count()
+                == 2
+                && hung() == 2
+        },
+    );
     a.sigkill();
     assert_eq!(f.env.sql("select count(*) from backup_catalog"), "0");
     let sets = sets_under(&a.backups());
@@ -102,7 +95,7 @@ fn a_kill_after_the_set_is_in_place_records_it_succeeded_and_a_damaged_one_is_re
     wait_until(
         "the hanging pg_restore to die with the agent",
         15,
-        &a,
+        &[&a],
         || hung() == 0,
     );
 
@@ -164,7 +157,7 @@ fn a_kill_after_the_set_is_in_place_records_it_succeeded_and_a_damaged_one_is_re
             .count(),
         0
     );
-    wait_until("an empty spool", 10, &a, || a.spooled().is_empty());
+    wait_until("an empty spool", 10, &[&a], || a.spooled().is_empty());
     assert!(!a.state().join("running").read_dir().unwrap().any(|_| true));
     // The restored agent backs up as before (with the real pg_restore).
     a.stop();

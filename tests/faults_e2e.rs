@@ -10,38 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::agent::*;
 
-/// Backup set directories under a backup dir (`<node>/<db>/<set>`), staging excluded.
-fn sets_on_disk(backups: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for node in std::fs::read_dir(backups).into_iter().flatten().flatten() {
-        if node.file_name() == "staging" || !node.path().is_dir() {
-            continue;
-        }
-        for db in std::fs::read_dir(node.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for set in std::fs::read_dir(db.path()).into_iter().flatten().flatten() {
-                out.push(set.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-#[track_caller]
-fn wait_until(what: &str, secs: u64, agent: &Agent, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        if t.elapsed() > Duration::from_secs(secs) {
-            panic!("waited {secs}s for {what}\nagent log:\n{}", agent.log());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn spooled_offline_fires(a: &Agent) -> usize {
     a.spooled()
         .iter()
@@ -85,7 +53,7 @@ fn a_catalog_outage_loses_no_scheduled_backup_and_replays_each_once() {
     );
     // The cache holds every definition before the catalog goes away.
     let cache = a.state().join("definitions.json");
-    wait_until("a cache of 20 definitions", 30, &a, || {
+    wait_until("a cache of 20 definitions", 30, &[&a], || {
         std::fs::read(&cache)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -96,7 +64,7 @@ fn a_catalog_outage_loses_no_scheduled_backup_and_replays_each_once() {
     let stopped_at = f.env.sql("select now()");
     f.env.catalog.stop();
     // Every definition fires at the next minute while the catalog is down: 20 backups, offline.
-    wait_until("20 offline results in the spool", 130, &a, || {
+    wait_until("20 offline results in the spool", 130, &[&a], || {
         spooled_offline_fires(&a) >= 20
     });
     let health = a.http_get("/healthz");
@@ -110,7 +78,7 @@ fn a_catalog_outage_loses_no_scheduled_backup_and_replays_each_once() {
     // Killed and restarted while the catalog is still down: it starts from its cache.
     a.sigkill();
     a.spawn(None);
-    wait_until("a restart from the cache", 20, &a, || {
+    wait_until("a restart from the cache", 20, &[&a], || {
         a.log().contains("running from the cached definitions")
     });
     assert!(a.http_get("/healthz").contains("\"status\":\"offline\""));
@@ -119,12 +87,12 @@ fn a_catalog_outage_loses_no_scheduled_backup_and_replays_each_once() {
 
     f.env.catalog.start_again();
     let back = Instant::now();
-    wait_until("the spool to drain", 90, &a, || a.spooled().is_empty());
+    wait_until("the spool to drain", 90, &[&a], || a.spooled().is_empty());
     eprintln!(
         "{spooled_before} spooled results in the catalog {:?} after it came back",
         back.elapsed()
     );
-    wait_until("healthz online", 10, &a, || {
+    wait_until("healthz online", 10, &[&a], || {
         a.http_get("/healthz").contains("\"status\":\"online\"")
     });
     // Stop the agent so nothing new happens while the catalog is compared with the disk.
@@ -208,7 +176,7 @@ fn a_sigkilled_agent_leaves_no_pg_dump_nor_backend_and_recovers_at_restart() {
     f.env.cmd("run_backup_definition_now 1").ok();
     // pg_dump is running and its backend waits for the lock.
     let waiting = "select count(*) from pg_stat_activity where application_name = 'pgbackman' and wait_event_type = 'Lock'";
-    wait_until("pg_dump to wait for the lock", 30, &a, || {
+    wait_until("pg_dump to wait for the lock", 30, &[&a], || {
         f.a.psql("postgres", waiting) == "1"
     });
     let port = format!("--port={}", f.a.port());
@@ -454,7 +422,7 @@ impl HeldRestore {
     /// pg_restore's short probes (`--version`, `--list`) must not count.
     fn wait_started(&self, a: &Agent) {
         let needle = self.bin.path().join("pg_restore").display().to_string();
-        wait_until("pg_restore to start", 30, a, || {
+        wait_until("pg_restore to start", 30, &[a], || {
             processes_with(&needle)
                 .iter()
                 .any(|c| c.contains("--dbname"))
@@ -510,7 +478,7 @@ fn a_restore_cut_short_by_sigkill_is_undone_at_the_next_start() {
         .cmd("register_restore_definition now 1 127.0.0.3 shop \"\" --rename-existing shop_before --reuse-roles app_owner,app_reader")
         .ok();
     let made = "select count(*) from pg_database where datname in ('shop', 'shop_before')";
-    wait_until("the restore to rename and create", 30, &a, || {
+    wait_until("the restore to rename and create", 30, &[&a], || {
         f.b.psql("postgres", made) == "2"
     });
     held.wait_started(&a);

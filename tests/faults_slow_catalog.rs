@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,25 +18,6 @@ use common::agent::*;
 const DEFS: usize = 4;
 /// `[agent] catalog_timeout_seconds` of the test agents.
 const TIMEOUT: u64 = 2;
-
-fn sets_on_disk(backups: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for node in std::fs::read_dir(backups).into_iter().flatten().flatten() {
-        if node.file_name() == "staging" || !node.path().is_dir() {
-            continue;
-        }
-        for db in std::fs::read_dir(node.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            for set in std::fs::read_dir(db.path()).into_iter().flatten().flatten() {
-                out.push(set.path());
-            }
-        }
-    }
-    out
-}
 
 fn second_of_minute() -> u64 {
     SystemTime::now()
@@ -52,21 +33,6 @@ fn sleep_until_second(s: u64) {
     let into = now.as_secs_f64() % 60.0;
     let wait = (s as f64 - into).rem_euclid(60.0);
     std::thread::sleep(Duration::from_secs_f64(wait));
-}
-
-#[track_caller]
-fn wait_until(what: &str, secs: u64, agents: &[&Agent], mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        if t.elapsed() > Duration::from_secs(secs) {
-            let logs: Vec<String> = agents.iter().map(|a| a.log()).collect();
-            panic!(
-                "waited {secs}s for {what}\nagent logs:\n{}",
-                logs.join("\n----\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn spooled_offline_fires(a: &Agent) -> usize {

@@ -284,11 +284,11 @@ fn no_raw_database_error_reaches_the_user() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        stderr.contains("may not use table refinery_schema_history"),
+        stderr.contains("catalog role reader may not read table refinery_schema_history"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("HINT: connect as the role that owns the catalog"),
+        stderr.contains("HINT: as the catalog owner run `pgbackman db grant reader readonly`"),
         "{stderr}"
     );
     assert!(!stderr.starts_with("[ERROR] permission denied"), "{stderr}");

@@ -318,6 +318,11 @@ fn serve_metrics_is_parsable_with_hostile_names_and_survives_the_catalog() {
         "insert into alert (alert_type, backup_server_id, ref_id, dbname) values ('OVERDUE', 1, {}, 'late')",
         f.overdue
     ));
+    // The agent of bs1 heartbeats from Tokyo: its schedules fire there.
+    env.sql(
+        "insert into agent_status (server_id, agent_name, last_seen, health, time_zone)
+         values (1, 'bs1.example.org', now() - interval '10 seconds', 'online', 'Asia/Tokyo')",
+    );
     let served = serve_metrics(env);
     let text = wait_scrape(&served.addr, |t| t.contains("\npgbackman_catalog_up 1\n"));
 
@@ -377,6 +382,8 @@ fn serve_metrics_is_parsable_with_hostile_names_and_survives_the_catalog() {
         .unwrap()
         .as_secs_f64();
     assert!(next > now && next <= now + 86_400.0, "next run {next}");
+    // 03:00 in the agent's zone (Asia/Tokyo, UTC+9) is 18:00 UTC.
+    assert_eq!(next as i64 % 86_400, 18 * 3600, "next run {next}");
     let late = f.overdue.to_string();
     let late = [("def_id", late.as_str())];
     assert_eq!(
@@ -430,6 +437,22 @@ fn serve_metrics_is_parsable_with_hostile_names_and_survives_the_catalog() {
     )
     .unwrap();
     assert!(seen >= expected - 0.01, "last report {seen}");
+    let hb = value(
+        &text,
+        "pgbackman_agent_last_seen_timestamp_seconds",
+        &[("server", "bs1.example.org")],
+    )
+    .unwrap();
+    assert!((now - hb - 10.0).abs() < 30.0, "heartbeat {hb}");
+    let state = |s: &str| {
+        value(
+            &text,
+            "pgbackman_agent_state",
+            &[("server", "bs1.example.org"), ("state", s)],
+        )
+    };
+    assert_eq!(state("online"), Some(1.0));
+    assert_eq!(state("offline"), Some(0.0));
     assert_eq!(
         value(
             &text,

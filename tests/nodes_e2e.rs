@@ -262,3 +262,59 @@ fn an_ignored_password_file_is_named_with_why_and_the_fix() {
         "{out}"
     );
 }
+
+#[test]
+fn a_node_that_stalls_mid_dump_fails_the_job_after_the_stall_timeout() {
+    let env = Env::new();
+    env.register_backup_servers(&["bs1"]);
+    let node = pgbackman_testkit::TestCluster::start_on(&["127.0.0.1"]);
+    node.create_database("big");
+    // About 7 MB of COPY output: only pg_dump's connection crosses the proxy's 1 MiB.
+    node.psql(
+        "big",
+        "create table t as select g, md5(g::text) || md5((g * 7)::text) as v \
+         from generate_series(1, 100000) g",
+    );
+    let proxy = pgbackman_testkit::StallingProxy::start(node.port(), 1 << 20);
+    env.cmd(&format!(
+        "register_pgsql_node 127.0.0.1 \"\" {} postgres RUNNING stalling",
+        proxy.port()
+    ))
+    .ok();
+    env.cmd("register_backup_definition bs1.example.org 127.0.0.1 big \"\" 0 3")
+        .ok();
+    let a = Agent::start_with(
+        &env,
+        "bs1.example.org",
+        None,
+        "[nodes]\nstall_timeout = 2\n",
+    );
+    let t = Instant::now();
+    env.cmd("run_backup_definition_now 1").ok();
+    wait_for(
+        &env,
+        "select count(*) from backup_catalog where execution_status = 'ERROR'",
+        "1",
+        60,
+        &a,
+    );
+    // The repoll, the dump up to the stall, the watchdog's 2 s and the kill: not the
+    // definition's maximum runtime.
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(proxy.stalled() >= 1);
+    let row = env.sql(
+        "select error_step || '|' || error_message from backup_catalog where execution_status = 'ERROR'",
+    );
+    assert!(
+        row.starts_with("pg_dump|pg_dump stalled: no data from")
+            && row.contains(&proxy.port().to_string())
+            && row.contains("2 s, set by [nodes] stall_timeout in")
+            && row.contains("agent.toml"),
+        "{row}"
+    );
+    assert!(
+        processes_with(&format!("--port={}", proxy.port())).is_empty(),
+        "a pg_dump was left running"
+    );
+    assert!(sets_on_disk(&a.backups()).is_empty());
+}

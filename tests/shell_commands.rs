@@ -565,8 +565,9 @@ fn csv_output_is_rfc4180() {
         .ok();
     let r = env.cmd_args("show_backup_servers", &["-o", "csv"]).ok();
     assert!(
-        r.stdout
-            .starts_with("srvid,fqdn,status,registered,remarks\r\n"),
+        r.stdout.starts_with(
+            "srvid,fqdn,status,agent,last_seen,agent_version,spooled_results,registered,remarks\r\n"
+        ),
         "{}",
         r.stdout
     );

@@ -604,21 +604,22 @@ fn tab_completes_command_names() {
     sh.expect_cursor_line("[pgbackman]$ register_backup_definition", false);
     sh.keys(&["C-c"]);
     sh.expect_prompt();
-    // Several candidates: rustyline's default (circular) completion shows them one by one, in
-    // the order of `help`, then the original word again.
+    // Several candidates: Tab completes their common prefix, a second Tab lists them (like bash).
     sh.type_text("show_backup_se");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(&format!("{PROMPT} show_backup_server"), false);
+    sh.keys(&["Tab"]);
+    let listed = sh.expect("show_backup_server_stats");
     for full in [
         "show_backup_servers",
         "show_backup_server_config",
         "show_backup_server_default_config",
-        "show_backup_server_stats",
-        "show_backup_se",
-        "show_backup_servers",
     ] {
-        sh.keys(&["Tab"]);
-        sh.expect_cursor_line(&format!("{PROMPT} {full}"), false);
+        sh.assert_has(&listed, full);
     }
-    // Enter takes the shown candidate.
+    // The line is shown again below the list, as typed so far.
+    sh.expect_cursor_line(&format!("{PROMPT} show_backup_server"), true);
+    sh.type_text("s");
     sh.keys(&["Enter"]);
     let out = sh.expect_prompt();
     sh.assert_has(&out, "bs1.example.org");
@@ -944,7 +945,9 @@ fn register_restore_definition_walks_pgbackmans_decision_flow() {
     let mut sh = shell(&env);
     let start = |sh: &mut Shell| {
         sh.line("register_restore_definition");
-        sh.expect_question("AT time (now, YYYY-MM-DD HH:MM, or RFC 3339) [now]:");
+        sh.expect_question(
+            "AT time (now, YYYY-MM-DD HH:MM in the display zone, or with a zone) [now]:",
+        );
         sh.keys(&["Enter"]);
         sh.expect_question("BckID:");
         sh.line("1");
@@ -983,4 +986,144 @@ fn register_restore_definition_walks_pgbackmans_decision_flow() {
         env.sql("select concat_ws(' ', target_dbname, renamed_dbname, array_to_string(roles_to_restore, ',')) from restore_definition"),
         "shop shop_old newrole"
     );
+}
+
+// ---- issue 14: completion by position, shortcuts, listings without questions, display zone -------
+
+#[test]
+fn tab_completes_the_argument_at_its_position() {
+    let env = Env::new();
+    env.register_backup_servers(&["bs1"]);
+    for h in ["pg01", "pg02"] {
+        env.cmd(&format!(
+            "register_pgsql_node {h} example.org 5432 postgres STOPPED \"\""
+        ))
+        .ok();
+    }
+    // A definition without a reachable node: straight into the catalog.
+    env.sql("insert into backup_definition (backup_server_id, pgsql_node_id, dbname) values (1, 1, 'billing')");
+    let mut sh = shell(&env);
+    // The server's place offers servers, the node's place nodes: common prefix, then the list.
+    sh.type_text("register_backup_definition bs");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(
+        &format!("{PROMPT} register_backup_definition bs1.example.org"),
+        false,
+    );
+    sh.type_text(" pg");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(
+        &format!("{PROMPT} register_backup_definition bs1.example.org pg0"),
+        false,
+    );
+    sh.keys(&["Tab"]);
+    let listed = sh.expect("pg02.example.org");
+    sh.assert_has(&listed, "pg01.example.org");
+    sh.assert_lacks(&listed, "bs1.example.org  ");
+    sh.type_text("2");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(
+        &format!("{PROMPT} register_backup_definition bs1.example.org pg02.example.org"),
+        false,
+    );
+    // The database's place: the special selections and known databases.
+    sh.type_text(" #all");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(
+        &format!(
+            "{PROMPT} register_backup_definition bs1.example.org pg02.example.org #all_databases#"
+        ),
+        false,
+    );
+    sh.keys(&["C-c"]);
+    sh.expect_prompt();
+    // A DefID's place offers DefIDs (not NodeIDs 1 and 2), a flag's place flags, a flag's value
+    // its values.
+    sh.type_text("update_backup_definition ");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(&format!("{PROMPT} update_backup_definition 1"), false);
+    sh.type_text(" --form");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(
+        &format!("{PROMPT} update_backup_definition 1 --format"),
+        false,
+    );
+    sh.type_text(" d");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(
+        &format!("{PROMPT} update_backup_definition 1 --format directory"),
+        false,
+    );
+    sh.keys(&["C-c"]);
+    sh.expect_prompt();
+    // A code at the code's place, typed in lower case.
+    sh.type_text("register_backup_definition 1 1 billing \"\" 0 3 * * * sch");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(
+        &format!("{PROMPT} register_backup_definition 1 1 billing \"\" 0 3 * * * SCHEMA"),
+        false,
+    );
+    sh.keys(&["C-c"]);
+    sh.expect_prompt();
+    // At the questions of a bare command: the DefID question offers DefIDs, and yes/no.
+    sh.line("delete_backup_definition_id");
+    sh.expect_question("DefID:");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line("DefID: 1", false);
+    sh.keys(&["Enter"]);
+    sh.expect_question("Force deletion of its backups too (yes/no) [no]:");
+    sh.type_text("y");
+    sh.keys(&["Tab"]);
+    sh.expect_cursor_line(
+        "Force deletion of its backups too (yes/no) [no]: yes",
+        false,
+    );
+    sh.keys(&["C-c"]);
+    let out = sh.expect_prompt();
+    sh.assert_has(&out, "[ABORTED]");
+    assert_eq!(
+        env.sql("select job_status from backup_definition where def_id = 1"),
+        "ACTIVE"
+    );
+}
+
+#[test]
+fn shortcuts_and_listings_without_questions() {
+    let env = Env::new();
+    env.register_backup_servers(&["bs1"]);
+    let mut sh = shell(&env);
+    let out = sh.run("\\h");
+    sh.assert_has(
+        &out,
+        "Commands (help <command> for arguments and examples):",
+    );
+    let out = sh.run("help shortcuts");
+    sh.assert_has(&out, "\\q, quit, exit");
+    let out = sh.run("help support");
+    sh.assert_has(&out, "When reporting a problem");
+    // Listings whose arguments are all filters run with their defaults, asking nothing.
+    let out = sh.run("show_backup_catalog");
+    sh.assert_has(&out, "(0 rows)");
+    sh.assert_lacks(&out, "SrvID | FQDN | all [all]:");
+    let out = sh.run("show_jobs_queue");
+    sh.assert_has(&out, "(0 rows)");
+    let out = sh.run("show_backup_server_config");
+    // (the default is this host, not registered here)
+    sh.assert_lacks(&out, "SrvID | FQDN [");
+    // A listing that cannot run without its argument still asks for it.
+    sh.line("show_pgsql_node_config");
+    sh.expect_question("NodeID | FQDN:");
+    sh.keys(&["C-c"]);
+    sh.expect_prompt();
+    // The display zone: refused when not an IANA name, then used by every listing.
+    let out = sh.run("set timezone=Mars/Olympus");
+    sh.assert_has(&out, "is not an IANA time zone name");
+    let out = sh.run("set timezone=Asia/Kolkata");
+    sh.assert_has(&out, "[DONE] timezone = Asia/Kolkata");
+    let out = sh.run("show_audit_log 1");
+    sh.assert_has(&out, "+05:30");
+    // Typed EOF leaves like Ctrl-D.
+    sh.line("EOF");
+    sh.expect("Done, thank you for using pgbackman.");
+    assert_eq!(sh.exit_status(), 0);
 }

@@ -254,6 +254,43 @@ pub fn wait_for_agents(env: &Env, q: &str, want: &str, secs: u64, agents: &[&Age
     }
 }
 
+/// Polls `f` until it holds or `secs` pass; the panic names `what` and shows the agents' logs.
+#[track_caller]
+pub fn wait_until(what: &str, secs: u64, agents: &[&Agent], mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        if t.elapsed() > Duration::from_secs(secs) {
+            let logs: Vec<String> = agents.iter().map(|a| a.log()).collect();
+            panic!(
+                "waited {secs}s for {what}\nagent logs:\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Backup set directories under a backup dir (`<node>/<db>/<set>`), staging excluded, sorted.
+pub fn sets_on_disk(backups: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for node in std::fs::read_dir(backups).into_iter().flatten().flatten() {
+        if node.file_name() == "staging" || !node.path().is_dir() {
+            continue;
+        }
+        for db in std::fs::read_dir(node.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for set in std::fs::read_dir(db.path()).into_iter().flatten().flatten() {
+                out.push(set.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// What the agents did, as the catalog has it: one line per table, for failure messages.
 pub fn catalog_summary(env: &Env) -> String {
     [

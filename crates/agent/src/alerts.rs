@@ -205,6 +205,7 @@ pub fn summary(a: &ClaimedAlert) -> String {
             "Maintenance on {server} found what it cannot settle: {}",
             a.execution_status.as_deref().unwrap_or("?")
         ),
+        "AGENT_NOT_SEEN" => format!("The agent on {server} is not seen any more"),
         other => format!("{other} alert for {db} on {node}"),
     }
 }
@@ -241,14 +242,24 @@ pub fn next_step(a: &ClaimedAlert) -> String {
             format!("pgbackman -C \"show_backup_definitions all {node} {db}\"")
         }
         ("MAINTENANCE", _) => format!("pgbackman -C \"show_reconciliation {server}\""),
+        ("AGENT_NOT_SEEN", _) => format!(
+            "on {server}: systemctl status pgbackman-agent; pgbackman-agent --check; then: pgbackman -C \"show_backup_servers\""
+        ),
         _ => format!("pgbackman -C \"show_alerts all {node}\""),
     }
 }
 
+/// A time in the agent's zone, the zone named: "2026-03-01 02:30:00 CET (Europe/Oslo)".
 fn when(t: DateTime<Utc>, tz: Tz) -> String {
-    t.with_timezone(&tz)
+    let local = t
+        .with_timezone(&tz)
         .format("%Y-%m-%d %H:%M:%S %Z")
-        .to_string()
+        .to_string();
+    if tz.name() == "UTC" {
+        local
+    } else {
+        format!("{local} ({})", tz.name())
+    }
 }
 
 /// The template variables of an alert.
@@ -344,17 +355,23 @@ pub fn spawn(
 }
 
 /// `--check` lines for the alert settings: (ok, what).
-pub async fn check(cfg: &pgbackman_config::AgentSection, hello: &str) -> Vec<(bool, String)> {
+pub async fn check(
+    cfg: &pgbackman_config::AgentSection,
+    hello: &str,
+) -> Vec<(crate::check::Level, String)> {
+    use crate::check::Level;
     let Some(a) = &cfg.alerts else {
         return vec![(
-            true,
+            Level::Ok,
             "alerts are not mailed (no [agent.alerts] section); show_alerts lists them".into(),
         )];
     };
     let mut out = Vec::new();
+    // A template or mail setting the agent refuses stops it at start: an ERROR. An SMTP server
+    // that is down or refuses us only delays mail (alerts stay queued): a WARN.
     match Template::load(a.template.as_deref()) {
         Ok(_) => out.push((
-            true,
+            Level::Ok,
             format!(
                 "alert template {}",
                 a.template
@@ -363,14 +380,20 @@ pub async fn check(cfg: &pgbackman_config::AgentSection, hello: &str) -> Vec<(bo
                     .unwrap_or("(built in)".into())
             ),
         )),
-        Err(e) => out.push((false, format!("{e:#}"))),
+        Err(e) => out.push((Level::Error, format!("{e:#}"))),
     }
     match Mailer::new(a, hello) {
         Ok(m) => match m.test().await {
-            Ok(()) => out.push((true, format!("SMTP server {} accepts us", m.target))),
-            Err(e) => out.push((false, format!("SMTP server {}: {e}", m.target))),
+            Ok(()) => out.push((Level::Ok, format!("SMTP server {} accepts us", m.target))),
+            Err(e) => out.push((
+                Level::Warn,
+                format!(
+                    "SMTP server {}: {e}; the agent starts anyway, alerts wait in the catalog (show_alerts) until mail works",
+                    m.target
+                ),
+            )),
         },
-        Err(e) => out.push((false, format!("{e:#}"))),
+        Err(e) => out.push((Level::Error, format!("{e:#}"))),
     }
     out
 }
@@ -661,7 +684,11 @@ mod tests {
             "[pgbackman] Backup of billing on pg01.example.org failed (BckID 1042)"
         );
         assert!(body.contains("show_backup_details 1042"), "{body}");
-        assert!(body.contains("raised 2026-03-10 04:31:00 CET"), "{body}");
+        // The agent's zone, named.
+        assert!(
+            body.contains("raised 2026-03-10 04:31:00 CET (Europe/Oslo)"),
+            "{body}"
+        );
         assert!(
             body.contains("pg_dump exited with status 1\nsecond line"),
             "{body}"
@@ -713,6 +740,7 @@ mod tests {
             "QUARANTINE",
             "VERIFY",
             "MAINTENANCE",
+            "AGENT_NOT_SEEN",
         ] {
             let a = alert(kind);
             assert!(!summary(&a).is_empty());

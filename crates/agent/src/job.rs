@@ -21,16 +21,53 @@ use tokio_util::sync::CancellationToken;
 /// Shared by every job of this agent.
 pub struct Ctx {
     pub catalog: Catalog,
+    /// The agent's file, as read at start. Values the catalog may set are in `live`.
     pub cfg: AgentSection,
-    pub bin_dirs: BTreeMap<u32, PathBuf>,
+    /// Backup root, job limit and client programs as they apply now (crate::effective).
+    pub live: std::sync::RwLock<crate::effective::Live>,
     pub agent_name: String,
     pub server_id: i64,
     pub health: crate::health::Health,
     /// One delivery of the spool at a time (a job's own report replays the spool too).
     pub spool_lock: tokio::sync::Mutex<()>,
+    /// WAL replay paused on standby nodes for their dumps (`pause_recovery_on_standby`).
+    pub pauses: crate::standby::Pauses,
 }
 
 impl Ctx {
+    pub fn live(&self) -> crate::effective::Live {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn backup_dir(&self) -> PathBuf {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .backup_dir
+            .clone()
+    }
+
+    pub fn max_jobs(&self) -> usize {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).max_jobs
+    }
+
+    pub fn bin_dirs(&self) -> BTreeMap<u32, PathBuf> {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .bin_dirs
+            .clone()
+    }
+
+    /// The file's section with the values that apply now (for code that takes a section).
+    pub fn cfg_now(&self) -> AgentSection {
+        let live = self.live();
+        let mut c = self.cfg.clone();
+        c.backup_dir = live.backup_dir;
+        c.max_jobs = live.max_jobs;
+        c
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.cfg.lease_seconds)
     }
@@ -256,7 +293,7 @@ async fn execute(
     let server_major = u32::try_from(facts.server_version_num / 10000).unwrap_or(0);
     let requested = d.client_major.and_then(|m| u32::try_from(m).ok());
     let (client_major, bin_dir) =
-        match pgbackman_dump::pick_client(&ctx.bin_dirs, server_major, requested) {
+        match pgbackman_dump::pick_client(&ctx.bin_dirs(), server_major, requested) {
             Ok(c) => c,
             Err(e) => return failed(started, t.job_id, "client", e.to_string()),
         };
@@ -277,7 +314,8 @@ async fn execute(
             Err(e) => return failed(started, t.job_id, "definition", e.to_string()),
         };
     // Written only where this agent can delete it again (crate::roots).
-    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg, &d.node_backup_partition) {
+    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg_now(), &d.node_backup_partition)
+    {
         Ok(dir) => dir,
         Err(e) => {
             return failed(
@@ -343,7 +381,7 @@ async fn execute(
         lock_wait_timeout: d.lock_wait_timeout_seconds.map(Duration::from_secs_f64),
         max_runtime: d.max_runtime_seconds.map(Duration::from_secs_f64),
         application_name: "pgbackman".into(),
-        staging_root: ctx.cfg.backup_dir.join("staging"),
+        staging_root: ctx.backup_dir().join("staging"),
         final_dir: node_dir.join(encode_path_component(&what)).join(set_name),
         definition: serde_json::to_value(d).unwrap_or(Value::Null),
     };
@@ -354,7 +392,37 @@ async fn execute(
     }
     let p = progress.clone();
     let report_progress = move |n: u64| p.store(n, Ordering::Relaxed);
-    pgbackman_dump::run_backup(&spec, cancel.clone(), &report_progress).await
+    // pause_recovery_on_standby: replay stays paused while this dump (and any other of the
+    // node) runs, and at most max_recovery_pause.
+    let hold = match ctx.pauses.hold(&ctx.cfg, d, port).await {
+        Ok(h) => h,
+        Err(message) => return failed(started, t.job_id, "recovery_pause", message),
+    };
+    let dump_cancel = cancel.child_token();
+    let _expiry = hold.expired.clone().map(|expired| {
+        let stop = dump_cancel.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            expired.cancelled().await;
+            stop.cancel();
+        }))
+    });
+    let mut outcome = pgbackman_dump::run_backup(&spec, dump_cancel, &report_progress).await;
+    if hold.has_expired() && !cancel.is_cancelled() && !matches!(outcome.status, Status::Succeeded)
+    {
+        outcome.status = Status::Failed {
+            step: "recovery_pause".into(),
+            exit_status: None,
+            message: format!(
+                "WAL replay on standby node {}:{port} was paused for max_recovery_pause ({} s) and this dump was still running: it was stopped and replay resumed. \
+                 Raise max_recovery_pause with update_pgsql_node_config, or back up this node from its primary",
+                d.node_fqdn,
+                hold.max.as_secs()
+            ),
+            stderr_tail: String::new(),
+        };
+    }
+    hold.release().await;
+    outcome
 }
 
 /// A run's status as the report fields execution_status, error_step, error_exit_status,

@@ -4,7 +4,10 @@
 #![deny(clippy::print_stdout)]
 
 pub mod alerts;
+pub mod check;
+pub mod effective;
 pub mod health;
+pub mod heartbeat;
 pub mod job;
 pub mod listen;
 pub mod mail;
@@ -17,6 +20,7 @@ pub mod retention;
 pub mod roots;
 pub mod schedule;
 pub mod spool;
+pub mod standby;
 pub mod state;
 pub mod verify_job;
 
@@ -56,15 +60,28 @@ use crate::schedule::Scheduler;
     after_help = "Examples:\n  pgbackman-agent --config /etc/pgbackman/pgbackman-agent.toml --check\n  pgbackman-agent --config /etc/pgbackman/pgbackman-agent.toml"
 )]
 struct Args {
-    /// Configuration file (default: ~/.config/pgbackman/pgbackman.toml, then /etc/pgbackman/pgbackman.toml).
+    /// Configuration file (default: /etc/pgbackman/pgbackman-agent.toml, then the shell's
+    /// ~/.config/pgbackman/pgbackman.toml and /etc/pgbackman/pgbackman.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Catalog connection (libpq key=value or URI); overrides the configuration.
     #[arg(long, value_name = "CONNINFO")]
     catalog: Option<String>,
-    /// Check configuration, catalog access, registration, directories and client programs, then exit.
+    /// Check configuration, directories, TLS and password files, client programs, catalog
+    /// access and registration, SMTP, then exit. ERROR lines (exit 1) are what stops the agent
+    /// from starting; a catalog or SMTP server that is down or slow is a WARN (exit 0): the
+    /// agent starts from its cache. The systemd unit runs it before every start.
     #[arg(long)]
     check: bool,
+    /// With --check: count warnings as failures (exit 1 when the catalog or the SMTP server does
+    /// not answer, too): the full check, for an installation or a monitoring probe.
+    #[arg(long, requires = "check")]
+    strict: bool,
+    /// With --check, run as root: check the directories for this user (the one the service runs
+    /// as, e.g. pgbackman) and create missing ones owned by it. Without it, --check as root
+    /// creates nothing.
+    #[arg(long, value_name = "USER", requires = "check")]
+    user: Option<String>,
     /// Run the ad hoc jobs that are due now (run-now, snapshots), wait for them, and exit.
     /// No schedule fires. For a first backup, or for running the agent from cron.
     #[arg(long)]
@@ -72,6 +89,11 @@ struct Args {
     /// Run one maintenance pass (retention, forced deletions, quarantine, autoregister), then exit.
     #[arg(long, conflicts_with = "once")]
     maintenance: bool,
+}
+
+/// The clap definition of `pgbackman-agent` (man page and completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
 }
 
 pub fn main_entry() -> ExitCode {
@@ -127,6 +149,8 @@ pub fn main_entry() -> ExitCode {
 
 struct Setup {
     cfg: AgentSection,
+    /// The configuration file read (None: none found, all defaults).
+    config_path: Option<PathBuf>,
     fqdn: String,
     tz: Tz,
     catalog_cfg: pgbackman_config::ConnConfig,
@@ -134,7 +158,7 @@ struct Setup {
 }
 
 fn setup(args: &Args) -> Result<Setup> {
-    let file = pgbackman_config::load(args.config.as_deref())?;
+    let file = pgbackman_config::load_agent(args.config.as_deref())?;
     let cfg = file.agent_section()?;
     let (conninfo, _) = pgbackman_config::catalog_conninfo(
         args.catalog.as_deref(),
@@ -151,7 +175,8 @@ fn setup(args: &Args) -> Result<Setup> {
     let tz_name = cfg
         .time_zone
         .clone()
-        .or_else(|| std::env::var("TZ").ok())
+        .or_else(|| std::env::var("TZ").ok().filter(|t| !t.trim().is_empty()))
+        .or_else(heartbeat::localtime_zone)
         .unwrap_or_else(|| "UTC".into());
     let tz: Tz = tz_name.trim_start_matches(':').parse().map_err(|_| {
         anyhow::anyhow!(
@@ -160,6 +185,7 @@ fn setup(args: &Args) -> Result<Setup> {
     })?;
     Ok(Setup {
         cfg,
+        config_path: file.path.clone(),
         fqdn,
         tz,
         catalog_cfg,
@@ -170,15 +196,23 @@ fn setup(args: &Args) -> Result<Setup> {
 async fn run(args: Args) -> Result<()> {
     let s = setup(&args)?;
     if args.check {
-        return check(&s).await;
+        let user = args
+            .user
+            .as_deref()
+            .map(check::ServiceUser::lookup)
+            .transpose()?;
+        return check::run(&s, args.strict, user.as_ref()).await;
     }
     // Signal handlers first: a SIGTERM at any point from here on is a clean stop, never the
     // default death that would orphan pg_dump children.
     let stop = shutdown_token()?;
     let _lock = state::lock(&s.cfg.state_dir)?;
-    state::create_dir_0700(&s.cfg.backup_dir)?;
-    let staging = s.cfg.backup_dir.join("staging");
-    state::create_dir_0700(&staging)?;
+    // The backup root and limits as last read from the catalog (or the file's, or the
+    // defaults): the agent starts without the catalog; refreshed once it answers.
+    let live = effective::resolve(&s.cfg, effective::load_cache(&s.cfg.state_dir).as_ref())
+        .map_err(anyhow::Error::msg)?;
+    effective::prepare_backup_dir(&live.backup_dir)?;
+    let staging = live.backup_dir.join("staging");
     match pgbackman_dump::clean_staging(&staging) {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -192,7 +226,12 @@ async fn run(args: Args) -> Result<()> {
     }
     // Jobs a previous run was in the middle of when it died: a set that was complete is
     // recorded as what it is, anything else as failed (via the spool; crate::recover).
-    recover::interrupted(&s.cfg);
+    recover::interrupted(&AgentSection {
+        backup_dir: live.backup_dir.clone(),
+        ..s.cfg.clone()
+    });
+    // WAL replay a killed run left paused on standby nodes (needs no catalog).
+    standby::resume_left(&s.cfg).await;
     let catalog = Catalog::lazy_with_deadline(
         s.catalog_cfg.clone(),
         "pgbackman-agent",
@@ -231,22 +270,25 @@ async fn run(args: Args) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let bin_dirs = s.cfg.client_bin_dirs()?;
-    if bin_dirs.is_empty() {
-        bail!(
-            "no PostgreSQL client programs found\nHINT: install postgresql-client-<major>, or set [agent] bin_dirs"
-        );
-    }
     let agent_name = format!("{}:{}", s.fqdn, s.cfg.state_dir.display());
     let ctx = Arc::new(Ctx {
         catalog,
         cfg: s.cfg.clone(),
-        bin_dirs,
+        live: std::sync::RwLock::new(live),
         agent_name,
         server_id,
         health,
         spool_lock: tokio::sync::Mutex::new(()),
+        pauses: standby::Pauses::default(),
     });
+    if ctx.health.is_online() {
+        effective::refresh(&ctx).await;
+    }
+    if ctx.bin_dirs().is_empty() {
+        bail!(
+            "no PostgreSQL client programs found\nHINT: install postgresql-client-<major>, set pgsql_bin_dir with update_backup_server_config, or set [agent] bin_dirs"
+        );
+    }
     ctx.health.spooled.store(
         spool::list(&s.cfg.state_dir).map(|l| l.len()).unwrap_or(0),
         std::sync::atomic::Ordering::Relaxed,
@@ -256,6 +298,9 @@ async fn run(args: Args) -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     if !s.cfg.http_listen.is_empty() {
+        if let Some(w) = pgbackman_config::http_listen_exposure(&s.cfg.http_listen) {
+            tracing::warn!("{w}");
+        }
         match tokio::net::TcpListener::bind(&s.cfg.http_listen).await {
             Ok(l) => {
                 if let Ok(a) = l.local_addr() {
@@ -276,7 +321,14 @@ async fn run(args: Args) -> Result<()> {
         replay::replay(&ctx).await;
         fail_interrupted_jobs(&ctx, &[]).await;
     }
-    tracing::info!(server = %s.fqdn, server_id, tz = %s.tz, "pgbackman-agent started");
+    tracing::info!(
+        server = %s.fqdn,
+        server_id,
+        tz = %s.tz,
+        backup_dir = %ctx.backup_dir().display(),
+        max_jobs = ctx.max_jobs(),
+        "pgbackman-agent started"
+    );
     if args.maintenance {
         return maintenance::pass(&ctx, &stop).await;
     }
@@ -284,6 +336,7 @@ async fn run(args: Args) -> Result<()> {
         return Runner::new(ctx, s.tz, stop, s.fqdn).run_once().await;
     }
     let _maintenance = maintenance::spawn(ctx.clone(), stop.clone());
+    let _heartbeat = heartbeat::spawn(ctx.clone(), s.tz, stop.clone());
     let _alerts = alerts::spawn(ctx.clone(), s.tz, &s.fqdn, stop.clone())?;
     Runner::new(ctx, s.tz, stop, s.fqdn).run().await
 }
@@ -524,6 +577,7 @@ impl Runner {
             }
             return;
         }
+        effective::refresh(&self.ctx).await;
         match self
             .ctx
             .db(
@@ -580,7 +634,7 @@ impl Runner {
     }
 
     fn has_slot(&self, node: i64) -> bool {
-        self.running.len() < self.ctx.cfg.max_jobs
+        self.running.len() < self.ctx.max_jobs()
             && self.per_node(node) < self.ctx.cfg.max_jobs_per_node
     }
 
@@ -704,7 +758,7 @@ impl Runner {
     }
 
     async fn claim(&mut self) {
-        let free = self.ctx.cfg.max_jobs.saturating_sub(self.running.len());
+        let free = self.ctx.max_jobs().saturating_sub(self.running.len());
         if free == 0 || self.stop.is_cancelled() || !self.online() {
             return;
         }
@@ -895,120 +949,4 @@ impl Runner {
         tracing::info!("pgbackman-agent stopped");
         Ok(())
     }
-}
-
-/// `--check` lines for the password files: the nodes' (`[agent] passfile`, else PGPASSFILE,
-/// else ~/.pgpass) and the catalog's. A file libpq ignores (group or world access) is an error
-/// that says so and how to fix it: every connection needing a password would fail.
-fn pgpass_check(s: &Setup) -> Vec<(bool, String)> {
-    use pgbackman_config::PgpassStatus;
-    let mut out = Vec::new();
-    let passfile = s.cfg.passfile.clone();
-    let env = |k: &str| match (k, &passfile) {
-        ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
-        _ => pgbackman_config::real_env(k),
-    };
-    out.push(match pgbackman_config::pgpass_status(&env) {
-        PgpassStatus::Used(p) => (
-            true,
-            format!("password file for the PgSQL nodes: {} (private)", p.display()),
-        ),
-        PgpassStatus::Missing(Some(p)) if s.cfg.passfile.is_some() => (
-            false,
-            format!(
-                "password file for the PgSQL nodes: [agent] passfile {} does not exist; create it (mode 0600) or remove the setting",
-                p.display()
-            ),
-        ),
-        PgpassStatus::Missing(p) => (
-            true,
-            format!(
-                "no password file for the PgSQL nodes{} (fine with certificates, trust or peer authentication)",
-                p.map(|p| format!(" at {}", p.display())).unwrap_or_default()
-            ),
-        ),
-        PgpassStatus::Ignored(_, why) => (false, format!("PgSQL nodes: {why}")),
-    });
-    if let Some(why) = &s.catalog_cfg.pgpass_ignored {
-        out.push((false, format!("catalog connection: {why}")));
-    }
-    out
-}
-
-/// `--check`: every precondition of a working agent, each with OK or what to fix.
-async fn check(s: &Setup) -> Result<()> {
-    let mut out = std::io::stdout();
-    let mut failures = 0;
-    let mut line = |ok: bool, what: String| {
-        if !ok {
-            failures += 1;
-        }
-        let _ = writeln!(out, "[{}] {what}", if ok { "OK" } else { "ERROR" });
-    };
-    line(
-        true,
-        format!(
-            "configuration: backup server {}, time zone {}",
-            s.fqdn, s.tz
-        ),
-    );
-    match Catalog::connect(s.catalog_cfg.clone(), "pgbackman-agent-check", &s.target).await {
-        Ok(c) => {
-            line(true, format!("catalog reachable: {}", s.target));
-            match c.check_compatible().await {
-                Ok(()) => line(true, "catalog version matches this agent".into()),
-                Err(e) => line(false, format!("catalog version: {e}")),
-            }
-            match c.agent_server_id(&s.fqdn).await {
-                Ok(id) => line(true, format!("registered as backup server SrvID {id}")),
-                Err(e) => line(false, e.to_string()),
-            }
-        }
-        Err(e) => line(false, format!("catalog: {e}")),
-    }
-    for (ok, what) in alerts::check(&s.cfg, &s.fqdn).await {
-        line(ok, what);
-    }
-    for (ok, what) in pgpass_check(s) {
-        line(ok, what);
-    }
-    for (what, dir) in [
-        ("state directory", &s.cfg.state_dir),
-        ("backup directory", &s.cfg.backup_dir),
-    ] {
-        let r = state::create_dir_0700(dir).and_then(|_| {
-            let probe = dir.join(".pgbackman-agent-check");
-            std::fs::write(&probe, b"x")
-                .with_context(|| format!("{} is not writable", dir.display()))?;
-            std::fs::remove_file(&probe)?;
-            Ok(())
-        });
-        match r {
-            Ok(()) => line(true, format!("{what} {} is writable", dir.display())),
-            Err(e) => line(false, format!("{what}: {e:#}")),
-        }
-    }
-    match s.cfg.client_bin_dirs() {
-        Ok(dirs) if dirs.is_empty() => line(
-            false,
-            "no PostgreSQL client programs found: set [agent] bin_dirs".into(),
-        ),
-        Ok(dirs) => {
-            for (m, d) in dirs {
-                match pgbackman_dump::client_major(&d) {
-                    Ok(v) if v == m => line(true, format!("pg_dump {m} in {}", d.display())),
-                    Ok(v) => line(
-                        false,
-                        format!("{} holds pg_dump {v}, configured as {m}", d.display()),
-                    ),
-                    Err(e) => line(false, format!("{}: {e}", d.display())),
-                }
-            }
-        }
-        Err(e) => line(false, e.to_string()),
-    }
-    if failures > 0 {
-        bail!("{failures} check(s) failed");
-    }
-    Ok(())
 }

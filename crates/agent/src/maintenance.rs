@@ -99,7 +99,7 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
         )
         .await?;
     let configured: Vec<String> = partitions.iter().map(|(_, p)| p.clone()).collect();
-    let (roots, refused) = crate::roots::roots(&ctx.cfg, &configured);
+    let (roots, refused) = crate::roots::roots(&ctx.cfg_now(), &configured);
     let mut findings: Vec<Finding> = refused
         .into_iter()
         .map(|(p, why)| {

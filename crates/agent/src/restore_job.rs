@@ -136,8 +136,8 @@ async fn execute(
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
     let bin_dir =
-        match pgbackman_dump::pick_client(&ctx.bin_dirs, target_major.max(dump_major), None)
-            .or_else(|_| pgbackman_dump::pick_client(&ctx.bin_dirs, target_major, None))
+        match pgbackman_dump::pick_client(&ctx.bin_dirs(), target_major.max(dump_major), None)
+            .or_else(|_| pgbackman_dump::pick_client(&ctx.bin_dirs(), target_major, None))
         {
             Ok((_, d)) => d,
             Err(e) => return failed(r.job_id, "client", e.to_string()),
@@ -176,7 +176,7 @@ async fn execute(
         decompression,
         extra_args: extra,
         bin_dir,
-        staging_root: ctx.cfg.backup_dir.join("staging"),
+        staging_root: ctx.backup_dir().join("staging"),
         log_file: Some(log_path(ctx, r)),
         application_name: "pgbackman".into(),
         max_runtime: None,
@@ -264,8 +264,7 @@ pub async fn recover_interrupted(ctx: &Ctx) {
 /// `<backup_dir>/restores/job<id>-restoredef<id>.log`: only ids in the name, nothing taken from
 /// a database becomes a path.
 fn log_path(ctx: &Ctx, r: &AgentRestore) -> PathBuf {
-    ctx.cfg
-        .backup_dir
+    ctx.backup_dir()
         .join("restores")
         .join(format!("job{}-restoredef{}.log", r.job_id, r.restore_def))
 }

@@ -205,7 +205,7 @@ pub async fn deleted_nodes(ctx: &Ctx, roots: &Roots, stop: &CancellationToken) -
             break;
         }
         let dir = match pgbackman_core::roots::node_dir(
-            &ctx.cfg.backup_dir,
+            &ctx.backup_dir(),
             &ctx.cfg.state_dir,
             &d.backup_partition,
         ) {

@@ -40,6 +40,12 @@ fn remember(state_dir: &Path, dir: &Path) -> Result<()> {
     write_atomic(&history_path(state_dir), &serde_json::to_vec_pretty(&all)?)
 }
 
+/// Keeps `dir` (a backup root the agent wrote to, e.g. its root_backup_partition before a
+/// change) among the roots retention may delete under.
+pub fn remember_root(state_dir: &Path, dir: &Path) -> Result<()> {
+    remember(state_dir, dir)
+}
+
 /// The directory a node's sets go to (`<partition>/<db>/<set>`), or why this agent refuses to
 /// write there (it could not delete them later). An accepted absolute partition becomes a root.
 pub fn node_dir_for_write(cfg: &AgentSection, partition: &str) -> Result<PathBuf, String> {

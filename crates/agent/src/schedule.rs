@@ -171,6 +171,8 @@ mod tests {
             max_runtime_seconds: None,
             lock_wait_timeout_seconds: None,
             client_major: None,
+            pause_recovery_on_standby: false,
+            max_recovery_pause_seconds: None,
             registered: Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
         }
     }

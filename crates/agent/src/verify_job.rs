@@ -161,7 +161,7 @@ fn client_for(
     let archive = client_version
         .and_then(pgbackman_dump::parse_major)
         .unwrap_or(0);
-    pgbackman_dump::pick_client(&ctx.bin_dirs, archive.max(server_major), None)
+    pgbackman_dump::pick_client(&ctx.bin_dirs(), archive.max(server_major), None)
         .map(|(_, d)| d)
         .map_err(|e| e.to_string())
 }
@@ -276,7 +276,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
         scratch_dbname: scratch_dbname(i.bck_id, i.job_id),
         application_name: "pgbackman".into(),
         jobs: 2,
-        staging_root: ctx.cfg.backup_dir.join("staging"),
+        staging_root: ctx.backup_dir().join("staging"),
         expected_counts: expected,
         manifest_sha256: i.manifest_sha256.clone(),
         journal: Some(pgbackman_dump::Journal {

@@ -36,7 +36,7 @@ pub fn classify(raw: &[u8]) -> Line {
     match text {
         "" => Line::Skip,
         t if t.starts_with('#') => Line::Skip,
-        "quit" | "exit" | "\\q" => Line::Quit,
+        t if crate::shortcuts::expand(t) == crate::shortcuts::Line::Quit => Line::Quit,
         t => Line::Command(t.to_string()),
     }
 }

@@ -105,6 +105,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "run_backup_definition_now" => {
             let id = def_id_arg(&s.required(inv, "def_id", None)?)?;
             let job = s.catalog.run_backup_definition_now(&s.audit(), id).await?;
+            crate::agent_seen::after_job(s, job).await;
             Ok(Output::Done(vec![format!(
                 "Backup of DefID {id} queued as JobID {job}; show_jobs_queue follows it."
             )]))
@@ -198,6 +199,9 @@ pub(crate) fn filter(v: Option<String>) -> Option<Vec<String>> {
 
 pub(crate) fn help(inv: &Invocation) -> Result<Output> {
     if let Some(name) = inv.given("command") {
+        if let Some(t) = crate::shortcuts::topic(name) {
+            return Ok(Output::Text(t));
+        }
         let Some(c) = spec::find(name) else {
             let s = spec::suggestions(name);
             bail!(
@@ -227,7 +231,8 @@ pub(crate) fn help(inv: &Invocation) -> Result<Output> {
         out.push_str(&format!("  {:<44} {about}\n", c.name));
     }
     out.push_str("\nIn the shell, a command given without arguments asks for each one, with the default in brackets.\n\
-                  Tab completes commands, FQDNs and ids; Ctrl-C abandons a command; Ctrl-D or quit leaves.\n");
+                  Tab completes commands and the argument at the cursor; Ctrl-C abandons a command; Ctrl-D or quit leaves.\n\
+                  help shortcuts lists the shortcuts (\\h, \\s, \\q, EOF); help support says what to include in a problem report.\n");
     Ok(Output::Text(out))
 }
 
@@ -244,8 +249,15 @@ fn set(s: &mut Session, inv: &Invocation) -> Result<Output> {
             s.format = f;
             Ok(Output::Done(vec![format!("output_format = {f}")]))
         }
+        "timezone" => {
+            let z = crate::zone::parse_zone(val)?;
+            crate::zone::set_display(z);
+            Ok(Output::Done(vec![format!(
+                "timezone = {z}: times are shown in it, and times typed without a zone are read in it"
+            )]))
+        }
         other => bail!(
-            "unknown shell parameter \"{other}\"; the only one is output_format=table|csv|json"
+            "unknown shell parameter \"{other}\"; the parameters are output_format=table|csv|json and timezone=<IANA name>|local"
         ),
     }
 }
@@ -736,6 +748,8 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
         .catalog
         .register_backup_definitions(&s.audit(), &defs)
         .await?;
+    crate::agent_seen::after_server(s, &server).await;
+    let zone = crate::agent_seen::zone_note(s, &server).await;
     Ok(Output::Done(
         done.iter()
             .map(|d| {
@@ -746,9 +760,9 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
                     d.dbname.clone()
                 };
                 format!(
-                    "Backup definition DefID {} for dbname [{name}] registered: {line} ({}).",
+                    "Backup definition DefID {} for dbname [{name}] registered: {line} ({}{zone}).",
                     d.def_id,
-                    describe(&line)
+                    describe(&line).trim_end_matches('.')
                 )
             })
             .collect(),
@@ -996,17 +1010,12 @@ pub(crate) fn time_arg(
     let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
-        return Ok(Some(t.with_timezone(&chrono::Utc)));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-        let local = d
-            .and_hms_opt(0, 0, 0)
-            .and_then(|t| t.and_local_timezone(chrono::Local).earliest());
-        return Ok(local.map(|t| t.with_timezone(&chrono::Utc)));
+    let zone = crate::zone::display();
+    if let Some(t) = crate::zone::parse_typed(v, zone, true)? {
+        return Ok(Some(t.at));
     }
     bail!(
-        "--{name} \"{v}\" is not a date: use YYYY-MM-DD or an RFC 3339 time such as 2026-11-21T08:00:00Z"
+        "--{name} \"{v}\" is not a date: use YYYY-MM-DD or YYYY-MM-DD HH:MM (read in {zone}), or a time with its zone such as 2026-11-21T08:00:00Z"
     )
 }
 
@@ -1079,30 +1088,21 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
     })
 }
 
-pub(crate) fn at_time_arg(v: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+/// An AT time: None for now; a time without a zone is read in the display zone, and the
+/// returned [`crate::zone::Typed`] says so for the confirmation.
+pub(crate) fn at_time_arg(v: Option<&str>) -> Result<Option<crate::zone::Typed>> {
     let Some(v) = v
         .map(str::trim)
         .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("now"))
     else {
         return Ok(None);
     };
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
-        return Ok(Some(t.with_timezone(&chrono::Utc)));
-    }
-    for f in [
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y%m%d%H%M",
-    ] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(v, f)
-            && let Some(t) = t.and_local_timezone(chrono::Local).earliest()
-        {
-            return Ok(Some(t.with_timezone(&chrono::Utc)));
-        }
+    let zone = crate::zone::display();
+    if let Some(t) = crate::zone::parse_typed(v, zone, false)? {
+        return Ok(Some(t));
     }
     bail!(
-        "AT time \"{v}\" is not a time: use now, YYYY-MM-DD HH:MM (this host's time zone) or RFC 3339"
+        "AT time \"{v}\" is not a time: use now, YYYY-MM-DD HH:MM (read in {zone}), YYYY-MM-DD HH:MM followed by a zone (Europe/Oslo, UTC, +02:00), or RFC 3339"
     )
 }
 
@@ -1161,9 +1161,13 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
             facts.server_version
         );
     }
+    // Says in which zone a time without one was read.
+    let when = at
+        .as_ref()
+        .map_or_else(|| "now".to_string(), |t| format!("at {}", t.describe()));
     if inv.bare {
         s.confirm(&format!(
-            "Register {} snapshot(s) on {}?",
+            "Register {} snapshot(s) on {}, {when}?",
             dbnames.len(),
             node.fqdn
         ))?;
@@ -1176,7 +1180,7 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
             &server,
             &node.node_id.to_string(),
             &dbnames,
-            at,
+            at.map(|t| t.at),
             Some(&code_s),
             retention.as_deref(),
             extra.as_deref(),
@@ -1184,12 +1188,13 @@ async fn register_snapshot_definition(s: &mut Session, inv: &Invocation) -> Resu
             release,
         )
         .await?;
+    crate::agent_seen::after_server(s, &server).await;
     Ok(Output::Done(
         done.iter()
             .zip(&dbnames)
             .map(|((id, tag), db)| {
                 let name = if db.is_empty() { format!("{code_s} (whole cluster)") } else { db.clone() };
-                format!("Snapshot SnapshotID {id} for dbname [{name}] and backup code [{code_s}] defined (tag {tag}).")
+                format!("Snapshot SnapshotID {id} for dbname [{name}] and backup code [{code_s}] defined (tag {tag}), to run {when}.")
             })
             .collect(),
     ))
@@ -1296,6 +1301,10 @@ async fn show_pgbackman_config(s: &mut Session) -> Result<Output> {
         ("Catalog functions by", t(info.get(0, "software"))),
         ("Catalog matches this binary", Value::Bool(st.is_current())),
         ("Output format", Value::Text(s.format.to_string())),
+        (
+            "Display time zone",
+            Value::Text(crate::zone::display().to_string()),
+        ),
     ];
     Ok(Output::Report {
         kind: "pgbackman_config",

@@ -19,6 +19,7 @@ const TYPES: &[&str] = &[
     "QUARANTINE",
     "VERIFY",
     "MAINTENANCE",
+    "AGENT_NOT_SEEN",
 ];
 
 fn filter(v: Option<&str>) -> Option<Vec<String>> {

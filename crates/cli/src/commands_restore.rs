@@ -141,7 +141,7 @@ impl Plan {
                         &self.source.dbname
                     },
                     self.source.source_node,
-                    self.source.finished.format("%Y-%m-%d %H:%M:%S UTC")
+                    crate::zone::display().show(&self.source.finished)
                 )),
             ),
             (
@@ -238,6 +238,12 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         .parse()
         .context("BckID must be a number; show_backup_catalog lists the backups")?;
     let source = s.catalog.restore_source(bck_id).await?;
+    // Only rows imported from PgBackMan 1.x succeeded without a set (db import-pgbackman).
+    if source.execution_status == "SUCCEEDED" && source.backup_dir.is_none() {
+        bail!(
+            "BckID {bck_id} is a PgBackMan 1.x backup: pgbackman does not restore it\nHINT: restore it by hand: psql -f its USERS and DBCONFIG files, then pg_restore -d DBNAME its dump directory; show_backup_details {bck_id} lists the files"
+        );
+    }
     if source.execution_status != "SUCCEEDED" || source.backup_dir.is_none() {
         bail!(
             "BckID {bck_id} cannot be restored: its backup ended {}\nHINT: pick a SUCCEEDED backup: show_backup_catalog all all {} all SUCCEEDED",
@@ -327,7 +333,7 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
     }
 
     let mut new = NewRestore {
-        at_time: at,
+        at_time: at.as_ref().map(|t| t.at),
         bck_id,
         node: node.node_id.to_string(),
         target_dbname: dbname.clone(),
@@ -538,8 +544,8 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "Restore definition RestoreDef {id} registered: BckID {bck_id} into {what} on {} as JobID {job}, run by {} {}; show_restores_in_progress and show_restore_catalog follow it.",
         plan.node.fqdn,
         plan.source.backup_server,
-        plan.new
-            .at_time
-            .map_or_else(|| "now".to_string(), |t| format!("at {}", t.to_rfc3339()))
+        // Says in which zone a time typed without one was read.
+        at.as_ref()
+            .map_or_else(|| "now".to_string(), |t| format!("at {}", t.describe()))
     )]))
 }

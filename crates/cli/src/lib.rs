@@ -1,21 +1,29 @@
 //! The `pgbackman` admin shell: clap command model shared by `-C` and the interactive shell,
 //! rendering (comfy-table, CSV, JSON), `db init|upgrade|status` and `quickstart`.
 
+pub mod agent_seen;
+pub mod assets;
 pub mod batch;
 pub mod commands;
 pub mod commands_alerts;
 pub mod commands_reconcile;
 pub mod commands_restore;
 pub mod commands_verify;
+pub mod complete;
+pub mod db_roles;
+pub mod import;
 pub mod monitor;
 pub mod parse;
 pub mod quickstart;
+pub mod quickstart_agent;
 pub mod render;
 pub mod serve_metrics;
 pub mod session;
 pub mod shell;
+pub mod shortcuts;
 pub mod spec;
 pub mod validate;
+pub mod zone;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,7 +87,9 @@ enum Sub {
         #[command(subcommand)]
         action: DbAction,
     },
-    /// Start a private catalog cluster, register this host and the local cluster, open the shell.
+    /// Start a private catalog cluster, register this host and the local cluster, run a first
+    /// backup, leave the agent running, open the shell.
+    #[command(long_about = quickstart::LONG_ABOUT)]
     Quickstart(quickstart::Args),
     /// Serve the fleet's metrics from the catalog for Prometheus (GET /metrics).
     ///
@@ -87,6 +97,23 @@ enum Sub {
     /// jobs; agents; alerts. The catalog is read every --refresh-seconds within
     /// --timeout-seconds; a scrape is served from the last read and never waits on the catalog.
     ServeMetrics(serve_metrics::Args),
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Print the TOML equivalent of a PgBackMan 1.x pgbackman.conf (default: the one PgBackMan
+    /// would read, ~/.pgbackman/pgbackman.conf then /etc/pgbackman/pgbackman.conf). What cannot
+    /// be carried over is listed as comments; a password never is.
+    Convert {
+        /// The PgBackMan 1.x file.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,11 +124,38 @@ enum DbAction {
     Upgrade,
     /// Show the installed catalog version and whether this binary matches (exit 1 if not).
     Status,
+    /// Import a PgBackMan 1.x catalog: backup servers, nodes and their configuration, backup
+    /// and snapshot definitions, and the catalog rows of backups whose files are on this host.
+    /// One transaction; a second run imports only what is new.
+    #[command(name = "import-pgbackman")]
+    ImportPgbackman(import::Args),
+    /// Make a login role a member of pgbackman_readonly, _operator, _admin or _agent (run as
+    /// the catalog owner; see README, Operations, Roles).
+    Grant(db_roles::GrantArgs),
+    /// Take a login role out of the pgbackman group roles (all of them without LEVEL).
+    Revoke(db_roles::RevokeArgs),
+    /// List the login roles holding a pgbackman group role, and the servers agents act for.
+    Roles,
+}
+
+/// The clap definition of `pgbackman` (man page and completions: `assets`).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Entry point of the `pgbackman` binary.
 pub fn main_entry() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            if let Some(hint) = shell_command_as_argv(&argv) {
+                print_error(None, &hint);
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -119,6 +173,33 @@ pub fn main_entry() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `pgbackman show_backup_catalog ...`: a shell command given as arguments. The message names
+/// the exact line to run with -C (quoted for a POSIX shell).
+fn shell_command_as_argv(argv: &[String]) -> Option<String> {
+    // The shell command is the first word that is not a global option (and its value).
+    let mut i = 0;
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "--catalog" | "--config" | "-o" | "--output" => i += 2,
+            w if w.starts_with('-') => i += 1,
+            _ => break,
+        }
+    }
+    let name = argv.get(i)?;
+    if spec::find(name).is_none() && !matches!(name.as_str(), "\\h" | "\\?" | "\\s") {
+        return None;
+    }
+    let line = shlex::try_join(argv[i..].iter().map(String::as_str)).ok()?;
+    let mut run: Vec<String> = vec!["pgbackman".into()];
+    run.extend(argv[..i].iter().cloned());
+    run.push("-C".into());
+    run.push(line);
+    let run = shlex::try_join(run.iter().map(String::as_str)).ok()?;
+    Some(format!(
+        "{name} is a shell command: give it with -C, as in\n  {run}\nHINT: without arguments pgbackman opens the interactive shell; `pgbackman --help` lists its options"
+    ))
 }
 
 /// Prints `[ERROR] [where: ]message` to stderr: control characters escaped, long input cut
@@ -142,7 +223,7 @@ pub fn format_error(e: &anyhow::Error) -> String {
     out
 }
 
-fn os_user() -> String {
+pub(crate) fn os_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
@@ -166,15 +247,36 @@ pub fn catalog_target(
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(Sub::Config {
+        action: ConfigAction::Convert { file },
+    }) = &cli.sub
+    {
+        return convert_config(file.as_deref());
+    }
     let file = pgbackman_config::load(cli.config.as_deref())?;
+    if file.legacy
+        && let Some(p) = &file.path
+    {
+        // Once per process: the file is loaded once.
+        eprintln!(
+            "[NOTE] no pgbackman.toml found: using the PgBackMan 1.x file {}. Convert it with `pgbackman config convert > ~/.config/pgbackman/pgbackman.toml`.",
+            p.display()
+        );
+    }
     if let Some(Sub::Quickstart(args)) = &cli.sub {
         return quickstart::run(args, &file).await;
     }
     if let Some(Sub::ServeMetrics(args)) = &cli.sub {
         return serve_metrics::run(args, cli.catalog.as_deref(), &file).await;
     }
+    let command = match cli.command.as_deref().map(shortcuts::expand) {
+        // `-C '\q'`: nothing to do, and no catalog needed for it.
+        Some(shortcuts::Line::Quit) => return Ok(ExitCode::SUCCESS),
+        Some(shortcuts::Line::Run(l)) => Some(l.into_owned()),
+        None => None,
+    };
     // Help needs no catalog: whoever reads about a command may not have one yet.
-    if let Some(line) = &cli.command
+    if let Some(line) = &command
         && let Some(words) = shlex::split(line)
         && (words.first().is_some_and(|w| w == "help")
             || words.iter().any(|w| w == "--help" || w == "-h"))
@@ -201,7 +303,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         });
     }
     // The Nagios probe owns its exit status: even "no catalog configured" is UNKNOWN (3).
-    if let Some(line) = &cli.command
+    if let Some(line) = &command
         && let Some(words) = shlex::split(line)
         && words.first().is_some_and(|w| w == "show_pgbackman_status")
         && words.iter().any(|w| w == "--nagios")
@@ -217,9 +319,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         });
     }
+    if let Some(tz) = &file.shell.timezone {
+        let z = zone::parse_zone(tz).with_context(|| {
+            format!(
+                "[shell] timezone in {}",
+                file.path
+                    .as_ref()
+                    .map_or("the configuration".into(), |p| p.display().to_string())
+            )
+        })?;
+        zone::set_display(z);
+    }
     let (cfg, target, source) = catalog_target(cli.catalog.as_deref(), &file)?;
     if let Some(Sub::Db { action }) = &cli.sub {
-        return db_command(action, &cfg, &target).await;
+        let format = cli.output.unwrap_or(OutputFormat::Table);
+        return db_command(action, &cfg, &target, format).await;
     }
     let catalog = Catalog::connect(cfg, "pgbackman", &target).await?;
     catalog
@@ -243,7 +357,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         .unwrap_or_else(pgbackman_config::host_fqdn);
     let history = shell::history_path(file.shell.history_file.as_deref());
     // Commands from a file or a pipe run as with -C: nothing is asked, nothing is confirmed.
-    let batch = match (&cli.command, &cli.file) {
+    let batch = match (&command, &cli.file) {
         (Some(_), _) => None,
         (None, Some(f)) => Some(f.clone()),
         (None, None) if !std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
@@ -251,7 +365,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         (None, None) => None,
     };
-    let interactive = cli.command.is_none() && batch.is_none();
+    let interactive = command.is_none() && batch.is_none();
     let mut s = Session {
         catalog,
         format,
@@ -270,7 +384,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(path) = batch {
         return batch::run(&mut s, &path, cli.stop_on_error).await;
     }
-    match cli.command {
+    match command {
         Some(line) => Ok(if execute_line(&mut s, &line).await {
             ExitCode::SUCCESS
         } else {
@@ -290,6 +404,12 @@ pub async fn execute_line(s: &mut Session, line: &str) -> bool {
 
 /// [`execute_line`], with errors prefixed by where the line came from (`line 12`).
 pub async fn execute_line_at(s: &mut Session, line: &str, at: Option<&str>) -> bool {
+    // `\q` or `EOF` with -C or in a file: nothing left to do (the shell loop leaves on them).
+    let line = match shortcuts::expand(line) {
+        shortcuts::Line::Quit => return true,
+        shortcuts::Line::Run(l) => l,
+    };
+    let line = line.as_ref();
     let Some(words) = shlex::split(line) else {
         print_error(
             at,
@@ -325,18 +445,64 @@ pub async fn execute_line_at(s: &mut Session, line: &str, at: Option<&str>) -> b
             false
         }
         Err(e) => {
+            let e = explain_denied(s, e).await;
             print_error(at, &format_error(&e));
             false
         }
     }
 }
 
+/// A catalog "permission denied" says which catalog role to grant, to whom.
+async fn explain_denied(s: &Session, e: anyhow::Error) -> anyhow::Error {
+    let denied = e
+        .downcast_ref::<pgbackman_db::DbError>()
+        .is_some_and(|d| d.code() == Some("42501"));
+    if !denied {
+        return e;
+    }
+    match e.downcast::<pgbackman_db::DbError>() {
+        Ok(db) => s.catalog.explain_denied(db).await.into(),
+        Err(e) => e,
+    }
+}
+
+/// `pgbackman config convert [FILE]`: the TOML of a PgBackMan 1.x file, on stdout.
+fn convert_config(file: Option<&std::path::Path>) -> Result<ExitCode> {
+    let old = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}; check the path", p.display()))?;
+            pgbackman_config::parse_legacy(p, &text)?
+        }
+        None => {
+            let candidates = pgbackman_config::legacy_candidates(&pgbackman_config::real_env);
+            match pgbackman_config::find_legacy(&candidates)? {
+                Some(c) => c,
+                None => bail!(
+                    "no PgBackMan 1.x configuration found ({})\nHINT: name the file: pgbackman config convert /path/to/pgbackman.conf",
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    print!("{}", old.to_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn db_command(
     action: &DbAction,
     cfg: &pgbackman_config::ConnConfig,
     target: &str,
+    format: OutputFormat,
 ) -> Result<ExitCode> {
     let status = match action {
+        DbAction::Grant(a) => return db_roles::grant(a, cfg, target).await,
+        DbAction::Revoke(a) => return db_roles::revoke(a, cfg, target).await,
+        DbAction::Roles => return db_roles::list(cfg, target).await,
         DbAction::Init => {
             if pgbackman_db::ensure_database(cfg, target).await? {
                 println!(
@@ -350,6 +516,7 @@ async fn db_command(
                 "[DONE] Catalog installed in {target} (schema version {}).",
                 st.expected
             );
+            db_roles::report_groups(&c).await;
             st
         }
         DbAction::Upgrade => {
@@ -386,6 +553,9 @@ async fn db_command(
                 }
             }
             st
+        }
+        DbAction::ImportPgbackman(args) => {
+            return import::run(args, cfg.clone(), target, format).await;
         }
     };
     let _ = status;

@@ -26,7 +26,8 @@ const QUEUE_WARNING_MINUTES: u64 = 15;
 /// Default deadline of the Nagios form: plugins are killed at 10 s by default.
 const NAGIOS_TIMEOUT_SECONDS: u64 = 8;
 
-/// The zone schedules are evaluated in: the agent's default rule ($TZ, else UTC).
+/// The zone schedules are evaluated in when the agent's is unknown (never seen): the agent's
+/// default rule ($TZ, else UTC).
 pub fn zone() -> Tz {
     std::env::var("TZ")
         .ok()

@@ -12,6 +12,21 @@ use pgbackman_config::FileConfig;
 use pgbackman_db::{Audit, Catalog, NewNode, migrate};
 use pgbackman_pgctl::{Cluster, StopMode};
 
+/// `pgbackman quickstart --help`: what it writes, what it starts, what `--stop` keeps.
+pub const LONG_ABOUT: &str = "A working installation on this host in one command, for a first look or a test.\n\n\
+        It writes: a private catalog cluster in DIR (data/, run/, port), the catalog in it;\n\
+        DIR/agent.toml (the agent's configuration), backups under DIR/backups, the agent's state\n\
+        in DIR/agent-state, its log in DIR/agent.log; ~/.config/pgbackman/pgbackman.toml naming\n\
+        the catalog, if you have no such file. It registers this host as backup server and the\n\
+        local cluster (else the private one) as a RUNNING node, with backup definitions.\n\n\
+        It starts: the catalog cluster, a first backup (pgbackman-agent --once), then the agent\n\
+        in the background (pid in DIR/agent.pid), so that the schedules fire and\n\
+        run_backup_definition_now runs at once. Then it opens the shell (not with --no-shell or\n\
+        without a terminal). Run again, it reuses all of it and starts what is stopped.\n\n\
+        --stop stops the agent and the catalog cluster and keeps everything on disk: the\n\
+        catalog, the backups, the configuration files. `pgbackman quickstart` starts them again;\n\
+        remove DIR (and the config file it wrote) to forget the installation.";
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory of the private catalog cluster (default: /var/lib/pgbackman/quickstart as root,
@@ -25,7 +40,7 @@ pub struct Args {
     /// Do not open the shell at the end.
     #[arg(long)]
     no_shell: bool,
-    /// Stop the private catalog cluster and exit.
+    /// Stop the agent and the private catalog cluster, keep everything on disk, and exit.
     #[arg(long)]
     stop: bool,
 }
@@ -70,11 +85,16 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
     let dir = args.dir.clone().unwrap_or_else(default_dir);
     let cluster = cluster_at(&dir)?;
     if args.stop {
+        // The agent first: it would only spool results for a catalog that is gone.
+        if crate::quickstart_agent::stop(&dir)? {
+            println!("[DONE] Agent stopped.");
+        }
         if cluster.is_running() {
             cluster.stop(StopMode::Fast)?;
         }
         println!(
-            "[DONE] Private catalog cluster in {} stopped.",
+            "[DONE] Private catalog cluster in {} stopped. Kept on disk: the catalog, the backups \
+             and the configuration files; `pgbackman quickstart` starts both again.",
             dir.display()
         );
         return Ok(ExitCode::SUCCESS);
@@ -163,12 +183,12 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
     crate::execute_line(&mut s, "show_backup_servers").await;
     crate::execute_line(&mut s, "show_pgsql_nodes").await;
     first_backup(&mut s, &dir, &conninfo, &fqdn, &node_ref).await?;
+    let agent_line = start_agent(&dir)?;
     println!(
-        "\nThe catalog runs in {} (stop it with `pgbackman quickstart --stop`).\n\
-         Backups run while an agent runs: pgbackman-agent --config {}\n\
+        "\nThe catalog runs in {}.\n{agent_line}\n\
+         `pgbackman quickstart --stop` stops both and keeps everything on disk.\n\
          Next, in the shell (`pgbackman`): show_backup_definitions, show_backup_catalog, help",
         dir.display(),
-        dir.join("agent.toml").display()
     );
     if args.no_shell || !std::io::stdin().is_terminal() {
         return Ok(ExitCode::SUCCESS);
@@ -244,30 +264,36 @@ async fn first_backup(
     if !crate::execute_line(s, &format!("run_backup_definition_now {def_id}")).await {
         anyhow::bail!("could not queue the first backup");
     }
-    let agent = std::env::current_exe()?.with_file_name("pgbackman-agent");
-    if !agent.exists() {
-        println!(
-            "[WARNING] {} is missing, so the first backup stays queued (show_jobs_queue).\n\
+    let agent = crate::quickstart_agent::binary()?;
+    if crate::quickstart_agent::running(dir).is_some() {
+        // The agent left running by an earlier quickstart takes the job (NOTIFY).
+        println!("The running agent takes the first backup ...");
+        wait_for_a_backup(s).await?;
+    } else {
+        if !agent.exists() {
+            println!(
+                "[WARNING] {} is missing, so the first backup stays queued (show_jobs_queue).\n\
              Build it (cargo build --release builds both binaries), then run:\n  {} --config {} --once",
-            agent.display(),
-            agent.display(),
-            agent_cfg.display()
+                agent.display(),
+                agent.display(),
+                agent_cfg.display()
+            );
+            return Ok(());
+        }
+        println!(
+            "Running the first backup with {} --once ...",
+            agent.display()
         );
-        return Ok(());
-    }
-    println!(
-        "Running the first backup with {} --once ...",
-        agent.display()
-    );
-    let status = std::process::Command::new(&agent)
-        .arg("--config")
-        .arg(&agent_cfg)
-        .arg("--once")
-        .env("PGBACKMAN_LOG", "warn")
-        .status()
-        .with_context(|| format!("starting {}", agent.display()))?;
-    if !status.success() {
-        anyhow::bail!("{} --once failed ({status})", agent.display());
+        let status = std::process::Command::new(&agent)
+            .arg("--config")
+            .arg(&agent_cfg)
+            .arg("--once")
+            .env("PGBACKMAN_LOG", "warn")
+            .status()
+            .with_context(|| format!("starting {}", agent.display()))?;
+        if !status.success() {
+            anyhow::bail!("{} --once failed ({status})", agent.display());
+        }
     }
     crate::execute_line(s, "show_backup_catalog").await;
     let newest = s
@@ -285,6 +311,59 @@ async fn first_backup(
         }
     }
     Ok(())
+}
+
+/// Waits (up to a minute) until the catalog holds a finished backup.
+async fn wait_for_a_backup(s: &crate::session::Session) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows = s
+            .catalog
+            .show_backup_catalog(&pgbackman_db::CatalogFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        if !rows.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the first backup did not finish within a minute: see show_jobs_queue");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+/// Leaves the agent running in the background (unless it already runs); says so, or how to
+/// start it when that is not possible.
+fn start_agent(dir: &std::path::Path) -> Result<String> {
+    use crate::quickstart_agent as qa;
+    let config = dir.join("agent.toml");
+    let log = qa::log_file(dir);
+    if let Some(pid) = qa::running(dir) {
+        return Ok(format!(
+            "The agent runs (pid {pid}, log {}): backups queued now run at once.",
+            log.display()
+        ));
+    }
+    let agent = qa::binary()?;
+    let how = format!("{} --config {} &", agent.display(), config.display());
+    if !agent.exists() || !config.exists() {
+        return Ok(format!(
+            "[WARNING] no agent runs, so backups stay queued. Start it with:\n  {how}"
+        ));
+    }
+    match qa::start(dir, &agent, &config) {
+        Ok(pid) => Ok(format!(
+            "The agent runs in the background (pid {pid}, log {}): schedules fire and \
+             run_backup_definition_now runs at once.",
+            log.display()
+        )),
+        Err(e) => Ok(format!(
+            "[WARNING] the agent did not start: {}\nStart it with:\n  {how}",
+            crate::format_error(&e)
+        )),
+    }
 }
 
 /// Points the user's config at the private catalog unless it already names another catalog.

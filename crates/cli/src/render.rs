@@ -5,7 +5,6 @@
 //! them escaped (`\x1b`, `\u{202e}`, [`pgbackman_core::text::escape_controls`]); JSON keeps the
 //! exact text (its own escaping is safe).
 
-use chrono::Local;
 use comfy_table::presets::ASCII_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use pgbackman_core::model::OutputFormat;
@@ -90,10 +89,8 @@ fn raw_cell_text(column: &str, v: &Value) -> String {
         Value::Float(f) => f.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Text(s) => s.clone(),
-        Value::Time(t) => t
-            .with_timezone(&Local)
-            .format("%Y-%m-%d %H:%M:%S%:z")
-            .to_string(),
+        // The display zone, with the offset as the suffix (README, Operations, Time).
+        Value::Time(t) => crate::zone::display().show(t),
         Value::List(l) => l.join(", "),
         Value::Json(j) => json_lines(j),
     }

@@ -364,11 +364,11 @@ pub fn fleet_metrics(snap: &FleetSnapshot, judged: &[Judged<'_>]) -> String {
     e.family(
         "pgbackman_agent_state",
         "gauge",
-        "1 for the state the agent last reported (online, degraded, offline).",
+        "1 for the agent's state: online, degraded (as it reports itself), offline (no heartbeat for the server's agent_not_seen_threshold), never seen.",
     );
     for s in &snap.servers {
         if let Some(st) = &s.agent_state {
-            for state in ["online", "degraded", "offline"] {
+            for state in ["online", "degraded", "offline", "never seen"] {
                 e.sample(
                     "pgbackman_agent_state",
                     &[("server", &s.server_fqdn), ("state", state)],

@@ -6,8 +6,9 @@ use pgbackman_core::model::OutputFormat;
 use pgbackman_db::{Audit, Catalog};
 use rustyline::error::ReadlineError;
 
+use crate::complete::Mode;
 use crate::parse::Invocation;
-use crate::shell::{CompletionMode, ShellEditor};
+use crate::shell::ShellEditor;
 
 /// The user abandoned the command (answered "no", Ctrl-C or Ctrl-D at a prompt).
 #[derive(Debug, thiserror::Error)]
@@ -52,18 +53,13 @@ impl Session {
             Some(d) => format!("{label} [{d}]: "),
             None => format!("{label}: "),
         });
-        // At a question, Tab completes server/node names where one is asked for, else nothing.
-        let mode = if label.contains("SrvID") || label.contains("NodeID") {
-            CompletionMode::Names
-        } else {
-            CompletionMode::Off
-        };
+        // At a question, Tab completes what its label asks for (a node, a DefID, yes/no, ...).
         if let Some(h) = ed.helper_mut() {
-            h.mode = mode;
+            h.mode = Mode::Answer(label.to_string());
         }
         let answer = ed.readline(&prompt);
         if let Some(h) = ed.helper_mut() {
-            h.mode = CompletionMode::Command;
+            h.mode = Mode::Line;
         }
         match answer {
             Ok(s) => Ok(s.trim().to_string()),
@@ -80,11 +76,25 @@ impl Session {
         name: &str,
         default: Option<&str>,
     ) -> Result<Option<String>> {
+        // A listing's arguments are filters with defaults: PgBackMan's show_jobs_queue asked
+        // nothing, so a bare `show_*` runs with its defaults ([`Session::required`] still asks
+        // for what it cannot do without).
+        self.value_or_ask(inv, name, default, !inv.cmd.name.starts_with("show_"))
+    }
+
+    fn value_or_ask(
+        &mut self,
+        inv: &Invocation,
+        name: &str,
+        default: Option<&str>,
+        ask: bool,
+    ) -> Result<Option<String>> {
         if let Some(v) = inv.given(name) {
             return Ok(non_empty(v));
         }
         let arg = inv.cmd.args.iter().find(|a| a.name == name);
         if let Some(arg) = arg
+            && ask
             && inv.bare
             && self.interactive()
             && arg.kind == crate::spec::Kind::Pos
@@ -102,7 +112,9 @@ impl Session {
         name: &str,
         default: Option<&str>,
     ) -> Result<String> {
-        if let Some(v) = self.value(inv, name, default)? {
+        // Without a default the command cannot run: asked even by a listing.
+        let ask = default.is_none() || !inv.cmd.name.starts_with("show_");
+        if let Some(v) = self.value_or_ask(inv, name, default, ask)? {
             return Ok(v);
         }
         if let Some(d) = default {

@@ -1,5 +1,6 @@
-//! The interactive shell: rustyline with persistent history and completion of command names,
-//! FQDNs and ids. Ctrl-C abandons the current line or command, never the shell; Ctrl-D quits.
+//! The interactive shell: rustyline with persistent history and completion by position
+//! ([`crate::complete`]). Ctrl-C abandons the current line or command, never the shell; Ctrl-D
+//! quits.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -10,32 +11,22 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::FileHistory;
 use rustyline::validate::Validator;
-use rustyline::{Config, Context, Editor, Helper};
+use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
+use pgbackman_db::completion::Candidates;
+
+use crate::complete::Mode;
 use crate::session::Session;
-use crate::spec::COMMANDS;
 
 pub type ShellEditor = Editor<ShellHelper, FileHistory>;
 
 pub const PROMPT: &str = "[pgbackman]$ ";
 
-/// What Tab completes on the current line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CompletionMode {
-    /// A command line: command names first, then FQDNs, ids and tokens.
-    #[default]
-    Command,
-    /// An answer that names a server or node: FQDNs and ids.
-    Names,
-    /// Free text (a hostname, remarks, ...): nothing.
-    Off,
-}
-
 #[derive(Default)]
 pub struct ShellHelper {
-    /// FQDNs and ids of servers and nodes, refreshed after each command.
-    pub words: Vec<String>,
-    pub mode: CompletionMode,
+    /// Names and ids from the catalog, refreshed after each command.
+    pub candidates: Candidates,
+    pub mode: Mode,
 }
 
 impl Completer for ShellHelper {
@@ -47,57 +38,17 @@ impl Completer for ShellHelper {
         pos: usize,
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let before = &line[..pos];
-        let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
-        let word = &before[start..];
-        let first = before[..start].trim().is_empty();
-        let pairs = |v: Vec<String>| {
-            v.into_iter()
+        let (start, words) = crate::complete::complete(&line[..pos], &self.mode, &self.candidates);
+        Ok((
+            start,
+            words
+                .into_iter()
                 .map(|w| Pair {
-                    display: w.clone(),
+                    display: crate::render::safe(&w),
                     replacement: w,
                 })
-                .collect()
-        };
-        let names = || {
-            self.words
-                .iter()
-                .filter(|w| w.starts_with(word))
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        match self.mode {
-            CompletionMode::Off => return Ok((start, Vec::new())),
-            CompletionMode::Names => return Ok((start, pairs(names()))),
-            CompletionMode::Command => {}
-        }
-        let candidates: Vec<String> = if first {
-            COMMANDS
-                .iter()
-                .map(|c| c.name.to_string())
-                .filter(|n| n.starts_with(word))
-                .collect()
-        } else if before.trim_start().starts_with("help ") {
-            COMMANDS
-                .iter()
-                .map(|c| c.name.to_string())
-                .filter(|n| n.starts_with(word))
-                .collect()
-        } else {
-            let mut v = names();
-            for special in [
-                "all",
-                "#all_databases#",
-                "#databases_without_backup_definitions#",
-                "force-deletion",
-            ] {
-                if special.starts_with(word) && !word.is_empty() {
-                    v.push(special.to_string());
-                }
-            }
-            v
-        };
-        Ok((start, pairs(candidates)))
+                .collect(),
+        ))
     }
 }
 
@@ -132,6 +83,8 @@ pub fn history_path(configured: Option<&str>) -> Option<PathBuf> {
 pub fn new_editor(history: Option<&PathBuf>) -> anyhow::Result<ShellEditor> {
     let cfg = Config::builder()
         .auto_add_history(false)
+        // Tab completes the common prefix; a second Tab lists the candidates (like bash).
+        .completion_type(CompletionType::List)
         .max_history_size(5000)?
         .build();
     let mut ed: ShellEditor = Editor::with_config(cfg)?;
@@ -172,11 +125,9 @@ pub async fn run(mut s: Session, history: Option<PathBuf>) -> anyhow::Result<()>
             let _ = ed.append_history(p);
         }
         s.history.push(line.clone());
-        let line = match line.as_str() {
-            "\\q" | "exit" | "quit" => break,
-            "\\h" | "\\?" => "help".to_string(),
-            "\\s" => "show_history".to_string(),
-            _ => line,
+        let line = match crate::shortcuts::expand(&line) {
+            crate::shortcuts::Line::Quit => break,
+            crate::shortcuts::Line::Run(l) => l.into_owned(),
         };
         if line == "clear" {
             if let Some(ed) = s.editor.as_mut() {
@@ -195,10 +146,23 @@ pub async fn run(mut s: Session, history: Option<PathBuf>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// How long the candidates may take to read; past it the shell keeps the previous ones.
+const CANDIDATES_DEADLINE: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Reads the completion candidates between commands (typing never waits for the catalog),
+/// bounded by [`CANDIDATES_DEADLINE`]; a slow or failing catalog keeps the previous ones.
 async fn refresh_words(s: &mut Session) {
-    if let Ok(words) = s.catalog.completion_words().await
-        && let Some(h) = s.editor.as_mut().and_then(|e| e.helper_mut())
-    {
-        h.words = words;
+    let read = tokio::time::timeout(CANDIDATES_DEADLINE, s.catalog.completion_candidates()).await;
+    let c = match read {
+        Ok(Ok(c)) => c,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            // Nobody waits for the statement any more: do not let the next command queue behind it.
+            s.catalog.abandon_idle();
+            return;
+        }
+    };
+    if let Some(h) = s.editor.as_mut().and_then(|e| e.helper_mut()) {
+        h.candidates = c;
     }
 }

@@ -462,7 +462,10 @@ pub static COMMANDS: &[Cmd] = &[
             pos("node", "NodeID | FQDN"),
             pos("dbname", "DBname"),
             pos("exceptions", "DBname exceptions"),
-            pos("at_time", "AT time (now, YYYY-MM-DD HH:MM, or RFC 3339)"),
+            pos(
+                "at_time",
+                "AT time (now, YYYY-MM-DD HH:MM in the display zone, or with a zone)",
+            ),
             pos("code", "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS)"),
             pos("retention_period", "Retention period"),
             pos("extra", "Extra backup parameters"),
@@ -587,7 +590,10 @@ pub static COMMANDS: &[Cmd] = &[
                 cluster (or with --acknowledge-nonempty). A restore into an older PostgreSQL major than the backup's \
                 pg_dump is refused.",
         args: &[
-            pos("at_time", "AT time (now, YYYY-MM-DD HH:MM, or RFC 3339)"),
+            pos(
+                "at_time",
+                "AT time (now, YYYY-MM-DD HH:MM in the display zone, or with a zone)",
+            ),
             pos("bck_id", "BckID"),
             pos("node", "Target NodeID | FQDN"),
             pos("dbname", "Target DBname"),
@@ -722,8 +728,8 @@ pub static COMMANDS: &[Cmd] = &[
                 (OK, WARNING, CRITICAL, UNKNOWN), the last status, the age of the last success, the queue and whether it \
                 is overdue, under an overall verdict. CRITICAL: overdue (no success since a scheduled run, past the node's \
                 overdue_grace_period) or the last backup failed; WARNING: a job waited in the queue past --queue-warning \
-                minutes (its agent does not take it) or the last backup was cancelled. Schedules are evaluated in $TZ \
-                (default UTC), as the agent's are. --nagios prints one line and exits 0 OK, 1 WARNING, 2 CRITICAL, \
+                minutes (its agent does not take it) or the last backup was cancelled. Schedules are evaluated in the \
+                zone of the server's agent (from its heartbeat; else $TZ, default UTC). --nagios prints one line and exits 0 OK, 1 WARNING, 2 CRITICAL, \
                 3 UNKNOWN (catalog unreachable within --timeout seconds); --zabbix-discovery nodes|definitions prints \
                 Zabbix low-level discovery JSON.",
         args: &[
@@ -768,9 +774,10 @@ pub static COMMANDS: &[Cmd] = &[
     Cmd {
         name: "set",
         group: SHELL,
-        about: "Set a shell parameter: output_format=table|csv|json.",
+        about: "Set a shell parameter: output_format=table|csv|json, or timezone=<IANA name>|local (the display zone: \
+                times are shown in it, and times typed without a zone are read in it).",
         args: &[pos("setting", "Parameter=value")],
-        examples: &["set output_format=json"],
+        examples: &["set output_format=json", "set timezone=Europe/Oslo"],
     },
     Cmd {
         name: "help",

@@ -1,6 +1,6 @@
 //! The `[agent]` section of the configuration: parsed and checked here, used by pgbackman-agent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -16,14 +16,17 @@ pub struct AgentSection {
     /// Cache, spool and lock file. One agent per state directory.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// Root of the backup sets (the server's root_backup_partition in the catalog is informational).
+    /// Root of the backup sets. Set here, it overrides the server's root_backup_partition in the
+    /// catalog (and the agent reports it as "agent file"); unset, the catalog's value counts.
     #[serde(default = "default_backup_dir")]
     pub backup_dir: PathBuf,
     /// Client binaries per PostgreSQL major, e.g. { "15" = "/usr/lib/postgresql/15/bin" }.
-    /// Empty: every /usr/lib/postgresql/<major>/bin that has pg_dump.
+    /// Set here, it overrides the server's pgsql_bin_dir in the catalog. Neither: every
+    /// /usr/lib/postgresql/<major>/bin that has pg_dump.
     #[serde(default)]
     pub bin_dirs: BTreeMap<String, PathBuf>,
-    /// Jobs this agent runs at once.
+    /// Jobs this agent runs at once. Set here, it overrides the server's max_concurrent_jobs in
+    /// the catalog.
     #[serde(default = "default_max_jobs")]
     pub max_jobs: usize,
     /// Jobs at once against one PgSQL node.
@@ -48,7 +51,8 @@ pub struct AgentSection {
     /// 0 disables it (then `pgbackman-agent --maintenance` runs one pass, e.g. from cron).
     #[serde(default = "default_maintenance_seconds")]
     pub maintenance_seconds: u64,
-    /// `/healthz` and `/metrics` on this loopback address; empty disables them.
+    /// `/healthz` and `/metrics` on this address (loopback: another one is accepted with a
+    /// warning, see `http_listen_exposure`); empty disables them.
     #[serde(default = "default_http_listen")]
     pub http_listen: String,
     /// pgpass file handed to pg_dump (PGPASSFILE); default: libpq's own lookup.
@@ -63,6 +67,10 @@ pub struct AgentSection {
     /// `[agent]`).
     #[serde(skip)]
     pub nodes: crate::NodeTimeouts,
+    /// The keys of `[agent]` the file sets (filled by [`FileConfig::agent_section`]): a value
+    /// the file sets overrides the catalog's, visibly.
+    #[serde(skip)]
+    pub from_file: BTreeSet<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -119,6 +127,7 @@ impl Default for AgentSection {
             overdue_check_seconds: default_overdue_check_seconds(),
             alerts: None,
             nodes: crate::NodeTimeouts::default(),
+            from_file: BTreeSet::new(),
         }
     }
 }
@@ -228,6 +237,7 @@ impl FileConfig {
         };
         check(&a, &path)?;
         a.nodes = self.node_timeouts()?;
+        a.from_file = self.agent.iter().flat_map(|t| t.keys().cloned()).collect();
         Ok(a)
     }
 }
@@ -256,6 +266,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.max_jobs, 8);
+        assert!(a.from_file.contains("max_jobs") && a.from_file.contains("bin_dirs"));
+        assert!(!a.from_file.contains("backup_dir"));
         assert_eq!(
             a.client_bin_dirs().unwrap().get(&15),
             Some(&PathBuf::from("/opt/pg15/bin"))

@@ -25,6 +25,9 @@ pub struct FileConfig {
     /// The file this was read from; None when no file was found (all defaults).
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// `path` is a PgBackMan 1.x INI file (`crate::legacy`), read because no TOML file exists.
+    #[serde(skip)]
+    pub legacy: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -45,6 +48,8 @@ pub struct ShellSection {
     pub output_format: Option<String>,
     /// May start with `~/`; expanded by the caller.
     pub history_file: Option<String>,
+    /// The shell's display zone (an IANA name, or local); checked by the shell.
+    pub timezone: Option<String>,
 }
 
 /// The default search path: the user's file ($XDG_CONFIG_HOME, else $HOME/.config), then /etc.
@@ -64,9 +69,60 @@ pub fn default_candidates(env: Env) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Loads `--config FILE` if given, else the first existing file of [`default_candidates`].
+/// Where the agent installs its own file (the Debian package and etc/pgbackman-agent.toml).
+pub const AGENT_CONFIG: &str = "/etc/pgbackman/pgbackman-agent.toml";
+
+/// The agent's search path: its own [`AGENT_CONFIG`], then the shell's files (which earlier
+/// agents read, so that an installation relying on them keeps working).
+pub fn agent_candidates(env: Env) -> Vec<PathBuf> {
+    std::iter::once(PathBuf::from(AGENT_CONFIG))
+        .chain(default_candidates(env))
+        .collect()
+}
+
+/// The agent's [`load`]: `--config FILE` if given, else the first existing file of
+/// [`agent_candidates`].
+pub fn load_agent(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    load_from(&agent_candidates(&crate::real_env), explicit)
+}
+
+/// Loads `--config FILE` if given, else the first existing file of [`default_candidates`], else
+/// PgBackMan 1.x's `pgbackman.conf` ([`crate::legacy_candidates`]; `FileConfig::legacy` says so).
 pub fn load(explicit: Option<&Path>) -> Result<FileConfig, ConfigError> {
-    load_from(&default_candidates(&crate::real_env), explicit)
+    load_with_legacy(
+        &default_candidates(&crate::real_env),
+        &crate::legacy_candidates(&crate::real_env),
+        explicit,
+    )
+}
+
+/// [`load`] with injected search paths. A user's own file wins over a system-wide one whatever
+/// its format: `~/.pgbackman/pgbackman.conf` beats `/etc/pgbackman/pgbackman.toml` (which the
+/// package installs, all commented out), so a PgBackMan user keeps their settings after
+/// installing the package.
+pub fn load_with_legacy(
+    candidates: &[PathBuf],
+    legacy: &[PathBuf],
+    explicit: Option<&Path>,
+) -> Result<FileConfig, ConfigError> {
+    if explicit.is_some() {
+        return load_from(candidates, explicit);
+    }
+    let system = |p: &&PathBuf| p.starts_with("/etc");
+    let (sys_toml, user_toml): (Vec<PathBuf>, Vec<PathBuf>) =
+        candidates.iter().cloned().partition(|p| system(&p));
+    let (sys_old, user_old): (Vec<PathBuf>, Vec<PathBuf>) =
+        legacy.iter().cloned().partition(|p| system(&p));
+    for (toml, old) in [(user_toml, user_old), (sys_toml, sys_old)] {
+        let cfg = load_from(&toml, None)?;
+        if cfg.path.is_some() {
+            return Ok(cfg);
+        }
+        if let Some(old) = crate::find_legacy(&old)? {
+            return Ok(old.file_config());
+        }
+    }
+    load_from(&[], None)
 }
 
 /// [`load`] with an injected search path. An explicit file must exist; a candidate that does not
@@ -262,6 +318,19 @@ mod tests {
         assert_eq!(
             default_candidates(&env(HashMap::new())),
             [PathBuf::from("/etc/pgbackman/pgbackman.toml")]
+        );
+    }
+
+    #[test]
+    fn the_agent_reads_its_own_file_first_then_the_shells() {
+        let env = |k: &str| (k == "HOME").then(|| "/h".to_string());
+        assert_eq!(
+            agent_candidates(&env),
+            [
+                PathBuf::from("/etc/pgbackman/pgbackman-agent.toml"),
+                "/h/.config/pgbackman/pgbackman.toml".into(),
+                "/etc/pgbackman/pgbackman.toml".into()
+            ]
         );
     }
 

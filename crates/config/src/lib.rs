@@ -10,6 +10,8 @@ mod agent_alerts;
 mod conninfo;
 mod file;
 mod host;
+mod http_listen;
+mod legacy;
 mod nodes;
 mod pgpass;
 pub mod tls;
@@ -23,16 +25,36 @@ pub use conninfo::{
     ssl_mode,
 };
 pub use file::{
-    CatalogSection, CatalogSource, FileConfig, ShellSection, catalog_conninfo, default_candidates,
-    load, load_from,
+    AGENT_CONFIG, CatalogSection, CatalogSource, FileConfig, ShellSection, agent_candidates,
+    catalog_conninfo, default_candidates, load, load_agent, load_from, load_with_legacy,
 };
 pub use host::host_fqdn;
+pub use http_listen::http_listen_exposure;
+pub use legacy::{LegacyConfig, legacy_candidates, parse_legacy};
 pub use nodes::{Limit, Limits, NodeTimeouts, NodesSection};
 pub use pgpass::{PgpassStatus, pgpass_status};
 pub use tls::{ConnConfig, RootCert, TlsSettings};
 
 /// An injected environment lookup: `std::env::var(key).ok()` in production, a map in tests.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The first existing PgBackMan 1.x file of `candidates`, parsed (a file that exists and cannot
+/// be read is an error, as for the TOML files).
+pub fn find_legacy(candidates: &[PathBuf]) -> Result<Option<LegacyConfig>, ConfigError> {
+    for p in candidates {
+        match std::fs::read_to_string(p) {
+            Ok(t) => return parse_legacy(p, &t).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                return Err(ConfigError::Read {
+                    path: p.clone(),
+                    err,
+                });
+            }
+        }
+    }
+    Ok(None)
+}
 
 /// The real process environment, as an [`Env`].
 pub fn real_env(key: &str) -> Option<String> {

@@ -19,6 +19,9 @@ pub const DEFAULT_STATEMENT_SECONDS: u64 = 30;
 pub const DEFAULT_KEEPALIVES_IDLE: u64 = 30;
 pub const DEFAULT_KEEPALIVES_INTERVAL: u64 = 10;
 pub const DEFAULT_KEEPALIVES_COUNT: u32 = 3;
+/// A dump that sends no data for this long is stopped (a node that stalls mid-dump with its TCP
+/// connection alive: keepalives are answered by the kernel, so only silence shows it).
+pub const DEFAULT_STALL_SECONDS: u64 = 300;
 
 /// `[nodes]`: every key optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -33,6 +36,9 @@ pub struct NodesSection {
     pub keepalives_idle: Option<u64>,
     pub keepalives_interval: Option<u64>,
     pub keepalives_count: Option<u32>,
+    /// Seconds a pg_dump / pg_dumpall may go without sending any data (or a line of its
+    /// progress) before it is stopped; 0 disables the watchdog.
+    pub stall_timeout: Option<u64>,
 }
 
 /// A time limit and the setting a user changes to move it (named in the error that hits it).
@@ -74,6 +80,8 @@ pub struct NodeTimeouts {
     pub keepalives_idle: Duration,
     pub keepalives_interval: Duration,
     pub keepalives_count: u32,
+    /// The dump's progress watchdog (None: disabled by `stall_timeout = 0`).
+    pub stall: Option<Limit>,
 }
 
 impl Default for NodeTimeouts {
@@ -159,6 +167,14 @@ impl NodeTimeouts {
                 Some(0) => return Err(bad("[nodes] keepalives_count", "0".into())),
                 Some(n) => n,
                 None => DEFAULT_KEEPALIVES_COUNT,
+            },
+            stall: match section.stall_timeout {
+                Some(0) => None,
+                Some(s) => Some(limit(s, in_file("stall_timeout"))),
+                None => Some(limit(
+                    DEFAULT_STALL_SECONDS,
+                    ("[nodes] stall_timeout".into(), "(the default)".into()),
+                )),
             },
         })
     }
@@ -254,6 +270,24 @@ mod tests {
         assert!(
             f.conninfo_params()
                 .contains(&("keepalives_count", "5".to_string()))
+        );
+        assert_eq!(d.stall.as_ref().unwrap().after, Duration::from_secs(300));
+        let off = NodesSection {
+            stall_timeout: Some(0),
+            ..NodesSection::default()
+        };
+        assert_eq!(
+            NodeTimeouts::resolve(&off, None, &none).unwrap().stall,
+            None
+        );
+        let s = NodesSection {
+            stall_timeout: Some(45),
+            ..NodesSection::default()
+        };
+        let f = NodeTimeouts::resolve(&s, Some(Path::new("/etc/p.toml")), &none).unwrap();
+        assert_eq!(
+            f.stall.unwrap().to_string(),
+            "45 s, set by [nodes] stall_timeout in /etc/p.toml"
         );
         let bad = NodesSection {
             statement_timeout: Some(0),

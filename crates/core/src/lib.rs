@@ -6,6 +6,7 @@
 //! - [`cron`]: classic 5-field crontab schedules (validation with field-level errors, next fire
 //!   time in any time zone, description in words), built on `croner`.
 //! - [`hostname`]: host names, domains and node addresses (RFC 1123, IP, socket directory).
+//! - [`import`]: how a PgBackMan 1.x catalog maps onto this one (what is carried, what not).
 //! - [`interval`]: the "random minute/hour inside the node's configured interval" rule.
 //! - [`model`]: codes and statuses, database selections (`#all_databases#`, ...), filters,
 //!   object references, ports, redundancy, extra pg_dump parameters.
@@ -22,6 +23,7 @@
 
 pub mod cron;
 pub mod hostname;
+pub mod import;
 pub mod interval;
 pub mod model;
 pub mod monitoring;

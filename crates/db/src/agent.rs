@@ -36,6 +36,12 @@ pub struct AgentDefinition {
     pub max_runtime_seconds: Option<f64>,
     pub lock_wait_timeout_seconds: Option<f64>,
     pub client_major: Option<i32>,
+    /// The node's `pause_recovery_on_standby` and `max_recovery_pause` (see the agent's
+    /// `standby` module). Absent from a cache written before they existed: off.
+    #[serde(default)]
+    pub pause_recovery_on_standby: bool,
+    #[serde(default)]
+    pub max_recovery_pause_seconds: Option<f64>,
     /// Creation time: a fire missed before it is no fire at all.
     pub registered: chrono::DateTime<chrono::Utc>,
 }
@@ -72,6 +78,8 @@ impl AgentDefinition {
             max_runtime_seconds: r.get("max_runtime_seconds"),
             lock_wait_timeout_seconds: r.get("lock_wait_timeout_seconds"),
             client_major: r.get("client_major"),
+            pause_recovery_on_standby: r.get("pause_recovery_on_standby"),
+            max_recovery_pause_seconds: r.get("max_recovery_pause_seconds"),
             registered: r.get("registered"),
         }
     }
@@ -150,7 +158,9 @@ impl Catalog {
                         '' as weekday_cron, sd.backup_code, sd.retention_period::text as retention_period,
                         0 as retention_redundancy, sd.extra_backup_parameters, 'ACTIVE' as job_status,
                         'custom' as dump_format, 1 as dump_jobs, 3 as compression_level,
-                        null::float8 as max_runtime_seconds, null::float8 as lock_wait_timeout_seconds, sd.client_major, sd.registered
+                        null::float8 as max_runtime_seconds, null::float8 as lock_wait_timeout_seconds, sd.client_major, sd.registered,
+                        api.node_config_value(n.node_id, 'pause_recovery_on_standby')::boolean as pause_recovery_on_standby,
+                        extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds
                    from public.snapshot_definition sd join public.pgsql_node n on n.node_id = sd.pgsql_node_id
                   where sd.snapshot_id = $1",
                 &[&snapshot_id],

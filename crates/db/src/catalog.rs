@@ -372,7 +372,10 @@ impl Catalog {
 
     /// Refuses to go on when this binary and the catalog do not match; the error says what to run.
     pub async fn check_compatible(&self) -> Result<(), DbError> {
-        self.status().await?.compatibility(&self.target)
+        match self.status().await {
+            Ok(st) => st.compatibility(&self.target),
+            Err(e) => Err(self.explain_denied(e).await),
+        }
     }
 
     pub(crate) async fn rows(
@@ -1133,19 +1136,6 @@ impl Catalog {
             &[&limit],
         )
         .await
-    }
-
-    /// FQDNs and ids of servers and nodes, for tab completion.
-    pub async fn completion_words(&self) -> Result<Vec<String>, DbError> {
-        let c = self.client().await?;
-        let rows = c
-            .query(
-                "select fqdn from public.backup_server union select server_id::text from public.backup_server
-                 union select fqdn from public.pgsql_node union select node_id::text from public.pgsql_node",
-                &[],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// When the installed catalog was created and what applied it, for show_pgbackman_config.

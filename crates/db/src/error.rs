@@ -175,19 +175,24 @@ fn readable(d: &tokio_postgres::error::DbError) -> ServerMessage {
             "give ids and counts as whole numbers; `help <command>` shows each argument",
         )),
         // insufficient_privilege: the role of the catalog connection is not its owner.
-        "42501" if raw => Some(own(
-            match d.message().strip_prefix("permission denied for ") {
-                Some(object) => format!(
-                    "the role of this catalog connection may not use {} (it is not the catalog's owner, nor granted access)",
-                    bound(object)
-                ),
-                None => format!(
-                    "the role of this catalog connection may not do this: {}",
-                    bound(d.message())
-                ),
-            },
-            "connect as the role that owns the catalog (the one that ran `pgbackman db init`), or have that role grant this one access; the connection comes from --catalog, $PGBACKMAN_CATALOG or [catalog] conninfo",
-        )),
+        // The server's own words stay in DETAIL: `Catalog::explain_denied` reads the object
+        // there to say which catalog role to grant.
+        "42501" if raw => Some(ServerMessage {
+            detail: Some(bound(d.message())),
+            ..own(
+                match d.message().strip_prefix("permission denied for ") {
+                    Some(object) => format!(
+                        "the role of this catalog connection may not use {} (it is not the catalog's owner, nor granted access)",
+                        bound(object)
+                    ),
+                    None => format!(
+                        "the role of this catalog connection may not do this: {}",
+                        bound(d.message())
+                    ),
+                },
+                "connect as the role that owns the catalog (the one that ran `pgbackman db init`), or have that role grant this one access: `pgbackman db grant ROLE readonly|operator|admin|agent`; the connection comes from --catalog, $PGBACKMAN_CATALOG or [catalog] conninfo",
+            )
+        }),
         "23505" if raw => Some(own(
             format!(
                 "the catalog already has an identical {}",

@@ -6,7 +6,10 @@
 pub mod agent;
 pub mod alerts;
 pub mod catalog;
+pub mod completion;
 pub mod error;
+pub mod heartbeat;
+pub mod import;
 pub mod introspect;
 pub mod migrate;
 pub mod monitoring;
@@ -14,7 +17,9 @@ pub mod node;
 pub mod reconcile;
 pub mod restore;
 pub mod retention;
+pub mod roles;
 pub mod rows;
+pub mod standby;
 pub mod tls;
 pub mod verify;
 

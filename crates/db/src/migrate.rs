@@ -18,9 +18,14 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/10_helpers.sql"),
     ),
     (
+        "15_agent_scope.sql",
+        include_str!("../../../sql/15_agent_scope.sql"),
+    ),
+    (
         "20_servers_nodes.sql",
         include_str!("../../../sql/20_servers_nodes.sql"),
     ),
+    ("25_agents.sql", include_str!("../../../sql/25_agents.sql")),
     (
         "30_definitions.sql",
         include_str!("../../../sql/30_definitions.sql"),
@@ -41,6 +46,7 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/62_reconcile.sql"),
     ),
     ("65_alerts.sql", include_str!("../../../sql/65_alerts.sql")),
+    ("70_import.sql", include_str!("../../../sql/70_import.sql")),
     (
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),
@@ -49,6 +55,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     (
         "92_monitoring.sql",
         include_str!("../../../sql/92_monitoring.sql"),
+    ),
+    (
+        "95_security.sql",
+        include_str!("../../../sql/95_security.sql"),
     ),
 ];
 

@@ -100,9 +100,9 @@ pub struct ServerSeen {
     pub server_fqdn: String,
     pub status: String,
     pub last_report: Option<DateTime<Utc>>,
-    /// The agent's last heartbeat, when the catalog records heartbeats.
+    /// The agent's last heartbeat.
     pub last_seen: Option<DateTime<Utc>>,
-    /// online, degraded or offline, as the agent last reported it.
+    /// online, degraded, offline or never seen (`api.agent_state`).
     pub agent_state: Option<String>,
 }
 

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -234,6 +235,25 @@ pub(crate) struct Supervised {
     child: Child,
     guard: GroupGuard,
     stderr: Option<JoinHandle<String>>,
+    /// Signs of life: bumped for each line of stderr, and by whoever reads its output
+    /// ([`Supervised::activity`]); [`Supervised::wait_watched`] stops a child whose count
+    /// stands still.
+    activity: Arc<AtomicU64>,
+}
+
+/// A reader that counts what it reads into an activity counter: one relaxed add per read (of
+/// up to a buffer's worth), so watching a stream costs nothing per byte.
+pub(crate) struct Counting<R> {
+    pub inner: R,
+    pub activity: Arc<AtomicU64>,
+}
+
+impl<R: io::Read> io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.activity.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// How a supervised child ended.
@@ -245,6 +265,9 @@ pub(crate) enum Ended {
     Cancelled,
     /// The deadline passed; the group was killed.
     TimedOut,
+    /// No sign of life (output read, stderr line) for the watchdog's time; the group was
+    /// killed.
+    Stalled,
 }
 
 /// Starts `cmd` in its own process group, stdin from /dev/null, stderr copied to `log`.
@@ -294,15 +317,17 @@ pub(crate) fn spawn_with_stdin(
     let guard = GroupGuard { pgid };
     let stdout = child.stdout.take();
     let stdin = child.stdin.take();
+    let activity = Arc::new(AtomicU64::new(0));
     let stderr = child
         .stderr
         .take()
-        .map(|s| tokio::spawn(copy_stderr(s, Arc::clone(log))));
+        .map(|s| tokio::spawn(copy_stderr(s, Arc::clone(log), Arc::clone(&activity))));
     Ok((
         Supervised {
             child,
             guard,
             stderr,
+            activity,
         },
         stdout,
         stdin,
@@ -310,7 +335,7 @@ pub(crate) fn spawn_with_stdin(
 }
 
 /// Copies stderr lines to the log (up to a limit) and returns the last [`TAIL_LINES`] lines.
-async fn copy_stderr(stderr: ChildStderr, log: Arc<RunLog>) -> String {
+async fn copy_stderr(stderr: ChildStderr, log: Arc<RunLog>, activity: Arc<AtomicU64>) -> String {
     let mut reader = BufReader::new(stderr);
     let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES + 1);
     let mut logged: u64 = 0;
@@ -321,6 +346,7 @@ async fn copy_stderr(stderr: ChildStderr, log: Arc<RunLog>) -> String {
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                activity.fetch_add(1, Ordering::Relaxed);
                 let line = String::from_utf8_lossy(&buf);
                 let line = line.trim_end_matches(['\n', '\r']).to_string();
                 logged += n as u64;
@@ -350,6 +376,12 @@ async fn copy_stderr(stderr: ChildStderr, log: Arc<RunLog>) -> String {
 }
 
 impl Supervised {
+    /// The child's activity counter, for the reader of its output to bump
+    /// (see [`Counting`]).
+    pub(crate) fn activity(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.activity)
+    }
+
     /// Waits for the child, calling `tick` every `tick_every`. On `cancel` or at `deadline` the
     /// group gets SIGTERM, then SIGKILL after [`GRACE`]. Any member of the group still alive
     /// when the leader is gone is killed.
@@ -360,9 +392,26 @@ impl Supervised {
         tick_every: Duration,
         tick: &mut (dyn FnMut() + Send),
     ) -> io::Result<Ended> {
+        self.wait_watched(cancel, deadline, None, tick_every, tick)
+            .await
+    }
+
+    /// [`Supervised::wait`], and when `stall` is given, the child is also stopped
+    /// ([`Ended::Stalled`]) once its activity counter has not moved for that long (checked at
+    /// each tick, so `tick_every` is the watchdog's resolution).
+    pub(crate) async fn wait_watched(
+        &mut self,
+        cancel: &CancellationToken,
+        deadline: Option<Instant>,
+        stall: Option<Duration>,
+        tick_every: Duration,
+        tick: &mut (dyn FnMut() + Send),
+    ) -> io::Result<Ended> {
         let mut ticker = tokio::time::interval(tick_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Instant::now() + Duration::from_secs(100 * 365 * 86400);
+        let mut seen = self.activity.load(Ordering::Relaxed);
+        let mut alive_at = Instant::now();
         let stop = loop {
             tokio::select! {
                 status = self.child.wait() => {
@@ -374,7 +423,16 @@ impl Supervised {
                 }
                 () = cancel.cancelled() => break Ended::Cancelled,
                 () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => break Ended::TimedOut,
-                _ = ticker.tick() => tick(),
+                _ = ticker.tick() => {
+                    tick();
+                    let now = self.activity.load(Ordering::Relaxed);
+                    if now != seen {
+                        seen = now;
+                        alive_at = Instant::now();
+                    } else if stall.is_some_and(|s| alive_at.elapsed() >= s) {
+                        break Ended::Stalled;
+                    }
+                }
             }
         };
         self.guard.signal(Signal::SIGTERM);

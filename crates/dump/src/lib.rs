@@ -53,8 +53,10 @@
 //! # Children
 //!
 //! Every child runs in its own process group and is killed as a group (SIGTERM, SIGKILL after
-//! a grace period) on cancel, when `max_runtime` passes and when the run's future is dropped;
-//! pg_dump's own children (parallel workers, pg_dumpall's pg_dumps) go with it.
+//! a grace period) on cancel, when `max_runtime` passes, when a dump shows no sign of life for
+//! `[nodes] stall_timeout` (no byte on its stdout, no line on its stderr, no growth of its
+//! directory: a node stalled mid-dump) and when the run's future is dropped; pg_dump's own
+//! children (parallel workers, pg_dumpall's pg_dumps) go with it.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

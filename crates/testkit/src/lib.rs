@@ -31,9 +31,13 @@ use nix::unistd::{Pid, Uid};
 use pgbackman_pgctl::{Cluster, StopMode, find_bin_dir, free_port, server_version};
 
 mod silent;
+mod stall;
+pub mod standby;
 pub mod tls;
 
 pub use silent::{Silence, SilentNode};
+pub use stall::StallingProxy;
+pub use standby::Standby;
 
 /// Server settings of every test cluster: durability off, small footprint.
 const SETTINGS: &[(&str, &str)] = &[

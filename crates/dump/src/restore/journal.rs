@@ -28,7 +28,8 @@ use crate::node;
 
 const VERSION: u32 = 1;
 
-/// Each statement of the recovery gives up after this long (the agent waits for it at start).
+/// The reconnection of the recovery gives up after this long at most (its statements are
+/// bounded by `[nodes] statement_timeout`, see `NodeSession::bounded`).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a restore keeps its journal, and what its caller needs back after a crash.
@@ -197,7 +198,8 @@ pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String
     .await
     .map_err(|e| format!("cannot connect to {label}: {e}"))?;
     let c = &session.client;
-    let state = timed("read", target::read_state(c))
+    let state = session
+        .bounded("reading the target", target::read_state(c))
         .await
         .map_err(|e| format!("cannot read {label}: {e}"))?;
     let force = state.server_version_num >= 130_000;
@@ -207,14 +209,15 @@ pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String
     // The database the run was creating: dropped only when it is the one the run made.
     let target_name = &spec.target_dbname;
     if ch.creating_db {
-        let now = timed("read", target::database_oid(c, target_name))
+        let now = session
+            .bounded("reading the target", target::database_oid(c, target_name))
             .await
             .map_err(|e| format!("cannot read {label}: {e}"))?;
         let moved = ch.renaming.as_ref().map(|r| r.2);
         match (now, ch.db_oid) {
             (Some(now), Some(made)) if now == made => did(
                 &mut lines,
-                timed("drop", target::drop_database(c, target_name, force)).await,
+                session.bounded("dropping what the restore created", target::drop_database(c, target_name, force)).await,
                 format!("dropped the partly restored database {target_name:?}"),
                 format!("drop database {target_name:?}"),
             ),
@@ -231,14 +234,20 @@ pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String
     match (&ch.created_roles, &ch.creating_roles) {
         (Some(made), _) => {
             let names: Vec<String> = made.keys().cloned().collect();
-            let now = timed("read", target::role_oids(c, &names))
+            let now = session
+                .bounded("reading the target", target::role_oids(c, &names))
                 .await
                 .map_err(|e| format!("cannot read {label}: {e}"))?;
             for (name, oid) in made {
                 match now.get(name) {
                     Some(o) if o == oid => did(
                         &mut lines,
-                        timed("drop", target::drop_role(c, name)).await,
+                        session
+                            .bounded(
+                                "dropping what the restore created",
+                                target::drop_role(c, name),
+                            )
+                            .await,
                         format!("dropped role {name:?} created by this restore"),
                         format!("drop role {name:?}"),
                     ),
@@ -250,7 +259,8 @@ pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String
             }
         }
         (None, Some(maybe)) => {
-            let now = timed("read", target::existing_roles(c, maybe))
+            let now = session
+                .bounded("reading the target", target::existing_roles(c, maybe))
                 .await
                 .map_err(|e| format!("cannot read {label}: {e}"))?;
             if !now.is_empty() {
@@ -265,16 +275,18 @@ pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String
     // The database it moved out of the way: renamed back when it is still the one moved and
     // its name is free.
     if let Some((orig, new, oid)) = &ch.renaming {
-        let at_new = timed("read", target::database_oid(c, new))
+        let at_new = session
+            .bounded("reading the target", target::database_oid(c, new))
             .await
             .map_err(|e| format!("cannot read {label}: {e}"))?;
-        let at_orig = timed("read", target::database_oid(c, orig))
+        let at_orig = session
+            .bounded("reading the target", target::database_oid(c, orig))
             .await
             .map_err(|e| format!("cannot read {label}: {e}"))?;
         match (at_new, at_orig) {
             (Some(n), None) if n == *oid => did(
                 &mut lines,
-                timed("rename", target::rename_database(c, new, orig)).await,
+                session.bounded("renaming the database back", target::rename_database(c, new, orig)).await,
                 format!("renamed database {new:?} back to {orig:?}"),
                 format!("rename database {new:?} back to {orig:?}"),
             ),

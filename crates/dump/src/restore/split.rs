@@ -279,7 +279,8 @@ impl Exec<'_> {
                         // Killed because another child failed: that failure is the one reported.
                         Ok(Ended::Cancelled) if !self.cancel.is_cancelled() => None,
                         Ok(Ended::Cancelled) => Some(Stop::Cancelled { step: step.into() }),
-                        Ok(Ended::TimedOut) => Some(self.timed_out(step)),
+                        // A restore's children have no watchdog: Stalled cannot come.
+                        Ok(Ended::TimedOut | Ended::Stalled) => Some(self.timed_out(step)),
                         Err(e) => Some(fail(step, format!("waiting for {program}: {e}"))),
                     };
                     if let Some(s) = stop {
