@@ -158,6 +158,27 @@ fn status_probe_nagios_and_zabbix() {
     assert!(r.stdout.contains(&format!("DefID {} late", f.overdue)));
     assert!(r.stdout.contains("| critical=1 warning=1 unknown=0 ok=1"));
 
+    // The monitoring login needs no more than the readonly role.
+    env.sql("create role mon login");
+    env.db(&["grant", "mon", "readonly"]).ok();
+    let mon = env.conninfo().replace("user=postgres", "user=mon");
+    assert!(mon.contains("user=mon"), "{mon}");
+    let as_mon = |line: &str| {
+        command(env.home.path())
+            .args(["--catalog", &mon, "-C", line])
+            .output()
+            .unwrap()
+    };
+    let o = as_mon("show_pgbackman_status --nagios");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = as_mon("show_pgbackman_status --zabbix-discovery definitions");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
     set_status(env, f.overdue, "STOPPED");
     let r = env.cmd("show_pgbackman_status --nagios");
     assert_eq!(r.code, 1, "{}", r.stdout);
