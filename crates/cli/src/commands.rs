@@ -154,6 +154,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         "retry_alerts" => crate::commands_alerts::retry_alerts(s, inv).await,
         "show_reconciliation" => crate::commands_reconcile::show_reconciliation(s, inv).await,
         "show_pgbackman_config" => show_pgbackman_config(s).await,
+        "show_pgbackman_status" => crate::monitor::show_pgbackman_status(s, inv).await,
         "show_pgbackman_stats" => report("pgbackman_stats", s.catalog.pgbackman_stats().await),
         "show_audit_log" => {
             let n = s

@@ -13,11 +13,13 @@ pub mod complete;
 pub mod db_roles;
 pub mod import;
 pub mod fit;
+pub mod monitor;
 pub mod parse;
 pub mod priorities;
 pub mod quickstart;
 pub mod quickstart_agent;
 pub mod render;
+pub mod serve_metrics;
 pub mod session;
 pub mod shell;
 pub mod shortcuts;
@@ -102,6 +104,12 @@ enum Sub {
     /// backup, leave the agent running, open the shell.
     #[command(long_about = quickstart::LONG_ABOUT)]
     Quickstart(quickstart::Args),
+    /// Serve the fleet's metrics from the catalog for Prometheus (GET /metrics).
+    ///
+    /// Per definition the last success, last verification, next run, duration and size; open
+    /// jobs; agents; alerts. The catalog is read every --refresh-seconds within
+    /// --timeout-seconds; a scrape is served from the last read and never waits on the catalog.
+    ServeMetrics(serve_metrics::Args),
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -271,6 +279,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Some(Sub::Quickstart(args)) = &cli.sub {
         return quickstart::run(args, &file).await;
     }
+    if let Some(Sub::ServeMetrics(args)) = &cli.sub {
+        return serve_metrics::run(args, cli.catalog.as_deref(), &file).await;
+    }
     let command = match cli.command.as_deref().map(shortcuts::expand) {
         // `-C '\q'`: nothing to do, and no catalog needed for it.
         Some(shortcuts::Line::Quit) => return Ok(ExitCode::SUCCESS),
@@ -303,6 +314,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ExitCode::FAILURE
                 }
             },
+        });
+    }
+    // The Nagios probe owns its exit status: even "no catalog configured" is UNKNOWN (3).
+    if let Some(line) = &command
+        && let Some(words) = shlex::split(line)
+        && words.first().is_some_and(|w| w == "show_pgbackman_status")
+        && words.iter().any(|w| w == "--nagios")
+    {
+        return Ok(match parse::parse(&words) {
+            Ok(inv) => monitor::nagios_main(cli.catalog.as_deref(), &file, &inv).await,
+            Err(e) => {
+                println!(
+                    "PGBACKMAN UNKNOWN - {}",
+                    render::safe(&e.to_string()).replace('\n', " ")
+                );
+                ExitCode::from(3)
+            }
         });
     }
     if let Some(tz) = &file.shell.timezone {

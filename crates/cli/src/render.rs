@@ -30,6 +30,8 @@ pub enum Output {
     Done(Vec<String>),
     /// Free text (help, history).
     Text(String),
+    /// A JSON document printed as is, whatever the output format (Zabbix discovery).
+    Json(Json),
     Nothing,
 }
 
@@ -248,6 +250,7 @@ pub fn render_with(out: &Output, format: OutputFormat, layout: Layout) -> String
         (Output::Nothing, _) => String::new(),
         (Output::Text(s), OutputFormat::Table) => ensure_nl(fit::wrap_text(&safe(s), layout.width)),
         (Output::Text(s), _) => ensure_nl(safe(s)),
+        (Output::Json(j), _) => ensure_nl(j.to_string()),
         (Output::Done(lines), OutputFormat::Json) => {
             ensure_nl(json!({"status": "done", "messages": lines}).to_string())
         }

@@ -722,6 +722,42 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &["show_pgbackman_stats"],
     },
     Cmd {
+        name: "show_pgbackman_status",
+        group: SYSTEM,
+        about: "The status probe for Nagios, Icinga and Zabbix: per PgSQL node and backup definition the verdict \
+                (OK, WARNING, CRITICAL, UNKNOWN), the last status, the age of the last success, the queue and whether it \
+                is overdue, under an overall verdict. CRITICAL: overdue (no success since a scheduled run, past the node's \
+                overdue_grace_period) or the last backup failed; WARNING: a job waited in the queue past --queue-warning \
+                minutes (its agent does not take it) or the last backup was cancelled. Schedules are evaluated in the \
+                zone of the server's agent (from its heartbeat; else $TZ, default UTC). --nagios prints one line and exits 0 OK, 1 WARNING, 2 CRITICAL, \
+                3 UNKNOWN (catalog unreachable within --timeout seconds); --zabbix-discovery nodes|definitions prints \
+                Zabbix low-level discovery JSON.",
+        args: &[
+            Arg {
+                name: "nagios",
+                label: "One line and the Nagios exit status (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
+                kind: Kind::Flag,
+            },
+            opt(
+                "zabbix-discovery",
+                "Zabbix low-level discovery of: nodes or definitions",
+            ),
+            opt(
+                "queue-warning",
+                "Minutes a job may wait in the queue before a WARNING (default 15)",
+            ),
+            opt(
+                "timeout",
+                "With --nagios: seconds to wait for the catalog (default 8)",
+            ),
+        ],
+        examples: &[
+            "show_pgbackman_status",
+            "show_pgbackman_status --nagios --queue-warning 30",
+            "show_pgbackman_status --zabbix-discovery definitions",
+        ],
+    },
+    Cmd {
         name: "show_audit_log",
         group: SYSTEM,
         about: "The newest entries of the audit log: who changed what, when (default 50).",

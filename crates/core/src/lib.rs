@@ -28,6 +28,7 @@ pub mod hostname;
 pub mod import;
 pub mod interval;
 pub mod model;
+pub mod monitoring;
 pub mod overdue;
 pub mod params;
 pub mod paths;

@@ -12,6 +12,7 @@ pub mod heartbeat;
 pub mod import;
 pub mod introspect;
 pub mod migrate;
+pub mod monitoring;
 pub mod node;
 pub mod reconcile;
 pub mod restore;

@@ -53,6 +53,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
     (
+        "92_monitoring.sql",
+        include_str!("../../../sql/92_monitoring.sql"),
+    ),
+    (
         "95_security.sql",
         include_str!("../../../sql/95_security.sql"),
     ),
