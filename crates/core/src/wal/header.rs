@@ -459,27 +459,63 @@ mod tests {
         let m = problem("00000001.history", &ok(&|_| {}));
         assert!(m.contains("not a WAL segment"), "{m}");
         let m = problem(n, &ok(&|b| b.truncate(12)));
-        assert!(m.contains("has 12 bytes") && m.contains("fetch it again"), "{m}");
-        let m = problem(n, &ok(&|b| b[0..2].copy_from_slice(&0xD116u16.to_le_bytes())));
-        assert!(m.contains("PostgreSQL 17 WAL") && m.contains("recorded as PostgreSQL 15"), "{m}");
-        let m = problem(n, &ok(&|b| b[0..2].copy_from_slice(&0xD110u16.to_be_bytes())));
+        assert!(
+            m.contains("has 12 bytes") && m.contains("fetch it again"),
+            "{m}"
+        );
+        let m = problem(
+            n,
+            &ok(&|b| b[0..2].copy_from_slice(&0xD116u16.to_le_bytes())),
+        );
+        assert!(
+            m.contains("PostgreSQL 17 WAL") && m.contains("recorded as PostgreSQL 15"),
+            "{m}"
+        );
+        let m = problem(
+            n,
+            &ok(&|b| b[0..2].copy_from_slice(&0xD110u16.to_be_bytes())),
+        );
         assert!(m.contains("big-endian PostgreSQL 15"), "{m}");
-        let m = problem(n, &ok(&|b| b[0..2].copy_from_slice(&0x4242u16.to_le_bytes())));
-        assert!(m.contains("not PostgreSQL 15's D110") && m.contains("not WAL"), "{m}");
-        let m = problem(n, &ok(&|b| b[2..4].copy_from_slice(&0x0001u16.to_le_bytes())));
+        let m = problem(
+            n,
+            &ok(&|b| b[0..2].copy_from_slice(&0x4242u16.to_le_bytes())),
+        );
+        assert!(
+            m.contains("not PostgreSQL 15's D110") && m.contains("not WAL"),
+            "{m}"
+        );
+        let m = problem(
+            n,
+            &ok(&|b| b[2..4].copy_from_slice(&0x0001u16.to_le_bytes())),
+        );
         assert!(m.contains("long page header"), "{m}");
-        let m = problem(n, &ok(&|b| b[24..32].copy_from_slice(&7_299u64.to_le_bytes())));
+        let m = problem(
+            n,
+            &ok(&|b| b[24..32].copy_from_slice(&7_299u64.to_le_bytes())),
+        );
         assert!(
             m.contains("belongs to system 7299 but node pg15.example is 7311234567890123456")
                 && m.contains("a clone or a re-initdb"),
             "{m}"
         );
-        let m = problem(n, &ok(&|b| b[32..36].copy_from_slice(&(64u32 << 20).to_le_bytes())));
+        let m = problem(
+            n,
+            &ok(&|b| b[32..36].copy_from_slice(&(64u32 << 20).to_le_bytes())),
+        );
         assert!(m.contains("segment size is 67108864"), "{m}");
-        let m = problem(n, &ok(&|b| b[8..16].copy_from_slice(&0x400_0000u64.to_le_bytes())));
-        assert!(m.contains("starts at WAL position 0/4000000 but its name says 0/3000000"), "{m}");
+        let m = problem(
+            n,
+            &ok(&|b| b[8..16].copy_from_slice(&0x400_0000u64.to_le_bytes())),
+        );
+        assert!(
+            m.contains("starts at WAL position 0/4000000 but its name says 0/3000000"),
+            "{m}"
+        );
         let m = problem(n, &ok(&|b| b[4..8].copy_from_slice(&2u32.to_le_bytes())));
-        assert!(m.contains("pages of timeline 2 but is named for timeline 1"), "{m}");
+        assert!(
+            m.contains("pages of timeline 2 but is named for timeline 1"),
+            "{m}"
+        );
         let m = problem(n, &ok(&|b| b[4..8].copy_from_slice(&0u32.to_le_bytes())));
         assert!(m.contains("timeline 0"), "{m}");
         // A major this build does not know.

@@ -34,7 +34,9 @@ pub struct TimelineHistory {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HistoryError {
     /// A line is not `parentTLI <tab> switchpoint [<tab> reason]`.
-    #[error("history file {file}, line {line}: {reason}; a history file is written by PostgreSQL at promotion: fetch it again from the node")]
+    #[error(
+        "history file {file}, line {line}: {reason}; a history file is written by PostgreSQL at promotion: fetch it again from the node"
+    )]
     Syntax {
         /// `0000000N.history`.
         file: String,
@@ -47,7 +49,9 @@ pub enum HistoryError {
     #[error("timeline 0 does not exist (timelines start at 1)")]
     TimelineZero,
     /// A requested timeline is not on this lineage.
-    #[error("timeline {tli} is not on the lineage of timeline {target} ({lineage}): choose a timeline of this lineage or the history of timeline {tli}")]
+    #[error(
+        "timeline {tli} is not on the lineage of timeline {target} ({lineage}): choose a timeline of this lineage or the history of timeline {tli}"
+    )]
     NotOnLineage {
         /// The requested one.
         tli: Tli,
@@ -99,9 +103,7 @@ impl TimelineHistory {
             }
             // Fields are separated by tabs (PostgreSQL writes tabs; its sscanf also takes
             // spaces); the reason after the switch point is ignored.
-            let mut fields = line
-                .split(['\t', ' ', '\r'])
-                .filter(|f| !f.is_empty());
+            let mut fields = line.split(['\t', ' ', '\r']).filter(|f| !f.is_empty());
             let parent = fields.next().unwrap_or_default();
             let parent: Tli = parent
                 .parse()
@@ -292,16 +294,31 @@ mod tests {
         assert_eq!(
             h.spans(),
             &[
-                TimelineSpan { tli: 1, begin: Lsn(0), end: Some(lsn("0/3000148")) },
-                TimelineSpan { tli: 2, begin: lsn("0/3000148"), end: Some(lsn("0/5000000")) },
-                TimelineSpan { tli: 3, begin: lsn("0/5000000"), end: None },
+                TimelineSpan {
+                    tli: 1,
+                    begin: Lsn(0),
+                    end: Some(lsn("0/3000148"))
+                },
+                TimelineSpan {
+                    tli: 2,
+                    begin: lsn("0/3000148"),
+                    end: Some(lsn("0/5000000"))
+                },
+                TimelineSpan {
+                    tli: 3,
+                    begin: lsn("0/5000000"),
+                    end: None
+                },
             ]
         );
         assert!(h.contains(2) && !h.contains(4));
         assert_eq!(h.switch_point(1).unwrap(), Some(lsn("0/3000148")));
         assert_eq!(h.switch_point(3).unwrap(), None);
         let e = h.switch_point(7).unwrap_err().to_string();
-        assert!(e.contains("timeline 7 is not on the lineage of timeline 3 (1 → 2 → 3)"), "{e}");
+        assert!(
+            e.contains("timeline 7 is not on the lineage of timeline 3 (1 → 2 → 3)"),
+            "{e}"
+        );
         let names: Vec<String> = h.history_files(S).iter().map(|n| n.to_string()).collect();
         assert_eq!(names, ["00000002.history", "00000003.history"]);
     }
@@ -335,11 +352,16 @@ mod tests {
             (2, "1\t0/1\n2\t0/2\n", "not below the file's own timeline 2"),
         ];
         for (tli, text, why) in cases {
-            let e = TimelineHistory::parse(*tli, text.as_bytes()).unwrap_err().to_string();
+            let e = TimelineHistory::parse(*tli, text.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why), "{text:?}: {e}");
             assert!(e.contains(&format!("{tli:08X}.history")), "{e}");
         }
-        assert!(matches!(TimelineHistory::parse(0, b""), Err(HistoryError::TimelineZero)));
+        assert!(matches!(
+            TimelineHistory::parse(0, b""),
+            Err(HistoryError::TimelineZero)
+        ));
         assert!(TimelineHistory::root(0).is_err());
         // An empty file: no parents.
         let h = TimelineHistory::parse(5, b"\n# nothing\n").unwrap();
@@ -369,8 +391,14 @@ mod tests {
         assert_eq!(h.timeline_of_segment(3, S), 2);
         assert_eq!(h.timeline_of_segment(4, S), 2);
         assert_eq!(h.timeline_of_segment(5, S), 3);
-        let r = h.segments_for(lsn("0/1000028"), lsn("0/6000010"), S).unwrap();
-        let names: Vec<String> = r.iter().flat_map(|r| r.names()).map(|n| n.to_string()).collect();
+        let r = h
+            .segments_for(lsn("0/1000028"), lsn("0/6000010"), S)
+            .unwrap();
+        let names: Vec<String> = r
+            .iter()
+            .flat_map(|r| r.names())
+            .map(|n| n.to_string())
+            .collect();
         assert_eq!(
             names,
             [
@@ -390,11 +418,15 @@ mod tests {
             }
         }
         // A range inside one timeline.
-        let r = h.segments_for(lsn("0/3000148"), lsn("0/3000200"), S).unwrap();
+        let r = h
+            .segments_for(lsn("0/3000148"), lsn("0/3000200"), S)
+            .unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].first_name().to_string(), "000000020000000000000003");
         // A range starting after the last switch point.
-        let r = h.segments_for(lsn("0/7000000"), lsn("0/9000000"), S).unwrap();
+        let r = h
+            .segments_for(lsn("0/7000000"), lsn("0/9000000"), S)
+            .unwrap();
         assert_eq!((r.len(), r[0].tli, r[0].segments.clone()), (1, 3, 7..=9));
         // A range before the first switch.
         let r = h.segments_for(lsn("0/0"), lsn("0/2000000"), S).unwrap();
@@ -408,9 +440,13 @@ mod tests {
         // Timeline 2 lived for less than a segment: segment 3 holds both switch points, so it
         // is read from timeline 3 and timeline 2 contributes no file.
         let h = TimelineHistory::parse(3, b"1\t0/3000100\tx\n2\t0/3000200\ty\n").unwrap();
-        let r = h.segments_for(lsn("0/2000000"), lsn("0/4000000"), S).unwrap();
-        let got: Vec<(Tli, SegNo, SegNo)> =
-            r.iter().map(|r| (r.tli, *r.segments.start(), *r.segments.end())).collect();
+        let r = h
+            .segments_for(lsn("0/2000000"), lsn("0/4000000"), S)
+            .unwrap();
+        let got: Vec<(Tli, SegNo, SegNo)> = r
+            .iter()
+            .map(|r| (r.tli, *r.segments.start(), *r.segments.end()))
+            .collect();
         assert_eq!(got, [(1, 2, 2), (3, 3, 4)]);
     }
 }

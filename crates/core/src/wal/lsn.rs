@@ -15,7 +15,9 @@ pub struct Lsn(pub u64);
 
 /// Why a text is not an LSN.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{input:?} is not a WAL position (LSN): {reason}; write it as PostgreSQL prints it, e.g. 0/16B3748 or 1A/FF000028")]
+#[error(
+    "{input:?} is not a WAL position (LSN): {reason}; write it as PostgreSQL prints it, e.g. 0/16B3748 or 1A/FF000028"
+)]
 pub struct LsnError {
     /// The rejected text, cut to 40 characters.
     pub input: String,
@@ -83,7 +85,9 @@ impl FromStr for Lsn {
             input: s.chars().take(40).collect(),
             reason,
         };
-        let (hi, lo) = s.split_once('/').ok_or_else(|| err("no '/' between the halves"))?;
+        let (hi, lo) = s
+            .split_once('/')
+            .ok_or_else(|| err("no '/' between the halves"))?;
         let hi = half(hi).map_err(err)?;
         let lo = half(lo).map_err(err)?;
         Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
@@ -128,11 +132,30 @@ mod tests {
     #[test]
     fn refuses_hostile_text() {
         for bad in [
-            "", "/", "0/", "/0", "0", "0/0/0", "g/0", "0/-1", "-0/1", "+0/1", " 0/1", "0/1 ",
-            "0x1/0", "1_0/0", "123456789/0", "0/123456789", "0/ 1", "１/0",
+            "",
+            "/",
+            "0/",
+            "/0",
+            "0",
+            "0/0/0",
+            "g/0",
+            "0/-1",
+            "-0/1",
+            "+0/1",
+            " 0/1",
+            "0/1 ",
+            "0x1/0",
+            "1_0/0",
+            "123456789/0",
+            "0/123456789",
+            "0/ 1",
+            "１/0",
         ] {
             let e = bad.parse::<Lsn>().unwrap_err();
-            assert!(e.to_string().contains("is not a WAL position"), "{bad:?}: {e}");
+            assert!(
+                e.to_string().contains("is not a WAL position"),
+                "{bad:?}: {e}"
+            );
         }
         let e = "0/123456789".parse::<Lsn>().unwrap_err();
         assert!(e.reason.contains("more than 8"), "{e}");

@@ -140,10 +140,14 @@ pub struct WalRange {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ManifestError {
     /// Not JSON, or not the manifest's structure.
-    #[error("backup_manifest is not a valid PostgreSQL backup manifest: {0}; the base backup stream was damaged or cut short: take a new base backup")]
+    #[error(
+        "backup_manifest is not a valid PostgreSQL backup manifest: {0}; the base backup stream was damaged or cut short: take a new base backup"
+    )]
     Invalid(String),
     /// The SHA-256 does not match.
-    #[error("backup_manifest checksum mismatch: the file hashes to {computed} but says {recorded}; the manifest was altered or damaged: take a new base backup")]
+    #[error(
+        "backup_manifest checksum mismatch: the file hashes to {computed} but says {recorded}; the manifest was altered or damaged: take a new base backup"
+    )]
     ChecksumMismatch {
         /// SHA-256 of the checksummed part.
         computed: String,
@@ -232,7 +236,10 @@ impl BackupManifest {
     pub fn parse(bytes: &[u8]) -> Result<BackupManifest, ManifestError> {
         let covered = checksummed_part(bytes)?;
         // PostgreSQL insists on the version being the first field.
-        let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+        let start = bytes
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(0);
         let after_brace = bytes[start..]
             .strip_prefix(b"{")
             .ok_or_else(|| invalid("it does not start with a JSON object"))?;
@@ -284,14 +291,19 @@ impl BackupManifest {
                 (Some(_), Some(_)) => return Err(invalid("a file has both Path and Encoded-Path")),
                 (None, None) => return Err(invalid("a file has no Path")),
             };
-            let shown = String::from_utf8_lossy(&path).chars().take(200).collect::<String>();
+            let shown = String::from_utf8_lossy(&path)
+                .chars()
+                .take(200)
+                .collect::<String>();
             if path.is_empty() {
                 return Err(invalid("a file has an empty path"));
             }
             let checksum = match (f.algorithm, f.checksum) {
                 (None, None) => None,
                 (None, Some(_)) => {
-                    return Err(invalid(format!("file {shown:?} has a checksum without algorithm")));
+                    return Err(invalid(format!(
+                        "file {shown:?} has a checksum without algorithm"
+                    )));
                 }
                 (Some(a), c) => {
                     let algorithm = ChecksumAlgorithm::parse(&a).map_err(|()| {

@@ -119,7 +119,9 @@ impl WalFileName {
         let tli_of = |s: &str| -> Result<Tli, WalNameError> {
             let tli = hex_part(s, "timeline")?;
             if tli == 0 {
-                return Err(err("timeline 0 does not exist (timelines start at 1)".into()));
+                return Err(err(
+                    "timeline 0 does not exist (timelines start at 1)".into()
+                ));
             }
             Ok(tli)
         };
@@ -142,7 +144,9 @@ impl WalFileName {
             Ok(u64::from(log) * per + u64::from(seg))
         };
         if !stem.is_ascii() {
-            return Err(err("it holds characters other than hexadecimal digits".into()));
+            return Err(err(
+                "it holds characters other than hexadecimal digits".into()
+            ));
         }
         let kind = match kind {
             "history" => {
@@ -283,12 +287,21 @@ mod tests {
         assert_eq!(n.start_lsn().unwrap().to_string(), "1/FF000000");
         let p = parse("000000020000000000000003.partial").unwrap();
         assert_eq!(p.kind, WalFileKind::Partial { segno: 3 });
-        assert_eq!(p.as_segment().unwrap().to_string(), "000000020000000000000003");
+        assert_eq!(
+            p.as_segment().unwrap().to_string(),
+            "000000020000000000000003"
+        );
         let b = parse("000000010000000000000002.00000028.backup").unwrap();
         assert_eq!(b.start_lsn().unwrap().to_string(), "0/2000028");
-        assert_eq!(b.as_segment().unwrap().to_string(), "000000010000000000000002");
+        assert_eq!(
+            b.as_segment().unwrap().to_string(),
+            "000000010000000000000002"
+        );
         let h = parse("0000000B.history").unwrap();
-        assert_eq!((h.tli, h.kind, h.segno(), h.start_lsn()), (11, WalFileKind::History, None, None));
+        assert_eq!(
+            (h.tli, h.kind, h.segno(), h.start_lsn()),
+            (11, WalFileKind::History, None, None)
+        );
         assert_eq!(h.as_segment(), None);
         assert_eq!(WalFileName::history(11, S16), h);
     }
@@ -310,7 +323,13 @@ mod tests {
         // The segment ↔ name ↔ LSN mapping agrees for every size.
         for mb in [1u64, 16, 64, 1024] {
             let s = SegmentSize::new(mb << 20).unwrap();
-            for segno in [0, 1, s.segments_per_xlogid() - 1, s.segments_per_xlogid(), 123_456] {
+            for segno in [
+                0,
+                1,
+                s.segments_per_xlogid() - 1,
+                s.segments_per_xlogid(),
+                123_456,
+            ] {
                 let name = WalFileName::segment(3, segno, s);
                 let back = WalFileName::parse(&name.to_string(), s).unwrap();
                 assert_eq!(back, name);
@@ -330,13 +349,19 @@ mod tests {
             ("000000000000000000000001", "timeline 0"),
             ("000000010000000000000100", "past the last one"),
             ("000000010000000000000001.gz", "24 hexadecimal digits"),
-            ("000000010000000000000001.partial.zst", "24 hexadecimal digits"),
+            (
+                "000000010000000000000001.partial.zst",
+                "24 hexadecimal digits",
+            ),
             ("00000001.partial", "24 hexadecimal digits"),
             ("0000001.history", "TTTTTTTT.history"),
             ("0000000a.history", "lower-case"),
             ("00000000.history", "timeline 0"),
             ("000000010000000000000001.backup", "<segment>.<offset>"),
-            ("000000010000000000000001.0000002.backup", "8 hexadecimal digits"),
+            (
+                "000000010000000000000001.0000002.backup",
+                "8 hexadecimal digits",
+            ),
             ("000000010000000000000001.01000000.backup", "past the end"),
             ("00000001000000000000001.00000028.backup", "24-digit"),
             ("../000000010000000000000001", "24 hexadecimal digits"),
@@ -348,7 +373,10 @@ mod tests {
             let e = parse(name).unwrap_err();
             let msg = e.to_string();
             assert!(msg.contains(why), "{name:?}: {msg}");
-            assert!(msg.starts_with(&format!("{:?}", name.chars().take(80).collect::<String>())), "{msg}");
+            assert!(
+                msg.starts_with(&format!("{:?}", name.chars().take(80).collect::<String>())),
+                "{msg}"
+            );
         }
         let long = "0".repeat(5000);
         assert!(parse(&long).unwrap_err().to_string().len() < 300);

@@ -24,12 +24,16 @@ pub struct SegmentSize(u32);
 
 /// A segment size PostgreSQL does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{0} bytes is not a WAL segment size: initdb allows powers of two from 1 MiB to 1 GiB (wal_segment_size, e.g. 16777216); check the node's `SHOW wal_segment_size`")]
+#[error(
+    "{0} bytes is not a WAL segment size: initdb allows powers of two from 1 MiB to 1 GiB (wal_segment_size, e.g. 16777216); check the node's `SHOW wal_segment_size`"
+)]
 pub struct SegmentSizeError(pub u64);
 
 /// A range of LSNs that is not a range.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("the WAL range {start}..{end} ends before it starts: the end LSN must not be before the start LSN")]
+#[error(
+    "the WAL range {start}..{end} ends before it starts: the end LSN must not be before the start LSN"
+)]
 pub struct RangeError {
     /// Start of the rejected range.
     pub start: Lsn,
@@ -193,7 +197,10 @@ mod tests {
     fn segment_arithmetic() {
         let s = SegmentSize::DEFAULT;
         assert_eq!(s.segments_per_xlogid(), 256);
-        assert_eq!(SegmentSize::new(1 << 20).unwrap().segments_per_xlogid(), 4096);
+        assert_eq!(
+            SegmentSize::new(1 << 20).unwrap().segments_per_xlogid(),
+            4096
+        );
         assert_eq!(SegmentSize::new(1 << 30).unwrap().segments_per_xlogid(), 4);
         assert_eq!(s.segment_of(lsn("0/0")), 0);
         assert_eq!(s.segment_of(lsn("0/FFFFFF")), 0);
@@ -245,7 +252,9 @@ mod tests {
                 "000000010000000100000001"
             ]
         );
-        let e = s.covering(1, lsn("0/3000000"), lsn("0/2FFFFFF")).unwrap_err();
+        let e = s
+            .covering(1, lsn("0/3000000"), lsn("0/2FFFFFF"))
+            .unwrap_err();
         assert!(e.to_string().contains("ends before it starts"), "{e}");
         // The very end of the WAL space does not overflow.
         let r = s.covering(1, Lsn(u64::MAX - 1), Lsn(u64::MAX)).unwrap();

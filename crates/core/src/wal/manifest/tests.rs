@@ -53,14 +53,28 @@ fn parses_version_2_with_encoded_paths_and_checksums() {
     assert_eq!(m.files[1].path, b"base/1/fo\xff");
     assert_eq!(m.files[1].display_path(), "base/1/fo\u{fffd}");
     let c = m.files[1].checksum.as_ref().unwrap();
-    assert_eq!((c.algorithm, c.value.clone()), (ChecksumAlgorithm::Crc32c, vec![0x1a, 0x2b, 0x3c, 0x4d]));
+    assert_eq!(
+        (c.algorithm, c.value.clone()),
+        (ChecksumAlgorithm::Crc32c, vec![0x1a, 0x2b, 0x3c, 0x4d])
+    );
     assert_eq!(m.files[2].checksum, None);
-    assert_eq!(m.files[2].last_modified.as_deref(), Some("2026-12-03 14:00:00 GMT"));
+    assert_eq!(
+        m.files[2].last_modified.as_deref(),
+        Some("2026-12-03 14:00:00 GMT")
+    );
     assert_eq!(
         m.wal_ranges,
         [
-            WalRange { tli: 2, start: "0/3000148".parse().unwrap(), end: "0/5000100".parse().unwrap() },
-            WalRange { tli: 1, start: "0/2000028".parse().unwrap(), end: "0/3000148".parse().unwrap() },
+            WalRange {
+                tli: 2,
+                start: "0/3000148".parse().unwrap(),
+                end: "0/5000100".parse().unwrap()
+            },
+            WalRange {
+                tli: 1,
+                start: "0/2000028".parse().unwrap(),
+                end: "0/3000148".parse().unwrap()
+            },
         ]
     );
     assert_eq!(m.total_size(), 227 + 8192 + 8192);
@@ -83,7 +97,7 @@ fn checksum_covers_everything_before_the_last_line() {
     assert_eq!(checksummed_part(&good).unwrap(), v2_body().as_bytes());
     // Any byte changed before the last line: mismatch, both sums shown.
     let mut bad = good.clone();
-    let at = bad.iter().position(|b| *b == b'2' ).unwrap(); // the version digit
+    let at = bad.iter().position(|b| *b == b'2').unwrap(); // the version digit
     bad[at] = b'1';
     let e = BackupManifest::parse(&bad).unwrap_err();
     assert!(matches!(e, ManifestError::ChecksumMismatch { .. }), "{e}");
@@ -91,15 +105,33 @@ fn checksum_covers_everything_before_the_last_line() {
     let mut bad = good.clone();
     let at = bad.windows(3).position(|w| w == b"227").unwrap();
     bad[at] = b'3';
-    assert!(matches!(BackupManifest::parse(&bad), Err(ManifestError::ChecksumMismatch { .. })));
+    assert!(matches!(
+        BackupManifest::parse(&bad),
+        Err(ManifestError::ChecksumMismatch { .. })
+    ));
     // An upper-case recorded checksum is accepted (hexdecode_string takes both cases).
     let s = String::from_utf8(good.clone()).unwrap();
     let (head, tail) = s.split_at(s.rfind("\"Manifest-Checksum\"").unwrap());
-    let upper = format!("{head}{}", tail.replace(|c: char| c.is_ascii_lowercase() && c.is_ascii_hexdigit(), "X"));
+    let upper = format!(
+        "{head}{}",
+        tail.replace(
+            |c: char| c.is_ascii_lowercase() && c.is_ascii_hexdigit(),
+            "X"
+        )
+    );
     // (sanity: replacing hex letters by X makes it invalid, not mismatched)
-    let e = BackupManifest::parse(upper.as_bytes()).unwrap_err().to_string();
-    assert!(e.contains("invalid Manifest-Checksum") || e.contains("not a valid"), "{e}");
-    let upper = format!("{head}{}", tail.to_ascii_uppercase().replace("\"MANIFEST-CHECKSUM\"", "\"Manifest-Checksum\""));
+    let e = BackupManifest::parse(upper.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("invalid Manifest-Checksum") || e.contains("not a valid"),
+        "{e}"
+    );
+    let upper = format!(
+        "{head}{}",
+        tail.to_ascii_uppercase()
+            .replace("\"MANIFEST-CHECKSUM\"", "\"Manifest-Checksum\"")
+    );
     assert!(BackupManifest::parse(upper.as_bytes()).is_ok());
 }
 
@@ -111,8 +143,18 @@ fn refuses_broken_framing() {
         (b"{}\n".to_vec(), "at least 2 lines"),
         (Vec::new(), "newline-terminated"),
         // The checksum line is not last.
-        ([good.clone(), b"\n".to_vec()].concat(), "not the \"Manifest-Checksum\" line"),
-        (good[..good.len() / 2].iter().copied().chain(*b"\n\"Manifest-Checksum\": \"00\"}\n").collect(), "not a valid"),
+        (
+            [good.clone(), b"\n".to_vec()].concat(),
+            "not the \"Manifest-Checksum\" line",
+        ),
+        (
+            good[..good.len() / 2]
+                .iter()
+                .copied()
+                .chain(*b"\n\"Manifest-Checksum\": \"00\"}\n")
+                .collect(),
+            "not a valid",
+        ),
     ];
     for (bytes, why) in cases {
         let e = BackupManifest::parse(&bytes).unwrap_err().to_string();
@@ -130,34 +172,117 @@ fn refused(body: &str, why: &str) {
 fn refuses_hostile_content() {
     let v2 = v2_body();
     refused(&v2.replacen("\"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": 7311234567890123456,", "\"System-Identifier\": 7311234567890123456, \"PostgreSQL-Backup-Manifest-Version\": 2,", 1), "first field");
-    refused(&v2.replacen("Version\": 2", "Version\": 3", 1), "unexpected manifest version 3");
-    refused(&v2.replacen("Version\": 2", "Version\": \"2\"", 1), "not a valid");
-    refused(&v2.replacen("\"System-Identifier\": 7311234567890123456,\n", "", 1), "lacks its System-Identifier");
-    refused(&v2.replacen("Version\": 2", "Version\": 1", 1), "version 1 has no System-Identifier");
-    refused(&v2.replacen("7311234567890123456", "99999999999999999999", 1), "not a valid");
-    refused(&v2.replacen("\"Size\": 227", "\"Size\": -1", 1), "not a valid");
+    refused(
+        &v2.replacen("Version\": 2", "Version\": 3", 1),
+        "unexpected manifest version 3",
+    );
+    refused(
+        &v2.replacen("Version\": 2", "Version\": \"2\"", 1),
+        "not a valid",
+    );
+    refused(
+        &v2.replacen("\"System-Identifier\": 7311234567890123456,\n", "", 1),
+        "lacks its System-Identifier",
+    );
+    refused(
+        &v2.replacen("Version\": 2", "Version\": 1", 1),
+        "version 1 has no System-Identifier",
+    );
+    refused(
+        &v2.replacen("7311234567890123456", "99999999999999999999", 1),
+        "not a valid",
+    );
+    refused(
+        &v2.replacen("\"Size\": 227", "\"Size\": -1", 1),
+        "not a valid",
+    );
     refused(&v2.replacen("\"Size\": 227, ", "", 1), "Size");
-    refused(&v2.replacen("\"Path\": \"backup_label\"", "\"Path\": \"backup_label\", \"Encoded-Path\": \"41\"", 1), "both Path and Encoded-Path");
-    refused(&v2.replacen("\"Path\": \"backup_label\", ", "", 1), "no Path");
-    refused(&v2.replacen("\"Path\": \"backup_label\"", "\"Path\": \"\"", 1), "empty path");
-    refused(&v2.replacen("626173652f312f666fff", "626173652f312f666ff", 1), "could not decode Encoded-Path");
-    refused(&v2.replacen("626173652f312f666fff", "zz", 1), "could not decode Encoded-Path");
-    refused(&v2.replacen("\"SHA256\"", "\"MD5\"", 1), "unrecognized checksum algorithm \"MD5\"");
-    refused(&v2.replacen("\"1A2b3C4d\"", "\"1A2b3C\"", 1), "invalid CRC32C checksum");
-    refused(&v2.replacen("\"1A2b3C4d\"", "\"1A2b3C4g\"", 1), "invalid CRC32C checksum");
-    refused(&v2.replacen("\"Checksum-Algorithm\": \"CRC32C\", ", "", 1), "checksum without algorithm");
-    refused(&v2.replacen(", \"Checksum\": \"1A2b3C4d\"", "", 1), "has no Checksum");
-    refused(&v2.replacen("\"Size\": 227", "\"Size\": 227, \"Mode\": 384", 1), "unknown field");
-    refused(&v2.replacen("\"Files\"", "\"Extra\": 1, \"Files\"", 1), "unknown field");
-    refused(&v2.replacen("backup_label", "global/pg_control", 1), "listed twice");
-    refused(&v2.replacen("\"Timeline\": 2", "\"Timeline\": 0", 1), "timeline 0");
-    refused(&v2.replacen("\"Start-LSN\": \"0/3000148\"", "\"Start-LSN\": \"0/6000000\"", 1), "ends at 0/5000100 before it starts at 0/6000000");
-    refused(&v2.replacen("\"Start-LSN\": \"0/3000148\"", "\"Start-LSN\": \"0/30001480000\"", 1), "not a WAL position");
+    refused(
+        &v2.replacen(
+            "\"Path\": \"backup_label\"",
+            "\"Path\": \"backup_label\", \"Encoded-Path\": \"41\"",
+            1,
+        ),
+        "both Path and Encoded-Path",
+    );
+    refused(
+        &v2.replacen("\"Path\": \"backup_label\", ", "", 1),
+        "no Path",
+    );
+    refused(
+        &v2.replacen("\"Path\": \"backup_label\"", "\"Path\": \"\"", 1),
+        "empty path",
+    );
+    refused(
+        &v2.replacen("626173652f312f666fff", "626173652f312f666ff", 1),
+        "could not decode Encoded-Path",
+    );
+    refused(
+        &v2.replacen("626173652f312f666fff", "zz", 1),
+        "could not decode Encoded-Path",
+    );
+    refused(
+        &v2.replacen("\"SHA256\"", "\"MD5\"", 1),
+        "unrecognized checksum algorithm \"MD5\"",
+    );
+    refused(
+        &v2.replacen("\"1A2b3C4d\"", "\"1A2b3C\"", 1),
+        "invalid CRC32C checksum",
+    );
+    refused(
+        &v2.replacen("\"1A2b3C4d\"", "\"1A2b3C4g\"", 1),
+        "invalid CRC32C checksum",
+    );
+    refused(
+        &v2.replacen("\"Checksum-Algorithm\": \"CRC32C\", ", "", 1),
+        "checksum without algorithm",
+    );
+    refused(
+        &v2.replacen(", \"Checksum\": \"1A2b3C4d\"", "", 1),
+        "has no Checksum",
+    );
+    refused(
+        &v2.replacen("\"Size\": 227", "\"Size\": 227, \"Mode\": 384", 1),
+        "unknown field",
+    );
+    refused(
+        &v2.replacen("\"Files\"", "\"Extra\": 1, \"Files\"", 1),
+        "unknown field",
+    );
+    refused(
+        &v2.replacen("backup_label", "global/pg_control", 1),
+        "listed twice",
+    );
+    refused(
+        &v2.replacen("\"Timeline\": 2", "\"Timeline\": 0", 1),
+        "timeline 0",
+    );
+    refused(
+        &v2.replacen(
+            "\"Start-LSN\": \"0/3000148\"",
+            "\"Start-LSN\": \"0/6000000\"",
+            1,
+        ),
+        "ends at 0/5000100 before it starts at 0/6000000",
+    );
+    refused(
+        &v2.replacen(
+            "\"Start-LSN\": \"0/3000148\"",
+            "\"Start-LSN\": \"0/30001480000\"",
+            1,
+        ),
+        "not a WAL position",
+    );
     refused(&v2.replacen("\"Timeline\": 2, ", "", 1), "Timeline");
-    refused(&v2.replacen("\"Timeline\": 2", "\"Timeline\": 2, \"Timeline\": 3", 1), "duplicate field");
+    refused(
+        &v2.replacen("\"Timeline\": 2", "\"Timeline\": 2, \"Timeline\": 3", 1),
+        "duplicate field",
+    );
     // A checksum of the wrong length.
     let s = String::from_utf8(seal(&v1_body())).unwrap();
     let short = format!("{}\"}}\n", &s[..s.len() - 10]);
-    let e = BackupManifest::parse(short.as_bytes()).unwrap_err().to_string();
+    let e = BackupManifest::parse(short.as_bytes())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("invalid Manifest-Checksum"), "{e}");
 }
