@@ -223,11 +223,8 @@ pub fn checksummed_part(bytes: &[u8]) -> Result<&[u8], ManifestError> {
     Ok(&bytes[..=penultimate])
 }
 
-/// Decodes hex of either case (PostgreSQL's `hexdecode_string`).
+/// Decodes hex of either case (PostgreSQL's `hexdecode_string`); an odd length is refused.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
     hex::decode(s).ok()
 }
 
