@@ -5,6 +5,9 @@
 //! mirrors) and refuses input PostgreSQL would not write, with a message naming the file, what
 //! is wrong and what to do. No IO: callers read files and pass bytes in.
 //!
+//! [`WalFileName`] has no `Ord` on purpose: WAL is ordered by timeline history and LSN, never
+//! by file name (peers that sorted names deleted the newest backups after a pg_upgrade).
+//!
 //! - [`lsn`]: [`Lsn`], PostgreSQL's `XLogRecPtr` with its `X/Y` text form.
 //! - [`segment`]: [`SegmentSize`], LSN ↔ segment number, the segments covering a range.
 //! - [`names`]: [`WalFileName`]: segments, `.partial`, `.history`, `.backup` files.
