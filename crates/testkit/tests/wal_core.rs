@@ -311,3 +311,89 @@ fn a_pg_basebackup_stream_manifest_parses_and_verifies() {
     let e = BackupManifest::parse(&bad).unwrap_err().to_string();
     assert!(e.contains("checksum mismatch"), "{e}");
 }
+
+#[test]
+fn a_promotion_history_file_and_the_new_timeline_segments() {
+    let primary = TestCluster::start();
+    let p = |sql: &str| primary.psql("postgres", sql);
+    p("create table t(i int)");
+    for _ in 0..2 {
+        p("insert into t select generate_series(1, 1000)");
+        p("select pg_switch_wal()");
+    }
+    let standby = pgbackman_testkit::Standby::of(&primary, &["127.0.0.1"]);
+    p("insert into t select generate_series(1, 1000)");
+    standby.wait_replayed(&primary);
+    let s = |sql: &str| standby.psql("postgres", sql);
+    assert_eq!(s("select pg_promote(true, 60)"), "t");
+    s("insert into t select generate_series(1, 1000)");
+    s("select pg_switch_wal()");
+    s("insert into t select generate_series(1, 1000)");
+    s("select pg_switch_wal()");
+    // No CHECKPOINT here: it would remove the switch segment from pg_wal.
+    assert!(s("select pg_walfile_name(pg_current_wal_lsn())").starts_with("00000002"));
+    let size = SegmentSize::new(
+        s("select setting::bigint from pg_settings where name = 'wal_segment_size'")
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
+
+    // The history file PostgreSQL wrote at promotion.
+    let wal = standby.data_dir().join("pg_wal");
+    let content = fs::read(wal.join("00000002.history")).unwrap();
+    let h = pgbackman_core::wal::TimelineHistory::parse(2, &content).unwrap();
+    assert_eq!(h.target(), 2);
+    let switch = h.switch_point(1).unwrap().unwrap();
+    assert!(switch > lsn("0/3000000"), "{switch}");
+    assert_eq!(h.timeline_of(switch.checked_sub(1).unwrap()), 1);
+    assert_eq!(h.timeline_of(switch), 2);
+    let names: Vec<String> = h
+        .history_files(size)
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(names, ["00000002.history"]);
+
+    // From the switch point's segment on, recovery reads timeline 2's files; they are in the
+    // promoted node's pg_wal and pass the header check as timeline 2 (the first one starts
+    // with pages copied from timeline 1: xlp_tli 1 in a file of timeline 2 is normal).
+    let sysid: u64 = s("select system_identifier from pg_control_system()")
+        .parse()
+        .unwrap();
+    let major = s("show server_version_num").parse::<u32>().unwrap() / 10000;
+    let expect = SegmentExpectation {
+        node: "promoted",
+        major,
+        system_identifier: sysid,
+        seg_size: size,
+    };
+    let current = size.segment_of(lsn(&s("select pg_current_wal_lsn()")));
+    let end = size.segment_start(current).unwrap().checked_sub(1).unwrap();
+    let before = size.segment_start(size.segment_of(switch) - 1).unwrap();
+    let ranges = h.segments_for(before, end, size).unwrap();
+    assert_eq!(ranges.iter().map(|r| r.tli).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        ranges[0].len(),
+        1,
+        "only the segment before the switch is timeline 1's"
+    );
+    assert_eq!(*ranges[1].segments.start(), size.segment_of(switch));
+    let mut first = true;
+    for name in ranges[1].names() {
+        let bytes = fs::read(wal.join(name.to_string()))
+            .unwrap_or_else(|e| panic!("{name} in {}: {e}", wal.display()));
+        match check_segment_header(&name, &bytes, &expect) {
+            HeaderVerdict::Valid(hdr) => {
+                if first {
+                    // Observed on PostgreSQL 15: the switch segment of timeline 2 begins
+                    // with timeline 1's pages.
+                    assert_eq!(hdr.tli, 1, "{name}: {hdr:?}");
+                }
+            }
+            v => panic!("{name}: {v:?}"),
+        }
+        first = false;
+    }
+    assert!(ranges[1].len() >= 2, "{ranges:?}");
+}
