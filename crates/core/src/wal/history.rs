@@ -90,6 +90,7 @@ impl TimelineHistory {
         let file = format!("{tli:08X}.history");
         let mut spans: Vec<TimelineSpan> = Vec::new();
         let mut prev_end = Lsn::INVALID;
+        let mut last_line = 0;
         for (i, raw) in content.split(|b| *b == b'\n').enumerate() {
             let syntax = |reason: String| HistoryError::Syntax {
                 file: file.clone(),
@@ -140,13 +141,14 @@ impl TimelineHistory {
                 end: Some(switch),
             });
             prev_end = switch;
+            last_line = i + 1;
         }
         if let Some(last) = spans.last()
             && last.tli >= tli
         {
             return Err(HistoryError::Syntax {
                 file,
-                line: 0,
+                line: last_line,
                 reason: format!(
                     "parent timeline {} is not below the file's own timeline {tli}",
                     last.tli
@@ -349,7 +351,11 @@ mod tests {
             (3, "2\t0/3000000\n1\t0/5000000\n", "must increase"),
             (3, "1\t0/3000000\n1\t0/5000000\n", "must increase"),
             (4, "1\t0/5000000\n2\t0/3000000\n", "before the previous one"),
-            (2, "1\t0/1\n2\t0/2\n", "not below the file's own timeline 2"),
+            (
+                2,
+                "1\t0/1\n2\t0/2\n",
+                "line 2: parent timeline 2 is not below",
+            ),
         ];
         for (tli, text, why) in cases {
             let e = TimelineHistory::parse(*tli, text.as_bytes())

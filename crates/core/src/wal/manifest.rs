@@ -98,7 +98,7 @@ impl ChecksumAlgorithm {
         }))
     }
     /// Length of a checksum in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             ChecksumAlgorithm::Crc32c => 4,
             ChecksumAlgorithm::Sha224 => 28,
@@ -106,10 +106,6 @@ impl ChecksumAlgorithm {
             ChecksumAlgorithm::Sha384 => 48,
             ChecksumAlgorithm::Sha512 => 64,
         }
-    }
-    /// Never zero-length.
-    pub fn is_empty(self) -> bool {
-        false
     }
 }
 
@@ -295,6 +291,18 @@ impl BackupManifest {
             if path.is_empty() {
                 return Err(invalid("a file has an empty path"));
             }
+            // PostgreSQL writes paths relative to the data directory; a path that could leave
+            // it (absolute, `..`, empty components, NUL) is refused before anyone writes to it.
+            if path.starts_with(b"/")
+                || path.contains(&0)
+                || path
+                    .split(|b| *b == b'/')
+                    .any(|c| c.is_empty() || c == b".." || c == b".")
+            {
+                return Err(invalid(format!(
+                    "file {shown:?} is not a plain path inside the data directory"
+                )));
+            }
             let checksum = match (f.algorithm, f.checksum) {
                 (None, None) => None,
                 (None, Some(_)) => {
@@ -312,12 +320,12 @@ impl BackupManifest {
                     match (algorithm, c) {
                         (None, _) => None,
                         (Some(algorithm), Some(c)) => {
-                            let value = unhex(&c).filter(|v| v.len() == algorithm.len()).ok_or_else(
+                            let value = unhex(&c).filter(|v| v.len() == algorithm.digest_len()).ok_or_else(
                                 || {
                                     invalid(format!(
                                         "file {shown:?}: invalid {algorithm} checksum {:?} ({} hexadecimal digits expected)",
                                         c.chars().take(140).collect::<String>(),
-                                        algorithm.len() * 2
+                                        algorithm.digest_len() * 2
                                     ))
                                 },
                             )?;

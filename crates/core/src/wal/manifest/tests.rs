@@ -213,6 +213,27 @@ fn refuses_hostile_content() {
         &v2.replacen("\"Path\": \"backup_label\"", "\"Path\": \"\"", 1),
         "empty path",
     );
+    for evil in [
+        "/etc/passwd",
+        "../x",
+        "base/../../x",
+        "base//x",
+        "./x",
+        "base/",
+        "a\\u0000b",
+    ] {
+        let body = v2.replacen(
+            "\"Path\": \"backup_label\"",
+            &format!("\"Path\": \"{evil}\""),
+            1,
+        );
+        refused(&body, "not a plain path");
+    }
+    // 2e2e2f78 = "../x", hidden in an Encoded-Path.
+    refused(
+        &v2.replacen("626173652f312f666fff", "2e2e2f78", 1),
+        "not a plain path",
+    );
     refused(
         &v2.replacen("626173652f312f666fff", "626173652f312f666ff", 1),
         "could not decode Encoded-Path",
