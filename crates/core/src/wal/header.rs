@@ -33,12 +33,13 @@ pub const XLP_LONG_HEADER: u16 = 0x0002;
 
 /// `XLOG_PAGE_MAGIC` per supported major version.
 ///
-/// Read in pgBackRest's copy of each release's `xlog_internal.h`
-/// (`src/postgres/interface/version.vendor.h`, pgbackrest/pgbackrest bd22b68: 13 → D106,
-/// 14 → D10D, 15 → D110, 16 → D113, 17 → D116, 18 → D118), cross-checked for 18 against a
-/// PostgreSQL 18.3 tree's `src/include/access/xlog_internal.h` and for 15 against real
-/// segments by this crate's integration test. Development versions change it often (19 has
-/// had D120 and D121), so 19 is not listed until it is released.
+/// Read in pgBackRest's per-release copy of `xlog_internal.h`
+/// (`src/postgres/interface/version.vendor.h` at pgbackrest/pgbackrest bd22b68: 13 → D106,
+/// 14 → D10D, 15 → D110, 16 → D113, 17 → D116, 18 → D118), cross-checked for 18 against
+/// `src/include/access/xlog_internal.h` of a PostgreSQL 18.3 source tree
+/// (darion-yaphet/postgresql-18.3) and for 15 against real segments
+/// (crates/testkit/tests/wal_core.rs). Development versions change it often (19 has had D120
+/// and D121), so 19 is not listed until it is released.
 pub const XLOG_PAGE_MAGICS: &[(u32, u16)] = &[
     (13, 0xD106),
     (14, 0xD10D),
