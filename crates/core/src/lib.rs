@@ -18,6 +18,8 @@
 //! - [`retention`]: which backups retention keeps or deletes and why; quarantine decisions.
 //! - [`roots`]: the directories an agent writes sets under and may delete under.
 //! - [`text`]: control characters made visible for terminals, bounded quoting of input.
+//! - [`wal`]: WAL positions and file names, segment headers, timeline histories and
+//!   `backup_manifest` parsing: the pure layer of physical backups.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -36,3 +38,4 @@ pub mod restore;
 pub mod retention;
 pub mod roots;
 pub mod text;
+pub mod wal;
