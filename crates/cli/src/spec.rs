@@ -778,7 +778,11 @@ pub static COMMANDS: &[Cmd] = &[
                 like psql's \\x; auto when a row does not fit the terminal), or timezone=<IANA name>|local (the display \
                 zone: times are shown in it, and times typed without a zone are read in it).",
         args: &[pos("setting", "Parameter=value"), pos("value", "Value")],
-        examples: &["set output_format=json", "set expanded auto", "set timezone=Europe/Oslo"],
+        examples: &[
+            "set output_format=json",
+            "set expanded auto",
+            "set timezone=Europe/Oslo",
+        ],
     },
     Cmd {
         name: "help",
