@@ -804,7 +804,7 @@ fn tables_fit_the_terminal_and_set_expanded_shows_blocks() {
     sh.assert_has(&out, "[DONE] expanded = on");
     let out = sh.run("show_backup_servers");
     sh.assert_has(&out, "-[ RECORD 1 ]");
-    sh.assert_has(&out, "FQDN       | bs1.example.org");
+    sh.assert_has(&out, "FQDN            | bs1.example.org");
     sh.run("set expanded off");
     let out = sh.run("show_backup_servers");
     sh.assert_has(&out, "| SrvID |");

@@ -6,7 +6,15 @@
 /// named stay (ids, names, states, errors); if they alone do not fit, the rightmost go.
 pub fn drop_order(kind: &str) -> &'static [&'static str] {
     match kind {
-        "backup_servers" => &["Registered", "Remarks"],
+        // The agent's details before the operator's remarks: show_backup_servers is also where
+        // a server's purpose is read.
+        "backup_servers" => &[
+            "Registered",
+            "Agent version",
+            "Spooled results",
+            "Last seen",
+            "Remarks",
+        ],
         "pgsql_nodes" => &[
             "Registered",
             "Admin DB",
