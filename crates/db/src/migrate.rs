@@ -50,6 +50,7 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),
     ),
+    ("85_wal.sql", include_str!("../../../sql/85_wal.sql")),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
     (
         "95_security.sql",
