@@ -67,16 +67,16 @@ create table wal_object (
     check (kind = 'history' or (start_lsn is not null and end_lsn is not null and start_lsn <= end_lsn))
 );
 -- The keys: a segment (full or partial, each once), a history file per timeline, a backup
--- history file per start LSN. A copy on another backup server is its own object.
+-- history file per start LSN. A copy on another backup server is its own object; the server
+-- comes last so that the same key on any server (a content conflict) is one index range.
 create unique index wal_object_segment_key on wal_object
-    (pgsql_node_id, backup_server_id, system_identifier, timeline, segno, kind) where kind in ('full', 'partial');
+    (pgsql_node_id, system_identifier, timeline, segno, kind, backup_server_id) where kind in ('full', 'partial');
 create unique index wal_object_history_key on wal_object
-    (pgsql_node_id, backup_server_id, system_identifier, timeline) where kind = 'history';
+    (pgsql_node_id, system_identifier, timeline, backup_server_id) where kind = 'history';
 create unique index wal_object_backup_history_key on wal_object
-    (pgsql_node_id, backup_server_id, system_identifier, timeline, start_lsn) where kind = 'backup_history';
--- show_wal_segments (by node, in LSN order) and the content check across servers.
+    (pgsql_node_id, system_identifier, timeline, start_lsn, backup_server_id) where kind = 'backup_history';
+-- show_wal_segments: a node's objects in LSN order.
 create index wal_object_node_lsn_idx on wal_object (pgsql_node_id, start_lsn);
-create index wal_object_node_segment_idx on wal_object (pgsql_node_id, system_identifier, timeline, segno);
 
 -- Contiguous ranges of present segments (full or partial) per copy, maintained by the triggers
 -- of sql/47_wal.sql: holes are the gaps between runs, recovery windows are walks over them.
@@ -136,7 +136,7 @@ begin
            regexp_matches(pg_catalog.pg_get_constraintdef(c.oid), '''([A-Z_]+)''', 'g') with ordinality as t(m, ord)
      where c.conrelid = 'public.alert'::regclass and c.conname = 'alert_alert_type_check';
     if not 'WAL_CONFLICT' = any (coalesce(v_types, '{}')) then
-        v_types := coalesce(v_types, '{}') || 'WAL_CONFLICT';
+        v_types := coalesce(v_types, '{}') || 'WAL_CONFLICT'::text;
     end if;
     alter table alert drop constraint if exists alert_alert_type_check;
     execute format('alter table alert add constraint alert_alert_type_check check (alert_type in (%s))',

@@ -191,13 +191,23 @@ begin
         perform pg_advisory_xact_lock(hashtextextended(format('wal %s %s %s %s %s %s', o.pgsql_node_id, o.system_identifier,
                                                               o.timeline, o.segno, o.kind, o.start_lsn), 0));
         -- The same key on any backup server: another content is a conflict wherever it is.
-        select w.* into v_existing from public.wal_object w
-         where w.pgsql_node_id = o.pgsql_node_id and w.system_identifier = o.system_identifier
-           and w.timeline = o.timeline and w.kind = o.kind
-           and w.segno is not distinct from o.segno
-           and (o.kind <> 'backup_history' or w.start_lsn = o.start_lsn)
-         order by w.sha256 = o.sha256, w.backup_server_id = p_server desc
-         limit 1;
+        -- (Three forms, each matching one of the key indexes.)
+        if o.kind = 'history' then
+            select w.* into v_existing from public.wal_object w
+             where w.pgsql_node_id = o.pgsql_node_id and w.system_identifier = o.system_identifier
+               and w.timeline = o.timeline and w.kind = 'history'
+             order by w.sha256 = o.sha256, w.backup_server_id = p_server desc limit 1;
+        elsif o.kind = 'backup_history' then
+            select w.* into v_existing from public.wal_object w
+             where w.pgsql_node_id = o.pgsql_node_id and w.system_identifier = o.system_identifier
+               and w.timeline = o.timeline and w.kind = 'backup_history' and w.start_lsn = o.start_lsn
+             order by w.sha256 = o.sha256, w.backup_server_id = p_server desc limit 1;
+        else
+            select w.* into v_existing from public.wal_object w
+             where w.pgsql_node_id = o.pgsql_node_id and w.system_identifier = o.system_identifier
+               and w.timeline = o.timeline and w.segno = o.segno and w.kind = o.kind and w.kind in ('full', 'partial')
+             order by w.sha256 = o.sha256, w.backup_server_id = p_server desc limit 1;
+        end if;
         if found and v_existing.sha256 <> o.sha256 then
             insert into public.wal_conflict as c (wal_id, backup_server_id, sha256, size, stored_path, arrival, reported)
             values (v_existing.wal_id, p_server, o.sha256, o.size, o.stored_path, o.arrival, v_x)
@@ -546,7 +556,7 @@ begin
        and (v_to_lsn is null or o.start_lsn <= v_to_lsn)
        and (v_from_at is null or o.arrived_at >= v_from_at)
        and (v_to_at is null or o.arrived_at <= v_to_at)
-     order by o.system_identifier, o.timeline, o.segno nulls first, o.kind, o.start_lsn, s.fqdn
+     order by o.start_lsn nulls first, o.timeline, o.kind, s.fqdn
      limit p_limit;
 end $$;
 
