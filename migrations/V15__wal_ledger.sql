@@ -85,6 +85,7 @@ create table wal_run (
     backup_server_id    bigint not null,
     system_identifier   numeric(20, 0) not null,
     timeline            bigint not null,
+    seg_size            integer not null,
     first_segno         bigint not null,
     last_segno          bigint not null check (last_segno >= first_segno),
     segments            bigint not null,

@@ -285,13 +285,13 @@ begin
         perform pg_advisory_xact_lock(hashtextextended(format('wal_run %s %s %s %s', k.pgsql_node_id, k.backup_server_id,
                                                               k.system_identifier, k.timeline), 0));
         with new_segs as (
-            select n.segno, n.start_lsn, n.end_lsn, n.stored_size, n.arrived_at from new_objects n
+            select n.segno, n.seg_size, n.start_lsn, n.end_lsn, n.stored_size, n.arrived_at from new_objects n
              where n.kind in ('full', 'partial') and n.pgsql_node_id = k.pgsql_node_id
                and n.backup_server_id = k.backup_server_id and n.system_identifier = k.system_identifier
                and n.timeline = k.timeline
         ), islands as (
-            select min(segno) as f, max(segno) as l, min(start_lsn) as s, max(end_lsn) as e, sum(stored_size) as b,
-                   min(arrived_at) as fa, max(arrived_at) as la
+            select max(seg_size) as z, min(segno) as f, max(segno) as l, min(start_lsn) as s, max(end_lsn) as e,
+                   sum(stored_size) as b, min(arrived_at) as fa, max(arrived_at) as la
               from (select d.*, d.segno - dense_rank() over (order by d.segno) as g from new_segs d) x
              group by g
         ), touching as (
@@ -302,7 +302,7 @@ begin
                        and r2.first_segno <= i.l + 1 and r2.last_segno >= i.f - 1) t
              where r.pgsql_node_id = k.pgsql_node_id and r.backup_server_id = k.backup_server_id
                and r.system_identifier = k.system_identifier and r.timeline = k.timeline and r.first_segno = t.first_segno
-            returning r.first_segno as f, r.last_segno as l, r.start_lsn as s, r.end_lsn as e, r.stored_bytes as b,
+            returning r.seg_size as z, r.first_segno as f, r.last_segno as l, r.start_lsn as s, r.end_lsn as e, r.stored_bytes as b,
                       r.first_arrived as fa, r.last_arrived as la
         ), ivals as (
             select * from islands union all select * from touching
@@ -311,9 +311,9 @@ begin
               from (select i.*, max(i.l) over (order by i.f, i.l rows between unbounded preceding and 1 preceding) as prev_l
                       from ivals i) v
         )
-        insert into public.wal_run (pgsql_node_id, backup_server_id, system_identifier, timeline, first_segno, last_segno,
-                                    segments, stored_bytes, start_lsn, end_lsn, first_arrived, last_arrived)
-        select k.pgsql_node_id, k.backup_server_id, k.system_identifier, k.timeline, min(f), max(l), max(l) - min(f) + 1,
+        insert into public.wal_run (pgsql_node_id, backup_server_id, system_identifier, timeline, seg_size, first_segno,
+                                    last_segno, segments, stored_bytes, start_lsn, end_lsn, first_arrived, last_arrived)
+        select k.pgsql_node_id, k.backup_server_id, k.system_identifier, k.timeline, max(z), min(f), max(l), max(l) - min(f) + 1,
                sum(b), min(s), max(e), min(fa), max(la)
           from grouped group by grp;
     end loop;
@@ -329,9 +329,9 @@ begin
     perform pg_advisory_xact_lock(hashtextextended(format('wal_run %s %s %s %s', p_node, p_server, p_sysid, p_timeline), 0));
     delete from public.wal_run where pgsql_node_id = p_node and backup_server_id = p_server
                                  and system_identifier = p_sysid and timeline = p_timeline;
-    insert into public.wal_run (pgsql_node_id, backup_server_id, system_identifier, timeline, first_segno, last_segno,
-                                segments, stored_bytes, start_lsn, end_lsn, first_arrived, last_arrived)
-    select p_node, p_server, p_sysid, p_timeline, min(segno), max(segno), max(segno) - min(segno) + 1, sum(stored_size),
+    insert into public.wal_run (pgsql_node_id, backup_server_id, system_identifier, timeline, seg_size, first_segno,
+                                last_segno, segments, stored_bytes, start_lsn, end_lsn, first_arrived, last_arrived)
+    select p_node, p_server, p_sysid, p_timeline, max(seg_size), min(segno), max(segno), max(segno) - min(segno) + 1, sum(stored_size),
            min(start_lsn), max(end_lsn), min(arrived_at), max(arrived_at)
       from (select w.*, w.segno - dense_rank() over (order by w.segno) as g from public.wal_object w
              where w.pgsql_node_id = p_node and w.backup_server_id = p_server and w.system_identifier = p_sysid
@@ -364,15 +364,12 @@ returns table (backup_server_id bigint, system_identifier numeric, timeline bigi
 language sql stable as $$
     select r.backup_server_id, r.system_identifier, r.timeline, r.prev_last + 1, r.first_segno - 1,
            r.first_segno - r.prev_last - 1,
-           api.wal_file_name(r.timeline, r.prev_last + 1, z.seg_size, 'full', null),
-           api.wal_file_name(r.timeline, r.first_segno - 1, z.seg_size, 'full', null),
+           api.wal_file_name(r.timeline, r.prev_last + 1, r.seg_size, 'full', null),
+           api.wal_file_name(r.timeline, r.first_segno - 1, r.seg_size, 'full', null),
            r.prev_end, r.start_lsn
       from (select w.*, lag(w.last_segno) over k as prev_last, lag(w.end_lsn) over k as prev_end
               from public.wal_run w where w.pgsql_node_id = p_node
             window k as (partition by w.backup_server_id, w.system_identifier, w.timeline order by w.first_segno)) r
-      cross join lateral (select o.seg_size from public.wal_object o
-                           where o.pgsql_node_id = p_node and o.system_identifier = r.system_identifier
-                             and o.timeline = r.timeline and o.segno = r.first_segno limit 1) z
      where r.prev_last is not null
      order by 1, 2, 3, 4
 $$;
@@ -410,9 +407,7 @@ declare
 begin
     for top in select w.* from public.wal_run w where w.pgsql_node_id = p_node
                 order by w.backup_server_id, w.system_identifier, w.timeline, w.first_segno loop
-        select o.seg_size into v_seg_size from public.wal_object o
-         where o.pgsql_node_id = p_node and o.system_identifier = top.system_identifier
-           and o.timeline = top.timeline and o.segno = top.first_segno limit 1;
+        v_seg_size := top.seg_size;
         r := top;
         v_cur := top.timeline;
         v_hi := top.last_segno;
@@ -489,7 +484,7 @@ select a.archive_id as "ArchiveID", a.backup_server_id as "SrvID", s.fqdn as "Ba
             when a.receiver_state is null then 'not started (agent support comes with the WAL receiver)'
             else a.receiver_state end as "Receiver",
        a.slot_wal_status as "Slot WAL status",
-       api.wal_file_name(lr.timeline, lr.last_segno, lz.seg_size, 'full', null) as "Last segment",
+       api.wal_file_name(lr.timeline, lr.last_segno, lr.seg_size, 'full', null) as "Last segment",
        lr.last_arrived as "Last arrival",
        case when a.node_lsn is not null and lr.end_lsn is not null then pg_catalog.pg_size_pretty(a.node_lsn - lr.end_lsn) end as "Lag",
        date_trunc('second', now() - lr.last_arrived)::text as "Since last segment",
@@ -501,9 +496,6 @@ select a.archive_id as "ArchiveID", a.backup_server_id as "SrvID", s.fqdn as "Ba
   left join lateral (select w.* from public.wal_run w
                       where w.pgsql_node_id = a.pgsql_node_id and w.backup_server_id = a.backup_server_id
                       order by w.end_lsn desc limit 1) lr on true
-  left join lateral (select o.seg_size from public.wal_object o
-                      where o.pgsql_node_id = a.pgsql_node_id and o.system_identifier = lr.system_identifier
-                        and o.timeline = lr.timeline and o.segno = lr.last_segno limit 1) lz on true
   left join lateral (select w.from_lsn, w.to_lsn from api.recovery_window(a.pgsql_node_id) w
                       where w.backup_server_id = a.backup_server_id order by w.to_lsn desc limit 1) rw on true;
 
@@ -519,10 +511,14 @@ declare
     v_to_lsn pg_lsn;
     v_from_at timestamptz;
     v_to_at timestamptz;
+    v_from_floor pg_lsn;
 begin
     if nullif(btrim(p_from), '') is not null then
         if btrim(p_from) ~ '^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$' then
             v_from_lsn := btrim(p_from)::pg_lsn;
+            -- An index bound: no segment is longer than 1 GB.
+            v_from_floor := case when v_from_lsn - '0/0'::pg_lsn > 1073741824 then v_from_lsn - 1073741824::numeric
+                                 else '0/0'::pg_lsn end;
         else
             begin
                 v_from_at := btrim(p_from)::timestamptz;
@@ -552,11 +548,11 @@ begin
       join public.backup_server s on s.server_id = o.backup_server_id
      where o.pgsql_node_id = p_node
        and (p_timeline is null or o.timeline = p_timeline)
-       and (v_from_lsn is null or o.end_lsn > v_from_lsn)
+       and (v_from_lsn is null or (o.end_lsn > v_from_lsn and o.start_lsn >= v_from_floor))
        and (v_to_lsn is null or o.start_lsn <= v_to_lsn)
        and (v_from_at is null or o.arrived_at >= v_from_at)
        and (v_to_at is null or o.arrived_at <= v_to_at)
-     order by o.start_lsn nulls first, o.timeline, o.kind, s.fqdn
+     order by o.start_lsn, o.timeline, o.kind, s.fqdn
      limit p_limit;
 end $$;
 
