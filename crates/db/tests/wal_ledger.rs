@@ -508,3 +508,73 @@ async fn hole_check_and_recovery_window_at_500000_segments() {
         worst.1
     );
 }
+
+/// Who may do what: an agent records WAL only for its own server, a readonly role reads the
+/// ledger but registers nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn agents_report_only_for_their_own_server() {
+    let e = env().await;
+    archive(&e, "bs1.example.org", "pg1.example.org").await;
+    e._pg.psql(
+        "postgres",
+        "create role agent_a login; create role agent_b login; create role ro login",
+    );
+    for (role, level, server) in [
+        ("agent_a", "agent", Some("bs1.example.org")),
+        ("agent_b", "agent", Some("bs2.example.org")),
+        ("ro", "readonly", None),
+    ] {
+        pgbackman_db::roles::grant(&e.owner, role, level, server)
+            .await
+            .unwrap();
+    }
+    let as_role = |role: &str| {
+        let cfg: tokio_postgres::Config = e
+            ._pg
+            .conninfo("pgbackman")
+            .replace("user=postgres", &format!("user={role}"))
+            .parse()
+            .unwrap();
+        Catalog::lazy_with_deadline(cfg, "test", role, Duration::from_secs(10)).unwrap()
+    };
+    let err = as_role("agent_b")
+        .report_wal_objects(1, &[seg(1, 1, 1, "a")])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("acts for backup server bs2.example.org only"),
+        "{err}"
+    );
+    let r = as_role("agent_a")
+        .report_wal_objects(1, &[seg(1, 1, 1, "a")])
+        .await
+        .unwrap();
+    assert_eq!(r[0].outcome, Outcome::Recorded);
+
+    let ro = as_role("ro");
+    let w = ro.show_recovery_window("pg1.example.org").await.unwrap();
+    assert_eq!(w.len(), 1);
+    assert_eq!(
+        ro.show_wal_segments("pg1.example.org", None, None, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        ro.show_wal_archives(&None, &None, false).await.unwrap().len(),
+        1
+    );
+    let err = ro
+        .register_wal_archive(
+            &audit(),
+            &NewWalArchive {
+                server: "bs2.example.org".into(),
+                node: "pg1.example.org".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
