@@ -96,7 +96,10 @@ fn wal_archive_commands() {
     let why = field(&w, "recovery_window", 0, "starts_at")
         .as_str()
         .unwrap();
-    assert!(why.contains("hole") && why.contains("000000010000000000000003"), "{why}");
+    assert!(
+        why.contains("hole") && why.contains("000000010000000000000003"),
+        "{why}"
+    );
     assert_eq!(field(&w, "recovery_window", 1, "from_lsn"), "0/1000000");
     let h = env.json("show_recovery_window pg1.example.org --holes");
     assert_eq!(h["wal_holes"].as_array().unwrap().len(), 1, "{h}");

@@ -109,13 +109,7 @@ async fn segments(s: &mut Session, inv: &Invocation) -> Result<Output> {
     list(
         "wal_segments",
         s.catalog
-            .show_wal_segments(
-                &node,
-                inv.given("from"),
-                inv.given("to"),
-                timeline,
-                limit,
-            )
+            .show_wal_segments(&node, inv.given("from"), inv.given("to"), timeline, limit)
             .await,
     )
 }

@@ -35,8 +35,8 @@ async fn env() -> Env {
         )
         .await
         .unwrap();
-    let cat = Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20))
-        .unwrap();
+    let cat =
+        Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
     Env {
         _pg: pg,
         owner,
@@ -111,7 +111,10 @@ fn text(v: Option<&Value>) -> String {
 async fn register_and_delete_a_wal_archive() {
     let e = env().await;
     let (id, slot) = archive(&e, "bs1.example.org", "pg1.example.org").await;
-    assert_eq!(slot, "pgbackman_bs1", "default slot from the server's host name");
+    assert_eq!(
+        slot, "pgbackman_bs1",
+        "default slot from the server's host name"
+    );
     let rows = e.cat.show_wal_archives(&None, &None, false).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(text(rows.get(0, "Slot")), "pgbackman_bs1");
@@ -277,7 +280,11 @@ async fn reports_are_idempotent_and_conflicts_are_refused_and_alerted() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), batch[1].sha256, "never overwritten");
+    assert_eq!(
+        row.get::<_, String>(0),
+        batch[1].sha256,
+        "never overwritten"
+    );
     assert_eq!(row.get::<_, String>(1), other.sha256);
     assert_eq!(row.get::<_, i32>(2), 2);
     let alerts = e
@@ -306,7 +313,10 @@ async fn reports_are_idempotent_and_conflicts_are_refused_and_alerted() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("has no WAL archive on backup server bs2"), "{msg}");
+    assert!(
+        msg.contains("has no WAL archive on backup server bs2"),
+        "{msg}"
+    );
     // A malformed item names itself and the field, never a constraint name.
     let mut bad = seg(1, 1, 10, "a");
     bad.sha256 = "xyz".into();
@@ -362,9 +372,14 @@ async fn holes_and_recovery_window_across_a_timeline_switch() {
     assert_eq!(text(w.get(0, "Lineage")), "1 → 2");
     assert_eq!(text(w.get(0, "From LSN")), lsn(7 * SEG));
     assert_eq!(text(w.get(0, "To LSN")), lsn(15 * SEG));
-    assert_eq!(text(w.get(0, "Segments")), "8", "7, 8, 9 of tl 1 and 10..14 of tl 2");
+    assert_eq!(
+        text(w.get(0, "Segments")),
+        "8",
+        "7, 8, 9 of tl 1 and 10..14 of tl 2"
+    );
     assert!(
-        text(w.get(0, "Starts at")).contains("000000010000000000000005 to 000000010000000000000006"),
+        text(w.get(0, "Starts at"))
+            .contains("000000010000000000000005 to 000000010000000000000006"),
         "{:?}",
         w.get(0, "Starts at")
     );
@@ -408,7 +423,13 @@ async fn holes_and_recovery_window_across_a_timeline_switch() {
     assert_eq!(s.len(), 6, "5 segments and the history file");
     let s = e
         .cat
-        .show_wal_segments("pg1.example.org", Some("0/3000000"), Some("0/4FFFFFF"), None, 100)
+        .show_wal_segments(
+            "pg1.example.org",
+            Some("0/3000000"),
+            Some("0/4FFFFFF"),
+            None,
+            100,
+        )
         .await
         .unwrap();
     let names: Vec<_> = (0..s.len()).map(|i| text(s.get(i, "WAL file"))).collect();
@@ -510,14 +531,21 @@ async fn hole_check_and_recovery_window_at_500000_segments() {
         .unwrap()
         .get(0);
     assert_eq!(raw, 3, "the runs agree with the segments");
-    eprintln!("window query over the 500,000 segment rows (not used): {:?}", t.elapsed());
+    eprintln!(
+        "window query over the 500,000 segment rows (not used): {:?}",
+        t.elapsed()
+    );
     eprintln!(
         "at 500,000 segments: wal_holes {:?}, show_recovery_window {:?}, show_wal_archives {da:?}, \
          show_wal_segments (1000 rows) {ds:?} (worst of 3 where repeated)",
         worst.0, worst.1
     );
     // Under a loaded 2-core machine: the target is 100 ms; these read a handful of runs.
-    assert!(worst.0 < Duration::from_millis(100), "wal_holes {:?}", worst.0);
+    assert!(
+        worst.0 < Duration::from_millis(100),
+        "wal_holes {:?}",
+        worst.0
+    );
     assert!(
         worst.1 < Duration::from_millis(100),
         "show_recovery_window {:?}",
@@ -558,7 +586,8 @@ async fn agents_report_only_for_their_own_server() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("acts for backup server bs2.example.org only"),
+        err.to_string()
+            .contains("acts for backup server bs2.example.org only"),
         "{err}"
     );
     let r = as_role("agent_a")
@@ -578,7 +607,10 @@ async fn agents_report_only_for_their_own_server() {
         1
     );
     assert_eq!(
-        ro.show_wal_archives(&None, &None, false).await.unwrap().len(),
+        ro.show_wal_archives(&None, &None, false)
+            .await
+            .unwrap()
+            .len(),
         1
     );
     let err = ro
