@@ -556,6 +556,65 @@ begin
      limit p_limit;
 end $$;
 
+-- The agent's view of an archive: receiver state (e.g. "streaming", "restarting in 30 s: <why>"),
+-- the slot's wal_status and retained bytes on the node, and the node's current WAL position (the
+-- lag is that minus the ledger's end). Not audited; a DELETED archive takes no report.
+create function api.report_wal_archive_state(p_server bigint, p_archive_id bigint, p_receiver_state text,
+                                             p_receiver_error text, p_slot_wal_status text,
+                                             p_slot_retained_bytes bigint, p_node_lsn pg_lsn)
+returns boolean language plpgsql as $$
+begin
+    perform api.acting_for(p_server);
+    update public.wal_archive
+       set receiver_state = left(p_receiver_state, 200), receiver_error = left(p_receiver_error, 2000),
+           slot_wal_status = left(p_slot_wal_status, 32), slot_retained_bytes = p_slot_retained_bytes,
+           node_lsn = p_node_lsn, state_reported_at = now()
+     where archive_id = p_archive_id and backup_server_id = p_server and status <> 'DELETED';
+    return found;
+end $$;
+
+-- A node or a backup server with a live WAL archive is not deleted (its slot would stay on the
+-- node, holding WAL); once the archive is DELETED the ledger of a deleted node goes with it.
+create function api.wal_before_owner_delete() returns trigger
+language plpgsql as $$
+declare
+    v_archive record;
+begin
+    if tg_table_name = 'pgsql_node' then
+        select a.* into v_archive from public.wal_archive a where a.pgsql_node_id = old.node_id and a.status <> 'DELETED' limit 1;
+    else
+        select a.* into v_archive from public.wal_archive a where a.backup_server_id = old.server_id and a.status <> 'DELETED' limit 1;
+    end if;
+    if found then
+        raise exception '% % still has a WAL archive (ArchiveID %, node %, backup server %, %)',
+                        case when tg_table_name = 'pgsql_node' then 'PgSQL node' else 'backup server' end, old.fqdn,
+                        v_archive.archive_id, api.node_fqdn(v_archive.pgsql_node_id), api.server_fqdn(v_archive.backup_server_id),
+                        v_archive.status
+            using errcode = '23503',
+                  hint = case when v_archive.status = 'ACTIVE'
+                              then format('Delete it first: delete_wal_archive %s %s (its agent then drops slot %s).',
+                                          api.server_fqdn(v_archive.backup_server_id), api.node_fqdn(v_archive.pgsql_node_id), v_archive.slot_name)
+                              else format('Its agent has not dropped slot %s yet; show_wal_archives shows when it has.', v_archive.slot_name) end;
+    end if;
+    if tg_table_name = 'pgsql_node' then
+        delete from public.wal_object where pgsql_node_id = old.node_id;
+        delete from public.wal_run where pgsql_node_id = old.node_id;
+        delete from public.timeline_history where pgsql_node_id = old.node_id;
+        delete from public.wal_archive where pgsql_node_id = old.node_id;
+    else
+        delete from public.wal_conflict where backup_server_id = old.server_id;
+        delete from public.wal_object where backup_server_id = old.server_id;
+        delete from public.wal_run where backup_server_id = old.server_id;
+        delete from public.wal_archive where backup_server_id = old.server_id;
+    end if;
+    return old;
+end $$;
+
+create trigger wal_before_delete before delete on public.pgsql_node
+    for each row execute function api.wal_before_owner_delete();
+create trigger wal_before_delete before delete on public.backup_server
+    for each row execute function api.wal_before_owner_delete();
+
 -- Changes of an archive reach its agent at once; administrative changes are audited (the
 -- agent's state reports are not: they would flood the audit log).
 create trigger notify_owner after insert or update or delete on public.wal_archive

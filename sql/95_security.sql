@@ -61,7 +61,8 @@ language sql immutable as $$
                     'maintenance_definitions', 'expire_definitions', 'deleted_definition_nodes',
                     'apply_node_listing', 'raise_listing_alert', 'server_partitions', 'server_set_dirs',
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
-                    'raise_overdue_alert', 'report_wal_objects', 'wal_archive_slot_dropped']),
+                    'raise_overdue_alert', 'report_wal_objects', 'wal_archive_slot_dropped',
+                    'report_wal_archive_state']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -75,7 +76,7 @@ language sql immutable as $$
                        'record_restore_verification', 'force_delete_catalog_of', 'verifiable_backup',
                        'drill_node_id', 'autoregister_server', 'grant_catalog_role',
                        'revoke_catalog_role', 'wal_runs_after_insert', 'wal_runs_after_delete',
-                       'rebuild_wal_runs'])
+                       'rebuild_wal_runs', 'wal_before_owner_delete'])
 $$;
 
 -- The group role whose members may run api function p_name (NULL: the owner only), for the

@@ -72,6 +72,18 @@ pub struct Reported {
     pub detail: String,
 }
 
+/// What the agent reports about one archive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveState {
+    pub receiver_state: String,
+    pub receiver_error: Option<String>,
+    /// `pg_replication_slots.wal_status`.
+    pub slot_wal_status: Option<String>,
+    pub slot_retained_bytes: Option<i64>,
+    /// The node's current WAL position (`pg_current_wal_lsn()`), as text.
+    pub node_lsn: Option<String>,
+}
+
 /// A new WAL archive, as `register_wal_archive` gives it.
 #[derive(Debug, Clone, Default)]
 pub struct NewWalArchive {
@@ -193,6 +205,34 @@ impl Catalog {
                  join public.backup_server s on s.server_id = h.backup_server_id"#,
             &[&node],
         )
+        .await
+    }
+
+    /// The agent reports the state of an archive (receiver, slot, node position). False when
+    /// the archive is not this server's or is DELETED. Within the handle's deadline.
+    pub async fn report_wal_archive_state(
+        &self,
+        server_id: i64,
+        archive_id: i64,
+        s: &ArchiveState,
+    ) -> Result<bool, DbError> {
+        self.within("report_wal_archive_state", async {
+            let c = self.client().await?;
+            Ok(c.query_one(
+                "select api.report_wal_archive_state($1, $2, $3, $4, $5, $6, $7::text::pg_lsn)",
+                &[
+                    &server_id,
+                    &archive_id,
+                    &s.receiver_state,
+                    &s.receiver_error,
+                    &s.slot_wal_status,
+                    &s.slot_retained_bytes,
+                    &s.node_lsn,
+                ],
+            )
+            .await?
+            .get(0))
+        })
         .await
     }
 

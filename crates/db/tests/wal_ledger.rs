@@ -626,3 +626,75 @@ async fn agents_report_only_for_their_own_server() {
         .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
 }
+
+/// The agent's state report shows in show_wal_archives (receiver, slot, lag); a node or server
+/// with a live archive is not deleted, and once the archive is gone the node's ledger goes too.
+#[tokio::test(flavor = "current_thread")]
+async fn archive_state_and_deleting_what_an_archive_uses() {
+    let e = env().await;
+    let (id, _) = archive(&e, "bs1.example.org", "pg1.example.org").await;
+    e.cat
+        .report_wal_objects(1, &[seg(1, 1, 1, "a"), seg(1, 1, 2, "a")])
+        .await
+        .unwrap();
+    let state = pgbackman_db::wal::ArchiveState {
+        receiver_state: "streaming".into(),
+        receiver_error: None,
+        slot_wal_status: Some("reserved".into()),
+        slot_retained_bytes: Some(48 << 20),
+        node_lsn: Some(lsn(3 * SEG + (SEG / 2))),
+    };
+    assert!(e.cat.report_wal_archive_state(1, id, &state).await.unwrap());
+    assert!(
+        !e.cat.report_wal_archive_state(2, id, &state).await.unwrap(),
+        "another server's archive is not changed"
+    );
+    let a = e.cat.show_wal_archives(&None, &None, false).await.unwrap();
+    assert_eq!(text(a.get(0, "Receiver")), "streaming");
+    assert_eq!(text(a.get(0, "Slot WAL status")), "reserved");
+    assert_eq!(text(a.get(0, "Lag")), "8192 kB");
+
+    for (sql, what) in [
+        (
+            "select api.delete_pgsql_node('pg1.example.org')",
+            "PgSQL node pg1.example.org",
+        ),
+        (
+            "select api.delete_backup_server('bs1.example.org')",
+            "backup server bs1.example.org",
+        ),
+    ] {
+        let err = e.owner.batch_execute(sql).await.unwrap_err();
+        let msg = DbError::from(err).to_string();
+        assert!(
+            msg.contains(&format!("{what} still has a WAL archive")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("delete_wal_archive bs1.example.org pg1.example.org"),
+            "{msg}"
+        );
+    }
+    e.cat
+        .delete_wal_archive(&audit(), "bs1.example.org", "pg1.example.org")
+        .await
+        .unwrap();
+    e.owner
+        .query_one("select api.wal_archive_slot_dropped(1, $1)", &[&id])
+        .await
+        .unwrap();
+    e.owner
+        .batch_execute("select api.delete_pgsql_node('pg1.example.org')")
+        .await
+        .unwrap();
+    let left: i64 = e
+        .owner
+        .query_one(
+            "select (select count(*) from wal_object) + (select count(*) from wal_run) + (select count(*) from wal_archive)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
