@@ -19,6 +19,7 @@ const TYPES: &[&str] = &[
     "QUARANTINE",
     "VERIFY",
     "MAINTENANCE",
+    "WAL_CONFLICT",
 ];
 
 fn filter(v: Option<&str>) -> Option<Vec<String>> {
