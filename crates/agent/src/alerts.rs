@@ -205,6 +205,9 @@ pub fn summary(a: &ClaimedAlert) -> String {
             "Maintenance on {server} found what it cannot settle: {}",
             a.execution_status.as_deref().unwrap_or("?")
         ),
+        "WAL_CONFLICT" => format!(
+            "WAL of {node} refused on {server}: other content under a name already archived"
+        ),
         other => format!("{other} alert for {db} on {node}"),
     }
 }
@@ -241,6 +244,9 @@ pub fn next_step(a: &ClaimedAlert) -> String {
             format!("pgbackman -C \"show_backup_definitions all {node} {db}\"")
         }
         ("MAINTENANCE", _) => format!("pgbackman -C \"show_reconciliation {server}\""),
+        ("WAL_CONFLICT", _) => format!(
+            "find the other cluster archiving as {node} (a clone or restored copy with archive_command set), then: pgbackman -C \"show_wal_segments {node}\""
+        ),
         _ => format!("pgbackman -C \"show_alerts all {node}\""),
     }
 }
@@ -725,6 +731,7 @@ mod tests {
             "QUARANTINE",
             "VERIFY",
             "MAINTENANCE",
+            "WAL_CONFLICT",
         ] {
             let a = alert(kind);
             assert!(!summary(&a).is_empty());
