@@ -540,6 +540,26 @@ async fn hole_check_and_recovery_window_at_500000_segments() {
          show_wal_segments (1000 rows) {ds:?} (worst of 3 where repeated)",
         worst.0, worst.1
     );
+    // The agent's intake path on top of the year: 1,000 segments in batches of 100.
+    let t = Instant::now();
+    for b in 0..10u64 {
+        let batch: Vec<_> = (0..100u64)
+            .map(|i| seg(1, 1, 500_005 + b * 100 + i, "a"))
+            .collect();
+        let r = e.cat.report_wal_objects(1, &batch).await.unwrap();
+        assert!(r.iter().all(|x| x.outcome == Outcome::Recorded));
+    }
+    let di = t.elapsed();
+    eprintln!(
+        "report_wal_objects: 1,000 segments in batches of 100 in {di:?} ({:.0} segments/s)",
+        1000.0 / di.as_secs_f64()
+    );
+    let w = e.cat.show_recovery_window("pg1.example.org").await.unwrap();
+    assert_eq!(
+        text(w.get(0, "Segments")),
+        "101004",
+        "merged into the last run"
+    );
     // Under a loaded 2-core machine: the target is 100 ms; these read a handful of runs.
     assert!(
         worst.0 < Duration::from_millis(100),
