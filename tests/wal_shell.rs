@@ -50,16 +50,22 @@ fn wal_archive_commands() {
     env.cmd("register_wal_archive bs1.example.org pg1.example.org --max-lag much")
         .fails_with("--max-lag \"much\" is not a size");
 
+    // The agent of the server hears of every change of its archives (the state report too).
+    let heard = env.catalog.psql(
+        "pgbackman",
+        "listen pgbackman_server_1; select api.report_wal_archive_state(1, 1, 'starting', null, null, null, null);",
+    );
+    assert!(
+        heard.contains("pgbackman_server_1") && heard.contains("wal_archive"),
+        "{heard}"
+    );
     let a = env.json("show_wal_archives");
     assert_eq!(a["wal_archives"].as_array().unwrap().len(), 1, "{a}");
     assert_eq!(field(&a, "wal_archives", 0, "slot"), "pgbackman_bs1");
     assert_eq!(field(&a, "wal_archives", 0, "max_lag"), "128 MB");
-    assert_eq!(
-        field(&a, "wal_archives", 0, "receiver"),
-        "not started (agent support comes with the WAL receiver)"
-    );
+    assert_eq!(field(&a, "wal_archives", 0, "receiver"), "starting");
     let table = env.cmd("show_wal_archives").ok().stdout;
-    assert!(table.contains("not started"), "{table}");
+    assert!(table.contains("starting"), "{table}");
 
     // What the agent's receiver will report: segments 1, 2 and 4 of timeline 1.
     let batch = json!([segment(1, 1), segment(1, 2), segment(1, 4)]);
