@@ -26,14 +26,16 @@ language sql immutable as $$
                      'random_in_range', 'check_bool', 'check_config_value', 'default_domain',
                      'check_cron_field_or_null', 'restore_status', 'catalog_paths',
                      'check_backup_partition', 'agent_scope', 'acting_for', 'acting_for_job',
-                     'security_lists', 'privilege_of',
+                     'security_lists', 'privilege_of', 'wal_segno', 'wal_file_name',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning']),
     -- Listings (show_* functions; every view of schema api is granted too): pgbackman_readonly.
     ('readonly', array['show_backup_server_config', 'show_pgsql_node_config', 'backup_server_stats',
                        'pgsql_node_stats', 'show_backup_details', 'show_restore_details',
-                       'dbnames_with_definitions']),
+                       'dbnames_with_definitions',
+                       -- the WAL ledger (sql/85_wal.sql)
+                       'wal_holes', 'recovery_window', 'show_wal_segments']),
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
@@ -49,7 +51,9 @@ language sql immutable as $$
                     'update_drill_schedule', 'accept_pgsql_node_listing',
                     -- db import-pgbackman (sql/70_import.sql)
                     'import_map_of', 'import_record', 'import_snapshot_definition',
-                    'import_backup_catalog', 'import_backup_catalog_rows']),
+                    'import_backup_catalog', 'import_backup_catalog_rows',
+                    -- WAL archives (sql/85_wal.sql)
+                    'register_wal_archive', 'delete_wal_archive']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
@@ -60,7 +64,8 @@ language sql immutable as $$
                     'maintenance_definitions', 'expire_definitions', 'deleted_definition_nodes',
                     'apply_node_listing', 'raise_listing_alert', 'server_partitions', 'server_set_dirs',
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
-                    'raise_overdue_alert', 'agent_heartbeat']),
+                    'raise_overdue_alert', 'agent_heartbeat', 'report_wal_objects',
+                    'wal_archive_slot_dropped', 'report_wal_archive_state']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -73,7 +78,8 @@ language sql immutable as $$
                        'clear_quarantine', 'tag_maintenance', 'after_backup_verification',
                        'record_restore_verification', 'force_delete_catalog_of', 'verifiable_backup',
                        'drill_node_id', 'autoregister_server', 'grant_catalog_role',
-                       'revoke_catalog_role'])
+                       'revoke_catalog_role', 'wal_runs_after_insert', 'wal_runs_after_delete',
+                       'rebuild_wal_runs', 'wal_before_owner_delete'])
 $$;
 
 -- The group role whose members may run api function p_name (NULL: the owner only), for the
@@ -275,6 +281,7 @@ begin
                         public.pgsql_node, public.pgsql_node_config, public.pgsql_node_default_config,
                         public.backup_definition, public.snapshot_definition, public.restore_definition,
                         public.job, public.backup_catalog, public.reconciliation, public.catalog_info,
+                        public.wal_archive,
                         public.refinery_schema_history
            to pgbackman_agent;
         grant select on api.agent_definitions to pgbackman_agent;

@@ -206,6 +206,9 @@ pub fn summary(a: &ClaimedAlert) -> String {
             a.execution_status.as_deref().unwrap_or("?")
         ),
         "AGENT_NOT_SEEN" => format!("The agent on {server} is not seen any more"),
+        "WAL_CONFLICT" => format!(
+            "WAL of {node} refused on {server}: other content under a name already archived"
+        ),
         other => format!("{other} alert for {db} on {node}"),
     }
 }
@@ -244,6 +247,8 @@ pub fn next_step(a: &ClaimedAlert) -> String {
         ("MAINTENANCE", _) => format!("pgbackman -C \"show_reconciliation {server}\""),
         ("AGENT_NOT_SEEN", _) => format!(
             "on {server}: systemctl status pgbackman-agent; pgbackman-agent --check; then: pgbackman -C \"show_backup_servers\""
+        ("WAL_CONFLICT", _) => format!(
+            "find the other cluster archiving as {node} (a clone or restored copy with archive_command set), then: pgbackman -C \"show_wal_segments {node}\""
         ),
         _ => format!("pgbackman -C \"show_alerts all {node}\""),
     }
@@ -742,6 +747,7 @@ mod tests {
             "VERIFY",
             "MAINTENANCE",
             "AGENT_NOT_SEEN",
+            "WAL_CONFLICT",
         ] {
             let a = alert(kind);
             assert!(!summary(&a).is_empty());

@@ -20,6 +20,7 @@ const TYPES: &[&str] = &[
     "VERIFY",
     "MAINTENANCE",
     "AGENT_NOT_SEEN",
+    "WAL_CONFLICT",
 ];
 
 fn filter(v: Option<&str>) -> Option<Vec<String>> {

@@ -9,6 +9,7 @@ pub mod commands_alerts;
 pub mod commands_reconcile;
 pub mod commands_restore;
 pub mod commands_verify;
+pub mod commands_wal;
 pub mod complete;
 pub mod db_roles;
 pub mod fit;

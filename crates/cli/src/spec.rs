@@ -60,6 +60,7 @@ const DEFS: &str = "Backup definitions";
 const SNAPS: &str = "Snapshots and jobs";
 const VERIFY: &str = "Verification and restore drills";
 const RESTORES: &str = "Restores";
+const WAL: &str = "WAL archives";
 const SYSTEM: &str = "System";
 const SHELL: &str = "Shell";
 
@@ -664,6 +665,91 @@ pub static COMMANDS: &[Cmd] = &[
         about: "Restores running now, with elapsed time and bytes restored.",
         args: &[],
         examples: &["show_restores_in_progress"],
+    },
+    Cmd {
+        name: "register_wal_archive",
+        group: WAL,
+        about: "Archive the WAL of a PgSQL node continuously on a backup server: its agent keeps a physical replication \
+                slot on the node (default name pgbackman_<server host name>) and receives the WAL into the ledger. \
+                --max-lag: how far the receiver may fall behind before it is alerted (default 64MB).",
+        args: &[
+            pos("server", "SrvID | FQDN"),
+            pos("node", "NodeID | FQDN"),
+            opt("slot", "Replication slot name (a-z, 0-9, _; at most 63)"),
+            Arg {
+                name: "synchronous",
+                label: "Flush every write (pg_receivewal --synchronous)",
+                kind: Kind::Flag,
+            },
+            opt("max-lag", "Alert threshold, e.g. 64MB, 1GB"),
+        ],
+        examples: &[
+            "register_wal_archive bs01.example.org pg01.example.org",
+            "register_wal_archive bs01.example.org pg01.example.org --slot bs01_wal --synchronous --max-lag 256MB",
+        ],
+    },
+    Cmd {
+        name: "delete_wal_archive",
+        group: WAL,
+        about: "Stop archiving the WAL of a PgSQL node on a backup server: its agent stops the receiver and drops the \
+                slot. The archived WAL and its ledger stay until retention removes them.",
+        args: &[pos("server", "SrvID | FQDN"), pos("node", "NodeID | FQDN")],
+        examples: &["delete_wal_archive bs01.example.org pg01.example.org"],
+    },
+    Cmd {
+        name: "show_wal_archives",
+        group: WAL,
+        about: "WAL archives: slot, receiver state, last segment and when it arrived, lag, and the range the \
+                archive can replay without a gap. --all adds deleted ones.",
+        args: &[
+            pos("server", "SrvID | FQDN | all"),
+            pos("node", "NodeID | FQDN | all"),
+            Arg {
+                name: "all",
+                label: "Include deleted archives",
+                kind: Kind::Flag,
+            },
+        ],
+        examples: &[
+            "show_wal_archives",
+            "show_wal_archives all pg01.example.org --all",
+        ],
+    },
+    Cmd {
+        name: "show_wal_segments",
+        group: WAL,
+        about: "The WAL ledger of a PgSQL node in LSN order (1000 rows at most): each file with its timeline, LSN range, \
+                sizes, SHA-256, how it arrived and its header check. --from/--to take an LSN (0/3000000) or a time.",
+        args: &[
+            pos("node", "NodeID | FQDN"),
+            opt("from", "From LSN or time"),
+            opt("to", "To LSN or time"),
+            opt("timeline", "Timeline"),
+            opt("limit", "Maximum rows (default 1000)"),
+        ],
+        examples: &[
+            "show_wal_segments pg01.example.org",
+            "show_wal_segments pg01.example.org --from 0/3000000 --to 0/9000000 --timeline 2",
+        ],
+    },
+    Cmd {
+        name: "show_recovery_window",
+        group: WAL,
+        about: "From when to when the archived WAL of a PgSQL node replays without a gap, per backup server and \
+                timeline (following the timeline history across promotions), newest first; each range says why it \
+                starts where it does (a hole names the missing files). --holes lists every hole instead.",
+        args: &[
+            pos("node", "NodeID | FQDN"),
+            Arg {
+                name: "holes",
+                label: "List the missing segments between present ones",
+                kind: Kind::Flag,
+            },
+        ],
+        examples: &[
+            "show_recovery_window pg01.example.org",
+            "show_recovery_window pg01.example.org --holes",
+        ],
     },
     Cmd {
         name: "show_alerts",

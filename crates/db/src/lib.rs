@@ -22,6 +22,7 @@ pub mod rows;
 pub mod standby;
 pub mod tls;
 pub mod verify;
+pub mod wal;
 
 pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,

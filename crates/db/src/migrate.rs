@@ -51,6 +51,11 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "80_triggers.sql",
         include_str!("../../../sql/80_triggers.sql"),
     ),
+    ("85_wal.sql", include_str!("../../../sql/85_wal.sql")),
+    (
+        "86_wal_windows.sql",
+        include_str!("../../../sql/86_wal_windows.sql"),
+    ),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
     (
         "92_monitoring.sql",
