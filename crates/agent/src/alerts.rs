@@ -247,6 +247,7 @@ pub fn next_step(a: &ClaimedAlert) -> String {
         ("MAINTENANCE", _) => format!("pgbackman -C \"show_reconciliation {server}\""),
         ("AGENT_NOT_SEEN", _) => format!(
             "on {server}: systemctl status pgbackman-agent; pgbackman-agent --check; then: pgbackman -C \"show_backup_servers\""
+        ),
         ("WAL_CONFLICT", _) => format!(
             "find the other cluster archiving as {node} (a clone or restored copy with archive_command set), then: pgbackman -C \"show_wal_segments {node}\""
         ),
