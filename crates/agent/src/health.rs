@@ -5,11 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pgbackman_db::DbError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Where the agent stands with its catalog. Both non-online states take the same path (fires
@@ -237,54 +235,14 @@ fn humantime(d: chrono::Duration) -> String {
 
 /// Serves `/healthz` (JSON) and `/metrics` (Prometheus text) on `listener` until dropped.
 pub async fn serve(listener: TcpListener, ctx: std::sync::Arc<crate::job::Ctx>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let mut n = 0;
-            // The request line is all we read; a slow or silent client is dropped.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match sock.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => {
-                            n += k;
-                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let mut parts = req.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, ctype, body) = match (method, path) {
-                ("GET", "/healthz") => ("200 OK", "application/json", ctx.health.healthz()),
-                ("GET", "/metrics") => {
-                    ("200 OK", "text/plain; version=0.0.4", ctx.health.metrics())
-                }
-                ("GET", _) => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /healthz or /metrics\n".into(),
-                ),
-                _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
-    }
+    pgbackman_http::serve(listener, move |path| match path {
+        "/healthz" => ("200 OK", "application/json", ctx.health.healthz()),
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", ctx.health.metrics()),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /healthz or /metrics\n".into(),
+        ),
+    })
+    .await
 }

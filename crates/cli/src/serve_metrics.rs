@@ -21,7 +21,6 @@ use pgbackman_config::FileConfig;
 use pgbackman_core::monitoring::Exposition;
 use pgbackman_db::Catalog;
 use pgbackman_db::monitoring::FleetSnapshot;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::monitor::{Judged, judge_all, zone};
@@ -395,54 +394,13 @@ pub fn fleet_metrics(snap: &FleetSnapshot, judged: &[Judged<'_>]) -> String {
 
 /// Answers GET /metrics (and nothing else) from the cache.
 async fn serve(listener: TcpListener, cache: Arc<Mutex<Cache>>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let mut n = 0;
-            // The request line is all we read; a slow or silent client is dropped.
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match sock.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => {
-                            n += k;
-                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let mut parts = req.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, ctype, body) = match (method, path) {
-                ("GET", "/metrics") => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    scrape(&lock(&cache)),
-                ),
-                ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
-                _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            })
-            .await;
-        });
-    }
+    pgbackman_http::serve(listener, move |path| match path {
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            scrape(&lock(&cache)),
+        ),
+        _ => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+    })
+    .await
 }
