@@ -239,7 +239,6 @@ fn role_bytes(pg: &TestCluster, prefix: &str) -> String {
 /// target holding such a name (today a name neither UTF-8 nor valid in the admin database's
 /// encoding is an error there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: a role named from a LATIN1 session is not restored byte for byte"]
 async fn a_role_named_from_a_latin1_session_is_restored_byte_for_byte() {
     // A DBA connected to the LATIN1 database creates a role there: the server stores its name
     // in LATIN1 ("legacy-" f8), bytes that are not UTF-8.

@@ -24,6 +24,7 @@ mod split;
 
 mod cluster;
 mod database;
+mod role_names;
 mod undo;
 use super::{RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck};
 use crate::child::{self, ChildCommand, Ended, RunLog, Stdout};
@@ -37,6 +38,7 @@ use crate::run::{
 };
 use crate::set::{self, Manifest, StagingGuard};
 use crate::spec::{RowCountSource, Status};
+use role_names::raw_role_names;
 
 /// The decompressed custom dump in the staging directory.
 const STAGED_DUMP: &str = "dump.pgdump";

@@ -83,7 +83,25 @@ impl Exec<'_> {
                 format!("drop database {db:?}"),
             );
         }
-        if let Some(before) = self.roles_before.clone() {
+        // A database restore knows the OIDs of the roles roles.sql made: dropped by OID, as a
+        // role renamed to bytes of another encoding cannot be named from this session.
+        let made = match (&self.dbs_before, &self.changes.created_roles) {
+            (None, Some(made)) if self.roles_before.is_some() => Some(made.clone()),
+            _ => None,
+        };
+        if let Some(made) = made {
+            for (r, oid) in made {
+                let res = self
+                    .session()
+                    .bounded("dropping a role", target::drop_role_oid(self.client(), oid))
+                    .await;
+                self.report_undo(
+                    res,
+                    format!("dropped role {r:?} created by this restore"),
+                    format!("drop role {r:?}"),
+                );
+            }
+        } else if let Some(before) = self.roles_before.clone() {
             let created: Vec<String> = if self.dbs_before.is_some() {
                 state.roles.difference(&before).cloned().collect()
             } else {
