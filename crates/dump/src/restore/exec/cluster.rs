@@ -86,6 +86,7 @@ impl Exec<'_> {
             c.dbs_before = Some(dbs);
         })?;
         self.roles_before = Some(state.roles.clone());
+        self.raw_roles_before = Some(state.raw_roles.clone());
         self.dbs_before = Some(state.databases.clone());
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push("--file=-".into());

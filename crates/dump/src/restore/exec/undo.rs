@@ -123,6 +123,32 @@ impl Exec<'_> {
                 );
             }
         }
+        // Roles the script made under a name that is not UTF-8: only an OID names them here.
+        if let Some(before) = self.raw_roles_before.clone() {
+            for (bytes, oid) in state
+                .raw_roles
+                .iter()
+                .filter(|(b, _)| !before.contains_key(*b))
+            {
+                let name = format!(
+                    "{:?} (bytes {})",
+                    String::from_utf8_lossy(bytes),
+                    hex::encode(bytes)
+                );
+                let res = self
+                    .session()
+                    .bounded(
+                        "dropping a role",
+                        target::drop_role_oid(self.client(), *oid),
+                    )
+                    .await;
+                self.report_undo(
+                    res,
+                    format!("dropped role {name} created by this restore"),
+                    format!("drop role {name}"),
+                );
+            }
+        }
         if let Some((orig, new)) = self.renamed.clone() {
             let r = self
                 .session()
