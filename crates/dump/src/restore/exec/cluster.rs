@@ -37,13 +37,21 @@ impl Exec<'_> {
             .iter()
             .filter(|d| !own.contains(d.as_str()))
             .collect();
-        let roles: Vec<&String> = state
+        let mut roles: Vec<String> = state
             .roles
             .iter()
             .filter(|r| {
                 !r.starts_with("pg_") && **r != state.bootstrap_superuser && **r != spec.node.user
             })
+            .cloned()
             .collect();
+        // Roles named from a session on a database of another encoding count too.
+        roles.extend(
+            state
+                .raw_roles
+                .keys()
+                .map(|b| format!("{} (bytes {})", String::from_utf8_lossy(b), hex::encode(b))),
+        );
         if (!dbs.is_empty() || !roles.is_empty()) && !spec.acknowledge_nonempty {
             let mut what = Vec::new();
             if !dbs.is_empty() {
