@@ -63,6 +63,9 @@ pub(super) struct Changes {
     /// CLUSTER/GLOBALS: the databases and roles on the target before the script ran.
     pub dbs_before: Option<BTreeSet<String>>,
     pub roles_before: Option<BTreeSet<String>>,
+    /// CLUSTER/GLOBALS: the roles named in another encoding before the script (bytes in hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_roles_before: Option<BTreeSet<String>>,
     /// The run ended (its own outcome says what happened): nothing to recover.
     pub ended: bool,
 }
@@ -316,7 +319,16 @@ pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String
     // A CLUSTER or GLOBALS script: what it made cannot be told from what others made since.
     if let (Some(dbs), Some(roles)) = (&ch.dbs_before, &ch.roles_before) {
         let new_dbs: Vec<&String> = state.databases.difference(dbs).collect();
-        let new_roles: Vec<&String> = state.roles.difference(roles).collect();
+        let mut new_roles: Vec<String> = state.roles.difference(roles).cloned().collect();
+        if let Some(raw) = &ch.raw_roles_before {
+            new_roles.extend(
+                state
+                    .raw_roles
+                    .keys()
+                    .filter(|b| !raw.contains(&hex::encode(b)))
+                    .map(|b| format!("{} (bytes {})", String::from_utf8_lossy(b), hex::encode(b))),
+            );
+        }
         if !new_dbs.is_empty() || !new_roles.is_empty() {
             lines.push(format!(
                     "the cluster script was cut short; databases [{}] and roles [{}] appeared on {label} since it started: check them and drop what it made by hand",

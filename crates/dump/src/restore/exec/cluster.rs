@@ -89,8 +89,10 @@ impl Exec<'_> {
 
         let t = std::time::Instant::now();
         let (roles, dbs) = (state.roles.clone(), state.databases.clone());
+        let raw = state.raw_roles.keys().map(hex::encode).collect();
         self.journal("psql", |c| {
             c.roles_before = Some(roles);
+            c.raw_roles_before = Some(raw);
             c.dbs_before = Some(dbs);
         })?;
         self.roles_before = Some(state.roles.clone());
