@@ -476,16 +476,21 @@ pub mod target {
     /// database encoding (`c` must be connected to a database whose encoding reads them, such
     /// as the restored database of the set that recorded them). An MD5 password hash, salted
     /// with the name and so cleared by a rename, is put back as it was: the source's hash was
-    /// made with these very bytes. Fails unless the role then holds exactly `bytes`.
+    /// made with these very bytes (where `pg_authid` is not readable, as on managed services,
+    /// no hash was restored to keep). Fails unless the role then holds exactly `bytes`.
     pub async fn rename_role_to_bytes(c: &Client, oid: u32, bytes: &[u8]) -> Result<(), String> {
         let hex = crate::introspect::hex_bytes(bytes);
         c.batch_execute(&format!(
             "DO $pgbackman$ DECLARE n name; p text; t text; BEGIN \
-               SELECT rolname, rolpassword INTO n, p FROM pg_catalog.pg_authid WHERE oid = {oid}; \
+               SELECT rolname INTO n FROM pg_catalog.pg_roles WHERE oid = {oid}; \
                IF NOT FOUND THEN \
                  RAISE EXCEPTION 'role with OID {oid} does not exist' USING ERRCODE = 'undefined_object', \
                    HINT = 'it was created by this restore moments ago: someone dropped it meanwhile; restore again'; \
                END IF; \
+               BEGIN \
+                 SELECT rolpassword INTO p FROM pg_catalog.pg_authid WHERE oid = {oid}; \
+               EXCEPTION WHEN insufficient_privilege THEN p := NULL; \
+               END; \
                t := pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), pg_catalog.current_setting('server_encoding')); \
                EXECUTE pg_catalog.format('ALTER ROLE %I RENAME TO %I', n, t); \
                IF p LIKE 'md5%' THEN EXECUTE pg_catalog.format('ALTER ROLE %I PASSWORD %L', t, p); END IF; \
