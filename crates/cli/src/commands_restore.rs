@@ -364,14 +364,19 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
             .map(String::as_str)
             .filter(|d| !own.contains(d))
             .collect();
-        let roles: Vec<&str> = state
+        let mut roles: Vec<String> = state
             .roles
             .iter()
-            .map(String::as_str)
             .filter(|r| {
-                !r.starts_with("pg_") && *r != state.bootstrap_superuser && *r != node.admin_user
+                !r.starts_with("pg_") && **r != state.bootstrap_superuser && **r != node.admin_user
             })
+            .cloned()
             .collect();
+        // Roles named from a session on a database of another encoding count too.
+        roles.extend(state.raw_roles.keys().map(|b| {
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            format!("{} (bytes {hex})", String::from_utf8_lossy(b))
+        }));
         if (!dbs.is_empty() || !roles.is_empty()) && !ack {
             let what = format!(
                 "databases: {}; roles: {}",

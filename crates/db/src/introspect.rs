@@ -98,7 +98,7 @@ fn settings_raw(col: &str) -> String {
     )
 }
 
-fn hex_bytes(b: &[u8]) -> String {
+pub(crate) fn hex_bytes(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

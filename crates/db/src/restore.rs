@@ -317,15 +317,21 @@ pub mod target {
         pub server_version_num: i32,
         /// Every database, templates included.
         pub databases: BTreeSet<String>,
-        /// Every role, predefined ones included.
+        /// Every role whose stored name is UTF-8, predefined ones included.
         pub roles: BTreeSet<String>,
+        /// The other roles (named from a session on a database of another encoding): their
+        /// stored bytes and OIDs. A set names such a role by its bytes
+        /// (`Manifest::role_name_bytes`), so it is matched here byte for byte.
+        pub raw_roles: BTreeMap<Vec<u8>, u32>,
         /// The bootstrap superuser (oid 10), usually `postgres`.
         pub bootstrap_superuser: String,
     }
 
-    /// Reads the target's version, databases and roles. Names are read as stored bytes and
-    /// decoded as the backup side does (`introspect`'s module doc), so that they compare with
-    /// the names of a set whatever the encoding of the admin database.
+    /// Reads the target's version, databases and roles. Names are read as stored bytes:
+    /// database names are decoded as the backup side does (`introspect`'s module doc), so that
+    /// they compare with the names of a set whatever the encoding of the admin database; role
+    /// names that are not UTF-8 are kept as bytes ([`TargetState::raw_roles`]), whatever the
+    /// admin database's encoding.
     pub async fn read_state(c: &Client) -> Result<TargetState, String> {
         use crate::introspect::{decode, raw_sql};
         let e = |e: tokio_postgres::Error| describe_one_line(&e);
@@ -342,6 +348,7 @@ pub mod target {
             databases.insert(decode(c, r.get(0)).await?);
         }
         let mut roles = BTreeSet::new();
+        let mut raw_roles = BTreeMap::new();
         let mut bootstrap_superuser = String::new();
         let rows = c
             .query(
@@ -355,7 +362,17 @@ pub mod target {
             .map_err(e)?;
         for r in rows {
             let oid: u32 = r.get(0);
-            let name = decode(c, r.get(1)).await?;
+            let name = match String::from_utf8(r.get(1)) {
+                Ok(name) => name,
+                Err(e) => {
+                    let bytes = e.into_bytes();
+                    if oid == 10 {
+                        bootstrap_superuser = String::from_utf8_lossy(&bytes).into_owned();
+                    }
+                    raw_roles.insert(bytes, oid);
+                    continue;
+                }
+            };
             if oid == 10 {
                 bootstrap_superuser = name.clone();
             }
@@ -366,6 +383,7 @@ pub mod target {
             server_version_num: v.version_num,
             databases,
             roles,
+            raw_roles,
             bootstrap_superuser,
         })
     }
@@ -438,6 +456,77 @@ pub mod target {
     /// `DROP ROLE IF EXISTS name`.
     pub async fn drop_role(c: &Client, name: &str) -> Result<(), String> {
         run_formatted(c, "DROP ROLE IF EXISTS %I", &[name]).await
+    }
+
+    /// `DROP ROLE` of the role with OID `oid`, if it exists. By OID because a role named from
+    /// a session on a database of another encoding cannot be named from this one; the server
+    /// quotes the stored name byte for byte.
+    pub async fn drop_role_oid(c: &Client, oid: u32) -> Result<(), String> {
+        c.batch_execute(&format!(
+            "DO $pgbackman$ DECLARE n name; BEGIN \
+               SELECT rolname INTO n FROM pg_catalog.pg_roles WHERE oid = {oid}; \
+               IF FOUND THEN EXECUTE pg_catalog.format('DROP ROLE %I', n); END IF; \
+             END $pgbackman$"
+        ))
+        .await
+        .map_err(|e| describe_one_line(&e))
+    }
+
+    /// Renames the role with OID `oid` to the name stored as `bytes` in this session's
+    /// database encoding (`c` must be connected to a database whose encoding reads them, such
+    /// as the restored database of the set that recorded them). An MD5 password hash, salted
+    /// with the name and so cleared by a rename, is put back as it was: the source's hash was
+    /// made with these very bytes (where `pg_authid` is not readable, as on managed services,
+    /// no hash was restored to keep). Fails unless the role then holds exactly `bytes`.
+    pub async fn rename_role_to_bytes(c: &Client, oid: u32, bytes: &[u8]) -> Result<(), String> {
+        let hex = crate::introspect::hex_bytes(bytes);
+        c.batch_execute(&format!(
+            "DO $pgbackman$ DECLARE n name; p text; t text; BEGIN \
+               SELECT rolname INTO n FROM pg_catalog.pg_roles WHERE oid = {oid}; \
+               IF NOT FOUND THEN \
+                 RAISE EXCEPTION 'role with OID {oid} does not exist' USING ERRCODE = 'undefined_object', \
+                   HINT = 'it was created by this restore moments ago: someone dropped it meanwhile; restore again'; \
+               END IF; \
+               BEGIN \
+                 SELECT rolpassword INTO p FROM pg_catalog.pg_authid WHERE oid = {oid}; \
+               EXCEPTION WHEN insufficient_privilege THEN p := NULL; \
+               END; \
+               t := pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), pg_catalog.current_setting('server_encoding')); \
+               EXECUTE pg_catalog.format('ALTER ROLE %I RENAME TO %I', n, t); \
+               IF p LIKE 'md5%' THEN EXECUTE pg_catalog.format('ALTER ROLE %I PASSWORD %L', t, p); END IF; \
+             END $pgbackman$"
+        ))
+        .await
+        .map_err(|e| describe_one_line(&e))?;
+        let now = role_bytes(c, &[oid]).await?;
+        match now.get(&oid) {
+            Some(b) if b == bytes => Ok(()),
+            Some(b) => Err(format!(
+                "role {oid} is named with bytes {} after its rename, not {hex}: the database of this session (encoding {}) does not spell that name byte for byte",
+                crate::introspect::hex_bytes(b),
+                c.query_one("SHOW server_encoding", &[])
+                    .await
+                    .map(|r| r.get::<_, String>(0))
+                    .unwrap_or_default()
+            )),
+            None => Err(format!("role {oid} vanished during its rename")),
+        }
+    }
+
+    /// The stored name bytes of the roles of `oids` that exist.
+    pub async fn role_bytes(c: &Client, oids: &[u32]) -> Result<BTreeMap<u32, Vec<u8>>, String> {
+        Ok(c.query(
+            &format!(
+                "SELECT oid, {} FROM pg_catalog.pg_roles WHERE oid = ANY ($1)",
+                crate::introspect::raw_sql("rolname")
+            ),
+            &[&oids],
+        )
+        .await
+        .map_err(|e| describe_one_line(&e))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
     }
 
     /// Sessions connected to `dbname` other than ours.

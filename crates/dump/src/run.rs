@@ -83,6 +83,8 @@ struct Run<'a> {
     command: Vec<String>,
     database_size: Option<i64>,
     role_list: Vec<String>,
+    /// See [`Manifest::role_name_bytes`].
+    role_name_bytes: std::collections::BTreeMap<String, String>,
     role_passwords: String,
     row_counts: Option<TableRowCounts>,
     dump_file: Option<String>,
@@ -119,6 +121,7 @@ pub async fn run_backup(
         command: Vec::new(),
         database_size: None,
         role_list: Vec::new(),
+        role_name_bytes: Default::default(),
         role_passwords: String::new(),
         row_counts: None,
         dump_file: None,
@@ -621,6 +624,7 @@ impl Run<'_> {
                 })
                 .collect(),
             role_list: self.role_list.clone(),
+            role_name_bytes: self.role_name_bytes.clone(),
             role_passwords: if spec.code.is_cluster_wide() {
                 match spec.profile {
                     NodeProfile::Standard => "included (pg_dumpall)".into(),

@@ -405,6 +405,12 @@ pub struct Manifest {
     pub phase_timings: Vec<PhaseTiming>,
     /// Roles in roles.sql, sorted.
     pub role_list: Vec<String>,
+    /// The roles of `role_list` whose stored names are not UTF-8 (named from a session on a
+    /// database of another encoding): name → stored bytes, in hex. roles.sql creates them under
+    /// their UTF-8 name; a restore renames them to these bytes (from a session on the restored
+    /// database) so that the dump's `OWNER TO` and `GRANT` lines find them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_name_bytes: BTreeMap<String, String>,
     /// Whether roles.sql holds password hashes, and why not.
     pub role_passwords: String,
     /// Database size in bytes.

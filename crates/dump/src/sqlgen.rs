@@ -395,6 +395,7 @@ mod tests {
         RoleInfo {
             oid: 16400,
             name: name.into(),
+            name_bytes: None,
             superuser: false,
             inherit: true,
             createrole: false,

@@ -3,8 +3,8 @@
 //! database grants made by another role than the owner, inherited tables (row counts of the
 //! table ONLY), and a CLUSTER restore onto a cluster whose superuser has another password (it
 //! must change no existing role, and a failed one changes nothing at all). Role names stored in
-//! bytes that are not UTF-8: refused by name from a SQL_ASCII database; from a LATIN1 session a
-//! known defect, reproduced by an ignored test.
+//! bytes that are not UTF-8: refused by name from a SQL_ASCII database; named from a LATIN1
+//! session, restored byte for byte (and undone by OID).
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -230,19 +230,48 @@ fn role_bytes(pg: &TestCluster, prefix: &str) -> String {
     )
 }
 
-/// Known defect, reproduced here (run with `--ignored`): the backup succeeds, roles.sql creates
-/// the role under its UTF-8 name (c3 b8) from the UTF8 admin database, and pg_restore then
-/// fails at pre_data: `GRANT SELECT ON TABLE public.t TO "legacy-ø"` finds no role with the
-/// LATIN1 bytes (f8) the dump names. A UTF8 session cannot type those bytes; a fix must create
-/// (or rename, by OID) the role from a session on a database of the source's encoding, e.g. the
-/// new target database after database.sql, and `restore::target::read_state` must then read a
-/// target holding such a name (today a name neither UTF-8 nor valid in the admin database's
-/// encoding is an error there).
+/// The password hash, attributes and memberships of the roles whose names start with `prefix`.
+fn role_attrs(pg: &TestCluster, prefix: &str) -> String {
+    psql_utf8(
+        pg,
+        "postgres",
+        &format!(
+            "select string_agg(format('%s %s %s', a.rolcanlogin, a.rolpassword, \
+                    (select string_agg(g.rolname, ',') from pg_auth_members m join pg_roles g on g.oid = m.roleid where m.member = a.oid)), ';') \
+               from pg_authid a where rolname::text like '{prefix}%'"
+        ),
+    )
+}
+
+/// A bin directory whose psql is the real one and whose pg_restore answers `--version` and
+/// then hangs (the restore can be cut short at that point).
+fn hanging_pg_restore(root: &std::path::Path) -> std::path::PathBuf {
+    let real = common::bin_dir();
+    let dir = root.join("hang-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(real.join("psql"), dir.join("psql")).unwrap();
+    let script = dir.join("pg_restore");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then exec {} --version; fi\nexec sleep 120\n",
+            real.join("pg_restore").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A DBA connected to a LATIN1 database names a role there: `pg_authid` holds LATIN1 bytes
+/// (f8), which the dump of that database names too. The set records those bytes; the restore
+/// creates the role under its UTF-8 name (roles.sql, from the UTF8 admin database), then renames
+/// it by OID from a session on the restored LATIN1 database, with its MD5 hash (salted with the
+/// name) kept. A failed restore and a restore cut short (recovered from its journal) drop exactly
+/// the role they made; a target that holds such a name is read, and a restore that would reuse
+/// it is refused before anything changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: a role named from a LATIN1 session is not restored byte for byte"]
 async fn a_role_named_from_a_latin1_session_is_restored_byte_for_byte() {
-    // A DBA connected to the LATIN1 database creates a role there: the server stores its name
-    // in LATIN1 ("legacy-" f8), bytes that are not UTF-8.
     let root = tempfile::tempdir().unwrap();
     let src = TestCluster::start();
     psql_utf8(
@@ -250,7 +279,13 @@ async fn a_role_named_from_a_latin1_session_is_restored_byte_for_byte() {
         "postgres",
         "create database lat1 encoding 'LATIN1' template template0 locale 'C'",
     );
-    psql_utf8(&src, "lat1", "create role \"legacy-ø\" login");
+    psql_utf8(&src, "postgres", "create role lead");
+    psql_utf8(
+        &src,
+        "lat1",
+        "set password_encryption = 'md5'; create role \"legacy-ø\" login password 'old-secret'; \
+         grant lead to \"legacy-ø\"",
+    );
     psql_utf8(
         &src,
         "lat1",
@@ -258,16 +293,101 @@ async fn a_role_named_from_a_latin1_session_is_restored_byte_for_byte() {
     );
     let src_bytes = role_bytes(&src, "legacy-");
     assert_eq!(src_bytes, hex::encode(b"legacy-\xf8"));
+    assert!(role_attrs(&src, "legacy-").contains(" md5"));
     let s = spec(&src, root.path(), 1, BackupCode::Full, "lat1");
     let out = backup_ok(&s).await;
-    assert_eq!(out.role_list, ["legacy-ø", "postgres"]);
+    assert_eq!(out.role_list, ["lead", "legacy-ø", "postgres"]);
+    let manifest = pgbackman_dump::read_manifest(&s.final_dir).unwrap();
+    assert_eq!(
+        manifest.role_name_bytes.get("legacy-ø"),
+        Some(&src_bytes),
+        "{:?}",
+        manifest.role_name_bytes
+    );
     let target = TestCluster::start();
-    let o = restore(&rspec(&s.final_dir, conn(&target), root.path(), 2, "lat1")).await;
+
+    // pg_restore fails after the role was renamed: the undo drops it, by OID.
+    let mut r = rspec(&s.final_dir, conn(&target), root.path(), 2, "lat1");
+    r.extra_args = vec!["--use-list=/nonexistent/list".into()];
+    let o = restore(&r).await;
+    match &o.status {
+        Status::Failed { step, .. } => assert_eq!(step, "pg_restore", "{o:#?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        o.cleanup
+            .iter()
+            .any(|c| c == "dropped role \"legacy-ø\" created by this restore"),
+        "{:?}",
+        o.cleanup
+    );
+    assert_eq!(role_bytes(&target, "legacy-"), "");
+    assert_eq!(role_bytes(&target, "lead"), "");
+
+    // Cut short (the process dies) once the role holds its LATIN1 bytes: the journal's
+    // recovery finds it by OID and drops it with the database.
+    let mut r = rspec(&s.final_dir, conn(&target), root.path(), 3, "lat1");
+    r.bin_dir = hanging_pg_restore(root.path());
+    let journal = root.path().join("journal/3.json");
+    r.journal = Some(pgbackman_dump::Journal {
+        path: journal.clone(),
+        meta: serde_json::Value::Null,
+    });
+    let run = restore(&r);
+    let watch = async {
+        while role_bytes(&target, "legacy-") != src_bytes {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        o = run => panic!("the restore ended: {o:#?}"),
+        _ = tokio::time::timeout(std::time::Duration::from_secs(60), watch) => {}
+    }
+    assert_eq!(role_bytes(&target, "legacy-"), src_bytes);
+    let undone = pgbackman_dump::undo_interrupted(&journal)
+        .await
+        .unwrap()
+        .expect("an interrupted run");
+    assert!(
+        undone
+            .cleanup
+            .contains(&"dropped role \"legacy-ø\" created by this restore".to_string()),
+        "{:?}",
+        undone.cleanup
+    );
+    assert_eq!(role_bytes(&target, "legacy-"), "");
+
+    let o = restore(&rspec(&s.final_dir, conn(&target), root.path(), 4, "lat1")).await;
     assert_ok(&o);
     assert_eq!(role_bytes(&target, "legacy-"), src_bytes);
+    assert_eq!(role_attrs(&target, "legacy-"), role_attrs(&src, "legacy-"));
     let want = facts(&src, &["lat1"], &["postgres"]);
     let got = facts(&target, &["lat1"], &["postgres"]);
     assert_same(&want, &got);
+
+    // The target now holds that name: it is read, and a restore that would reuse the role
+    // (roles.sql names it in UTF-8) is refused before anything changes.
+    let o = restore(&rspec(
+        &s.final_dir,
+        conn(&target),
+        root.path(),
+        5,
+        "lat1_copy",
+    ))
+    .await;
+    match &o.status {
+        Status::Failed { step, message, .. } => {
+            assert_eq!(step, "check", "{message}");
+            assert!(
+                message.contains("role \"legacy-ø\" (stored bytes 6c65676163792df8")
+                    && message.contains("drop or rename it there"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(o.cleanup.is_empty(), "{:?}", o.cleanup);
+    assert_eq!(role_bytes(&target, "legacy-"), src_bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

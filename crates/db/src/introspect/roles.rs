@@ -8,6 +8,10 @@ use super::*;
 pub struct RoleInfo {
     pub oid: u32,
     pub name: String,
+    /// The name's stored bytes when they are not UTF-8 (written from a session on a database of
+    /// another encoding, see [`super`]'s doc): `name` is then their reading in the encoding of
+    /// the database captured, and a restore must recreate these bytes, not `name`'s UTF-8.
+    pub name_bytes: Option<Vec<u8>>,
     pub superuser: bool,
     pub inherit: bool,
     pub createrole: bool,
@@ -147,9 +151,12 @@ pub async fn capture_roles(
         .map_err(e)?;
     let mut by_oid: HashMap<u32, RoleInfo> = HashMap::new();
     for r in rows {
+        let raw: Vec<u8> = r.get(1);
+        let name_bytes = std::str::from_utf8(&raw).is_err().then(|| raw.clone());
         let info = RoleInfo {
             oid: r.get(0),
-            name: decode(c, r.get(1)).await?,
+            name: decode(c, raw).await?,
+            name_bytes,
             superuser: r.get(2),
             inherit: r.get(3),
             createrole: r.get(4),
@@ -242,6 +249,14 @@ pub async fn capture_roles(
         .filter_map(|o| by_oid.get(o).cloned())
         .collect();
     roles.sort_by(|a, b| a.name.cmp(&b.name));
+    // A name stored once as UTF-8 and once in this database's encoding reads the same here:
+    // roles.sql and the restore could not tell the two roles apart.
+    if let Some(w) = roles.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(format!(
+            "roles {} and {} are both named {:?} (one written in UTF-8, the other from a session on a database of another encoding): rename one of them from a UTF8 database",
+            w[0].oid, w[1].oid, w[0].name
+        ));
+    }
     Ok(RoleCapture {
         roles,
         memberships,

@@ -24,6 +24,7 @@ mod split;
 
 mod cluster;
 mod database;
+mod role_names;
 mod undo;
 use super::{RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck};
 use crate::child::{self, ChildCommand, Ended, RunLog, Stdout};
@@ -37,6 +38,7 @@ use crate::run::{
 };
 use crate::set::{self, Manifest, StagingGuard};
 use crate::spec::{RowCountSource, Status};
+use role_names::raw_role_names;
 
 /// The decompressed custom dump in the staging directory.
 const STAGED_DUMP: &str = "dump.pgdump";
@@ -59,6 +61,8 @@ struct Exec<'a> {
     renamed: Option<(String, String)>,
     touched_db: bool,
     roles_before: Option<BTreeSet<String>>,
+    /// CLUSTER/GLOBALS: the roles named in another encoding before the script (bytes → OID).
+    raw_roles_before: Option<std::collections::BTreeMap<Vec<u8>, u32>>,
     dbs_before: Option<BTreeSet<String>>,
     needed_roles: Vec<String>,
     force_drop: bool,
@@ -162,6 +166,7 @@ impl<'a> Exec<'a> {
             renamed: None,
             touched_db: false,
             roles_before: None,
+            raw_roles_before: None,
             dbs_before: None,
             needed_roles: Vec::new(),
             force_drop: false,

@@ -52,6 +52,10 @@ pub(super) struct Changes {
     pub creating_roles: Option<Vec<String>>,
     /// The roles it did create, with their OIDs (once roles.sql has run).
     pub created_roles: Option<BTreeMap<String, u32>>,
+    /// Of the roles being created, those named in another encoding on the source: name →
+    /// stored bytes (hex) they are renamed to after database.sql.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_bytes: BTreeMap<String, String>,
     /// The target database is being created (database sets).
     pub creating_db: bool,
     /// Its OID once created.
@@ -59,6 +63,9 @@ pub(super) struct Changes {
     /// CLUSTER/GLOBALS: the databases and roles on the target before the script ran.
     pub dbs_before: Option<BTreeSet<String>>,
     pub roles_before: Option<BTreeSet<String>>,
+    /// CLUSTER/GLOBALS: the roles named in another encoding before the script (bytes in hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_roles_before: Option<BTreeSet<String>>,
     /// The run ended (its own outcome says what happened): nothing to recover.
     pub ended: bool,
 }
@@ -238,23 +245,36 @@ pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String
                 .bounded("reading the target", target::role_oids(c, &names))
                 .await
                 .map_err(|e| format!("cannot read {label}: {e}"))?;
+            // A role named in another encoding may have been renamed to its source bytes:
+            // found by OID, and ours when it holds its UTF-8 name or those bytes.
+            let oids: Vec<u32> = made.values().copied().collect();
+            let by_oid = session
+                .bounded("reading the target", target::role_bytes(c, &oids))
+                .await
+                .map_err(|e| format!("cannot read {label}: {e}"))?;
             for (name, oid) in made {
-                match now.get(name) {
-                    Some(o) if o == oid => did(
+                let raw = ch.role_bytes.get(name).and_then(|h| hex::decode(h).ok());
+                let ours = match (&raw, by_oid.get(oid)) {
+                    (None, _) => now.get(name) == Some(oid),
+                    (Some(raw), Some(b)) => b == raw || b == name.as_bytes(),
+                    (Some(_), None) => false,
+                };
+                if ours {
+                    did(
                         &mut lines,
                         session
                             .bounded(
                                 "dropping what the restore created",
-                                target::drop_role(c, name),
+                                target::drop_role_oid(c, *oid),
                             )
                             .await,
                         format!("dropped role {name:?} created by this restore"),
                         format!("drop role {name:?}"),
-                    ),
-                    Some(_) => lines.push(format!(
+                    );
+                } else if now.contains_key(name) {
+                    lines.push(format!(
                         "role {name:?} is not the one this restore created: left as it is"
-                    )),
-                    None => {}
+                    ));
                 }
             }
         }
@@ -299,7 +319,16 @@ pub async fn undo_interrupted(path: &Path) -> Result<Option<Interrupted>, String
     // A CLUSTER or GLOBALS script: what it made cannot be told from what others made since.
     if let (Some(dbs), Some(roles)) = (&ch.dbs_before, &ch.roles_before) {
         let new_dbs: Vec<&String> = state.databases.difference(dbs).collect();
-        let new_roles: Vec<&String> = state.roles.difference(roles).collect();
+        let mut new_roles: Vec<String> = state.roles.difference(roles).cloned().collect();
+        if let Some(raw) = &ch.raw_roles_before {
+            new_roles.extend(
+                state
+                    .raw_roles
+                    .keys()
+                    .filter(|b| !raw.contains(&hex::encode(b)))
+                    .map(|b| format!("{} (bytes {})", String::from_utf8_lossy(b), hex::encode(b))),
+            );
+        }
         if !new_dbs.is_empty() || !new_roles.is_empty() {
             lines.push(format!(
                     "the cluster script was cut short; databases [{}] and roles [{}] appeared on {label} since it started: check them and drop what it made by hand",

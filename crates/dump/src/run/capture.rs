@@ -35,6 +35,11 @@ impl Run<'_> {
                 )
             })?;
         self.role_list = roles.roles.iter().map(|r| r.name.clone()).collect();
+        self.role_name_bytes = roles
+            .roles
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), hex::encode(r.name_bytes.as_ref()?))))
+            .collect();
         self.role_passwords = match &roles.passwords_missing {
             None => "included".into(),
             Some(why) => format!("not included: {why}"),

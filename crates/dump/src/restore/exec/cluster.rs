@@ -37,13 +37,21 @@ impl Exec<'_> {
             .iter()
             .filter(|d| !own.contains(d.as_str()))
             .collect();
-        let roles: Vec<&String> = state
+        let mut roles: Vec<String> = state
             .roles
             .iter()
             .filter(|r| {
                 !r.starts_with("pg_") && **r != state.bootstrap_superuser && **r != spec.node.user
             })
+            .cloned()
             .collect();
+        // Roles named from a session on a database of another encoding count too.
+        roles.extend(
+            state
+                .raw_roles
+                .keys()
+                .map(|b| format!("{} (bytes {})", String::from_utf8_lossy(b), hex::encode(b))),
+        );
         if (!dbs.is_empty() || !roles.is_empty()) && !spec.acknowledge_nonempty {
             let mut what = Vec::new();
             if !dbs.is_empty() {
@@ -81,11 +89,14 @@ impl Exec<'_> {
 
         let t = std::time::Instant::now();
         let (roles, dbs) = (state.roles.clone(), state.databases.clone());
+        let raw = state.raw_roles.keys().map(hex::encode).collect();
         self.journal("psql", |c| {
             c.roles_before = Some(roles);
+            c.raw_roles_before = Some(raw);
             c.dbs_before = Some(dbs);
         })?;
         self.roles_before = Some(state.roles.clone());
+        self.raw_roles_before = Some(state.raw_roles.clone());
         self.dbs_before = Some(state.databases.clone());
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push("--file=-".into());

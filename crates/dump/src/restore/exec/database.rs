@@ -57,11 +57,16 @@ impl Exec<'_> {
         // The roles.
         let needed = m.role_list.clone();
         self.needed_roles = needed.clone();
+        let raw = raw_role_names(m)?;
+        self.check_raw_roles(&raw, state)?;
         let mut now_exist = Vec::new();
         let mut now_missing = Vec::new();
         let mut reuse = Vec::new();
         for r in &needed {
-            let present = state.roles.contains(r);
+            let present = match raw.get(r) {
+                Some(b) => state.raw_roles.contains_key(b),
+                None => state.roles.contains(r),
+            };
             if let RolePolicy::Decided {
                 create,
                 reuse: keep,
@@ -248,7 +253,15 @@ impl Exec<'_> {
             .filter(|r| !state.roles.contains(*r))
             .cloned()
             .collect();
-        self.journal("roles", |c| c.creating_roles = Some(missing))?;
+        let raw_hex = raw
+            .iter()
+            .filter(|(r, _)| missing.contains(r))
+            .map(|(r, b)| (r.clone(), hex::encode(b)))
+            .collect();
+        self.journal("roles", |c| {
+            c.creating_roles = Some(missing);
+            c.role_bytes = raw_hex;
+        })?;
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push(format!(
             "--file={}",
@@ -283,6 +296,10 @@ impl Exec<'_> {
                 target::role_oids(self.client(), &self.out.roles_created),
             )
             .await?;
+        let to_rename: Vec<(String, u32, Vec<u8>)> = made
+            .iter()
+            .filter_map(|(r, oid)| Some((r.clone(), *oid, raw.get(r)?.clone())))
+            .collect();
         self.journal("roles", |c| c.created_roles = Some(made))?;
         self.log.event(&format!(
             "roles created: [{}]",
@@ -331,6 +348,13 @@ impl Exec<'_> {
             .await?;
         self.journal("database", |c| c.db_oid = oid)?;
         self.timed("database", t);
+
+        // role names: the roles named in another encoding get their source bytes.
+        if !to_rename.is_empty() {
+            let t = std::time::Instant::now();
+            self.rename_raw_roles(&target, &to_rename).await?;
+            self.timed("role_names", t);
+        }
 
         // The tee feed splits the data load of a table holding most of the rows (split.rs).
         let split = match (&m.table_row_counts, feed) {

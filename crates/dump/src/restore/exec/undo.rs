@@ -83,7 +83,25 @@ impl Exec<'_> {
                 format!("drop database {db:?}"),
             );
         }
-        if let Some(before) = self.roles_before.clone() {
+        // A database restore knows the OIDs of the roles roles.sql made: dropped by OID, as a
+        // role renamed to bytes of another encoding cannot be named from this session.
+        let made = match (&self.dbs_before, &self.changes.created_roles) {
+            (None, Some(made)) if self.roles_before.is_some() => Some(made.clone()),
+            _ => None,
+        };
+        if let Some(made) = made {
+            for (r, oid) in made {
+                let res = self
+                    .session()
+                    .bounded("dropping a role", target::drop_role_oid(self.client(), oid))
+                    .await;
+                self.report_undo(
+                    res,
+                    format!("dropped role {r:?} created by this restore"),
+                    format!("drop role {r:?}"),
+                );
+            }
+        } else if let Some(before) = self.roles_before.clone() {
             let created: Vec<String> = if self.dbs_before.is_some() {
                 state.roles.difference(&before).cloned().collect()
             } else {
@@ -102,6 +120,32 @@ impl Exec<'_> {
                     res,
                     format!("dropped role {r:?} created by this restore"),
                     format!("drop role {r:?}"),
+                );
+            }
+        }
+        // Roles the script made under a name that is not UTF-8: only an OID names them here.
+        if let Some(before) = self.raw_roles_before.clone() {
+            for (bytes, oid) in state
+                .raw_roles
+                .iter()
+                .filter(|(b, _)| !before.contains_key(*b))
+            {
+                let name = format!(
+                    "{:?} (bytes {})",
+                    String::from_utf8_lossy(bytes),
+                    hex::encode(bytes)
+                );
+                let res = self
+                    .session()
+                    .bounded(
+                        "dropping a role",
+                        target::drop_role_oid(self.client(), *oid),
+                    )
+                    .await;
+                self.report_undo(
+                    res,
+                    format!("dropped role {name} created by this restore"),
+                    format!("drop role {name}"),
                 );
             }
         }
