@@ -23,6 +23,7 @@ pub mod spool;
 pub mod standby;
 pub mod state;
 pub mod verify_job;
+pub mod wal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -338,7 +339,11 @@ async fn run(args: Args) -> Result<()> {
     let _maintenance = maintenance::spawn(ctx.clone(), stop.clone());
     let _heartbeat = heartbeat::spawn(ctx.clone(), s.tz, stop.clone());
     let _alerts = alerts::spawn(ctx.clone(), s.tz, &s.fqdn, stop.clone())?;
-    Runner::new(ctx, s.tz, stop, s.fqdn).run().await
+    let wal = wal::spawn(ctx.clone(), stop.clone());
+    let r = Runner::new(ctx, s.tz, stop, s.fqdn).run().await;
+    // The WAL receivers stop their pg_receivewal (SIGTERM, then SIGKILL) before the agent ends.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(12), wal).await;
+    r
 }
 
 /// Without a cache there is nothing to run: probes the catalog (each probe bounded, at most

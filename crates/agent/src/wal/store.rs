@@ -1,0 +1,279 @@
+//! Intake of the files pg_receivewal completed in an archive's incoming directory: check,
+//! compress, hash, store durably, and describe for the ledger.
+//!
+//! Layout (under the node's directory, `crate::roots::node_dir_for_write`, so retention may
+//! delete there later):
+//!
+//! ```text
+//! <node dir>/wal/node<NodeID>/incoming/                 pg_receivewal -D (segments, .partial)
+//! <node dir>/wal/node<NodeID>/<sysid>/<TLI>/<name>.zst   stored segments and .history files
+//! <node dir>/wal/node<NodeID>/refused/<name>             kept aside: failed the header check,
+//!                                                        or other content under a stored name
+//! ```
+//!
+//! The NodeID keeps two nodes that share a partition apart (a standby has its primary's system
+//! identifier); the system identifier keeps a re-initialised node's WAL apart from the old one.
+//! A file is removed from `incoming/` only after its stored copy and its pending report are
+//! durable, so a crash at any point leaves the file to be taken again (same content: no-op).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use pgbackman_core::wal::{
+    HeaderVerdict, SegmentExpectation, SegmentSize, TimelineHistory, WalFileKind, WalFileName,
+    check_segment_header,
+};
+use pgbackman_db::wal::{HistoryLine, WalObject};
+use sha2::{Digest, Sha256};
+
+/// zstd level of stored WAL: WAL compresses well already at low levels, and intake must keep
+/// up with the node.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Where one archive keeps its files.
+#[derive(Debug, Clone)]
+pub struct ArchiveDirs {
+    /// `<node dir>/wal/node<NodeID>`.
+    pub root: PathBuf,
+}
+
+impl ArchiveDirs {
+    pub fn new(node_dir: &Path, node_id: i64) -> ArchiveDirs {
+        ArchiveDirs {
+            root: node_dir.join("wal").join(format!("node{node_id}")),
+        }
+    }
+    pub fn incoming(&self) -> PathBuf {
+        self.root.join("incoming")
+    }
+    pub fn refused(&self) -> PathBuf {
+        self.root.join("refused")
+    }
+    pub fn stored(&self, sysid: u64, name: &WalFileName) -> PathBuf {
+        self.root
+            .join(sysid.to_string())
+            .join(format!("{:08X}", name.tli))
+            .join(format!("{name}.zst"))
+    }
+}
+
+/// What the node said about itself when its receiver started.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub node_id: i64,
+    pub label: String,
+    pub sysid: u64,
+    pub major: u32,
+    pub seg_size: SegmentSize,
+}
+
+/// What became of one incoming file.
+#[derive(Debug)]
+pub enum Intake {
+    /// Stored (or found stored with the same content): report this.
+    Stored(Box<WalObject>),
+    /// Not ours to take now (`.partial`, temporary files, other names).
+    Skipped,
+    /// Kept aside in `refused/`, with why.
+    Refused(String),
+}
+
+/// The completed files of `incoming/` a pass takes: segments and history files, oldest name
+/// first (names order segments within a timeline; the ledger orders by timeline and LSN).
+pub fn completed(incoming: &Path, seg_size: SegmentSize) -> Vec<(WalFileName, PathBuf)> {
+    let mut v: Vec<(String, WalFileName, PathBuf)> = fs::read_dir(incoming)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.to_string();
+                    let w = WalFileName::parse(&n, seg_size).ok()?;
+                    matches!(w.kind, WalFileKind::Segment { .. } | WalFileKind::History)
+                        .then(|| (n, w, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter().map(|(_, w, p)| (w, p)).collect()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+fn mkdirs(dir: &Path) -> Result<()> {
+    crate::state::create_dir_0700(dir)
+}
+
+/// Writes `bytes` to `dest` durably: a temporary file beside it, fsync, rename, fsync of the
+/// directory.
+fn write_durable(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    mkdirs(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")
+    ));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, dest)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    sync_dir(dir)
+}
+
+/// Moves a file aside into `refused/` (never overwriting what is there).
+fn refuse(dirs: &ArchiveDirs, path: &Path, name: &WalFileName, why: String) -> Result<Intake> {
+    let aside = dirs.refused();
+    mkdirs(&aside)?;
+    let dest = aside.join(format!(
+        "{name}.{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.fZ")
+    ));
+    fs::rename(path, &dest)
+        .with_context(|| format!("moving {} to {}", path.display(), dest.display()))?;
+    sync_dir(&aside)?;
+    Ok(Intake::Refused(format!("{why} (kept as {})", dest.display())))
+}
+
+/// Takes one completed file: checks it, stores it compressed, and describes it. The incoming
+/// file is left in place (the caller removes it once the report is spooled).
+pub fn take(
+    dirs: &ArchiveDirs,
+    node: &NodeIdentity,
+    name: &WalFileName,
+    path: &Path,
+) -> Result<Intake> {
+    let mut plain = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut plain))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut history = Vec::new();
+    let (kind, segno, start, end) = match name.kind {
+        WalFileKind::Segment { segno } => {
+            if plain.len() as u64 != u64::from(node.seg_size.bytes()) {
+                // pg_receivewal renames only full segments; anything else is not done yet.
+                return Ok(Intake::Skipped);
+            }
+            let expect = SegmentExpectation {
+                node: &node.label,
+                major: node.major,
+                system_identifier: node.sysid,
+                seg_size: node.seg_size,
+            };
+            if let HeaderVerdict::Invalid(p) = check_segment_header(name, &plain, &expect) {
+                return refuse(dirs, path, name, p.to_string());
+            }
+            (
+                "full",
+                Some(segno),
+                node.seg_size.segment_start(segno),
+                node.seg_size.segment_end(segno),
+            )
+        }
+        WalFileKind::History => {
+            let h = match TimelineHistory::parse(name.tli, &plain) {
+                Ok(h) => h,
+                Err(e) => return refuse(dirs, path, name, e.to_string()),
+            };
+            for s in h.spans() {
+                if let Some(end) = s.end {
+                    history.push(HistoryLine {
+                        timeline: s.tli,
+                        switch_lsn: end.to_string(),
+                        reason: reason_of(&plain, s.tli),
+                    });
+                }
+            }
+            ("history", None, None, None)
+        }
+        _ => return Ok(Intake::Skipped),
+    };
+    let sha = sha256_hex(&plain);
+    let dest = dirs.stored(node.sysid, name);
+    let stored = if dest.exists() {
+        // Taken before (a crash between the store and the removal, or the slot replayed it).
+        let old = fs::read(&dest).with_context(|| format!("reading {}", dest.display()))?;
+        let old_plain = zstd::decode_all(&old[..])
+            .with_context(|| format!("decompressing {}", dest.display()))?;
+        if sha256_hex(&old_plain) != sha {
+            return refuse(
+                dirs,
+                path,
+                name,
+                format!(
+                    "{name} arrived again with other content than the copy stored in {}",
+                    dest.display()
+                ),
+            );
+        }
+        old
+    } else {
+        let z = zstd::bulk::compress(&plain, ZSTD_LEVEL)
+            .with_context(|| format!("compressing {}", path.display()))?;
+        write_durable(&dest, &z)?;
+        z
+    };
+    Ok(Intake::Stored(Box::new(WalObject {
+        node_id: node.node_id,
+        system_identifier: node.sysid.to_string(),
+        timeline: name.tli,
+        segno,
+        kind: kind.into(),
+        seg_size: node.seg_size.bytes(),
+        start_lsn: start.map(|l| l.to_string()),
+        end_lsn: end.map(|l| l.to_string()),
+        size: plain.len() as u64,
+        stored_size: stored.len() as u64,
+        sha256: sha,
+        stored_sha256: sha256_hex(&stored),
+        codec: "zstd".into(),
+        stored_path: dest.display().to_string(),
+        arrival: "stream".into(),
+        header_check: if kind == "full" { "PASSED" } else { "NOT_CHECKED" }.into(),
+        header_detail: None,
+        arrived_at: chrono::Utc::now(),
+        history,
+    })))
+}
+
+/// The reason text of timeline `tli`'s line in a history file (`<tli>\t<lsn>\t<reason>`).
+fn reason_of(content: &[u8], tli: u32) -> String {
+    String::from_utf8_lossy(content)
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let t: u32 = f.next()?.trim().parse().ok()?;
+            (t == tli).then(|| f.nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Removes the incoming file once what it became is durable elsewhere.
+pub fn remove_incoming(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
