@@ -1,0 +1,135 @@
+//! The WAL receiver end to end (issue 11): a real node (wal_level=replica), an archive
+//! registered through the shell, the real agent running `pg_receivewal` on a slot it creates;
+//! every completed segment is in the ledger once and on disk with its sha256, a SIGKILLed agent
+//! loses no segment, and `delete_wal_archive` drops the slot.
+
+mod common;
+
+use std::path::Path;
+
+use common::Env;
+use common::agent::*;
+use pgbackman_testkit::TestCluster;
+use sha2::Digest;
+
+const SEG: u64 = 16 * 1024 * 1024;
+
+/// Writes some WAL and switches to a new segment; returns the segment now being written.
+fn switch(node: &TestCluster) -> u64 {
+    node.psql(
+        "postgres",
+        "insert into t select g from generate_series(1, 1000) g; select pg_switch_wal();",
+    );
+    node.psql(
+        "postgres",
+        &format!("select floor((pg_current_wal_lsn() - '0/0'::pg_lsn) / {SEG})::int8"),
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+fn hex_sha(b: &[u8]) -> String {
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every full segment of the ledger: once each, contiguous from the first to `last`, and each
+/// stored file decompresses to the sha256 the ledger holds.
+#[track_caller]
+fn check_ledger(env: &Env, last: u64) -> u64 {
+    let rows = env.sql(
+        "select string_agg(concat_ws(' ', segno, sha256, stored_sha256, stored_path), ';' order by segno)
+           from wal_object where kind = 'full'",
+    );
+    let mut segnos = Vec::new();
+    for r in rows.split(';') {
+        let f: Vec<&str> = r.split(' ').collect();
+        let (segno, sha, stored_sha, path) = (f[0].parse::<u64>().unwrap(), f[1], f[2], f[3]);
+        let stored = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(hex_sha(&stored), stored_sha, "{path}");
+        let plain = zstd::decode_all(&stored[..]).unwrap();
+        assert_eq!(plain.len() as u64, SEG, "{path}");
+        assert_eq!(hex_sha(&plain), sha, "{path}");
+        assert!(
+            Path::new(path).ends_with(format!("00000001/00000001{:08X}{:08X}.zst", segno >> 8, segno & 0xff)),
+            "{path}"
+        );
+        segnos.push(segno);
+    }
+    let first = segnos[0];
+    assert_eq!(
+        segnos,
+        (first..=last).collect::<Vec<_>>(),
+        "each segment once, no hole"
+    );
+    assert_eq!(env.sql("select count(*) from api.wal_holes(1)"), "0");
+    first
+}
+
+#[test]
+fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
+    let env = Env::new();
+    env.register_backup_servers(&["bs1"]);
+    let node = env.start_node("127.0.0.2", "n");
+    // What a slot and pg_receivewal need of the node.
+    assert_eq!(node.psql("postgres", "show wal_level").trim(), "replica");
+    assert!(node.psql("postgres", "show max_wal_senders").trim().parse::<i32>().unwrap() >= 2);
+    node.psql("postgres", "create table t (x int)");
+    env.cmd("register_wal_archive bs1.example.org 127.0.0.2").ok();
+
+    let mut agent = Agent::start(&env, "bs1.example.org", None);
+    let active = "select count(*) from pg_replication_slots where slot_name = 'pgbackman_bs1' and active";
+    wait_until("the agent's slot streaming", 30, &[&agent], || {
+        node.psql("postgres", active).trim() == "1"
+    });
+    let mut current = 0;
+    for _ in 0..3 {
+        current = switch(&node);
+    }
+    let done = |last: u64| format!("select count(*) from wal_object where kind = 'full' and segno = {last}");
+    wait_for(&env, &done(current - 1), "1", 30, &agent);
+    let first = check_ledger(&env, current - 1);
+    assert!(current - 1 - first >= 2, "{first}..{current}");
+
+    // A SIGKILLed agent takes pg_receivewal with it (PDEATHSIG); WAL written meanwhile stays
+    // on the node for the slot, and the restarted agent loses none of it.
+    agent.sigkill();
+    wait_until("pg_receivewal gone with the agent", 15, &[&agent], || {
+        node.psql("postgres", active).trim() == "0"
+    });
+    for _ in 0..2 {
+        current = switch(&node);
+    }
+    agent.spawn(None);
+    wait_for(&env, &done(current - 1), "1", 30, &agent);
+    assert_eq!(check_ledger(&env, current - 1), first);
+
+    // The archive's state as the agent reports it, and the recovery window by SQL.
+    wait_for(
+        &env,
+        "select slot_wal_status is not null and receiver_state like 'streaming%' from wal_archive",
+        "t",
+        20,
+        &agent,
+    );
+    let w = env.json("show_recovery_window 127.0.0.2");
+    let rows = w["recovery_window"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{w}");
+    let end = current * SEG;
+    assert_eq!(
+        rows[0]["to_lsn"],
+        format!("{:X}/{:X}", end >> 32, end & 0xffff_ffff),
+        "{w}"
+    );
+
+    env.cmd("delete_wal_archive bs1.example.org 127.0.0.2").ok();
+    wait_for(&env, "select status from wal_archive", "DELETED", 30, &agent);
+    assert_eq!(
+        node.psql("postgres", "select count(*) from pg_replication_slots").trim(),
+        "0"
+    );
+    agent.stop();
+}
