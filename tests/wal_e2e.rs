@@ -29,6 +29,20 @@ fn switch(node: &TestCluster) -> u64 {
     .unwrap()
 }
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn hex_sha(b: &[u8]) -> String {
     sha2::Sha256::digest(b)
         .iter()
@@ -54,7 +68,11 @@ fn check_ledger(env: &Env, last: u64) -> u64 {
         assert_eq!(plain.len() as u64, SEG, "{path}");
         assert_eq!(hex_sha(&plain), sha, "{path}");
         assert!(
-            Path::new(path).ends_with(format!("00000001/00000001{:08X}{:08X}.zst", segno >> 8, segno & 0xff)),
+            Path::new(path).ends_with(format!(
+                "00000001/00000001{:08X}{:08X}.zst",
+                segno >> 8,
+                segno & 0xff
+            )),
             "{path}"
         );
         segnos.push(segno);
@@ -76,12 +94,20 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     let node = env.start_node("127.0.0.2", "n");
     // What a slot and pg_receivewal need of the node.
     assert_eq!(node.psql("postgres", "show wal_level").trim(), "replica");
-    assert!(node.psql("postgres", "show max_wal_senders").trim().parse::<i32>().unwrap() >= 2);
+    assert!(
+        node.psql("postgres", "show max_wal_senders")
+            .trim()
+            .parse::<i32>()
+            .unwrap()
+            >= 2
+    );
     node.psql("postgres", "create table t (x int)");
-    env.cmd("register_wal_archive bs1.example.org 127.0.0.2").ok();
+    env.cmd("register_wal_archive bs1.example.org 127.0.0.2")
+        .ok();
 
     let mut agent = Agent::start(&env, "bs1.example.org", None);
-    let active = "select count(*) from pg_replication_slots where slot_name = 'pgbackman_bs1' and active";
+    let active =
+        "select count(*) from pg_replication_slots where slot_name = 'pgbackman_bs1' and active";
     wait_until("the agent's slot streaming", 30, &[&agent], || {
         node.psql("postgres", active).trim() == "1"
     });
@@ -89,7 +115,9 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     for _ in 0..3 {
         current = switch(&node);
     }
-    let done = |last: u64| format!("select count(*) from wal_object where kind = 'full' and segno = {last}");
+    let done = |last: u64| {
+        format!("select count(*) from wal_object where kind = 'full' and segno = {last}")
+    };
     wait_for(&env, &done(current - 1), "1", 30, &agent);
     let first = check_ledger(&env, current - 1);
     assert!(current - 1 - first >= 2, "{first}..{current}");
@@ -106,6 +134,33 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     agent.spawn(None);
     wait_for(&env, &done(current - 1), "1", 30, &agent);
     assert_eq!(check_ledger(&env, current - 1), first);
+
+    // The catalog down: the receiver keeps storing, the reports wait in the state directory
+    // and are delivered once when it is back.
+    env.catalog.stop();
+    for _ in 0..2 {
+        current = switch(&node);
+    }
+    let pending = agent.state().join("wal_pending");
+    let stored = |segno: u64| {
+        walk(&agent.backups())
+            .iter()
+            .any(|p| p.ends_with(format!("00000001{:08X}{:08X}.zst", segno >> 8, segno & 0xff)))
+    };
+    wait_until("the segments stored while the catalog is down", 30, &[&agent], || {
+        stored(current - 1)
+    });
+    assert!(
+        std::fs::read_dir(&pending).unwrap().count() >= 2,
+        "reports pending in {}",
+        pending.display()
+    );
+    env.catalog.start_again();
+    wait_for(&env, &done(current - 1), "1", 30, &agent);
+    assert_eq!(check_ledger(&env, current - 1), first);
+    wait_until("the pending reports delivered", 10, &[&agent], || {
+        std::fs::read_dir(&pending).unwrap().count() == 0
+    });
 
     // The archive's state as the agent reports it, and the recovery window by SQL.
     wait_for(
@@ -126,9 +181,16 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     );
 
     env.cmd("delete_wal_archive bs1.example.org 127.0.0.2").ok();
-    wait_for(&env, "select status from wal_archive", "DELETED", 30, &agent);
+    wait_for(
+        &env,
+        "select status from wal_archive",
+        "DELETED",
+        30,
+        &agent,
+    );
     assert_eq!(
-        node.psql("postgres", "select count(*) from pg_replication_slots").trim(),
+        node.psql("postgres", "select count(*) from pg_replication_slots")
+            .trim(),
         "0"
     );
     agent.stop();

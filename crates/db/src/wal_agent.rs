@@ -28,7 +28,10 @@ pub struct AgentWalArchive {
 
 impl Catalog {
     /// The live (ACTIVE and DELETING) WAL archives of `server_id`.
-    pub async fn agent_wal_archives(&self, server_id: i64) -> Result<Vec<AgentWalArchive>, DbError> {
+    pub async fn agent_wal_archives(
+        &self,
+        server_id: i64,
+    ) -> Result<Vec<AgentWalArchive>, DbError> {
         self.within("agent_wal_archives", async {
             let c = self.client().await?;
             let rows = c

@@ -103,34 +103,40 @@ pub async fn slot_state(
     label: &str,
     slot: &str,
 ) -> Result<SlotState, DbError> {
-    session(config.into(), label, "reading the replication slot", async |c| {
-        let lsn = "case when pg_catalog.pg_is_in_recovery() then pg_catalog.pg_last_wal_receive_lsn()
+    session(
+        config.into(),
+        label,
+        "reading the replication slot",
+        async |c| {
+            let lsn =
+                "case when pg_catalog.pg_is_in_recovery() then pg_catalog.pg_last_wal_receive_lsn()
                         else pg_catalog.pg_current_wal_lsn() end";
-        let rows = c
-            .query(
-                &format!(
-                    "select s.wal_status, ({lsn} - s.restart_lsn)::int8, ({lsn})::text
+            let rows = c
+                .query(
+                    &format!(
+                        "select s.wal_status, ({lsn} - s.restart_lsn)::int8, ({lsn})::text
                        from pg_catalog.pg_replication_slots s where s.slot_name = $1"
-                ),
-                &[&slot],
-            )
-            .await?;
-        Ok(match rows.first() {
-            Some(r) => SlotState {
-                wal_status: r.get(0),
-                retained_bytes: r.get(1),
-                node_lsn: r.get(2),
-                exists: true,
-            },
-            None => {
-                let r = c.query_one(&format!("select ({lsn})::text"), &[]).await?;
-                SlotState {
-                    node_lsn: r.get(0),
-                    ..SlotState::default()
+                    ),
+                    &[&slot],
+                )
+                .await?;
+            Ok(match rows.first() {
+                Some(r) => SlotState {
+                    wal_status: r.get(0),
+                    retained_bytes: r.get(1),
+                    node_lsn: r.get(2),
+                    exists: true,
+                },
+                None => {
+                    let r = c.query_one(&format!("select ({lsn})::text"), &[]).await?;
+                    SlotState {
+                        node_lsn: r.get(0),
+                        ..SlotState::default()
+                    }
                 }
-            }
-        })
-    })
+            })
+        },
+    )
     .await
 }
 

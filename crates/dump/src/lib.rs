@@ -83,8 +83,8 @@ pub use restore::{
     journals_in, remove_journal, restore_set, undo_interrupted,
 };
 pub use run::{
-    CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, GLOBALS_DUMP_FILE,
-    ENV_REMOVED, ROLES_FILE, run_backup,
+    CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, ENV_REMOVED,
+    GLOBALS_DUMP_FILE, ROLES_FILE, run_backup,
 };
 pub use set::{
     LOG_FILE, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, ManifestCommand, PhaseTiming,

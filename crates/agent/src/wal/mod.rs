@@ -40,6 +40,10 @@ fn load_cache(state_dir: &Path) -> Option<Vec<AgentWalArchive>> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+fn save_cache(state_dir: &Path, list: &[AgentWalArchive]) -> anyhow::Result<()> {
+    crate::state::write_atomic(&cache_path(state_dir), &serde_json::to_vec(list)?)
+}
+
 /// The interval of the archive list refresh, the ledger delivery and the state report.
 fn every(ctx: &Ctx) -> Duration {
     Duration::from_secs(ctx.cfg.repoll_seconds.clamp(1, 30))
@@ -88,13 +92,10 @@ impl Manager {
             .await
         {
             Ok(list) => {
-                if self.known.as_ref() != Some(&list) {
-                    if let Err(e) = serde_json::to_vec(&list)
-                        .map_err(anyhow::Error::from)
-                        .and_then(|b| crate::state::write_atomic(&cache_path(&ctx.cfg.state_dir), &b))
-                    {
-                        tracing::warn!("cannot cache the WAL archives: {e:#}");
-                    }
+                if self.known.as_ref() != Some(&list)
+                    && let Err(e) = save_cache(&ctx.cfg.state_dir, &list)
+                {
+                    tracing::warn!("cannot cache the WAL archives: {e:#}");
                 }
                 self.known = Some(list);
             }
@@ -109,9 +110,11 @@ impl Manager {
         // Receivers of archives that are no longer ACTIVE (or changed) stop.
         let ids: Vec<i64> = self.running.keys().copied().collect();
         for id in ids {
-            let keep = known
-                .iter()
-                .any(|a| a.archive_id == id && a.status == "ACTIVE" && Some(a) == self.running.get(&id).map(|r| &r.archive));
+            let keep = known.iter().any(|a| {
+                a.archive_id == id
+                    && a.status == "ACTIVE"
+                    && Some(a) == self.running.get(&id).map(|r| &r.archive)
+            });
             if !keep && let Some(r) = self.running.remove(&id) {
                 self.stop_receiver(r).await;
             }
@@ -169,14 +172,21 @@ impl Manager {
         let config = match receiver::node_config(&self.ctx, a) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!("cannot drop slot {} on PgSQL node {lbl}: {e:#}", a.slot_name);
+                tracing::error!(
+                    "cannot drop slot {} on PgSQL node {lbl}: {e:#}",
+                    a.slot_name
+                );
                 return;
             }
         };
         match pgbackman_db::wal_node::drop_slot(config, &lbl, &a.slot_name).await {
             Ok(was) => {
                 if was {
-                    tracing::info!(archive = a.archive_id, "dropped replication slot {} on PgSQL node {lbl}", a.slot_name);
+                    tracing::info!(
+                        archive = a.archive_id,
+                        "dropped replication slot {} on PgSQL node {lbl}",
+                        a.slot_name
+                    );
                 }
             }
             Err(e) => {
@@ -192,7 +202,8 @@ impl Manager {
         if let Err(e) = ctx
             .db(
                 "wal_archive_slot_dropped",
-                ctx.catalog.wal_archive_slot_dropped(ctx.server_id, a.archive_id),
+                ctx.catalog
+                    .wal_archive_slot_dropped(ctx.server_id, a.archive_id),
             )
             .await
         {
@@ -208,7 +219,9 @@ impl Manager {
             let lbl = receiver::label(a);
             let st = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let slot = match receiver::node_config(ctx, a) {
-                Ok(c) => pgbackman_db::wal_node::slot_state(c, &lbl, &a.slot_name).await.ok(),
+                Ok(c) => pgbackman_db::wal_node::slot_state(c, &lbl, &a.slot_name)
+                    .await
+                    .ok(),
                 Err(_) => None,
             };
             let mut state = st.state.clone();
@@ -216,10 +229,18 @@ impl Manager {
                 state = format!("{state}, last {last}");
             }
             let s = ArchiveState {
-                receiver_state: if state.is_empty() { "starting".into() } else { state },
+                receiver_state: if state.is_empty() {
+                    "starting".into()
+                } else {
+                    state
+                },
                 receiver_error: st.error.clone(),
                 slot_wal_status: slot.as_ref().and_then(|s| {
-                    if s.exists { s.wal_status.clone() } else { Some("missing".into()) }
+                    if s.exists {
+                        s.wal_status.clone()
+                    } else {
+                        Some("missing".into())
+                    }
                 }),
                 slot_retained_bytes: slot.as_ref().and_then(|s| s.retained_bytes),
                 node_lsn: slot.as_ref().and_then(|s| s.node_lsn.clone()),
@@ -227,7 +248,8 @@ impl Manager {
             if let Err(e) = ctx
                 .db(
                     "report_wal_archive_state",
-                    ctx.catalog.report_wal_archive_state(ctx.server_id, a.archive_id, &s),
+                    ctx.catalog
+                        .report_wal_archive_state(ctx.server_id, a.archive_id, &s),
                 )
                 .await
             {

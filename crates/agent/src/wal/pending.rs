@@ -70,7 +70,10 @@ pub async fn deliver(ctx: &Ctx) -> usize {
                     paths.push(p.clone());
                 }
                 Err(e) => {
-                    tracing::error!("unreadable pending WAL report {}: {e:#}; it is skipped", p.display());
+                    tracing::error!(
+                        "unreadable pending WAL report {}: {e:#}; it is skipped",
+                        p.display()
+                    );
                 }
             }
         }
@@ -86,7 +89,9 @@ pub async fn deliver(ctx: &Ctx) -> usize {
         match answer {
             Ok(rows) => {
                 for r in rows {
-                    let Some(p) = paths.get(r.index) else { continue };
+                    let Some(p) = paths.get(r.index) else {
+                        continue;
+                    };
                     if r.outcome == Outcome::Refused {
                         tracing::error!(
                             "the catalog refused WAL object {}: {} (WAL_CONFLICT alert raised; the stored file stays)",

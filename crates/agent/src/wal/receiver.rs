@@ -41,8 +41,13 @@ pub fn node_config(ctx: &Ctx, a: &AgentWalArchive) -> anyhow::Result<pgbackman_c
         ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
         _ => std::env::var(k).ok(),
     };
-    let port = u16::try_from(a.pgport)
-        .map_err(|_| anyhow::anyhow!("port {} of PgSQL node {} is not a port", a.pgport, a.node_fqdn))?;
+    let port = u16::try_from(a.pgport).map_err(|_| {
+        anyhow::anyhow!(
+            "port {} of PgSQL node {} is not a port",
+            a.pgport,
+            a.node_fqdn
+        )
+    })?;
     let r = pgbackman_config::node_config_with(
         &a.node_fqdn,
         port,
@@ -122,8 +127,8 @@ async fn once(
         );
     }
     let major = pgbackman_dump::server_major(ident.server_version_num);
-    let seg_size = SegmentSize::new(ident.seg_size)
-        .map_err(|e| anyhow::anyhow!("PgSQL node {lbl}: {e}"))?;
+    let seg_size =
+        SegmentSize::new(ident.seg_size).map_err(|e| anyhow::anyhow!("PgSQL node {lbl}: {e}"))?;
     let node = NodeIdentity {
         node_id: a.pgsql_node_id,
         label: lbl.clone(),
@@ -174,8 +179,10 @@ async fn once(
     for k in pgbackman_dump::ENV_REMOVED {
         c.env_remove(k);
     }
-    c.env("PGAPPNAME", "pgbackman_walreceiver")
-        .env("PGCONNECT_TIMEOUT", ctx.cfg.nodes.connect.after.as_secs().max(1).to_string());
+    c.env("PGAPPNAME", "pgbackman_walreceiver").env(
+        "PGCONNECT_TIMEOUT",
+        ctx.cfg.nodes.connect.after.as_secs().max(1).to_string(),
+    );
     if !a.sslmode.is_empty() {
         c.env("PGSSLMODE", &a.sslmode);
     }
@@ -185,7 +192,10 @@ async fn once(
     let mut child = c
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", program.display()))?;
-    let pgid = child.id().and_then(|i| i32::try_from(i).ok()).map(Pid::from_raw);
+    let pgid = child
+        .id()
+        .and_then(|i| i32::try_from(i).ok())
+        .map(Pid::from_raw);
     let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
     if let Some(err) = child.stderr.take() {
         let tail = tail.clone();
@@ -280,7 +290,10 @@ async fn intake(
                     .trim_end_matches(".zst")
                     .to_string();
                 tracing::debug!("stored WAL file {name} of PgSQL node {}", node.label);
-                status.lock().unwrap_or_else(|e| e.into_inner()).last_segment = Some(name);
+                status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_segment = Some(name);
                 stored.notify_one();
             }
             Intake::Skipped => {}

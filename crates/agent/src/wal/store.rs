@@ -149,7 +149,10 @@ fn refuse(dirs: &ArchiveDirs, path: &Path, name: &WalFileName, why: String) -> R
     fs::rename(path, &dest)
         .with_context(|| format!("moving {} to {}", path.display(), dest.display()))?;
     sync_dir(&aside)?;
-    Ok(Intake::Refused(format!("{why} (kept as {})", dest.display())))
+    Ok(Intake::Refused(format!(
+        "{why} (kept as {})",
+        dest.display()
+    )))
 }
 
 /// Takes one completed file: checks it, stores it compressed, and describes it. The incoming
@@ -246,7 +249,12 @@ pub fn take(
         codec: "zstd".into(),
         stored_path: dest.display().to_string(),
         arrival: "stream".into(),
-        header_check: if kind == "full" { "PASSED" } else { "NOT_CHECKED" }.into(),
+        header_check: if kind == "full" {
+            "PASSED"
+        } else {
+            "NOT_CHECKED"
+        }
+        .into(),
         header_detail: None,
         arrived_at: chrono::Utc::now(),
         history,
