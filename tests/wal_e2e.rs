@@ -194,4 +194,5 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
         "0"
     );
     agent.stop();
+    eprintln!("AGENTLOG\n{}", agent.log());
 }

@@ -234,12 +234,20 @@ async fn once(
             _ = stop.cancelled() => {
                 // SIGTERM lets pg_receivewal flush and exit; SIGKILL after a grace period.
                 if let Some(g) = pgid { let _ = killpg(g, Signal::SIGTERM); }
-                if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                let t = Instant::now();
+                let killed = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err();
+                if killed {
                     if let Some(g) = pgid { let _ = killpg(g, Signal::SIGKILL); }
                     let _ = child.wait().await;
                 }
                 let _ = intake(ctx, &dirs, &node, status, stored).await;
                 set(status, "stopped", None);
+                tracing::info!(
+                    archive = a.archive_id,
+                    "WAL receiver of PgSQL node {lbl} stopped ({} after {} ms)",
+                    if killed { "killed" } else { "exited" },
+                    t.elapsed().as_millis()
+                );
                 return Ok(());
             }
         }
