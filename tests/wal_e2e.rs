@@ -143,13 +143,20 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     }
     let pending = agent.state().join("wal_pending");
     let stored = |segno: u64| {
-        walk(&agent.backups())
-            .iter()
-            .any(|p| p.ends_with(format!("00000001{:08X}{:08X}.zst", segno >> 8, segno & 0xff)))
+        walk(&agent.backups()).iter().any(|p| {
+            p.ends_with(format!(
+                "00000001{:08X}{:08X}.zst",
+                segno >> 8,
+                segno & 0xff
+            ))
+        })
     };
-    wait_until("the segments stored while the catalog is down", 30, &[&agent], || {
-        stored(current - 1)
-    });
+    wait_until(
+        "the segments stored while the catalog is down",
+        30,
+        &[&agent],
+        || stored(current - 1),
+    );
     assert!(
         std::fs::read_dir(&pending).unwrap().count() >= 2,
         "reports pending in {}",

@@ -285,3 +285,107 @@ pub fn remove_incoming(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYSID: u64 = 7_412_345_678_901_234_567;
+
+    fn node() -> NodeIdentity {
+        NodeIdentity {
+            node_id: 7,
+            label: "pg1:5432".into(),
+            sysid: SYSID,
+            major: 15,
+            seg_size: SegmentSize::default(),
+        }
+    }
+
+    /// A segment whose long page header says what a PostgreSQL 15 node `sysid` writes.
+    fn segment(segno: u64, sysid: u64, fill: u8) -> Vec<u8> {
+        let size = SegmentSize::default();
+        let mut b = vec![fill; size.bytes() as usize];
+        b[..40].fill(0);
+        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[2..4].copy_from_slice(&2u16.to_le_bytes());
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8..16].copy_from_slice(&(segno * u64::from(size.bytes())).to_le_bytes());
+        b[24..32].copy_from_slice(&sysid.to_le_bytes());
+        b[32..36].copy_from_slice(&size.bytes().to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    fn put(dirs: &ArchiveDirs, segno: u64, bytes: &[u8]) -> (WalFileName, PathBuf) {
+        let name = WalFileName::segment(1, segno, SegmentSize::default());
+        fs::create_dir_all(dirs.incoming()).unwrap();
+        let p = dirs.incoming().join(name.to_string());
+        fs::write(&p, bytes).unwrap();
+        (name, p)
+    }
+
+    #[test]
+    fn a_segment_is_stored_compressed_with_both_hashes_and_taken_again_as_the_same() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = ArchiveDirs::new(t.path(), 7);
+        let seg = segment(3, SYSID, 0);
+        let (name, p) = put(&dirs, 3, &seg);
+        assert_eq!(completed(&dirs.incoming(), SegmentSize::default()).len(), 1);
+        let Intake::Stored(o) = take(&dirs, &node(), &name, &p).unwrap() else {
+            panic!("not stored")
+        };
+        let dest = dirs.stored(SYSID, &name);
+        assert_eq!(
+            dest,
+            t.path()
+                .join("wal/node7/7412345678901234567/00000001/000000010000000000000003.zst")
+        );
+        let z = fs::read(&dest).unwrap();
+        assert!(z.len() < seg.len() / 100);
+        assert_eq!(o.stored_sha256, sha256_hex(&z));
+        assert_eq!(o.sha256, sha256_hex(&seg));
+        assert_eq!(o.start_lsn.as_deref(), Some("0/3000000"));
+        assert_eq!(o.end_lsn.as_deref(), Some("0/4000000"));
+        assert_eq!(
+            (o.kind.as_str(), o.segno, o.header_check.as_str()),
+            ("full", Some(3), "PASSED")
+        );
+        // Taken again (a crash before the incoming file was removed): the same object.
+        let Intake::Stored(again) = take(&dirs, &node(), &name, &p).unwrap() else {
+            panic!("not stored again")
+        };
+        assert_eq!(again.sha256, o.sha256);
+        remove_incoming(&p).unwrap();
+        assert!(completed(&dirs.incoming(), SegmentSize::default()).is_empty());
+    }
+
+    #[test]
+    fn other_content_under_a_stored_name_and_a_foreign_segment_are_kept_aside() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = ArchiveDirs::new(t.path(), 7);
+        let (name, p) = put(&dirs, 3, &segment(3, SYSID, 0));
+        assert!(matches!(
+            take(&dirs, &node(), &name, &p).unwrap(),
+            Intake::Stored(_)
+        ));
+        let (name, p) = put(&dirs, 3, &segment(3, SYSID, 1));
+        let Intake::Refused(why) = take(&dirs, &node(), &name, &p).unwrap() else {
+            panic!("overwritten")
+        };
+        assert!(why.contains("other content"), "{why}");
+        assert!(!p.exists());
+        let (name, p) = put(&dirs, 4, &segment(4, 42, 0));
+        let Intake::Refused(why) = take(&dirs, &node(), &name, &p).unwrap() else {
+            panic!("foreign segment stored")
+        };
+        assert!(why.contains("42"), "{why}");
+        assert_eq!(fs::read_dir(dirs.refused()).unwrap().count(), 2);
+        // A file shorter than a segment is not complete yet.
+        let (name, p) = put(&dirs, 5, &segment(5, SYSID, 0)[..8192]);
+        assert!(matches!(
+            take(&dirs, &node(), &name, &p).unwrap(),
+            Intake::Skipped
+        ));
+    }
+}
