@@ -275,7 +275,7 @@ async fn intake(
     status: &Shared,
     stored: &Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
-    let files = store::completed(&dirs.incoming(), node.seg_size);
+    let files = store::completed(dirs, node);
     for (name, path) in files {
         let (d, n, s) = (dirs.clone(), node.clone(), ctx.cfg.state_dir.clone());
         let taken = tokio::task::spawn_blocking(move || -> anyhow::Result<Intake> {

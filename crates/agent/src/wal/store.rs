@@ -81,23 +81,78 @@ pub enum Intake {
     Refused(String),
 }
 
-/// The completed files of `incoming/` a pass takes: segments and history files, oldest name
-/// first (names order segments within a timeline; the ledger orders by timeline and LSN).
-pub fn completed(incoming: &Path, seg_size: SegmentSize) -> Vec<(WalFileName, PathBuf)> {
-    let mut v: Vec<(String, WalFileName, PathBuf)> = fs::read_dir(incoming)
+/// The completed files of `incoming/` a pass takes: segments and history files, and the
+/// `.partial` segment a timeline ended with once a later timeline exists (pg_receivewal leaves
+/// it when the node was promoted: the tail of the old timeline, needed to replay up to the
+/// switch point). Oldest name first (history files before the segments of their timeline).
+pub fn completed(dirs: &ArchiveDirs, node: &NodeIdentity) -> Vec<(WalFileName, PathBuf)> {
+    let mut v: Vec<(String, WalFileName, PathBuf)> = fs::read_dir(dirs.incoming())
         .map(|d| {
             d.flatten()
                 .filter_map(|e| {
                     let n = e.file_name().to_str()?.to_string();
-                    let w = WalFileName::parse(&n, seg_size).ok()?;
-                    matches!(w.kind, WalFileKind::Segment { .. } | WalFileKind::History)
-                        .then(|| (n, w, e.path()))
+                    let w = WalFileName::parse(&n, node.seg_size).ok()?;
+                    matches!(
+                        w.kind,
+                        WalFileKind::Segment { .. }
+                            | WalFileKind::History
+                            | WalFileKind::Partial { .. }
+                    )
+                    .then(|| (n, w, e.path()))
                 })
                 .collect()
         })
         .unwrap_or_default();
+    let newest = v
+        .iter()
+        .filter(|(_, w, _)| !matches!(w.kind, WalFileKind::Partial { .. }))
+        .map(|(_, w, _)| w.tli)
+        .chain(stored_timelines(dirs, node.sysid))
+        .max()
+        .unwrap_or(0);
+    v.retain(|(_, w, _)| !matches!(w.kind, WalFileKind::Partial { .. }) || w.tli < newest);
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v.into_iter().map(|(_, w, p)| (w, p)).collect()
+}
+
+/// The timelines with a directory in the store.
+fn stored_timelines(dirs: &ArchiveDirs, sysid: u64) -> Vec<u32> {
+    fs::read_dir(dirs.root.join(sysid.to_string()))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| u32::from_str_radix(e.file_name().to_str()?, 16).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where timeline `tli` ended, from the newest history file known (incoming or stored).
+fn switch_point(
+    dirs: &ArchiveDirs,
+    node: &NodeIdentity,
+    tli: u32,
+) -> Option<pgbackman_core::wal::Lsn> {
+    let mut later: Vec<u32> = stored_timelines(dirs, node.sysid)
+        .into_iter()
+        .filter(|t| *t > tli)
+        .collect();
+    later.sort_unstable();
+    for t in later.into_iter().rev() {
+        let name = WalFileName::history(t, node.seg_size);
+        let incoming = dirs.incoming().join(name.to_string());
+        let content = fs::read(&incoming).ok().or_else(|| {
+            fs::read(dirs.stored(node.sysid, &name))
+                .ok()
+                .and_then(|z| zstd::decode_all(&z[..]).ok())
+        });
+        if let Some(c) = content
+            && let Ok(h) = TimelineHistory::parse(t, &c)
+            && let Ok(Some(lsn)) = h.switch_point(tli)
+        {
+            return Some(lsn);
+        }
+    }
+    None
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -190,6 +245,27 @@ pub fn take(
                 node.seg_size.segment_end(segno),
             )
         }
+        WalFileKind::Partial { segno } => {
+            // Only once the history file saying where this timeline ended is stored.
+            let Some(end) = switch_point(dirs, node, name.tli) else {
+                return Ok(Intake::Skipped);
+            };
+            let expect = SegmentExpectation {
+                node: &node.label,
+                major: node.major,
+                system_identifier: node.sysid,
+                seg_size: node.seg_size,
+            };
+            if let HeaderVerdict::Invalid(p) = check_segment_header(name, &plain, &expect) {
+                return refuse(dirs, path, name, p.to_string());
+            }
+            (
+                "partial",
+                Some(segno),
+                node.seg_size.segment_start(segno),
+                Some(end),
+            )
+        }
         WalFileKind::History => {
             let h = match TimelineHistory::parse(name.tli, &plain) {
                 Ok(h) => h,
@@ -249,7 +325,7 @@ pub fn take(
         codec: "zstd".into(),
         stored_path: dest.display().to_string(),
         arrival: "stream".into(),
-        header_check: if kind == "full" {
+        header_check: if kind != "history" {
             "PASSED"
         } else {
             "NOT_CHECKED"
@@ -331,7 +407,7 @@ mod tests {
         let dirs = ArchiveDirs::new(t.path(), 7);
         let seg = segment(3, SYSID, 0);
         let (name, p) = put(&dirs, 3, &seg);
-        assert_eq!(completed(&dirs.incoming(), SegmentSize::default()).len(), 1);
+        assert_eq!(completed(&dirs, &node()).len(), 1);
         let Intake::Stored(o) = take(&dirs, &node(), &name, &p).unwrap() else {
             panic!("not stored")
         };
@@ -357,7 +433,7 @@ mod tests {
         };
         assert_eq!(again.sha256, o.sha256);
         remove_incoming(&p).unwrap();
-        assert!(completed(&dirs.incoming(), SegmentSize::default()).is_empty());
+        assert!(completed(&dirs, &node()).is_empty());
     }
 
     #[test]
@@ -387,5 +463,49 @@ mod tests {
             take(&dirs, &node(), &name, &p).unwrap(),
             Intake::Skipped
         ));
+    }
+
+    #[test]
+    fn the_partial_tail_of_a_timeline_is_taken_once_its_successor_history_is_stored() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = ArchiveDirs::new(t.path(), 7);
+        let size = SegmentSize::default();
+        let partial = WalFileName::parse("000000010000000000000003.partial", size).unwrap();
+        fs::create_dir_all(dirs.incoming()).unwrap();
+        let pp = dirs.incoming().join(partial.to_string());
+        fs::write(&pp, segment(3, SYSID, 0)).unwrap();
+        // The timeline still being written: not taken.
+        assert!(completed(&dirs, &node()).is_empty());
+        let hist = dirs.incoming().join("00000002.history");
+        fs::write(&hist, "1\t0/3000100\tno recovery target specified\n").unwrap();
+        let names: Vec<String> = completed(&dirs, &node())
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["000000010000000000000003.partial", "00000002.history"]
+        );
+        // The partial first waits for the history file to be stored.
+        assert!(matches!(
+            take(&dirs, &node(), &partial, &pp).unwrap(),
+            Intake::Skipped
+        ));
+        let h = WalFileName::history(2, size);
+        let Intake::Stored(o) = take(&dirs, &node(), &h, &hist).unwrap() else {
+            panic!("history not stored")
+        };
+        assert_eq!(o.history.len(), 1);
+        assert_eq!(o.history[0].switch_lsn, "0/3000100");
+        let Intake::Stored(o) = take(&dirs, &node(), &partial, &pp).unwrap() else {
+            panic!("partial not stored")
+        };
+        assert_eq!(o.kind, "partial");
+        assert_eq!(o.start_lsn.as_deref(), Some("0/3000000"));
+        assert_eq!(o.end_lsn.as_deref(), Some("0/3000100"));
+        assert!(
+            o.stored_path
+                .ends_with("00000001/000000010000000000000003.partial.zst")
+        );
     }
 }
