@@ -9,7 +9,7 @@ use std::path::Path;
 
 use common::Env;
 use common::agent::*;
-use pgbackman_testkit::TestCluster;
+use pgbackman_testkit::{Standby, TestCluster};
 use sha2::Digest;
 
 const SEG: u64 = 16 * 1024 * 1024;
@@ -202,4 +202,66 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     );
     agent.stop();
     eprintln!("AGENTLOG\n{}", agent.log());
+}
+
+#[test]
+fn a_promoted_standby_continues_the_archive_on_its_new_timeline() {
+    let env = Env::new();
+    env.register_backup_servers(&["bs1"]);
+    let primary = TestCluster::start_on(&["127.0.0.2"]);
+    primary.psql("postgres", "create table t (x int)");
+    let standby = Standby::of(&primary, &["127.0.0.5"]);
+    standby.wait_replayed(&primary);
+    env.cmd(&format!(
+        "register_pgsql_node 127.0.0.5 \"\" {} postgres RUNNING standby",
+        standby.port()
+    ))
+    .ok();
+    env.cmd("register_wal_archive bs1.example.org 127.0.0.5").ok();
+    let agent = Agent::start(&env, "bs1.example.org", None);
+    let active =
+        "select count(*) from pg_replication_slots where slot_name = 'pgbackman_bs1' and active";
+    wait_until("the agent's slot streaming from the standby", 30, &[&agent], || {
+        standby.psql("postgres", active).trim() == "1"
+    });
+    let mut current = 0;
+    for _ in 0..2 {
+        current = switch(&primary);
+    }
+    let full = |tli: u32, segno: u64| {
+        format!(
+            "select count(*) from wal_object where kind = 'full' and timeline = {tli} and segno = {segno}"
+        )
+    };
+    wait_for(&env, &full(1, current - 1), "1", 30, &agent);
+
+    // Promoted: timeline 2 begins; the archive follows it with the history file, and keeps the
+    // partial tail of timeline 1 up to the switch point.
+    standby.psql("postgres", "select pg_promote()");
+    for _ in 0..2 {
+        current = switch(&standby);
+    }
+    wait_for(&env, &full(2, current - 1), "1", 30, &agent);
+    wait_for(
+        &env,
+        "select string_agg(kind || ':' || timeline, ',' order by timeline, kind) from wal_object where kind in ('history', 'partial')",
+        "partial:1,history:2",
+        20,
+        &agent,
+    );
+    let switch_lsn = env.sql("select switch_lsn from timeline_history where timeline = 2");
+    assert_eq!(
+        env.sql("select end_lsn from wal_object where kind = 'partial'"),
+        switch_lsn
+    );
+    let w = env.json("show_recovery_window 127.0.0.5");
+    let rows = w["recovery_window"].as_array().unwrap();
+    assert_eq!(rows[0]["timeline"], 2, "{w}");
+    let end = current * SEG;
+    assert_eq!(
+        rows[0]["to_lsn"],
+        format!("{:X}/{:X}", end >> 32, end & 0xffff_ffff),
+        "{w}"
+    );
+    drop(agent);
 }
