@@ -263,5 +263,9 @@ fn a_promoted_standby_continues_the_archive_on_its_new_timeline() {
         format!("{:X}/{:X}", end >> 32, end & 0xffff_ffff),
         "{w}"
     );
+    // Restorable across the promotion: from the first segment of timeline 1, along 1 → 2.
+    assert_eq!(rows[0]["lineage"], "1 → 2", "{w}");
+    assert_eq!(rows[0]["from_lsn"], rows[1]["from_lsn"], "{w}");
+    assert_eq!(rows[1]["timeline"], 1, "{w}");
     drop(agent);
 }
