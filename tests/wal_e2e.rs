@@ -218,7 +218,7 @@ fn a_promoted_standby_continues_the_archive_on_its_new_timeline() {
     ))
     .ok();
     env.cmd("register_wal_archive bs1.example.org 127.0.0.5").ok();
-    let agent = Agent::start(&env, "bs1.example.org", None);
+    let mut agent = Agent::start(&env, "bs1.example.org", None);
     let active =
         "select count(*) from pg_replication_slots where slot_name = 'pgbackman_bs1' and active";
     wait_until("the agent's slot streaming from the standby", 30, &[&agent], || {
@@ -267,5 +267,8 @@ fn a_promoted_standby_continues_the_archive_on_its_new_timeline() {
     assert_eq!(rows[0]["lineage"], "1 → 2", "{w}");
     assert_eq!(rows[0]["from_lsn"], rows[1]["from_lsn"], "{w}");
     assert_eq!(rows[1]["timeline"], 1, "{w}");
-    drop(agent);
+    // A stopped agent stops its pg_receivewal first (SIGTERM: it flushes and exits).
+    assert!(agent.sigterm().success(), "{}", agent.log());
+    assert!(agent.log().contains("stopped (exited after"), "{}", agent.log());
+    assert_eq!(standby.psql("postgres", active).trim(), "0");
 }
