@@ -217,13 +217,17 @@ fn a_promoted_standby_continues_the_archive_on_its_new_timeline() {
         standby.port()
     ))
     .ok();
-    env.cmd("register_wal_archive bs1.example.org 127.0.0.5").ok();
+    env.cmd("register_wal_archive bs1.example.org 127.0.0.5")
+        .ok();
     let mut agent = Agent::start(&env, "bs1.example.org", None);
     let active =
         "select count(*) from pg_replication_slots where slot_name = 'pgbackman_bs1' and active";
-    wait_until("the agent's slot streaming from the standby", 30, &[&agent], || {
-        standby.psql("postgres", active).trim() == "1"
-    });
+    wait_until(
+        "the agent's slot streaming from the standby",
+        30,
+        &[&agent],
+        || standby.psql("postgres", active).trim() == "1",
+    );
     let mut current = 0;
     for _ in 0..2 {
         current = switch(&primary);
@@ -269,6 +273,10 @@ fn a_promoted_standby_continues_the_archive_on_its_new_timeline() {
     assert_eq!(rows[1]["timeline"], 1, "{w}");
     // A stopped agent stops its pg_receivewal first (SIGTERM: it flushes and exits).
     assert!(agent.sigterm().success(), "{}", agent.log());
-    assert!(agent.log().contains("stopped (exited after"), "{}", agent.log());
+    assert!(
+        agent.log().contains("stopped (exited after"),
+        "{}",
+        agent.log()
+    );
     assert_eq!(standby.psql("postgres", active).trim(), "0");
 }
