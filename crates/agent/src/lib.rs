@@ -900,10 +900,16 @@ impl Runner {
                     self.fire(due).await;
                 }
                 Some(table) = wake_rx.recv() => {
-                    // Job rows only need a claim; anything else may change the definitions.
-                    let mut definitions = table != "job";
+                    // Job rows only need a claim; WAL archives (whose state reports notify
+                    // too) are the WAL task's; anything else may change the definitions.
+                    let mut definitions = table != "job" && table != "wal_archive";
+                    let mut archives = table == "wal_archive" || table == "*";
                     while let Ok(t) = wake_rx.try_recv() {
-                        definitions |= t != "job";
+                        definitions |= t != "job" && t != "wal_archive";
+                        archives |= t == "wal_archive" || t == "*";
+                    }
+                    if archives {
+                        wal::wake();
                     }
                     if definitions {
                         self.refresh().await;

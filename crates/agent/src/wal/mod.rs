@@ -49,6 +49,14 @@ fn every(ctx: &Ctx) -> Duration {
     Duration::from_secs(ctx.cfg.repoll_seconds.clamp(1, 30))
 }
 
+/// Wakes the WAL task for a round now (a `wal_archive` notification: an archive registered or
+/// being deleted is acted on at once, not at the next re-poll).
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+pub fn wake() {
+    WAKE.notify_one();
+}
+
 pub fn spawn(ctx: Arc<Ctx>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let stored = Arc::new(tokio::sync::Notify::new());
@@ -63,8 +71,20 @@ pub fn spawn(ctx: Arc<Ctx>, stop: CancellationToken) -> tokio::task::JoinHandle<
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => m.round().await,
-                _ = m.stored.notified() => { pending::deliver(&m.ctx).await; }
+                // A stop does not wait for a round's catalog calls (SIGTERM within 15 s).
+                _ = tick.tick() => tokio::select! {
+                    _ = m.round() => {}
+                    _ = stop.cancelled() => break,
+                },
+                // Only the list: the state report notifies too, and must not loop back here.
+                _ = WAKE.notified() => tokio::select! {
+                    _ = m.apply() => {}
+                    _ = stop.cancelled() => break,
+                },
+                _ = m.stored.notified() => tokio::select! {
+                    _ = pending::deliver(&m.ctx) => {}
+                    _ = stop.cancelled() => break,
+                },
             }
         }
         for (_, r) in std::mem::take(&mut m.running) {
@@ -83,6 +103,13 @@ struct Manager {
 
 impl Manager {
     async fn round(&mut self) {
+        self.apply().await;
+        pending::deliver(&self.ctx).await;
+        self.report_states().await;
+    }
+
+    /// Reads the archives (catalog, else cache) and makes the receivers match them.
+    async fn apply(&mut self) {
         let ctx = self.ctx.clone();
         match ctx
             .db(
@@ -126,8 +153,6 @@ impl Manager {
                 _ => {}
             }
         }
-        pending::deliver(&ctx).await;
-        self.report_states().await;
     }
 
     fn start(&mut self, a: AgentWalArchive) {
