@@ -169,6 +169,23 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
         std::fs::read_dir(&pending).unwrap().count() == 0
     });
 
+    // pg_receivewal's directory keeps only the newest stored segment (where a restarted
+    // receiver resumes) and the one being written.
+    let incoming: Vec<String> = walk(&agent.backups())
+        .iter()
+        .filter(|p| p.parent().is_some_and(|d| d.ends_with("incoming")))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    assert_eq!(
+        incoming,
+        [format!(
+            "00000001{:08X}{:08X}",
+            (current - 1) >> 8,
+            (current - 1) & 0xff
+        )]
+    );
+
     // The archive's state as the agent reports it, and the recovery window by SQL.
     wait_for(
         &env,

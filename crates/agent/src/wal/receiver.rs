@@ -4,13 +4,14 @@
 //! store every second (`store::take`) and queued for the ledger (`pending`).
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use pgbackman_core::wal::SegmentSize;
+use pgbackman_core::wal::{SegmentSize, WalFileKind};
 use pgbackman_db::wal_agent::AgentWalArchive;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
@@ -143,8 +144,9 @@ async fn once(
     let dirs = ArchiveDirs::new(&node_dir, a.pgsql_node_id);
     let incoming = dirs.incoming();
     crate::state::create_dir_0700(&incoming)?;
-    // What a previous life completed but did not take.
-    intake(ctx, &dirs, &node, status, stored).await?;
+    // What a previous life completed but did not take (and the segment it kept).
+    let mut kept: Option<PathBuf> = None;
+    intake(ctx, &dirs, &node, status, stored, &mut kept).await?;
 
     let mut args: Vec<String> = vec![
         format!("--directory={}", incoming.display()),
@@ -226,7 +228,7 @@ async fn once(
         tokio::select! {
             r = child.wait() => break r,
             _ = tick.tick() => {
-                if let Err(e) = intake(ctx, &dirs, &node, status, stored).await {
+                if let Err(e) = intake(ctx, &dirs, &node, status, stored, &mut kept).await {
                     tracing::error!(archive = a.archive_id, "WAL intake of PgSQL node {lbl}: {e:#}");
                     set(status, "streaming", Some(format!("{e:#}")));
                 }
@@ -240,7 +242,7 @@ async fn once(
                     if let Some(g) = pgid { let _ = killpg(g, Signal::SIGKILL); }
                     let _ = child.wait().await;
                 }
-                let _ = intake(ctx, &dirs, &node, status, stored).await;
+                let _ = intake(ctx, &dirs, &node, status, stored, &mut kept).await;
                 set(status, "stopped", None);
                 tracing::info!(
                     archive = a.archive_id,
@@ -253,7 +255,7 @@ async fn once(
         }
     };
     // The last completed segment may have arrived just before the exit.
-    intake(ctx, &dirs, &node, status, stored).await?;
+    intake(ctx, &dirs, &node, status, stored, &mut kept).await?;
     let why = tail
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -267,29 +269,51 @@ async fn once(
     }
 }
 
-/// Takes every completed file of the incoming directory, in name order.
+/// Takes every completed file of the incoming directory, in name order. The newest stored
+/// segment stays in `incoming/` (`kept`) until a newer one is stored: pg_receivewal starts
+/// after the newest segment it finds there, which before PostgreSQL 15 (no
+/// READ_REPLICATION_SLOT) is the only way a restarted receiver resumes where the archive ends
+/// rather than at the node's current position.
 async fn intake(
     ctx: &Ctx,
     dirs: &ArchiveDirs,
     node: &NodeIdentity,
     status: &Shared,
     stored: &Arc<tokio::sync::Notify>,
+    kept: &mut Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let files = store::completed(dirs, node);
     for (name, path) in files {
-        let (d, n, s) = (dirs.clone(), node.clone(), ctx.cfg.state_dir.clone());
+        if kept.as_ref() == Some(&path) {
+            continue;
+        }
+        let keep = matches!(name.kind, WalFileKind::Segment { .. });
+        let previous = kept.clone();
+        let (d, n, s, p) = (
+            dirs.clone(),
+            node.clone(),
+            ctx.cfg.state_dir.clone(),
+            path.clone(),
+        );
         let taken = tokio::task::spawn_blocking(move || -> anyhow::Result<Intake> {
-            let r = store::take(&d, &n, &name, &path)?;
+            let r = store::take(&d, &n, &name, &p)?;
             if let Intake::Stored(o) = &r {
                 // The report is durable before the incoming file goes.
                 super::pending::add(&s, o)?;
-                store::remove_incoming(&path)?;
+                if !keep {
+                    store::remove_incoming(&p)?;
+                } else if let Some(old) = previous {
+                    store::remove_incoming(&old)?;
+                }
             }
             Ok(r)
         })
         .await??;
         match taken {
             Intake::Stored(o) => {
+                if keep {
+                    *kept = Some(path);
+                }
                 let name = o
                     .stored_path
                     .rsplit('/')
