@@ -105,7 +105,20 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     env.cmd("register_wal_archive bs1.example.org 127.0.0.2")
         .ok();
 
-    let mut agent = Agent::start(&env, "bs1.example.org", None);
+    // --check names what the receiver needs of the node and of this host.
+    let mut agent = Agent::configure(&env, "bs1.example.org", "");
+    let o = agent.command().arg("--check").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "[OK] WAL archive 1 of PgSQL node 127.0.0.2:",
+        "no slot yet; the agent creates it",
+        "pg_receivewal for PostgreSQL 15",
+        "replication connection accepted",
+    ] {
+        assert!(out.contains(want), "{want:?} in:\n{out}");
+    }
+    assert!(!out.contains("[WARN] WAL archive"), "{out}");
+    agent.spawn(None);
     let active =
         "select count(*) from pg_replication_slots where slot_name = 'pgbackman_bs1' and active";
     wait_until("the agent's slot streaming", 30, &[&agent], || {

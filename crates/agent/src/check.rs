@@ -150,6 +150,9 @@ pub(crate) async fn run(s: &Setup, strict: bool, user: Option<&ServiceUser>) -> 
     for (level, what) in client_programs(s) {
         line(level, what);
     }
+    for (level, what) in crate::wal::check::check(s).await {
+        line(level, what);
+    }
     if errors > 0 {
         bail!("{errors} check(s) failed: the agent cannot start until they are fixed");
     }

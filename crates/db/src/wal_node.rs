@@ -159,6 +159,54 @@ pub async fn drop_slot(
     .await
 }
 
+/// What `pgbackman-agent --check` reads of a node for its WAL archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSettings {
+    pub wal_level: String,
+    pub max_wal_senders: i32,
+    /// WAL senders running now.
+    pub senders_in_use: i64,
+    /// The connecting user has REPLICATION (or is a superuser).
+    pub can_replicate: bool,
+    pub server_version_num: i32,
+    /// The slot's `wal_status` and whether a receiver uses it; None when there is no slot.
+    pub slot: Option<(Option<String>, bool)>,
+}
+
+/// Reads the node's WAL settings, the connecting role's REPLICATION attribute and the slot.
+pub async fn wal_settings(
+    config: impl Into<pgbackman_config::ConnConfig>,
+    label: &str,
+    slot: &str,
+) -> Result<WalSettings, DbError> {
+    session(config.into(), label, "reading its WAL settings", async |c| {
+        let r = c
+            .query_one(
+                "select current_setting('wal_level'), current_setting('max_wal_senders')::int4,
+                        (select count(*) from pg_catalog.pg_stat_replication),
+                        (select rolreplication or rolsuper from pg_catalog.pg_roles where rolname = current_user),
+                        current_setting('server_version_num')::int4",
+                &[],
+            )
+            .await?;
+        let s = c
+            .query(
+                "select wal_status, active from pg_catalog.pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await?;
+        Ok(WalSettings {
+            wal_level: r.get(0),
+            max_wal_senders: r.get(1),
+            senders_in_use: r.get(2),
+            can_replicate: r.get::<_, Option<bool>>(3).unwrap_or(false),
+            server_version_num: r.get(4),
+            slot: s.first().map(|x| (x.get(0), x.get(1))),
+        })
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

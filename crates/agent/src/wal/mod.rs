@@ -8,6 +8,7 @@
 //! Every catalog call goes through `Ctx::db` (one deadline); node calls have the `[nodes]`
 //! deadlines. Nothing here waits on the catalog to keep receiving.
 
+pub(crate) mod check;
 mod pending;
 mod receiver;
 mod store;

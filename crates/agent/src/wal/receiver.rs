@@ -37,7 +37,14 @@ fn set(s: &Shared, state: &str, error: Option<String>) {
 
 /// The archive's node as a job connects to it: the agent's pgpass file, `[nodes]` deadlines.
 pub fn node_config(ctx: &Ctx, a: &AgentWalArchive) -> anyhow::Result<pgbackman_config::ConnConfig> {
-    let passfile = ctx.cfg.passfile.clone();
+    node_config_of(&ctx.cfg, a)
+}
+
+pub fn node_config_of(
+    cfg: &pgbackman_config::AgentSection,
+    a: &AgentWalArchive,
+) -> anyhow::Result<pgbackman_config::ConnConfig> {
+    let passfile = cfg.passfile.clone();
     let env = move |k: &str| match (k, &passfile) {
         ("PGPASSFILE", Some(p)) => Some(p.display().to_string()),
         _ => std::env::var(k).ok(),
@@ -57,7 +64,7 @@ pub fn node_config(ctx: &Ctx, a: &AgentWalArchive) -> anyhow::Result<pgbackman_c
         &a.sslmode,
         &env,
     )?;
-    Ok(ctx.cfg.nodes.applied(r.config))
+    Ok(cfg.nodes.applied(r.config))
 }
 
 pub fn label(a: &AgentWalArchive) -> String {
