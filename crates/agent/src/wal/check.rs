@@ -13,8 +13,15 @@ use super::receiver::{label, node_config_of};
 use crate::Setup;
 use crate::check::Level;
 
-pub(crate) async fn check(s: &Setup) -> Vec<(Level, String)> {
-    let archives = match archives(s).await {
+/// `catalog_reachable`: the check of the catalog found it answering; else the archives come
+/// from the cache (no second wait for a catalog that does not answer).
+pub(crate) async fn check(s: &Setup, catalog_reachable: bool) -> Vec<(Level, String)> {
+    let listed = if catalog_reachable {
+        archives(s).await
+    } else {
+        super::load_cache(&s.cfg.state_dir)
+    };
+    let archives = match listed {
         Some(a) => a,
         None => return Vec::new(),
     };
