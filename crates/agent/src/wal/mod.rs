@@ -250,10 +250,8 @@ impl Manager {
                     .ok(),
                 Err(_) => None,
             };
-            let mut state = st.state.clone();
-            if let Some(last) = &st.last_segment {
-                state = format!("{state}, last {last}");
-            }
+            // The last segment is the ledger's (show_wal_archives has its own column).
+            let state = st.state.clone();
             let s = ArchiveState {
                 receiver_state: if state.is_empty() {
                     "starting".into()
