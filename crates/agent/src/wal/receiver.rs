@@ -24,7 +24,6 @@ use crate::job::Ctx;
 pub struct Status {
     pub state: String,
     pub error: Option<String>,
-    pub last_segment: Option<String>,
 }
 
 pub type Shared = Arc<Mutex<Status>>;
@@ -329,10 +328,6 @@ async fn intake(
                     .trim_end_matches(".zst")
                     .to_string();
                 tracing::debug!("stored WAL file {name} of PgSQL node {}", node.label);
-                status
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .last_segment = Some(name);
                 stored.notify_one();
             }
             Intake::Skipped => {}
