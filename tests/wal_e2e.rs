@@ -230,8 +230,25 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
             .trim(),
         "0"
     );
+
+    // Registered again: a new slot holds WAL from now only, so what the old one left in
+    // pg_receivewal's directory goes, and the archive goes on without a hole.
+    env.cmd("register_wal_archive bs1.example.org 127.0.0.2")
+        .ok();
+    wait_until("the new slot streaming", 30, &[&agent], || {
+        node.psql("postgres", active).trim() == "1"
+    });
+    for _ in 0..2 {
+        current = switch(&node);
+    }
+    wait_for(&env, &done(current - 1), "1", 30, &agent);
+    assert_eq!(check_ledger(&env, current - 1), first);
+    assert!(
+        agent.log().contains("by a previous slot"),
+        "{}",
+        agent.log()
+    );
     agent.stop();
-    eprintln!("AGENTLOG\n{}", agent.log());
 }
 
 #[test]

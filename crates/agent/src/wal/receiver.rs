@@ -153,6 +153,19 @@ async fn once(
     // What a previous life completed but did not take (and the segment it kept).
     let mut kept: Option<PathBuf> = None;
     intake(ctx, &dirs, &node, status, stored, &mut kept).await?;
+    if ident.slot_created {
+        // A new slot holds WAL from now only: what is left in incoming/ (the kept segment, a
+        // partial one) would make pg_receivewal ask for older WAL than the slot has.
+        let n = store::clear_incoming(&dirs)?;
+        kept = None;
+        if n > 0 {
+            tracing::info!(
+                archive = a.archive_id,
+                "removed {n} file(s) left in {} by a previous slot",
+                incoming.display()
+            );
+        }
+    }
 
     let mut args: Vec<String> = vec![
         format!("--directory={}", incoming.display()),

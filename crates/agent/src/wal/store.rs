@@ -349,6 +349,21 @@ fn reason_of(content: &[u8], tli: u32) -> String {
         .unwrap_or_default()
 }
 
+/// Empties `incoming/` (files already taken or never completed); returns how many went.
+pub fn clear_incoming(dirs: &ArchiveDirs) -> Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(dirs.incoming())
+        .with_context(|| format!("reading {}", dirs.incoming().display()))?
+        .flatten()
+    {
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            remove_incoming(&e.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Removes the incoming file once what it became is durable elsewhere.
 pub fn remove_incoming(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
