@@ -43,6 +43,14 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+fn json_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .count()
+}
+
 fn hex_sha(b: &[u8]) -> String {
     sha2::Sha256::digest(b)
         .iter()
@@ -118,6 +126,19 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
         assert!(out.contains(want), "{want:?} in:\n{out}");
     }
     assert!(!out.contains("[WARN] WAL archive"), "{out}");
+    // A report the catalog will never take (a node without an archive here) is set aside and
+    // holds back nothing.
+    let pending = agent.state().join("wal_pending");
+    std::fs::create_dir_all(&pending).unwrap();
+    let sha = "0".repeat(64);
+    let bogus = serde_json::json!({
+        "node_id": 999, "system_identifier": "1", "timeline": 1, "segno": 1, "kind": "full",
+        "seg_size": SEG, "start_lsn": "0/1000000", "end_lsn": "0/2000000", "size": SEG,
+        "stored_size": 1, "sha256": sha, "stored_sha256": sha, "codec": "zstd",
+        "stored_path": "/nowhere", "arrival": "stream", "header_check": "PASSED",
+        "header_detail": null, "arrived_at": "2026-05-01T12:00:00Z"
+    });
+    std::fs::write(pending.join("n999-bogus.json"), bogus.to_string()).unwrap();
     agent.spawn(None);
     let active =
         "select count(*) from pg_replication_slots where slot_name = 'pgbackman_bs1' and active";
@@ -133,6 +154,16 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     };
     wait_for(&env, &done(current - 1), "1", 30, &agent);
     let first = check_ledger(&env, current - 1);
+    assert!(
+        pending.join("rejected/n999-bogus.json").exists(),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("the catalog refuses WAL report"),
+        "{}",
+        agent.log()
+    );
     assert!(current - 1 - first >= 2, "{first}..{current}");
 
     // A SIGKILLed agent takes pg_receivewal with it (PDEATHSIG); WAL written meanwhile stays
@@ -154,7 +185,6 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     for _ in 0..2 {
         current = switch(&node);
     }
-    let pending = agent.state().join("wal_pending");
     let stored = |segno: u64| {
         walk(&agent.backups()).iter().any(|p| {
             p.ends_with(format!(
@@ -171,7 +201,7 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
         || stored(current - 1),
     );
     assert!(
-        std::fs::read_dir(&pending).unwrap().count() >= 2,
+        json_files(&pending) >= 2,
         "reports pending in {}",
         pending.display()
     );
@@ -179,7 +209,7 @@ fn receiver_archives_every_segment_once_across_a_kill_then_drops_its_slot() {
     wait_for(&env, &done(current - 1), "1", 30, &agent);
     assert_eq!(check_ledger(&env, current - 1), first);
     wait_until("the pending reports delivered", 10, &[&agent], || {
-        std::fs::read_dir(&pending).unwrap().count() == 0
+        json_files(&pending) == 0
     });
 
     // pg_receivewal's directory keeps only the newest stored segment (where a restarted

@@ -102,11 +102,52 @@ pub async fn deliver(ctx: &Ctx) -> usize {
                     let _ = std::fs::remove_file(p);
                 }
             }
-            Err(e) => {
+            Err(e) if e.is_unreachable() => {
                 tracing::debug!("WAL objects stay pending: {e}");
                 return list(state_dir).len();
             }
+            // The catalog answered no to the batch: one object it will never take must not
+            // hold back the others. Each alone; a refused one is set aside, said in the log.
+            Err(e) if batch.len() > 1 => {
+                tracing::debug!("WAL batch refused ({e}); sending its objects one by one");
+                for (o, p) in batch.iter().zip(&paths) {
+                    match ctx
+                        .db(
+                            "report_wal_objects",
+                            ctx.catalog
+                                .report_wal_objects(ctx.server_id, std::slice::from_ref(o)),
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            let _ = std::fs::remove_file(p);
+                        }
+                        Err(e) if e.is_unreachable() => return list(state_dir).len(),
+                        Err(e) => set_aside(state_dir, p, &e),
+                    }
+                }
+            }
+            Err(e) => set_aside(state_dir, &paths[0], &e),
         }
     }
     list(state_dir).len()
+}
+
+/// Moves a report the catalog refuses into `wal_pending/rejected/` (kept for the operator).
+fn set_aside(state_dir: &Path, p: &Path, e: &pgbackman_db::DbError) {
+    let dest = dir(state_dir).join("rejected");
+    let moved = crate::state::create_dir_0700(&dest).and_then(|()| {
+        let to = dest.join(p.file_name().unwrap_or_default());
+        std::fs::rename(p, &to)?;
+        Ok(to)
+    });
+    match moved {
+        Ok(to) => tracing::error!(
+            "the catalog refuses WAL report {}: {e}; kept in {} (the stored WAL file stays; fix the cause and move it back to {} to send it again)",
+            p.display(),
+            to.display(),
+            dir(state_dir).display()
+        ),
+        Err(m) => tracing::error!("the catalog refuses WAL report {}: {e}; {m:#}", p.display()),
+    }
 }
