@@ -120,6 +120,25 @@ begin
     return found;
 end $$;
 
+-- The agent's WAL archives: what it needs to run each receiver (and, for DELETING ones, to drop
+-- the slot) without the catalog. The agent caches this list in its state directory.
+create function api.agent_wal_archives(p_server bigint)
+returns table (archive_id bigint, pgsql_node_id bigint, node_fqdn text, pgport integer, admin_user text,
+               admin_dbname text, sslmode text, node_status text, node_backup_partition text,
+               slot_name text, synchronous boolean, max_lag_bytes bigint, status text)
+language plpgsql stable as $$
+begin
+    perform api.acting_for(p_server);
+    return query
+    select a.archive_id, a.pgsql_node_id, n.fqdn::text, n.pgport::integer, n.admin_user::text, n.admin_dbname::text,
+           n.sslmode::text, n.status::text, api.node_config_value(n.node_id, 'pgnode_backup_partition')::text,
+           a.slot_name, a.synchronous, a.max_lag_bytes, a.status
+      from public.wal_archive a
+      join public.pgsql_node n on n.node_id = a.pgsql_node_id
+     where a.backup_server_id = p_server and a.status <> 'DELETED'
+     order by a.archive_id;
+end $$;
+
 -- The agent records the objects it stored. p_batch is a JSON array of objects with: node_id,
 -- system_identifier (a string or a number), timeline, segno (not for history), kind, seg_size,
 -- start_lsn, end_lsn (not for history), size, stored_size, sha256, stored_sha256, codec,

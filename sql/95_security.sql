@@ -65,7 +65,7 @@ language sql immutable as $$
                     'apply_node_listing', 'raise_listing_alert', 'server_partitions', 'server_set_dirs',
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
                     'raise_overdue_alert', 'agent_heartbeat', 'report_wal_objects',
-                    'wal_archive_slot_dropped', 'report_wal_archive_state']),
+                    'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -121,8 +121,10 @@ pub(crate) async fn run(s: &Setup, strict: bool, user: Option<&ServiceUser>) -> 
     for (level, what) in tls {
         line(level, what);
     }
+    let mut catalog_reachable = false;
     if !tls_bad {
         for (level, what) in catalog(s).await {
+            catalog_reachable |= level == Level::Ok && what.starts_with("catalog reachable");
             line(level, what);
         }
     }
@@ -148,6 +150,9 @@ pub(crate) async fn run(s: &Setup, strict: bool, user: Option<&ServiceUser>) -> 
         line(level, msg);
     }
     for (level, what) in client_programs(s) {
+        line(level, what);
+    }
+    for (level, what) in crate::wal::check::check(s, catalog_reachable).await {
         line(level, what);
     }
     if errors > 0 {

@@ -23,6 +23,7 @@ pub mod spool;
 pub mod standby;
 pub mod state;
 pub mod verify_job;
+pub mod wal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -338,7 +339,11 @@ async fn run(args: Args) -> Result<()> {
     let _maintenance = maintenance::spawn(ctx.clone(), stop.clone());
     let _heartbeat = heartbeat::spawn(ctx.clone(), s.tz, stop.clone());
     let _alerts = alerts::spawn(ctx.clone(), s.tz, &s.fqdn, stop.clone())?;
-    Runner::new(ctx, s.tz, stop, s.fqdn).run().await
+    let wal = wal::spawn(ctx.clone(), stop.clone());
+    let r = Runner::new(ctx, s.tz, stop, s.fqdn).run().await;
+    // The WAL receivers stop their pg_receivewal (SIGTERM, then SIGKILL) before the agent ends.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(12), wal).await;
+    r
 }
 
 /// Without a cache there is nothing to run: probes the catalog (each probe bounded, at most
@@ -895,10 +900,16 @@ impl Runner {
                     self.fire(due).await;
                 }
                 Some(table) = wake_rx.recv() => {
-                    // Job rows only need a claim; anything else may change the definitions.
-                    let mut definitions = table != "job";
+                    // Job rows only need a claim; WAL archives (whose state reports notify
+                    // too) are the WAL task's; anything else may change the definitions.
+                    let mut definitions = table != "job" && table != "wal_archive";
+                    let mut archives = table == "wal_archive" || table == "*";
                     while let Ok(t) = wake_rx.try_recv() {
-                        definitions |= t != "job";
+                        definitions |= t != "job" && t != "wal_archive";
+                        archives |= t == "wal_archive" || t == "*";
+                    }
+                    if archives {
+                        wal::wake();
                     }
                     if definitions {
                         self.refresh().await;

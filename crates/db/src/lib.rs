@@ -23,6 +23,8 @@ pub mod standby;
 pub mod tls;
 pub mod verify;
 pub mod wal;
+pub mod wal_agent;
+pub mod wal_node;
 
 pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,

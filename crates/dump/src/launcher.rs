@@ -41,6 +41,12 @@ pub(crate) fn command(program: &std::path::Path) -> tokio::process::Command {
     }
 }
 
+/// [`command`] for children supervised outside this crate (the agent's WAL receiver): the
+/// same launcher, so they die with the agent too.
+pub fn child_command(program: &std::path::Path) -> tokio::process::Command {
+    command(program)
+}
+
 /// The launcher's whole life: returns only when it could not become the program.
 pub fn launcher_main(args: &[OsString]) -> ExitCode {
     use nix::sys::signal::Signal;

@@ -76,15 +76,15 @@ pub mod verify;
 
 pub use client::{client_major, parse_major, pick_client, server_major};
 pub use error::DumpError;
-pub use launcher::{LAUNCHER_ARG, launcher_main, set_launcher};
+pub use launcher::{LAUNCHER_ARG, child_command, launcher_main, set_launcher};
 pub use quote::{quote_ident, quote_literal};
 pub use restore::{
     Decompression, Interrupted, Journal, RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck,
     journals_in, remove_journal, restore_set, undo_interrupted,
 };
 pub use run::{
-    CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, GLOBALS_DUMP_FILE,
-    ROLES_FILE, run_backup,
+    CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, ENV_REMOVED,
+    GLOBALS_DUMP_FILE, ROLES_FILE, run_backup,
 };
 pub use set::{
     LOG_FILE, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, ManifestCommand, PhaseTiming,

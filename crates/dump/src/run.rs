@@ -51,7 +51,7 @@ pub const DATABASE_FILE: &str = "database.sql";
 
 /// Environment variables never passed to a child: they would redirect a connection or carry a
 /// password. PGAPPNAME, PGSSLMODE and PGPASSFILE are set from the spec instead.
-pub(crate) const ENV_REMOVED: &[&str] = &[
+pub const ENV_REMOVED: &[&str] = &[
     "PGPASSWORD",
     "PGHOST",
     "PGHOSTADDR",
