@@ -223,18 +223,18 @@ pub fn take(
         .and_then(|mut f| f.read_to_end(&mut plain))
         .with_context(|| format!("reading {}", path.display()))?;
     let mut history = Vec::new();
+    let expect = SegmentExpectation {
+        node: &node.label,
+        major: node.major,
+        system_identifier: node.sysid,
+        seg_size: node.seg_size,
+    };
     let (kind, segno, start, end) = match name.kind {
         WalFileKind::Segment { segno } => {
             if plain.len() as u64 != u64::from(node.seg_size.bytes()) {
                 // pg_receivewal renames only full segments; anything else is not done yet.
                 return Ok(Intake::Skipped);
             }
-            let expect = SegmentExpectation {
-                node: &node.label,
-                major: node.major,
-                system_identifier: node.sysid,
-                seg_size: node.seg_size,
-            };
             if let HeaderVerdict::Invalid(p) = check_segment_header(name, &plain, &expect) {
                 return refuse(dirs, path, name, p.to_string());
             }
@@ -249,12 +249,6 @@ pub fn take(
             // Only once the history file saying where this timeline ended is stored.
             let Some(end) = switch_point(dirs, node, name.tli) else {
                 return Ok(Intake::Skipped);
-            };
-            let expect = SegmentExpectation {
-                node: &node.label,
-                major: node.major,
-                system_identifier: node.sysid,
-                seg_size: node.seg_size,
             };
             if let HeaderVerdict::Invalid(p) = check_segment_header(name, &plain, &expect) {
                 return refuse(dirs, path, name, p.to_string());
