@@ -179,11 +179,16 @@ impl Standby {
 /// streamed). Not `pg_current_wal_insert_lsn()`: when the last record ends at a page boundary
 /// it points past the next page's header, which no standby reaches until another record is
 /// written (up to 15 s later); and the test clusters commit asynchronously, so a synchronous
-/// commit first makes every earlier commit flushed.
+/// commit first makes every earlier commit flushed. That commit must write WAL of its own
+/// before its commit record: PostgreSQL flushes at commit only when the transaction wrote WAL
+/// (`RecordTransactionCommit`'s `wrote_xlog`), so a bare `pg_current_xact_id()` commits
+/// asynchronously and the flush position could stay before the commit under test (CI saw the
+/// standby "caught up" without the row). A transactional logical message is such WAL.
 fn written_lsn(primary: &TestCluster) -> String {
     primary.psql(
         "postgres",
-        "select set_config('synchronous_commit', 'on', true), pg_current_xact_id()",
+        "select set_config('synchronous_commit', 'on', true), \
+         pg_logical_emit_message(true, 'pgbackman-testkit', 'flush')",
     );
     primary.psql("postgres", "select pg_current_wal_flush_lsn()")
 }
