@@ -121,6 +121,26 @@ begin
     return v;
 end $$;
 
+-- A size threshold ('1GB', '64MB', bytes): returned as given (trimmed) once it reads as at least
+-- 1 MB; the readers use pg_size_bytes.
+create function api.check_size(p_what text, p_value text) returns text
+language plpgsql immutable as $$
+declare
+    v bigint;
+begin
+    begin
+        v := pg_catalog.pg_size_bytes(btrim(p_value));
+    exception when others then
+        raise exception '% % is not a size', p_what, api.q(p_value)
+            using errcode = '22023', hint = 'Give bytes or a size with a unit: 67108864, 64MB, 8GB.';
+    end;
+    if v < 1048576 then
+        raise exception '% % is below 1 MB', p_what, api.q(p_value)
+            using errcode = '22023', hint = 'A WAL segment is 16MB by default: a threshold below one segment alerts all the time.';
+    end if;
+    return btrim(p_value);
+end $$;
+
 create function api.check_int(p_what text, p_value text, p_min bigint, p_max bigint) returns bigint
 language plpgsql immutable as $$
 begin
@@ -298,8 +318,11 @@ begin
     end if;
     case p_parameter
     when 'retention_period', 'automatic_deletion_retention', 'sent_alerts_retention', 'overdue_grace_period',
-         'agent_not_seen_threshold' then
+         'agent_not_seen_threshold', 'wal_receiver_down_threshold' then
         perform api.check_interval(p_parameter, p_value);
+    -- WAL sizes (sql/87_wal_monitor.sql): stored as pg_size_pretty-readable text, checked here.
+    when 'replication_lag_threshold', 'slot_retained_wal_threshold' then
+        return api.check_size(p_parameter, p_value);
     when 'retention_redundancy' then
         return api.check_int(p_parameter, p_value, 0, 10000)::text;
     when 'pgport' then

@@ -26,7 +26,7 @@ language sql immutable as $$
                      'random_in_range', 'check_bool', 'check_config_value', 'default_domain',
                      'check_cron_field_or_null', 'restore_status', 'catalog_paths',
                      'check_backup_partition', 'agent_scope', 'acting_for', 'acting_for_job',
-                     'security_lists', 'privilege_of', 'wal_segno', 'wal_file_name',
+                     'security_lists', 'privilege_of', 'wal_segno', 'wal_file_name', 'check_size',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning']),
@@ -35,7 +35,9 @@ language sql immutable as $$
                        'pgsql_node_stats', 'show_backup_details', 'show_restore_details',
                        'dbnames_with_definitions',
                        -- the WAL ledger (sql/85_wal.sql)
-                       'wal_holes', 'recovery_window', 'show_wal_segments']),
+                       'wal_holes', 'recovery_window', 'show_wal_segments',
+                       -- replication status (sql/87_wal_monitor.sql)
+                       'show_replication_status']),
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
@@ -65,7 +67,8 @@ language sql immutable as $$
                     'apply_node_listing', 'raise_listing_alert', 'server_partitions', 'server_set_dirs',
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
                     'raise_overdue_alert', 'agent_heartbeat', 'report_wal_objects',
-                    'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives']),
+                    'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
+                    'report_replication_sample']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -79,7 +82,8 @@ language sql immutable as $$
                        'record_restore_verification', 'force_delete_catalog_of', 'verifiable_backup',
                        'drill_node_id', 'autoregister_server', 'grant_catalog_role',
                        'revoke_catalog_role', 'wal_runs_after_insert', 'wal_runs_after_delete',
-                       'rebuild_wal_runs', 'wal_before_owner_delete'])
+                       'rebuild_wal_runs', 'wal_before_owner_delete', 'open_wal_condition',
+                       'evaluate_wal_conditions'])
 $$;
 
 -- The group role whose members may run api function p_name (NULL: the owner only), for the

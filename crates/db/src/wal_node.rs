@@ -29,7 +29,7 @@ pub struct SlotState {
     pub exists: bool,
 }
 
-async fn session<T>(
+pub(crate) async fn session<T>(
     config: pgbackman_config::ConnConfig,
     label: &str,
     what: &str,
