@@ -163,10 +163,11 @@ end $$;
 
 -- The agent reports what it sampled of node p_node (archived by p_server) at p_sampled_at: role
 -- (NULL: the node did not answer, p_error says why) and the sample (see V18). Then the node's
--- conditions are decided. Returns how many are open. Not audited (one report per round).
+-- conditions are decided. Returns how many are open and how many holes this server's copy of the
+-- ledger has (for the agent's /metrics). Not audited (one report per round).
 create function api.report_replication_sample(p_server bigint, p_node bigint, p_sampled_at timestamptz,
                                               p_role text, p_error text, p_sample jsonb)
-returns integer language plpgsql as $$
+returns table (open_conditions integer, holes integer) language plpgsql as $$
 begin
     perform api.acting_for(p_server);
     if p_role is not null and p_role not in ('primary', 'standby') then
@@ -175,14 +176,16 @@ begin
     end if;
     if not exists (select 1 from public.wal_archive where pgsql_node_id = p_node and backup_server_id = p_server
                       and status = 'ACTIVE') then
-        return 0;
+        return query select 0, 0;
+        return;
     end if;
     insert into public.replication_sample as r (pgsql_node_id, backup_server_id, sampled_at, role, error, sample)
     values (p_node, p_server, p_sampled_at, p_role, left(p_error, 2000), coalesce(p_sample, '{}'))
     on conflict (pgsql_node_id, backup_server_id) do update
        set sampled_at = excluded.sampled_at, reported_at = now(), role = excluded.role, error = excluded.error,
            sample = excluded.sample;
-    return api.evaluate_wal_conditions(p_server, p_node);
+    return query select api.evaluate_wal_conditions(p_server, p_node),
+                        (select count(*)::integer from api.wal_holes(p_node) h where h.backup_server_id = p_server);
 end $$;
 
 -- `show_replication_status NODE`: the newest sample of the node from each backup server that

@@ -237,7 +237,11 @@ fn humantime(d: chrono::Duration) -> String {
 pub async fn serve(listener: TcpListener, ctx: std::sync::Arc<crate::job::Ctx>) {
     pgbackman_http::serve(listener, move |path| match path {
         "/healthz" => ("200 OK", "application/json", ctx.health.healthz()),
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", ctx.health.metrics()),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            ctx.health.metrics() + &crate::wal::metrics(),
+        ),
         _ => (
             "404 Not Found",
             "text/plain",

@@ -98,7 +98,8 @@ pub async fn sample_node(
 
 impl Catalog {
     /// The agent's sample of node `node_id` (`role` None: the node did not answer, `error`
-    /// says why). Returns how many WAL conditions of the node are open now.
+    /// says why). Returns how many WAL conditions of the node are open now and how many holes
+    /// this server's ledger copy has.
     pub async fn report_replication_sample(
         &self,
         server_id: i64,
@@ -107,15 +108,16 @@ impl Catalog {
         role: Option<&str>,
         error: Option<&str>,
         sample: &Json,
-    ) -> Result<i32, DbError> {
+    ) -> Result<(i32, i32), DbError> {
         self.within("report_replication_sample", async {
             let c = self.client().await?;
-            Ok(c.query_one(
-                "select api.report_replication_sample($1, $2, $3, $4, $5, $6)",
-                &[&server_id, &node_id, &sampled_at, &role, &error, sample],
-            )
-            .await?
-            .get(0))
+            let r = c
+                .query_one(
+                    "select * from api.report_replication_sample($1, $2, $3, $4, $5, $6)",
+                    &[&server_id, &node_id, &sampled_at, &role, &error, sample],
+                )
+                .await?;
+            Ok((r.get(0), r.get(1)))
         })
         .await
     }

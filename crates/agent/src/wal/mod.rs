@@ -9,8 +9,10 @@
 //! deadlines. Nothing here waits on the catalog to keep receiving.
 
 pub(crate) mod check;
+mod monitor;
 mod pending;
 mod receiver;
+mod stall;
 mod store;
 
 use std::collections::BTreeMap;
@@ -18,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgbackman_db::wal::ArchiveState;
 use pgbackman_db::wal_agent::AgentWalArchive;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +54,11 @@ fn every(ctx: &Ctx) -> Duration {
 /// Wakes the WAL task for a round now (a `wal_archive` notification: an archive registered or
 /// being deleted is acted on at once, not at the next re-poll).
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The archives' series of the agent's `/metrics`.
+pub fn metrics() -> String {
+    monitor::metrics()
+}
 
 pub fn wake() {
     WAKE.notify_one();
@@ -237,48 +243,13 @@ impl Manager {
         }
     }
 
-    /// Each running archive's receiver and slot, as the node and the receiver see them now.
+    /// Each running archive's receiver, slot and node, as the node and the receiver see them
+    /// now (`monitor`: the state report, the replication sample and /metrics).
     async fn report_states(&self) {
-        let ctx = &self.ctx;
+        let ids: Vec<i64> = self.running.keys().copied().collect();
+        monitor::retain(&ids);
         for r in self.running.values() {
-            let a = &r.archive;
-            let lbl = receiver::label(a);
-            let st = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let slot = match receiver::node_config(ctx, a) {
-                Ok(c) => pgbackman_db::wal_node::slot_state(c, &lbl, &a.slot_name)
-                    .await
-                    .ok(),
-                Err(_) => None,
-            };
-            // The last segment is the ledger's (show_wal_archives has its own column).
-            let state = st.state.clone();
-            let s = ArchiveState {
-                receiver_state: if state.is_empty() {
-                    "starting".into()
-                } else {
-                    state
-                },
-                receiver_error: st.error.clone(),
-                slot_wal_status: slot.as_ref().and_then(|s| {
-                    if s.exists {
-                        s.wal_status.clone()
-                    } else {
-                        Some("missing".into())
-                    }
-                }),
-                slot_retained_bytes: slot.as_ref().and_then(|s| s.retained_bytes),
-                node_lsn: slot.as_ref().and_then(|s| s.node_lsn.clone()),
-            };
-            if let Err(e) = ctx
-                .db(
-                    "report_wal_archive_state",
-                    ctx.catalog
-                        .report_wal_archive_state(ctx.server_id, a.archive_id, &s),
-                )
-                .await
-            {
-                tracing::debug!("WAL archive state not reported: {e}");
-            }
+            monitor::report(&self.ctx, &r.archive, &r.status).await;
         }
     }
 }

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use pgbackman_core::wal::{SegmentSize, WalFileKind};
@@ -19,19 +20,43 @@ use tokio_util::sync::CancellationToken;
 use super::store::{self, ArchiveDirs, Intake, NodeIdentity};
 use crate::job::Ctx;
 
-/// What the receiver is doing, for the state report.
+/// What the receiver is doing, for the state report, the replication sample and /metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
     pub state: String,
     pub error: Option<String>,
+    /// Since when the receiver has not been streaming steadily (None: it is). A receiver that
+    /// restarts in a loop stays down: only 30 s of streaming (or a stored file) clears it.
+    pub down_since: Option<DateTime<Utc>>,
+    /// Stalls detected since the agent started, and the last one.
+    pub stalls: u64,
+    pub last_stall_at: Option<DateTime<Utc>>,
+    /// When the last WAL file was stored, and the end of the newest full segment stored.
+    pub last_stored_at: Option<DateTime<Utc>>,
+    pub archived_end: Option<pgbackman_core::wal::Lsn>,
 }
 
 pub type Shared = Arc<Mutex<Status>>;
 
+/// States that say why the receiver is down better than the retry that follows them: kept
+/// while it restarts (the error says it is retrying).
+const STICKY: &[&str] = &["stalled", "no_client"];
+
 fn set(s: &Shared, state: &str, error: Option<String>) {
     let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+    if state != "streaming" && g.down_since.is_none() {
+        g.down_since = Some(Utc::now());
+    }
     g.state = state.to_string();
     g.error = error;
+}
+
+/// The receiver is healthy: it streamed for a while or stored a file.
+fn up(s: &Shared) {
+    let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
+    if g.state == "streaming" {
+        g.down_since = None;
+    }
 }
 
 /// The archive's node as a job connects to it: the agent's pgpass file, `[nodes]` deadlines.
@@ -92,7 +117,18 @@ pub async fn run(
                     a.slot_name,
                     backoff.as_secs()
                 );
-                set(&status, "restarting", Some(msg));
+                let sticky = {
+                    let g = status.lock().unwrap_or_else(|e| e.into_inner());
+                    STICKY.contains(&g.state.as_str()).then(|| g.state.clone())
+                };
+                match sticky {
+                    Some(st) => set(
+                        &status,
+                        &st,
+                        Some(format!("{msg}; restarting in {} s", backoff.as_secs())),
+                    ),
+                    None => set(&status, "restarting", Some(msg)),
+                }
             }
         }
         if stop.is_cancelled() {
@@ -143,7 +179,14 @@ async fn once(
         major,
         seg_size,
     };
-    let (_, bin_dir) = pgbackman_dump::pick_client(&ctx.bin_dirs(), major, None)?;
+    let (_, bin_dir) = match pgbackman_dump::pick_client(&ctx.bin_dirs(), major, None) {
+        Ok(p) => p,
+        Err(e) => {
+            // pghoard's "client/server version mismatch": alerted as WAL_VERSION.
+            set(status, "no_client", None);
+            return Err(e.into());
+        }
+    };
     let program = bin_dir.join("pg_receivewal");
     let node_dir = crate::roots::node_dir_for_write(&ctx.cfg_now(), &a.node_backup_partition)
         .map_err(anyhow::Error::msg)?;
@@ -241,6 +284,8 @@ async fn once(
         incoming.display()
     );
     set(status, "streaming", None);
+    let streaming_from = Instant::now();
+    let mut watch = super::stall::Watch::new(&ctx.cfg.nodes, seg_size);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let exit = loop {
@@ -250,6 +295,24 @@ async fn once(
                 if let Err(e) = intake(ctx, &dirs, &node, status, stored, &mut kept).await {
                     tracing::error!(archive = a.archive_id, "WAL intake of PgSQL node {lbl}: {e:#}");
                     set(status, "streaming", Some(format!("{e:#}")));
+                }
+                if streaming_from.elapsed() > Duration::from_secs(30) {
+                    up(status);
+                }
+                // pg_receivewal has no receive timeout: a node that stops answering (SIGSTOP,
+                // a stalled network path) would freeze it for ever, the slot holding WAL.
+                if let Some(why) = watch.check(ctx, a, &incoming).await {
+                    if let Some(g) = pgid { let _ = killpg(g, Signal::SIGKILL); }
+                    let _ = child.wait().await;
+                    // down_since first: the stall is at or after it (the catalog compares).
+                    set(status, "stalled", Some(why.clone()));
+                    {
+                        let mut g = status.lock().unwrap_or_else(|e| e.into_inner());
+                        g.stalls += 1;
+                        g.last_stall_at = Some(Utc::now());
+                    }
+                    let _ = intake(ctx, &dirs, &node, status, stored, &mut kept).await;
+                    anyhow::bail!("stalled: {why}; pg_receivewal stopped");
                 }
             }
             _ = stop.cancelled() => {
@@ -341,6 +404,16 @@ async fn intake(
                     .trim_end_matches(".zst")
                     .to_string();
                 tracing::debug!("stored WAL file {name} of PgSQL node {}", node.label);
+                {
+                    let mut g = status.lock().unwrap_or_else(|e| e.into_inner());
+                    g.last_stored_at = Some(Utc::now());
+                    if o.kind == "full"
+                        && let Some(end) = o.end_lsn.as_deref().and_then(|l| l.parse().ok())
+                    {
+                        g.archived_end = g.archived_end.max(Some(end));
+                    }
+                }
+                up(status);
                 stored.notify_one();
             }
             Intake::Skipped => {}
