@@ -271,8 +271,9 @@ select a.archive_id, a.pgsql_node_id as node_id, n.fqdn as node_fqdn, a.backup_s
        case when a.node_lsn is not null and lr.end_lsn is not null then a.node_lsn - lr.end_lsn end as lag_bytes,
        lr.last_arrived,
        (select count(*) from api.wal_holes(a.pgsql_node_id) h where h.backup_server_id = a.backup_server_id) as holes,
-       (select count(*) from public.wal_condition c
-         where c.pgsql_node_id = a.pgsql_node_id and c.backup_server_id = a.backup_server_id and c.cleared is null) as open_conditions,
+       array(select c.code from public.wal_condition c
+              where c.pgsql_node_id = a.pgsql_node_id and c.backup_server_id = a.backup_server_id and c.cleared is null
+              order by c.code, c.subject) as open_codes,
        rw.from_lsn - '0/0'::pg_lsn as window_from_lsn, rw.to_lsn - '0/0'::pg_lsn as window_to_lsn,
        rw.from_arrived as window_from, rw.to_arrived as window_to
   from public.wal_archive a

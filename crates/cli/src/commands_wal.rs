@@ -1,5 +1,5 @@
 //! WAL archives and the WAL ledger (issue 11): `register_wal_archive`, `delete_wal_archive`,
-//! `show_wal_archives`, `show_wal_segments`, `show_recovery_window`. The catalog decides
+//! `show_wal_archives`, `show_wal_segments`, `show_recovery_window`, `show_replication_status`. The catalog decides
 //! (sql/85_wal.sql); this only reads the arguments and words the outcome.
 
 use anyhow::{Context, Result};
@@ -18,6 +18,7 @@ pub fn handles(name: &str) -> bool {
             | "show_wal_archives"
             | "show_wal_segments"
             | "show_recovery_window"
+            | "show_replication_status"
     )
 }
 
@@ -36,6 +37,13 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
             )
         }
         "show_wal_segments" => segments(s, inv).await,
+        "show_replication_status" => {
+            let node = s.required(inv, "node", None)?;
+            list(
+                "replication_status",
+                s.catalog.show_replication_status(&node).await,
+            )
+        }
         "show_recovery_window" => {
             let node = s.required(inv, "node", None)?;
             if inv.flag("holes") {

@@ -13,7 +13,7 @@ use chrono_tz::Tz;
 use pgbackman_config::FileConfig;
 use pgbackman_core::cron::CronSchedule;
 use pgbackman_core::monitoring::{self, DefinitionFacts, Judgement, Tally, Verdict};
-use pgbackman_db::monitoring::{DefinitionHealth, FleetSnapshot};
+use pgbackman_db::monitoring::{DefinitionHealth, FleetSnapshot, WalHealth};
 use pgbackman_db::{Catalog, Rows, Value};
 use serde_json::json;
 
@@ -111,12 +111,12 @@ pub async fn show_pgbackman_status(s: &mut Session, inv: &Invocation) -> Result<
         return Ok(Output::Json(zabbix_discovery(&judged, &w)));
     }
     if inv.flag("nagios") {
-        let (line, _) = nagios(&judged);
+        let (line, _) = nagios(&judged, &snap.wal);
         return Ok(Output::Text(line));
     }
     Ok(Output::List {
         kind: "pgbackman_status",
-        rows: status_rows(&judged),
+        rows: status_rows(&judged, &snap.wal),
     })
 }
 
@@ -156,7 +156,7 @@ async fn nagios_probe(
         })
         .await
         .with_context(|| format!("catalog {target}"))?;
-    Ok(nagios(&judge_all(&snap, &zone(), stuck)))
+    Ok(nagios(&judge_all(&snap, &zone(), stuck), &snap.wal))
 }
 
 fn problem(j: &Judged<'_>) -> String {
@@ -166,8 +166,24 @@ fn problem(j: &Judged<'_>) -> String {
     )
 }
 
-/// The plugin line and the overall verdict.
-pub fn nagios(judged: &[Judged<'_>]) -> (String, Verdict) {
+/// What is wrong with a WAL archive, for the plugin line and the listing.
+fn wal_reason(w: &WalHealth) -> String {
+    if w.open_codes.is_empty() {
+        format!(
+            "receiver {}",
+            w.receiver_state.as_deref().unwrap_or("not reported")
+        )
+    } else {
+        format!(
+            "open WAL alerts {} (show_replication_status {})",
+            w.open_codes.join(", "),
+            w.node_fqdn
+        )
+    }
+}
+
+/// The plugin line and the overall verdict; WAL archives count by their open WAL alerts.
+pub fn nagios(judged: &[Judged<'_>], wal: &[WalHealth]) -> (String, Verdict) {
     let mut tally = Tally::default();
     let mut worst: Vec<&Judged<'_>> = Vec::new();
     for j in judged {
@@ -177,8 +193,37 @@ pub fn nagios(judged: &[Judged<'_>]) -> (String, Verdict) {
         }
     }
     worst.sort_by_key(|j| std::cmp::Reverse(j.judgement.verdict));
-    let problems: Vec<String> = worst.iter().map(|j| problem(j)).collect();
-    (monitoring::nagios_line(&tally, &problems), tally.worst())
+    let mut problems: Vec<String> = Vec::new();
+    let mut wal_tally = Tally::default();
+    let mut wal_worst: Vec<(Verdict, String)> = Vec::new();
+    for w in wal {
+        let v = monitoring::wal_verdict(&w.open_codes);
+        wal_tally.add(v);
+        if v != Verdict::Ok {
+            wal_worst.push((
+                v,
+                format!(
+                    "WAL archive of {} on {}: {}",
+                    w.node_fqdn,
+                    w.server_fqdn,
+                    wal_reason(w)
+                ),
+            ));
+        }
+    }
+    wal_worst.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
+    // Critical WAL archives before the definitions' warnings.
+    let defs: Vec<(Verdict, String)> = worst
+        .iter()
+        .map(|j| (j.judgement.verdict, problem(j)))
+        .collect();
+    let mut all: Vec<(Verdict, String)> = defs.into_iter().chain(wal_worst).collect();
+    all.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
+    problems.extend(all.into_iter().map(|(_, p)| p));
+    (
+        monitoring::nagios_line_with(&tally, &wal_tally, &problems),
+        tally.worst().max(wal_tally.worst()),
+    )
 }
 
 /// `{"data":[{"{#NODE}":…},…]}` for Zabbix low-level discovery.
@@ -247,7 +292,7 @@ fn summary(t: &Tally) -> String {
 }
 
 /// The listing: the fleet's verdict first, then each node followed by its definitions.
-pub fn status_rows(judged: &[Judged<'_>]) -> Rows {
+pub fn status_rows(judged: &[Judged<'_>], wal: &[WalHealth]) -> Rows {
     let mut by_node: BTreeMap<(&str, i64), Vec<&Judged<'_>>> = BTreeMap::new();
     for j in judged {
         by_node
@@ -319,6 +364,28 @@ pub fn status_rows(judged: &[Judged<'_>]) -> Rows {
             ]);
         }
     }
+    let mut wal_tally = Tally::default();
+    for w in wal {
+        let v = monitoring::wal_verdict(&w.open_codes);
+        wal_tally.add(v);
+        rows.push(vec![
+            Value::Text("wal archive".into()),
+            Value::Text(w.node_fqdn.clone()),
+            Value::Null,
+            Value::Null,
+            Value::Text("WAL".into()),
+            Value::Text(w.server_fqdn.clone()),
+            Value::Text(v.as_str().into()),
+            text(w.receiver_state.as_deref()),
+            time(w.last_arrived),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Text(wal_reason(w)),
+        ]);
+    }
     let fleet_row = vec![
         Value::Text("fleet".into()),
         Value::Null,
@@ -326,7 +393,7 @@ pub fn status_rows(judged: &[Judged<'_>]) -> Rows {
         Value::Null,
         Value::Null,
         Value::Null,
-        Value::Text(fleet.worst().as_str().into()),
+        Value::Text(fleet.worst().max(wal_tally.worst()).as_str().into()),
         Value::Null,
         Value::Null,
         Value::Null,
@@ -334,7 +401,17 @@ pub fn status_rows(judged: &[Judged<'_>]) -> Rows {
         Value::Int(running),
         Value::Null,
         Value::Null,
-        Value::Text(summary(&fleet)),
+        Value::Text(if wal.is_empty() {
+            summary(&fleet)
+        } else {
+            format!(
+                "{}; {} critical, {} warning of {} WAL archives",
+                summary(&fleet),
+                wal_tally.critical,
+                wal_tally.warning,
+                wal_tally.total()
+            )
+        }),
     ];
     rows.insert(0, fleet_row);
     Rows {

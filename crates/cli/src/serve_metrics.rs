@@ -389,7 +389,68 @@ pub fn fleet_metrics(snap: &FleetSnapshot, judged: &[Judged<'_>]) -> String {
             a.alerts as f64,
         );
     }
+    wal_metrics(&mut e, snap);
     e.finish()
+}
+
+/// Per ACTIVE WAL archive (node and backup server): the recoverable window, holes, lag and the
+/// open WAL alerts (sql/87_wal_monitor.sql, `api.monitoring_wal`).
+fn wal_metrics(e: &mut Exposition, snap: &FleetSnapshot) {
+    type Get = fn(&pgbackman_db::monitoring::WalHealth) -> Option<f64>;
+    let series: [(&str, &str, Get); 8] = [
+        (
+            "pgbackman_wal_recoverable_from_timestamp_seconds",
+            "Arrival time (Unix) of the first segment of the newest window the archive replays without a gap.",
+            |w| w.window_from.map(ts),
+        ),
+        (
+            "pgbackman_wal_recoverable_to_timestamp_seconds",
+            "Arrival time (Unix) of the last segment of that window: the newest point restorable.",
+            |w| w.window_to.map(ts),
+        ),
+        (
+            "pgbackman_wal_recoverable_from_lsn",
+            "Start of that window as a WAL byte position.",
+            |w| w.window_from_lsn,
+        ),
+        (
+            "pgbackman_wal_recoverable_to_lsn",
+            "End of that window as a WAL byte position.",
+            |w| w.window_to_lsn,
+        ),
+        (
+            "pgbackman_wal_holes",
+            "Holes (missing segments between archived ones) in the archive's ledger.",
+            |w| Some(w.holes as f64),
+        ),
+        (
+            "pgbackman_wal_lag_bytes",
+            "The node's WAL position minus the end of the archive, as the agent last reported.",
+            |w| w.lag_bytes,
+        ),
+        (
+            "pgbackman_wal_last_segment_timestamp_seconds",
+            "Arrival time (Unix) of the newest archived segment.",
+            |w| w.last_arrived.map(ts),
+        ),
+        (
+            "pgbackman_wal_open_alerts",
+            "Open WAL conditions of the archive (alerted, not cleared yet).",
+            |w| Some(w.open_codes.len() as f64),
+        ),
+    ];
+    for (name, help, get) in series {
+        e.family(name, "gauge", help);
+        for w in &snap.wal {
+            if let Some(v) = get(w) {
+                e.sample(
+                    name,
+                    &[("node", &w.node_fqdn), ("server", &w.server_fqdn)],
+                    v,
+                );
+            }
+        }
+    }
 }
 
 /// Answers GET /metrics (and nothing else) from the cache.

@@ -752,6 +752,22 @@ pub static COMMANDS: &[Cmd] = &[
         ],
     },
     Cmd {
+        name: "show_replication_status",
+        group: WAL,
+        about: "Replication of a PgSQL node as the agent archiving it last sampled it (every round, within the [nodes] \
+                deadlines; the shell never asks the node): its role, each standby's sent/write/flush/replay LSN and lag, on \
+                a standby its WAL receiver and replay delay, every replication slot with the WAL it retains, wal_status and \
+                safe_wal_size, pgbackman's own receiver (state, stalls, lag behind the node), and the open WAL alerts. \
+                \"As of\" is the sample's age; STALE means the agent stopped reporting. Thresholds: update_pgsql_node_config \
+                (replication_lag_threshold, slot_retained_wal_threshold, wal_receiver_down_threshold; the receiver's lag \
+                threshold is the archive's --max-lag). Changes nothing.",
+        args: &[pos("node", "NodeID | FQDN")],
+        examples: &[
+            "show_replication_status pg01.example.org",
+            "show_replication_status 3 --output json",
+        ],
+    },
+    Cmd {
         name: "show_alerts",
         group: SYSTEM,
         about: "Alerts, newest first (1000 at most): failed backups, snapshots and restores, lost jobs, overdue \

@@ -200,6 +200,12 @@ impl Tally {
 /// `problems` are the worst definitions first; at most three are named (the line must stay
 /// short), and `|` cannot appear in the text (it starts the performance data).
 pub fn nagios_line(t: &Tally, problems: &[String]) -> String {
+    nagios_line_with(t, &Tally::default(), problems)
+}
+
+/// [`nagios_line`] with the WAL archives' tally (`wal`, not shown when there is none): the
+/// state is the worst of both, and the performance data gains `wal_critical` and `wal_warning`.
+pub fn nagios_line_with(t: &Tally, wal: &Tally, problems: &[String]) -> String {
     let mut text = format!(
         "{} critical, {} warning, {} unknown, {} ok of {} backup definitions",
         t.critical,
@@ -208,6 +214,15 @@ pub fn nagios_line(t: &Tally, problems: &[String]) -> String {
         t.ok,
         t.total()
     );
+    if wal.total() > 0 {
+        let _ = write!(
+            text,
+            "; {} critical, {} warning of {} WAL archives",
+            wal.critical,
+            wal.warning,
+            wal.total()
+        );
+    }
     for p in problems.iter().take(3) {
         text.push_str("; ");
         text.push_str(p);
@@ -219,14 +234,36 @@ pub fn nagios_line(t: &Tally, problems: &[String]) -> String {
         .chars()
         .map(|c| if c == '|' || c.is_control() { ' ' } else { c })
         .collect();
-    format!(
+    let mut line = format!(
         "PGBACKMAN {} - {text} | critical={} warning={} unknown={} ok={}",
-        t.worst().as_str(),
+        t.worst().max(wal.worst()).as_str(),
         t.critical,
         t.warning,
         t.unknown,
         t.ok
-    )
+    );
+    if wal.total() > 0 {
+        let _ = write!(
+            line,
+            " wal_critical={} wal_warning={}",
+            wal.critical, wal.warning
+        );
+    }
+    line
+}
+
+/// The verdict of a WAL archive from the codes of its open WAL conditions: a lagging receiver,
+/// a lagging standby or a slot holding much WAL need a look (WARNING); an archive that does not
+/// archive, has a hole, or lost its slot is CRITICAL.
+pub fn wal_verdict(open_codes: &[String]) -> Verdict {
+    open_codes
+        .iter()
+        .map(|c| match c.as_str() {
+            "WAL_RECEIVER_LAG" | "REPLICATION_LAG" | "WAL_SLOT_RETAINED" => Verdict::Warning,
+            _ => Verdict::Critical,
+        })
+        .max()
+        .unwrap_or(Verdict::Ok)
 }
 
 /// A label value of the Prometheus text format: backslash, double quote and line feed escaped
@@ -392,6 +429,16 @@ mod tests {
              DefID 3 a b c: failed | critical=1 warning=1 unknown=0 ok=2"
         );
         assert!(!line.contains('\n'));
+        let mut wal = Tally::default();
+        wal.add(wal_verdict(&["WAL_RECEIVER_LAG".into()]));
+        wal.add(wal_verdict(&[]));
+        assert_eq!(wal_verdict(&["WAL_HOLE".into(), "REPLICATION_LAG".into()]), Verdict::Critical);
+        let ok = Tally { ok: 1, ..Tally::default() };
+        assert_eq!(
+            nagios_line_with(&ok, &wal, &[]),
+            "PGBACKMAN WARNING - 0 critical, 0 warning, 0 unknown, 1 ok of 1 backup definitions; \
+             0 critical, 1 warning of 2 WAL archives | critical=0 warning=0 unknown=0 ok=1 wal_critical=0 wal_warning=1"
+        );
     }
 
     #[test]

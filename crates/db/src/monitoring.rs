@@ -106,6 +106,27 @@ pub struct ServerSeen {
     pub agent_state: Option<String>,
 }
 
+/// An ACTIVE WAL archive (`api.monitoring_wal`, sql/87_wal_monitor.sql).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalHealth {
+    pub archive_id: i64,
+    pub node_id: i64,
+    pub node_fqdn: String,
+    pub server_fqdn: String,
+    pub receiver_state: Option<String>,
+    /// The node's position minus the ledger's end, as the agent last reported.
+    pub lag_bytes: Option<f64>,
+    pub last_arrived: Option<DateTime<Utc>>,
+    pub holes: i64,
+    /// Codes of the open WAL conditions (alerted, not cleared).
+    pub open_codes: Vec<String>,
+    /// The newest recoverable window: LSNs as byte positions, and arrival times.
+    pub window_from_lsn: Option<f64>,
+    pub window_to_lsn: Option<f64>,
+    pub window_from: Option<DateTime<Utc>>,
+    pub window_to: Option<DateTime<Utc>>,
+}
+
 /// What the catalog says about the fleet, read in one snapshot.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetSnapshot {
@@ -113,6 +134,7 @@ pub struct FleetSnapshot {
     pub queue: Vec<QueueDepth>,
     pub alerts: Vec<AlertCount>,
     pub servers: Vec<ServerSeen>,
+    pub wal: Vec<WalHealth>,
     /// The catalog's clock when it was read: ages are measured against it.
     pub now: Option<DateTime<Utc>>,
 }
@@ -184,12 +206,39 @@ impl Catalog {
                 agent_state: r.get(5),
             })
             .collect();
+        let wal = tx
+            .query(
+                "select archive_id, node_id, node_fqdn, server_fqdn, receiver_state, lag_bytes::float8,
+                        last_arrived, holes, open_codes, window_from_lsn::float8, window_to_lsn::float8,
+                        window_from, window_to
+                   from api.monitoring_wal order by node_fqdn, server_fqdn",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| WalHealth {
+                archive_id: r.get(0),
+                node_id: r.get(1),
+                node_fqdn: r.get(2),
+                server_fqdn: r.get(3),
+                receiver_state: r.get(4),
+                lag_bytes: r.get(5),
+                last_arrived: r.get(6),
+                holes: r.get(7),
+                open_codes: r.get(8),
+                window_from_lsn: r.get(9),
+                window_to_lsn: r.get(10),
+                window_from: r.get(11),
+                window_to: r.get(12),
+            })
+            .collect();
         tx.commit().await?;
         Ok(FleetSnapshot {
             definitions,
             queue,
             alerts,
             servers,
+            wal,
             now: Some(now),
         })
     }
