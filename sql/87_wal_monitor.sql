@@ -63,7 +63,7 @@ begin
         v_down_since := (s.sample -> 'receiver' ->> 'down_since')::timestamptz;
         v_stall := (s.sample -> 'receiver' ->> 'last_stall_at')::timestamptz;
         if v_rstate = 'no_client' then
-            v_keep := v_keep || 'WAL_VERSION|';
+            v_keep := v_keep || 'WAL_VERSION|'::text;
             perform api.open_wal_condition(p_server, p_node, 'WAL_VERSION', '',
                 format('backup server %s has no pg_receivewal for the major version of PgSQL node %s, so its WAL is not archived (%s). '
                        || 'Install the PostgreSQL client programs of that major on %s (or name their directory in pgsql_bin_dir / [agent.bin_dirs]); '
@@ -71,7 +71,7 @@ begin
                        v_srv, v_fqdn, coalesce(s.sample -> 'receiver' ->> 'error', 'no detail'), v_srv));
         end if;
         if v_down_since is not null and (v_down_since < now() - v_down or v_stall >= v_down_since) then
-            v_keep := v_keep || 'WAL_RECEIVER_DOWN|';
+            v_keep := v_keep || 'WAL_RECEIVER_DOWN|'::text;
             perform api.open_wal_condition(p_server, p_node, 'WAL_RECEIVER_DOWN', '',
                 format('the WAL receiver of PgSQL node %s on backup server %s is %s since %s%s (threshold %s): no WAL of the node is archived meanwhile, '
                        || 'and its slot %s holds the node''s WAL (pg_wal grows). Last error: %s. '
@@ -88,7 +88,7 @@ begin
         elsif v_end is not null and (s.sample ->> 'node_lsn') is not null then
             v_lag := (s.sample ->> 'node_lsn')::pg_lsn - v_end;
             if v_lag > a.max_lag_bytes then
-                v_keep := v_keep || 'WAL_RECEIVER_LAG|';
+                v_keep := v_keep || 'WAL_RECEIVER_LAG|'::text;
                 perform api.open_wal_condition(p_server, p_node, 'WAL_RECEIVER_LAG', '',
                     format('the WAL archive of PgSQL node %s on backup server %s is %s behind the node (node at %s, archived to %s; threshold %s, the archive''s --max-lag). '
                            || 'A point in time after %s cannot be restored yet. Check the receiver (show_replication_status %s) and the network to the node.',
@@ -194,11 +194,11 @@ end $$;
 -- marked STALE (the agent stopped reporting: what it shows may no longer be true).
 create function api.show_replication_status(p_node bigint, p_stale interval default '2 minutes')
 returns table ("Backup server" text, "As of" text, "Section" text, "Name" text, "State" text, "LSN" text,
-               "Lag" text, "Lag bytes" numeric, "Lag time" text, "Detail" text)
+               "Lag" text, "Lag bytes" bigint, "Lag time" text, "Detail" text)
 language sql stable as $$
     with smp as (
         select r.*, s.fqdn as srv,
-               format('%s ago%s', date_trunc('second', now() - r.reported_at),
+               format('%s s ago%s', floor(extract(epoch from now() - r.reported_at))::bigint,
                       case when now() - r.reported_at > p_stale then ' (STALE: the agent stopped reporting)' else '' end) as age
           from public.replication_sample r
           join public.backup_server s on s.server_id = r.backup_server_id
@@ -259,7 +259,7 @@ language sql stable as $$
           from smp
           join public.wal_condition c on c.pgsql_node_id = p_node and c.backup_server_id = smp.backup_server_id and c.cleared is null
     )
-    select srv, age, section, name, state, lsn, pg_catalog.pg_size_pretty(lag_bytes), lag_bytes, lag_time, detail
+    select srv, age, section, name, state, lsn, pg_catalog.pg_size_pretty(lag_bytes), lag_bytes::bigint, lag_time, detail
       from lines order by srv, ord, sub
 $$;
 

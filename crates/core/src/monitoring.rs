@@ -432,8 +432,14 @@ mod tests {
         let mut wal = Tally::default();
         wal.add(wal_verdict(&["WAL_RECEIVER_LAG".into()]));
         wal.add(wal_verdict(&[]));
-        assert_eq!(wal_verdict(&["WAL_HOLE".into(), "REPLICATION_LAG".into()]), Verdict::Critical);
-        let ok = Tally { ok: 1, ..Tally::default() };
+        assert_eq!(
+            wal_verdict(&["WAL_HOLE".into(), "REPLICATION_LAG".into()]),
+            Verdict::Critical
+        );
+        let ok = Tally {
+            ok: 1,
+            ..Tally::default()
+        };
         assert_eq!(
             nagios_line_with(&ok, &wal, &[]),
             "PGBACKMAN WARNING - 0 critical, 0 warning, 0 unknown, 1 ok of 1 backup definitions; \

@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod monitoring;
 pub mod node;
 pub mod reconcile;
+pub mod replication;
 pub mod restore;
 pub mod retention;
 pub mod roles;
@@ -25,7 +26,6 @@ pub mod verify;
 pub mod wal;
 pub mod wal_agent;
 pub mod wal_node;
-pub mod replication;
 
 pub use catalog::{
     Audit, Catalog, CatalogFilter, DefinitionOptions, DefinitionSummary, DefinitionUpdate, Filter,

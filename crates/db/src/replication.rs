@@ -125,10 +125,7 @@ impl Catalog {
     /// `show_replication_status NODE`.
     pub async fn show_replication_status(&self, node: &str) -> Result<Rows, DbError> {
         let node = self.node_id(node).await?;
-        self.rows(
-            "select * from api.show_replication_status($1)",
-            &[&node],
-        )
-        .await
+        self.rows("select * from api.show_replication_status($1)", &[&node])
+            .await
     }
 }

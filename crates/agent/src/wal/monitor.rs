@@ -140,7 +140,15 @@ pub async fn report(ctx: &crate::job::Ctx, a: &AgentWalArchive, status: &receive
             seen_now.holes = Some(holes);
         }
         Err(e) => {
-            tracing::debug!("replication sample not reported: {e}");
+            // Unreachable: the next round reports again. Refused: a bug worth seeing.
+            if e.is_unreachable() {
+                tracing::debug!("replication sample not reported: {e}");
+            } else {
+                tracing::warn!(
+                    archive = a.archive_id,
+                    "the catalog refused the replication sample of PgSQL node {lbl}: {e}"
+                );
+            }
             // Keep what the catalog said last (it is down, not changed).
             if let Some(old) = seen().get(&a.archive_id) {
                 seen_now.open_conditions = old.open_conditions;

@@ -26,7 +26,8 @@ pub struct Status {
     pub state: String,
     pub error: Option<String>,
     /// Since when the receiver has not been streaming steadily (None: it is). A receiver that
-    /// restarts in a loop stays down: only 30 s of streaming (or a stored file) clears it.
+    /// restarts in a loop, or stalls again and again, stays down: only 30 s of one stream clear
+    /// it (one episode, one alert).
     pub down_since: Option<DateTime<Utc>>,
     /// Stalls detected since the agent started, and the last one.
     pub stalls: u64,
@@ -51,7 +52,7 @@ fn set(s: &Shared, state: &str, error: Option<String>) {
     g.error = error;
 }
 
-/// The receiver is healthy: it streamed for a while or stored a file.
+/// The receiver is healthy: one stream has lasted 30 s.
 fn up(s: &Shared) {
     let mut g = s.lock().unwrap_or_else(|e| e.into_inner());
     if g.state == "streaming" {
@@ -413,7 +414,6 @@ async fn intake(
                         g.archived_end = g.archived_end.max(Some(end));
                     }
                 }
-                up(status);
                 stored.notify_one();
             }
             Intake::Skipped => {}

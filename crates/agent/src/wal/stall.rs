@@ -36,7 +36,12 @@ impl Watch {
     }
 
     /// Some(why) when the stream is stalled.
-    pub async fn check(&mut self, ctx: &Ctx, a: &AgentWalArchive, incoming: &Path) -> Option<String> {
+    pub async fn check(
+        &mut self,
+        ctx: &Ctx,
+        a: &AgentWalArchive,
+        incoming: &Path,
+    ) -> Option<String> {
         let after = self.after?;
         let m = marker(incoming);
         if m != self.marker {
