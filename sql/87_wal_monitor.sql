@@ -285,12 +285,3 @@ select a.archive_id, a.pgsql_node_id as node_id, n.fqdn as node_fqdn, a.backup_s
   left join lateral (select w.from_lsn, w.to_lsn, w.from_arrived, w.to_arrived from api.recovery_window(a.pgsql_node_id) w
                       where w.backup_server_id = a.backup_server_id order by w.to_lsn desc limit 1) rw on true
  where a.status = 'ACTIVE';
-
--- Open WAL conditions (the status probe counts them: an alert that is still true).
-create view api.show_wal_conditions as
-select c.condition_id as "ConditionID", c.code as "Code", c.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node",
-       s.fqdn as "Backup server", nullif(c.subject, '') as "Subject", c.opened as "Opened", c.cleared as "Cleared",
-       c.alert_id as "AlertID", c.detail as "Detail"
-  from public.wal_condition c
-  join public.pgsql_node n on n.node_id = c.pgsql_node_id
-  join public.backup_server s on s.server_id = c.backup_server_id;

@@ -245,6 +245,41 @@ fn replication_status_lag_and_hole_alerts_and_metrics() {
     );
     assert!(r.stdout.contains("WAL_HOLE"), "{}", r.stdout);
 
+    // serve-metrics: the recoverable window and the hole per node, parsed.
+    let m = serve_metrics_once(&env);
+    assert_eq!(
+        metric(&m, "pgbackman_wal_holes", ("node", "127.0.0.2")),
+        Some(1.0),
+        "{m}"
+    );
+    let from = metric(
+        &m,
+        "pgbackman_wal_recoverable_from_lsn",
+        ("node", "127.0.0.2"),
+    )
+    .unwrap();
+    let to = metric(
+        &m,
+        "pgbackman_wal_recoverable_to_lsn",
+        ("node", "127.0.0.2"),
+    )
+    .unwrap();
+    assert_eq!(from as u64, (gap.parse::<u64>().unwrap() + 1) * SEG, "{m}");
+    assert!(to > from, "{m}");
+    assert!(
+        metric(
+            &m,
+            "pgbackman_wal_recoverable_to_timestamp_seconds",
+            ("node", "127.0.0.2")
+        )
+        .is_some()
+    );
+    assert_eq!(
+        metric(&m, "pgbackman_wal_open_alerts", ("node", "127.0.0.2")),
+        Some(1.0),
+        "{m}"
+    );
+
     env.sql(&format!(
         "delete from wal_object w using pgsql_node n where n.node_id = w.pgsql_node_id
             and n.fqdn = '127.0.0.2' and kind = 'full' and segno < {gap}"
@@ -254,6 +289,49 @@ fn replication_status_lag_and_hole_alerts_and_metrics() {
         env.sql("select count(*) from alert where alert_type = 'WAL_HOLE'"),
         "1"
     );
+}
+
+/// One scrape of `pgbackman serve-metrics` after its first read of the catalog.
+fn serve_metrics_once(env: &Env) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = common::command(env.home.path())
+        .args([
+            "--catalog",
+            &env.conninfo(),
+            "serve-metrics",
+            "--listen",
+            "127.0.0.1:0",
+            "--refresh-seconds",
+            "1",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    err.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let mut out = String::new();
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        out.clear();
+        s.read_to_string(&mut out).unwrap();
+        if out.contains("pgbackman_wal_holes{") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out
 }
 
 /// The postmaster of `node` and every process it started, stopped with SIGSTOP; SIGCONT when

@@ -163,7 +163,8 @@ pub async fn report(ctx: &crate::job::Ctx, a: &AgentWalArchive, status: &receive
 pub fn metrics() -> String {
     let seen = seen();
     let mut out = String::new();
-    let series: [(&str, &str, &str, fn(&Seen) -> Option<f64>); 9] = [
+    type Get = fn(&Seen) -> Option<f64>;
+    let series: [(&str, &str, &str, Get); 9] = [
         (
             "pgbackman_agent_wal_receiver_up",
             "gauge",
