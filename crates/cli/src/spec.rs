@@ -764,7 +764,7 @@ pub static COMMANDS: &[Cmd] = &[
         args: &[pos("node", "NodeID | FQDN")],
         examples: &[
             "show_replication_status pg01.example.org",
-            "show_replication_status 3 --output json",
+            "show_replication_status 3",
         ],
     },
     Cmd {
