@@ -180,7 +180,7 @@ pub fn metrics() -> String {
         (
             "pgbackman_agent_wal_lag_bytes",
             "gauge",
-            "The node's WAL position minus the end of the newest segment archived.",
+            "The node's WAL position minus the end of the newest segment this agent archived since it started.",
             |s| Some(s.node_lsn?.saturating_sub(s.archived_end?) as f64),
         ),
         (
@@ -192,7 +192,7 @@ pub fn metrics() -> String {
         (
             "pgbackman_agent_wal_archived_end_lsn",
             "gauge",
-            "End of the newest full segment archived, as a byte position.",
+            "End of the newest full segment this agent archived since it started, as a byte position.",
             |s| Some(s.archived_end? as f64),
         ),
         (
