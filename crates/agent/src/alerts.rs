@@ -209,6 +209,13 @@ pub fn summary(a: &ClaimedAlert) -> String {
         "WAL_CONFLICT" => format!(
             "WAL of {node} refused on {server}: other content under a name already archived"
         ),
+        "WAL_RECEIVER_DOWN" => format!("WAL receiver of {node} on {server} is down"),
+        "WAL_RECEIVER_LAG" => format!("WAL archive of {node} on {server} lags behind the node"),
+        "WAL_SLOT_RETAINED" => format!("A replication slot on {node} holds too much WAL"),
+        "WAL_SLOT_LOST" => format!("A replication slot on {node} lost WAL"),
+        "WAL_HOLE" => format!("WAL archive of {node} on {server} has a hole"),
+        "WAL_VERSION" => format!("No pg_receivewal for the version of {node} on {server}"),
+        "REPLICATION_LAG" => format!("A standby of {node} lags behind"),
         other => format!("{other} alert for {db} on {node}"),
     }
 }
@@ -250,6 +257,15 @@ pub fn next_step(a: &ClaimedAlert) -> String {
         ),
         ("WAL_CONFLICT", _) => format!(
             "find the other cluster archiving as {node} (a clone or restored copy with archive_command set), then: pgbackman -C \"show_wal_segments {node}\""
+        ),
+        (
+            "WAL_RECEIVER_DOWN" | "WAL_RECEIVER_LAG" | "WAL_SLOT_RETAINED" | "WAL_SLOT_LOST"
+            | "REPLICATION_LAG",
+            _,
+        ) => format!("pgbackman -C \"show_replication_status {node}\""),
+        ("WAL_HOLE", _) => format!("pgbackman -C \"show_recovery_window {node} --holes\""),
+        ("WAL_VERSION", _) => format!(
+            "on {server}: install the PostgreSQL client programs of the node's major, then: pgbackman-agent --check"
         ),
         _ => format!("pgbackman -C \"show_alerts all {node}\""),
     }
@@ -749,8 +765,19 @@ mod tests {
             "MAINTENANCE",
             "AGENT_NOT_SEEN",
             "WAL_CONFLICT",
+            "WAL_RECEIVER_DOWN",
+            "WAL_RECEIVER_LAG",
+            "WAL_SLOT_RETAINED",
+            "WAL_SLOT_LOST",
+            "WAL_HOLE",
+            "WAL_VERSION",
+            "REPLICATION_LAG",
         ] {
             let a = alert(kind);
+            assert!(
+                !summary(&a).ends_with(" alert for billing on pg01.example.org"),
+                "{kind}"
+            );
             assert!(!summary(&a).is_empty());
             assert!(next_step(&a).contains("pgbackman"), "{kind}");
         }
