@@ -831,7 +831,9 @@ pub static COMMANDS: &[Cmd] = &[
                 is overdue, under an overall verdict. CRITICAL: overdue (no success since a scheduled run, past the node's \
                 overdue_grace_period) or the last backup failed; WARNING: a job waited in the queue past --queue-warning \
                 minutes (its agent does not take it) or the last backup was cancelled. Schedules are evaluated in the \
-                zone of the server's agent (from its heartbeat; else $TZ, default UTC). --nagios prints one line and exits 0 OK, 1 WARNING, 2 CRITICAL, \
+                zone of the server's agent (from its heartbeat; else $TZ, default UTC). Each WAL archive is judged by its \
+                open WAL alerts (CRITICAL: receiver down, hole, slot lost, no client; WARNING: lag, slot retention; \
+                show_replication_status tells more). --nagios prints one line and exits 0 OK, 1 WARNING, 2 CRITICAL, \
                 3 UNKNOWN (catalog unreachable within --timeout seconds); --zabbix-discovery nodes|definitions prints \
                 Zabbix low-level discovery JSON.",
         args: &[
