@@ -18,6 +18,7 @@ pub fn handles(name: &str) -> bool {
             | "show_wal_archives"
             | "show_wal_segments"
             | "show_recovery_window"
+            | "create_wal_push_credential"
     )
 }
 
@@ -25,6 +26,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
     match inv.cmd.name {
         "register_wal_archive" => register(s, inv).await,
         "delete_wal_archive" => delete(s, inv).await,
+        "create_wal_push_credential" => crate::commands_wal_push::credential(s, inv).await,
         "show_wal_archives" => {
             let server = filter(s.value(inv, "server", Some("all"))?);
             let node = filter(s.value(inv, "node", Some("all"))?);
@@ -58,8 +60,17 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         slot: inv.given("slot").map(str::to_string),
         synchronous: inv.flag("synchronous"),
         max_lag: inv.given("max-lag").map(str::to_string),
+        intake: inv.given("intake").map(str::to_string),
     };
     let (id, slot) = s.catalog.register_wal_archive(&s.audit(), &a).await?;
+    if slot.is_empty() {
+        return Ok(Output::Done(vec![format!(
+            "WAL archive registered as ArchiveID {id} (intake push): no slot; the node's archive_command delivers \
+             each file to the agent of {}. Next: create_wal_push_credential {} {} --file PATH, then on the node host \
+             archive_command = 'pgbackman-agent wal-push %p' (README: WAL push).",
+            a.server, a.server, a.node
+        )]));
+    }
     Ok(Output::Done(vec![format!(
         "WAL archive registered as ArchiveID {id}: the agent of {} keeps slot {slot} on {} and receives its WAL \
          (show_wal_archives follows it; the WAL receiver comes with the agent's WAL support).",
