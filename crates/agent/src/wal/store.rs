@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 /// zstd level of stored WAL: WAL compresses well already at low levels, and intake must keep
 /// up with the node.
-const ZSTD_LEVEL: i32 = 3;
+pub(super) const ZSTD_LEVEL: i32 = 3;
 
 /// Where one archive keeps its files.
 #[derive(Debug, Clone)]
@@ -155,11 +155,11 @@ fn switch_point(
     None
 }
 
-fn sha256_hex(b: &[u8]) -> String {
+pub(super) fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing directory {}", dir.display()))
@@ -171,7 +171,7 @@ fn mkdirs(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `dest` durably: a temporary file beside it, fsync, rename, fsync of the
 /// directory.
-fn write_durable(dest: &Path, bytes: &[u8]) -> Result<()> {
+pub(super) fn write_durable(dest: &Path, bytes: &[u8]) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     mkdirs(dir)?;
     let tmp = dir.join(format!(
