@@ -468,8 +468,10 @@ begin
                         v_archive.status
             using errcode = '23503',
                   hint = case when v_archive.status = 'ACTIVE'
-                              then format('Delete it first: delete_wal_archive %s %s (its agent then drops slot %s).',
-                                          api.server_fqdn(v_archive.backup_server_id), api.node_fqdn(v_archive.pgsql_node_id), v_archive.slot_name)
+                              then format('Delete it first: delete_wal_archive %s %s%s.',
+                                          api.server_fqdn(v_archive.backup_server_id), api.node_fqdn(v_archive.pgsql_node_id),
+                                          case when v_archive.slot_name is not null
+                                               then format(' (its agent then drops slot %s)', v_archive.slot_name) else '' end)
                               else format('Its agent has not dropped slot %s yet; show_wal_archives shows when it has.', v_archive.slot_name) end;
     end if;
     if tg_table_name = 'pgsql_node' then

@@ -81,17 +81,35 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
 async fn delete(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let server = s.required(inv, "server", None)?;
     let node = s.required(inv, "node", None)?;
-    s.confirm(&format!(
-        "Stop archiving the WAL of {node} on {server} and drop its replication slot on the node? \
-         (The archived WAL stays until retention removes it.)"
-    ))?;
+    let push = matches!(
+        s.catalog.wal_push_credential_state(&server, &node).await,
+        Ok(Some((intake, _))) if intake == "push"
+    );
+    s.confirm(&if push {
+        format!(
+            "Stop taking the WAL {node} pushes to {server}? Its archive_command fails from now on. \
+             (The archived WAL stays until retention removes it.)"
+        )
+    } else {
+        format!(
+            "Stop archiving the WAL of {node} on {server} and drop its replication slot on the node? \
+             (The archived WAL stays until retention removes it.)"
+        )
+    })?;
     let id = s
         .catalog
         .delete_wal_archive(&s.audit(), &server, &node)
         .await?;
-    Ok(Output::Done(vec![format!(
-        "WAL archive {id} is being deleted: the agent of {server} stops its receiver and drops the slot at its next round."
-    )]))
+    Ok(Output::Done(vec![if push {
+        format!(
+            "WAL archive {id} is deleted: the agent of {server} refuses {node}'s pushes from now on; \
+             remove archive_command (or set archive_mode = off) on the node."
+        )
+    } else {
+        format!(
+            "WAL archive {id} is being deleted: the agent of {server} stops its receiver and drops the slot at its next round."
+        )
+    }]))
 }
 
 async fn segments(s: &mut Session, inv: &Invocation) -> Result<Output> {

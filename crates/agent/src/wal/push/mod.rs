@@ -153,3 +153,25 @@ fn same_secret(a: &str, b: &str) -> bool {
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abcd", "abcd"));
+        assert!(!same_secret("abcd", "abce"));
+        assert!(!same_secret("abcd", "abc"));
+    }
+
+    #[test]
+    fn a_conflict_report_sorts_after_the_original_one() {
+        // pending::list sends in file name order: the catalog must see the stored copy first.
+        let orig = "n7-1-00000001-0000000000000003-full.json";
+        let conflict = orig.replace(".json", ".x-conflict-0123456789abcdef.json");
+        assert!(orig < conflict.as_str());
+        let next = "n7-1-00000001-0000000000000004-full.json";
+        assert!(conflict.as_str() < next);
+    }
+}
