@@ -22,7 +22,9 @@ use sha2::Digest;
 const SEG: u64 = 16 * 1024 * 1024;
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// The files the node host needs, readable by the user the test server runs as.
@@ -42,7 +44,11 @@ impl NodeHost {
     /// Hands `p` to the server's user (postgres when the tests run as root).
     fn give(&self, p: &Path) {
         if is_root() {
-            let s = Command::new("chown").arg("postgres").arg(p).status().unwrap();
+            let s = Command::new("chown")
+                .arg("postgres")
+                .arg(p)
+                .status()
+                .unwrap();
             assert!(s.success());
         }
     }
@@ -147,7 +153,11 @@ fn check_ledger(env: &Env, last: u64) {
         segnos.push(f[0].parse::<u64>().unwrap());
     }
     let first = segnos[0];
-    assert_eq!(segnos, (first..=last).collect::<Vec<_>>(), "each segment once, no hole");
+    assert_eq!(
+        segnos,
+        (first..=last).collect::<Vec<_>>(),
+        "each segment once, no hole"
+    );
     assert_eq!(env.sql("select count(*) from api.wal_holes(1)"), "0");
 }
 
@@ -224,11 +234,18 @@ fn pushed_wal_reaches_the_ledger_once_through_outages_and_conflicts_are_kept_asi
     wait_until("the wal-push listener", 30, &[&agent], || {
         agent.log().contains("taking wal-push (TLS)")
     });
-    let cfg = host.config("wal-push.toml", &listen, &tls.ca, &cred, "timeout_seconds = 30\n");
+    let cfg = host.config(
+        "wal-push.toml",
+        &listen,
+        &tls.ca,
+        &cred,
+        "timeout_seconds = 30\n",
+    );
 
     // A client that connects and says nothing is dropped after the idle deadline.
     let mut idle = std::net::TcpStream::connect(&listen).unwrap();
-    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let t = Instant::now();
     let n = std::io::Read::read(&mut idle, &mut [0u8; 16]).unwrap_or(0);
     assert_eq!(n, 0, "the agent closes a silent client");
@@ -255,7 +272,11 @@ fn pushed_wal_reaches_the_ledger_once_through_outages_and_conflicts_are_kept_asi
             .args(["-i", "-s", "1", "-q", &conn])
             .output()
             .unwrap();
-        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
         load = Some(
             Command::new(bench)
                 .args(["-c", "2", "-T", "15", "-n", &conn])
@@ -289,7 +310,9 @@ fn pushed_wal_reaches_the_ledger_once_through_outages_and_conflicts_are_kept_asi
     // The agent down: archive_command fails, PostgreSQL retries; nothing is lost once back.
     agent.stop();
     let last_down = switches(&node, 3);
-    wait_until("archive_command failing", 60, &[&agent], || archived(&node).1 > 0);
+    wait_until("archive_command failing", 60, &[&agent], || {
+        archived(&node).1 > 0
+    });
     let failed = node.psql("postgres", "select last_failed_wal from pg_stat_archiver");
     assert!(!failed.trim().is_empty());
     agent.spawn(None);
@@ -307,12 +330,21 @@ fn pushed_wal_reaches_the_ledger_once_through_outages_and_conflicts_are_kept_asi
     env.catalog.stop();
     let last_cat = switches(&node, 2);
     let pending = agent.state().join("wal_pending");
-    wait_until("pushes spooled while the catalog is down", 60, &[&agent], || {
-        std::fs::read_dir(&pending)
-            .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
-            .unwrap_or(0)
-            >= 2
-    });
+    wait_until(
+        "pushes spooled while the catalog is down",
+        60,
+        &[&agent],
+        || {
+            std::fs::read_dir(&pending)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                        .count()
+                })
+                .unwrap_or(0)
+                >= 2
+        },
+    );
     assert!(
         archived(&node).0 >= archived_before + 5,
         "archive_command succeeded without the catalog"
@@ -328,8 +360,15 @@ fn pushed_wal_reaches_the_ledger_once_through_outages_and_conflicts_are_kept_asi
     check_ledger(&env, last_cat);
 
     // The same segment again: a no-op.
-    let path = env.sql(&format!("select stored_path from wal_object where kind = 'full' and segno = {last}"));
-    let name = Path::new(&path).file_stem().unwrap().to_str().unwrap().to_string();
+    let path = env.sql(&format!(
+        "select stored_path from wal_object where kind = 'full' and segno = {last}"
+    ));
+    let name = Path::new(&path)
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let mut plain = zstd::decode_all(&std::fs::read(&path).unwrap()[..]).unwrap();
     let again = host.path(&name);
     std::fs::write(&again, &plain).unwrap();
@@ -344,21 +383,29 @@ fn pushed_wal_reaches_the_ledger_once_through_outages_and_conflicts_are_kept_asi
     std::fs::write(&again, &plain).unwrap();
     let (code, _, err, _) = wal_push(&cfg, &again);
     assert_eq!(code, 1);
-    assert!(err.contains("already archived with other content") && err.contains("kept aside"), "{err}");
+    assert!(
+        err.contains("already archived with other content") && err.contains("kept aside"),
+        "{err}"
+    );
     let stored = std::fs::read(&path).unwrap();
     assert_eq!(
         hex_sha(&zstd::decode_all(&stored[..]).unwrap()),
-        env.sql(&format!("select sha256 from wal_object where kind = 'full' and segno = {last}")),
+        env.sql(&format!(
+            "select sha256 from wal_object where kind = 'full' and segno = {last}"
+        )),
         "the stored copy is untouched"
     );
     wait_for(&env, "select count(*) from wal_conflict", "1", 30, &agent);
-    assert_eq!(
-        env.sql("select sha256 from wal_conflict"),
-        hex_sha(&plain)
-    );
+    assert_eq!(env.sql("select sha256 from wal_conflict"), hex_sha(&plain));
     let kept = env.sql("select stored_path from wal_conflict");
-    assert!(kept.contains("/refused/") && Path::new(&kept).exists(), "{kept}");
-    assert_eq!(env.sql("select count(*) from alert where alert_type = 'WAL_CONFLICT'"), "1");
+    assert!(
+        kept.contains("/refused/") && Path::new(&kept).exists(),
+        "{kept}"
+    );
+    assert_eq!(
+        env.sql("select count(*) from alert where alert_type = 'WAL_CONFLICT'"),
+        "1"
+    );
 
     // A wrong credential: refused, saying what to do.
     let wrong = host.path("wrong.credential");
@@ -380,9 +427,12 @@ fn pushed_wal_reaches_the_ledger_once_through_outages_and_conflicts_are_kept_asi
         cred2.display()
     ))
     .ok();
-    wait_until("the new credential reaches the agent", 30, &[&agent], || {
-        wal_push(&cfg, &again).2.contains("is not the current one")
-    });
+    wait_until(
+        "the new credential reaches the agent",
+        30,
+        &[&agent],
+        || wal_push(&cfg, &again).2.contains("is not the current one"),
+    );
 
     // No secret in the agent's log nor anywhere in the catalog.
     assert!(!agent.log().contains(&token), "token in the agent's log");
@@ -400,7 +450,11 @@ fn a_client_against_a_listener_that_never_answers_gives_up_within_its_deadline()
     let host = NodeHost::new();
     let tls = pgbackman_testkit::tls::make_files(&host.path("tls"), &["127.0.0.1"]).unwrap();
     let cred = host.path("c");
-    std::fs::write(&cred, format!("node_id = 1\ntoken = \"{}\"\n", "a".repeat(64))).unwrap();
+    std::fs::write(
+        &cred,
+        format!("node_id = 1\ntoken = \"{}\"\n", "a".repeat(64)),
+    )
+    .unwrap();
     let cfg = host.config(
         "w.toml",
         &format!("127.0.0.1:{}", silent.port()),
@@ -412,12 +466,24 @@ fn a_client_against_a_listener_that_never_answers_gives_up_within_its_deadline()
     std::fs::write(&seg, vec![0u8; 8192]).unwrap();
     let (code, out, err, took) = wal_push(&cfg, &seg);
     assert_eq!((code, out.as_str()), (1, ""));
-    assert!(err.contains("did not complete the TLS handshake within 2 s"), "{err}");
+    assert!(
+        err.contains("did not complete the TLS handshake within 2 s"),
+        "{err}"
+    );
     assert!(took < Duration::from_secs(4), "{took:?}");
     assert!(!err.contains(&"a".repeat(64)));
     // Nothing listening at all: a clear refusal at once.
-    let closed = host.config("c.toml", &format!("127.0.0.1:{}", free_port()), &tls.ca, &cred, "");
+    let closed = host.config(
+        "c.toml",
+        &format!("127.0.0.1:{}", free_port()),
+        &tls.ca,
+        &cred,
+        "",
+    );
     let (code, _, err, _) = wal_push(&closed, &seg);
     assert_eq!(code, 1);
-    assert!(err.contains("is it running, with [agent.wal_push] listen"), "{err}");
+    assert!(
+        err.contains("is it running, with [agent.wal_push] listen"),
+        "{err}"
+    );
 }

@@ -682,7 +682,10 @@ pub static COMMANDS: &[Cmd] = &[
                 kind: Kind::Flag,
             },
             opt("max-lag", "Alert threshold, e.g. 64MB, 1GB"),
-            opt("intake", "stream (slot + receiver, default) | push (archive_command + wal-push)"),
+            opt(
+                "intake",
+                "stream (slot + receiver, default) | push (archive_command + wal-push)",
+            ),
         ],
         examples: &[
             "register_wal_archive bs01.example.org pg01.example.org",
@@ -700,7 +703,10 @@ pub static COMMANDS: &[Cmd] = &[
         args: &[
             pos("server", "SrvID | FQDN"),
             pos("node", "NodeID | FQDN"),
-            opt("file", "Where to write the credential file (must not exist)"),
+            opt(
+                "file",
+                "Where to write the credential file (must not exist)",
+            ),
         ],
         examples: &[
             "create_wal_push_credential bs01.example.org pg02.example.org --file ./pg02-wal-push.credential",

@@ -186,7 +186,11 @@ pub struct PushCredential {
 
 impl std::fmt::Debug for PushCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PushCredential {{ node_id: {}, token: <hidden> }}", self.node_id)
+        write!(
+            f,
+            "PushCredential {{ node_id: {}, token: <hidden> }}",
+            self.node_id
+        )
     }
 }
 
@@ -238,7 +242,10 @@ mod tests {
         let e = PushCredential::parse(Path::new("x"), "node_id = 3\ntoken = \"abababab\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("64 hexadecimal") && !e.contains("abababab"), "{e}");
+        assert!(
+            e.contains("64 hexadecimal") && !e.contains("abababab"),
+            "{e}"
+        );
         let e = PushCredential::parse(Path::new("x"), "node_id = 3\ntoken = \"ab\nz")
             .unwrap_err()
             .to_string();
@@ -247,7 +254,8 @@ mod tests {
 
     #[test]
     fn the_client_file_needs_a_port_and_sane_deadlines() {
-        let ok = "agent = \"bs1.example.org:7433\"\nca = \"/etc/ca.pem\"\ncredential = \"/etc/c\"\n";
+        let ok =
+            "agent = \"bs1.example.org:7433\"\nca = \"/etc/ca.pem\"\ncredential = \"/etc/c\"\n";
         let c = WalPushClient::parse(Path::new("f"), ok).unwrap();
         assert_eq!(c.server_name(), "bs1.example.org");
         assert_eq!((c.connect_timeout_seconds, c.timeout_seconds), (10, 120));

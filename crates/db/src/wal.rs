@@ -169,7 +169,12 @@ impl Catalog {
                 &[&server, &node],
             )
             .await?;
-        Ok(row.map(|r| (r.get(0), r.get::<_, Option<String>>(1).filter(|c| c != "none"))))
+        Ok(row.map(|r| {
+            (
+                r.get(0),
+                r.get::<_, Option<String>>(1).filter(|c| c != "none"),
+            )
+        }))
     }
 
     /// Marks the archive of `node` on `server` for deletion; returns its ArchiveID.

@@ -20,7 +20,9 @@ async fn a_push_archive_has_no_slot_and_a_hashed_credential_replaced_only_when_a
     let pg = TestCluster::start();
     pg.psql("postgres", "create database pgbackman");
     let cfg: tokio_postgres::Config = pg.conninfo("pgbackman").parse().unwrap();
-    let mut owner = pgbackman_db::connect_once(&cfg, "test catalog").await.unwrap();
+    let mut owner = pgbackman_db::connect_once(&cfg, "test catalog")
+        .await
+        .unwrap();
     migrate::init(&mut owner).await.unwrap();
     owner
         .batch_execute(
@@ -30,7 +32,8 @@ async fn a_push_archive_has_no_slot_and_a_hashed_credential_replaced_only_when_a
         )
         .await
         .unwrap();
-    let cat = Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
+    let cat =
+        Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
     let new = |node: &str, intake: &str, slot: Option<&str>| NewWalArchive {
         server: "bs1.example.org".into(),
         node: node.into(),
@@ -39,10 +42,17 @@ async fn a_push_archive_has_no_slot_and_a_hashed_credential_replaced_only_when_a
         ..Default::default()
     };
     for (a, want) in [
-        (new("pg1.example.org", "push", Some("s1")), "--intake push takes no --slot"),
+        (
+            new("pg1.example.org", "push", Some("s1")),
+            "--intake push takes no --slot",
+        ),
         (new("pg1.example.org", "pull", None), "is not an intake"),
     ] {
-        let e = cat.register_wal_archive(&audit(), &a).await.unwrap_err().to_string();
+        let e = cat
+            .register_wal_archive(&audit(), &a)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want) && e.contains("HINT"), "{e}");
     }
     let (id, slot) = cat
@@ -56,7 +66,9 @@ async fn a_push_archive_has_no_slot_and_a_hashed_credential_replaced_only_when_a
     let h1 = "a".repeat(64);
     let h2 = "b".repeat(64);
     assert_eq!(
-        cat.wal_push_credential_state("bs1.example.org", "pg1.example.org").await.unwrap(),
+        cat.wal_push_credential_state("bs1.example.org", "pg1.example.org")
+            .await
+            .unwrap(),
         Some(("push".into(), None))
     );
     assert_eq!(
@@ -70,7 +82,10 @@ async fn a_push_archive_has_no_slot_and_a_hashed_credential_replaced_only_when_a
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("already has a credential") && e.contains("HINT"), "{e}");
+    assert!(
+        e.contains("already has a credential") && e.contains("HINT"),
+        "{e}"
+    );
     cat.set_wal_push_credential(&audit(), "bs1.example.org", "pg1.example.org", &h2, true)
         .await
         .unwrap();
@@ -87,17 +102,32 @@ async fn a_push_archive_has_no_slot_and_a_hashed_credential_replaced_only_when_a
     }
     let list = cat.agent_wal_archives(1).await.unwrap();
     let push = list.iter().find(|a| a.archive_id == id).unwrap();
-    assert_eq!((push.intake.as_str(), push.slot_name.as_str()), ("push", ""));
+    assert_eq!(
+        (push.intake.as_str(), push.slot_name.as_str()),
+        ("push", "")
+    );
     assert_eq!(push.push_token_sha256.as_deref(), Some(h2.as_str()));
-    assert!(list.iter().any(|a| a.intake == "stream" && a.slot_name == "pgbackman_bs1"));
+    assert!(
+        list.iter()
+            .any(|a| a.intake == "stream" && a.slot_name == "pgbackman_bs1")
+    );
     // Deleted at once: no slot to drop.
     cat.delete_wal_archive(&audit(), "bs1.example.org", "pg1.example.org")
         .await
         .unwrap();
     let st = owner
-        .query_one("select status from wal_archive where archive_id = $1", &[&id])
+        .query_one(
+            "select status from wal_archive where archive_id = $1",
+            &[&id],
+        )
         .await
         .unwrap();
     assert_eq!(st.get::<_, String>(0), "DELETED");
-    assert!(cat.agent_wal_archives(1).await.unwrap().iter().all(|a| a.archive_id != id));
+    assert!(
+        cat.agent_wal_archives(1)
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| a.archive_id != id)
+    );
 }

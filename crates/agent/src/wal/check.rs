@@ -59,11 +59,17 @@ async fn archives(s: &Setup) -> Option<Vec<AgentWalArchive>> {
 
 /// A push archive has no slot nor client: it needs the listener and a credential.
 fn push_archive(s: &Setup, a: &AgentWalArchive) -> (Level, String) {
-    let what = format!("WAL archive {} of PgSQL node {} (intake push)", a.archive_id, label(a));
+    let what = format!(
+        "WAL archive {} of PgSQL node {} (intake push)",
+        a.archive_id,
+        label(a)
+    );
     if s.cfg.wal_push.is_none() {
         (
             Level::Warn,
-            format!("{what}: [agent.wal_push] is not set: its wal-push cannot arrive (set listen, cert and key)"),
+            format!(
+                "{what}: [agent.wal_push] is not set: its wal-push cannot arrive (set listen, cert and key)"
+            ),
         )
     } else if a.push_token_sha256.is_none() {
         (

@@ -56,8 +56,12 @@ async fn push(
     bytes: Vec<u8>,
 ) -> Result<String> {
     let connect = Duration::from_secs(cfg.connect_timeout_seconds);
-    let server_name = ServerName::try_from(cfg.server_name())
-        .with_context(|| format!("{} is not a host name to check the agent's certificate against", cfg.server_name()))?;
+    let server_name = ServerName::try_from(cfg.server_name()).with_context(|| {
+        format!(
+            "{} is not a host name to check the agent's certificate against",
+            cfg.server_name()
+        )
+    })?;
     let tcp = timeout(connect, tokio::net::TcpStream::connect(&cfg.agent))
         .await
         .map_err(|_| {
@@ -174,7 +178,10 @@ pub fn main(args: &WalPushArgs) -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "pgbackman-agent wal-push: cannot start: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "pgbackman-agent wal-push: cannot start: {e}"
+            );
             return std::process::ExitCode::FAILURE;
         }
     };

@@ -26,7 +26,12 @@ pub(super) struct Pushed {
 
 /// Stores `p` and spools its report; the answer for the client. `tmp` is gone afterwards
 /// (stored, or kept aside in `refused/`).
-pub(super) fn take(state_dir: &Path, dirs: &ArchiveDirs, node: &NodeIdentity, p: &Pushed) -> Answer {
+pub(super) fn take(
+    state_dir: &Path,
+    dirs: &ArchiveDirs,
+    node: &NodeIdentity,
+    p: &Pushed,
+) -> Answer {
     let answer = take_inner(state_dir, dirs, node, p).unwrap_or_else(|e| {
         Answer::no(
             "retry",
@@ -40,7 +45,12 @@ pub(super) fn take(state_dir: &Path, dirs: &ArchiveDirs, node: &NodeIdentity, p:
     answer
 }
 
-fn take_inner(state_dir: &Path, dirs: &ArchiveDirs, node: &NodeIdentity, p: &Pushed) -> Result<Answer> {
+fn take_inner(
+    state_dir: &Path,
+    dirs: &ArchiveDirs,
+    node: &NodeIdentity,
+    p: &Pushed,
+) -> Result<Answer> {
     let name = &p.name;
     // A later timeline is taken only once its history file is: the lineage must be known
     // (PostgreSQL archives the history file of a new timeline before its segments).
@@ -160,10 +170,8 @@ fn conflict(
         history: Vec::new(),
     };
     // After the stored copy's own report in name order, so the catalog sees the original first.
-    let file = pending::file_name(&o).replace(
-        ".json",
-        &format!(".x-conflict-{}.json", &p.sha256[..16]),
-    );
+    let file =
+        pending::file_name(&o).replace(".json", &format!(".x-conflict-{}.json", &p.sha256[..16]));
     let d = pending::dir(state_dir);
     crate::state::create_dir_0700(&d)?;
     crate::state::write_atomic(&d.join(file), &serde_json::to_vec(&o)?)?;
@@ -190,14 +198,30 @@ fn conflict(
 
 /// Ledger kind, segment number and LSN range a name stands for (a partial segment's end is
 /// its segment's end here: only used to describe a refused copy).
-fn describe(node: &NodeIdentity, name: &WalFileName) -> (&'static str, Option<u64>, Option<Lsn>, Option<Lsn>) {
+fn describe(
+    node: &NodeIdentity,
+    name: &WalFileName,
+) -> (&'static str, Option<u64>, Option<Lsn>, Option<Lsn>) {
     let z = node.seg_size;
     match name.kind {
-        WalFileKind::Segment { segno } => ("full", Some(segno), z.segment_start(segno), z.segment_end(segno)),
-        WalFileKind::Partial { segno } => ("partial", Some(segno), z.segment_start(segno), z.segment_end(segno)),
-        WalFileKind::BackupHistory { segno, .. } => {
-            ("backup_history", Some(segno), name.start_lsn(), name.start_lsn())
-        }
+        WalFileKind::Segment { segno } => (
+            "full",
+            Some(segno),
+            z.segment_start(segno),
+            z.segment_end(segno),
+        ),
+        WalFileKind::Partial { segno } => (
+            "partial",
+            Some(segno),
+            z.segment_start(segno),
+            z.segment_end(segno),
+        ),
+        WalFileKind::BackupHistory { segno, .. } => (
+            "backup_history",
+            Some(segno),
+            name.start_lsn(),
+            name.start_lsn(),
+        ),
         _ => ("history", None, None, None),
     }
 }
@@ -221,7 +245,10 @@ fn backup_history(
             .and_then(|r| r.split_whitespace().next())
             .and_then(|v| v.parse().ok())
     };
-    let (Some(start), Some(stop)) = (lsn_of("START WAL LOCATION: "), lsn_of("STOP WAL LOCATION: ")) else {
+    let (Some(start), Some(stop)) = (
+        lsn_of("START WAL LOCATION: "),
+        lsn_of("STOP WAL LOCATION: "),
+    ) else {
         return Ok(Answer::no(
             "refused",
             format!("{name} is not a backup history file (no START and STOP WAL LOCATION lines)"),

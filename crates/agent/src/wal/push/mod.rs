@@ -117,7 +117,12 @@ pub fn client_tls(ca: &Path) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca)
         .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("reading the CA file {} (`ca` of the wal-push config)", ca.display()))?
+        .with_context(|| {
+            format!(
+                "reading the CA file {} (`ca` of the wal-push config)",
+                ca.display()
+            )
+        })?
     {
         let c = c
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -129,13 +134,11 @@ pub fn client_tls(ca: &Path) -> Result<rustls::ClientConfig> {
     if roots.is_empty() {
         anyhow::bail!("the CA file {} holds no PEM certificate", ca.display());
     }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .context("TLS setup")?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS setup")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// SHA-256 of `b`, hexadecimal.
@@ -147,8 +150,7 @@ fn sha256_hex(b: &[u8]) -> String {
 /// Equal in a time that does not depend on where they differ.
 fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0

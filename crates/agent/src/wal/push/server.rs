@@ -97,7 +97,8 @@ pub async fn serve(
             );
             continue;
         };
-        let (ctx, acceptor, working, cfg) = (ctx.clone(), acceptor.clone(), working.clone(), cfg.clone());
+        let (ctx, acceptor, working, cfg) =
+            (ctx.clone(), acceptor.clone(), working.clone(), cfg.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
             let overall = Duration::from_secs(cfg.push_timeout_seconds);
@@ -178,7 +179,10 @@ async fn push<R: AsyncRead + Unpin>(
     if req.v != 1 {
         return Answer::no(
             "refused",
-            format!("wal-push protocol version {} is not this agent's (1): use the same pgbackman version on both hosts", req.v),
+            format!(
+                "wal-push protocol version {} is not this agent's (1): use the same pgbackman version on both hosts",
+                req.v
+            ),
         );
     }
     let Some(a) = archive_of(req.node_id) else {
@@ -227,27 +231,45 @@ async fn push<R: AsyncRead + Unpin>(
         Err(e) => {
             return Answer::no(
                 "retry",
-                format!("the backup server cannot read the identity of PgSQL node {lbl} (system identifier, version, segment size): {e:#}"),
+                format!(
+                    "the backup server cannot read the identity of PgSQL node {lbl} (system identifier, version, segment size): {e:#}"
+                ),
             );
         }
     };
     let name = match WalFileName::parse(&req.name, node.seg_size) {
         Ok(n) => n,
-        Err(e) => return Answer::no("refused", format!("{e}: wal-push takes only files PostgreSQL archives (%p)")),
+        Err(e) => {
+            return Answer::no(
+                "refused",
+                format!("{e}: wal-push takes only files PostgreSQL archives (%p)"),
+            );
+        }
     };
     let limit = match name.kind {
-        WalFileKind::Segment { .. } | WalFileKind::Partial { .. } => u64::from(node.seg_size.bytes()),
+        WalFileKind::Segment { .. } | WalFileKind::Partial { .. } => {
+            u64::from(node.seg_size.bytes())
+        }
         _ => MAX_SMALL_FILE,
     };
     if req.size > limit {
         return Answer::no(
             "refused",
-            format!("{} has {} bytes, more than the {limit} a file of its kind has on PgSQL node {lbl}", req.name, req.size),
+            format!(
+                "{} has {} bytes, more than the {limit} a file of its kind has on PgSQL node {lbl}",
+                req.name, req.size
+            ),
         );
     }
-    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg_now(), &a.node_backup_partition) {
+    let node_dir = match crate::roots::node_dir_for_write(&ctx.cfg_now(), &a.node_backup_partition)
+    {
         Ok(d) => d,
-        Err(e) => return Answer::no("retry", format!("the backup server cannot write for PgSQL node {lbl}: {e}")),
+        Err(e) => {
+            return Answer::no(
+                "retry",
+                format!("the backup server cannot write for PgSQL node {lbl}: {e}"),
+            );
+        }
     };
     let dirs = ArchiveDirs::new(&node_dir, a.pgsql_node_id);
     let idle = Duration::from_secs(cfg.idle_timeout_seconds);
@@ -255,7 +277,10 @@ async fn push<R: AsyncRead + Unpin>(
         Ok((tmp, sha)) if sha == req.sha256.to_ascii_lowercase() => tmp,
         Ok((tmp, _)) => {
             let _ = std::fs::remove_file(&tmp);
-            return Answer::no("retry", format!("{name} arrived damaged (its SHA-256 differs from the one sent)"));
+            return Answer::no(
+                "retry",
+                format!("{name} arrived damaged (its SHA-256 differs from the one sent)"),
+            );
         }
         Err(e) => return Answer::no("retry", format!("receiving {name}: {e:#}")),
     };
@@ -267,9 +292,10 @@ async fn push<R: AsyncRead + Unpin>(
     };
     let state_dir = ctx.cfg.state_dir.clone();
     let node2 = node.clone();
-    let answer = tokio::task::spawn_blocking(move || intake::take(&state_dir, &dirs, &node2, &pushed))
-        .await
-        .unwrap_or_else(|e| Answer::no("retry", format!("storing the file failed: {e}")));
+    let answer =
+        tokio::task::spawn_blocking(move || intake::take(&state_dir, &dirs, &node2, &pushed))
+            .await
+            .unwrap_or_else(|e| Answer::no("retry", format!("storing the file failed: {e}")));
     match answer.outcome.as_str() {
         "stored" | "duplicate" | "conflict" => PUSHED.notify_one(),
         // A refused header: the node may have been re-initialised; read it again next time.
@@ -277,7 +303,12 @@ async fn push<R: AsyncRead + Unpin>(
         _ => {}
     }
     if answer.ok {
-        tracing::debug!(node = a.pgsql_node_id, "wal-push {}: {}", answer.outcome, answer.message);
+        tracing::debug!(
+            node = a.pgsql_node_id,
+            "wal-push {}: {}",
+            answer.outcome,
+            answer.message
+        );
     }
     answer
 }
@@ -305,7 +336,9 @@ async fn receive<R: AsyncRead + Unpin>(
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             let n = timeout(idle, rd.read(&mut buf[..want]))
                 .await
-                .map_err(|_| anyhow::anyhow!("the client sent nothing for {} s", idle.as_secs()))??;
+                .map_err(|_| {
+                    anyhow::anyhow!("the client sent nothing for {} s", idle.as_secs())
+                })??;
             if n == 0 {
                 anyhow::bail!("the client closed the connection {left} bytes short");
             }
@@ -340,7 +373,8 @@ async fn identity(ctx: &Arc<Ctx>, a: &AgentWalArchive, lbl: &str) -> Result<Node
         label: lbl.to_string(),
         sysid: ident.system_identifier,
         major: pgbackman_dump::server_major(ident.server_version_num),
-        seg_size: SegmentSize::new(ident.seg_size).map_err(|e| anyhow::anyhow!("PgSQL node {lbl}: {e}"))?,
+        seg_size: SegmentSize::new(ident.seg_size)
+            .map_err(|e| anyhow::anyhow!("PgSQL node {lbl}: {e}"))?,
     };
     IDENTITIES
         .lock()
@@ -351,7 +385,11 @@ async fn identity(ctx: &Arc<Ctx>, a: &AgentWalArchive, lbl: &str) -> Result<Node
 }
 
 fn forget_identity(node_id: i64) {
-    if let Some(m) = IDENTITIES.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+    if let Some(m) = IDENTITIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+    {
         m.remove(&node_id);
     }
 }
