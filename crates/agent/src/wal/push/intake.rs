@@ -291,3 +291,186 @@ fn backup_history(
         format!("{name} stored as {}", dest.display()),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgbackman_core::wal::SegmentSize;
+
+    const SYSID: u64 = 7_412_345_678_901_234_567;
+
+    fn node() -> NodeIdentity {
+        NodeIdentity {
+            node_id: 7,
+            label: "pg1:5432".into(),
+            sysid: SYSID,
+            major: 15,
+            seg_size: SegmentSize::default(),
+        }
+    }
+
+    /// A segment of timeline `tli` whose long page header is a PostgreSQL 15 node's.
+    fn segment(tli: u32, segno: u64, fill: u8) -> Vec<u8> {
+        let size = SegmentSize::default();
+        let mut b = vec![fill; size.bytes() as usize];
+        b[..40].fill(0);
+        b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        b[2..4].copy_from_slice(&2u16.to_le_bytes());
+        b[4..8].copy_from_slice(&tli.to_le_bytes());
+        b[8..16].copy_from_slice(&(segno * u64::from(size.bytes())).to_le_bytes());
+        b[24..32].copy_from_slice(&SYSID.to_le_bytes());
+        b[32..36].copy_from_slice(&size.bytes().to_le_bytes());
+        b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        b
+    }
+
+    fn pushed(dirs: &ArchiveDirs, name: &str, bytes: &[u8]) -> Pushed {
+        let name = WalFileName::parse(name, SegmentSize::default()).unwrap();
+        let dir = dirs.root.join("push");
+        fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, bytes).unwrap();
+        Pushed {
+            name,
+            tmp,
+            sha256: store::sha256_hex(bytes),
+            size: bytes.len() as u64,
+        }
+    }
+
+    fn pending_names(state: &Path) -> Vec<String> {
+        pending::list(state)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn stored_once_then_a_no_op_and_other_content_is_kept_aside_and_reported_after_it() {
+        let t = tempfile::tempdir().unwrap();
+        let (state, dirs) = (
+            t.path().join("state"),
+            ArchiveDirs::new(&t.path().join("b"), 7),
+        );
+        let seg = segment(1, 3, 0);
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "000000010000000000000003", &seg),
+        );
+        assert_eq!((a.ok, a.outcome.as_str()), (true, "stored"), "{a:?}");
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "000000010000000000000003", &seg),
+        );
+        assert_eq!((a.ok, a.outcome.as_str()), (true, "duplicate"), "{a:?}");
+        let other = segment(1, 3, 1);
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "000000010000000000000003", &other),
+        );
+        assert_eq!((a.ok, a.outcome.as_str()), (false, "conflict"), "{a:?}");
+        // The stored copy is the first one; the other is in refused/, reported after it.
+        let stored =
+            fs::read(dirs.stored(SYSID, &WalFileName::segment(1, 3, SegmentSize::default())))
+                .unwrap();
+        assert_eq!(zstd::decode_all(&stored[..]).unwrap(), seg);
+        assert_eq!(fs::read_dir(dirs.refused()).unwrap().count(), 1);
+        let names = pending_names(&state);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[1].contains(".x-conflict-"), "{names:?}");
+        let o: WalObject =
+            serde_json::from_slice(&fs::read(&pending::list(&state)[0]).unwrap()).unwrap();
+        assert_eq!(
+            (o.arrival.as_str(), o.kind.as_str()),
+            ("archive_command", "full")
+        );
+        // Nothing is left in push/.
+        assert_eq!(fs::read_dir(dirs.root.join("push")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_later_timeline_waits_for_its_history_file_and_a_foreign_segment_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (state, dirs) = (
+            t.path().join("state"),
+            ArchiveDirs::new(&t.path().join("b"), 7),
+        );
+        let seg2 = segment(2, 4, 0);
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "000000020000000000000004", &seg2),
+        );
+        assert_eq!((a.ok, a.outcome.as_str()), (false, "retry"), "{a:?}");
+        assert!(a.message.contains("00000002.history"), "{}", a.message);
+        let h = b"1\t0/4000100\tno recovery target specified\n";
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "00000002.history", h),
+        );
+        assert_eq!(a.outcome, "stored", "{a:?}");
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "000000020000000000000004", &seg2),
+        );
+        assert_eq!(a.outcome, "stored", "{a:?}");
+        // The old timeline's .partial tail is taken now that the history file says where it ends.
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "000000010000000000000004.partial", &segment(1, 4, 0)),
+        );
+        assert_eq!(a.outcome, "stored", "{a:?}");
+        // A segment of another cluster: refused, kept aside, not reported.
+        let mut foreign = segment(1, 5, 0);
+        foreign[24..32].copy_from_slice(&42u64.to_le_bytes());
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "000000010000000000000005", &foreign),
+        );
+        assert_eq!((a.ok, a.outcome.as_str()), (false, "refused"), "{a:?}");
+        assert_eq!(pending_names(&state).len(), 3);
+    }
+
+    #[test]
+    fn a_backup_history_file_is_recorded_with_its_start_and_stop() {
+        let t = tempfile::tempdir().unwrap();
+        let (state, dirs) = (
+            t.path().join("state"),
+            ArchiveDirs::new(&t.path().join("b"), 7),
+        );
+        let text = b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+                     STOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\n";
+        let a = take(
+            &state,
+            &dirs,
+            &node(),
+            &pushed(&dirs, "000000010000000000000002.00000028.backup", text),
+        );
+        assert_eq!(a.outcome, "stored", "{a:?}");
+        let o: WalObject =
+            serde_json::from_slice(&fs::read(&pending::list(&state)[0]).unwrap()).unwrap();
+        assert_eq!(
+            (
+                o.kind.as_str(),
+                o.start_lsn.as_deref(),
+                o.end_lsn.as_deref()
+            ),
+            ("backup_history", Some("0/2000028"), Some("0/2000100"))
+        );
+    }
+}
