@@ -31,22 +31,36 @@ $$;
 
 -- `register_wal_archive SERVER NODE [--slot NAME] [--synchronous] [--max-lag SIZE]`. The slot
 -- name defaults to pgbackman_<server host name> (one slot per archiving server on a node).
+-- `--intake push` (V17): no slot and no receiver; the node's archive_command runs
+-- `pgbackman-agent wal-push %p`, which delivers each file to this server's agent over TLS with the
+-- credential create_wal_push_credential makes.
 create function api.register_wal_archive(p_server text, p_node text, p_slot text, p_synchronous boolean,
-                                         p_max_lag text)
+                                         p_max_lag text, p_intake text default 'stream')
 returns bigint language plpgsql as $$
 declare
     v_server bigint := api.server_id(p_server);
     v_node bigint := api.node_id(p_node);
     v_slot text := nullif(btrim(coalesce(p_slot, '')), '');
+    v_intake text := lower(coalesce(nullif(btrim(p_intake), ''), 'stream'));
     v_lag bigint;
     v_other record;
     v_id bigint;
 begin
-    if v_slot is null then
+    if v_intake not in ('stream', 'push') then
+        raise exception '--intake % is not an intake', api.q(p_intake)
+            using errcode = '22023',
+                  hint = 'stream: a replication slot and pg_receivewal run by the agent (the default); push: the node''s archive_command runs pgbackman-agent wal-push %p.';
+    end if;
+    if v_intake = 'push' and (v_slot is not null or coalesce(p_synchronous, false)) then
+        raise exception '--intake push takes no %', case when v_slot is not null then '--slot' else '--synchronous' end
+            using errcode = '22023',
+                  hint = 'A push archive has no replication slot and no receiver: PostgreSQL''s archive_command delivers each completed file. Leave out --slot and --synchronous, or use --intake stream.';
+    end if;
+    if v_intake = 'stream' and v_slot is null then
         v_slot := left('pgbackman_' || regexp_replace(lower((select hostname from public.backup_server where server_id = v_server)),
                                                       '[^a-z0-9_]', '_', 'g'), 63);
     end if;
-    if v_slot !~ '^[a-z0-9_]+$' or octet_length(v_slot) > 63 then
+    if v_intake = 'stream' and (v_slot !~ '^[a-z0-9_]+$' or octet_length(v_slot) > 63) then
         raise exception 'replication slot name % is not valid', api.q(v_slot)
             using errcode = '22023',
                   hint = 'A slot name has 1 to 63 characters, each a lower-case letter, a digit or an underscore (PostgreSQL''s rule), e.g. --slot pgbackman_bs01.';
@@ -79,8 +93,8 @@ begin
                         v_slot, api.node_fqdn(v_node), api.server_fqdn(v_other.backup_server_id)
             using errcode = '23505', hint = 'Give this archive another slot name with --slot.';
     end if;
-    insert into public.wal_archive (backup_server_id, pgsql_node_id, slot_name, synchronous, max_lag_bytes)
-    values (v_server, v_node, v_slot, coalesce(p_synchronous, false), v_lag)
+    insert into public.wal_archive (backup_server_id, pgsql_node_id, slot_name, synchronous, max_lag_bytes, intake)
+    values (v_server, v_node, v_slot, coalesce(p_synchronous, false), v_lag, v_intake)
     returning archive_id into v_id;
     return v_id;
 end $$;
@@ -94,7 +108,11 @@ declare
     v_node bigint := api.node_id(p_node);
     v_id bigint;
 begin
-    update public.wal_archive set status = 'DELETING', deleted = now()
+    -- A push archive has no slot to drop: it ends here (its agent stops accepting its pushes
+    -- when it reads the list, at once through the notification).
+    update public.wal_archive set status = case when intake = 'push' then 'DELETED' else 'DELETING' end,
+                                  deleted = now(),
+                                  receiver_state = case when intake = 'push' then 'deleted: pushes are refused' else receiver_state end
      where pgsql_node_id = v_node and backup_server_id = v_server and status = 'ACTIVE'
     returning archive_id into v_id;
     if v_id is null then
@@ -108,6 +126,44 @@ begin
             using errcode = 'P0002', hint = 'show_wal_archives lists the WAL archives.';
     end if;
     return v_id;
+end $$;
+
+-- `create_wal_push_credential SERVER NODE --file PATH`: the shell makes a random token, writes it
+-- to the file for the node host and hands only its SHA-256 here. p_replace: an existing
+-- credential is replaced (the shell asks first); the old one stops working at once.
+create function api.set_wal_push_credential(p_server text, p_node text, p_sha256 text, p_replace boolean)
+returns bigint language plpgsql as $$
+declare
+    v_server bigint := api.server_id(p_server);
+    v_node bigint := api.node_id(p_node);
+    a public.wal_archive%rowtype;
+begin
+    if coalesce(p_sha256, '') !~ '^[0-9a-f]{64}$' then
+        raise exception 'a WAL push credential is stored as a SHA-256 (64 hexadecimal digits)'
+            using errcode = '22023', hint = 'This is a bug of the program that called it: create_wal_push_credential makes the token and its hash.';
+    end if;
+    select * into a from public.wal_archive
+     where pgsql_node_id = v_node and backup_server_id = v_server and status = 'ACTIVE' for update;
+    if not found then
+        raise exception 'PgSQL node % has no WAL archive on backup server %', api.node_fqdn(v_node), api.server_fqdn(v_server)
+            using errcode = 'P0002',
+                  hint = format('Register one first: register_wal_archive %s %s --intake push.', api.server_fqdn(v_server), api.node_fqdn(v_node));
+    end if;
+    if a.intake <> 'push' then
+        raise exception 'the WAL archive of PgSQL node % on backup server % receives through replication slot %, not by wal-push',
+                        api.node_fqdn(v_node), api.server_fqdn(v_server), a.slot_name
+            using errcode = '22023',
+                  hint = 'A credential is for a push archive (register_wal_archive ... --intake push). To switch: delete_wal_archive, then register it again with --intake push.';
+    end if;
+    if a.push_token_sha256 is not null and not coalesce(p_replace, false) then
+        raise exception 'the WAL archive of PgSQL node % on backup server % already has a credential (created %)',
+                        api.node_fqdn(v_node), api.server_fqdn(v_server), to_char(a.push_token_created, 'YYYY-MM-DD HH24:MI:SS TZ')
+            using errcode = '23505',
+                  hint = 'Replacing it makes the node''s current credential file stop working: install the new file on the node host right after.';
+    end if;
+    update public.wal_archive set push_token_sha256 = p_sha256, push_token_created = now()
+     where archive_id = a.archive_id;
+    return a.archive_id;
 end $$;
 
 -- The agent dropped the slot of a deleted archive.
@@ -125,14 +181,15 @@ end $$;
 create function api.agent_wal_archives(p_server bigint)
 returns table (archive_id bigint, pgsql_node_id bigint, node_fqdn text, pgport integer, admin_user text,
                admin_dbname text, sslmode text, node_status text, node_backup_partition text,
-               slot_name text, synchronous boolean, max_lag_bytes bigint, status text)
+               slot_name text, synchronous boolean, max_lag_bytes bigint, status text,
+               intake text, push_token_sha256 text)
 language plpgsql stable as $$
 begin
     perform api.acting_for(p_server);
     return query
     select a.archive_id, a.pgsql_node_id, n.fqdn::text, n.pgport::integer, n.admin_user::text, n.admin_dbname::text,
            n.sslmode::text, n.status::text, api.node_config_value(n.node_id, 'pgnode_backup_partition')::text,
-           a.slot_name, a.synchronous, a.max_lag_bytes, a.status
+           coalesce(a.slot_name, ''), a.synchronous, a.max_lag_bytes, a.status, a.intake, a.push_token_sha256
       from public.wal_archive a
       join public.pgsql_node n on n.node_id = a.pgsql_node_id
      where a.backup_server_id = p_server and a.status <> 'DELETED'
@@ -411,8 +468,10 @@ begin
                         v_archive.status
             using errcode = '23503',
                   hint = case when v_archive.status = 'ACTIVE'
-                              then format('Delete it first: delete_wal_archive %s %s (its agent then drops slot %s).',
-                                          api.server_fqdn(v_archive.backup_server_id), api.node_fqdn(v_archive.pgsql_node_id), v_archive.slot_name)
+                              then format('Delete it first: delete_wal_archive %s %s%s.',
+                                          api.server_fqdn(v_archive.backup_server_id), api.node_fqdn(v_archive.pgsql_node_id),
+                                          case when v_archive.slot_name is not null
+                                               then format(' (its agent then drops slot %s)', v_archive.slot_name) else '' end)
                               else format('Its agent has not dropped slot %s yet; show_wal_archives shows when it has.', v_archive.slot_name) end;
     end if;
     if tg_table_name = 'pgsql_node' then
@@ -438,5 +497,5 @@ create trigger wal_before_delete before delete on public.backup_server
 -- agent's state reports are not: they would flood the audit log).
 create trigger notify_owner after insert or update or delete on public.wal_archive
     for each row execute function api.notify_owner();
-create trigger audit after insert or delete or update of status, slot_name, synchronous, max_lag_bytes
+create trigger audit after insert or delete or update of status, slot_name, synchronous, max_lag_bytes, push_token_created
     on public.wal_archive for each row execute function api.audit_row();

@@ -124,10 +124,14 @@ end $$;
 -- show_wal_archives: per archive, what the agent reported and what the ledger holds.
 create view api.show_wal_archives as
 select a.archive_id as "ArchiveID", a.backup_server_id as "SrvID", s.fqdn as "Backup server",
-       a.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", a.slot_name as "Slot", a.synchronous as "Synchronous",
+       a.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", a.intake as "Intake", a.slot_name as "Slot", a.synchronous as "Synchronous",
        pg_catalog.pg_size_pretty(a.max_lag_bytes) as "Max lag", a.status as "Status",
+       case when a.intake = 'push' then coalesce(to_char(a.push_token_created, 'YYYY-MM-DD HH24:MI:SS TZ'), 'none') end as "Credential",
        case when a.status = 'DELETING' then format('stopping: the agent stops the receiver and drops slot %s', a.slot_name)
             when a.status = 'DELETED' then coalesce(a.receiver_state, 'stopped')
+            when a.intake = 'push' and a.push_token_sha256 is null
+                then format('push: no credential yet (create_wal_push_credential %s %s --file PATH)', s.fqdn, n.fqdn)
+            when a.intake = 'push' and a.receiver_state is null then 'push: the agent has not reported its listener yet'
             when a.receiver_state is null then 'not started (agent support comes with the WAL receiver)'
             else a.receiver_state end as "Receiver",
        a.slot_wal_status as "Slot WAL status",

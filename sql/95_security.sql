@@ -55,7 +55,7 @@ language sql immutable as $$
                     'import_map_of', 'import_record', 'import_snapshot_definition',
                     'import_backup_catalog', 'import_backup_catalog_rows',
                     -- WAL archives (sql/85_wal.sql)
-                    'register_wal_archive', 'delete_wal_archive']),
+                    'register_wal_archive', 'delete_wal_archive', 'set_wal_push_credential']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',

@@ -155,6 +155,9 @@ pub(crate) async fn run(s: &Setup, strict: bool, user: Option<&ServiceUser>) -> 
     for (level, what) in crate::wal::check::check(s, catalog_reachable).await {
         line(level, what);
     }
+    for (level, what) in crate::wal::push::server::check(&s.cfg).await {
+        line(level, what);
+    }
     if errors > 0 {
         bail!("{errors} check(s) failed: the agent cannot start until they are fixed");
     }

@@ -90,6 +90,13 @@ struct Args {
     /// Run one maintenance pass (retention, forced deletions, quarantine, autoregister), then exit.
     #[arg(long, conflicts_with = "once")]
     maintenance: bool,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    WalPush(wal::push::client::WalPushArgs),
 }
 
 /// The clap definition of `pgbackman-agent` (man page and completions).
@@ -108,6 +115,9 @@ pub fn main_entry() -> ExitCode {
         return pgbackman_dump::launcher_main(&argv[2..]);
     }
     let args = Args::parse();
+    if let Some(Sub::WalPush(a)) = &args.command {
+        return wal::push::client::main(a);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGBACKMAN_LOG")
@@ -340,6 +350,7 @@ async fn run(args: Args) -> Result<()> {
     let _heartbeat = heartbeat::spawn(ctx.clone(), s.tz, stop.clone());
     let _alerts = alerts::spawn(ctx.clone(), s.tz, &s.fqdn, stop.clone())?;
     let wal = wal::spawn(ctx.clone(), stop.clone());
+    wal::push::server::start(&ctx, &stop).await;
     let r = Runner::new(ctx, s.tz, stop, s.fqdn).run().await;
     // The WAL receivers stop their pg_receivewal (SIGTERM, then SIGKILL) before the agent ends.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(12), wal).await;

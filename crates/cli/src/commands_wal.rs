@@ -19,6 +19,7 @@ pub fn handles(name: &str) -> bool {
             | "show_wal_segments"
             | "show_recovery_window"
             | "show_replication_status"
+            | "create_wal_push_credential"
     )
 }
 
@@ -26,6 +27,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
     match inv.cmd.name {
         "register_wal_archive" => register(s, inv).await,
         "delete_wal_archive" => delete(s, inv).await,
+        "create_wal_push_credential" => crate::commands_wal_push::credential(s, inv).await,
         "show_wal_archives" => {
             let server = filter(s.value(inv, "server", Some("all"))?);
             let node = filter(s.value(inv, "node", Some("all"))?);
@@ -66,8 +68,17 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         slot: inv.given("slot").map(str::to_string),
         synchronous: inv.flag("synchronous"),
         max_lag: inv.given("max-lag").map(str::to_string),
+        intake: inv.given("intake").map(str::to_string),
     };
     let (id, slot) = s.catalog.register_wal_archive(&s.audit(), &a).await?;
+    if slot.is_empty() {
+        return Ok(Output::Done(vec![format!(
+            "WAL archive registered as ArchiveID {id} (intake push): no slot; the node's archive_command delivers \
+             each file to the agent of {}. Next: create_wal_push_credential {} {} --file PATH, then on the node host \
+             archive_command = 'pgbackman-agent wal-push %p' (README: WAL push).",
+            a.server, a.server, a.node
+        )]));
+    }
     Ok(Output::Done(vec![format!(
         "WAL archive registered as ArchiveID {id}: the agent of {} keeps slot {slot} on {} and receives its WAL \
          (show_wal_archives follows it; the WAL receiver comes with the agent's WAL support).",
@@ -78,17 +89,35 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
 async fn delete(s: &mut Session, inv: &Invocation) -> Result<Output> {
     let server = s.required(inv, "server", None)?;
     let node = s.required(inv, "node", None)?;
-    s.confirm(&format!(
-        "Stop archiving the WAL of {node} on {server} and drop its replication slot on the node? \
-         (The archived WAL stays until retention removes it.)"
-    ))?;
+    let push = matches!(
+        s.catalog.wal_push_credential_state(&server, &node).await,
+        Ok(Some((intake, _))) if intake == "push"
+    );
+    s.confirm(&if push {
+        format!(
+            "Stop taking the WAL {node} pushes to {server}? Its archive_command fails from now on. \
+             (The archived WAL stays until retention removes it.)"
+        )
+    } else {
+        format!(
+            "Stop archiving the WAL of {node} on {server} and drop its replication slot on the node? \
+             (The archived WAL stays until retention removes it.)"
+        )
+    })?;
     let id = s
         .catalog
         .delete_wal_archive(&s.audit(), &server, &node)
         .await?;
-    Ok(Output::Done(vec![format!(
-        "WAL archive {id} is being deleted: the agent of {server} stops its receiver and drops the slot at its next round."
-    )]))
+    Ok(Output::Done(vec![if push {
+        format!(
+            "WAL archive {id} is deleted: the agent of {server} refuses {node}'s pushes from now on; \
+             remove archive_command (or set archive_mode = off) on the node."
+        )
+    } else {
+        format!(
+            "WAL archive {id} is being deleted: the agent of {server} stops its receiver and drops the slot at its next round."
+        )
+    }]))
 }
 
 async fn segments(s: &mut Session, inv: &Invocation) -> Result<Output> {

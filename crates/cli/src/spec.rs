@@ -682,10 +682,34 @@ pub static COMMANDS: &[Cmd] = &[
                 kind: Kind::Flag,
             },
             opt("max-lag", "Alert threshold, e.g. 64MB, 1GB"),
+            opt(
+                "intake",
+                "stream (slot + receiver, default) | push (archive_command + wal-push)",
+            ),
         ],
         examples: &[
             "register_wal_archive bs01.example.org pg01.example.org",
             "register_wal_archive bs01.example.org pg01.example.org --slot bs01_wal --synchronous --max-lag 256MB",
+            "register_wal_archive bs01.example.org pg02.example.org --intake push",
+        ],
+    },
+    Cmd {
+        name: "create_wal_push_credential",
+        group: WAL,
+        about: "Make the credential of a push WAL archive (register_wal_archive ... --intake push): a random token \
+                written to --file (mode 0600, never shown) for the node host, whose \
+                `pgbackman-agent wal-push` presents it to the backup server's agent over TLS. The catalog keeps \
+                only its SHA-256. Run again to rotate it (asks first: the old file stops working at once).",
+        args: &[
+            pos("server", "SrvID | FQDN"),
+            pos("node", "NodeID | FQDN"),
+            opt(
+                "file",
+                "Where to write the credential file (must not exist)",
+            ),
+        ],
+        examples: &[
+            "create_wal_push_credential bs01.example.org pg02.example.org --file ./pg02-wal-push.credential",
         ],
     },
     Cmd {

@@ -63,6 +63,9 @@ pub struct AgentSection {
     /// Mailing of alerts (`[agent.alerts]`); None: alerts stay queued in the catalog.
     #[serde(default)]
     pub alerts: Option<crate::agent_alerts::AlertsSection>,
+    /// The wal-push listener (`[agent.wal_push]`); None: nothing listens for pushed WAL.
+    #[serde(default)]
+    pub wal_push: Option<crate::WalPushSection>,
     /// The file's `[nodes]` deadlines (filled by [`FileConfig::agent_section`], not a key of
     /// `[agent]`).
     #[serde(skip)]
@@ -126,6 +129,7 @@ impl Default for AgentSection {
             passfile: None,
             overdue_check_seconds: default_overdue_check_seconds(),
             alerts: None,
+            wal_push: None,
             nodes: crate::NodeTimeouts::default(),
             from_file: BTreeSet::new(),
         }
@@ -214,6 +218,9 @@ fn check(a: &AgentSection, path: &Path) -> Result<(), ConfigError> {
     }
     if let Some(alerts) = &a.alerts {
         crate::agent_alerts::check(alerts, path)?;
+    }
+    if let Some(w) = &a.wal_push {
+        crate::wal_push::check(w, path)?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ mod legacy;
 mod nodes;
 mod pgpass;
 pub mod tls;
+mod wal_push;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,9 @@ pub use legacy::{LegacyConfig, legacy_candidates, parse_legacy};
 pub use nodes::{Limit, Limits, NodeTimeouts, NodesSection};
 pub use pgpass::{PgpassStatus, pgpass_status};
 pub use tls::{ConnConfig, RootCert, TlsSettings};
+pub use wal_push::{
+    PushCredential, WAL_PUSH_CONFIG, WalPushClient, WalPushSection, wal_push_exposure,
+};
 
 /// An injected environment lookup: `std::env::var(key).ok()` in production, a map in tests.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;

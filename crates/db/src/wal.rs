@@ -93,6 +93,8 @@ pub struct NewWalArchive {
     pub synchronous: bool,
     /// A size: bytes or with a unit (`64MB`); None: the default (64MB).
     pub max_lag: Option<String>,
+    /// `stream` (slot + receiver) or `push` (archive_command + wal-push); None: stream.
+    pub intake: Option<String>,
 }
 
 impl Catalog {
@@ -105,21 +107,74 @@ impl Catalog {
         self.mutate(audit, async |tx: &Transaction<'_>| {
             let id: i64 = tx
                 .query_one(
-                    "select api.register_wal_archive($1, $2, $3, $4, $5)",
-                    &[&a.server, &a.node, &a.slot, &a.synchronous, &a.max_lag],
+                    "select api.register_wal_archive($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &a.server,
+                        &a.node,
+                        &a.slot,
+                        &a.synchronous,
+                        &a.max_lag,
+                        &a.intake,
+                    ],
                 )
                 .await?
                 .get(0);
-            let slot: String = tx
+            let slot: Option<String> = tx
                 .query_one(
                     "select slot_name from public.wal_archive where archive_id = $1",
                     &[&id],
                 )
                 .await?
                 .get(0);
-            Ok((id, slot))
+            Ok((id, slot.unwrap_or_default()))
         })
         .await
+    }
+
+    /// Stores the SHA-256 of a new wal-push credential of the push archive of `node` on
+    /// `server` (`replace`: over an existing one); returns the ArchiveID.
+    pub async fn set_wal_push_credential(
+        &self,
+        audit: &Audit,
+        server: &str,
+        node: &str,
+        sha256: &str,
+        replace: bool,
+    ) -> Result<i64, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx
+                .query_one(
+                    "select api.set_wal_push_credential($1, $2, $3, $4)",
+                    &[&server, &node, &sha256, &replace],
+                )
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    /// The live archive of `node` on `server`: its intake and when its wal-push credential was
+    /// made (None: none yet); None when there is no live archive.
+    pub async fn wal_push_credential_state(
+        &self,
+        server: &str,
+        node: &str,
+    ) -> Result<Option<(String, Option<String>)>, DbError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                r#"select "Intake", "Credential" from api.show_wal_archives
+                    where "SrvID" = api.server_id($1) and "NodeID" = api.node_id($2)
+                      and "Status" = 'ACTIVE'"#,
+                &[&server, &node],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            (
+                r.get(0),
+                r.get::<_, Option<String>>(1).filter(|c| c != "none"),
+            )
+        }))
     }
 
     /// Marks the archive of `node` on `server` for deletion; returns its ArchiveID.

@@ -24,6 +24,16 @@ pub struct AgentWalArchive {
     pub max_lag_bytes: i64,
     /// `ACTIVE` or `DELETING`.
     pub status: String,
+    /// `stream` (slot + receiver) or `push` (wal-push over TLS; `slot_name` is empty).
+    #[serde(default = "stream")]
+    pub intake: String,
+    /// For a push archive: the SHA-256 (hex) of its credential; None: no credential yet.
+    #[serde(default)]
+    pub push_token_sha256: Option<String>,
+}
+
+fn stream() -> String {
+    "stream".into()
 }
 
 impl Catalog {
@@ -53,6 +63,8 @@ impl Catalog {
                     synchronous: r.get("synchronous"),
                     max_lag_bytes: r.get("max_lag_bytes"),
                     status: r.get("status"),
+                    intake: r.get("intake"),
+                    push_token_sha256: r.get("push_token_sha256"),
                 })
                 .collect())
         })

@@ -84,6 +84,31 @@ pub async fn prepare_slot(
     .await
 }
 
+/// The node's identity alone (no slot): what the wal-push intake checks pushed files against.
+pub async fn node_identity(
+    config: impl Into<pgbackman_config::ConnConfig>,
+    label: &str,
+) -> Result<NodeWalIdentity, DbError> {
+    session(config.into(), label, "reading its identity", async |c| {
+        let r = c
+            .query_one(
+                "select system_identifier::text, current_setting('server_version_num')::int4,
+                        current_setting('wal_segment_size', true)
+                   from pg_catalog.pg_control_system()",
+                &[],
+            )
+            .await?;
+        let seg: Option<String> = r.get(2);
+        Ok(NodeWalIdentity {
+            system_identifier: r.get::<_, String>(0).parse().unwrap_or(0),
+            server_version_num: r.get(1),
+            seg_size: seg.as_deref().map(parse_size).unwrap_or(16 << 20),
+            slot_created: false,
+        })
+    })
+    .await
+}
+
 /// `wal_segment_size` as SHOW prints it (`16MB`), in bytes.
 fn parse_size(s: &str) -> u64 {
     let s = s.trim();

@@ -160,6 +160,7 @@ async fn register_and_delete_a_wal_archive() {
             slot: slot.map(str::to_string),
             synchronous: true,
             max_lag: lag.map(str::to_string),
+            ..Default::default()
         };
         let msg = e
             .cat
@@ -176,6 +177,7 @@ async fn register_and_delete_a_wal_archive() {
         slot: None,
         synchronous: true,
         max_lag: Some("1GB".into()),
+        ..Default::default()
     };
     let (_, slot2) = e.cat.register_wal_archive(&audit(), &ok).await.unwrap();
     assert_eq!(slot2, "pgbackman_bs2");

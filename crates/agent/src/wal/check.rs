@@ -27,6 +27,10 @@ pub(crate) async fn check(s: &Setup, catalog_reachable: bool) -> Vec<(Level, Str
     };
     let mut out = Vec::new();
     for a in archives.iter().filter(|a| a.status == "ACTIVE") {
+        if a.intake == "push" {
+            out.push(push_archive(s, a));
+            continue;
+        }
         out.extend(one(s, a).await);
     }
     out
@@ -50,6 +54,33 @@ async fn archives(s: &Setup) -> Option<Vec<AgentWalArchive>> {
     match from_catalog.await {
         Ok(a) => Some(a),
         Err(_) => super::load_cache(&s.cfg.state_dir),
+    }
+}
+
+/// A push archive has no slot nor client: it needs the listener and a credential.
+fn push_archive(s: &Setup, a: &AgentWalArchive) -> (Level, String) {
+    let what = format!(
+        "WAL archive {} of PgSQL node {} (intake push)",
+        a.archive_id,
+        label(a)
+    );
+    if s.cfg.wal_push.is_none() {
+        (
+            Level::Warn,
+            format!(
+                "{what}: [agent.wal_push] is not set: its wal-push cannot arrive (set listen, cert and key)"
+            ),
+        )
+    } else if a.push_token_sha256.is_none() {
+        (
+            Level::Warn,
+            format!(
+                "{what}: no credential yet: create_wal_push_credential {} {} --file PATH",
+                s.fqdn, a.node_fqdn
+            ),
+        )
+    } else {
+        (Level::Ok, format!("{what}: credential present"))
     }
 }
 

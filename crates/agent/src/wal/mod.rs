@@ -11,6 +11,7 @@
 pub(crate) mod check;
 mod monitor;
 mod pending;
+pub(crate) mod push;
 mod receiver;
 mod stall;
 mod store;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgbackman_db::wal::ArchiveState;
 use pgbackman_db::wal_agent::AgentWalArchive;
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +90,10 @@ pub fn spawn(ctx: Arc<Ctx>, stop: CancellationToken) -> tokio::task::JoinHandle<
                     _ = m.apply() => {}
                     _ = stop.cancelled() => break,
                 },
+                _ = push::server::PUSHED.notified() => tokio::select! {
+                    _ = pending::deliver(&m.ctx) => {}
+                    _ = stop.cancelled() => break,
+                },
                 _ = m.stored.notified() => tokio::select! {
                     _ = pending::deliver(&m.ctx) => {}
                     _ = stop.cancelled() => break,
@@ -141,12 +147,14 @@ impl Manager {
             }
         }
         let known = self.known.clone().unwrap_or_default();
+        push::server::set_archives(&known);
         // Receivers of archives that are no longer ACTIVE (or changed) stop.
         let ids: Vec<i64> = self.running.keys().copied().collect();
         for id in ids {
             let keep = known.iter().any(|a| {
                 a.archive_id == id
                     && a.status == "ACTIVE"
+                    && a.intake != "push"
                     && Some(a) == self.running.get(&id).map(|r| &r.archive)
             });
             if !keep && let Some(r) = self.running.remove(&id) {
@@ -155,6 +163,8 @@ impl Manager {
         }
         for a in &known {
             match a.status.as_str() {
+                // A push archive has no receiver: the listener takes its files.
+                "ACTIVE" if a.intake == "push" => {}
                 "ACTIVE" if !self.running.contains_key(&a.archive_id) => self.start(a.clone()),
                 "DELETING" => self.finish_deletion(a).await,
                 _ => {}
@@ -243,11 +253,45 @@ impl Manager {
         }
     }
 
+    /// Each push archive: whether this agent listens for it.
+    async fn report_push_states(&self) {
+        let ctx = &self.ctx;
+        let listen = push::server::LISTENING
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let state = if listen.is_empty() {
+            "push: this agent does not listen for wal-push ([agent.wal_push] is not set or failed, see its log)".to_string()
+        } else {
+            format!("push: listening on {listen}")
+        };
+        for a in self.known.iter().flatten() {
+            if a.intake != "push" || a.status != "ACTIVE" {
+                continue;
+            }
+            let s = ArchiveState {
+                receiver_state: state.clone(),
+                ..ArchiveState::default()
+            };
+            if let Err(e) = ctx
+                .db(
+                    "report_wal_archive_state",
+                    ctx.catalog
+                        .report_wal_archive_state(ctx.server_id, a.archive_id, &s),
+                )
+                .await
+            {
+                tracing::debug!("WAL archive state not reported: {e}");
+            }
+        }
+    }
+
     /// Each running archive's receiver, slot and node, as the node and the receiver see them
     /// now (`monitor`: the state report, the replication sample and /metrics).
     async fn report_states(&self) {
         let ids: Vec<i64> = self.running.keys().copied().collect();
         monitor::retain(&ids);
+        self.report_push_states().await;
         for r in self.running.values() {
             monitor::report(&self.ctx, &r.archive, &r.status).await;
         }

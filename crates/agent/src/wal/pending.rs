@@ -17,7 +17,7 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("wal_pending")
 }
 
-fn file_name(o: &WalObject) -> String {
+pub(super) fn file_name(o: &WalObject) -> String {
     // Unique per ledger key on this server.
     format!(
         "n{}-{}-{:08X}-{}-{}.json",

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 /// zstd level of stored WAL: WAL compresses well already at low levels, and intake must keep
 /// up with the node.
-const ZSTD_LEVEL: i32 = 3;
+pub(super) const ZSTD_LEVEL: i32 = 3;
 
 /// Where one archive keeps its files.
 #[derive(Debug, Clone)]
@@ -155,11 +155,11 @@ fn switch_point(
     None
 }
 
-fn sha256_hex(b: &[u8]) -> String {
+pub(super) fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing directory {}", dir.display()))
@@ -171,7 +171,7 @@ fn mkdirs(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `dest` durably: a temporary file beside it, fsync, rename, fsync of the
 /// directory.
-fn write_durable(dest: &Path, bytes: &[u8]) -> Result<()> {
+pub(super) fn write_durable(dest: &Path, bytes: &[u8]) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     mkdirs(dir)?;
     let tmp = dir.join(format!(
@@ -210,18 +210,137 @@ fn refuse(dirs: &ArchiveDirs, path: &Path, name: &WalFileName, why: String) -> R
     )))
 }
 
+/// A writer that hashes and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.hash.update(&b[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            len: 0,
+        }
+    }
+    fn hex(&self) -> String {
+        hex::encode(self.hash.clone().finalize())
+    }
+}
+
+/// The first `n` bytes of a file (fewer if it is shorter).
+fn read_first(path: &Path, n: u64) -> Result<Vec<u8>> {
+    let mut b = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(n).read_to_end(&mut b))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(b)
+}
+
+/// SHA-256 of a file's bytes, read in chunks (a segment is never held in memory whole: many
+/// 16 MB buffers freed from worker threads stay in glibc's arenas and grow the RSS).
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut h = Hashing::new(std::io::sink());
+    let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 16, f), &mut h)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.hex())
+}
+
+/// SHA-256 of the plain bytes of a stored file, and of the stored bytes, and their length.
+pub(super) fn hash_stored(dest: &Path) -> Result<(String, String, u64)> {
+    let f = File::open(dest).with_context(|| format!("reading {}", dest.display()))?;
+    let mut plain = Hashing::new(std::io::sink());
+    let mut stored = HashingReader {
+        inner: std::io::BufReader::with_capacity(1 << 16, f),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    zstd::stream::copy_decode(&mut stored, &mut plain)
+        .with_context(|| format!("decompressing {}", dest.display()))?;
+    Ok((plain.hex(), hex::encode(stored.hash.finalize()), stored.len))
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(b)?;
+        self.hash.update(&b[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Compresses `src` into `dest` durably (a temporary file beside it, fsync, rename, fsync of
+/// the directory), streaming; returns the SHA-256 of the plain bytes, of the stored bytes, and
+/// the stored length.
+fn compress_durable(src: &Path, dest: &Path) -> Result<(String, String, u64)> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    mkdirs(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")
+    ));
+    let out = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    let input = File::open(src).with_context(|| format!("reading {}", src.display()))?;
+    let len = input.metadata().map(|m| m.len()).ok();
+    let mut plain = HashingReader {
+        inner: std::io::BufReader::with_capacity(1 << 16, input),
+        hash: Sha256::new(),
+        len: 0,
+    };
+    let stored = (|| -> std::io::Result<Hashing<File>> {
+        let mut enc = zstd::stream::Encoder::new(Hashing::new(out), ZSTD_LEVEL)?;
+        enc.set_pledged_src_size(len)?;
+        std::io::copy(&mut plain, &mut enc)?;
+        let w = enc.finish()?;
+        w.inner.sync_all()?;
+        Ok(w)
+    })()
+    .with_context(|| format!("compressing {} into {}", src.display(), tmp.display()))?;
+    fs::rename(&tmp, dest)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    sync_dir(dir)?;
+    Ok((hex::encode(plain.hash.finalize()), stored.hex(), stored.len))
+}
+
 /// Takes one completed file: checks it, stores it compressed, and describes it. The incoming
-/// file is left in place (the caller removes it once the report is spooled).
+/// file is left in place (the caller removes it once the report is spooled). It is streamed:
+/// only its first page and, for a history file, its few lines are held in memory.
 pub fn take(
     dirs: &ArchiveDirs,
     node: &NodeIdentity,
     name: &WalFileName,
     path: &Path,
 ) -> Result<Intake> {
-    let mut plain = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut plain))
-        .with_context(|| format!("reading {}", path.display()))?;
+    let file_len = fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
     let mut history = Vec::new();
     let expect = SegmentExpectation {
         node: &node.label,
@@ -231,11 +350,12 @@ pub fn take(
     };
     let (kind, segno, start, end) = match name.kind {
         WalFileKind::Segment { segno } => {
-            if plain.len() as u64 != u64::from(node.seg_size.bytes()) {
+            if file_len != u64::from(node.seg_size.bytes()) {
                 // pg_receivewal renames only full segments; anything else is not done yet.
                 return Ok(Intake::Skipped);
             }
-            if let HeaderVerdict::Invalid(p) = check_segment_header(name, &plain, &expect) {
+            let first = read_first(path, 8192)?;
+            if let HeaderVerdict::Invalid(p) = check_segment_header(name, &first, &expect) {
                 return refuse(dirs, path, name, p.to_string());
             }
             (
@@ -250,7 +370,8 @@ pub fn take(
             let Some(end) = switch_point(dirs, node, name.tli) else {
                 return Ok(Intake::Skipped);
             };
-            if let HeaderVerdict::Invalid(p) = check_segment_header(name, &plain, &expect) {
+            let first = read_first(path, 8192)?;
+            if let HeaderVerdict::Invalid(p) = check_segment_header(name, &first, &expect) {
                 return refuse(dirs, path, name, p.to_string());
             }
             (
@@ -261,6 +382,7 @@ pub fn take(
             )
         }
         WalFileKind::History => {
+            let plain = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let h = match TimelineHistory::parse(name.tli, &plain) {
                 Ok(h) => h,
                 Err(e) => return refuse(dirs, path, name, e.to_string()),
@@ -278,14 +400,12 @@ pub fn take(
         }
         _ => return Ok(Intake::Skipped),
     };
-    let sha = sha256_hex(&plain);
     let dest = dirs.stored(node.sysid, name);
-    let stored = if dest.exists() {
+    let (sha, stored_sha, stored_len) = if dest.exists() {
         // Taken before (a crash between the store and the removal, or the slot replayed it).
-        let old = fs::read(&dest).with_context(|| format!("reading {}", dest.display()))?;
-        let old_plain = zstd::decode_all(&old[..])
-            .with_context(|| format!("decompressing {}", dest.display()))?;
-        if sha256_hex(&old_plain) != sha {
+        let sha = sha256_file(path)?;
+        let (old_plain, stored_sha, stored_len) = hash_stored(&dest)?;
+        if old_plain != sha {
             return refuse(
                 dirs,
                 path,
@@ -296,12 +416,9 @@ pub fn take(
                 ),
             );
         }
-        old
+        (sha, stored_sha, stored_len)
     } else {
-        let z = zstd::bulk::compress(&plain, ZSTD_LEVEL)
-            .with_context(|| format!("compressing {}", path.display()))?;
-        write_durable(&dest, &z)?;
-        z
+        compress_durable(path, &dest)?
     };
     Ok(Intake::Stored(Box::new(WalObject {
         node_id: node.node_id,
@@ -312,10 +429,10 @@ pub fn take(
         seg_size: node.seg_size.bytes(),
         start_lsn: start.map(|l| l.to_string()),
         end_lsn: end.map(|l| l.to_string()),
-        size: plain.len() as u64,
-        stored_size: stored.len() as u64,
+        size: file_len,
+        stored_size: stored_len,
         sha256: sha,
-        stored_sha256: sha256_hex(&stored),
+        stored_sha256: stored_sha,
         codec: "zstd".into(),
         stored_path: dest.display().to_string(),
         arrival: "stream".into(),
