@@ -18,13 +18,13 @@
 //! * Another major: [`TestCluster::start_major`] takes its programs from [`major_bin_dir`]
 //!   (`$PGBACKMAN_PG_CACHE/<major>/bin`, filled by `.ci/install-pg-majors`).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 

@@ -85,6 +85,12 @@ pub async fn run(
             Ok(()) => return,
             Err(e) => {
                 let msg = format!("{e:#}");
+                // The state names a version mismatch, so that it can be told from a failure.
+                let state = if e.is::<NoClient>() {
+                    "no client for the node's major"
+                } else {
+                    "restarting"
+                };
                 tracing::warn!(
                     archive = a.archive_id,
                     "WAL receiver of PgSQL node {} (slot {}): {msg}; restarting in {} s",
@@ -92,7 +98,7 @@ pub async fn run(
                     a.slot_name,
                     backoff.as_secs()
                 );
-                set(&status, "restarting", Some(msg));
+                set(&status, state, Some(msg));
             }
         }
         if stop.is_cancelled() {
@@ -111,6 +117,46 @@ pub async fn run(
     }
 }
 
+/// No pg_receivewal of the node's major or newer on this backup server.
+#[derive(Debug)]
+struct NoClient {
+    node: String,
+    server_major: u32,
+    available: String,
+}
+
+impl std::fmt::Display for NoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.server_major;
+        write!(
+            f,
+            "PgSQL node {} runs PostgreSQL {m} and this backup server has no pg_receivewal of major {m} or newer (client majors: {}); an older pg_receivewal cannot stream from it, so none is started and no slot is created\nHINT: install the client programs of PostgreSQL {m} and add their bin directory to [agent] bin_dirs (or to pgsql_bin_dir with update_backup_server_config)",
+            self.node, self.available
+        )
+    }
+}
+
+impl std::error::Error for NoClient {}
+
+/// The pg_receivewal for a node of `server_version_num`: the closest configured major that is
+/// not older (pg_receivewal streams from older servers, never from newer ones).
+fn client_for(ctx: &Ctx, lbl: &str, server_version_num: i32) -> anyhow::Result<PathBuf> {
+    let major = pgbackman_dump::server_major(server_version_num);
+    let dirs = ctx.bin_dirs();
+    match pgbackman_dump::pick_client(&dirs, major, None) {
+        Ok((_, bin_dir)) => Ok(bin_dir.join("pg_receivewal")),
+        Err(_) => Err(NoClient {
+            node: lbl.to_string(),
+            server_major: major,
+            available: match dirs.keys().map(u32::to_string).collect::<Vec<_>>() {
+                v if v.is_empty() => "none".into(),
+                v => v.join(", "),
+            },
+        }
+        .into()),
+    }
+}
+
 /// One life of pg_receivewal. Ok(()) only when stopped.
 async fn once(
     ctx: &Arc<Ctx>,
@@ -122,6 +168,13 @@ async fn once(
     let lbl = label(a);
     set(status, "connecting", None);
     let config = node_config(ctx, a)?;
+    // The client first: without a pg_receivewal for the node's major no slot is created (it
+    // would hold WAL on the node that nothing receives).
+    let settings = tokio::select! {
+        r = pgbackman_db::wal_node::wal_settings(config.clone(), &lbl, &a.slot_name) => r?,
+        _ = stop.cancelled() => return Ok(()),
+    };
+    client_for(ctx, &lbl, settings.server_version_num)?;
     let ident = tokio::select! {
         r = pgbackman_db::wal_node::prepare_slot(config.clone(), &lbl, &a.slot_name) => r?,
         _ = stop.cancelled() => return Ok(()),
@@ -143,8 +196,7 @@ async fn once(
         major,
         seg_size,
     };
-    let (_, bin_dir) = pgbackman_dump::pick_client(&ctx.bin_dirs(), major, None)?;
-    let program = bin_dir.join("pg_receivewal");
+    let program = client_for(ctx, &lbl, ident.server_version_num)?;
     let node_dir = crate::roots::node_dir_for_write(&ctx.cfg_now(), &a.node_backup_partition)
         .map_err(anyhow::Error::msg)?;
     let dirs = ArchiveDirs::new(&node_dir, a.pgsql_node_id);
