@@ -13,7 +13,9 @@
 #   env: BIN_DIR=DIR uses pgbackman and pgbackman-agent from DIR instead of building the tree;
 #        NODE_MAJOR=17 runs the node on PostgreSQL 17 (from .ci/install-pg-majors' cache,
 #        $PGBACKMAN_PG_CACHE, default /var/cache/pgbackman/postgresql) with pg_receivewal 17;
-#        CLIENTS (pgbench clients, default 4), SCALE (pgbench scale, default 10); KEEP=1.
+#        WORKLOAD=write (default: 100 rows of ~1 KB rewritten a transaction, the most WAL a
+#        second) or tpcb (pgbench's built-in); CLIENTS (default 4), SCALE (pgbench -i scale,
+#        default 10); KEEP=1.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -75,6 +77,22 @@ ledger_max() { cpsql "select coalesce(max(segno), -1) from wal_object where kind
 register_site
 log "pgbench -i -s $SCALE"
 "$NODE_BIN/pgbench" -i -q -s "$SCALE" "${NODE_CONN[@]}" postgres >"$WORK/pgbench-init.log" 2>&1
+# The write-heavy script (WORKLOAD=write, the default): each transaction rewrites 100 rows of
+# ~1 KB (HOT updates in a half-empty table, so it does not grow), about 120 KB of WAL: the
+# most WAL a second this machine makes. WORKLOAD=tpcb runs pgbench's built-in TPC-B instead.
+npsql "create table intake (id int primary key, pad text) with (fillfactor = 50);
+       insert into intake select g, repeat(md5(g::text), 31) from generate_series(1, 20000) g" >/dev/null
+npsql "vacuum analyze intake" >/dev/null
+cat >"$WORK/write.sql" <<'SQL'
+\set a random(1, 19900)
+update intake set pad = lpad(md5(random()::text), 1000, md5(random()::text)) where id between :a and :a + 99;
+SQL
+chmod 644 "$WORK/write.sql"
+case ${WORKLOAD:-write} in
+    write) SCRIPT=(-f "$WORK/write.sql") ;;
+    tpcb) SCRIPT=() ;;
+    *) echo "WORKLOAD is write or tpcb" >&2; exit 2 ;;
+esac
 pgb -C "register_wal_archive $SERVER $NODE_ADDR" >/dev/null
 
 cat >"$WORK/agent/agent.toml" <<CONF
@@ -87,7 +105,7 @@ backup_dir = "$WORK/agent/backups"
 http_listen = ""
 [agent.bin_dirs]
 "15" = "$PGBIN"
-"$NODE_MAJOR" = "$NODE_BIN"
+$([[ $NODE_MAJOR == 15 ]] || echo "\"$NODE_MAJOR\" = \"$NODE_BIN\"")
 CONF
 PGBACKMAN_LOG=info TZ=UTC "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
 AGENT_PID=$!
@@ -116,22 +134,39 @@ children_rss() {
     echo "$s"
 }
 
+# utime + stime in clock ticks (fields 14 and 15; cut after the command name's ")").
+cpu_ticks() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
+TCK=$(getconf CLK_TCK)
+# Where the lag is: segments pg_receivewal completed that the agent has not stored yet (the
+# newest stored one stays in incoming/), and stored ones whose ledger row is not delivered.
+incoming_backlog() {
+    local n
+    n=$(find "$WORK/agent/backups" -path '*/incoming/*' -regex '.*/[0-9A-F]\{24\}$' | wc -l)
+    echo $((n > 0 ? n - 1 : 0))
+}
+pending_backlog() { find "$WORK/agent/state/wal_pending" -maxdepth 1 -name '*.json' 2>/dev/null | wc -l; }
+RECV_PID=$(pgrep -P "$AGENT_PID" pg_receivewal | head -1)
+AGENT_CPU0=$(cpu_ticks "$AGENT_PID"); RECV_CPU0=$(cpu_ticks "$RECV_PID")
 LSN0=$(npsql "select pg_current_wal_lsn() - '0/0'::pg_lsn")
-"$NODE_BIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$DURATION" -P 30 "${NODE_CONN[@]}" postgres >"$WORK/pgbench.log" 2>&1 &
+"$NODE_BIN/pgbench" -n "${SCRIPT[@]}" -c "$CLIENTS" -j 2 -T "$DURATION" -P 30 "${NODE_CONN[@]}" postgres >"$WORK/pgbench.log" 2>&1 &
 BENCH_PID=$!
 T0=$EPOCHREALTIME
-max_agent=0 max_children=0 max_lag=0 samples=0 lag_sum=0
+max_agent=0 max_children=0 max_lag=0 samples=0 lag_sum=0 max_in=0 in_sum=0 max_pend=0 pend_sum=0
 while kill -0 "$BENCH_PID" 2>/dev/null; do
     a=$(rss_of "$AGENT_PID"); c=$(children_rss)
     ((a > max_agent)) && max_agent=$a
     ((c > max_children)) && max_children=$c
-    lag=$(( $(node_segno) - $(ledger_max) - 1 ))
+    l=$(ledger_max); ((l < FIRST - 1)) && l=$((FIRST - 1))
+    lag=$(( $(node_segno) - l - 1 ))
     ((lag > max_lag)) && max_lag=$lag
     samples=$((samples + 1)); lag_sum=$((lag_sum + lag))
+    b=$(incoming_backlog); ((b > max_in)) && max_in=$b; in_sum=$((in_sum + b))
+    b=$(pending_backlog); ((b > max_pend)) && max_pend=$b; pend_sum=$((pend_sum + b))
     sleep 1
 done
 wait "$BENCH_PID" || { cat "$WORK/pgbench.log" >&2; echo "pgbench failed" >&2; exit 1; }
 T1=$EPOCHREALTIME
+AGENT_CPU1=$(cpu_ticks "$AGENT_PID"); RECV_CPU1=$(cpu_ticks "$RECV_PID")
 LSN1=$(npsql "select pg_current_wal_lsn() - '0/0'::pg_lsn")
 END_SEG=$(node_segno)
 END_LEDGER=$(ledger_max)
@@ -169,7 +204,7 @@ errors=$(grep -c -E ' (ERROR|WARN) ' "$WORK/agent/agent.log" || true)
 kb2mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 echo
-echo "WAL intake of a PostgreSQL $NODE_MAJOR node under pgbench (-c $CLIENTS -j 2, scale $SCALE, $DURATION s, unthrottled)"
+echo "WAL intake of a PostgreSQL $NODE_MAJOR node under pgbench (${WORKLOAD:-write}, -c $CLIENTS -j 2, $DURATION s, unthrottled)"
 echo "build: $BUILD; host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-52s %14s\n' "" value
 printf '%-52s %14s\n' "pgbench tps" "$tps"
@@ -179,6 +214,10 @@ printf '%-52s %14s\n' "segments/s in the ledger during the run" "$segps"
 printf '%-52s %14s\n' "receiver lag, mean over the run (segments)" "$(awk -v s="$lag_sum" -v n="$samples" 'BEGIN { printf "%.2f", n ? s / n : 0 }')"
 printf '%-52s %14s\n' "receiver lag, max over the run (segments)" "$max_lag"
 printf '%-52s %14s\n' "receiver lag when pgbench stopped (segments)" "$END_LAG"
+printf '%-52s %14s\n' "not yet stored (incoming/), mean / max (segments)" "$(awk -v s="$in_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_in"
+printf '%-52s %14s\n' "stored, not yet in the ledger, mean / max" "$(awk -v s="$pend_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_pend"
+printf '%-52s %14s\n' "agent CPU during the run (s) / per segment (ms)" "$(awk -v a="$AGENT_CPU0" -v b="$AGENT_CPU1" -v t="$TCK" -v n="$SEGS_RUN" 'BEGIN { c = (b - a) / t; printf "%.1f / %.0f", c, n > 0 ? 1000 * c / n : 0 }')"
+printf '%-52s %14s\n' "pg_receivewal CPU during the run (s)" "$(awk -v a="$RECV_CPU0" -v b="$RECV_CPU1" -v t="$TCK" 'BEGIN { printf "%.1f", (b - a) / t }')"
 printf '%-52s %14s\n' "drain after pg_switch_wal (s)" "$(awk -v a="$T1" -v b="$T2" 'BEGIN { printf "%.1f", b - a }')"
 printf '%-52s %14s\n' "segments expected ($FIRST..$LAST)" "$WANT"
 printf '%-52s %14s\n' "ledger rows / distinct segments in that range" "$ROWS / $DISTINCT"

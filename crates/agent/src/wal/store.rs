@@ -17,7 +17,7 @@
 //! durable, so a crash at any point leaves the file to be taken again (same content: no-op).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,8 @@ use sha2::{Digest, Sha256};
 /// zstd level of stored WAL: WAL compresses well already at low levels, and intake must keep
 /// up with the node.
 const ZSTD_LEVEL: i32 = 3;
+/// What the header check reads of a segment: its first page (XLOG_BLCKSZ).
+const HEAD: u64 = 8192;
 
 /// Where one archive keeps its files.
 #[derive(Debug, Clone)]
@@ -155,6 +157,7 @@ fn switch_point(
     None
 }
 
+#[cfg(test)]
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -169,28 +172,106 @@ fn mkdirs(dir: &Path) -> Result<()> {
     crate::state::create_dir_0700(dir)
 }
 
-/// Writes `bytes` to `dest` durably: a temporary file beside it, fsync, rename, fsync of the
-/// directory.
-fn write_durable(dest: &Path, bytes: &[u8]) -> Result<()> {
+/// What a stored file is: its plain bytes' sha256, and the size and sha256 of the stored ones.
+struct Digests {
+    sha256: String,
+    stored_size: u64,
+    stored_sha256: String,
+}
+
+/// Chunk of the streamed intake: the agent holds one, not a whole segment and its compressed
+/// copy (32 MB a segment, which the allocator kept: bench/wal-intake.sh, 76 MB peak RSS).
+const CHUNK: usize = 1 << 20;
+
+/// The sha256 of everything `r` yields, read a chunk at a time.
+fn sha256_of(mut r: impl Read) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(hex::encode(h.finalize())),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A writer that hashes and counts what goes through it (the stored bytes, as they are written).
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+    n: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.sha.update(&b[..n]);
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compresses the `len` bytes of `plain` (from its start) into `dest` durably: a temporary file
+/// beside it, fsync, rename, fsync of the directory; streamed a chunk at a time, hashing the plain
+/// and the stored bytes on the way.
+fn compress_durable(plain: &mut File, len: u64, dest: &Path) -> Result<Digests> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     mkdirs(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal")
     ));
-    let mut f = OpenOptions::new()
+    let ctx = || format!("writing {}", tmp.display());
+    let f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
+        .with_context(ctx)?;
+    let out = Hashing {
+        inner: BufWriter::with_capacity(CHUNK / 4, f),
+        sha: Sha256::new(),
+        n: 0,
+    };
+    let mut z = zstd::stream::Encoder::new(out, ZSTD_LEVEL).with_context(ctx)?;
+    // The size in the frame header, as bulk compression wrote it; a file that is not `len`
+    // bytes long fails `finish`.
+    z.set_pledged_src_size(Some(len)).with_context(ctx)?;
+    z.include_contentsize(true).with_context(ctx)?;
+    plain.seek(SeekFrom::Start(0)).with_context(ctx)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match plain.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(ctx),
+        };
+        h.update(&buf[..n]);
+        z.write_all(&buf[..n]).with_context(ctx)?;
+    }
+    let out = z.finish().with_context(ctx)?;
+    let Hashing { inner, sha, n } = out;
+    let f = inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(ctx)?;
+    f.sync_all().with_context(ctx)?;
     fs::rename(&tmp, dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(Digests {
+        sha256: hex::encode(h.finalize()),
+        stored_size: n,
+        stored_sha256: hex::encode(sha.finalize()),
+    })
 }
 
 /// Moves a file aside into `refused/` (never overwriting what is there).
@@ -218,9 +299,18 @@ pub fn take(
     name: &WalFileName,
     path: &Path,
 ) -> Result<Intake> {
-    let mut plain = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut plain))
+    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    // Only the first page up front (the header check); a history file is small and read whole.
+    let head_len = match name.kind {
+        WalFileKind::History => len,
+        _ => len.min(HEAD),
+    };
+    let mut plain = vec![0u8; usize::try_from(head_len)?];
+    file.read_exact(&mut plain)
         .with_context(|| format!("reading {}", path.display()))?;
     let mut history = Vec::new();
     let expect = SegmentExpectation {
@@ -231,7 +321,7 @@ pub fn take(
     };
     let (kind, segno, start, end) = match name.kind {
         WalFileKind::Segment { segno } => {
-            if plain.len() as u64 != u64::from(node.seg_size.bytes()) {
+            if len != u64::from(node.seg_size.bytes()) {
                 // pg_receivewal renames only full segments; anything else is not done yet.
                 return Ok(Intake::Skipped);
             }
@@ -278,14 +368,17 @@ pub fn take(
         }
         _ => return Ok(Intake::Skipped),
     };
-    let sha = sha256_hex(&plain);
     let dest = dirs.stored(node.sysid, name);
-    let stored = if dest.exists() {
+    let d = if dest.exists() {
         // Taken before (a crash between the store and the removal, or the slot replayed it).
-        let old = fs::read(&dest).with_context(|| format!("reading {}", dest.display()))?;
-        let old_plain = zstd::decode_all(&old[..])
+        let rd = |p: &Path| File::open(p).with_context(|| format!("reading {}", p.display()));
+        file.seek(SeekFrom::Start(0))
+            .with_context(|| format!("reading {}", path.display()))?;
+        let sha = sha256_of(&mut file).with_context(|| format!("reading {}", path.display()))?;
+        let old = zstd::stream::Decoder::new(rd(&dest)?)
+            .and_then(sha256_of)
             .with_context(|| format!("decompressing {}", dest.display()))?;
-        if sha256_hex(&old_plain) != sha {
+        if old != sha {
             return refuse(
                 dirs,
                 path,
@@ -296,12 +389,16 @@ pub fn take(
                 ),
             );
         }
-        old
+        Digests {
+            sha256: sha,
+            stored_size: fs::metadata(&dest)
+                .with_context(|| format!("reading {}", dest.display()))?
+                .len(),
+            stored_sha256: sha256_of(rd(&dest)?)
+                .with_context(|| format!("reading {}", dest.display()))?,
+        }
     } else {
-        let z = zstd::bulk::compress(&plain, ZSTD_LEVEL)
-            .with_context(|| format!("compressing {}", path.display()))?;
-        write_durable(&dest, &z)?;
-        z
+        compress_durable(&mut file, len, &dest)?
     };
     Ok(Intake::Stored(Box::new(WalObject {
         node_id: node.node_id,
@@ -312,10 +409,10 @@ pub fn take(
         seg_size: node.seg_size.bytes(),
         start_lsn: start.map(|l| l.to_string()),
         end_lsn: end.map(|l| l.to_string()),
-        size: plain.len() as u64,
-        stored_size: stored.len() as u64,
-        sha256: sha,
-        stored_sha256: sha256_hex(&stored),
+        size: len,
+        stored_size: d.stored_size,
+        sha256: d.sha256,
+        stored_sha256: d.stored_sha256,
         codec: "zstd".into(),
         stored_path: dest.display().to_string(),
         arrival: "stream".into(),
