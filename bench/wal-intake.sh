@@ -15,7 +15,7 @@
 #        $PGBACKMAN_PG_CACHE, default /var/cache/pgbackman/postgresql) with pg_receivewal 17;
 #        WORKLOAD=write (default: 100 rows of ~1 KB rewritten a transaction, the most WAL a
 #        second) or tpcb (pgbench's built-in); CLIENTS (default 4), SCALE (pgbench -i scale,
-#        default 10); KEEP=1.
+#        default 10); RATE=N throttles pgbench to N transactions/s (-R); KEEP=1.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -141,17 +141,19 @@ TCK=$(getconf CLK_TCK)
 # newest stored one stays in incoming/), and stored ones whose ledger row is not delivered.
 incoming_backlog() {
     local n
-    n=$(find "$WORK/agent/backups" -path '*/incoming/*' -regex '.*/[0-9A-F]\{24\}$' | wc -l)
+    n=$({ find "$WORK/agent/backups" -path '*/incoming/*' -regextype posix-extended -regex '.*/[0-9A-F]{24}' 2>/dev/null || true; } | wc -l)
     echo $((n > 0 ? n - 1 : 0))
 }
-pending_backlog() { find "$WORK/agent/state/wal_pending" -maxdepth 1 -name '*.json' 2>/dev/null | wc -l; }
-RECV_PID=$(pgrep -P "$AGENT_PID" pg_receivewal | head -1)
+pending_backlog() { { find "$WORK/agent/state/wal_pending" -maxdepth 1 -name '*.json' 2>/dev/null || true; } | wc -l; }
+RECV_PID=$(pgrep -P "$AGENT_PID" pg_receivewal | head -1 || true)
 AGENT_CPU0=$(cpu_ticks "$AGENT_PID"); RECV_CPU0=$(cpu_ticks "$RECV_PID")
 LSN0=$(npsql "select pg_current_wal_lsn() - '0/0'::pg_lsn")
-"$NODE_BIN/pgbench" -n "${SCRIPT[@]}" -c "$CLIENTS" -j 2 -T "$DURATION" -P 30 "${NODE_CONN[@]}" postgres >"$WORK/pgbench.log" 2>&1 &
+THROTTLE=()
+[[ -n ${RATE:-} ]] && THROTTLE=(-R "$RATE")
+"$NODE_BIN/pgbench" -n "${SCRIPT[@]}" "${THROTTLE[@]}" -c "$CLIENTS" -j 2 -T "$DURATION" -P 30 "${NODE_CONN[@]}" postgres >"$WORK/pgbench.log" 2>&1 &
 BENCH_PID=$!
 T0=$EPOCHREALTIME
-max_agent=0 max_children=0 max_lag=0 samples=0 lag_sum=0 max_in=0 in_sum=0 max_pend=0 pend_sum=0
+max_agent=0 max_children=0 max_lag=0 samples=0 lag_sum=0 max_in=0 in_sum=0 max_pend=0 pend_sum=0 max_stream=0 stream_sum=0
 while kill -0 "$BENCH_PID" 2>/dev/null; do
     a=$(rss_of "$AGENT_PID"); c=$(children_rss)
     ((a > max_agent)) && max_agent=$a
@@ -160,6 +162,9 @@ while kill -0 "$BENCH_PID" 2>/dev/null; do
     lag=$(( $(node_segno) - l - 1 ))
     ((lag > max_lag)) && max_lag=$lag
     samples=$((samples + 1)); lag_sum=$((lag_sum + lag))
+    # The node's WAL not yet written by pg_receivewal (walsender and stream), in segments.
+    b=$(npsql "select coalesce(floor((pg_current_wal_lsn() - write_lsn) / $SEG)::int8, 0) from pg_stat_replication where application_name = 'pgbackman_walreceiver'")
+    b=${b:-0}; ((b > max_stream)) && max_stream=$b; stream_sum=$((stream_sum + b))
     b=$(incoming_backlog); ((b > max_in)) && max_in=$b; in_sum=$((in_sum + b))
     b=$(pending_backlog); ((b > max_pend)) && max_pend=$b; pend_sum=$((pend_sum + b))
     sleep 1
@@ -170,6 +175,10 @@ AGENT_CPU1=$(cpu_ticks "$AGENT_PID"); RECV_CPU1=$(cpu_ticks "$RECV_PID")
 LSN1=$(npsql "select pg_current_wal_lsn() - '0/0'::pg_lsn")
 END_SEG=$(node_segno)
 END_LEDGER=$(ledger_max)
+END_WRITTEN=$(npsql "select floor((write_lsn - '0/0'::pg_lsn) / $SEG)::int8 from pg_stat_replication where application_name = 'pgbackman_walreceiver'")
+# Of that lag: segments pg_receivewal had completed that were not in the ledger yet (the
+# agent's share), the rest is the stream's (walsender to pg_receivewal).
+END_INTAKE_LAG=$((END_WRITTEN - END_LEDGER - 1))
 # Segments completed on the node but not yet in the ledger when the writing stopped.
 END_LAG=$((END_SEG - END_LEDGER - 1))
 log "pgbench done; lag at the end $END_LAG segment(s); draining"
@@ -204,7 +213,7 @@ errors=$(grep -c -E ' (ERROR|WARN) ' "$WORK/agent/agent.log" || true)
 kb2mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 echo
-echo "WAL intake of a PostgreSQL $NODE_MAJOR node under pgbench (${WORKLOAD:-write}, -c $CLIENTS -j 2, $DURATION s, unthrottled)"
+echo "WAL intake of a PostgreSQL $NODE_MAJOR node under pgbench (${WORKLOAD:-write}, -c $CLIENTS -j 2, $DURATION s, ${RATE:+at most $RATE tps}${RATE:-unthrottled})"
 echo "build: $BUILD; host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-52s %14s\n' "" value
 printf '%-52s %14s\n' "pgbench tps" "$tps"
@@ -214,9 +223,11 @@ printf '%-52s %14s\n' "segments/s in the ledger during the run" "$segps"
 printf '%-52s %14s\n' "receiver lag, mean over the run (segments)" "$(awk -v s="$lag_sum" -v n="$samples" 'BEGIN { printf "%.2f", n ? s / n : 0 }')"
 printf '%-52s %14s\n' "receiver lag, max over the run (segments)" "$max_lag"
 printf '%-52s %14s\n' "receiver lag when pgbench stopped (segments)" "$END_LAG"
+printf '%-52s %14s\n' "  of which pg_receivewal had completed (agent's share)" "$END_INTAKE_LAG"
+printf '%-52s %14s\n' "not yet written by pg_receivewal, mean / max (seg.)" "$(awk -v s="$stream_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_stream"
 printf '%-52s %14s\n' "not yet stored (incoming/), mean / max (segments)" "$(awk -v s="$in_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_in"
 printf '%-52s %14s\n' "stored, not yet in the ledger, mean / max" "$(awk -v s="$pend_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_pend"
-printf '%-52s %14s\n' "agent CPU during the run (s) / per segment (ms)" "$(awk -v a="$AGENT_CPU0" -v b="$AGENT_CPU1" -v t="$TCK" -v n="$SEGS_RUN" 'BEGIN { c = (b - a) / t; printf "%.1f / %.0f", c, n > 0 ? 1000 * c / n : 0 }')"
+printf '%-52s %14s\n' "agent CPU during the run (s) / per segment (ms)" "$(awk -v a="$AGENT_CPU0" -v b="$AGENT_CPU1" -v t="$TCK" -v n="$SEGS_RUN" 'BEGIN { c = (b - a) / t; printf "%.1f / %.0f", c, (n > 0 ? 1000 * c / n : 0) }')"
 printf '%-52s %14s\n' "pg_receivewal CPU during the run (s)" "$(awk -v a="$RECV_CPU0" -v b="$RECV_CPU1" -v t="$TCK" 'BEGIN { printf "%.1f", (b - a) / t }')"
 printf '%-52s %14s\n' "drain after pg_switch_wal (s)" "$(awk -v a="$T1" -v b="$T2" 'BEGIN { printf "%.1f", b - a }')"
 printf '%-52s %14s\n' "segments expected ($FIRST..$LAST)" "$WANT"
@@ -231,6 +242,7 @@ printf '%-52s %14s\n' "WARN/ERROR lines in the agent log" "$errors"
 echo
 ok_once=$([[ $ROWS == "$WANT" && $DISTINCT == "$WANT" && $MIN == "$FIRST" && $MAX == "$LAST" && $HOLES == 0 && $FILES == "$ALLROWS" ]] && echo PASS || echo MISS)
 printf 'lag when pgbench stopped %s segment(s) (target <= 2)  %s\n' "$END_LAG" "$(awk -v l="$END_LAG" 'BEGIN { print (l <= 2) ? "PASS" : "MISS" }')"
+printf "  the agent's share: %s segment(s) completed by pg_receivewal, not yet in the ledger (<= 2)  %s\n" "$END_INTAKE_LAG" "$(awk -v l="$END_INTAKE_LAG" 'BEGIN { print (l <= 2) ? "PASS" : "MISS" }')"
 printf 'every segment in the ledger once, none missing, all on disk  %s\n' "$ok_once"
 printf 'agent peak RSS %s MB (target < 60 MB, pg_receivewal not counted)  %s\n' "$(kb2mb "$HWM")" "$(awk -v k="$HWM" 'BEGIN { print (k < 60 * 1024) ? "PASS" : "MISS" }')"
 printf 'intake: %s segments/s (%s MB/s of WAL)\n' "$segps" "$(awk -v s="$segps" 'BEGIN { printf "%.1f", s * 16 }')"
