@@ -144,6 +144,14 @@ incoming_backlog() {
     n=$({ find "$WORK/agent/backups" -path '*/incoming/*' -regextype posix-extended -regex '.*/[0-9A-F]{24}' 2>/dev/null || true; } | wc -l)
     echo $((n > 0 ? n - 1 : 0))
 }
+# The segment pg_receivewal is writing: the newest name in incoming/ (its .partial). Not
+# pg_stat_replication.write_lsn: pg_receivewal reports it only every 10 s.
+receiving() {
+    local f
+    f=$({ find "$WORK/agent/backups" -path '*/incoming/*' -regextype posix-extended -regex '.*/[0-9A-F]{24}(\.partial)?' -printf '%f\n' 2>/dev/null || true; } | sort | tail -1)
+    [[ -n $f ]] || { echo "$FIRST"; return; }
+    echo $(( 16#${f:8:8} * 256 + 16#${f:16:8} ))
+}
 pending_backlog() { { find "$WORK/agent/state/wal_pending" -maxdepth 1 -name '*.json' 2>/dev/null || true; } | wc -l; }
 RECV_PID=$(pgrep -P "$AGENT_PID" pg_receivewal | head -1 || true)
 AGENT_CPU0=$(cpu_ticks "$AGENT_PID"); RECV_CPU0=$(cpu_ticks "$RECV_PID")
@@ -162,9 +170,9 @@ while kill -0 "$BENCH_PID" 2>/dev/null; do
     lag=$(( $(node_segno) - l - 1 ))
     ((lag > max_lag)) && max_lag=$lag
     samples=$((samples + 1)); lag_sum=$((lag_sum + lag))
-    # The node's WAL not yet written by pg_receivewal (walsender and stream), in segments.
-    b=$(npsql "select coalesce(floor((pg_current_wal_lsn() - write_lsn) / $SEG)::int8, 0) from pg_stat_replication where application_name = 'pgbackman_walreceiver'")
-    b=${b:-0}; ((b > max_stream)) && max_stream=$b; stream_sum=$((stream_sum + b))
+    # Segments the node completed that pg_receivewal has not (the stream's share).
+    b=$(( $(node_segno) - $(receiving) )); ((b < 0)) && b=0
+    ((b > max_stream)) && max_stream=$b; stream_sum=$((stream_sum + b))
     b=$(incoming_backlog); ((b > max_in)) && max_in=$b; in_sum=$((in_sum + b))
     b=$(pending_backlog); ((b > max_pend)) && max_pend=$b; pend_sum=$((pend_sum + b))
     sleep 1
@@ -175,10 +183,9 @@ AGENT_CPU1=$(cpu_ticks "$AGENT_PID"); RECV_CPU1=$(cpu_ticks "$RECV_PID")
 LSN1=$(npsql "select pg_current_wal_lsn() - '0/0'::pg_lsn")
 END_SEG=$(node_segno)
 END_LEDGER=$(ledger_max)
-END_WRITTEN=$(npsql "select floor((write_lsn - '0/0'::pg_lsn) / $SEG)::int8 from pg_stat_replication where application_name = 'pgbackman_walreceiver'")
 # Of that lag: segments pg_receivewal had completed that were not in the ledger yet (the
-# agent's share), the rest is the stream's (walsender to pg_receivewal).
-END_INTAKE_LAG=$((END_WRITTEN - END_LEDGER - 1))
+# agent's share); the rest is the stream's (walsender to pg_receivewal).
+END_INTAKE_LAG=$(( $(receiving) - END_LEDGER - 1 ))
 # Segments completed on the node but not yet in the ledger when the writing stopped.
 END_LAG=$((END_SEG - END_LEDGER - 1))
 log "pgbench done; lag at the end $END_LAG segment(s); draining"
@@ -224,7 +231,7 @@ printf '%-52s %14s\n' "receiver lag, mean over the run (segments)" "$(awk -v s="
 printf '%-52s %14s\n' "receiver lag, max over the run (segments)" "$max_lag"
 printf '%-52s %14s\n' "receiver lag when pgbench stopped (segments)" "$END_LAG"
 printf '%-52s %14s\n' "  of which pg_receivewal had completed (agent's share)" "$END_INTAKE_LAG"
-printf '%-52s %14s\n' "not yet written by pg_receivewal, mean / max (seg.)" "$(awk -v s="$stream_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_stream"
+printf '%-52s %14s\n' "not yet completed by pg_receivewal, mean / max (seg.)" "$(awk -v s="$stream_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_stream"
 printf '%-52s %14s\n' "not yet stored (incoming/), mean / max (segments)" "$(awk -v s="$in_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_in"
 printf '%-52s %14s\n' "stored, not yet in the ledger, mean / max" "$(awk -v s="$pend_sum" -v n="$samples" 'BEGIN { printf "%.1f", n ? s / n : 0 }') / $max_pend"
 printf '%-52s %14s\n' "agent CPU during the run (s) / per segment (ms)" "$(awk -v a="$AGENT_CPU0" -v b="$AGENT_CPU1" -v t="$TCK" -v n="$SEGS_RUN" 'BEGIN { c = (b - a) / t; printf "%.1f / %.0f", c, (n > 0 ? 1000 * c / n : 0) }')"
