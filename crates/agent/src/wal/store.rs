@@ -32,8 +32,6 @@ use sha2::{Digest, Sha256};
 /// zstd level of stored WAL: WAL compresses well already at low levels, and intake must keep
 /// up with the node.
 const ZSTD_LEVEL: i32 = 3;
-/// zstd worker threads of one stored file.
-const INTAKE_WORKERS: u32 = 2;
 /// What the header check reads of a segment: its first page (XLOG_BLCKSZ).
 const HEAD: u64 = 8192;
 
@@ -246,11 +244,6 @@ fn compress_durable(plain: &mut File, len: u64, dest: &Path) -> Result<Digests> 
     // bytes long fails `finish`.
     z.set_pledged_src_size(Some(len)).with_context(ctx)?;
     z.include_contentsize(true).with_context(ctx)?;
-    // Two workers compress the two halves of a segment at once, while this thread reads and
-    // hashes: on a busy backup server the intake gets the CPU of two threads, not one
-    // (bench/wal-intake.sh: with one, the agent fell behind a node writing 3.7 segments/s on a
-    // loaded 2-core machine while using 16 % of a core).
-    z.multithread(INTAKE_WORKERS).with_context(ctx)?;
     plain.seek(SeekFrom::Start(0)).with_context(ctx)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
