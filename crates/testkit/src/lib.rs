@@ -15,13 +15,16 @@
 //! * `<base>` is [`base_dir()`]: `$PGBACKMAN_TESTKIT_DIR`, else `/dev/shm/pgbackman-testkit` if
 //!   /dev/shm is roomy (much faster), else `/tmp/pgbackman-testkit`.
 //! * As root the server runs as the `postgres` OS user (see `pgbackman-pgctl`).
+//! * Another major: [`TestCluster::start_major`] takes its programs from [`major_bin_dir`]
+//!   (`$PGBACKMAN_PG_CACHE/<major>/bin`, filled by `.ci/install-pg-majors`).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -69,10 +72,20 @@ impl TestCluster {
     /// Starts a cluster listening on the given addresses (plus its unix socket), e.g.
     /// `&["127.0.0.2"]` so that tests see distinct hosts (any 127.0.0.0/8 works on Linux).
     pub fn start_on(addrs: &[&str]) -> TestCluster {
+        Self::start_with(None, addrs)
+    }
+
+    /// Starts a cluster of PostgreSQL `major` (programs from [`major_bin_dir`]) listening on
+    /// `addrs`. Panics, saying how to install them, when that major is not on this machine.
+    pub fn start_major(major: u32, addrs: &[&str]) -> TestCluster {
+        Self::start_with(Some(major_bin_dir(major)), addrs)
+    }
+
+    fn start_with(bin: Option<PathBuf>, addrs: &[&str]) -> TestCluster {
         sweep_stale();
-        let template = template()
-            .as_ref()
+        let template = template(bin.as_deref())
             .unwrap_or_else(|e| panic!("testkit: cannot build the template cluster: {e}"));
+        let template = &template;
         let dir = base_dir().join(format!(
             "run-{}-{}",
             std::process::id(),
@@ -81,12 +94,13 @@ impl TestCluster {
         fs::create_dir(&dir)
             .unwrap_or_else(|e| panic!("testkit: cannot create {}: {e}", dir.display()));
         // From here on Drop cleans up, even if a step below panics.
-        let mut tc = TestCluster {
-            cluster: configured(Cluster::new(dir.join("data"), 0))
-                .with_socket_dir(dir.join("socket"))
-                .with_listen_addresses(addrs.iter().map(|a| a.to_string()).collect()),
-            dir,
-        };
+        let mut cluster = configured(Cluster::new(dir.join("data"), 0))
+            .with_socket_dir(dir.join("socket"))
+            .with_listen_addresses(addrs.iter().map(|a| a.to_string()).collect());
+        if let Some(b) = bin {
+            cluster = cluster.with_bin_dir(b);
+        }
+        let mut tc = TestCluster { cluster, dir };
         let _ = fs::set_permissions(&tc.dir, fs::Permissions::from_mode(0o755)); // server must traverse it
         copy_tree(template, tc.cluster.data_dir()).unwrap_or_else(|e| {
             panic!(
@@ -133,6 +147,12 @@ impl TestCluster {
     /// The run directory holding data, socket and log; removed on drop.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+    /// The directory of the server's programs (and of the matching client programs).
+    pub fn bin_dir(&self) -> PathBuf {
+        self.cluster
+            .bin_dir()
+            .unwrap_or_else(|e| panic!("testkit: {e}"))
     }
     /// The underlying [`Cluster`], for anything not wrapped here.
     pub fn cluster(&self) -> &Cluster {
@@ -237,14 +257,50 @@ pub fn base_dir() -> PathBuf {
     .clone()
 }
 
-/// The template data directory, built at most once per process and reused across processes.
-fn template() -> &'static Result<PathBuf, String> {
-    static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    TEMPLATE.get_or_init(|| build_template().map_err(|e| e.to_string()))
+/// Where `.ci/install-pg-majors` puts other majors: `$PGBACKMAN_PG_CACHE`, else this.
+pub const PG_CACHE_DEFAULT: &str = "/var/cache/pgbackman/postgresql";
+pub const PG_CACHE_ENV: &str = "PGBACKMAN_PG_CACHE";
+
+/// The bin directory of PostgreSQL `major`: `$PGBACKMAN_PG_CACHE/<major>/bin` (default
+/// [`PG_CACHE_DEFAULT`]), else the Debian package's `/usr/lib/postgresql/<major>/bin`. Panics
+/// with what to do when neither has `initdb`.
+pub fn major_bin_dir(major: u32) -> PathBuf {
+    let cache = std::env::var_os(PG_CACHE_ENV)
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(PG_CACHE_DEFAULT), PathBuf::from);
+    let candidates = [
+        cache.join(major.to_string()).join("bin"),
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+    ];
+    for c in &candidates {
+        if c.join("initdb").is_file() && c.join("pg_receivewal").is_file() {
+            return c.clone();
+        }
+    }
+    panic!(
+        "testkit: PostgreSQL {major} is not installed here (looked in {} and {}): run `.ci/install-pg-majors {major}` (or .ci/run), or set {PG_CACHE_ENV} to the directory that holds {major}/bin",
+        candidates[0].display(),
+        candidates[1].display()
+    )
 }
 
-fn build_template() -> Result<PathBuf, Box<dyn std::error::Error>> {
-    let bin = find_bin_dir(None)?;
+/// The template data directory of a bin dir (None: the default one), built at most once per
+/// process and reused across processes.
+fn template(bin: Option<&Path>) -> Result<PathBuf, String> {
+    static TEMPLATES: Mutex<BTreeMap<Option<PathBuf>, Result<PathBuf, String>>> =
+        Mutex::new(BTreeMap::new());
+    // Held while building: two threads never initdb the same template at once.
+    let mut t = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+    t.entry(bin.map(Path::to_path_buf))
+        .or_insert_with(|| build_template(bin).map_err(|e| e.to_string()))
+        .clone()
+}
+
+fn build_template(bin: Option<&Path>) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let bin = match bin {
+        Some(b) => b.to_path_buf(),
+        None => find_bin_dir(None)?,
+    };
     let version = server_version(&bin)?; // "postgres (PostgreSQL) 15.18 (Debian ...)"
     let major = version
         .split_whitespace()
@@ -404,6 +460,24 @@ mod tests {
             drop(pg);
         }
         println!("testkit: warm cluster start times (ms): {times:?}");
+    }
+
+    #[test]
+    fn a_cluster_of_another_major() {
+        let pg = TestCluster::start_major(17, &["127.0.0.1"]);
+        assert_eq!(pg.psql("postgres", "show server_version_num")[..2], *"17");
+        assert_eq!(pg.bin_dir(), major_bin_dir(17));
+        // The default major still comes from the Debian package.
+        let default = TestCluster::start();
+        assert_ne!(default.bin_dir(), pg.bin_dir());
+    }
+
+    #[test]
+    fn a_missing_major_says_how_to_install_it() {
+        let err = catch_unwind(|| major_bin_dir(99)).unwrap_err();
+        let msg = err.downcast_ref::<String>().unwrap();
+        assert!(msg.contains(".ci/install-pg-majors 99"), "{msg}");
+        assert!(msg.contains(PG_CACHE_ENV), "{msg}");
     }
 
     #[test]

@@ -118,7 +118,11 @@ pub async fn run(
                     a.slot_name,
                     backoff.as_secs()
                 );
-                let sticky = {
+                // A version mismatch (WAL_VERSION) and a stall keep their state through the
+                // retries, so the catalog can tell them from an ordinary restart.
+                let sticky = if e.is::<NoClient>() {
+                    Some("no_client".to_string())
+                } else {
                     let g = status.lock().unwrap_or_else(|e| e.into_inner());
                     STICKY.contains(&g.state.as_str()).then(|| g.state.clone())
                 };
@@ -148,6 +152,46 @@ pub async fn run(
     }
 }
 
+/// No pg_receivewal of the node's major or newer on this backup server.
+#[derive(Debug)]
+struct NoClient {
+    node: String,
+    server_major: u32,
+    available: String,
+}
+
+impl std::fmt::Display for NoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.server_major;
+        write!(
+            f,
+            "PgSQL node {} runs PostgreSQL {m} and this backup server has no pg_receivewal of major {m} or newer (client majors: {}); an older pg_receivewal cannot stream from it, so none is started and no slot is created\nHINT: install the client programs of PostgreSQL {m} and add their bin directory to [agent] bin_dirs (or to pgsql_bin_dir with update_backup_server_config)",
+            self.node, self.available
+        )
+    }
+}
+
+impl std::error::Error for NoClient {}
+
+/// The pg_receivewal for a node of `server_version_num`: the closest configured major that is
+/// not older (pg_receivewal streams from older servers, never from newer ones).
+fn client_for(ctx: &Ctx, lbl: &str, server_version_num: i32) -> anyhow::Result<PathBuf> {
+    let major = pgbackman_dump::server_major(server_version_num);
+    let dirs = ctx.bin_dirs();
+    match pgbackman_dump::pick_client(&dirs, major, None) {
+        Ok((_, bin_dir)) => Ok(bin_dir.join("pg_receivewal")),
+        Err(_) => Err(NoClient {
+            node: lbl.to_string(),
+            server_major: major,
+            available: match dirs.keys().map(u32::to_string).collect::<Vec<_>>() {
+                v if v.is_empty() => "none".into(),
+                v => v.join(", "),
+            },
+        }
+        .into()),
+    }
+}
+
 /// One life of pg_receivewal. Ok(()) only when stopped.
 async fn once(
     ctx: &Arc<Ctx>,
@@ -159,6 +203,13 @@ async fn once(
     let lbl = label(a);
     set(status, "connecting", None);
     let config = node_config(ctx, a)?;
+    // The client first: without a pg_receivewal for the node's major no slot is created (it
+    // would hold WAL on the node that nothing receives).
+    let settings = tokio::select! {
+        r = pgbackman_db::wal_node::wal_settings(config.clone(), &lbl, &a.slot_name) => r?,
+        _ = stop.cancelled() => return Ok(()),
+    };
+    client_for(ctx, &lbl, settings.server_version_num)?;
     let ident = tokio::select! {
         r = pgbackman_db::wal_node::prepare_slot(config.clone(), &lbl, &a.slot_name) => r?,
         _ = stop.cancelled() => return Ok(()),
@@ -180,15 +231,7 @@ async fn once(
         major,
         seg_size,
     };
-    let (_, bin_dir) = match pgbackman_dump::pick_client(&ctx.bin_dirs(), major, None) {
-        Ok(p) => p,
-        Err(e) => {
-            // pghoard's "client/server version mismatch": alerted as WAL_VERSION.
-            set(status, "no_client", None);
-            return Err(e.into());
-        }
-    };
-    let program = bin_dir.join("pg_receivewal");
+    let program = client_for(ctx, &lbl, ident.server_version_num)?;
     let node_dir = crate::roots::node_dir_for_write(&ctx.cfg_now(), &a.node_backup_partition)
         .map_err(anyhow::Error::msg)?;
     let dirs = ArchiveDirs::new(&node_dir, a.pgsql_node_id);
@@ -352,6 +395,9 @@ async fn once(
     }
 }
 
+/// WAL files stored at once by one receiver.
+const INTAKE_AT_ONCE: usize = 4;
+
 /// Takes every completed file of the incoming directory, in name order. The newest stored
 /// segment stays in `incoming/` (`kept`) until a newer one is stored: pg_receivewal starts
 /// after the newest segment it finds there, which before PostgreSQL 15 (no
@@ -365,61 +411,70 @@ async fn intake(
     stored: &Arc<tokio::sync::Notify>,
     kept: &mut Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let files = store::completed(dirs, node);
-    for (name, path) in files {
-        if kept.as_ref() == Some(&path) {
-            continue;
-        }
-        let keep = matches!(name.kind, WalFileKind::Segment { .. });
-        let previous = kept.clone();
-        let (d, n, s, p) = (
-            dirs.clone(),
-            node.clone(),
-            ctx.cfg.state_dir.clone(),
-            path.clone(),
-        );
-        let taken = tokio::task::spawn_blocking(move || -> anyhow::Result<Intake> {
-            let r = store::take(&d, &n, &name, &p)?;
-            if let Intake::Stored(o) = &r {
-                // The report is durable before the incoming file goes.
-                super::pending::add(&s, o)?;
-                if !keep {
-                    store::remove_incoming(&p)?;
-                } else if let Some(old) = previous {
-                    store::remove_incoming(&old)?;
-                }
-            }
-            Ok(r)
-        })
-        .await??;
-        match taken {
-            Intake::Stored(o) => {
-                if keep {
-                    *kept = Some(path);
-                }
-                let name = o
-                    .stored_path
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches(".zst")
-                    .to_string();
-                tracing::debug!("stored WAL file {name} of PgSQL node {}", node.label);
-                {
-                    let mut g = status.lock().unwrap_or_else(|e| e.into_inner());
-                    g.last_stored_at = Some(Utc::now());
-                    if o.kind == "full"
-                        && let Some(end) = o.end_lsn.as_deref().and_then(|l| l.parse().ok())
-                    {
-                        g.archived_end = g.archived_end.max(Some(end));
+    let files: Vec<_> = store::completed(dirs, node)
+        .into_iter()
+        .filter(|(_, p)| kept.as_ref() != Some(p))
+        .collect();
+    // Up to INTAKE_AT_ONCE files are stored at once, so that their fsyncs overlap: on a busy
+    // backup server the waits for the disk, not the CPU, set the pace (bench/wal-intake.sh).
+    // The results are then handled in name order, as one at a time would.
+    for chunk in files.chunks(INTAKE_AT_ONCE) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|(name, path)| {
+                let (d, n, s, p, name) = (
+                    dirs.clone(),
+                    node.clone(),
+                    ctx.cfg.state_dir.clone(),
+                    path.clone(),
+                    *name,
+                );
+                tokio::task::spawn_blocking(move || -> anyhow::Result<Intake> {
+                    let r = store::take(&d, &n, &name, &p)?;
+                    if let Intake::Stored(o) = &r {
+                        // The report is durable before the incoming file goes (below).
+                        super::pending::add(&s, o)?;
                     }
+                    Ok(r)
+                })
+            })
+            .collect();
+        for ((name, path), task) in chunk.iter().zip(tasks) {
+            match task.await?? {
+                Intake::Stored(o) => {
+                    let keep = matches!(name.kind, WalFileKind::Segment { .. });
+                    let gone = if keep {
+                        kept.replace(path.clone())
+                    } else {
+                        Some(path.clone())
+                    };
+                    if let Some(g) = gone {
+                        tokio::task::spawn_blocking(move || store::remove_incoming(&g)).await??;
+                    }
+                    let name = o
+                        .stored_path
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches(".zst")
+                        .to_string();
+                    tracing::debug!("stored WAL file {name} of PgSQL node {}", node.label);
+                    {
+                        let mut g = status.lock().unwrap_or_else(|e| e.into_inner());
+                        g.last_stored_at = Some(Utc::now());
+                        if o.kind == "full"
+                            && let Some(end) = o.end_lsn.as_deref().and_then(|l| l.parse().ok())
+                        {
+                            g.archived_end = g.archived_end.max(Some(end));
+                        }
+                    }
+                    stored.notify_one();
                 }
-                stored.notify_one();
-            }
-            Intake::Skipped => {}
-            Intake::Refused(why) => {
-                tracing::error!("WAL file of PgSQL node {} refused: {why}", node.label);
-                set(status, "streaming", Some(why));
+                Intake::Skipped => {}
+                Intake::Refused(why) => {
+                    tracing::error!("WAL file of PgSQL node {} refused: {why}", node.label);
+                    set(status, "streaming", Some(why));
+                }
             }
         }
     }
