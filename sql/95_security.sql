@@ -35,7 +35,9 @@ language sql immutable as $$
                        'pgsql_node_stats', 'show_backup_details', 'show_restore_details',
                        'dbnames_with_definitions',
                        -- the WAL ledger (sql/85_wal.sql)
-                       'wal_holes', 'recovery_window', 'show_wal_segments']),
+                       'wal_holes', 'recovery_window', 'show_wal_segments',
+                       -- base backups (sql/87_base_backups.sql)
+                       'recovery_chains']),
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
@@ -53,7 +55,7 @@ language sql immutable as $$
                     'import_map_of', 'import_record', 'import_snapshot_definition',
                     'import_backup_catalog', 'import_backup_catalog_rows',
                     -- WAL archives (sql/85_wal.sql)
-                    'register_wal_archive', 'delete_wal_archive']),
+                    'register_wal_archive', 'delete_wal_archive', 'set_base_backup_options']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
@@ -65,7 +67,8 @@ language sql immutable as $$
                     'apply_node_listing', 'raise_listing_alert', 'server_partitions', 'server_set_dirs',
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
                     'raise_overdue_alert', 'agent_heartbeat', 'report_wal_objects',
-                    'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives']),
+                    'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
+                    'base_backup_missing_wal', 'job_wait_note']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -76,7 +79,7 @@ language sql immutable as $$
     ('internal', array['audit_row', 'notify_server', 'notify_owner', 'notify_owner_by_server_id',
                        'notify_node_servers', 'touch_updated', 'backup_definition_bookkeeping',
                        'clear_quarantine', 'tag_maintenance', 'after_backup_verification',
-                       'record_restore_verification', 'force_delete_catalog_of', 'verifiable_backup',
+                       'record_restore_verification', 'record_base_backup', 'force_delete_catalog_of', 'verifiable_backup',
                        'drill_node_id', 'autoregister_server', 'grant_catalog_role',
                        'revoke_catalog_role', 'wal_runs_after_insert', 'wal_runs_after_delete',
                        'rebuild_wal_runs', 'wal_before_owner_delete'])

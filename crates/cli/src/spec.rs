@@ -264,7 +264,7 @@ pub static COMMANDS: &[Cmd] = &[
             pos("day_month", "Day-month cron"),
             pos("month", "Month cron"),
             pos("weekday", "Weekday cron"),
-            pos("code", "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS)"),
+            pos("code", "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS, BASEBACKUP)"),
             pos("encryption", "Encryption (true/false)"),
             pos("retention_period", "Retention period"),
             pos("retention_redundancy", "Retention redundancy"),
@@ -292,10 +292,23 @@ pub static COMMANDS: &[Cmd] = &[
                 "pg_dump --lock-wait-timeout, e.g. '30 seconds' (none: wait)",
             ),
             opt("client-major", "pg_dump major to use (at least the node's)"),
+            opt(
+                "checkpoint",
+                "BASEBACKUP: pg_basebackup --checkpoint, fast (default) or spread",
+            ),
+            opt(
+                "max-rate",
+                "BASEBACKUP: pg_basebackup --max-rate, kB/s or with k/M, e.g. 50M (none: no limit)",
+            ),
+            opt(
+                "wal-wait",
+                "BASEBACKUP: how long a finished base backup waits for its WAL in the archive, e.g. '15 minutes'",
+            ),
         ],
         examples: &[
             "register_backup_definition backup01.example.org pg01.example.org billing \"\" 30 2 \"*\" \"*\" \"*\" FULL false \"7 days\" 2 \"\" ACTIVE \"nightly\"",
             "register_backup_definition backup01.example.org pg01.example.org \"#all_databases#\" \"test,scratch\"",
+            "register_backup_definition backup01.example.org pg01.example.org \"\" \"\" 0 1 \"*\" \"*\" \"*\" BASEBACKUP false \"14 days\" 2 \"\" ACTIVE \"physical\" --checkpoint spread --max-rate 50M",
         ],
     },
     Cmd {
@@ -335,6 +348,18 @@ pub static COMMANDS: &[Cmd] = &[
                 "pg_dump --lock-wait-timeout, e.g. '30 seconds' (none: wait)",
             ),
             opt("client-major", "pg_dump major to use (at least the node's)"),
+            opt(
+                "checkpoint",
+                "BASEBACKUP: pg_basebackup --checkpoint, fast (default) or spread",
+            ),
+            opt(
+                "max-rate",
+                "BASEBACKUP: pg_basebackup --max-rate, kB/s or with k/M, e.g. 50M (none: no limit)",
+            ),
+            opt(
+                "wal-wait",
+                "BASEBACKUP: how long a finished base backup waits for its WAL in the archive, e.g. '15 minutes'",
+            ),
         ],
         examples: &[
             "update_backup_definition 12 15 3 \"\" \"\" \"\" \"14 days\" 3 \"\" ACTIVE \"\"",

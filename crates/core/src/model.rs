@@ -82,14 +82,24 @@ code_enum! {
         Cluster => "CLUSTER",
         /// Roles and tablespaces of the cluster (pg_dumpall --globals-only).
         Globals => "GLOBALS",
+        /// The physical cluster (pg_basebackup), restorable with the WAL archive.
+        BaseBackup => "BASEBACKUP",
     }
 }
 
 impl BackupCode {
     /// True for codes that cover the whole cluster and take no database name
-    /// (`CLUSTER`, `GLOBALS`).
+    /// (`CLUSTER`, `GLOBALS`, `BASEBACKUP`).
     pub fn is_cluster_wide(self) -> bool {
-        matches!(self, BackupCode::Cluster | BackupCode::Globals)
+        matches!(
+            self,
+            BackupCode::Cluster | BackupCode::Globals | BackupCode::BaseBackup
+        )
+    }
+
+    /// True for a physical base backup (pg_basebackup), false for the logical codes.
+    pub fn is_physical(self) -> bool {
+        self == BackupCode::BaseBackup
     }
 }
 

@@ -4,6 +4,7 @@
 //! `migrations/` and in `sql/` only.
 
 pub mod agent;
+pub mod basebackup;
 pub mod alerts;
 pub mod catalog;
 pub mod completion;

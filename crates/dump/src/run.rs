@@ -501,6 +501,12 @@ impl Run<'_> {
     fn check_arguments(&self) -> Result<(), Stop> {
         let spec = self.spec;
         let step = "arguments";
+        if spec.code.is_physical() {
+            return Err(fail(
+                step,
+                "a BASEBACKUP set is made by pg_basebackup (run_base_backup), not pg_dump",
+            ));
+        }
         if spec.extra_args.iter().any(|a| a == "--") {
             return Err(fail(step, "extra parameters must not contain \"--\""));
         }
