@@ -264,7 +264,10 @@ pub static COMMANDS: &[Cmd] = &[
             pos("day_month", "Day-month cron"),
             pos("month", "Month cron"),
             pos("weekday", "Weekday cron"),
-            pos("code", "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS, BASEBACKUP)"),
+            pos(
+                "code",
+                "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS, BASEBACKUP)",
+            ),
             pos("encryption", "Encryption (true/false)"),
             pos("retention_period", "Retention period"),
             pos("retention_redundancy", "Retention redundancy"),

@@ -4,8 +4,8 @@
 //! `migrations/` and in `sql/` only.
 
 pub mod agent;
-pub mod basebackup;
 pub mod alerts;
+pub mod basebackup;
 pub mod catalog;
 pub mod completion;
 pub mod error;

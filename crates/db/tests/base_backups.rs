@@ -82,7 +82,11 @@ fn def(code: &str, options: DefinitionOptions) -> NewDefinition {
     NewDefinition {
         server: "bs1.example.org".into(),
         node: "pg1.example.org".into(),
-        dbname: if code == "FULL" { "app".into() } else { String::new() },
+        dbname: if code == "FULL" {
+            "app".into()
+        } else {
+            String::new()
+        },
         minutes: Some("0".into()),
         hours: Some("1".into()),
         code: Some(code.into()),
@@ -222,7 +226,10 @@ async fn a_base_backup_is_recorded_and_joins_the_ledger_by_lsn() {
         .base_backup_missing_wal(1, 1, SYSID, 1, &start, &stop, SEG as i32)
         .await
         .unwrap();
-    assert!(missing.is_empty(), "a .partial reaching stop counts: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "a .partial reaching stop counts: {missing:?}"
+    );
     let beyond = e
         .cat
         .base_backup_missing_wal(1, 1, SYSID, 1, &start, &lsn(5 * SEG + 8), SEG as i32)
@@ -283,7 +290,10 @@ async fn a_base_backup_is_recorded_and_joins_the_ledger_by_lsn() {
     assert_eq!(text(chains.get(0, "Restorable to LSN")), lsn(4 * SEG + 100));
     let w = e.cat.show_recovery_window("pg1.example.org").await.unwrap();
     let listed = text(w.get(0, "Base backups"));
-    assert!(listed.starts_with(&format!("BckID {bck} from {start}")), "{listed}");
+    assert!(
+        listed.starts_with(&format!("BckID {bck} from {start}")),
+        "{listed}"
+    );
     // A base backup is not restored by restore_backup (yet), with a reason.
     let err = e
         .owner
