@@ -9,7 +9,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::Duration;
 
 use common::Env;
 use common::agent::*;
@@ -155,7 +154,10 @@ fn base_backups_under_load_wait_for_their_wal_and_verify() {
     assert_eq!(d["timeline"], 1);
     assert_eq!(d["wal"], "from the WAL archive (ledger)", "{d}");
     assert_eq!(d["verification"], "PASSED");
-    let sysid = node.psql("postgres", "select system_identifier from pg_control_system()");
+    let sysid = node.psql(
+        "postgres",
+        "select system_identifier from pg_control_system()",
+    );
     assert_eq!(d["system_identifier"], sysid.trim());
 
     // A second one with the receiver frozen: it waits, saying for which segments, and
@@ -180,7 +182,9 @@ fn base_backups_under_load_wait_for_their_wal_and_verify() {
         &agent,
     );
     let b2: i64 = env
-        .sql(&format!("select max(bck_id) from backup_catalog where def_id = {def}"))
+        .sql(&format!(
+            "select max(bck_id) from backup_catalog where def_id = {def}"
+        ))
         .parse()
         .unwrap();
     assert_eq!(
@@ -191,16 +195,21 @@ fn base_backups_under_load_wait_for_their_wal_and_verify() {
         "{}",
         agent.log()
     );
-    assert_eq!(env.sql("select count(*) from job where wait_note is not null"), "0");
+    assert_eq!(
+        env.sql("select count(*) from job where wait_note is not null"),
+        "0"
+    );
 
     // The recovery window lists both base backups (the chains).
     let w = env.json("show_recovery_window 127.0.0.2");
     let listed = w.to_string();
     assert!(
-        listed.contains(&format!("BckID {b1} from")) && listed.contains(&format!("BckID {b2} from")),
+        listed.contains(&format!("BckID {b1} from"))
+            && listed.contains(&format!("BckID {b2} from")),
         "{w}"
     );
-    let chains = env.sql("select count(*) from api.recovery_chains(1) where restorable_to_lsn is not null");
+    let chains =
+        env.sql("select count(*) from api.recovery_chains(1) where restorable_to_lsn is not null");
     assert_eq!(chains, "2");
 
     // pg_verifybackup on the extracted second backup with its WAL from the archive.
@@ -215,12 +224,16 @@ fn base_backups_under_load_wait_for_their_wal_and_verify() {
     env.cmd(&format!("verify_backup {b1}")).ok();
     wait_for(
         &env,
-        &format!("select verification_state || ' ' || verification_level from backup_catalog where bck_id = {b1}"),
+        &format!(
+            "select verification_state || ' ' || verification_level from backup_catalog where bck_id = {b1}"
+        ),
         "FAILED 1",
         60,
         &agent,
     );
-    let err = env.sql(&format!("select verification_error from backup_catalog where bck_id = {b1}"));
+    let err = env.sql(&format!(
+        "select verification_error from backup_catalog where bck_id = {b1}"
+    ));
     assert!(err.contains("base.tar.zst"), "{err}");
 }
 
@@ -243,7 +256,7 @@ fn a_base_backup_whose_wal_never_arrives_fails_with_an_alert() {
     ));
     for want in [
         "PgSQL node 127.0.0.2",
-        "did not reach the archive within 10s",
+        "did not reach the archive within 10 s",
         "missing (00000001",
         "show_wal_archives",
         &format!("run_backup_definition_now {def}"),
@@ -260,12 +273,17 @@ fn an_agent_killed_mid_base_backup_leaves_no_files_nor_processes() {
         "postgres",
         "create table filler as select g, md5(g::text) from generate_series(1, 200000) g",
     );
-    env.sql(&format!("update backup_definition set max_rate = '32k' where def_id = {def}"));
+    env.sql(&format!(
+        "update backup_definition set max_rate = '32k' where def_id = {def}"
+    ));
     env.cmd(&format!("run_backup_definition_now {def}")).ok();
     wait_until("pg_basebackup running", 60, &[&agent], || {
         !processes_with("pg_basebackup").is_empty()
             && node
-                .psql("postgres", "select count(*) from pg_stat_progress_basebackup")
+                .psql(
+                    "postgres",
+                    "select count(*) from pg_stat_progress_basebackup",
+                )
                 .trim()
                 == "1"
     });
@@ -274,8 +292,11 @@ fn an_agent_killed_mid_base_backup_leaves_no_files_nor_processes() {
         processes_with("pg_basebackup").is_empty()
     });
     wait_until("the node's walsender for it gone", 15, &[&agent], || {
-        node.psql("postgres", "select count(*) from pg_stat_progress_basebackup")
-            .trim()
+        node.psql(
+            "postgres",
+            "select count(*) from pg_stat_progress_basebackup",
+        )
+        .trim()
             == "0"
     });
     agent.spawn(None);

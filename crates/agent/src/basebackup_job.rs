@@ -175,7 +175,12 @@ pub(crate) async fn execute(
                     let _ = ctx
                         .db(
                             "job_wait_note",
-                            ctx.catalog.job_wait_note(ctx.server_id, t.job_id, t.attempt, Some(&note)),
+                            ctx.catalog.job_wait_note(
+                                ctx.server_id,
+                                t.job_id,
+                                t.attempt,
+                                Some(&note),
+                            ),
                         )
                         .await;
                     tracing::info!(job_id = t.job_id, "{note}");
@@ -201,7 +206,8 @@ pub(crate) async fn execute(
         let _ = ctx
             .db(
                 "job_wait_note",
-                ctx.catalog.job_wait_note(ctx.server_id, t.job_id, t.attempt, None),
+                ctx.catalog
+                    .job_wait_note(ctx.server_id, t.job_id, t.attempt, None),
             )
             .await;
     }
