@@ -503,9 +503,11 @@ mod tests {
         }
         assert_eq!(
             BackupCode::NAMES,
-            ["FULL", "SCHEMA", "DATA", "CLUSTER", "GLOBALS"]
+            ["FULL", "SCHEMA", "DATA", "CLUSTER", "GLOBALS", "BASEBACKUP"]
         );
         assert!(BackupCode::Cluster.is_cluster_wide() && BackupCode::Globals.is_cluster_wide());
+        assert!(BackupCode::BaseBackup.is_cluster_wide() && BackupCode::BaseBackup.is_physical());
+        assert!(!BackupCode::Cluster.is_physical());
         assert!(!BackupCode::Full.is_cluster_wide());
 
         assert_eq!("active".parse::<JobStatus>().unwrap(), JobStatus::Active);
@@ -537,7 +539,7 @@ mod tests {
         let e = "RDS".parse::<BackupCode>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "\"RDS\" is not a valid backup code: use one of FULL, SCHEMA, DATA, CLUSTER, GLOBALS"
+            "\"RDS\" is not a valid backup code: use one of FULL, SCHEMA, DATA, CLUSTER, GLOBALS, BASEBACKUP"
         );
         let e = "verify_ca".parse::<SslMode>().unwrap_err().to_string();
         assert!(
