@@ -22,8 +22,10 @@ use crate::job::{Ctx, Ticket, failed};
 /// Default of `wal_wait_timeout` when the cache predates it.
 const WAL_WAIT_DEFAULT: Duration = Duration::from_secs(15 * 60);
 
-/// How often the ledger is asked while waiting.
-const WAL_POLL: Duration = Duration::from_secs(2);
+/// How often the ledger is asked while waiting: soon at first (the stop segment is usually
+/// archived within a second of pg_basebackup's end), then every 2 s.
+const WAL_POLL_FIRST: Duration = Duration::from_millis(100);
+const WAL_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// Runs the base backup and waits for its WAL. Returns the outcome and the `base_backup`
 /// object of the report (None when pg_basebackup did not finish).
@@ -144,6 +146,7 @@ pub(crate) async fn execute(
     bb["wal_deadline"] = json!(until.to_rfc3339());
     let mut missing: Option<Vec<String>> = None;
     let mut unreachable: Option<String> = None;
+    let mut poll = WAL_POLL_FIRST;
     loop {
         match ctx
             .db(
@@ -194,7 +197,7 @@ pub(crate) async fn execute(
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep(WAL_POLL) => {}
+            _ = tokio::time::sleep(poll) => poll = (poll * 2).min(WAL_POLL_MAX),
             _ = cancel.cancelled() => {
                 outcome.status = Status::Cancelled { reason: "cancelled while waiting for the WAL of the base backup".into() };
                 bb["missing_wal"] = json!(missing.unwrap_or_default());
