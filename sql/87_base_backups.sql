@@ -123,15 +123,24 @@ language sql stable as $$
       from public.base_backup b
       join public.backup_catalog c on c.bck_id = b.bck_id
       left join lateral (
+            -- WAL after the backup from the runs (a handful of rows, never the segments): the
+            -- part of each run from the backup's start segment to the window's end; bytes
+            -- pro rata of a run's segments.
             select x.to_lsn, x.to_arrived,
-                   (select count(*) from public.wal_object o
-                     where o.pgsql_node_id = p_node and o.backup_server_id = b.backup_server_id
-                       and o.system_identifier = b.system_identifier and o.kind in ('full', 'partial')
-                       and o.end_lsn > b.start_lsn and o.start_lsn <= x.to_lsn) as segs,
-                   (select coalesce(sum(o.stored_size), 0)::bigint from public.wal_object o
-                     where o.pgsql_node_id = p_node and o.backup_server_id = b.backup_server_id
-                       and o.system_identifier = b.system_identifier and o.kind in ('full', 'partial')
-                       and o.end_lsn > b.start_lsn and o.start_lsn <= x.to_lsn) as bytes
+                   (select coalesce(sum(least(r.last_segno, api.wal_segno(x.to_lsn, r.seg_size))
+                                        - greatest(r.first_segno, api.wal_segno(b.start_lsn, r.seg_size)) + 1), 0)::bigint
+                      from public.wal_run r
+                     where r.pgsql_node_id = p_node and r.backup_server_id = b.backup_server_id
+                       and r.system_identifier = b.system_identifier
+                       and r.end_lsn > b.start_lsn and r.start_lsn <= x.to_lsn) as segs,
+                   (select coalesce(sum(r.stored_bytes
+                                        * (least(r.last_segno, api.wal_segno(x.to_lsn, r.seg_size))
+                                           - greatest(r.first_segno, api.wal_segno(b.start_lsn, r.seg_size)) + 1)
+                                        / r.segments), 0)::bigint
+                      from public.wal_run r
+                     where r.pgsql_node_id = p_node and r.backup_server_id = b.backup_server_id
+                       and r.system_identifier = b.system_identifier
+                       and r.end_lsn > b.start_lsn and r.start_lsn <= x.to_lsn) as bytes
               from rw x
              where x.backup_server_id = b.backup_server_id and x.system_identifier = b.system_identifier
                and x.from_lsn <= b.start_lsn and x.to_lsn >= b.stop_lsn

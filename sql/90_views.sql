@@ -234,7 +234,7 @@ returns table ("BckID" bigint, "JobID" bigint, "DefID" bigint, "SnapshotID" bigi
                "Failed step" text, "Exit status" integer, "Error message" text, "Stderr tail" text, "Note" text,
                "Base backup state" text, "System identifier" text, "Timeline" bigint, "Start LSN" text,
                "Stop LSN" text, "Start time" timestamptz, "Stop time" timestamptz, "WAL" text, "Tablespaces" jsonb,
-               "Manifest verification" text, "Missing WAL" text[])
+               "Manifest check" text, "Missing WAL" text[])
 language sql stable as $$
     select c.bck_id, c.job_id, c.def_id, c.snapshot_id, c.dbname, s.fqdn, n.fqdn, c.backup_code, c.execution_method,
            c.execution_status, c.registered, c.started, c.finished, c.duration::text, c.total_size, c.backup_dir,

@@ -150,7 +150,7 @@ fn base_backups_under_load_wait_for_their_wal_and_verify() {
     assert_eq!(d["execution_status"], "SUCCEEDED", "{d}\n{}", agent.log());
     assert_eq!(d["code"], "BASEBACKUP");
     assert_eq!(d["base_backup_state"], "SUCCEEDED", "{d}");
-    assert_eq!(d["manifest_verification"], "PASSED", "{d}");
+    assert_eq!(d["manifest_check"], "PASSED", "{d}");
     assert_eq!(d["timeline"], 1);
     assert_eq!(d["wal"], "from the WAL archive (ledger)", "{d}");
     assert_eq!(d["verification"], "PASSED");

@@ -281,7 +281,7 @@ async fn a_base_backup_is_recorded_and_joins_the_ledger_by_lsn() {
     assert_eq!(text(det.get(0, "Base backup state")), "SUCCEEDED");
     assert_eq!(text(det.get(0, "Start LSN")), start);
     assert_eq!(text(det.get(0, "Stop LSN")), stop);
-    assert_eq!(text(det.get(0, "Manifest verification")), "PASSED");
+    assert_eq!(text(det.get(0, "Manifest check")), "PASSED");
     // The chain: the base backup with the WAL after it, and the window lists it.
     let chains = e.cat.show_recovery_chains("pg1.example.org").await.unwrap();
     assert_eq!(chains.len(), 1, "{chains:?}");
