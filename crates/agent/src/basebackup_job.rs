@@ -214,6 +214,10 @@ pub(crate) async fn execute(
             )
             .await;
     }
+    outcome
+        .phase_timings
+        .push(("wait_for_wal".into(), t0.elapsed().as_secs_f64()));
+    outcome.finished = Utc::now();
     match missing {
         Some(m) if m.is_empty() && unreachable.is_none() => {
             bb["missing_wal"] = json!([]);
