@@ -765,7 +765,9 @@ pub static COMMANDS: &[Cmd] = &[
         group: WAL,
         about: "From when to when the archived WAL of a PgSQL node replays without a gap, per backup server and \
                 timeline (following the timeline history across promotions), newest first; each range says why it \
-                starts where it does (a hole names the missing files). --holes lists every hole instead.",
+                starts where it does (a hole names the missing files) and which base backups it restores. \
+                --holes lists every hole instead; --chains lists each base backup with the WAL after it (WAL count, \
+                total size, the last point it restores to).",
         args: &[
             pos("node", "NodeID | FQDN"),
             Arg {
@@ -773,10 +775,16 @@ pub static COMMANDS: &[Cmd] = &[
                 label: "List the missing segments between present ones",
                 kind: Kind::Flag,
             },
+            Arg {
+                name: "chains",
+                label: "List each base backup with the WAL after it",
+                kind: Kind::Flag,
+            },
         ],
         examples: &[
             "show_recovery_window pg01.example.org",
             "show_recovery_window pg01.example.org --holes",
+            "show_recovery_window pg01.example.org --chains",
         ],
     },
     Cmd {
