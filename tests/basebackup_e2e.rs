@@ -212,8 +212,9 @@ fn base_backups_under_load_wait_for_their_wal_and_verify() {
     let chains = c["recovery_chains"].as_array().unwrap();
     assert_eq!(chains.len(), 2, "{c}");
     assert!(
-        chains.iter().all(|r| r["restorable_to_lsn"].is_string()
-            && r["wal_count"].as_i64().unwrap() >= 1),
+        chains
+            .iter()
+            .all(|r| r["restorable_to_lsn"].is_string() && r["wal_count"].as_i64().unwrap() >= 1),
         "{c}"
     );
 

@@ -307,3 +307,51 @@ async fn a_base_backup_is_recorded_and_joins_the_ledger_by_lsn() {
     let msg = pgbackman_db::DbError::from(err).to_string();
     assert!(msg.contains("is a base backup"), "{msg}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn only_verified_base_backups_count_toward_redundancy() {
+    let e = env().await;
+    let mut d = def("BASEBACKUP", Default::default());
+    d.retention_period = Some("1 day".into());
+    d.retention_redundancy = Some(1);
+    let d = e
+        .cat
+        .register_backup_definitions(&audit(), &[d])
+        .await
+        .unwrap();
+    let row = |age: &str, state: &str| {
+        format!(
+            "insert into backup_catalog (def_id, backup_server_id, pgsql_node_id, backup_code, started, finished,
+                                         execution_status, execution_method, verification_level, verification_state)
+             values ({}, 1, 1, 'BASEBACKUP', now() - interval '{age}', now() - interval '{age}',
+                     'SUCCEEDED', 'CRON', 1, '{state}') returning bck_id",
+            d[0].def_id
+        )
+    };
+    let old: i64 = e
+        .owner
+        .query_one(&row("3 days", "PASSED"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let newer: i64 = e
+        .owner
+        .query_one(&row("2 days", "FAILED"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let rows = e.cat.retention_rows_of_server(1).await.unwrap();
+    let plan: Vec<(i64, String)> = rows
+        .plan()
+        .iter()
+        .map(|(r, rule)| (r.bck_id, format!("{rule:?}")))
+        .collect();
+    assert!(
+        plan.contains(&(old, "Redundancy(1)".into())),
+        "the verified one is kept for redundancy: {plan:?}"
+    );
+    assert!(
+        plan.contains(&(newer, "FailedExpired".into())),
+        "a base backup that failed verification does not count: {plan:?}"
+    );
+}
