@@ -253,7 +253,8 @@ pub static COMMANDS: &[Cmd] = &[
         about: "Schedule backups of databases of a node on a backup server. DBname is a name, a comma list, \
                 #all_databases# or #databases_without_backup_definitions#; every database must exist on the node. \
                 Without a minute/hour, each definition gets a random one inside the node's backup_minutes_interval \
-                and backup_hours_interval.",
+                and backup_hours_interval. Code BASEBACKUP backs up the whole node with pg_basebackup (no DBname; \
+                --checkpoint, --max-rate, --wal-wait): SUCCEEDED once its WAL is in the node's WAL archive.",
         args: &[
             pos("server", "SrvID | FQDN"),
             pos("node", "NodeID | FQDN"),
