@@ -355,3 +355,78 @@ async fn only_verified_base_backups_count_toward_redundancy() {
         "a base backup that failed verification does not count: {plan:?}"
     );
 }
+
+/// A year of a busy node (500,000 segments, one hole) with a base backup every ~3.5 days (100):
+/// the recovery window with its base backups and the chains answer from the runs, in well under
+/// the issue's 100 ms on a quiet machine (bounded here for a loaded one).
+#[tokio::test(flavor = "current_thread")]
+async fn recovery_chains_at_500000_segments_and_100_base_backups() {
+    let e = env().await;
+    e.cat
+        .register_wal_archive(
+            &audit(),
+            &NewWalArchive {
+                server: "bs1.example.org".into(),
+                node: "pg1.example.org".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let d = e
+        .cat
+        .register_backup_definitions(&audit(), &[def("BASEBACKUP", Default::default())])
+        .await
+        .unwrap();
+    e.owner
+        .batch_execute(&format!(
+            "insert into wal_object (pgsql_node_id, backup_server_id, system_identifier, timeline, segno, kind, seg_size,
+                                     start_lsn, end_lsn, size, stored_size, sha256, stored_sha256, codec, stored_path,
+                                     arrival, header_check, arrived_at)
+             select 1, 1, {SYSID}, 1, g, 'full', {SEG}, ('0/0'::pg_lsn + g * {SEG}::numeric), ('0/0'::pg_lsn + (g + 1) * {SEG}::numeric),
+                    {SEG}, 2000000, md5(g::text) || md5(g::text), md5(g::text) || md5(g::text), 'zstd',
+                    'wal/' || g, 'stream', 'PASSED', timestamptz '2025-01-01' + g * interval '63 seconds'
+               from generate_series(1, 500000) g where g <> 250000;
+             with c as (
+                 insert into backup_catalog (def_id, backup_server_id, pgsql_node_id, backup_code, started, finished,
+                                             execution_status, execution_method, total_size, verification_level,
+                                             verification_state)
+                 select {def}, 1, 1, 'BASEBACKUP', now(), now(), 'SUCCEEDED', 'CRON', 1000000000 + k, 1, 'PASSED'
+                   from generate_series(1, 100) k
+                 returning bck_id, total_size - 1000000000 as k)
+             insert into base_backup (bck_id, pgsql_node_id, backup_server_id, system_identifier, timeline, start_lsn,
+                                      stop_lsn, wal_method, manifest_state, state)
+             select bck_id, 1, 1, {SYSID}, 1, '0/0'::pg_lsn + (k * 4900 + 10) * {SEG}::numeric + 40,
+                    '0/0'::pg_lsn + (k * 4900 + 11) * {SEG}::numeric + 80, 'none', 'PASSED', 'SUCCEEDED'
+               from c;
+             analyze;",
+            def = d[0].def_id
+        ))
+        .await
+        .unwrap();
+    let mut worst = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let w = e.cat.show_recovery_window("pg1.example.org").await.unwrap();
+        let dw = t.elapsed();
+        assert_eq!(w.len(), 2, "{w:?}");
+        let newest = text(w.get(0, "Base backups"));
+        assert_eq!(newest.matches("BckID").count(), 49, "{newest}");
+        let t = std::time::Instant::now();
+        let c = e.cat.show_recovery_chains("pg1.example.org").await.unwrap();
+        let dc = t.elapsed();
+        assert_eq!(c.len(), 100);
+        // Backups before the hole (segment 250000) restore only up to it.
+        let restorable = (0..c.len())
+            .filter(|&i| text(c.get(i, "Restorable to LSN")) == lsn(500001 * SEG))
+            .count();
+        assert_eq!(restorable, 49);
+        worst = (worst.0.max(dw), worst.1.max(dc));
+    }
+    eprintln!(
+        "at 500,000 segments and 100 base backups: show_recovery_window {:?}, --chains {:?} (worst of 3)",
+        worst.0, worst.1
+    );
+    assert!(worst.0 < std::time::Duration::from_millis(300), "{worst:?}");
+    assert!(worst.1 < std::time::Duration::from_millis(300), "{worst:?}");
+}
