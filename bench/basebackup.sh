@@ -7,7 +7,9 @@
 #       wall = job.finished_at - job.claimed_at, size = backup_catalog.total_size;
 #   (b) the ceiling: pg_basebackup -D - -Ft -X none --checkpoint=fast > /dev/null;
 #   (c) the peers' gzip default: pg_basebackup -D DIR -Ft -z --checkpoint=fast (WAL streamed into
-#       pg_wal.tar.gz beside base.tar.gz), size = du -sb DIR (base.tar.gz alone shown too).
+#       pg_wal.tar.gz beside base.tar.gz), size = du -sb DIR (base.tar.gz alone shown too);
+#   (d) for reference only (no target): pg_basebackup -D - -Ft -X none | zstd -3 -T2 > file, what
+#       compression alone costs on this machine. The agent's CPU time per backup is shown too.
 # Each is repeated REPS times (interleaved) and the median is reported. Nothing here fails on a
 # number: PASS/MISS lines compare with issue 11's targets (wall <= 1.3 x ceiling, size <= gzip).
 #
@@ -115,14 +117,35 @@ run_gzip() { # prints "wall_seconds size_bytes base_tar_gz_bytes"
     rm -rf "$d"
 }
 
+run_zstd_pipe() { # prints "wall_seconds size_bytes"
+    local t0 t1 f=$WORK/pipe.tar.zst
+    t0=$(now)
+    timeout 3600 "$PGBIN/pg_basebackup" "${NODE_CONN[@]}" -D - -Ft -X none --checkpoint=fast 2>/dev/null | zstd -q -3 -T2 >"$f"
+    t1=$(now)
+    echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') $(stat -c %s "$f")"
+    rm -f "$f"
+}
+
+agent_cpu() { sed -E 's/^.*\) //' "/proc/$AGENT_PID/stat" | awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / t}'; }
+
+HAVE_ZSTD=0
+command -v zstd >/dev/null && HAVE_ZSTD=1
+
 log "warm-up: one untimed pg_basebackup to /dev/null (page cache)"
 run_ceiling >/dev/null
 
-A_WALL=() A_SIZE=() A_TAR=() C_WALL=() G_WALL=() G_SIZE=() G_TAR=() BCK=
+A_WALL=() A_SIZE=() A_TAR=() A_CPU=() C_WALL=() G_WALL=() G_SIZE=() G_TAR=() D_WALL=() D_SIZE=() BCK=
 for i in $(seq "$REPS"); do
+    c0=$(agent_cpu)
     read -r w s BCK t <<<"$(run_pgbackman)"
-    A_WALL+=("$w") A_SIZE+=("$s") A_TAR+=("$t")
-    log "rep $i/$REPS pgbackman: ${w}s, $(mb "$s") MB (BckID $BCK)"
+    c1=$(agent_cpu)
+    A_WALL+=("$w") A_SIZE+=("$s") A_TAR+=("$t") A_CPU+=("$(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b-a}')")
+    log "rep $i/$REPS pgbackman: ${w}s, $(mb "$s") MB (BckID $BCK, agent CPU ${A_CPU[-1]}s)"
+    if ((HAVE_ZSTD)); then
+        read -r w s <<<"$(run_zstd_pipe)"
+        D_WALL+=("$w") D_SIZE+=("$s")
+        log "rep $i/$REPS reference pg_basebackup | zstd -3 -T2: ${w}s, $(mb "$s") MB"
+    fi
     w=$(run_ceiling)
     C_WALL+=("$w")
     log "rep $i/$REPS ceiling pg_basebackup -Ft -X none > /dev/null: ${w}s"
@@ -138,6 +161,7 @@ cm=$(printf '%s\n' "${C_WALL[@]}" | median)
 gm=$(printf '%s\n' "${G_WALL[@]}" | median)
 gs=$(printf '%s\n' "${G_SIZE[@]}" | median)
 gt=$(printf '%s\n' "${G_TAR[@]}" | median)
+acpu=$(printf '%s\n' "${A_CPU[@]}" | median)
 r1=$(ratio "$am" "$cm")
 r2=$(ratio "$as" "$gs")
 
@@ -150,6 +174,11 @@ printf '%-58s %10s %10s\n' "  of which base.tar.zst" "" "$(mb "$at")"
 printf '%-58s %10.2f %10s   %s\n' "ceiling (pg_basebackup -D - -Ft -X none > /dev/null)" "$cm" "-" "${C_WALL[*]}"
 printf '%-58s %10.2f %10s   %s\n' "pg_basebackup -Ft -z (base.tar.gz + pg_wal.tar.gz)" "$gm" "$(mb "$gs")" "${G_WALL[*]}"
 printf '%-58s %10s %10s\n' "  of which base.tar.gz" "" "$(mb "$gt")"
+if ((HAVE_ZSTD)); then
+    printf '%-58s %10.2f %10s   %s\n' "reference: pg_basebackup -Ft -X none | zstd -3 -T2 > file" \
+        "$(printf '%s\n' "${D_WALL[@]}" | median)" "$(mb "$(printf '%s\n' "${D_SIZE[@]}" | median)")" "${D_WALL[*]}"
+fi
+printf 'agent CPU per pgbackman backup (utime+stime): median %s s   runs: %s\n' "$acpu" "${A_CPU[*]}"
 echo
 printf 'wall  pgbackman / ceiling = %s   (target <= 1.30)  %s\n' "$r1" "$(verdict "$r1" 1.30)"
 printf 'size  pgbackman / gzip    = %s   (target <= 1.00)  %s\n' "$r2" "$(verdict "$r2" 1.00)"
