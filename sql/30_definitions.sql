@@ -19,12 +19,12 @@ begin
             using errcode = '0A000',
                   hint = 'Register the definition with encryption false; encryption of backup sets comes with the object storage and encryption release.';
     end if;
-    perform api.check_choice('backup code', v_code, array['FULL', 'SCHEMA', 'DATA', 'CLUSTER', 'GLOBALS']);
-    if v_code in ('CLUSTER', 'GLOBALS') then
+    perform api.check_choice('backup code', v_code, array['FULL', 'SCHEMA', 'DATA', 'CLUSTER', 'GLOBALS', 'BASEBACKUP']);
+    if v_code in ('CLUSTER', 'GLOBALS', 'BASEBACKUP') then
         v_dbname := '';
     elsif v_dbname = '' then
         raise exception 'no database given for a % backup definition', v_code
-            using errcode = '22023', hint = 'Name a database, or use backup code CLUSTER / GLOBALS for the whole cluster.';
+            using errcode = '22023', hint = 'Name a database, or use backup code CLUSTER / GLOBALS (or BASEBACKUP) for the whole cluster.';
     end if;
     insert into public.backup_definition (
         backup_server_id, pgsql_node_id, dbname,

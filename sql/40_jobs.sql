@@ -35,6 +35,7 @@ select d.def_id, d.backup_server_id, d.pgsql_node_id, n.fqdn as node_fqdn, n.pgp
        extract(epoch from d.max_runtime)::float8 as max_runtime_seconds,
        extract(epoch from d.lock_wait_timeout)::float8 as lock_wait_timeout_seconds,
        d.client_major, d.updated, d.registered,
+       d.checkpoint, d.max_rate, extract(epoch from d.wal_wait_timeout)::float8 as wal_wait_seconds,
        api.node_config_value(n.node_id, 'pause_recovery_on_standby')::boolean as pause_recovery_on_standby,
        extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds
   from public.backup_definition d
@@ -204,6 +205,9 @@ begin
         p_result ->> 'verification_error', p_result ->> 'note')
     returning bck_id into v_bck;
     perform api.after_backup_verification(v_bck);   -- sql/55_verify.sql: alert when levels 1/2 failed
+    if coalesce(v_def.backup_code, '') = 'BASEBACKUP' and p_result ? 'base_backup' then
+        perform api.record_base_backup(v_bck, p_result -> 'base_backup');   -- sql/87_base_backups.sql
+    end if;
     update public.job set state = case v_status when 'SUCCEEDED' then 'SUCCEEDED' when 'CANCELLED' then 'CANCELLED' else 'FAILED' end,
                           finished_at = (p_result ->> 'finished')::timestamptz, error_message = p_result ->> 'error_message',
                           progress_bytes = coalesce((p_result ->> 'total_size')::bigint, progress_bytes)

@@ -56,6 +56,11 @@ begin
             using errcode = '55000',
                   hint = format('Restore another backup of "%s" (show_backup_catalog shows each one''s verification), or run verify_backup %s again if the set was repaired.', v_bck.dbname, p_bck_id);
     end if;
+    if v_bck.backup_code = 'BASEBACKUP' then
+        raise exception 'BckID % is a base backup: restore_backup restores logical sets only', p_bck_id
+            using errcode = '0A000',
+                  hint = 'Point-in-time restores of base backups come with the next release; show_backup_details lists its files, LSNs and timeline for a restore by hand.';
+    end if;
     if v_bck.backup_code in ('CLUSTER', 'GLOBALS') then
         if v_target <> '' or v_renamed is not null or cardinality(v_roles) > 0 then
             raise exception 'BckID % is a % backup: it restores the whole cluster, with no target database, rename or role choice', p_bck_id, v_bck.backup_code

@@ -192,7 +192,8 @@ select j.job_id as "JobID", j.kind as "Kind", j.state as "State", j.registered a
        j.progress_bytes as "Bytes written",
        case when j.state = 'RUNNING' and j.lease_expires_at < now() then true else false end as "Lease expired",
        j.cancel_requested as "Cancel requested", j.error_message as "Error",
-       case when j.state = 'QUEUED' then api.agent_warning(j.backup_server_id) end as "Agent warning"
+       case when j.state = 'QUEUED' then api.agent_warning(j.backup_server_id) end as "Agent warning",
+       case when j.state = 'RUNNING' then j.wait_note end as "Waiting for"
   from public.job j
   join public.backup_server s on s.server_id = j.backup_server_id
   left join public.pgsql_node n on n.node_id = j.pgsql_node_id
@@ -230,7 +231,10 @@ returns table ("BckID" bigint, "JobID" bigint, "DefID" bigint, "SnapshotID" bigi
                "Schedule" text, "Retention" text, "On disk until" timestamptz,
                "Verification" text, "Verification level" smallint, "Verified at" timestamptz,
                "Verification error" text, "Drill restore time" text,
-               "Failed step" text, "Exit status" integer, "Error message" text, "Stderr tail" text, "Note" text)
+               "Failed step" text, "Exit status" integer, "Error message" text, "Stderr tail" text, "Note" text,
+               "Base backup state" text, "System identifier" text, "Timeline" bigint, "Start LSN" text,
+               "Stop LSN" text, "Start time" timestamptz, "Stop time" timestamptz, "WAL" text, "Tablespaces" jsonb,
+               "Manifest check" text, "Missing WAL" text[])
 language sql stable as $$
     select c.bck_id, c.job_id, c.def_id, c.snapshot_id, c.dbname, s.fqdn, n.fqdn, c.backup_code, c.execution_method,
            c.execution_status, c.registered, c.started, c.finished, c.duration::text, c.total_size, c.backup_dir,
@@ -243,8 +247,15 @@ language sql stable as $$
            c.finished + coalesce(d.retention_period, sd.retention_period),
            c.verification_state, c.verification_level, c.verified_at,
            c.verification_error, date_trunc('millisecond', c.drill_duration)::text,
-           c.error_step, c.error_exit_status, c.error_message, c.error_stderr_tail, c.note
+           c.error_step, c.error_exit_status, c.error_message, c.error_stderr_tail, c.note,
+           -- base backups (sql/87_base_backups.sql): NULL for logical sets
+           bb.state, bb.system_identifier::text, bb.timeline, bb.start_lsn::text, bb.stop_lsn::text, bb.start_time, bb.stop_time,
+           case bb.wal_method when 'fetch' then 'included in the set (no WAL archive when it ran)'
+                              when 'none' then 'from the WAL archive (ledger)' end,
+           bb.tablespaces,
+           bb.manifest_state || coalesce(': ' || bb.manifest_detail, ''), nullif(bb.missing_wal, '{}')
       from public.backup_catalog c
+      left join public.base_backup bb on bb.bck_id = c.bck_id
       join public.backup_server s on s.server_id = c.backup_server_id
       join public.pgsql_node n on n.node_id = c.pgsql_node_id
       left join public.backup_definition d on d.def_id = c.def_id

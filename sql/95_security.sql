@@ -37,7 +37,9 @@ language sql immutable as $$
                        -- the WAL ledger (sql/85_wal.sql)
                        'wal_holes', 'recovery_window', 'show_wal_segments',
                        -- replication status (sql/87_wal_monitor.sql)
-                       'show_replication_status']),
+                       'show_replication_status',
+                       -- base backups (sql/87_base_backups.sql)
+                       'recovery_chains']),
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
@@ -55,7 +57,8 @@ language sql immutable as $$
                     'import_map_of', 'import_record', 'import_snapshot_definition',
                     'import_backup_catalog', 'import_backup_catalog_rows',
                     -- WAL archives (sql/85_wal.sql)
-                    'register_wal_archive', 'delete_wal_archive', 'set_wal_push_credential']),
+                    'register_wal_archive', 'delete_wal_archive', 'set_wal_push_credential',
+                    'set_base_backup_options']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
@@ -68,7 +71,7 @@ language sql immutable as $$
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
                     'raise_overdue_alert', 'agent_heartbeat', 'report_wal_objects',
                     'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
-                    'report_replication_sample']),
+                    'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -79,7 +82,7 @@ language sql immutable as $$
     ('internal', array['audit_row', 'notify_server', 'notify_owner', 'notify_owner_by_server_id',
                        'notify_node_servers', 'touch_updated', 'backup_definition_bookkeeping',
                        'clear_quarantine', 'tag_maintenance', 'after_backup_verification',
-                       'record_restore_verification', 'force_delete_catalog_of', 'verifiable_backup',
+                       'record_restore_verification', 'record_base_backup', 'force_delete_catalog_of', 'verifiable_backup',
                        'drill_node_id', 'autoregister_server', 'grant_catalog_role',
                        'revoke_catalog_role', 'wal_runs_after_insert', 'wal_runs_after_delete',
                        'rebuild_wal_runs', 'wal_before_owner_delete', 'open_wal_condition',

@@ -154,9 +154,18 @@ pub async fn run(ctx: Arc<Ctx>, t: Ticket, cancel: CancellationToken) -> Done {
             cancel.clone(),
         )))
     });
-    let outcome = execute(&ctx, &t, &marker, &cancel, progress.clone(), started).await;
+    // A base backup (crate::basebackup_job) reports its physical facts too.
+    let (outcome, base_backup) = if t.def.backup_code.eq_ignore_ascii_case("BASEBACKUP") {
+        crate::basebackup_job::execute(&ctx, &t, &marker, &cancel, progress.clone(), started).await
+    } else {
+        let o = execute(&ctx, &t, &marker, &cancel, progress.clone(), started).await;
+        (o, None)
+    };
     drop(hb);
-    let result = result_json(&t, &outcome);
+    let mut result = result_json(&t, &outcome);
+    if let Some(bb) = base_backup {
+        result["base_backup"] = bb;
+    }
     let status = match outcome.status {
         Status::Succeeded => "SUCCEEDED",
         Status::Cancelled { .. } => "CANCELLED",
@@ -214,7 +223,7 @@ pub(crate) async fn heartbeat(
 }
 
 /// The outcome of a job that failed before pgbackman-dump could start.
-fn failed(t0: DateTime<Utc>, job_id: i64, step: &str, message: String) -> BackupOutcome {
+pub(crate) fn failed(t0: DateTime<Utc>, job_id: i64, step: &str, message: String) -> BackupOutcome {
     BackupOutcome {
         job_id,
         status: Status::Failed {

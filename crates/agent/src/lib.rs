@@ -4,6 +4,7 @@
 #![deny(clippy::print_stdout)]
 
 pub mod alerts;
+pub mod basebackup_job;
 pub mod check;
 pub mod effective;
 pub mod health;

@@ -121,6 +121,19 @@ fn succeeded(dir: &Path, m: &Manifest, t0: std::time::Instant) -> Result<Value, 
         .and_then(|l| i32::try_from(l).ok())
         .unwrap_or(3);
     let mut v = crate::job::outcome_json(format, level, &o);
+    if m.code == "BASEBACKUP" {
+        // Its WAL was not confirmed in the ledger before the stop: kept, not counted as
+        // restorable (crate::basebackup_job).
+        v["execution_status"] = Value::String("ERROR".into());
+        v["error_step"] = Value::String("wait_for_wal".into());
+        v["error_message"] = Value::String(format!(
+            "the agent stopped while this base backup waited for its WAL in the archive; the set in {} verifies and is kept, \
+             but is not counted as restorable. Run the definition again (run_backup_definition_now {})",
+            dir.display(),
+            def["def_id"]
+        ));
+        v["base_backup"] = m.dump_format["base_backup"].clone();
+    }
     v["note"] = Value::String(format!(
         "the agent stopped after this set was complete and before its report; at restart the set verified \
          (level 1, every file against manifest.json) and was recorded from its manifest ({})",

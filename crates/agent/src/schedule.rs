@@ -173,6 +173,9 @@ mod tests {
             client_major: None,
             pause_recovery_on_standby: false,
             max_recovery_pause_seconds: None,
+            checkpoint: None,
+            max_rate: None,
+            wal_wait_seconds: None,
             registered: Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
         }
     }

@@ -797,6 +797,9 @@ fn definition_options(inv: &Invocation) -> Result<pgbackman_db::DefinitionOption
         max_runtime: inv.given("max-runtime").map(str::to_string),
         lock_wait_timeout: inv.given("lock-wait-timeout").map(str::to_string),
         client_major: crate::validate::client_major(inv.given("client-major"))?,
+        checkpoint: inv.given("checkpoint").map(str::to_string),
+        max_rate: inv.given("max-rate").map(str::to_string),
+        wal_wait: inv.given("wal-wait").map(str::to_string),
     };
     if o.jobs.is_some_and(|j| j > 1)
         && o.format

@@ -256,6 +256,11 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         );
     }
     let code: BackupCode = source.code.parse()?;
+    if code.is_physical() {
+        bail!(
+            "BckID {bck_id} is a base backup: restore_backup restores logical sets only\nHINT: point-in-time restores of base backups come with the next release; show_backup_details {bck_id} lists its files, LSNs and timeline for a restore by hand"
+        );
+    }
     if code == BackupCode::Data {
         bail!(
             "BckID {bck_id} is a DATA backup: it holds no schema, and a restore creates a new database\nHINT: restore a FULL or SCHEMA backup of {}, or load this one by hand with pg_restore --data-only into a database that has the schema",

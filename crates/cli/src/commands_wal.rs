@@ -50,6 +50,11 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
             let node = s.required(inv, "node", None)?;
             if inv.flag("holes") {
                 list("wal_holes", s.catalog.wal_holes(&node).await)
+            } else if inv.flag("chains") {
+                list(
+                    "recovery_chains",
+                    s.catalog.show_recovery_chains(&node).await,
+                )
             } else {
                 list(
                     "recovery_window",

@@ -253,7 +253,8 @@ pub static COMMANDS: &[Cmd] = &[
         about: "Schedule backups of databases of a node on a backup server. DBname is a name, a comma list, \
                 #all_databases# or #databases_without_backup_definitions#; every database must exist on the node. \
                 Without a minute/hour, each definition gets a random one inside the node's backup_minutes_interval \
-                and backup_hours_interval.",
+                and backup_hours_interval. Code BASEBACKUP backs up the whole node with pg_basebackup (no DBname; \
+                --checkpoint, --max-rate, --wal-wait): SUCCEEDED once its WAL is in the node's WAL archive.",
         args: &[
             pos("server", "SrvID | FQDN"),
             pos("node", "NodeID | FQDN"),
@@ -264,7 +265,10 @@ pub static COMMANDS: &[Cmd] = &[
             pos("day_month", "Day-month cron"),
             pos("month", "Month cron"),
             pos("weekday", "Weekday cron"),
-            pos("code", "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS)"),
+            pos(
+                "code",
+                "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS, BASEBACKUP)",
+            ),
             pos("encryption", "Encryption (true/false)"),
             pos("retention_period", "Retention period"),
             pos("retention_redundancy", "Retention redundancy"),
@@ -292,10 +296,23 @@ pub static COMMANDS: &[Cmd] = &[
                 "pg_dump --lock-wait-timeout, e.g. '30 seconds' (none: wait)",
             ),
             opt("client-major", "pg_dump major to use (at least the node's)"),
+            opt(
+                "checkpoint",
+                "BASEBACKUP: pg_basebackup --checkpoint, fast (default) or spread",
+            ),
+            opt(
+                "max-rate",
+                "BASEBACKUP: pg_basebackup --max-rate, kB/s or with k/M, e.g. 50M (none: no limit)",
+            ),
+            opt(
+                "wal-wait",
+                "BASEBACKUP: how long a finished base backup waits for its WAL in the archive, e.g. '15 minutes'",
+            ),
         ],
         examples: &[
             "register_backup_definition backup01.example.org pg01.example.org billing \"\" 30 2 \"*\" \"*\" \"*\" FULL false \"7 days\" 2 \"\" ACTIVE \"nightly\"",
             "register_backup_definition backup01.example.org pg01.example.org \"#all_databases#\" \"test,scratch\"",
+            "register_backup_definition backup01.example.org pg01.example.org \"\" \"\" 0 1 \"*\" \"*\" \"*\" BASEBACKUP false \"14 days\" 2 \"\" ACTIVE \"physical\" --checkpoint spread --max-rate 50M",
         ],
     },
     Cmd {
@@ -335,6 +352,18 @@ pub static COMMANDS: &[Cmd] = &[
                 "pg_dump --lock-wait-timeout, e.g. '30 seconds' (none: wait)",
             ),
             opt("client-major", "pg_dump major to use (at least the node's)"),
+            opt(
+                "checkpoint",
+                "BASEBACKUP: pg_basebackup --checkpoint, fast (default) or spread",
+            ),
+            opt(
+                "max-rate",
+                "BASEBACKUP: pg_basebackup --max-rate, kB/s or with k/M, e.g. 50M (none: no limit)",
+            ),
+            opt(
+                "wal-wait",
+                "BASEBACKUP: how long a finished base backup waits for its WAL in the archive, e.g. '15 minutes'",
+            ),
         ],
         examples: &[
             "update_backup_definition 12 15 3 \"\" \"\" \"\" \"14 days\" 3 \"\" ACTIVE \"\"",
@@ -761,7 +790,9 @@ pub static COMMANDS: &[Cmd] = &[
         group: WAL,
         about: "From when to when the archived WAL of a PgSQL node replays without a gap, per backup server and \
                 timeline (following the timeline history across promotions), newest first; each range says why it \
-                starts where it does (a hole names the missing files). --holes lists every hole instead.",
+                starts where it does (a hole names the missing files) and which base backups it restores. \
+                --holes lists every hole instead; --chains lists each base backup with the WAL after it (WAL count, \
+                total size, the last point it restores to).",
         args: &[
             pos("node", "NodeID | FQDN"),
             Arg {
@@ -769,10 +800,16 @@ pub static COMMANDS: &[Cmd] = &[
                 label: "List the missing segments between present ones",
                 kind: Kind::Flag,
             },
+            Arg {
+                name: "chains",
+                label: "List each base backup with the WAL after it",
+                kind: Kind::Flag,
+            },
         ],
         examples: &[
             "show_recovery_window pg01.example.org",
             "show_recovery_window pg01.example.org --holes",
+            "show_recovery_window pg01.example.org --chains",
         ],
     },
     Cmd {

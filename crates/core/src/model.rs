@@ -82,14 +82,24 @@ code_enum! {
         Cluster => "CLUSTER",
         /// Roles and tablespaces of the cluster (pg_dumpall --globals-only).
         Globals => "GLOBALS",
+        /// The physical cluster (pg_basebackup), restorable with the WAL archive.
+        BaseBackup => "BASEBACKUP",
     }
 }
 
 impl BackupCode {
     /// True for codes that cover the whole cluster and take no database name
-    /// (`CLUSTER`, `GLOBALS`).
+    /// (`CLUSTER`, `GLOBALS`, `BASEBACKUP`).
     pub fn is_cluster_wide(self) -> bool {
-        matches!(self, BackupCode::Cluster | BackupCode::Globals)
+        matches!(
+            self,
+            BackupCode::Cluster | BackupCode::Globals | BackupCode::BaseBackup
+        )
+    }
+
+    /// True for a physical base backup (pg_basebackup), false for the logical codes.
+    pub fn is_physical(self) -> bool {
+        self == BackupCode::BaseBackup
     }
 }
 
@@ -493,9 +503,11 @@ mod tests {
         }
         assert_eq!(
             BackupCode::NAMES,
-            ["FULL", "SCHEMA", "DATA", "CLUSTER", "GLOBALS"]
+            ["FULL", "SCHEMA", "DATA", "CLUSTER", "GLOBALS", "BASEBACKUP"]
         );
         assert!(BackupCode::Cluster.is_cluster_wide() && BackupCode::Globals.is_cluster_wide());
+        assert!(BackupCode::BaseBackup.is_cluster_wide() && BackupCode::BaseBackup.is_physical());
+        assert!(!BackupCode::Cluster.is_physical());
         assert!(!BackupCode::Full.is_cluster_wide());
 
         assert_eq!("active".parse::<JobStatus>().unwrap(), JobStatus::Active);
@@ -527,7 +539,7 @@ mod tests {
         let e = "RDS".parse::<BackupCode>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "\"RDS\" is not a valid backup code: use one of FULL, SCHEMA, DATA, CLUSTER, GLOBALS"
+            "\"RDS\" is not a valid backup code: use one of FULL, SCHEMA, DATA, CLUSTER, GLOBALS, BASEBACKUP"
         );
         let e = "verify_ca".parse::<SslMode>().unwrap_err().to_string();
         assert!(

@@ -42,6 +42,15 @@ pub struct AgentDefinition {
     pub pause_recovery_on_standby: bool,
     #[serde(default)]
     pub max_recovery_pause_seconds: Option<f64>,
+    /// BASEBACKUP definitions: pg_basebackup's `--checkpoint` (`fast` / `spread`), its
+    /// `--max-rate` as given, and how long a finished base backup waits for its WAL in the
+    /// ledger. Absent from older caches and from listings without them: the defaults.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+    #[serde(default)]
+    pub max_rate: Option<String>,
+    #[serde(default)]
+    pub wal_wait_seconds: Option<f64>,
     /// Creation time: a fire missed before it is no fire at all.
     pub registered: chrono::DateTime<chrono::Utc>,
 }
@@ -80,6 +89,9 @@ impl AgentDefinition {
             client_major: r.get("client_major"),
             pause_recovery_on_standby: r.get("pause_recovery_on_standby"),
             max_recovery_pause_seconds: r.get("max_recovery_pause_seconds"),
+            checkpoint: r.try_get("checkpoint").ok(),
+            max_rate: r.try_get("max_rate").ok().flatten(),
+            wal_wait_seconds: r.try_get("wal_wait_seconds").ok(),
             registered: r.get("registered"),
         }
     }

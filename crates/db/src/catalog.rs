@@ -68,6 +68,12 @@ pub struct DefinitionOptions {
     pub max_runtime: Option<String>,
     pub lock_wait_timeout: Option<String>,
     pub client_major: Option<i32>,
+    /// BASEBACKUP definitions (`sql/87_base_backups.sql`): `fast` / `spread`.
+    pub checkpoint: Option<String>,
+    /// pg_basebackup's `--max-rate` (kB/s, or a k / M suffix); `none` removes the limit.
+    pub max_rate: Option<String>,
+    /// How long a finished base backup waits for its WAL (an interval).
+    pub wal_wait: Option<String>,
 }
 
 impl DefinitionOptions {
@@ -83,6 +89,13 @@ async fn set_options(
 ) -> Result<(), DbError> {
     if o.is_empty() {
         return Ok(());
+    }
+    if o.checkpoint.is_some() || o.max_rate.is_some() || o.wal_wait.is_some() {
+        tx.execute(
+            "select api.set_base_backup_options($1, $2, $3, $4)",
+            &[&def_id, &o.checkpoint, &o.max_rate, &o.wal_wait],
+        )
+        .await?;
     }
     tx.execute(
         "select api.set_backup_definition_options($1, $2, $3, $4, $5, $6, $7)",

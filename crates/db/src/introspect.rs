@@ -352,3 +352,47 @@ pub async fn count_rows(c: &Client, keys: &[String]) -> (BTreeMap<String, i64>, 
     }
     (counts, notes)
 }
+
+/// What a base backup needs to know of the cluster before pg_basebackup starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhysicalFacts {
+    /// `pg_control_system().system_identifier` (a u64, as text).
+    pub system_identifier: String,
+    /// `wal_segment_size` in bytes.
+    pub seg_size: i64,
+    /// Tablespaces other than pg_default and pg_global: (name, location).
+    pub tablespaces: Vec<(String, String)>,
+}
+
+/// [`PhysicalFacts`] of the node (pg_control_system needs a superuser or a GRANT; the
+/// base backup's replication role is usually the former).
+pub async fn physical_facts(c: &Client) -> Result<PhysicalFacts, String> {
+    async {
+        let r = c
+            .query_one(
+                "SELECT system_identifier::text, \
+                        (SELECT setting::int8 FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size') \
+                   FROM pg_catalog.pg_control_system()",
+                &[],
+            )
+            .await?;
+        let tablespaces = c
+            .query(
+                "SELECT spcname::text, pg_catalog.pg_tablespace_location(oid) \
+                   FROM pg_catalog.pg_tablespace \
+                  WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY spcname",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|t| (t.get(0), t.get(1)))
+            .collect();
+        Ok::<_, tokio_postgres::Error>(PhysicalFacts {
+            system_identifier: r.get(0),
+            seg_size: r.get::<_, Option<i64>>(1).unwrap_or(16 << 20),
+            tablespaces,
+        })
+    }
+    .await
+    .map_err(|e| describe_one_line(&e))
+}

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod alerts;
+pub mod basebackup;
 pub mod catalog;
 pub mod completion;
 pub mod error;

@@ -57,6 +57,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/86_wal_windows.sql"),
     ),
     (
+        "87_base_backups.sql",
+        include_str!("../../../sql/87_base_backups.sql"),
+    ),
+    (
         "87_wal_monitor.sql",
         include_str!("../../../sql/87_wal_monitor.sql"),
     ),

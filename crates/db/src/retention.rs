@@ -164,7 +164,11 @@ impl Catalog {
                         coalesce(d.retention_period, s.retention_period)::text as period_text,
                         extract(epoch from now() - (now() - coalesce(d.retention_period, s.retention_period)))::float8 as period,
                         coalesce(d.retention_redundancy, 0) as redundancy,
-                        c.bck_id, c.finished, c.execution_status = 'SUCCEEDED' as ok, c.dbname, c.execution_status,
+                        c.bck_id, c.finished,
+                        -- a base backup counts once verified (in flight, or level 1 since)
+                        c.execution_status = 'SUCCEEDED'
+                          and (c.backup_code <> 'BASEBACKUP' or c.verification_state = 'PASSED') as ok,
+                        c.dbname, c.execution_status,
                         c.backup_server_id, c.backup_dir, c.bck_id in (select bck_id from scope) as in_scope,
                         (select r.detail from public.reconciliation r
                           where r.kind = 'BLOCKED' and r.bck_id = c.bck_id limit 1) as blocked

@@ -239,7 +239,16 @@ impl Catalog {
                       w.from_lsn::text as "From LSN", w.to_lsn::text as "To LSN",
                       w.from_arrived as "First arrival", w.to_arrived as "Last arrival",
                       w.segments as "Segments", pg_catalog.pg_size_pretty(w.stored_bytes) as "Stored",
-                      w.starts_at as "Starts at"
+                      w.starts_at as "Starts at",
+                      -- the base backups this window restores (sql/87_base_backups.sql)
+                      case when exists (select 1 from public.base_backup b where b.pgsql_node_id = $1) then
+                      (select string_agg(format('BckID %s from %s (%s WAL, %s)', c.bck_id, c.start_lsn,
+                                                c.wal_segments, pg_catalog.pg_size_pretty(c.total_size)),
+                                         '; ' order by c.start_lsn)
+                         from api.recovery_chains($1) c
+                        where c.backup_server_id = w.backup_server_id
+                          and c.system_identifier = w.system_identifier
+                          and c.restorable_to_lsn = w.to_lsn) end as "Base backups"
                  from api.recovery_window($1) w
                  join public.backup_server s on s.server_id = w.backup_server_id
                 order by w.to_lsn desc, s.fqdn"#,

@@ -61,6 +61,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod basebackup;
 mod child;
 mod client;
 mod error;
@@ -74,6 +75,10 @@ mod spec;
 pub mod sqlgen;
 pub mod verify;
 
+pub use basebackup::{
+    BACKUP_LABEL_FILE, BACKUP_MANIFEST_FILE, BASE_TAR_FILE, BaseBackupFacts, BaseBackupOutcome,
+    BaseBackupSpec, WalMethod, run_base_backup,
+};
 pub use client::{client_major, parse_major, pick_client, server_major};
 pub use error::DumpError;
 pub use launcher::{LAUNCHER_ARG, child_command, launcher_main, set_launcher};

@@ -207,6 +207,52 @@ pub async fn run_backup(
     }
 }
 
+/// Renames a finished staging directory to its final place (parents created), then fsyncs the
+/// parent and the staging root. Not raced against cancel or the deadline: once started, the
+/// rename's outcome is the run's outcome. A set whose rename is not durable is removed again, so
+/// that a set in place always means success.
+pub(crate) async fn place_set(from: PathBuf, to: PathBuf, root: PathBuf) -> Result<(), Stop> {
+    let (f, t) = (from.clone(), to.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        if let Some(parent) = to.parent() {
+            set::create_private_dir_all(parent).map_err(|e| ("rename", e))?;
+        }
+        set::rename_no_replace(&from, &to).map_err(|e| ("rename", e))?;
+        let synced = to
+            .parent()
+            .map_or(Ok(()), set::fsync_dir)
+            .and_then(|()| set::fsync_dir(&root));
+        if let Err(e) = synced {
+            let _ = std::fs::remove_dir_all(&to);
+            return Err(("fsync", e));
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err((
+            "rename",
+            std::io::Error::other(format!("internal error: {e}")),
+        ))
+    });
+    if let Err((step, e)) = result {
+        let hint = if e.raw_os_error() == Some(18) {
+            " (the staging directory must be on the same filesystem as the backups)"
+        } else {
+            ""
+        };
+        return Err(fail(
+            step,
+            format!(
+                "cannot rename {} to {}: {e}{hint}",
+                f.display(),
+                t.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Run<'_> {
     /// Races `fut` against the cancellation token and the deadline.
     fn bounds(&self) -> Bounds<'_> {
@@ -449,46 +495,7 @@ impl Run<'_> {
             spec.final_dir.clone(),
             spec.staging_root.clone(),
         );
-        // Not raced against cancel or the deadline: once started, the rename's outcome is
-        // the run's outcome. A set whose rename is not durable is removed again, so that a set
-        // in place always means success.
-        let result = tokio::task::spawn_blocking(move || {
-            if let Some(parent) = to.parent() {
-                set::create_private_dir_all(parent).map_err(|e| ("rename", e))?;
-            }
-            set::rename_no_replace(&from, &to).map_err(|e| ("rename", e))?;
-            let synced = to
-                .parent()
-                .map_or(Ok(()), set::fsync_dir)
-                .and_then(|()| set::fsync_dir(&root));
-            if let Err(e) = synced {
-                let _ = std::fs::remove_dir_all(&to);
-                return Err(("fsync", e));
-            }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err((
-                "rename",
-                std::io::Error::other(format!("internal error: {e}")),
-            ))
-        });
-        if let Err((step, e)) = result {
-            let hint = if e.raw_os_error() == Some(18) {
-                " (the staging directory must be on the same filesystem as the backups)"
-            } else {
-                ""
-            };
-            return Err(fail(
-                step,
-                format!(
-                    "cannot rename {} to {}: {e}{hint}",
-                    staging.display(),
-                    spec.final_dir.display()
-                ),
-            ));
-        }
+        place_set(from, to, root).await?;
         if let Some(g) = guard.as_mut() {
             g.disarm();
         }
@@ -501,6 +508,12 @@ impl Run<'_> {
     fn check_arguments(&self) -> Result<(), Stop> {
         let spec = self.spec;
         let step = "arguments";
+        if spec.code.is_physical() {
+            return Err(fail(
+                step,
+                "a BASEBACKUP set is made by pg_basebackup (run_base_backup), not pg_dump",
+            ));
+        }
         if spec.extra_args.iter().any(|a| a == "--") {
             return Err(fail(step, "extra parameters must not contain \"--\""));
         }

@@ -204,6 +204,69 @@ impl Write for HashingWriter {
     }
 }
 
+/// A new 0600 file written through zstd (content checksum on, zstd's worker threads) with the
+/// sha256 and count of the compressed bytes taken as they reach the file, flushed in the
+/// background as it grows. Blocking.
+pub(crate) struct ZstdFile {
+    encoder: zstd::stream::write::Encoder<'static, HashingWriter>,
+}
+
+impl ZstdFile {
+    /// Creates `dest` (which must not exist); `written` counts compressed bytes.
+    pub(crate) fn create(
+        dest: &Path,
+        level: i32,
+        written: Arc<AtomicU64>,
+    ) -> Result<ZstdFile, StreamError> {
+        let file = create_private_file(dest).map_err(StreamError::Write)?;
+        let writeback = Writeback::start(&file).map_err(StreamError::Write)?;
+        let sink = HashingWriter {
+            file,
+            hasher: Sha256::new(),
+            written,
+            error: None,
+            writeback,
+            since_kick: 0,
+        };
+        let mut encoder =
+            zstd::stream::write::Encoder::new(sink, level).map_err(StreamError::Compress)?;
+        encoder
+            .include_checksum(true)
+            .map_err(StreamError::Compress)?;
+        // Compression runs on zstd's worker threads; this thread only feeds it and hashes the
+        // output. Single-threaded, zstd plus sha256 in one thread was the slowest stage of a
+        // backup (bench/README.md: 1.34x the pg_dump ceiling at scale 4).
+        encoder
+            .multithread(compression_workers())
+            .map_err(StreamError::Compress)?;
+        Ok(ZstdFile { encoder })
+    }
+
+    fn classify(&self, e: io::Error) -> StreamError {
+        match self.encoder.get_ref().error {
+            Some(_) => StreamError::Write(e),
+            None => StreamError::Compress(e),
+        }
+    }
+
+    /// Compresses `buf` into the file.
+    pub(crate) fn write_all(&mut self, buf: &[u8]) -> Result<(), StreamError> {
+        self.encoder.write_all(buf).map_err(|e| self.classify(e))
+    }
+
+    /// Ends the frame, waits for the background flushes and fsyncs: (size, sha256) of the file.
+    pub(crate) fn finish(mut self) -> Result<(u64, String), StreamError> {
+        if let Err(e) = self.encoder.do_finish() {
+            return Err(self.classify(e));
+        }
+        let mut sink = self.encoder.finish().map_err(StreamError::Compress)?;
+        sink.writeback.finish().map_err(StreamError::Write)?;
+        sink.file.sync_all().map_err(StreamError::Write)?;
+        let size = sink.written.load(Ordering::Relaxed);
+        Ok((size, hex::encode(sink.hasher.finalize())))
+    }
+}
+
 /// Reads `input` to its end, compresses it with zstd at `level` (content checksum on) and
 /// writes it to the new 0600 file `dest`, hashing the compressed bytes in the same pass.
 /// `written` counts compressed bytes as they reach the file. Returns (size, sha256). Blocking.
@@ -215,31 +278,7 @@ pub(crate) fn compress_stream(
     level: i32,
     written: Arc<AtomicU64>,
 ) -> Result<(u64, String), StreamError> {
-    let file = create_private_file(dest).map_err(StreamError::Write)?;
-    let writeback = Writeback::start(&file).map_err(StreamError::Write)?;
-    let sink = HashingWriter {
-        file,
-        hasher: Sha256::new(),
-        written,
-        error: None,
-        writeback,
-        since_kick: 0,
-    };
-    let mut encoder =
-        zstd::stream::write::Encoder::new(sink, level).map_err(StreamError::Compress)?;
-    encoder
-        .include_checksum(true)
-        .map_err(StreamError::Compress)?;
-    // Compression runs on zstd's worker threads; this thread only feeds it and hashes the
-    // output. Single-threaded, zstd plus sha256 in one thread was the slowest stage of a backup
-    // (bench/README.md: 1.34x the pg_dump ceiling at scale 4).
-    encoder
-        .multithread(compression_workers())
-        .map_err(StreamError::Compress)?;
-    let classify = |e: io::Error, sink_error: Option<io::ErrorKind>| match sink_error {
-        Some(_) => StreamError::Write(e),
-        None => StreamError::Compress(e),
-    };
+    let mut out = ZstdFile::create(dest, level, written)?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match input.read(&mut buf) {
@@ -248,20 +287,9 @@ pub(crate) fn compress_stream(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(StreamError::Read(e)),
         };
-        if let Err(e) = encoder.write_all(&buf[..n]) {
-            let se = encoder.get_ref().error;
-            return Err(classify(e, se));
-        }
+        out.write_all(&buf[..n])?;
     }
-    if let Err(e) = encoder.do_finish() {
-        let se = encoder.get_ref().error;
-        return Err(classify(e, se));
-    }
-    let mut sink = encoder.finish().map_err(StreamError::Compress)?;
-    sink.writeback.finish().map_err(StreamError::Write)?;
-    sink.file.sync_all().map_err(StreamError::Write)?;
-    let size = sink.written.load(Ordering::Relaxed);
-    Ok((size, hex::encode(sink.hasher.finalize())))
+    out.finish()
 }
 
 /// zstd worker threads: the machine's cores, at most 8.

@@ -44,6 +44,15 @@ fn load_cache(state_dir: &Path) -> Option<Vec<AgentWalArchive>> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// Whether this server keeps a live (ACTIVE) WAL archive of `node_id`, as last learnt from the
+/// catalog: a base backup then leaves its WAL to the archive (`-X none`).
+pub fn has_live_archive(state_dir: &Path, node_id: i64) -> bool {
+    load_cache(state_dir).is_some_and(|l| {
+        l.iter()
+            .any(|a| a.pgsql_node_id == node_id && a.status == "ACTIVE")
+    })
+}
+
 fn save_cache(state_dir: &Path, list: &[AgentWalArchive]) -> anyhow::Result<()> {
     crate::state::write_atomic(&cache_path(state_dir), &serde_json::to_vec(list)?)
 }

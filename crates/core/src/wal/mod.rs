@@ -17,6 +17,7 @@
 
 pub mod header;
 pub mod history;
+pub mod label;
 pub mod lsn;
 pub mod manifest;
 pub mod names;
@@ -26,6 +27,7 @@ pub use header::{
     HeaderProblem, HeaderVerdict, LongPageHeader, SegmentExpectation, check_segment_header,
 };
 pub use history::{HistoryError, TimelineHistory, TimelineSpan};
+pub use label::{BackupLabel, LabelError};
 pub use lsn::{Lsn, LsnError};
 pub use manifest::{BackupManifest, ManifestError};
 pub use names::{WalFileKind, WalFileName, WalNameError};

@@ -102,7 +102,8 @@ impl Run<'_> {
                 args.push(format!("--dbname=dbname={}", conninfo_value(&spec.dbname)));
                 "pg_dump"
             }
-            BackupCode::Cluster | BackupCode::Globals => {
+            // BASEBACKUP never gets here (check_arguments refuses it: crate::basebackup).
+            BackupCode::Cluster | BackupCode::Globals | BackupCode::BaseBackup => {
                 args.push(format!(
                     "--database=dbname={}",
                     conninfo_value(&spec.node.admin_dbname)
