@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod monitoring;
 pub mod node;
 pub mod reconcile;
+pub mod repository;
 pub mod restore;
 pub mod retention;
 pub mod roles;

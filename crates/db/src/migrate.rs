@@ -56,6 +56,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "86_wal_windows.sql",
         include_str!("../../../sql/86_wal_windows.sql"),
     ),
+    (
+        "87_repositories.sql",
+        include_str!("../../../sql/87_repositories.sql"),
+    ),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
     (
         "92_monitoring.sql",
