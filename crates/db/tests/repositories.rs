@@ -59,7 +59,10 @@ fn s3(name: &str, bucket: &str, prefix: &str) -> NewRepository {
 /// The message, detail and hint of a refusal, in one string.
 fn refusal(e: DbError) -> String {
     let s = e.to_string();
-    assert!(s.contains("HINT") || s.contains("hint") || s.contains('\n'), "{s}");
+    assert!(
+        s.contains("HINT") || s.contains("hint") || s.contains('\n'),
+        "{s}"
+    );
     s
 }
 
@@ -99,7 +102,10 @@ async fn register_show_update_delete() {
     // Refusals: every one names what is wrong and what to do, and changes nothing.
     for (bad, want) in [
         (s3("offsite", "other-bucket", ""), "already exists"),
-        (s3("again", "pgbackman-test", "site1"), "another repository already stores"),
+        (
+            s3("again", "pgbackman-test", "site1"),
+            "another repository already stores",
+        ),
         (s3("bad", "Bad_Bucket", ""), "bucket name"),
         (s3("bad", "ok-bucket", "/lead"), "not a key prefix"),
         (
@@ -198,7 +204,10 @@ async fn register_show_update_delete() {
         .await
         .unwrap();
     let err = refusal(e.cat.delete_repository(&a, "offsite").await.unwrap_err());
-    assert!(err.contains("still in use") && err.contains("bs1.example.org"), "{err}");
+    assert!(
+        err.contains("still in use") && err.contains("bs1.example.org"),
+        "{err}"
+    );
     let server: i64 = e
         .owner
         .query_one("select server_id from backup_server", &[])
