@@ -17,8 +17,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload, RetryConfig,
 };
 
 use crate::{
@@ -37,6 +37,8 @@ pub struct Limits {
     pub max_retries: usize,
     pub part_size: usize,
     pub parts_in_flight: usize,
+    /// How long an abort is retried (the store may come back meanwhile).
+    pub abort_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -48,6 +50,7 @@ impl Default for Limits {
             max_retries: 8,
             part_size: 8 << 20,
             parts_in_flight: 2,
+            abort_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -60,6 +63,7 @@ pub struct S3Store {
     store: Arc<AmazonS3>,
     parts_in_flight: usize,
     part_size: usize,
+    abort_timeout: Duration,
 }
 
 static RING: Once = Once::new();
@@ -130,6 +134,7 @@ impl S3Store {
             store: Arc::new(store),
             parts_in_flight: limits.parts_in_flight.max(1),
             part_size: limits.part_size.max(5 << 20),
+            abort_timeout: limits.abort_timeout,
         })
     }
 
@@ -201,21 +206,72 @@ fn map(repo: &str, key: &str, e: object_store::Error) -> StoreError {
 struct S3Writer {
     repo: String,
     key: String,
-    upload: Option<WriteMultipart>,
+    /// None once completed or aborted.
+    upload: Option<Box<dyn MultipartUpload>>,
+    tasks: tokio::task::JoinSet<object_store::Result<()>>,
+    buf: Vec<Bytes>,
+    buffered: usize,
+    part_size: usize,
     parts_in_flight: usize,
+    abort_timeout: Duration,
     hash: Hasher,
+}
+
+/// Aborts `upload`, retrying within `budget` (the store may answer again meanwhile: an abort
+/// that gives up leaves parts billed in the bucket until a lifecycle rule removes them).
+async fn abort_within(
+    upload: &mut Box<dyn MultipartUpload>,
+    budget: Duration,
+) -> object_store::Result<()> {
+    let t = tokio::time::Instant::now();
+    loop {
+        match upload.abort().await {
+            Ok(()) => return Ok(()),
+            Err(e) if t.elapsed() >= budget => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+impl S3Writer {
+    fn send_part(&mut self) {
+        let part: PutPayload = std::mem::take(&mut self.buf).into_iter().collect();
+        self.buffered = 0;
+        let up = self.upload.as_mut().expect("upload open");
+        self.tasks.spawn(up.put_part(part));
+    }
+
+    /// Waits until fewer than `n` parts are in flight.
+    async fn wait_below(&mut self, n: usize) -> Result<(), StoreError> {
+        while !self.tasks.is_empty() && self.tasks.len() >= n.max(1) {
+            match self.tasks.join_next().await {
+                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Err(e))) => return Err(map(&self.repo, &self.key, e)),
+                Some(Err(e)) => {
+                    return Err(StoreError::new(
+                        ErrorKind::Failed,
+                        &self.repo,
+                        &self.key,
+                        format!("internal error: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Drop for S3Writer {
     fn drop(&mut self) {
         // Dropped unfinished (a cancelled job): abort in the background so that no part stays
         // billed in the bucket.
-        if let Some(u) = self.upload.take()
+        self.tasks.abort_all();
+        if let Some(mut u) = self.upload.take()
             && let Ok(h) = tokio::runtime::Handle::try_current()
         {
-            let key = self.key.clone();
+            let (key, budget) = (self.key.clone(), self.abort_timeout);
             h.spawn(async move {
-                if let Err(e) = u.abort().await {
+                if let Err(e) = abort_within(&mut u, budget).await {
                     tracing::warn!(%key, error = %e, "aborting a dropped multipart upload failed");
                 }
             });
@@ -226,33 +282,65 @@ impl Drop for S3Writer {
 #[async_trait]
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        let u = self.upload.as_mut().expect("upload open");
-        // Backpressure: never more than parts_in_flight parts uploading while one fills.
-        if let Err(e) = u.wait_for_capacity(self.parts_in_flight).await {
-            return Err(map(&self.repo, &self.key, e));
-        }
         self.hash.update(&chunk);
-        u.put(chunk);
+        self.buffered += chunk.len();
+        self.buf.push(chunk);
+        if self.buffered >= self.part_size {
+            // Backpressure: never more than parts_in_flight parts uploading while one fills.
+            self.wait_below(self.parts_in_flight).await?;
+            self.send_part();
+        }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Stored, StoreError> {
-        let u = self.upload.take().expect("upload open");
-        // finish() aborts the upload itself when a part or the completion fails.
-        u.finish()
-            .await
-            .map_err(|e| map(&self.repo, &self.key, e))?;
-        let (size, sha256) = std::mem::take(&mut self.hash).done();
-        Ok(Stored {
-            key: self.key.clone(),
-            size,
-            sha256,
-        })
+        // The last part (S3 takes one empty part for an empty object).
+        if self.buffered > 0 || self.tasks.is_empty() {
+            self.send_part();
+        }
+        let done = match self.wait_below(1).await {
+            Ok(()) => {
+                let up = self.upload.as_mut().expect("upload open");
+                up.complete()
+                    .await
+                    .map_err(|e| map(&self.repo, &self.key, e))
+            }
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(_) => {
+                self.upload = None;
+                let (size, sha256) = std::mem::take(&mut self.hash).done();
+                Ok(Stored {
+                    key: self.key.clone(),
+                    size,
+                    sha256,
+                })
+            }
+            Err(e) => {
+                let key = self.key.clone();
+                match self.abort().await {
+                    Ok(()) => Err(e),
+                    Err(a) => Err(StoreError::new(
+                        e.kind,
+                        &e.repository,
+                        &key,
+                        format!(
+                            "{}; aborting the upload failed too: {}",
+                            e.message, a.message
+                        ),
+                    )),
+                }
+            }
+        }
     }
 
     async fn abort(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.tasks.shutdown().await;
         match self.upload.take() {
-            Some(u) => u.abort().await.map_err(|e| map(&self.repo, &self.key, e)),
+            Some(mut u) => abort_within(&mut u, self.abort_timeout)
+                .await
+                .map_err(|e| map(&self.repo, &self.key, e)),
             None => Ok(()),
         }
     }
@@ -286,8 +374,13 @@ impl Store for S3Store {
         Ok(Box::new(S3Writer {
             repo: self.name.clone(),
             key: key.to_string(),
-            upload: Some(WriteMultipart::new_with_chunk_size(up, self.part_size)),
+            upload: Some(up),
+            tasks: tokio::task::JoinSet::new(),
+            buf: Vec::new(),
+            buffered: 0,
+            part_size: self.part_size,
             parts_in_flight: self.parts_in_flight,
+            abort_timeout: self.abort_timeout,
             hash: Hasher::default(),
         }))
     }

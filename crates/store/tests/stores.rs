@@ -179,6 +179,7 @@ async fn s3_frozen_mid_upload_fails_with_the_key_and_leaves_no_upload() {
         max_retries: 2,
         part_size: 5 << 20,
         parts_in_flight: 2,
+        abort_timeout: Duration::from_secs(30),
     };
     let store = s3(&server, "site1", &limits);
     let key = "sets/node1/20260501T120000Z_db1_FULL_j2/db1.dump.zst";
