@@ -174,6 +174,7 @@ mod tests {
             pause_recovery_on_standby: false,
             max_recovery_pause_seconds: None,
             registered: Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
+            repository_id: None,
         }
     }
 

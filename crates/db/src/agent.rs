@@ -44,6 +44,10 @@ pub struct AgentDefinition {
     pub max_recovery_pause_seconds: Option<f64>,
     /// Creation time: a fire missed before it is no fire at all.
     pub registered: chrono::DateTime<chrono::Utc>,
+    /// The repository its sets go to (its own, else its server's primary); None: the
+    /// server's backup_dir. Absent from a cache written before V19: None.
+    #[serde(default)]
+    pub repository_id: Option<i64>,
 }
 
 impl AgentDefinition {
@@ -81,6 +85,7 @@ impl AgentDefinition {
             pause_recovery_on_standby: r.get("pause_recovery_on_standby"),
             max_recovery_pause_seconds: r.get("max_recovery_pause_seconds"),
             registered: r.get("registered"),
+            repository_id: r.get("repository_id"),
         }
     }
 

@@ -248,6 +248,7 @@ pub async fn run_backup_to(
         database_size: run.database_size,
         table_row_counts: if succeeded { run.row_counts } else { None },
         verification,
+        object_prefix: target.filter(|_| succeeded).map(|t| t.prefix.clone()),
     }
 }
 

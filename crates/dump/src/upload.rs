@@ -99,6 +99,10 @@ fn compress_to_channel(
     enc.include_checksum(true).map_err(StreamError::Compress)?;
     enc.multithread(crate::set::compression_workers())
         .map_err(StreamError::Compress)?;
+    // zstd's default job (4 windows: 8 MiB at level 3) costs about 20 MiB per worker in
+    // buffers; 2 MiB jobs keep the whole upload within its memory bound (bench/s3-upload.sh).
+    enc.set_parameter(zstd::stream::raw::CParameter::JobSize(2 << 20))
+        .map_err(StreamError::Compress)?;
     let upload_gone = |e: io::Error| {
         if e.kind() == io::ErrorKind::BrokenPipe {
             StreamError::Write(e)
@@ -169,6 +173,38 @@ pub(crate) async fn start(
             }
         }
     }))
+}
+
+/// Streams `input` through zstd into the object `file` of the set and makes it visible: the
+/// whole pipeline of a dump's upload without a dump (the memory benchmark and tools use it).
+/// Returns the object (compressed size and sha256).
+pub async fn upload_stream(
+    target: &StoreTarget,
+    file: &str,
+    input: impl Read + Send + 'static,
+    level: i32,
+) -> Result<pgbackman_store::Stored, String> {
+    let pending: PendingWriter = Default::default();
+    let h = start(
+        target,
+        file,
+        input,
+        level,
+        Arc::default(),
+        Arc::clone(&pending),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    match h.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(StreamError::Upload(m))) => return Err(m),
+        Ok(Err(StreamError::Read(e) | StreamError::Compress(e) | StreamError::Write(e))) => {
+            return Err(e.to_string());
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    let w = pending.lock().await.take().ok_or("no upload to finish")?;
+    w.finish().await.map_err(|e| e.to_string())
 }
 
 /// The upload's error, with what became of the parts already uploaded.

@@ -34,10 +34,10 @@ pub fn check_key(key: &str) -> Result<(), String> {
     }
     if key
         .bytes()
-        .any(|b| !(b.is_ascii_alphanumeric() || b"/._-+=@,".contains(&b)))
+        .any(|b| !(b.is_ascii_alphanumeric() || b"/._-+=@,%~".contains(&b)))
     {
         return Err(
-            "a key holds letters, digits and / . _ - + = @ , only (names are path-encoded first)"
+            "a key holds letters, digits and / . _ - + = @ , % ~ only (names are path-encoded first)"
                 .into(),
         );
     }
