@@ -2,7 +2,8 @@
 //! primary repository is a bucket of a real S3-compatible server (SeaweedFS), credentials from
 //! a file on the agent's host. The set is streamed there (nothing on the agent's disk), the
 //! catalog row says where (repository, object prefix) and its level-1 verification re-read the
-//! objects; the credentials show up in no argv, log line, catalog row or shell output; the
+//! objects (and verify_backup does again: a flipped byte in the bucket fails it); the
+//! credentials show up in no argv, log line, catalog row or shell output; the
 //! retention pass deletes the objects of the set the plan deletes and keeps the others.
 
 mod common;
@@ -150,6 +151,48 @@ fn backups_to_s3_verified_secret_free_and_retained() {
             "{line}"
         );
     }
+
+    // verify_backup re-reads the objects (level 1); one flipped byte in the bucket fails it,
+    // naming the object.
+    env.cmd(&format!("verify_backup {first}")).ok();
+    wait_for(&env, "select count(*) from verification", "1", 60, &agent);
+    assert_eq!(
+        env.sql("select kind || ' ' || level || ' ' || state from verification"),
+        "VERIFY 1 PASSED"
+    );
+    let dump_key = format!("{prefix}/dump.pgdump.zst");
+    let mut bytes = Vec::new();
+    let mut st = rt.block_on(store.read(&dump_key)).unwrap();
+    while let Some(c) = rt.block_on(futures_util::StreamExt::next(&mut st)) {
+        bytes.extend_from_slice(&c.unwrap());
+    }
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01;
+    // The bucket is write-once for pgbackman; a damaged object is replaced from outside.
+    rt.block_on(store.delete(&dump_key)).unwrap();
+    rt.block_on(store.put_once(&dump_key, bytes.into()))
+        .unwrap();
+    env.cmd(&format!("verify_backup {first}")).ok();
+    wait_for(&env, "select count(*) from verification", "2", 60, &agent);
+    assert_eq!(
+        env.sql(&format!(
+            "select verification_level || ' ' || verification_state from backup_catalog where bck_id = {first}"
+        )),
+        "1 FAILED"
+    );
+    let err = env.sql(&format!(
+        "select verification_error from backup_catalog where bck_id = {first}"
+    ));
+    assert!(
+        err.contains(&dump_key) && err.contains("repository offsite"),
+        "{err}"
+    );
+
+    // Restores from a repository come next: refused with what to do by hand.
+    env.cmd(&format!(
+        "register_restore_definition now {first} 127.0.0.2 shop_copy \"\" --reuse-roles all"
+    ))
+    .fails_with("does not restore from a repository yet");
 
     // Retention: the older set past its period goes (objects and row), the newer stays.
     let second = run_now(&env, &agent, 1);

@@ -85,7 +85,8 @@ impl AgentDefinition {
             pause_recovery_on_standby: r.get("pause_recovery_on_standby"),
             max_recovery_pause_seconds: r.get("max_recovery_pause_seconds"),
             registered: r.get("registered"),
-            repository_id: r.get("repository_id"),
+            // Snapshot rows (agent_snapshots) carry none: their sets stay in backup_dir.
+            repository_id: r.try_get("repository_id").ok().flatten(),
         }
     }
 

@@ -171,6 +171,23 @@ impl Catalog {
         .await
     }
 
+    /// Where a set in a repository is: (RepoID, object prefix, files as reported: `name`,
+    /// `size`, `sha256`). None for a set in a directory.
+    pub async fn repository_set(
+        &self,
+        bck_id: i64,
+    ) -> Result<Option<(i64, String, serde_json::Value)>, DbError> {
+        let c = self.client().await?;
+        let r = c
+            .query_opt(
+                "select repository_id, object_prefix, files from public.backup_catalog
+                  where bck_id = $1 and repository_id is not null",
+                &[&bck_id],
+            )
+            .await?;
+        Ok(r.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
     /// The repositories the agent of `server_id` uses. Within the handle's deadline.
     pub async fn agent_repositories(
         &self,
