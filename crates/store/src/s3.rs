@@ -1,11 +1,13 @@
 //! A repository in an S3-compatible bucket, through `object_store` with rustls and ring (no
-//! aws-lc, no OpenSSL; notes §3.1). Uploads are multipart with at most `parts_in_flight` parts
-//! of `part_size` in flight plus the one being filled: the memory bound (F16). Every request
-//! has a deadline and is retried with backoff within `retry_timeout` (F6); an upload that fails
-//! is aborted, and one dropped unfinished is aborted in the background. Small objects (a set's
-//! manifest) are written with `If-None-Match: *` (conditional create); a multipart object is
-//! checked absent before its upload starts, and its key names content that only its one writer
-//! produces (a set directory carries the job's start instant), so nothing is ever rewritten.
+//! aws-lc, no OpenSSL; notes §3.1). Uploads are multipart, parts scheduled here: at most
+//! `parts_in_flight` parts of `part_size` in flight plus the one being filled (the memory
+//! bound, F16). Every request has a deadline and is retried with backoff within
+//! `retry_timeout` (F6); an upload that fails is aborted, the abort retried within
+//! `abort_timeout` (the store may answer again meanwhile), and one dropped unfinished is
+//! aborted in the background. Small objects (a set's manifest) are written with
+//! `If-None-Match: *` (conditional create); a multipart object is checked absent before its
+//! upload starts, and its key names content that only its one writer produces (a set directory
+//! carries the job's start instant), so nothing is ever rewritten.
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
