@@ -31,6 +31,12 @@ begin
             using errcode = '55000',
                   hint = 'Restore it by hand: psql -f its USERS and DBCONFIG files, then pg_restore -d DBNAME its dump directory; show_backup_details lists the files.';
     end if;
+    if v_bck.repository_id is not null then
+        raise exception 'BckID % is stored in repository % (%): pgbackman does not restore from a repository yet', p_bck_id,
+                        (select name from public.repository where repository_id = v_bck.repository_id), v_bck.object_prefix
+            using errcode = '0A000',
+                  hint = 'Fetch its objects into a directory (aws s3 cp --recursive, or the local path) and restore by hand: psql -f roles.sql, psql -v dbname=DB -f database.sql, zstd -dc dump.pgdump.zst | pg_restore -d DB.';
+    end if;
     if v_bck.execution_status <> 'SUCCEEDED' or v_bck.backup_dir is null then
         raise exception 'BckID % cannot be restored: its backup ended %', p_bck_id, v_bck.execution_status
             using errcode = '55000',

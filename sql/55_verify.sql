@@ -48,7 +48,7 @@ begin
         raise exception 'BckID % is a PgBackMan 1.x backup: it has no manifest to verify against', p_bck_id
             using errcode = '55000', hint = 'Verify a backup taken by pgbackman; pg_restore --list on its dump directory checks it by hand.';
     end if;
-    if v.execution_status <> 'SUCCEEDED' or v.backup_dir is null then
+    if v.execution_status <> 'SUCCEEDED' or (v.backup_dir is null and v.repository_id is null) then
         raise exception 'BckID % has no backup set to verify (its run ended %)', p_bck_id, v.execution_status
             using errcode = '55000', hint = 'Only SUCCEEDED backups have files; show_backup_details shows why this one failed.';
     end if;

@@ -19,7 +19,7 @@ begin
             nullif(current_setting('pgbackman.command', true), ''),
             tg_table_name, tg_op,
             coalesce(v_row ->> 'def_id', v_row ->> 'snapshot_id', v_row ->> 'restore_def',
-                     v_row ->> 'node_id', v_row ->> 'server_id', '') ||
+                     v_row ->> 'node_id', v_row ->> 'server_id', v_row ->> 'repository_id', '') ||
               coalesce('/' || (v_row ->> 'parameter'), ''),
             v_old, v_new);
     return null;

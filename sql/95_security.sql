@@ -27,6 +27,8 @@ language sql immutable as $$
                      'check_cron_field_or_null', 'restore_status', 'catalog_paths',
                      'check_backup_partition', 'agent_scope', 'acting_for', 'acting_for_job',
                      'security_lists', 'privilege_of', 'wal_segno', 'wal_file_name', 'check_size',
+                     -- repositories (sql/87_repositories.sql)
+                     'repository_id', 'check_repository', 'repository_sets',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning']),
@@ -58,7 +60,10 @@ language sql immutable as $$
                     'import_backup_catalog', 'import_backup_catalog_rows',
                     -- WAL archives (sql/85_wal.sql)
                     'register_wal_archive', 'delete_wal_archive', 'set_wal_push_credential',
-                    'set_base_backup_options']),
+                    'set_base_backup_options',
+                    -- repositories (sql/87_repositories.sql)
+                    'register_repository', 'update_repository', 'delete_repository',
+                    'set_primary_repository', 'set_definition_repository']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
@@ -71,7 +76,8 @@ language sql immutable as $$
                     'record_reconciliation', 'claim_alerts', 'purge_sent_alerts', 'overdue_candidates',
                     'raise_overdue_alert', 'agent_heartbeat', 'report_wal_objects',
                     'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
-                    'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note']),
+                    'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note',
+                    'agent_repositories']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -288,7 +294,7 @@ begin
                         public.pgsql_node, public.pgsql_node_config, public.pgsql_node_default_config,
                         public.backup_definition, public.snapshot_definition, public.restore_definition,
                         public.job, public.backup_catalog, public.reconciliation, public.catalog_info,
-                        public.wal_archive,
+                        public.wal_archive, public.repository,
                         public.refinery_schema_history
            to pgbackman_agent;
         grant select on api.agent_definitions to pgbackman_agent;

@@ -152,6 +152,11 @@ impl Agent {
         assert!(o.status.success(), "maintenance failed:\n{}", self.log());
     }
 
+    /// The running agent's pid (0 when not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }

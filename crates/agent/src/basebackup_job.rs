@@ -121,6 +121,15 @@ pub(crate) async fn execute(
         final_dir: node_dir.join("BASEBACKUP").join(set_name),
         definition: serde_json::to_value(d).unwrap_or(Value::Null),
     };
+    if d.repository_id.is_some() {
+        // The server's primary repository: base backups do not go through the repository layer
+        // yet (the catalog refuses a repository on a BASEBACKUP definition itself).
+        tracing::info!(
+            job_id = t.job_id,
+            "base backup kept in {} (base backups are not written to repositories yet)",
+            spec.final_dir.display()
+        );
+    }
     if let Err(e) = crate::spool::note_set_dir(&ctx.cfg.state_dir, marker, &spec.final_dir) {
         tracing::warn!(job_id = t.job_id, "{e:#}");
     }

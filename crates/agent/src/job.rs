@@ -248,6 +248,7 @@ pub(crate) fn failed(t0: DateTime<Utc>, job_id: i64, step: &str, message: String
         database_size: None,
         table_row_counts: None,
         verification: None,
+        object_prefix: None,
     }
 }
 
@@ -415,7 +416,34 @@ async fn execute(
             stop.cancel();
         }))
     });
-    let mut outcome = pgbackman_dump::run_backup(&spec, dump_cancel, &report_progress).await;
+    // A definition that stores in a repository (its own, else its server's primary):
+    // streamed there, nothing kept on this disk.
+    let target = match d.repository_id {
+        Some(id) => match crate::repository::open(ctx, id).await {
+            Ok(store) => Some(pgbackman_dump::upload::StoreTarget {
+                store,
+                prefix: pgbackman_store::layout::set_prefix(
+                    d.pgsql_node_id,
+                    &format!(
+                        "{}/{}",
+                        encode_path_component(&what),
+                        spec.final_dir
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    ),
+                ),
+            }),
+            Err(e) => {
+                hold.release().await;
+                return failed(started, t.job_id, "repository", e);
+            }
+        },
+        None => None,
+    };
+    let mut outcome =
+        pgbackman_dump::run_backup_to(&spec, target.as_ref(), dump_cancel, &report_progress).await;
+
     if hold.has_expired() && !cancel.is_cancelled() && !matches!(outcome.status, Status::Succeeded)
     {
         outcome.status = Status::Failed {
@@ -476,7 +504,15 @@ pub(crate) fn timings_json(t: &[(String, f64)]) -> serde_json::Map<String, Value
 
 /// The report in the shape api.report_backup reads.
 fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
-    outcome_json(&t.def.dump_format, t.def.compression_level, o)
+    let mut v = outcome_json(&t.def.dump_format, t.def.compression_level, o);
+    // A set in a repository: where its objects are (files[].name are relative to the prefix).
+    if let (Some(prefix), Some(id), Some(m)) =
+        (&o.object_prefix, t.def.repository_id, v.as_object_mut())
+    {
+        m.insert("repository_id".into(), json!(id));
+        m.insert("object_prefix".into(), json!(prefix));
+    }
+    v
 }
 
 /// [`result_json`] for a definition's dump format and compression level.

@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod reconcile;
 pub mod recover;
 pub mod replay;
+pub mod repository;
 pub mod restore_job;
 pub mod retention;
 pub mod roots;

@@ -113,6 +113,7 @@ fn succeeded(dir: &Path, m: &Manifest, t0: std::time::Instant) -> Result<Value, 
             toc_entries: None,
             seconds: t0.elapsed().as_secs_f64(),
         }),
+        object_prefix: None,
     };
     let def = &m.definition;
     let format = def["dump_format"].as_str().unwrap_or("custom");

@@ -78,7 +78,12 @@ impl Summary {
 
 /// Phases 2 and 3 of one marked set: files, then the row.
 async fn finish(ctx: &Ctx, roots: &Roots, set: MarkedSet, sum: &mut Summary) -> Result<()> {
-    match delete_blocking(roots, set.paths).await {
+    let deleted = match set.repository_id {
+        // A set in a repository: its objects, the manifest first.
+        Some(id) => delete_objects(ctx, id, &set.object_keys).await,
+        None => delete_blocking(roots, set.paths).await.map(|_| ()),
+    };
+    match deleted {
         Ok(_) => {
             ctx.db(
                 "retention_forget",
@@ -97,6 +102,15 @@ async fn finish(ctx: &Ctx, roots: &Roots, set: MarkedSet, sum: &mut Summary) -> 
             tracing::error!(bck_id = set.bck_id, "retention: {e}");
             sum.block(set.bck_id, None, set.backup_dir.as_deref(), e);
         }
+    }
+    Ok(())
+}
+
+/// Deletes the objects of a set in repository `id` (absent ones are fine: a resumed pass).
+async fn delete_objects(ctx: &Ctx, id: i64, keys: &[String]) -> Result<(), String> {
+    let store = crate::repository::open(ctx, id).await?;
+    for k in keys {
+        store.delete(k).await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }

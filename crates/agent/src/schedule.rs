@@ -177,6 +177,7 @@ mod tests {
             max_rate: None,
             wal_wait_seconds: None,
             registered: Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
+            repository_id: None,
         }
     }
 

@@ -176,6 +176,9 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         )),
         n if crate::commands_restore::handles(n) => crate::commands_restore::run(s, inv).await,
         n if crate::commands_wal::handles(n) => crate::commands_wal::run(s, inv).await,
+        n if crate::commands_repository::handles(n) => {
+            crate::commands_repository::run(s, inv).await
+        }
         "set" => set(s, inv),
         "help" => help(inv),
         // clear and quit are handled by the shell loop; in -C they do nothing.

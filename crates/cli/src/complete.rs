@@ -162,6 +162,15 @@ fn values(arg: Option<&Arg>, label: &str, c: &Candidates) -> Vec<String> {
         v.extend(c.bck_ids.iter().cloned());
     } else if label.contains("JobID") {
         v.extend(c.job_ids.iter().cloned());
+    } else if label.starts_with("Repository name") {
+        v.extend(c.repositories.iter().cloned());
+        if label.ends_with("| local") {
+            v.extend(s(&["local"]));
+        } else if label.ends_with("| default") {
+            v.extend(s(&["default"]));
+        }
+    } else if label.starts_with("Kind (local or s3)") {
+        v.extend(s(&["local", "s3"]));
     } else if label.starts_with("DBname") || label.starts_with("Target DBname") {
         if label == "DBname" {
             v.extend(s(&[
@@ -250,6 +259,7 @@ mod tests {
             bck_ids: vec!["1042".into()],
             job_ids: vec!["77".into()],
             dbnames: vec!["billing".into()],
+            repositories: vec!["offsite".into()],
         }
     }
 
@@ -313,6 +323,10 @@ mod tests {
         assert_eq!((start, v), (16, vec!["1042".to_string()]));
         let q = |label: &str, typed: &str| complete(typed, &Mode::Answer(label.into()), &cands()).1;
         assert_eq!(q("NodeID | FQDN", "pg02"), ["pg02.example.org"]);
+        assert_eq!(
+            q("Repository name | RepoID | local", ""),
+            ["offsite", "local"]
+        );
         assert_eq!(q("DefID", ""), ["12", "7"]);
         assert_eq!(q("Cancel JobID 77? (yes/no)", "y"), ["yes"]);
         assert!(q("Hostname", "pg").is_empty());

@@ -131,6 +131,13 @@ pub fn drop_order(kind: &str) -> &'static [&'static str] {
             "OS user",
         ],
         "databases_without_backup_definitions" => &["NodeID"],
+        "repositories" => &[
+            "Registered",
+            "Remarks",
+            "Definitions",
+            "Region",
+            "Credentials",
+        ],
         _ => &[],
     }
 }

@@ -61,6 +61,7 @@ const SNAPS: &str = "Snapshots and jobs";
 const VERIFY: &str = "Verification and restore drills";
 const RESTORES: &str = "Restores";
 const WAL: &str = "WAL archives";
+const REPOS: &str = "Repositories";
 const SYSTEM: &str = "System";
 const SHELL: &str = "Shell";
 
@@ -827,6 +828,101 @@ pub static COMMANDS: &[Cmd] = &[
             "show_replication_status pg01.example.org",
             "show_replication_status 3",
         ],
+    },
+    Cmd {
+        name: "register_repository",
+        group: REPOS,
+        about: "Register a repository where backup sets are stored: a directory (local PATH) or an S3-compatible \
+                bucket (s3 --endpoint URL --bucket NAME [--prefix P] [--region R]). The S3 keys are never given here: \
+                --credentials-file names a file on the agents' host (lines access_key_id=... and secret_access_key=...), \
+                else the agents take AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from their environment. Changes only \
+                the catalog; set_primary_repository or set_definition_repository sends backups there.",
+        args: &[
+            pos("name", "Repository name"),
+            pos("kind", "Kind (local or s3)"),
+            pos("path", "Directory (local)"),
+            opt("endpoint", "S3 endpoint URL"),
+            opt("bucket", "Bucket"),
+            opt("prefix", "Key prefix inside the bucket"),
+            opt("region", "Region (default us-east-1)"),
+            opt(
+                "credentials-file",
+                "File with the S3 keys on the agents' host",
+            ),
+            opt("remarks", "Remarks"),
+        ],
+        examples: &[
+            "register_repository archive local /srv/pgbackman-archive",
+            "register_repository offsite s3 --endpoint https://s3.eu-west-1.amazonaws.com --bucket pgbackman --prefix site1 --region eu-west-1",
+            "register_repository lab s3 --endpoint http://127.0.0.1:8333 --bucket backups --credentials-file /etc/pgbackman/s3.keys",
+        ],
+    },
+    Cmd {
+        name: "update_repository",
+        group: REPOS,
+        about: "Change a repository. The endpoint, region, credentials file (none: the agents' environment) and \
+                remarks can always change; its location (path, bucket, prefix) only while it holds no set.",
+        args: &[
+            pos("repository", "Repository name | RepoID"),
+            opt("path", "Directory (local)"),
+            opt("endpoint", "S3 endpoint URL"),
+            opt("bucket", "Bucket"),
+            opt("prefix", "Key prefix inside the bucket"),
+            opt("region", "Region"),
+            opt(
+                "credentials-file",
+                "File with the S3 keys on the agents' host, or none",
+            ),
+            opt("remarks", "Remarks"),
+        ],
+        examples: &[
+            "update_repository offsite --endpoint https://s3.example.org",
+            "update_repository offsite --credentials-file none",
+        ],
+    },
+    Cmd {
+        name: "delete_repository",
+        group: REPOS,
+        about: "Remove a repository from the catalog. Refused while it holds backup sets or a backup server or \
+                definition uses it; nothing stored in it is removed.",
+        args: &[pos("repository", "Repository name | RepoID")],
+        examples: &["delete_repository archive"],
+    },
+    Cmd {
+        name: "set_primary_repository",
+        group: REPOS,
+        about: "Choose where a backup server stores new backup sets: a repository, or local (its own backup \
+                directory, the default). Definitions that name a repository keep theirs; existing sets stay.",
+        args: &[
+            pos("server", "SrvID | FQDN"),
+            pos("repository", "Repository name | RepoID | local"),
+        ],
+        examples: &[
+            "set_primary_repository bs01.example.org offsite",
+            "set_primary_repository bs01.example.org local",
+        ],
+    },
+    Cmd {
+        name: "set_definition_repository",
+        group: REPOS,
+        about: "Choose where a backup definition stores new backup sets: a repository, or default (its backup \
+                server's primary repository).",
+        args: &[
+            pos("def_id", "DefID"),
+            pos("repository", "Repository name | RepoID | default"),
+        ],
+        examples: &[
+            "set_definition_repository 12 offsite",
+            "set_definition_repository 12 default",
+        ],
+    },
+    Cmd {
+        name: "show_repositories",
+        group: REPOS,
+        about: "Repositories: where each one is, how the agents authenticate (a file or their environment; never a \
+                key), which servers use it as primary, how many definitions name it, and the sets and bytes it holds.",
+        args: &[],
+        examples: &["show_repositories"],
     },
     Cmd {
         name: "show_alerts",

@@ -53,6 +53,10 @@ pub struct AgentDefinition {
     pub wal_wait_seconds: Option<f64>,
     /// Creation time: a fire missed before it is no fire at all.
     pub registered: chrono::DateTime<chrono::Utc>,
+    /// The repository its sets go to (its own, else its server's primary); None: the
+    /// server's backup_dir. Absent from a cache written before V19: None.
+    #[serde(default)]
+    pub repository_id: Option<i64>,
 }
 
 impl AgentDefinition {
@@ -93,6 +97,8 @@ impl AgentDefinition {
             max_rate: r.try_get("max_rate").ok().flatten(),
             wal_wait_seconds: r.try_get("wal_wait_seconds").ok(),
             registered: r.get("registered"),
+            // Snapshot rows (agent_snapshots) carry none: their sets stay in backup_dir.
+            repository_id: r.try_get("repository_id").ok().flatten(),
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Candidates {
     pub job_ids: Vec<String>,
     /// Database names of definitions.
     pub dbnames: Vec<String>,
+    /// Names of repositories.
+    pub repositories: Vec<String>,
 }
 
 /// At most this many candidates of each kind (a list longer than a screen helps nobody).
@@ -38,7 +40,8 @@ impl Catalog {
                  union all (select 'j', job_id::text from public.job
                              where state in ('QUEUED', 'RUNNING') order by job_id desc limit $1)
                  union all (select 'db', dbname from (select distinct dbname from public.backup_definition
-                             where dbname <> '' order by dbname limit $1) d)",
+                             where dbname <> '' order by dbname limit $1) d)
+                 union all (select 'r', name from public.repository order by name limit $1)",
                 &[&PER_KIND],
             )
             .await?;
@@ -52,6 +55,7 @@ impl Catalog {
                 "d" => out.def_ids.push(word),
                 "b" => out.bck_ids.push(word),
                 "j" => out.job_ids.push(word),
+                "r" => out.repositories.push(word),
                 _ => out.dbnames.push(word),
             }
         }

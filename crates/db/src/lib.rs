@@ -17,6 +17,7 @@ pub mod monitoring;
 pub mod node;
 pub mod reconcile;
 pub mod replication;
+pub mod repository;
 pub mod restore;
 pub mod retention;
 pub mod roles;

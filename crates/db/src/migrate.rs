@@ -61,6 +61,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/87_base_backups.sql"),
     ),
     (
+        "87_repositories.sql",
+        include_str!("../../../sql/87_repositories.sql"),
+    ),
+    (
         "87_wal_monitor.sql",
         include_str!("../../../sql/87_wal_monitor.sql"),
     ),

@@ -84,6 +84,10 @@ pub struct MarkedSet {
     pub bck_id: i64,
     pub backup_dir: Option<String>,
     pub paths: Vec<String>,
+    /// A set in a repository (V19): the repository and the keys of its objects, the manifest
+    /// first (deleted first: an interrupted deletion never leaves a set that looks complete).
+    pub repository_id: Option<i64>,
+    pub object_keys: Vec<String>,
 }
 
 /// Files of a force-deleted catalog row.
@@ -219,10 +223,16 @@ impl Catalog {
                 &[&server_id, &row.bck_id, &row.period, &row.redundancy],
             )
             .await?;
-        Ok(r.map(|r| MarkedSet {
+        let Some(r) = r else {
+            return Ok(None);
+        };
+        let (repository_id, object_keys) = objects_of(&c, row.bck_id).await?;
+        Ok(Some(MarkedSet {
             bck_id: row.bck_id,
             backup_dir: r.get(0),
             paths: r.get(1),
+            repository_id,
+            object_keys,
         }))
     }
 
@@ -235,14 +245,19 @@ impl Catalog {
                 &[&server_id],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| MarkedSet {
-                bck_id: r.get(0),
+        let mut out = Vec::new();
+        for r in &rows {
+            let bck_id: i64 = r.get(0);
+            let (repository_id, object_keys) = objects_of(&c, bck_id).await?;
+            out.push(MarkedSet {
+                bck_id,
                 backup_dir: r.get(1),
                 paths: r.get(2),
-            })
-            .collect())
+                repository_id,
+                object_keys,
+            });
+        }
+        Ok(out)
     }
 
     /// Phase 3: the files are gone; removes the row.
@@ -458,4 +473,23 @@ impl Catalog {
         })
         .await
     }
+}
+
+/// The repository and object keys of a set (none for a set on the server's disk).
+async fn objects_of(
+    c: &tokio_postgres::Client,
+    bck_id: i64,
+) -> Result<(Option<i64>, Vec<String>), DbError> {
+    let r = c
+        .query_one(
+            "select repository_id, coalesce(array(
+                    select object_prefix || '/' || (f ->> 'name')
+                      from jsonb_array_elements(files) f
+                     order by (f ->> 'name') = 'manifest.json' desc, f ->> 'name'), '{}')
+               from public.backup_catalog where bck_id = $1",
+            &[&bck_id],
+        )
+        .await?;
+    let repo: Option<i64> = r.get(0);
+    Ok((repo, if repo.is_some() { r.get(1) } else { Vec::new() }))
 }

@@ -234,6 +234,7 @@ pub async fn run_base_backup(
             phase_timings: run.timings,
             database_size: None,
             table_row_counts: None,
+            object_prefix: None,
             verification,
         },
         facts: run.facts,

@@ -73,6 +73,7 @@ mod run;
 mod set;
 mod spec;
 pub mod sqlgen;
+pub mod upload;
 pub mod verify;
 
 pub use basebackup::{
@@ -89,7 +90,7 @@ pub use restore::{
 };
 pub use run::{
     CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, ENV_REMOVED,
-    GLOBALS_DUMP_FILE, ROLES_FILE, run_backup,
+    GLOBALS_DUMP_FILE, ROLES_FILE, run_backup, run_backup_to,
 };
 pub use set::{
     LOG_FILE, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, ManifestCommand, PhaseTiming,

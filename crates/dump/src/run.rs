@@ -90,6 +90,12 @@ struct Run<'a> {
     dump_file: Option<String>,
     /// Files written before the dump (roles.sql, database.sql).
     written: Vec<FileEntry>,
+    /// The repository the set is streamed to, when not `final_dir` (crate::upload).
+    target: Option<&'a crate::upload::StoreTarget>,
+    /// The dump object's writer, finished once pg_dump exited 0.
+    pending: crate::upload::PendingWriter,
+    /// Keys uploaded so far: removed again if the run fails.
+    uploaded: Vec<String>,
 }
 
 /// Runs one backup. Never fails: the outcome says how it ended. See the crate documentation for
@@ -101,6 +107,19 @@ struct Run<'a> {
 /// directory format), a few times a second while the dump runs.
 pub async fn run_backup(
     spec: &BackupSpec,
+    cancel: CancellationToken,
+    progress: &(dyn Fn(u64) + Sync),
+) -> BackupOutcome {
+    run_backup_to(spec, None, cancel, progress).await
+}
+
+/// [`run_backup`], the set going to `target` (a repository) instead of `spec.final_dir` when
+/// given: the dump streamed into the store, then the small files and the manifest (see
+/// [`crate::upload`]). The outcome's `backup_dir` is then None; the set is at
+/// `target.prefix`. Custom format and CLUSTER/GLOBALS only.
+pub async fn run_backup_to(
+    spec: &BackupSpec,
+    target: Option<&crate::upload::StoreTarget>,
     cancel: CancellationToken,
     progress: &(dyn Fn(u64) + Sync),
 ) -> BackupOutcome {
@@ -126,6 +145,9 @@ pub async fn run_backup(
         row_counts: None,
         dump_file: None,
         written: Vec::new(),
+        target,
+        pending: Default::default(),
+        uploaded: Vec::new(),
     };
     let staging = spec.staging_root.join(spec.job_id.to_string());
     let mut guard: Option<StagingGuard> = None;
@@ -142,6 +164,12 @@ pub async fn run_backup(
                     "cannot remove {}: {e}",
                     staging.display()
                 );
+            }
+            if let Some(t) = target {
+                // Nothing of a failed run stays in the repository (an unfinished upload is
+                // aborted when its writer is dropped).
+                run.pending.lock().await.take();
+                crate::upload::remove(t, &run.uploaded).await;
             }
             let status = match stop {
                 Stop::Failed {
@@ -164,7 +192,23 @@ pub async fn run_backup(
     };
     // Levels 1 and 2 on the set in place (crate::verify): a set that cannot be read back is
     // known now, not at restore time.
-    let verification = if status.is_success() {
+    let verification = if let (true, Some(t)) = (status.is_success(), target) {
+        // Level 1 against the repository: every object re-read (level 2 reads a local set).
+        let t0 = std::time::Instant::now();
+        let r = crate::upload::verify_objects(t, &files).await;
+        run.timed("verify", t0);
+        Some(crate::verify::Verification {
+            level: 1,
+            state: if r.is_ok() {
+                crate::verify::VerifyState::Passed
+            } else {
+                crate::verify::VerifyState::Failed
+            },
+            error: r.err(),
+            toc_entries: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    } else if status.is_success() {
         let t = std::time::Instant::now();
         let v =
             crate::verify::verify_levels(&spec.final_dir, &spec.bin_dir, None, &run.cancel).await;
@@ -189,7 +233,7 @@ pub async fn run_backup(
         job_id: spec.job_id,
         started,
         finished: Utc::now(),
-        backup_dir: succeeded.then(|| spec.final_dir.clone()),
+        backup_dir: (succeeded && target.is_none()).then(|| spec.final_dir.clone()),
         total_size: files.iter().map(|f| f.size).sum(),
         manifest_file: succeeded.then(|| MANIFEST_FILE.to_string()),
         dump_file: if succeeded { run.dump_file } else { None },
@@ -204,6 +248,7 @@ pub async fn run_backup(
         database_size: run.database_size,
         table_row_counts: if succeeded { run.row_counts } else { None },
         verification,
+        object_prefix: target.filter(|_| succeeded).map(|t| t.prefix.clone()),
     }
 }
 
@@ -488,6 +533,34 @@ impl Run<'_> {
             .map_err(|e| fail("fsync", format!("{}: {e}", staging.display())))?;
         self.timed("fsync", t);
 
+        if let Some(target) = self.target {
+            // upload: the small files, the manifest last; then staging goes.
+            let t = std::time::Instant::now();
+            let mut names: Vec<String> = files
+                .iter()
+                .map(|f| f.name.clone())
+                .filter(|n| Some(n) != self.dump_file.as_ref() && n != MANIFEST_FILE)
+                .collect();
+            names.push(MANIFEST_FILE.into());
+            let mut uploaded = std::mem::take(&mut self.uploaded);
+            let r = self
+                .guarded(
+                    "upload",
+                    crate::upload::put_files(target, staging, &names, &mut uploaded),
+                )
+                .await;
+            self.uploaded = uploaded;
+            r?.map_err(|e| fail("upload", e.to_string()))?;
+            if let Some(g) = guard.as_mut()
+                && let Err(e) = g.remove()
+            {
+                self.log
+                    .event(&format!("cannot remove {}: {e}", staging.display()));
+            }
+            self.timed("upload", t);
+            return Ok(files);
+        }
+
         // rename
         let t = std::time::Instant::now();
         let (from, to, root) = (
@@ -512,6 +585,15 @@ impl Run<'_> {
             return Err(fail(
                 step,
                 "a BASEBACKUP set is made by pg_basebackup (run_base_backup), not pg_dump",
+            ));
+        }
+        if self.target.is_some()
+            && !spec.code.is_cluster_wide()
+            && matches!(spec.format, DumpFormat::Directory { .. })
+        {
+            return Err(fail(
+                step,
+                "a directory-format dump cannot be streamed to a repository: use the custom format for definitions that store in a repository",
             ));
         }
         if spec.extra_args.iter().any(|a| a == "--") {
@@ -568,7 +650,7 @@ impl Run<'_> {
         let io = |what: &str, p: &Path, e: std::io::Error| {
             fail(step, format!("{what} {}: {e}", p.display()))
         };
-        if std::fs::symlink_metadata(&self.spec.final_dir).is_ok() {
+        if self.target.is_none() && std::fs::symlink_metadata(&self.spec.final_dir).is_ok() {
             return Err(fail(
                 step,
                 format!("{} already exists", self.spec.final_dir.display()),

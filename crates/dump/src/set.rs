@@ -104,6 +104,9 @@ pub(crate) enum StreamError {
     Compress(io::Error),
     /// Writing the file (disk full, IO error).
     Write(io::Error),
+    /// Uploading to a repository: the store's error (repository, key) and what became of the
+    /// upload.
+    Upload(String),
 }
 
 /// Bytes written between two background flushes of a streamed dump (small in unit tests, so
@@ -293,7 +296,7 @@ pub(crate) fn compress_stream(
 }
 
 /// zstd worker threads: the machine's cores, at most 8.
-fn compression_workers() -> u32 {
+pub(crate) fn compression_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get().min(8)).unwrap_or(1))
 }
 

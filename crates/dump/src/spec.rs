@@ -246,6 +246,10 @@ pub struct BackupOutcome {
     /// during the verification).
     #[serde(default)]
     pub verification: Option<crate::verify::Verification>,
+    /// A set stored in a repository (`run_backup_to`): the key prefix of its objects; None
+    /// for a set in `backup_dir`.
+    #[serde(default)]
+    pub object_prefix: Option<String>,
 }
 
 /// serde for the code enums of pgbackman-core: their canonical spelling.

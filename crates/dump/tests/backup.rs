@@ -981,6 +981,7 @@ fn run_future_is_send_and_spec_serializes() {
         database_size: None,
         table_row_counts: None,
         verification: None,
+        object_prefix: None,
     };
     let json = serde_json::to_string(&o).unwrap();
     assert!(json.contains("\"status\":\"failed\""), "{json}");

@@ -33,11 +33,13 @@ use nix::sys::statvfs::statvfs;
 use nix::unistd::{Pid, Uid};
 use pgbackman_pgctl::{Cluster, StopMode, find_bin_dir, free_port, server_version};
 
+pub mod s3;
 mod silent;
 mod stall;
 pub mod standby;
 pub mod tls;
 
+pub use s3::S3Server;
 pub use silent::{Silence, SilentNode};
 pub use stall::StallingProxy;
 pub use standby::Standby;
@@ -360,7 +362,7 @@ fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
 }
 
 /// Whether a process exists and is not a zombie (in containers pid 1 may never reap orphans).
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         // state is the field after the parenthesised command name
         Ok(stat) => stat

@@ -249,9 +249,34 @@ impl Run<'_> {
                     activity: sup.activity(),
                 };
                 let (dest, level, w) = (dest.clone(), *level, Arc::clone(&written));
-                Some(tokio::task::spawn_blocking(move || {
-                    set::compress_stream(input, &dest, level, w)
-                }))
+                match self.target {
+                    // A repository: streamed into its object, nothing on this disk.
+                    Some(target) => {
+                        let file = dest
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        let started = crate::upload::start(
+                            target,
+                            &file,
+                            input,
+                            level,
+                            w,
+                            Arc::clone(&self.pending),
+                        )
+                        .await;
+                        match started {
+                            Ok(h) => Some(h),
+                            Err(e) => {
+                                drop(sup);
+                                return Err(fail("upload", e.to_string()));
+                            }
+                        }
+                    }
+                    None => Some(tokio::task::spawn_blocking(move || {
+                        set::compress_stream(input, &dest, level, w)
+                    })),
+                }
             }
             _ => None,
         };
@@ -361,6 +386,7 @@ impl Run<'_> {
                         ),
                     ),
                     StreamError::Compress(e) => fail("compress", format!("zstd: {e}")),
+                    StreamError::Upload(m) => fail("upload", m),
                     StreamError::Read(e) => Stop::Failed {
                         step: step.into(),
                         exit_status: None,
@@ -489,6 +515,28 @@ impl Run<'_> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            if let Some(target) = self.target {
+                // pg_dump exited 0: only now does the dump object become visible.
+                let w = self.pending.lock().await.take();
+                let Some(w) = w else {
+                    return Err(fail("upload", "internal error: no upload to finish"));
+                };
+                let stored = w
+                    .finish()
+                    .await
+                    .map_err(|e| fail("upload", e.to_string()))?;
+                self.uploaded.push(stored.key.clone());
+                if stored.sha256 != sha256 || stored.size != size {
+                    return Err(fail(
+                        "upload",
+                        format!(
+                            "object {} of repository {}: the store received other bytes than were compressed",
+                            target.key(&name),
+                            target.store.name()
+                        ),
+                    ));
+                }
+            }
             progress(size);
             files.push(FileEntry { name, size, sha256 });
         }
