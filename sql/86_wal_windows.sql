@@ -132,7 +132,7 @@ select a.archive_id as "ArchiveID", a.backup_server_id as "SrvID", s.fqdn as "Ba
             when a.intake = 'push' and a.push_token_sha256 is null
                 then format('push: no credential yet (create_wal_push_credential %s %s --file PATH)', s.fqdn, n.fqdn)
             when a.intake = 'push' and a.receiver_state is null then 'push: the agent has not reported its listener yet'
-            when a.receiver_state is null then 'not started (agent support comes with the WAL receiver)'
+            when a.receiver_state is null then 'not started: the agent of the backup server has not reported it yet (is it running? show_backup_servers)'
             else a.receiver_state end as "Receiver",
        a.slot_wal_status as "Slot WAL status",
        api.wal_file_name(lr.timeline, lr.last_segno, lr.seg_size, 'full', null) as "Last segment",

@@ -240,7 +240,7 @@ language sql stable as $$
            c.execution_status, c.registered, c.started, c.finished, c.duration::text, c.total_size, c.backup_dir,
            c.pg_dump_file, c.pg_dump_file_size, c.pg_dump_roles_file, c.pg_dump_dbconfig_file, c.manifest_file,
            c.pg_dump_log_file, c.checksum, c.files, c.dbname_size, c.pgsql_node_release, c.pg_dump_release,
-           c.client_version, c.server_version, c.dump_format, c.compression, c.command, c.phase_timings, c.role_list,
+           c.client_version, c.server_version, case when c.backup_code = 'BASEBACKUP' then 'tar (pg_basebackup)' else c.dump_format end, c.compression, c.command, c.phase_timings, c.role_list,
            api.schedule_in_zone(concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron),
                                 c.backup_server_id),
            coalesce(d.retention_period, sd.retention_period)::text || coalesce(' (' || d.retention_redundancy || ')', ''),

@@ -49,6 +49,13 @@ fn quickstart_sets_up_a_working_installation_and_can_be_rerun() {
         first.contains("| Execution status     | SUCCEEDED"),
         "{first}"
     );
+    // The physical half: a WAL archive of the node and a first base backup, so that the
+    // recovery window answers right away.
+    assert!(first.contains("[OK] WAL archive of"), "{first}");
+    assert!(
+        first.contains("The agent takes a first base backup"),
+        "{first}"
+    );
     // It leaves the agent running, and says so in its last lines.
     let pid = agent_pid(&first, "The agent runs in the background (pid ");
     assert!(alive(pid), "{first}");
@@ -65,8 +72,24 @@ fn quickstart_sets_up_a_working_installation_and_can_be_rerun() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let backups = v["backup_catalog"].as_array().unwrap();
-    assert_eq!(backups.len(), 1, "a rerun takes no second first backup");
-    assert_eq!(backups[0]["status"], "SUCCEEDED");
+    assert_eq!(
+        backups.len(),
+        2,
+        "a rerun takes no second first backup nor base backup: {v}"
+    );
+    assert!(backups.iter().all(|b| b["status"] == "SUCCEEDED"), "{v}");
+    assert!(
+        backups.iter().any(|b| b["code"] == "BASEBACKUP"),
+        "a base backup: {v}"
+    );
+    let o = command(home.path())
+        .args(["-C", "show_recovery_window 1", "-o", "json"])
+        .output()
+        .unwrap();
+    let window = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{window}");
+    // The window lists the base backup it restores.
+    assert!(window.contains("BckID "), "{window}");
     let o = command(home.path())
         .args(["-C", "show_pgsql_nodes", "-o", "json"])
         .output()
@@ -108,7 +131,7 @@ fn quickstart_sets_up_a_working_installation_and_can_be_rerun() {
             .iter()
             .filter(|b| b["status"] == "SUCCEEDED")
             .count();
-        if done == 2 {
+        if done == 3 {
             break;
         }
         assert!(

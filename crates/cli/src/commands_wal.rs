@@ -86,7 +86,7 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
     }
     Ok(Output::Done(vec![format!(
         "WAL archive registered as ArchiveID {id}: the agent of {} keeps slot {slot} on {} and receives its WAL \
-         (show_wal_archives follows it; the WAL receiver comes with the agent's WAL support).",
+         (show_wal_archives follows it; show_recovery_window tells from when the node is restorable).",
         a.server, a.node
     )]))
 }

@@ -21,6 +21,7 @@ pub mod parse;
 pub mod priorities;
 pub mod quickstart;
 pub mod quickstart_agent;
+mod quickstart_physical;
 pub mod render;
 pub mod serve_metrics;
 pub mod session;

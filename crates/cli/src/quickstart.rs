@@ -21,8 +21,11 @@ pub const LONG_ABOUT: &str = "A working installation on this host in one command
         local cluster (else the private one) as a RUNNING node, with backup definitions.\n\n\
         It starts: the catalog cluster, a first backup (pgbackman-agent --once), then the agent\n\
         in the background (pid in DIR/agent.pid), so that the schedules fire and\n\
-        run_backup_definition_now runs at once. Then it opens the shell (not with --no-shell or\n\
-        without a terminal). Run again, it reuses all of it and starts what is stopped.\n\n\
+        run_backup_definition_now runs at once. With the agent running, the physical half too: a\n\
+        WAL archive of the node (a replication slot on it and the agent's pg_receivewal into\n\
+        DIR/backups) and a first base backup (definition code BASEBACKUP), so that\n\
+        show_recovery_window answers; a node that cannot stream gets a warning saying why. Then\n\
+        it opens the shell (not with --no-shell or without a terminal). Run again, it reuses all of it and starts what is stopped.\n\n\
         --stop stops the agent and the catalog cluster and keeps everything on disk: the\n\
         catalog, the backups, the configuration files. `pgbackman quickstart` starts them again;\n\
         remove DIR (and the config file it wrote) to forget the installation.";
@@ -148,7 +151,7 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
     }
     println!("[OK] Backup server: {fqdn}");
 
-    let (node_host, node_port, node_user) = pick_node(args, &cluster).await?;
+    let (node_host, node_port, node_user, node_cfg) = pick_node(args, &cluster).await?;
     let node_ref = format!("{node_host}:{node_port}");
     if catalog.node_id(&node_ref).await.is_err() {
         catalog
@@ -185,10 +188,14 @@ pub async fn run(args: &Args, file: &FileConfig) -> Result<ExitCode> {
     crate::execute_line(&mut s, "show_pgsql_nodes").await;
     first_backup(&mut s, &dir, &conninfo, &fqdn, &node_ref).await?;
     let agent_line = start_agent(&dir)?;
+    if crate::quickstart_agent::running(&dir).is_some() {
+        crate::quickstart_physical::first_base_backup(&mut s, &fqdn, &node_ref, node_cfg).await?;
+    }
     println!(
         "\nThe catalog runs in {}.\n{agent_line}\n\
          `pgbackman quickstart --stop` stops both and keeps everything on disk.\n\
-         Next, in the shell (`pgbackman`): show_backup_definitions, show_backup_catalog, help",
+         Next, in the shell (`pgbackman`): show_backup_definitions, show_backup_catalog, \
+         show_wal_archives, show_recovery_window {node_ref}, help",
         dir.display(),
     );
     if args.no_shell || !std::io::stdin().is_terminal() {
@@ -405,7 +412,10 @@ fn toml_string(s: &str) -> String {
 }
 
 /// The node to register: --node, else the local cluster if it answers, else the private cluster.
-async fn pick_node(args: &Args, private: &Cluster) -> Result<(String, u16, String)> {
+async fn pick_node(
+    args: &Args,
+    private: &Cluster,
+) -> Result<(String, u16, String, pgbackman_config::ConnConfig)> {
     let candidates: Vec<String> = match &args.node {
         Some(n) => vec![n.clone()],
         None => vec![String::new()],
@@ -421,8 +431,8 @@ async fn pick_node(args: &Args, private: &Cluster) -> Result<(String, u16, Strin
         };
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         let user = cfg.get_user().unwrap_or("postgres").to_string();
-        if pgbackman_db::node::node_facts(cfg, &host).await.is_ok() {
-            return Ok((host, port, user));
+        if pgbackman_db::node::node_facts(cfg.clone(), &host).await.is_ok() {
+            return Ok((host, port, user, cfg));
         }
         if args.node.is_some() {
             anyhow::bail!("the node given with --node ({c}) does not answer");
@@ -433,5 +443,6 @@ async fn pick_node(args: &Args, private: &Cluster) -> Result<(String, u16, Strin
         private.socket_dir().display().to_string(),
         private.port(),
         "postgres".into(),
+        pgbackman_config::resolve_env(&private.conninfo("postgres"))?,
     ))
 }
