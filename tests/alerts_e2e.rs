@@ -74,7 +74,7 @@ fn python() -> String {
         }
     }
     panic!(
-        "no python3 with aiosmtpd: run .ci/run, or install it (apt-get install python3-aiosmtpd, or pip install aiosmtpd)"
+        "no python3 with aiosmtpd: run .ci/install-test-deps, or install it (apt-get install python3-aiosmtpd, or pip install aiosmtpd)"
     );
 }
 

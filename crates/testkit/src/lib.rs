@@ -280,7 +280,7 @@ pub fn major_bin_dir(major: u32) -> PathBuf {
         }
     }
     panic!(
-        "testkit: PostgreSQL {major} is not installed here (looked in {} and {}): run `.ci/install-pg-majors {major}` (or .ci/run), or set {PG_CACHE_ENV} to the directory that holds {major}/bin",
+        "testkit: PostgreSQL {major} is not installed here (looked in {} and {}): run `.ci/install-pg-majors {major}` (or .ci/install-test-deps), or set {PG_CACHE_ENV} to the directory that holds {major}/bin",
         candidates[0].display(),
         candidates[1].display()
     )

