@@ -431,7 +431,10 @@ async fn pick_node(
         };
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         let user = cfg.get_user().unwrap_or("postgres").to_string();
-        if pgbackman_db::node::node_facts(cfg.clone(), &host).await.is_ok() {
+        if pgbackman_db::node::node_facts(cfg.clone(), &host)
+            .await
+            .is_ok()
+        {
             return Ok((host, port, user, cfg));
         }
         if args.node.is_some() {

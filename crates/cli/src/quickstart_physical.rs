@@ -140,10 +140,10 @@ async fn base_definition(s: &Session, node_filter: &Option<Vec<String>>) -> Resu
         .catalog
         .show_backup_definitions(&None, node_filter, &None)
         .await?;
-    Ok((0..defs.len()).find_map(|i| {
-        match (defs.get(i, "Code"), defs.get(i, "DefID")) {
+    Ok(
+        (0..defs.len()).find_map(|i| match (defs.get(i, "Code"), defs.get(i, "DefID")) {
             (Some(Value::Text(c)), Some(Value::Int(id))) if c == "BASEBACKUP" => Some(*id),
             _ => None,
-        }
-    }))
+        }),
+    )
 }
