@@ -27,7 +27,11 @@ pub struct WalMark {
 impl Catalog {
     /// `show_retention_plan --wal`: per node, copy, incarnation and timeline, the WAL ranges
     /// deleted, kept or held, with why. Filters as `show_retention_plan`'s (None: all).
-    pub async fn wal_retention_plan(&self, server: &Filter, node: &Filter) -> Result<Rows, DbError> {
+    pub async fn wal_retention_plan(
+        &self,
+        server: &Filter,
+        node: &Filter,
+    ) -> Result<Rows, DbError> {
         let servers = self.resolve_ids(server, true).await?;
         let nodes = self.resolve_ids(node, false).await?;
         self.rows(

@@ -174,27 +174,80 @@ async fn two_timelines_after_a_promotion_keep_what_the_kept_base_backups_need() 
     let b3 = base_backup(&e, 2, 120, true).await;
     let p = plan(&e).await;
     eprintln!("{p:#?}");
-    let before = format!("before the oldest kept base backup {b2} (start LSN {})", lsn(40 * SEG + 40));
+    let before = format!(
+        "before the oldest kept base backup {b2} (start LSN {})",
+        lsn(40 * SEG + 40)
+    );
     assert_eq!(
         p[0],
-        ("1".into(), "delete".into(), name(1, 1), name(1, 39), "39".into(), before),
+        (
+            "1".into(),
+            "delete".into(),
+            name(1, 1),
+            name(1, 39),
+            "39".into(),
+            before
+        ),
         "{p:#?}"
     );
-    let by2 = format!("needed by base backup {b2} from LSN {} (timeline 1)", lsn(40 * SEG + 40));
-    let by3 = format!("needed by base backup {b3} from LSN {} (timeline 2)", lsn(120 * SEG + 40));
+    let by2 = format!(
+        "needed by base backup {b2} from LSN {} (timeline 1)",
+        lsn(40 * SEG + 40)
+    );
+    let by3 = format!(
+        "needed by base backup {b3} from LSN {} (timeline 2)",
+        lsn(120 * SEG + 40)
+    );
     // Timeline 2 descends from the backup's timeline 1: on its lineage, kept for it.
-    assert!(p.contains(&("1".into(), "keep".into(), name(1, 40), name(1, 100), "61".into(), by2.clone())), "{p:#?}");
-    assert!(p.contains(&("2".into(), "keep".into(), name(2, 60), name(2, 119), "60".into(), by2)), "{p:#?}");
-    assert!(p.contains(&("2".into(), "keep".into(), name(2, 120), name(2, 150), "31".into(), by3)), "{p:#?}");
+    assert!(
+        p.contains(&(
+            "1".into(),
+            "keep".into(),
+            name(1, 40),
+            name(1, 100),
+            "61".into(),
+            by2.clone()
+        )),
+        "{p:#?}"
+    );
+    assert!(
+        p.contains(&(
+            "2".into(),
+            "keep".into(),
+            name(2, 60),
+            name(2, 119),
+            "60".into(),
+            by2
+        )),
+        "{p:#?}"
+    );
+    assert!(
+        p.contains(&(
+            "2".into(),
+            "keep".into(),
+            name(2, 120),
+            name(2, 150),
+            "31".into(),
+            by3
+        )),
+        "{p:#?}"
+    );
     assert_eq!(p.len(), 4, "{p:#?}");
-    assert!(!p.iter().any(|r| r.5.contains(&format!("base backup {expired} "))));
+    assert!(
+        !p.iter()
+            .any(|r| r.5.contains(&format!("base backup {expired} ")))
+    );
 
     // Phase 1: one tombstone, the runs trimmed at once.
     let m = e.cat.wal_retention_mark(1, 1).await.unwrap();
     assert_eq!(m.len(), 1);
     assert_eq!((m[0].below_segno, m[0].bck_id), (40, b2));
     assert_eq!(
-        count(&e, "select min(first_segno) from wal_run where timeline = 1").await,
+        count(
+            &e,
+            "select min(first_segno) from wal_run where timeline = 1"
+        )
+        .await,
         40
     );
     assert_eq!(
@@ -211,7 +264,10 @@ async fn two_timelines_after_a_promotion_keep_what_the_kept_base_backups_need() 
         if batch.is_empty() {
             break;
         }
-        assert!(batch.iter().all(|w| w.stored_path.starts_with("/wal/1/")), "{batch:?}");
+        assert!(
+            batch.iter().all(|w| w.stored_path.starts_with("/wal/1/")),
+            "{batch:?}"
+        );
         let ids: Vec<i64> = batch.iter().map(|w| w.wal_id).collect();
         gone += e.cat.wal_retention_forget(1, &ids).await.unwrap();
     }
@@ -236,7 +292,11 @@ async fn two_timelines_after_a_promotion_keep_what_the_kept_base_backups_need() 
     // A second pass has nothing more to do; a forget of a row above the floor is refused.
     e.cat.wal_retention_mark(1, 1).await.unwrap();
     assert!(e.cat.wal_retention_marked(1, 10).await.unwrap().is_empty());
-    let above = count(&e, "select wal_id from wal_object where timeline = 1 and segno = 40").await;
+    let above = count(
+        &e,
+        "select wal_id from wal_object where timeline = 1 and segno = 40",
+    )
+    .await;
     assert_eq!(e.cat.wal_retention_forget(1, &[above]).await.unwrap(), 0);
     let p = plan(&e).await;
     assert!(p.iter().all(|r| r.1 == "keep"), "{p:#?}");
@@ -271,10 +331,15 @@ async fn nothing_is_deleted_without_a_kept_base_backup_or_while_one_runs() {
     let p = plan(&e).await;
     assert_eq!(p.len(), 1, "{p:#?}");
     assert_eq!(p[0].1, "hold");
-    assert!(p[0].5.contains(&format!("base backup job {job} runs")), "{p:#?}");
+    assert!(
+        p[0].5.contains(&format!("base backup job {job} runs")),
+        "{p:#?}"
+    );
     assert!(e.cat.wal_retention_mark(1, 1).await.unwrap().is_empty());
     e.owner
-        .batch_execute(&format!("update job set state = 'SUCCEEDED' where job_id = {job}"))
+        .batch_execute(&format!(
+            "update job set state = 'SUCCEEDED' where job_id = {job}"
+        ))
         .await
         .unwrap();
     let m = e.cat.wal_retention_mark(1, 1).await.unwrap();
