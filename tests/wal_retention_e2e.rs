@@ -157,9 +157,7 @@ fn retention_deletes_the_wal_the_kept_base_backup_does_not_need() {
     assert!(kept_after >= kept_before, "{kept_after} < {kept_before}");
     assert_eq!(env.sql("select count(*) from api.wal_holes(1)"), "0");
     assert_eq!(
-        env.sql(&format!(
-            "select min(first_segno) from wal_run where pgsql_node_id = 1"
-        )),
+        env.sql("select min(first_segno) from wal_run where pgsql_node_id = 1"),
         floor.to_string()
     );
     let c = env.json(&format!("show_recovery_window {host} --chains"));
