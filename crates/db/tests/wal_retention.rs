@@ -281,6 +281,18 @@ async fn two_timelines_after_a_promotion_keep_what_the_kept_base_backups_need() 
         40
     );
     assert_eq!(count(&e, "select count(*) from api.wal_holes(1)").await, 0);
+    // The window of timeline 2 reaches back along timeline 1 to the floor, and says why it
+    // starts there (not a hole).
+    let w = e
+        .owner
+        .query_one(
+            "select from_lsn::text, starts_at from api.recovery_window(1) where timeline = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.get::<_, String>(0), lsn(40 * SEG));
+    assert!(w.get::<_, String>(1).contains("deleted by retention"), "{w:?}");
     // The newest backup is still covered by a recovery window.
     let chains = e.cat.show_recovery_chains("pg1.example.org").await.unwrap();
     let covered: Vec<String> = (0..chains.len())
