@@ -160,9 +160,11 @@ begin
        and r.timeline = p_timeline and r.first_segno < p_below and r.last_segno >= p_below;
 end $$;
 
--- Phase 1, for the agent of p_server: raises the tombstone of each of its copies of the node's
+-- Phase 1, for the agent of p_server: sets the tombstone of each of its copies of the node's
 -- ledger to the floor as it is now (a stale plan can never delete more), and trims the runs at
 -- once, so no recovery window or chain counts on a segment about to go. Returns the copies marked.
+-- Only this server's agent lists, deletes and forgets below its tombstones, in one pass after
+-- this: a tombstone lowered here never races with a deletion.
 create function api.wal_retention_mark(p_server bigint, p_node bigint)
 returns table (system_identifier numeric, below_segno bigint, below_lsn pg_lsn, bck_id bigint)
 language plpgsql as $$
@@ -170,6 +172,7 @@ language plpgsql as $$
 declare
     f record;
     t bigint;
+    v_old bigint;
 begin
     perform api.acting_for(p_server);
     perform api.tag_maintenance('WAL retention');
@@ -177,11 +180,23 @@ begin
     perform pg_advisory_xact_lock(hashtext('pgbackman.wal_retention'), p_node::integer);
     for f in select * from api.wal_retention_floors(p_node) x
               where x.backup_server_id = p_server and x.held is null and x.floor_segno > 0 loop
+        select w.below_segno into v_old from public.wal_retention w
+         where w.pgsql_node_id = p_node and w.backup_server_id = p_server and w.system_identifier = f.system_identifier;
         insert into public.wal_retention as w (pgsql_node_id, backup_server_id, system_identifier, below_segno, below_lsn, bck_id)
         values (p_node, p_server, f.system_identifier, f.floor_segno, '0/0'::pg_lsn + f.floor_segno::numeric * f.seg_size, f.bck_id)
         on conflict (pgsql_node_id, backup_server_id, system_identifier) do update
             set below_segno = excluded.below_segno, below_lsn = excluded.below_lsn, bck_id = excluded.bck_id, marked_at = now()
-          where w.below_segno < excluded.below_segno;
+          where w.below_segno <> excluded.below_segno;
+        if v_old > f.floor_segno then
+            -- Lowered: a kept base backup starts below the old tombstone (one on a timeline that
+            -- branched off earlier, after a point-in-time recovery of the node). What is left
+            -- between the two is kept again: the runs are rebuilt from the ledger (rare).
+            for t in select distinct o.timeline from public.wal_object o
+                      where o.pgsql_node_id = p_node and o.backup_server_id = p_server
+                        and o.system_identifier = f.system_identifier and o.kind in ('full', 'partial') loop
+                perform api.rebuild_wal_runs(p_node, p_server, f.system_identifier, t);
+            end loop;
+        end if;
         for t in select distinct r.timeline from public.wal_run r
                   where r.pgsql_node_id = p_node and r.backup_server_id = p_server
                     and r.system_identifier = f.system_identifier and r.first_segno < f.floor_segno loop

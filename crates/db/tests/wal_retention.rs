@@ -292,7 +292,10 @@ async fn two_timelines_after_a_promotion_keep_what_the_kept_base_backups_need() 
         .await
         .unwrap();
     assert_eq!(w.get::<_, String>(0), lsn(40 * SEG));
-    assert!(w.get::<_, String>(1).contains("deleted by retention"), "{w:?}");
+    assert!(
+        w.get::<_, String>(1).contains("deleted by retention"),
+        "{w:?}"
+    );
     // The newest backup is still covered by a recovery window.
     let chains = e.cat.show_recovery_chains("pg1.example.org").await.unwrap();
     let covered: Vec<String> = (0..chains.len())
@@ -399,4 +402,67 @@ async fn wal_retention_at_500000_segments() {
     );
     assert!(dp < Duration::from_millis(300), "plan {dp:?}");
     assert!(dm < Duration::from_millis(2000), "mark {dm:?}");
+}
+
+/// After a point-in-time recovery of the node, a kept base backup on the new timeline may start
+/// below the tombstone: the tombstone comes down to it and the WAL it needs stays (F8: no WAL
+/// of another timeline wiped).
+#[tokio::test(flavor = "current_thread")]
+async fn a_kept_base_backup_below_the_tombstone_lowers_it() {
+    let e = env().await;
+    segments(&e, 1, 1, 100).await;
+    let old = base_backup(&e, 1, 10, true).await;
+    let newer = base_backup(&e, 1, 80, true).await;
+    e.owner
+        .batch_execute(&format!(
+            "update backup_catalog set retention_state = 'DELETING' where bck_id = {old}"
+        ))
+        .await
+        .unwrap();
+    let m = e.cat.wal_retention_mark(1, 1).await.unwrap();
+    assert_eq!((m[0].below_segno, m[0].bck_id), (80, newer));
+    // Before the agent deletes anything, the node is recovered to segment 50 (timeline 2) and
+    // a base backup of timeline 2 starts in segment 55.
+    promotion(&e, 2, 1, 50 * SEG + 10).await;
+    segments(&e, 2, 50, 70).await;
+    let pitr = base_backup(&e, 2, 55, true).await;
+    let m = e.cat.wal_retention_mark(1, 1).await.unwrap();
+    assert_eq!((m[0].below_segno, m[0].bck_id), (55, pitr));
+    let p = plan(&e).await;
+    let by = format!(
+        "needed by base backup {pitr} from LSN {} (timeline 2)",
+        lsn(55 * SEG + 40)
+    );
+    assert!(
+        p.contains(&(
+            "2".into(),
+            "keep".into(),
+            name(2, 55),
+            name(2, 70),
+            "16".into(),
+            by
+        )),
+        "{p:#?}"
+    );
+    loop {
+        let batch = e.cat.wal_retention_marked(1, 1000).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let ids: Vec<i64> = batch.iter().map(|w| w.wal_id).collect();
+        e.cat.wal_retention_forget(1, &ids).await.unwrap();
+    }
+    assert_eq!(
+        count(&e, "select min(segno) from wal_object where timeline = 2").await,
+        55
+    );
+    assert_eq!(
+        count(&e, "select min(segno) from wal_object where timeline = 1").await,
+        55
+    );
+    assert_eq!(
+        count(&e, "select sum(segments)::bigint from wal_run").await,
+        (100 - 55 + 1) + (70 - 55 + 1)
+    );
+    assert_eq!(count(&e, "select count(*) from api.wal_holes(1)").await, 0);
 }
