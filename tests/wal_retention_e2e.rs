@@ -111,6 +111,19 @@ fn retention_deletes_the_wal_the_kept_base_backup_does_not_need() {
         .parse()
         .unwrap();
 
+    // An earlier pass stopped after phase 1 and one file (the agent was killed): marked below the
+    // oldest base backup kept then (the first), one file already gone.
+    assert_eq!(
+        env.sql("select count(*) from api.wal_retention_mark(1, 1)"),
+        "1"
+    );
+    let plan = env.json(&format!(
+        "show_retention_plan all {host} all --wal --deletions-only"
+    ));
+    let rows = plan["wal_retention_plan"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["action"] == "deleting"), "{plan}");
+    std::fs::remove_file(&old_paths[0]).unwrap();
+
     // One pass (`--maintenance`, the daemon stopped first: one agent per state directory):
     // the sets first (the two aged ones), then the WAL below the kept one's start.
     agent.stop();
