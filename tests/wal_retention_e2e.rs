@@ -95,6 +95,14 @@ fn retention_deletes_the_wal_the_kept_base_backup_does_not_need() {
         ))
         .parse()
         .unwrap();
+    // The WAL after the kept one is in the ledger too (the range kept up to now).
+    wait_for(
+        &env,
+        &format!("select max(segno) > {floor} from wal_object where kind = 'full'"),
+        "t",
+        60,
+        &agent,
+    );
     let old_paths: Vec<String> = env
         .sql(&format!(
             "select string_agg(stored_path, ' ') from wal_object where kind in ('full', 'partial') and segno < {floor}"
