@@ -132,6 +132,7 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
         return Ok(());
     }
     findings.extend(r.blocked.iter().cloned());
+    findings.extend(w.blocked.iter().cloned());
     let mut kinds = vec!["BLOCKED", "PARTITION"];
     if crate::reconcile::walk_due() {
         match crate::reconcile::findings(ctx, &roots).await {

@@ -7,6 +7,7 @@
 
 use anyhow::Result;
 use pgbackman_core::roots::Roots;
+use pgbackman_db::reconcile::Finding;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::Ctx;
@@ -25,6 +26,8 @@ pub struct WalSummary {
     pub deleted: usize,
     /// Why the pass stopped before the end (a path refused or not removable), if it did.
     pub refused: Option<String>,
+    /// That refusal as a finding of the maintenance pass (an alert; show_reconciliation).
+    pub blocked: Vec<Finding>,
 }
 
 pub async fn enforce(ctx: &Ctx, roots: &Roots, stop: &CancellationToken) -> Result<WalSummary> {
@@ -81,6 +84,19 @@ pub async fn enforce(ctx: &Ctx, roots: &Roots, stop: &CancellationToken) -> Resu
                 node_id = batch[0].node_id,
                 "WAL retention: {e}; the segments stay in the ledger, marked, until their files can be deleted"
             );
+            sum.blocked.push(Finding {
+                kind: "BLOCKED",
+                // One finding per node's WAL, however many files: one alert, not one per pass.
+                path: format!("WAL archive of NodeID {}", batch[0].node_id),
+                bck_id: None,
+                node_id: Some(batch[0].node_id),
+                detail: format!(
+                    "WAL retention must delete WAL files of NodeID {}, but the agent refuses: {e}. The segments stay on disk \
+                     and in the ledger, marked for deletion; move the WAL archive under a backup root of this agent, or fix \
+                     the file's permissions; the next maintenance pass retries",
+                    batch[0].node_id
+                ),
+            });
             sum.refused = Some(e);
             break;
         }
