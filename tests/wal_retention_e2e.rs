@@ -2,7 +2,9 @@
 //! three base backups with pg_switch_wal between them, redundancy 1; the two older ones aged
 //! past the period. One maintenance pass deletes the two sets and then the WAL below the start
 //! of the one kept: the files and the ledger rows of the old range are gone, nothing of the kept
-//! range, no hole is reported, and the kept base backup is still covered by its WAL.
+//! range, no hole is reported, and the kept base backup is still covered by its WAL. A pass
+//! stopped after marking is resumed; a file outside the backup roots is refused (BLOCKED), the
+//! rest still goes.
 
 mod common;
 
@@ -131,6 +133,15 @@ fn retention_deletes_the_wal_the_kept_base_backup_does_not_need() {
     let rows = plan["wal_retention_plan"].as_array().unwrap();
     assert!(rows.iter().any(|r| r["action"] == "deleting"), "{plan}");
     std::fs::remove_file(&old_paths[0]).unwrap();
+    // One row names a file outside the agent's backup roots: refused, the others still go.
+    let outside = tempfile::tempdir().unwrap();
+    let foreign = outside.path().join("not-wal");
+    std::fs::write(&foreign, b"keep me").unwrap();
+    env.sql(&format!(
+        "update wal_object set stored_path = '{}' where stored_path = '{}'",
+        foreign.display(),
+        old_paths[1]
+    ));
 
     // One pass (`--maintenance`, the daemon stopped first: one agent per state directory):
     // the sets first (the two aged ones), then the WAL below the kept one's start.
@@ -151,24 +162,32 @@ fn retention_deletes_the_wal_the_kept_base_backup_does_not_need() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|r| r["action"] == "keep"
-                && r["reason"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with(&format!("needed by base backup {kept} from LSN"))),
+            // The refused segment is still marked (deleting); everything else is kept for it.
+            .all(|r| (r["action"] == "deleting" && r["segments"] == 1)
+                || r["action"] == "keep"
+                    && r["reason"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("needed by base backup {kept} from LSN"))),
         "{plan}"
     );
 
-    // Files and rows of the old range gone; the kept range whole, no hole.
-    for p in &old_paths {
-        assert!(!Path::new(p).exists(), "{p} still on disk");
-    }
+    // The refused one stays, in the ledger and on disk, and is a BLOCKED finding; the files
+    // and rows of the rest of the old range are gone; the kept range whole, no hole.
+    assert!(foreign.exists());
     assert_eq!(
         env.sql(&format!(
             "select count(*) from wal_object where kind in ('full', 'partial') and segno < {floor}"
         )),
-        "0"
+        "1"
     );
+    assert_eq!(
+        env.sql("select kind || ' ' || pgsql_node_id from reconciliation where path = 'WAL archive of NodeID 1'"),
+        "BLOCKED 1"
+    );
+    for p in old_paths.iter().skip(2) {
+        assert!(!Path::new(p).exists(), "{p} still on disk");
+    }
     let kept_after: i64 = env
         .sql(&format!(
             "select count(*) from wal_object where kind in ('full', 'partial') and segno >= {floor}"
@@ -187,12 +206,31 @@ fn retention_deletes_the_wal_the_kept_base_backup_does_not_need() {
     assert!(chains[0]["restorable_to_lsn"].is_string(), "{c}");
     assert!(chains[0]["note"].is_null(), "{c}");
 
-    // A second pass deletes nothing more.
+    // Repaired, the next pass deletes it and nothing more; the finding clears.
+    env.sql(&format!(
+        "update wal_object set stored_path = '{}' where stored_path = '{}'",
+        old_paths[1],
+        foreign.display()
+    ));
     agent.maintenance_ok();
+    assert!(foreign.exists());
+    for p in &old_paths {
+        assert!(!Path::new(p).exists(), "{p} still on disk");
+    }
     assert_eq!(
         env.sql(&format!(
-            "select count(*) >= {kept_after} from wal_object where kind in ('full', 'partial')"
+            "select count(*) from wal_object where kind in ('full', 'partial') and segno < {floor}"
+        )),
+        "0"
+    );
+    assert_eq!(
+        env.sql(&format!(
+            "select count(*) = {kept_after} from wal_object where kind in ('full', 'partial')"
         )),
         "t"
+    );
+    assert_eq!(
+        env.sql("select count(*) from reconciliation where path = 'WAL archive of NodeID 1'"),
+        "0"
     );
 }

@@ -5,9 +5,12 @@
 //! batch's rows once its files are gone. A pass stopped anywhere is resumed by the next one:
 //! marked rows are listed again, files already gone are fine.
 
+use std::collections::HashSet;
+
 use anyhow::Result;
 use pgbackman_core::roots::Roots;
 use pgbackman_db::reconcile::Finding;
+use pgbackman_db::wal_retention::MarkedWal;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::Ctx;
@@ -24,7 +27,7 @@ pub struct WalSummary {
     pub marked: usize,
     /// Ledger objects whose file was deleted and row forgotten.
     pub deleted: usize,
-    /// Why the pass stopped before the end (a path refused or not removable), if it did.
+    /// The first refusal (a path outside the backup roots, or not removable), if any.
     pub refused: Option<String>,
     /// That refusal as a finding of the maintenance pass (an alert; show_reconciliation).
     pub blocked: Vec<Finding>,
@@ -59,6 +62,8 @@ pub async fn enforce(ctx: &Ctx, roots: &Roots, stop: &CancellationToken) -> Resu
         }
         sum.marked += marks.len();
     }
+    // Objects whose file could not be deleted this pass: skipped, the rest goes on.
+    let mut refused: HashSet<i64> = HashSet::new();
     while !stop.is_cancelled() {
         let batch = ctx
             .db(
@@ -66,41 +71,59 @@ pub async fn enforce(ctx: &Ctx, roots: &Roots, stop: &CancellationToken) -> Resu
                 ctx.catalog.wal_retention_marked(ctx.server_id, BATCH),
             )
             .await?;
+        let batch: Vec<MarkedWal> = batch
+            .into_iter()
+            .filter(|w| !refused.contains(&w.wal_id))
+            .collect();
         if batch.is_empty() {
             break;
         }
-        let paths: Vec<String> = batch.iter().map(|w| w.stored_path.clone()).collect();
-        let r = {
+        let results = {
             let roots = roots.clone();
-            tokio::task::spawn_blocking(move || delete_paths(&roots, &paths))
-                .await
-                .map_err(|e| format!("deletion task failed: {e}"))
-                .and_then(|r| r)
+            let paths: Vec<String> = batch.iter().map(|w| w.stored_path.clone()).collect();
+            tokio::task::spawn_blocking(move || {
+                paths
+                    .iter()
+                    .map(|p| delete_paths(&roots, std::slice::from_ref(p)).map(|_| ()))
+                    .collect::<Vec<_>>()
+            })
+            .await?
         };
-        if let Err(e) = r {
-            // The rows stay below the tombstone (no recovery window counts on them): the
-            // next pass retries; the same batch would fail again now.
-            tracing::error!(
-                node_id = batch[0].node_id,
-                "WAL retention: {e}; the segments stay in the ledger, marked, until their files can be deleted"
-            );
-            sum.blocked.push(Finding {
-                kind: "BLOCKED",
-                // One finding per node's WAL, however many files: one alert, not one per pass.
-                path: format!("WAL archive of NodeID {}", batch[0].node_id),
-                bck_id: None,
-                node_id: Some(batch[0].node_id),
-                detail: format!(
-                    "WAL retention must delete WAL files of NodeID {}, but the agent refuses: {e}. The segments stay on disk \
-                     and in the ledger, marked for deletion; move the WAL archive under a backup root of this agent, or fix \
-                     the file's permissions; the next maintenance pass retries",
-                    batch[0].node_id
-                ),
-            });
-            sum.refused = Some(e);
-            break;
+        let mut ids = Vec::with_capacity(batch.len());
+        for (w, r) in batch.iter().zip(results) {
+            match r {
+                Ok(()) => ids.push(w.wal_id),
+                Err(e) => {
+                    // The row stays below the tombstone (no recovery window counts on it):
+                    // the next pass retries.
+                    tracing::error!(
+                        node_id = w.node_id,
+                        "WAL retention: {e}; the segment stays in the ledger, marked, until its file can be deleted"
+                    );
+                    refused.insert(w.wal_id);
+                    if !sum.blocked.iter().any(|f| f.node_id == Some(w.node_id)) {
+                        sum.blocked.push(Finding {
+                            kind: "BLOCKED",
+                            // One finding per node's WAL, however many files: one alert.
+                            path: format!("WAL archive of NodeID {}", w.node_id),
+                            bck_id: None,
+                            node_id: Some(w.node_id),
+                            detail: format!(
+                                "WAL retention must delete WAL files of NodeID {}, but the agent refuses: {e}. Those segments \
+                                 stay on disk and in the ledger, marked for deletion (the others are deleted); move the WAL \
+                                 archive under a backup root of this agent, or fix the files' permissions; the next \
+                                 maintenance pass retries",
+                                w.node_id
+                            ),
+                        });
+                    }
+                    sum.refused.get_or_insert(e);
+                }
+            }
         }
-        let ids: Vec<i64> = batch.iter().map(|w| w.wal_id).collect();
+        if ids.is_empty() {
+            continue;
+        }
         let n = ctx
             .db(
                 "wal_retention_forget",
