@@ -418,12 +418,29 @@ begin
     return v;
 end $$;
 
+-- Deletions below a WAL retention tombstone (sql/88_wal_retention.sql) only trim the runs at it:
+-- rebuilding from a year of segments at every batch the agent forgets would not scale.
 create function api.wal_runs_after_delete() returns trigger
 language plpgsql as $$
+declare
+    k record;
+    v_below bigint;
 begin
-    perform api.rebuild_wal_runs(k.pgsql_node_id, k.backup_server_id, k.system_identifier, k.timeline)
-       from (select distinct o.pgsql_node_id, o.backup_server_id, o.system_identifier, o.timeline
-               from old_objects o where o.kind in ('full', 'partial') order by 1, 2, 3, 4) k;
+    for k in select distinct o.pgsql_node_id, o.backup_server_id, o.system_identifier, o.timeline
+               from old_objects o where o.kind in ('full', 'partial') order by 1, 2, 3, 4 loop
+        select t.below_segno into v_below from public.wal_retention t
+         where t.pgsql_node_id = k.pgsql_node_id and t.backup_server_id = k.backup_server_id
+           and t.system_identifier = k.system_identifier;
+        if v_below is not null
+           and not exists (select 1 from old_objects o
+                            where o.pgsql_node_id = k.pgsql_node_id and o.backup_server_id = k.backup_server_id
+                              and o.system_identifier = k.system_identifier and o.timeline = k.timeline
+                              and o.kind in ('full', 'partial') and o.segno >= v_below) then
+            perform api.wal_trim_runs(k.pgsql_node_id, k.backup_server_id, k.system_identifier, k.timeline, v_below);
+        else
+            perform api.rebuild_wal_runs(k.pgsql_node_id, k.backup_server_id, k.system_identifier, k.timeline);
+        end if;
+    end loop;
     return null;
 end $$;
 

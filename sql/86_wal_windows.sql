@@ -86,6 +86,13 @@ begin
                                 api.wal_file_name(v_cur, r.first_segno - 1, v_seg_size, 'full', null));
                 exit;
             end if;
+            -- The WAL before it was deleted by retention (sql/88_wal_retention.sql): not a hole.
+            if exists (select 1 from public.wal_retention t
+                        where t.pgsql_node_id = p_node and t.backup_server_id = r.backup_server_id
+                          and t.system_identifier = r.system_identifier and t.below_segno >= r.first_segno) then
+                v_why := 'WAL before it deleted by retention (show_retention_plan --wal)';
+                exit;
+            end if;
             if h.timeline is null then
                 v_why := case when v_cur = 1 then 'first segment archived'
                               else format('history file of timeline %s not in the ledger: its parent is unknown', v_cur) end;

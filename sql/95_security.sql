@@ -41,7 +41,9 @@ language sql immutable as $$
                        -- replication status (sql/87_wal_monitor.sql)
                        'show_replication_status',
                        -- base backups (sql/87_base_backups.sql)
-                       'recovery_chains']),
+                       'recovery_chains',
+                       -- WAL retention (sql/88_wal_retention.sql)
+                       'wal_retention_plan', 'wal_retention_floors', 'timeline_lineage']),
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
@@ -77,7 +79,8 @@ language sql immutable as $$
                     'raise_overdue_alert', 'agent_heartbeat', 'report_wal_objects',
                     'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
                     'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note',
-                    'agent_repositories']),
+                    'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
+                    'wal_retention_forget', 'wal_retention_nodes']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -92,7 +95,7 @@ language sql immutable as $$
                        'drill_node_id', 'autoregister_server', 'grant_catalog_role',
                        'revoke_catalog_role', 'wal_runs_after_insert', 'wal_runs_after_delete',
                        'rebuild_wal_runs', 'wal_before_owner_delete', 'open_wal_condition',
-                       'evaluate_wal_conditions'])
+                       'evaluate_wal_conditions', 'wal_trim_runs'])
 $$;
 
 -- The group role whose members may run api function p_name (NULL: the owner only), for the

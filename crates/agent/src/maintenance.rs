@@ -10,7 +10,8 @@
 //!    deadline too (quarantined ones wait for a listing);
 //! 2. files of force-deleted catalog rows held here are removed;
 //! 3. directories of deleted nodes are removed;
-//! 4. retention (`crate::retention::enforce`);
+//! 4. retention (`crate::retention::enforce`), then WAL retention (`crate::wal_retention`: the
+//!    WAL below the oldest kept base backup of each node);
 //! 5. sent alerts older than the server's sent_alerts_retention are removed;
 //! 6. reconciliation (`crate::reconcile`): sets on disk without a row, rows whose files are
 //!    gone; with the deletions retention refused and the node partitions this agent refuses to
@@ -119,6 +120,8 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     let forced = retention::forced_deletions(ctx, &roots, stop).await?;
     let nodes = retention::deleted_nodes(ctx, &roots, stop).await?;
     let r = retention::enforce(ctx, &roots, stop).await?;
+    // After the sets: a base backup retention just deleted no longer holds its WAL.
+    let w = crate::wal_retention::enforce(ctx, &roots, stop).await?;
     let alerts = ctx
         .db(
             "purge_sent_alerts",
@@ -129,6 +132,7 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
         return Ok(());
     }
     findings.extend(r.blocked.iter().cloned());
+    findings.extend(w.blocked.iter().cloned());
     let mut kinds = vec!["BLOCKED", "PARTITION"];
     if crate::reconcile::walk_due() {
         match crate::reconcile::findings(ctx, &roots).await {
@@ -154,12 +158,14 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
             "maintenance found what it cannot settle (show_reconciliation lists it)"
         );
     }
-    if forced + nodes + r.deleted + r.refused > 0 || alerts > 0 {
+    if forced + nodes + r.deleted + r.refused + w.deleted > 0 || alerts > 0 || w.refused.is_some() {
         tracing::info!(
             forced_deletions = forced,
             deleted_node_dirs = nodes,
             retention_deleted = r.deleted,
             retention_refused = r.refused,
+            wal_segments_deleted = w.deleted,
+            wal_deletion_refused = w.refused.as_deref().unwrap_or("-"),
             sent_alerts_purged = alerts,
             "maintenance pass done"
         );

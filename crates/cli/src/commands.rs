@@ -1224,6 +1224,19 @@ async fn show_retention_plan(s: &mut Session, inv: &Invocation) -> Result<Output
     let srv = filter(s.value(inv, "server", Some("all"))?);
     let node = filter(s.value(inv, "node", Some("all"))?);
     let db = filter(s.value(inv, "dbname", Some("all"))?);
+    if inv.flag("wal") {
+        let mut rows = s.catalog.wal_retention_plan(&srv, &node).await?;
+        if inv.flag("deletions-only") {
+            let action = rows.columns.iter().position(|c| c == "Action");
+            rows.rows.retain(|r| {
+                matches!(action.and_then(|i| r.get(i)), Some(Value::Text(a)) if a == "delete" || a == "deleting")
+            });
+        }
+        return Ok(Output::List {
+            kind: "wal_retention_plan",
+            rows,
+        });
+    }
     let rows = s.catalog.retention_rows(&srv, &node, &db).await?;
     let mut out = Vec::new();
     for (r, rule) in rows.plan() {

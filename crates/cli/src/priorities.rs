@@ -49,6 +49,13 @@ pub fn drop_order(kind: &str) -> &'static [&'static str] {
             "Size",
         ],
         "retention_plan" => &["SnapshotID", "DefID", "Finished"],
+        "wal_retention_plan" => &[
+            "System identifier",
+            "From LSN",
+            "To LSN",
+            "Backup server",
+            "Stored size",
+        ],
         "snapshot_definitions" | "snapshots_in_progress" => &[
             "Registered",
             "SrvID",

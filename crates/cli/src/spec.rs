@@ -453,20 +453,30 @@ pub static COMMANDS: &[Cmd] = &[
         name: "show_retention_plan",
         group: DEFS,
         about: "What retention keeps and deletes, and by which rule, before anything is deleted. Only successful \
-                backups count toward redundancy; snapshots expire by their period.",
+                backups count toward redundancy (base backups once verified); snapshots expire by their period. \
+                With --wal: the WAL archive's ranges per timeline instead, deleted when below the start LSN of the \
+                oldest kept base backup of the node, kept with the base backup that needs them, held (nothing \
+                deleted) when the node has no kept base backup or one is running. The agent's maintenance pass \
+                deletes exactly this; timeline history files are always kept.",
         args: &[
             pos("server", "SrvID | FQDN | all"),
             pos("node", "NodeID | FQDN | all"),
             pos("dbname", "DBname | all"),
             Arg {
                 name: "deletions-only",
-                label: "Only the backups that would be deleted",
+                label: "Only the backups (or WAL ranges) that would be deleted",
+                kind: Kind::Flag,
+            },
+            Arg {
+                name: "wal",
+                label: "The WAL archive's plan: ranges deleted, kept and why",
                 kind: Kind::Flag,
             },
         ],
         examples: &[
             "show_retention_plan all pg01.example.org",
             "show_retention_plan all all billing --deletions-only",
+            "show_retention_plan all pg01.example.org all --wal",
         ],
     },
     Cmd {

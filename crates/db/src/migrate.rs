@@ -68,6 +68,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "87_wal_monitor.sql",
         include_str!("../../../sql/87_wal_monitor.sql"),
     ),
+    (
+        "88_wal_retention.sql",
+        include_str!("../../../sql/88_wal_retention.sql"),
+    ),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
     (
         "92_monitoring.sql",
