@@ -348,7 +348,15 @@ fn a_promoted_standby_continues_the_archive_on_its_new_timeline() {
     assert_eq!(rows[0]["lineage"], "1 → 2", "{w}");
     assert_eq!(rows[0]["from_lsn"], rows[1]["from_lsn"], "{w}");
     assert_eq!(rows[1]["timeline"], 1, "{w}");
-    // A stopped agent stops its pg_receivewal first (SIGTERM: it flushes and exits).
+    // A stopped agent stops its pg_receivewal first (SIGTERM: it flushes and exits). The
+    // receiver restarts across the timeline switch (--no-loop ends at it): stop it streaming,
+    // not in its backoff (which has no pg_receivewal to stop, nor a line that says so).
+    wait_until(
+        "the agent's slot streaming from the promoted node",
+        30,
+        &[&agent],
+        || standby.psql("postgres", active).trim() == "1",
+    );
     assert!(agent.sigterm().success(), "{}", agent.log());
     assert!(
         agent.log().contains("stopped (exited after"),
