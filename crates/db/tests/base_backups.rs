@@ -3,10 +3,10 @@
 //! counts up to its end), the set recorded by report_backup with its physical facts, and the
 //! recovery chains and windows that list it.
 
-use std::time::Duration;
+mod common;
 
 use pgbackman_db::wal::{NewWalArchive, WalObject};
-use pgbackman_db::{Audit, Catalog, DefinitionOptions, NewDefinition, Value, migrate};
+use pgbackman_db::{Audit, Catalog, DefinitionOptions, NewDefinition, Value};
 use pgbackman_testkit::TestCluster;
 
 const SEG: u64 = 16 * 1024 * 1024;
@@ -19,22 +19,11 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let pg = TestCluster::start();
-    pg.psql("postgres", "create database pgbackman");
-    let cfg: tokio_postgres::Config = pg.conninfo("pgbackman").parse().unwrap();
-    let mut owner = pgbackman_db::connect_once(&cfg, "test catalog")
-        .await
-        .unwrap();
-    migrate::init(&mut owner).await.unwrap();
-    owner
-        .batch_execute(
+    let (pg, owner, cat) = common::catalog(
             "select api.register_backup_server('bs1', 'example.org', 'RUNNING', '');
              insert into pgsql_node (hostname, domain_name, status) values ('pg1', 'example.org', 'RUNNING');",
-        )
-        .await
-        .unwrap();
-    let cat =
-        Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
+    )
+    .await;
     Env {
         _pg: pg,
         owner,

@@ -2,10 +2,10 @@
 //! `sql/87_repositories.sql`, with the refusals a DBA meets (bad input, duplicates, a location
 //! that would lose its sets, a repository still in use); the agent's view of them.
 
-use std::time::Duration;
+mod common;
 
 use pgbackman_db::repository::{NewRepository, RepositoryChange};
-use pgbackman_db::{Audit, Catalog, DbError, migrate};
+use pgbackman_db::{Audit, Catalog, DbError};
 use pgbackman_testkit::TestCluster;
 
 struct Env {
@@ -15,22 +15,11 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let pg = TestCluster::start();
-    pg.psql("postgres", "create database pgbackman");
-    let cfg: tokio_postgres::Config = pg.conninfo("pgbackman").parse().unwrap();
-    let mut owner = pgbackman_db::connect_once(&cfg, "test catalog")
-        .await
-        .unwrap();
-    migrate::init(&mut owner).await.unwrap();
-    owner
-        .batch_execute(
+    let (pg, owner, cat) = common::catalog(
             "select api.register_backup_server('bs1', 'example.org', 'RUNNING', '');
              insert into pgsql_node (hostname, domain_name, status) values ('pg1', 'example.org', 'RUNNING');",
-        )
-        .await
-        .unwrap();
-    let cat =
-        Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
+    )
+    .await;
     Env {
         _pg: pg,
         owner,

@@ -2,10 +2,12 @@
 //! idempotent, conflicting content refused and alerted, holes found, recovery windows across a
 //! timeline switch, and the hole check and recovery window at 500,000 segments.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use pgbackman_db::wal::{HistoryLine, NewWalArchive, Outcome, WalObject};
-use pgbackman_db::{Audit, Catalog, DbError, Value, migrate};
+use pgbackman_db::{Audit, Catalog, DbError, Value};
 use pgbackman_testkit::TestCluster;
 
 const SEG: u64 = 16 * 1024 * 1024;
@@ -19,24 +21,13 @@ struct Env {
 
 /// A catalog with backup servers bs1, bs2 and nodes pg1, pg2.
 async fn env() -> Env {
-    let pg = TestCluster::start();
-    pg.psql("postgres", "create database pgbackman");
-    let cfg: tokio_postgres::Config = pg.conninfo("pgbackman").parse().unwrap();
-    let mut owner = pgbackman_db::connect_once(&cfg, "test catalog")
-        .await
-        .unwrap();
-    migrate::init(&mut owner).await.unwrap();
-    owner
-        .batch_execute(
+    let (pg, owner, cat) = common::catalog(
             "select api.register_backup_server('bs1', 'example.org', 'RUNNING', '');
              select api.register_backup_server('bs2', 'example.org', 'RUNNING', '');
              insert into pgsql_node (hostname, domain_name, status) values ('pg1', 'example.org', 'RUNNING'),
                                                                           ('pg2', 'example.org', 'RUNNING');",
-        )
-        .await
-        .unwrap();
-    let cat =
-        Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
+    )
+    .await;
     Env {
         _pg: pg,
         owner,

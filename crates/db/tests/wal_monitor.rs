@@ -3,11 +3,13 @@
 //! do), keeps them while they hold, clears them when the cause goes, and leaves alone what a
 //! node that did not answer cannot tell; and the report's cost with a year of ledger.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use pgbackman_db::wal::{NewWalArchive, WalObject};
-use pgbackman_db::{Audit, Catalog, migrate};
+use pgbackman_db::{Audit, Catalog};
 use pgbackman_testkit::TestCluster;
 use serde_json::json;
 
@@ -22,22 +24,11 @@ struct Env {
 
 /// A catalog with backup server bs1 and node pg1, archived by bs1.
 async fn env() -> Env {
-    let pg = TestCluster::start();
-    pg.psql("postgres", "create database pgbackman");
-    let cfg: tokio_postgres::Config = pg.conninfo("pgbackman").parse().unwrap();
-    let mut owner = pgbackman_db::connect_once(&cfg, "test catalog")
-        .await
-        .unwrap();
-    migrate::init(&mut owner).await.unwrap();
-    owner
-        .batch_execute(
+    let (pg, owner, cat) = common::catalog(
             "select api.register_backup_server('bs1', 'example.org', 'RUNNING', '');
              insert into pgsql_node (hostname, domain_name, status) values ('pg1', 'example.org', 'RUNNING');",
-        )
-        .await
-        .unwrap();
-    let cat =
-        Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
+    )
+    .await;
     cat.register_wal_archive(
         &Audit {
             os_user: "tester".into(),

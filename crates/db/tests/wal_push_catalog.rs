@@ -2,11 +2,10 @@
 //! as a hash and replaced only when asked, the refusals a DBA meets (with a HINT), the agent's
 //! list carrying the intake and the hash, and deletion without a slot to drop.
 
-use std::time::Duration;
+mod common;
 
+use pgbackman_db::Audit;
 use pgbackman_db::wal::NewWalArchive;
-use pgbackman_db::{Audit, Catalog, migrate};
-use pgbackman_testkit::TestCluster;
 
 fn audit() -> Audit {
     Audit {
@@ -17,23 +16,12 @@ fn audit() -> Audit {
 
 #[tokio::test]
 async fn a_push_archive_has_no_slot_and_a_hashed_credential_replaced_only_when_asked() {
-    let pg = TestCluster::start();
-    pg.psql("postgres", "create database pgbackman");
-    let cfg: tokio_postgres::Config = pg.conninfo("pgbackman").parse().unwrap();
-    let mut owner = pgbackman_db::connect_once(&cfg, "test catalog")
-        .await
-        .unwrap();
-    migrate::init(&mut owner).await.unwrap();
-    owner
-        .batch_execute(
+    let (_pg, owner, cat) = common::catalog(
             "select api.register_backup_server('bs1', 'example.org', 'RUNNING', '');
              insert into pgsql_node (hostname, domain_name, status) values ('pg1', 'example.org', 'RUNNING'),
                                                                           ('pg2', 'example.org', 'RUNNING');",
-        )
-        .await
-        .unwrap();
-    let cat =
-        Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
+    )
+    .await;
     let new = |node: &str, intake: &str, slot: Option<&str>| NewWalArchive {
         server: "bs1.example.org".into(),
         node: node.into(),

@@ -3,9 +3,11 @@
 //! while a base backup runs, the two phases (tombstone and trimmed runs, then the rows), and the
 //! plan, mark and deletion at 500,000 segments.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use pgbackman_db::{Catalog, DefinitionOptions, NewDefinition, Value, migrate};
+use pgbackman_db::{Catalog, DefinitionOptions, NewDefinition, Value};
 use pgbackman_testkit::TestCluster;
 
 const SEG: u64 = 16 * 1024 * 1024;
@@ -19,22 +21,11 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let pg = TestCluster::start();
-    pg.psql("postgres", "create database pgbackman");
-    let cfg: tokio_postgres::Config = pg.conninfo("pgbackman").parse().unwrap();
-    let mut owner = pgbackman_db::connect_once(&cfg, "test catalog")
-        .await
-        .unwrap();
-    migrate::init(&mut owner).await.unwrap();
-    owner
-        .batch_execute(
+    let (pg, owner, cat) = common::catalog(
             "select api.register_backup_server('bs1', 'example.org', 'RUNNING', '');
              insert into pgsql_node (hostname, domain_name, status) values ('pg1', 'example.org', 'RUNNING');",
-        )
-        .await
-        .unwrap();
-    let cat =
-        Catalog::lazy_with_deadline(cfg, "test", "test catalog", Duration::from_secs(20)).unwrap();
+    )
+    .await;
     let audit = pgbackman_db::Audit {
         os_user: "tester".into(),
         command: "test".into(),
