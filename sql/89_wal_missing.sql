@@ -55,13 +55,21 @@ begin
         on o.pgsql_node_id = p_node and o.system_identifier = gaps.sysid and o.timeline = gaps.tl
        and o.kind = 'full' and o.backup_server_id = p_server
        and o.segno >= lower(gaps.g) and o.segno < upper(gaps.g);
-    -- The few other objects (history, partial, backup history files), by name.
+    -- The few other objects (history, partial, backup history files), by name; one kind at a
+    -- time so that each is read through its own index, never the node's segments.
     insert into pg_temp.wal_lost
     select o.wal_id, n.name
-      from public.wal_object o
+      from (select o.* from public.wal_object o
+             where o.pgsql_node_id = p_node and o.backup_server_id = p_server and o.kind = 'history'
+            union all
+            select o.* from public.wal_object o
+             where o.pgsql_node_id = p_node and o.backup_server_id = p_server and o.kind = 'backup_history'
+            union all
+            select o.* from public.wal_object o
+             where o.pgsql_node_id = p_node and o.backup_server_id = p_server and o.kind in ('full', 'partial')
+               and o.kind = 'partial') o
       cross join lateral (select api.wal_file_name(o.timeline, o.segno, o.seg_size, o.kind, o.start_lsn) as name) n
-     where o.pgsql_node_id = p_node and o.backup_server_id = p_server and o.kind <> 'full'
-       and not exists (select 1 from jsonb_array_elements(coalesce(p_present, '[]')) d
+     where not exists (select 1 from jsonb_array_elements(coalesce(p_present, '[]')) d
                         where (d->>'sysid')::numeric = o.system_identifier and (d->>'timeline')::bigint = o.timeline
                           and d->'names' ? n.name);
     select array_agg(l.wal_id) into v_rows
