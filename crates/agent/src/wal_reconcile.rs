@@ -195,4 +195,31 @@ mod tests {
         );
         assert!(list(&t.path().join("nothing")).unwrap().is_none());
     }
+
+    /// The listing of a year of a busy node: `cargo nextest run -p pgbackman-agent --lib
+    /// listing_500000 --run-ignored only --no-capture` (500,000 empty files, removed after).
+    #[test]
+    #[ignore]
+    fn listing_500000_stored_segments() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("wal/node1");
+        let dir = root.join("7412345678901234567/00000001");
+        fs::create_dir_all(&dir).unwrap();
+        for s in 1..=500_000u64 {
+            fs::write(
+                dir.join(format!("00000001{:08X}{:08X}.zst", s / 256, s % 256)),
+                b"",
+            )
+            .unwrap();
+        }
+        let t0 = std::time::Instant::now();
+        let l = list(&root).unwrap().unwrap();
+        let d = t0.elapsed();
+        let json = serde_json::to_string(&l).unwrap().len();
+        eprintln!(
+            "listing 500,000 stored segments: {d:?}, {} ranges, {json} bytes of JSON",
+            l[0].ranges.len()
+        );
+        assert_eq!(l[0].ranges.len(), 1954);
+    }
 }
