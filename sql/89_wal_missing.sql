@@ -11,9 +11,11 @@
 -- are the other stored files (.history, .partial, .backup), without the codec suffix.
 -- Rows recorded at or after p_scan_started are kept (the listing may have run before their file
 -- was renamed in); rows below this server's WAL retention tombstone are ignored (retention
--- deletes those on purpose). Compared through wal_run (a handful of rows) and multiranges, so
+-- deletes those on purpose), and so are rows whose stored path is not under p_root, the directory
+-- listed (the node's partition moved: the older files are still where they were). Compared through wal_run (a handful of rows) and multiranges, so
 -- only the rows in a gap are read. Returns the rows removed.
-create function api.reconcile_wal_files(p_server bigint, p_node bigint, p_scan_started timestamptz, p_present jsonb)
+create function api.reconcile_wal_files(p_server bigint, p_node bigint, p_root text, p_scan_started timestamptz,
+                                        p_present jsonb)
 returns table (wal_id bigint, stored_path text, file_name text, detail text)
 language plpgsql as $$
 declare
@@ -79,6 +81,7 @@ begin
         on t.pgsql_node_id = o.pgsql_node_id and t.backup_server_id = o.backup_server_id
        and t.system_identifier = o.system_identifier
      where o.recorded_at < p_scan_started
+       and left(o.stored_path, length(p_root) + 1) = p_root || '/'
        and not (t.below_segno is not null and o.kind in ('full', 'partial') and o.segno < t.below_segno)
        and not (t.below_lsn is not null and o.kind = 'backup_history' and o.start_lsn < t.below_lsn);
     -- A file found lost earlier and recorded again since (delivered anew): settled.

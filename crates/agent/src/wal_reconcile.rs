@@ -63,8 +63,13 @@ pub async fn reconcile(ctx: &Ctx, stop: &CancellationToken) -> Result<usize> {
         let gone = ctx
             .db(
                 "reconcile_wal_files",
-                ctx.catalog
-                    .reconcile_wal_files(ctx.server_id, a.pgsql_node_id, started, &present),
+                ctx.catalog.reconcile_wal_files(
+                    ctx.server_id,
+                    a.pgsql_node_id,
+                    &root.display().to_string(),
+                    started,
+                    &present,
+                ),
             )
             .await?;
         for g in &gone {

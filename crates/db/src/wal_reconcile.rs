@@ -33,14 +33,15 @@ pub struct LostWal {
 }
 
 impl Catalog {
-    /// Compares the node's ledger rows on this server with `present` (listed from
-    /// `scan_started` on): rows of files not present, recorded before the scan and not below
-    /// the WAL retention tombstone, are removed and recorded as MISSING findings (an alert each).
+    /// Compares the node's ledger rows on this server with `present` (the files under `root`,
+    /// listed from `scan_started` on): rows of files under `root` not present, recorded before
+    /// the scan and not below the WAL retention tombstone, are removed and recorded as MISSING findings (an alert each).
     /// Returns them.
     pub async fn reconcile_wal_files(
         &self,
         server_id: i64,
         node_id: i64,
+        root: &str,
         scan_started: chrono::DateTime<chrono::Utc>,
         present: &[WalDirListing],
     ) -> Result<Vec<LostWal>, DbError> {
@@ -49,8 +50,8 @@ impl Catalog {
         let tx = c.transaction().await?;
         let rows = tx
             .query(
-                "select wal_id, stored_path, file_name, detail from api.reconcile_wal_files($1, $2, $3, $4)",
-                &[&server_id, &node_id, &scan_started, &json],
+                "select wal_id, stored_path, file_name, detail from api.reconcile_wal_files($1, $2, $3, $4, $5)",
+                &[&server_id, &node_id, &root, &scan_started, &json],
             )
             .await?;
         tx.commit().await?;

@@ -1,7 +1,7 @@
 //! WAL files lost on disk against a real catalog (`sql/89_wal_missing.sql`): the rows of files
 //! the agent no longer lists become a hole and MISSING findings; rows recorded after the scan
-//! started and rows below the WAL retention tombstone are kept; the comparison at 500,000
-//! segments.
+//! started, rows below the WAL retention tombstone and rows stored outside the listed directory
+//! are kept; the comparison at 500,000 segments.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ const SEG: u64 = 16 * 1024 * 1024;
 const SYSID: &str = "7412345678901234567";
 /// Segments per log (4 GB / 16 MB): a name's log changes every 256 segments.
 const PER_LOG: i64 = 256;
+/// The archive root the agent lists.
+const ROOT: &str = "/b/wal/node1";
 
 struct Env {
     _pg: TestCluster,
@@ -131,7 +133,7 @@ async fn a_lost_segment_becomes_a_hole_and_a_finding_new_and_retained_rows_are_k
     let all = listing(&[(100, 600)], &["00000001000000010000002C.00000028.backup"]);
     let lost = e
         .cat
-        .reconcile_wal_files(1, 1, started, &all)
+        .reconcile_wal_files(1, 1, ROOT, started, &all)
         .await
         .unwrap();
     assert!(lost.is_empty(), "{lost:?}");
@@ -141,7 +143,7 @@ async fn a_lost_segment_becomes_a_hole_and_a_finding_new_and_retained_rows_are_k
     let some = listing(&[(100, 256), (258, 600)], &[]);
     let lost = e
         .cat
-        .reconcile_wal_files(1, 1, started, &some)
+        .reconcile_wal_files(1, 1, ROOT, started, &some)
         .await
         .unwrap();
     let names: Vec<&str> = lost.iter().map(|l| l.file_name.as_str()).collect();
@@ -186,10 +188,19 @@ async fn a_lost_segment_becomes_a_hole_and_a_finding_new_and_retained_rows_are_k
         .unwrap();
     let again = e
         .cat
-        .reconcile_wal_files(1, 1, started, &some)
+        .reconcile_wal_files(1, 1, ROOT, started, &some)
         .await
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
+    // The node's partition moved: the new directory holds none of the older files, which are
+    // still where their rows say. Nothing is removed.
+    let moved = e
+        .cat
+        .reconcile_wal_files(1, 1, "/elsewhere/wal/node1", started, &[])
+        .await
+        .unwrap();
+    assert!(moved.is_empty(), "{moved:?}");
+    assert_eq!(count(&e, "select count(*) from wal_object").await, 609);
     assert_eq!(count(&e, "select count(*) from reconciliation").await, 2);
     assert_eq!(
         count(
@@ -208,11 +219,14 @@ async fn wal_reconciliation_at_500000_segments() {
     let started = chrono::Utc::now();
     let all = listing(&[(1, 500_000)], &[]);
     // The connection and the plans first (another node: nothing to compare).
-    e.cat.reconcile_wal_files(1, 2, started, &[]).await.unwrap();
+    e.cat
+        .reconcile_wal_files(1, 2, ROOT, started, &[])
+        .await
+        .unwrap();
     let t = Instant::now();
     let lost = e
         .cat
-        .reconcile_wal_files(1, 1, started, &all)
+        .reconcile_wal_files(1, 1, ROOT, started, &all)
         .await
         .unwrap();
     let d_none = t.elapsed();
@@ -222,7 +236,7 @@ async fn wal_reconciliation_at_500000_segments() {
     let t = Instant::now();
     let lost = e
         .cat
-        .reconcile_wal_files(1, 1, started, &some)
+        .reconcile_wal_files(1, 1, ROOT, started, &some)
         .await
         .unwrap();
     let d_one = t.elapsed();
