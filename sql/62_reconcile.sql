@@ -103,7 +103,9 @@ begin
      where f.bck_id is not null and not exists (select 1 from public.backup_catalog c where c.bck_id = f.bck_id);
     delete from public.reconciliation r
      where r.backup_server_id = p_server and r.kind = any (p_kinds)
-       and not exists (select 1 from pg_temp.found f where f.kind = r.kind and f.path = r.path);
+       and not exists (select 1 from pg_temp.found f where f.kind = r.kind and f.path = r.path)
+       -- A lost WAL file (sql/89_wal_missing.sql) is settled there, not by a walk of the sets.
+       and not (r.kind = 'MISSING' and r.path ~ '/wal/node[0-9]+/[0-9]+/[0-9A-F]{8}/[^/]+$');
     with fresh as (
         select f.* from pg_temp.found f
          where not exists (select 1 from public.reconciliation r

@@ -80,7 +80,7 @@ language sql immutable as $$
                     'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
                     'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note',
                     'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
-                    'wal_retention_forget', 'wal_retention_nodes']),
+                    'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -26,6 +26,7 @@ pub mod standby;
 pub mod state;
 pub mod verify_job;
 pub mod wal;
+pub mod wal_reconcile;
 pub mod wal_retention;
 
 use std::collections::{BTreeMap, HashMap};

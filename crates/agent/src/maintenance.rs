@@ -15,7 +15,9 @@
 //! 5. sent alerts older than the server's sent_alerts_retention are removed;
 //! 6. reconciliation (`crate::reconcile`): sets on disk without a row, rows whose files are
 //!    gone; with the deletions retention refused and the node partitions this agent refuses to
-//!    write to, they replace the server's findings in the catalog (an alert for each new one).
+//!    write to, they replace the server's findings in the catalog (an alert for each new one);
+//!    with the walk, the stored WAL files of each WAL archive are checked against the ledger
+//!    (`crate::wal_reconcile`: a lost file's row goes, a hole and a MISSING finding).
 //!
 //! Steps 2 to 4 delete only under this agent's backup roots (`crate::roots`), derived once per
 //! pass from the partitions the catalog has now and those the agent has written to.
@@ -143,6 +145,11 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
             }
         }
         kinds.extend(["ORPHAN", "MISSING"]);
+        // WAL files lost on disk: their rows go (a hole), their findings are the catalog's.
+        if let Err(e) = crate::wal_reconcile::reconcile(ctx, stop).await {
+            crate::reconcile::walk_failed();
+            return Err(e);
+        }
     }
     let raised = ctx
         .db(

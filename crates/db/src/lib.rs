@@ -28,6 +28,7 @@ pub mod verify;
 pub mod wal;
 pub mod wal_agent;
 pub mod wal_node;
+pub mod wal_reconcile;
 pub mod wal_retention;
 
 pub use catalog::{

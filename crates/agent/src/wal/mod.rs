@@ -14,7 +14,7 @@ mod pending;
 pub(crate) mod push;
 mod receiver;
 mod stall;
-mod store;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
