@@ -142,13 +142,16 @@ async fn basebackup_definitions_take_validated_pg_basebackup_options() {
         .cat
         .register_backup_definitions(
             &audit(),
-            &[def(
-                "BASEBACKUP",
-                DefinitionOptions {
-                    compression_level: Some(4),
-                    ..Default::default()
-                },
-            )],
+            &[NewDefinition {
+                minutes: Some("30".into()),
+                ..def(
+                    "BASEBACKUP",
+                    DefinitionOptions {
+                        compression_level: Some(4),
+                        ..Default::default()
+                    },
+                )
+            }],
         )
         .await
         .unwrap();
