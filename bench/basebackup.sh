@@ -3,12 +3,12 @@
 #   (a) pgbackman: `pgbackman -C "run_backup_definition_now N"` of a BASEBACKUP definition, run by
 #       a real pgbackman-agent that also keeps the node's WAL archive (so pg_basebackup runs with
 #       -X none and the job ends once the backup's WAL is in the ledger); the tar is read in
-#       flight (SHA-256 of every member against backup_manifest), zstd -3 and sha256 into the set;
+#       flight (SHA-256 of every member against backup_manifest), zstd (level $LEVEL) and sha256 into the set;
 #       wall = job.finished_at - job.claimed_at, size = backup_catalog.total_size;
 #   (b) the ceiling: pg_basebackup -D - -Ft -X none --checkpoint=fast > /dev/null;
 #   (c) the peers' gzip default: pg_basebackup -D DIR -Ft -z --checkpoint=fast (WAL streamed into
 #       pg_wal.tar.gz beside base.tar.gz), size = du -sb DIR (base.tar.gz alone shown too);
-#   (d) for reference only (no target): pg_basebackup -D - -Ft -X none | zstd -3 -T2 > file, what
+#   (d) for reference only (no target): pg_basebackup -D - -Ft -X none | zstd -$LEVEL -T2 > file, what
 #       compression alone costs on this machine. The agent's CPU time per backup is shown too.
 # Each is repeated REPS times (interleaved) and the median is reported. Nothing here fails on a
 # number: PASS/MISS lines compare with issue 11's targets (wall <= 1.3 x ceiling, size <= gzip).
