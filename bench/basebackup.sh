@@ -3,27 +3,32 @@
 #   (a) pgbackman: `pgbackman -C "run_backup_definition_now N"` of a BASEBACKUP definition, run by
 #       a real pgbackman-agent that also keeps the node's WAL archive (so pg_basebackup runs with
 #       -X none and the job ends once the backup's WAL is in the ledger); the tar is read in
-#       flight (SHA-256 of every member against backup_manifest), zstd -3 and sha256 into the set;
+#       flight (SHA-256 of every member against backup_manifest), zstd (level $LEVEL) and sha256 into the set;
 #       wall = job.finished_at - job.claimed_at, size = backup_catalog.total_size;
 #   (b) the ceiling: pg_basebackup -D - -Ft -X none --checkpoint=fast > /dev/null;
 #   (c) the peers' gzip default: pg_basebackup -D DIR -Ft -z --checkpoint=fast (WAL streamed into
 #       pg_wal.tar.gz beside base.tar.gz), size = du -sb DIR (base.tar.gz alone shown too);
-#   (d) for reference only (no target): pg_basebackup -D - -Ft -X none | zstd -3 -T2 > file, what
+#   (d) for reference only (no target): pg_basebackup -D - -Ft -X none | zstd -$LEVEL -T2 > file, what
 #       compression alone costs on this machine. The agent's CPU time per backup is shown too.
 # Each is repeated REPS times (interleaved) and the median is reported. Nothing here fails on a
 # number: PASS/MISS lines compare with issue 11's targets (wall <= 1.3 x ceiling, size <= gzip).
 #
 # Usage: bench/basebackup.sh [scale]     (scale of reference-db.sql, default 4, about 1.4 GB)
 #   env: BIN_DIR=DIR uses pgbackman and pgbackman-agent from DIR instead of building the tree;
-#        REPS (default 3), KEEP=1 keeps the work directory for inspection.
+#        REPS (default 3), KEEP=1 keeps the work directory for inspection, LEVEL (default 3) is
+#        the zstd level of the definition (--compression-level) and of the reference pipe (d),
+#        GZIP_REPS (default REPS) runs (c) in the first GZIP_REPS rounds only (its minute a round).
 # Runs as root (servers then run as the postgres OS user) or as an ordinary user.
 set -euo pipefail
 shopt -s inherit_errexit
 
 SCALE=${1:-4}
 REPS=${REPS:-3}
+LEVEL=${LEVEL:-3}
+GZIP_REPS=${GZIP_REPS:-$REPS}
 [[ $SCALE =~ ^[0-9]+$ && $SCALE -ge 1 ]] || { echo "usage: $0 [scale>=1]" >&2; exit 2; }
 [[ $REPS =~ ^[0-9]+$ && $REPS -ge 1 ]] || { echo "REPS must be a positive integer" >&2; exit 2; }
+[[ $LEVEL =~ ^[0-9]+$ && $LEVEL -ge 1 && $LEVEL -le 19 ]] || { echo "LEVEL must be 1 to 19" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REFDB=${REFDB:-$ROOT/../shared/bench/reference-db.sql}
@@ -69,7 +74,7 @@ build_reference_db
 register_site
 pgb -C "register_wal_archive $SERVER $NODE_ADDR" >/dev/null
 h=$(( ($(date -u +%-H) + 12) % 24 ))
-pgb -C "register_backup_definition $SERVER $NODE_ADDR \"\" \"\" 0 $h \"*\" \"*\" \"*\" BASEBACKUP false \"7 days\" 1 \"\" ACTIVE bench --checkpoint fast" >/dev/null
+pgb -C "register_backup_definition $SERVER $NODE_ADDR \"\" \"\" 0 $h \"*\" \"*\" \"*\" BASEBACKUP false \"7 days\" 1 \"\" ACTIVE bench --checkpoint fast --compression-level $LEVEL" >/dev/null
 DEF_ID=$(cpsql "select max(def_id) from backup_definition")
 start_agent "$PGBIN"
 deadline=$((SECONDS + 60))
@@ -120,7 +125,7 @@ run_gzip() { # prints "wall_seconds size_bytes base_tar_gz_bytes"
 run_zstd_pipe() { # prints "wall_seconds size_bytes"
     local t0 t1 f=$WORK/pipe.tar.zst
     t0=$(now)
-    timeout 3600 "$PGBIN/pg_basebackup" "${NODE_CONN[@]}" -D - -Ft -X none --checkpoint=fast 2>/dev/null | zstd -q -3 -T2 >"$f"
+    timeout 3600 "$PGBIN/pg_basebackup" "${NODE_CONN[@]}" -D - -Ft -X none --checkpoint=fast 2>/dev/null | zstd -q "-$LEVEL" -T2 >"$f"
     t1=$(now)
     echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}') $(stat -c %s "$f")"
     rm -f "$f"
@@ -144,14 +149,16 @@ for i in $(seq "$REPS"); do
     if ((HAVE_ZSTD)); then
         read -r w s <<<"$(run_zstd_pipe)"
         D_WALL+=("$w") D_SIZE+=("$s")
-        log "rep $i/$REPS reference pg_basebackup | zstd -3 -T2: ${w}s, $(mb "$s") MB"
+        log "rep $i/$REPS reference pg_basebackup | zstd -$LEVEL -T2: ${w}s, $(mb "$s") MB"
     fi
     w=$(run_ceiling)
     C_WALL+=("$w")
     log "rep $i/$REPS ceiling pg_basebackup -Ft -X none > /dev/null: ${w}s"
-    read -r w s t <<<"$(run_gzip)"
-    G_WALL+=("$w") G_SIZE+=("$s") G_TAR+=("$t")
-    log "rep $i/$REPS pg_basebackup -Ft -z: ${w}s, $(mb "$s") MB"
+    if ((i <= GZIP_REPS)); then
+        read -r w s t <<<"$(run_gzip)"
+        G_WALL+=("$w") G_SIZE+=("$s") G_TAR+=("$t")
+        log "rep $i/$REPS pg_basebackup -Ft -z: ${w}s, $(mb "$s") MB"
+    fi
 done
 
 am=$(printf '%s\n' "${A_WALL[@]}" | median)
@@ -166,7 +173,7 @@ r1=$(ratio "$am" "$cm")
 r2=$(ratio "$as" "$gs")
 
 echo
-echo "BASEBACKUP of the reference database, scale $SCALE ($(mb "$DBSIZE") MB on disk), $REPS runs each, median"
+echo "BASEBACKUP (zstd level $LEVEL) of the reference database, scale $SCALE ($(mb "$DBSIZE") MB on disk), $REPS runs each, median"
 echo "build: $BUILD; host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GB", $2/1048576}' /proc/meminfo), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-58s %10s %10s   %s\n' "method" "wall (s)" "size (MB)" "runs (s)"
 printf '%-58s %10.2f %10s   %s\n' "pgbackman (job claimed -> finished, WAL in the ledger)" "$am" "$(mb "$as")" "${A_WALL[*]}"
@@ -175,7 +182,7 @@ printf '%-58s %10.2f %10s   %s\n' "ceiling (pg_basebackup -D - -Ft -X none > /de
 printf '%-58s %10.2f %10s   %s\n' "pg_basebackup -Ft -z (base.tar.gz + pg_wal.tar.gz)" "$gm" "$(mb "$gs")" "${G_WALL[*]}"
 printf '%-58s %10s %10s\n' "  of which base.tar.gz" "" "$(mb "$gt")"
 if ((HAVE_ZSTD)); then
-    printf '%-58s %10.2f %10s   %s\n' "reference: pg_basebackup -Ft -X none | zstd -3 -T2 > file" \
+    printf '%-58s %10.2f %10s   %s\n' "reference: pg_basebackup -Ft -X none | zstd -$LEVEL -T2 > file" \
         "$(printf '%s\n' "${D_WALL[@]}" | median)" "$(mb "$(printf '%s\n' "${D_SIZE[@]}" | median)")" "${D_WALL[*]}"
 fi
 printf 'agent CPU per pgbackman backup (utime+stime): median %s s   runs: %s\n' "$acpu" "${A_CPU[*]}"

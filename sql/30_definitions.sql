@@ -30,7 +30,7 @@ begin
         backup_server_id, pgsql_node_id, dbname,
         minutes_cron, hours_cron, day_month_cron, month_cron, weekday_cron,
         backup_code, encryption, retention_period, retention_redundancy,
-        extra_backup_parameters, job_status, remarks)
+        extra_backup_parameters, job_status, remarks, compression_level)
     values (
         v_server, v_node, v_dbname,
         api.check_cron_field('minute', coalesce(nullif(btrim(p_minutes), ''), api.random_in_range(api.node_config_value(v_node, 'backup_minutes_interval')))),
@@ -44,7 +44,10 @@ begin
         coalesce(p_retention_redundancy, api.node_config_value(v_node, 'retention_redundancy')::integer),
         coalesce(p_extra, api.node_config_value(v_node, 'extra_backup_parameters')),
         api.check_choice('job status', upper(coalesce(nullif(btrim(p_job_status), ''), api.node_config_value(v_node, 'backup_job_status'))), array['ACTIVE', 'STOPPED']),
-        coalesce(p_remarks, ''))
+        coalesce(p_remarks, ''),
+        -- A base backup's tar is mostly data pages: zstd 1 stays under pg_basebackup -z's gzip
+        -- size at about half of level 3's CPU, which sets its wall time (bench/README.md).
+        case when v_code = 'BASEBACKUP' then 1 else 3 end)
     returning def_id into v_id;
     return v_id;
 exception

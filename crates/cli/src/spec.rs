@@ -286,7 +286,7 @@ pub static COMMANDS: &[Cmd] = &[
             ),
             opt(
                 "compression-level",
-                "zstd level of the custom format (1-19, default 3)",
+                "zstd level of the custom format or base.tar.zst (1-19, default 3; BASEBACKUP 1)",
             ),
             opt(
                 "max-runtime",
@@ -342,7 +342,7 @@ pub static COMMANDS: &[Cmd] = &[
             ),
             opt(
                 "compression-level",
-                "zstd level of the custom format (1-19, default 3)",
+                "zstd level of the custom format or base.tar.zst (1-19, default 3; BASEBACKUP 1)",
             ),
             opt(
                 "max-runtime",

@@ -117,7 +117,7 @@ async fn basebackup_definitions_take_validated_pg_basebackup_options() {
     let r = e
         .owner
         .query_one(
-            "select checkpoint, max_rate, wal_wait_timeout::text from backup_definition where def_id = $1",
+            "select checkpoint, max_rate, wal_wait_timeout::text, compression_level from backup_definition where def_id = $1",
             &[&d[0].def_id],
         )
         .await
@@ -125,6 +125,35 @@ async fn basebackup_definitions_take_validated_pg_basebackup_options() {
     assert_eq!(r.get::<_, String>(0), "spread");
     assert_eq!(r.get::<_, Option<String>>(1).as_deref(), Some("50M"));
     assert_eq!(r.get::<_, String>(2), "00:05:00");
+    // zstd 1 by default for a base backup's tar (bench/README.md), a level given wins.
+    assert_eq!(r.get::<_, i32>(3), 1);
+    let given = e
+        .cat
+        .register_backup_definitions(
+            &audit(),
+            &[NewDefinition {
+                minutes: Some("30".into()),
+                ..def(
+                    "BASEBACKUP",
+                    DefinitionOptions {
+                        compression_level: Some(4),
+                        ..Default::default()
+                    },
+                )
+            }],
+        )
+        .await
+        .unwrap();
+    let level: i32 = e
+        .owner
+        .query_one(
+            "select compression_level from backup_definition where def_id = $1",
+            &[&given[0].def_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(level, 4);
     for (o, needle) in [
         (
             DefinitionOptions {
