@@ -25,10 +25,16 @@ select d.def_id as "DefID", d.backup_server_id as "SrvID", s.fqdn as "Backup ser
        d.retention_period::text || ' (' || d.retention_redundancy || ')' as "Retention",
        d.job_status as "Status", d.extra_backup_parameters as "Parameters",
        concat_ws(', ',
-                 case when d.dump_format = 'directory' then 'directory -j ' || d.dump_jobs
+                 case when d.backup_code = 'BASEBACKUP'
+                           then concat_ws(', ', 'tar zstd:' || d.compression_level, 'checkpoint ' || d.checkpoint,
+                                          'max rate ' || d.max_rate, 'WAL wait ' || d.wal_wait_timeout::text)
+                      when d.dump_format = 'directory' then 'directory -j ' || d.dump_jobs
                       else 'custom zstd:' || d.compression_level end,
-                 'max ' || d.max_runtime::text, 'lock wait ' || d.lock_wait_timeout::text,
-                 'pg_dump ' || d.client_major, 'drill ' || d.drill_schedule) as "Options",
+                 'max ' || d.max_runtime::text,
+                 case when d.backup_code <> 'BASEBACKUP' then 'lock wait ' || d.lock_wait_timeout::text end,
+                 case when d.backup_code = 'BASEBACKUP' then 'pg_basebackup ' || d.client_major
+                      else 'pg_dump ' || d.client_major end,
+                 'drill ' || d.drill_schedule) as "Options",
        d.registered as "Registered", d.remarks as "Remarks"
   from public.backup_definition d
   join public.backup_server s on s.server_id = d.backup_server_id
