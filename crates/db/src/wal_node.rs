@@ -65,23 +65,32 @@ pub async fn prepare_slot(
                 &[&slot],
             )
             .await?;
-        let r = c
-            .query_one(
-                "select system_identifier::text, current_setting('server_version_num')::int4,
-                        current_setting('wal_segment_size', true)
-                   from pg_catalog.pg_control_system()",
-                &[],
-            )
-            .await?;
-        let seg: Option<String> = r.get(2);
-        Ok(NodeWalIdentity {
-            system_identifier: r.get::<_, String>(0).parse().unwrap_or(0),
-            server_version_num: r.get(1),
-            seg_size: seg.as_deref().map(parse_size).unwrap_or(16 << 20),
-            slot_created: !created.is_empty(),
-        })
+        identity(c, !created.is_empty()).await
     })
     .await
+}
+
+/// The node's system identifier, version and WAL segment size (one statement): what stored
+/// and pushed files are checked against.
+async fn identity(
+    c: &tokio_postgres::Client,
+    slot_created: bool,
+) -> Result<NodeWalIdentity, tokio_postgres::Error> {
+    let r = c
+        .query_one(
+            "select system_identifier::text, current_setting('server_version_num')::int4,
+                    current_setting('wal_segment_size', true)
+               from pg_catalog.pg_control_system()",
+            &[],
+        )
+        .await?;
+    let seg: Option<String> = r.get(2);
+    Ok(NodeWalIdentity {
+        system_identifier: r.get::<_, String>(0).parse().unwrap_or(0),
+        server_version_num: r.get(1),
+        seg_size: seg.as_deref().map(parse_size).unwrap_or(16 << 20),
+        slot_created,
+    })
 }
 
 /// The node's identity alone (no slot): what the wal-push intake checks pushed files against.
@@ -90,21 +99,7 @@ pub async fn node_identity(
     label: &str,
 ) -> Result<NodeWalIdentity, DbError> {
     session(config.into(), label, "reading its identity", async |c| {
-        let r = c
-            .query_one(
-                "select system_identifier::text, current_setting('server_version_num')::int4,
-                        current_setting('wal_segment_size', true)
-                   from pg_catalog.pg_control_system()",
-                &[],
-            )
-            .await?;
-        let seg: Option<String> = r.get(2);
-        Ok(NodeWalIdentity {
-            system_identifier: r.get::<_, String>(0).parse().unwrap_or(0),
-            server_version_num: r.get(1),
-            seg_size: seg.as_deref().map(parse_size).unwrap_or(16 << 20),
-            slot_created: false,
-        })
+        identity(c, false).await
     })
     .await
 }
