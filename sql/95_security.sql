@@ -43,11 +43,15 @@ language sql immutable as $$
                        -- base backups (sql/87_base_backups.sql)
                        'recovery_chains',
                        -- WAL retention (sql/88_wal_retention.sql)
-                       'wal_retention_plan', 'wal_retention_floors', 'timeline_lineage']),
+                       'wal_retention_plan', 'wal_retention_floors', 'timeline_lineage',
+                       -- point-in-time recovery (sql/89_pitr.sql)
+                       'pitr_path', 'pitr_plan', 'restore_point_check', 'clone_port_range']),
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
-                       'retry_alerts']),
+                       'retry_alerts',
+                       -- clones (sql/89_clones.sql)
+                       'register_pitr_restore']),
     -- pgbackman_admin (member of pgbackman_operator).
     ('admin', array['register_backup_server', 'update_backup_server', 'delete_backup_server',
                     'update_backup_server_config', 'update_backup_server_default_config',
@@ -80,7 +84,10 @@ language sql immutable as $$
                     'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
                     'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note',
                     'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
-                    'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files']),
+                    'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
+                    -- clones and wal-get (sql/89_clones.sql)
+                    'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
+                    'agent_interrupted_clones']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -76,6 +76,8 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "89_wal_missing.sql",
         include_str!("../../../sql/89_wal_missing.sql"),
     ),
+    ("89_pitr.sql", include_str!("../../../sql/89_pitr.sql")),
+    ("89_clones.sql", include_str!("../../../sql/89_clones.sql")),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
     (
         "92_monitoring.sql",
