@@ -101,6 +101,7 @@ struct Args {
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
     WalPush(wal::push::client::WalPushArgs),
+    WalGet(wal::get::WalGetArgs),
 }
 
 /// The clap definition of `pgbackman-agent` (man page and completions).
@@ -121,6 +122,9 @@ pub fn main_entry() -> ExitCode {
     let args = Args::parse();
     if let Some(Sub::WalPush(a)) = &args.command {
         return wal::push::client::main(a);
+    }
+    if let Some(Sub::WalGet(a)) = &args.command {
+        return wal::get::main(a);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -68,6 +68,7 @@ mod error;
 mod launcher;
 mod node;
 mod quote;
+pub mod pitr;
 pub mod restore;
 mod run;
 mod set;

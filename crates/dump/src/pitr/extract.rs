@@ -1,0 +1,1 @@
+//! Extracting a base backup set into a new data directory (stage 3).

@@ -1,0 +1,1 @@
+//! Recovery settings, start and wait (stage 3).
