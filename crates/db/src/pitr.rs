@@ -253,3 +253,58 @@ impl Catalog {
             .map_err(|e| DbError::Invalid(format!("wal_get_lookup answered what this agent cannot read: {e}")))
     }
 }
+
+/// What a clone's recovery reached, read from the clone itself.
+#[derive(Debug, Clone, Default)]
+pub struct CloneRecovery {
+    /// Still in recovery (paused, or replaying).
+    pub in_recovery: bool,
+    /// `pg_get_wal_replay_pause_state()`: not paused, pause requested, paused.
+    pub pause_state: String,
+    /// `pg_last_wal_replay_lsn()` in recovery, else `pg_current_wal_lsn()`.
+    pub lsn: Option<String>,
+    /// The timeline of the last checkpoint or restartpoint.
+    pub timeline: Option<i64>,
+    /// `pg_last_xact_replay_timestamp()`: the commit time of the last transaction replayed.
+    pub last_xact: Option<chrono::DateTime<chrono::Utc>>,
+    /// `pg_database_size` summed: what the clone holds.
+    pub size: Option<i64>,
+}
+
+/// Reads a clone's recovery state over its unix socket (`socket_dir`, `port`) as `user`: the
+/// clone listens on no TCP address and trusts local connections only, which its socket
+/// directory (0700, the agent's) restricts to the agent's user.
+pub async fn clone_recovery(
+    socket_dir: &std::path::Path,
+    port: u16,
+    user: &str,
+) -> Result<CloneRecovery, DbError> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host_path(socket_dir)
+        .port(port)
+        .user(user)
+        .dbname("postgres")
+        .application_name("pgbackman-agent clone check")
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let target = format!("clone on {}:{port}", socket_dir.display());
+    let c = crate::tls::connect(&pgbackman_config::ConnConfig::from(cfg), &target).await?;
+    let r = c
+        .query_one(
+            "select pg_is_in_recovery(),
+                    case when pg_is_in_recovery() then pg_get_wal_replay_pause_state() else 'not paused' end,
+                    case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end::text,
+                    (select timeline_id from pg_control_checkpoint())::int8,
+                    pg_last_xact_replay_timestamp(),
+                    (select sum(pg_database_size(oid))::int8 from pg_database where datallowconn)",
+            &[],
+        )
+        .await?;
+    Ok(CloneRecovery {
+        in_recovery: r.get(0),
+        pause_state: r.get(1),
+        lsn: r.get(2),
+        timeline: r.get(3),
+        last_xact: r.get(4),
+        size: r.get(5),
+    })
+}
