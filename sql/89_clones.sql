@@ -114,6 +114,7 @@ begin
             using errcode = 'P0002', hint = 'The clone was deleted meanwhile; nothing to do.';
     end if;
     return jsonb_build_object('clone_id', c.clone_id, 'name', c.name, 'port', c.port, 'target', c.target,
+                              'admin_user', (select n.admin_user from public.pgsql_node n where n.node_id = c.pgsql_node_id),
                               'node_major', (select split_part(bc.pgsql_node_release, '.', 1) from public.backup_catalog bc where bc.bck_id = c.bck_id),
                               'plan', api.pitr_plan(c.pgsql_node_id, c.bck_id, c.target ->> 'kind', c.target ->> 'value',
                                                     c.target ->> 'timeline'));

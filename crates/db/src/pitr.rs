@@ -52,6 +52,8 @@ pub struct CloneJob {
     pub name: String,
     pub port: i32,
     pub target: Value,
+    /// The node's admin user (a superuser of the clone, which has the node's roles).
+    pub admin_user: String,
     /// The major of the node when the base backup was taken ("15").
     pub node_major: Option<String>,
     /// `api.pitr_plan`'s answer (with `wal` and `history`).
