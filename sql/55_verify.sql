@@ -99,6 +99,9 @@ declare
     v_node bigint;
     v_job bigint;
 begin
+    if v_bck.backup_code = 'BASEBACKUP' then
+        return api.run_physical_drill(p_bck_id);   -- sql/89_drills.sql: no drill node
+    end if;
     if v_bck.backup_code not in ('FULL', 'SCHEMA') then
         raise exception 'BckID % is a % backup: drills restore one database with its schema', p_bck_id, v_bck.backup_code
             using errcode = '22023', hint = 'Drill a FULL or SCHEMA backup; verify_backup checks this one''s files and archive.';
@@ -131,16 +134,18 @@ begin
             using errcode = 'P0002', hint = 'show_backup_definitions lists the definitions.';
     end if;
     if v_line is not null then
-        if v_def.backup_code not in ('FULL', 'SCHEMA') then
-            raise exception 'DefID % makes % backups: drills restore one database with its schema', p_def_id, v_def.backup_code
-                using errcode = '22023', hint = 'Schedule drills on FULL or SCHEMA definitions; verify_backup checks the others.';
+        if v_def.backup_code not in ('FULL', 'SCHEMA', 'BASEBACKUP') then
+            raise exception 'DefID % makes % backups: drills restore one database with its schema, or a base backup', p_def_id, v_def.backup_code
+                using errcode = '22023', hint = 'Schedule drills on FULL, SCHEMA or BASEBACKUP definitions; verify_backup checks the others.';
         end if;
         v_fields := string_to_array(v_line, ' ');
         if cardinality(v_fields) <> 5 then
             raise exception 'drill schedule "%" is not a cron line of 5 fields', v_line
                 using errcode = '22023', hint = 'Use minute hour day-of-month month day-of-week, e.g. "30 5 * * 0" (Sundays at 05:30).';
         end if;
-        perform api.drill_node_id(v_def.backup_server_id, null);
+        if v_def.backup_code <> 'BASEBACKUP' then   -- base backups drill on the backup server
+            perform api.drill_node_id(v_def.backup_server_id, null);
+        end if;
     end if;
     update public.backup_definition set drill_schedule = v_line, updated = now() where def_id = p_def_id;
     insert into public.drill_schedule_state (def_id, last_fire) values (p_def_id, now())
@@ -290,7 +295,8 @@ begin
                                             target_dbname, started, finished, execution_status, error_step,
                                             error_message, error_stderr_tail, role_list, is_drill, row_count_check,
                                             backup_pg_release, flags, backup_code, restored_size, roles_created)
-        values (p_job_id, v_job.bck_id, v_job.backup_server_id, v_job.pgsql_node_id, coalesce(v_bck.dbname, ''),
+        values (p_job_id, v_job.bck_id, v_job.backup_server_id, coalesce(v_job.pgsql_node_id, v_bck.pgsql_node_id),
+                coalesce(v_bck.dbname, ''),
                 coalesce(p_result ->> 'scratch_dbname', ''), v_started, v_finished,
                 case v_state when 'PASSED' then 'SUCCEEDED' else 'ERROR' end,
                 p_result ->> 'error_step', p_result ->> 'error_message', p_result ->> 'error_stderr_tail',
@@ -311,8 +317,10 @@ begin
         values (v_job.kind, v_job.backup_server_id, coalesce(v_bck.pgsql_node_id, v_job.pgsql_node_id),
                 coalesce(v_bck.def_id, v_bck.snapshot_id), v_job.bck_id, v_restore_id, p_job_id, coalesce(v_bck.dbname, ''),
                 v_state,
-                format('%s of BckID %s %s at level %s: %s',
+                format('%s of BckID %s%s %s at level %s: %s',
                        case v_job.kind when 'DRILL' then 'restore drill' else 'verification' end, v_job.bck_id,
+                       case when v_bck.backup_code = 'BASEBACKUP'
+                            then format(' (base backup of PgSQL node %s)', api.node_fqdn(v_bck.pgsql_node_id)) else '' end,
                        case v_state when 'FAILED' then 'failed' else 'could not run' end, v_level, v_error),
                 api.node_config_value(coalesce(v_bck.pgsql_node_id, v_job.pgsql_node_id), 'logs_email'));
     end if;

@@ -56,12 +56,12 @@ begin
     end if;
     -- The redundancy rule once more, independently of the agent's arithmetic: never one of the
     -- newest N successful backups of its definition (on any server).
-    -- Base backups count once verified (sql/87_base_backups.sql).
+    -- Base backups count once verified and not failing their restore drill (sql/89_drills.sql).
     if c.def_id is not null and c.execution_status = 'SUCCEEDED'
-       and (c.backup_code <> 'BASEBACKUP' or c.verification_state = 'PASSED')
+       and api.base_backup_counts(c.bck_id)
        and (select count(*) from public.backup_catalog o
              where o.def_id = c.def_id and o.execution_status = 'SUCCEEDED' and o.retention_state = 'KEPT'
-               and (o.backup_code <> 'BASEBACKUP' or o.verification_state = 'PASSED')
+               and api.base_backup_counts(o.bck_id)
                and (o.finished, o.bck_id) > (c.finished, c.bck_id)) < v_redundancy then
         return;
     end if;

@@ -31,7 +31,9 @@ language sql immutable as $$
                      'repository_id', 'check_repository', 'repository_sets',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
-                     'schedule_in_zone', 'agent_warning', 'job_agent_warning']),
+                     'schedule_in_zone', 'agent_warning', 'job_agent_warning',
+                     -- physical drills (sql/89_drills.sql): retention's notion of a good base backup
+                     'base_backup_counts']),
     -- Listings (show_* functions; every view of schema api is granted too): pgbackman_readonly.
     ('readonly', array['show_backup_server_config', 'show_pgsql_node_config', 'backup_server_stats',
                        'pgsql_node_stats', 'show_backup_details', 'show_restore_details',
@@ -87,7 +89,9 @@ language sql immutable as $$
                     'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
                     -- clones and wal-get (sql/89_clones.sql)
                     'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
-                    'agent_interrupted_clones']),
+                    'agent_interrupted_clones',
+                    -- physical restore drills (sql/89_drills.sql)
+                    'physical_drill_plan']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -102,7 +106,9 @@ language sql immutable as $$
                        'drill_node_id', 'autoregister_server', 'grant_catalog_role',
                        'revoke_catalog_role', 'wal_runs_after_insert', 'wal_runs_after_delete',
                        'rebuild_wal_runs', 'wal_before_owner_delete', 'open_wal_condition',
-                       'evaluate_wal_conditions', 'wal_trim_runs'])
+                       'evaluate_wal_conditions', 'wal_trim_runs',
+                       -- sql/89_drills.sql, called by run_restore_drill
+                       'run_physical_drill'])
 $$;
 
 -- The group role whose members may run api function p_name (NULL: the owner only), for the

@@ -34,6 +34,11 @@ pub fn set_config_path(p: Option<PathBuf>) {
     let _ = CONFIG_PATH.set(p.map(|p| std::path::absolute(&p).unwrap_or(p)));
 }
 
+/// The agent's configuration file, as set at start (physical drills' `wal-get` reads it too).
+pub fn config_path() -> Option<PathBuf> {
+    CONFIG_PATH.get().cloned().flatten()
+}
+
 /// Where clones live: `<backup_dir>/clones/<name>` (data/, the socket, server.log,
 /// wal-get.json).
 pub fn clones_dir(ctx: &Ctx) -> PathBuf {

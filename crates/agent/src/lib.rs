@@ -13,6 +13,7 @@ pub mod heartbeat;
 pub mod job;
 pub mod listen;
 pub mod mail;
+pub mod physical_drill;
 pub mod maintenance;
 pub mod reconcile;
 pub mod recover;
@@ -339,6 +340,7 @@ async fn run(args: Args) -> Result<()> {
     // and its report says what was undone.
     restore_job::recover_interrupted(&ctx).await;
     clone_job::recover_interrupted(&ctx).await;
+    physical_drill::recover_interrupted(&ctx);
     if ctx.health.is_online() {
         replay::replay(&ctx).await;
         fail_interrupted_jobs(&ctx, &[]).await;

@@ -109,6 +109,9 @@ pub async fn run(ctx: Arc<Ctx>, c: ClaimedJob, cancel: CancellationToken) -> Don
     )));
     let started = Utc::now();
     let result = match job_info(&ctx, c.job_id).await {
+        Ok(info) if c.kind == "DRILL" && info.backup_code == "BASEBACKUP" => {
+            crate::physical_drill::run(&ctx, &info, &cancel).await
+        }
         Ok(info) if c.kind == "DRILL" => drill(&ctx, &info, &cancel).await,
         Ok(info) => verify(&ctx, &info, &cancel).await,
         Err(msg) => error_result(started, "claim", msg),

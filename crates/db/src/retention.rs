@@ -169,9 +169,9 @@ impl Catalog {
                         extract(epoch from now() - (now() - coalesce(d.retention_period, s.retention_period)))::float8 as period,
                         coalesce(d.retention_redundancy, 0) as redundancy,
                         c.bck_id, c.finished,
-                        -- a base backup counts once verified (in flight, or level 1 since)
+                        -- a base backup counts once verified and not failing its restore drill
                         c.execution_status = 'SUCCEEDED'
-                          and (c.backup_code <> 'BASEBACKUP' or c.verification_state = 'PASSED') as ok,
+                          and api.base_backup_counts(c.bck_id) as ok,
                         c.dbname, c.execution_status,
                         c.backup_server_id, c.backup_dir, c.bck_id in (select bck_id from scope) as in_scope,
                         (select r.detail from public.reconciliation r
