@@ -73,7 +73,7 @@ begin
     v_hi := v_ch.restorable_to_lsn - v_b.seg_size::numeric;
     if v_hi > v_b.stop_lsn then
         v_kind := 'lsn';
-        v_target := v_b.stop_lsn + floor(random() * (v_hi - v_b.stop_lsn));
+        v_target := v_b.stop_lsn + floor(random() * (v_hi - v_b.stop_lsn)::float8)::numeric;
     else
         v_kind := 'immediate';
     end if;

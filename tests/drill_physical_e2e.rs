@@ -127,8 +127,14 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
     ));
     assert_eq!(state, "PASSED", "{row}\n{}", agent.log());
     assert!(row.starts_with("3|"), "{row}");
+    // Three segments were written after the backup: the window is wider than its last segment.
+    assert_eq!(
+        env.sql(&format!("select details ->> 'target_kind' from verification where job_id = {job}")),
+        "lsn",
+        "{row}"
+    );
     let target = env.sql(&format!(
-        "select coalesce(details ->> 'target_lsn', details ->> 'window_from_lsn') from verification where job_id = {job}"
+        "select details ->> 'target_lsn' from verification where job_id = {job}"
     ));
     assert_eq!(
         env.sql(&format!(

@@ -133,13 +133,20 @@ async fn run_restore_drill(s: &mut Session, inv: &Invocation) -> Result<Output> 
     let id = bck_id(&s.required(inv, "bck_id", None)?)?;
     let node = inv.given("node").map(str::trim).filter(|n| !n.is_empty());
     s.confirm(&format!(
-        "Restore BckID {id} into a scratch database on {} and compare row counts?",
+        "Restore BckID {id} as a drill (a logical set into a scratch database on {}, row counts compared; \
+         a base backup into a scratch instance on its backup server, recovered to a random point, pg_amcheck)?",
         node.unwrap_or("the backup server's drill node")
     ))?;
     let (job, fqdn) = s.catalog.run_restore_drill(&s.audit(), id, node).await?;
-    Ok(Output::Done(vec![format!(
-        "Restore drill of BckID {id} queued as JobID {job} on drill node {fqdn}; show_verifications {id} shows the result."
-    )]))
+    Ok(Output::Done(vec![match fqdn {
+        Some(fqdn) => format!(
+            "Restore drill of BckID {id} queued as JobID {job} on drill node {fqdn}; show_verifications {id} shows the result."
+        ),
+        None => format!(
+            "Restore drill of base backup BckID {id} queued as JobID {job} on its backup server (a scratch instance, \
+             removed after the check); show_verifications {id} shows the result."
+        ),
+    }]))
 }
 
 async fn update_drill_schedule(s: &mut Session, inv: &Invocation) -> Result<Output> {

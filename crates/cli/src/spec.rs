@@ -586,7 +586,12 @@ pub static COMMANDS: &[Cmd] = &[
         group: VERIFY,
         about: "Restore a backup into a scratch database on the drill node (the backup server's drill_node, or --node), \
                 compare every table's row count with the count taken at backup time, drop the scratch database, and \
-                record the result and the restore time (level 3). A failed drill raises an alert.",
+                record the result and the restore time (level 3). A base backup (BASEBACKUP) is restored on its backup \
+                server instead: into a scratch instance, with the archived WAL, to an LSN drawn at random inside its \
+                recoverable window; the point reached is checked, pg_amcheck runs (amcheck on the system catalogs and \
+                indexes without it), the instance is removed; --node does not apply. Retention counts a base backup \
+                toward redundancy only if its last drill passed or it is newer than the newest one that passed. \
+                A failed drill raises an alert.",
         args: &[
             pos("bck_id", "BckID"),
             opt("node", "Drill node (NodeID | FQDN)"),
@@ -600,7 +605,9 @@ pub static COMMANDS: &[Cmd] = &[
         name: "update_drill_schedule",
         group: VERIFY,
         about: "Schedule restore drills of a definition's newest successful backup (a cron line in the agent's time zone), \
-                or none to stop them. Drills run on the backup server's drill_node.",
+                or none to stop them. Drills of FULL and SCHEMA definitions run on the backup server's drill_node; \
+                drills of a BASEBACKUP definition restore its newest base backup on the backup server \
+                (see run_restore_drill).",
         args: &[
             pos("def_id", "DefID"),
             pos("schedule", "Cron line (e.g. \"30 5 * * 0\") | none"),

@@ -89,22 +89,23 @@ impl Catalog {
         .await
     }
 
-    /// Queues a restore drill; returns (JobID, drill node FQDN).
+    /// Queues a restore drill; returns (JobID, drill node FQDN, none for a base backup's drill,
+    /// which runs on its backup server).
     pub async fn run_restore_drill(
         &self,
         audit: &Audit,
         bck_id: i64,
         node: Option<&str>,
-    ) -> Result<(i64, String), DbError> {
+    ) -> Result<(i64, Option<String>), DbError> {
         self.mutate(audit, async |tx: &Transaction<'_>| {
             let job: i64 = tx
                 .query_one("select api.run_restore_drill($1, $2)", &[&bck_id, &node])
                 .await?
                 .get(0);
-            let fqdn: String = tx
+            let fqdn: Option<String> = tx
                 .query_one(
-                    "select api.node_fqdn(pgsql_node_id) || ':' || n.pgport from public.job j
-                       join public.pgsql_node n on n.node_id = j.pgsql_node_id where j.job_id = $1",
+                    "select api.node_fqdn(n.node_id) || ':' || n.pgport from public.job j
+                       left join public.pgsql_node n on n.node_id = j.pgsql_node_id where j.job_id = $1",
                     &[&job],
                 )
                 .await?
