@@ -100,7 +100,7 @@ declare
     v_job bigint;
 begin
     if v_bck.backup_code = 'BASEBACKUP' then
-        return api.run_physical_drill(p_bck_id);   -- sql/89_drills.sql: no drill node
+        return api.run_physical_drill(p_bck_id);   -- sql/90_drills.sql: no drill node
     end if;
     if v_bck.backup_code not in ('FULL', 'SCHEMA') then
         raise exception 'BckID % is a % backup: drills restore one database with its schema', p_bck_id, v_bck.backup_code

@@ -56,7 +56,7 @@ begin
     end if;
     -- The redundancy rule once more, independently of the agent's arithmetic: never one of the
     -- newest N successful backups of its definition (on any server).
-    -- Base backups count once verified and not failing their restore drill (sql/89_drills.sql).
+    -- Base backups count once verified and not failing their restore drill (sql/90_drills.sql).
     if c.def_id is not null and c.execution_status = 'SUCCEEDED'
        and api.base_backup_counts(c.bck_id)
        and (select count(*) from public.backup_catalog o

@@ -32,7 +32,7 @@ language sql immutable as $$
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning',
-                     -- physical drills (sql/89_drills.sql): retention's notion of a good base backup
+                     -- physical drills (sql/90_drills.sql): retention's notion of a good base backup
                      'base_backup_counts']),
     -- Listings (show_* functions; every view of schema api is granted too): pgbackman_readonly.
     ('readonly', array['show_backup_server_config', 'show_pgsql_node_config', 'backup_server_stats',
@@ -90,7 +90,7 @@ language sql immutable as $$
                     -- clones and wal-get (sql/89_clones.sql)
                     'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
                     'agent_interrupted_clones',
-                    -- physical restore drills (sql/89_drills.sql)
+                    -- physical restore drills (sql/90_drills.sql)
                     'physical_drill_plan']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
@@ -107,7 +107,7 @@ language sql immutable as $$
                        'revoke_catalog_role', 'wal_runs_after_insert', 'wal_runs_after_delete',
                        'rebuild_wal_runs', 'wal_before_owner_delete', 'open_wal_condition',
                        'evaluate_wal_conditions', 'wal_trim_runs',
-                       -- sql/89_drills.sql, called by run_restore_drill
+                       -- sql/90_drills.sql, called by run_restore_drill
                        'run_physical_drill'])
 $$;
 

@@ -1,6 +1,6 @@
 //! Physical restore drills (issue 12): the agent's question for a claimed DRILL job of a base
 //! backup. The rules (the random target inside the recoverable window, A's plan for it) live in
-//! `sql/89_drills.sql`.
+//! `sql/90_drills.sql`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
