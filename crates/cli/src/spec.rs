@@ -742,7 +742,9 @@ pub static COMMANDS: &[Cmd] = &[
                 BckID or latest (with --node): latest takes the newest base backup whose end is before the target and \
                 whose timeline lineage holds it. Exactly one target: --target-time, --target-lsn, --target-xid, \
                 --target-name or --immediate (the base backup's consistent point). --timeline latest (default), current \
-                or N; --target-action pause (default: read-only, recovery paused at the target), promote or shutdown. \
+                or N; --target-action promote (default: a writable instance of its own timeline), pause (read-only, \
+                recovery paused at the target; the locks of transactions in flight there stay held, so a table whose \
+                DROP was not committed yet cannot be read) or shutdown. \
                 The plan is checked in the catalog before anything is queued; --dry-run prints it and changes nothing. \
                 Otherwise a CLONE job is queued for the agent; show_clone_details follows it.",
         args: &[
@@ -760,7 +762,7 @@ pub static COMMANDS: &[Cmd] = &[
                 kind: Kind::Flag,
             },
             opt("timeline", "Timeline: latest, current or a number (default latest)"),
-            opt("target-action", "After the target: pause, promote or shutdown (default pause)"),
+            opt("target-action", "After the target: promote, pause or shutdown (default promote)"),
             opt("expires", "Delete the clone after this interval (e.g. '2 days')"),
             Arg {
                 name: "dry-run",
