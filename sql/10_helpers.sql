@@ -318,7 +318,7 @@ begin
     end if;
     case p_parameter
     when 'retention_period', 'automatic_deletion_retention', 'sent_alerts_retention', 'overdue_grace_period',
-         'agent_not_seen_threshold', 'wal_receiver_down_threshold' then
+         'agent_not_seen_threshold', 'wal_receiver_down_threshold', 'clone_expiry_warning' then
         perform api.check_interval(p_parameter, p_value);
     -- WAL sizes (sql/87_wal_monitor.sql): stored as pg_size_pretty-readable text, checked here.
     when 'replication_lag_threshold', 'slot_retained_wal_threshold' then
@@ -329,6 +329,8 @@ begin
         return api.check_int('port', p_value, 1, 65535)::text;
     when 'max_concurrent_jobs' then
         return api.check_int(p_parameter, p_value, 1, 1000)::text;
+    when 'max_clones' then   -- sql/90_clone_lifecycle.sql
+        return api.check_int(p_parameter, p_value, 0, 1000)::text;
     when 'backup_minutes_interval' then
         return api.check_hour_minute_range(p_parameter, p_value, 59);
     when 'backup_hours_interval' then

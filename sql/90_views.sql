@@ -86,7 +86,7 @@ returns table ("SrvID" bigint, "Backup server" text, "PgSQL nodes" bigint, "Diff
                "CLUSTER definitions" bigint, "GLOBALS definitions" bigint,
                "Succeeded backups" bigint, "Faulty backups" bigint, "Total size" bigint,
                "Total running time" text, "Oldest backup" timestamptz, "Newest backup" timestamptz,
-               "Queued jobs" bigint, "Forced deletions waiting" bigint)
+               "Queued jobs" bigint, "Forced deletions waiting" bigint, "Clones" bigint, "Clones disk use" bigint)
 language sql stable as $$
     with d as (select * from public.backup_definition where backup_server_id = p_server),
          c as (select * from public.backup_catalog where backup_server_id = p_server)
@@ -108,7 +108,11 @@ language sql stable as $$
            (select min(finished) from c),
            (select max(finished) from c),
            (select count(*) from public.job j where j.backup_server_id = p_server and j.state in ('QUEUED', 'RUNNING')),
-           (select count(*) from public.catalog_entries_to_delete e where e.backup_server_id = p_server)
+           (select count(*) from public.catalog_entries_to_delete e where e.backup_server_id = p_server),
+           -- clones (sql/90_clone_lifecycle.sql): as measured by maintenance, else as restored
+           (select count(*) from public.clone k where k.backup_server_id = p_server and k.state in ('RUNNING', 'STOPPED')),
+           (select coalesce(sum(coalesce(k.disk_bytes, k.size)), 0)::bigint from public.clone k
+             where k.backup_server_id = p_server and k.state in ('RUNNING', 'STOPPED'))
       from public.backup_server s where s.server_id = p_server
 $$;
 

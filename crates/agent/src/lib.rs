@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod basebackup_job;
 pub mod check;
 pub mod clone_job;
+pub mod clone_lifecycle;
 pub mod effective;
 pub mod health;
 pub mod heartbeat;
@@ -341,6 +342,7 @@ async fn run(args: Args) -> Result<()> {
     restore_job::recover_interrupted(&ctx).await;
     clone_job::recover_interrupted(&ctx).await;
     physical_drill::recover_interrupted(&ctx);
+    clone_lifecycle::on_start(&ctx).await;
     if ctx.health.is_online() {
         replay::replay(&ctx).await;
         fail_interrupted_jobs(&ctx, &[]).await;
@@ -943,14 +945,19 @@ impl Runner {
                 Some(table) = wake_rx.recv() => {
                     // Job rows only need a claim; WAL archives (whose state reports notify
                     // too) are the WAL task's; anything else may change the definitions.
-                    let mut definitions = table != "job" && table != "wal_archive";
+                    let mut definitions = table != "job" && table != "wal_archive" && table != "clone";
                     let mut archives = table == "wal_archive" || table == "*";
+                    let mut clones = table == "clone" || table == "*";
                     while let Ok(t) = wake_rx.try_recv() {
-                        definitions |= t != "job" && t != "wal_archive";
+                        definitions |= t != "job" && t != "wal_archive" && t != "clone";
                         archives |= t == "wal_archive" || t == "*";
+                        clones |= t == "clone" || t == "*";
                     }
                     if archives {
                         wal::wake();
+                    }
+                    if clones {
+                        clone_lifecycle::spawn_apply(self.ctx.clone());
                     }
                     if definitions {
                         self.refresh().await;
@@ -960,6 +967,7 @@ impl Runner {
                 _ = repoll.tick(), if self.online() => {
                     self.refresh().await;
                     self.queue_due_drills().await;
+                    clone_lifecycle::spawn_apply(self.ctx.clone());
                     self.claim().await;
                     if self.online() {
                         let _ = self.ctx.db("mark_lost_jobs", self.ctx.catalog.mark_lost_jobs()).await;

@@ -124,6 +124,7 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     let r = retention::enforce(ctx, &roots, stop).await?;
     // After the sets: a base backup retention just deleted no longer holds its WAL.
     let w = crate::wal_retention::enforce(ctx, &roots, stop).await?;
+    crate::clone_lifecycle::maintain(ctx).await;
     let alerts = ctx
         .db(
             "purge_sent_alerts",

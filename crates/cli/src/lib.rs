@@ -10,6 +10,7 @@ pub mod commands_reconcile;
 pub mod commands_repository;
 pub mod commands_restore;
 pub mod commands_verify;
+pub mod commands_clones;
 pub mod commands_pitr;
 pub mod commands_wal;
 pub mod commands_wal_push;

@@ -618,6 +618,33 @@ pub static COMMANDS: &[Cmd] = &[
         ],
     },
     Cmd {
+        name: "start_clone",
+        group: RESTORES,
+        about: "Start a stopped clone again (the agent of its backup server runs pg_ctl start): a promoted clone opens \
+                read-write where it stopped, a paused one replays to its target and pauses again. The agent also \
+                starts, at its own start, the RUNNING clones whose server is gone (after a reboot) and notes it.",
+        args: &[pos("clone", "CloneID | name")],
+        examples: &["start_clone 3", "start_clone before-drop"],
+    },
+    Cmd {
+        name: "stop_clone",
+        group: RESTORES,
+        about: "Stop a running clone (fast shutdown: sessions are disconnected); its data directory stays and it counts \
+                against the server's max_clones until deleted. Asks for confirmation.",
+        args: &[pos("clone", "CloneID | name")],
+        examples: &["stop_clone 3"],
+    },
+    Cmd {
+        name: "delete_clone",
+        group: RESTORES,
+        about: "Delete a clone: the agent stops its server and removes its directory; a clone whose restore failed or has \
+                not started goes at once. Asks for confirmation. Clones given --expires are deleted by maintenance when \
+                it passes, after a CLONE_EXPIRY alert clone_expiry_warning beforehand (a backup server parameter, \
+                default 1 day); a backup server holds at most max_clones live clones (default 5).",
+        args: &[pos("clone", "CloneID | name")],
+        examples: &["delete_clone 3", "delete_clone before-drop"],
+    },
+    Cmd {
         name: "show_verifications",
         group: VERIFY,
         about: "Verifications and restore drills, newest first: level, result, restore time, row count differences.",

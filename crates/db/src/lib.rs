@@ -7,6 +7,7 @@ pub mod agent;
 pub mod alerts;
 pub mod basebackup;
 pub mod catalog;
+pub mod clone_lifecycle;
 pub mod completion;
 pub mod drill;
 pub mod error;

@@ -78,6 +78,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ),
     ("89_pitr.sql", include_str!("../../../sql/89_pitr.sql")),
     ("89_clones.sql", include_str!("../../../sql/89_clones.sql")),
+    (
+        "90_clone_lifecycle.sql",
+        include_str!("../../../sql/90_clone_lifecycle.sql"),
+    ),
     ("90_drills.sql", include_str!("../../../sql/90_drills.sql")),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
     (
