@@ -104,7 +104,10 @@ fn clone_sql(dir: &Path, port: &str, sql: &str) -> String {
 
 /// Registers a clone and waits until it runs; returns (CloneID, port).
 fn clone(env: &Env, agent: &Agent, args: &str) -> (i64, String) {
-    let out = env.cmd(&format!("register_pitr_restore {args}")).ok().stdout;
+    let out = env
+        .cmd(&format!("register_pitr_restore {args}"))
+        .ok()
+        .stdout;
     let id: i64 = out
         .split("CloneID ")
         .nth(1)
@@ -113,7 +116,9 @@ fn clone(env: &Env, agent: &Agent, args: &str) -> (i64, String) {
         .unwrap_or_else(|| panic!("no CloneID in {out}"));
     wait_for(
         env,
-        &format!("select state in ('RUNNING', 'STOPPED', 'FAILED') from clone where clone_id = {id}"),
+        &format!(
+            "select state in ('RUNNING', 'STOPPED', 'FAILED') from clone where clone_id = {id}"
+        ),
         "t",
         180,
         agent,
@@ -135,9 +140,12 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     let env = Env::new();
     env.register_backup_servers(&["bs1"]);
     let node = env.start_node("127.0.0.2", "n");
-    env.cmd("register_wal_archive bs1.example.org 127.0.0.2").ok();
-    env.cmd("update_backup_server_config bs1.example.org max_clones=2 clone_expiry_warning='2 hours'")
+    env.cmd("register_wal_archive bs1.example.org 127.0.0.2")
         .ok();
+    env.cmd(
+        "update_backup_server_config bs1.example.org max_clones=2 clone_expiry_warning='2 hours'",
+    )
+    .ok();
     let mut agent = Agent::configure(&env, "bs1.example.org", "");
     spawn_as_postgres(&mut agent);
     let clones = agent.backups().join("clones");
@@ -156,34 +164,57 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
         .sql("select def_id from backup_definition where backup_code = 'BASEBACKUP'")
         .parse()
         .unwrap();
-    psql(&node, "create table t as select g from generate_series(1, 100) g");
+    psql(
+        &node,
+        "create table t as select g from generate_series(1, 100) g",
+    );
     let bck = run_now(&env, &agent, def);
     assert_eq!(
-        env.sql(&format!("select state from base_backup where bck_id = {bck}")),
+        env.sql(&format!(
+            "select state from base_backup where bck_id = {bck}"
+        )),
         "SUCCEEDED",
         "{}",
         agent.log()
     );
 
     // Two clones, the server's limit; a third is refused with the hint, nothing made.
-    let (a, port_a) = clone(&env, &agent, &format!("{bck} --clone a --immediate --expires '1 hour'"));
+    let (a, port_a) = clone(
+        &env,
+        &agent,
+        &format!("{bck} --clone a --immediate --expires '1 hour'"),
+    );
     let (b, port_b) = clone(&env, &agent, &format!("{bck} --clone b --immediate"));
     let dir_a = clones.join("a");
     let dir_b = clones.join("b");
     assert_eq!(clone_sql(&dir_a, &port_a, "select count(*) from t"), "100");
-    env.cmd(&format!("register_pitr_restore {bck} --clone c --immediate"))
-        .fails_with("max_clones");
+    env.cmd(&format!(
+        "register_pitr_restore {bck} --clone c --immediate"
+    ))
+    .fails_with("max_clones");
     assert_eq!(env.sql("select count(*) from clone where name = 'c'"), "0");
 
     // stop_clone, start_clone (by name).
     let out = env.cmd(&format!("stop_clone {a}")).ok().stdout;
     assert!(out.contains("will be stopped"), "{out}");
-    wait_for(&env, &format!("select state from clone where clone_id = {a}"), "STOPPED", 60, &agent);
+    wait_for(
+        &env,
+        &format!("select state from clone where clone_id = {a}"),
+        "STOPPED",
+        60,
+        &agent,
+    );
     assert!(postmaster(&dir_a).is_none());
     assert!(dir_a.join("data/PG_VERSION").exists());
     env.cmd(&format!("stop_clone {a}")).ok();
     env.cmd("start_clone a").ok();
-    wait_for(&env, &format!("select state from clone where clone_id = {a}"), "RUNNING", 60, &agent);
+    wait_for(
+        &env,
+        &format!("select state from clone where clone_id = {a}"),
+        "RUNNING",
+        60,
+        &agent,
+    );
     assert_eq!(clone_sql(&dir_a, &port_a, "select count(*) from t"), "100");
     env.cmd("start_clone 999").fails_with("does not exist");
 
@@ -191,13 +222,20 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     let pid_a = postmaster(&dir_a).unwrap();
     agent.sigkill();
     let pid_b = postmaster(&dir_b).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid_b), nix::sys::signal::Signal::SIGQUIT)
-        .unwrap();
-    wait_until("clone b's server gone", 30, &[&agent], || postmaster(&dir_b).is_none());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_b),
+        nix::sys::signal::Signal::SIGQUIT,
+    )
+    .unwrap();
+    wait_until("clone b's server gone", 30, &[&agent], || {
+        postmaster(&dir_b).is_none()
+    });
     spawn_as_postgres(&mut agent);
     wait_for(
         &env,
-        &format!("select coalesce(note, '') like '%started again%' from clone where clone_id = {b}"),
+        &format!(
+            "select coalesce(note, '') like '%started again%' from clone where clone_id = {b}"
+        ),
         "t",
         60,
         &agent,
@@ -214,7 +252,9 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     agent.stop();
     assert_eq!(postmaster(&dir_a), Some(pid_a));
     maintenance(&agent);
-    let stats = env.json("show_backup_server_stats bs1.example.org").to_string();
+    let stats = env
+        .json("show_backup_server_stats bs1.example.org")
+        .to_string();
     assert!(stats.contains("\"clones\":2"), "{stats}");
     assert_eq!(
         env.sql("select bool_and(disk_bytes > 1000000) from clone where state = 'RUNNING'"),
@@ -223,7 +263,10 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     let alert = env.sql(&format!(
         "select alert_type || ' ' || error_message from alert where alert_type = 'CLONE_EXPIRY' and ref_id = {a}"
     ));
-    assert!(alert.contains("clone a") && alert.contains("will then be deleted"), "{alert}");
+    assert!(
+        alert.contains("clone a") && alert.contains("will then be deleted"),
+        "{alert}"
+    );
     maintenance(&agent);
     assert_eq!(
         env.sql("select count(*) from alert where alert_type = 'CLONE_EXPIRY'"),
@@ -243,10 +286,17 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     spawn_as_postgres(&mut agent);
     let out = env.cmd(&format!("delete_clone {b}")).ok().stdout;
     assert!(out.contains("will be stopped and removed"), "{out}");
-    wait_for(&env, &format!("select state from clone where clone_id = {b}"), "DELETED", 60, &agent);
+    wait_for(
+        &env,
+        &format!("select state from clone where clone_id = {b}"),
+        "DELETED",
+        60,
+        &agent,
+    );
     assert!(!dir_b.exists());
     assert!(processes_with("pgbackman_clone_b").is_empty());
-    env.cmd(&format!("start_clone {b}")).fails_with("does not exist");
+    env.cmd(&format!("start_clone {b}"))
+        .fails_with("does not exist");
     // The limit counts live clones only: a new one fits again.
     let (_c, _) = clone(&env, &agent, &format!("{bck} --clone c --immediate"));
     drop(node);

@@ -45,7 +45,9 @@ fn wait_archived(env: &Env, node: &TestCluster, agent: &Agent) {
     let lsn = psql(node, "select pg_switch_wal()");
     wait_for(
         env,
-        &format!("select coalesce(max(end_lsn) >= '{lsn}', false) from wal_object where kind = 'full'"),
+        &format!(
+            "select coalesce(max(end_lsn) >= '{lsn}', false) from wal_object where kind = 'full'"
+        ),
         "t",
         60,
         agent,
@@ -70,7 +72,9 @@ fn drill(env: &Env, agent: &Agent, bck: i64) -> (i64, String) {
     );
     (
         job,
-        env.sql(&format!("select state from verification where job_id = {job}")),
+        env.sql(&format!(
+            "select state from verification where job_id = {job}"
+        )),
     )
 }
 
@@ -79,7 +83,8 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
     let env = Env::new();
     env.register_backup_servers(&["bs1"]);
     let node = env.start_node("127.0.0.2", "n");
-    env.cmd("register_wal_archive bs1.example.org 127.0.0.2").ok();
+    env.cmd("register_wal_archive bs1.example.org 127.0.0.2")
+        .ok();
     let mut agent = Agent::configure(&env, "bs1.example.org", "");
     spawn_as_postgres(&mut agent);
     wait_until("the agent's slot streaming", 30, &[&agent], || {
@@ -102,7 +107,9 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
     );
     let bck = run_now(&env, &agent, def);
     assert_eq!(
-        env.sql(&format!("select state from base_backup where bck_id = {bck}")),
+        env.sql(&format!(
+            "select state from base_backup where bck_id = {bck}"
+        )),
         "SUCCEEDED",
         "{}",
         agent.log()
@@ -117,7 +124,8 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
     wait_archived(&env, &node, &agent);
 
     // A drill of a logical-only command still refuses what is not restorable: an unknown BckID.
-    env.cmd("run_restore_drill 999999").fails_with("does not exist");
+    env.cmd("run_restore_drill 999999")
+        .fails_with("does not exist");
 
     // Good archive: PASSED, the point reached at or past the target, pg_amcheck clean.
     let (job, state) = drill(&env, &agent, bck);
@@ -129,7 +137,9 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
     assert!(row.starts_with("3|"), "{row}");
     // Three segments were written after the backup: the window is wider than its last segment.
     assert_eq!(
-        env.sql(&format!("select details ->> 'target_kind' from verification where job_id = {job}")),
+        env.sql(&format!(
+            "select details ->> 'target_kind' from verification where job_id = {job}"
+        )),
         "lsn",
         "{row}"
     );
@@ -161,10 +171,19 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
         "1"
     );
     let shown = env.json("show_verifications").to_string();
-    assert!(shown.contains("PASSED") && shown.contains(&format!("drills/job-{job}")), "{shown}");
-    assert_eq!(env.sql(&format!("select api.base_backup_counts({bck})")), "t");
+    assert!(
+        shown.contains("PASSED") && shown.contains(&format!("drills/job-{job}")),
+        "{shown}"
+    );
+    assert_eq!(
+        env.sql(&format!("select api.base_backup_counts({bck})")),
+        "t"
+    );
     let drills = agent.backups().join("drills");
-    assert_eq!(std::fs::read_dir(&drills).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read_dir(&drills).map(|d| d.count()).unwrap_or(0),
+        0
+    );
     assert!(processes_with(&format!("pgbackman_drill_{bck}")).is_empty());
 
     // The segment holding the backup's end, corrupted on disk: wal-get refuses it.
@@ -207,8 +226,14 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
         )),
         "FAILED"
     );
-    assert_eq!(env.sql(&format!("select api.base_backup_counts({bck})")), "f");
-    assert_eq!(std::fs::read_dir(&drills).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        env.sql(&format!("select api.base_backup_counts({bck})")),
+        "f"
+    );
+    assert_eq!(
+        std::fs::read_dir(&drills).map(|d| d.count()).unwrap_or(0),
+        0
+    );
     assert!(processes_with(&format!("pgbackman_drill_{bck}")).is_empty());
     drop(node);
 }

@@ -216,10 +216,7 @@ pub fn summary(a: &ClaimedAlert) -> String {
         "WAL_HOLE" => format!("WAL archive of {node} on {server} has a hole"),
         "WAL_VERSION" => format!("No pg_receivewal for the version of {node} on {server}"),
         "REPLICATION_LAG" => format!("A standby of {node} lags behind"),
-        "CLONE_EXPIRY" => format!(
-            "Clone {} of {node} on {server} expires soon",
-            opt(a.ref_id)
-        ),
+        "CLONE_EXPIRY" => format!("Clone {} of {node} on {server} expires soon", opt(a.ref_id)),
         other => format!("{other} alert for {db} on {node}"),
     }
 }

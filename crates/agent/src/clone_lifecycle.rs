@@ -131,22 +131,35 @@ async fn act(ctx: &Ctx, c: &CloneOnDisk, want: &str) -> Result<String, String> {
     match want {
         "STOPPED" => {
             if running.is_some() {
-                pg_ctl(&bin_dir(ctx, c)?, &data, &["-m", "fast", "-w", "-t", "120", "stop"]).await?;
+                pg_ctl(
+                    &bin_dir(ctx, c)?,
+                    &data,
+                    &["-m", "fast", "-w", "-t", "120", "stop"],
+                )
+                .await?;
             }
-            Ok(format!("stopped by stop_clone at {}", Utc::now().to_rfc3339()))
+            Ok(format!(
+                "stopped by stop_clone at {}",
+                Utc::now().to_rfc3339()
+            ))
         }
         "RUNNING" => {
             if running.is_none() {
                 start(ctx, c).await?;
             }
-            Ok(format!("started by start_clone at {}", Utc::now().to_rfc3339()))
+            Ok(format!(
+                "started by start_clone at {}",
+                Utc::now().to_rfc3339()
+            ))
         }
         "DELETED" => {
             if let Ok(bin) = bin_dir(ctx, c) {
                 recovery::stop_immediate(&bin, &data);
             }
             if let Some(pid) = recovery::postmaster_pid(&data) {
-                return Err(format!("its server (pid {pid}) does not stop; nothing was removed"));
+                return Err(format!(
+                    "its server (pid {pid}) does not stop; nothing was removed"
+                ));
             }
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
@@ -181,11 +194,22 @@ pub async fn on_start(ctx: &Ctx) {
         let (error, note) = match start(ctx, c).await {
             Ok(()) => {
                 tracing::warn!(clone = %c.name, clone_id = c.clone_id, port = c.port, "clone was not running: started again");
-                (None, Some(format!("its server was gone at the agent's start; started again at {}", Utc::now().to_rfc3339())))
+                (
+                    None,
+                    Some(format!(
+                        "its server was gone at the agent's start; started again at {}",
+                        Utc::now().to_rfc3339()
+                    )),
+                )
             }
             Err(e) => {
                 tracing::error!(clone = %c.name, clone_id = c.clone_id, "clone was not running and cannot be started: {e}");
-                (Some(format!("not running at the agent's start and cannot be started: {e}")), None)
+                (
+                    Some(format!(
+                        "not running at the agent's start and cannot be started: {e}"
+                    )),
+                    None,
+                )
             }
         };
         let _ = ctx

@@ -80,14 +80,21 @@ pub async fn run(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Va
     let started = Utc::now();
     let mut details = json!({"physical": true});
     let r = drill(ctx, i, cancel, &mut details).await;
-    let mut v = json!({"level": 3, "started": started.to_rfc3339(), "finished": Utc::now().to_rfc3339()});
+    let mut v =
+        json!({"level": 3, "started": started.to_rfc3339(), "finished": Utc::now().to_rfc3339()});
     match r {
         Ok(restore_seconds) => {
             v["state"] = json!("PASSED");
             v["restore_seconds"] = json!(restore_seconds);
         }
         Err(f) => {
-            tracing::warn!(job_id = i.job_id, bck_id = i.bck_id, step = f.step, "physical restore drill: {}", f.message);
+            tracing::warn!(
+                job_id = i.job_id,
+                bck_id = i.bck_id,
+                step = f.step,
+                "physical restore drill: {}",
+                f.message
+            );
             v["state"] = json!(if cancel.is_cancelled() {
                 "CANCELLED"
             } else if f.verdict {
@@ -205,14 +212,22 @@ async fn drill(
     let jfile = jdir.join(format!("{}.json", i.job_id));
     std::fs::create_dir_all(&jdir)
         .and_then(|()| std::fs::write(&jfile, serde_json::to_vec(&journal).unwrap_or_default()))
-        .map_err(|e| error("fetch", format!("writing the journal in {}: {e}", jdir.display())))?;
+        .map_err(|e| {
+            error(
+                "fetch",
+                format!("writing the journal in {}: {e}", jdir.display()),
+            )
+        })?;
     let r = restore_and_check(ctx, &d, &dir, &bin_dir, &set_dir, cancel, details).await;
     recovery::stop_immediate(&bin_dir, &dir.join("data"));
     let removed = match std::fs::remove_dir_all(&dir) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => {
-            tracing::warn!("removing the drill's scratch instance {}: {e}", dir.display());
+            tracing::warn!(
+                "removing the drill's scratch instance {}: {e}",
+                dir.display()
+            );
             false
         }
     };
@@ -260,7 +275,11 @@ async fn restore_and_check(
 
     // extract: a set that does not match its backup_manifest is a verdict on the backup.
     let t = Instant::now();
-    let (sd, dd, p) = (set_dir.to_path_buf(), data.clone(), Arc::new(AtomicU64::new(0)));
+    let (sd, dd, p) = (
+        set_dir.to_path_buf(),
+        data.clone(),
+        Arc::new(AtomicU64::new(0)),
+    );
     let extracted = tokio::task::spawn_blocking(move || {
         pgbackman_dump::pitr::extract::extract_base(&sd, &dd, &|n| p.store(n, Ordering::Relaxed))
     })
@@ -279,14 +298,17 @@ async fn restore_and_check(
         .map_err(|e| error("recovery", format!("the agent's own path: {e}")))?;
     let mut restore_command = format!("{} wal-get", sh_quote(&exe.display().to_string()));
     if let Some(cfg) = &wg.config {
-        restore_command.push_str(&format!(" --config {}", sh_quote(&cfg.display().to_string())));
+        restore_command.push_str(&format!(
+            " --config {}",
+            sh_quote(&cfg.display().to_string())
+        ));
     }
     restore_command.push_str(&format!(
         " --plan {} %f %p",
         sh_quote(&plan_file.display().to_string())
     ));
-    let target = Target::from_kind(&d.target_kind, d.target_lsn.as_deref())
-        .map_err(|e| error("plan", e))?;
+    let target =
+        Target::from_kind(&d.target_kind, d.target_lsn.as_deref()).map_err(|e| error("plan", e))?;
     let spec = RecoverySpec {
         data_dir: data.clone(),
         socket_dir: dir.to_path_buf(),
@@ -415,7 +437,11 @@ async fn amcheck(s: &RecoverySpec, cancel: &CancellationToken) -> Result<(String
         let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
         // 2: corruption found; anything else: pg_amcheck could not check.
         return Err(if out.status.code() == Some(2) {
-            failed("amcheck", "pg_amcheck found corruption in the restored instance", Some(tail))
+            failed(
+                "amcheck",
+                "pg_amcheck found corruption in the restored instance",
+                Some(tail),
+            )
         } else {
             failed(
                 "amcheck",
@@ -448,11 +474,18 @@ pub fn recover_interrupted(ctx: &Ctx) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                tracing::error!("cannot remove the scratch instance {} of an interrupted drill: {e}", j.dir.display());
+                tracing::error!(
+                    "cannot remove the scratch instance {} of an interrupted drill: {e}",
+                    j.dir.display()
+                );
                 continue;
             }
         }
-        tracing::warn!(job_id = j.job_id, "removed the scratch instance {} of a drill interrupted by an agent stop", j.dir.display());
+        tracing::warn!(
+            job_id = j.job_id,
+            "removed the scratch instance {} of a drill interrupted by an agent stop",
+            j.dir.display()
+        );
         let _ = std::fs::remove_file(&path);
     }
 }

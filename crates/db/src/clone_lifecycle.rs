@@ -24,7 +24,12 @@ pub struct CloneOnDisk {
 }
 
 impl Catalog {
-    async fn clone_action(&self, audit: &Audit, func: &str, clone: &str) -> Result<String, DbError> {
+    async fn clone_action(
+        &self,
+        audit: &Audit,
+        func: &str,
+        clone: &str,
+    ) -> Result<String, DbError> {
         let q = format!("select api.{func}($1)");
         self.mutate(audit, async |tx: &Transaction<'_>| {
             Ok(tx.query_one(&q, &[&clone]).await?.get(0))
@@ -100,11 +105,8 @@ impl Catalog {
     /// The clones' disk use as measured (`[{clone_id, bytes}]`).
     pub async fn report_clone_disk(&self, server_id: i64, sizes: &Value) -> Result<(), DbError> {
         let c = self.client().await?;
-        c.execute(
-            "select api.report_clone_disk($1, $2)",
-            &[&server_id, sizes],
-        )
-        .await?;
+        c.execute("select api.report_clone_disk($1, $2)", &[&server_id, sizes])
+            .await?;
         Ok(())
     }
 
