@@ -11,7 +11,7 @@
 mod common;
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::Env;
@@ -76,6 +76,26 @@ fn drill(env: &Env, agent: &Agent, bck: i64) -> (i64, String) {
             "select state from verification where job_id = {job}"
         )),
     )
+}
+
+/// Waits until a drill's scratch instance has a live postmaster; returns its directory.
+fn wait_scratch_running(drills: &Path, agent: &Agent) -> PathBuf {
+    let mut found = None;
+    wait_until("a drill's scratch instance running", 120, &[agent], || {
+        for e in std::fs::read_dir(drills).into_iter().flatten().flatten() {
+            let pid = std::fs::read_to_string(e.path().join("data/postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+            if pid.is_some_and(|p| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+            }) {
+                found = Some(e.path());
+                return true;
+            }
+        }
+        false
+    });
+    found.unwrap()
 }
 
 #[test]
@@ -185,6 +205,37 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
         0
     );
     assert!(processes_with(&format!("pgbackman_drill_{bck}")).is_empty());
+
+    // A drill schedule on a BASEBACKUP definition needs no drill node.
+    env.cmd(&format!("update_drill_schedule {def} \"30 5 * * 0\""))
+        .ok();
+    env.cmd(&format!("update_drill_schedule {def} none")).ok();
+
+    // An agent killed while the scratch instance runs: its next start stops and removes it.
+    env.cmd(&format!("run_restore_drill {bck}")).ok();
+    let scratch = wait_scratch_running(&drills, &agent);
+    agent.sigkill();
+    spawn_as_postgres(&mut agent);
+    wait_until(
+        "the interrupted drill's scratch instance removed",
+        60,
+        &[&agent],
+        || !scratch.exists() && processes_with(&format!("pgbackman_drill_{bck}")).is_empty(),
+    );
+    assert!(
+        agent
+            .log()
+            .contains("of a drill interrupted by an agent stop")
+    );
+    wait_for(
+        &env,
+        &format!(
+            "select count(*) from job where kind = 'DRILL' and bck_id = {bck} and state in ('QUEUED', 'RUNNING')"
+        ),
+        "0",
+        120,
+        &agent,
+    );
 
     // The segment holding the backup's end, corrupted on disk: wal-get refuses it.
     let (seg, path) = {
