@@ -51,7 +51,7 @@ language sql immutable as $$
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
                        'retry_alerts',
                        -- clones (sql/89_clones.sql)
-                       'register_pitr_restore']),
+                       'register_pitr_restore', 'clone_operation']),
     -- pgbackman_admin (member of pgbackman_operator).
     ('admin', array['register_backup_server', 'update_backup_server', 'delete_backup_server',
                     'update_backup_server_config', 'update_backup_server_default_config',
@@ -86,8 +86,7 @@ language sql immutable as $$
                     'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
                     'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
                     -- clones and wal-get (sql/89_clones.sql)
-                    'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
-                    'agent_interrupted_clones']),
+                    'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -308,6 +308,25 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
         "100"
     );
 
+    // Stopped, started again, deleted from the shell.
+    let id = env.sql("select clone_id from clone where name = 'base'");
+    let state = |id: &str| format!("select state from clone where clone_id = {id}");
+    env.cmd(&format!("stop_clone {id}")).ok();
+    wait_for(&env, &state(&id), "STOPPED", 60, &agent);
+    assert!(processes_with("pgbackman_clone_base").is_empty());
+    env.cmd(&format!("stop_clone {id}"))
+        .fails_with("it cannot be stopped");
+    env.cmd(&format!("start_clone {id}")).ok();
+    wait_for(&env, &state(&id), "RUNNING", 60, &agent);
+    assert_eq!(
+        clone_sql(&dir3, &port, "select count(*) from orders"),
+        "100"
+    );
+    env.cmd(&format!("delete_clone {id}")).ok();
+    wait_for(&env, &state(&id), "DELETED", 60, &agent);
+    assert!(!dir3.exists());
+    assert!(processes_with("pgbackman_clone_base").is_empty());
+
     // A corrupt segment after the backup: wal-get exits 126, recovery stops, the job fails
     // naming the segment, and nothing of the clone is left.
     let (seg, path) = {

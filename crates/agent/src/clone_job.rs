@@ -105,9 +105,17 @@ pub async fn run(
         cancel.clone(),
     )));
     let started = Utc::now();
-    tracing::info!(job_id, clone = %j.name, port = j.port, "clone restore started");
     let mut phases: Vec<(String, f64)> = Vec::new();
-    let r = execute(&ctx, job_id, attempt, &j, &cancel, &progress, &mut phases).await;
+    let r = match j.op.as_deref() {
+        Some(op) => {
+            tracing::info!(job_id, clone = %j.name, op, "clone operation started");
+            operate(&ctx, &j, op).await
+        }
+        None => {
+            tracing::info!(job_id, clone = %j.name, port = j.port, "clone restore started");
+            execute(&ctx, job_id, attempt, &j, &cancel, &progress, &mut phases).await
+        }
+    };
     drop(hb);
     let timings = crate::job::timings_json(&phases);
     let mut result = match r {
@@ -127,7 +135,9 @@ pub async fn run(
         "ERROR"
     };
     report(&ctx, job_id, attempt, result).await;
-    let _ = std::fs::remove_file(journal_dir(&ctx).join(format!("{}.json", j.clone_id)));
+    if j.op.is_none() {
+        let _ = std::fs::remove_file(journal_dir(&ctx).join(format!("{}.json", j.clone_id)));
+    }
     Done {
         job_id,
         node_id,
@@ -378,6 +388,79 @@ async fn build(
         "size": size,
         "note": format!("{note}; {} files extracted, {} checked against backup_manifest", extracted.files, extracted.checked),
     }))
+}
+
+/// stop_clone (a fast shutdown), start_clone (started, and ready for connections again: a
+/// paused clone recovers to its target and pauses again), delete_clone (stopped at once and
+/// its directory removed).
+async fn operate(ctx: &Ctx, j: &CloneJob, op: &str) -> Result<Value, Failure> {
+    let bin_dir = bin_dir_for(ctx, j.node_major.as_deref())?;
+    let data = PathBuf::from(j.data_dir.clone().unwrap_or_default());
+    let dir = data.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Only a directory of this agent's clones is ever touched.
+    if data.as_os_str().is_empty() || dir != clones_dir(ctx).join(&j.name) {
+        return Err(fail(
+            op_step(op),
+            format!(
+                "clone {} has no directory under {}",
+                j.name,
+                clones_dir(ctx).display()
+            ),
+        ));
+    }
+    let port = u16::try_from(j.port).map_err(|_| fail("plan", format!("port {}", j.port)))?;
+    match op {
+        "stop" => {
+            let d = data.clone();
+            let b = bin_dir.clone();
+            tokio::task::spawn_blocking(move || recovery::stop_fast(&b, &d))
+                .await
+                .map_err(|e| fail("stop", e.to_string()))?
+                .map_err(|e| fail("stop", e))?;
+            Ok(json!({"execution_status": "SUCCEEDED", "clone_state": "STOPPED"}))
+        }
+        "start" => {
+            let spec = RecoverySpec {
+                data_dir: data.clone(),
+                socket_dir: dir.clone(),
+                log_file: dir.join("server.log"),
+                port,
+                bin_dir,
+                restore_command: String::new(),
+                target: Target::Immediate,
+                timeline: String::new(),
+                action: String::new(),
+                cluster_name: String::new(),
+                user: j.admin_user.clone(),
+            };
+            recovery::start(&spec).map_err(|e| fail("start", e.to_string()))?;
+            recovery::wait_ready(&spec, Duration::from_secs(600))
+                .await
+                .map_err(|e| fail("start", e.to_string()))?;
+            Ok(json!({"execution_status": "SUCCEEDED", "clone_state": "RUNNING"}))
+        }
+        "delete" => {
+            recovery::stop_immediate(&bin_dir, &data);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail("delete", format!("removing {}: {e}", dir.display()))),
+            }
+            Ok(
+                json!({"execution_status": "SUCCEEDED", "clone_state": "DELETED",
+                      "note": format!("deleted: {} removed", dir.display())}),
+            )
+        }
+        other => Err(fail("plan", format!("unknown clone operation {other}"))),
+    }
+}
+
+fn op_step(op: &str) -> &'static str {
+    match op {
+        "stop" => "stop",
+        "start" => "start",
+        _ => "delete",
+    }
 }
 
 fn dir_size(p: &Path) -> u64 {

@@ -805,6 +805,29 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &["show_clone_details 3"],
     },
     Cmd {
+        name: "stop_clone",
+        group: RESTORES,
+        about: "Stop a RUNNING clone (a fast shutdown by the agent of its backup server); its data directory stays and \
+                start_clone starts it again.",
+        args: &[pos("clone", "CloneID")],
+        examples: &["stop_clone 3"],
+    },
+    Cmd {
+        name: "start_clone",
+        group: RESTORES,
+        about: "Start a STOPPED clone again (a clone left paused at its target recovers to it and pauses again).",
+        args: &[pos("clone", "CloneID")],
+        examples: &["start_clone 3"],
+    },
+    Cmd {
+        name: "delete_clone",
+        group: RESTORES,
+        about: "Delete a clone: the agent of its backup server stops its server at once and removes its directory. \
+                Asks first in the shell (-C does not ask).",
+        args: &[pos("clone", "CloneID")],
+        examples: &["delete_clone 3"],
+    },
+    Cmd {
         name: "register_wal_archive",
         group: WAL,
         about: "Archive the WAL of a PgSQL node continuously on a backup server: its agent keeps a physical replication \

@@ -244,6 +244,50 @@ pub fn stop_immediate(bin_dir: &Path, data_dir: &Path) {
     }
 }
 
+/// A fast shutdown (`pg_ctl stop -m fast -w`); nothing when no server runs.
+pub fn stop_fast(bin_dir: &Path, data_dir: &Path) -> Result<(), String> {
+    if postmaster_pid(data_dir).is_none() {
+        return Ok(());
+    }
+    let out = Command::new(bin_dir.join("pg_ctl"))
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-m", "fast", "-w", "-t", "120", "stop"])
+        .stdin(Stdio::null())
+        .current_dir("/")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin_dir.join("pg_ctl").display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_ctl stop failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until a started server answers (`start_clone`): running and accepting connections.
+pub async fn wait_ready(s: &RecoverySpec, deadline: Duration) -> Result<(), RecoveryError> {
+    let until = Instant::now() + deadline;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    loop {
+        if pgbackman_db::pitr::clone_recovery(&s.socket_dir, s.port, &s.user)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if postmaster_pid(&s.data_dir).is_none() || Instant::now() >= until {
+            return Err(RecoveryError {
+                message: "the clone's server did not come up".into(),
+                log_tail: log_tail(&s.log_file, 30),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The postmaster's pid, when its `postmaster.pid` names a live process.
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     let text = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
