@@ -290,6 +290,32 @@ begin
                               'codec', o.codec, 'stored_path', o.stored_path, 'end_lsn', o.end_lsn::text);
 end $$;
 
+-- The agent's maintenance pass: a delete job for each clone of this server past its expiry
+-- (a FAILED one, with nothing on disk, is marked deleted at once). Returns how many.
+create function api.expire_clones(p_server bigint)
+returns integer language plpgsql as $$
+declare
+    c record;
+    v_job bigint;
+    v_n integer := 0;
+begin
+    perform api.acting_for(p_server);
+    update public.clone set state = 'DELETED', deleted = now(), note = 'expired'
+     where backup_server_id = p_server and state = 'FAILED' and expires_at <= now();
+    for c in select k.* from public.clone k
+              where k.backup_server_id = p_server and k.state in ('RUNNING', 'STOPPED') and k.expires_at <= now()
+                and not exists (select 1 from public.clone_op o join public.job j on j.job_id = o.job_id
+                                 where o.clone_id = k.clone_id and j.state in ('QUEUED', 'RUNNING'))
+              for update of k skip locked loop
+        insert into public.job (kind, backup_server_id, pgsql_node_id, bck_id)
+        values ('CLONE', c.backup_server_id, c.pgsql_node_id, c.bck_id)
+        returning job_id into v_job;
+        insert into public.clone_op (job_id, clone_id, op) values (v_job, c.clone_id, 'delete');
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
+end $$;
+
 -- show_clones [--server S] [--node N]: clones not deleted, newest first.
 create view api.show_clones as
 select c.clone_id as "CloneID", c.name as "Name", s.fqdn as "Backup server", n.fqdn as "PgSQL node",

@@ -86,7 +86,8 @@ language sql immutable as $$
                     'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
                     'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
                     -- clones and wal-get (sql/89_clones.sql)
-                    'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup']),
+                    'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
+                    'expire_clones']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -140,7 +140,7 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     let node = env.start_node("127.0.0.2", "n");
     env.cmd("register_wal_archive bs1.example.org 127.0.0.2")
         .ok();
-    let mut agent = Agent::configure(&env, "bs1.example.org", "");
+    let mut agent = Agent::configure(&env, "bs1.example.org", "maintenance_seconds = 2");
     spawn_as_postgres(&mut agent);
     let _stop = StopClones(agent.backups().join("clones"));
     wait_until("the agent's slot streaming", 30, &[&agent], || {
@@ -326,6 +326,23 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     wait_for(&env, &state(&id), "DELETED", 60, &agent);
     assert!(!dir3.exists());
     assert!(processes_with("pgbackman_clone_base").is_empty());
+
+    // A clone past its expiry is deleted by the maintenance pass.
+    let (state, _, err) = clone(
+        &env,
+        &agent,
+        &format!("{bck} --clone brief --immediate --expires '1 second'"),
+    );
+    assert_eq!(state, "RUNNING", "{err}");
+    wait_for(
+        &env,
+        "select state from clone where name = 'brief'",
+        "DELETED",
+        60,
+        &agent,
+    );
+    assert!(!agent.backups().join("clones/brief").exists());
+    assert!(processes_with("pgbackman_clone_brief").is_empty());
 
     // A corrupt segment after the backup: wal-get exits 126, recovery stops, the job fails
     // naming the segment, and nothing of the clone is left.

@@ -237,6 +237,14 @@ impl Catalog {
         .get(0))
     }
 
+    /// Maintenance: delete jobs for this server's clones past their expiry; how many.
+    pub async fn expire_clones(&self, server_id: i64) -> Result<i32, DbError> {
+        let c = self.client().await?;
+        Ok(c.query_one("select api.expire_clones($1)", &[&server_id])
+            .await?
+            .get(0))
+    }
+
     /// wal-get: the ledger's object of this copy under `name`, or None when the archive has
     /// no such file.
     pub async fn wal_get_lookup(
