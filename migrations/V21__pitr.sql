@@ -69,3 +69,7 @@ create table clone_op (
     op                  text not null check (op in ('stop', 'start', 'delete'))
 );
 create index clone_op_clone_idx on clone_op (clone_id);
+
+-- How many clones (not FAILED nor DELETED) a backup server may hold at once.
+insert into backup_server_default_config (parameter, value, description) values
+    ('max_clones', '5', 'How many clones (point-in-time restores into instances of their own) this backup server may hold at once; 0 = none');

@@ -71,6 +71,14 @@ begin
         raise exception 'backup server % already has a clone named %', api.server_fqdn(v_server), v_name
             using errcode = '23505', hint = 'Give another name, or delete_clone the old one first (show_clones lists them).';
     end if;
+    if (select count(*) from public.clone c where c.backup_server_id = v_server and c.state not in ('DELETED', 'FAILED'))
+       >= api.server_config_value(v_server, 'max_clones')::integer then
+        raise exception 'backup server % holds % clone(s), its limit (max_clones)', api.server_fqdn(v_server),
+                        api.server_config_value(v_server, 'max_clones')
+            using errcode = '53400',
+                  hint = format('delete_clone the clones no longer needed (show_clones), or update_backup_server_config %s max_clones=N.',
+                                api.server_fqdn(v_server));
+    end if;
     if v_port is null then
         select p into v_port from generate_series(lower(api.clone_port_range()), upper(api.clone_port_range()) - 1) p
          where not exists (select 1 from public.clone c where c.backup_server_id = v_server and c.port = p

@@ -313,7 +313,9 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     let state = |id: &str| format!("select state from clone where clone_id = {id}");
     env.cmd(&format!("stop_clone {id}")).ok();
     wait_for(&env, &state(&id), "STOPPED", 60, &agent);
-    assert!(processes_with("pgbackman_clone_base").is_empty());
+    wait_until("clone base stopped", 15, &[&agent], || {
+        processes_with("pgbackman_clone_base").is_empty()
+    });
     env.cmd(&format!("stop_clone {id}"))
         .fails_with("it cannot be stopped");
     env.cmd(&format!("start_clone {id}")).ok();
@@ -325,7 +327,19 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     env.cmd(&format!("delete_clone {id}")).ok();
     wait_for(&env, &state(&id), "DELETED", 60, &agent);
     assert!(!dir3.exists());
-    assert!(processes_with("pgbackman_clone_base").is_empty());
+    wait_until("clone base stopped", 15, &[&agent], || {
+        processes_with("pgbackman_clone_base").is_empty()
+    });
+
+    // The server's clone limit.
+    env.cmd("update_backup_server_config bs1.example.org max_clones=2")
+        .ok();
+    env.cmd(&format!(
+        "register_pitr_restore {bck} --clone third --immediate"
+    ))
+    .fails_with("holds 2 clone(s), its limit (max_clones)");
+    env.cmd("update_backup_server_config bs1.example.org max_clones=5")
+        .ok();
 
     // A clone past its expiry is deleted by the maintenance pass.
     let (state, _, err) = clone(
@@ -342,7 +356,9 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
         &agent,
     );
     assert!(!agent.backups().join("clones/brief").exists());
-    assert!(processes_with("pgbackman_clone_brief").is_empty());
+    wait_until("clone brief stopped", 15, &[&agent], || {
+        processes_with("pgbackman_clone_brief").is_empty()
+    });
 
     // A corrupt segment after the backup: wal-get exits 126, recovery stops, the job fails
     // naming the segment, and nothing of the clone is left.
@@ -370,7 +386,9 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     assert!(err.starts_with("recovery: "), "{err}");
     assert!(err.contains(&seg), "{seg} in {err}");
     assert!(!agent.backups().join("clones/corrupt").exists());
-    assert!(processes_with("pgbackman_clone_corrupt").is_empty());
+    wait_until("the failed clone's processes gone", 15, &[&agent], || {
+        processes_with("pgbackman_clone_corrupt").is_empty()
+    });
 
     // A hole (a segment the ledger lost) between the base backup and the target, with WAL
     // archived after it.

@@ -366,10 +366,11 @@ pub async fn wait(
                     .then(|| log_line(&s.log_file, "selected new timeline ID:"))
                     .flatten()
                     .and_then(|l| l.rsplit(':').next()?.trim().parse().ok());
+                // Read again: the line was written before the state the query saw.
                 return Ok(Reached {
                     state: if r.in_recovery { "paused" } else { "promoted" }.into(),
                     read: Some(r),
-                    stop_line,
+                    stop_line: log_line(&s.log_file, "recovery stopping"),
                     new_timeline,
                 });
             }
