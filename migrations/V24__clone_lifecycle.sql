@@ -1,18 +1,13 @@
--- Clone lifecycle (issue 12, part E): start_clone / stop_clone / delete_clone ask the agent for
--- a state (desired_state, cleared when it is reached; action_error when it could not be), an
--- expiry deletes a clone (an alert warns clone_expiry_warning beforehand, once: expiry_warned_at),
--- the agent measures the clones' disk use (disk_bytes) for show_backup_server_stats, and a
--- backup server holds at most max_clones live clones.
+-- Clone lifecycle additions (issue 12, part E; clones, stop/start/delete, expiry and max_clones
+-- are V21's): a CLONE_EXPIRY alert clone_expiry_warning before a clone expires (once:
+-- expiry_warned_at), and the clones' disk use as the agent measures it (disk_bytes) for
+-- show_backup_server_stats.
 alter table clone
-    add column desired_state    text check (desired_state in ('RUNNING', 'STOPPED', 'DELETED')),
-    add column action_error     text,
     add column expiry_warned_at timestamptz,
     add column disk_bytes       bigint,
     add column disk_measured_at timestamptz;
 
 insert into backup_server_default_config (parameter, value, description) values
-    ('max_clones', '5',
-     'Live clones (not FAILED nor DELETED) this backup server may hold; register_pitr_restore --clone is refused beyond'),
     ('clone_expiry_warning', '1 day',
      'How long before a clone expires (register_pitr_restore --expires) a CLONE_EXPIRY alert says it will be deleted');
 

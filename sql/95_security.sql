@@ -53,9 +53,7 @@ language sql immutable as $$
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
                        'retry_alerts',
                        -- clones (sql/89_clones.sql)
-                       'register_pitr_restore',
-                       -- clone lifecycle (sql/90_clone_lifecycle.sql)
-                       'start_clone', 'stop_clone', 'delete_clone']),
+                       'register_pitr_restore', 'clone_operation']),
     -- pgbackman_admin (member of pgbackman_operator).
     ('admin', array['register_backup_server', 'update_backup_server', 'delete_backup_server',
                     'update_backup_server_config', 'update_backup_server_default_config',
@@ -91,11 +89,10 @@ language sql immutable as $$
                     'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
                     -- clones and wal-get (sql/89_clones.sql)
                     'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
-                    'agent_interrupted_clones',
                     -- physical restore drills (sql/90_drills.sql)
                     'physical_drill_plan',
                     -- clone lifecycle (sql/90_clone_lifecycle.sql)
-                    'agent_clone_actions', 'agent_live_clones', 'clone_action_done', 'report_clone_disk',
+                    'agent_live_clones', 'clone_started_again', 'report_clone_disk', 'warn_expiring_clones',
                     'expire_clones']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
@@ -113,9 +110,7 @@ language sql immutable as $$
                        'rebuild_wal_runs', 'wal_before_owner_delete', 'open_wal_condition',
                        'evaluate_wal_conditions', 'wal_trim_runs',
                        -- sql/90_drills.sql, called by run_restore_drill
-                       'run_physical_drill',
-                       -- sql/90_clone_lifecycle.sql
-                       'clone_for_action', 'clone_limit_check'])
+                       'run_physical_drill'])
 $$;
 
 -- The group role whose members may run api function p_name (NULL: the owner only), for the

@@ -1,10 +1,10 @@
-//! The clone lifecycle end to end (issue 12, part E), with the real agent running as its own
-//! non-root user: clones restored by register_pitr_restore are stopped and started again
-//! (stop_clone, start_clone), counted against max_clones (the next one refused with a hint),
-//! kept running across an agent restart (one whose server died meanwhile is started again and
-//! its note says so), measured by maintenance for show_backup_server_stats, warned about
-//! (CLONE_EXPIRY) then deleted by maintenance when their expiry passes, and deleted on demand
-//! (delete_clone): nothing of them left running or on disk.
+//! The clone lifecycle end to end (issue 12; part E's additions over part A's commands), with
+//! the real agent running as its own non-root user: clones restored by register_pitr_restore,
+//! counted against max_clones (a stopped one too), kept running across an agent restart (one
+//! whose server died meanwhile is started again and its note says so), measured by maintenance
+//! for show_backup_server_stats, warned about once (CLONE_EXPIRY, clone_expiry_warning before
+//! their expiry) then deleted when it passes, and deleted on demand (delete_clone): nothing of
+//! them left running or on disk.
 
 mod common;
 
@@ -194,9 +194,8 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     .fails_with("max_clones");
     assert_eq!(env.sql("select count(*) from clone where name = 'c'"), "0");
 
-    // stop_clone, start_clone (by name).
-    let out = env.cmd(&format!("stop_clone {a}")).ok().stdout;
-    assert!(out.contains("will be stopped"), "{out}");
+    // stop_clone, start_clone (part A's CLONE jobs): a stopped clone counts against the limit.
+    env.cmd(&format!("stop_clone {a}")).ok();
     wait_for(
         &env,
         &format!("select state from clone where clone_id = {a}"),
@@ -206,8 +205,11 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     );
     assert!(postmaster(&dir_a).is_none());
     assert!(dir_a.join("data/PG_VERSION").exists());
-    env.cmd(&format!("stop_clone {a}")).ok();
-    env.cmd("start_clone a").ok();
+    env.cmd(&format!(
+        "register_pitr_restore {bck} --clone c --immediate"
+    ))
+    .fails_with("max_clones");
+    env.cmd(&format!("start_clone {a}")).ok();
     wait_for(
         &env,
         &format!("select state from clone where clone_id = {a}"),
@@ -216,7 +218,6 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
         &agent,
     );
     assert_eq!(clone_sql(&dir_a, &port_a, "select count(*) from t"), "100");
-    env.cmd("start_clone 999").fails_with("does not exist");
 
     // An agent restart: a keeps running; b, whose server died meanwhile, is started again.
     let pid_a = postmaster(&dir_a).unwrap();
@@ -273,19 +274,28 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
         "1"
     );
 
-    // Its expiry passed: maintenance deletes it.
+    // Its expiry passed: maintenance queues its deletion, which the agent runs.
     env.sql(&format!(
         "update clone set expires_at = now() - interval '1 second' where clone_id = {a}"
     ));
     maintenance(&agent);
-    assert_eq!(state(&env, a), "DELETED");
+    spawn_as_postgres(&mut agent);
+    wait_for(
+        &env,
+        &format!("select state from clone where clone_id = {a}"),
+        "DELETED",
+        60,
+        &agent,
+    );
     assert!(!dir_a.exists());
     assert!(processes_with("pgbackman_clone_a").is_empty());
+    assert_eq!(
+        env.sql("select count(*) from alert where alert_type = 'CLONE_EXPIRY'"),
+        "1"
+    );
 
     // delete_clone on demand; a deleted clone is gone for the commands.
-    spawn_as_postgres(&mut agent);
-    let out = env.cmd(&format!("delete_clone {b}")).ok().stdout;
-    assert!(out.contains("will be stopped and removed"), "{out}");
+    env.cmd(&format!("delete_clone {b}")).ok();
     wait_for(
         &env,
         &format!("select state from clone where clone_id = {b}"),

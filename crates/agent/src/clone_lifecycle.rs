@@ -1,70 +1,21 @@
-//! The clone lifecycle on this backup server (issue 12, part E): the states the shell asked
-//! for (`start_clone`, `stop_clone`, `delete_clone`, and maintenance's expiry) reached with
-//! `pg_ctl` of the node's major and the clone's directory removed; at start, the clones the
-//! catalog says are RUNNING kept running (or started again when their server is gone, e.g.
-//! after a reboot) and said so in the log and the clone's note; in maintenance, expiry and
-//! the clones' disk use. Clones are the CLONE job's (`clone_job`): `<backup_dir>/clones/<name>`.
+//! Clone lifecycle additions on this backup server (issue 12, part E; stop/start/delete and
+//! expiry are CLONE jobs, `clone_job`): at start, the clones the catalog says are RUNNING are
+//! kept running (alive: logged) or started again when their server is gone, e.g. after a
+//! reboot (logged and noted on the clone; one that cannot start is marked STOPPED with why);
+//! in maintenance, a CLONE_EXPIRY alert before a clone expires, and the clones' disk use.
+//! Clones live in `<backup_dir>/clones/<name>` (`clone_job::clones_dir`).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
 use pgbackman_db::clone_lifecycle::CloneOnDisk;
-use pgbackman_dump::pitr::recovery;
+use pgbackman_dump::pitr::recovery::{self, RecoverySpec, Target};
 use serde_json::json;
 
 use crate::job::Ctx;
 
-/// One pass at a time (a notification and a re-poll may both ask).
-static PASS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Runs [`apply`] in the background (the main loop does not wait for pg_ctl).
-pub fn spawn_apply(ctx: Arc<Ctx>) {
-    tokio::spawn(async move { apply(&ctx).await });
-}
-
-/// Brings every clone whose asked-for state differs from its own to that state.
-pub async fn apply(ctx: &Ctx) {
-    let _g = PASS.lock().await;
-    let Ok(list) = ctx
-        .db(
-            "agent_clone_actions",
-            ctx.catalog.agent_clone_actions(ctx.server_id),
-        )
-        .await
-    else {
-        return;
-    };
-    for c in list {
-        let want = c.desired_state.clone().unwrap_or_default();
-        let (state, error, note) = match act(ctx, &c, &want).await {
-            Ok(note) => (want.clone(), None, Some(note)),
-            Err(e) => {
-                tracing::error!(clone = %c.name, clone_id = c.clone_id, "cannot make the clone {want}: {e}");
-                (want.clone(), Some(e), None)
-            }
-        };
-        if error.is_none() {
-            tracing::info!(clone = %c.name, clone_id = c.clone_id, "clone {}", state.to_lowercase());
-        }
-        let _ = ctx
-            .db(
-                "clone_action_done",
-                ctx.catalog.clone_action_done(
-                    ctx.server_id,
-                    c.clone_id,
-                    &state,
-                    error.as_deref(),
-                    note.as_deref(),
-                ),
-            )
-            .await;
-    }
-}
-
 /// The clone's directory: always `<backup_dir>/clones/<name>` (the catalog's name is checked
-/// against a safe charset; a data_dir elsewhere is never removed).
+/// against a safe charset).
 fn clone_dir(ctx: &Ctx, c: &CloneOnDisk) -> PathBuf {
     crate::clone_job::clones_dir(ctx).join(&c.name)
 }
@@ -80,102 +31,35 @@ fn bin_dir(ctx: &Ctx, c: &CloneOnDisk) -> Result<PathBuf, String> {
     })
 }
 
-async fn pg_ctl(bin: &Path, data: &Path, args: &[&str]) -> Result<(), String> {
-    let mut c = tokio::process::Command::new(bin.join("pg_ctl"));
-    c.arg("-D").arg(data).args(args);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("PG") {
-            c.env_remove(k);
-        }
-    }
-    let out = c
-        .stdin(Stdio::null())
-        .current_dir("/")
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", bin.join("pg_ctl").display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "pg_ctl {} failed ({}): {}",
-            args.last().copied().unwrap_or_default(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
+/// Starts a clone's server again with the settings it was restored with, and waits until it
+/// accepts connections.
 async fn start(ctx: &Ctx, c: &CloneOnDisk) -> Result<(), String> {
     let dir = clone_dir(ctx, c);
     let data = dir.join("data");
     if !data.join("PG_VERSION").is_file() {
-        return Err(format!(
-            "{} holds no data directory: delete_clone {} and register it again",
-            data.display(),
-            c.clone_id
-        ));
+        return Err(format!("{} holds no data directory", data.display()));
     }
-    let log = dir.join("server.log");
-    pg_ctl(
-        &bin_dir(ctx, c)?,
-        &data,
-        &["-l", &log.display().to_string(), "-w", "-t", "300", "start"],
-    )
-    .await
+    let spec = RecoverySpec {
+        data_dir: data,
+        socket_dir: dir.clone(),
+        log_file: dir.join("server.log"),
+        port: u16::try_from(c.port).map_err(|_| format!("port {}", c.port))?,
+        bin_dir: bin_dir(ctx, c)?,
+        restore_command: String::new(),
+        target: Target::Immediate,
+        timeline: String::new(),
+        action: String::new(),
+        cluster_name: String::new(),
+        user: c.admin_user.clone(),
+    };
+    recovery::start(&spec).map_err(|e| e.to_string())?;
+    recovery::wait_ready(&spec, Duration::from_secs(600))
+        .await
+        .map_err(|e| e.to_string())
 }
 
-async fn act(ctx: &Ctx, c: &CloneOnDisk, want: &str) -> Result<String, String> {
-    let dir = clone_dir(ctx, c);
-    let data = dir.join("data");
-    let running = recovery::postmaster_pid(&data);
-    match want {
-        "STOPPED" => {
-            if running.is_some() {
-                pg_ctl(
-                    &bin_dir(ctx, c)?,
-                    &data,
-                    &["-m", "fast", "-w", "-t", "120", "stop"],
-                )
-                .await?;
-            }
-            Ok(format!(
-                "stopped by stop_clone at {}",
-                Utc::now().to_rfc3339()
-            ))
-        }
-        "RUNNING" => {
-            if running.is_none() {
-                start(ctx, c).await?;
-            }
-            Ok(format!(
-                "started by start_clone at {}",
-                Utc::now().to_rfc3339()
-            ))
-        }
-        "DELETED" => {
-            if let Ok(bin) = bin_dir(ctx, c) {
-                recovery::stop_immediate(&bin, &data);
-            }
-            if let Some(pid) = recovery::postmaster_pid(&data) {
-                return Err(format!(
-                    "its server (pid {pid}) does not stop; nothing was removed"
-                ));
-            }
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("removing {}: {e}", dir.display())),
-            }
-            Ok(format!("deleted at {}", Utc::now().to_rfc3339()))
-        }
-        other => Err(format!("unknown clone state {other}")),
-    }
-}
-
-/// At agent start: the clones the catalog says run are checked; one whose server is gone is
-/// started again. Either way the log says so, and a restarted one's note too.
+/// At agent start: each RUNNING clone checked; one whose server is gone is started again.
 pub async fn on_start(ctx: &Ctx) {
-    let _g = PASS.lock().await;
     let Ok(list) = ctx
         .db(
             "agent_live_clones",
@@ -191,54 +75,38 @@ pub async fn on_start(ctx: &Ctx) {
             tracing::info!(clone = %c.name, clone_id = c.clone_id, port = c.port, pid, "clone still running");
             continue;
         }
-        let (error, note) = match start(ctx, c).await {
+        let error = match start(ctx, c).await {
             Ok(()) => {
                 tracing::warn!(clone = %c.name, clone_id = c.clone_id, port = c.port, "clone was not running: started again");
-                (
-                    None,
-                    Some(format!(
-                        "its server was gone at the agent's start; started again at {}",
-                        Utc::now().to_rfc3339()
-                    )),
-                )
+                None
             }
             Err(e) => {
                 tracing::error!(clone = %c.name, clone_id = c.clone_id, "clone was not running and cannot be started: {e}");
-                (
-                    Some(format!(
-                        "not running at the agent's start and cannot be started: {e}"
-                    )),
-                    None,
-                )
+                Some(e)
             }
         };
         let _ = ctx
             .db(
-                "clone_action_done",
-                ctx.catalog.clone_action_done(
-                    ctx.server_id,
-                    c.clone_id,
-                    "RUNNING",
-                    error.as_deref(),
-                    note.as_deref(),
-                ),
+                "clone_started_again",
+                ctx.catalog
+                    .clone_started_again(ctx.server_id, c.clone_id, error.as_deref()),
             )
             .await;
     }
 }
 
-/// In maintenance: expiry (warnings, then deletion) and the clones' disk use.
+/// In maintenance: the expiry warnings and the clones' disk use.
 pub async fn maintain(ctx: &Ctx) {
     match ctx
-        .db("expire_clones", ctx.catalog.expire_clones(ctx.server_id))
+        .db(
+            "warn_expiring_clones",
+            ctx.catalog.warn_expiring_clones(ctx.server_id),
+        )
         .await
     {
-        Ok(n) if n > 0 => {
-            tracing::info!(clones = n, "expired clones to delete");
-            apply(ctx).await;
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("clone expiry: {e}"),
+        Ok(0) => {}
+        Ok(n) => tracing::info!(clones = n, "clones expiring soon: alerts raised"),
+        Err(e) => tracing::warn!("clone expiry warnings: {e}"),
     }
     let Ok(list) = ctx
         .db(
@@ -251,10 +119,7 @@ pub async fn maintain(ctx: &Ctx) {
     };
     let sizes: Vec<_> = list
         .iter()
-        .map(|c| {
-            let d = clone_dir(ctx, c);
-            json!({"clone_id": c.clone_id, "bytes": dir_size(&d)})
-        })
+        .map(|c| json!({"clone_id": c.clone_id, "bytes": dir_size(&clone_dir(ctx, c))}))
         .collect();
     if !sizes.is_empty() {
         let _ = ctx

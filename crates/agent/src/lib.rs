@@ -945,19 +945,14 @@ impl Runner {
                 Some(table) = wake_rx.recv() => {
                     // Job rows only need a claim; WAL archives (whose state reports notify
                     // too) are the WAL task's; anything else may change the definitions.
-                    let mut definitions = table != "job" && table != "wal_archive" && table != "clone";
+                    let mut definitions = table != "job" && table != "wal_archive";
                     let mut archives = table == "wal_archive" || table == "*";
-                    let mut clones = table == "clone" || table == "*";
                     while let Ok(t) = wake_rx.try_recv() {
-                        definitions |= t != "job" && t != "wal_archive" && t != "clone";
+                        definitions |= t != "job" && t != "wal_archive";
                         archives |= t == "wal_archive" || t == "*";
-                        clones |= t == "clone" || t == "*";
                     }
                     if archives {
                         wal::wake();
-                    }
-                    if clones {
-                        clone_lifecycle::spawn_apply(self.ctx.clone());
                     }
                     if definitions {
                         self.refresh().await;
@@ -967,7 +962,6 @@ impl Runner {
                 _ = repoll.tick(), if self.online() => {
                     self.refresh().await;
                     self.queue_due_drills().await;
-                    clone_lifecycle::spawn_apply(self.ctx.clone());
                     self.claim().await;
                     if self.online() {
                         let _ = self.ctx.db("mark_lost_jobs", self.ctx.catalog.mark_lost_jobs()).await;

@@ -1,21 +1,18 @@
-//! The clone lifecycle (issue 12, part E): the shell's start_clone, stop_clone, delete_clone
-//! and the agent's side (states to reach, clones to keep running, disk use, expiry). The rules
-//! live in `sql/90_clone_lifecycle.sql`.
+//! Clone lifecycle additions (issue 12, part E): the agent's check of its RUNNING clones at
+//! start, the expiry warning and the clones' disk use. The rules live in
+//! `sql/90_clone_lifecycle.sql`; stop/start/delete and expiry are `pitr`'s.
 
 use serde_json::Value;
-use tokio_postgres::Transaction;
 
-use crate::catalog::{Audit, Catalog};
+use crate::catalog::Catalog;
 use crate::error::DbError;
 
-/// A clone the agent must bring to `desired_state` (RUNNING, STOPPED, DELETED), or (from
-/// `agent_live_clones`) one that is RUNNING or STOPPED on disk.
+/// A clone RUNNING or STOPPED on this backup server's disk.
 #[derive(Debug, Clone)]
 pub struct CloneOnDisk {
     pub clone_id: i64,
     pub name: String,
     pub state: String,
-    pub desired_state: Option<String>,
     pub data_dir: Option<String>,
     pub port: i32,
     pub admin_user: String,
@@ -24,46 +21,18 @@ pub struct CloneOnDisk {
 }
 
 impl Catalog {
-    async fn clone_action(
-        &self,
-        audit: &Audit,
-        func: &str,
-        clone: &str,
-    ) -> Result<String, DbError> {
-        let q = format!("select api.{func}($1)");
-        self.mutate(audit, async |tx: &Transaction<'_>| {
-            Ok(tx.query_one(&q, &[&clone]).await?.get(0))
-        })
-        .await
-    }
-
-    /// `start_clone CLONE` (CloneID or name): the agent starts it; returns what will happen.
-    pub async fn start_clone(&self, audit: &Audit, clone: &str) -> Result<String, DbError> {
-        self.clone_action(audit, "start_clone", clone).await
-    }
-
-    /// `stop_clone CLONE`.
-    pub async fn stop_clone(&self, audit: &Audit, clone: &str) -> Result<String, DbError> {
-        self.clone_action(audit, "stop_clone", clone).await
-    }
-
-    /// `delete_clone CLONE`.
-    pub async fn delete_clone(&self, audit: &Audit, clone: &str) -> Result<String, DbError> {
-        self.clone_action(audit, "delete_clone", clone).await
-    }
-
-    // ---- the agent --------------------------------------------------------------------------
-
-    async fn clones_on_disk(&self, q: &str, server_id: i64) -> Result<Vec<CloneOnDisk>, DbError> {
+    /// Clones RUNNING or STOPPED on this server's disk.
+    pub async fn agent_live_clones(&self, server_id: i64) -> Result<Vec<CloneOnDisk>, DbError> {
         let c = self.client().await?;
-        let rows = c.query(q, &[&server_id]).await?;
+        let rows = c
+            .query("select * from api.agent_live_clones($1)", &[&server_id])
+            .await?;
         Ok(rows
             .iter()
             .map(|r| CloneOnDisk {
                 clone_id: r.get("clone_id"),
                 name: r.get("name"),
                 state: r.get("state"),
-                desired_state: r.try_get("desired_state").ok().flatten(),
                 data_dir: r.get("data_dir"),
                 port: r.get("port"),
                 admin_user: r.get("admin_user"),
@@ -72,31 +41,17 @@ impl Catalog {
             .collect())
     }
 
-    /// Clones whose asked-for state differs from theirs.
-    pub async fn agent_clone_actions(&self, server_id: i64) -> Result<Vec<CloneOnDisk>, DbError> {
-        self.clones_on_disk("select * from api.agent_clone_actions($1)", server_id)
-            .await
-    }
-
-    /// Clones RUNNING or STOPPED on this server's disk.
-    pub async fn agent_live_clones(&self, server_id: i64) -> Result<Vec<CloneOnDisk>, DbError> {
-        self.clones_on_disk("select * from api.agent_live_clones($1)", server_id)
-            .await
-    }
-
-    /// The state the agent reached for a clone, or why it could not.
-    pub async fn clone_action_done(
+    /// A RUNNING clone found without its server at start: started again, or why not.
+    pub async fn clone_started_again(
         &self,
         server_id: i64,
         clone_id: i64,
-        state: &str,
         error: Option<&str>,
-        note: Option<&str>,
     ) -> Result<(), DbError> {
         let c = self.client().await?;
         c.execute(
-            "select api.clone_action_done($1, $2, $3, $4, $5)",
-            &[&server_id, &clone_id, &state, &error, &note],
+            "select api.clone_started_again($1, $2, $3)",
+            &[&server_id, &clone_id, &error],
         )
         .await?;
         Ok(())
@@ -110,10 +65,11 @@ impl Catalog {
         Ok(())
     }
 
-    /// Expiry: warnings raised, expired clones asked to be deleted (their number).
-    pub async fn expire_clones(&self, server_id: i64) -> Result<i32, DbError> {
+    /// One CLONE_EXPIRY alert per clone within `clone_expiry_warning` of its expiry.
+    pub async fn warn_expiring_clones(&self, server_id: i64) -> Result<i32, DbError> {
         let c = self.client().await?;
-        Ok(c.query_one("select api.expire_clones($1)", &[&server_id])
+        Ok(c
+            .query_one("select api.warn_expiring_clones($1)", &[&server_id])
             .await?
             .get(0))
     }
