@@ -110,7 +110,7 @@ language sql stable as $$
     select c.backup_code <> 'BASEBACKUP'
            or (c.verification_state = 'PASSED'
                and coalesce((select l.state from last_drill l where l.bck_id = c.bck_id), '') <> 'FAILED'
-               and ((select l.state from last_drill l where l.bck_id = c.bck_id) = 'PASSED'
+               and (coalesce((select l.state from last_drill l where l.bck_id = c.bck_id) = 'PASSED', false)
                     or c.finished > coalesce((select n.at from newest_passed n), '-infinity')))
       from c
 $$;

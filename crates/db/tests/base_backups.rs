@@ -374,6 +374,96 @@ async fn only_verified_base_backups_count_toward_redundancy() {
     );
 }
 
+/// Restore drills decide which base backups are good for redundancy (sql/90_drills.sql): the
+/// last drill passed, or none yet and newer than the newest one whose drill passed; a failed
+/// drill never counts; a definition never drilled counts every verified one.
+#[tokio::test(flavor = "current_thread")]
+async fn base_backups_count_toward_redundancy_by_their_drills() {
+    let e = env().await;
+    let mut d = def("BASEBACKUP", Default::default());
+    d.retention_period = Some("1 day".into());
+    d.retention_redundancy = Some(2);
+    let d = e
+        .cat
+        .register_backup_definitions(&audit(), &[d])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for age in ["5 days", "4 days", "3 days", "2 days"] {
+        let id: i64 = e
+            .owner
+            .query_one(
+                &format!(
+                    "insert into backup_catalog (def_id, backup_server_id, pgsql_node_id, backup_code, started, finished,
+                                                 execution_status, execution_method, verification_level, verification_state)
+                     values ({}, 1, 1, 'BASEBACKUP', now() - interval '{age}', now() - interval '{age}',
+                             'SUCCEEDED', 'CRON', 1, 'PASSED') returning bck_id",
+                    d[0].def_id
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    let counts = async |id: i64| -> bool {
+        e.owner
+            .query_one("select api.base_backup_counts($1)", &[&id])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    for id in &ids {
+        assert!(
+            counts(*id).await,
+            "never drilled: every verified one counts"
+        );
+    }
+    // ids[1]'s drill passed, ids[2]'s failed; ids[0] is older than the passed one, ids[3] newer.
+    for (id, state) in [(ids[1], "PASSED"), (ids[2], "FAILED")] {
+        e.owner
+            .batch_execute(&format!(
+                "with j as (insert into job (kind, backup_server_id, bck_id, state) values ('DRILL', 1, {id}, 'SUCCEEDED') returning job_id)
+                 insert into verification (job_id, bck_id, kind, level, state, started, finished)
+                 select job_id, {id}, 'DRILL', 3, '{state}', now(), now() from j;
+                 update backup_catalog set verification_level = 3, verification_state = '{state}' where bck_id = {id}"
+            ))
+            .await
+            .unwrap();
+    }
+    let got: Vec<bool> = [
+        counts(ids[0]).await,
+        counts(ids[1]).await,
+        counts(ids[2]).await,
+        counts(ids[3]).await,
+    ]
+    .into();
+    assert_eq!(got, vec![false, true, false, true]);
+    // Redundancy 2 keeps the two good ones (Redundancy(1), (2)); the others expire.
+    let rows = e.cat.retention_rows_of_server(1).await.unwrap();
+    let plan: Vec<(i64, String)> = rows
+        .plan()
+        .iter()
+        .map(|(r, rule)| (r.bck_id, format!("{rule:?}")))
+        .collect();
+    for id in [ids[1], ids[3]] {
+        assert!(
+            plan.iter()
+                .any(|(b, r)| *b == id && r.starts_with("Redundancy")),
+            "{id} kept: {plan:?}"
+        );
+    }
+    for id in [ids[0], ids[2]] {
+        assert!(
+            !plan
+                .iter()
+                .any(|(b, r)| *b == id && r.starts_with("Redundancy")),
+            "{id} not kept for redundancy: {plan:?}"
+        );
+    }
+}
+
 /// A year of a busy node (500,000 segments, one hole) with a base backup every ~3.5 days (100):
 /// the recovery window with its base backups and the chains answer from the runs, in well under
 /// the issue's 100 ms on a quiet machine (bounded here for a loaded one).
