@@ -154,6 +154,7 @@ fn a_physical_drill_passes_on_a_good_archive_and_fails_with_an_alert_on_a_corrup
            from verification where job_id = {job}"
     ));
     assert_eq!(state, "PASSED", "{row}\n{}", agent.log());
+    eprintln!("physical drill of BckID {bck}: {row}");
     assert!(row.starts_with("3|"), "{row}");
     // Three segments were written after the backup: the window is wider than its last segment.
     assert_eq!(
