@@ -266,6 +266,10 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     assert_eq!(state, "RUNNING", "{err}\n{}", agent.log());
     let dir = agent.backups().join("clones/before-drop");
     assert_eq!(clone_sql(&dir, &port, "select count(*) from orders"), "200");
+    eprintln!(
+        "phases of clone before-drop (s): {}",
+        env.sql("select phase_timings from clone where name = 'before-drop'")
+    );
     let d = env.json("show_clone_details 1");
     let d = d.to_string();
     for want in [
