@@ -212,6 +212,12 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
         "show_restore_points 127.0.0.2 --time '{before_drop}'"
     ));
     assert!(r.to_string().contains(&format!("\"bckid\":{bck}")), "{r}");
+    let r = env.json("show_restore_points 127.0.0.2");
+    assert_eq!(r["restore_points"][0]["bckid"], bck, "{r}");
+    let r = env.json(&format!(
+        "show_restore_points 127.0.0.2 --lsn {lsn_before_drop}"
+    ));
+    assert!(r.to_string().contains("\"restorable\":\"yes\""), "{r}");
     let r = env.json(&format!(
         "show_restore_points 127.0.0.2 --time '{before_backup}'"
     ));
