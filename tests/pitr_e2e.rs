@@ -370,6 +370,21 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
         processes_with("pgbackman_clone_brief").is_empty()
     });
 
+    // One expiring within a day: a CLONE_EXPIRY alert, once.
+    let (state, _, err) = clone(
+        &env,
+        &agent,
+        &format!("{bck} --clone soon --immediate --expires '3 hours'"),
+    );
+    assert_eq!(state, "RUNNING", "{err}");
+    wait_for(
+        &env,
+        "select count(*) from alert where alert_type = 'CLONE_EXPIRY' and error_message like 'clone soon %'",
+        "1",
+        60,
+        &agent,
+    );
+
     // A corrupt segment after the backup: wal-get exits 126, recovery stops, the job fails
     // naming the segment, and nothing of the clone is left.
     let (seg, path) = {
