@@ -73,3 +73,22 @@ create index clone_op_clone_idx on clone_op (clone_id);
 -- How many clones (not FAILED nor DELETED) a backup server may hold at once.
 insert into backup_server_default_config (parameter, value, description) values
     ('max_clones', '5', 'How many clones (point-in-time restores into instances of their own) this backup server may hold at once; 0 = none');
+
+-- When the alert that a clone expires soon was raised (once per clone), and its alert type,
+-- added to whatever list the earlier migrations left.
+alter table clone add column expiry_alerted timestamptz;
+do $$
+declare
+    v_types text[];
+begin
+    select array_agg(m[1] order by ord) into v_types
+      from pg_catalog.pg_constraint c,
+           regexp_matches(pg_catalog.pg_get_constraintdef(c.oid), '''([A-Z_]+)''', 'g') with ordinality as t(m, ord)
+     where c.conrelid = 'public.alert'::regclass and c.conname = 'alert_alert_type_check';
+    if not 'CLONE_EXPIRY' = any (coalesce(v_types, '{}')) then
+        v_types := coalesce(v_types, '{}') || 'CLONE_EXPIRY'::text;
+    end if;
+    alter table alert drop constraint if exists alert_alert_type_check;
+    execute format('alter table alert add constraint alert_alert_type_check check (alert_type in (%s))',
+                   (select string_agg(quote_literal(t), ', ' order by o) from unnest(v_types) with ordinality u(t, o)));
+end $$;

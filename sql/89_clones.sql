@@ -298,8 +298,9 @@ begin
                               'codec', o.codec, 'stored_path', o.stored_path, 'end_lsn', o.end_lsn::text);
 end $$;
 
--- The agent's maintenance pass: a delete job for each clone of this server past its expiry
--- (a FAILED one, with nothing on disk, is marked deleted at once). Returns how many.
+-- The agent's maintenance pass: a CLONE_EXPIRY alert for each clone of this server that expires
+-- within a day, a delete job for each one past its expiry (a FAILED one, with nothing on disk,
+-- is marked deleted at once). Returns how many delete jobs.
 create function api.expire_clones(p_server bigint)
 returns integer language plpgsql as $$
 declare
@@ -308,6 +309,20 @@ declare
     v_n integer := 0;
 begin
     perform api.acting_for(p_server);
+    -- A day ahead (or at once for a shorter expiry), one alert per clone.
+    with soon as (
+        update public.clone k set expiry_alerted = now()
+         where k.backup_server_id = p_server and k.state in ('RUNNING', 'STOPPED') and k.expiry_alerted is null
+           and k.expires_at > now() and k.expires_at <= now() + api.clone_expiry_warning(p_server)
+        returning k.*
+    )
+    insert into public.alert (alert_type, backup_server_id, pgsql_node_id, ref_id, bck_id, execution_status,
+                              error_message, sendto)
+    select 'CLONE_EXPIRY', k.backup_server_id, k.pgsql_node_id, k.clone_id, k.bck_id, 'EXPIRING',
+           format('clone %s (CloneID %s, port %s) expires at %s and is then deleted with its data directory',
+                  k.name, k.clone_id, k.port, k.expires_at),
+           coalesce(api.node_config_value(k.pgsql_node_id, 'logs_email'), '')
+      from soon k;
     update public.clone set state = 'DELETED', deleted = now(), note = 'expired'
      where backup_server_id = p_server and state = 'FAILED' and expires_at <= now();
     for c in select k.* from public.clone k

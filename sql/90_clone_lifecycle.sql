@@ -1,8 +1,8 @@
 -- Clone lifecycle additions (issue 12, part E; columns in migrations/V24__clone_lifecycle.sql;
 -- clones, stop_clone / start_clone / delete_clone, expiry and max_clones are in
--- sql/89_clones.sql). Maintenance warns before a clone expires (one CLONE_EXPIRY alert
--- clone_expiry_warning beforehand) and records the clones' disk use; at its start the agent
--- starts again the RUNNING clones whose server is gone and notes it.
+-- sql/89_clones.sql, as are the CLONE_EXPIRY alerts, raised clone_expiry_warning beforehand).
+-- Maintenance records the clones' disk use; at its start the agent starts again the RUNNING
+-- clones whose server is gone and notes it.
 
 -- Clones RUNNING or STOPPED on this server's disk (at agent start: the RUNNING ones it checks;
 -- in maintenance: the ones it measures).
@@ -43,27 +43,9 @@ begin
      where c.clone_id = (x ->> 'clone_id')::bigint and c.backup_server_id = p_server;
 end $$;
 
--- One CLONE_EXPIRY alert per clone that expires within clone_expiry_warning (a backup server
--- parameter). Returns how many were warned about.
-create function api.warn_expiring_clones(p_server bigint) returns integer
-language plpgsql as $$
-declare
-    v_warn interval := coalesce(nullif(api.server_config_value(p_server, 'clone_expiry_warning'), '')::interval, interval '1 day');
-    v_n integer;
-begin
-    perform api.acting_for(p_server);
-    with w as (
-        update public.clone c set expiry_warned_at = now()
-         where c.backup_server_id = p_server and c.state in ('RUNNING', 'STOPPED') and c.expiry_warned_at is null
-           and c.expires_at is not null and c.expires_at > now() and c.expires_at - v_warn <= now()
-        returning c.*
-    )
-    insert into public.alert (alert_type, backup_server_id, pgsql_node_id, ref_id, bck_id, execution_status, error_message, sendto)
-    select 'CLONE_EXPIRY', w.backup_server_id, w.pgsql_node_id, w.clone_id, w.bck_id, 'WARNING',
-           format('clone %s (CloneID %s, port %s) of PgSQL node %s expires at %s and will then be deleted by maintenance',
-                  w.name, w.clone_id, w.port, api.node_fqdn(w.pgsql_node_id), w.expires_at),
-           coalesce(api.node_config_value(w.pgsql_node_id, 'logs_email'), '')
-      from w;
-    get diagnostics v_n = row_count;
-    return v_n;
-end $$;
+-- How long before a clone's expiry its CLONE_EXPIRY alert is raised (api.expire_clones,
+-- sql/89_clones.sql): the backup server parameter clone_expiry_warning, default 1 day.
+create function api.clone_expiry_warning(p_server bigint) returns interval
+language sql stable as $$
+    select coalesce(nullif(api.server_config_value(p_server, 'clone_expiry_warning'), '')::interval, interval '1 day')
+$$;

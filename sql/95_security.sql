@@ -33,7 +33,9 @@ language sql immutable as $$
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning',
                      -- physical drills (sql/90_drills.sql): retention's notion of a good base backup
-                     'base_backup_counts']),
+                     'base_backup_counts',
+                     -- sql/90_clone_lifecycle.sql, read by expire_clones
+                     'clone_expiry_warning']),
     -- Listings (show_* functions; every view of schema api is granted too): pgbackman_readonly.
     ('readonly', array['show_backup_server_config', 'show_pgsql_node_config', 'backup_server_stats',
                        'pgsql_node_stats', 'show_backup_details', 'show_restore_details',
@@ -92,7 +94,7 @@ language sql immutable as $$
                     -- physical restore drills (sql/90_drills.sql)
                     'physical_drill_plan',
                     -- clone lifecycle (sql/90_clone_lifecycle.sql)
-                    'agent_live_clones', 'clone_started_again', 'report_clone_disk', 'warn_expiring_clones',
+                    'agent_live_clones', 'clone_started_again', 'report_clone_disk',
                     'expire_clones']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the

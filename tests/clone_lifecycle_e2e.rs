@@ -143,7 +143,7 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     env.cmd("register_wal_archive bs1.example.org 127.0.0.2")
         .ok();
     env.cmd(
-        "update_backup_server_config bs1.example.org max_clones=2 clone_expiry_warning='2 hours'",
+        "update_backup_server_config bs1.example.org max_clones=2 clone_expiry_warning='30 minutes'",
     )
     .ok();
     let mut agent = Agent::configure(&env, "bs1.example.org", "");
@@ -178,13 +178,17 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
         agent.log()
     );
 
-    // Two clones, the server's limit; a third is refused with the hint, nothing made.
+    // Ports of their own (part A's tests take the first free ones from 55432). Two clones, the server's limit; a third is refused with the hint, nothing made.
     let (a, port_a) = clone(
         &env,
         &agent,
-        &format!("{bck} --clone a --immediate --expires '1 hour'"),
+        &format!("{bck} --clone a --port 56101 --immediate --expires '1 hour'"),
     );
-    let (b, port_b) = clone(&env, &agent, &format!("{bck} --clone b --immediate"));
+    let (b, port_b) = clone(
+        &env,
+        &agent,
+        &format!("{bck} --clone b --port 56102 --immediate"),
+    );
     let dir_a = clones.join("a");
     let dir_b = clones.join("b");
     assert_eq!(clone_sql(&dir_a, &port_a, "select count(*) from t"), "100");
@@ -249,10 +253,14 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     assert!(log.contains("started again"), "{log}");
 
     // Maintenance (a pass of its own: the daemon stopped, which leaves clones running): the
-    // disk use measured; a's expiry within the warning: one alert.
+    // disk use measured; a's expiry an hour away, past the 30 minutes' warning: no alert yet.
     agent.stop();
     assert_eq!(postmaster(&dir_a), Some(pid_a));
     maintenance(&agent);
+    assert_eq!(
+        env.sql("select count(*) from alert where alert_type = 'CLONE_EXPIRY'"),
+        "0"
+    );
     let stats = env
         .json("show_backup_server_stats bs1.example.org")
         .to_string();
@@ -261,11 +269,16 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
         env.sql("select bool_and(disk_bytes > 1000000) from clone where state = 'RUNNING'"),
         "t"
     );
+    // Within the warning: one alert, once.
+    env.sql(&format!(
+        "update clone set expires_at = now() + interval '20 minutes' where clone_id = {a}"
+    ));
+    maintenance(&agent);
     let alert = env.sql(&format!(
         "select alert_type || ' ' || error_message from alert where alert_type = 'CLONE_EXPIRY' and ref_id = {a}"
     ));
     assert!(
-        alert.contains("clone a") && alert.contains("will then be deleted"),
+        alert.contains("clone a") && alert.contains("is then deleted"),
         "{alert}"
     );
     maintenance(&agent);
@@ -308,6 +321,10 @@ fn clones_stop_start_count_survive_an_agent_restart_expire_and_delete() {
     env.cmd(&format!("start_clone {b}"))
         .fails_with("does not exist");
     // The limit counts live clones only: a new one fits again.
-    let (_c, _) = clone(&env, &agent, &format!("{bck} --clone c --immediate"));
+    let (_c, _) = clone(
+        &env,
+        &agent,
+        &format!("{bck} --clone c --port 56103 --immediate"),
+    );
     drop(node);
 }

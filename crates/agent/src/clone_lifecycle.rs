@@ -2,7 +2,7 @@
 //! expiry are CLONE jobs, `clone_job`): at start, the clones the catalog says are RUNNING are
 //! kept running (alive: logged) or started again when their server is gone, e.g. after a
 //! reboot (logged and noted on the clone; one that cannot start is marked STOPPED with why);
-//! in maintenance, a CLONE_EXPIRY alert before a clone expires, and the clones' disk use.
+//! in maintenance, the clones' disk use.
 //! Clones live in `<backup_dir>/clones/<name>` (`clone_job::clones_dir`).
 
 use std::path::{Path, PathBuf};
@@ -95,19 +95,8 @@ pub async fn on_start(ctx: &Ctx) {
     }
 }
 
-/// In maintenance: the expiry warnings and the clones' disk use.
+/// In maintenance: the clones' disk use.
 pub async fn maintain(ctx: &Ctx) {
-    match ctx
-        .db(
-            "warn_expiring_clones",
-            ctx.catalog.warn_expiring_clones(ctx.server_id),
-        )
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(clones = n, "clones expiring soon: alerts raised"),
-        Err(e) => tracing::warn!("clone expiry warnings: {e}"),
-    }
     let Ok(list) = ctx
         .db(
             "agent_live_clones",

@@ -133,7 +133,7 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
         Ok(n) => tracing::info!(clones = n, "expired clones queued for deletion"),
         Err(e) => tracing::warn!("expiring clones: {e}"),
     }
-    // Clones about to expire warned about, the clones' disk use measured (part E).
+    // The clones' disk use, for show_backup_server_stats (part E).
     crate::clone_lifecycle::maintain(ctx).await;
     let alerts = ctx
         .db(

@@ -1,6 +1,6 @@
 //! Clone lifecycle additions (issue 12, part E): the agent's check of its RUNNING clones at
-//! start, the expiry warning and the clones' disk use. The rules live in
-//! `sql/90_clone_lifecycle.sql`; stop/start/delete and expiry are `pitr`'s.
+//! start and the clones' disk use. The rules live in `sql/90_clone_lifecycle.sql`;
+//! stop/start/delete, expiry and its alert are `pitr`'s.
 
 use serde_json::Value;
 
@@ -63,14 +63,5 @@ impl Catalog {
         c.execute("select api.report_clone_disk($1, $2)", &[&server_id, sizes])
             .await?;
         Ok(())
-    }
-
-    /// One CLONE_EXPIRY alert per clone within `clone_expiry_warning` of its expiry.
-    pub async fn warn_expiring_clones(&self, server_id: i64) -> Result<i32, DbError> {
-        let c = self.client().await?;
-        Ok(c
-            .query_one("select api.warn_expiring_clones($1)", &[&server_id])
-            .await?
-            .get(0))
     }
 }
