@@ -32,6 +32,7 @@ use crate::sqlgen;
 
 mod capture;
 mod dump;
+mod rows;
 mod stop;
 
 pub(crate) use stop::{Bounds, Stop, fail};
