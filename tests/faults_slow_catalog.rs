@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::agent::*;
+use common::freeze::Frozen;
 
 /// Definitions per agent: enough to show a fire lost or waiting, few enough for 2 cores.
 const DEFS: usize = 4;
@@ -322,52 +323,6 @@ fn a_lock_held_on_the_job_table_for_three_fire_minutes_loses_no_fire() {
     if let Some(mut c) = locker {
         let _ = c.kill();
         let _ = c.wait();
-    }
-}
-
-/// The catalog's postmaster and every process it started, stopped with SIGSTOP; SIGCONT when
-/// dropped (also when the test fails, so that the cluster can be stopped).
-struct Frozen(Vec<nix::unistd::Pid>);
-
-impl Frozen {
-    fn freeze(env: &common::Env) -> Frozen {
-        use nix::sys::signal::{Signal, kill};
-        let pm = env
-            .catalog
-            .cluster()
-            .postmaster_pid()
-            .expect("catalog postmaster");
-        let pm = nix::unistd::Pid::from_raw(pm);
-        // The postmaster first: once it is stopped it forks no new backend.
-        kill(pm, Signal::SIGSTOP).unwrap();
-        let mut pids = vec![pm];
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(pm.as_raw()) {
-                let p = nix::unistd::Pid::from_raw(pid);
-                if kill(p, Signal::SIGSTOP).is_ok() {
-                    pids.push(p);
-                }
-            }
-        }
-        assert!(pids.len() > 3, "the catalog's processes: {pids:?}");
-        Frozen(pids)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for p in self.0.iter().rev() {
-            let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGCONT);
-        }
     }
 }
 

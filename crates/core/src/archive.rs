@@ -83,7 +83,10 @@ pub struct RowCounter {
 #[derive(Debug)]
 enum State {
     /// Collecting the header and TOC; parsed when `buf` reaches `next_try` bytes.
-    Head { buf: Vec<u8>, next_try: usize },
+    Head {
+        buf: Vec<u8>,
+        next_try: usize,
+    },
     Data(Box<Data>),
     Failed(ArchiveError),
 }
@@ -354,7 +357,8 @@ impl Data {
         // The marker must start a line: at the block's start or after a newline.
         let marker = |m: &[u8]| {
             tail.ends_with(m)
-                && (len == m.len() as u64 || tail.len() > m.len() && tail[tail.len() - m.len() - 1] == b'\n')
+                && (len == m.len() as u64
+                    || tail.len() > m.len() && tail[tail.len() - m.len() - 1] == b'\n')
         };
         let rows = if marker(b"\\.\n\n\n") {
             Some(self.newlines - 3)

@@ -55,7 +55,10 @@ fn head(min: u8, compression: u8, entries: &[Entry]) -> Vec<u8> {
     int(&mut o, entries.len() as i64);
     for e in entries {
         int(&mut o, e.id);
-        int(&mut o, i64::from(e.desc == "TABLE DATA" || e.desc == "BLOBS"));
+        int(
+            &mut o,
+            i64::from(e.desc == "TABLE DATA" || e.desc == "BLOBS"),
+        );
         str(&mut o, Some(b"1259"));
         str(&mut o, Some(b"16384"));
         str(&mut o, Some(e.tag));
@@ -207,7 +210,11 @@ fn a_large_toc_is_parsed_once_it_is_complete() {
 
 #[test]
 fn data_without_the_end_marker_counts_its_lines() {
-    let mut a = head(14, 0, &[table(3, "s", "a"), table(4, "s", "b"), table(5, "s", "c")]);
+    let mut a = head(
+        14,
+        0,
+        &[table(3, "s", "a"), table(4, "s", "b"), table(5, "s", "c")],
+    );
     block(&mut a, 3, &[b"1\n2\n"]);
     block(&mut a, 4, &[]);
     // A last line without its newline: not counted (left to SQL), the others still are.
