@@ -291,7 +291,7 @@ fn a_base_backup_whose_wal_wait_sees_the_catalog_frozen_succeeds_from_this_serve
         &agent,
     );
     // Now the catalog answers nothing while the WAL arrives: only this server knows it is here.
-    let frozen = Frozen::freeze(&env);
+    let frozen = Frozen::freeze(&env.catalog);
     signal_receiver(&agent.backups(), Signal::SIGCONT);
     wait_until("the WAL found on the backup server", 120, &[&agent], || {
         agent

@@ -332,7 +332,7 @@ fn a_frozen_catalog_for_three_fire_minutes_loses_no_fire() {
     let frozen = std::cell::RefCell::new(None);
     three_minutes_of(
         &mut s,
-        |env| *frozen.borrow_mut() = Some(Frozen::freeze(env)),
+        |env| *frozen.borrow_mut() = Some(Frozen::freeze(&env.catalog)),
         |_| drop(frozen.borrow_mut().take()),
     );
 }
@@ -374,7 +374,7 @@ fn sigterm_with_jobs_running_on_a_just_frozen_catalog_is_honoured_within_15_s() 
     wait_until("every pg_dump started", 30, &[&a], || {
         processes_with(&slow.path().display().to_string()).len() >= DEFS
     });
-    let frozen = Frozen::freeze(&f.env);
+    let frozen = Frozen::freeze(&f.env.catalog);
     let t = Instant::now();
     let status = a.sigterm();
     let stop = t.elapsed();
