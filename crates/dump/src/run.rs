@@ -32,6 +32,7 @@ use crate::sqlgen;
 
 mod capture;
 mod dump;
+mod finish;
 mod rows;
 mod stop;
 
@@ -485,53 +486,17 @@ impl Run<'_> {
         let mut files = files;
         files.append(&mut self.written);
         self.log.event("dump complete; writing the manifest");
-        let log = Arc::clone(&self.log);
-        let log_path = staging.join(LOG_FILE);
-        let abort = Arc::new(AtomicBool::new(false));
-        let a = Arc::clone(&abort);
-        let log_entry = self
-            .blocking("write", abort, move || {
-                log.close()?;
-                let (size, sha256) = set::hash_file(&log_path, &a)?;
-                Ok::<_, std::io::Error>(FileEntry {
-                    name: LOG_FILE.into(),
-                    size,
-                    sha256,
-                })
-            })
-            .await?
-            .map_err(|e| {
-                fail(
-                    "write",
-                    format!("{}: {e}", staging.join(LOG_FILE).display()),
-                )
-            })?;
+        let log_entry = self.bounds().close_log(&self.log, staging).await?;
         files.push(log_entry);
         files.sort_by(|a, b| a.name.cmp(&b.name));
         self.timed("manifest", t);
         let manifest = self.manifest(&files, client_major, &facts);
-        let text =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| fail("manifest", e.to_string()))?;
-        let dir = staging.to_path_buf();
-        let manifest_entry = self
-            .blocking("manifest", Arc::default(), move || {
-                set::write_private_file(&dir, MANIFEST_FILE, &text)
-            })
-            .await?
-            .map_err(|e| {
-                fail(
-                    "write",
-                    format!("{}: {e}", staging.join(MANIFEST_FILE).display()),
-                )
-            })?;
+        let manifest_entry = self.bounds().write_manifest(staging, &manifest).await?;
         files.push(manifest_entry);
 
         // fsync (files were synced as they were closed; now the directory)
         let t = std::time::Instant::now();
-        let dir = staging.to_path_buf();
-        self.blocking("fsync", Arc::default(), move || set::fsync_dir(&dir))
-            .await?
-            .map_err(|e| fail("fsync", format!("{}: {e}", staging.display())))?;
+        self.bounds().fsync_staging(staging).await?;
         self.timed("fsync", t);
 
         if let Some(target) = self.target {
