@@ -167,7 +167,10 @@ fn backups_to_s3_verified_secret_free_and_retained() {
         &agent,
     );
     assert_eq!(
-        node.psql("shop_copy", "select count(*) || ' ' || max(name) from items"),
+        node.psql(
+            "shop_copy",
+            "select count(*) || ' ' || max(name) from items"
+        ),
         node.psql("shop", "select count(*) || ' ' || max(name) from items")
     );
     assert!(sets_on_disk(&agent.backups()).is_empty());

@@ -116,7 +116,8 @@ pub async fn run_backup(
 /// [`run_backup`], the set going to `target` (a repository) instead of `spec.final_dir` when
 /// given: the dump streamed into the store, then the small files and the manifest (see
 /// [`crate::upload`]). The outcome's `backup_dir` is then None; the set is at
-/// `target.prefix`. Custom format and CLUSTER/GLOBALS only.
+/// `target.prefix`. A directory-format dump is written into staging first (pg_dump -Fd
+/// writes files), each of its files then uploaded as an object.
 pub async fn run_backup_to(
     spec: &BackupSpec,
     target: Option<&crate::upload::StoreTarget>,
@@ -587,15 +588,8 @@ impl Run<'_> {
                 "a BASEBACKUP set is made by pg_basebackup (run_base_backup), not pg_dump",
             ));
         }
-        if self.target.is_some()
-            && !spec.code.is_cluster_wide()
-            && matches!(spec.format, DumpFormat::Directory { .. })
-        {
-            return Err(fail(
-                step,
-                "a directory-format dump cannot be streamed to a repository: use the custom format for definitions that store in a repository",
-            ));
-        }
+        // A directory-format dump to a repository: pg_dump -Fd writes its files into staging
+        // (it cannot write to a pipe), then each one is uploaded as an object.
         if spec.extra_args.iter().any(|a| a == "--") {
             return Err(fail(step, "extra parameters must not contain \"--\""));
         }

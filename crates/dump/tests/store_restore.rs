@@ -365,3 +365,84 @@ async fn store_frozen_mid_restore_fails_with_the_key_and_leaves_nothing() {
     .await;
     common::assert_ok(&r);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_format_set_goes_to_s3_object_by_object_and_restores() {
+    let pg = TestCluster::start();
+    pg.psql("postgres", "create database crm");
+    // Two tables, one data file above the size read whole (streamed as a multipart object).
+    pg.psql(
+        "crm",
+        "create table a as select g, md5(random()::text) || md5(random()::text) as x
+           from generate_series(1, 400000) g;
+         create table b as select g from generate_series(1, 1000) g;",
+    );
+    let server = S3Server::start();
+    let repo = store(&server, &Limits::default());
+    let root = tempfile::tempdir().unwrap();
+    let spec = pgbackman_dump::BackupSpec {
+        format: pgbackman_dump::DumpFormat::Directory { jobs: 2 },
+        ..common::spec(&pg, root.path(), 71, BackupCode::Full, "crm")
+    };
+    let prefix = layout::set_prefix(1, "20260501T140000Z_crm_FULL_j71");
+    let target = StoreTarget {
+        store: Arc::clone(&repo),
+        prefix: prefix.clone(),
+    };
+    let o = run_backup_to(&spec, Some(&target), CancellationToken::new(), &|_| {}).await;
+    assert!(o.status.is_success(), "{:#?}", o.status);
+    assert_eq!(files_under(root.path()), Vec::<String>::new());
+    let keys: Vec<String> = repo
+        .list(&prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(
+        keys.contains(&format!("{prefix}/dump.dir/toc.dat")),
+        "{keys:?}"
+    );
+    assert!(
+        o.files
+            .iter()
+            .any(|f| f.name.starts_with("dump.dir/") && f.size > 8 << 20),
+        "no large member: {:?}",
+        o.files
+    );
+    let set = RepositorySet {
+        store: Arc::clone(&repo),
+        prefix,
+    };
+    let v = verify_levels_in(
+        &set,
+        &o.files,
+        &common::bin_dir(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((v.level, v.state), (2, VerifyState::Passed), "{v:?}");
+
+    let other = TestCluster::start();
+    let r = restore_set(
+        &rspec(&set, &other, root.path(), 72, "crm"),
+        CancellationToken::new(),
+        &|_| {},
+    )
+    .await;
+    common::assert_ok(&r);
+    assert_eq!(r.feed.as_deref(), Some("directory"));
+    assert_same(
+        &facts(&pg, &["crm"], &["postgres"]),
+        &facts(&other, &["crm"], &["postgres"]),
+    );
+    assert_eq!(
+        files_under(root.path())
+            .iter()
+            .filter(|f| !f.contains("/logs/"))
+            .count(),
+        0
+    );
+}
