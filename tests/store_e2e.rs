@@ -258,4 +258,21 @@ fn backups_to_s3_verified_secret_free_and_retained() {
     );
     assert!(keys(&rt, &store, &prefix).is_empty(), "objects left");
     assert_eq!(keys(&rt, &store, &second_prefix).len(), 5);
+
+    // A snapshot goes where the server's sets go: its primary repository.
+    let mut agent = Agent::start(&env, "bs1.example.org", None);
+    env.cmd("register_snapshot_definition bs1.example.org 127.0.0.2 shop \"\" now FULL \"2 days\" \"\" snap1")
+        .ok();
+    wait_for(
+        &env,
+        "select concat_ws(' ', execution_status, repository_id, backup_dir is null) from backup_catalog where snapshot_id is not null",
+        "SUCCEEDED 1 t",
+        60,
+        &agent,
+    );
+    let snap_prefix =
+        env.sql("select object_prefix from backup_catalog where snapshot_id is not null");
+    assert_eq!(keys(&rt, &store, &snap_prefix).len(), 5);
+    assert!(sets_on_disk(&agent.backups()).is_empty());
+    agent.stop();
 }
