@@ -3,7 +3,8 @@
 //! (stream, file, tee) and leaves nothing in the staging area; levels 1 and 2 and a drill pass
 //! from the objects; a flipped byte in the dump object fails the restore naming the repository
 //! and the key (a level 1 verdict), undoes what it created, and fails level 1; the object store
-//! frozen mid-restore fails it with the repository and the key and leaves nothing behind.
+//! frozen (SIGSTOP) or stopped (SIGKILL) mid-restore fails it with the repository and the key
+//! and leaves nothing behind; a directory-format set goes to S3 member by member and restores.
 
 mod common;
 
@@ -286,14 +287,16 @@ async fn store_frozen_mid_restore_fails_with_the_key_and_leaves_nothing() {
     let other = TestCluster::start();
     let before = databases(&other);
     let frozen = Arc::new(AtomicBool::new(false));
+    // SIGSTOP (frozen) for the stream feed, SIGKILL (stopped) for the file feed.
+    let signal = Arc::new(std::sync::Mutex::new(nix::sys::signal::Signal::SIGSTOP));
     let pid = server.pid();
     let freeze = {
-        let frozen = Arc::clone(&frozen);
+        let (frozen, signal) = (Arc::clone(&frozen), Arc::clone(&signal));
         move || {
             if !frozen.swap(true, Ordering::SeqCst) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGSTOP,
+                    *signal.lock().unwrap(),
                 );
             }
         }
@@ -305,8 +308,13 @@ async fn store_frozen_mid_restore_fails_with_the_key_and_leaves_nothing() {
             f()
         }
     };
-    for (job, feed) in [(61, Decompression::Stream), (62, Decompression::File)] {
+    let mut server = server;
+    for (job, feed, sig) in [
+        (61, Decompression::Stream, nix::sys::signal::Signal::SIGSTOP),
+        (62, Decompression::File, nix::sys::signal::Signal::SIGKILL),
+    ] {
         frozen.store(false, Ordering::SeqCst);
+        *signal.lock().unwrap() = sig;
         let staged = root
             .path()
             .join("staging")
@@ -335,7 +343,11 @@ async fn store_frozen_mid_restore_fails_with_the_key_and_leaves_nothing() {
         .await;
         done.store(true, Ordering::SeqCst);
         watcher.join().unwrap();
-        server.thaw();
+        if sig == nix::sys::signal::Signal::SIGKILL {
+            server.restart();
+        } else {
+            server.thaw();
+        }
         assert!(frozen.load(Ordering::SeqCst), "{feed:?}: never froze");
         match &r.status {
             Status::Failed { message, .. } => {
