@@ -41,6 +41,7 @@ mod repository;
 use crate::run::ENV_REMOVED;
 use crate::set::{MANIFEST_FILE, Manifest, verify_set_with};
 use crate::spec::{NodeConn, RowCountSource, Status, TableRowCounts};
+pub(crate) use repository::after_upload;
 pub use repository::verify_levels_in;
 
 /// Whether a verification passed.

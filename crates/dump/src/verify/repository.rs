@@ -81,6 +81,25 @@ pub async fn verify_levels_in(
     }
 }
 
+/// Levels 1 and 2 of a set just uploaded ([`crate::run_backup_to`]): a repository that cannot
+/// be read back fails level 1 (the set is not known good). None when cancelled.
+pub(crate) async fn after_upload(
+    target: &crate::upload::StoreTarget,
+    files: &[FileEntry],
+    bin_dir: &Path,
+    cancel: &CancellationToken,
+) -> Option<Verification> {
+    let t0 = Instant::now();
+    let repo = RepositorySet {
+        store: std::sync::Arc::clone(&target.store),
+        prefix: target.prefix.clone(),
+    };
+    match verify_levels_in(&repo, files, bin_dir, cancel).await {
+        Ok(v) => v,
+        Err(e) => Some(Verification::failed(1, e, t0)),
+    }
+}
+
 /// The manifest of a set in a repository, its sha256 against the one the catalog recorded
 /// (when given): the first check of a drill.
 pub(super) async fn checked_manifest(
