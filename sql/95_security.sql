@@ -29,6 +29,7 @@ language sql immutable as $$
                      'security_lists', 'privilege_of', 'wal_segno', 'wal_file_name', 'check_size',
                      -- repositories (sql/87_repositories.sql)
                      'repository_id', 'check_repository', 'repository_sets',
+                     'copy_repository_of',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning']),
@@ -65,7 +66,7 @@ language sql immutable as $$
                     'set_base_backup_options',
                     -- repositories (sql/87_repositories.sql)
                     'register_repository', 'update_repository', 'delete_repository',
-                    'set_primary_repository', 'set_definition_repository']),
+                    'set_primary_repository', 'set_definition_repository', 'set_copy_repository']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
@@ -80,7 +81,9 @@ language sql immutable as $$
                     'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
                     'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note',
                     'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
-                    'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files']),
+                    'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
+                    -- second repository copies (sql/87_repository_copies.sql)
+                    'agent_pending_copies', 'report_copy']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -297,7 +300,7 @@ begin
                         public.pgsql_node, public.pgsql_node_config, public.pgsql_node_default_config,
                         public.backup_definition, public.snapshot_definition, public.restore_definition,
                         public.job, public.backup_catalog, public.reconciliation, public.catalog_info,
-                        public.wal_archive, public.repository,
+                        public.wal_archive, public.repository, public.backup_copy,
                         public.refinery_schema_history
            to pgbackman_agent;
         grant select on api.agent_definitions to pgbackman_agent;

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod basebackup_job;
 pub mod check;
+pub mod copy;
 pub mod effective;
 pub mod health;
 pub mod heartbeat;

@@ -156,9 +156,21 @@ async fn execute(
                 .collect(),
         }
     };
+    // A set in a repository: read from its objects (its small files fetched into staging).
+    let repository = match (r.repository_id, &r.object_prefix) {
+        (Some(id), Some(prefix)) => match crate::repository::open(ctx, id).await {
+            Ok(store) => Some(pgbackman_dump::RepositorySet {
+                store,
+                prefix: prefix.clone(),
+            }),
+            Err(e) => return failed(r.job_id, "repository", e),
+        },
+        _ => None,
+    };
     let spec = RestoreSpec {
         job_id: r.job_id,
         set_dir: PathBuf::from(&r.backup_dir),
+        repository,
         node: NodeConn {
             host: r.node_fqdn.clone(),
             port,

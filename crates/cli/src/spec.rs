@@ -927,6 +927,33 @@ pub static COMMANDS: &[Cmd] = &[
         ],
     },
     Cmd {
+        name: "set_copy_repository",
+        group: REPOS,
+        about: "Name a second repository every backup set of a backup server (its default) or of one definition is \
+                copied to: after the set is complete in its repository, the agent's maintenance pass copies it object \
+                by object and verifies the copy (level 1) before it counts (show_backup_copies); a failed copy raises \
+                an alert and is retried at the next pass; retention deletes both. Sets stored already are copied too. \
+                none removes the setting (copies made stay until retention deletes their set).",
+        args: &[
+            pos("target", "SrvID | FQDN | DefID"),
+            pos("repository", "Repository name | RepoID | none"),
+        ],
+        examples: &[
+            "set_copy_repository bs01.example.org offsite2",
+            "set_copy_repository 12 offsite2",
+            "set_copy_repository bs01.example.org none",
+        ],
+    },
+    Cmd {
+        name: "show_backup_copies",
+        group: REPOS,
+        about: "Second repository copies: each set stored in a repository whose definition or server names a copy \
+                repository, and its copy there: PENDING (not copied yet), FAILED (why, retried at the next maintenance \
+                pass) or VERIFIED (since when).",
+        args: &[],
+        examples: &["show_backup_copies"],
+    },
+    Cmd {
         name: "show_repositories",
         group: REPOS,
         about: "Repositories: where each one is, how the agents authenticate (a file or their environment; never a \

@@ -97,7 +97,7 @@ impl AgentDefinition {
             max_rate: r.try_get("max_rate").ok().flatten(),
             wal_wait_seconds: r.try_get("wal_wait_seconds").ok(),
             registered: r.get("registered"),
-            // Snapshot rows (agent_snapshots) carry none: their sets stay in backup_dir.
+            // Snapshots carry their server's primary repository (agent_snapshot).
             repository_id: r.try_get("repository_id").ok().flatten(),
         }
     }
@@ -178,7 +178,10 @@ impl Catalog {
                         'custom' as dump_format, 1 as dump_jobs, 3 as compression_level,
                         null::float8 as max_runtime_seconds, null::float8 as lock_wait_timeout_seconds, sd.client_major, sd.registered,
                         api.node_config_value(n.node_id, 'pause_recovery_on_standby')::boolean as pause_recovery_on_standby,
-                        extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds
+                        extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds,
+                        -- A snapshot goes where the server's sets go: its primary repository.
+                        (select s.repository_id from public.backup_server s
+                          where s.server_id = sd.backup_server_id) as repository_id
                    from public.snapshot_definition sd join public.pgsql_node n on n.node_id = sd.pgsql_node_id
                   where sd.snapshot_id = $1",
                 &[&snapshot_id],

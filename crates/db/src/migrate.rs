@@ -65,6 +65,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/87_repositories.sql"),
     ),
     (
+        "87_repository_copies.sql",
+        include_str!("../../../sql/87_repository_copies.sql"),
+    ),
+    (
         "87_wal_monitor.sql",
         include_str!("../../../sql/87_wal_monitor.sql"),
     ),

@@ -50,7 +50,13 @@ pub struct AgentRestore {
     pub restore_def: i64,
     pub bck_id: i64,
     pub backup_code: String,
+    /// Empty for a set in a repository.
     pub backup_dir: String,
+    /// A set in a repository (V19): the repository and the key prefix of its objects.
+    #[serde(default)]
+    pub repository_id: Option<i64>,
+    #[serde(default)]
+    pub object_prefix: Option<String>,
     pub source_dbname: String,
     pub role_list: Vec<String>,
     pub roles_to_restore: Vec<String>,
@@ -262,7 +268,9 @@ impl Catalog {
             restore_def: r.get("restore_def"),
             bck_id: r.get("bck_id"),
             backup_code: r.get("backup_code"),
-            backup_dir: r.get("backup_dir"),
+            backup_dir: r.get::<_, Option<String>>("backup_dir").unwrap_or_default(),
+            repository_id: r.get("repository_id"),
+            object_prefix: r.get("object_prefix"),
             source_dbname: r.get("source_dbname"),
             role_list: r.get("role_list"),
             roles_to_restore: r.get("roles_to_restore"),

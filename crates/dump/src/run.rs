@@ -118,7 +118,8 @@ pub async fn run_backup(
 /// [`run_backup`], the set going to `target` (a repository) instead of `spec.final_dir` when
 /// given: the dump streamed into the store, then the small files and the manifest (see
 /// [`crate::upload`]). The outcome's `backup_dir` is then None; the set is at
-/// `target.prefix`. Custom format and CLUSTER/GLOBALS only.
+/// `target.prefix`. A directory-format dump is written into staging first (pg_dump -Fd
+/// writes files), each of its files then uploaded as an object.
 pub async fn run_backup_to(
     spec: &BackupSpec,
     target: Option<&crate::upload::StoreTarget>,
@@ -195,21 +196,12 @@ pub async fn run_backup_to(
     // Levels 1 and 2 on the set in place (crate::verify): a set that cannot be read back is
     // known now, not at restore time.
     let verification = if let (true, Some(t)) = (status.is_success(), target) {
-        // Level 1 against the repository: every object re-read (level 2 reads a local set).
+        // Against the repository: every object re-read (level 1), then the archive's table of
+        // contents from the dump object (level 2).
         let t0 = std::time::Instant::now();
-        let r = crate::upload::verify_objects(t, &files).await;
+        let v = crate::verify::after_upload(t, &files, &spec.bin_dir, &run.cancel).await;
         run.timed("verify", t0);
-        Some(crate::verify::Verification {
-            level: 1,
-            state: if r.is_ok() {
-                crate::verify::VerifyState::Passed
-            } else {
-                crate::verify::VerifyState::Failed
-            },
-            error: r.err(),
-            toc_entries: None,
-            seconds: t0.elapsed().as_secs_f64(),
-        })
+        v
     } else if status.is_success() {
         let t = std::time::Instant::now();
         let v =
@@ -553,15 +545,8 @@ impl Run<'_> {
                 "a BASEBACKUP set is made by pg_basebackup (run_base_backup), not pg_dump",
             ));
         }
-        if self.target.is_some()
-            && !spec.code.is_cluster_wide()
-            && matches!(spec.format, DumpFormat::Directory { .. })
-        {
-            return Err(fail(
-                step,
-                "a directory-format dump cannot be streamed to a repository: use the custom format for definitions that store in a repository",
-            ));
-        }
+        // A directory-format dump to a repository: pg_dump -Fd writes its files into staging
+        // (it cannot write to a pipe), then each one is uploaded as an object.
         if spec.extra_args.iter().any(|a| a == "--") {
             return Err(fail(step, "extra parameters must not contain \"--\""));
         }

@@ -463,7 +463,12 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, DumpError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    let m: Manifest = serde_json::from_slice(&text).map_err(|e| DumpError::Manifest {
+    parse_manifest(&text, path)
+}
+
+/// Parses the bytes of a manifest read from `path` (a file, or an object of a repository).
+pub fn parse_manifest(text: &[u8], path: PathBuf) -> Result<Manifest, DumpError> {
+    let m: Manifest = serde_json::from_slice(text).map_err(|e| DumpError::Manifest {
         path: path.clone(),
         reason: e.to_string(),
     })?;
@@ -480,7 +485,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, DumpError> {
 }
 
 /// Whether a manifest name stays inside the set.
-fn safe_relative(name: &str) -> bool {
+pub(crate) fn safe_relative(name: &str) -> bool {
     let p = Path::new(name);
     !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
 }

@@ -218,7 +218,12 @@ pub(crate) async fn aborted(w: Box<dyn ObjectWriter>, e: StoreError) -> String {
     }
 }
 
-/// Uploads the small files of the set from staging (write-once), `manifest.json` last.
+/// Files above this size are streamed into their object (a multipart upload) instead of read
+/// whole: the members of a directory-format dump may be large.
+const WHOLE_MAX: u64 = 8 << 20;
+
+/// Uploads the files of the set from staging (write-once) other than the streamed dump,
+/// `manifest.json` last.
 pub(crate) async fn put_files(
     target: &StoreTarget,
     staging: &std::path::Path,
@@ -227,18 +232,69 @@ pub(crate) async fn put_files(
 ) -> Result<(), StoreError> {
     for name in names {
         let key = target.key(name);
-        let bytes = tokio::fs::read(staging.join(name)).await.map_err(|e| {
+        let path = staging.join(name);
+        let io = |e: std::io::Error| {
             StoreError::new(
                 pgbackman_store::ErrorKind::Failed,
                 target.store.name(),
                 &key,
-                format!("reading {}: {e}", staging.join(name).display()),
+                format!("reading {}: {e}", path.display()),
             )
-        })?;
-        target.store.put_once(&key, Bytes::from(bytes)).await?;
+        };
+        let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
+        if size <= WHOLE_MAX {
+            let bytes = tokio::fs::read(&path).await.map_err(io)?;
+            target.store.put_once(&key, Bytes::from(bytes)).await?;
+        } else {
+            put_streamed(target, &key, &path).await?;
+        }
         uploaded.push(key);
     }
     Ok(())
+}
+
+/// One large file of staging streamed into a new object, 1 MiB at a time (aborted on error).
+async fn put_streamed(
+    target: &StoreTarget,
+    key: &str,
+    path: &std::path::Path,
+) -> Result<(), StoreError> {
+    use tokio::io::AsyncReadExt;
+    let mut w = target.store.create(key).await?;
+    let mut f = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = w.abort().await;
+            return Err(StoreError::new(
+                pgbackman_store::ErrorKind::Failed,
+                target.store.name(),
+                key,
+                format!("reading {}: {e}", path.display()),
+            ));
+        }
+    };
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+        match f.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {
+                if let Err(e) = w.write(buf.freeze()).await {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+            }
+            Err(e) => {
+                let _ = w.abort().await;
+                return Err(StoreError::new(
+                    pgbackman_store::ErrorKind::Failed,
+                    target.store.name(),
+                    key,
+                    format!("reading {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+    w.finish().await.map(|_| ())
 }
 
 /// Removes what a failed run uploaded (best effort: a failure is logged; retention's

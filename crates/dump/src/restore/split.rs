@@ -531,8 +531,9 @@ fn spawn_decode(
             return Err(io::Error::other("no stdin pipe"));
         };
         match file {
-            Some(dst) => super::feed::decode_tee(&src, pipe, &dst, &written, &abort),
-            None => match super::feed::decode_into(&src, pipe, &written, &abort) {
+            // Split feeds read a set in a directory only (each pass would be a download).
+            Some(dst) => super::feed::decode_tee(File::open(&src)?, pipe, &dst, &written, &abort),
+            None => match super::feed::decode_into(File::open(&src)?, pipe, &written, &abort) {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
                 r => r,
             },

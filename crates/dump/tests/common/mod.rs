@@ -67,6 +67,7 @@ pub fn rspec(set: &Path, node: NodeConn, root: &Path, job_id: i64, target: &str)
     RestoreSpec {
         job_id,
         set_dir: set.to_path_buf(),
+        repository: None,
         node,
         node_label: "target".into(),
         target_dbname: target.into(),

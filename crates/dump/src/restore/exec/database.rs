@@ -121,7 +121,7 @@ impl Exec<'_> {
         }
         self.out.roles_reused = reuse;
         // How the dump reaches pg_restore.
-        let dump = spec.set_dir.join(&m.dump_file);
+        let dump = self.files_dir.join(&m.dump_file);
         let feed = match m.dump_file.as_str() {
             CUSTOM_DUMP_FILE => {
                 let free = free_bytes(&spec.staging_root);
@@ -265,9 +265,9 @@ impl Exec<'_> {
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push(format!(
             "--file={}",
-            spec.set_dir.join(ROLES_FILE).display()
+            self.files_dir.join(ROLES_FILE).display()
         ));
-        let script = spec.set_dir.join(ROLES_FILE);
+        let script = self.files_dir.join(ROLES_FILE);
         self.run_child("roles", "psql", args, None, progress, false)
             .await
             .map_err(|s| psql_error::explain(s, ROLES_FILE, Script::File(&script)))?;
@@ -332,9 +332,9 @@ impl Exec<'_> {
         args.push(format!("--set=dbname={target}"));
         args.push(format!(
             "--file={}",
-            spec.set_dir.join(DATABASE_FILE).display()
+            self.files_dir.join(DATABASE_FILE).display()
         ));
-        let script = spec.set_dir.join(DATABASE_FILE);
+        let script = self.files_dir.join(DATABASE_FILE);
         self.run_child("database", "psql", args, None, progress, false)
             .await
             .map_err(|s| psql_error::explain(s, DATABASE_FILE, Script::File(&script)))?;
@@ -358,7 +358,9 @@ impl Exec<'_> {
 
         // The tee feed splits the data load of a table holding most of the rows (split.rs).
         let split = match (&m.table_row_counts, feed) {
-            (Some(c), Some(Feed::Tee)) if spec.extra_args.is_empty() => {
+            (Some(c), Some(Feed::Tee))
+                if spec.extra_args.is_empty() && self.source.repository().is_none() =>
+            {
                 split_table(&c.tables, spec.jobs)
             }
             _ => None,
@@ -383,9 +385,10 @@ impl Exec<'_> {
                 args.extend(spec.extra_args.iter().cloned());
                 let written = Arc::clone(&self.written);
                 let abort = Arc::new(AtomicBool::new(false));
-                let src = dump.clone();
+                let (src, entry) = (self.source.clone(), self.entry_of(m)?);
                 Some(Box::new(move |f: File| {
-                    feed::decode_into(&src, f, &written, &abort).map(|n| (n, Vec::new()))
+                    feed::decode_into(src.open(&entry)?, f, &written, &abort)
+                        .map(|n| (n, Vec::new()))
                 }))
             }
             Some(Feed::Tee) if split_done => None,
@@ -399,9 +402,10 @@ impl Exec<'_> {
                 args.extend(spec.extra_args.iter().cloned());
                 let written = Arc::clone(&self.written);
                 let abort = Arc::new(AtomicBool::new(false));
-                let src = dump.clone();
+                let (src, entry) = (self.source.clone(), self.entry_of(m)?);
                 Some(Box::new(move |f: File| {
-                    feed::decode_tee(&src, f, &dst, &written, &abort).map(|n| (n, Vec::new()))
+                    feed::decode_tee(src.open(&entry)?, f, &dst, &written, &abort)
+                        .map(|n| (n, Vec::new()))
                 }))
             }
             Some(Feed::File) => {
@@ -409,23 +413,31 @@ impl Exec<'_> {
                 self.prepare_staging(staging, guard)?;
                 let dst = staging.join(STAGED_DUMP);
                 let abort = Arc::new(AtomicBool::new(false));
-                let (src, d, w, a) = (
-                    dump.clone(),
+                let (src, entry, d, w, a) = (
+                    self.source.clone(),
+                    self.entry_of(m)?,
                     dst.clone(),
                     Arc::clone(&self.written),
                     Arc::clone(&abort),
                 );
-                let n = self
+                let r = self
                     .blocking("decompress", abort, move || {
-                        feed::decode_to_file(&src, &d, &w, &a)
+                        feed::decode_to_file(src.open(&entry)?, &d, &w, &a)
                     })
-                    .await?
-                    .map_err(|e| {
-                        fail(
-                            "decompress",
-                            format!("{} into {}: {e}", dump.display(), dst.display()),
-                        )
-                    })?;
+                    .await?;
+                let n = r.map_err(|e| {
+                    if let Some(m) = source::mismatch_of(&e) {
+                        self.out.checksums_failed = Some(m);
+                    }
+                    fail(
+                        "decompress",
+                        format!(
+                            "{} into {}: {e}",
+                            self.source.describe(&m.dump_file),
+                            dst.display()
+                        ),
+                    )
+                })?;
                 progress(n);
                 self.log
                     .event(&format!("decompressed {} bytes into {}", n, dst.display()));
