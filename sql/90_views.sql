@@ -21,7 +21,10 @@ select d.def_id as "DefID", d.backup_server_id as "SrvID", s.fqdn as "Backup ser
        d.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", d.dbname as "DBname",
        concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron) as "Schedule",
        api.agent_zone(d.backup_server_id) as "Time zone",
-       d.backup_code as "Code", d.encryption as "Encryption",
+       d.backup_code as "Code",
+       case when not d.encryption then 'false'
+            else coalesce((select k.name from public.encryption_key k where k.key_id = d.encryption_key_id),
+                          'true (server key)') end as "Encryption",
        d.retention_period::text || ' (' || d.retention_redundancy || ')' as "Retention",
        d.job_status as "Status", d.extra_backup_parameters as "Parameters",
        concat_ws(', ',

@@ -29,6 +29,10 @@ language sql immutable as $$
                      'security_lists', 'privilege_of', 'wal_segno', 'wal_file_name', 'check_size',
                      -- repositories (sql/87_repositories.sql)
                      'repository_id', 'check_repository', 'repository_sets',
+                     -- encryption keys (sql/35_encryption.sql)
+                     'encryption_fingerprint', 'encryption_key_id', 'check_encryption_value',
+                     'check_encryption_key_parameter', 'definition_recipients', 'reported_encryption',
+                     'sets_encrypted_with',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning']),
@@ -65,7 +69,9 @@ language sql immutable as $$
                     'set_base_backup_options',
                     -- repositories (sql/87_repositories.sql)
                     'register_repository', 'update_repository', 'delete_repository',
-                    'set_primary_repository', 'set_definition_repository']),
+                    'set_primary_repository', 'set_definition_repository',
+                    -- encryption keys (sql/35_encryption.sql)
+                    'register_encryption_key', 'delete_encryption_key', 'set_definition_encryption']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod basebackup;
 pub mod catalog;
 pub mod completion;
+pub mod encryption;
 pub mod error;
 pub mod heartbeat;
 pub mod import;
