@@ -187,6 +187,7 @@ async fn execute(
             path: journal_dir(ctx).join(format!("{}.json", r.job_id)),
             meta: json!({ "attempt": attempt }),
         }),
+        identity_files: ctx.cfg.identity_files(),
     };
     let p = progress.clone();
     let report_progress = move |n: u64| p.store(n, Ordering::Relaxed);

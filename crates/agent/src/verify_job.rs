@@ -342,6 +342,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
             path: crate::restore_job::journal_dir(ctx).join(format!("{}.json", i.job_id)),
             meta: serde_json::json!({ "drill": true }),
         }),
+        identity_files: ctx.cfg.identity_files(),
     };
     drill_result(&spec, &run_drill(&spec, cancel.clone()).await)
 }

@@ -57,6 +57,11 @@ pub struct AgentDefinition {
     /// server's backup_dir. Absent from a cache written before V19: None.
     #[serde(default)]
     pub repository_id: Option<i64>,
+    /// What its sets are encrypted to (`api.definition_recipients`, public keys): None plain,
+    /// Some([]) encrypted without a key (the job fails; never a plain set instead). Absent
+    /// from a cache written before V22: None.
+    #[serde(default)]
+    pub encryption_recipients: Option<Vec<crate::encryption::Recipient>>,
 }
 
 impl AgentDefinition {
@@ -99,6 +104,9 @@ impl AgentDefinition {
             registered: r.get("registered"),
             // Snapshot rows (agent_snapshots) carry none: their sets stay in backup_dir.
             repository_id: r.try_get("repository_id").ok().flatten(),
+            encryption_recipients: crate::encryption::parse_recipients(
+                r.try_get("encryption_recipients").ok().flatten(),
+            ),
         }
     }
 

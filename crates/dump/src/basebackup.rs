@@ -815,6 +815,7 @@ impl BaseRun<'_> {
             notes: Vec::new(),
             started: self.started,
             finished: Utc::now(),
+            encryption: None,
         }
     }
 }

@@ -68,6 +68,9 @@ struct Exec<'a> {
     force_drop: bool,
     /// What the journal says may have changed (written before each change).
     changes: journal::Changes,
+    /// An encrypted set (crate::crypt): the identities that read it, checked on every
+    /// encrypted file before the target is touched. None: a plain set.
+    ids: Option<Arc<crate::crypt::Identities>>,
 }
 
 /// Runs one restore. Never fails: the outcome says how it ended and what was undone. No child
@@ -171,6 +174,7 @@ impl<'a> Exec<'a> {
             needed_roles: Vec::new(),
             force_drop: false,
             changes: journal::Changes::default(),
+            ids: None,
         }
     }
 
@@ -295,6 +299,28 @@ impl<'a> Exec<'a> {
             m.started.to_rfc3339()
         ));
         self.timed("manifest", t);
+
+        // identity: an encrypted set is readable by the given identities, or nothing happens
+        if m.encryption.is_some() {
+            let t = std::time::Instant::now();
+            let (dir, m2, files) = (spec.set_dir.clone(), m.clone(), spec.identity_files.clone());
+            let ids = self
+                .blocking("identity", Arc::default(), move || {
+                    crate::crypt::identities_for_set(&dir, &m2, &files)
+                })
+                .await?
+                .map_err(|e| fail("identity", e))?;
+            self.log.event(&format!(
+                "the set is encrypted; the identities of {} read every encrypted file",
+                spec.identity_files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            self.ids = Some(Arc::new(ids));
+            self.timed("identity", t);
+        }
 
         // verify
         if spec.verify_checksums {
@@ -491,6 +517,29 @@ impl<'a> Exec<'a> {
 
     /// Runs one client to its end, feeding its stdin with `pump` when given. A pump that fails
     /// fails the step even when the child exited 0 (psql reading a truncated script would).
+    /// How psql reads a small script of the set (roles.sql, database.sql): `--file=PATH`, or
+    /// for an encrypted one `--file=-` fed decrypted through stdin (no plaintext copy on disk).
+    /// Returns the argument, the pump and the identities used.
+    fn small_script(
+        &self,
+        m: &Manifest,
+        path: &Path,
+        name: &str,
+    ) -> (String, Option<Pump>, Option<Arc<crate::crypt::Identities>>) {
+        match &self.ids {
+            Some(ids) if m.is_encrypted(name) => {
+                let (ids2, p) = (Arc::clone(ids), path.to_path_buf());
+                let pump: Pump = Box::new(move |mut f: File| {
+                    let mut r = ids2.open(&p)?;
+                    let n = std::io::copy(&mut r, &mut f)?;
+                    Ok((n, Vec::new()))
+                });
+                ("--file=-".into(), Some(pump), Some(Arc::clone(ids)))
+            }
+            _ => (format!("--file={}", path.display()), None, None),
+        }
+    }
+
     async fn run_child(
         &mut self,
         step: &str,

@@ -1,6 +1,7 @@
 //! Blocking pumps that feed a restore client: zstd decoded in-process into a child's stdin or
 //! into a staging file, and pg_dumpall SQL with the `CREATE ROLE` lines of existing roles
 //! turned into comments. Each counts the bytes it wrote and stops when `abort` is raised.
+//! An encrypted file (crate::crypt) is read through its identities (`ids`): age, then zstd.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -9,8 +10,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::globals::{Statement, Verdict, judge};
+use crate::crypt::Identities;
 
 const BUF: usize = 1 << 20;
+
+/// The stored bytes of `src`: decrypted when `ids` is given (an encrypted set).
+fn open(src: &Path, ids: Option<&Identities>) -> io::Result<Box<dyn Read + Send>> {
+    crate::crypt::open_file(src, ids.is_some(), ids)
+}
 
 fn stopped() -> io::Error {
     io::Error::new(io::ErrorKind::Interrupted, "stopped")
@@ -19,11 +26,12 @@ fn stopped() -> io::Error {
 /// Decodes the zstd file `src` into `dst`. Returns the bytes written.
 pub(crate) fn decode_into(
     src: &Path,
+    ids: Option<&Identities>,
     mut dst: impl Write,
     written: &AtomicU64,
     abort: &AtomicBool,
 ) -> io::Result<u64> {
-    let mut dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let mut dec = zstd::stream::read::Decoder::new(open(src, ids)?)?;
     let mut buf = vec![0u8; BUF];
     let mut total = 0u64;
     loop {
@@ -47,12 +55,19 @@ pub(crate) fn decode_into(
 /// Decodes the zstd file `src` into a new private file `dst` (0600, must not exist).
 pub(crate) fn decode_to_file(
     src: &Path,
+    ids: Option<&Identities>,
     dst: &Path,
     written: &AtomicU64,
     abort: &AtomicBool,
 ) -> io::Result<u64> {
     let f = crate::set::create_private_file(dst)?;
-    decode_into(src, io::BufWriter::with_capacity(BUF, f), written, abort)
+    decode_into(
+        src,
+        ids,
+        io::BufWriter::with_capacity(BUF, f),
+        written,
+        abort,
+    )
 }
 
 /// Decodes the zstd file `src` into `pipe` and into a new private file `dst` at once. A pipe
@@ -60,12 +75,13 @@ pub(crate) fn decode_to_file(
 /// the file is written to the end. Returns the bytes decoded.
 pub(crate) fn decode_tee(
     src: &Path,
+    ids: Option<&Identities>,
     pipe: File,
     dst: &Path,
     written: &AtomicU64,
     abort: &AtomicBool,
 ) -> io::Result<u64> {
-    let mut dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let mut dec = zstd::stream::read::Decoder::new(open(src, ids)?)?;
     let mut file = io::BufWriter::with_capacity(BUF, crate::set::create_private_file(dst)?);
     let mut pipe = Some(pipe);
     let mut buf = vec![0u8; BUF];
@@ -101,12 +117,13 @@ pub(crate) fn decode_tee(
 /// (see `globals`). Returns the bytes written and the roles whose CREATE was skipped.
 pub(crate) fn decode_sql_into(
     src: &Path,
+    ids: Option<&Identities>,
     dst: impl Write,
     existing: &BTreeSet<String>,
     written: &AtomicU64,
     abort: &AtomicBool,
 ) -> io::Result<(u64, Vec<String>)> {
-    let dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let dec = zstd::stream::read::Decoder::new(open(src, ids)?)?;
     let mut reader = BufReader::with_capacity(BUF, dec);
     let mut out = io::BufWriter::with_capacity(BUF, dst);
     let mut skipped = Vec::new();
@@ -177,6 +194,7 @@ mod tests {
         let existing: BTreeSet<String> = ["postgres".to_string()].into();
         let (n, skipped) = decode_sql_into(
             &src,
+            None,
             &mut out,
             &existing,
             &AtomicU64::new(0),
@@ -201,7 +219,7 @@ mod tests {
         std::fs::write(&src, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
         let dst = dir.path().join("d");
         let w = AtomicU64::new(0);
-        let n = decode_to_file(&src, &dst, &w, &AtomicBool::new(false)).unwrap();
+        let n = decode_to_file(&src, None, &dst, &w, &AtomicBool::new(false)).unwrap();
         assert_eq!(n, data.len() as u64);
         assert_eq!(w.load(Ordering::Relaxed), n);
         assert_eq!(std::fs::read(&dst).unwrap(), data);
@@ -210,8 +228,8 @@ mod tests {
             std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert!(decode_to_file(&src, &dst, &w, &AtomicBool::new(false)).is_err());
+        assert!(decode_to_file(&src, None, &dst, &w, &AtomicBool::new(false)).is_err());
         let mut sink = Vec::new();
-        assert!(decode_into(&src, &mut sink, &w, &AtomicBool::new(true)).is_err());
+        assert!(decode_into(&src, None, &mut sink, &w, &AtomicBool::new(true)).is_err());
     }
 }

@@ -104,14 +104,16 @@ impl Exec<'_> {
         let existing = state.roles.clone();
         let written = Arc::clone(&self.written);
         let abort = Arc::new(AtomicBool::new(false));
-        let pump: Pump =
-            Box::new(move |f: File| feed::decode_sql_into(&src, f, &existing, &written, &abort));
+        let ids = self.ids.clone();
+        let pump: Pump = Box::new(move |f: File| {
+            feed::decode_sql_into(&src, ids.as_deref(), f, &existing, &written, &abort)
+        });
         let skipped = self
             .run_child("psql", "psql", args, Some(pump), progress, true)
             .await
             .map_err(|s| {
                 let script = spec.set_dir.join(expected_file);
-                psql_error::explain(s, expected_file, Script::Zstd(&script))
+                psql_error::explain(s, expected_file, Script::Zstd(&script, self.ids.as_deref()))
             })?;
         self.out.roles_reused = skipped;
         let after = self
