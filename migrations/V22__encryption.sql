@@ -34,3 +34,7 @@ on conflict (parameter) do nothing;
 update pgsql_node_default_config
    set description = 'Default encryption of new backup definitions: false, true (the backup server''s encryption_key) or an encryption key name'
  where parameter = 'encryption';
+
+-- `register_restore_definition ... --identity FILE`: age identity files on the host of the agent
+-- that runs the restore (paths only: the keys never enter the catalog).
+alter table restore_definition add column identity_files text[] not null default '{}';

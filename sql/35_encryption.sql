@@ -240,3 +240,38 @@ begin
      where def_id = p_def_id;
     return p_def_id;
 end $$;
+
+-- The identity files a restore reads an encrypted set with (`--identity FILE`): absolute paths
+-- on the host of the agent that runs it, stored as paths; the keys never enter the catalog.
+create function api.set_restore_identity_files(p_restore_def bigint, p_files text[]) returns bigint
+language plpgsql as $$
+declare
+    v_bad text;
+begin
+    select f into v_bad from unnest(coalesce(p_files, '{}')) f
+     where f !~ '^/' or f ~ '[\r\n\t]' or f ~ 'AGE-SECRET-KEY-' limit 1;
+    if found then
+        if v_bad ~ 'AGE-SECRET-KEY-' then
+            raise exception 'an identity (private key) was given where its file''s path belongs'
+                using errcode = '22023', hint = 'Give --identity /path/to/key.txt (a file on the host of the agent that restores); never the key itself.';
+        end if;
+        raise exception 'identity file % is not an absolute path', api.q(v_bad)
+            using errcode = '22023', hint = 'Give the absolute path of an age identity file on the host of the agent that runs the restore, e.g. --identity /etc/pgbackman/site.key.';
+    end if;
+    update public.restore_definition set identity_files = coalesce(p_files, '{}') where restore_def = p_restore_def;
+    if not found then
+        raise exception 'restore definition % does not exist', p_restore_def
+            using errcode = 'P0002', hint = 'show_restore_definitions lists them.';
+    end if;
+    return p_restore_def;
+end $$;
+
+-- The agent: the identity files of a restore job's definition ({} for none, and for drills).
+create function api.restore_identity_files(p_job_id bigint) returns text[]
+language plpgsql stable as $$
+begin
+    perform api.acting_for_job(p_job_id);
+    return coalesce((select rd.identity_files from public.job j
+                       join public.restore_definition rd on rd.restore_def = j.restore_def
+                      where j.job_id = p_job_id), '{}');
+end $$;

@@ -51,7 +51,9 @@ language sql immutable as $$
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
-                       'retry_alerts']),
+                       'retry_alerts',
+                       -- register_restore_definition --identity (sql/35_encryption.sql)
+                       'set_restore_identity_files']),
     -- pgbackman_admin (member of pgbackman_operator).
     ('admin', array['register_backup_server', 'update_backup_server', 'delete_backup_server',
                     'update_backup_server_config', 'update_backup_server_default_config',
@@ -86,7 +88,9 @@ language sql immutable as $$
                     'wal_archive_slot_dropped', 'report_wal_archive_state', 'agent_wal_archives',
                     'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note',
                     'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
-                    'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files']),
+                    'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
+                    -- sql/35_encryption.sql
+                    'restore_identity_files']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -74,3 +74,29 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         other => bail!("{other} is not an encryption command"),
     }
 }
+
+/// `--identity FILE[,FILE]` of register_restore_definition: age identity files on the host of
+/// the agent that runs the restore. Paths only: a key pasted instead is refused, not echoed.
+pub fn identity_files(inv: &Invocation) -> Result<Vec<String>> {
+    let Some(v) = inv.given("identity") else {
+        return Ok(Vec::new());
+    };
+    if v.contains("AGE-SECRET-KEY-") {
+        bail!(
+            "--identity takes the path of an identity file, not the key itself\nHINT: give --identity /path/to/key.txt (a file on the host of the agent that restores)"
+        );
+    }
+    v.split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            if f.starts_with('/') {
+                Ok(f.to_string())
+            } else {
+                bail!(
+                    "--identity {f:?} is not an absolute path\nHINT: give the absolute path of an age identity file on the host of the agent that runs the restore"
+                )
+            }
+        })
+        .collect()
+}

@@ -358,6 +358,7 @@ HINT: fetch its objects into a directory and restore by hand: psql -f roles.sql,
         decompression,
         acknowledge_nonempty: ack,
         remarks: inv.given("remarks").map(str::to_string),
+        identity_files: crate::commands_encryption::identity_files(inv)?,
     };
     let mut roles_reused = Vec::new();
     let mut roles_system = Vec::new();

@@ -663,6 +663,10 @@ pub static COMMANDS: &[Cmd] = &[
                 "auto, stream, file or tee (file and tee allow -j; default auto)",
             ),
             opt("remarks", "Remarks"),
+            opt(
+                "identity",
+                "Encrypted set: age identity file(s) on the restoring agent's host (path, never the key)",
+            ),
             Arg {
                 name: "acknowledge-nonempty",
                 label: "CLUSTER/GLOBALS: restore onto a cluster that has databases or roles",
@@ -677,6 +681,7 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &[
             "register_restore_definition now 1042 pg02.example.org billing \"\" --reuse-roles all --rename-existing auto --jobs 4",
             "register_restore_definition now 1042 pg02.example.org billing_copy \"\" --dry-run",
+            "register_restore_definition now 1042 pg02.example.org billing \"\" --identity /etc/pgbackman/site-2026.key",
             "register_restore_definition \"2026-12-01 02:00\" 1077 pg03.example.org \"\" \"\"",
         ],
     },

@@ -91,6 +91,20 @@ impl Catalog {
         .await
     }
 
+    /// The identity files (paths on the agent's host) of a restore job's definition.
+    /// Within the handle's deadline.
+    pub async fn restore_identity_files(&self, job_id: i64) -> Result<Vec<String>, DbError> {
+        self.within("restore_identity_files", async {
+            let c = self.client().await?;
+            Ok(
+                c.query_one("select api.restore_identity_files($1)", &[&job_id])
+                    .await?
+                    .get(0),
+            )
+        })
+        .await
+    }
+
     /// The fingerprints a set was encrypted to; None for a plain set.
     pub async fn set_encryption(&self, bck_id: i64) -> Result<Option<Vec<String>>, DbError> {
         let c = self.client().await?;
