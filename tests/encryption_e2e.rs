@@ -125,6 +125,15 @@ fn encrypted_backups_to_disk_and_s3_restore_only_with_the_identity() {
     ));
     let want = env.sql("select string_agg(fingerprint, ',' order by name) from encryption_key");
     assert_eq!(fps, want, "site, then the escrow key");
+    let details = env.json(&format!("show_backup_details {bck}"));
+    let enc = details["backup_details"][0]["encrypted_with"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        enc.starts_with("site (") && enc.contains(", vault ("),
+        "{enc}"
+    );
     let dir = PathBuf::from(env.sql(&format!(
         "select backup_dir from backup_catalog where bck_id = {bck}"
     )));
@@ -199,6 +208,20 @@ fn encrypted_backups_to_disk_and_s3_restore_only_with_the_identity() {
     };
     let before = dbs();
     assert!(!before.contains("shop"));
+    // A drill by that agent: refused the same way (level 3 needs the identity).
+    env.cmd("update_backup_server_config bs1.example.org drill_node=127.0.0.3")
+        .ok();
+    env.cmd(&format!("run_restore_drill {bck}")).ok();
+    wait_for(&env, "select count(*) from verification", "2", 60, &agent);
+    let drill = env.sql(
+        "select kind || ' ' || state || ': ' || coalesce(error_message, '') from verification order by verification_id desc limit 1",
+    );
+    assert!(
+        drill.starts_with("DRILL ")
+            && !drill.contains("PASSED")
+            && drill.contains("--identity FILE"),
+        "{drill}"
+    );
 
     // The wrong identity, named by the restore (`--identity`, a path on the agent's host):
     // refused the same way. A key pasted instead of a path is refused by the shell.
@@ -228,6 +251,15 @@ fn encrypted_backups_to_disk_and_s3_restore_only_with_the_identity() {
     );
     let r = restore(3, &agent, "");
     assert!(r.starts_with("SUCCEEDED"), "{r}");
+    // And a drill by the agent that holds the escrow identity passes (level 3).
+    env.cmd(&format!("run_restore_drill {bck}")).ok();
+    wait_for(&env, "select count(*) from verification", "3", 60, &agent);
+    assert_eq!(
+        env.sql("select kind || ' ' || level || ' ' || state from verification order by verification_id desc limit 1"),
+        "DRILL 3 PASSED",
+        "{}",
+        env.sql("select error_message from verification order by verification_id desc limit 1")
+    );
     assert_eq!(
         target.psql(
             "shop",
