@@ -238,10 +238,12 @@ async fn verify(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Val
         Ok(d) => d,
         Err(e) => return error_result(started, "client", e),
     };
-    match pgbackman_dump::verify::verify_levels(
+    // An encrypted set: level 2 with this agent's identities, level 1 only without any.
+    match pgbackman_dump::verify::verify_levels_with(
         &dir,
         &bin_dir,
         i.manifest_sha256.as_deref(),
+        &ctx.cfg.identity_files(),
         cancel,
     )
     .await

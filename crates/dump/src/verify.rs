@@ -99,11 +99,26 @@ pub fn verify_checksums(
 }
 
 /// Runs levels 1 and 2 on the set in `dir` with the client tools of `bin_dir` (pg_restore of a
-/// major at least the dump's). None when cancelled.
+/// major at least the dump's). None when cancelled. An encrypted set gets level 1 only (see
+/// [`verify_levels_with`]).
 pub async fn verify_levels(
     dir: &Path,
     bin_dir: &Path,
     manifest_sha256: Option<&str>,
+    cancel: &CancellationToken,
+) -> Option<Verification> {
+    verify_levels_with(dir, bin_dir, manifest_sha256, &[], cancel).await
+}
+
+/// [`verify_levels`] with the identity files of an agent that may read encrypted sets
+/// (crate::crypt, `[agent.encryption]`): level 2 of an encrypted set decrypts its dump with
+/// them; without any, an encrypted set stops at level 1 (sha256 of the ciphertext), and an
+/// identity that matches none of its keys fails level 2, naming the keys.
+pub async fn verify_levels_with(
+    dir: &Path,
+    bin_dir: &Path,
+    manifest_sha256: Option<&str>,
+    identity_files: &[PathBuf],
     cancel: &CancellationToken,
 ) -> Option<Verification> {
     let t0 = Instant::now();
@@ -122,11 +137,25 @@ pub async fn verify_levels(
         match crate::set::read_manifest(dir) {
             // An encrypted set (crate::crypt): level 2 needs an identity, and the agents that
             // verify hold none; level 1 (sha256 of the ciphertext) is what they can prove.
-            Ok(m) if m.encryption.is_some() => {
+            Ok(m) if m.encryption.is_some() && identity_files.is_empty() => {
                 encrypted.store(true, Ordering::Relaxed);
                 Some(Ok(None))
             }
-            Ok(m) => Some(check_archive(dir, &m, bin_dir, cancel).await),
+            Ok(m) if m.encryption.is_some() => {
+                let (d, m2, f) = (dir.to_path_buf(), m.clone(), identity_files.to_vec());
+                match tokio::task::spawn_blocking(move || {
+                    crate::crypt::identities_for_set(&d, &m2, &f)
+                })
+                .await
+                {
+                    Ok(Ok(ids)) => {
+                        Some(check_archive(dir, &m, bin_dir, Some(Arc::new(ids)), cancel).await)
+                    }
+                    Ok(Err(e)) => Some(Err(ToolError::failed(e))),
+                    Err(e) => Some(Err(ToolError::failed(format!("internal error: {e}")))),
+                }
+            }
+            Ok(m) => Some(check_archive(dir, &m, bin_dir, None, cancel).await),
             // Level 1 reports an unreadable manifest.
             Err(_) => None,
         }
@@ -218,6 +247,7 @@ async fn check_archive(
     dir: &Path,
     m: &Manifest,
     bin_dir: &Path,
+    ids: Option<Arc<crate::crypt::Identities>>,
     cancel: &CancellationToken,
 ) -> Result<Option<u64>, ToolError> {
     let kind = dump_kind(dir, m).map_err(ToolError::failed)?;
@@ -225,6 +255,7 @@ async fn check_archive(
         program: bin_dir.join("pg_restore"),
         args,
         env: Vec::new(),
+        ids: ids.clone(),
     };
     let out = match &kind {
         DumpKind::Custom(path) => {
@@ -239,8 +270,8 @@ async fn check_archive(
         }
         DumpKind::Sql(path) => {
             let abort = Arc::new(AtomicBool::new(false));
-            let (p, a) = (path.clone(), Arc::clone(&abort));
-            let h = tokio::task::spawn_blocking(move || decode_to_end(&p, &a));
+            let (p, a, i) = (path.clone(), Arc::clone(&abort), ids.clone());
+            let h = tokio::task::spawn_blocking(move || decode_to_end(&p, i.as_deref(), &a));
             return tokio::select! {
                 r = h => match r {
                     Ok(Ok(_)) => Ok(None),
@@ -270,8 +301,13 @@ async fn check_archive(
 }
 
 /// Decodes a zstd file to its end (the frame checksums are checked by the decoder).
-fn decode_to_end(path: &Path, abort: &AtomicBool) -> io::Result<u64> {
-    let mut d = zstd::stream::read::Decoder::new(File::open(path)?)?;
+fn decode_to_end(
+    path: &Path,
+    ids: Option<&crate::crypt::Identities>,
+    abort: &AtomicBool,
+) -> io::Result<u64> {
+    let mut d =
+        zstd::stream::read::Decoder::new(crate::crypt::open_file(path, ids.is_some(), ids)?)?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
@@ -316,6 +352,8 @@ struct Tool {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The stdin file is encrypted: read through these identities (crate::crypt).
+    ids: Option<Arc<crate::crypt::Identities>>,
 }
 
 impl Tool {
@@ -369,8 +407,9 @@ impl Tool {
                     .into_owned_fd()
                     .map_err(|e| ToolError::failed(format!("pipe: {e}")))?;
                 let path = path.to_path_buf();
+                let ids = self.ids.clone();
                 Some(tokio::task::spawn_blocking(move || {
-                    feed_zstd(&path, File::from(fd))
+                    feed_zstd(&path, ids.as_deref(), File::from(fd))
                 }))
             }
             _ => None,
@@ -427,8 +466,13 @@ impl Tool {
 
 /// Decodes `path` (zstd) into the child's stdin. A closed pipe ends it quietly: the child may
 /// stop reading once it has what it needs.
-fn feed_zstd(path: &Path, mut to: File) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn feed_zstd(
+    path: &Path,
+    ids: Option<&crate::crypt::Identities>,
+    mut to: File,
+) -> Result<(), String> {
+    let file = crate::crypt::open_file(path, ids.is_some(), ids)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut d = zstd::stream::read::Decoder::new(file).map_err(|e| format!("zstd: {e}"))?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -983,6 +1027,6 @@ mod tests {
         let (r, w) = std::io::pipe().unwrap();
         drop(r);
         let w: std::os::fd::OwnedFd = w.into();
-        assert_eq!(feed_zstd(&p, File::from(w)), Ok(()));
+        assert_eq!(feed_zstd(&p, None, File::from(w)), Ok(()));
     }
 }

@@ -14,7 +14,8 @@ use age::secrecy::ExposeSecret;
 use common::{assert_ok, backup_ok, conn, restore, spec};
 use pgbackman_core::model::BackupCode;
 use pgbackman_dump::crypt::{SetEncryption, SetRecipient};
-use pgbackman_dump::{BackupSpec, Status, read_manifest, verify::VerifyState};
+use pgbackman_dump::verify::{VerifyState, verify_levels_with};
+use pgbackman_dump::{BackupSpec, Status, read_manifest};
 use pgbackman_testkit::TestCluster;
 
 /// A row value that must never be readable on the backup host.
@@ -270,6 +271,36 @@ async fn an_encrypted_set_is_opaque_on_disk_and_restores_with_either_identity() 
     assert_eq!(rows(&target, "shop_escrow"), rows(&pg, "shop"));
     // The restore staged no plaintext either (the decompressed archive, if any, is removed).
     assert!(files_under(&root.path().join("staging")).is_empty());
+
+    // Verification: level 1 without an identity, level 2 with one; a stranger's fails level 2.
+    let cancel = pgbackman_dump::CancellationToken::new();
+    let bin = common::bin_dir();
+    let v = verify_levels_with(&set, &bin, None, &[], &cancel)
+        .await
+        .unwrap();
+    assert_eq!((v.level, v.state), (1, VerifyState::Passed));
+    let v = verify_levels_with(
+        &set,
+        &bin,
+        None,
+        std::slice::from_ref(&escrow.identity_file),
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert_eq!((v.level, v.state), (2, VerifyState::Passed), "{v:?}");
+    assert!(v.toc_entries.unwrap() > 0);
+    let v = verify_levels_with(
+        &set,
+        &bin,
+        None,
+        std::slice::from_ref(&stranger.identity_file),
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert_eq!((v.level, v.state), (2, VerifyState::Failed), "{v:?}");
+    assert!(v.error.unwrap().contains("none matches its recipients"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
