@@ -145,32 +145,59 @@ begin
     return v_id;
 end $$;
 
--- What a definition encrypts to, resolved now: its key (or its server's encryption_key) first,
--- then the escrow key (the server's, else the global one), as [{name, recipient, fingerprint}];
--- NULL for a plain definition, [] for an encrypted one without a key (the agent fails that job:
+-- The recipients of a set of backup server p_server encrypted to key p_key (NULL: the
+-- server's encryption_key): that key first, then the escrow key (the server's, else the global
+-- one), as [{name, recipient, fingerprint}]; [] when there is no key (the agent fails that job:
 -- it never writes such a set in plain text).
-create function api.definition_recipients(p_def_id bigint) returns jsonb
+create function api.recipients_of(p_server bigint, p_key bigint) returns jsonb
 language plpgsql stable as $$
 declare
-    d public.backup_definition;
-    v_key bigint;
+    v_key bigint := coalesce(p_key, (select key_id from public.encryption_key
+                                      where lower(name) = lower(api.server_config_value(p_server, 'encryption_key'))));
     v_escrow bigint;
 begin
-    select * into d from public.backup_definition where def_id = p_def_id;
-    if not found or not d.encryption then
-        return null;
-    end if;
-    v_key := coalesce(d.encryption_key_id,
-                      (select key_id from public.encryption_key
-                        where lower(name) = lower(api.server_config_value(d.backup_server_id, 'encryption_key'))));
     if v_key is null then
         return '[]'::jsonb;
     end if;
     v_escrow := (select key_id from public.encryption_key
-                  where lower(name) = lower(api.server_config_value(d.backup_server_id, 'encryption_escrow_key')));
+                  where lower(name) = lower(api.server_config_value(p_server, 'encryption_escrow_key')));
     return (select jsonb_agg(jsonb_build_object('name', k.name, 'recipient', k.recipient, 'fingerprint', k.fingerprint)
                              order by k.key_id <> v_key)
               from public.encryption_key k where k.key_id in (v_key, v_escrow));
+end $$;
+
+-- What a definition encrypts to, resolved now (api.recipients_of); NULL for a plain one.
+create function api.definition_recipients(p_def_id bigint) returns jsonb
+language sql stable as $$
+    select case when d.encryption then api.recipients_of(d.backup_server_id, d.encryption_key_id) end
+      from public.backup_definition d where d.def_id = p_def_id
+$$;
+
+-- What a snapshot encrypts to: as a live encrypted definition of the same database on the node
+-- (a snapshot is no way around a definition's encryption), else as the node's `encryption`.
+create function api.snapshot_recipients(p_snapshot_id bigint) returns jsonb
+language plpgsql stable as $$
+declare
+    sd public.snapshot_definition;
+    v_def bigint;
+    v_enc text;
+begin
+    select * into sd from public.snapshot_definition where snapshot_id = p_snapshot_id;
+    if not found then
+        return null;
+    end if;
+    select def_id into v_def from public.backup_definition
+     where pgsql_node_id = sd.pgsql_node_id and dbname = sd.dbname and encryption and job_status <> 'DELETED'
+     order by def_id limit 1;
+    if v_def is not null then
+        return api.recipients_of(sd.backup_server_id, (select encryption_key_id from public.backup_definition where def_id = v_def));
+    end if;
+    v_enc := api.node_config_value(sd.pgsql_node_id, 'encryption');
+    if v_enc = 'false' then
+        return null;
+    end if;
+    return api.recipients_of(sd.backup_server_id,
+                             case when v_enc <> 'true' then (select key_id from public.encryption_key where lower(name) = lower(v_enc)) end);
 end $$;
 
 -- The fingerprints a reported set lists (p_result -> 'encrypted_with'), checked; NULL: plain.

@@ -32,6 +32,7 @@ language sql immutable as $$
                      -- encryption keys (sql/35_encryption.sql)
                      'encryption_fingerprint', 'encryption_key_id', 'check_encryption_value',
                      'check_encryption_key_parameter', 'definition_recipients', 'reported_encryption',
+                     'recipients_of', 'snapshot_recipients',
                      'sets_encrypted_with',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',

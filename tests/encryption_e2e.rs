@@ -164,6 +164,26 @@ fn encrypted_backups_to_disk_and_s3_restore_only_with_the_identity() {
     .ok();
     assert_eq!(listed("other"), 0);
 
+    // A snapshot of the encrypted database is encrypted like its definition.
+    env.cmd("register_snapshot_definition bs1.example.org 127.0.0.2 shop \"\" now FULL \"2 days\" \"\" snap1")
+        .ok();
+    wait_for(
+        &env,
+        "select execution_status || ' ' || array_to_string(encrypted_with, ',') from backup_catalog where snapshot_id is not null",
+        &format!("SUCCEEDED {want}"),
+        60,
+        &agent,
+    );
+    let snap_dir = PathBuf::from(
+        env.sql("select backup_dir from backup_catalog where snapshot_id is not null"),
+    );
+    assert!(
+        std::fs::read(snap_dir.join("dump.pgdump.zst"))
+            .unwrap()
+            .starts_with(b"age-encryption.org/v1\n")
+    );
+    env.sql("delete from backup_catalog where snapshot_id is not null");
+
     // verify_backup (level 1) needs no identity.
     env.cmd(&format!("verify_backup {bck}")).ok();
     wait_for(&env, "select count(*) from verification", "1", 60, &agent);

@@ -186,7 +186,8 @@ impl Catalog {
                         'custom' as dump_format, 1 as dump_jobs, 3 as compression_level,
                         null::float8 as max_runtime_seconds, null::float8 as lock_wait_timeout_seconds, sd.client_major, sd.registered,
                         api.node_config_value(n.node_id, 'pause_recovery_on_standby')::boolean as pause_recovery_on_standby,
-                        extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds
+                        extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds,
+                        api.snapshot_recipients(sd.snapshot_id) as encryption_recipients
                    from public.snapshot_definition sd join public.pgsql_node n on n.node_id = sd.pgsql_node_id
                   where sd.snapshot_id = $1",
                 &[&snapshot_id],
