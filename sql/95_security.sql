@@ -30,6 +30,11 @@ language sql immutable as $$
                      -- repositories (sql/87_repositories.sql)
                      'repository_id', 'check_repository', 'repository_sets',
                      'copy_repository_of',
+                     -- encryption keys (sql/35_encryption.sql)
+                     'encryption_fingerprint', 'encryption_key_id', 'check_encryption_value',
+                     'check_encryption_key_parameter', 'definition_recipients', 'reported_encryption',
+                     'recipients_of', 'snapshot_recipients',
+                     'sets_encrypted_with',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning']),
@@ -48,7 +53,9 @@ language sql immutable as $$
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
-                       'retry_alerts']),
+                       'retry_alerts',
+                       -- register_restore_definition --identity (sql/35_encryption.sql)
+                       'set_restore_identity_files']),
     -- pgbackman_admin (member of pgbackman_operator).
     ('admin', array['register_backup_server', 'update_backup_server', 'delete_backup_server',
                     'update_backup_server_config', 'update_backup_server_default_config',
@@ -66,7 +73,9 @@ language sql immutable as $$
                     'set_base_backup_options',
                     -- repositories (sql/87_repositories.sql)
                     'register_repository', 'update_repository', 'delete_repository',
-                    'set_primary_repository', 'set_definition_repository', 'set_copy_repository']),
+                    'set_primary_repository', 'set_definition_repository', 'set_copy_repository',
+                    -- encryption keys (sql/35_encryption.sql)
+                    'register_encryption_key', 'delete_encryption_key', 'set_definition_encryption']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
@@ -83,7 +92,9 @@ language sql immutable as $$
                     'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
                     'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
                     -- second repository copies (sql/87_repository_copies.sql)
-                    'agent_pending_copies', 'report_copy']),
+                    'agent_pending_copies', 'report_copy',
+                    -- sql/35_encryption.sql
+                    'restore_identity_files']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -237,10 +237,12 @@ async fn verify(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Val
         Ok(d) => d,
         Err(e) => return error_result(started, "client", e),
     };
-    match pgbackman_dump::verify::verify_levels(
+    // An encrypted set: level 2 with this agent's identities, level 1 only without any.
+    match pgbackman_dump::verify::verify_levels_with(
         &dir,
         &bin_dir,
         i.manifest_sha256.as_deref(),
+        &ctx.cfg.identity_files(),
         cancel,
     )
     .await
@@ -355,6 +357,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
             path: crate::restore_job::journal_dir(ctx).join(format!("{}.json", i.job_id)),
             meta: serde_json::json!({ "drill": true }),
         }),
+        identity_files: ctx.cfg.identity_files(),
     };
     drill_result(&spec, &run_drill(&spec, cancel.clone()).await)
 }

@@ -352,6 +352,7 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         decompression,
         acknowledge_nonempty: ack,
         remarks: inv.given("remarks").map(str::to_string),
+        identity_files: crate::commands_encryption::identity_files(inv)?,
     };
     let mut roles_reused = Vec::new();
     let mut roles_system = Vec::new();

@@ -9,6 +9,7 @@ pub mod basebackup;
 pub mod catalog;
 pub mod completion;
 pub mod copies;
+pub mod encryption;
 pub mod error;
 pub mod heartbeat;
 pub mod import;

@@ -30,6 +30,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "30_definitions.sql",
         include_str!("../../../sql/30_definitions.sql"),
     ),
+    (
+        "35_encryption.sql",
+        include_str!("../../../sql/35_encryption.sql"),
+    ),
     ("40_jobs.sql", include_str!("../../../sql/40_jobs.sql")),
     ("45_spool.sql", include_str!("../../../sql/45_spool.sql")),
     (

@@ -41,6 +41,8 @@ pub struct NewRestore {
     pub decompression: Option<String>,
     pub acknowledge_nonempty: bool,
     pub remarks: Option<String>,
+    /// `--identity FILE`: age identity files on the restoring agent's host (paths only).
+    pub identity_files: Vec<String>,
 }
 
 /// A claimed restore job as the agent runs it.
@@ -160,6 +162,14 @@ impl Catalog {
             )
             .await?
             .get(0);
+        if !r.identity_files.is_empty() {
+            // In the same transaction: the job is claimable only with its identities.
+            tx.execute(
+                "select api.set_restore_identity_files($1, $2)",
+                &[&id, &r.identity_files],
+            )
+            .await?;
+        }
         let job: i64 = tx
             .query_one(
                 "select job_id from public.job where restore_def = $1",

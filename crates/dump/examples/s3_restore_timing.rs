@@ -63,6 +63,7 @@ async fn main() {
     let root = tempfile::tempdir().unwrap();
     let spec = |job_id: i64| BackupSpec {
         job_id,
+        encryption: None,
         code: BackupCode::Full,
         profile: NodeProfile::Standard,
         dbname: "bench".into(),
@@ -111,6 +112,7 @@ async fn main() {
     let rspec = |job_id: i64, db: &str, d: Decompression, from_s3: bool| RestoreSpec {
         job_id,
         set_dir: root.path().join("set1"),
+        identity_files: Vec::new(),
         repository: from_s3.then(|| RepositorySet {
             store: Arc::clone(&store),
             prefix: target.prefix.clone(),

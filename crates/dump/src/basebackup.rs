@@ -776,6 +776,7 @@ impl BaseRun<'_> {
             notes: Vec::new(),
             started: self.started,
             finished: Utc::now(),
+            encryption: None,
         }
     }
 }

@@ -64,6 +64,7 @@
 pub mod basebackup;
 mod child;
 mod client;
+pub mod crypt;
 mod error;
 mod launcher;
 mod node;

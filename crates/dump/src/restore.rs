@@ -186,6 +186,11 @@ pub struct RestoreSpec {
     /// journal (an in-process failure is still undone).
     #[serde(default)]
     pub journal: Option<Journal>,
+    /// Identity files (age, `AGE-SECRET-KEY-1…`) for an encrypted set (crate::crypt): the
+    /// shell's `--identity`, or the agent's `[agent.encryption] identity_files`. Paths only;
+    /// the keys are read when the restore starts and never logged.
+    #[serde(default)]
+    pub identity_files: Vec<PathBuf>,
 }
 
 fn yes() -> bool {

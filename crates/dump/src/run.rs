@@ -98,6 +98,10 @@ struct Run<'a> {
     pending: crate::upload::PendingWriter,
     /// Keys uploaded so far: removed again if the run fails.
     uploaded: Vec<String>,
+    /// The recipients of an encrypted set (crate::crypt), parsed by `check_arguments`.
+    seal: Option<Arc<crate::crypt::Seal>>,
+    /// The files of the set written encrypted.
+    sealed_files: Vec<String>,
 }
 
 /// Runs one backup. Never fails: the outcome says how it ended. See the crate documentation for
@@ -151,6 +155,8 @@ pub async fn run_backup_to(
         target,
         pending: Default::default(),
         uploaded: Vec::new(),
+        seal: None,
+        sealed_files: Vec::new(),
     };
     let staging = spec.staging_root.join(spec.job_id.to_string());
     let mut guard: Option<StagingGuard> = None;
@@ -203,6 +209,7 @@ pub async fn run_backup_to(
         run.timed("verify", t0);
         v
     } else if status.is_success() {
+        // An encrypted set: level 1 only (the agent holds no identity; see crate::verify).
         let t = std::time::Instant::now();
         let v =
             crate::verify::verify_levels(&spec.final_dir, &spec.bin_dir, None, &run.cancel).await;
@@ -536,9 +543,20 @@ impl Run<'_> {
 
     /// Extra arguments are checked again (defence in depth: they reach pg_dump's argv) and the
     /// spec must make sense.
-    fn check_arguments(&self) -> Result<(), Stop> {
+    fn check_arguments(&mut self) -> Result<(), Stop> {
         let spec = self.spec;
         let step = "arguments";
+        if let Some(e) = &spec.encryption {
+            if !spec.code.is_cluster_wide() && matches!(spec.format, DumpFormat::Directory { .. }) {
+                return Err(fail(
+                    step,
+                    "a directory-format dump cannot be encrypted (pg_dump writes its files itself): use the custom format for encrypted definitions",
+                ));
+            }
+            self.seal = Some(Arc::new(
+                crate::crypt::Seal::new(e).map_err(|m| fail(step, m))?,
+            ));
+        }
         if spec.code.is_physical() {
             return Err(fail(
                 step,
@@ -644,7 +662,11 @@ impl Run<'_> {
             }),
         };
         Manifest {
-            format: MANIFEST_FORMAT,
+            format: if spec.encryption.is_some() {
+                set::MANIFEST_FORMAT_ENCRYPTED
+            } else {
+                MANIFEST_FORMAT
+            },
             pgbackman_version: env!("CARGO_PKG_VERSION").into(),
             job_id: spec.job_id,
             code: spec.code.to_string(),
@@ -684,6 +706,21 @@ impl Run<'_> {
             notes: self.notes.clone(),
             started: self.started,
             finished: Utc::now(),
+            encryption: spec
+                .encryption
+                .as_ref()
+                .map(|e| crate::crypt::ManifestEncryption {
+                    scheme: "age".into(),
+                    recipients: e
+                        .recipients
+                        .iter()
+                        .map(|r| crate::crypt::ManifestRecipient {
+                            fingerprint: r.fingerprint.clone(),
+                            name: r.name.clone(),
+                        })
+                        .collect(),
+                    files: self.sealed_files.clone(),
+                }),
         }
     }
 }

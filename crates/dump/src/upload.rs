@@ -88,6 +88,7 @@ fn compress_to_channel(
     tx: mpsc::Sender<Bytes>,
     level: i32,
     written: Arc<AtomicU64>,
+    seal: Option<Arc<crate::crypt::Seal>>,
 ) -> Result<(u64, String), StreamError> {
     let sink = ChannelSink {
         tx,
@@ -95,6 +96,9 @@ fn compress_to_channel(
         hasher: Sha256::new(),
         written,
     };
+    // Encrypted between zstd and the hash (crate::crypt): what is hashed and uploaded is the
+    // ciphertext, one pass, bounded memory (age buffers one 64 KiB chunk).
+    let sink = crate::crypt::Sealed::new(sink, seal.as_deref()).map_err(StreamError::Write)?;
     let mut enc = zstd::stream::write::Encoder::new(sink, level).map_err(StreamError::Compress)?;
     enc.include_checksum(true).map_err(StreamError::Compress)?;
     enc.multithread(crate::set::compression_workers())
@@ -121,7 +125,8 @@ fn compress_to_channel(
         enc.write_all(&buf[..n]).map_err(upload_gone)?;
     }
     enc.do_finish().map_err(upload_gone)?;
-    let mut sink = enc.finish().map_err(StreamError::Compress)?;
+    let sealed = enc.finish().map_err(StreamError::Compress)?;
+    let mut sink = sealed.finish().map_err(upload_gone)?;
     sink.send().map_err(StreamError::Write)?;
     let size = sink.written.load(Ordering::Relaxed);
     Ok((size, hex::encode(sink.hasher.finalize())))
@@ -139,11 +144,24 @@ pub(crate) async fn start(
     written: Arc<AtomicU64>,
     pending: PendingWriter,
 ) -> Result<tokio::task::JoinHandle<Result<(u64, String), StreamError>>, StoreError> {
+    start_sealed(target, file, input, level, written, pending, None).await
+}
+
+/// [`start`], encrypted to `seal` when given (crate::crypt).
+pub(crate) async fn start_sealed(
+    target: &StoreTarget,
+    file: &str,
+    input: impl Read + Send + 'static,
+    level: i32,
+    written: Arc<AtomicU64>,
+    pending: PendingWriter,
+    seal: Option<Arc<crate::crypt::Seal>>,
+) -> Result<tokio::task::JoinHandle<Result<(u64, String), StreamError>>, StoreError> {
     let key = target.key(file);
     let mut w = target.store.create(&key).await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
     let compress =
-        tokio::task::spawn_blocking(move || compress_to_channel(input, tx, level, written));
+        tokio::task::spawn_blocking(move || compress_to_channel(input, tx, level, written, seal));
     Ok(tokio::spawn(async move {
         let mut failed: Option<StoreError> = None;
         while let Some(c) = rx.recv().await {

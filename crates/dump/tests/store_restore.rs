@@ -189,6 +189,7 @@ async fn restores_verifies_and_drills_from_s3_and_refuses_a_damaged_object() {
         expected_counts: None,
         manifest_sha256: manifest_sha.clone(),
         journal: None,
+        identity_files: Vec::new(),
     };
     let d = run_drill(&drill(31), CancellationToken::new()).await;
     assert_eq!(d.state, DrillState::Passed, "{d:#?}");

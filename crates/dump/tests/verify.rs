@@ -29,6 +29,7 @@ fn drill_spec(job_id: i64, set_dir: PathBuf, node: &TestCluster, root: &Path) ->
         expected_counts: None,
         manifest_sha256: None,
         journal: None,
+        identity_files: Vec::new(),
     }
 }
 

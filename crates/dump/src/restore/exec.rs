@@ -77,6 +77,9 @@ struct Exec<'a> {
     files_dir: PathBuf,
     /// The dump's manifest entry (once the manifest was read).
     dump_entry: Option<crate::spec::FileEntry>,
+    /// An encrypted set (crate::crypt): the identities that read it, checked on every
+    /// encrypted file before the target is touched. None: a plain set.
+    ids: Option<Arc<crate::crypt::Identities>>,
 }
 
 /// Runs one restore. Never fails: the outcome says how it ended and what was undone. No child
@@ -186,6 +189,7 @@ impl<'a> Exec<'a> {
             source: Source::new(&spec.set_dir, spec.repository.as_ref()),
             files_dir: spec.set_dir.clone(),
             dump_entry: None,
+            ids: None,
         }
     }
 
@@ -311,6 +315,38 @@ impl<'a> Exec<'a> {
         ));
         self.dump_entry = m.files.iter().find(|f| f.name == m.dump_file).cloned();
         self.timed("manifest", t);
+
+        // identity: an encrypted set is readable by the given identities, or nothing happens
+        if m.encryption.is_some() {
+            let t = std::time::Instant::now();
+            let (source, m2, files) = (self.source.clone(), m.clone(), spec.identity_files.clone());
+            let ids = self
+                .blocking("identity", Arc::default(), move || {
+                    // Each encrypted file's header, read where the set is (a directory or its
+                    // objects): only the header is read, so no checksum verdict here.
+                    crate::crypt::identities_for_set_with(&m2, &files, &|name: &str| {
+                        let entry = m2.files.iter().find(|f| f.name == name).ok_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                format!("{name} is not in the manifest"),
+                            )
+                        })?;
+                        source.open(entry)
+                    })
+                })
+                .await?
+                .map_err(|e| fail("identity", e))?;
+            self.log.event(&format!(
+                "the set is encrypted; the identities of {} read every encrypted file",
+                spec.identity_files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            self.ids = Some(Arc::new(ids));
+            self.timed("identity", t);
+        }
 
         // verify
         if self.source.repository().is_some() {
@@ -513,6 +549,29 @@ impl<'a> Exec<'a> {
 
     /// Runs one client to its end, feeding its stdin with `pump` when given. A pump that fails
     /// fails the step even when the child exited 0 (psql reading a truncated script would).
+    /// How psql reads a small script of the set (roles.sql, database.sql): `--file=PATH`, or
+    /// for an encrypted one `--file=-` fed decrypted through stdin (no plaintext copy on disk).
+    /// Returns the argument, the pump and the identities used.
+    fn small_script(
+        &self,
+        m: &Manifest,
+        path: &Path,
+        name: &str,
+    ) -> (String, Option<Pump>, Option<Arc<crate::crypt::Identities>>) {
+        match &self.ids {
+            Some(ids) if m.is_encrypted(name) => {
+                let (ids2, p) = (Arc::clone(ids), path.to_path_buf());
+                let pump: Pump = Box::new(move |mut f: File| {
+                    let mut r = ids2.open(&p)?;
+                    let n = std::io::copy(&mut r, &mut f)?;
+                    Ok((n, Vec::new()))
+                });
+                ("--file=-".into(), Some(pump), Some(Arc::clone(ids)))
+            }
+            _ => (format!("--file={}", path.display()), None, None),
+        }
+    }
+
     async fn run_child(
         &mut self,
         step: &str,

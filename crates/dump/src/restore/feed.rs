@@ -2,7 +2,8 @@
 //! into a staging file, and pg_dumpall SQL with the `CREATE ROLE` lines of existing roles
 //! turned into comments. Each counts the bytes it wrote and stops when `abort` is raised.
 //! `src` is the set's file as stored (`source::Source::open`: a file, or an object whose
-//! checksum is checked at its end: each pump reads its source to the end).
+//! checksum is checked at its end: each pump reads its source to the end). An encrypted file
+//! (crate::crypt) is given already wrapped by `crypt::plain`: age, then zstd.
 
 use std::collections::BTreeSet;
 use std::fs::File;

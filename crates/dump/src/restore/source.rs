@@ -197,6 +197,16 @@ impl Source {
         }
     }
 
+    /// The plaintext of one file of the set: [`open`](Self::open), decrypted with `ids` when the
+    /// set is encrypted (its dump, roles.sql and database.sql are).
+    pub(crate) fn open_plain(
+        &self,
+        entry: &FileEntry,
+        ids: Option<&crate::crypt::Identities>,
+    ) -> io::Result<Box<dyn Read + Send>> {
+        crate::crypt::plain(self.open(entry)?, ids, &entry.name)
+    }
+
     /// Fetches `entry` into `dir` (its parents created 0700, the file 0600), checked against
     /// the manifest (blocking). Stops when `abort` is raised.
     pub(crate) fn fetch(

@@ -271,6 +271,12 @@ impl Run<'_> {
             stream_to,
             dir_out,
         } = self.dump_arguments(staging, client_major, snapshot.as_deref());
+        if self.seal.is_some()
+            && let Some(f) = &self.dump_file
+        {
+            // The dump is streamed through age (checked: never a directory-format dump).
+            self.sealed_files.push(f.clone());
+        }
         let stdout = if stream_to.is_some() {
             Stdout::Pipe
         } else {
@@ -313,13 +319,14 @@ impl Run<'_> {
                             .file_name()
                             .map(|n| n.to_string_lossy().into_owned())
                             .unwrap_or_default();
-                        let started = crate::upload::start(
+                        let started = crate::upload::start_sealed(
                             target,
                             &file,
                             input,
                             level,
                             w,
                             Arc::clone(&self.pending),
+                            self.seal.clone(),
                         )
                         .await;
                         match started {
@@ -330,9 +337,12 @@ impl Run<'_> {
                             }
                         }
                     }
-                    None => Some(tokio::task::spawn_blocking(move || {
-                        set::compress_stream(input, &dest, level, w)
-                    })),
+                    None => {
+                        let seal = self.seal.clone();
+                        Some(tokio::task::spawn_blocking(move || {
+                            set::compress_stream_sealed(input, &dest, level, w, seal.as_deref())
+                        }))
+                    }
                 }
             }
             _ => None,

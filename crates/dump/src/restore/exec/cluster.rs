@@ -104,8 +104,15 @@ impl Exec<'_> {
         let existing = state.roles.clone();
         let written = Arc::clone(&self.written);
         let abort = Arc::new(AtomicBool::new(false));
+        let ids = self.ids.clone();
         let pump: Pump = Box::new(move |f: File| {
-            feed::decode_sql_into(src.open(&entry)?, f, &existing, &written, &abort)
+            feed::decode_sql_into(
+                src.open_plain(&entry, ids.as_deref())?,
+                f,
+                &existing,
+                &written,
+                &abort,
+            )
         });
         let skipped = self
             .run_child("psql", "psql", args, Some(pump), progress, true)
@@ -113,7 +120,7 @@ impl Exec<'_> {
             .map_err(|s| {
                 // From a repository the script is not on this disk: the statement is not quoted.
                 let script = self.files_dir.join(expected_file);
-                psql_error::explain(s, expected_file, Script::Zstd(&script))
+                psql_error::explain(s, expected_file, Script::Zstd(&script, self.ids.as_deref()))
             })?;
         self.out.roles_reused = skipped;
         let after = self

@@ -263,14 +263,14 @@ impl Exec<'_> {
             c.role_bytes = raw_hex;
         })?;
         let mut args = self.psql_args(&spec.node.admin_dbname);
-        args.push(format!(
-            "--file={}",
-            self.files_dir.join(ROLES_FILE).display()
-        ));
         let script = self.files_dir.join(ROLES_FILE);
-        self.run_child("roles", "psql", args, None, progress, false)
+        let (file_arg, pump, ids) = self.small_script(m, &script, ROLES_FILE);
+        args.push(file_arg);
+        self.run_child("roles", "psql", args, pump, progress, false)
             .await
-            .map_err(|s| psql_error::explain(s, ROLES_FILE, Script::File(&script)))?;
+            .map_err(|s| {
+                psql_error::explain(s, ROLES_FILE, Script::File(&script, ids.as_deref()))
+            })?;
         let after = self
             .on_target(
                 "roles",
@@ -330,14 +330,14 @@ impl Exec<'_> {
         self.touched_db = true;
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push(format!("--set=dbname={target}"));
-        args.push(format!(
-            "--file={}",
-            self.files_dir.join(DATABASE_FILE).display()
-        ));
         let script = self.files_dir.join(DATABASE_FILE);
-        self.run_child("database", "psql", args, None, progress, false)
+        let (file_arg, pump, ids) = self.small_script(m, &script, DATABASE_FILE);
+        args.push(file_arg);
+        self.run_child("database", "psql", args, pump, progress, false)
             .await
-            .map_err(|s| psql_error::explain(s, DATABASE_FILE, Script::File(&script)))?;
+            .map_err(|s| {
+                psql_error::explain(s, DATABASE_FILE, Script::File(&script, ids.as_deref()))
+            })?;
         // The journal names the database by OID from now on (the long part comes next).
         let oid = self
             .on_target(
@@ -386,8 +386,9 @@ impl Exec<'_> {
                 let written = Arc::clone(&self.written);
                 let abort = Arc::new(AtomicBool::new(false));
                 let (src, entry) = (self.source.clone(), self.entry_of(m)?);
+                let ids = self.ids.clone();
                 Some(Box::new(move |f: File| {
-                    feed::decode_into(src.open(&entry)?, f, &written, &abort)
+                    feed::decode_into(src.open_plain(&entry, ids.as_deref())?, f, &written, &abort)
                         .map(|n| (n, Vec::new()))
                 }))
             }
@@ -403,9 +404,16 @@ impl Exec<'_> {
                 let written = Arc::clone(&self.written);
                 let abort = Arc::new(AtomicBool::new(false));
                 let (src, entry) = (self.source.clone(), self.entry_of(m)?);
+                let ids = self.ids.clone();
                 Some(Box::new(move |f: File| {
-                    feed::decode_tee(src.open(&entry)?, f, &dst, &written, &abort)
-                        .map(|n| (n, Vec::new()))
+                    feed::decode_tee(
+                        src.open_plain(&entry, ids.as_deref())?,
+                        f,
+                        &dst,
+                        &written,
+                        &abort,
+                    )
+                    .map(|n| (n, Vec::new()))
                 }))
             }
             Some(Feed::File) => {
@@ -420,9 +428,10 @@ impl Exec<'_> {
                     Arc::clone(&self.written),
                     Arc::clone(&abort),
                 );
+                let ids = self.ids.clone();
                 let r = self
                     .blocking("decompress", abort, move || {
-                        feed::decode_to_file(src.open(&entry)?, &d, &w, &a)
+                        feed::decode_to_file(src.open_plain(&entry, ids.as_deref())?, &d, &w, &a)
                     })
                     .await?;
                 let n = r.map_err(|e| {
