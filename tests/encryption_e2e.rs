@@ -363,6 +363,49 @@ fn encrypted_backups_to_disk_and_s3_restore_only_with_the_identity() {
     assert_eq!(manifest["encryption"]["scheme"], "age");
     assert_eq!((listed("site"), listed("vault")), (2, 2));
 
+    // The encrypted set in the bucket restores and drills like the local one: its objects are
+    // decrypted as they stream (the escrow identity of this agent), checked by their sha256.
+    env.cmd(&format!(
+        "register_restore_definition now {bck2} 127.0.0.3 shop_s3 \"\" --jobs 1"
+    ))
+    .ok();
+    wait_for(
+        &env,
+        "select count(*) from restore_catalog where restore_def = 4",
+        "1",
+        60,
+        &agent,
+    );
+    assert_eq!(
+        env.sql("select execution_status || ' ' || coalesce(error_message, '') from restore_catalog where restore_def = 4"),
+        "SUCCEEDED"
+    );
+    assert_eq!(
+        target.psql(
+            "shop_s3",
+            "select count(*) || ' ' || md5(string_agg(v, ',' order by id)) from items"
+        ),
+        node.psql(
+            "shop",
+            "select count(*) || ' ' || md5(string_agg(v, ',' order by id)) from items"
+        )
+    );
+    let drills = env.sql("select count(*) from verification");
+    env.cmd(&format!("run_restore_drill {bck2}")).ok();
+    wait_for(
+        &env,
+        "select count(*) from verification",
+        &(drills.parse::<i64>().unwrap() + 1).to_string(),
+        60,
+        &agent,
+    );
+    assert_eq!(
+        env.sql("select kind || ' ' || level || ' ' || state from verification order by verification_id desc limit 1"),
+        "DRILL 3 PASSED",
+        "{}",
+        env.sql("select error_message from verification order by verification_id desc limit 1")
+    );
+
     // No identity anywhere: argv, log, catalog, shell output.
     let pid = agent.pid();
     let argv = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
