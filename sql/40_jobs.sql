@@ -158,6 +158,9 @@ begin
     if v_job.kind = 'RESTORE' then
         return api.report_restore(p_job_id, p_attempt, p_result);
     end if;
+    if v_job.kind = 'CLONE' then   -- sql/89_clones.sql
+        return api.report_clone(p_job_id, p_attempt, p_result);
+    end if;
     if v_job.kind in ('VERIFY', 'DRILL') then   -- sql/55_verify.sql
         perform api.report_verification(p_job_id, p_attempt, p_result || '{"state": "ERROR", "level": 0}');
         return v_job.bck_id;

@@ -49,13 +49,17 @@ language sql immutable as $$
                        -- base backups (sql/87_base_backups.sql)
                        'recovery_chains',
                        -- WAL retention (sql/88_wal_retention.sql)
-                       'wal_retention_plan', 'wal_retention_floors', 'timeline_lineage']),
+                       'wal_retention_plan', 'wal_retention_floors', 'timeline_lineage',
+                       -- point-in-time recovery (sql/89_pitr.sql)
+                       'pitr_path', 'pitr_plan', 'restore_point_check', 'clone_port_range']),
     -- pgbackman_operator (member of pgbackman_readonly).
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
                        'retry_alerts',
                        -- register_restore_definition --identity (sql/35_encryption.sql)
-                       'set_restore_identity_files']),
+                       'set_restore_identity_files',
+                       -- clones (sql/89_clones.sql)
+                       'register_pitr_restore', 'clone_operation']),
     -- pgbackman_admin (member of pgbackman_operator).
     ('admin', array['register_backup_server', 'update_backup_server', 'delete_backup_server',
                     'update_backup_server_config', 'update_backup_server_default_config',
@@ -94,7 +98,10 @@ language sql immutable as $$
                     -- second repository copies (sql/87_repository_copies.sql)
                     'agent_pending_copies', 'report_copy',
                     -- sql/35_encryption.sql
-                    'restore_identity_files']),
+                    'restore_identity_files',
+                    -- clones and wal-get (sql/89_clones.sql)
+                    'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
+                    'expire_clones']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

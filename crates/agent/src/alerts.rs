@@ -216,6 +216,10 @@ pub fn summary(a: &ClaimedAlert) -> String {
         "WAL_HOLE" => format!("WAL archive of {node} on {server} has a hole"),
         "WAL_VERSION" => format!("No pg_receivewal for the version of {node} on {server}"),
         "REPLICATION_LAG" => format!("A standby of {node} lags behind"),
+        "CLONE_EXPIRY" => format!(
+            "A clone of {node} on {server} expires soon (CloneID {})",
+            opt(a.ref_id)
+        ),
         other => format!("{other} alert for {db} on {node}"),
     }
 }
@@ -264,6 +268,10 @@ pub fn next_step(a: &ClaimedAlert) -> String {
             _,
         ) => format!("pgbackman -C \"show_replication_status {node}\""),
         ("WAL_HOLE", _) => format!("pgbackman -C \"show_recovery_window {node} --holes\""),
+        ("CLONE_EXPIRY", _) => format!(
+            "pgbackman -C \"show_clone_details {}\"   (delete_clone it now, or copy what you need before it expires)",
+            opt(a.ref_id)
+        ),
         ("WAL_VERSION", _) => format!(
             "on {server}: install the PostgreSQL client programs of the node's major, then: pgbackman-agent --check"
         ),

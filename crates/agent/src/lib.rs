@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod basebackup_job;
 pub mod check;
+pub mod clone_job;
 pub mod copy;
 pub mod effective;
 pub mod health;
@@ -102,6 +103,7 @@ struct Args {
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
     WalPush(wal::push::client::WalPushArgs),
+    WalGet(wal::get::WalGetArgs),
 }
 
 /// The clap definition of `pgbackman-agent` (man page and completions).
@@ -122,6 +124,9 @@ pub fn main_entry() -> ExitCode {
     let args = Args::parse();
     if let Some(Sub::WalPush(a)) = &args.command {
         return wal::push::client::main(a);
+    }
+    if let Some(Sub::WalGet(a)) = &args.command {
+        return wal::get::main(a);
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -240,6 +245,7 @@ async fn run(args: Args) -> Result<()> {
     if let Ok(exe) = std::env::current_exe() {
         pgbackman_dump::set_launcher(exe);
     }
+    clone_job::set_config_path(s.config_path.clone());
     // Jobs a previous run was in the middle of when it died: a set that was complete is
     // recorded as what it is, anything else as failed (via the spool; crate::recover).
     recover::interrupted(&AgentSection {
@@ -333,6 +339,7 @@ async fn run(args: Args) -> Result<()> {
     // Before anything records interrupted jobs as failed: a restore cut short is undone first,
     // and its report says what was undone.
     restore_job::recover_interrupted(&ctx).await;
+    clone_job::recover_interrupted(&ctx).await;
     if ctx.health.is_online() {
         replay::replay(&ctx).await;
         fail_interrupted_jobs(&ctx, &[]).await;
@@ -791,7 +798,7 @@ impl Runner {
             self.ctx.lease(),
             limit,
             i32::try_from(self.ctx.cfg.max_jobs_per_node).unwrap_or(1),
-            &["BACKUP", "SNAPSHOT", "RESTORE", "VERIFY", "DRILL"],
+            &["BACKUP", "SNAPSHOT", "RESTORE", "VERIFY", "DRILL", "CLONE"],
         );
         let claimed = match self.ctx.db("claim_jobs", claim).await {
             Ok(c) => c,
@@ -805,6 +812,23 @@ impl Runner {
         for c in claimed {
             if verify_job::KINDS.contains(&c.kind.as_str()) {
                 self.start_verification(c);
+                continue;
+            }
+            if c.kind == "CLONE" {
+                if let Some(j) = clone_job::prepare(&self.ctx, &c).await {
+                    let token = self.stop.child_token();
+                    let node = j.plan["node_id"].as_i64().unwrap_or_default();
+                    self.running.insert(c.job_id, (node, token.clone()));
+                    let h = self.jobs.spawn(clone_job::run(
+                        self.ctx.clone(),
+                        c.job_id,
+                        c.attempt,
+                        node,
+                        j,
+                        token,
+                    ));
+                    self.tasks.insert(h.id(), c.job_id);
+                }
                 continue;
             }
             if c.kind == "RESTORE" {

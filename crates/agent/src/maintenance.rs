@@ -127,6 +127,15 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     let w = crate::wal_retention::enforce(ctx, &roots, stop).await?;
     // Second repository copies of the sets retention keeps (a failed one is retried next pass).
     let (copied, copy_failed) = crate::copy::run(ctx, stop).await?;
+    // Clones past their expiry (issue 12): a delete job each, run like any other job.
+    match ctx
+        .db("expire_clones", ctx.catalog.expire_clones(ctx.server_id))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(clones = n, "expired clones queued for deletion"),
+        Err(e) => tracing::warn!("expiring clones: {e}"),
+    }
     let alerts = ctx
         .db(
             "purge_sent_alerts",

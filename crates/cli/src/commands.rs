@@ -176,6 +176,7 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         )),
         n if crate::commands_restore::handles(n) => crate::commands_restore::run(s, inv).await,
         n if crate::commands_wal::handles(n) => crate::commands_wal::run(s, inv).await,
+        n if crate::commands_pitr::handles(n) => crate::commands_pitr::run(s, inv).await,
         n if crate::commands_repository::handles(n) => {
             crate::commands_repository::run(s, inv).await
         }

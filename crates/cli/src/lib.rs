@@ -7,6 +7,7 @@ pub mod batch;
 pub mod commands;
 pub mod commands_alerts;
 pub mod commands_encryption;
+pub mod commands_pitr;
 pub mod commands_reconcile;
 pub mod commands_repository;
 pub mod commands_restore;

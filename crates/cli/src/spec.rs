@@ -722,6 +722,127 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &["show_restores_in_progress"],
     },
     Cmd {
+        name: "show_restore_points",
+        group: RESTORES,
+        about: "What of a PgSQL node can be restored to a point in time, from the catalog alone. Without --time/--lsn: each \
+                base backup with the span of time and LSN its archived WAL restores (from its consistent point to the end \
+                of the WAL without a gap). With --time T or --lsn L: restorable or why not (before the first base backup's \
+                end, in a hole, after the end of the archive, on a timeline not archived), the base backup it would start \
+                from, the WAL segments and history files, the bytes to fetch. A time between two known points is \
+                restorable if the WAL holds it; the recovery confirms it. Changes nothing.",
+        args: &[
+            pos("node", "NodeID | FQDN"),
+            opt("time", "A point in time (e.g. '2026-05-01 12:00:00+00')"),
+            opt("lsn", "A WAL position (e.g. 0/5000028)"),
+        ],
+        examples: &[
+            "show_restore_points pg01.example.org",
+            "show_restore_points pg01.example.org --time '2026-05-01 12:00:00+00'",
+            "show_restore_points pg01.example.org --lsn 0/5000028",
+        ],
+    },
+    Cmd {
+        name: "register_pitr_restore",
+        group: RESTORES,
+        about: "Restore a base backup and the archived WAL after it to a point in time, into a clone: a new PostgreSQL \
+                instance on the backup server holding the base backup (its agent's clone directory, on --port or the \
+                first free port from 55432, listening on localhost only, archive_mode off, never streaming from the node). \
+                BckID or latest (with --node): latest takes the newest base backup whose end is before the target and \
+                whose timeline lineage holds it. Exactly one target: --target-time, --target-lsn, --target-xid, \
+                --target-name or --immediate (the base backup's consistent point). --timeline latest (default), current \
+                or N; --target-action promote (default: a writable instance of its own timeline), pause (read-only, \
+                recovery paused at the target; the locks of transactions in flight there stay held, so a table whose \
+                DROP was not committed yet cannot be read) or shutdown. \
+                The plan is checked in the catalog before anything is queued; --dry-run prints it and changes nothing. \
+                Otherwise a CLONE job is queued for the agent; show_clone_details follows it.",
+        args: &[
+            pos("bck", "BckID | latest"),
+            opt(
+                "clone",
+                "Clone name (a-z, 0-9, - and _, starting with a letter; at most 40)",
+            ),
+            opt(
+                "port",
+                "Port of the clone (default: the first free from 55432)",
+            ),
+            opt("node", "NodeID | FQDN (with latest)"),
+            opt("target-time", "Recover to this time"),
+            opt("target-lsn", "Recover to this LSN"),
+            opt("target-xid", "Recover to this transaction id"),
+            opt(
+                "target-name",
+                "Recover to this restore point (pg_create_restore_point)",
+            ),
+            Arg {
+                name: "immediate",
+                label: "Recover only to the base backup's consistent point",
+                kind: Kind::Flag,
+            },
+            opt(
+                "timeline",
+                "Timeline: latest, current or a number (default latest)",
+            ),
+            opt(
+                "target-action",
+                "After the target: promote, pause or shutdown (default promote)",
+            ),
+            opt(
+                "expires",
+                "Delete the clone after this interval (e.g. '2 days')",
+            ),
+            Arg {
+                name: "dry-run",
+                label: "Print the plan and change nothing",
+                kind: Kind::Flag,
+            },
+        ],
+        examples: &[
+            "register_pitr_restore latest --node pg01.example.org --clone before-drop --target-time '2026-05-01 11:59:00+00'",
+            "register_pitr_restore 42 --clone at-release --target-name release_1_4 --target-action promote",
+            "register_pitr_restore 42 --clone base42 --immediate --dry-run",
+        ],
+    },
+    Cmd {
+        name: "show_clones",
+        group: RESTORES,
+        about: "The clones (point-in-time restores into new instances) not deleted: backup server, node, BckID, port, state \
+                (QUEUED, RESTORING, RUNNING, STOPPED, FAILED), target, the point reached, size, expiry.",
+        args: &[opt("server", "SrvID | FQDN"), opt("node", "NodeID | FQDN")],
+        examples: &["show_clones", "show_clones --node pg01.example.org"],
+    },
+    Cmd {
+        name: "show_clone_details",
+        group: RESTORES,
+        about: "Everything about one clone: conninfo to paste into psql, data directory, target, the point reached (LSN, \
+                timeline, last replayed transaction time), the phases (fetch, extract, recovery, check) and their times, \
+                the error and the clone's log tail when it failed.",
+        args: &[pos("clone", "CloneID")],
+        examples: &["show_clone_details 3"],
+    },
+    Cmd {
+        name: "stop_clone",
+        group: RESTORES,
+        about: "Stop a RUNNING clone (a fast shutdown by the agent of its backup server); its data directory stays and \
+                start_clone starts it again.",
+        args: &[pos("clone", "CloneID")],
+        examples: &["stop_clone 3"],
+    },
+    Cmd {
+        name: "start_clone",
+        group: RESTORES,
+        about: "Start a STOPPED clone again (a clone left paused at its target recovers to it and pauses again).",
+        args: &[pos("clone", "CloneID")],
+        examples: &["start_clone 3"],
+    },
+    Cmd {
+        name: "delete_clone",
+        group: RESTORES,
+        about: "Delete a clone: the agent of its backup server stops its server at once and removes its directory. \
+                Asks first in the shell (-C does not ask).",
+        args: &[pos("clone", "CloneID")],
+        examples: &["delete_clone 3"],
+    },
+    Cmd {
         name: "register_wal_archive",
         group: WAL,
         about: "Archive the WAL of a PgSQL node continuously on a backup server: its agent keeps a physical replication \

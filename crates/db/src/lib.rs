@@ -17,6 +17,7 @@ pub mod introspect;
 pub mod migrate;
 pub mod monitoring;
 pub mod node;
+pub mod pitr;
 pub mod reconcile;
 pub mod replication;
 pub mod repository;

@@ -80,6 +80,8 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "88_wal_retention.sql",
         include_str!("../../../sql/88_wal_retention.sql"),
     ),
+    ("89_clones.sql", include_str!("../../../sql/89_clones.sql")),
+    ("89_pitr.sql", include_str!("../../../sql/89_pitr.sql")),
     (
         "89_wal_missing.sql",
         include_str!("../../../sql/89_wal_missing.sql"),

@@ -68,6 +68,7 @@ pub mod crypt;
 mod error;
 mod launcher;
 mod node;
+pub mod pitr;
 mod quote;
 pub mod restore;
 mod run;

@@ -9,6 +9,7 @@
 //! deadlines. Nothing here waits on the catalog to keep receiving.
 
 pub(crate) mod check;
+pub mod get;
 mod monitor;
 mod pending;
 pub(crate) mod push;
