@@ -87,7 +87,9 @@ language sql immutable as $$
                     'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
                     -- clones and wal-get (sql/89_clones.sql)
                     'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
-                    'agent_interrupted_clones']),
+                    'agent_interrupted_clones',
+                    -- restores to another host (sql/89_pitr_remote.sql)
+                    'agent_remote_restore_plan', 'agent_remote_restore_set']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

@@ -740,21 +740,39 @@ pub static COMMANDS: &[Cmd] = &[
                 Otherwise a CLONE job is queued for the agent; show_clone_details follows it.",
         args: &[
             pos("bck", "BckID | latest"),
-            opt("clone", "Clone name (a-z, 0-9, - and _, starting with a letter; at most 40)"),
-            opt("port", "Port of the clone (default: the first free from 55432)"),
+            opt(
+                "clone",
+                "Clone name (a-z, 0-9, - and _, starting with a letter; at most 40)",
+            ),
+            opt(
+                "port",
+                "Port of the clone (default: the first free from 55432)",
+            ),
             opt("node", "NodeID | FQDN (with latest)"),
             opt("target-time", "Recover to this time"),
             opt("target-lsn", "Recover to this LSN"),
             opt("target-xid", "Recover to this transaction id"),
-            opt("target-name", "Recover to this restore point (pg_create_restore_point)"),
+            opt(
+                "target-name",
+                "Recover to this restore point (pg_create_restore_point)",
+            ),
             Arg {
                 name: "immediate",
                 label: "Recover only to the base backup's consistent point",
                 kind: Kind::Flag,
             },
-            opt("timeline", "Timeline: latest, current or a number (default latest)"),
-            opt("target-action", "After the target: pause, promote or shutdown (default pause)"),
-            opt("expires", "Delete the clone after this interval (e.g. '2 days')"),
+            opt(
+                "timeline",
+                "Timeline: latest, current or a number (default latest)",
+            ),
+            opt(
+                "target-action",
+                "After the target: pause, promote or shutdown (default pause)",
+            ),
+            opt(
+                "expires",
+                "Delete the clone after this interval (e.g. '2 days')",
+            ),
             Arg {
                 name: "dry-run",
                 label: "Print the plan and change nothing",

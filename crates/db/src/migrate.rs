@@ -78,6 +78,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ),
     ("89_pitr.sql", include_str!("../../../sql/89_pitr.sql")),
     ("89_clones.sql", include_str!("../../../sql/89_clones.sql")),
+    (
+        "89_pitr_remote.sql",
+        include_str!("../../../sql/89_pitr_remote.sql"),
+    ),
     ("90_views.sql", include_str!("../../../sql/90_views.sql")),
     (
         "92_monitoring.sql",
