@@ -200,7 +200,14 @@ async fn run(a: &RestoreClusterArgs) -> Result<()> {
         plan["wal_segments"],
         plan["history_files"],
         plan["timeline"],
-        plan["lineage"],
+        plan["lineage"]
+            .as_array()
+            .map(|l| l
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(" ← "))
+            .unwrap_or_default(),
         plan["fetch_bytes"]
     ));
 
