@@ -16,7 +16,9 @@ declare
     v_bck bigint;
     v_node bigint;
     v_plan jsonb;
-    v_action text := lower(btrim(coalesce(nullif(btrim(p_action), ''), 'pause')));
+    -- promote by default: a paused clone keeps the locks of the transactions in flight at the
+    -- target (a DROP TABLE not yet committed blocks every read of that table).
+    v_action text := lower(btrim(coalesce(nullif(btrim(p_action), ''), 'promote')));
     v_name text := p_clone;
     v_port integer := p_port;
     v_server bigint;

@@ -336,7 +336,7 @@ async fn build(
         j.target["value"].as_str(),
     )
     .map_err(|e| fail("plan", e))?;
-    let action = j.target["action"].as_str().unwrap_or("pause").to_string();
+    let action = j.target["action"].as_str().unwrap_or("promote").to_string();
     let spec = RecoverySpec {
         data_dir: data.clone(),
         socket_dir: dir.to_path_buf(),

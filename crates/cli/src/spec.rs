@@ -735,44 +735,28 @@ pub static COMMANDS: &[Cmd] = &[
                 BckID or latest (with --node): latest takes the newest base backup whose end is before the target and \
                 whose timeline lineage holds it. Exactly one target: --target-time, --target-lsn, --target-xid, \
                 --target-name or --immediate (the base backup's consistent point). --timeline latest (default), current \
-                or N; --target-action pause (default: read-only, recovery paused at the target), promote or shutdown. \
+                or N; --target-action promote (default: a writable instance of its own timeline), pause (read-only, \
+                recovery paused at the target; the locks of transactions in flight there stay held, so a table whose \
+                DROP was not committed yet cannot be read) or shutdown. \
                 The plan is checked in the catalog before anything is queued; --dry-run prints it and changes nothing. \
                 Otherwise a CLONE job is queued for the agent; show_clone_details follows it.",
         args: &[
             pos("bck", "BckID | latest"),
-            opt(
-                "clone",
-                "Clone name (a-z, 0-9, - and _, starting with a letter; at most 40)",
-            ),
-            opt(
-                "port",
-                "Port of the clone (default: the first free from 55432)",
-            ),
+            opt("clone", "Clone name (a-z, 0-9, - and _, starting with a letter; at most 40)"),
+            opt("port", "Port of the clone (default: the first free from 55432)"),
             opt("node", "NodeID | FQDN (with latest)"),
             opt("target-time", "Recover to this time"),
             opt("target-lsn", "Recover to this LSN"),
             opt("target-xid", "Recover to this transaction id"),
-            opt(
-                "target-name",
-                "Recover to this restore point (pg_create_restore_point)",
-            ),
+            opt("target-name", "Recover to this restore point (pg_create_restore_point)"),
             Arg {
                 name: "immediate",
                 label: "Recover only to the base backup's consistent point",
                 kind: Kind::Flag,
             },
-            opt(
-                "timeline",
-                "Timeline: latest, current or a number (default latest)",
-            ),
-            opt(
-                "target-action",
-                "After the target: pause, promote or shutdown (default pause)",
-            ),
-            opt(
-                "expires",
-                "Delete the clone after this interval (e.g. '2 days')",
-            ),
+            opt("timeline", "Timeline: latest, current or a number (default latest)"),
+            opt("target-action", "After the target: promote, pause or shutdown (default promote)"),
+            opt("expires", "Delete the clone after this interval (e.g. '2 days')"),
             Arg {
                 name: "dry-run",
                 label: "Print the plan and change nothing",
