@@ -207,9 +207,7 @@ async fn execute(
     if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
         return Err(fail(
             "plan",
-            format!(
-                "port {port} is in use on this backup server; register the clone again with another --port"
-            ),
+            format!("port {port} is in use on this backup server; register the clone again with another --port"),
         ));
     }
     let dir = clones_dir(ctx).join(&j.name);
@@ -238,16 +236,8 @@ async fn execute(
                 serde_json::to_vec(&journal).unwrap_or_default(),
             )
         })
-        .map_err(|e| {
-            fail(
-                "fetch",
-                format!("writing the journal in {}: {e}", jdir.display()),
-            )
-        })?;
-    let r = build(
-        ctx, j, &dir, &bin_dir, &set_dir, port, cancel, progress, phases, t,
-    )
-    .await;
+        .map_err(|e| fail("fetch", format!("writing the journal in {}: {e}", jdir.display())))?;
+    let r = build(ctx, j, &dir, &bin_dir, &set_dir, port, cancel, progress, phases, t).await;
     if r.is_err() {
         recovery::stop_immediate(&bin_dir, &dir.join("data"));
         if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -322,10 +312,7 @@ async fn build(
         .map_err(|e| fail("recovery", format!("the agent's own path: {e}")))?;
     let mut restore_command = format!("{} wal-get", sh_quote(&exe.display().to_string()));
     if let Some(cfg) = &wg.config {
-        restore_command.push_str(&format!(
-            " --config {}",
-            sh_quote(&cfg.display().to_string())
-        ));
+        restore_command.push_str(&format!(" --config {}", sh_quote(&cfg.display().to_string())));
     }
     restore_command.push_str(&format!(
         " --plan {} %f %p",
@@ -433,11 +420,7 @@ pub async fn recover_interrupted(ctx: &Ctx) {
         if !removed {
             continue;
         }
-        tracing::warn!(
-            job_id = j.job_id,
-            "removed the half-made clone {} left by an agent stop",
-            j.dir.display()
-        );
+        tracing::warn!(job_id = j.job_id, "removed the half-made clone {} left by an agent stop", j.dir.display());
         let r = json!({"execution_status": "ERROR", "started": j.started.to_rfc3339(),
             "finished": Utc::now().to_rfc3339(), "error_step": "agent",
             "error_message": format!("agent stopped during the restore; the half-made clone in {} was stopped and removed at its next start", j.dir.display())});

@@ -29,9 +29,10 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         }
         "show_clone_details" => {
             let id = s.required(inv, "clone", None)?;
-            let id: i64 = id.trim().parse().with_context(|| {
-                format!("CloneID \"{id}\" is not a number (show_clones lists them)")
-            })?;
+            let id: i64 = id
+                .trim()
+                .parse()
+                .with_context(|| format!("CloneID \"{id}\" is not a number (show_clones lists them)"))?;
             let rows = s.catalog.show_clone_details(id).await?;
             if rows.is_empty() {
                 bail!("clone {id} does not exist\nHINT: show_clones lists the clones");
@@ -54,7 +55,10 @@ async fn restore_points(s: &mut Session, inv: &Invocation) -> Result<Output> {
         (None, None) => None,
     };
     match point {
-        None => list("restore_points", s.catalog.show_restore_points(&node).await),
+        None => list(
+            "restore_points",
+            s.catalog.show_restore_points(&node).await,
+        ),
         Some((kind, value)) => Ok(Output::Report {
             kind: "restore_point",
             rows: s.catalog.check_restore_point(&node, kind, value).await?,

@@ -170,14 +170,13 @@ impl Catalog {
     pub async fn agent_clone_job(&self, server_id: i64, job_id: i64) -> Result<CloneJob, DbError> {
         let c = self.client().await?;
         let v: Value = c
-            .query_one("select api.agent_clone_job($1, $2)", &[&server_id, &job_id])
+            .query_one(
+                "select api.agent_clone_job($1, $2)",
+                &[&server_id, &job_id],
+            )
             .await?
             .get(0);
-        serde_json::from_value(v).map_err(|e| {
-            DbError::Invalid(format!(
-                "agent_clone_job answered what this agent cannot read: {e}"
-            ))
-        })
+        serde_json::from_value(v).map_err(|e| DbError::Invalid(format!("agent_clone_job answered what this agent cannot read: {e}")))
     }
 
     /// The agent works in `data_dir` from now on.
@@ -251,11 +250,9 @@ impl Catalog {
             )
             .await?
             .get(0);
-        v.map(serde_json::from_value).transpose().map_err(|e| {
-            DbError::Invalid(format!(
-                "wal_get_lookup answered what this agent cannot read: {e}"
-            ))
-        })
+        v.map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| DbError::Invalid(format!("wal_get_lookup answered what this agent cannot read: {e}")))
     }
 }
 

@@ -163,8 +163,7 @@ pub fn write_settings(s: &RecoverySpec) -> std::io::Result<()> {
         ("recovery_target_timeline", s.timeline.clone()),
         ("recovery_target_action", s.action.clone()),
     ];
-    let mut conf =
-        String::from("\n# pgbackman point-in-time restore (these win: they come last)\n");
+    let mut conf = String::from("\n# pgbackman point-in-time restore (these win: they come last)\n");
     for (k, v) in settings {
         conf.push_str(&format!("{k} = {}\n", quote_setting(&v)));
     }
