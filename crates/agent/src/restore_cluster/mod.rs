@@ -441,3 +441,66 @@ fn clear_except(dir: &Path, keep: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_is_taken_only_when_empty_or_replaced_and_never_while_a_server_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("data");
+        check_pgdata(&p, false).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        check_pgdata(&p, false).unwrap();
+        // A leftover of an interrupted run counts as empty.
+        std::fs::create_dir(p.join(FETCH_DIR)).unwrap();
+        check_pgdata(&p, false).unwrap();
+        std::fs::write(p.join("PG_VERSION"), "15\n").unwrap();
+        let e = check_pgdata(&p, false).unwrap_err().to_string();
+        assert!(e.contains("not empty") && e.contains("PG_VERSION"), "{e}");
+        check_pgdata(&p, true).unwrap();
+        // A stale postmaster.pid (no such process) does not stop --replace; a live one does.
+        std::fs::write(p.join("postmaster.pid"), "999999999\n/x\n").unwrap();
+        check_pgdata(&p, true).unwrap();
+        std::fs::write(
+            p.join("postmaster.pid"),
+            format!("{}\n/x\n", std::process::id()),
+        )
+        .unwrap();
+        let e = check_pgdata(&p, true).unwrap_err().to_string();
+        assert!(
+            e.contains("runs on") && e.contains("nothing was changed"),
+            "{e}"
+        );
+        clear_except(&p, FETCH_DIR).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(FETCH_DIR)]);
+    }
+
+    #[test]
+    fn the_settings_quote_for_postgresql() {
+        let d = tempfile::tempdir().unwrap();
+        let s = settings::Settings {
+            restore_command: "'/usr/bin/pgbackman-agent' wal-get %f %p".into(),
+            kind: "name",
+            value: Some("it's".into()),
+            timeline: "2".into(),
+            action: "promote".into(),
+            port: Some(5433),
+            keep_archiving: false,
+        };
+        settings::write(d.path(), &s).unwrap();
+        let conf = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
+        assert!(conf.contains("recovery_target_name = 'it''s'"), "{conf}");
+        assert!(
+            conf.contains("restore_command = '''/usr/bin/pgbackman-agent'' wal-get %f %p'"),
+            "{conf}"
+        );
+        assert!(conf.contains("archive_mode = 'off'") && conf.contains("port = '5433'"));
+        assert!(d.path().join("recovery.signal").exists());
+    }
+}
