@@ -309,6 +309,7 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
     let pgdata = parent_owned.join("restored");
     let port = free_port();
     let bin = node.bin_dir();
+    let t = std::time::Instant::now();
     let o = run(
         &pgdata,
         &[
@@ -326,6 +327,7 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
         ],
     );
     let _running = Restored(&node, pgdata.clone());
+    eprintln!("restore-cluster --start to after_promo: {:?}", t.elapsed());
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("Recovery reached the target"), "{out}");
@@ -454,5 +456,11 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
     assert!(log.contains("giving up on"), "{log}");
     assert!(!log.contains("selected new timeline"), "{log}");
     std::fs::write(&first, &good).unwrap();
+
+    // The catalog down: the agent cannot confirm anything, so never "absent" (126).
+    env.catalog.stop();
+    let o = wal_get(&cfg, &plan, &wal_name(2, last + 1), &dest);
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o));
+    assert!(text(&o).contains("could not ask the catalog"), "{}", text(&o));
     agent.stop();
 }
