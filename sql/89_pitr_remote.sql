@@ -51,3 +51,47 @@ begin
     end if;
     return jsonb_build_object('backup_dir', r.backup_dir, 'files', r.files);
 end $$;
+
+-- create_wal_push_credential SERVER NODE --restore --file PATH: the SHA-256 of a new restore
+-- credential of the node's live WAL archive on the server (any intake). Returns the ArchiveID.
+create function api.set_restore_credential(p_server text, p_node text, p_sha256 text, p_replace boolean)
+returns bigint language plpgsql as $$
+declare
+    v_server bigint := api.server_id(p_server);
+    v_node bigint := api.node_id(p_node);
+    a public.wal_archive%rowtype;
+begin
+    if coalesce(p_sha256, '') !~ '^[0-9a-f]{64}$' then
+        raise exception 'a restore credential is stored as a SHA-256 (64 hexadecimal digits)'
+            using errcode = '22023', hint = 'This is a bug of the program that called it: create_wal_push_credential makes the token and its hash.';
+    end if;
+    select * into a from public.wal_archive
+     where pgsql_node_id = v_node and backup_server_id = v_server and status = 'ACTIVE' for update;
+    if not found then
+        raise exception 'PgSQL node % has no WAL archive on backup server %', api.node_fqdn(v_node), api.server_fqdn(v_server)
+            using errcode = 'P0002',
+                  hint = format('A restore reads the archive: register_wal_archive %s %s first.', api.server_fqdn(v_server), api.node_fqdn(v_node));
+    end if;
+    if a.restore_token_sha256 is not null and not coalesce(p_replace, false) then
+        raise exception 'the WAL archive of PgSQL node % on backup server % already has a restore credential (created %)',
+                        api.node_fqdn(v_node), api.server_fqdn(v_server), to_char(a.restore_token_created, 'YYYY-MM-DD HH24:MI:SS TZ')
+            using errcode = '23505',
+                  hint = 'Replacing it makes the current restore credential file stop working at once.';
+    end if;
+    update public.wal_archive set restore_token_sha256 = p_sha256, restore_token_created = now()
+     where archive_id = a.archive_id;
+    return a.archive_id;
+end $$;
+
+-- The agent checks a restore request's credential: the node's live archive on this server and
+-- the SHA-256 of its restore credential (NULL: none made). No row: no archive.
+create function api.agent_restore_credential(p_server bigint, p_node bigint)
+returns table (archive_id bigint, node_fqdn text, pgport integer, restore_token_sha256 text)
+language plpgsql stable as $$
+begin
+    perform api.acting_for(p_server);
+    return query
+    select a.archive_id, n.fqdn::text, n.pgport::integer, a.restore_token_sha256
+      from public.wal_archive a join public.pgsql_node n on n.node_id = a.pgsql_node_id
+     where a.backup_server_id = p_server and a.pgsql_node_id = p_node and a.status = 'ACTIVE';
+end $$;

@@ -159,6 +159,18 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
     ))
     .ok();
     give(&cred);
+    // The restore host's own credential: read-only, apart from the node's wal-push one.
+    let restore_cred = host.path().join("restore.credential");
+    env.cmd(&format!(
+        "create_wal_push_credential bs1.example.org 127.0.0.2 --restore --file {}",
+        restore_cred.display()
+    ))
+    .ok();
+    assert_eq!(
+        std::fs::metadata(&restore_cred).unwrap().mode() & 0o777,
+        0o600
+    );
+    give(&restore_cred);
     let tls = pgbackman_testkit::tls::make_files(&host.path().join("tls"), &["127.0.0.1"]).unwrap();
     std::fs::set_permissions(&tls.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
@@ -175,7 +187,7 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
     wait_until("the wal-push listener", 30, &[&agent], || {
         agent.log().contains("taking wal-push (TLS)")
     });
-    let config = |name: &str, agent_addr: &str| {
+    let config = |name: &str, agent_addr: &str, cred: &Path| {
         let p = host.path().join(name);
         std::fs::write(
             &p,
@@ -189,14 +201,15 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         p
     };
-    let cfg = config("restore.toml", &listen);
+    let push_cfg = config("wal-push.toml", &listen, &cred);
+    let cfg = config("restore.toml", &listen, &restore_cred);
     node.psql("postgres", "alter system set archive_mode = on");
     node.psql(
         "postgres",
         &format!(
             "alter system set archive_command = '{} wal-push --config {} %p'",
             agent_bin(),
-            cfg.display()
+            push_cfg.display()
         ),
     );
     node.stop();
@@ -265,6 +278,33 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
         30,
         &agent,
     );
+
+    // The wal-push credential does not serve restores (nor does a restore one push).
+    let o = as_pg_user(&[
+        "restore-cluster",
+        "--config",
+        push_cfg.to_str().unwrap(),
+        "--pgdata",
+        host.path().join("never").to_str().unwrap(),
+        "--immediate",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("not the current restore credential"),
+        "{}",
+        text(&o)
+    );
+    assert!(!host.path().join("never").exists());
+    let fake = host.path().join("000000010000000000000001");
+    std::fs::write(&fake, b"not pushed").unwrap();
+    let o = Command::new(agent_bin())
+        .args(["wal-push", "--config"])
+        .arg(&cfg)
+        .arg(&fake)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not the current one"), "{}", text(&o));
 
     // Refused: a non-empty data directory; a running cluster even with --replace.
     let parent_owned = host.path().join("pg");
@@ -390,7 +430,11 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
         assert!(text(&o).contains("not in the archive"), "{}", text(&o));
         assert!(!dest.exists());
     }
-    let nowhere = config("nowhere.toml", &format!("127.0.0.1:{}", free_port()));
+    let nowhere = config(
+        "nowhere.toml",
+        &format!("127.0.0.1:{}", free_port()),
+        &restore_cred,
+    );
     let o = wal_get(&nowhere, &plan, &wal_name(2, last), &dest);
     assert_eq!(o.status.code(), Some(126), "{}", text(&o));
     assert!(text(&o).contains("attempt 3 of 3"), "{}", text(&o));
@@ -461,6 +505,10 @@ fn a_restore_on_another_host_follows_a_promotion_and_wal_get_remote_keeps_its_ex
     env.catalog.stop();
     let o = wal_get(&cfg, &plan, &wal_name(2, last + 1), &dest);
     assert_eq!(o.status.code(), Some(126), "{}", text(&o));
-    assert!(text(&o).contains("could not ask the catalog"), "{}", text(&o));
+    assert!(
+        text(&o).contains("could not ask the catalog"),
+        "{}",
+        text(&o)
+    );
     agent.stop();
 }

@@ -1,7 +1,8 @@
 //! Restores to another host over the wal-push channel (issue 12): `restore-cluster` and its
-//! `wal-get --remote` ask this agent, with the node's wal-push credential, for the plan of a
-//! restore, the files of a base backup set of that node, and WAL files of that node from this
-//! server's archive. Nothing of another node is served: the credential names the node.
+//! `wal-get --remote` ask this agent, with the node's restore credential (read-only, apart from
+//! the wal-push one), for the plan of a restore, the files of a base backup set of that node,
+//! and WAL files of that node from this server's archive (any intake). Nothing of another node
+//! is served: the credential names the node.
 //!
 //! Protocol, one request per connection: one JSON line ([`RestoreRequest`], `op` = `plan`,
 //! `base` or `wal`), answered by one JSON line ([`RestoreAnswer`]); `outcome` = `data` is
@@ -24,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
-use super::server::authenticate;
+use super::{same_secret, sha256_hex};
 use crate::job::Ctx;
 
 /// The files of a base backup set a restore needs (the rest is the set's bookkeeping).
@@ -184,11 +185,10 @@ async fn answer(
             none,
         );
     }
-    let a = match authenticate(ctx, req.node_id, &req.token, peer, "restore") {
-        Ok(a) => a,
-        Err(no) => return (RestoreAnswer::no(&no.outcome, no.message), none),
+    let (node_id, lbl) = match authenticate(ctx, req.node_id, &req.token, peer).await {
+        Ok(x) => x,
+        Err(no) => return (no, none),
     };
-    let lbl = format!("{}:{}", a.node_fqdn, a.pgport);
     let catalog_err = |what: &str, e: pgbackman_db::DbError| {
         RestoreAnswer::no(
             "retry",
@@ -206,7 +206,7 @@ async fn answer(
                     "agent_remote_restore_plan",
                     ctx.catalog.agent_remote_restore_plan(
                         ctx.server_id,
-                        a.pgsql_node_id,
+                        node_id,
                         req.bck_id,
                         kind,
                         req.value.as_deref(),
@@ -249,7 +249,7 @@ async fn answer(
                 .within(
                     "agent_remote_restore_set",
                     ctx.catalog
-                        .agent_remote_restore_set(ctx.server_id, a.pgsql_node_id, bck),
+                        .agent_remote_restore_set(ctx.server_id, node_id, bck),
                 )
                 .await
             {
@@ -330,7 +330,7 @@ async fn answer(
                 .within(
                     "wal_get_lookup",
                     ctx.catalog
-                        .wal_get_lookup(ctx.server_id, a.pgsql_node_id, sysid, name),
+                        .wal_get_lookup(ctx.server_id, node_id, sysid, name),
                 )
                 .await;
             let w = match r {
@@ -372,6 +372,72 @@ async fn answer(
             none,
         ),
     }
+}
+
+/// The node and its label when `token` is the restore credential of its archive on this server
+/// (asked of the catalog: a restore needs it anyway). The wal-push credential does not serve:
+/// it writes WAL, this reads the node's data; a restore host never holds both.
+async fn authenticate(
+    ctx: &Arc<Ctx>,
+    node_id: i64,
+    token: &str,
+    peer: SocketAddr,
+) -> Result<(i64, String), RestoreAnswer> {
+    let r = ctx
+        .catalog
+        .within(
+            "agent_restore_credential",
+            ctx.catalog.agent_restore_credential(ctx.server_id, node_id),
+        )
+        .await;
+    let c = match r {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::warn!(
+                "restore request from {peer}: NodeID {node_id} has no WAL archive on this backup server"
+            );
+            return Err(RestoreAnswer::no(
+                "unauthorized",
+                format!(
+                    "NodeID {node_id} has no WAL archive on backup server {}: a restore reads the archive (register_wal_archive {} NODE)",
+                    ctx.agent_name, ctx.agent_name
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(RestoreAnswer::no(
+                "retry",
+                format!(
+                    "the backup server's agent could not ask the catalog for the credential of NodeID {node_id}: {e}"
+                ),
+            ));
+        }
+    };
+    let Some(hash) = c.sha256.as_deref() else {
+        return Err(RestoreAnswer::no(
+            "unauthorized",
+            format!(
+                "the WAL archive of PgSQL node {} has no restore credential yet: create_wal_push_credential {} NODE --restore --file PATH",
+                c.label, ctx.agent_name
+            ),
+        ));
+    };
+    if !same_secret(&sha256_hex(token.as_bytes()), hash) {
+        tracing::warn!(
+            node = node_id,
+            "restore request from {peer} for PgSQL node {}: not its restore credential, refused",
+            c.label
+        );
+        return Err(RestoreAnswer::no(
+            "unauthorized",
+            format!(
+                "the credential is not the current restore credential of PgSQL node {} (a wal-push credential does not serve restores; \
+                 make one with create_wal_push_credential {} NODE --restore --file PATH)",
+                c.label, ctx.agent_name
+            ),
+        ));
+    }
+    Ok((node_id, c.label))
 }
 
 /// A `data` answer once a serving slot is free (bounded: each transfer holds one buffer).

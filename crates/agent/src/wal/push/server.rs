@@ -203,7 +203,7 @@ async fn push<R: AsyncRead + Unpin>(
             ),
         );
     }
-    let a = match authenticate(ctx, req.node_id, &req.token, peer, "wal-push") {
+    let a = match authenticate(ctx, req.node_id, &req.token, peer) {
         Ok(a) => a,
         Err(no) => return no,
     };
@@ -300,16 +300,15 @@ async fn push<R: AsyncRead + Unpin>(
 }
 
 /// The archive of `node_id` when `token` is its current credential; else the answer to give.
-pub(super) fn authenticate(
+fn authenticate(
     ctx: &Ctx,
     node_id: i64,
     token: &str,
     peer: SocketAddr,
-    what: &str,
 ) -> Result<AgentWalArchive, Answer> {
     let Some(a) = archive_of(node_id) else {
         tracing::warn!(
-            "{what} from {peer}: NodeID {} has no push WAL archive on this backup server",
+            "wal-push from {peer}: NodeID {} has no push WAL archive on this backup server",
             node_id
         );
         return Err(Answer::no(
@@ -334,7 +333,7 @@ pub(super) fn authenticate(
     if !same_secret(&sha256_hex(token.as_bytes()), hash) {
         tracing::warn!(
             node = a.pgsql_node_id,
-            "{what} from {peer} for PgSQL node {lbl}: wrong credential, refused"
+            "wal-push from {peer} for PgSQL node {lbl}: wrong credential, refused"
         );
         return Err(Answer::no(
             "unauthorized",
