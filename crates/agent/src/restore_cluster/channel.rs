@@ -34,7 +34,7 @@ impl Channel {
         let cfg = WalPushClient::load(Some(config))?;
         let text = std::fs::read_to_string(&cfg.credential).with_context(|| {
             format!(
-                "reading the credential {} (`credential` of {}; the node's create_wal_push_credential file, readable by this user)",
+                "reading the credential {} (`credential` of {}; the file create_wal_push_credential --restore wrote, readable by this user)",
                 cfg.credential.display(),
                 config.display()
             )

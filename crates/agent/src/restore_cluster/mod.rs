@@ -1,6 +1,6 @@
 //! `pgbackman-agent restore-cluster` (issue 12): a base backup restored to a data directory on
 //! another host (PGCHAIN's restore-chain, pghoard_restore), everything fetched from the backup
-//! server's agent over its TLS wal-push channel with the node's credential (`channel`). The
+//! server's agent over its TLS wal-push channel with the node's restore credential (`channel`). The
 //! agent plans (`api.pitr_plan` through `api.agent_remote_restore_plan`); the set's files are
 //! downloaded into the data directory (checked against the catalog's SHA-256), extracted with
 //! `pgbackman_dump::pitr::extract` (members checked against `backup_manifest`, `backup_label`
@@ -28,6 +28,8 @@ use channel::{Channel, Reply};
 /// Beside the data directory's content while it is made (same file system: renamed up).
 const FETCH_DIR: &str = ".pgbackman-fetch";
 const EXTRACT_DIR: &str = ".pgbackman-extract";
+/// The client config unless `--config` says otherwise (same keys as wal-push's).
+pub const RESTORE_CONFIG: &str = "/etc/pgbackman/restore.toml";
 /// The plan `wal-get --remote` reads, in the data directory.
 pub const PLAN_FILE: &str = "pgbackman_wal_get.json";
 
@@ -35,7 +37,8 @@ pub const PLAN_FILE: &str = "pgbackman_wal_get.json";
 #[command(
     about = "Restore a base backup into a data directory on this host, with recovery to a point (run on the target host)",
     long_about = "Run on the host that gets the data directory (PGCHAIN's restore-chain, pghoard_restore), as the user \
-        PostgreSQL runs as. It asks the backup server's agent (the wal-push config: agent, ca, credential of the node) \
+        PostgreSQL runs as. It asks the backup server's agent (the config: agent, ca, and the node's restore credential from \
+        create_wal_push_credential --restore) \
         for the plan of the restore (the catalog's api.pitr_plan: the base backup, every WAL segment and history file \
         needed), downloads the base backup set over TLS (each file checked against the catalog's SHA-256), extracts it \
         into --pgdata (each member checked against backup_manifest, backup_label kept exactly), and writes \
@@ -45,16 +48,20 @@ pub const PLAN_FILE: &str = "pgbackman_wal_get.json";
         turned off in the restored cluster (archive_mode = off) unless --keep-archiving: a restored copy must not push \
         a new timeline into the node's archive. A non-empty --pgdata is refused unless --replace, and even then while \
         a server runs on it. Without --start it prints the command that starts recovery.",
-    after_help = "Examples:\n  \
-        pgbackman-agent restore-cluster --bck-id 42 --pgdata /var/lib/postgresql/15/main --target-time '2026-05-01 12:00:00+00' --config /etc/pgbackman/wal-push.toml\n  \
+    after_help = "Config file (default /etc/pgbackman/restore.toml, readable by this user):\n  \
+        agent = \"bs01.example.org:7433\"         # the agent's [agent.wal_push] listen\n  \
+        ca = \"/etc/pgbackman/wal-push-ca.pem\"   # CA of the agent's certificate\n  \
+        credential = \"/etc/pgbackman/restore.credential\"   # create_wal_push_credential SERVER NODE --restore --file F\n\n\
+        Examples:\n  \
+        pgbackman-agent restore-cluster --bck-id 42 --pgdata /var/lib/postgresql/15/main --target-time '2026-05-01 12:00:00+00' --config /etc/pgbackman/restore.toml\n  \
         pgbackman-agent restore-cluster --pgdata /srv/pg/restored --target-name before_upgrade --target-action promote --port 5433 --start\n  \
         pgbackman-agent restore-cluster --bck-id 42 --pgdata /var/lib/postgresql/15/main --immediate --replace"
 )]
 #[command(group(clap::ArgGroup::new("target").required(true)
     .args(["target_time", "target_lsn", "target_xid", "target_name", "immediate"])))]
 pub struct RestoreClusterArgs {
-    /// The wal-push client config naming the backup server's agent, its CA and the node's
-    /// credential (default /etc/pgbackman/wal-push.toml).
+    /// The client config naming the backup server's agent, its CA and the node's restore
+    /// credential, as wal-push's (default /etc/pgbackman/restore.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The base backup (BckID); default: the newest that reaches the target.
@@ -160,7 +167,7 @@ async fn run(a: &RestoreClusterArgs) -> Result<()> {
     let config = a
         .config
         .clone()
-        .unwrap_or_else(|| PathBuf::from(pgbackman_config::WAL_PUSH_CONFIG));
+        .unwrap_or_else(|| PathBuf::from(RESTORE_CONFIG));
     let config = std::path::absolute(&config)?;
     let pgdata = std::path::absolute(&a.pgdata)?;
     check_pgdata(&pgdata, a.replace)?;

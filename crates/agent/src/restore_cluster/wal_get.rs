@@ -1,6 +1,6 @@
 //! `pgbackman-agent wal-get --remote CONFIG --plan FILE %f %p`: the restore_command that
 //! `restore-cluster` writes on another host. It asks the backup server's agent for the file
-//! (over the wal-push channel, with the node's credential) and keeps the exit-code contract of
+//! (over the wal-push channel, with the node's restore credential) and keeps the exit-code contract of
 //! the local mode: 0 restored; 1 only when the agent says the catalog's ledger confirms the
 //! file is not in the archive; anything else (agent unreachable, damaged transfer, checksum or
 //! decompression failure, the catalog not answering) is retried, then exits 126 so that
