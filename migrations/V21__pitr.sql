@@ -60,3 +60,16 @@ create unique index clone_server_name_key on clone (backup_server_id, name) wher
 create unique index clone_server_port_key on clone (backup_server_id, port) where state not in ('DELETED', 'FAILED');
 create index clone_node_idx on clone (pgsql_node_id, registered desc);
 create index clone_server_idx on clone (backup_server_id, registered desc);
+
+-- stop_clone / start_clone / delete_clone: each a CLONE job of its own for the agent of the
+-- clone's server; this row says which clone and what to do (the restore job is clone.job_id).
+create table clone_op (
+    job_id              bigint primary key references job on delete cascade,
+    clone_id            bigint not null references clone,
+    op                  text not null check (op in ('stop', 'start', 'delete'))
+);
+create index clone_op_clone_idx on clone_op (clone_id);
+
+-- How many clones (not FAILED nor DELETED) a backup server may hold at once.
+insert into backup_server_default_config (parameter, value, description) values
+    ('max_clones', '5', 'How many clones (point-in-time restores into instances of their own) this backup server may hold at once; 0 = none');

@@ -329,6 +329,8 @@ begin
         return api.check_int('port', p_value, 1, 65535)::text;
     when 'max_concurrent_jobs' then
         return api.check_int(p_parameter, p_value, 1, 1000)::text;
+    when 'max_clones' then
+        return api.check_int(p_parameter, p_value, 0, 1000)::text;
     when 'backup_minutes_interval' then
         return api.check_hour_minute_range(p_parameter, p_value, 59);
     when 'backup_hours_interval' then

@@ -71,6 +71,14 @@ begin
         raise exception 'backup server % already has a clone named %', api.server_fqdn(v_server), v_name
             using errcode = '23505', hint = 'Give another name, or delete_clone the old one first (show_clones lists them).';
     end if;
+    if (select count(*) from public.clone c where c.backup_server_id = v_server and c.state not in ('DELETED', 'FAILED'))
+       >= api.server_config_value(v_server, 'max_clones')::integer then
+        raise exception 'backup server % holds % clone(s), its limit (max_clones)', api.server_fqdn(v_server),
+                        api.server_config_value(v_server, 'max_clones')
+            using errcode = '53400',
+                  hint = format('delete_clone the clones no longer needed (show_clones), or update_backup_server_config %s max_clones=N.',
+                                api.server_fqdn(v_server));
+    end if;
     if v_port is null then
         select p into v_port from generate_series(lower(api.clone_port_range()), upper(api.clone_port_range()) - 1) p
          where not exists (select 1 from public.clone c where c.backup_server_id = v_server and c.port = p
@@ -103,13 +111,62 @@ begin
     return (v_plan - 'wal' - 'history') || jsonb_build_object('clone_id', v_clone, 'job_id', v_job);
 end $$;
 
+-- stop_clone / start_clone / delete_clone CloneID: a CLONE job for the agent of the clone's
+-- server. A FAILED clone has nothing on disk: deleting it needs no job.
+create function api.clone_operation(p_clone bigint, p_op text)
+returns bigint language plpgsql as $$
+declare
+    c public.clone%rowtype;
+    v_job bigint;
+    v_open bigint;
+begin
+    perform api.check_choice('clone operation', p_op, array['stop', 'start', 'delete']);
+    select * into c from public.clone where clone_id = p_clone for update;
+    if not found or c.state = 'DELETED' then
+        raise exception 'clone % does not exist', p_clone
+            using errcode = 'P0002', hint = 'show_clones lists the clones.';
+    end if;
+    select j.job_id into v_open from public.job j
+     where j.state in ('QUEUED', 'RUNNING')
+       and (j.job_id = c.job_id or j.job_id in (select x.job_id from public.clone_op x where x.clone_id = p_clone))
+     limit 1;
+    if v_open is not null then
+        raise exception 'clone % (%) has job % still open', p_clone, c.name, v_open
+            using errcode = '55000', hint = format('Wait for it (show_jobs_queue), or cancel_job %s.', v_open);
+    end if;
+    if p_op = 'delete' and c.state = 'FAILED' then
+        update public.clone set state = 'DELETED', deleted = now() where clone_id = p_clone;
+        return null;
+    end if;
+    if (p_op = 'stop' and c.state <> 'RUNNING') or (p_op = 'start' and c.state <> 'STOPPED') then
+        raise exception 'clone % (%) is %: it cannot be %ed', p_clone, c.name, c.state,
+                        case p_op when 'stop' then 'stopp' else p_op end
+            using errcode = '55000', hint = 'stop_clone takes a RUNNING clone, start_clone a STOPPED one (show_clones).';
+    end if;
+    insert into public.job (kind, backup_server_id, pgsql_node_id, bck_id)
+    values ('CLONE', c.backup_server_id, c.pgsql_node_id, c.bck_id)
+    returning job_id into v_job;
+    insert into public.clone_op (job_id, clone_id, op) values (v_job, p_clone, p_op);
+    return v_job;
+end $$;
+
 -- The agent's view of a claimed CLONE job: the clone and a fresh plan for its target.
 create function api.agent_clone_job(p_server bigint, p_job_id bigint)
 returns jsonb language plpgsql as $$
 declare
     c public.clone%rowtype;
+    o public.clone_op%rowtype;
 begin
     perform api.acting_for(p_server);
+    select * into o from public.clone_op where job_id = p_job_id;
+    if found then
+        select * into c from public.clone where clone_id = o.clone_id and backup_server_id = p_server;
+        return jsonb_build_object('clone_id', c.clone_id, 'name', c.name, 'port', c.port, 'target', c.target,
+                                  'op', o.op, 'data_dir', c.data_dir,
+                                  'admin_user', (select n.admin_user from public.pgsql_node n where n.node_id = c.pgsql_node_id),
+                                  'node_major', (select split_part(bc.pgsql_node_release, '.', 1) from public.backup_catalog bc where bc.bck_id = c.bck_id),
+                                  'plan', jsonb_build_object('node_id', c.pgsql_node_id));
+    end if;
     select * into c from public.clone where job_id = p_job_id and backup_server_id = p_server;
     if not found then
         raise exception 'job % is not a clone restore of backup server %', p_job_id, api.server_fqdn(p_server)
@@ -155,6 +212,19 @@ begin
             using errcode = 'PB001', hint = 'Another attempt owns this job; the report is discarded.';
     end if;
     perform api.check_choice('execution status', v_status, array['SUCCEEDED', 'ERROR', 'CANCELLED']);
+    if exists (select 1 from public.clone_op where job_id = p_job_id) then
+        -- stop / start / delete: the state it left, nothing else.
+        select clone_id into v_clone from public.clone_op where job_id = p_job_id;
+        update public.clone set state = case when v_status = 'SUCCEEDED' then coalesce(p_result ->> 'clone_state', state) else state end,
+                                deleted = case when v_status = 'SUCCEEDED' and p_result ->> 'clone_state' = 'DELETED' then now() end,
+                                note = coalesce(p_result ->> 'note', note)
+         where clone_id = v_clone;
+        update public.job set state = case v_status when 'SUCCEEDED' then 'SUCCEEDED' when 'CANCELLED' then 'CANCELLED' else 'FAILED' end,
+                              finished_at = coalesce((p_result ->> 'finished')::timestamptz, now()),
+                              error_message = concat_ws(': ', p_result ->> 'error_step', p_result ->> 'error_message')
+         where job_id = p_job_id;
+        return v_clone;
+    end if;
     update public.clone set
         state = case when v_status = 'SUCCEEDED' then coalesce(p_result ->> 'clone_state', 'RUNNING') else 'FAILED' end,
         data_dir = coalesce(p_result ->> 'data_dir', data_dir),
@@ -228,16 +298,30 @@ begin
                               'codec', o.codec, 'stored_path', o.stored_path, 'end_lsn', o.end_lsn::text);
 end $$;
 
--- Clones whose job an agent was running when it died: what the next start must remove.
-create function api.agent_interrupted_clones(p_server bigint)
-returns table (clone_id bigint, job_id bigint, attempt integer, name text, data_dir text)
-language plpgsql stable as $$
+-- The agent's maintenance pass: a delete job for each clone of this server past its expiry
+-- (a FAILED one, with nothing on disk, is marked deleted at once). Returns how many.
+create function api.expire_clones(p_server bigint)
+returns integer language plpgsql as $$
+declare
+    c record;
+    v_job bigint;
+    v_n integer := 0;
 begin
     perform api.acting_for(p_server);
-    return query select c.clone_id, c.job_id, j.attempt, c.name, c.data_dir
-                   from public.clone c join public.job j on j.job_id = c.job_id
-                  where c.backup_server_id = p_server and c.state in ('QUEUED', 'RESTORING')
-                    and j.state in ('RUNNING', 'LOST');
+    update public.clone set state = 'DELETED', deleted = now(), note = 'expired'
+     where backup_server_id = p_server and state = 'FAILED' and expires_at <= now();
+    for c in select k.* from public.clone k
+              where k.backup_server_id = p_server and k.state in ('RUNNING', 'STOPPED') and k.expires_at <= now()
+                and not exists (select 1 from public.clone_op o join public.job j on j.job_id = o.job_id
+                                 where o.clone_id = k.clone_id and j.state in ('QUEUED', 'RUNNING'))
+              for update of k skip locked loop
+        insert into public.job (kind, backup_server_id, pgsql_node_id, bck_id)
+        values ('CLONE', c.backup_server_id, c.pgsql_node_id, c.bck_id)
+        returning job_id into v_job;
+        insert into public.clone_op (job_id, clone_id, op) values (v_job, c.clone_id, 'delete');
+        v_n := v_n + 1;
+    end loop;
+    return v_n;
 end $$;
 
 -- show_clones [--server S] [--node N]: clones not deleted, newest first.

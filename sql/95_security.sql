@@ -51,7 +51,7 @@ language sql immutable as $$
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
                        'retry_alerts',
                        -- clones (sql/89_clones.sql)
-                       'register_pitr_restore']),
+                       'register_pitr_restore', 'clone_operation']),
     -- pgbackman_admin (member of pgbackman_operator).
     ('admin', array['register_backup_server', 'update_backup_server', 'delete_backup_server',
                     'update_backup_server_config', 'update_backup_server_default_config',
@@ -88,7 +88,7 @@ language sql immutable as $$
                     'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
                     -- clones and wal-get (sql/89_clones.sql)
                     'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
-                    'agent_interrupted_clones',
+                    'expire_clones',
                     -- restores to another host (sql/89_pitr_remote.sql)
                     'agent_remote_restore_plan', 'agent_remote_restore_set', 'agent_restore_credential']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first

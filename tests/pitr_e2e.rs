@@ -90,7 +90,9 @@ fn clone(env: &Env, agent: &Agent, args: &str) -> (String, String, String) {
         .unwrap_or_else(|| panic!("no CloneID in {text}"));
     wait_for(
         env,
-        &format!("select state in ('RUNNING', 'STOPPED', 'FAILED') from clone where clone_id = {id}"),
+        &format!(
+            "select state in ('RUNNING', 'STOPPED', 'FAILED') from clone where clone_id = {id}"
+        ),
         "t",
         180,
         agent,
@@ -102,11 +104,29 @@ fn clone(env: &Env, agent: &Agent, args: &str) -> (String, String, String) {
     (f[0].into(), f[1].into(), f[2].into())
 }
 
+/// Pids of the processes whose command line holds every needle.
+fn pids_with(needles: &[&str]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if needles.iter().all(|n| cmd.contains(n)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 fn wait_archived(env: &Env, node: &TestCluster, agent: &Agent) {
     let lsn = psql(node, "select pg_switch_wal()");
     wait_for(
         env,
-        &format!("select coalesce(max(end_lsn) >= '{lsn}', false) from wal_object where kind = 'full'"),
+        &format!(
+            "select coalesce(max(end_lsn) >= '{lsn}', false) from wal_object where kind = 'full'"
+        ),
         "t",
         60,
         agent,
@@ -118,8 +138,9 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     let env = Env::new();
     env.register_backup_servers(&["bs1"]);
     let node = env.start_node("127.0.0.2", "n");
-    env.cmd("register_wal_archive bs1.example.org 127.0.0.2").ok();
-    let mut agent = Agent::configure(&env, "bs1.example.org", "");
+    env.cmd("register_wal_archive bs1.example.org 127.0.0.2")
+        .ok();
+    let mut agent = Agent::configure(&env, "bs1.example.org", "maintenance_seconds = 2");
     spawn_as_postgres(&mut agent);
     let _stop = StopClones(agent.backups().join("clones"));
     wait_until("the agent's slot streaming", 30, &[&agent], || {
@@ -158,7 +179,9 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let bck = run_now(&env, &agent, def);
     assert_eq!(
-        env.sql(&format!("select state from base_backup where bck_id = {bck}")),
+        env.sql(&format!(
+            "select state from base_backup where bck_id = {bck}"
+        )),
         "SUCCEEDED",
         "{}",
         agent.log()
@@ -167,9 +190,15 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     // After it (in a segment of its own): pgbench, 50 rows, a restore point, 50 rows, the time, then the mistake.
     psql(&node, "select pg_switch_wal()");
     pgbench(&["-t", "200", "-n"]);
-    psql(&node, "insert into orders select from generate_series(1, 50)");
+    psql(
+        &node,
+        "insert into orders select from generate_series(1, 50)",
+    );
     psql(&node, "select pg_create_restore_point('rp_150')");
-    psql(&node, "insert into orders select from generate_series(1, 50)");
+    psql(
+        &node,
+        "insert into orders select from generate_series(1, 50)",
+    );
     assert_eq!(psql(&node, "select count(*) from orders"), "200");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let before_drop = psql(&node, "select now()");
@@ -182,15 +211,13 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     let r = env.json(&format!(
         "show_restore_points 127.0.0.2 --time '{before_drop}'"
     ));
-    assert!(
-        r.to_string().contains(&format!("\"bckid\":{bck}")),
-        "{r}"
-    );
+    assert!(r.to_string().contains(&format!("\"bckid\":{bck}")), "{r}");
     let r = env.json(&format!(
         "show_restore_points 127.0.0.2 --time '{before_backup}'"
     ));
     assert!(
-        r.to_string().contains("before the end of the first base backup"),
+        r.to_string()
+            .contains("before the end of the first base backup"),
         "{r}"
     );
     let dry = env
@@ -198,11 +225,7 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
             "register_pitr_restore latest --node 127.0.0.2 --clone dry --target-time '{before_drop}' --dry-run"
         ))
         .ok();
-    assert!(
-        dry.stdout.contains("WAL segments"),
-        "{}",
-        dry.stdout
-    );
+    assert!(dry.stdout.contains("WAL segments"), "{}", dry.stdout);
     assert_eq!(env.sql("select count(*) from clone"), "0");
 
     // Refusals at planning: nothing is created.
@@ -219,14 +242,20 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
             format!("{bck} --clone \"x'; drop table clone; --\" --immediate"),
             "clone name",
         ),
-        (format!("{bck} --clone \"../../etc\" --immediate"), "clone name"),
+        (
+            format!("{bck} --clone \"../../etc\" --immediate"),
+            "clone name",
+        ),
         (format!("{bck} --clone \"é\" --immediate"), "clone name"),
     ] {
         env.cmd(&format!("register_pitr_restore {args}"))
             .fails_with(want);
     }
     assert_eq!(env.sql("select count(*) from clone"), "0");
-    assert_eq!(env.sql("select count(*) from job where kind = 'CLONE'"), "0");
+    assert_eq!(
+        env.sql("select count(*) from job where kind = 'CLONE'"),
+        "0"
+    );
 
     // The time just before the drop: the table with its 200 rows.
     let (state, port, err) = clone(
@@ -239,7 +268,14 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     assert_eq!(clone_sql(&dir, &port, "select count(*) from orders"), "200");
     let d = env.json("show_clone_details 1");
     let d = d.to_string();
-    for want in ["\"fetch\"", "\"extract\"", "\"recovery\"", "\"check\"", "promoted", "host="] {
+    for want in [
+        "\"fetch\"",
+        "\"extract\"",
+        "\"recovery\"",
+        "\"check\"",
+        "promoted",
+        "host=",
+    ] {
         assert!(d.contains(want), "{want} in {d}");
     }
 
@@ -251,9 +287,15 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     );
     assert_eq!(state, "RUNNING", "{err}\n{}", agent.log());
     let dir2 = agent.backups().join("clones/at-rp");
-    assert_eq!(clone_sql(&dir2, &port, "select count(*) from orders"), "150");
+    assert_eq!(
+        clone_sql(&dir2, &port, "select count(*) from orders"),
+        "150"
+    );
     assert_eq!(clone_sql(&dir2, &port, "select pg_is_in_recovery()"), "t");
-    assert_eq!(clone_sql(&dir2, &port, "select pg_get_wal_replay_pause_state()"), "paused");
+    assert_eq!(
+        clone_sql(&dir2, &port, "select pg_get_wal_replay_pause_state()"),
+        "paused"
+    );
     assert_eq!(clone_sql(&dir2, &port, "show archive_mode"), "off");
     assert_eq!(clone_sql(&dir2, &port, "show primary_conninfo"), "");
 
@@ -261,7 +303,62 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     let (state, port, err) = clone(&env, &agent, &format!("{bck} --clone base --immediate"));
     assert_eq!(state, "RUNNING", "{err}\n{}", agent.log());
     let dir3 = agent.backups().join("clones/base");
-    assert_eq!(clone_sql(&dir3, &port, "select count(*) from orders"), "100");
+    assert_eq!(
+        clone_sql(&dir3, &port, "select count(*) from orders"),
+        "100"
+    );
+
+    // Stopped, started again, deleted from the shell.
+    let id = env.sql("select clone_id from clone where name = 'base'");
+    let state = |id: &str| format!("select state from clone where clone_id = {id}");
+    env.cmd(&format!("stop_clone {id}")).ok();
+    wait_for(&env, &state(&id), "STOPPED", 60, &agent);
+    wait_until("clone base stopped", 15, &[&agent], || {
+        processes_with("pgbackman_clone_base").is_empty()
+    });
+    env.cmd(&format!("stop_clone {id}"))
+        .fails_with("it cannot be stopped");
+    env.cmd(&format!("start_clone {id}")).ok();
+    wait_for(&env, &state(&id), "RUNNING", 60, &agent);
+    assert_eq!(
+        clone_sql(&dir3, &port, "select count(*) from orders"),
+        "100"
+    );
+    env.cmd(&format!("delete_clone {id}")).ok();
+    wait_for(&env, &state(&id), "DELETED", 60, &agent);
+    assert!(!dir3.exists());
+    wait_until("clone base stopped", 15, &[&agent], || {
+        processes_with("pgbackman_clone_base").is_empty()
+    });
+
+    // The server's clone limit.
+    env.cmd("update_backup_server_config bs1.example.org max_clones=2")
+        .ok();
+    env.cmd(&format!(
+        "register_pitr_restore {bck} --clone third --immediate"
+    ))
+    .fails_with("holds 2 clone(s), its limit (max_clones)");
+    env.cmd("update_backup_server_config bs1.example.org max_clones=5")
+        .ok();
+
+    // A clone past its expiry is deleted by the maintenance pass.
+    let (state, _, err) = clone(
+        &env,
+        &agent,
+        &format!("{bck} --clone brief --immediate --expires '1 second'"),
+    );
+    assert_eq!(state, "RUNNING", "{err}");
+    wait_for(
+        &env,
+        "select state from clone where name = 'brief'",
+        "DELETED",
+        60,
+        &agent,
+    );
+    assert!(!agent.backups().join("clones/brief").exists());
+    wait_until("clone brief stopped", 15, &[&agent], || {
+        processes_with("pgbackman_clone_brief").is_empty()
+    });
 
     // A corrupt segment after the backup: wal-get exits 126, recovery stops, the job fails
     // naming the segment, and nothing of the clone is left.
@@ -280,12 +377,18 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     bytes[n / 2] ^= 0x5a;
     std::fs::write(&path, &bytes).unwrap();
     let end = &lsn_before_drop;
-    let (state, _, err) = clone(&env, &agent, &format!("{bck} --clone corrupt --target-lsn {end}"));
+    let (state, _, err) = clone(
+        &env,
+        &agent,
+        &format!("{bck} --clone corrupt --target-lsn {end}"),
+    );
     assert_eq!(state, "FAILED", "{err}");
     assert!(err.starts_with("recovery: "), "{err}");
     assert!(err.contains(&seg), "{seg} in {err}");
     assert!(!agent.backups().join("clones/corrupt").exists());
-    assert!(processes_with("pgbackman_clone_corrupt").is_empty());
+    wait_until("the failed clone's processes gone", 15, &[&agent], || {
+        processes_with("pgbackman_clone_corrupt").is_empty()
+    });
 
     // A hole (a segment the ledger lost) between the base backup and the target, with WAL
     // archived after it.
@@ -295,8 +398,65 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
         "delete from wal_object where kind = 'full' and stored_path = '{}'",
         path.display()
     ));
-    env.cmd(&format!("register_pitr_restore {bck} --clone holed --target-lsn {end}"))
-        .fails_with("falls in a hole");
-    assert_eq!(env.sql("select count(*) from clone where name = 'holed'"), "0");
+    env.cmd(&format!(
+        "register_pitr_restore {bck} --clone holed --target-lsn {end}"
+    ))
+    .fails_with("falls in a hole");
+    assert_eq!(
+        env.sql("select count(*) from clone where name = 'holed'"),
+        "0"
+    );
+    // An agent SIGKILLed mid-restore (its clone's recovery blocked in wal-get: the stored
+    // segment replaced by a FIFO nobody writes): the next start stops and removes the
+    // half-made clone, and its row says so.
+    let first = PathBuf::from(env.sql(&format!(
+        "select o.stored_path from wal_object o join base_backup b on b.pgsql_node_id = o.pgsql_node_id
+          where b.bck_id = {bck} and o.kind = 'full' and o.start_lsn <= b.start_lsn and o.end_lsn > b.start_lsn"
+    )));
+    let kept = std::fs::read(&first).unwrap();
+    std::fs::remove_file(&first).unwrap();
+    nix::unistd::mkfifo(&first, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let u = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    nix::unistd::chown(&first, Some(u.uid), Some(u.gid)).unwrap();
+    env.cmd(&format!(
+        "register_pitr_restore {bck} --clone killed --immediate"
+    ))
+    .ok();
+    wait_until("the clone blocked in wal-get", 60, &[&agent], || {
+        !pids_with(&["wal-get", "clones/killed"]).is_empty()
+    });
+    assert!(!processes_with("pgbackman_clone_killed").is_empty());
+    agent.sigkill();
+    assert!(
+        !processes_with("pgbackman_clone_killed").is_empty(),
+        "the half-made clone runs on after the agent's death"
+    );
+    spawn_as_postgres(&mut agent);
+    wait_for(
+        &env,
+        "select state from clone where name = 'killed'",
+        "FAILED",
+        60,
+        &agent,
+    );
+    let err =
+        env.sql("select error_step || ': ' || error_message from clone where name = 'killed'");
+    assert!(
+        err.starts_with("agent: agent stopped during the restore"),
+        "{err}"
+    );
+    assert!(!agent.backups().join("clones/killed").exists());
+    wait_until("the half-made clone stopped", 30, &[&agent], || {
+        processes_with("pgbackman_clone_killed").is_empty()
+    });
+    for pid in pids_with(&["wal-get", "clones/killed"]) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    std::fs::remove_file(&first).unwrap();
+    std::fs::write(&first, kept).unwrap();
+
     drop(node);
 }

@@ -84,7 +84,11 @@ fn wal_get_exit_codes() {
     assert!(err.contains("attempt 3 of 3"), "{err}");
     assert!(err.contains("000000010000000000000003"), "{err}");
     assert!(!dest.exists());
-    assert_eq!(std::fs::read_dir(&pg_wal).unwrap().count(), 0, "no temporary file left");
+    assert_eq!(
+        std::fs::read_dir(&pg_wal).unwrap().count(),
+        0,
+        "no temporary file left"
+    );
 
     // Not in the plan and the catalog unreachable: never "not found" (126).
     env.catalog.stop();

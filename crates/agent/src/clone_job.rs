@@ -105,9 +105,17 @@ pub async fn run(
         cancel.clone(),
     )));
     let started = Utc::now();
-    tracing::info!(job_id, clone = %j.name, port = j.port, "clone restore started");
     let mut phases: Vec<(String, f64)> = Vec::new();
-    let r = execute(&ctx, job_id, attempt, &j, &cancel, &progress, &mut phases).await;
+    let r = match j.op.as_deref() {
+        Some(op) => {
+            tracing::info!(job_id, clone = %j.name, op, "clone operation started");
+            operate(&ctx, &j, op).await
+        }
+        None => {
+            tracing::info!(job_id, clone = %j.name, port = j.port, "clone restore started");
+            execute(&ctx, job_id, attempt, &j, &cancel, &progress, &mut phases).await
+        }
+    };
     drop(hb);
     let timings = crate::job::timings_json(&phases);
     let mut result = match r {
@@ -127,7 +135,9 @@ pub async fn run(
         "ERROR"
     };
     report(&ctx, job_id, attempt, result).await;
-    let _ = std::fs::remove_file(journal_dir(&ctx).join(format!("{}.json", j.clone_id)));
+    if j.op.is_none() {
+        let _ = std::fs::remove_file(journal_dir(&ctx).join(format!("{}.json", j.clone_id)));
+    }
     Done {
         job_id,
         node_id,
@@ -207,7 +217,9 @@ async fn execute(
     if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
         return Err(fail(
             "plan",
-            format!("port {port} is in use on this backup server; register the clone again with another --port"),
+            format!(
+                "port {port} is in use on this backup server; register the clone again with another --port"
+            ),
         ));
     }
     let dir = clones_dir(ctx).join(&j.name);
@@ -236,8 +248,16 @@ async fn execute(
                 serde_json::to_vec(&journal).unwrap_or_default(),
             )
         })
-        .map_err(|e| fail("fetch", format!("writing the journal in {}: {e}", jdir.display())))?;
-    let r = build(ctx, j, &dir, &bin_dir, &set_dir, port, cancel, progress, phases, t).await;
+        .map_err(|e| {
+            fail(
+                "fetch",
+                format!("writing the journal in {}: {e}", jdir.display()),
+            )
+        })?;
+    let r = build(
+        ctx, j, &dir, &bin_dir, &set_dir, port, cancel, progress, phases, t,
+    )
+    .await;
     if r.is_err() {
         recovery::stop_immediate(&bin_dir, &dir.join("data"));
         if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -312,7 +332,10 @@ async fn build(
         .map_err(|e| fail("recovery", format!("the agent's own path: {e}")))?;
     let mut restore_command = format!("{} wal-get", sh_quote(&exe.display().to_string()));
     if let Some(cfg) = &wg.config {
-        restore_command.push_str(&format!(" --config {}", sh_quote(&cfg.display().to_string())));
+        restore_command.push_str(&format!(
+            " --config {}",
+            sh_quote(&cfg.display().to_string())
+        ));
     }
     restore_command.push_str(&format!(
         " --plan {} %f %p",
@@ -365,6 +388,79 @@ async fn build(
         "size": size,
         "note": format!("{note}; {} files extracted, {} checked against backup_manifest", extracted.files, extracted.checked),
     }))
+}
+
+/// stop_clone (a fast shutdown), start_clone (started, and ready for connections again: a
+/// paused clone recovers to its target and pauses again), delete_clone (stopped at once and
+/// its directory removed).
+async fn operate(ctx: &Ctx, j: &CloneJob, op: &str) -> Result<Value, Failure> {
+    let bin_dir = bin_dir_for(ctx, j.node_major.as_deref())?;
+    let data = PathBuf::from(j.data_dir.clone().unwrap_or_default());
+    let dir = data.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Only a directory of this agent's clones is ever touched.
+    if data.as_os_str().is_empty() || dir != clones_dir(ctx).join(&j.name) {
+        return Err(fail(
+            op_step(op),
+            format!(
+                "clone {} has no directory under {}",
+                j.name,
+                clones_dir(ctx).display()
+            ),
+        ));
+    }
+    let port = u16::try_from(j.port).map_err(|_| fail("plan", format!("port {}", j.port)))?;
+    match op {
+        "stop" => {
+            let d = data.clone();
+            let b = bin_dir.clone();
+            tokio::task::spawn_blocking(move || recovery::stop_fast(&b, &d))
+                .await
+                .map_err(|e| fail("stop", e.to_string()))?
+                .map_err(|e| fail("stop", e))?;
+            Ok(json!({"execution_status": "SUCCEEDED", "clone_state": "STOPPED"}))
+        }
+        "start" => {
+            let spec = RecoverySpec {
+                data_dir: data.clone(),
+                socket_dir: dir.clone(),
+                log_file: dir.join("server.log"),
+                port,
+                bin_dir,
+                restore_command: String::new(),
+                target: Target::Immediate,
+                timeline: String::new(),
+                action: String::new(),
+                cluster_name: String::new(),
+                user: j.admin_user.clone(),
+            };
+            recovery::start(&spec).map_err(|e| fail("start", e.to_string()))?;
+            recovery::wait_ready(&spec, Duration::from_secs(600))
+                .await
+                .map_err(|e| fail("start", e.to_string()))?;
+            Ok(json!({"execution_status": "SUCCEEDED", "clone_state": "RUNNING"}))
+        }
+        "delete" => {
+            recovery::stop_immediate(&bin_dir, &data);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail("delete", format!("removing {}: {e}", dir.display()))),
+            }
+            Ok(
+                json!({"execution_status": "SUCCEEDED", "clone_state": "DELETED",
+                      "note": format!("deleted: {} removed", dir.display())}),
+            )
+        }
+        other => Err(fail("plan", format!("unknown clone operation {other}"))),
+    }
+}
+
+fn op_step(op: &str) -> &'static str {
+    match op {
+        "stop" => "stop",
+        "start" => "start",
+        _ => "delete",
+    }
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -420,7 +516,11 @@ pub async fn recover_interrupted(ctx: &Ctx) {
         if !removed {
             continue;
         }
-        tracing::warn!(job_id = j.job_id, "removed the half-made clone {} left by an agent stop", j.dir.display());
+        tracing::warn!(
+            job_id = j.job_id,
+            "removed the half-made clone {} left by an agent stop",
+            j.dir.display()
+        );
         let r = json!({"execution_status": "ERROR", "started": j.started.to_rfc3339(),
             "finished": Utc::now().to_rfc3339(), "error_step": "agent",
             "error_message": format!("agent stopped during the restore; the half-made clone in {} was stopped and removed at its next start", j.dir.display())});

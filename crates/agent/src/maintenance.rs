@@ -124,6 +124,15 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     let r = retention::enforce(ctx, &roots, stop).await?;
     // After the sets: a base backup retention just deleted no longer holds its WAL.
     let w = crate::wal_retention::enforce(ctx, &roots, stop).await?;
+    // Clones past their expiry (issue 12): a delete job each, run like any other job.
+    match ctx
+        .db("expire_clones", ctx.catalog.expire_clones(ctx.server_id))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(clones = n, "expired clones queued for deletion"),
+        Err(e) => tracing::warn!("expiring clones: {e}"),
+    }
     let alerts = ctx
         .db(
             "purge_sent_alerts",

@@ -14,7 +14,13 @@ use crate::session::Session;
 pub fn handles(name: &str) -> bool {
     matches!(
         name,
-        "show_restore_points" | "register_pitr_restore" | "show_clones" | "show_clone_details"
+        "show_restore_points"
+            | "register_pitr_restore"
+            | "show_clones"
+            | "show_clone_details"
+            | "stop_clone"
+            | "start_clone"
+            | "delete_clone"
     )
 }
 
@@ -29,10 +35,9 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         }
         "show_clone_details" => {
             let id = s.required(inv, "clone", None)?;
-            let id: i64 = id
-                .trim()
-                .parse()
-                .with_context(|| format!("CloneID \"{id}\" is not a number (show_clones lists them)"))?;
+            let id: i64 = id.trim().parse().with_context(|| {
+                format!("CloneID \"{id}\" is not a number (show_clones lists them)")
+            })?;
             let rows = s.catalog.show_clone_details(id).await?;
             if rows.is_empty() {
                 bail!("clone {id} does not exist\nHINT: show_clones lists the clones");
@@ -42,8 +47,43 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
                 rows,
             })
         }
+        "stop_clone" => operation(s, inv, "stop").await,
+        "start_clone" => operation(s, inv, "start").await,
+        "delete_clone" => operation(s, inv, "delete").await,
         other => bail!("{other} is not a point-in-time recovery command"),
     }
+}
+
+fn clone_id(v: &str) -> Result<i64> {
+    v.trim()
+        .parse()
+        .with_context(|| format!("CloneID \"{v}\" is not a number (show_clones lists them)"))
+}
+
+async fn operation(s: &mut Session, inv: &Invocation, op: &str) -> Result<Output> {
+    let id = clone_id(&s.required(inv, "clone", None)?)?;
+    let Some((name, server)) = s.catalog.clone_label(id).await? else {
+        bail!("clone {id} does not exist\nHINT: show_clones lists the clones");
+    };
+    if op == "delete" {
+        s.confirm(&format!(
+            "Delete clone {name} (CloneID {id}) on {server}? Its server is stopped at once and its data directory removed."
+        ))?;
+    }
+    let job = s.catalog.clone_operation(&s.audit(), id, op).await?;
+    Ok(Output::Done(vec![match job {
+        None => format!(
+            "clone {name} (CloneID {id}) is deleted: it had failed, nothing of it was on disk."
+        ),
+        Some(job) => format!(
+            "JobID {job} queued: the agent of {server} {} clone {name} (CloneID {id}); show_clones follows it.",
+            match op {
+                "stop" => "stops",
+                "start" => "starts",
+                _ => "stops and removes",
+            }
+        ),
+    }]))
 }
 
 async fn restore_points(s: &mut Session, inv: &Invocation) -> Result<Output> {
@@ -55,10 +95,7 @@ async fn restore_points(s: &mut Session, inv: &Invocation) -> Result<Output> {
         (None, None) => None,
     };
     match point {
-        None => list(
-            "restore_points",
-            s.catalog.show_restore_points(&node).await,
-        ),
+        None => list("restore_points", s.catalog.show_restore_points(&node).await),
         Some((kind, value)) => Ok(Output::Report {
             kind: "restore_point",
             rows: s.catalog.check_restore_point(&node, kind, value).await?,

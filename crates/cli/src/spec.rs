@@ -742,21 +742,39 @@ pub static COMMANDS: &[Cmd] = &[
                 Otherwise a CLONE job is queued for the agent; show_clone_details follows it.",
         args: &[
             pos("bck", "BckID | latest"),
-            opt("clone", "Clone name (a-z, 0-9, - and _, starting with a letter; at most 40)"),
-            opt("port", "Port of the clone (default: the first free from 55432)"),
+            opt(
+                "clone",
+                "Clone name (a-z, 0-9, - and _, starting with a letter; at most 40)",
+            ),
+            opt(
+                "port",
+                "Port of the clone (default: the first free from 55432)",
+            ),
             opt("node", "NodeID | FQDN (with latest)"),
             opt("target-time", "Recover to this time"),
             opt("target-lsn", "Recover to this LSN"),
             opt("target-xid", "Recover to this transaction id"),
-            opt("target-name", "Recover to this restore point (pg_create_restore_point)"),
+            opt(
+                "target-name",
+                "Recover to this restore point (pg_create_restore_point)",
+            ),
             Arg {
                 name: "immediate",
                 label: "Recover only to the base backup's consistent point",
                 kind: Kind::Flag,
             },
-            opt("timeline", "Timeline: latest, current or a number (default latest)"),
-            opt("target-action", "After the target: promote, pause or shutdown (default promote)"),
-            opt("expires", "Delete the clone after this interval (e.g. '2 days')"),
+            opt(
+                "timeline",
+                "Timeline: latest, current or a number (default latest)",
+            ),
+            opt(
+                "target-action",
+                "After the target: promote, pause or shutdown (default promote)",
+            ),
+            opt(
+                "expires",
+                "Delete the clone after this interval (e.g. '2 days')",
+            ),
             Arg {
                 name: "dry-run",
                 label: "Print the plan and change nothing",
@@ -785,6 +803,29 @@ pub static COMMANDS: &[Cmd] = &[
                 the error and the clone's log tail when it failed.",
         args: &[pos("clone", "CloneID")],
         examples: &["show_clone_details 3"],
+    },
+    Cmd {
+        name: "stop_clone",
+        group: RESTORES,
+        about: "Stop a RUNNING clone (a fast shutdown by the agent of its backup server); its data directory stays and \
+                start_clone starts it again.",
+        args: &[pos("clone", "CloneID")],
+        examples: &["stop_clone 3"],
+    },
+    Cmd {
+        name: "start_clone",
+        group: RESTORES,
+        about: "Start a STOPPED clone again (a clone left paused at its target recovers to it and pauses again).",
+        args: &[pos("clone", "CloneID")],
+        examples: &["start_clone 3"],
+    },
+    Cmd {
+        name: "delete_clone",
+        group: RESTORES,
+        about: "Delete a clone: the agent of its backup server stops its server at once and removes its directory. \
+                Asks first in the shell (-C does not ask).",
+        args: &[pos("clone", "CloneID")],
+        examples: &["delete_clone 3"],
     },
     Cmd {
         name: "register_wal_archive",

@@ -56,17 +56,13 @@ pub struct CloneJob {
     pub admin_user: String,
     /// The major of the node when the base backup was taken ("15").
     pub node_major: Option<String>,
-    /// `api.pitr_plan`'s answer (with `wal` and `history`).
+    /// `api.pitr_plan`'s answer (with `wal` and `history`); for an operation, the node only.
     pub plan: Value,
-}
-
-/// A clone an agent was restoring when it died.
-#[derive(Debug, Clone)]
-pub struct InterruptedClone {
-    pub clone_id: i64,
-    pub job_id: i64,
-    pub attempt: i32,
-    pub name: String,
+    /// stop, start or delete (stop_clone, start_clone, delete_clone); None: the restore.
+    #[serde(default)]
+    pub op: Option<String>,
+    /// Where the clone is (operations).
+    #[serde(default)]
     pub data_dir: Option<String>,
 }
 
@@ -164,19 +160,49 @@ impl Catalog {
         .await
     }
 
+    /// `stop_clone`, `start_clone`, `delete_clone`: the job queued (None: a FAILED clone,
+    /// deleted at once).
+    pub async fn clone_operation(
+        &self,
+        audit: &Audit,
+        clone_id: i64,
+        op: &str,
+    ) -> Result<Option<i64>, DbError> {
+        self.mutate(audit, async |tx: &Transaction<'_>| {
+            Ok(tx
+                .query_one("select api.clone_operation($1, $2)", &[&clone_id, &op])
+                .await?
+                .get(0))
+        })
+        .await
+    }
+
+    /// The clone's name and backup server, for the shell's question and answer.
+    pub async fn clone_label(&self, clone_id: i64) -> Result<Option<(String, String)>, DbError> {
+        let c = self.client().await?;
+        Ok(c.query_opt(
+            "select c.name, s.fqdn from public.clone c join public.backup_server s on s.server_id = c.backup_server_id
+              where c.clone_id = $1 and c.state <> 'DELETED'",
+            &[&clone_id],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+    }
+
     // ---- the agent --------------------------------------------------------------------------
 
     /// The clone and a fresh plan of a claimed CLONE job.
     pub async fn agent_clone_job(&self, server_id: i64, job_id: i64) -> Result<CloneJob, DbError> {
         let c = self.client().await?;
         let v: Value = c
-            .query_one(
-                "select api.agent_clone_job($1, $2)",
-                &[&server_id, &job_id],
-            )
+            .query_one("select api.agent_clone_job($1, $2)", &[&server_id, &job_id])
             .await?
             .get(0);
-        serde_json::from_value(v).map_err(|e| DbError::Invalid(format!("agent_clone_job answered what this agent cannot read: {e}")))
+        serde_json::from_value(v).map_err(|e| {
+            DbError::Invalid(format!(
+                "agent_clone_job answered what this agent cannot read: {e}"
+            ))
+        })
     }
 
     /// The agent works in `data_dir` from now on.
@@ -211,26 +237,12 @@ impl Catalog {
         .get(0))
     }
 
-    /// Clones whose job this server's agent was running when it died.
-    pub async fn agent_interrupted_clones(
-        &self,
-        server_id: i64,
-    ) -> Result<Vec<InterruptedClone>, DbError> {
+    /// Maintenance: delete jobs for this server's clones past their expiry; how many.
+    pub async fn expire_clones(&self, server_id: i64) -> Result<i32, DbError> {
         let c = self.client().await?;
-        Ok(c.query(
-            "select clone_id, job_id, attempt, name, data_dir from api.agent_interrupted_clones($1)",
-            &[&server_id],
-        )
-        .await?
-        .iter()
-        .map(|r| InterruptedClone {
-            clone_id: r.get(0),
-            job_id: r.get(1),
-            attempt: r.get(2),
-            name: r.get(3),
-            data_dir: r.get(4),
-        })
-        .collect())
+        Ok(c.query_one("select api.expire_clones($1)", &[&server_id])
+            .await?
+            .get(0))
     }
 
     /// wal-get: the ledger's object of this copy under `name`, or None when the archive has
@@ -250,9 +262,11 @@ impl Catalog {
             )
             .await?
             .get(0);
-        v.map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| DbError::Invalid(format!("wal_get_lookup answered what this agent cannot read: {e}")))
+        v.map(serde_json::from_value).transpose().map_err(|e| {
+            DbError::Invalid(format!(
+                "wal_get_lookup answered what this agent cannot read: {e}"
+            ))
+        })
     }
 }
 

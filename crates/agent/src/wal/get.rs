@@ -107,7 +107,10 @@ pub fn main(a: &WalGetArgs) -> ExitCode {
             }
             Err(e) => {
                 last = format!("{e:#}");
-                say(format!("attempt {attempt} of {ATTEMPTS} for {}: {last}", a.file));
+                say(format!(
+                    "attempt {attempt} of {ATTEMPTS} for {}: {last}",
+                    a.file
+                ));
                 if attempt < ATTEMPTS {
                     std::thread::sleep(PAUSE * attempt);
                 }
@@ -134,7 +137,10 @@ fn read_plan(path: &Path) -> Result<WalGetPlan> {
 
 /// A name PostgreSQL asks for: a segment or a history file, nothing with a path in it.
 fn is_wal_name(name: &str) -> bool {
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase());
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
+    };
     (name.len() == 24 && hex(name))
         || (name.len() == 16 && name.ends_with(".history") && hex(&name[..8]))
 }
@@ -164,19 +170,12 @@ async fn once(a: &WalGetArgs, plan: &WalGetPlan) -> Result<Found> {
 async fn lookup(a: &WalGetArgs, plan: &WalGetPlan) -> Result<Option<PlannedWal>> {
     let config = a.config.clone().or_else(|| plan.config.clone());
     let file = pgbackman_config::load_agent(config.as_deref())?;
-    let (conninfo, _) = pgbackman_config::catalog_conninfo(
-        None,
-        std::env::var("PGBACKMAN_CATALOG").ok(),
-        &file,
-    )?;
+    let (conninfo, _) =
+        pgbackman_config::catalog_conninfo(None, std::env::var("PGBACKMAN_CATALOG").ok(), &file)?;
     let cfg = pgbackman_config::resolve_env(&conninfo).context("the catalog connection string")?;
     let target = pgbackman_config::redacted(&cfg);
-    let catalog = Catalog::lazy_with_deadline(
-        cfg,
-        "pgbackman-agent wal-get",
-        &target,
-        CATALOG_DEADLINE,
-    )?;
+    let catalog =
+        Catalog::lazy_with_deadline(cfg, "pgbackman-agent wal-get", &target, CATALOG_DEADLINE)?;
     let r = catalog
         .within(
             "wal_get_lookup",

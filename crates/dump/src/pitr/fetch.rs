@@ -67,13 +67,15 @@ pub fn fetch_wal(wal: &PlannedWal, dest: &Path) -> Result<u64, FetchError> {
         source,
     })?;
     let mut reader: Box<dyn Read> = match wal.codec.as_str() {
-        "zstd" => Box::new(
-            zstd::stream::read::Decoder::new(f).map_err(|e| FetchError::Decode {
-                path: src.clone(),
-                codec: wal.codec.clone(),
-                reason: e.to_string(),
-            })?,
-        ),
+        "zstd" => {
+            Box::new(
+                zstd::stream::read::Decoder::new(f).map_err(|e| FetchError::Decode {
+                    path: src.clone(),
+                    codec: wal.codec.clone(),
+                    reason: e.to_string(),
+                })?,
+            )
+        }
         "none" => Box::new(BufReader::new(f)),
         other => {
             return Err(FetchError::Decode {
@@ -164,7 +166,11 @@ mod tests {
         fs::remove_file(&dest).unwrap();
 
         // Other content under the same ledger entry: refused, nothing at %p, no temporary left.
-        fs::write(&w.stored_path, zstd::encode_all(&[8u8; 300_000][..], 3).unwrap()).unwrap();
+        fs::write(
+            &w.stored_path,
+            zstd::encode_all(&[8u8; 300_000][..], 3).unwrap(),
+        )
+        .unwrap();
         let e = fetch_wal(&w, &dest).unwrap_err();
         assert!(matches!(e, FetchError::Mismatch { .. }), "{e}");
         assert!(e.to_string().contains("000000010000000000000003"), "{e}");
@@ -172,6 +178,10 @@ mod tests {
         fs::write(&w.stored_path, b"garbage").unwrap();
         let e = fetch_wal(&w, &dest).unwrap_err();
         assert!(matches!(e, FetchError::Decode { .. }), "{e}");
-        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "only the stored file is left");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "only the stored file is left"
+        );
     }
 }

@@ -163,7 +163,8 @@ pub fn write_settings(s: &RecoverySpec) -> std::io::Result<()> {
         ("recovery_target_timeline", s.timeline.clone()),
         ("recovery_target_action", s.action.clone()),
     ];
-    let mut conf = String::from("\n# pgbackman point-in-time restore (these win: they come last)\n");
+    let mut conf =
+        String::from("\n# pgbackman point-in-time restore (these win: they come last)\n");
     for (k, v) in settings {
         conf.push_str(&format!("{k} = {}\n", quote_setting(&v)));
     }
@@ -240,6 +241,50 @@ pub fn stop_immediate(bin_dir: &Path, data_dir: &Path) {
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+}
+
+/// A fast shutdown (`pg_ctl stop -m fast -w`); nothing when no server runs.
+pub fn stop_fast(bin_dir: &Path, data_dir: &Path) -> Result<(), String> {
+    if postmaster_pid(data_dir).is_none() {
+        return Ok(());
+    }
+    let out = Command::new(bin_dir.join("pg_ctl"))
+        .arg("-D")
+        .arg(data_dir)
+        .args(["-m", "fast", "-w", "-t", "120", "stop"])
+        .stdin(Stdio::null())
+        .current_dir("/")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin_dir.join("pg_ctl").display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_ctl stop failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Waits until a started server answers (`start_clone`): running and accepting connections.
+pub async fn wait_ready(s: &RecoverySpec, deadline: Duration) -> Result<(), RecoveryError> {
+    let until = Instant::now() + deadline;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    loop {
+        if pgbackman_db::pitr::clone_recovery(&s.socket_dir, s.port, &s.user)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if postmaster_pid(&s.data_dir).is_none() || Instant::now() >= until {
+            return Err(RecoveryError {
+                message: "the clone's server did not come up".into(),
+                log_tail: log_tail(&s.log_file, 30),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -321,10 +366,11 @@ pub async fn wait(
                     .then(|| log_line(&s.log_file, "selected new timeline ID:"))
                     .flatten()
                     .and_then(|l| l.rsplit(':').next()?.trim().parse().ok());
+                // Read again: the line was written before the state the query saw.
                 return Ok(Reached {
                     state: if r.in_recovery { "paused" } else { "promoted" }.into(),
                     read: Some(r),
-                    stop_line,
+                    stop_line: log_line(&s.log_file, "recovery stopping"),
                     new_timeline,
                 });
             }
