@@ -212,6 +212,12 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
         "show_restore_points 127.0.0.2 --time '{before_drop}'"
     ));
     assert!(r.to_string().contains(&format!("\"bckid\":{bck}")), "{r}");
+    let r = env.json("show_restore_points 127.0.0.2");
+    assert_eq!(r["restore_points"][0]["bckid"], bck, "{r}");
+    let r = env.json(&format!(
+        "show_restore_points 127.0.0.2 --lsn {lsn_before_drop}"
+    ));
+    assert!(r.to_string().contains("\"restorable\":\"yes\""), "{r}");
     let r = env.json(&format!(
         "show_restore_points 127.0.0.2 --time '{before_backup}'"
     ));
@@ -266,6 +272,10 @@ fn clones_restore_to_a_time_a_name_and_the_backup_and_refuse_what_they_cannot() 
     assert_eq!(state, "RUNNING", "{err}\n{}", agent.log());
     let dir = agent.backups().join("clones/before-drop");
     assert_eq!(clone_sql(&dir, &port, "select count(*) from orders"), "200");
+    eprintln!(
+        "phases of clone before-drop (s): {}",
+        env.sql("select phase_timings from clone where name = 'before-drop'")
+    );
     let d = env.json("show_clone_details 1");
     let d = d.to_string();
     for want in [
