@@ -74,6 +74,7 @@ language sql immutable as $$
                     'import_backup_catalog', 'import_backup_catalog_rows',
                     -- WAL archives (sql/85_wal.sql)
                     'register_wal_archive', 'delete_wal_archive', 'set_wal_push_credential',
+                    'set_restore_credential',
                     'set_base_backup_options',
                     -- repositories (sql/87_repositories.sql)
                     'register_repository', 'update_repository', 'delete_repository',
@@ -101,7 +102,9 @@ language sql immutable as $$
                     'restore_identity_files',
                     -- clones and wal-get (sql/89_clones.sql)
                     'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
-                    'expire_clones']),
+                    'expire_clones',
+                    -- restores to another host (sql/89_pitr_remote.sql)
+                    'agent_remote_restore_plan', 'agent_remote_restore_set', 'agent_restore_credential']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of

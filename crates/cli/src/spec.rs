@@ -875,7 +875,9 @@ pub static COMMANDS: &[Cmd] = &[
         about: "Make the credential of a push WAL archive (register_wal_archive ... --intake push): a random token \
                 written to --file (mode 0600, never shown) for the node host, whose \
                 `pgbackman-agent wal-push` presents it to the backup server's agent over TLS. The catalog keeps \
-                only its SHA-256. Run again to rotate it (asks first: the old file stops working at once).",
+                only its SHA-256. Run again to rotate it (asks first: the old file stops working at once). With \
+                --restore: the node's restore credential instead, for `pgbackman-agent restore-cluster` on another \
+                host (it reads the node's base backups and WAL from this server, never pushes; any intake).",
         args: &[
             pos("server", "SrvID | FQDN"),
             pos("node", "NodeID | FQDN"),
@@ -883,9 +885,15 @@ pub static COMMANDS: &[Cmd] = &[
                 "file",
                 "Where to write the credential file (must not exist)",
             ),
+            Arg {
+                name: "restore",
+                label: "A restore credential instead (read-only: restore-cluster on another host; any intake)",
+                kind: Kind::Flag,
+            },
         ],
         examples: &[
             "create_wal_push_credential bs01.example.org pg02.example.org --file ./pg02-wal-push.credential",
+            "create_wal_push_credential bs01.example.org pg02.example.org --restore --file ./pg02-restore.credential",
         ],
     },
     Cmd {

@@ -18,6 +18,7 @@ pub mod migrate;
 pub mod monitoring;
 pub mod node;
 pub mod pitr;
+pub mod pitr_remote;
 pub mod reconcile;
 pub mod replication;
 pub mod repository;

@@ -83,6 +83,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ("89_clones.sql", include_str!("../../../sql/89_clones.sql")),
     ("89_pitr.sql", include_str!("../../../sql/89_pitr.sql")),
     (
+        "89_pitr_remote.sql",
+        include_str!("../../../sql/89_pitr_remote.sql"),
+    ),
+    (
         "89_wal_missing.sql",
         include_str!("../../../sql/89_wal_missing.sql"),
     ),
