@@ -158,6 +158,19 @@ run_zstd_pipe() { # prints "wall_seconds size_bytes"
 }
 
 agent_cpu() { sed -E 's/^.*\) //' "/proc/$AGENT_PID/stat" | awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($12 + $13) / t}'; }
+# CPU seconds of a process: its own (utime+stime, fields 12-13 after "pid (comm) ") and/or that of
+# its children it has reaped (cutime+cstime, 14-15). On a machine shared with other work the wall
+# time of a CPU-bound backup mostly says how busy the machine was; the CPU spent does not.
+cpu_of() { # pid, awk expression over $12..$15
+    sed -E 's/^.*\) //' "/proc/$1/stat" | awk -v t="$(getconf CLK_TCK)" "{printf \"%.2f\", ($2) / t}"
+}
+node_server_cpu() { cpu_of "$(head -1 "$WORK/node/postmaster.pid")" '$14 + $15'; } # reaped backends
+pgbackman_cpu() { # the agent with its reaped pg_dump, and the node's backends
+    awk -v a="$(cpu_of "$AGENT_PID" '$12 + $13 + $14 + $15')" -v b="$(node_server_cpu)" 'BEGIN{printf "%.2f", a + b}'
+}
+pipe_cpu() { # this shell's reaped children (pg_dump and zstd), and the node's backends
+    awk -v a="$(cpu_of $$ '$14 + $15')" -v b="$(node_server_cpu)" 'BEGIN{printf "%.2f", a + b}'
+}
 
 run_ceiling() { # prints "wall_seconds"
     local t0 t1
@@ -172,14 +185,16 @@ run_ceiling >/dev/null
 
 HAVE_ZSTD=0
 command -v zstd >/dev/null && HAVE_ZSTD=1
-A_WALL=() A_SIZE=() A_DUR=() A_CPU=() B_WALL=() B_SIZE=() C_WALL=() D_WALL=() D_SIZE=() BCK=
+A_WALL=() A_SIZE=() A_DUR=() A_CPU=() A_ALL=() B_WALL=() B_SIZE=() C_WALL=() D_WALL=() D_SIZE=() D_ALL=() BCK=
+delta() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
 for i in $(seq "$REPS"); do
-    c0=$(agent_cpu)
+    c0=$(agent_cpu) t0=$(pgbackman_cpu)
     out=$(run_pgbackman)
     read -r w s BCK d <<<"$out"
-    c1=$(agent_cpu)
-    A_WALL+=("$w") A_SIZE+=("$s") A_DUR+=("$d") A_CPU+=("$(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b-a}')")
-    log "rep $i/$REPS pgbackman: ${w}s, $(mb "$s") MB (backup_catalog duration ${d}s, BckID $BCK, agent CPU ${A_CPU[-1]}s)"
+    sleep 0.5 # the run's backends exit and are reaped
+    c1=$(agent_cpu) t1=$(pgbackman_cpu)
+    A_WALL+=("$w") A_SIZE+=("$s") A_DUR+=("$d") A_CPU+=("$(delta "$c0" "$c1")") A_ALL+=("$(delta "$t0" "$t1")")
+    log "rep $i/$REPS pgbackman: ${w}s, $(mb "$s") MB (backup_catalog duration ${d}s, BckID $BCK, agent CPU ${A_CPU[-1]}s, with pg_dump and the node's backends ${A_ALL[-1]}s)"
     out=$(run_pgbackman_original "$i")
     read -r w s <<<"$out"
     B_WALL+=("$w") B_SIZE+=("$s")
@@ -188,10 +203,13 @@ for i in $(seq "$REPS"); do
     C_WALL+=("$w")
     log "rep $i/$REPS ceiling pg_dump -Fc -Z0 > /dev/null: ${w}s"
     if ((HAVE_ZSTD)); then
+        t0=$(pipe_cpu)
         out=$(run_zstd_pipe)
         read -r w s <<<"$out"
-        D_WALL+=("$w") D_SIZE+=("$s")
-        log "rep $i/$REPS reference pg_dump -Fc -Z0 | zstd -3 -T2: ${w}s, $(mb "$s") MB"
+        sleep 0.5
+        t1=$(pipe_cpu)
+        D_WALL+=("$w") D_SIZE+=("$s") D_ALL+=("$(delta "$t0" "$t1")")
+        log "rep $i/$REPS reference pg_dump -Fc -Z0 | zstd -3 -T2: ${w}s, $(mb "$s") MB, CPU with the node's backends ${D_ALL[-1]}s"
     fi
 done
 
@@ -222,6 +240,12 @@ if ((HAVE_ZSTD)); then
     printf '%-50s %10.2f %10s   %s\n' "reference: pg_dump -Fc -Z0 | zstd -3 -T2 > file" "$dm" "$(mb "$ds")" "${D_WALL[*]}"
 fi
 printf 'agent CPU per pgbackman backup (utime+stime): median %s s   runs: %s\n' "$acpu" "${A_CPU[*]}"
+printf 'CPU per backup with pg_dump and the node backends: pgbackman median %s s (runs: %s)\n' \
+    "$(printf '%s\n' "${A_ALL[@]}" | median)" "${A_ALL[*]}"
+if ((HAVE_ZSTD)); then
+    printf '                                                   pipeline  median %s s (runs: %s)\n' \
+        "$(printf '%s\n' "${D_ALL[@]}" | median)" "${D_ALL[*]}"
+fi
 echo
 printf 'wall  pgbackman / PgBackMan  = %s   (target <= 0.35)  %s\n' "$r1" "$(verdict "$r1" 0.35)"
 printf 'wall  pgbackman / ceiling    = %s   (target <= 1.30)  %s\n' "$r2" "$(verdict "$r2" 1.30)"
@@ -232,6 +256,8 @@ if ((HAVE_ZSTD)); then
     printf '      the same, median of the per-round ratios = %s   (rounds: %s)\n' \
         "$(for i in "${!A_WALL[@]}"; do ratio "${A_WALL[$i]}" "${D_WALL[$i]}"; echo; done | median)" \
         "$(for i in "${!A_WALL[@]}"; do printf '%s ' "$(ratio "${A_WALL[$i]}" "${D_WALL[$i]}")"; done)"
+    r5=$(ratio "$(printf '%s\n' "${A_ALL[@]}" | median)" "$(printf '%s\n' "${D_ALL[@]}" | median)")
+    printf 'CPU   pgbackman / (pg_dump | zstd -3 -T2) = %s   (no target: what a loaded machine does not blur)\n' "$r5"
 fi
 echo
 echo "phase timings of the last pgbackman run (BckID $BCK, from its manifest.json, seconds):"

@@ -348,12 +348,9 @@ begin
     when 'node_profile' then
         return api.check_choice(p_parameter, lower(btrim(p_value)), array['standard', 'managed']);
     when 'encryption' then
-        if api.check_bool(p_parameter, p_value) then
-            raise exception 'encryption=true is not supported yet: backups would be written in plain text'
-                using errcode = '0A000',
-                      hint = 'Keep encryption=false; encryption of backup sets comes with the object storage and encryption release.';
-        end if;
-        return 'false';
+        return api.check_encryption_value(p_value);   -- sql/35_encryption.sql
+    when 'encryption_key', 'encryption_escrow_key' then
+        return api.check_encryption_key_parameter(p_parameter, p_value);
     when 'autoregister', 'pause_recovery_on_standby' then
         return api.check_bool(p_parameter, p_value)::text;
     when 'max_recovery_pause' then

@@ -4,7 +4,10 @@ create function api.register_backup_definition(
     p_server text, p_node text, p_dbname text,
     p_minutes text, p_hours text, p_day_month text, p_month text, p_weekday text,
     p_code text, p_encryption boolean, p_retention_period text, p_retention_redundancy integer,
-    p_extra text, p_job_status text, p_remarks text)
+    p_extra text, p_job_status text, p_remarks text,
+    -- A key name (sql/35_encryption.sql): encryption to that key. NULL: p_encryption decides
+    -- (true: the server's encryption_key at run time), else the node's `encryption` value.
+    p_encryption_key text default null)
 returns bigint language plpgsql as $$
 declare
     v_server bigint := api.server_id(p_server);
@@ -13,11 +16,18 @@ declare
     v_dbname text := coalesce(p_dbname, '');
     v_id bigint;
     v_column text;
+    v_enc text := api.check_encryption_value(coalesce(p_encryption_key, p_encryption::text,
+                                                      api.node_config_value(v_node, 'encryption')));
+    v_key bigint := case when v_enc not in ('true', 'false') then api.encryption_key_id(v_enc) end;
 begin
-    if coalesce(p_encryption, api.node_config_value(v_node, 'encryption')::boolean) then
-        raise exception 'encryption=true is not supported yet: the backup would be written in plain text'
-            using errcode = '0A000',
-                  hint = 'Register the definition with encryption false; encryption of backup sets comes with the object storage and encryption release.';
+    if v_enc = 'true' and api.server_config_value(v_server, 'encryption_key') = '' then
+        raise exception 'encryption=true needs an encryption key on backup server %, and it has none', api.server_fqdn(v_server)
+            using errcode = '22023',
+                  hint = 'Name a key (encryption=KEYNAME), or give the server one: update_backup_server_config ' || api.server_fqdn(v_server) || ' encryption_key=KEYNAME (register_encryption_key first).';
+    end if;
+    if v_enc <> 'false' and v_code = 'BASEBACKUP' then
+        raise exception 'base backups are not encrypted yet'
+            using errcode = '0A000', hint = 'Register the BASEBACKUP definition with encryption=false; logical definitions (FULL, SCHEMA, DATA, CLUSTER, GLOBALS) can be encrypted.';
     end if;
     perform api.check_choice('backup code', v_code, array['FULL', 'SCHEMA', 'DATA', 'CLUSTER', 'GLOBALS', 'BASEBACKUP']);
     if v_code in ('CLUSTER', 'GLOBALS', 'BASEBACKUP') then
@@ -30,7 +40,7 @@ begin
         backup_server_id, pgsql_node_id, dbname,
         minutes_cron, hours_cron, day_month_cron, month_cron, weekday_cron,
         backup_code, encryption, retention_period, retention_redundancy,
-        extra_backup_parameters, job_status, remarks, compression_level)
+        extra_backup_parameters, job_status, remarks, compression_level, encryption_key_id)
     values (
         v_server, v_node, v_dbname,
         api.check_cron_field('minute', coalesce(nullif(btrim(p_minutes), ''), api.random_in_range(api.node_config_value(v_node, 'backup_minutes_interval')))),
@@ -39,7 +49,7 @@ begin
         api.check_cron_field('month', coalesce(nullif(btrim(p_month), ''), api.node_config_value(v_node, 'backup_month_cron'))),
         api.check_cron_field('day-of-week', coalesce(nullif(btrim(p_weekday), ''), api.node_config_value(v_node, 'backup_weekday_cron'))),
         v_code,
-        coalesce(p_encryption, api.node_config_value(v_node, 'encryption')::boolean),
+        v_enc <> 'false',
         api.check_interval('retention period', coalesce(nullif(btrim(p_retention_period), ''), api.node_config_value(v_node, 'retention_period'))),
         coalesce(p_retention_redundancy, api.node_config_value(v_node, 'retention_redundancy')::integer),
         coalesce(p_extra, api.node_config_value(v_node, 'extra_backup_parameters')),
@@ -47,7 +57,8 @@ begin
         coalesce(p_remarks, ''),
         -- A base backup's tar is mostly data pages: zstd 1 stays under pg_basebackup -z's gzip
         -- size at about half of level 3's CPU, which sets its wall time (bench/README.md).
-        case when v_code = 'BASEBACKUP' then 1 else 3 end)
+        case when v_code = 'BASEBACKUP' then 1 else 3 end,
+        v_key)
     returning def_id into v_id;
     return v_id;
 exception

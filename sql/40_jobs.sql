@@ -41,7 +41,9 @@ select d.def_id, d.backup_server_id, d.pgsql_node_id, n.fqdn as node_fqdn, n.pgp
        -- Where its sets go (V19): its own repository, else its server's primary, else NULL
        -- (the server's backup_dir).
        coalesce(d.repository_id, (select s.repository_id from public.backup_server s
-                                   where s.server_id = d.backup_server_id)) as repository_id
+                                   where s.server_id = d.backup_server_id)) as repository_id,
+       -- What its sets are encrypted to (sql/35_encryption.sql): NULL plain, [] no key (fails).
+       api.definition_recipients(d.def_id) as encryption_recipients
   from public.backup_definition d
   join public.pgsql_node n on n.node_id = d.pgsql_node_id;
 
@@ -186,7 +188,7 @@ begin
         execution_status, execution_method, error_step, error_exit_status, error_message, error_stderr_tail,
         role_list, pgsql_node_release, pg_dump_release, client_version, server_version, dump_format, compression,
         command, phase_timings, table_row_counts, verification_level, verification_state, verified_at,
-        verification_error, note, repository_id, object_prefix)
+        verification_error, note, repository_id, object_prefix, encrypted_with)
     values (
         p_job_id, v_job.def_id, v_job.snapshot_id, v_job.backup_server_id,
         coalesce(v_job.pgsql_node_id, v_def.pgsql_node_id, v_snap.pgsql_node_id),
@@ -210,7 +212,8 @@ begin
         coalesce(p_result ->> 'verification_state', 'UNVERIFIED'),
         case when (p_result ->> 'verification_level')::int > 0 then (p_result ->> 'finished')::timestamptz end,
         p_result ->> 'verification_error', p_result ->> 'note',
-        (p_result ->> 'repository_id')::bigint, p_result ->> 'object_prefix')
+        (p_result ->> 'repository_id')::bigint, p_result ->> 'object_prefix',
+        api.reported_encryption(p_result))
     returning bck_id into v_bck;
     perform api.after_backup_verification(v_bck);   -- sql/55_verify.sql: alert when levels 1/2 failed
     if coalesce(v_def.backup_code, '') = 'BASEBACKUP' and p_result ? 'base_backup' then

@@ -31,13 +31,8 @@ begin
             using errcode = '55000',
                   hint = 'Restore it by hand: psql -f its USERS and DBCONFIG files, then pg_restore -d DBNAME its dump directory; show_backup_details lists the files.';
     end if;
-    if v_bck.repository_id is not null then
-        raise exception 'BckID % is stored in repository % (%): pgbackman does not restore from a repository yet', p_bck_id,
-                        (select name from public.repository where repository_id = v_bck.repository_id), v_bck.object_prefix
-            using errcode = '0A000',
-                  hint = 'Fetch its objects into a directory (aws s3 cp --recursive, or the local path) and restore by hand: psql -f roles.sql, psql -v dbname=DB -f database.sql, zstd -dc dump.pgdump.zst | pg_restore -d DB.';
-    end if;
-    if v_bck.execution_status <> 'SUCCEEDED' or v_bck.backup_dir is null then
+    -- A set in a repository (V19) restores from its objects, read by the agent of its server.
+    if v_bck.execution_status <> 'SUCCEEDED' or (v_bck.backup_dir is null and v_bck.repository_id is null) then
         raise exception 'BckID % cannot be restored: its backup ended %', p_bck_id, v_bck.execution_status
             using errcode = '55000',
                   hint = format('Pick a SUCCEEDED backup of the same database: show_backup_catalog all all "%s" all SUCCEEDED.', v_bck.dbname);
@@ -118,7 +113,8 @@ returns table (job_id bigint, restore_def bigint, bck_id bigint, backup_code tex
                source_dbname text, role_list text[], roles_to_restore text[], target_node_id bigint,
                node_fqdn text, pgport integer, admin_user text, admin_dbname text, sslmode text,
                target_dbname text, renamed_dbname text, extra_restore_parameters text, restore_jobs integer,
-               decompression text, acknowledge_nonempty boolean, is_drill boolean, backup_pg_release text)
+               decompression text, acknowledge_nonempty boolean, is_drill boolean, backup_pg_release text,
+               repository_id bigint, object_prefix text)
 language plpgsql stable as $$
 begin
     perform api.acting_for_job(p_job_id);
@@ -126,7 +122,7 @@ begin
     select j.job_id, rd.restore_def, b.bck_id, b.backup_code, b.backup_dir, b.dbname, b.role_list, rd.roles_to_restore,
            n.node_id, n.fqdn, n.pgport, n.admin_user, n.admin_dbname, n.sslmode, rd.target_dbname, rd.renamed_dbname,
            rd.extra_restore_parameters, rd.restore_jobs, rd.decompression, rd.acknowledge_nonempty, rd.is_drill,
-           b.pg_dump_release
+           b.pg_dump_release, b.repository_id, b.object_prefix
       from public.job j
       join public.restore_definition rd on rd.restore_def = j.restore_def
       join public.backup_catalog b on b.bck_id = rd.bck_id

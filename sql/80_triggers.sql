@@ -34,6 +34,7 @@ create trigger audit after insert or update or delete on public.pgsql_node_defau
 create trigger audit after insert or update or delete on public.backup_definition for each row execute function api.audit_row();
 create trigger audit after insert or update or delete on public.snapshot_definition for each row execute function api.audit_row();
 create trigger audit after insert or update or delete on public.restore_definition for each row execute function api.audit_row();
+create trigger audit after insert or update or delete on public.encryption_key for each row execute function api.audit_row();
 
 -- Agents LISTEN on pgbackman_server_<SrvID>. The payload only names the table: notifications are
 -- hints (the tables are the truth), and identical payloads collapse within a transaction, so a

@@ -117,7 +117,8 @@ end $$;
 -- How many live sets a repository holds (rows of backup_catalog not yet forgotten).
 create function api.repository_sets(p_id bigint) returns bigint
 language sql stable as $$
-    select count(*) from public.backup_catalog where repository_id = p_id
+    select (select count(*) from public.backup_catalog where repository_id = p_id)
+         + (select count(*) from public.backup_copy where repository_id = p_id)
 $$;
 
 -- `update_repository REPO [--path P] [--endpoint URL] [--bucket B] [--prefix P] [--region R]
@@ -172,9 +173,10 @@ declare
     v_id bigint := api.repository_id(p_ref);
     v_name text := (select name from public.repository where repository_id = v_id);
     v_sets bigint := api.repository_sets(v_id);
-    v_servers text := (select string_agg(fqdn, ', ' order by fqdn) from public.backup_server where repository_id = v_id);
+    v_servers text := (select string_agg(fqdn, ', ' order by fqdn) from public.backup_server
+                        where v_id in (repository_id, copy_repository_id));
     v_defs text := (select string_agg(def_id::text, ', ' order by def_id) from public.backup_definition
-                     where repository_id = v_id and job_status <> 'DELETED');
+                     where v_id in (repository_id, copy_repository_id) and job_status <> 'DELETED');
 begin
     if v_sets > 0 then
         raise exception 'repository % still holds % backup sets', v_name, v_sets
@@ -184,11 +186,12 @@ begin
     if v_servers is not null or v_defs is not null then
         raise exception 'repository % is still in use', v_name
             using errcode = '23503',
-                  detail = concat_ws(' ', 'primary repository of backup servers ' || v_servers || '.',
+                  detail = concat_ws(' ', 'primary or copy repository of backup servers ' || v_servers || '.',
                                      'named by backup definitions (DefID) ' || v_defs || '.'),
-                  hint = 'Point them elsewhere first: set_primary_repository SERVER local, set_definition_repository DefID default.';
+                  hint = 'Point them elsewhere first: set_primary_repository SERVER local, set_definition_repository DefID default, set_copy_repository SERVER|DefID none.';
     end if;
     update public.backup_definition set repository_id = null where repository_id = v_id;
+    update public.backup_definition set copy_repository_id = null where copy_repository_id = v_id;
     delete from public.repository where repository_id = v_id;
     return v_id;
 end $$;
@@ -249,7 +252,14 @@ begin
                                union select d.repository_id from public.backup_definition d
                                       where d.backup_server_id = p_server and d.job_status <> 'DELETED'
                                union select c.repository_id from public.backup_catalog c
-                                      where c.backup_server_id = p_server)
+                                      where c.backup_server_id = p_server
+                               -- second copies (sql/87_repository_copies.sql)
+                               union select s.copy_repository_id from public.backup_server s where s.server_id = p_server
+                               union select d.copy_repository_id from public.backup_definition d
+                                      where d.backup_server_id = p_server and d.job_status <> 'DELETED'
+                               union select bc.repository_id from public.backup_copy bc
+                                 join public.backup_catalog c on c.bck_id = bc.bck_id
+                                where c.backup_server_id = p_server)
      order by r.repository_id;
 end $$;
 

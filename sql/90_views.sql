@@ -21,7 +21,10 @@ select d.def_id as "DefID", d.backup_server_id as "SrvID", s.fqdn as "Backup ser
        d.pgsql_node_id as "NodeID", n.fqdn as "PgSQL node", d.dbname as "DBname",
        concat_ws(' ', d.minutes_cron, d.hours_cron, d.day_month_cron, d.month_cron, d.weekday_cron) as "Schedule",
        api.agent_zone(d.backup_server_id) as "Time zone",
-       d.backup_code as "Code", d.encryption as "Encryption",
+       d.backup_code as "Code",
+       case when not d.encryption then 'false'
+            else coalesce((select k.name from public.encryption_key k where k.key_id = d.encryption_key_id),
+                          'true (server key)') end as "Encryption",
        d.retention_period::text || ' (' || d.retention_redundancy || ')' as "Retention",
        d.job_status as "Status", d.extra_backup_parameters as "Parameters",
        concat_ws(', ',
@@ -244,7 +247,7 @@ returns table ("BckID" bigint, "JobID" bigint, "DefID" bigint, "SnapshotID" bigi
                "Failed step" text, "Exit status" integer, "Error message" text, "Stderr tail" text, "Note" text,
                "Base backup state" text, "System identifier" text, "Timeline" bigint, "Start LSN" text,
                "Stop LSN" text, "Start time" timestamptz, "Stop time" timestamptz, "WAL" text, "Tablespaces" jsonb,
-               "Manifest check" text, "Missing WAL" text[])
+               "Manifest check" text, "Missing WAL" text[], "Encrypted with" text)
 language sql stable as $$
     select c.bck_id, c.job_id, c.def_id, c.snapshot_id, c.dbname, s.fqdn, n.fqdn, c.backup_code, c.execution_method,
            c.execution_status, c.registered, c.started, c.finished, c.duration::text, c.total_size, c.backup_dir,
@@ -263,7 +266,11 @@ language sql stable as $$
            case bb.wal_method when 'fetch' then 'included in the set (no WAL archive when it ran)'
                               when 'none' then 'from the WAL archive (ledger)' end,
            bb.tablespaces,
-           bb.manifest_state || coalesce(': ' || bb.manifest_detail, ''), nullif(bb.missing_wal, '{}')
+           bb.manifest_state || coalesce(': ' || bb.manifest_detail, ''), nullif(bb.missing_wal, '{}'),
+           -- sql/35_encryption.sql: the keys whose identities read the set (NULL: plain)
+           (select string_agg(coalesce(k.name, 'unknown key') || ' (' || f.fp || ')', ', ' order by f.ord)
+              from unnest(c.encrypted_with) with ordinality f(fp, ord)
+              left join public.encryption_key k on k.fingerprint = f.fp)
       from public.backup_catalog c
       left join public.base_backup bb on bb.bck_id = c.bck_id
       join public.backup_server s on s.server_id = c.backup_server_id

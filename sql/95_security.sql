@@ -29,6 +29,12 @@ language sql immutable as $$
                      'security_lists', 'privilege_of', 'wal_segno', 'wal_file_name', 'check_size',
                      -- repositories (sql/87_repositories.sql)
                      'repository_id', 'check_repository', 'repository_sets',
+                     'copy_repository_of',
+                     -- encryption keys (sql/35_encryption.sql)
+                     'encryption_fingerprint', 'encryption_key_id', 'check_encryption_value',
+                     'check_encryption_key_parameter', 'definition_recipients', 'reported_encryption',
+                     'recipients_of', 'snapshot_recipients',
+                     'sets_encrypted_with',
                      -- sql/25_agents.sql: what views and the shell read of agents
                      'agent_config', 'agent_not_seen_threshold', 'agent_state', 'agent_zone',
                      'schedule_in_zone', 'agent_warning', 'job_agent_warning',
@@ -54,6 +60,8 @@ language sql immutable as $$
     ('operator', array['run_backup_definition_now', 'register_snapshot_definition', 'cancel_job',
                        'register_restore_definition', 'queue_verifications', 'run_restore_drill',
                        'retry_alerts',
+                       -- register_restore_definition --identity (sql/35_encryption.sql)
+                       'set_restore_identity_files',
                        -- clones (sql/89_clones.sql)
                        'register_pitr_restore', 'clone_operation']),
     -- pgbackman_admin (member of pgbackman_operator).
@@ -70,10 +78,13 @@ language sql immutable as $$
                     'import_backup_catalog', 'import_backup_catalog_rows',
                     -- WAL archives (sql/85_wal.sql)
                     'register_wal_archive', 'delete_wal_archive', 'set_wal_push_credential',
+                    'set_restore_credential',
                     'set_base_backup_options',
                     -- repositories (sql/87_repositories.sql)
                     'register_repository', 'update_repository', 'delete_repository',
-                    'set_primary_repository', 'set_definition_repository']),
+                    'set_primary_repository', 'set_definition_repository', 'set_copy_repository',
+                    -- encryption keys (sql/35_encryption.sql)
+                    'register_encryption_key', 'delete_encryption_key', 'set_definition_encryption']),
     -- pgbackman_agent. Each starts with api.acting_for / api.acting_for_job (checked below)
     -- except those in 'agent_any_server'.
     ('agent', array['agent_server_id', 'record_scheduled_job', 'claim_jobs', 'heartbeat', 'report_backup',
@@ -89,13 +100,19 @@ language sql immutable as $$
                     'report_replication_sample', 'base_backup_missing_wal', 'job_wait_note',
                     'agent_repositories', 'wal_retention_mark', 'wal_retention_marked',
                     'wal_retention_forget', 'wal_retention_nodes', 'reconcile_wal_files',
+                    -- second repository copies (sql/87_repository_copies.sql)
+                    'agent_pending_copies', 'report_copy',
+                    -- sql/35_encryption.sql
+                    'restore_identity_files',
                     -- clones and wal-get (sql/89_clones.sql)
                     'agent_clone_job', 'clone_restoring', 'report_clone', 'wal_get_lookup',
                     -- physical restore drills (sql/90_drills.sql)
                     'physical_drill_plan',
                     -- clone lifecycle (sql/90_clone_lifecycle.sql)
                     'agent_live_clones', 'clone_started_again', 'report_clone_disk',
-                    'expire_clones']),
+                    'expire_clones',
+                    -- restores to another host (sql/89_pitr_remote.sql)
+                    'agent_remote_restore_plan', 'agent_remote_restore_set', 'agent_restore_credential']),
     -- pgbackman_agent, acting across servers by design: lost jobs (whoever notices first
     -- marks them), mailing outcomes (alerts are handed over between agents; fenced by the
     -- claim), and set directories matched against ids the agent gives (it reads nothing of
@@ -314,7 +331,7 @@ begin
                         public.pgsql_node, public.pgsql_node_config, public.pgsql_node_default_config,
                         public.backup_definition, public.snapshot_definition, public.restore_definition,
                         public.job, public.backup_catalog, public.reconciliation, public.catalog_info,
-                        public.wal_archive, public.repository,
+                        public.wal_archive, public.repository, public.backup_copy,
                         public.refinery_schema_history
            to pgbackman_agent;
         grant select on api.agent_definitions to pgbackman_agent;

@@ -2,7 +2,8 @@
 //! definitions registered through the shell, pg_basebackup run by the agent under pgbench load;
 //! a backup waits for its WAL in the ledger (receiver frozen with SIGSTOP: waiting_for_wal,
 //! then SUCCEEDED once it resumes), fails with an alert past its deadline, leaves nothing behind
-//! when the agent is SIGKILLed mid-backup; an extracted base backup with the WAL from the
+//! when the agent is SIGKILLed mid-backup, succeeds from the backup server's own archive when
+//! the catalog is frozen during its WAL wait; an extracted base backup with the WAL from the
 //! archive passes pg_verifybackup; a byte flipped in a stored set fails level 1.
 
 mod common;
@@ -12,6 +13,7 @@ use std::process::{Child, Command};
 
 use common::Env;
 use common::agent::*;
+use common::freeze::Frozen;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pgbackman_testkit::TestCluster;
@@ -269,6 +271,69 @@ fn a_base_backup_whose_wal_never_arrives_fails_with_an_alert() {
     ] {
         assert!(alert.contains(want), "{want:?} in {alert}");
     }
+}
+
+#[test]
+fn a_base_backup_whose_wal_wait_sees_the_catalog_frozen_succeeds_from_this_servers_archive() {
+    let env = Env::new();
+    let (_node, agent, def) = setup(&env, "127.0.0.2", "3 minutes");
+    // The WAL cannot arrive: the backup waits for it, and says so.
+    signal_receiver(&agent.backups(), Signal::SIGSTOP);
+    env.cmd(&format!("run_backup_definition_now {def}")).ok();
+    wait_for(
+        &env,
+        &format!(
+            "select count(*) from job where def_id = {def} and state = 'RUNNING' \
+                and wait_note like 'WAL of the base backup:%'"
+        ),
+        "1",
+        120,
+        &agent,
+    );
+    // Now the catalog answers nothing while the WAL arrives: only this server knows it is here.
+    let frozen = Frozen::freeze(&env.catalog);
+    signal_receiver(&agent.backups(), Signal::SIGCONT);
+    wait_until("the WAL found on the backup server", 120, &[&agent], || {
+        agent
+            .log()
+            .contains("WAL of the base backup: every segment is stored on this server")
+    });
+    drop(frozen);
+    // The spooled result reaches the catalog once it answers: SUCCEEDED, nothing missing, no
+    // alert; the WAL itself reaches the ledger from the pending objects.
+    wait_for(
+        &env,
+        &format!(
+            "select c.execution_status || '|' || b.state || '|' || cardinality(b.missing_wal) \
+               from backup_catalog c join base_backup b using (bck_id) where c.def_id = {def}"
+        ),
+        "SUCCEEDED|SUCCEEDED|0",
+        90,
+        &agent,
+    );
+    let bck: i64 = env
+        .sql(&format!(
+            "select bck_id from backup_catalog where def_id = {def}"
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(
+        env.sql(&format!("select count(*) from alert where bck_id = {bck}")),
+        "0"
+    );
+    wait_for(
+        &env,
+        &format!(
+            "select count(*) from base_backup b where b.bck_id = {bck} and exists \
+               (select 1 from wal_object o where o.pgsql_node_id = b.pgsql_node_id and o.kind = 'full' \
+                   and o.start_lsn <= b.stop_lsn and o.end_lsn > b.stop_lsn)"
+        ),
+        "1",
+        90,
+        &agent,
+    );
+    let t = tempfile::tempdir().unwrap();
+    pg_verifybackup(&env, bck, &t.path().join("restored"));
 }
 
 #[test]

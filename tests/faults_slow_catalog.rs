@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::agent::*;
+use common::freeze::Frozen;
 
 /// Definitions per agent: enough to show a fire lost or waiting, few enough for 2 cores.
 const DEFS: usize = 4;
@@ -325,59 +326,13 @@ fn a_lock_held_on_the_job_table_for_three_fire_minutes_loses_no_fire() {
     }
 }
 
-/// The catalog's postmaster and every process it started, stopped with SIGSTOP; SIGCONT when
-/// dropped (also when the test fails, so that the cluster can be stopped).
-struct Frozen(Vec<nix::unistd::Pid>);
-
-impl Frozen {
-    fn freeze(env: &common::Env) -> Frozen {
-        use nix::sys::signal::{Signal, kill};
-        let pm = env
-            .catalog
-            .cluster()
-            .postmaster_pid()
-            .expect("catalog postmaster");
-        let pm = nix::unistd::Pid::from_raw(pm);
-        // The postmaster first: once it is stopped it forks no new backend.
-        kill(pm, Signal::SIGSTOP).unwrap();
-        let mut pids = vec![pm];
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(pm.as_raw()) {
-                let p = nix::unistd::Pid::from_raw(pid);
-                if kill(p, Signal::SIGSTOP).is_ok() {
-                    pids.push(p);
-                }
-            }
-        }
-        assert!(pids.len() > 3, "the catalog's processes: {pids:?}");
-        Frozen(pids)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for p in self.0.iter().rev() {
-            let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGCONT);
-        }
-    }
-}
-
 #[test]
 fn a_frozen_catalog_for_three_fire_minutes_loses_no_fire() {
     let mut s = setup();
     let frozen = std::cell::RefCell::new(None);
     three_minutes_of(
         &mut s,
-        |env| *frozen.borrow_mut() = Some(Frozen::freeze(env)),
+        |env| *frozen.borrow_mut() = Some(Frozen::freeze(&env.catalog)),
         |_| drop(frozen.borrow_mut().take()),
     );
 }
@@ -419,7 +374,7 @@ fn sigterm_with_jobs_running_on_a_just_frozen_catalog_is_honoured_within_15_s() 
     wait_until("every pg_dump started", 30, &[&a], || {
         processes_with(&slow.path().display().to_string()).len() >= DEFS
     });
-    let frozen = Frozen::freeze(&f.env);
+    let frozen = Frozen::freeze(&f.env.catalog);
     let t = Instant::now();
     let status = a.sigterm();
     let stop = t.elapsed();

@@ -111,8 +111,8 @@ fn node_defaults_are_checked_like_definitions() {
         .fails_with("8 is out of range 0-7");
     env.cmd("update_pgsql_node_default_config backup_day_month_cron=32")
         .fails_with("32 is out of range 1-31");
-    env.cmd("update_pgsql_node_default_config encryption=true")
-        .fails_with("encryption=true is not supported yet");
+    env.cmd("update_pgsql_node_default_config encryption=nosuch")
+        .fails_with("neither true, false nor a registered encryption key");
     env.cmd("register_pgsql_node pg01 example.org 5432 postgres STOPPED x")
         .ok();
     env.cmd("update_pgsql_node_config pg01.example.org backup_month_cron=13")
@@ -151,7 +151,7 @@ fn encryption_client_major_and_the_node() {
     let reg =
         "register_backup_definition bs1.example.org 127.0.0.2 billing '' 30 2 '*' '*' '*' FULL";
     env.cmd(&format!("{reg} true '7 days' 1 '' ACTIVE x"))
-        .fails_with("encryption true is not supported yet");
+        .fails_with("needs an encryption key on backup server bs1.example.org");
     assert_eq!(count(&env, "backup_definition"), "0");
     let r = env
         .cmd(&format!(
@@ -186,7 +186,7 @@ fn encryption_client_major_and_the_node() {
     );
     // The flag is shown.
     let v = env.json("show_backup_definitions");
-    assert_eq!(v["backup_definitions"][0]["encryption"], json!(false));
+    assert_eq!(v["backup_definitions"][0]["encryption"], json!("false"));
     // `--jobs -3` is read as --jobs=-3 is: a value, refused as a value.
     let a = env.cmd("update_backup_definition 1 --jobs -3");
     let b = env.cmd("update_backup_definition 1 --jobs=-3");

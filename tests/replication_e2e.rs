@@ -9,6 +9,7 @@ mod common;
 
 use common::Env;
 use common::agent::*;
+use common::freeze::Frozen;
 use openmetrics_parser::PrometheusValue;
 use openmetrics_parser::prometheus::parse_prometheus;
 use pgbackman_testkit::{StallingProxy, Standby, TestCluster};
@@ -332,44 +333,6 @@ fn serve_metrics_once(env: &Env) -> String {
     let _ = child.kill();
     let _ = child.wait();
     out
-}
-
-/// The postmaster of `node` and every process it started, stopped with SIGSTOP; SIGCONT when
-/// dropped (also when the test fails).
-struct Frozen(Vec<nix::unistd::Pid>);
-
-impl Frozen {
-    fn freeze(node: &TestCluster) -> Frozen {
-        use nix::sys::signal::{Signal, kill};
-        let pm = nix::unistd::Pid::from_raw(node.cluster().postmaster_pid().expect("postmaster"));
-        kill(pm, Signal::SIGSTOP).unwrap();
-        let mut pids = vec![pm];
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(pm.as_raw()) {
-                let p = nix::unistd::Pid::from_raw(pid);
-                if kill(p, Signal::SIGSTOP).is_ok() {
-                    pids.push(p);
-                }
-            }
-        }
-        Frozen(pids)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for p in self.0.iter().rev() {
-            let _ = nix::sys::signal::kill(*p, nix::sys::signal::Signal::SIGCONT);
-        }
-    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! primary repository is a bucket of a real S3-compatible server (SeaweedFS), credentials from
 //! a file on the agent's host. The set is streamed there (nothing on the agent's disk), the
 //! catalog row says where (repository, object prefix) and its level-1 verification re-read the
-//! objects (and verify_backup does again: a flipped byte in the bucket fails it); the
+//! objects (and verify_backup does again, with level 2 from the bucket: a flipped byte in the
+//! bucket fails it); a restore and a restore drill read the set from the bucket; the
 //! credentials show up in no argv, log line, catalog row or shell output; the
 //! retention pass deletes the objects of the set the plan deletes and keeps the others.
 
@@ -152,14 +153,55 @@ fn backups_to_s3_verified_secret_free_and_retained() {
         );
     }
 
-    // verify_backup re-reads the objects (level 1); one flipped byte in the bucket fails it,
-    // naming the object.
+    // A restore from the bucket, through the shell and the agent: the objects streamed, nothing
+    // left in the staging area.
+    env.cmd(&format!(
+        "register_restore_definition now {first} 127.0.0.2 shop_copy \"\" --reuse-roles all"
+    ))
+    .ok();
+    wait_for(
+        &env,
+        "select execution_status from restore_catalog where restore_def = 1",
+        "SUCCEEDED",
+        120,
+        &agent,
+    );
+    assert_eq!(
+        node.psql(
+            "shop_copy",
+            "select count(*) || ' ' || max(name) from items"
+        ),
+        node.psql("shop", "select count(*) || ' ' || max(name) from items")
+    );
+    assert!(sets_on_disk(&agent.backups()).is_empty());
+    let staging = agent.backups().join("staging");
+    assert!(
+        std::fs::read_dir(&staging).map_or(true, |d| d.count() == 0),
+        "staging left: {staging:?}"
+    );
+
+    // verify_backup re-reads the objects (level 1) and lists the archive from the bucket
+    // (level 2); a restore drill restores from the bucket (level 3).
     env.cmd(&format!("verify_backup {first}")).ok();
     wait_for(&env, "select count(*) from verification", "1", 60, &agent);
     assert_eq!(
         env.sql("select kind || ' ' || level || ' ' || state from verification"),
-        "VERIFY 1 PASSED"
+        "VERIFY 2 PASSED"
     );
+    env.cmd("update_backup_server_config bs1.example.org drill_node=127.0.0.2")
+        .ok();
+    env.cmd(&format!("run_restore_drill {first}")).ok();
+    wait_for(&env, "select count(*) from verification", "2", 120, &agent);
+    assert_eq!(
+        env.sql(
+            "select kind || ' ' || level || ' ' || state from verification order by verification_id desc limit 1"
+        ),
+        "DRILL 3 PASSED",
+        "{}",
+        env.sql("select error_message from verification")
+    );
+
+    // One flipped byte in the bucket fails level 1, naming the object.
     let dump_key = format!("{prefix}/dump.pgdump.zst");
     let mut bytes = Vec::new();
     let mut st = rt.block_on(store.read(&dump_key)).unwrap();
@@ -173,7 +215,7 @@ fn backups_to_s3_verified_secret_free_and_retained() {
     rt.block_on(store.put_once(&dump_key, bytes.into()))
         .unwrap();
     env.cmd(&format!("verify_backup {first}")).ok();
-    wait_for(&env, "select count(*) from verification", "2", 60, &agent);
+    wait_for(&env, "select count(*) from verification", "3", 60, &agent);
     assert_eq!(
         env.sql(&format!(
             "select verification_level || ' ' || verification_state from backup_catalog where bck_id = {first}"
@@ -188,11 +230,11 @@ fn backups_to_s3_verified_secret_free_and_retained() {
         "{err}"
     );
 
-    // Restores from a repository come next: refused with what to do by hand.
+    // A set found damaged is not restored.
     env.cmd(&format!(
-        "register_restore_definition now {first} 127.0.0.2 shop_copy \"\" --reuse-roles all"
+        "register_restore_definition now {first} 127.0.0.2 shop_copy2 \"\" --reuse-roles all"
     ))
-    .fails_with("does not restore from a repository yet");
+    .fails_with("failed verification level 1");
 
     // Retention: the older set past its period goes (objects and row), the newer stays.
     let second = run_now(&env, &agent, 1);
@@ -216,4 +258,21 @@ fn backups_to_s3_verified_secret_free_and_retained() {
     );
     assert!(keys(&rt, &store, &prefix).is_empty(), "objects left");
     assert_eq!(keys(&rt, &store, &second_prefix).len(), 5);
+
+    // A snapshot goes where the server's sets go: its primary repository.
+    let mut agent = Agent::start(&env, "bs1.example.org", None);
+    env.cmd("register_snapshot_definition bs1.example.org 127.0.0.2 shop \"\" now FULL \"2 days\" \"\" snap1")
+        .ok();
+    wait_for(
+        &env,
+        "select concat_ws(' ', execution_status, repository_id, backup_dir is null) from backup_catalog where snapshot_id is not null",
+        "SUCCEEDED 1 t",
+        60,
+        &agent,
+    );
+    let snap_prefix =
+        env.sql("select object_prefix from backup_catalog where snapshot_id is not null");
+    assert_eq!(keys(&rt, &store, &snap_prefix).len(), 5);
+    assert!(sets_on_disk(&agent.backups()).is_empty());
+    agent.stop();
 }

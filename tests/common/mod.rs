@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod freeze;
 
 use std::path::Path;
 use std::process::{Command, Output};

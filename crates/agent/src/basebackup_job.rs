@@ -156,6 +156,7 @@ pub(crate) async fn execute(
     let mut missing: Option<Vec<String>> = None;
     let mut unreachable: Option<String> = None;
     let mut poll = WAL_POLL_FIRST;
+    let mut checked_here = false;
     loop {
         match ctx
             .db(
@@ -200,7 +201,21 @@ pub(crate) async fn execute(
                 missing = Some(m);
                 unreachable = None;
             }
-            Err(e) => unreachable = Some(e.to_string()),
+            Err(e) => {
+                // The catalog cannot say now; this server's own archive can (issue 11: a
+                // catalog outage alone does not fail a base backup).
+                if here(ctx, d.pgsql_node_id, &facts).is_some_and(|m| m.is_empty()) {
+                    tracing::info!(
+                        job_id = t.job_id,
+                        "WAL of the base backup: every segment is stored on this server (the catalog did not answer: {e})"
+                    );
+                    missing = Some(Vec::new());
+                    unreachable = None;
+                    checked_here = true;
+                    break;
+                }
+                unreachable = Some(e.to_string());
+            }
         }
         if t0.elapsed() >= wait {
             break;
@@ -223,6 +238,14 @@ pub(crate) async fn execute(
             )
             .await;
     }
+    if unreachable.is_some()
+        && let Some(m) = here(ctx, d.pgsql_node_id, &facts)
+    {
+        // Still no answer at the deadline: what this server holds decides.
+        checked_here = true;
+        missing = Some(m);
+        unreachable = None;
+    }
     outcome
         .phase_timings
         .push(("wait_for_wal".into(), t0.elapsed().as_secs_f64()));
@@ -230,6 +253,9 @@ pub(crate) async fn execute(
     match missing {
         Some(m) if m.is_empty() && unreachable.is_none() => {
             bb["missing_wal"] = json!([]);
+            if checked_here {
+                bb["wal_checked"] = json!("on the backup server: the catalog did not answer");
+            }
         }
         Some(m) if unreachable.is_none() => {
             outcome.status = Status::Failed {
@@ -241,7 +267,14 @@ pub(crate) async fn execute(
                      then run the definition again (run_backup_definition_now {}), or raise --wal-wait with update_backup_definition",
                     pgbackman_core::duration::human(wait),
                     pgbackman_core::text::plural(m.len(), "segment", "segments"),
-                    range(&m),
+                    if checked_here {
+                        format!(
+                            "{}; checked on this backup server, the catalog did not answer",
+                            range(&m)
+                        )
+                    } else {
+                        range(&m)
+                    },
                     d.def_id
                 ),
                 stderr_tail: String::new(),
@@ -263,6 +296,18 @@ pub(crate) async fn execute(
         }
     }
     (outcome, Some(bb))
+}
+
+/// The segments from the backup's start to its stop not stored in this server's archive of
+/// the node (None: no live archive here, or facts that do not parse).
+fn here(ctx: &Ctx, node_id: i64, facts: &pgbackman_dump::BaseBackupFacts) -> Option<Vec<String>> {
+    use pgbackman_core::wal::{Lsn, SegmentSize};
+    let start: Lsn = facts.start_lsn.parse().ok()?;
+    let stop: Lsn = facts.stop_lsn.parse().ok()?;
+    let size = SegmentSize::new(u64::try_from(facts.seg_size).ok()?).ok()?;
+    let range = size.covering(facts.timeline, start, stop).ok()?;
+    let sysid: u64 = facts.system_identifier.parse().ok()?;
+    crate::wal::not_stored_here(&ctx.cfg_now(), node_id, sysid, &range)
 }
 
 /// `first … last` of a list of segment names.

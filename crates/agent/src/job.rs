@@ -358,6 +358,31 @@ async fn execute(
             format!("def{}-{code}", d.def_id)
         }
     );
+    // An encrypted definition without a key fails: it is never written in plain text.
+    let encryption = match &d.encryption_recipients {
+        None => None,
+        Some(r) if r.is_empty() => {
+            return failed(
+                started,
+                t.job_id,
+                "encryption",
+                format!(
+                    "backup definition {} is to be encrypted, but backup server {} has no encryption_key:                      set one (update_backup_server_config SERVER encryption_key=NAME) or name a key on the                      definition (set_definition_encryption {} NAME)",
+                    d.def_id, ctx.server_id, d.def_id
+                ),
+            );
+        }
+        Some(r) => Some(pgbackman_dump::crypt::SetEncryption {
+            recipients: r
+                .iter()
+                .map(|k| pgbackman_dump::crypt::SetRecipient {
+                    name: k.name.clone(),
+                    recipient: k.recipient.clone(),
+                    fingerprint: k.fingerprint.clone(),
+                })
+                .collect(),
+        }),
+    };
     let spec = BackupSpec {
         job_id: t.job_id,
         code,
@@ -394,6 +419,7 @@ async fn execute(
         staging_root: ctx.backup_dir().join("staging"),
         final_dir: node_dir.join(encode_path_component(&what)).join(set_name),
         definition: serde_json::to_value(d).unwrap_or(Value::Null),
+        encryption,
     };
     let _ = client_major;
     // A restart after the set is in place records it as what it is (crate::recover).
@@ -511,6 +537,18 @@ fn result_json(t: &Ticket, o: &BackupOutcome) -> Value {
     {
         m.insert("repository_id".into(), json!(id));
         m.insert("object_prefix".into(), json!(prefix));
+    }
+    // An encrypted set: the fingerprints that can read it (api.reported_encryption).
+    if let (true, Some(r), Some(m)) = (
+        o.status.is_success(),
+        t.def
+            .encryption_recipients
+            .as_ref()
+            .filter(|r| !r.is_empty()),
+        v.as_object_mut(),
+    ) {
+        let fps: Vec<&str> = r.iter().map(|k| k.fingerprint.as_str()).collect();
+        m.insert("encrypted_with".into(), json!(fps));
     }
     v
 }

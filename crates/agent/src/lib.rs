@@ -8,6 +8,7 @@ pub mod basebackup_job;
 pub mod check;
 pub mod clone_job;
 pub mod clone_lifecycle;
+pub mod copy;
 pub mod effective;
 pub mod health;
 pub mod heartbeat;
@@ -20,6 +21,7 @@ pub mod reconcile;
 pub mod recover;
 pub mod replay;
 pub mod repository;
+pub mod restore_cluster;
 pub mod restore_job;
 pub mod retention;
 pub mod roots;
@@ -105,6 +107,7 @@ struct Args {
 enum Sub {
     WalPush(wal::push::client::WalPushArgs),
     WalGet(wal::get::WalGetArgs),
+    RestoreCluster(restore_cluster::RestoreClusterArgs),
 }
 
 /// The clap definition of `pgbackman-agent` (man page and completions).
@@ -128,6 +131,9 @@ pub fn main_entry() -> ExitCode {
     }
     if let Some(Sub::WalGet(a)) = &args.command {
         return wal::get::main(a);
+    }
+    if let Some(Sub::RestoreCluster(a)) = &args.command {
+        return restore_cluster::main(a);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -12,6 +12,7 @@
 //! 3. directories of deleted nodes are removed;
 //! 4. retention (`crate::retention::enforce`), then WAL retention (`crate::wal_retention`: the
 //!    WAL below the oldest kept base backup of each node);
+//!    then the second repository copies due (`crate::copy`);
 //! 5. sent alerts older than the server's sent_alerts_retention are removed;
 //! 6. reconciliation (`crate::reconcile`): sets on disk without a row, rows whose files are
 //!    gone; with the deletions retention refused and the node partitions this agent refuses to
@@ -124,6 +125,8 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
     let r = retention::enforce(ctx, &roots, stop).await?;
     // After the sets: a base backup retention just deleted no longer holds its WAL.
     let w = crate::wal_retention::enforce(ctx, &roots, stop).await?;
+    // Second repository copies of the sets retention keeps (a failed one is retried next pass).
+    let (copied, copy_failed) = crate::copy::run(ctx, stop).await?;
     // Clones past their expiry (issue 12): a delete job each, run like any other job.
     match ctx
         .db("expire_clones", ctx.catalog.expire_clones(ctx.server_id))
@@ -175,6 +178,9 @@ pub async fn pass(ctx: &Ctx, stop: &CancellationToken) -> Result<()> {
             new_alerts = raised,
             "maintenance found what it cannot settle (show_reconciliation lists it)"
         );
+    }
+    if copied + copy_failed > 0 {
+        tracing::info!(copied, copy_failed, "second repository copies");
     }
     if forced + nodes + r.deleted + r.refused + w.deleted > 0 || alerts > 0 || w.refused.is_some() {
         tracing::info!(

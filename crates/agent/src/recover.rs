@@ -122,6 +122,15 @@ fn succeeded(dir: &Path, m: &Manifest, t0: std::time::Instant) -> Result<Value, 
         .and_then(|l| i32::try_from(l).ok())
         .unwrap_or(3);
     let mut v = crate::job::outcome_json(format, level, &o);
+    if let Some(e) = &m.encryption {
+        // The keys that read it, from its manifest, as the run would have reported them.
+        let fps: Vec<&str> = e
+            .recipients
+            .iter()
+            .map(|r| r.fingerprint.as_str())
+            .collect();
+        v["encrypted_with"] = serde_json::json!(fps);
+    }
     if m.code == "BASEBACKUP" {
         // Its WAL was not confirmed in the ledger before the stop: kept, not counted as
         // restorable (crate::basebackup_job).
@@ -141,4 +150,43 @@ fn succeeded(dir: &Path, m: &Manifest, t0: std::time::Instant) -> Result<Value, 
         chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
     ));
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encrypted_set_found_in_place_is_recorded_with_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "format": 2, "pgbackman_version": "x", "job_id": 7, "code": "FULL",
+            "profile": "standard", "dbname": "shop", "node": "n:5432",
+            "definition": {"dump_format": "custom", "compression_level": 3},
+            "dump_format": {"kind": "custom"}, "dump_file": "dump.pgdump.zst",
+            "server_version": "15", "server_version_num": 150000, "client_version": "pg_dump 15",
+            "command": [], "commands": [], "files": [], "total_size": 0, "phase_timings": [],
+            "role_list": [], "role_passwords": "", "database_size": null,
+            "table_row_counts": null, "notes": [],
+            "started": "2026-12-01T00:00:00Z", "finished": "2026-12-01T00:01:00Z",
+            "encryption": {"scheme": "age", "files": ["dump.pgdump.zst"], "recipients": [
+                {"fingerprint": "0123456789abcdef", "name": "site"},
+                {"fingerprint": "fedcba9876543210", "name": "vault"}]}
+        }))
+        .unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            serde_json::to_vec(&m).unwrap(),
+        )
+        .unwrap();
+        let v = succeeded(dir.path(), &m, std::time::Instant::now()).unwrap();
+        assert_eq!(
+            v["encrypted_with"],
+            serde_json::json!(["0123456789abcdef", "fedcba9876543210"])
+        );
+        let mut plain = m.clone();
+        plain.encryption = None;
+        let v = succeeded(dir.path(), &plain, std::time::Instant::now()).unwrap();
+        assert!(v.get("encrypted_with").is_none());
+    }
 }

@@ -156,9 +156,35 @@ async fn execute(
                 .collect(),
         }
     };
+    // A set in a repository: read from its objects (its small files fetched into staging).
+    let repository = match (r.repository_id, &r.object_prefix) {
+        (Some(id), Some(prefix)) => match crate::repository::open(ctx, id).await {
+            Ok(store) => Some(pgbackman_dump::RepositorySet {
+                store,
+                prefix: prefix.clone(),
+            }),
+            Err(e) => return failed(r.job_id, "repository", e),
+        },
+        _ => None,
+    };
+    // An encrypted set is read with the definition's `--identity` files, then this agent's
+    // `[agent.encryption] identity_files` (paths; the keys are read by the restore itself).
+    let mut identity_files: Vec<PathBuf> = match ctx.catalog.restore_identity_files(r.job_id).await
+    {
+        Ok(v) => v.into_iter().map(PathBuf::from).collect(),
+        Err(e) => {
+            return failed(
+                r.job_id,
+                "identity",
+                format!("cannot read the restore's identity files from the catalog: {e}"),
+            );
+        }
+    };
+    identity_files.extend(ctx.cfg.identity_files());
     let spec = RestoreSpec {
         job_id: r.job_id,
         set_dir: PathBuf::from(&r.backup_dir),
+        repository,
         node: NodeConn {
             host: r.node_fqdn.clone(),
             port,
@@ -187,6 +213,7 @@ async fn execute(
             path: journal_dir(ctx).join(format!("{}.json", r.job_id)),
             meta: json!({ "attempt": attempt }),
         }),
+        identity_files,
     };
     let p = progress.clone();
     let report_progress = move |n: u64| p.store(n, Ordering::Relaxed);

@@ -79,8 +79,20 @@ impl Summary {
 /// Phases 2 and 3 of one marked set: files, then the row.
 async fn finish(ctx: &Ctx, roots: &Roots, set: MarkedSet, sum: &mut Summary) -> Result<()> {
     let deleted = match set.repository_id {
-        // A set in a repository: its objects, the manifest first.
-        Some(id) => delete_objects(ctx, id, &set.object_keys).await,
+        // A set in a repository: its copies' objects, then its own, the manifest first.
+        Some(id) => {
+            let mut r = Ok(());
+            for (copy, keys) in &set.copies {
+                r = delete_objects(ctx, *copy, keys).await;
+                if r.is_err() {
+                    break;
+                }
+            }
+            match r {
+                Ok(()) => delete_objects(ctx, id, &set.object_keys).await,
+                Err(e) => Err(e),
+            }
+        }
         None => delete_blocking(roots, set.paths).await.map(|_| ()),
     };
     match deleted {

@@ -178,6 +178,7 @@ mod tests {
             wal_wait_seconds: None,
             registered: Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
             repository_id: None,
+            encryption_recipients: None,
         }
     }
 

@@ -173,16 +173,17 @@ fn client_for(
         .map_err(|e| e.to_string())
 }
 
-/// Level 1 of a set in a repository: every object re-read, its sha256 against what the
-/// catalog recorded at backup time (the manifest's own included).
+/// Levels 1 and 2 of a set in a repository: every object re-read, its sha256 against what the
+/// catalog recorded at backup time (the manifest's own included), then the archive's table of
+/// contents from the dump object. The store not answering is an error, no verdict.
 async fn verify_in_repository(
     ctx: &Ctx,
     started: DateTime<Utc>,
-    id: i64,
-    prefix: String,
-    files: Value,
+    i: &VerifyJobInfo,
+    set: (i64, String, Value),
     cancel: &CancellationToken,
 ) -> Value {
+    let (id, prefix, files) = set;
     let files: Vec<pgbackman_dump::FileEntry> = match serde_json::from_value(files) {
         Ok(f) => f,
         Err(e) => return error_result(started, "verify", format!("the catalog's file list: {e}")),
@@ -191,44 +192,42 @@ async fn verify_in_repository(
         Ok(s) => s,
         Err(e) => return error_result(started, "repository", e),
     };
-    let t0 = std::time::Instant::now();
-    let target = pgbackman_dump::upload::StoreTarget { store, prefix };
-    let r = tokio::select! {
-        r = pgbackman_dump::upload::verify_objects(&target, &files) => r,
-        () = cancel.cancelled() => {
-            return json!({"state": "CANCELLED", "level": 0, "started": started.to_rfc3339(),
-                          "finished": Utc::now().to_rfc3339(), "error_step": "cancel", "error_message": "cancelled"});
-        }
+    let bin_dir = match client_for(ctx, i.client_version.as_deref(), 0) {
+        Ok(d) => d,
+        Err(e) => return error_result(started, "client", e),
     };
-    verification_result(
-        started,
-        &Verification {
-            level: 1,
-            state: if r.is_ok() {
-                VerifyState::Passed
-            } else {
-                VerifyState::Failed
-            },
-            error: r.err(),
-            toc_entries: None,
-            seconds: t0.elapsed().as_secs_f64(),
-        },
-    )
+    let set = pgbackman_dump::RepositorySet { store, prefix };
+    match pgbackman_dump::verify::verify_levels_in(&set, &files, &bin_dir, cancel).await {
+        Ok(Some(v)) => verification_result(started, &v),
+        Ok(None) => cancelled_result(started),
+        Err(e) => error_result(started, "repository", e),
+    }
+}
+
+fn cancelled_result(started: DateTime<Utc>) -> Value {
+    json!({"state": "CANCELLED", "level": 0, "started": started.to_rfc3339(),
+           "finished": Utc::now().to_rfc3339(), "error_step": "cancel", "error_message": "cancelled"})
+}
+
+/// The repository and key prefix of a set stored in one (None: a set in a directory).
+async fn repository_of(
+    ctx: &Ctx,
+    i: &VerifyJobInfo,
+) -> Result<Option<(i64, String, Value)>, String> {
+    if i.backup_dir.is_some() {
+        return Ok(None);
+    }
+    ctx.db("repository_set", ctx.catalog.repository_set(i.bck_id))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn verify(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Value {
     let started = Utc::now();
-    if i.backup_dir.is_none() {
-        match ctx
-            .db("repository_set", ctx.catalog.repository_set(i.bck_id))
-            .await
-        {
-            Ok(Some((id, prefix, files))) => {
-                return verify_in_repository(ctx, started, id, prefix, files, cancel).await;
-            }
-            Ok(None) => {}
-            Err(e) => return error_result(started, "verify", e.to_string()),
-        }
+    match repository_of(ctx, i).await {
+        Ok(Some(set)) => return verify_in_repository(ctx, started, i, set, cancel).await,
+        Ok(None) => {}
+        Err(e) => return error_result(started, "verify", e),
     }
     let Some(dir) = i.backup_dir.as_deref().map(PathBuf::from) else {
         return error_result(
@@ -241,10 +240,12 @@ async fn verify(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Val
         Ok(d) => d,
         Err(e) => return error_result(started, "client", e),
     };
-    match pgbackman_dump::verify::verify_levels(
+    // An encrypted set: level 2 with this agent's identities, level 1 only without any.
+    match pgbackman_dump::verify::verify_levels_with(
         &dir,
         &bin_dir,
         i.manifest_sha256.as_deref(),
+        &ctx.cfg.identity_files(),
         cancel,
     )
     .await
@@ -272,12 +273,25 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
     let Some(node) = &i.drill_node else {
         return error_result(started, "claim", "the drill job names no drill node".into());
     };
-    let Some(dir) = i.backup_dir.as_deref().map(PathBuf::from) else {
-        return error_result(
-            started,
-            "verify",
-            format!("BckID {} has no backup directory", i.bck_id),
-        );
+    // A set in a repository: restored from its objects.
+    let repository = match repository_of(ctx, i).await {
+        Ok(Some((id, prefix, _))) => match crate::repository::open(ctx, id).await {
+            Ok(store) => Some(pgbackman_dump::RepositorySet { store, prefix }),
+            Err(e) => return error_result(started, "repository", e),
+        },
+        Ok(None) => None,
+        Err(e) => return error_result(started, "verify", e),
+    };
+    let dir = match (i.backup_dir.as_deref(), &repository) {
+        (Some(d), _) => PathBuf::from(d),
+        (None, Some(_)) => PathBuf::new(),
+        (None, None) => {
+            return error_result(
+                started,
+                "verify",
+                format!("BckID {} has no backup directory", i.bck_id),
+            );
+        }
     };
     let Ok(port) = u16::try_from(node.port) else {
         return error_result(
@@ -332,6 +346,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
     let spec = DrillSpec {
         job_id: i.job_id,
         set_dir: dir,
+        repository,
         bin_dir,
         node: conn,
         node_label: label,
@@ -345,6 +360,7 @@ async fn drill(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Valu
             path: crate::restore_job::journal_dir(ctx).join(format!("{}.json", i.job_id)),
             meta: serde_json::json!({ "drill": true }),
         }),
+        identity_files: ctx.cfg.identity_files(),
     };
     drill_result(&spec, &run_drill(&spec, cancel.clone()).await)
 }

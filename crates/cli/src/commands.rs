@@ -180,6 +180,9 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
         n if crate::commands_repository::handles(n) => {
             crate::commands_repository::run(s, inv).await
         }
+        n if crate::commands_encryption::handles(n) => {
+            crate::commands_encryption::run(s, inv).await
+        }
         "set" => set(s, inv),
         "help" => help(inv),
         // clear and quit are handled by the shell loop; in -C they do nothing.
@@ -710,12 +713,12 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
     let encryption = encryption
         .map(|e| crate::validate::encryption(&e))
         .transpose()?;
-    if encryption == Some(true) {
-        bail!(
-            "encryption true is not supported yet: the backups would be written in plain text\n{}",
-            crate::validate::ENCRYPTION_HINT
-        );
-    }
+    let (encryption, encryption_key) = match encryption {
+        None => (None, None),
+        Some(crate::validate::Encryption::Plain) => (Some(false), None),
+        Some(crate::validate::Encryption::ServerKey) => (Some(true), None),
+        Some(crate::validate::Encryption::Key(k)) => (Some(true), Some(k)),
+    };
     if let Some(x) = &extra {
         model::check_extra_dump_parameters(x)?;
     }
@@ -743,6 +746,7 @@ async fn register_backup_definition(s: &mut Session, inv: &Invocation) -> Result
             weekday: Some(weekday.clone()),
             code: Some(code.to_string()),
             encryption,
+            encryption_key: encryption_key.clone(),
             retention_period: retention.clone(),
             retention_redundancy: redundancy,
             extra_parameters: extra.clone(),
@@ -1070,6 +1074,7 @@ async fn show_backup_catalog(s: &mut Session, inv: &Invocation) -> Result<Output
         code: upper(filter(inv.given("code").map(str::to_string))),
         from: time_arg("from", inv.given("from"))?,
         to: time_arg("to", inv.given("to"))?,
+        encrypted_with: inv.given("encrypted-with").map(str::to_string),
         limit: match inv.given("limit") {
             Some(l) => l
                 .trim()

@@ -1,6 +1,6 @@
 //! Backup repositories (issue 13): `register_repository`, `update_repository`,
 //! `delete_repository`, `set_primary_repository`, `set_definition_repository`,
-//! `show_repositories`. The catalog decides (sql/87_repositories.sql); this reads the arguments
+//! `set_copy_repository`, `show_backup_copies`, `show_repositories`. The catalog decides (sql/87_repositories.sql); this reads the arguments
 //! and words the outcome. No credential is ever an argument: an S3 repository names a file on
 //! the agent's host, or none (the agent's environment).
 
@@ -20,6 +20,8 @@ pub fn handles(name: &str) -> bool {
             | "delete_repository"
             | "set_primary_repository"
             | "set_definition_repository"
+            | "set_copy_repository"
+            | "show_backup_copies"
             | "show_repositories"
     )
 }
@@ -64,6 +66,30 @@ pub async fn run(s: &mut Session, inv: &Invocation) -> Result<Output> {
                 "New backup sets of definition {def_id} go to {to}."
             )]))
         }
+        "set_copy_repository" => {
+            let target = s.required(inv, "target", None)?;
+            let repo = s.required(inv, "repository", Some("none"))?;
+            s.catalog
+                .set_copy_repository(&s.audit(), &target, &repo)
+                .await?;
+            let what = if target.trim().bytes().all(|b| b.is_ascii_digit()) {
+                format!("definition {}", target.trim())
+            } else {
+                target.clone()
+            };
+            Ok(Output::Done(vec![
+                if is_local(&repo) || repo.trim().eq_ignore_ascii_case("none") {
+                    format!(
+                        "Backup sets of {what} are no longer copied to a second repository; copies made stay until retention deletes their set."
+                    )
+                } else {
+                    format!(
+                        "Backup sets of {what} stored in a repository are copied to repository {repo} at the agent's next maintenance pass (show_backup_copies)."
+                    )
+                },
+            ]))
+        }
+        "show_backup_copies" => list("backup_copies", s.catalog.show_backup_copies().await),
         "show_repositories" => list("repositories", s.catalog.show_repositories().await),
         other => bail!("{other} is not a repository command"),
     }

@@ -238,22 +238,16 @@ async fn register(s: &mut Session, inv: &Invocation) -> Result<Output> {
         .parse()
         .context("BckID must be a number; show_backup_catalog lists the backups")?;
     let source = s.catalog.restore_source(bck_id).await?;
-    // A set in a repository (issue 13): restores from repositories come next.
-    if source.backup_dir.is_none()
-        && let Some((repo, prefix, _)) = s.catalog.repository_set(bck_id).await?
-    {
-        bail!(
-            "BckID {bck_id} is stored in repository {repo} under {prefix}: pgbackman does not restore from a repository yet
-HINT: fetch its objects into a directory and restore by hand: psql -f roles.sql, psql -v dbname=DB -f database.sql, zstd -dc dump.pgdump.zst | pg_restore -d DB (show_repositories says where RepoID {repo} is)"
-        );
-    }
+    // A set in a repository (issue 13) is restored from its objects by its server's agent.
+    let in_repository =
+        source.backup_dir.is_none() && s.catalog.repository_set(bck_id).await?.is_some();
     // Only rows imported from PgBackMan 1.x succeeded without a set (db import-pgbackman).
-    if source.execution_status == "SUCCEEDED" && source.backup_dir.is_none() {
+    if source.execution_status == "SUCCEEDED" && source.backup_dir.is_none() && !in_repository {
         bail!(
             "BckID {bck_id} is a PgBackMan 1.x backup: pgbackman does not restore it\nHINT: restore it by hand: psql -f its USERS and DBCONFIG files, then pg_restore -d DBNAME its dump directory; show_backup_details {bck_id} lists the files"
         );
     }
-    if source.execution_status != "SUCCEEDED" || source.backup_dir.is_none() {
+    if source.execution_status != "SUCCEEDED" || (source.backup_dir.is_none() && !in_repository) {
         bail!(
             "BckID {bck_id} cannot be restored: its backup ended {}\nHINT: pick a SUCCEEDED backup: show_backup_catalog all all {} all SUCCEEDED",
             source.execution_status,
@@ -358,6 +352,7 @@ HINT: fetch its objects into a directory and restore by hand: psql -f roles.sql,
         decompression,
         acknowledge_nonempty: ack,
         remarks: inv.given("remarks").map(str::to_string),
+        identity_files: crate::commands_encryption::identity_files(inv)?,
     };
     let mut roles_reused = Vec::new();
     let mut roles_system = Vec::new();

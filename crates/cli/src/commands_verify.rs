@@ -77,6 +77,7 @@ async fn selected_backups(s: &mut Session, inv: &Invocation) -> Result<Vec<i64>>
         code: upper(filter(inv.given("code").map(str::to_string))),
         from: time_arg("from", inv.given("from"))?,
         to: time_arg("to", inv.given("to"))?,
+        encrypted_with: None,
         limit: limit(inv)?,
     };
     let rows = s.catalog.show_backup_catalog(&f).await?;

@@ -30,6 +30,9 @@ pub fn token_sha256(token: &str) -> String {
 }
 
 pub async fn credential(s: &mut Session, inv: &Invocation) -> Result<Output> {
+    if inv.flag("restore") {
+        return restore_credential(s, inv).await;
+    }
     let server = s.required(inv, "server", None)?;
     let node = s.required(inv, "node", None)?;
     let Some(file) = inv.given("file").map(std::path::PathBuf::from) else {
@@ -99,6 +102,85 @@ pub async fn credential(s: &mut Session, inv: &Invocation) -> Result<Output> {
     Ok(Output::Done(vec![format!(
         "wal-push credential of {node} for {server} (ArchiveID {id}) written to {} (mode 0600){}. Copy it to the node \
          host, readable only by the user PostgreSQL runs as, and name it as `credential` in /etc/pgbackman/wal-push.toml.",
+        file.display(),
+        if replace {
+            "; the old one no longer works"
+        } else {
+            ""
+        }
+    )]))
+}
+
+/// `--restore`: the node's restore credential (read-only, for `restore-cluster` on another
+/// host), apart from its wal-push one. The file first, as above; a replacement asks first.
+async fn restore_credential(s: &mut Session, inv: &Invocation) -> Result<Output> {
+    let server = s.required(inv, "server", None)?;
+    let node = s.required(inv, "node", None)?;
+    let Some(file) = inv.given("file").map(std::path::PathBuf::from) else {
+        bail!(
+            "create_wal_push_credential --restore needs --file PATH: where to write the credential for the restore host (it is never shown)"
+        );
+    };
+    if file.exists() {
+        bail!(
+            "{} exists: give a new file name (a credential file is never overwritten)",
+            file.display()
+        );
+    }
+    let node_id = s.catalog.node_id(&node).await?;
+    let token = new_token()?;
+    let sha = token_sha256(&token);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    let audit = s.audit();
+    let mut replace = false;
+    let id = loop {
+        match s
+            .catalog
+            .set_restore_credential(&audit, &server, &node, &sha, replace)
+            .await
+        {
+            Ok(id) => break id,
+            Err(e) if !replace && e.code() == Some("23505") => {
+                let asked = s.confirm(&format!(
+                    "{node} already has a restore credential for {server}. Replace it? The old file stops working at once."
+                ));
+                if let Err(e) = asked {
+                    drop(f);
+                    let _ = std::fs::remove_file(&file);
+                    return Err(e);
+                }
+                replace = true;
+            }
+            Err(e) => {
+                drop(f);
+                let _ = std::fs::remove_file(&file);
+                return Err(e.into());
+            }
+        }
+    };
+    let text = format!(
+        "# pgbackman restore credential of PgSQL node {node} (NodeID {node_id}) for backup server {server}.\n\
+         # Read-only: restore-cluster and wal-get --remote on a restore host. Keep it readable only by the\n\
+         # user PostgreSQL runs as there (mode 0600), named by `credential` in its config. Never share it.\n\
+         node_id = {node_id}\ntoken = \"{token}\"\n"
+    );
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| {
+            format!(
+                "writing {} (the catalog already has the new credential: run create_wal_push_credential --restore again)",
+                file.display()
+            )
+        })?;
+    Ok(Output::Done(vec![format!(
+        "restore credential of {node} for {server} (ArchiveID {id}) written to {} (mode 0600){}. Copy it to the restore \
+         host, readable only by the user PostgreSQL runs as, and name it as `credential` in the config of \
+         pgbackman-agent restore-cluster.",
         file.display(),
         if replace {
             "; the old one no longer works"

@@ -169,6 +169,14 @@ fn values(arg: Option<&Arg>, label: &str, c: &Candidates) -> Vec<String> {
         } else if label.ends_with("| default") {
             v.extend(s(&["default"]));
         }
+    } else if label.starts_with("Key name | KeyID") || name == "encrypted-with" {
+        v.extend(c.encryption_keys.iter().cloned());
+    } else if name == "encryption"
+        || label.starts_with("Encryption (false")
+        || label == "false | true | key name"
+    {
+        v.extend(s(&["false", "true"]));
+        v.extend(c.encryption_keys.iter().cloned());
     } else if label.starts_with("Kind (local or s3)") {
         v.extend(s(&["local", "s3"]));
     } else if label.starts_with("DBname") || label.starts_with("Target DBname") {
@@ -260,6 +268,7 @@ mod tests {
             job_ids: vec!["77".into()],
             dbnames: vec!["billing".into()],
             repositories: vec!["offsite".into()],
+            encryption_keys: vec!["site-2026".into()],
         }
     }
 
@@ -328,6 +337,12 @@ mod tests {
             ["offsite", "local"]
         );
         assert_eq!(q("DefID", ""), ["12", "7"]);
+        assert_eq!(q("Key name | KeyID | fingerprint", "s"), ["site-2026"]);
+        assert_eq!(
+            q("false | true | key name", ""),
+            ["false", "true", "site-2026"]
+        );
+        assert_eq!(at("show_backup_catalog --encrypted-with "), ["site-2026"]);
         assert_eq!(q("Cancel JobID 77? (yes/no)", "y"), ["yes"]);
         assert!(q("Hostname", "pg").is_empty());
         assert!(q("Remarks", "").is_empty());

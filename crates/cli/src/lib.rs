@@ -6,6 +6,7 @@ pub mod assets;
 pub mod batch;
 pub mod commands;
 pub mod commands_alerts;
+pub mod commands_encryption;
 pub mod commands_pitr;
 pub mod commands_reconcile;
 pub mod commands_repository;

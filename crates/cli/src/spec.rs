@@ -270,7 +270,10 @@ pub static COMMANDS: &[Cmd] = &[
                 "code",
                 "Backup code (FULL, SCHEMA, DATA, CLUSTER, GLOBALS, BASEBACKUP)",
             ),
-            pos("encryption", "Encryption (true/false)"),
+            pos(
+                "encryption",
+                "Encryption (false, true = the server's key, or a key name)",
+            ),
             pos("retention_period", "Retention period"),
             pos("retention_redundancy", "Retention redundancy"),
             pos("extra", "Extra backup parameters"),
@@ -446,8 +449,15 @@ pub static COMMANDS: &[Cmd] = &[
             opt("from", "Finished at or after"),
             opt("to", "Finished before"),
             opt("limit", "Maximum rows (default 1000)"),
+            opt(
+                "encrypted-with",
+                "Only sets this encryption key can read (name | KeyID | fingerprint)",
+            ),
         ],
-        examples: &["show_backup_catalog all pg01.example.org billing all ERROR --from 2026-11-01"],
+        examples: &[
+            "show_backup_catalog all pg01.example.org billing all ERROR --from 2026-11-01",
+            "show_backup_catalog --encrypted-with site-2025",
+        ],
     },
     Cmd {
         name: "show_retention_plan",
@@ -660,6 +670,10 @@ pub static COMMANDS: &[Cmd] = &[
                 "auto, stream, file or tee (file and tee allow -j; default auto)",
             ),
             opt("remarks", "Remarks"),
+            opt(
+                "identity",
+                "Encrypted set: age identity file(s) on the restoring agent's host (path, never the key)",
+            ),
             Arg {
                 name: "acknowledge-nonempty",
                 label: "CLUSTER/GLOBALS: restore onto a cluster that has databases or roles",
@@ -674,6 +688,7 @@ pub static COMMANDS: &[Cmd] = &[
         examples: &[
             "register_restore_definition now 1042 pg02.example.org billing \"\" --reuse-roles all --rename-existing auto --jobs 4",
             "register_restore_definition now 1042 pg02.example.org billing_copy \"\" --dry-run",
+            "register_restore_definition now 1042 pg02.example.org billing \"\" --identity /etc/pgbackman/site-2026.key",
             "register_restore_definition \"2026-12-01 02:00\" 1077 pg03.example.org \"\" \"\"",
         ],
     },
@@ -867,7 +882,9 @@ pub static COMMANDS: &[Cmd] = &[
         about: "Make the credential of a push WAL archive (register_wal_archive ... --intake push): a random token \
                 written to --file (mode 0600, never shown) for the node host, whose \
                 `pgbackman-agent wal-push` presents it to the backup server's agent over TLS. The catalog keeps \
-                only its SHA-256. Run again to rotate it (asks first: the old file stops working at once).",
+                only its SHA-256. Run again to rotate it (asks first: the old file stops working at once). With \
+                --restore: the node's restore credential instead, for `pgbackman-agent restore-cluster` on another \
+                host (it reads the node's base backups and WAL from this server, never pushes; any intake).",
         args: &[
             pos("server", "SrvID | FQDN"),
             pos("node", "NodeID | FQDN"),
@@ -875,9 +892,15 @@ pub static COMMANDS: &[Cmd] = &[
                 "file",
                 "Where to write the credential file (must not exist)",
             ),
+            Arg {
+                name: "restore",
+                label: "A restore credential instead (read-only: restore-cluster on another host; any intake)",
+                kind: Kind::Flag,
+            },
         ],
         examples: &[
             "create_wal_push_credential bs01.example.org pg02.example.org --file ./pg02-wal-push.credential",
+            "create_wal_push_credential bs01.example.org pg02.example.org --restore --file ./pg02-restore.credential",
         ],
     },
     Cmd {
@@ -1055,12 +1078,90 @@ pub static COMMANDS: &[Cmd] = &[
         ],
     },
     Cmd {
+        name: "set_copy_repository",
+        group: REPOS,
+        about: "Name a second repository every backup set of a backup server (its default) or of one definition is \
+                copied to: after the set is complete in its repository, the agent's maintenance pass copies it object \
+                by object and verifies the copy (level 1) before it counts (show_backup_copies); a failed copy raises \
+                an alert and is retried at the next pass; retention deletes both. Sets stored already are copied too. \
+                none removes the setting (copies made stay until retention deletes their set).",
+        args: &[
+            pos("target", "SrvID | FQDN | DefID"),
+            pos("repository", "Repository name | RepoID | none"),
+        ],
+        examples: &[
+            "set_copy_repository bs01.example.org offsite2",
+            "set_copy_repository 12 offsite2",
+            "set_copy_repository bs01.example.org none",
+        ],
+    },
+    Cmd {
+        name: "show_backup_copies",
+        group: REPOS,
+        about: "Second repository copies: each set stored in a repository whose definition or server names a copy \
+                repository, and its copy there: PENDING (not copied yet), FAILED (why, retried at the next maintenance \
+                pass) or VERIFIED (since when).",
+        args: &[],
+        examples: &["show_backup_copies"],
+    },
+    Cmd {
         name: "show_repositories",
         group: REPOS,
         about: "Repositories: where each one is, how the agents authenticate (a file or their environment; never a \
                 key), which servers use it as primary, how many definitions name it, and the sets and bytes it holds.",
         args: &[],
         examples: &["show_repositories"],
+    },
+    Cmd {
+        name: "register_encryption_key",
+        group: REPOS,
+        about: "Register an age public key (recipient, age1...) that backup sets can be encrypted to. Only the public \
+                key is stored (with its fingerprint); the identity (private key) stays where restores run. Definitions \
+                use it with encryption=NAME, or encryption=true through a server's encryption_key; a server's \
+                encryption_escrow_key is added to every encrypted set of that server (update_backup_server_config SERVER \
+                encryption_key=NAME encryption_escrow_key=NAME). Changes only the catalog.",
+        args: &[
+            pos("name", "Key name"),
+            pos(
+                "recipient",
+                "age1... public key (age-keygen -y FILE prints it)",
+            ),
+            opt("remarks", "Remarks"),
+        ],
+        examples: &[
+            "register_encryption_key site-2026 age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",
+        ],
+    },
+    Cmd {
+        name: "delete_encryption_key",
+        group: REPOS,
+        about: "Remove an encryption key from the catalog. Refused while a backup set can only be read with it, or a \
+                definition or a server's or node's configuration uses it (show_backup_catalog --encrypted-with KEY \
+                lists its sets).",
+        args: &[pos("key", "Key name | KeyID | fingerprint")],
+        examples: &["delete_encryption_key site-2025"],
+    },
+    Cmd {
+        name: "set_definition_encryption",
+        group: REPOS,
+        about: "Choose what new backup sets of a definition are encrypted to: false, true (its backup server's \
+                encryption_key at each run) or a key name. Existing sets keep their keys.",
+        args: &[
+            pos("def_id", "DefID"),
+            pos("encryption", "false | true | key name"),
+        ],
+        examples: &[
+            "set_definition_encryption 12 site-2026",
+            "set_definition_encryption 12 true",
+        ],
+    },
+    Cmd {
+        name: "show_encryption_keys",
+        group: REPOS,
+        about: "Encryption keys: name, fingerprint and public key (never a private key), the definitions that name \
+                each, the servers that use it as encryption_key or escrow, and the backup sets it can read.",
+        args: &[],
+        examples: &["show_encryption_keys"],
     },
     Cmd {
         name: "show_alerts",

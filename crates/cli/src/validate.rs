@@ -1,17 +1,14 @@
 //! Checks the shell makes before it calls the catalog, with the same core validators for every
 //! way a value gets in: a node's default configuration is checked as strictly as a
 //! definition's own values (the defaults become definitions), host names and domains as host
-//! names, and what cannot work yet (encryption) or can never work (a pg_dump older than the
-//! node) is refused with what to do instead. The catalog checks again (`sql/10_helpers.sql`).
+//! names, and what can never work (a pg_dump older than the node) is refused with what to do
+//! instead. The catalog checks again (`sql/10_helpers.sql`).
 
 use anyhow::{Result, anyhow, bail};
 use pgbackman_core::cron::{CronField, validate_cron_field};
 use pgbackman_core::hostname::{HostKind, check_host};
 use pgbackman_core::model;
 use pgbackman_core::text::quote;
-
-/// The hint of every refusal of encryption.
-pub const ENCRYPTION_HINT: &str = "HINT: use encryption false; encryption of backup sets comes with the object storage and encryption release";
 
 /// A host name (`kind` says which rules apply); the error names the argument and what to give.
 pub fn host(kind: HostKind, value: &str) -> Result<()> {
@@ -46,10 +43,8 @@ pub fn config_pair(parameter: &str, value: &str) -> Result<()> {
         "backup_day_month_cron" => cron(CronField::DayOfMonth)?,
         "backup_month_cron" => cron(CronField::Month)?,
         "backup_weekday_cron" => cron(CronField::DayOfWeek)?,
-        "encryption" if encryption(value)? => {
-            bail!(
-                "encryption=true is not supported yet: backups would be written in plain text\n{ENCRYPTION_HINT}"
-            );
+        "encryption" => {
+            encryption(value)?;
         }
         "domain" => host(HostKind::Domain, value.trim())?,
         _ => {}
@@ -57,16 +52,52 @@ pub fn config_pair(parameter: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// A yes/no value of the encryption flag.
-pub fn encryption(value: &str) -> Result<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "t" | "yes" | "y" | "on" | "1" => Ok(true),
-        "false" | "f" | "no" | "n" | "off" | "0" => Ok(false),
+/// The encryption of a definition: `false`, `true` (its backup server's `encryption_key`) or
+/// an encryption key's name (`register_encryption_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encryption {
+    Plain,
+    ServerKey,
+    Key(String),
+}
+
+/// Reads an `encryption` value; the catalog checks that a key name is registered.
+pub fn encryption(value: &str) -> Result<Encryption> {
+    let v = value.trim();
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "on" | "1" => Ok(Encryption::ServerKey),
+        "false" | "f" | "no" | "n" | "off" | "0" | "" => Ok(Encryption::Plain),
+        _ if v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            && v.starts_with(|c: char| c.is_ascii_alphabetic()) =>
+        {
+            Ok(Encryption::Key(v.to_string()))
+        }
         _ => bail!(
-            "encryption {} is not true or false\nHINT: give false (encryption is not supported yet)",
+            "encryption {} is neither true, false nor an encryption key name\nHINT: give false, true (the backup server's encryption_key) or a name from show_encryption_keys",
             quote(value)
         ),
     }
+}
+
+/// An age recipient (`age1…`, X25519), parsed by the age library: the shell refuses a
+/// malformed key (or a pasted identity) before the catalog sees it.
+pub fn recipient(value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.starts_with("AGE-SECRET-KEY-") {
+        // Never echo an identity.
+        bail!(
+            "this is an age identity (a private key), not a recipient\nHINT: give the public key (age1…, printed by age-keygen -y FILE); keep the identity where restores run"
+        );
+    }
+    v.parse::<age::x25519::Recipient>().map_err(|e| {
+        anyhow!(
+            "recipient {} is not an age X25519 public key ({e})\nHINT: give the age1… \"Public key\" that age-keygen prints, e.g. age-keygen -y key.txt",
+            quote(v)
+        )
+    })?;
+    Ok(v.to_string())
 }
 
 /// `--client-major`: a major such as 16, or `none` to clear it (Some(0) for the catalog).
@@ -129,10 +160,27 @@ mod tests {
         assert!(config_pair("backup_weekday_cron", "8").is_err());
         assert!(config_pair("backup_day_month_cron", "32").is_err());
         assert!(config_pair("backup_weekday_cron", "mon-fri").is_ok());
-        assert!(config_pair("encryption", "true").is_err());
+        assert!(config_pair("encryption", "true").is_ok());
         assert!(config_pair("encryption", "false").is_ok());
+        assert!(config_pair("encryption", "site-2026").is_ok());
+        assert!(config_pair("encryption", "a b").is_err());
         assert!(config_pair("domain", "a;b").is_err());
         assert!(config_pair("retention_period", "7 days").is_ok());
+    }
+
+    #[test]
+    fn recipients_are_parsed() {
+        let id = age::x25519::Identity::generate();
+        let r = id.to_public().to_string();
+        assert_eq!(recipient(&format!(" {r} ")).unwrap(), r);
+        let mut bad = r.clone();
+        bad.pop();
+        bad.push(if r.ends_with('q') { 'p' } else { 'q' });
+        assert!(recipient(&bad).is_err(), "checksum");
+        use age::secrecy::ExposeSecret;
+        let secret = id.to_string();
+        let e = recipient(secret.expose_secret()).unwrap_err().to_string();
+        assert!(e.contains("identity") && !e.contains("AGE-SECRET"), "{e}");
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct AgentSection {
     /// The wal-push listener (`[agent.wal_push]`); None: nothing listens for pushed WAL.
     #[serde(default)]
     pub wal_push: Option<crate::WalPushSection>,
+    /// Identities for restores and drills of encrypted sets (`[agent.encryption]`); None:
+    /// this agent restores no encrypted set (a backup needs none: it encrypts to public keys).
+    #[serde(default)]
+    pub encryption: Option<EncryptionSection>,
     /// The file's `[nodes]` deadlines (filled by [`FileConfig::agent_section`], not a key of
     /// `[agent]`).
     #[serde(skip)]
@@ -130,6 +134,7 @@ impl Default for AgentSection {
             overdue_check_seconds: default_overdue_check_seconds(),
             alerts: None,
             wal_push: None,
+            encryption: None,
             nodes: crate::NodeTimeouts::default(),
             from_file: BTreeSet::new(),
         }
@@ -222,7 +227,40 @@ fn check(a: &AgentSection, path: &Path) -> Result<(), ConfigError> {
     if let Some(w) = &a.wal_push {
         crate::wal_push::check(w, path)?;
     }
+    if let Some(e) = &a.encryption {
+        for f in &e.identity_files {
+            if !f.is_absolute() {
+                return Err(bad(
+                    "[agent.encryption] identity_files",
+                    f.display().to_string(),
+                    "use absolute paths of age identity files (mode 0600, readable by the agent only)",
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// `[agent.encryption]`: the age identity files (private keys) this agent may use to restore
+/// and drill encrypted sets. Setting it is the operator's choice to trust this backup server
+/// with them; the files are read when a restore of an encrypted set starts, never copied,
+/// logged or sent to the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// Absolute paths of age identity files (`AGE-SECRET-KEY-1…` lines, as age-keygen writes).
+    #[serde(default)]
+    pub identity_files: Vec<PathBuf>,
+}
+
+impl AgentSection {
+    /// The identity files of `[agent.encryption]` (empty when the section is absent).
+    pub fn identity_files(&self) -> Vec<PathBuf> {
+        self.encryption
+            .as_ref()
+            .map(|e| e.identity_files.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl FileConfig {

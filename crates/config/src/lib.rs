@@ -19,7 +19,7 @@ mod wal_push;
 
 use std::path::PathBuf;
 
-pub use agent::AgentSection;
+pub use agent::{AgentSection, EncryptionSection};
 pub use agent_alerts::{AlertsSection, SmtpSecurity};
 pub use conninfo::{
     Resolved, node_config, node_config_with, redacted, resolve, resolve_conninfo, resolve_env,

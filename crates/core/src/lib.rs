@@ -3,6 +3,7 @@
 //! Invariant: nothing in this crate does IO, is async, reads a clock or draws random numbers.
 //! Every function is pure: callers pass "now" and random numbers in.
 //!
+//! - [`archive`]: per-table row counts read from a pg_dump custom-format archive in flight.
 //! - [`cron`]: classic 5-field crontab schedules (validation with field-level errors, next fire
 //!   time in any time zone, description in words), built on `croner`.
 //! - [`duration`]: the one human format of a duration (shell tables, agent log).
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod cron;
 pub mod duration;
 pub mod hostname;

@@ -57,6 +57,11 @@ pub struct AgentDefinition {
     /// server's backup_dir. Absent from a cache written before V19: None.
     #[serde(default)]
     pub repository_id: Option<i64>,
+    /// What its sets are encrypted to (`api.definition_recipients`, public keys): None plain,
+    /// Some([]) encrypted without a key (the job fails; never a plain set instead). Absent
+    /// from a cache written before V22: None.
+    #[serde(default)]
+    pub encryption_recipients: Option<Vec<crate::encryption::Recipient>>,
 }
 
 impl AgentDefinition {
@@ -97,8 +102,11 @@ impl AgentDefinition {
             max_rate: r.try_get("max_rate").ok().flatten(),
             wal_wait_seconds: r.try_get("wal_wait_seconds").ok(),
             registered: r.get("registered"),
-            // Snapshot rows (agent_snapshots) carry none: their sets stay in backup_dir.
+            // Snapshots carry their server's primary repository (agent_snapshot).
             repository_id: r.try_get("repository_id").ok().flatten(),
+            encryption_recipients: crate::encryption::parse_recipients(
+                r.try_get("encryption_recipients").ok().flatten(),
+            ),
         }
     }
 
@@ -178,7 +186,11 @@ impl Catalog {
                         'custom' as dump_format, 1 as dump_jobs, 3 as compression_level,
                         null::float8 as max_runtime_seconds, null::float8 as lock_wait_timeout_seconds, sd.client_major, sd.registered,
                         api.node_config_value(n.node_id, 'pause_recovery_on_standby')::boolean as pause_recovery_on_standby,
-                        extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds
+                        extract(epoch from api.node_config_value(n.node_id, 'max_recovery_pause')::interval)::float8 as max_recovery_pause_seconds,
+                        -- A snapshot goes where the server's sets go: its primary repository.
+                        (select s.repository_id from public.backup_server s
+                          where s.server_id = sd.backup_server_id) as repository_id,
+                        api.snapshot_recipients(sd.snapshot_id) as encryption_recipients
                    from public.snapshot_definition sd join public.pgsql_node n on n.node_id = sd.pgsql_node_id
                   where sd.snapshot_id = $1",
                 &[&snapshot_id],

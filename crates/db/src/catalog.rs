@@ -125,6 +125,8 @@ pub struct NewDefinition {
     pub weekday: Option<String>,
     pub code: Option<String>,
     pub encryption: Option<bool>,
+    /// `encryption=KEYNAME`: that key (then `encryption` is ignored).
+    pub encryption_key: Option<String>,
     pub retention_period: Option<String>,
     pub retention_redundancy: Option<i32>,
     pub extra_parameters: Option<String>,
@@ -160,6 +162,8 @@ pub struct CatalogFilter {
     pub code: Filter,
     pub from: Option<chrono::DateTime<chrono::Utc>>,
     pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// `--encrypted-with KEY`: the sets that key can read (name, KeyID or fingerprint).
+    pub encrypted_with: Option<String>,
     pub limit: i64,
 }
 
@@ -782,7 +786,7 @@ impl Catalog {
             for d in defs {
                 let id: i64 = tx
                     .query_one(
-                        "select api.register_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                        "select api.register_backup_definition($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                         &[
                             &d.server,
                             &d.node,
@@ -799,6 +803,7 @@ impl Catalog {
                             &d.extra_parameters,
                             &d.job_status,
                             &d.remarks,
+                            &d.encryption_key,
                         ],
                     )
                     .await?
@@ -1011,6 +1016,14 @@ impl Catalog {
         }
         if let Some(t) = f.to {
             q.push(r#""Finished" <"#, Box::new(t));
+        }
+        if let Some(k) = &f.encrypted_with {
+            // sql/35_encryption.sql; an unknown key is an error naming it, not an empty list.
+            q.params.push(Box::new(k.clone()));
+            q.clauses.push(format!(
+                r#""BckID" in (select api.sets_encrypted_with(${}))"#,
+                q.params.len()
+            ));
         }
         let sql = format!(
             r#"{prefix}select * from api.show_backup_catalog {} order by "Finished" desc limit ${}"#,

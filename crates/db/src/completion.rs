@@ -20,6 +20,8 @@ pub struct Candidates {
     pub dbnames: Vec<String>,
     /// Names of repositories.
     pub repositories: Vec<String>,
+    /// Names of encryption keys.
+    pub encryption_keys: Vec<String>,
 }
 
 /// At most this many candidates of each kind (a list longer than a screen helps nobody).
@@ -41,7 +43,8 @@ impl Catalog {
                              where state in ('QUEUED', 'RUNNING') order by job_id desc limit $1)
                  union all (select 'db', dbname from (select distinct dbname from public.backup_definition
                              where dbname <> '' order by dbname limit $1) d)
-                 union all (select 'r', name from public.repository order by name limit $1)",
+                 union all (select 'r', name from public.repository order by name limit $1)
+                 union all (select 'k', name from public.encryption_key order by name limit $1)",
                 &[&PER_KIND],
             )
             .await?;
@@ -56,6 +59,7 @@ impl Catalog {
                 "b" => out.bck_ids.push(word),
                 "j" => out.job_ids.push(word),
                 "r" => out.repositories.push(word),
+                "k" => out.encryption_keys.push(word),
                 _ => out.dbnames.push(word),
             }
         }

@@ -30,6 +30,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         "30_definitions.sql",
         include_str!("../../../sql/30_definitions.sql"),
     ),
+    (
+        "35_encryption.sql",
+        include_str!("../../../sql/35_encryption.sql"),
+    ),
     ("40_jobs.sql", include_str!("../../../sql/40_jobs.sql")),
     ("45_spool.sql", include_str!("../../../sql/45_spool.sql")),
     (
@@ -65,6 +69,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
         include_str!("../../../sql/87_repositories.sql"),
     ),
     (
+        "87_repository_copies.sql",
+        include_str!("../../../sql/87_repository_copies.sql"),
+    ),
+    (
         "87_wal_monitor.sql",
         include_str!("../../../sql/87_wal_monitor.sql"),
     ),
@@ -74,6 +82,10 @@ pub const SQL_BUNDLE: &[(&str, &str)] = &[
     ),
     ("89_clones.sql", include_str!("../../../sql/89_clones.sql")),
     ("89_pitr.sql", include_str!("../../../sql/89_pitr.sql")),
+    (
+        "89_pitr_remote.sql",
+        include_str!("../../../sql/89_pitr_remote.sql"),
+    ),
     (
         "89_wal_missing.sql",
         include_str!("../../../sql/89_wal_missing.sql"),

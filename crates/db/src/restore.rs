@@ -41,6 +41,8 @@ pub struct NewRestore {
     pub decompression: Option<String>,
     pub acknowledge_nonempty: bool,
     pub remarks: Option<String>,
+    /// `--identity FILE`: age identity files on the restoring agent's host (paths only).
+    pub identity_files: Vec<String>,
 }
 
 /// A claimed restore job as the agent runs it.
@@ -50,7 +52,13 @@ pub struct AgentRestore {
     pub restore_def: i64,
     pub bck_id: i64,
     pub backup_code: String,
+    /// Empty for a set in a repository.
     pub backup_dir: String,
+    /// A set in a repository (V19): the repository and the key prefix of its objects.
+    #[serde(default)]
+    pub repository_id: Option<i64>,
+    #[serde(default)]
+    pub object_prefix: Option<String>,
     pub source_dbname: String,
     pub role_list: Vec<String>,
     pub roles_to_restore: Vec<String>,
@@ -154,6 +162,14 @@ impl Catalog {
             )
             .await?
             .get(0);
+        if !r.identity_files.is_empty() {
+            // In the same transaction: the job is claimable only with its identities.
+            tx.execute(
+                "select api.set_restore_identity_files($1, $2)",
+                &[&id, &r.identity_files],
+            )
+            .await?;
+        }
         let job: i64 = tx
             .query_one(
                 "select job_id from public.job where restore_def = $1",
@@ -262,7 +278,9 @@ impl Catalog {
             restore_def: r.get("restore_def"),
             bck_id: r.get("bck_id"),
             backup_code: r.get("backup_code"),
-            backup_dir: r.get("backup_dir"),
+            backup_dir: r.get::<_, Option<String>>("backup_dir").unwrap_or_default(),
+            repository_id: r.get("repository_id"),
+            object_prefix: r.get("object_prefix"),
             source_dbname: r.get("source_dbname"),
             role_list: r.get("role_list"),
             roles_to_restore: r.get("roles_to_restore"),

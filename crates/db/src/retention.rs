@@ -88,6 +88,9 @@ pub struct MarkedSet {
     /// first (deleted first: an interrupted deletion never leaves a set that looks complete).
     pub repository_id: Option<i64>,
     pub object_keys: Vec<String>,
+    /// Its copies in second repositories (V23): each repository and the keys there, deleted
+    /// before the set itself.
+    pub copies: Vec<(i64, Vec<String>)>,
 }
 
 /// Files of a force-deleted catalog row.
@@ -227,12 +230,14 @@ impl Catalog {
             return Ok(None);
         };
         let (repository_id, object_keys) = objects_of(&c, row.bck_id).await?;
+        let copies = copies_of(&c, row.bck_id, &object_keys).await?;
         Ok(Some(MarkedSet {
             bck_id: row.bck_id,
             backup_dir: r.get(0),
             paths: r.get(1),
             repository_id,
             object_keys,
+            copies,
         }))
     }
 
@@ -249,12 +254,14 @@ impl Catalog {
         for r in &rows {
             let bck_id: i64 = r.get(0);
             let (repository_id, object_keys) = objects_of(&c, bck_id).await?;
+            let copies = copies_of(&c, bck_id, &object_keys).await?;
             out.push(MarkedSet {
                 bck_id,
                 backup_dir: r.get(1),
                 paths: r.get(2),
                 repository_id,
                 object_keys,
+                copies,
             });
         }
         Ok(out)
@@ -492,4 +499,20 @@ async fn objects_of(
         .await?;
     let repo: Option<i64> = r.get(0);
     Ok((repo, if repo.is_some() { r.get(1) } else { Vec::new() }))
+}
+
+/// The copies of a set (V23): a copy has the set's keys, in another repository. Every copy row
+/// counts (a FAILED one may have left objects).
+async fn copies_of(
+    c: &tokio_postgres::Client,
+    bck_id: i64,
+    keys: &[String],
+) -> Result<Vec<(i64, Vec<String>)>, DbError> {
+    let rows = c
+        .query(
+            "select repository_id from public.backup_copy where bck_id = $1 order by repository_id",
+            &[&bck_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), keys.to_vec())).collect())
 }

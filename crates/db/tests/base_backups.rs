@@ -80,6 +80,7 @@ fn def(code: &str, options: DefinitionOptions) -> NewDefinition {
         hours: Some("1".into()),
         code: Some(code.into()),
         encryption: Some(false),
+        encryption_key: None,
         options,
         ..Default::default()
     }

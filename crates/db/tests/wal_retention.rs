@@ -41,6 +41,7 @@ async fn env() -> Env {
                 hours: Some("1".into()),
                 code: Some("BASEBACKUP".into()),
                 encryption: Some(false),
+                encryption_key: None,
                 options: DefinitionOptions::default(),
                 ..Default::default()
             }],

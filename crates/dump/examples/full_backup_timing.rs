@@ -108,6 +108,7 @@ async fn main() {
             staging_root: root.path().join("staging"),
             final_dir: root.path().join(format!("set{round}")),
             definition: serde_json::Value::Null,
+            encryption: None,
         };
         let t = Instant::now();
         let o = run_backup(&spec, CancellationToken::new(), &|_| {}).await;

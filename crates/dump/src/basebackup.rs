@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -713,56 +713,17 @@ impl BaseRun<'_> {
         ));
 
         // backup.log closed, manifest.json
-        let log = Arc::clone(&self.log);
-        let log_path = staging.join(LOG_FILE);
-        let abort = Arc::new(AtomicBool::new(false));
-        let a = Arc::clone(&abort);
-        let log_entry = self
-            .bounds()
-            .blocking("write", abort, move || {
-                log.close()?;
-                let (size, sha256) = set::hash_file(&log_path, &a)?;
-                Ok::<_, std::io::Error>(FileEntry {
-                    name: LOG_FILE.into(),
-                    size,
-                    sha256,
-                })
-            })
-            .await?
-            .map_err(|e| {
-                fail(
-                    "write",
-                    format!("{}: {e}", staging.join(LOG_FILE).display()),
-                )
-            })?;
+        let log_entry = self.bounds().close_log(&self.log, staging).await?;
         files.push(log_entry);
         files.sort_by(|a, b| a.name.cmp(&b.name));
         self.timed("manifest", t);
         let manifest = self.manifest(&files, &facts);
-        let text =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| fail("manifest", e.to_string()))?;
-        let dir = staging.to_path_buf();
-        let entry = self
-            .bounds()
-            .blocking("manifest", Arc::default(), move || {
-                set::write_private_file(&dir, MANIFEST_FILE, &text)
-            })
-            .await?
-            .map_err(|e| {
-                fail(
-                    "write",
-                    format!("{}: {e}", staging.join(MANIFEST_FILE).display()),
-                )
-            })?;
+        let entry = self.bounds().write_manifest(staging, &manifest).await?;
         files.push(entry);
 
         // fsync, rename
         let t = std::time::Instant::now();
-        let dir = staging.to_path_buf();
-        self.bounds()
-            .blocking("fsync", Arc::default(), move || set::fsync_dir(&dir))
-            .await?
-            .map_err(|e| fail("fsync", format!("{}: {e}", staging.display())))?;
+        self.bounds().fsync_staging(staging).await?;
         place_set(
             staging.to_path_buf(),
             spec.final_dir.clone(),
@@ -815,6 +776,7 @@ impl BaseRun<'_> {
             notes: Vec::new(),
             started: self.started,
             finished: Utc::now(),
+            encryption: None,
         }
     }
 }

@@ -64,6 +64,7 @@
 pub mod basebackup;
 mod child;
 mod client;
+pub mod crypt;
 mod error;
 mod launcher;
 mod node;
@@ -86,8 +87,8 @@ pub use error::DumpError;
 pub use launcher::{LAUNCHER_ARG, child_command, launcher_main, set_launcher};
 pub use quote::{quote_ident, quote_literal};
 pub use restore::{
-    Decompression, Interrupted, Journal, RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck,
-    journals_in, remove_journal, restore_set, undo_interrupted,
+    Decompression, Interrupted, Journal, RepositorySet, RestoreOutcome, RestoreSpec, RolePolicy,
+    RowCountCheck, journals_in, remove_journal, restore_set, undo_interrupted,
 };
 pub use run::{
     CLUSTER_DUMP_FILE, CUSTOM_DUMP_FILE, DATABASE_FILE, DIRECTORY_DUMP, ENV_REMOVED,

@@ -48,6 +48,7 @@ mod feed;
 mod globals;
 mod journal;
 mod psql_error;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,6 +60,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::spec::{NodeConn, Status};
 pub use exec::restore_set;
 pub use journal::{Interrupted, Journal, journals_in, remove_journal, undo_interrupted};
+pub use source::RepositorySet;
 
 /// What the restore does with the roles of the set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,8 +129,13 @@ impl std::str::FromStr for Decompression {
 pub struct RestoreSpec {
     /// The job; names the staging directory.
     pub job_id: i64,
-    /// The backup set (a directory with `manifest.json`).
+    /// The backup set (a directory with `manifest.json`); ignored when `repository` is set.
     pub set_dir: PathBuf,
+    /// A set stored in a repository: its objects are read from there (the small files
+    /// fetched into the staging directory, the dump streamed, every sha256 checked as the
+    /// bytes pass). Not journalled: the undo of an interrupted run needs the target only.
+    #[serde(skip)]
+    pub repository: Option<RepositorySet>,
     /// The target node, as for a backup; psql and pg_restore connect as `node.user`, which
     /// must be a superuser (roles are created, databases created and dropped).
     pub node: NodeConn,
@@ -179,6 +186,11 @@ pub struct RestoreSpec {
     /// journal (an in-process failure is still undone).
     #[serde(default)]
     pub journal: Option<Journal>,
+    /// Identity files (age, `AGE-SECRET-KEY-1…`) for an encrypted set (crate::crypt): the
+    /// shell's `--identity`, or the agent's `[agent.encryption] identity_files`. Paths only;
+    /// the keys are read when the restore starts and never logged.
+    #[serde(default)]
+    pub identity_files: Vec<PathBuf>,
 }
 
 fn yes() -> bool {

@@ -32,6 +32,8 @@ use crate::sqlgen;
 
 mod capture;
 mod dump;
+mod finish;
+mod rows;
 mod stop;
 
 pub(crate) use stop::{Bounds, Stop, fail};
@@ -96,6 +98,10 @@ struct Run<'a> {
     pending: crate::upload::PendingWriter,
     /// Keys uploaded so far: removed again if the run fails.
     uploaded: Vec<String>,
+    /// The recipients of an encrypted set (crate::crypt), parsed by `check_arguments`.
+    seal: Option<Arc<crate::crypt::Seal>>,
+    /// The files of the set written encrypted.
+    sealed_files: Vec<String>,
 }
 
 /// Runs one backup. Never fails: the outcome says how it ended. See the crate documentation for
@@ -116,7 +122,8 @@ pub async fn run_backup(
 /// [`run_backup`], the set going to `target` (a repository) instead of `spec.final_dir` when
 /// given: the dump streamed into the store, then the small files and the manifest (see
 /// [`crate::upload`]). The outcome's `backup_dir` is then None; the set is at
-/// `target.prefix`. Custom format and CLUSTER/GLOBALS only.
+/// `target.prefix`. A directory-format dump is written into staging first (pg_dump -Fd
+/// writes files), each of its files then uploaded as an object.
 pub async fn run_backup_to(
     spec: &BackupSpec,
     target: Option<&crate::upload::StoreTarget>,
@@ -148,6 +155,8 @@ pub async fn run_backup_to(
         target,
         pending: Default::default(),
         uploaded: Vec::new(),
+        seal: None,
+        sealed_files: Vec::new(),
     };
     let staging = spec.staging_root.join(spec.job_id.to_string());
     let mut guard: Option<StagingGuard> = None;
@@ -193,22 +202,14 @@ pub async fn run_backup_to(
     // Levels 1 and 2 on the set in place (crate::verify): a set that cannot be read back is
     // known now, not at restore time.
     let verification = if let (true, Some(t)) = (status.is_success(), target) {
-        // Level 1 against the repository: every object re-read (level 2 reads a local set).
+        // Against the repository: every object re-read (level 1), then the archive's table of
+        // contents from the dump object (level 2).
         let t0 = std::time::Instant::now();
-        let r = crate::upload::verify_objects(t, &files).await;
+        let v = crate::verify::after_upload(t, &files, &spec.bin_dir, &run.cancel).await;
         run.timed("verify", t0);
-        Some(crate::verify::Verification {
-            level: 1,
-            state: if r.is_ok() {
-                crate::verify::VerifyState::Passed
-            } else {
-                crate::verify::VerifyState::Failed
-            },
-            error: r.err(),
-            toc_entries: None,
-            seconds: t0.elapsed().as_secs_f64(),
-        })
+        v
     } else if status.is_success() {
+        // An encrypted set: level 1 only (the agent holds no identity; see crate::verify).
         let t = std::time::Instant::now();
         let v =
             crate::verify::verify_levels(&spec.final_dir, &spec.bin_dir, None, &run.cancel).await;
@@ -484,53 +485,17 @@ impl Run<'_> {
         let mut files = files;
         files.append(&mut self.written);
         self.log.event("dump complete; writing the manifest");
-        let log = Arc::clone(&self.log);
-        let log_path = staging.join(LOG_FILE);
-        let abort = Arc::new(AtomicBool::new(false));
-        let a = Arc::clone(&abort);
-        let log_entry = self
-            .blocking("write", abort, move || {
-                log.close()?;
-                let (size, sha256) = set::hash_file(&log_path, &a)?;
-                Ok::<_, std::io::Error>(FileEntry {
-                    name: LOG_FILE.into(),
-                    size,
-                    sha256,
-                })
-            })
-            .await?
-            .map_err(|e| {
-                fail(
-                    "write",
-                    format!("{}: {e}", staging.join(LOG_FILE).display()),
-                )
-            })?;
+        let log_entry = self.bounds().close_log(&self.log, staging).await?;
         files.push(log_entry);
         files.sort_by(|a, b| a.name.cmp(&b.name));
         self.timed("manifest", t);
         let manifest = self.manifest(&files, client_major, &facts);
-        let text =
-            serde_json::to_vec_pretty(&manifest).map_err(|e| fail("manifest", e.to_string()))?;
-        let dir = staging.to_path_buf();
-        let manifest_entry = self
-            .blocking("manifest", Arc::default(), move || {
-                set::write_private_file(&dir, MANIFEST_FILE, &text)
-            })
-            .await?
-            .map_err(|e| {
-                fail(
-                    "write",
-                    format!("{}: {e}", staging.join(MANIFEST_FILE).display()),
-                )
-            })?;
+        let manifest_entry = self.bounds().write_manifest(staging, &manifest).await?;
         files.push(manifest_entry);
 
         // fsync (files were synced as they were closed; now the directory)
         let t = std::time::Instant::now();
-        let dir = staging.to_path_buf();
-        self.blocking("fsync", Arc::default(), move || set::fsync_dir(&dir))
-            .await?
-            .map_err(|e| fail("fsync", format!("{}: {e}", staging.display())))?;
+        self.bounds().fsync_staging(staging).await?;
         self.timed("fsync", t);
 
         if let Some(target) = self.target {
@@ -578,24 +543,28 @@ impl Run<'_> {
 
     /// Extra arguments are checked again (defence in depth: they reach pg_dump's argv) and the
     /// spec must make sense.
-    fn check_arguments(&self) -> Result<(), Stop> {
+    fn check_arguments(&mut self) -> Result<(), Stop> {
         let spec = self.spec;
         let step = "arguments";
+        if let Some(e) = &spec.encryption {
+            if !spec.code.is_cluster_wide() && matches!(spec.format, DumpFormat::Directory { .. }) {
+                return Err(fail(
+                    step,
+                    "a directory-format dump cannot be encrypted (pg_dump writes its files itself): use the custom format for encrypted definitions",
+                ));
+            }
+            self.seal = Some(Arc::new(
+                crate::crypt::Seal::new(e).map_err(|m| fail(step, m))?,
+            ));
+        }
         if spec.code.is_physical() {
             return Err(fail(
                 step,
                 "a BASEBACKUP set is made by pg_basebackup (run_base_backup), not pg_dump",
             ));
         }
-        if self.target.is_some()
-            && !spec.code.is_cluster_wide()
-            && matches!(spec.format, DumpFormat::Directory { .. })
-        {
-            return Err(fail(
-                step,
-                "a directory-format dump cannot be streamed to a repository: use the custom format for definitions that store in a repository",
-            ));
-        }
+        // A directory-format dump to a repository: pg_dump -Fd writes its files into staging
+        // (it cannot write to a pipe), then each one is uploaded as an object.
         if spec.extra_args.iter().any(|a| a == "--") {
             return Err(fail(step, "extra parameters must not contain \"--\""));
         }
@@ -693,7 +662,11 @@ impl Run<'_> {
             }),
         };
         Manifest {
-            format: MANIFEST_FORMAT,
+            format: if spec.encryption.is_some() {
+                set::MANIFEST_FORMAT_ENCRYPTED
+            } else {
+                MANIFEST_FORMAT
+            },
             pgbackman_version: env!("CARGO_PKG_VERSION").into(),
             job_id: spec.job_id,
             code: spec.code.to_string(),
@@ -733,6 +706,21 @@ impl Run<'_> {
             notes: self.notes.clone(),
             started: self.started,
             finished: Utc::now(),
+            encryption: spec
+                .encryption
+                .as_ref()
+                .map(|e| crate::crypt::ManifestEncryption {
+                    scheme: "age".into(),
+                    recipients: e
+                        .recipients
+                        .iter()
+                        .map(|r| crate::crypt::ManifestRecipient {
+                            fingerprint: r.fingerprint.clone(),
+                            name: r.name.clone(),
+                        })
+                        .collect(),
+                    files: self.sealed_files.clone(),
+                }),
         }
     }
 }

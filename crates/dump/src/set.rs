@@ -22,6 +22,9 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const LOG_FILE: &str = "backup.log";
 /// Version of the manifest layout.
 pub const MANIFEST_FORMAT: u32 = 1;
+/// The layout of an encrypted set: format 1 plus `encryption` (a reader of format 1 only
+/// refuses it instead of reading ciphertext as zstd).
+pub const MANIFEST_FORMAT_ENCRYPTED: u32 = 2;
 
 /// Creates `path` with mode 0700 (exactly: the umask is not allowed to matter).
 pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
@@ -173,7 +176,8 @@ struct HashingWriter {
     file: File,
     hasher: Sha256,
     written: Arc<AtomicU64>,
-    error: Option<io::ErrorKind>,
+    /// Set on this writer's own IO errors (shared: an age layer may sit between it and zstd).
+    failed: Arc<AtomicBool>,
     writeback: Writeback,
     since_kick: u64,
 }
@@ -193,7 +197,7 @@ impl Write for HashingWriter {
             }
             Err(e) => {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    self.error = Some(e.kind());
+                    self.failed.store(true, Ordering::Relaxed);
                 }
                 Err(e)
             }
@@ -203,7 +207,7 @@ impl Write for HashingWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.file
             .flush()
-            .inspect_err(|e| self.error = Some(e.kind()))
+            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
     }
 }
 
@@ -211,7 +215,8 @@ impl Write for HashingWriter {
 /// sha256 and count of the compressed bytes taken as they reach the file, flushed in the
 /// background as it grows. Blocking.
 pub(crate) struct ZstdFile {
-    encoder: zstd::stream::write::Encoder<'static, HashingWriter>,
+    encoder: zstd::stream::write::Encoder<'static, crate::crypt::Sealed<HashingWriter>>,
+    failed: Arc<AtomicBool>,
 }
 
 impl ZstdFile {
@@ -221,16 +226,29 @@ impl ZstdFile {
         level: i32,
         written: Arc<AtomicU64>,
     ) -> Result<ZstdFile, StreamError> {
+        Self::create_sealed(dest, level, written, None)
+    }
+
+    /// [`create`](Self::create), encrypted with age to `seal` between zstd and the hash when
+    /// given (crate::crypt): the sha256 and size are those of the stored ciphertext.
+    pub(crate) fn create_sealed(
+        dest: &Path,
+        level: i32,
+        written: Arc<AtomicU64>,
+        seal: Option<&crate::crypt::Seal>,
+    ) -> Result<ZstdFile, StreamError> {
         let file = create_private_file(dest).map_err(StreamError::Write)?;
         let writeback = Writeback::start(&file).map_err(StreamError::Write)?;
+        let failed = Arc::new(AtomicBool::new(false));
         let sink = HashingWriter {
             file,
             hasher: Sha256::new(),
             written,
-            error: None,
+            failed: Arc::clone(&failed),
             writeback,
             since_kick: 0,
         };
+        let sink = crate::crypt::Sealed::new(sink, seal).map_err(StreamError::Write)?;
         let mut encoder =
             zstd::stream::write::Encoder::new(sink, level).map_err(StreamError::Compress)?;
         encoder
@@ -242,13 +260,14 @@ impl ZstdFile {
         encoder
             .multithread(compression_workers())
             .map_err(StreamError::Compress)?;
-        Ok(ZstdFile { encoder })
+        Ok(ZstdFile { encoder, failed })
     }
 
     fn classify(&self, e: io::Error) -> StreamError {
-        match self.encoder.get_ref().error {
-            Some(_) => StreamError::Write(e),
-            None => StreamError::Compress(e),
+        if self.failed.load(Ordering::Relaxed) {
+            StreamError::Write(e)
+        } else {
+            StreamError::Compress(e)
         }
     }
 
@@ -262,7 +281,12 @@ impl ZstdFile {
         if let Err(e) = self.encoder.do_finish() {
             return Err(self.classify(e));
         }
-        let mut sink = self.encoder.finish().map_err(StreamError::Compress)?;
+        let sealed = self.encoder.finish().map_err(StreamError::Compress)?;
+        let mut sink = match sealed.finish() {
+            Ok(s) => s,
+            Err(e) if self.failed.load(Ordering::Relaxed) => return Err(StreamError::Write(e)),
+            Err(e) => return Err(StreamError::Compress(e)),
+        };
         sink.writeback.finish().map_err(StreamError::Write)?;
         sink.file.sync_all().map_err(StreamError::Write)?;
         let size = sink.written.load(Ordering::Relaxed);
@@ -275,13 +299,25 @@ impl ZstdFile {
 /// `written` counts compressed bytes as they reach the file. Returns (size, sha256). Blocking.
 /// On any error it returns at once: dropping `input` closes the pipe, so the writer end sees
 /// EPIPE and stops.
+#[cfg(test)]
 pub(crate) fn compress_stream(
-    mut input: impl Read,
+    input: impl Read,
     dest: &Path,
     level: i32,
     written: Arc<AtomicU64>,
 ) -> Result<(u64, String), StreamError> {
-    let mut out = ZstdFile::create(dest, level, written)?;
+    compress_stream_sealed(input, dest, level, written, None)
+}
+
+/// [`compress_stream`], encrypted to `seal` when given (crate::crypt).
+pub(crate) fn compress_stream_sealed(
+    mut input: impl Read,
+    dest: &Path,
+    level: i32,
+    written: Arc<AtomicU64>,
+    seal: Option<&crate::crypt::Seal>,
+) -> Result<(u64, String), StreamError> {
+    let mut out = ZstdFile::create_sealed(dest, level, written, seal)?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match input.read(&mut buf) {
@@ -454,6 +490,18 @@ pub struct Manifest {
     pub started: DateTime<Utc>,
     /// When the content of the set was complete (before fsync and rename).
     pub finished: DateTime<Utc>,
+    /// An encrypted set (format 2): who can read it and which files are encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<crate::crypt::ManifestEncryption>,
+}
+
+impl Manifest {
+    /// Whether `name` is stored encrypted.
+    pub fn is_encrypted(&self, name: &str) -> bool {
+        self.encryption
+            .as_ref()
+            .is_some_and(|e| e.files.iter().any(|f| f == name))
+    }
 }
 
 /// Reads `dir/manifest.json`.
@@ -463,15 +511,20 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, DumpError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    let m: Manifest = serde_json::from_slice(&text).map_err(|e| DumpError::Manifest {
+    parse_manifest(&text, path)
+}
+
+/// Parses the bytes of a manifest read from `path` (a file, or an object of a repository).
+pub fn parse_manifest(text: &[u8], path: PathBuf) -> Result<Manifest, DumpError> {
+    let m: Manifest = serde_json::from_slice(text).map_err(|e| DumpError::Manifest {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    if m.format != MANIFEST_FORMAT {
+    if m.format != MANIFEST_FORMAT && m.format != MANIFEST_FORMAT_ENCRYPTED {
         return Err(DumpError::Manifest {
             path,
             reason: format!(
-                "format {} is not supported (this pgbackman reads format {MANIFEST_FORMAT})",
+                "format {} is not supported (this pgbackman reads formats {MANIFEST_FORMAT} and {MANIFEST_FORMAT_ENCRYPTED})",
                 m.format
             ),
         });
@@ -480,7 +533,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, DumpError> {
 }
 
 /// Whether a manifest name stays inside the set.
-fn safe_relative(name: &str) -> bool {
+pub(crate) fn safe_relative(name: &str) -> bool {
     let p = Path::new(name);
     !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
 }

@@ -117,6 +117,10 @@ pub struct BackupSpec {
     /// The backup definition as it was, copied into the manifest.
     #[serde(default)]
     pub definition: serde_json::Value,
+    /// Encrypt the set's dump, roles.sql and database.sql to these recipients (crate::crypt);
+    /// None: a plain set.
+    #[serde(default)]
+    pub encryption: Option<crate::crypt::SetEncryption>,
 }
 
 /// One file of a finished backup set.

@@ -88,6 +88,7 @@ fn compress_to_channel(
     tx: mpsc::Sender<Bytes>,
     level: i32,
     written: Arc<AtomicU64>,
+    seal: Option<Arc<crate::crypt::Seal>>,
 ) -> Result<(u64, String), StreamError> {
     let sink = ChannelSink {
         tx,
@@ -95,6 +96,9 @@ fn compress_to_channel(
         hasher: Sha256::new(),
         written,
     };
+    // Encrypted between zstd and the hash (crate::crypt): what is hashed and uploaded is the
+    // ciphertext, one pass, bounded memory (age buffers one 64 KiB chunk).
+    let sink = crate::crypt::Sealed::new(sink, seal.as_deref()).map_err(StreamError::Write)?;
     let mut enc = zstd::stream::write::Encoder::new(sink, level).map_err(StreamError::Compress)?;
     enc.include_checksum(true).map_err(StreamError::Compress)?;
     enc.multithread(crate::set::compression_workers())
@@ -121,7 +125,8 @@ fn compress_to_channel(
         enc.write_all(&buf[..n]).map_err(upload_gone)?;
     }
     enc.do_finish().map_err(upload_gone)?;
-    let mut sink = enc.finish().map_err(StreamError::Compress)?;
+    let sealed = enc.finish().map_err(StreamError::Compress)?;
+    let mut sink = sealed.finish().map_err(upload_gone)?;
     sink.send().map_err(StreamError::Write)?;
     let size = sink.written.load(Ordering::Relaxed);
     Ok((size, hex::encode(sink.hasher.finalize())))
@@ -139,11 +144,24 @@ pub(crate) async fn start(
     written: Arc<AtomicU64>,
     pending: PendingWriter,
 ) -> Result<tokio::task::JoinHandle<Result<(u64, String), StreamError>>, StoreError> {
+    start_sealed(target, file, input, level, written, pending, None).await
+}
+
+/// [`start`], encrypted to `seal` when given (crate::crypt).
+pub(crate) async fn start_sealed(
+    target: &StoreTarget,
+    file: &str,
+    input: impl Read + Send + 'static,
+    level: i32,
+    written: Arc<AtomicU64>,
+    pending: PendingWriter,
+    seal: Option<Arc<crate::crypt::Seal>>,
+) -> Result<tokio::task::JoinHandle<Result<(u64, String), StreamError>>, StoreError> {
     let key = target.key(file);
     let mut w = target.store.create(&key).await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
     let compress =
-        tokio::task::spawn_blocking(move || compress_to_channel(input, tx, level, written));
+        tokio::task::spawn_blocking(move || compress_to_channel(input, tx, level, written, seal));
     Ok(tokio::spawn(async move {
         let mut failed: Option<StoreError> = None;
         while let Some(c) = rx.recv().await {
@@ -218,7 +236,12 @@ pub(crate) async fn aborted(w: Box<dyn ObjectWriter>, e: StoreError) -> String {
     }
 }
 
-/// Uploads the small files of the set from staging (write-once), `manifest.json` last.
+/// Files above this size are streamed into their object (a multipart upload) instead of read
+/// whole: the members of a directory-format dump may be large.
+const WHOLE_MAX: u64 = 8 << 20;
+
+/// Uploads the files of the set from staging (write-once) other than the streamed dump,
+/// `manifest.json` last.
 pub(crate) async fn put_files(
     target: &StoreTarget,
     staging: &std::path::Path,
@@ -227,18 +250,69 @@ pub(crate) async fn put_files(
 ) -> Result<(), StoreError> {
     for name in names {
         let key = target.key(name);
-        let bytes = tokio::fs::read(staging.join(name)).await.map_err(|e| {
+        let path = staging.join(name);
+        let io = |e: std::io::Error| {
             StoreError::new(
                 pgbackman_store::ErrorKind::Failed,
                 target.store.name(),
                 &key,
-                format!("reading {}: {e}", staging.join(name).display()),
+                format!("reading {}: {e}", path.display()),
             )
-        })?;
-        target.store.put_once(&key, Bytes::from(bytes)).await?;
+        };
+        let size = tokio::fs::metadata(&path).await.map_err(io)?.len();
+        if size <= WHOLE_MAX {
+            let bytes = tokio::fs::read(&path).await.map_err(io)?;
+            target.store.put_once(&key, Bytes::from(bytes)).await?;
+        } else {
+            put_streamed(target, &key, &path).await?;
+        }
         uploaded.push(key);
     }
     Ok(())
+}
+
+/// One large file of staging streamed into a new object, 1 MiB at a time (aborted on error).
+async fn put_streamed(
+    target: &StoreTarget,
+    key: &str,
+    path: &std::path::Path,
+) -> Result<(), StoreError> {
+    use tokio::io::AsyncReadExt;
+    let mut w = target.store.create(key).await?;
+    let mut f = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = w.abort().await;
+            return Err(StoreError::new(
+                pgbackman_store::ErrorKind::Failed,
+                target.store.name(),
+                key,
+                format!("reading {}: {e}", path.display()),
+            ));
+        }
+    };
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+        match f.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {
+                if let Err(e) = w.write(buf.freeze()).await {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+            }
+            Err(e) => {
+                let _ = w.abort().await;
+                return Err(StoreError::new(
+                    pgbackman_store::ErrorKind::Failed,
+                    target.store.name(),
+                    key,
+                    format!("reading {}: {e}", path.display()),
+                ));
+            }
+        }
+    }
+    w.finish().await.map(|_| ())
 }
 
 /// Removes what a failed run uploaded (best effort: a failure is logged; retention's

@@ -34,10 +34,15 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{GRACE, TAIL_LINES};
+use crate::restore::source::Source;
 use crate::restore::{Decompression, RestoreSpec, RolePolicy, restore_set};
+
+mod repository;
 use crate::run::ENV_REMOVED;
 use crate::set::{MANIFEST_FILE, Manifest, verify_set_with};
 use crate::spec::{NodeConn, RowCountSource, Status, TableRowCounts};
+pub(crate) use repository::after_upload;
+pub use repository::verify_levels_in;
 
 /// Whether a verification passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,11 +104,26 @@ pub fn verify_checksums(
 }
 
 /// Runs levels 1 and 2 on the set in `dir` with the client tools of `bin_dir` (pg_restore of a
-/// major at least the dump's). None when cancelled.
+/// major at least the dump's). None when cancelled. An encrypted set gets level 1 only (see
+/// [`verify_levels_with`]).
 pub async fn verify_levels(
     dir: &Path,
     bin_dir: &Path,
     manifest_sha256: Option<&str>,
+    cancel: &CancellationToken,
+) -> Option<Verification> {
+    verify_levels_with(dir, bin_dir, manifest_sha256, &[], cancel).await
+}
+
+/// [`verify_levels`] with the identity files of an agent that may read encrypted sets
+/// (crate::crypt, `[agent.encryption]`): level 2 of an encrypted set decrypts its dump with
+/// them; without any, an encrypted set stops at level 1 (sha256 of the ciphertext), and an
+/// identity that matches none of its keys fails level 2, naming the keys.
+pub async fn verify_levels_with(
+    dir: &Path,
+    bin_dir: &Path,
+    manifest_sha256: Option<&str>,
+    identity_files: &[PathBuf],
     cancel: &CancellationToken,
 ) -> Option<Verification> {
     let t0 = Instant::now();
@@ -117,9 +137,39 @@ pub async fn verify_levels(
     // Level 2 reads the head of the dump while level 1 hashes the whole set: both always run,
     // and a level 1 failure wins, as when they ran one after the other. Level 2 reads the
     // manifest itself; level 1 proves (sha256 against the catalog) that it is the right one.
+    let encrypted = AtomicBool::new(false);
     let level2 = async {
         match crate::set::read_manifest(dir) {
-            Ok(m) => Some(check_archive(dir, &m, bin_dir, cancel).await),
+            // An encrypted set (crate::crypt): level 2 needs an identity, and the agents that
+            // verify hold none; level 1 (sha256 of the ciphertext) is what they can prove.
+            Ok(m) if m.encryption.is_some() && identity_files.is_empty() => {
+                encrypted.store(true, Ordering::Relaxed);
+                Some(Ok(None))
+            }
+            Ok(m) if m.encryption.is_some() => {
+                let (d, m2, f) = (dir.to_path_buf(), m.clone(), identity_files.to_vec());
+                match tokio::task::spawn_blocking(move || {
+                    crate::crypt::identities_for_set(&d, &m2, &f)
+                })
+                .await
+                {
+                    Ok(Ok(ids)) => Some(
+                        check_archive(
+                            &Source::Dir(dir.to_path_buf()),
+                            &m,
+                            bin_dir,
+                            Some(Arc::new(ids)),
+                            cancel,
+                        )
+                        .await,
+                    ),
+                    Ok(Err(e)) => Some(Err(ToolError::failed(e))),
+                    Err(e) => Some(Err(ToolError::failed(format!("internal error: {e}")))),
+                }
+            }
+            Ok(m) => Some(
+                check_archive(&Source::Dir(dir.to_path_buf()), &m, bin_dir, None, cancel).await,
+            ),
             // Level 1 reports an unreadable manifest.
             Err(_) => None,
         }
@@ -135,6 +185,15 @@ pub async fn verify_levels(
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Some(Verification::failed(1, e, t0)),
         Err(e) => return Some(Verification::failed(1, format!("internal error: {e}"), t0)),
+    }
+    if encrypted.load(Ordering::Relaxed) {
+        return Some(Verification {
+            level: 1,
+            state: VerifyState::Passed,
+            error: None,
+            toc_entries: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
     }
     let level2 = level2.unwrap_or_else(|| {
         Err(ToolError::failed(
@@ -167,17 +226,17 @@ pub async fn verify_levels(
 }
 
 /// How the main dump of a set is stored, from its manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DumpKind {
     /// `dump.pgdump.zst`: pg_dump custom format through zstd.
-    Custom(PathBuf),
+    Custom,
     /// `dump.dir`: pg_dump directory format.
-    Directory(PathBuf),
+    Directory,
     /// `cluster.sql.zst` / `globals.sql.zst`: SQL text through zstd.
-    Sql(PathBuf),
+    Sql,
 }
 
-fn dump_kind(dir: &Path, m: &Manifest) -> Result<DumpKind, String> {
+fn dump_kind(m: &Manifest) -> Result<DumpKind, String> {
     let name = m.dump_file.as_str();
     if name.is_empty()
         || !Path::new(name)
@@ -186,49 +245,79 @@ fn dump_kind(dir: &Path, m: &Manifest) -> Result<DumpKind, String> {
     {
         return Err(format!("the manifest names no valid dump file ({name:?})"));
     }
-    let path = dir.join(name);
     match m.dump_format.get("kind").and_then(|k| k.as_str()) {
-        Some("custom") => Ok(DumpKind::Custom(path)),
-        Some("directory") => Ok(DumpKind::Directory(path)),
-        Some("sql") => Ok(DumpKind::Sql(path)),
+        Some("custom") => Ok(DumpKind::Custom),
+        Some("directory") => Ok(DumpKind::Directory),
+        Some("sql") => Ok(DumpKind::Sql),
         // A base backup's tar through zstd: level 2 decodes the stream to its end (checksum).
-        Some("tar") => Ok(DumpKind::Sql(path)),
+        Some("tar") => Ok(DumpKind::Sql),
         other => Err(format!("unknown dump format {other:?} in the manifest")),
     }
 }
 
+/// Opens the bytes of one file of a set as stored (on a blocking thread).
+type Opener = Box<dyn FnOnce() -> io::Result<Box<dyn Read + Send>> + Send>;
+
+/// The opener of the dump of `m` in `source`.
+fn dump_opener(source: &Source, m: &Manifest) -> Opener {
+    let entry = m
+        .files
+        .iter()
+        .find(|f| f.name == m.dump_file)
+        .cloned()
+        .unwrap_or_else(|| crate::spec::FileEntry {
+            name: m.dump_file.clone(),
+            size: 0,
+            sha256: String::new(),
+        });
+    let s = source.clone();
+    Box::new(move || s.open(&entry))
+}
+
 /// Level 2. Returns the number of TOC entries (None for SQL sets).
 async fn check_archive(
-    dir: &Path,
+    source: &Source,
     m: &Manifest,
     bin_dir: &Path,
+    ids: Option<Arc<crate::crypt::Identities>>,
     cancel: &CancellationToken,
 ) -> Result<Option<u64>, ToolError> {
-    let kind = dump_kind(dir, m).map_err(ToolError::failed)?;
+    let kind = dump_kind(m).map_err(ToolError::failed)?;
+    let what = source.describe(&m.dump_file);
     let tool = |args: Vec<String>| Tool {
         program: bin_dir.join("pg_restore"),
         args,
         env: Vec::new(),
+        ids: ids.clone(),
     };
-    let out = match &kind {
-        DumpKind::Custom(path) => {
+    let out = match (kind, source) {
+        (DumpKind::Custom, _) => {
             tool(vec!["--list".into()])
-                .run(Some(path), true, cancel)
+                .run(Some(dump_opener(source, m)), true, cancel)
                 .await?
         }
-        DumpKind::Directory(path) => {
-            tool(vec!["--list".into(), path.display().to_string()])
-                .run(None, true, cancel)
-                .await?
+        (DumpKind::Directory, Source::Dir(dir)) => {
+            tool(vec![
+                "--list".into(),
+                dir.join(&m.dump_file).display().to_string(),
+            ])
+            .run(None, true, cancel)
+            .await?
         }
-        DumpKind::Sql(path) => {
+        (DumpKind::Directory, Source::Repository { .. }) => {
+            return repository::directory_toc(source, m, bin_dir, cancel).await;
+        }
+        (DumpKind::Sql, _) => {
             let abort = Arc::new(AtomicBool::new(false));
-            let (p, a) = (path.clone(), Arc::clone(&abort));
-            let h = tokio::task::spawn_blocking(move || decode_to_end(&p, &a));
+            let (o, a, i) = (dump_opener(source, m), Arc::clone(&abort), ids.clone());
+            let name = m.dump_file.clone();
+            let h = tokio::task::spawn_blocking(move || {
+                decode_to_end(crate::crypt::plain(o()?, i.as_deref(), &name)?, &a)
+            });
             return tokio::select! {
                 r = h => match r {
                     Ok(Ok(_)) => Ok(None),
-                    Ok(Err(e)) => Err(ToolError::failed(format!("{}: zstd: {e}", path.display()))),
+                    Ok(Err(e)) => Err(ToolError::failed(format!("{what}: zstd: {e}"))),
                     Err(e) => Err(ToolError::failed(format!("internal error: {e}"))),
                 },
                 () = cancel.cancelled() => {
@@ -238,6 +327,11 @@ async fn check_archive(
             };
         }
     };
+    toc_entries(&out)
+}
+
+/// The entries `pg_restore --list` printed.
+fn toc_entries(out: &ToolOutput) -> Result<Option<u64>, ToolError> {
     let entries = out
         .stdout
         .lines()
@@ -254,8 +348,8 @@ async fn check_archive(
 }
 
 /// Decodes a zstd file to its end (the frame checksums are checked by the decoder).
-fn decode_to_end(path: &Path, abort: &AtomicBool) -> io::Result<u64> {
-    let mut d = zstd::stream::read::Decoder::new(File::open(path)?)?;
+fn decode_to_end(src: impl Read, abort: &AtomicBool) -> io::Result<u64> {
+    let mut d = zstd::stream::read::Decoder::new(src)?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
@@ -300,6 +394,8 @@ struct Tool {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The stdin file is encrypted: read through these identities (crate::crypt).
+    ids: Option<Arc<crate::crypt::Identities>>,
 }
 
 impl Tool {
@@ -307,7 +403,7 @@ impl Tool {
     /// reading early, like `pg_restore --list`, is fine).
     async fn run(
         &self,
-        zstd_stdin: Option<&Path>,
+        zstd_stdin: Option<Opener>,
         capture_stdout: bool,
         cancel: &CancellationToken,
     ) -> Result<ToolOutput, ToolError> {
@@ -348,13 +444,16 @@ impl Tool {
                 .map(Pid::from_raw),
         );
         let feeder = match (zstd_stdin, child.stdin.take()) {
-            (Some(path), Some(stdin)) => {
+            (Some(open), Some(stdin)) => {
                 let fd = stdin
                     .into_owned_fd()
                     .map_err(|e| ToolError::failed(format!("pipe: {e}")))?;
-                let path = path.to_path_buf();
+                let ids = self.ids.clone();
                 Some(tokio::task::spawn_blocking(move || {
-                    feed_zstd(&path, File::from(fd))
+                    let src = open()
+                        .and_then(|r| crate::crypt::plain(r, ids.as_deref(), "the dump"))
+                        .map_err(|e| e.to_string())?;
+                    feed_zstd(src, File::from(fd))
                 }))
             }
             _ => None,
@@ -411,16 +510,15 @@ impl Tool {
 
 /// Decodes `path` (zstd) into the child's stdin. A closed pipe ends it quietly: the child may
 /// stop reading once it has what it needs.
-fn feed_zstd(path: &Path, mut to: File) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut d = zstd::stream::read::Decoder::new(file).map_err(|e| format!("zstd: {e}"))?;
+fn feed_zstd(src: impl Read, mut to: File) -> Result<(), String> {
+    let mut d = zstd::stream::read::Decoder::new(src).map_err(|e| format!("zstd: {e}"))?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match d.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("{}: zstd: {e}", path.display())),
+            Err(e) => return Err(format!("zstd: {e}")),
         };
         match to.write_all(&buf[..n]) {
             Ok(()) => {}
@@ -472,8 +570,11 @@ impl Drop for GroupKill {
 pub struct DrillSpec {
     /// The job (for logs).
     pub job_id: i64,
-    /// The backup set.
+    /// The backup set; ignored when `repository` is set.
     pub set_dir: PathBuf,
+    /// A set stored in a repository ([`RestoreSpec::repository`]).
+    #[serde(skip)]
+    pub repository: Option<crate::restore::RepositorySet>,
     /// Client tools: pg_restore of a major at least the dump's and the drill node's.
     pub bin_dir: PathBuf,
     /// The drill node.
@@ -497,6 +598,10 @@ pub struct DrillSpec {
     /// the next start.
     #[serde(default)]
     pub journal: Option<crate::Journal>,
+    /// Identity files for an encrypted set (the drill server's `[agent.encryption]
+    /// identity_files`, the operator's choice to trust that server); see crate::crypt.
+    #[serde(default)]
+    pub identity_files: Vec<PathBuf>,
 }
 
 /// How a drill ended.
@@ -662,7 +767,7 @@ pub async fn run_drill(spec: &DrillSpec, cancel: CancellationToken) -> DrillOutc
         scratch_dropped: true,
         notes: Vec::new(),
     };
-    tracing::info!(job_id = spec.job_id, set = %spec.set_dir.display(), node = %spec.node_label, scratch = %spec.scratch_dbname, "restore drill started");
+    tracing::info!(job_id = spec.job_id, set = %Source::new(&spec.set_dir, spec.repository.as_ref()).label(), node = %spec.node_label, scratch = %spec.scratch_dbname, "restore drill started");
     let mut restored = false;
     let r = drill_steps(spec, &cancel, &mut out, &mut restored).await;
     if restored && let Err(e) = drop_scratch(spec, &out.roles_created).await {
@@ -721,30 +826,38 @@ async fn drill_steps(
     let cancelled = |step: &str| stop(DrillState::Cancelled, step, "cancelled");
     // Level 1 first, against the manifest's sha256 from the catalog: a damaged set is never
     // restored.
-    let abort = Arc::new(AtomicBool::new(false));
-    let (d, a, sha) = (
-        spec.set_dir.clone(),
-        Arc::clone(&abort),
-        spec.manifest_sha256.clone(),
-    );
-    let h = tokio::task::spawn_blocking(move || verify_checksums(&d, sha.as_deref(), &a));
-    let manifest = tokio::select! {
-        r = h => r.map_err(|e| stop(DrillState::Error, "verify", format!("internal error: {e}")))?
-            .map_err(|e| stop(DrillState::Failed, "verify", e))?,
-        () = cancel.cancelled() => {
-            abort.store(true, Ordering::Relaxed);
-            return Err(cancelled("verify"));
+    // From a repository: the manifest here; the restore checks every object against it as it
+    // reads them (a mismatch is then a level 1 failure too).
+    let manifest = match &spec.repository {
+        Some(repo) => {
+            repository::checked_manifest(repo, spec.manifest_sha256.as_deref(), cancel).await?
+        }
+        None => {
+            let abort = Arc::new(AtomicBool::new(false));
+            let (d, a, sha) = (
+                spec.set_dir.clone(),
+                Arc::clone(&abort),
+                spec.manifest_sha256.clone(),
+            );
+            let h = tokio::task::spawn_blocking(move || verify_checksums(&d, sha.as_deref(), &a));
+            tokio::select! {
+                r = h => r.map_err(|e| stop(DrillState::Error, "verify", format!("internal error: {e}")))?
+                    .map_err(|e| stop(DrillState::Failed, "verify", e))?,
+                () = cancel.cancelled() => {
+                    abort.store(true, Ordering::Relaxed);
+                    return Err(cancelled("verify"));
+                }
+            }
         }
     };
-    let kind =
-        dump_kind(&spec.set_dir, &manifest).map_err(|e| stop(DrillState::Failed, "verify", e))?;
-    if matches!(kind, DumpKind::Sql(_)) {
+    let label = Source::new(&spec.set_dir, spec.repository.as_ref()).label();
+    let kind = dump_kind(&manifest).map_err(|e| stop(DrillState::Failed, "verify", e))?;
+    if kind == DumpKind::Sql {
         return Err(stop(
             DrillState::Error,
             "verify",
             format!(
-                "{} is a {} set: drills restore one database",
-                spec.set_dir.display(),
+                "{label} is a {} set: drills restore one database",
                 manifest.code
             ),
         ));
@@ -755,6 +868,7 @@ async fn drill_steps(
     let rspec = RestoreSpec {
         job_id: spec.job_id,
         set_dir: spec.set_dir.clone(),
+        repository: spec.repository.clone(),
         node: spec.node.clone(),
         node_label: spec.node_label.clone(),
         target_dbname: spec.scratch_dbname.clone(),
@@ -774,6 +888,7 @@ async fn drill_steps(
         // Compared below, against the counts the catalog recorded.
         compare_row_counts: false,
         journal: spec.journal.clone(),
+        identity_files: spec.identity_files.clone(),
     };
     let t = Instant::now();
     let r = restore_set(&rspec, cancel.clone(), &|_| {}).await;
@@ -798,6 +913,15 @@ async fn drill_steps(
                     "undone on the drill node: {}",
                     r.cleanup.join("; ")
                 ));
+            }
+            // Bytes other than the manifest's, found while the restore read them: level 1.
+            if let Some(e) = &r.checksums_failed {
+                return Err(Stop {
+                    state: DrillState::Failed,
+                    step: "verify".into(),
+                    message: e.clone(),
+                    stderr_tail: Some(stderr_tail),
+                });
             }
             let state = if RESTORE_FINDINGS.contains(&step.as_str()) {
                 DrillState::Failed
@@ -962,6 +1086,6 @@ mod tests {
         let (r, w) = std::io::pipe().unwrap();
         drop(r);
         let w: std::os::fd::OwnedFd = w.into();
-        assert_eq!(feed_zstd(&p, File::from(w)), Ok(()));
+        assert_eq!(feed_zstd(File::open(&p).unwrap(), File::from(w)), Ok(()));
     }
 }

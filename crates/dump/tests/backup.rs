@@ -37,6 +37,7 @@ fn spec(pg: &TestCluster, root: &Path, job_id: i64, code: BackupCode, db: &str) 
             .join(encode_path_component(&what))
             .join(format!("job{job_id}")),
         definition: serde_json::json!({"def_id": 7, "dbname": db}),
+        encryption: None,
         ..common::spec(pg, root, job_id, code, db)
     }
 }
@@ -946,6 +947,7 @@ fn run_future_is_send_and_spec_serializes() {
         staging_root: root.path().join("s"),
         final_dir: root.path().join("f"),
         definition: serde_json::json!({"a": 1}),
+        encryption: None,
     };
     let fut = run_backup(&s, CancellationToken::new(), &|_| {});
     assert_send(&fut);

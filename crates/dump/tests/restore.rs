@@ -47,6 +47,7 @@ fn source_spec(pg: &TestCluster, root: &Path, job_id: i64, code: BackupCode) -> 
         node_label: "source".into(),
         lock_wait_timeout: None,
         definition: serde_json::Value::Null,
+        encryption: None,
         ..spec(pg, root, job_id, code, "shop")
     }
 }

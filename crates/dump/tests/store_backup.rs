@@ -95,7 +95,7 @@ async fn backup_streamed_to_s3_restores_object_by_object() {
     assert!(o.status.is_success(), "{:#?}", o.status);
     assert_eq!(o.backup_dir, None);
     let v = o.verification.as_ref().unwrap();
-    assert_eq!((v.level, v.state), (1, VerifyState::Passed), "{v:?}");
+    assert_eq!((v.level, v.state), (2, VerifyState::Passed), "{v:?}");
 
     // The objects: every file of the manifest, the manifest itself.
     let keys: Vec<String> = repo

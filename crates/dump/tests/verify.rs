@@ -18,6 +18,7 @@ fn drill_spec(job_id: i64, set_dir: PathBuf, node: &TestCluster, root: &Path) ->
     DrillSpec {
         job_id,
         set_dir,
+        repository: None,
         bin_dir: bin_dir(),
         node: conn(node),
         node_label: format!("drill:{}", node.port()),
@@ -28,6 +29,7 @@ fn drill_spec(job_id: i64, set_dir: PathBuf, node: &TestCluster, root: &Path) ->
         expected_counts: None,
         manifest_sha256: None,
         journal: None,
+        identity_files: Vec::new(),
     }
 }
 

@@ -59,6 +59,9 @@ impl Default for Limits {
     }
 }
 
+/// Bytes per ranged GET of a read (two held at most: the one read, the one fetched ahead).
+pub const READ_CHUNK: u64 = 8 << 20;
+
 #[derive(Debug)]
 pub struct S3Store {
     name: String,
@@ -421,14 +424,40 @@ impl Store for S3Store {
         &self,
         key: &str,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        // Ranged GETs of READ_CHUNK, one fetched ahead: each is a whole request with its own
+        // deadline and retries, whatever the pace of the reader. One GET of the whole object
+        // would hold its body open while a restore consumes it slowly, and object_store gives
+        // up on a body past `retry_timeout` counted from the GET's start (a long restore).
         let p = self.path(key)?;
-        let r = self
-            .store
-            .get(&p)
-            .await
-            .map_err(|e| map(&self.name, key, e))?;
-        let (repo, k) = (self.name.clone(), key.to_string());
-        Ok(r.into_stream().map_err(move |e| map(&repo, &k, e)).boxed())
+        let size = match self.store.head(&p).await {
+            Ok(m) => m.size,
+            Err(e) => return Err(map(&self.name, key, e)),
+        };
+        let (repo, k, store) = (self.name.clone(), key.to_string(), Arc::clone(&self.store));
+        let ranges = (0..size.div_ceil(READ_CHUNK))
+            .map(move |i| i * READ_CHUNK..((i + 1) * READ_CHUNK).min(size));
+        Ok(futures_util::stream::iter(ranges)
+            .map(move |r| {
+                let (store, p, repo, k) = (Arc::clone(&store), p.clone(), repo.clone(), k.clone());
+                async move {
+                    let want = r.end - r.start;
+                    let b = store
+                        .get_range(&p, r)
+                        .await
+                        .map_err(|e| map(&repo, &k, e))?;
+                    if b.len() as u64 != want {
+                        return Err(StoreError::new(
+                            ErrorKind::Failed,
+                            &repo,
+                            &k,
+                            format!("a ranged read returned {} bytes instead of {want}", b.len()),
+                        ));
+                    }
+                    Ok(b)
+                }
+            })
+            .buffered(2)
+            .boxed())
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {

@@ -49,6 +49,10 @@ pub struct WalGetArgs {
     /// The restore's plan (JSON written by the clone job).
     #[arg(long, value_name = "FILE")]
     pub plan: PathBuf,
+    /// Fetch from the backup server's agent named in this wal-push client config instead of
+    /// this host's archive (written by `restore-cluster` on another host).
+    #[arg(long, value_name = "CONFIG")]
+    pub remote: Option<PathBuf>,
     /// The file PostgreSQL asks for (%f).
     #[arg(value_name = "FILE_NAME")]
     pub file: String,
@@ -64,6 +68,9 @@ enum Found {
 
 /// The subcommand's whole life: one line on stderr (PostgreSQL's log) per outcome.
 pub fn main(a: &WalGetArgs) -> ExitCode {
+    if let Some(config) = &a.remote {
+        return crate::restore_cluster::wal_get::main(a, config);
+    }
     let say = |m: String| {
         let _ = writeln!(std::io::stderr(), "pgbackman-agent wal-get: {m}");
     };

@@ -54,6 +54,35 @@ pub fn has_live_archive(state_dir: &Path, node_id: i64) -> bool {
     })
 }
 
+/// The segment files of `range` that this server's live archive of `node_id` does not hold
+/// (None: no live archive of the node in the cache). A file stored here is in the ledger or
+/// pending for it (`pending`, delivered once the catalog answers), so an empty answer means the
+/// WAL is safe on this server whatever the catalog can say now.
+pub fn not_stored_here(
+    cfg: &pgbackman_config::AgentSection,
+    node_id: i64,
+    sysid: u64,
+    range: &pgbackman_core::wal::SegmentRange,
+) -> Option<Vec<String>> {
+    let list = load_cache(&cfg.state_dir)?;
+    let a = list
+        .iter()
+        .find(|a| a.pgsql_node_id == node_id && a.status == "ACTIVE")?;
+    let node_dir =
+        pgbackman_core::roots::node_dir(&cfg.backup_dir, &cfg.state_dir, &a.node_backup_partition)
+            .ok()?;
+    let dirs = store::ArchiveDirs::new(&node_dir, node_id);
+    Some(
+        range
+            .segments
+            .clone()
+            .map(|s| pgbackman_core::wal::WalFileName::segment(range.tli, s, range.size))
+            .filter(|n| !dirs.stored(sysid, n).is_file())
+            .map(|n| n.to_string())
+            .collect(),
+    )
+}
+
 fn save_cache(state_dir: &Path, list: &[AgentWalArchive]) -> anyhow::Result<()> {
     crate::state::write_atomic(&cache_path(state_dir), &serde_json::to_vec(list)?)
 }

@@ -18,12 +18,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::psql_error::{self, Script};
+use super::source::{self, Source};
 use super::{feed, journal};
 #[path = "split.rs"]
 mod split;
 
 mod cluster;
 mod database;
+mod repository;
 mod role_names;
 mod undo;
 use super::{RestoreOutcome, RestoreSpec, RolePolicy, RowCountCheck};
@@ -68,6 +70,16 @@ struct Exec<'a> {
     force_drop: bool,
     /// What the journal says may have changed (written before each change).
     changes: journal::Changes,
+    /// Where the set's bytes are.
+    source: Source,
+    /// Where the set's small files are read by psql and pg_restore: the set's directory, or
+    /// the staging directory they were fetched into from a repository.
+    files_dir: PathBuf,
+    /// The dump's manifest entry (once the manifest was read).
+    dump_entry: Option<crate::spec::FileEntry>,
+    /// An encrypted set (crate::crypt): the identities that read it, checked on every
+    /// encrypted file before the target is touched. None: a plain set.
+    ids: Option<Arc<crate::crypt::Identities>>,
 }
 
 /// Runs one restore. Never fails: the outcome says how it ended and what was undone. No child
@@ -84,8 +96,11 @@ pub async fn restore_set(
     let mut x = Exec::new(spec, cancel);
     let staging = spec.staging_root.join(spec.job_id.to_string());
     let mut guard: Option<StagingGuard> = None;
-    tracing::info!(job_id = spec.job_id, set = %spec.set_dir.display(), node = %spec.node_label, "restore started");
-    let result = x.execute(&staging, &mut guard, progress).await;
+    tracing::info!(job_id = spec.job_id, set = %x.source.label(), node = %spec.node_label, "restore started");
+    let mut result = x.execute(&staging, &mut guard, progress).await;
+    if let Err(stop) = result {
+        result = Err(x.recheck_object(stop).await);
+    }
     if let Some(g) = guard.as_mut()
         && let Err(e) = g.remove()
     {
@@ -171,6 +186,10 @@ impl<'a> Exec<'a> {
             needed_roles: Vec::new(),
             force_drop: false,
             changes: journal::Changes::default(),
+            source: Source::new(&spec.set_dir, spec.repository.as_ref()),
+            files_dir: spec.set_dir.clone(),
+            dump_entry: None,
+            ids: None,
         }
     }
 
@@ -264,9 +283,9 @@ impl<'a> Exec<'a> {
 
         // manifest
         let t = std::time::Instant::now();
-        let dir = spec.set_dir.clone();
+        let src = self.source.clone();
         let m = match self
-            .blocking("manifest", Arc::default(), move || set::read_manifest(&dir))
+            .blocking("manifest", Arc::default(), move || src.read_manifest())
             .await?
         {
             Ok(m) => m,
@@ -288,16 +307,55 @@ impl<'a> Exec<'a> {
             env!("CARGO_PKG_VERSION"),
             spec.job_id,
             m.code,
-            spec.set_dir.display(),
+            self.source.label(),
             m.client_version,
             m.dbname,
             m.node,
             m.started.to_rfc3339()
         ));
+        self.dump_entry = m.files.iter().find(|f| f.name == m.dump_file).cloned();
         self.timed("manifest", t);
 
+        // identity: an encrypted set is readable by the given identities, or nothing happens
+        if m.encryption.is_some() {
+            let t = std::time::Instant::now();
+            let (source, m2, files) = (self.source.clone(), m.clone(), spec.identity_files.clone());
+            let ids = self
+                .blocking("identity", Arc::default(), move || {
+                    // Each encrypted file's header, read where the set is (a directory or its
+                    // objects): only the header is read, so no checksum verdict here.
+                    crate::crypt::identities_for_set_with(&m2, &files, &|name: &str| {
+                        let entry = m2.files.iter().find(|f| f.name == name).ok_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                format!("{name} is not in the manifest"),
+                            )
+                        })?;
+                        source.open(entry)
+                    })
+                })
+                .await?
+                .map_err(|e| fail("identity", e))?;
+            self.log.event(&format!(
+                "the set is encrypted; the identities of {} read every encrypted file",
+                spec.identity_files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            self.ids = Some(Arc::new(ids));
+            self.timed("identity", t);
+        }
+
         // verify
-        if spec.verify_checksums {
+        if self.source.repository().is_some() {
+            // Every object present with its size, the small files fetched and checked; the
+            // dump is checked as it streams.
+            let t = std::time::Instant::now();
+            self.fetch_from_repository(&m, staging, guard).await?;
+            self.timed("verify", t);
+        } else if spec.verify_checksums {
             let t = std::time::Instant::now();
             let dir = spec.set_dir.clone();
             if let Err(e) = self
@@ -491,6 +549,29 @@ impl<'a> Exec<'a> {
 
     /// Runs one client to its end, feeding its stdin with `pump` when given. A pump that fails
     /// fails the step even when the child exited 0 (psql reading a truncated script would).
+    /// How psql reads a small script of the set (roles.sql, database.sql): `--file=PATH`, or
+    /// for an encrypted one `--file=-` fed decrypted through stdin (no plaintext copy on disk).
+    /// Returns the argument, the pump and the identities used.
+    fn small_script(
+        &self,
+        m: &Manifest,
+        path: &Path,
+        name: &str,
+    ) -> (String, Option<Pump>, Option<Arc<crate::crypt::Identities>>) {
+        match &self.ids {
+            Some(ids) if m.is_encrypted(name) => {
+                let (ids2, p) = (Arc::clone(ids), path.to_path_buf());
+                let pump: Pump = Box::new(move |mut f: File| {
+                    let mut r = ids2.open(&p)?;
+                    let n = std::io::copy(&mut r, &mut f)?;
+                    Ok((n, Vec::new()))
+                });
+                ("--file=-".into(), Some(pump), Some(Arc::clone(ids)))
+            }
+            _ => (format!("--file={}", path.display()), None, None),
+        }
+    }
+
     async fn run_child(
         &mut self,
         step: &str,
@@ -567,7 +648,11 @@ impl<'a> Exec<'a> {
             Err(e) => return Err(fail(step, format!("waiting for {program}: {e}"))),
         };
         self.log.event(&format!("{step}: {status}"));
-        if !status.success() {
+        // The pump failing on its source (the store gone, bytes other than the manifest's)
+        // is the cause when the child then failed on a truncated input: it is reported.
+        let source_failed =
+            matches!(&pumped, Some(Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe);
+        if !status.success() && !source_failed {
             return Err(Stop::Failed {
                 step: step.into(),
                 exit_status: status.code(),
@@ -579,15 +664,21 @@ impl<'a> Exec<'a> {
             });
         }
         match pumped {
-            Some(Err(e)) => Err(Stop::Failed {
-                step: "decompress".into(),
-                exit_status: None,
-                message: format!(
-                    "feeding {program} from {}: {e}",
-                    self.spec.set_dir.display()
-                ),
-                stderr_tail,
-            }),
+            Some(Err(e)) => {
+                if let Some(m) = source::mismatch_of(&e) {
+                    self.out.checksums_failed = Some(m);
+                }
+                if !status.success() {
+                    self.log
+                        .event(&format!("{program} failed after its input failed: {e}"));
+                }
+                Err(Stop::Failed {
+                    step: "decompress".into(),
+                    exit_status: None,
+                    message: format!("feeding {program} from {}: {e}", self.source.label()),
+                    stderr_tail,
+                })
+            }
             Some(Ok((_, skipped))) => Ok(skipped),
             None => Ok(Vec::new()),
         }
@@ -598,6 +689,10 @@ impl<'a> Exec<'a> {
         staging: &Path,
         guard: &mut Option<StagingGuard>,
     ) -> Result<(), Stop> {
+        // Prepared once (a set from a repository has its small files fetched there first).
+        if guard.is_some() {
+            return Ok(());
+        }
         let io = |what: &str, p: &Path, e: std::io::Error| {
             fail("staging", format!("{what} {}: {e}", p.display()))
         };

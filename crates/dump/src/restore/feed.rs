@@ -1,6 +1,9 @@
 //! Blocking pumps that feed a restore client: zstd decoded in-process into a child's stdin or
 //! into a staging file, and pg_dumpall SQL with the `CREATE ROLE` lines of existing roles
 //! turned into comments. Each counts the bytes it wrote and stops when `abort` is raised.
+//! `src` is the set's file as stored (`source::Source::open`: a file, or an object whose
+//! checksum is checked at its end: each pump reads its source to the end). An encrypted file
+//! (crate::crypt) is given already wrapped by `crypt::plain`: age, then zstd.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -9,6 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::globals::{Statement, Verdict, judge};
+use super::source::drain;
 
 const BUF: usize = 1 << 20;
 
@@ -18,12 +22,12 @@ fn stopped() -> io::Error {
 
 /// Decodes the zstd file `src` into `dst`. Returns the bytes written.
 pub(crate) fn decode_into(
-    src: &Path,
+    src: impl Read,
     mut dst: impl Write,
     written: &AtomicU64,
     abort: &AtomicBool,
 ) -> io::Result<u64> {
-    let mut dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let mut dec = zstd::stream::read::Decoder::new(src)?;
     let mut buf = vec![0u8; BUF];
     let mut total = 0u64;
     loop {
@@ -40,13 +44,14 @@ pub(crate) fn decode_into(
         total += n as u64;
         written.store(total, Ordering::Relaxed);
     }
+    drain(dec.finish())?;
     dst.flush()?;
     Ok(total)
 }
 
 /// Decodes the zstd file `src` into a new private file `dst` (0600, must not exist).
 pub(crate) fn decode_to_file(
-    src: &Path,
+    src: impl Read,
     dst: &Path,
     written: &AtomicU64,
     abort: &AtomicBool,
@@ -59,13 +64,13 @@ pub(crate) fn decode_to_file(
 /// closed by its reader (pg_restore stops reading after the sections it restores) is no error:
 /// the file is written to the end. Returns the bytes decoded.
 pub(crate) fn decode_tee(
-    src: &Path,
+    src: impl Read,
     pipe: File,
     dst: &Path,
     written: &AtomicU64,
     abort: &AtomicBool,
 ) -> io::Result<u64> {
-    let mut dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let mut dec = zstd::stream::read::Decoder::new(src)?;
     let mut file = io::BufWriter::with_capacity(BUF, crate::set::create_private_file(dst)?);
     let mut pipe = Some(pipe);
     let mut buf = vec![0u8; BUF];
@@ -92,6 +97,7 @@ pub(crate) fn decode_tee(
         written.store(total, Ordering::Relaxed);
     }
     drop(pipe);
+    drain(dec.finish())?;
     file.flush()?;
     Ok(total)
 }
@@ -100,13 +106,13 @@ pub(crate) fn decode_tee(
 /// every statement that would change a role in `existing` becomes a comment, line for line
 /// (see `globals`). Returns the bytes written and the roles whose CREATE was skipped.
 pub(crate) fn decode_sql_into(
-    src: &Path,
+    src: impl Read,
     dst: impl Write,
     existing: &BTreeSet<String>,
     written: &AtomicU64,
     abort: &AtomicBool,
 ) -> io::Result<(u64, Vec<String>)> {
-    let dec = zstd::stream::read::Decoder::new(File::open(src)?)?;
+    let dec = zstd::stream::read::Decoder::new(src)?;
     let mut reader = BufReader::with_capacity(BUF, dec);
     let mut out = io::BufWriter::with_capacity(BUF, dst);
     let mut skipped = Vec::new();
@@ -159,6 +165,7 @@ pub(crate) fn decode_sql_into(
     }
     let rest = stmt.take(false);
     emit(&mut out, &rest)?;
+    drain(reader.into_inner().finish())?;
     out.flush()?;
     Ok((total, skipped))
 }
@@ -176,7 +183,7 @@ mod tests {
         let mut out = Vec::new();
         let existing: BTreeSet<String> = ["postgres".to_string()].into();
         let (n, skipped) = decode_sql_into(
-            &src,
+            File::open(&src).unwrap(),
             &mut out,
             &existing,
             &AtomicU64::new(0),
@@ -201,7 +208,8 @@ mod tests {
         std::fs::write(&src, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
         let dst = dir.path().join("d");
         let w = AtomicU64::new(0);
-        let n = decode_to_file(&src, &dst, &w, &AtomicBool::new(false)).unwrap();
+        let n =
+            decode_to_file(File::open(&src).unwrap(), &dst, &w, &AtomicBool::new(false)).unwrap();
         assert_eq!(n, data.len() as u64);
         assert_eq!(w.load(Ordering::Relaxed), n);
         assert_eq!(std::fs::read(&dst).unwrap(), data);
@@ -210,8 +218,18 @@ mod tests {
             std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert!(decode_to_file(&src, &dst, &w, &AtomicBool::new(false)).is_err());
+        assert!(
+            decode_to_file(File::open(&src).unwrap(), &dst, &w, &AtomicBool::new(false)).is_err()
+        );
         let mut sink = Vec::new();
-        assert!(decode_into(&src, &mut sink, &w, &AtomicBool::new(true)).is_err());
+        assert!(
+            decode_into(
+                File::open(&src).unwrap(),
+                &mut sink,
+                &w,
+                &AtomicBool::new(true)
+            )
+            .is_err()
+        );
     }
 }

@@ -2,7 +2,6 @@
 //! statement at that line of the script, instead of "psql exited with status 3". Password
 //! hashes are blanked in both, since they end up in the catalog.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -10,10 +9,11 @@ use crate::run::Stop;
 
 /// The script psql ran.
 pub(crate) enum Script<'a> {
-    /// A plain file (roles.sql, database.sql).
-    File(&'a Path),
-    /// A zstd file fed to psql's stdin line for line (the pg_dumpall dump).
-    Zstd(&'a Path),
+    /// A plain file (roles.sql, database.sql); encrypted when identities are given.
+    File(&'a Path, Option<&'a crate::crypt::Identities>),
+    /// A zstd file fed to psql's stdin line for line (the pg_dumpall dump); encrypted when
+    /// identities are given.
+    Zstd(&'a Path, Option<&'a crate::crypt::Identities>),
 }
 
 /// Longest statement quoted in a message.
@@ -73,8 +73,11 @@ pub(crate) fn first_error(stderr: &str) -> Option<(u64, String)> {
 /// Line `n` (1-based) of the script, trimmed, password blanked, bounded.
 fn statement_at(script: &Script<'_>, n: u64) -> Option<String> {
     let reader: Box<dyn Read> = match script {
-        Script::File(p) => Box::new(File::open(p).ok()?),
-        Script::Zstd(p) => Box::new(zstd::stream::read::Decoder::new(File::open(p).ok()?).ok()?),
+        Script::File(p, ids) => crate::crypt::open_file(p, ids.is_some(), *ids).ok()?,
+        Script::Zstd(p, ids) => Box::new(
+            zstd::stream::read::Decoder::new(crate::crypt::open_file(p, ids.is_some(), *ids).ok()?)
+                .ok()?,
+        ),
     };
     let mut r = BufReader::new(reader);
     let mut buf = Vec::new();
@@ -138,7 +141,7 @@ mod tests {
             message,
             stderr_tail,
             ..
-        } = explain(stop, "roles.sql", Script::File(&f))
+        } = explain(stop, "roles.sql", Script::File(&f, None))
         else {
             panic!()
         };

@@ -323,7 +323,14 @@ impl Exec<'_> {
     async fn toc(&self, dump: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<String, Stop> {
         let (r, inp, out) = self.start("toc", "pg_restore", vec!["--list".into()], true, true)?;
         let abort = Arc::new(AtomicBool::new(false));
-        let pump = spawn_decode(dump, inp, None, Arc::new(AtomicU64::new(0)), &abort);
+        let pump = spawn_decode(
+            dump,
+            self.ids.clone(),
+            inp,
+            None,
+            Arc::new(AtomicU64::new(0)),
+            &abort,
+        );
         let mut out = out.ok_or_else(|| fail("toc", "no stdout pipe"))?;
         let reader = tokio::spawn(async move {
             let mut s = String::new();
@@ -386,7 +393,14 @@ impl Exec<'_> {
             false,
         )?;
         let abort = Arc::new(AtomicBool::new(false));
-        let pump = spawn_decode(dump, inp, None, Arc::new(AtomicU64::new(0)), &abort);
+        let pump = spawn_decode(
+            dump,
+            self.ids.clone(),
+            inp,
+            None,
+            Arc::new(AtomicU64::new(0)),
+            &abort,
+        );
         let r = self
             .wait_all(vec![r], vec![("decompress", pump)], progress)
             .await;
@@ -411,6 +425,7 @@ impl Exec<'_> {
             "decompress",
             spawn_decode(
                 dump,
+                self.ids.clone(),
                 inp,
                 Some(staged.to_path_buf()),
                 Arc::clone(&self.written),
@@ -438,7 +453,14 @@ impl Exec<'_> {
         running.push(script);
         helpers.push((
             "decompress",
-            spawn_decode(dump, inp, None, Arc::new(AtomicU64::new(0)), &abort),
+            spawn_decode(
+                dump,
+                self.ids.clone(),
+                inp,
+                None,
+                Arc::new(AtomicU64::new(0)),
+                &abort,
+            ),
         ));
         let out = out
             .ok_or_else(|| fail("split", "no stdout pipe"))
@@ -519,6 +541,7 @@ impl Exec<'_> {
 /// the new file `file` when given, on a blocking thread.
 fn spawn_decode(
     dump: &Path,
+    ids: Option<Arc<crate::crypt::Identities>>,
     pipe: Option<File>,
     file: Option<PathBuf>,
     written: Arc<AtomicU64>,
@@ -531,8 +554,20 @@ fn spawn_decode(
             return Err(io::Error::other("no stdin pipe"));
         };
         match file {
-            Some(dst) => super::feed::decode_tee(&src, pipe, &dst, &written, &abort),
-            None => match super::feed::decode_into(&src, pipe, &written, &abort) {
+            // Split feeds read a set in a directory only (each pass would be a download).
+            Some(dst) => super::feed::decode_tee(
+                crate::crypt::open_file(&src, ids.is_some(), ids.as_deref())?,
+                pipe,
+                &dst,
+                &written,
+                &abort,
+            ),
+            None => match super::feed::decode_into(
+                crate::crypt::open_file(&src, ids.is_some(), ids.as_deref())?,
+                pipe,
+                &written,
+                &abort,
+            ) {
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
                 r => r,
             },

@@ -91,9 +91,16 @@ impl Run<'_> {
         content: Vec<u8>,
     ) -> Result<(), Stop> {
         let d = dir.to_path_buf();
+        // An encrypted set: roles.sql (password hashes) and database.sql are sealed in memory
+        // before they touch the disk (crate::crypt).
+        let seal = self.seal.clone();
+        if seal.is_some() {
+            self.sealed_files.push(name.to_string());
+        }
         let entry = self
-            .blocking("write", Arc::default(), move || {
-                set::write_private_file(&d, name, &content)
+            .blocking("write", Arc::default(), move || match seal {
+                Some(s) => set::write_private_file(&d, name, &s.seal_bytes(&content)?),
+                None => set::write_private_file(&d, name, &content),
             })
             .await?
             .map_err(|e| fail("write", format!("{}: {e}", dir.join(name).display())))?;

@@ -18,6 +18,59 @@ struct DumpCommand {
 }
 
 impl Run<'_> {
+    /// Row counts of a custom-format dump: those its stream gave, the other tables counted
+    /// with SQL in the dump's snapshot (still open).
+    async fn stream_counts(
+        &mut self,
+        session: &NodeSession,
+        tables: &[TableRef],
+        stream_rows: &rows::StreamRows,
+    ) -> Result<Counted, Stop> {
+        let t = std::time::Instant::now();
+        let read = stream_rows.lock().ok().and_then(|mut r| r.take());
+        let (found, left) = match read {
+            Some(Ok(archive)) => rows::split(tables, &archive),
+            other => {
+                let why = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "the dump was not read to its end".into(),
+                };
+                self.log.event(&format!(
+                    "row counts: not read from the dump stream ({why}); counting every table with SQL"
+                ));
+                let keys = tables
+                    .iter()
+                    .map(|t| node::table_key(&t.schema, &t.name))
+                    .collect();
+                (Vec::new(), keys)
+            }
+        };
+        let (mut counts, notes) = if left.is_empty() {
+            (BTreeMap::new(), Vec::new())
+        } else {
+            match self
+                .guarded("row_counts", introspect::count_rows(&session.client, &left))
+                .await
+            {
+                Ok(c) => c,
+                Err(stop) => {
+                    let _ = session.cancel_query().await;
+                    return Err(stop);
+                }
+            }
+        };
+        self.log.event(&format!(
+            "row counts: {} tables read from the dump stream, {} counted with SQL in its snapshot",
+            found.len(),
+            left.len()
+        ));
+        if !left.is_empty() {
+            self.timed("row_counts", t);
+        }
+        counts.extend(found);
+        Ok((counts, notes))
+    }
+
     /// The dump's progress watchdog: `[nodes] stall_timeout` (the default when the spec carries
     /// no timeouts), None when disabled.
     fn stall_limit(&self) -> Option<pgbackman_config::Limit> {
@@ -218,11 +271,20 @@ impl Run<'_> {
             stream_to,
             dir_out,
         } = self.dump_arguments(staging, client_major, snapshot.as_deref());
+        if self.seal.is_some()
+            && let Some(f) = &self.dump_file
+        {
+            // The dump is streamed through age (checked: never a directory-format dump).
+            self.sealed_files.push(f.clone());
+        }
         let stdout = if stream_to.is_some() {
             Stdout::Pipe
         } else {
             Stdout::Null
         };
+        // Exact counts of a custom-format dump come from its own stream (run::rows).
+        let from_stream = snapshot.is_some() && stream_to.is_some() && !spec.code.is_cluster_wide();
+        let stream_rows = rows::StreamRows::default();
         let cmd = self.child_command(program, args, stdout);
         let argv = cmd.argv();
         self.command = argv.clone();
@@ -248,6 +310,7 @@ impl Run<'_> {
                     inner: File::from(fd),
                     activity: sup.activity(),
                 };
+                let input = rows::RowTap::new(input, from_stream, Arc::clone(&stream_rows));
                 let (dest, level, w) = (dest.clone(), *level, Arc::clone(&written));
                 match self.target {
                     // A repository: streamed into its object, nothing on this disk.
@@ -256,13 +319,14 @@ impl Run<'_> {
                             .file_name()
                             .map(|n| n.to_string_lossy().into_owned())
                             .unwrap_or_default();
-                        let started = crate::upload::start(
+                        let started = crate::upload::start_sealed(
                             target,
                             &file,
                             input,
                             level,
                             w,
                             Arc::clone(&self.pending),
+                            self.seal.clone(),
                         )
                         .await;
                         match started {
@@ -273,9 +337,12 @@ impl Run<'_> {
                             }
                         }
                     }
-                    None => Some(tokio::task::spawn_blocking(move || {
-                        set::compress_stream(input, &dest, level, w)
-                    })),
+                    None => {
+                        let seal = self.seal.clone();
+                        Some(tokio::task::spawn_blocking(move || {
+                            set::compress_stream_sealed(input, &dest, level, w, seal.as_deref())
+                        }))
+                    }
                 }
             }
             _ => None,
@@ -311,7 +378,7 @@ impl Run<'_> {
         let stall = self.stall_limit();
         let client = &session.client;
         let count_fut = async {
-            if snapshot.is_some() {
+            if snapshot.is_some() && !from_stream {
                 let keys: Vec<String> = tables
                     .iter()
                     .map(|t| node::table_key(&t.schema, &t.name))
@@ -364,7 +431,7 @@ impl Run<'_> {
             Some(r) => Some(r.map_err(|e| fail("compress", format!("internal error: {e}")))?),
             None => None,
         };
-        let in_flight = snapshot.is_some() && counted.is_none();
+        let in_flight = snapshot.is_some() && !from_stream && counted.is_none();
         let stop_counting = || async {
             if in_flight {
                 let _ = session.cancel_query().await;
@@ -471,6 +538,11 @@ impl Run<'_> {
             ));
         }
 
+        if from_stream {
+            counted = Some(Some(
+                self.stream_counts(session, &tables, &stream_rows).await?,
+            ));
+        }
         // Row counts not finished yet: wait (bounded by cancel and deadline).
         if snapshot.is_some() && counted.is_none() {
             match self.guarded("row_counts", &mut count_fut).await {

@@ -51,6 +51,7 @@ pub fn spec(pg: &TestCluster, root: &Path, job_id: i64, code: BackupCode, db: &s
         staging_root: root.join("staging"),
         final_dir: root.join("sets").join(format!("job{job_id}")),
         definition: serde_json::json!({}),
+        encryption: None,
     }
 }
 
@@ -67,6 +68,7 @@ pub fn rspec(set: &Path, node: NodeConn, root: &Path, job_id: i64, target: &str)
     RestoreSpec {
         job_id,
         set_dir: set.to_path_buf(),
+        repository: None,
         node,
         node_label: "target".into(),
         target_dbname: target.into(),
@@ -84,6 +86,7 @@ pub fn rspec(set: &Path, node: NodeConn, root: &Path, job_id: i64, target: &str)
         verify_checksums: true,
         compare_row_counts: true,
         journal: None,
+        identity_files: Vec::new(),
     }
 }
 

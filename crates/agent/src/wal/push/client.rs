@@ -48,13 +48,11 @@ pub async fn run(config: Option<&Path>, file: &Path) -> Result<String> {
         })?
 }
 
-async fn push(
+/// The TLS connection to the backup server's agent, each step within `connect_timeout_seconds`.
+pub(crate) async fn connect(
     cfg: &WalPushClient,
     tls: rustls::ClientConfig,
-    cred: PushCredential,
-    name: String,
-    bytes: Vec<u8>,
-) -> Result<String> {
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let connect = Duration::from_secs(cfg.connect_timeout_seconds);
     let server_name = ServerName::try_from(cfg.server_name()).with_context(|| {
         format!(
@@ -78,7 +76,7 @@ async fn push(
             )
         })?;
     let _ = tcp.set_nodelay(true);
-    let stream = timeout(
+    timeout(
         connect,
         tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(server_name, tcp),
     )
@@ -97,7 +95,17 @@ async fn push(
             cfg.ca.display(),
             cfg.server_name()
         )
-    })?;
+    })
+}
+
+async fn push(
+    cfg: &WalPushClient,
+    tls: rustls::ClientConfig,
+    cred: PushCredential,
+    name: String,
+    bytes: Vec<u8>,
+) -> Result<String> {
+    let stream = connect(cfg, tls).await?;
     let (rd, mut wr) = tokio::io::split(stream);
     let req = Request {
         v: 1,

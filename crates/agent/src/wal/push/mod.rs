@@ -13,6 +13,7 @@
 
 pub(crate) mod client;
 mod intake;
+pub(crate) mod restore;
 pub(crate) mod server;
 
 use std::path::Path;

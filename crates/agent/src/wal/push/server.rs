@@ -78,6 +78,9 @@ pub async fn serve(
 ) {
     *LISTENING.write().unwrap_or_else(|e| e.into_inner()) = cfg.listen.clone();
     let working = Arc::new(Semaphore::new(cfg.max_concurrent));
+    // Restore transfers (restore-cluster, remote wal-get) wait for their own slots: a long
+    // base backup download never holds up archive_command.
+    let serving = Arc::new(Semaphore::new(cfg.max_concurrent));
     let open = Arc::new(Semaphore::new(cfg.max_concurrent + MAX_WAITING));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -100,17 +103,14 @@ pub async fn serve(
         let (ctx, acceptor, working, cfg) =
             (ctx.clone(), acceptor.clone(), working.clone(), cfg.clone());
         let stop = stop.clone();
+        let serving = serving.clone();
         tokio::spawn(async move {
-            let overall = Duration::from_secs(cfg.push_timeout_seconds);
             tokio::select! {
-                r = timeout(overall, connection(&ctx, &cfg, acceptor, tcp, peer, &working)) => match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!("wal-push from {peer}: {e:#}"),
-                    Err(_) => tracing::warn!(
-                        "wal-push from {peer}: dropped, not done within {} s ([agent.wal_push] push_timeout_seconds)",
-                        cfg.push_timeout_seconds
-                    ),
-                },
+                r = connection(&ctx, &cfg, acceptor, tcp, peer, &working, &serving) => {
+                    if let Err(e) = r {
+                        tracing::warn!("wal-push listener, client {peer}: {e:#}");
+                    }
+                }
                 _ = stop.cancelled() => {}
             }
             drop(conn);
@@ -119,6 +119,9 @@ pub async fn serve(
     LISTENING.write().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
+/// One client: the TLS handshake and the request line, each within the idle deadline; then a
+/// push (whole, within `push_timeout_seconds`) or a restore request (`restore`: each write
+/// within the idle deadline, so a stalled reader is dropped however long the file).
 async fn connection(
     ctx: &Arc<Ctx>,
     cfg: &WalPushSection,
@@ -126,6 +129,7 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     working: &Arc<Semaphore>,
+    serving: &Arc<Semaphore>,
 ) -> Result<()> {
     let idle = Duration::from_secs(cfg.idle_timeout_seconds);
     let _ = tcp.set_nodelay(true);
@@ -144,27 +148,41 @@ async fn connection(
     )
     .await
     .map_err(|_| anyhow::anyhow!("no request within {} s", idle.as_secs()))??;
-    let answer = if n == 0 || line.last() != Some(&b'\n') {
-        Answer::no("refused", "the request line is missing or too long".into())
-    } else {
-        match serde_json::from_slice::<Request>(&line) {
-            Ok(req) => push(ctx, cfg, req, &mut rd, peer, working).await,
-            Err(_) => Answer::no(
-                "refused",
-                "not a wal-push request: is `agent` in the wal-push config this agent's [agent.wal_push] listen?".into(),
-            ),
-        }
-    };
-    let mut out = serde_json::to_vec(&answer)?;
-    out.push(b'\n');
-    timeout(idle, async {
-        wr.write_all(&out).await?;
-        wr.flush().await?;
-        wr.shutdown().await
+    if n > 0 && line.last() == Some(&b'\n') && super::restore::is_restore_request(&line) {
+        return super::restore::serve(ctx, idle, &line, &mut wr, peer, serving).await;
+    }
+    let overall = Duration::from_secs(cfg.push_timeout_seconds);
+    let r = timeout(overall, async {
+        let answer = if n == 0 || line.last() != Some(&b'\n') {
+            Answer::no("refused", "the request line is missing or too long".into())
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => push(ctx, cfg, req, &mut rd, peer, working).await,
+                Err(_) => Answer::no(
+                    "refused",
+                    "not a wal-push request: is `agent` in the wal-push config this agent's [agent.wal_push] listen?".into(),
+                ),
+            }
+        };
+        let mut out = serde_json::to_vec(&answer)?;
+        out.push(b'\n');
+        timeout(idle, async {
+            wr.write_all(&out).await?;
+            wr.flush().await?;
+            wr.shutdown().await
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the answer was not read within {} s", idle.as_secs()))??;
+        Ok::<_, anyhow::Error>(())
     })
-    .await
-    .map_err(|_| anyhow::anyhow!("the answer was not read within {} s", idle.as_secs()))??;
-    Ok(())
+    .await;
+    match r {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!(
+            "dropped, not done within {} s ([agent.wal_push] push_timeout_seconds)",
+            cfg.push_timeout_seconds
+        ),
+    }
 }
 
 /// Authenticates, receives and takes one file.
@@ -185,43 +203,11 @@ async fn push<R: AsyncRead + Unpin>(
             ),
         );
     }
-    let Some(a) = archive_of(req.node_id) else {
-        tracing::warn!(
-            "wal-push from {peer}: NodeID {} has no push WAL archive on this backup server",
-            req.node_id
-        );
-        return Answer::no(
-            "unauthorized",
-            format!(
-                "NodeID {} has no push WAL archive on backup server {}: register_wal_archive {} NODE --intake push, \
-                 then create_wal_push_credential (a new archive reaches the agent within seconds)",
-                req.node_id, ctx.agent_name, ctx.agent_name
-            ),
-        );
+    let a = match authenticate(ctx, req.node_id, &req.token, peer) {
+        Ok(a) => a,
+        Err(no) => return no,
     };
     let lbl = format!("{}:{}", a.node_fqdn, a.pgport);
-    let Some(hash) = a.push_token_sha256.as_deref() else {
-        return Answer::no(
-            "unauthorized",
-            format!(
-                "the push WAL archive of PgSQL node {lbl} has no credential yet: create_wal_push_credential {} {} --file PATH",
-                ctx.agent_name, a.node_fqdn
-            ),
-        );
-    };
-    if !same_secret(&sha256_hex(req.token.as_bytes()), hash) {
-        tracing::warn!(
-            node = a.pgsql_node_id,
-            "wal-push from {peer} for PgSQL node {lbl}: wrong credential, refused"
-        );
-        return Answer::no(
-            "unauthorized",
-            format!(
-                "the credential for PgSQL node {lbl} is not the current one (replaced by create_wal_push_credential?): \
-                 install the file it wrote and name it as `credential` in the wal-push config"
-            ),
-        );
-    }
     // From here on the client is who it says: one slot of memory each.
     let Ok(_permit) = working.acquire().await else {
         return Answer::no("retry", "the agent is stopping".into());
@@ -311,6 +297,53 @@ async fn push<R: AsyncRead + Unpin>(
         );
     }
     answer
+}
+
+/// The archive of `node_id` when `token` is its current credential; else the answer to give.
+fn authenticate(
+    ctx: &Ctx,
+    node_id: i64,
+    token: &str,
+    peer: SocketAddr,
+) -> Result<AgentWalArchive, Answer> {
+    let Some(a) = archive_of(node_id) else {
+        tracing::warn!(
+            "wal-push from {peer}: NodeID {} has no push WAL archive on this backup server",
+            node_id
+        );
+        return Err(Answer::no(
+            "unauthorized",
+            format!(
+                "NodeID {} has no push WAL archive on backup server {}: register_wal_archive {} NODE --intake push, \
+                 then create_wal_push_credential (a new archive reaches the agent within seconds)",
+                node_id, ctx.agent_name, ctx.agent_name
+            ),
+        ));
+    };
+    let lbl = format!("{}:{}", a.node_fqdn, a.pgport);
+    let Some(hash) = a.push_token_sha256.as_deref() else {
+        return Err(Answer::no(
+            "unauthorized",
+            format!(
+                "the push WAL archive of PgSQL node {lbl} has no credential yet: create_wal_push_credential {} {} --file PATH",
+                ctx.agent_name, a.node_fqdn
+            ),
+        ));
+    };
+    if !same_secret(&sha256_hex(token.as_bytes()), hash) {
+        tracing::warn!(
+            node = a.pgsql_node_id,
+            "wal-push from {peer} for PgSQL node {lbl}: wrong credential, refused"
+        );
+        return Err(Answer::no(
+            "unauthorized",
+            format!(
+                "the credential for PgSQL node {lbl} is not the current one (replaced by create_wal_push_credential?): \
+                 install the file it wrote and name it as `credential` in the wal-push config"
+            ),
+        ));
+    }
+    Ok(a)
 }
 
 /// The body into `<archive>/push/.<name>.<n>.tmp`, hashed on the way; each read within `idle`.

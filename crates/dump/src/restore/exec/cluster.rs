@@ -100,18 +100,27 @@ impl Exec<'_> {
         self.dbs_before = Some(state.databases.clone());
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push("--file=-".into());
-        let src = spec.set_dir.join(expected_file);
+        let (src, entry) = (self.source.clone(), self.entry_of(m)?);
         let existing = state.roles.clone();
         let written = Arc::clone(&self.written);
         let abort = Arc::new(AtomicBool::new(false));
-        let pump: Pump =
-            Box::new(move |f: File| feed::decode_sql_into(&src, f, &existing, &written, &abort));
+        let ids = self.ids.clone();
+        let pump: Pump = Box::new(move |f: File| {
+            feed::decode_sql_into(
+                src.open_plain(&entry, ids.as_deref())?,
+                f,
+                &existing,
+                &written,
+                &abort,
+            )
+        });
         let skipped = self
             .run_child("psql", "psql", args, Some(pump), progress, true)
             .await
             .map_err(|s| {
-                let script = spec.set_dir.join(expected_file);
-                psql_error::explain(s, expected_file, Script::Zstd(&script))
+                // From a repository the script is not on this disk: the statement is not quoted.
+                let script = self.files_dir.join(expected_file);
+                psql_error::explain(s, expected_file, Script::Zstd(&script, self.ids.as_deref()))
             })?;
         self.out.roles_reused = skipped;
         let after = self

@@ -121,7 +121,7 @@ impl Exec<'_> {
         }
         self.out.roles_reused = reuse;
         // How the dump reaches pg_restore.
-        let dump = spec.set_dir.join(&m.dump_file);
+        let dump = self.files_dir.join(&m.dump_file);
         let feed = match m.dump_file.as_str() {
             CUSTOM_DUMP_FILE => {
                 let free = free_bytes(&spec.staging_root);
@@ -263,14 +263,14 @@ impl Exec<'_> {
             c.role_bytes = raw_hex;
         })?;
         let mut args = self.psql_args(&spec.node.admin_dbname);
-        args.push(format!(
-            "--file={}",
-            spec.set_dir.join(ROLES_FILE).display()
-        ));
-        let script = spec.set_dir.join(ROLES_FILE);
-        self.run_child("roles", "psql", args, None, progress, false)
+        let script = self.files_dir.join(ROLES_FILE);
+        let (file_arg, pump, ids) = self.small_script(m, &script, ROLES_FILE);
+        args.push(file_arg);
+        self.run_child("roles", "psql", args, pump, progress, false)
             .await
-            .map_err(|s| psql_error::explain(s, ROLES_FILE, Script::File(&script)))?;
+            .map_err(|s| {
+                psql_error::explain(s, ROLES_FILE, Script::File(&script, ids.as_deref()))
+            })?;
         let after = self
             .on_target(
                 "roles",
@@ -330,14 +330,14 @@ impl Exec<'_> {
         self.touched_db = true;
         let mut args = self.psql_args(&spec.node.admin_dbname);
         args.push(format!("--set=dbname={target}"));
-        args.push(format!(
-            "--file={}",
-            spec.set_dir.join(DATABASE_FILE).display()
-        ));
-        let script = spec.set_dir.join(DATABASE_FILE);
-        self.run_child("database", "psql", args, None, progress, false)
+        let script = self.files_dir.join(DATABASE_FILE);
+        let (file_arg, pump, ids) = self.small_script(m, &script, DATABASE_FILE);
+        args.push(file_arg);
+        self.run_child("database", "psql", args, pump, progress, false)
             .await
-            .map_err(|s| psql_error::explain(s, DATABASE_FILE, Script::File(&script)))?;
+            .map_err(|s| {
+                psql_error::explain(s, DATABASE_FILE, Script::File(&script, ids.as_deref()))
+            })?;
         // The journal names the database by OID from now on (the long part comes next).
         let oid = self
             .on_target(
@@ -358,7 +358,9 @@ impl Exec<'_> {
 
         // The tee feed splits the data load of a table holding most of the rows (split.rs).
         let split = match (&m.table_row_counts, feed) {
-            (Some(c), Some(Feed::Tee)) if spec.extra_args.is_empty() => {
+            (Some(c), Some(Feed::Tee))
+                if spec.extra_args.is_empty() && self.source.repository().is_none() =>
+            {
                 split_table(&c.tables, spec.jobs)
             }
             _ => None,
@@ -383,9 +385,11 @@ impl Exec<'_> {
                 args.extend(spec.extra_args.iter().cloned());
                 let written = Arc::clone(&self.written);
                 let abort = Arc::new(AtomicBool::new(false));
-                let src = dump.clone();
+                let (src, entry) = (self.source.clone(), self.entry_of(m)?);
+                let ids = self.ids.clone();
                 Some(Box::new(move |f: File| {
-                    feed::decode_into(&src, f, &written, &abort).map(|n| (n, Vec::new()))
+                    feed::decode_into(src.open_plain(&entry, ids.as_deref())?, f, &written, &abort)
+                        .map(|n| (n, Vec::new()))
                 }))
             }
             Some(Feed::Tee) if split_done => None,
@@ -399,9 +403,17 @@ impl Exec<'_> {
                 args.extend(spec.extra_args.iter().cloned());
                 let written = Arc::clone(&self.written);
                 let abort = Arc::new(AtomicBool::new(false));
-                let src = dump.clone();
+                let (src, entry) = (self.source.clone(), self.entry_of(m)?);
+                let ids = self.ids.clone();
                 Some(Box::new(move |f: File| {
-                    feed::decode_tee(&src, f, &dst, &written, &abort).map(|n| (n, Vec::new()))
+                    feed::decode_tee(
+                        src.open_plain(&entry, ids.as_deref())?,
+                        f,
+                        &dst,
+                        &written,
+                        &abort,
+                    )
+                    .map(|n| (n, Vec::new()))
                 }))
             }
             Some(Feed::File) => {
@@ -409,23 +421,32 @@ impl Exec<'_> {
                 self.prepare_staging(staging, guard)?;
                 let dst = staging.join(STAGED_DUMP);
                 let abort = Arc::new(AtomicBool::new(false));
-                let (src, d, w, a) = (
-                    dump.clone(),
+                let (src, entry, d, w, a) = (
+                    self.source.clone(),
+                    self.entry_of(m)?,
                     dst.clone(),
                     Arc::clone(&self.written),
                     Arc::clone(&abort),
                 );
-                let n = self
+                let ids = self.ids.clone();
+                let r = self
                     .blocking("decompress", abort, move || {
-                        feed::decode_to_file(&src, &d, &w, &a)
+                        feed::decode_to_file(src.open_plain(&entry, ids.as_deref())?, &d, &w, &a)
                     })
-                    .await?
-                    .map_err(|e| {
-                        fail(
-                            "decompress",
-                            format!("{} into {}: {e}", dump.display(), dst.display()),
-                        )
-                    })?;
+                    .await?;
+                let n = r.map_err(|e| {
+                    if let Some(m) = source::mismatch_of(&e) {
+                        self.out.checksums_failed = Some(m);
+                    }
+                    fail(
+                        "decompress",
+                        format!(
+                            "{} into {}: {e}",
+                            self.source.describe(&m.dump_file),
+                            dst.display()
+                        ),
+                    )
+                })?;
                 progress(n);
                 self.log
                     .event(&format!("decompressed {} bytes into {}", n, dst.display()));
