@@ -17,6 +17,10 @@
 #   env: DATASET=jsonb uses bench/jsonb-db.sql instead (one table with a jsonb column holds ~95 %
 #        of the bytes; scale 4 is about 1.1 GB), the shape where compression dominates the backup;
 #        BIN_DIR=DIR uses pgbackman and pgbackman-agent from DIR instead of building the tree;
+#        AB_BIN_DIR=DIR also runs each round's backup with the pgbackman-agent of DIR (a build from
+#        before a change; the agent is restarted between the two) and prints the per-round ratios,
+#        which the load of a shared machine blurs far less than a comparison of two runs;
+#        NO_PGBACKMAN_ORIG=1 leaves out PgBackMan's FULL (the slowest row);
 #        REPS (default 3), SHOW_DETAILS=1 also prints show_backup_details of the last backup,
 #        KEEP=1 keeps the work directory for inspection.
 # Runs as root (servers then run as the postgres OS user) or as an ordinary user.
@@ -187,6 +191,15 @@ HAVE_ZSTD=0
 command -v zstd >/dev/null && HAVE_ZSTD=1
 A_WALL=() A_SIZE=() A_DUR=() A_CPU=() A_ALL=() B_WALL=() B_SIZE=() C_WALL=() D_WALL=() D_SIZE=() D_ALL=() BCK=
 delta() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
+AGENT_STARTS=0 AGENT_MAIN=$AGENT E_WALL=() E_ALL=()
+switch_agent() { # restarts the agent with the binary $1
+    kill -TERM "$AGENT_PID"
+    wait "$AGENT_PID" 2>/dev/null || true
+    mv "$WORK/agent/agent.log" "$WORK/agent/agent.log.$((++AGENT_STARTS))"
+    AGENT=$1
+    start_agent "$PGBIN"
+    sleep 1
+}
 for i in $(seq "$REPS"); do
     c0=$(agent_cpu) t0=$(pgbackman_cpu)
     out=$(run_pgbackman)
@@ -195,10 +208,22 @@ for i in $(seq "$REPS"); do
     c1=$(agent_cpu) t1=$(pgbackman_cpu)
     A_WALL+=("$w") A_SIZE+=("$s") A_DUR+=("$d") A_CPU+=("$(delta "$c0" "$c1")") A_ALL+=("$(delta "$t0" "$t1")")
     log "rep $i/$REPS pgbackman: ${w}s, $(mb "$s") MB (backup_catalog duration ${d}s, BckID $BCK, agent CPU ${A_CPU[-1]}s, with pg_dump and the node's backends ${A_ALL[-1]}s)"
-    out=$(run_pgbackman_original "$i")
-    read -r w s <<<"$out"
-    B_WALL+=("$w") B_SIZE+=("$s")
-    log "rep $i/$REPS PgBackMan FULL: ${w}s, $(mb "$s") MB"
+    if [[ -n ${AB_BIN_DIR:-} ]]; then
+        switch_agent "$AB_BIN_DIR/pgbackman-agent"
+        t0=$(pgbackman_cpu)
+        read -r w _ _ _ <<<"$(run_pgbackman)"
+        sleep 0.5
+        t1=$(pgbackman_cpu)
+        E_WALL+=("$w") E_ALL+=("$(delta "$t0" "$t1")")
+        log "rep $i/$REPS pgbackman of $AB_BIN_DIR: ${w}s, with pg_dump and the node's backends ${E_ALL[-1]}s"
+        switch_agent "$AGENT_MAIN"
+    fi
+    if [[ -z ${NO_PGBACKMAN_ORIG:-} ]]; then
+        out=$(run_pgbackman_original "$i")
+        read -r w s <<<"$out"
+        B_WALL+=("$w") B_SIZE+=("$s")
+        log "rep $i/$REPS PgBackMan FULL: ${w}s, $(mb "$s") MB"
+    fi
     w=$(run_ceiling)
     C_WALL+=("$w")
     log "rep $i/$REPS ceiling pg_dump -Fc -Z0 > /dev/null: ${w}s"
@@ -216,8 +241,11 @@ done
 am=$(printf '%s\n' "${A_WALL[@]}" | median)
 ad=$(printf '%s\n' "${A_DUR[@]}" | median)
 as=$(printf '%s\n' "${A_SIZE[@]}" | median)
-bm=$(printf '%s\n' "${B_WALL[@]}" | median)
-bs=$(printf '%s\n' "${B_SIZE[@]}" | median)
+bm=nan bs=nan
+if ((${#B_WALL[@]})); then
+    bm=$(printf '%s\n' "${B_WALL[@]}" | median)
+    bs=$(printf '%s\n' "${B_SIZE[@]}" | median)
+fi
 cm=$(printf '%s\n' "${C_WALL[@]}" | median)
 acpu=$(printf '%s\n' "${A_CPU[@]}" | median)
 if ((HAVE_ZSTD)); then
@@ -258,6 +286,20 @@ if ((HAVE_ZSTD)); then
         "$(for i in "${!A_WALL[@]}"; do printf '%s ' "$(ratio "${A_WALL[$i]}" "${D_WALL[$i]}")"; done)"
     r5=$(ratio "$(printf '%s\n' "${A_ALL[@]}" | median)" "$(printf '%s\n' "${D_ALL[@]}" | median)")
     printf 'CPU   pgbackman / (pg_dump | zstd -3 -T2) = %s   (no target: what a loaded machine does not blur)\n' "$r5"
+fi
+if [[ -n ${AB_BIN_DIR:-} ]]; then
+    echo
+    echo "against the agent of $AB_BIN_DIR, in the same rounds (this build / that build):"
+    printf '  wall: median of the per-round ratios %s   (rounds: %s; that build: %s)\n' \
+        "$(for i in "${!A_WALL[@]}"; do ratio "${A_WALL[$i]}" "${E_WALL[$i]}"; echo; done | median)" \
+        "$(for i in "${!A_WALL[@]}"; do printf '%s ' "$(ratio "${A_WALL[$i]}" "${E_WALL[$i]}")"; done)" "${E_WALL[*]}"
+    printf '  CPU with pg_dump and the node backends: median of the per-round ratios %s   (rounds: %s; that build: %s)\n' \
+        "$(for i in "${!A_ALL[@]}"; do ratio "${A_ALL[$i]}" "${E_ALL[$i]}"; echo; done | median)" \
+        "$(for i in "${!A_ALL[@]}"; do printf '%s ' "$(ratio "${A_ALL[$i]}" "${E_ALL[$i]}")"; done)" "${E_ALL[*]}"
+    if ((HAVE_ZSTD)); then
+        printf '  that build / (pg_dump | zstd -3 -T2): median of the per-round ratios %s\n' \
+            "$(for i in "${!E_WALL[@]}"; do ratio "${E_WALL[$i]}" "${D_WALL[$i]}"; echo; done | median)"
+    fi
 fi
 echo
 echo "phase timings of the last pgbackman run (BckID $BCK, from its manifest.json, seconds):"

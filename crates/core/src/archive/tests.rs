@@ -305,3 +305,45 @@ fn newlines_are_counted_exactly() {
     assert_eq!(count_newlines(&[b'\n'; 1000]), 1000);
     assert_eq!(count_newlines(b""), 0);
 }
+
+/// Throughput of the counter on narrow rows (one chunk per row, as pg_dump writes them) and on
+/// wide ones, in CPU time: `cargo test --release -p pgbackman-core archive_speed -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "a measurement, not a test"]
+fn archive_speed() {
+    for (rows, row) in [
+        (
+            3_000_000,
+            &b"123456\t2026-01-01 00:00:00+00\tsome text here\n"[..],
+        ),
+        (300_000, &[&[b'x'; 999][..], b"\n"].concat()[..]),
+    ] {
+        let mut a = head(14, 0, &[table(3, "s", "t")]);
+        a.push(1);
+        int(&mut a, 3);
+        for _ in 0..rows {
+            int(&mut a, row.len() as i64);
+            a.extend_from_slice(row);
+        }
+        int(&mut a, END.len() as i64);
+        a.extend_from_slice(END);
+        int(&mut a, 0);
+        // CPU time of this thread (schedstat: ns on a CPU), not wall: the machine may be busy.
+        let cpu = || -> f64 {
+            let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            s.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e9
+        };
+        let t = cpu();
+        let r = count_in_pieces(&a, 256 << 10).unwrap();
+        let s = cpu() - t;
+        assert_eq!(r.tables[0].rows, rows as i64);
+        eprintln!(
+            "{rows} chunks of {} bytes: {:.1} ms, {:.1} ns per chunk, {:.2} GB/s",
+            row.len(),
+            s * 1e3,
+            s * 1e9 / rows as f64,
+            a.len() as f64 / s / 1e9
+        );
+    }
+}
