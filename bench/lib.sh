@@ -117,7 +117,14 @@ register_full_definition() {
 
 # start_agent BIN_DIR: an agent for $SERVER with BIN_DIR as its client programs of major 15
 # (config and log under $WORK/agent); returns once it has started (AGENT_PID).
+# AGENT_AS_PG=1 runs it as the postgres OS user when run as root (clone jobs refuse root):
+# setpriv execs, so AGENT_PID is the agent itself and the cleanup trap's signals reach it.
 start_agent() {
+    local run=()
+    if [[ ${AGENT_AS_PG:-0} == 1 && $(id -u) -eq 0 ]]; then
+        chown -R postgres: "$WORK/agent"
+        run=(env HOME="$WORK/agent" setpriv --reuid=postgres --regid=postgres --init-groups)
+    fi
     cat >"$WORK/agent/agent.toml" <<CONF
 [catalog]
 conninfo = "$CATALOG"
@@ -129,7 +136,7 @@ http_listen = ""
 [agent.bin_dirs]
 "15" = "$1"
 CONF
-    PGBACKMAN_LOG=info TZ=UTC "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
+    PGBACKMAN_LOG=info TZ=UTC "${run[@]}" "$AGENT" --config "$WORK/agent/agent.toml" >/dev/null 2>>"$WORK/agent/agent.log" &
     AGENT_PID=$!
     local deadline=$((SECONDS + 30))
     until grep -q "pgbackman-agent started" "$WORK/agent/agent.log"; do
