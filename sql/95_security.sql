@@ -332,6 +332,8 @@ begin
                         public.backup_definition, public.snapshot_definition, public.restore_definition,
                         public.job, public.backup_catalog, public.reconciliation, public.catalog_info,
                         public.wal_archive, public.repository, public.backup_copy,
+                        -- retention's base_backup_counts reads the drills' verdicts
+                        public.verification,
                         public.refinery_schema_history
            to pgbackman_agent;
         grant select on api.agent_definitions to pgbackman_agent;
