@@ -151,29 +151,29 @@ pub async fn run(
 }
 
 fn bin_dir_for(ctx: &Ctx, major: Option<&str>) -> Result<PathBuf, Failure> {
-    let major: u32 = major.and_then(|m| m.trim().parse().ok()).ok_or_else(|| {
-        fail(
-            "plan",
-            "the base backup does not say which PostgreSQL major took it",
-        )
-    })?;
-    let dirs = ctx.bin_dirs();
-    let dir = dirs.get(&major).cloned().ok_or_else(|| {
-        fail(
-            "plan",
-            format!(
-                "no PostgreSQL {major} programs on this backup server (a clone runs with the node's major); \
-                 install postgresql-{major} or set [agent] bin_dirs"
-            ),
+    server_bin_dir(ctx, major, "a clone").map_err(|e| fail("plan", e))
+}
+
+/// The server programs of the node's major for a recovered instance (`what`: "a clone", "a
+/// drill"), or why there are none and what to install.
+pub(crate) fn server_bin_dir(
+    ctx: &Ctx,
+    major: Option<&str>,
+    what: &str,
+) -> Result<PathBuf, String> {
+    let major: u32 = major
+        .and_then(|m| m.trim().parse().ok())
+        .ok_or("the base backup does not say which PostgreSQL major took it")?;
+    let dir = ctx.bin_dirs().get(&major).cloned().ok_or_else(|| {
+        format!(
+            "no PostgreSQL {major} programs on this backup server ({what} runs with the node's major); \
+             install postgresql-{major} or set [agent] bin_dirs"
         )
     })?;
     if !dir.join("pg_ctl").exists() || !dir.join("postgres").exists() {
-        return Err(fail(
-            "plan",
-            format!(
-                "{} has no pg_ctl and postgres: a clone needs the PostgreSQL {major} server package",
-                dir.display()
-            ),
+        return Err(format!(
+            "{} has no pg_ctl and postgres: {what} needs the PostgreSQL {major} server package",
+            dir.display()
         ));
     }
     Ok(dir)

@@ -116,31 +116,7 @@ pub async fn run(ctx: &Ctx, i: &VerifyJobInfo, cancel: &CancellationToken) -> Va
 }
 
 fn bin_dir_for(ctx: &Ctx, major: Option<&str>) -> Result<PathBuf, Failure> {
-    let major: u32 = major.and_then(|m| m.trim().parse().ok()).ok_or_else(|| {
-        error(
-            "plan",
-            "the base backup does not say which PostgreSQL major took it",
-        )
-    })?;
-    let dir = ctx.bin_dirs().get(&major).cloned().ok_or_else(|| {
-        error(
-            "plan",
-            format!(
-                "no PostgreSQL {major} programs on this backup server (a drill runs with the node's major); \
-                 install postgresql-{major} or set [agent] bin_dirs"
-            ),
-        )
-    })?;
-    if !dir.join("pg_ctl").exists() || !dir.join("postgres").exists() {
-        return Err(error(
-            "plan",
-            format!(
-                "{} has no pg_ctl and postgres: a drill needs the PostgreSQL {major} server package",
-                dir.display()
-            ),
-        ));
-    }
-    Ok(dir)
+    crate::clone_job::server_bin_dir(ctx, major, "a drill").map_err(|e| error("plan", e))
 }
 
 /// A port for the scratch instance's socket name (it listens on no TCP address; its socket
