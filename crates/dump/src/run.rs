@@ -211,8 +211,13 @@ pub async fn run_backup_to(
     } else if status.is_success() {
         // An encrypted set: level 1 only (the agent holds no identity; see crate::verify).
         let t = std::time::Instant::now();
-        let v =
-            crate::verify::verify_levels(&spec.final_dir, &spec.bin_dir, None, &run.cancel).await;
+        let v = crate::verify::verify_after_backup(
+            &spec.final_dir,
+            &spec.bin_dir,
+            files.clone(),
+            &run.cancel,
+        )
+        .await;
         run.timed("verify", t);
         v
     } else {

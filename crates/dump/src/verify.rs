@@ -126,14 +126,39 @@ pub async fn verify_levels_with(
     identity_files: &[PathBuf],
     cancel: &CancellationToken,
 ) -> Option<Verification> {
+    let (d, sha) = (dir.to_path_buf(), manifest_sha256.map(str::to_string));
+    let level1 = move |a: &AtomicBool| verify_checksums(&d, sha.as_deref(), a);
+    verify_levels_inner(dir, bin_dir, level1, identity_files, cancel).await
+}
+
+/// Levels 1 and 2 of a set this process has just written into `dir` (the backup itself):
+/// level 1 takes the sha256 of the files in `written` as they were computed while their bytes
+/// were written and fsynced, checking their sizes on disk (`set::verify_set_known`); every
+/// other file is re-read. Level 2 runs as in [`verify_levels`].
+pub(crate) async fn verify_after_backup(
+    dir: &Path,
+    bin_dir: &Path,
+    written: Vec<crate::spec::FileEntry>,
+    cancel: &CancellationToken,
+) -> Option<Verification> {
+    let d = dir.to_path_buf();
+    let level1 = move |a: &AtomicBool| {
+        crate::set::verify_set_known(&d, &written, a).map_err(|e| e.to_string())
+    };
+    verify_levels_inner(dir, bin_dir, level1, &[], cancel).await
+}
+
+async fn verify_levels_inner(
+    dir: &Path,
+    bin_dir: &Path,
+    level1: impl FnOnce(&AtomicBool) -> Result<Manifest, String> + Send + 'static,
+    identity_files: &[PathBuf],
+    cancel: &CancellationToken,
+) -> Option<Verification> {
     let t0 = Instant::now();
     let abort = Arc::new(AtomicBool::new(false));
-    let (d, a, sha) = (
-        dir.to_path_buf(),
-        Arc::clone(&abort),
-        manifest_sha256.map(str::to_string),
-    );
-    let level1 = tokio::task::spawn_blocking(move || verify_checksums(&d, sha.as_deref(), &a));
+    let a = Arc::clone(&abort);
+    let level1 = tokio::task::spawn_blocking(move || level1(&a));
     // Level 2 reads the head of the dump while level 1 hashes the whole set: both always run,
     // and a level 1 failure wins, as when they ran one after the other. Level 2 reads the
     // manifest itself; level 1 proves (sha256 against the catalog) that it is the right one.
