@@ -41,20 +41,9 @@ WORK=/var/tmp/pgbackman-bench-$$
 source "$(dirname "$0")/lib.sh"
 
 # ---- build -------------------------------------------------------------------------------------
-if [[ -n ${BIN_DIR:-} ]]; then
-    PGBACKMAN=$BIN_DIR/pgbackman AGENT=$BIN_DIR/pgbackman-agent
-    BUILD="prebuilt binaries in $BIN_DIR"
-else
-    log "building release binaries (cargo build --release --bins)"
-    (cd "$ROOT" && cargo build --release --bins --quiet)
-    PGBACKMAN=$ROOT/target/release/pgbackman AGENT=$ROOT/target/release/pgbackman-agent
-    BUILD="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
-fi
-[[ -x $PGBACKMAN && -x $AGENT ]] || { echo "pgbackman binaries not found: $PGBACKMAN, $AGENT" >&2; exit 2; }
+pick_binaries
 
-mkdir -p "$WORK/sock" "$WORK/home" "$WORK/agent"
-chmod 755 "$WORK"
-[[ $(id -u) -eq 0 ]] && chown postgres: "$WORK" "$WORK/sock"
+make_work
 
 CPORT=$(free_port)
 NPORT=$(free_port)

@@ -36,29 +36,11 @@ stats() {
         printf "%.1f %.1f %.1f %.1f\n", a[1], med, a[r], a[NR] }'
 }
 
-if [[ -n ${BIN_DIR:-} ]]; then
-    PGBACKMAN=$BIN_DIR/pgbackman AGENT=$BIN_DIR/pgbackman-agent
-    BUILD="prebuilt binaries in $BIN_DIR"
-else
-    log "building release binaries (cargo build --release --bins)"
-    (cd "$ROOT" && cargo build --release --bins --quiet)
-    PGBACKMAN=$ROOT/target/release/pgbackman AGENT=$ROOT/target/release/pgbackman-agent
-    BUILD="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
-fi
-[[ -x $PGBACKMAN && -x $AGENT ]] || { echo "pgbackman binaries not found: $PGBACKMAN, $AGENT" >&2; exit 2; }
+pick_binaries
 
-mkdir -p "$WORK/sock" "$WORK/home" "$WORK/agent" "$WORK/bin" "$WORK/starts"
-chmod 755 "$WORK"
-[[ $(id -u) -eq 0 ]] && chown postgres: "$WORK" "$WORK/sock"
+make_work bin starts
 
-CPORT=$(free_port)
-NPORT=$(free_port)
-log "catalog cluster (unix socket, port $CPORT); node cluster on $NODE_ADDR:$NPORT"
-start_cluster catalog "" "$CPORT"
-start_cluster node "$NODE_ADDR" "$NPORT"
-
-CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
-NODE_CONN=(-h "$NODE_ADDR" -p "$NPORT" -U postgres)
+start_catalog_and_node
 
 # A small database: two tables, a role, a few thousand rows.
 psql -X -q -v ON_ERROR_STOP=1 "${NODE_CONN[@]}" -d postgres -c "create database $DB" >/dev/null

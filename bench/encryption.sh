@@ -31,28 +31,11 @@ WORK=/var/tmp/pgbackman-bench-enc-$$
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-if [[ -n ${BIN_DIR:-} ]]; then
-    PGBACKMAN=$BIN_DIR/pgbackman AGENT=$BIN_DIR/pgbackman-agent
-    BUILD="prebuilt binaries in $BIN_DIR"
-else
-    log "building release binaries (cargo build --release --bins)"
-    (cd "$ROOT" && cargo build --release --bins --quiet)
-    PGBACKMAN=$ROOT/target/release/pgbackman AGENT=$ROOT/target/release/pgbackman-agent
-    BUILD="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
-fi
-[[ -x $PGBACKMAN && -x $AGENT ]] || { echo "pgbackman binaries not found: $PGBACKMAN, $AGENT" >&2; exit 2; }
+pick_binaries
 
-mkdir -p "$WORK/sock" "$WORK/home" "$WORK/agent" "$WORK/keys"
-chmod 755 "$WORK"
-[[ $(id -u) -eq 0 ]] && chown postgres: "$WORK" "$WORK/sock"
+make_work keys
 
-CPORT=$(free_port)
-NPORT=$(free_port)
-log "catalog cluster (unix socket, port $CPORT); node cluster on $NODE_ADDR:$NPORT"
-start_cluster catalog "" "$CPORT"
-start_cluster node "$NODE_ADDR" "$NPORT" "$BENCH_NODE_CONF"
-CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
-NODE_CONN=(-h "$NODE_ADDR" -p "$NPORT" -U postgres)
+start_catalog_and_node "$BENCH_NODE_CONF"
 build_reference_db
 
 register_site

@@ -35,6 +35,30 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# PGBACKMAN, AGENT and BUILD: the binaries of BIN_DIR, else a release build of this tree.
+pick_binaries() {
+    if [[ -n ${BIN_DIR:-} ]]; then
+        PGBACKMAN=$BIN_DIR/pgbackman AGENT=$BIN_DIR/pgbackman-agent
+        BUILD="prebuilt binaries in $BIN_DIR"
+    else
+        log "building release binaries (cargo build --release --bins)"
+        (cd "$ROOT" && cargo build --release --bins --quiet)
+        PGBACKMAN=$ROOT/target/release/pgbackman AGENT=$ROOT/target/release/pgbackman-agent
+        BUILD="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+    fi
+    [[ -x $PGBACKMAN && -x $AGENT ]] || { echo "pgbackman binaries not found: $PGBACKMAN, $AGENT" >&2; exit 2; }
+}
+
+# $WORK with sock/, home/, agent/ and the subdirectories named as arguments; $WORK and its
+# socket directory belong to postgres when run as root (the clusters run as that user).
+make_work() {
+    mkdir -p "$WORK/sock" "$WORK/home" "$WORK/agent"
+    local d
+    for d in "$@"; do mkdir -p "$WORK/$d"; done
+    chmod 755 "$WORK"
+    if [[ $(id -u) -eq 0 ]]; then chown postgres: "$WORK" "$WORK/sock"; fi
+}
+
 free_port() {
     local p
     for p in $(shuf -i 20000-60000 -n 200); do
@@ -64,6 +88,18 @@ CONF
 }
 
 # ---- shared by the bench scripts -------------------------------------------------------------
+# The catalog cluster (unix socket) and a node on $NODE_ADDR (postgresql.conf lines in $1):
+# sets CPORT, NPORT, CATALOG and NODE_CONN.
+start_catalog_and_node() {
+    CPORT=$(free_port)
+    NPORT=$(free_port)
+    log "catalog cluster (unix socket, port $CPORT); node cluster on $NODE_ADDR:$NPORT"
+    start_cluster catalog "" "$CPORT"
+    start_cluster node "$NODE_ADDR" "$NPORT" "$@"
+    CATALOG="host=$WORK/sock port=$CPORT dbname=pgbackman user=postgres"
+    NODE_CONN=(-h "$NODE_ADDR" -p "$NPORT" -U postgres)
+}
+
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.6f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "nan" }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "nan" && r <= t) ? "PASS" : "MISS" }'; }

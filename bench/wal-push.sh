@@ -30,14 +30,7 @@ WORK=/var/tmp/pgbackman-bench-$$
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-if [[ -n ${BIN_DIR:-} ]]; then
-    PGBACKMAN=$BIN_DIR/pgbackman AGENT=$BIN_DIR/pgbackman-agent
-else
-    log "building release binaries (cargo build --release --bins)"
-    (cd "$ROOT" && cargo build --release --bins --quiet)
-    PGBACKMAN=$ROOT/target/release/pgbackman AGENT=$ROOT/target/release/pgbackman-agent
-fi
-[[ -x $PGBACKMAN && -x $AGENT ]] || { echo "pgbackman binaries not found: $PGBACKMAN, $AGENT" >&2; exit 2; }
+pick_binaries
 
 mkdir -p "$WORK/sock" "$WORK/home" "$WORK/agent" "$WORK/node-host" "$WORK/segs" "$WORK/floor"
 chmod 755 "$WORK" "$WORK/node-host"
